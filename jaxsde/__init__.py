@@ -1,0 +1,49 @@
+"""jaxsde: fast, trustworthy sampling from score-based diffusion models in JAX.
+
+    sol = jaxsde.sample(key, jaxsde.VPSDE(), score, jaxsde.GottaGoFast(rtol=0.05), shape, n)
+
+See ``solve``/``sample`` (the driver), the SDEs, and the solvers below.
+"""
+
+from . import grids, noise, results
+from .driver import BatchSummary, Solution, Stats, sample, sample_keys, solve, summarize
+from .grids import time_grid
+from .noise import FreshNoise, GivenNoise
+from .sde import SDE, VESDE, VPSDE, ScoreFn, SubVPSDE
+from .solvers import (
+    EulerMaruyama,
+    GottaGoFast,
+    PredictorCorrector,
+    ProbabilityFlow,
+    ReverseDiffusion,
+    Solver,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SDE",
+    "VPSDE",
+    "SubVPSDE",
+    "VESDE",
+    "ScoreFn",
+    "solve",
+    "sample",
+    "sample_keys",
+    "summarize",
+    "Solution",
+    "Stats",
+    "BatchSummary",
+    "Solver",
+    "EulerMaruyama",
+    "ReverseDiffusion",
+    "PredictorCorrector",
+    "GottaGoFast",
+    "ProbabilityFlow",
+    "FreshNoise",
+    "GivenNoise",
+    "time_grid",
+    "grids",
+    "noise",
+    "results",
+]

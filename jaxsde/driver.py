@@ -1,0 +1,266 @@
+"""The solve loop: ``solve`` (one sample, ``lax.while_loop``) and ``sample`` (vmap over keys).
+
+``solve`` is pure: jit-able, vmap-able, no host callbacks. It is not jitted internally:
+wrap your pipeline in ``jax.jit``; the SDE and solver are static (hashable) configuration,
+the score function may close over traced network parameters, and a new key or new
+parameters of the same shapes reuse the compiled program.
+
+Randomness: attempt ``k`` of a solve draws its normals from ``fold_in(key, k)`` (one draw per
+attempt, shared by the attempt's stages). ``sample`` gives sample ``i`` the key
+``fold_in(key, i)``, split into a prior key (for ``x_T``) and a solve key, so sample ``i``
+never depends on ``n`` or on its batch-mates.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import results
+from .noise import FreshNoise
+from .sde import SDE, ScoreFn
+from .solvers.base import Solver
+
+Array = jax.Array
+
+__all__ = ["Stats", "Solution", "BatchSummary", "solve", "sample", "summarize", "sample_keys"]
+
+
+class Stats(NamedTuple):
+    """Per-sample counters (int32). ``num_steps`` counts loop iterations (attempts)."""
+
+    nfe: Array
+    num_accepted: Array
+    num_rejected: Array
+    num_steps: Array
+
+
+class Solution(NamedTuple):
+    """What ``solve``/``sample`` return; ``sample`` adds a leading axis of length n to each field.
+
+    ``x``: the final sample (after the final denoising step if ``denoise``);
+    ``t``: the time reached (``t_end`` on success); ``stats``: :class:`Stats`;
+    ``result``: :mod:`jaxsde.results` code, 0 = success.
+    """
+
+    x: Array
+    t: Array
+    stats: Stats
+    result: Array
+
+
+class _LoopState(NamedTuple):
+    x: Array
+    t: Array
+    h: Array
+    solver_state: Any
+    stats: Stats
+    result: Array
+
+
+def _validate(sde: SDE, score: ScoreFn, solver: Solver, x_T: Array, t_start, t_end, max_steps):
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be a jaxsde SDE (VPSDE, SubVPSDE, VESDE, ...), got {type(sde).__name__}")
+    if not isinstance(solver, Solver):
+        raise TypeError(f"solver must be a jaxsde solver object, got {type(solver).__name__}")
+    if not callable(score):
+        raise TypeError("score must be a callable score(x, t) -> array shaped like x")
+    if not jnp.issubdtype(x_T.dtype, jnp.floating):
+        raise TypeError(f"x_T must be a floating-point array, got dtype {x_T.dtype}")
+    for name, value in (("t_start", t_start), ("t_end", t_end)):
+        if not (isinstance(value, int | float) and math.isfinite(value)):
+            raise ValueError(f"{name} must be a finite Python float, got {value!r}")
+    if not 0.0 < t_end < sde.T:
+        raise ValueError(f"t_end must lie in (0, T) = (0, {sde.T}), got {t_end}")
+    if not t_end < t_start <= sde.T:
+        raise ValueError(f"t_start must lie in (t_end, T] = ({t_end}, {sde.T}], got {t_start}")
+    if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
+        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+    out = jax.eval_shape(score, x_T, jnp.asarray(t_start, x_T.dtype))
+    if not hasattr(out, "shape") or out.shape != x_T.shape:
+        found = getattr(out, "shape", type(out).__name__)
+        raise ValueError(
+            f"score(x, t) must return an array shaped like x (one sample, no batch axis): "
+            f"x_T has shape {x_T.shape}, the score returned {found}"
+        )
+    if out.dtype != x_T.dtype:
+        raise ValueError(f"score returned dtype {out.dtype} for x of dtype {x_T.dtype}; make them match")
+
+
+def solve(
+    key: Array,
+    sde: SDE,
+    score: ScoreFn,
+    solver: Solver,
+    x_T: Array,
+    *,
+    t_start: float | None = None,
+    t_end: float | None = None,
+    denoise: bool = True,
+    max_steps: int | None = None,
+    noise: Any = None,
+) -> Solution:
+    """Integrate ONE sample of the reverse-time process from ``t_start`` down to ``t_end``.
+
+    Args:
+      key: PRNG key of this sample's noise (unused by deterministic solvers).
+      sde: the forward SDE (e.g. ``VPSDE()``).
+      score: ``score(x, t)`` for one sample (no batch axis), ``t`` a scalar.
+      solver: e.g. ``GottaGoFast(rtol=0.05)``, ``EulerMaruyama(1000)``.
+      x_T: the starting state at ``t_start``, shaped like one sample.
+      t_start: start time, default ``sde.T`` (or a custom grid's first time).
+      t_end: end time in ``(0, T)``, default ``sde.eps`` (or a custom grid's last time).
+      denoise: apply the final Tweedie step ``x <- (x + sigma^2 s(x, t_end)) / alpha``
+        (1 more score evaluation, counted in ``nfe``).
+      max_steps: cap on loop iterations (attempts); default 100_000 for adaptive solvers,
+        the exact step count for fixed-step solvers. Reaching it gives
+        ``results.MAX_STEPS_REACHED``.
+      noise: a noise source (``noise.FreshNoise()`` by default, or ``noise.GivenNoise(z)``).
+
+    Returns:
+      :class:`Solution`. Failures never raise inside jit: non-finite values give
+      ``results.NONFINITE`` (``x`` is then the last finite state, at ``t``).
+    """
+    x_T = jnp.asarray(x_T)
+    span = solver.time_span()
+    default_start, default_end = span if span is not None else (sde.T, sde.eps)
+    t_start = float(default_start if t_start is None else t_start)
+    t_end = float(default_end if t_end is None else t_end)
+    _validate(sde, score, solver, x_T, t_start, t_end, max_steps)
+    if span is not None and (t_start, t_end) != (span[0], span[1]):
+        raise ValueError(f"the solver's custom grid spans {span}; t_start/t_end {(t_start, t_end)} disagree")
+    fixed = solver.max_attempts()
+    if max_steps is None:
+        max_steps = fixed if fixed is not None else 100_000
+    noise = FreshNoise() if noise is None else noise
+    dtype = x_T.dtype
+    t_end_arr = jnp.asarray(t_end, dtype)
+    num_draws = solver.noise_per_attempt
+
+    init = solver.init(sde, score, x_T, jnp.asarray(t_start, dtype), t_end_arr)
+    zero = jnp.zeros((), jnp.int32)
+    state = _LoopState(
+        x=x_T,
+        t=jnp.asarray(t_start, dtype),
+        h=jnp.asarray(init.h, dtype),
+        solver_state=init.state,
+        stats=Stats(nfe=zero + init.nfe, num_accepted=zero, num_rejected=zero, num_steps=zero),
+        result=jnp.asarray(results.SUCCESS, jnp.int32),
+    )
+
+    def cond(s: _LoopState):
+        return (s.t > t_end_arr) & (s.result == results.SUCCESS) & (s.stats.num_steps < max_steps)
+
+    def body(s: _LoopState):
+        z = None
+        if num_draws:
+            z = noise.draw(key, s.stats.num_steps, (num_draws, *x_T.shape), dtype)
+        out = solver.step(sde, score, s.x, s.t, s.h, s.solver_state, z, t_end_arr)
+        finite = jnp.all(jnp.isfinite(out.x))
+        status = jnp.where(out.status != results.SUCCESS, out.status,
+                           jnp.where(finite, results.SUCCESS, results.NONFINITE)).astype(jnp.int32)
+        ok = status == results.SUCCESS
+        accepted = jnp.asarray(out.accepted) & ok
+        stats = Stats(
+            nfe=s.stats.nfe + out.nfe,
+            num_accepted=s.stats.num_accepted + accepted.astype(jnp.int32),
+            num_rejected=s.stats.num_rejected + (ok & ~accepted).astype(jnp.int32),
+            num_steps=s.stats.num_steps + 1,
+        )
+        keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731 - keep last finite state
+        return _LoopState(
+            x=keep(out.x, s.x),
+            t=keep(out.t, s.t),
+            h=keep(out.h, s.h),
+            solver_state=jax.tree_util.tree_map(keep, out.state, s.solver_state),
+            stats=stats,
+            result=status,
+        )
+
+    state = jax.lax.while_loop(cond, body, state)
+    result = jnp.where((state.result == results.SUCCESS) & (state.t > t_end_arr),
+                       results.MAX_STEPS_REACHED, state.result).astype(jnp.int32)
+    x, nfe = state.x, state.stats.nfe
+    if denoise:
+        denoised = sde.tweedie(x, state.t, score(x, state.t))
+        nfe = nfe + 1
+        bad = ~jnp.all(jnp.isfinite(denoised))
+        result = jnp.where((result == results.SUCCESS) & bad, results.NONFINITE, result).astype(jnp.int32)
+        x = jnp.where(bad, x, denoised)
+    return Solution(x=x, t=state.t, stats=state.stats._replace(nfe=nfe), result=result)
+
+
+def sample_keys(key: Array, n: int, offset: int = 0) -> tuple[Array, Array]:
+    """``(prior_keys, solve_keys)`` of samples ``offset .. offset+n-1``: ``split(fold_in(key, i))``."""
+    idx = jnp.arange(offset, offset + n)
+    pairs = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i)))(idx)
+    return pairs[:, 0], pairs[:, 1]
+
+
+def sample(
+    key: Array,
+    sde: SDE,
+    score: ScoreFn,
+    solver: Solver,
+    shape: tuple[int, ...],
+    n: int,
+    *,
+    dtype=jnp.float32,
+    noise: Any = None,
+    **solve_kwargs: Any,
+) -> Solution:
+    """Draw ``n`` samples: sample ``i`` uses ``fold_in(key, i)``, its ``x_T`` from the prior.
+
+    ``shape`` is one sample's shape. ``noise`` (optional) must carry a leading axis of
+    length ``n``. Other keyword arguments go to :func:`solve`. Every field of the returned
+    :class:`Solution` has a leading axis of length ``n``; :func:`summarize` reports the loop
+    iterations the batch actually ran next to the per-sample NFE.
+    """
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    shape = tuple(int(s) for s in shape)
+    prior_keys, solve_keys = sample_keys(key, n)
+    x_T = jax.vmap(lambda k: sde.prior_sample(k, shape, dtype))(prior_keys)
+
+    def one(k, x, nz):
+        return solve(k, sde, score, solver, x, noise=nz, **solve_kwargs)
+
+    return jax.vmap(one)(solve_keys, x_T, noise)
+
+
+class BatchSummary(NamedTuple):
+    """Host-side summary of a batch: what the samples needed vs what the batch paid for."""
+
+    n: int
+    mean_nfe: float
+    min_nfe: int
+    max_nfe: int
+    loop_iterations: int  # iterations the vmapped loop ran (= slowest sample's)
+    useful_work: float  # sum of per-sample NFE / (n * max NFE)
+    num_failed: int
+    mean_rejected: float
+
+    def __str__(self) -> str:
+        return (f"n={self.n} NFE mean={self.mean_nfe:.1f} min={self.min_nfe} max={self.max_nfe} "
+                f"loop_iterations={self.loop_iterations} useful_work={self.useful_work:.2f} "
+                f"rejected/sample={self.mean_rejected:.2f} failed={self.num_failed}")
+
+
+def summarize(sol: Solution) -> BatchSummary:
+    """Summarise a batched :class:`Solution` (from :func:`sample`) on the host."""
+    nfe = np.asarray(sol.stats.nfe).reshape(-1)
+    steps = np.asarray(sol.stats.num_steps).reshape(-1)
+    return BatchSummary(
+        n=int(nfe.size),
+        mean_nfe=float(nfe.mean()),
+        min_nfe=int(nfe.min()),
+        max_nfe=int(nfe.max()),
+        loop_iterations=int(steps.max()),
+        useful_work=float(nfe.sum() / (nfe.size * max(nfe.max(), 1))),
+        num_failed=int(np.sum(np.asarray(sol.result) != results.SUCCESS)),
+        mean_rejected=float(np.asarray(sol.stats.num_rejected).mean()),
+    )

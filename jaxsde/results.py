@@ -1,0 +1,43 @@
+"""Per-sample result codes, threaded through the compiled solve loop.
+
+Inside ``jit`` a failure never raises: it becomes an int32 code in ``Solution.result``.
+Call :func:`raise_if_failed` on the host to turn codes into an exception.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SUCCESS = 0
+MAX_STEPS_REACHED = 1
+NONFINITE = 2
+
+MESSAGES = {
+    SUCCESS: "success",
+    MAX_STEPS_REACHED: (
+        "the solver ran out of attempts before reaching t_end; increase `max_steps`, "
+        "loosen the tolerances, or use more grid steps"
+    ),
+    NONFINITE: (
+        "a non-finite value (NaN/inf) appeared in the state or the score; the returned x is "
+        "the last finite state, at time sol.t. Check the score network, the time "
+        "conditioning and the data range of x_T"
+    ),
+}
+
+__all__ = ["SUCCESS", "MAX_STEPS_REACHED", "NONFINITE", "MESSAGES", "describe", "raise_if_failed"]
+
+
+def describe(code: int) -> str:
+    """Human-readable meaning of a result code."""
+    return MESSAGES.get(int(code), f"unknown result code {int(code)}")
+
+
+def raise_if_failed(sol) -> None:
+    """Host-side check: raise ``RuntimeError`` naming the failed samples and why."""
+    result = np.asarray(sol.result).reshape(-1)
+    bad = np.flatnonzero(result != SUCCESS)
+    if bad.size:
+        codes = sorted(set(result[bad].tolist()))
+        reasons = "; ".join(f"code {c}: {describe(c)}" for c in codes)
+        raise RuntimeError(f"{bad.size} of {result.size} samples failed (first: {bad[:8].tolist()}): {reasons}")
