@@ -116,7 +116,7 @@ def solve(
       t_end: end time in ``(0, T)``, default ``sde.eps`` (or a custom grid's last time).
       denoise: apply the final Tweedie step ``x <- (x + sigma^2 s(x, t_end)) / alpha``
         (1 more score evaluation, counted in ``nfe``).
-      max_steps: cap on loop iterations (attempts); default 100_000 for adaptive solvers,
+      max_steps: cap on loop iterations (attempts); default 10_000 for adaptive solvers,
         the exact step count for fixed-step solvers. Reaching it gives
         ``results.MAX_STEPS_REACHED``.
       noise: a noise source (``noise.FreshNoise()`` by default, or ``noise.GivenNoise(z)``).
@@ -135,7 +135,7 @@ def solve(
         raise ValueError(f"the solver's custom grid spans {span}; t_start/t_end {(t_start, t_end)} disagree")
     fixed = solver.max_attempts()
     if max_steps is None:
-        max_steps = fixed if fixed is not None else 100_000
+        max_steps = fixed if fixed is not None else 10_000
     noise = FreshNoise() if noise is None else noise
     dtype = x_T.dtype
     t_end_arr = jnp.asarray(t_end, dtype)

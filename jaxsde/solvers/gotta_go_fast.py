@@ -26,7 +26,8 @@ included); exact Tweedie ``(x + sigma^2 s) / alpha``.
 
 Robustness (not in the paper): a non-finite score at the accepted state stops the sample
 with the ``NONFINITE`` code; a non-finite second stage (an overly long step into a region
-where the network blows up) is rejected and the step shrunk by ``nonfinite_shrink``.
+where the network blows up) is rejected and the step shrunk by ``nonfinite_shrink``; if
+that pushes the step below ``min_step`` the sample stops with ``NONFINITE`` too.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class GottaGoFast(Solver):
         to the accepted mean.
       error_use_prev: include the previous accepted check value in the tolerance reference.
       nonfinite_shrink: step factor applied after a rejected non-finite second stage.
+      min_step: smallest step allowed after such a rejection (time units).
 
     Units: time in the SDE's ``t``; ``x`` in the model's data space.
     """
@@ -93,6 +95,7 @@ class GottaGoFast(Solver):
     improved_euler: bool = True
     error_use_prev: bool = True
     nonfinite_shrink: float = 0.25
+    min_step: float = 1e-7
 
     noise_per_attempt = 1
     adaptive = True
@@ -171,7 +174,8 @@ class GottaGoFast(Solver):
         factor = jnp.where(finite, self.safety * e2 ** (-self.exponent), self.nonfinite_shrink)
         h_max = jnp.maximum(t_new - t_end, 0.0)
         h_new = jnp.where(h_max > 0, jnp.minimum(h_max, h * factor), 0.0)
-        status = jnp.where(stage1_ok, results.SUCCESS, results.NONFINITE).astype(jnp.int32)
+        stuck = ~finite & (h_new < self.min_step)
+        status = jnp.where(stage1_ok & ~stuck, results.SUCCESS, results.NONFINITE).astype(jnp.int32)
         return StepOut(
             x=x_out,
             t=t_new,

@@ -110,6 +110,8 @@ class ProbabilityFlow(Solver):
       safety: step-size safety factor.
       pi_beta: the PI controller's ``beta`` (0 gives a plain I controller).
       factor_min, factor_max: bounds on the step-size change per attempt.
+      min_step: a non-finite attempt that would shrink the step below this stops the
+        sample with the ``NONFINITE`` code.
     """
 
     rtol: float = 1e-5
@@ -120,6 +122,7 @@ class ProbabilityFlow(Solver):
     pi_beta: float = 0.04
     factor_min: float = 0.2
     factor_max: float = 10.0
+    min_step: float = 1e-7
 
     noise_per_attempt = 0
     adaptive = True
@@ -206,7 +209,8 @@ class ProbabilityFlow(Solver):
             state=new_state,
             accepted=accepted,
             nfe=len(tab.c) - 1,
-            status=jnp.where(stage1_ok, results.SUCCESS, results.NONFINITE).astype(jnp.int32),
+            status=jnp.where(stage1_ok & ~(~finite & (h_new < self.min_step)), results.SUCCESS,
+                             results.NONFINITE).astype(jnp.int32),
         )
 
 

@@ -1,0 +1,147 @@
+"""The driver: reproducibility, jit with traced parameters, result codes, input validation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxsde
+from jaxsde import exact, results
+
+SDE = jaxsde.VPSDE()
+SCORE = exact.gaussian_score(SDE, 0.3, 0.2)
+SOLVERS = [
+    jaxsde.EulerMaruyama(20),
+    jaxsde.ReverseDiffusion(20),
+    jaxsde.PredictorCorrector(20, snr=0.01),
+    jaxsde.GottaGoFast(rtol=0.05),
+    jaxsde.ProbabilityFlow(rtol=1e-3, atol=1e-3),
+]
+IDS = [type(s).__name__ for s in SOLVERS]
+
+
+@pytest.mark.parametrize("solver", SOLVERS, ids=IDS)
+def test_sample_i_independent_of_n(solver, key):
+    run = jax.jit(lambda k, n: jaxsde.sample(k, SDE, SCORE, solver, (8,), n), static_argnums=1)
+    one, many = run(key, 1), run(key, 64)
+    np.testing.assert_allclose(one.x[0], many.x[0], atol=1e-6)
+    assert int(one.stats.nfe[0]) == int(many.stats.nfe[0])
+    np.testing.assert_array_equal(many.x, run(key, 64).x)  # same key, same samples
+    assert not np.allclose(many.x, run(jax.random.PRNGKey(1), 64).x)
+    assert np.all(np.asarray(many.result) == results.SUCCESS)
+
+
+@pytest.mark.parametrize("solver,nfe", [(jaxsde.EulerMaruyama(20), 21), (jaxsde.ReverseDiffusion(20), 21),
+                                        (jaxsde.PredictorCorrector(20, corrector_steps=2), 61)],
+                         ids=["em", "rd", "pc"])
+def test_fixed_step_nfe_is_exact(solver, nfe, key):
+    sol = jaxsde.sample(key, SDE, SCORE, solver, (4,), 3)
+    np.testing.assert_array_equal(sol.stats.nfe, nfe)
+    np.testing.assert_array_equal(sol.stats.num_accepted, 20)
+    np.testing.assert_array_equal(sol.stats.num_rejected, 0)
+    no_denoise = jaxsde.sample(key, SDE, SCORE, solver, (4,), 3, denoise=False)
+    np.testing.assert_array_equal(no_denoise.stats.nfe, nfe - 1)
+
+
+def test_jit_with_traced_params_does_not_retrace(key):
+    """A score closing over traced parameters: new key or new params reuse the compiled program."""
+    traces = []
+
+    def make_score(params):
+        def score(x, t):
+            alpha, sigma = SDE.marginal(t)
+            c = alpha**2 * params["s"] ** 2 + sigma**2
+            return -(x - alpha * params["mu"]) / c
+        return score
+
+    @jax.jit
+    def pipeline(params, k):
+        traces.append(1)
+        return jaxsde.sample(k, SDE, make_score(params), jaxsde.GottaGoFast(rtol=0.1), (4,), 16).x
+
+    p1 = {"mu": jnp.float32(0.3), "s": jnp.float32(0.2)}
+    p2 = {"mu": jnp.float32(-0.5), "s": jnp.float32(0.1)}
+    a = pipeline(p1, key)
+    b = pipeline(p2, jax.random.PRNGKey(7))
+    c = pipeline(p1, key)
+    assert len(traces) == 1
+    np.testing.assert_array_equal(a, c)
+    assert float(jnp.mean(b)) == pytest.approx(-0.5, abs=0.1)
+    # The parameters are arguments of the compiled program, not baked-in constants.
+    hlo = pipeline.lower(p1, key).as_text()
+    assert "0.300000012" not in hlo
+
+
+def test_custom_grid_and_grid_kinds(key):
+    grid = [1.0, 0.5, 0.2, 0.05, 0.01]
+    sol = jaxsde.solve(key, SDE, SCORE, jaxsde.EulerMaruyama(4, grid=grid), jnp.ones(3))
+    assert float(sol.t) == np.float32(0.01) and int(sol.stats.nfe) == 5
+    with pytest.raises(ValueError, match="custom grid"):
+        jaxsde.solve(key, SDE, SCORE, jaxsde.EulerMaruyama(4, grid=grid), jnp.ones(3), t_end=0.02)
+    for kind in ("logsnr", "edm"):
+        sol = jaxsde.sample(key, SDE, SCORE, jaxsde.EulerMaruyama(50, grid=kind), (16,), 200)
+        assert abs(float(sol.x.std()) - 0.2) < 0.02
+
+
+def test_t_end_and_t_start(key):
+    sol = jaxsde.solve(key, SDE, SCORE, jaxsde.GottaGoFast(), jnp.ones(3), t_end=0.2, t_start=0.8)
+    assert float(sol.t) == np.float32(0.2)
+    sol = jaxsde.solve(key, SDE, SCORE, jaxsde.EulerMaruyama(10), jnp.ones(3), t_end=0.2, denoise=False)
+    assert float(sol.t) == np.float32(0.2)
+
+
+@pytest.mark.parametrize("solver", SOLVERS, ids=IDS)
+def test_nan_score_gives_nonfinite_code(solver, key):
+    def bad_score(x, t):
+        return jnp.where(t < 0.5, jnp.nan, 1.0) * SCORE(x, t)
+
+    sol = jaxsde.sample(key, SDE, bad_score, solver, (4,), 3)
+    np.testing.assert_array_equal(sol.result, results.NONFINITE)
+    assert np.all(np.isfinite(np.asarray(sol.x))), "x is the last finite state"
+    assert np.all(np.asarray(sol.t) >= 0.45)
+    with pytest.raises(RuntimeError, match="non-finite"):
+        results.raise_if_failed(sol)
+
+
+def test_max_steps_gives_its_code(key):
+    sol = jaxsde.sample(key, SDE, SCORE, jaxsde.GottaGoFast(rtol=0.01), (4,), 3, max_steps=5)
+    np.testing.assert_array_equal(sol.result, results.MAX_STEPS_REACHED)
+    np.testing.assert_array_equal(sol.stats.num_steps, 5)
+    assert np.all(np.asarray(sol.t) > SDE.eps)
+    assert "max_steps" in results.describe(results.MAX_STEPS_REACHED)
+
+
+def test_bad_input_raises_before_compute(key):
+    calls = []
+
+    def counting_score(x, t):
+        calls.append(1)
+        return jnp.zeros((5,), x.dtype)  # wrong shape for x of shape (4,)
+
+    with pytest.raises(ValueError, match=r"shaped like x.*\(4,\).*\(5,\)"):
+        jaxsde.solve(key, SDE, counting_score, jaxsde.GottaGoFast(), jnp.ones(4))
+    assert len(calls) == 1  # only the abstract shape check ran
+    with pytest.raises(ValueError, match="shaped like x"):
+        jaxsde.sample(key, SDE, lambda x, t: x[None], jaxsde.EulerMaruyama(5), (4,), 2)
+    with pytest.raises(ValueError, match="t_end"):
+        jaxsde.solve(key, SDE, SCORE, jaxsde.GottaGoFast(), jnp.ones(4), t_end=0.0)
+    with pytest.raises(ValueError, match="t_end"):
+        jaxsde.solve(key, SDE, SCORE, jaxsde.GottaGoFast(), jnp.ones(4), t_end=1.5)
+    with pytest.raises(ValueError, match="t_start"):
+        jaxsde.solve(key, SDE, SCORE, jaxsde.GottaGoFast(), jnp.ones(4), t_start=2.0)
+    with pytest.raises(ValueError, match="rtol"):
+        jaxsde.GottaGoFast(rtol=0)
+    with pytest.raises(ValueError, match="num_steps"):
+        jaxsde.EulerMaruyama(0)
+    with pytest.raises(ValueError, match="n must be"):
+        jaxsde.sample(key, SDE, SCORE, jaxsde.EulerMaruyama(5), (4,), 0)
+    with pytest.raises(TypeError, match="floating"):
+        jaxsde.solve(key, SDE, SCORE, jaxsde.EulerMaruyama(5), jnp.ones(4, jnp.int32))
+    with pytest.raises(ValueError, match="max_steps"):
+        jaxsde.solve(key, SDE, SCORE, jaxsde.GottaGoFast(), jnp.ones(4), max_steps=0)
+
+
+def test_solvers_are_hashable_static():
+    for s in SOLVERS:
+        assert jax.tree_util.tree_leaves(s) == [] and hash(s) == hash(s)
+    assert jaxsde.GottaGoFast(rtol=0.05) == jaxsde.GottaGoFast(rtol=0.05)
