@@ -17,6 +17,7 @@ are ``(n, *shape)``; ``d = mixture.dim`` is the flattened size; times are scalar
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -32,9 +33,9 @@ Array = jax.Array
 
 __all__ = ["GaussianMixture", "gaussian"]
 
-# Samples processed per vectorised chunk in batched evaluations: bounds the (chunk, K, d)
-# temporaries (256 x 10 x 3072 float32 = 31 MB).
-_CHUNK = 256
+# Batched evaluations build (chunk, K, d) temporaries; keep them under this many entries
+# (8M float32 = 32 MB), e.g. chunks of 260 samples for K = 10 at d = 3072.
+_CHUNK_ENTRIES = 8_000_000
 
 
 def _float_dtype(x: Array) -> jnp.dtype:
@@ -204,7 +205,11 @@ class GaussianMixture:
 
     def _batched(self, fn, x: Array) -> Array:
         """Apply a one-sample function to ``x`` with a leading batch axis, in chunks."""
-        return jax.lax.map(fn, x, batch_size=min(_CHUNK, max(x.shape[0], 1)))
+        n = x.shape[0]
+        chunk = max(1, _CHUNK_ENTRIES // (self.num_modes * self.dim))
+        if n <= chunk:
+            return jax.vmap(fn)(x)
+        return jax.lax.map(fn, x, batch_size=chunk)
 
     def _is_batch(self, x: Array) -> bool:
         nd = len(self.shape)
@@ -223,6 +228,7 @@ class GaussianMixture:
         return logits, diff, c
 
     # --- densities and scores ----------------------------------------------------------------
+    @jax.jit
     def log_prob(self, sde: SDE | None, x: ArrayLike, t: ArrayLike | None = None) -> Array:
         """Exact ``log p_t(x)``. ``x`` is one sample (``shape``) -> scalar, or a batch
         ``(n, *shape)`` -> ``(n,)``. ``sde=None`` gives the data density ``p_0``; with an SDE,
@@ -239,6 +245,7 @@ class GaussianMixture:
 
         return self._batched(one, x) if self._is_batch(x) else one(x)
 
+    @jax.jit
     def responsibilities(self, sde: SDE | None, x: ArrayLike, t: ArrayLike | None = None) -> Array:
         """Posterior component probabilities ``r_k(x)`` under ``p_t``: ``(K,)`` for one sample,
         ``(n, K)`` for a batch. ``sde=None`` uses the data law; ``t=None`` means ``sde.eps``."""
@@ -252,6 +259,7 @@ class GaussianMixture:
 
         return self._batched(one, x) if self._is_batch(x) else one(x)
 
+    @jax.jit
     def assign_modes(
         self, x: ArrayLike, sde: SDE | None = None, t: ArrayLike | None = None
     ) -> Array:
@@ -287,6 +295,7 @@ class GaussianMixture:
         return score_fn
 
     # --- sampling ----------------------------------------------------------------------------
+    @functools.partial(jax.jit, static_argnames=("n", "dtype"))
     def sample_with_labels(
         self, key: Array, n: int, dtype: jnp.dtype | None = None
     ) -> tuple[Array, Array]:
@@ -302,6 +311,7 @@ class GaussianMixture:
         """``n`` exact data samples (``t = 0``), shape ``(n, *shape)``."""
         return self.sample_with_labels(key, n, dtype)[0]
 
+    @functools.partial(jax.jit, static_argnames=("n", "dtype"))
     def marginal_sample(
         self, key: Array, sde: SDE, t: ArrayLike, n: int, dtype: jnp.dtype | None = None
     ) -> Array:
@@ -312,6 +322,7 @@ class GaussianMixture:
         alpha, sigma = self._alpha_sigma(sde, t, dtype)
         return alpha * x0 + sigma * jax.random.normal(k1, x0.shape, dtype)
 
+    @functools.partial(jax.jit, static_argnames=("n", "denoise", "dtype"))
     def ideal_sample(
         self, key: Array, sde: SDE, n: int, denoise: bool = True, dtype: jnp.dtype | None = None
     ) -> Array:
@@ -327,6 +338,7 @@ class GaussianMixture:
         t = sde.eps
         return self._batched(lambda xi: sde.tweedie(xi, t, score_fn(xi, t)).astype(xi.dtype), x)
 
+    @functools.partial(jax.jit, static_argnames=("denoise",))
     def ideal_mode_means(self, sde: SDE, denoise: bool = True) -> Array:
         """Per-mode mean ``(K, *shape)`` of :meth:`ideal_sample` (single-component approximation):
         ``mu_k`` with denoising, ``alpha(eps) mu_k`` without."""
@@ -335,6 +347,7 @@ class GaussianMixture:
         alpha, _ = self._alpha_sigma(sde, sde.eps, self.means.dtype)
         return alpha * self.means
 
+    @functools.partial(jax.jit, static_argnames=("denoise",))
     def ideal_mode_scales(self, sde: SDE, denoise: bool = True) -> Array:
         """Per-mode std ``(K,)`` of :meth:`ideal_sample` (single-component approximation).
 

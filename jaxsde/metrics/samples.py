@@ -151,6 +151,7 @@ def mmd2_unbiased(
 
     def total(a, b):
         block = max(1, min(a.shape[0], block_entries // b.shape[0]))
+        block = -(-a.shape[0] // -(-a.shape[0] // block))  # equal blocks, least padding
         return float(np.sum(np.asarray(_rbf_row_sums(a, b, inv, block), np.float64)))
 
     kxx = (total(x, x) - n) / (n * (n - 1))  # k(x_i, x_i) = 1 on the diagonal
@@ -160,6 +161,7 @@ def mmd2_unbiased(
 
 
 # --- mode metrics ------------------------------------------------------------------------------
+@jax.jit
 def mode_weight_tv(mixture: GaussianMixture, x: ArrayLike) -> Array:
     """Total variation ``1/2 sum_k |hat w_k - w_k|`` between the empirical mode histogram of
     ``x`` (each sample assigned by :meth:`GaussianMixture.assign_modes`, data space) and
@@ -171,6 +173,7 @@ def mode_weight_tv(mixture: GaussianMixture, x: ArrayLike) -> Array:
     return 0.5 * jnp.sum(jnp.abs(freq - mixture.weights.astype(freq.dtype)))
 
 
+@jax.jit
 def mode_spread_w2(
     mixture: GaussianMixture,
     x: ArrayLike,
@@ -282,7 +285,9 @@ def quality_report(
     n = x.shape[0]
     m = n if num_reference is None else int(num_reference)
     k_ref, k_twin, k_proj = jax.random.split(key, 3)
+    # Reference in the samples' float dtype (None: the mixture's own, the common case).
     dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else None
+    dtype = None if dtype == mixture.means.dtype else dtype
     ref = mixture.ideal_sample(k_ref, sde, m, denoise=denoise, dtype=dtype)
     twin = mixture.ideal_sample(k_twin, sde, n, denoise=denoise, dtype=dtype)
     h = median_bandwidth(ref)

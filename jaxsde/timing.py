@@ -1,0 +1,34 @@
+"""Honest wall-clock timing of compiled JAX functions: compile once, warm up, block, median."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+
+
+class Timing(NamedTuple):
+    compile_s: float  # lower + compile
+    median_s: float  # median wall time of `repeats` calls, each blocked until ready
+    min_s: float
+    repeats: int
+
+
+def time_compiled(fn: Callable, *args: Any, repeats: int = 3) -> tuple[Any, Timing]:
+    """Compile ``jax.jit(fn)`` for ``args``, run it once to warm up, then time ``repeats`` runs.
+
+    Returns the last output and a :class:`Timing`.
+    """
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    out = jax.block_until_ready(compiled(*args))
+    times = []
+    for _ in range(max(repeats, 1)):
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - t0)
+    return out, Timing(compile_s, statistics.median(times), min(times), len(times))
