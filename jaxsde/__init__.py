@@ -8,7 +8,7 @@ See ``solve``/``sample`` (the driver), the SDEs, and the solvers below.
 from . import grids, noise, results
 from .driver import BatchSummary, Solution, Stats, sample, sample_keys, solve, summarize
 from .grids import time_grid
-from .noise import FreshNoise, GivenNoise
+from .noise import BrownianNoise, FreshNoise, GivenNoise
 from .sde import SDE, VESDE, VPSDE, ScoreFn, SubVPSDE
 from .solvers import (
     EulerMaruyama,
@@ -41,6 +41,7 @@ __all__ = [
     "GottaGoFast",
     "ProbabilityFlow",
     "FreshNoise",
+    "BrownianNoise",
     "GivenNoise",
     "time_grid",
     "grids",

@@ -158,7 +158,8 @@ def solve(
     def body(s: _LoopState):
         z = None
         if num_draws:
-            z = noise.draw(key, s.stats.num_steps, (num_draws, *x_T.shape), dtype)
+            t_next = solver.attempt_end(s.solver_state, s.t, s.h, t_end_arr)
+            z = noise.draw(key, s.stats.num_steps, s.t, t_next, (num_draws, *x_T.shape), dtype)
         out = solver.step(sde, score, s.x, s.t, s.h, s.solver_state, z, t_end_arr)
         finite = jnp.all(jnp.isfinite(out.x))
         status = jnp.where(out.status != results.SUCCESS, out.status,

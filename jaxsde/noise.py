@@ -7,8 +7,13 @@ at once: an array shaped ``(count, *sample_shape)`` where ``count`` is the solve
 * :class:`FreshNoise` (default): ``normal(fold_in(key, attempt))``. A rejected attempt's
   noise is discarded and the retry draws fresh noise, as Gotta Go Fast prescribes.
 * :class:`GivenNoise`: a pre-drawn array indexed by attempt; lets a test drive two solvers
-  (or jaxsde and another library) with identical noise, and lets solver outputs be
-  differentiated with respect to the noise (exact output laws for affine problems).
+  with identical noise, and lets solver outputs be differentiated with respect to the noise
+  (exact output laws for affine problems).
+* :class:`BrownianNoise`: increments of a Brownian path object with ``evaluate(t0, t1)``
+  (e.g. ``diffrax.VirtualBrownianTree``), so jaxsde and diffrax consume identical noise.
+
+``draw(key, attempt, t, t_next, shape, dtype)``: the attempt integrates from ``t`` down to
+``t_next < t`` (as the solver's ``attempt_end`` defines it).
 """
 
 from __future__ import annotations
@@ -20,13 +25,14 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-__all__ = ["FreshNoise", "GivenNoise"]
+__all__ = ["FreshNoise", "GivenNoise", "BrownianNoise"]
 
 
 class FreshNoise(NamedTuple):
     """Standard normals from ``jax.random.fold_in(key, attempt)``; no state."""
 
-    def draw(self, key: Array, attempt: Array, shape: tuple[int, ...], dtype) -> Array:
+    def draw(self, key: Array, attempt: Array, t: Array, t_next: Array, shape: tuple[int, ...], dtype) -> Array:
+        del t, t_next
         return jax.random.normal(jax.random.fold_in(key, attempt), shape, dtype)
 
 
@@ -39,10 +45,29 @@ class GivenNoise(NamedTuple):
 
     z: Array
 
-    def draw(self, key: Array, attempt: Array, shape: tuple[int, ...], dtype) -> Array:
-        del key
+    def draw(self, key: Array, attempt: Array, t: Array, t_next: Array, shape: tuple[int, ...], dtype) -> Array:
+        del key, t, t_next
         if self.z.shape[1:] != tuple(shape):
             raise ValueError(
                 f"GivenNoise.z has per-attempt shape {self.z.shape[1:]}, the solver needs {tuple(shape)}"
             )
         return jnp.asarray(self.z[attempt], dtype)
+
+
+class BrownianNoise(NamedTuple):
+    """Normals from a Brownian path: ``z = (W(t_next) - W(t)) / sqrt(t - t_next)``.
+
+    ``path.evaluate(t0, t1)`` must return ``W(t1) - W(t0)`` shaped like one sample (with
+    ``count == 1``), as diffrax's Brownian paths do. The sign matches diffrax's reverse-time
+    control ``W(t_next) - W(t)``, so a jaxsde Euler-Maruyama step equals a ``diffrax.Euler``
+    step on the same path and grid.
+    """
+
+    path: object
+
+    def draw(self, key: Array, attempt: Array, t: Array, t_next: Array, shape: tuple[int, ...], dtype) -> Array:
+        del key, attempt
+        if shape[0] != 1:
+            raise ValueError(f"BrownianNoise provides one normal per attempt; the solver needs {shape[0]}")
+        increment = -self.path.evaluate(t_next, t)
+        return jnp.asarray(increment / jnp.sqrt(t - t_next), dtype).reshape(shape)

@@ -69,7 +69,7 @@ def test_rejection_redraws_noise_from_next_attempt(x64):
     # Fresh noise differs between attempts.
     fresh = jaxsde.FreshNoise()
     k = jax.random.PRNGKey(0)
-    assert not np.allclose(fresh.draw(k, 0, (1, 16), jnp.float32), fresh.draw(k, 1, (1, 16), jnp.float32))
+    assert not np.allclose(fresh.draw(k, 0, 1.0, 0.9, (1, 16), jnp.float32), fresh.draw(k, 1, 1.0, 0.9, (1, 16), jnp.float32))
 
 
 def test_nfe_accounting_and_landing(key):

@@ -73,6 +73,10 @@ class Solver:
     def init(self, sde, score, x: Array, t_start: Array, t_end: Array) -> SolverInit:
         raise NotImplementedError
 
+    def attempt_end(self, state, t: Array, h: Array, t_end: Array) -> Array:
+        """The time the next attempt from ``t`` with trial step ``h`` integrates to."""
+        return jnp.where(h >= t - t_end, t_end, t - h)
+
     def step(self, sde, score, x, t, h, state, z, t_end) -> StepOut:
         raise NotImplementedError
 
@@ -110,6 +114,9 @@ class FixedGridSolver(Solver):
         grid = time_grid(sde, self.num_steps, self.grid, t_start, t_end, dtype=x.dtype)
         h = jnp.asarray(grid[0] - grid[1], x.dtype)
         return SolverInit(h=h, state=GridState(jnp.zeros((), jnp.int32), grid), nfe=0)
+
+    def attempt_end(self, state: GridState, t, h, t_end):
+        return state.grid[jnp.minimum(state.index + 1, self.num_steps)]
 
     def step(self, sde, score, x, t, h, state: GridState, z, t_end) -> StepOut:
         del h, t_end

@@ -130,8 +130,7 @@ class GottaGoFast(Solver):
 
     def step(self, sde, score, x, t, h, state: GGFState, z, t_end) -> StepOut:
         z = z[0]
-        last = h >= t - t_end
-        t_next = jnp.where(last, t_end, t - h)
+        t_next = self.attempt_end(state, t, h, t_end)
         sqrt_h = jnp.sqrt(h)
         drift1 = sde.reverse_drift(x, t, score(x, t))
         noise1 = sde.diffusion(t) * sqrt_h * z

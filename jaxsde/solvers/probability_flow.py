@@ -178,8 +178,7 @@ class ProbabilityFlow(Solver):
         del z
         tab = self.tableau
         fn = self._fn(sde, score)
-        last = h >= t - t_end
-        t_next = jnp.where(last, t_end, t - h)
+        t_next = self.attempt_end(state, t, h, t_end)
         h_eff = t - t_next
         x_new, err, k_last = rk_step(tab, fn, x, t, h_eff, state.k1)
         e = _rms(err / self._scale(x, x_new))
