@@ -26,7 +26,8 @@ def test_em_equals_diffrax_euler_on_the_same_path(sde):
     @jax.jit
     def both(key, x_T):
         path = reference.brownian_path(key, sde, x_T.shape)
-        ours = jaxsde.solve(key, sde, score, jaxsde.EulerMaruyama(n_steps), x_T, noise=reference.jaxsde_noise(path, sde.T))
+        noise = reference.jaxsde_noise(path, sde.T)
+        ours = jaxsde.solve(key, sde, score, jaxsde.EulerMaruyama(n_steps), x_T, noise=noise)
         theirs = reference.diffrax_solve(key, sde, score, x_T, dfx.Euler(), ts=ts, path=path)
         return ours, theirs
 
@@ -105,4 +106,5 @@ def test_brownian_noise_rejects_multi_draw_solvers(key):
     _, score = problem(sde)
     path = reference.brownian_path(key, sde, (8,))
     with pytest.raises(ValueError, match="one normal per attempt"):
-        jaxsde.solve(key, sde, score, jaxsde.PredictorCorrector(5), jnp.ones(8), noise=reference.jaxsde_noise(path, sde.T))
+        noise = reference.jaxsde_noise(path, sde.T)
+        jaxsde.solve(key, sde, score, jaxsde.PredictorCorrector(5), jnp.ones(8), noise=noise)
