@@ -137,6 +137,7 @@ def diffrax_solve(
     max_steps: int = 16_384,
     path: dfx.AbstractBrownianPath | None = None,
     brownian_tol: float = 1e-4,
+    adjoint: dfx.AbstractAdjoint | None = None,
 ) -> Solution:
     """Solve ONE sample with diffrax; the counterpart of :func:`jaxsde.solve`.
 
@@ -149,6 +150,9 @@ def diffrax_solve(
       ts: optional fixed grid of decreasing times (uses ``StepTo``); overrides ``dt0``.
       path: Brownian path in ``tau`` (:func:`brownian_path`); give jaxsde the same one with
         :func:`jaxsde_noise` to compare on identical noise.
+      adjoint: diffrax adjoint; ``None`` keeps diffrax's default (``RecursiveCheckpointAdjoint``).
+        For pure sampling ``diffrax.ForwardMode()`` runs a plain while loop (and is required
+        with ``UnsafeBrownianPath``).
 
     Returns:
       :class:`jaxsde.Solution` with ``stats.nfe`` computed from the solver's stages.
@@ -169,7 +173,8 @@ def diffrax_solve(
             path = brownian_path(key, sde, x_T.shape, t_start=t_start, t_end=t_end, tol=brownian_tol, dtype=x_T.dtype)
         terms = reverse_sde_terms(sde, score, path, t_start)
     sol = dfx.diffeqsolve(terms, solver, 0.0, t_start - t_end, dt0, x_T, stepsize_controller=controller,
-                          max_steps=max_steps, throw=False, saveat=dfx.SaveAt(t1=True))
+                          max_steps=max_steps, throw=False, saveat=dfx.SaveAt(t1=True),
+                          **({} if adjoint is None else {"adjoint": adjoint}))
     x = sol.ys[0]
     t = jnp.asarray(t_start - sol.ts[0], x.dtype)
     per_step, once = nfe_per_step(solver)

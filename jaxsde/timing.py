@@ -15,6 +15,8 @@ class Timing(NamedTuple):
     median_s: float  # median wall time of `repeats` calls, each blocked until ready
     min_s: float
     repeats: int
+    temp_bytes: int  # XLA's temporary buffer size of the compiled program (-1 if unknown)
+    peak_bytes: int  # XLA's peak memory estimate (-1 if unknown)
 
 
 def time_compiled(fn: Callable, *args: Any, repeats: int = 3) -> tuple[Any, Timing]:
@@ -31,4 +33,11 @@ def time_compiled(fn: Callable, *args: Any, repeats: int = 3) -> tuple[Any, Timi
         t0 = time.perf_counter()
         out = jax.block_until_ready(compiled(*args))
         times.append(time.perf_counter() - t0)
-    return out, Timing(compile_s, statistics.median(times), min(times), len(times))
+    temp = peak = -1
+    try:
+        stats = compiled.memory_analysis()
+        temp = int(getattr(stats, "temp_size_in_bytes", -1))
+        peak = int(getattr(stats, "peak_memory_in_bytes", -1))
+    except Exception:  # noqa: BLE001 - memory analysis is backend-dependent
+        pass
+    return out, Timing(compile_s, statistics.median(times), min(times), len(times), temp, peak)
