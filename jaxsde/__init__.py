@@ -11,11 +11,16 @@ from .grids import time_grid
 from .noise import BrownianNoise, FreshNoise, GivenNoise
 from .sde import SDE, VESDE, VPSDE, ScoreFn, SubVPSDE
 from .solvers import (
+    DDIM,
+    DPMSolverPP,
+    EDMHeun,
     EulerMaruyama,
+    ForwardValue,
     GottaGoFast,
     PredictorCorrector,
     ProbabilityFlow,
     ReverseDiffusion,
+    SASolver,
     Solver,
 )
 
@@ -40,6 +45,11 @@ __all__ = [
     "PredictorCorrector",
     "GottaGoFast",
     "ProbabilityFlow",
+    "DDIM",
+    "DPMSolverPP",
+    "SASolver",
+    "ForwardValue",
+    "EDMHeun",
     "FreshNoise",
     "BrownianNoise",
     "GivenNoise",

@@ -13,6 +13,27 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sample(args: argparse.Namespace) -> int:
+    from .sampling_job import print_report, run_sample
+
+    report = run_sample(model=args.model, solver=args.solver, n=args.n, seed=args.seed, out=args.out,
+                        batch_size=args.batch_size, metrics=not args.no_metrics, progress=not args.no_progress,
+                        rtol=args.rtol, atol=args.atol, steps=args.steps, snr=args.snr)
+    print_report(report, args.out)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .training import TrainConfig, train
+
+    config = TrainConfig(data=args.data, size=args.size, sde=args.sde, parameterization=args.parameterization,
+                         weighting=args.weighting, steps=args.steps, batch_size=args.batch_size,
+                         learning_rate=args.lr, seed=args.seed)
+    config.validate()
+    train(config, args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxsde", description="Fast sampling from score-based diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -24,6 +45,36 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--em-steps", type=int, default=1000, help="Euler-Maruyama steps (default 1000)")
     demo.add_argument("--out", default="demo.png", help="scatter plot PNG (default demo.png)")
     demo.set_defaults(func=_demo)
+
+    from .solvers.registry import describe_solvers
+
+    sp = sub.add_parser("sample", help="generate images from an embedded model; write a grid; report NFE and FD")
+    sp.add_argument("--model", default="digits", help="digits | digits-medium | digits-small | digits-ve")
+    sp.add_argument("--solver", default="ggf", help=describe_solvers())
+    sp.add_argument("--rtol", type=float, default=None, help="relative tolerance (adaptive solvers)")
+    sp.add_argument("--atol", type=float, default=None, help="absolute tolerance (adaptive solvers)")
+    sp.add_argument("--steps", type=int, default=None, help="number of steps (fixed-step solvers)")
+    sp.add_argument("--snr", type=float, default=None, help="Langevin snr (pc)")
+    sp.add_argument("--n", type=int, default=64, help="number of samples")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--batch-size", type=int, default=256)
+    sp.add_argument("--out", default="grid.png", help="image grid PNG")
+    sp.add_argument("--no-metrics", action="store_true", help="skip FD-digits")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp.set_defaults(func=_sample)
+
+    tr = sub.add_parser("train", help="train a score network by denoising score matching (resumable)")
+    tr.add_argument("--data", default="digits", help="training data (available: digits)")
+    tr.add_argument("--size", default="medium", help="small | medium | large")
+    tr.add_argument("--sde", default="vp", help="vp | subvp | ve")
+    tr.add_argument("--parameterization", default="eps", help="eps | x0 | v | score")
+    tr.add_argument("--weighting", default="simple", help="simple | likelihood")
+    tr.add_argument("--steps", type=int, default=4000)
+    tr.add_argument("--batch-size", type=int, default=128)
+    tr.add_argument("--lr", type=float, default=2e-3)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--out", required=True, help="run directory (rerun with the same arguments to resume)")
+    tr.set_defaults(func=_train)
     return parser
 
 
@@ -31,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as err:  # bad input: a clear message, no traceback
+    except (ValueError, FileNotFoundError) as err:  # bad input: a clear message, no traceback
         print(f"jaxsde {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -195,9 +195,12 @@ def solve(
     return Solution(x=x, t=state.t, stats=state.stats._replace(nfe=nfe), result=result)
 
 
-def sample_keys(key: Array, n: int, offset: int = 0) -> tuple[Array, Array]:
-    """``(prior_keys, solve_keys)`` of samples ``offset .. offset+n-1``: ``split(fold_in(key, i))``."""
-    idx = jnp.arange(offset, offset + n)
+def sample_keys(key: Array, n: int, offset: int | Array = 0) -> tuple[Array, Array]:
+    """``(prior_keys, solve_keys)`` of samples ``offset .. offset+n-1``: ``split(fold_in(key, i))``.
+
+    ``n`` is static; ``offset`` may be traced.
+    """
+    idx = jnp.arange(n) + offset
     pairs = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i)))(idx)
     return pairs[:, 0], pairs[:, 1]
 
@@ -212,11 +215,14 @@ def sample(
     *,
     dtype=jnp.float32,
     noise: Any = None,
+    offset: int | Array = 0,
     **solve_kwargs: Any,
 ) -> Solution:
     """Draw ``n`` samples: sample ``i`` uses ``fold_in(key, i)``, its ``x_T`` from the prior.
 
-    ``shape`` is one sample's shape. ``noise`` (optional) must carry a leading axis of
+    ``shape`` is one sample's shape. ``offset`` (may be traced) returns samples
+    ``offset .. offset + n - 1`` of the same sequence, so a large job can run in chunks.
+    ``noise`` (optional) must carry a leading axis of
     length ``n``. Other keyword arguments go to :func:`solve`. Every field of the returned
     :class:`Solution` has a leading axis of length ``n``; :func:`summarize` reports the loop
     iterations the batch actually ran next to the per-sample NFE.
@@ -224,7 +230,7 @@ def sample(
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     shape = tuple(int(s) for s in shape)
-    prior_keys, solve_keys = sample_keys(key, n)
+    prior_keys, solve_keys = sample_keys(key, n, offset)
     x_T = jax.vmap(lambda k: sde.prior_sample(k, shape, dtype))(prior_keys)
 
     def one(k, x, nz):

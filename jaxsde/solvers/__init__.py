@@ -1,10 +1,15 @@
 """Solvers: objects with ``init``/``step`` run by :func:`jaxsde.solve` (see ``base``)."""
 
 from .base import FixedGridSolver, Solver, SolverInit, StepOut
+from .ddim import DDIM
+from .dpm_solver import DPMSolverPP
+from .edm import EDMHeun
 from .euler_maruyama import EulerMaruyama
+from .forward_value import ForwardValue
 from .gotta_go_fast import GottaGoFast
 from .predictor_corrector import PredictorCorrector, ReverseDiffusion
 from .probability_flow import ProbabilityFlow
+from .sa_solver import SASolver
 
 __all__ = [
     "Solver",
@@ -16,4 +21,9 @@ __all__ = [
     "PredictorCorrector",
     "GottaGoFast",
     "ProbabilityFlow",
+    "DDIM",
+    "DPMSolverPP",
+    "SASolver",
+    "ForwardValue",
+    "EDMHeun",
 ]

@@ -1,0 +1,76 @@
+"""From a network's output to a score function, through the SDE's alpha/sigma.
+
+Parameterisations (what the network predicts, given the preconditioned input
+``c_in * x_t`` and ``t``):
+
+* ``"eps"``: the noise ``eps``; ``score = -eps / sigma``;
+* ``"x0"``: the clean data; ``score = (alpha x0 - x) / sigma^2``;
+* ``"v"``: ``v = alpha eps - sigma x0``; for VP (``alpha^2 + sigma^2 = 1``)
+  ``eps = alpha v + sigma x``, so ``score = -(alpha v + sigma x) / sigma``;
+* ``"score"``: ``sigma * score`` (score_sde's ``scale_by_sigma``); ``score = out / sigma``.
+
+``c_in = 1 / sqrt(alpha^2 sigma_data^2 + sigma^2)`` makes the network input unit scale for
+VP and VE alike. These wrappers work for any Flax module ``apply(params, x, t)`` taking a
+batch; ``score_fn`` returns a score function for ONE sample, as ``jaxsde.solve`` expects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from ..sde import SDE
+
+PARAMETERIZATIONS = ("eps", "x0", "v", "score")
+
+
+def input_scale(sde: SDE, t, sigma_data: float):
+    alpha, sigma = sde.marginal(t)
+    return 1.0 / jnp.sqrt(alpha**2 * sigma_data**2 + sigma**2)
+
+
+def output_to_score(sde: SDE, out, x, t, parameterization: str):
+    """Turn a network output into the score ``grad log p_t(x)``."""
+    alpha, sigma = sde.marginal(t)
+    if parameterization == "eps":
+        return -out / sigma
+    if parameterization == "x0":
+        return (alpha * out - x) / sigma**2
+    if parameterization == "v":
+        return -(alpha * out + sigma * x) / sigma
+    if parameterization == "score":
+        return out / sigma
+    raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}")
+
+
+def batched_score(apply: Callable, sde: SDE, parameterization: str = "eps", sigma_data: float = 0.5):
+    """``score(params, x, t)`` for a batch ``x: (B, ...)``, ``t: (B,)``."""
+    if parameterization not in PARAMETERIZATIONS:
+        raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}")
+
+    def score(params, x, t):
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        c_in = input_scale(sde, t, sigma_data).reshape(shape)
+        out = apply(params, c_in * x, t)
+        tb = t.reshape(shape)
+        return output_to_score(sde, out, x, tb, parameterization)
+
+    return score
+
+
+def score_fn(apply: Callable, params, sde: SDE, parameterization: str = "eps", sigma_data: float = 0.5):
+    """A one-sample score function ``score(x, t)`` closing over ``params`` (may be traced)."""
+    batched = batched_score(apply, sde, parameterization, sigma_data)
+
+    def score(x, t):
+        t = jnp.asarray(t, x.dtype)
+        return batched(params, x[None], t[None])[0]
+
+    return score
+
+
+def cast_tree(tree, dtype):
+    """Cast every floating leaf of ``tree`` to ``dtype``."""
+    return jax.tree_util.tree_map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)

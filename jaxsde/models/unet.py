@@ -1,0 +1,85 @@
+"""A small Flax U-Net score network with time conditioning (for the embedded digits models).
+
+``DigitsUNet(channels, blocks_per_level, ...)`` maps a batch ``x: (B, H, W, C)`` in the
+model's data space and times ``t: (B,)`` to an epsilon prediction shaped like ``x``.
+Inputs are preconditioned by ``c_in = 1 / sqrt(alpha^2 sigma_data^2 + sigma^2)`` (computed
+by the caller, see :mod:`jaxsde.models.score`), so the network sees unit-scale inputs for
+every SDE. H and W must be divisible by ``2 ** (len(channels) - 1)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def _groups(channels: int) -> int:
+    for g in (8, 4, 2, 1):
+        if channels % g == 0 and channels // g >= 4:
+            return g
+    return 1
+
+
+class FourierTime(nn.Module):
+    """Gaussian Fourier features of ``t`` followed by a 2-layer MLP."""
+
+    dim: int
+    scale: float = 16.0
+
+    @nn.compact
+    def __call__(self, t):
+        w = self.param("freqs", nn.initializers.normal(self.scale), (self.dim // 2,))
+        w = jax.lax.stop_gradient(w)  # fixed random frequencies
+        proj = 2 * jnp.pi * t[:, None] * w[None, :]
+        h = jnp.concatenate([jnp.sin(proj), jnp.cos(proj)], axis=-1)
+        h = nn.silu(nn.Dense(self.dim)(h))
+        return nn.Dense(self.dim)(h)
+
+
+class ResBlock(nn.Module):
+    channels: int
+
+    @nn.compact
+    def __call__(self, x, emb):
+        h = nn.silu(nn.GroupNorm(_groups(x.shape[-1]))(x))
+        h = nn.Conv(self.channels, (3, 3))(h)
+        h = h + nn.Dense(self.channels)(nn.silu(emb))[:, None, None, :]
+        h = nn.silu(nn.GroupNorm(_groups(self.channels))(h))
+        h = nn.Conv(self.channels, (3, 3), kernel_init=nn.initializers.variance_scaling(0.1, "fan_avg", "uniform"))(h)
+        if x.shape[-1] != self.channels:
+            x = nn.Conv(self.channels, (1, 1))(x)
+        return x + h
+
+
+class DigitsUNet(nn.Module):
+    """U-Net: per level ``blocks_per_level`` residual blocks, stride-2 down, nearest-up."""
+
+    channels: Sequence[int] = (32, 64, 64)
+    blocks_per_level: int = 1
+    emb_dim: int = 64
+
+    @nn.compact
+    def __call__(self, x, t):
+        emb = FourierTime(self.emb_dim)(t)
+        h = nn.Conv(self.channels[0], (3, 3))(x)
+        skips = [h]
+        for level, ch in enumerate(self.channels):
+            for _ in range(self.blocks_per_level):
+                h = ResBlock(ch)(h, emb)
+                skips.append(h)
+            if level < len(self.channels) - 1:
+                h = nn.Conv(ch, (3, 3), strides=(2, 2))(h)
+                skips.append(h)
+        h = ResBlock(self.channels[-1])(h, emb)
+        for level in reversed(range(len(self.channels))):
+            ch = self.channels[level]
+            for _ in range(self.blocks_per_level + 1):
+                h = ResBlock(ch)(jnp.concatenate([h, skips.pop()], axis=-1), emb)
+            if level > 0:
+                h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
+                h = nn.Conv(ch, (3, 3))(h)
+        h = nn.silu(nn.GroupNorm(_groups(h.shape[-1]))(h))
+        return nn.Conv(x.shape[-1], (3, 3), kernel_init=nn.initializers.zeros)(h)

@@ -1,0 +1,230 @@
+"""Shared machinery of the exponential-integrator samplers (DDIM, DPM-Solver++, SA-Solver, ForwardValue).
+
+Notation (``shared/research/samplers.md`` section 0):
+
+* half log-SNR ``lam(t) = log(alpha_t / sigma_t) = sde.log_snr(t) / 2``, increasing toward the data;
+  a step from ``s`` (noisier) to ``t`` (cleaner) has ``h = lam_t - lam_s > 0``;
+* data prediction ``x0(x, t) = (x + sigma^2 score) / alpha`` (Tweedie), noise prediction
+  ``eps(x, t) = -sigma * score``;
+* exact solution of the probability-flow ODE in data form,
+  ``x_t = (sigma_t / sigma_s) x_s + alpha_t int_0^h e^{-(h - u)} x0(u) du`` with ``u = lam - lam_s``.
+
+The integrals of ``e^{-c (h - u)}`` against polynomials are computed in the shifted, scaled
+variable ``v = (lam - lam_s) / h`` (so the interpolation nodes are O(1) and the Lagrange
+coefficients well conditioned) through the exponential remainders
+``R_n(z) = sum_{j >= n} (-z)^j / j!``, evaluated by their series for small ``|z|`` (no
+cancellation) and in closed form otherwise.
+
+:class:`MultistepSolver` extends :class:`~jaxsde.solvers.base.FixedGridSolver` with a history
+buffer of past model outputs (multistep methods) while keeping its ``StepOut`` contract and
+``attempt_end``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from .. import results
+from ..grids import time_grid
+from .base import FixedGridSolver, SolverInit, StepOut
+
+Array = jax.Array
+
+__all__ = [
+    "half_log_snr",
+    "data_prediction",
+    "exp_remainder",
+    "exp_remainders",
+    "exp_moments",
+    "exp_weights",
+    "HistoryState",
+    "MultistepSolver",
+]
+
+_SERIES_RADIUS = 1.0  # |z| below which R_n uses its Taylor series
+_SERIES_TERMS = 18  # 1/(nmax+18)! < 1e-17: exact in float64
+
+
+def half_log_snr(sde, t) -> Array:
+    """``lam(t) = log(alpha_t / sigma_t)`` (half of ``sde.log_snr``)."""
+    return 0.5 * sde.log_snr(t)
+
+
+def data_prediction(sde, score, x: Array, t: Array) -> Array:
+    """``x0(x, t) = (x + sigma^2 score(x, t)) / alpha``: the data prediction (1 score evaluation)."""
+    return sde.tweedie(x, t, score(x, t))
+
+
+def exp_remainders(nmax: int, z: Array) -> list[Array]:
+    """``[R_1(z), ..., R_nmax(z)]`` with ``R_n(z) = e^{-z} - sum_{j<n} (-z)^j / j! = sum_{j>=n} (-z)^j / j!``.
+
+    ``R_1(z) = expm1(-z)``; ``R_n(z) ~ (-z)^n / n!`` for small ``z``. For ``|z| < 1``: the series of
+    ``R_nmax`` (Horner), then ``R_n = (-z)^n / n! + R_{n+1}`` downwards (each term dominates the
+    remainder, so nothing cancels). Otherwise the closed form upwards from ``expm1`` (relative error a
+    few ulps there).
+    """
+    z = jnp.asarray(z)
+    acc = jnp.ones_like(z)
+    for k in range(_SERIES_TERMS, 0, -1):
+        acc = 1.0 + (-z) / (nmax + k) * acc
+    series = [(-z) ** nmax / math.factorial(nmax) * acc]
+    for n in range(nmax - 1, 0, -1):
+        series.insert(0, (-z) ** n / math.factorial(n) + series[0])
+    direct = [jnp.expm1(-z)]
+    for n in range(2, nmax + 1):
+        direct.append(direct[-1] - (-z) ** (n - 1) / math.factorial(n - 1))
+    small = jnp.abs(z) < _SERIES_RADIUS
+    return [jnp.where(small, a, b) for a, b in zip(series, direct, strict=True)]
+
+
+def exp_remainder(n: int, z: Array) -> Array:
+    """``R_n(z)`` alone (see :func:`exp_remainders`), ``n >= 1``."""
+    return exp_remainders(n, z)[-1]
+
+
+def exp_moments(c, h: Array, num: int) -> list[Array]:
+    """``mu_k = int_0^h e^{-c (h - u)} (u / h)^k du`` for ``k = 0 .. num-1`` (``c != 0``, ``h > 0``).
+
+    Closed form ``mu_k = (-1)^{k+1} k! R_{k+1}(c h) / (c^{k+1} h^k)``; ``mu_k -> h / (k + 1)``
+    as ``c h -> 0``. ``c = 1 + tau^2`` gives the data-prediction (SA-Solver) weights, ``c = -1``
+    the noise-prediction ones.
+    """
+    rem = exp_remainders(num, c * h)
+    return [(-1.0) ** (k + 1) * math.factorial(k) * rem[k] / (c ** (k + 1) * h**k) for k in range(num)]
+
+
+def exp_weights(c, h: Array, nodes: list[Array], order: Array | int | None = None) -> list[Array]:
+    """``W_j = int_0^h e^{-c (h - u)} l_j(u / h) du``: exact exponential-integrator weights of the
+    polynomial interpolating at ``nodes`` (in units of ``h`` from the step's start, newest first).
+
+    Built in Newton form, ``P(v) = sum_k f[v_0..v_k] prod_{m<k} (v - v_m)``, whose first ``q`` terms
+    interpolate at the first ``q`` nodes; so ``order`` (static or traced, ``1 <= order <=
+    len(nodes)``) selects the interpolation order by masking terms, with one set of moments.
+    Returned as weights on the node values: ``int e^{-c(h-u)} P = sum_j W_j m_j``;
+    ``sum_j W_j = (1 - e^{-c h}) / c``. With ``c = 1`` these are the PF-ODE data-form weights
+    (``x_t = (sigma_t/sigma_s) x_s + alpha_t sum_j W_j x0_j``); ``c = -1`` the noise-form ones.
+    """
+    p = len(nodes)
+    mu = exp_moments(c, h, p)
+    # integrals of the Newton basis polynomials prod_{m<k} (v - v_m) (monomial coefficients in v)
+    poly = [jnp.ones_like(h)]
+    integrals = []
+    for k in range(p):
+        integrals.append(sum(a * m for a, m in zip(poly, mu, strict=False)))
+        if k + 1 < p:
+            poly = [(poly[i - 1] if i > 0 else 0.0) - (nodes[k] * poly[i] if i < len(poly) else 0.0)
+                    for i in range(len(poly) + 1)]
+    # divided differences f[v_0..v_k] as coefficient vectors on the node values
+    table = [[1.0 if j == i else 0.0 for j in range(p)] for i in range(p)]
+    leading = [table[0]]
+    for k in range(1, p):
+        table = [[(b - a) / (nodes[i + k] - nodes[i]) for a, b in zip(table[i], table[i + 1], strict=True)]
+                 for i in range(p - k)]
+        leading.append(table[0])
+    if order is not None:
+        integrals = [jnp.where(k < order, val, 0.0) for k, val in enumerate(integrals)]
+    return [sum(integrals[k] * leading[k][j] for k in range(j, p)) for j in range(p)]
+
+
+def select_weights(order: Array, candidates: list[list[Array]], size: int) -> list[Array]:
+    """Pick ``candidates[order - 1]`` (each a list of weights, zero-padded to ``size``) by a traced order."""
+    out = []
+    for j in range(size):
+        w = jnp.zeros_like(candidates[0][0])
+        for q, cand in enumerate(candidates, start=1):
+            if j < len(cand):
+                w = jnp.where(order == q, cand[j], w)
+        out.append(w)
+    return out
+
+
+def combine(weights: list[Array], hist: Array) -> Array:
+    """``sum_j weights[j] * hist[j]`` (``hist`` stacked along axis 0)."""
+    return sum(w * hist[j] for j, w in enumerate(weights))
+
+
+class HistoryState(NamedTuple):
+    """State of a :class:`MultistepSolver`.
+
+    ``index``/``grid`` as in :class:`~jaxsde.solvers.base.GridState`; ``lam``: half log-SNR
+    of the grid with ``pad`` virtual nodes prepended (``lam[pad + i]`` is grid time ``i``;
+    the virtual ones extend the grid's first spacing backwards, so warm-up coefficients of
+    unused orders stay finite); ``hist``: past model outputs, newest first; ``extra``: what
+    else the solver carries.
+    """
+
+    index: Array
+    grid: Array
+    lam: Array
+    hist: Array
+    extra: Any
+
+
+class MultistepSolver(FixedGridSolver):
+    """A fixed-grid solver carrying a history of model outputs between steps.
+
+    Subclasses set ``history_size`` and implement
+    ``advance_history(sde, score, x, state, z) -> (x_next, hist, extra, nfe)`` for the attempt from
+    grid time ``state.index`` to ``state.index + 1``; optionally ``init_history``.
+    """
+
+    @property
+    def history_size(self) -> int:
+        raise NotImplementedError
+
+    def init_history(self, sde, x: Array, grid: Array, lam: Array) -> tuple[Array, Any]:
+        """Initial ``(hist, extra)``; default: zeros and ``None``."""
+        return jnp.zeros((self.history_size, *x.shape), x.dtype), None
+
+    def init(self, sde, score, x, t_start, t_end) -> SolverInit:
+        grid = time_grid(sde, self.num_steps, self.grid, t_start, t_end, dtype=x.dtype)
+        lam = half_log_snr(sde, grid).astype(x.dtype)
+        pad = self.history_size
+        d = lam[1] - lam[0]
+        virtual = lam[0] - d * jnp.arange(pad, 0, -1, dtype=x.dtype)
+        lam = jnp.concatenate([virtual, lam])
+        hist, extra = self.init_history(sde, x, grid, lam)
+        h = jnp.asarray(grid[0] - grid[1], x.dtype)
+        return SolverInit(h=h, state=HistoryState(jnp.zeros((), jnp.int32), grid, lam, hist, extra), nfe=0)
+
+    def node(self, state: HistoryState, offset: int) -> Array:
+        """Half log-SNR of grid time ``state.index + offset`` (``offset >= -history_size``)."""
+        return state.lam[state.index + self.history_size + offset]
+
+    def step(self, sde, score, x, t, h, state: HistoryState, z, t_end) -> StepOut:
+        del t, h, t_end
+        i = jnp.minimum(state.index + 1, self.num_steps)
+        x_next, hist, extra, nfe = self.advance_history(sde, score, x, state, z)
+        t_next = state.grid[i]
+        h_next = t_next - state.grid[jnp.minimum(i + 1, self.num_steps)]
+        return StepOut(
+            x=x_next,
+            t=t_next,
+            h=h_next,
+            state=HistoryState(i, state.grid, state.lam, hist, extra),
+            accepted=jnp.array(True),
+            nfe=nfe,
+            status=jnp.array(results.SUCCESS, jnp.int32),
+        )
+
+    def advance_history(self, sde, score, x, state: HistoryState, z):
+        raise NotImplementedError
+
+
+def push(hist: Array, new: Array) -> Array:
+    """Prepend ``new`` to the history (newest first), dropping the oldest entry."""
+    return jnp.concatenate([new[None], hist[:-1]], axis=0)
+
+
+def check_int(name: str, value, lo: int, hi: int, owner: str) -> None:
+    if not (isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi):
+        raise ValueError(f"{owner}: {name} must be an integer in [{lo}, {hi}], got {value!r}")
+
+
+def check_nonneg(name: str, value, owner: str) -> None:
+    if not (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"{owner}: {name} must be a finite number >= 0, got {value!r}")

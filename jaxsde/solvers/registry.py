@@ -1,0 +1,43 @@
+"""Solvers by name, for the command line and the benchmarks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .base import Solver
+from .euler_maruyama import EulerMaruyama
+from .gotta_go_fast import GottaGoFast
+from .predictor_corrector import PredictorCorrector, ReverseDiffusion
+from .probability_flow import ProbabilityFlow
+
+# name -> (constructor from options, one-line description)
+_REGISTRY: dict[str, tuple[Callable[..., Solver], str]] = {
+    "ggf": (lambda rtol=0.05, atol=None, **_: GottaGoFast(rtol=rtol, atol=atol), "Gotta Go Fast (--rtol, --atol)"),
+    "em": (lambda steps=1000, **_: EulerMaruyama(steps), "Euler-Maruyama (--steps)"),
+    "rd": (lambda steps=1000, **_: ReverseDiffusion(steps), "reverse-diffusion predictor (--steps)"),
+    "pc": (lambda steps=1000, snr=0.01, **_: PredictorCorrector(steps, snr=snr),
+           "reverse diffusion + Langevin corrector (--steps, --snr)"),
+    "pf": (lambda rtol=1e-5, atol=None, **_: ProbabilityFlow(rtol=rtol, atol=rtol if atol is None else atol),
+           "probability-flow ODE, adaptive dopri5 (--rtol, --atol)"),
+}
+
+
+def register(name: str, factory: Callable[..., Solver], description: str) -> None:
+    """Add a solver to the registry (``factory(**options)`` ignores options it does not use)."""
+    _REGISTRY[name] = (factory, description)
+
+
+def solver_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def describe_solvers() -> str:
+    return "; ".join(f"{k}: {v[1]}" for k, v in sorted(_REGISTRY.items()))
+
+
+def make_solver(name: str, **options) -> Solver:
+    """Build a solver by name; ``options`` with value None fall back to the solver's defaults."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown solver {name!r}; available: {', '.join(solver_names())}")
+    factory = _REGISTRY[name][0]
+    return factory(**{k: v for k, v in options.items() if v is not None})
