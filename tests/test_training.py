@@ -67,7 +67,8 @@ def test_resume_export_and_load(tmp_path, capsys):
     assert int(state.step) == 4 and os.path.exists(os.path.join(out, "checkpoint.msgpack"))
     again = train(config, out, verbose=True)  # same arguments: resumes, nothing left to do
     assert "resuming from step 4" in capsys.readouterr().out
-    np.testing.assert_array_equal(jax.tree_util.tree_leaves(again.params)[0], jax.tree_util.tree_leaves(state.params)[0])
+    leaves = jax.tree_util.tree_leaves
+    np.testing.assert_array_equal(leaves(again.params)[0], leaves(state.params)[0])
     with pytest.raises(ValueError, match="another configuration"):
         train(TrainConfig(size="small", steps=4, batch_size=16, warmup_steps=2), out, verbose=False)
     path = str(tmp_path / "w.msgpack")
