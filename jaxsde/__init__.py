@@ -5,8 +5,9 @@
 See ``solve``/``sample`` (the driver), the SDEs, and the solvers below.
 """
 
-from . import grids, noise, results
+from . import embedded, grids, noise, results
 from .driver import BatchSummary, Solution, Stats, sample, sample_keys, solve, summarize
+from .embedded import Checkpoint, pretrained
 from .grids import time_grid
 from .noise import BrownianNoise, FreshNoise, GivenNoise
 from .sde import SDE, VESDE, VPSDE, ScoreFn, SubVPSDE
@@ -57,4 +58,7 @@ __all__ = [
     "grids",
     "noise",
     "results",
+    "embedded",
+    "pretrained",
+    "Checkpoint",
 ]

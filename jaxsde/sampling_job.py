@@ -12,7 +12,7 @@ import numpy as np
 
 from . import driver
 from .data import to_unit_range
-from .pretrained import NAMES, pretrained
+from .embedded import NAMES, pretrained
 from .solvers.registry import make_solver
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from jaxsde.pretrained import available
+from jaxsde.embedded import available
 
 
 def run_cli(*args, cwd=None):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsde import pretrained as pt
+from jaxsde import embedded as pt
 from jaxsde.checkpoint_io import atomic_write
 from jaxsde.data import load_digits
 from jaxsde.models.score import output_to_score
