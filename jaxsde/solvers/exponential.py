@@ -10,8 +10,8 @@ Notation (``shared/research/samplers.md`` section 0):
   ``x_t = (sigma_t / sigma_s) x_s + alpha_t int_0^h e^{-(h - u)} x0(u) du`` with ``u = lam - lam_s``.
 
 The integrals of ``e^{-c (h - u)}`` against polynomials are computed in the shifted, scaled
-variable ``v = (lam - lam_s) / h`` (so the interpolation nodes are O(1) and the Lagrange
-coefficients well conditioned) through the exponential remainders
+variable ``v = (lam - lam_s) / h`` (so the interpolation nodes are O(1) and the divided
+differences well conditioned; no monomials of absolute ``lam``) through the exponential remainders
 ``R_n(z) = sum_{j >= n} (-z)^j / j!``, evaluated by their series for small ``|z|`` (no
 cancellation) and in closed form otherwise.
 

@@ -5,10 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .base import Solver
+from .ddim import DDIM
+from .dpm_solver import DPMSolverPP
+from .edm import EDMHeun
 from .euler_maruyama import EulerMaruyama
+from .forward_value import ForwardValue
 from .gotta_go_fast import GottaGoFast
 from .predictor_corrector import PredictorCorrector, ReverseDiffusion
 from .probability_flow import ProbabilityFlow
+from .sa_solver import SASolver
 
 # name -> (constructor from options, one-line description)
 _REGISTRY: dict[str, tuple[Callable[..., Solver], str]] = {
@@ -19,6 +24,11 @@ _REGISTRY: dict[str, tuple[Callable[..., Solver], str]] = {
            "reverse diffusion + Langevin corrector (--steps, --snr)"),
     "pf": (lambda rtol=1e-5, atol=None, **_: ProbabilityFlow(rtol=rtol, atol=rtol if atol is None else atol),
            "probability-flow ODE, adaptive dopri5 (--rtol, --atol)"),
+    "ddim": (lambda steps=50, **_: DDIM(steps), "DDIM, eta=0 (--steps)"),
+    "dpmpp": (lambda steps=20, **_: DPMSolverPP(steps, order=2), "DPM-Solver++ 2M (--steps)"),
+    "sa": (lambda steps=20, **_: SASolver(steps), "SA-Solver 3/4 (--steps)"),
+    "fv": (lambda steps=10, **_: ForwardValue(steps), "forward-value sampler F-DDIM (--steps)"),
+    "edm": (lambda steps=18, **_: EDMHeun(steps), "EDM Heun (--steps)"),
 }
 
 
