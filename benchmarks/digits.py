@@ -53,6 +53,8 @@ def main(argv=None):
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--solvers", default=None,
+                        help="comma-separated subset of the rows, e.g. 'EM 200,GGF 0.05' (EM 1000 always runs)")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
     command = "python " + " ".join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
@@ -70,6 +72,12 @@ def main(argv=None):
     solvers += [(f"GGF {r}", jaxsde.GottaGoFast(rtol=r)) for r in (0.01, 0.02, 0.05, 0.1)]
     if args.quick:
         solvers = [solvers[0], solvers[3], solvers[-2]]
+    elif args.solvers:
+        wanted = {"EM 1000", *[w.strip() for w in args.solvers.split(",")]}
+        unknown = wanted - {name for name, _ in solvers}
+        if unknown:
+            parser.error(f"unknown solver rows {sorted(unknown)}; available: {[name for name, _ in solvers]}")
+        solvers = [(name, s) for name, s in solvers if name in wanted]
     metrics = DigitsMetrics()
     rows = []
     for name, solver in solvers:
