@@ -172,7 +172,9 @@ def solve(
             num_rejected=s.stats.num_rejected + (ok & ~accepted).astype(jnp.int32),
             num_steps=s.stats.num_steps + 1,
         )
-        keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731 - keep last finite state
+        def keep(new, old):  # keep the last finite state; leaves a step passes through unchanged need no select
+            return new if new is old else jnp.where(ok, new, old)
+
         return _LoopState(
             x=keep(out.x, s.x),
             t=keep(out.t, s.t),

@@ -63,7 +63,7 @@ def load_weights_file(path: str, name: str | None = None) -> Checkpoint:
             raise ValueError(f"{path}: missing key {key!r}; expected a jaxsde weights file with "
                              "'params_ema' and 'config'")
     cfg = json.loads(payload["config"])
-    config = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    config = TrainConfig.from_dict(cfg)
     config.validate()
     model = config.make_model()
     sde = config.make_sde()

@@ -7,7 +7,7 @@ Song et al. 2021's likelihood weighting, ``w = g^2 / sigma^2``), for any network
 parameterisation (``eps``, ``x0``, ``v``, ``score``; see :mod:`jaxsde.models.score`).
 
 Optimiser: gradient clipping, AdamW with linear warm-up and cosine decay; EMA of the
-weights. The jit-compiled step runs ``steps_per_call`` updates per call (``lax.scan``).
+weights. The jit-compiled step runs one update per call (see ``make_train_steps``).
 Checkpoints are written atomically and a rerun with the same configuration resumes.
 """
 
@@ -23,8 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import serialization
 
-from .checkpoint_io import load_msgpack, save_msgpack
+from .checkpoint_io import atomic_write, load_msgpack, save_msgpack
 from .data import load_digits
 from .models.score import PARAMETERIZATIONS, batched_score
 from .models.unet import DigitsUNet
@@ -71,6 +72,11 @@ class TrainConfig:
             raise ValueError(f"weighting must be 'simple' or 'likelihood', got {self.weighting!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be positive")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """Inverse of ``dataclasses.asdict`` after a JSON round trip (lists back to tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     def make_sde(self):
         return SDES[self.sde]()
@@ -167,32 +173,26 @@ def train(config: TrainConfig, out_dir: str, log_every: int = 500, checkpoint_ev
     """Train (or resume) into ``out_dir``: ``config.json``, ``checkpoint.msgpack`` (full state)."""
     config.validate()
     os.makedirs(out_dir, exist_ok=True)
-    cfg = dataclasses.asdict(config)
     if os.path.exists(_config_path(out_dir)):
         with open(_config_path(out_dir)) as f:
-            previous = json.load(f)
-        previous = {k: tuple(v) if isinstance(v, list) else v for k, v in previous.items()}
-        if previous != {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}:
-            diff = {k: (previous.get(k), v) for k, v in cfg.items() if previous.get(k) != v}
+            previous = TrainConfig.from_dict(json.load(f))
+        if previous != config:
+            old, new = dataclasses.asdict(previous), dataclasses.asdict(config)
+            diff = {k: (old[k], v) for k, v in new.items() if old[k] != v}
             raise ValueError(f"{out_dir} holds a run with another configuration (old, new): {diff}; "
                              "use a new --out or the same arguments")
     else:
-        from .checkpoint_io import atomic_write
-
-        atomic_write(_config_path(out_dir), json.dumps(cfg, indent=1).encode())
+        atomic_write(_config_path(out_dir), json.dumps(dataclasses.asdict(config), indent=1).encode())
 
     sde = config.make_sde()
     data = jnp.asarray(load_digits("train", sde.data_range).images)
     state = init_state(config, data.shape[1:])
     if os.path.exists(_ckpt_path(out_dir)):
-        from flax import serialization
-
         state = serialization.from_state_dict(state, load_msgpack(_ckpt_path(out_dir)))
         if verbose:
             print(f"resuming from step {int(state.step)}", flush=True)
-    steps_per_call = 1
-    run = make_train_steps(config, data, steps_per_call)
-    t0, last_ckpt = time.time(), int(state.step)
+    run = make_train_steps(config, data)
+    t0, start_step = time.time(), int(state.step)
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
     if verbose:
         print(f"training {config.size} ({n_params:,} parameters) on {data.shape[0]} digits, sde={config.sde}",
@@ -201,12 +201,13 @@ def train(config: TrainConfig, out_dir: str, log_every: int = 500, checkpoint_ev
     while int(state.step) < config.steps:
         state, loss = run(state)
         step = int(state.step)
-        if step % 50 == 0:
+        log = verbose and (step % log_every == 0 or step >= config.steps)
+        if step % 50 == 0 or log:  # reading the loss syncs with the device: not every step
             losses.append(float(loss))
-        if verbose and (step % log_every < steps_per_call or step >= config.steps):
-            rate = (step - last_ckpt) / max(time.time() - t0, 1e-9)
+        if log:
+            rate = (step - start_step) / max(time.time() - t0, 1e-9)
             print(f"step {step:6d}  loss {np.mean(losses[-5:]):.4f}  {rate:.1f} steps/s", flush=True)
-        if step % checkpoint_every < steps_per_call or step >= config.steps:
+        if step % checkpoint_every == 0 or step >= config.steps:
             save_msgpack(_ckpt_path(out_dir), state)
     return state
 
@@ -214,13 +215,8 @@ def train(config: TrainConfig, out_dir: str, log_every: int = 500, checkpoint_ev
 def export_weights(out_dir: str, path: str, dtype=jnp.float32) -> None:
     """Write the EMA weights and the configuration of a finished run to one msgpack file
     (``{"params_ema": ..., "config": json, "step": int}``), the format ``pretrained`` loads."""
-    from flax import serialization
-
     with open(_config_path(out_dir)) as f:
         cfg = json.load(f)
     state = load_msgpack(_ckpt_path(out_dir))
     params = jax.tree_util.tree_map(lambda a: np.asarray(a, dtype), state["params_ema"])
-    payload = {"params_ema": params, "config": json.dumps(cfg), "step": int(state["step"])}
-    from .checkpoint_io import atomic_write
-
-    atomic_write(path, serialization.msgpack_serialize(payload))
+    save_msgpack(path, {"params_ema": params, "config": json.dumps(cfg), "step": int(state["step"])})
