@@ -43,6 +43,9 @@ class Checkpoint(NamedTuple):
     data_range: tuple[float, float]
     config: dict
     name: str
+    # Maps a sample from the space the model is sampled in to data space (None: the same space),
+    # e.g. galaxygrad's log-transformed pixels back to flux.
+    to_data: Callable | None = None
 
 
 def available() -> list[str]:

@@ -28,14 +28,9 @@ from flax import serialization
 from .checkpoint_io import atomic_write, load_msgpack, save_msgpack
 from .data import load_digits
 from .models.score import PARAMETERIZATIONS, batched_score
-from .models.unet import DigitsUNet
+from .models.unet import SIZES, DigitsUNet
 from .sde import VESDE, VPSDE, SubVPSDE
 
-SIZES = {
-    "small": dict(channels=(16, 32), blocks_per_level=1),
-    "medium": dict(channels=(32, 64), blocks_per_level=1),
-    "large": dict(channels=(32, 96), blocks_per_level=2),
-}
 SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 
 

@@ -83,3 +83,24 @@ class DigitsUNet(nn.Module):
                 h = nn.Conv(ch, (3, 3))(h)
         h = nn.silu(nn.GroupNorm(_groups(h.shape[-1]))(h))
         return nn.Conv(x.shape[-1], (3, 3), kernel_init=nn.initializers.zeros)(h)
+
+
+# The three embedded sizes (0.14M, 0.52M, 1.49M parameters); the levels of the multilevel sampler.
+SIZES = {
+    "small": dict(channels=(16, 32), blocks_per_level=1),
+    "medium": dict(channels=(32, 64), blocks_per_level=1),
+    "large": dict(channels=(32, 96), blocks_per_level=2),
+}
+
+
+def digits_small(**overrides) -> DigitsUNet:
+    return DigitsUNet(**{**SIZES["small"], **overrides})
+
+
+def digits_medium(**overrides) -> DigitsUNet:
+    return DigitsUNet(**{**SIZES["medium"], **overrides})
+
+
+def digits(**overrides) -> DigitsUNet:
+    """The largest embedded size (``jaxsde.pretrained("digits")``)."""
+    return DigitsUNet(**{**SIZES["large"], **overrides})
