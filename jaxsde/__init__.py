@@ -10,7 +10,7 @@ from .driver import BatchSummary, Solution, Stats, sample, sample_keys, solve, s
 from .embedded import Checkpoint, pretrained
 from .grids import time_grid
 from .noise import BrownianNoise, FreshNoise, GivenNoise
-from .sde import SDE, VESDE, VPSDE, ScoreFn, SubVPSDE
+from .sde import SDE, VESDE, VPSDE, DiscreteVPSDE, ScoreFn, SubVPSDE
 from .solvers import (
     DDIM,
     DPMSolverPP,
@@ -32,6 +32,7 @@ __all__ = [
     "VPSDE",
     "SubVPSDE",
     "VESDE",
+    "DiscreteVPSDE",
     "ScoreFn",
     "solve",
     "sample",

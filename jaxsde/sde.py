@@ -29,7 +29,7 @@ from jax.typing import ArrayLike
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
 
-__all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "ScoreFn"]
+__all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "DiscreteVPSDE", "ScoreFn"]
 
 
 class SDE:
@@ -248,3 +248,104 @@ class VESDE(SDE):
     @property
     def prior_std(self) -> float:
         return self.sigma_max
+
+
+@_frozen
+class DiscreteVPSDE(SDE):
+    """VP SDE defined by a discrete ``alphas_cumprod`` table, as DDPM/diffusers models are trained.
+
+    Table entry ``n = 0 .. N-1`` (``N = num_train_timesteps``) is the marginal at the network's
+    integer timestep ``n``; in jaxsde time it sits at ``t_n = (n + 1) / N``, so ``T = 1`` is the
+    last entry, ``eps = 1 / N`` the first, and ``t = 0`` would be clean data. Between entries the
+    log-SNR ``lambda = log(abar / (1 - abar))`` is interpolated linearly in ``t``; hence
+    ``alpha^2 = sigmoid(lambda)``, ``sigma^2 = sigmoid(-lambda)``,
+    ``beta(t) = -sigmoid(-lambda) dlambda/dt`` (piecewise constant slope), ``f = -beta x / 2``,
+    ``g = sqrt(beta)``. ``timestep(t) = N t - 1`` is the (fractional) label the network takes.
+    Build with :meth:`from_alphas_cumprod`, :meth:`from_betas` or :meth:`linear` (DDPM's
+    1e-4..0.02 over 1000 steps, google/ddpm-cifar10-32). Data in [-1, 1]; prior N(0, I).
+    """
+
+    log_snr_table: tuple[float, ...] = ()
+    T: float = 1.0
+    data_range: tuple[float, float] = (-1.0, 1.0)
+
+    def __post_init__(self):
+        table = self.log_snr_table
+        if len(table) < 2:
+            raise ValueError(f"the alphas_cumprod table needs at least 2 entries, got {len(table)}")
+        if not all(math.isfinite(v) for v in table) or any(b >= a for a, b in zip(table, table[1:], strict=False)):
+            raise ValueError("alphas_cumprod must be finite, strictly decreasing and inside (0, 1)")
+
+    # --- construction --------------------------------------------------------------------
+    @classmethod
+    def from_alphas_cumprod(cls, alphas_cumprod) -> DiscreteVPSDE:
+        """From the table ``abar_n`` (length N, strictly decreasing, inside (0, 1))."""
+        import numpy as np
+
+        abar = np.asarray(alphas_cumprod, dtype=np.float64).reshape(-1)
+        if abar.size < 2 or not np.all((abar > 0) & (abar < 1)):
+            raise ValueError("alphas_cumprod must hold at least 2 values, each strictly inside (0, 1)")
+        return cls(log_snr_table=tuple(float(v) for v in np.log(abar) - np.log1p(-abar)))
+
+    @classmethod
+    def from_betas(cls, betas) -> DiscreteVPSDE:
+        """From per-step ``beta_n``: ``abar_n = prod_{m <= n} (1 - beta_m)``."""
+        import numpy as np
+
+        betas = np.asarray(betas, dtype=np.float64).reshape(-1)
+        if not np.all((betas > 0) & (betas < 1)):
+            raise ValueError("betas must lie strictly inside (0, 1)")
+        return cls.from_alphas_cumprod(np.exp(np.cumsum(np.log1p(-betas))))
+
+    @classmethod
+    def linear(cls, beta_start: float = 1e-4, beta_end: float = 0.02, num_train_timesteps: int = 1000) -> DiscreteVPSDE:
+        """DDPM's linear schedule (diffusers ``beta_schedule="linear"``; betas in float32, as diffusers)."""
+        import numpy as np
+
+        return cls.from_betas(np.linspace(beta_start, beta_end, num_train_timesteps, dtype=np.float32))
+
+    # --- schedule ------------------------------------------------------------------------
+    @property
+    def num_train_timesteps(self) -> int:
+        return len(self.log_snr_table)
+
+    @property
+    def eps(self) -> float:  # the first table entry
+        return 1.0 / self.num_train_timesteps
+
+    @property
+    def alphas_cumprod(self) -> Array:
+        return jax.nn.sigmoid(jnp.asarray(self.log_snr_table))
+
+    def timestep(self, t: ArrayLike) -> Array:
+        """The network's timestep label ``N t - 1`` (integer on the table's points)."""
+        return self.num_train_timesteps * jnp.asarray(t) - 1.0
+
+    def log_snr(self, t: ArrayLike) -> Array:
+        table = jnp.asarray(self.log_snr_table, dtype=jnp.result_type(t, float))
+        return jnp.interp(self.timestep(t), jnp.arange(table.shape[0], dtype=table.dtype), table)
+
+    def _dlog_snr_dt(self, t: ArrayLike) -> Array:
+        table = jnp.asarray(self.log_snr_table, dtype=jnp.result_type(t, float))
+        n = self.num_train_timesteps
+        idx = jnp.clip(jnp.floor(self.timestep(t)).astype(jnp.int32), 0, n - 2)
+        return (table[idx + 1] - table[idx]) * n
+
+    def beta(self, t: ArrayLike) -> Array:
+        return -jax.nn.sigmoid(-self.log_snr(t)) * self._dlog_snr_dt(t)
+
+    def drift(self, x: Array, t: ArrayLike) -> Array:
+        return -0.5 * self.beta(t) * x
+
+    def diffusion(self, t: ArrayLike) -> Array:
+        return jnp.sqrt(self.beta(t))
+
+    def marginal(self, t: ArrayLike) -> tuple[Array, Array]:
+        lam = self.log_snr(t)
+        return jnp.exp(-0.5 * jax.nn.softplus(-lam)), jnp.exp(-0.5 * jax.nn.softplus(lam))
+
+    def inverse_log_snr(self, lam: ArrayLike) -> Array:
+        lam = jnp.asarray(lam)
+        table = jnp.asarray(self.log_snr_table, dtype=jnp.result_type(lam, float))
+        steps = jnp.arange(table.shape[0], dtype=table.dtype)
+        return (jnp.interp(lam, table[::-1], steps[::-1]) + 1.0) / self.num_train_timesteps
