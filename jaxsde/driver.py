@@ -27,7 +27,8 @@ from .solvers.base import Solver
 
 Array = jax.Array
 
-__all__ = ["Stats", "Solution", "BatchSummary", "solve", "sample", "summarize", "sample_keys"]
+__all__ = ["Stats", "Solution", "BatchSummary", "Problem", "solve", "sample", "summarize", "sample_keys",
+           "prepare", "init", "step", "done", "finalize"]
 
 
 class Stats(NamedTuple):
@@ -91,6 +92,123 @@ def _validate(sde: SDE, score: ScoreFn, solver: Solver, x_T: Array, t_start, t_e
         raise ValueError(f"score returned dtype {out.dtype} for x of dtype {x_T.dtype}; make them match")
 
 
+class Problem(NamedTuple):
+    """One sample's static configuration, resolved and validated by :func:`prepare`.
+
+    The per-sample pieces :func:`init` / :func:`step` / :func:`done` / :func:`finalize` are
+    pure functions of a ``Problem`` and a :class:`_LoopState`; :func:`solve` is
+    ``finalize(while_loop(not done, step, init(x_T)))`` and :func:`jaxsde.generate` runs the
+    same pieces over a fixed number of slots, refilling a slot as soon as its sample is done.
+    """
+
+    sde: SDE
+    score: ScoreFn
+    solver: Solver
+    shape: tuple[int, ...]
+    dtype: Any
+    t_start: float
+    t_end: float
+    max_steps: int
+    denoise: bool
+    noise: Any
+
+
+def prepare(
+    sde: SDE,
+    score: ScoreFn,
+    solver: Solver,
+    x_T: Any,
+    *,
+    t_start: float | None = None,
+    t_end: float | None = None,
+    denoise: bool = True,
+    max_steps: int | None = None,
+    noise: Any = None,
+) -> Problem:
+    """Resolve defaults and validate (see :func:`solve`); ``x_T`` may be a ``jax.ShapeDtypeStruct``."""
+    span = solver.time_span()
+    default_start, default_end = span if span is not None else (sde.T, sde.eps)
+    t_start = float(default_start if t_start is None else t_start)
+    t_end = float(default_end if t_end is None else t_end)
+    _validate(sde, score, solver, x_T, t_start, t_end, max_steps)
+    if span is not None and (t_start, t_end) != (span[0], span[1]):
+        raise ValueError(f"the solver's custom grid spans {span}; t_start/t_end {(t_start, t_end)} disagree")
+    fixed = solver.max_attempts()
+    if max_steps is None:
+        max_steps = fixed if fixed is not None else 10_000
+    noise = FreshNoise() if noise is None else noise
+    return Problem(sde, score, solver, tuple(x_T.shape), x_T.dtype, t_start, t_end, max_steps, denoise, noise)
+
+
+def init(p: Problem, x_T: Array) -> _LoopState:
+    """The loop state of a sample starting from ``x_T`` at ``p.t_start`` (may evaluate the score)."""
+    dtype = p.dtype
+    first = p.solver.init(p.sde, p.score, x_T, jnp.asarray(p.t_start, dtype), jnp.asarray(p.t_end, dtype))
+    zero = jnp.zeros((), jnp.int32)
+    return _LoopState(
+        x=x_T,
+        t=jnp.asarray(p.t_start, dtype),
+        h=jnp.asarray(first.h, dtype),
+        solver_state=first.state,
+        stats=Stats(nfe=zero + first.nfe, num_accepted=zero, num_rejected=zero, num_steps=zero),
+        result=jnp.asarray(results.SUCCESS, jnp.int32),
+    )
+
+
+def done(p: Problem, s: _LoopState) -> Array:
+    """True once the sample reached ``t_end``, failed, or ran ``max_steps`` attempts."""
+    running = (s.t > jnp.asarray(p.t_end, p.dtype)) & (s.result == results.SUCCESS) & (s.stats.num_steps < p.max_steps)
+    return ~running
+
+
+def step(p: Problem, key: Array, s: _LoopState) -> _LoopState:
+    """One attempt (one loop iteration) of a sample whose solve key is ``key``."""
+    t_end_arr = jnp.asarray(p.t_end, p.dtype)
+    z = None
+    if p.solver.noise_per_attempt:
+        t_next = p.solver.attempt_end(s.solver_state, s.t, s.h, t_end_arr)
+        z = p.noise.draw(key, s.stats.num_steps, s.t, t_next, (p.solver.noise_per_attempt, *p.shape), p.dtype)
+    out = p.solver.step(p.sde, p.score, s.x, s.t, s.h, s.solver_state, z, t_end_arr)
+    finite = jnp.all(jnp.isfinite(out.x))
+    status = jnp.where(out.status != results.SUCCESS, out.status,
+                       jnp.where(finite, results.SUCCESS, results.NONFINITE)).astype(jnp.int32)
+    ok = status == results.SUCCESS
+    accepted = jnp.asarray(out.accepted) & ok
+    stats = Stats(
+        nfe=s.stats.nfe + out.nfe,
+        num_accepted=s.stats.num_accepted + accepted.astype(jnp.int32),
+        num_rejected=s.stats.num_rejected + (ok & ~accepted).astype(jnp.int32),
+        num_steps=s.stats.num_steps + 1,
+    )
+
+    def keep(new, old):  # keep the last finite state; leaves a step passes through unchanged need no select
+        return new if new is old else jnp.where(ok, new, old)
+
+    return _LoopState(
+        x=keep(out.x, s.x),
+        t=keep(out.t, s.t),
+        h=keep(out.h, s.h),
+        solver_state=jax.tree_util.tree_map(keep, out.state, s.solver_state),
+        stats=stats,
+        result=status,
+    )
+
+
+def finalize(p: Problem, s: _LoopState) -> Solution:
+    """The :class:`Solution` of a finished loop state (result code; the denoising step if ``p.denoise``)."""
+    t_end_arr = jnp.asarray(p.t_end, p.dtype)
+    result = jnp.where((s.result == results.SUCCESS) & (s.t > t_end_arr),
+                       results.MAX_STEPS_REACHED, s.result).astype(jnp.int32)
+    x, nfe = s.x, s.stats.nfe
+    if p.denoise:
+        denoised = p.sde.tweedie(x, s.t, p.score(x, s.t))
+        nfe = nfe + 1
+        bad = ~jnp.all(jnp.isfinite(denoised))
+        result = jnp.where((result == results.SUCCESS) & bad, results.NONFINITE, result).astype(jnp.int32)
+        x = jnp.where(bad, x, denoised)
+    return Solution(x=x, t=s.t, stats=s.stats._replace(nfe=nfe), result=result)
+
+
 def solve(
     key: Array,
     sde: SDE,
@@ -126,75 +244,10 @@ def solve(
       ``results.NONFINITE`` (``x`` is then the last finite state, at ``t``).
     """
     x_T = jnp.asarray(x_T)
-    span = solver.time_span()
-    default_start, default_end = span if span is not None else (sde.T, sde.eps)
-    t_start = float(default_start if t_start is None else t_start)
-    t_end = float(default_end if t_end is None else t_end)
-    _validate(sde, score, solver, x_T, t_start, t_end, max_steps)
-    if span is not None and (t_start, t_end) != (span[0], span[1]):
-        raise ValueError(f"the solver's custom grid spans {span}; t_start/t_end {(t_start, t_end)} disagree")
-    fixed = solver.max_attempts()
-    if max_steps is None:
-        max_steps = fixed if fixed is not None else 10_000
-    noise = FreshNoise() if noise is None else noise
-    dtype = x_T.dtype
-    t_end_arr = jnp.asarray(t_end, dtype)
-    num_draws = solver.noise_per_attempt
-
-    init = solver.init(sde, score, x_T, jnp.asarray(t_start, dtype), t_end_arr)
-    zero = jnp.zeros((), jnp.int32)
-    state = _LoopState(
-        x=x_T,
-        t=jnp.asarray(t_start, dtype),
-        h=jnp.asarray(init.h, dtype),
-        solver_state=init.state,
-        stats=Stats(nfe=zero + init.nfe, num_accepted=zero, num_rejected=zero, num_steps=zero),
-        result=jnp.asarray(results.SUCCESS, jnp.int32),
-    )
-
-    def cond(s: _LoopState):
-        return (s.t > t_end_arr) & (s.result == results.SUCCESS) & (s.stats.num_steps < max_steps)
-
-    def body(s: _LoopState):
-        z = None
-        if num_draws:
-            t_next = solver.attempt_end(s.solver_state, s.t, s.h, t_end_arr)
-            z = noise.draw(key, s.stats.num_steps, s.t, t_next, (num_draws, *x_T.shape), dtype)
-        out = solver.step(sde, score, s.x, s.t, s.h, s.solver_state, z, t_end_arr)
-        finite = jnp.all(jnp.isfinite(out.x))
-        status = jnp.where(out.status != results.SUCCESS, out.status,
-                           jnp.where(finite, results.SUCCESS, results.NONFINITE)).astype(jnp.int32)
-        ok = status == results.SUCCESS
-        accepted = jnp.asarray(out.accepted) & ok
-        stats = Stats(
-            nfe=s.stats.nfe + out.nfe,
-            num_accepted=s.stats.num_accepted + accepted.astype(jnp.int32),
-            num_rejected=s.stats.num_rejected + (ok & ~accepted).astype(jnp.int32),
-            num_steps=s.stats.num_steps + 1,
-        )
-        def keep(new, old):  # keep the last finite state; leaves a step passes through unchanged need no select
-            return new if new is old else jnp.where(ok, new, old)
-
-        return _LoopState(
-            x=keep(out.x, s.x),
-            t=keep(out.t, s.t),
-            h=keep(out.h, s.h),
-            solver_state=jax.tree_util.tree_map(keep, out.state, s.solver_state),
-            stats=stats,
-            result=status,
-        )
-
-    state = jax.lax.while_loop(cond, body, state)
-    result = jnp.where((state.result == results.SUCCESS) & (state.t > t_end_arr),
-                       results.MAX_STEPS_REACHED, state.result).astype(jnp.int32)
-    x, nfe = state.x, state.stats.nfe
-    if denoise:
-        denoised = sde.tweedie(x, state.t, score(x, state.t))
-        nfe = nfe + 1
-        bad = ~jnp.all(jnp.isfinite(denoised))
-        result = jnp.where((result == results.SUCCESS) & bad, results.NONFINITE, result).astype(jnp.int32)
-        x = jnp.where(bad, x, denoised)
-    return Solution(x=x, t=state.t, stats=state.stats._replace(nfe=nfe), result=result)
+    p = prepare(sde, score, solver, x_T, t_start=t_start, t_end=t_end, denoise=denoise, max_steps=max_steps,
+                noise=noise)
+    state = jax.lax.while_loop(lambda s: ~done(p, s), lambda s: step(p, key, s), init(p, x_T))
+    return finalize(p, state)
 
 
 def sample_keys(key: Array, n: int, offset: int | Array = 0) -> tuple[Array, Array]:
