@@ -120,11 +120,21 @@ class DigitsMetrics:
         return float((kaa.sum() - np.trace(kaa)) / (n * (n - 1)) + (kbb.sum() - np.trace(kbb)) / (m * (m - 1))
                      - 2 * kab.mean())
 
-    def report(self, x, data_range=(-1.0, 1.0)) -> dict[str, float]:
+    def fd_bootstrap_std(self, feats: np.ndarray, repeats: int = 50, seed: int = 0) -> float:
+        """Standard deviation of FD-digits over bootstrap resamples of the generated features:
+        the metric's sampling noise at this n (the reference statistics are held fixed)."""
+        rng = np.random.default_rng(seed)
+        n = len(feats)
+        fds = [self.frechet(feats[rng.integers(0, n, n)], self.train_features) for _ in range(repeats)]
+        return float(np.std(fds, ddof=1))
+
+    def report(self, x, data_range=(-1.0, 1.0), bootstrap: int = 0) -> dict[str, float]:
         """FD-digits, KID, class-histogram TV, confident fraction, and the real-vs-real floors
-        (n held-out real images against the training set, n capped at the 359 held out)."""
+        (n held-out real images against the training set, n capped at the 359 held out).
+        ``bootstrap > 0`` adds ``fd_std``, the bootstrap standard deviation of FD at this n."""
         x = np.asarray(x)
         feats = self.features(x, data_range)
+        extra = {"fd_std": self.fd_bootstrap_std(feats, bootstrap)} if bootstrap > 0 else {}
         probs = self.probabilities(x, data_range)
         hist = np.bincount(np.argmax(probs, -1), minlength=10) / len(x)
         n_floor = min(len(x), len(self.test_images))
@@ -138,4 +148,5 @@ class DigitsMetrics:
             kid_floor=self.kid(real, self.train_features),
             n=len(x),
             n_floor=n_floor,
+            **extra,
         )
