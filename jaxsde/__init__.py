@@ -18,11 +18,14 @@ from .solvers import (
     EulerMaruyama,
     ForwardValue,
     GottaGoFast,
+    MultilevelEM,
+    MultilevelScore,
     PredictorCorrector,
     ProbabilityFlow,
     ReverseDiffusion,
     SASolver,
     Solver,
+    sample_multilevel,
 )
 
 __version__ = "0.1.0"
@@ -52,6 +55,9 @@ __all__ = [
     "SASolver",
     "ForwardValue",
     "EDMHeun",
+    "MultilevelEM",
+    "MultilevelScore",
+    "sample_multilevel",
     "FreshNoise",
     "BrownianNoise",
     "GivenNoise",

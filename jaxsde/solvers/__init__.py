@@ -7,6 +7,7 @@ from .edm import EDMHeun
 from .euler_maruyama import EulerMaruyama
 from .forward_value import ForwardValue
 from .gotta_go_fast import GottaGoFast
+from .multilevel import MultilevelEM, MultilevelScore, multilevel_cost, optimal_probabilities, sample_multilevel
 from .predictor_corrector import PredictorCorrector, ReverseDiffusion
 from .probability_flow import ProbabilityFlow
 from .sa_solver import SASolver
@@ -26,4 +27,9 @@ __all__ = [
     "SASolver",
     "ForwardValue",
     "EDMHeun",
+    "MultilevelEM",
+    "MultilevelScore",
+    "multilevel_cost",
+    "optimal_probabilities",
+    "sample_multilevel",
 ]

@@ -1,0 +1,240 @@
+"""Multilevel Euler-Maruyama (ML-EM; Jacot, arXiv 2603.24594, 2026).
+
+Euler-Maruyama whose score is an unbiased random-level telescoping estimate over score
+functions ``s_1, ..., s_L`` of increasing accuracy and cost (the finest, ``s_L``, is the model
+being sampled):
+
+    s_hat(x, t) = sum_l  B_l / p_l  (s_l(x, t) - s_{l-1}(x, t)),    s_0 = 0,  B_l ~ Bernoulli(p_l),
+
+with ``p_1 = 1``; ``E[s_hat] = s_L``. A step evaluates level ``l`` only if ``B_l`` or ``B_{l+1}``
+is drawn, so the expected cost per step is ``sum_l P(B_l or B_{l+1}) c_l`` instead of ``c_L``; the
+price is extra variance ``sum_l (1/p_l - 1) |s_l - s_{l-1}|^2`` per unit drift, which acts like
+extra diffusion and vanishes with the step size. The probabilities that minimise
+variance x cost are ``p_l ∝ e_l / sqrt(c_l)`` with ``e_l = |s_l - s_{l-1}|`` (RMS) and ``c_l``
+the level's cost (:func:`optimal_probabilities`; samplers.md §(c), Paing & Jacot Prop. 3).
+
+The level coins are **shared by every sample** of a step: they depend only on
+``(coin_seed, step index)``, never on the sample's key. Each sample's law is still exact (the
+estimator is unbiased for every sample), sample ``i`` still does not depend on its batch, and
+a whole batch can skip a level together: :func:`sample_multilevel` runs a batch with
+``lax.cond`` on the shared coins, so an undrawn level costs nothing. Under ``jaxsde.sample``
+(a vmapped per-sample loop) the coins become batched and XLA evaluates every level and
+selects, giving identical samples but no saving; use :func:`sample_multilevel` for speed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import results
+from ..grids import time_grid
+from ..noise import FreshNoise
+from .base import FixedGridSolver, GridState, StepOut, solver_class
+
+Array = jax.Array
+
+
+class MultilevelScore:
+    """Score functions of increasing accuracy and cost, coarsest first, finest last.
+
+    Callable as the finest level (``score(x, t) == levels[-1](x, t)``), so everything that
+    takes a score function (validation, the final denoising step, other solvers) sees the
+    model being sampled. ``costs`` (optional, any unit) are the levels' evaluation costs,
+    used for cost reports in units of the finest level.
+    """
+
+    def __init__(self, levels: Sequence[Callable], costs: Sequence[float] | None = None):
+        levels = tuple(levels)
+        if len(levels) < 1 or not all(callable(f) for f in levels):
+            raise ValueError("levels must be a non-empty sequence of score functions score(x, t)")
+        if costs is not None:
+            costs = tuple(float(c) for c in costs)
+            if len(costs) != len(levels) or not all(np.isfinite(c) and c > 0 for c in costs):
+                raise ValueError(f"costs must hold {len(levels)} positive numbers (one per level), got {costs}")
+        self.levels = levels
+        self.costs = costs
+
+    def __call__(self, x: Array, t: Array) -> Array:
+        return self.levels[-1](x, t)
+
+    def __len__(self) -> int:
+        return len(self.levels)
+
+
+def optimal_probabilities(costs: Sequence[float], errors: Sequence[float], scale: float = 1.0) -> tuple[float, ...]:
+    """Level probabilities ``p_1 = 1``, ``p_l = min(1, scale * (e_l / e_2) * sqrt(c_2 / c_l))`` for ``l >= 2``.
+
+    ``errors[l]`` is the RMS size of the level difference ``s_l - s_{l-1}`` (``errors[0]`` is
+    unused), ``costs[l]`` the level's cost. ``p_l ∝ e_l / sqrt(c_l)`` minimises variance x cost;
+    ``scale`` (= ``p_2``) trades cost for variance.
+    """
+    costs, errors = np.asarray(costs, float), np.asarray(errors, float)
+    if costs.shape != errors.shape or costs.ndim != 1 or len(costs) < 1:
+        raise ValueError("costs and errors must be 1-D sequences of the same length (one entry per level)")
+    if len(costs) == 1:
+        return (1.0,)
+    p = scale * (errors[1:] / errors[1]) * np.sqrt(costs[1] / costs[1:])
+    return (1.0, *(float(min(1.0, v)) for v in p))
+
+
+@solver_class
+class MultilevelEM(FixedGridSolver):
+    """Euler-Maruyama with the multilevel score estimate (see the module docstring).
+
+    Needs a :class:`MultilevelScore` as the score. One step from ``t`` to ``t - h``:
+    ``x <- x - h (f(x, t) - g(t)^2 s_hat(x, t)) + g(t) sqrt(h) z``; the final denoising step
+    uses the finest level. ``Stats.nfe`` counts level evaluations of any size; the cost in
+    units of the finest level is :func:`multilevel_cost`.
+
+    Args:
+      num_steps: number of steps (>= 1).
+      probabilities: ``p_l`` per level, ``p_1 = 1``, each in (0, 1]; all ones is plain EM on
+        the finest level (every level evaluated). Default: the finest level only.
+      coin_seed: seed of the shared level coins (step ``k`` uses ``fold_in(PRNGKey(seed), k)``).
+      grid: ``"uniform"``, ``"logsnr"``, ``"edm"`` or an array of ``num_steps + 1`` times.
+    """
+
+    num_steps: int = 1000
+    probabilities: tuple[float, ...] = (1.0,)
+    coin_seed: int = 0
+    grid: Any = "uniform"
+
+    noise_per_attempt = 1
+
+    def __post_init__(self):
+        self._check_grid()
+        p = tuple(float(v) for v in self.probabilities)
+        if len(p) < 1 or p[0] != 1.0 or not all(0.0 < v <= 1.0 for v in p):
+            raise ValueError(f"probabilities must start with 1.0 and lie in (0, 1], got {self.probabilities!r}")
+        object.__setattr__(self, "probabilities", p)
+        if not isinstance(self.coin_seed, int):
+            raise ValueError(f"coin_seed must be an int, got {self.coin_seed!r}")
+
+    @property
+    def nfe_per_attempt(self) -> int:
+        return len(self.probabilities)
+
+    # --- the shared coins --------------------------------------------------------------------
+    def coins(self, index: Array) -> Array:
+        """Boolean ``(L,)``: which level differences step ``index`` uses (``coins[0]`` is True)."""
+        u = jax.random.uniform(jax.random.fold_in(jax.random.PRNGKey(self.coin_seed), index),
+                               (len(self.probabilities),))
+        return u < jnp.asarray(self.probabilities)
+
+    def needed(self, coins: Array) -> Array:
+        """Boolean ``(L,)``: which levels a step with these coins evaluates."""
+        return coins | jnp.concatenate([coins[1:], jnp.zeros((1,), bool)])
+
+    def estimate(self, values: Sequence[Array], coins: Array) -> Array:
+        """The telescoping estimate from the level values (undrawn levels may hold anything finite)."""
+        p = self.probabilities
+        total = jnp.zeros_like(values[0])
+        previous = jnp.zeros_like(values[0])
+        for level, value in enumerate(values):
+            weight = jnp.where(coins[level], 1.0 / p[level], 0.0).astype(value.dtype)
+            total = total + weight * (value - previous)
+            previous = value
+        return total
+
+    # --- the solver interface ----------------------------------------------------------------
+    def _check_score(self, score) -> MultilevelScore:
+        if not isinstance(score, MultilevelScore):
+            raise TypeError("MultilevelEM needs a jaxsde.MultilevelScore (the levels' score functions) as the score")
+        if len(score) != len(self.probabilities):
+            raise ValueError(f"MultilevelEM has {len(self.probabilities)} level probabilities but the score has "
+                             f"{len(score)} levels")
+        return score
+
+    def init(self, sde, score, x, t_start, t_end):
+        self._check_score(score)
+        return super().init(sde, score, x, t_start, t_end)
+
+    def step(self, sde, score, x, t, h, state: GridState, z, t_end) -> StepOut:
+        del h, t_end
+        score = self._check_score(score)
+        coins = self.coins(state.index)
+        need = self.needed(coins)
+        values = [jax.lax.cond(need[level], lambda f=f: f(x, t), lambda: jnp.zeros_like(x))
+                  for level, f in enumerate(score.levels)]
+        s_hat = self.estimate(values, coins)
+        i = jnp.minimum(state.index + 1, self.num_steps)
+        t_next = state.grid[i]
+        dt = t - t_next
+        x_next = x - dt * sde.reverse_drift(x, t, s_hat) + sde.diffusion(t) * jnp.sqrt(dt) * z[0]
+        return StepOut(x=x_next, t=t_next, h=t_next - state.grid[jnp.minimum(i + 1, self.num_steps)],
+                       state=GridState(i, state.grid), accepted=jnp.array(True),
+                       nfe=jnp.sum(need.astype(jnp.int32)), status=jnp.array(results.SUCCESS, jnp.int32))
+
+
+def multilevel_cost(solver: MultilevelEM, costs: Sequence[float], denoise: bool = True) -> float:
+    """Cost of one sample in units of one evaluation of the finest level (the coins are
+    shared, so every sample of a run costs the same): ``sum_steps sum_{needed l} c_l / c_L``
+    (+ 1 for the final denoising step)."""
+    costs = np.asarray(costs, float)
+    need = np.asarray(jax.vmap(lambda k: solver.needed(solver.coins(k)))(jnp.arange(solver.num_steps)))
+    return float((need * costs).sum() / costs[-1] + (1.0 if denoise else 0.0))
+
+
+def sample_multilevel(key: Array, sde, score: MultilevelScore, solver: MultilevelEM, shape: tuple[int, ...], n: int,
+                      *, dtype=jnp.float32, offset: int | Array = 0, denoise: bool = True):
+    """``jaxsde.sample`` for :class:`MultilevelEM`, with the batch skipping undrawn levels.
+
+    Runs the ``n`` samples as one batch through a ``lax.scan`` over the steps; each level is
+    evaluated on the whole batch under ``lax.cond`` on the step's shared coin, so the wall
+    time follows the expected cost. Returns the same :class:`jaxsde.Solution` as
+    ``jaxsde.sample(key, sde, score, solver, shape, n, offset=offset)`` (same keys, priors and
+    noise; equal up to float rounding), failures included (``NONFINITE`` keeps the last finite
+    state). Jit it like ``sample``.
+    """
+    from ..driver import Solution, Stats, sample_keys
+
+    solver._check_score(score)
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    shape = tuple(int(s) for s in shape)
+    span = solver.time_span() or (sde.T, sde.eps)
+    grid = time_grid(sde, solver.num_steps, solver.grid, span[0], span[1], dtype=dtype)
+    prior_keys, solve_keys = sample_keys(key, n, offset)
+    x0 = jax.vmap(lambda k: sde.prior_sample(k, shape, dtype))(prior_keys)
+    batched_levels = [jax.vmap(f, in_axes=(0, None)) for f in score.levels]
+    noise = FreshNoise()
+
+    def body(carry, k):
+        x, ok, nfe = carry
+        t, t_next = grid[k], grid[k + 1]
+        coins = solver.coins(k)
+        need = solver.needed(coins)
+        values = [jax.lax.cond(need[level], lambda f=f: f(x, t), lambda: jnp.zeros_like(x))
+                  for level, f in enumerate(batched_levels)]
+        s_hat = solver.estimate(values, coins)
+        z = jax.vmap(lambda sk: noise.draw(sk, k, t, t_next, (1, *shape), dtype)[0])(solve_keys)
+        dt = t - t_next
+        x_new = x - dt * sde.reverse_drift(x, t, s_hat) + sde.diffusion(t) * jnp.sqrt(dt) * z
+        finite = jnp.all(jnp.isfinite(x_new.reshape(n, -1)), axis=1)
+        running = ok
+        ok = ok & finite
+        bshape = (n,) + (1,) * len(shape)
+        x = jnp.where(ok.reshape(bshape), x_new, x)
+        nfe = nfe + jnp.where(running, jnp.sum(need.astype(jnp.int32)), 0)
+        steps_inc = running.astype(jnp.int32)
+        return (x, ok, nfe), steps_inc
+
+    init = (x0, jnp.ones((n,), bool), jnp.zeros((n,), jnp.int32))
+    (x, ok, nfe), incs = jax.lax.scan(body, init, jnp.arange(solver.num_steps))
+    num_steps = jnp.sum(incs, axis=0)
+    result = jnp.where(ok, results.SUCCESS, results.NONFINITE).astype(jnp.int32)
+    t_final = jnp.where(ok, grid[-1], grid[jnp.maximum(num_steps - 1, 0)])  # failed: the last finite state's time
+    if denoise:  # as the driver: every sample's final state is denoised, a non-finite result is not applied
+        denoised = jax.vmap(lambda xi, ti: sde.tweedie(xi, ti, score.levels[-1](xi, ti)))(x, t_final)
+        nfe = nfe + 1
+        bad = ~jnp.all(jnp.isfinite(denoised.reshape(n, -1)), axis=1)
+        result = jnp.where(ok & bad, results.NONFINITE, result).astype(jnp.int32)
+        x = jnp.where(bad.reshape((n,) + (1,) * len(shape)), x, denoised)
+    stats = Stats(nfe=nfe, num_accepted=num_steps - (~ok).astype(jnp.int32), num_rejected=jnp.zeros_like(nfe),
+                  num_steps=num_steps)
+    return Solution(x=x, t=t_final, stats=stats, result=result)
