@@ -1,0 +1,454 @@
+"""Continuous batching: many samples through a fixed number of slots inside one compiled loop.
+
+``sample`` vmaps whole solves: with an adaptive solver every sample of a batch waits for the
+slowest one, so a batch pays ``n * max NFE`` for ``sum NFE`` of useful work. ``generate`` keeps
+``batch_size`` slots busy instead. Each loop iteration steps every slot once (the driver's
+per-sample :func:`~jaxsde.driver.step`); when a slot's sample is :func:`~jaxsde.driver.done`, a
+refill pass (only on iterations where some slot finished) :func:`~jaxsde.driver.finalize`-s it
+into an output buffer and starts the next unstarted sample ``k`` in that slot, with the very
+key and prior draw :func:`jaxsde.sample` gives sample ``k`` (``split(fold_in(key, k))``). So
+sample ``i`` of ``generate`` equals sample ``i`` of ``sample`` whatever ``batch_size``.
+
+Refills handle ``refill_size`` slots at a time (gather, finalize + init, scatter back), so a
+refill costs ``refill_size`` score evaluations for the denoising step, not ``batch_size``.
+
+Devices: the slots are split over ``devices`` (default: all local devices) with
+``jax.shard_map``; each device runs its own loop over its own contiguous block of indices
+(no collective inside the loop). Across hosts, each process generates its own index range
+(:func:`process_range`), again without collectives.
+
+:class:`Generator` is the host-side form: it keeps the slot state on the devices between calls
+and hands finished samples to the host in chunks (``jaxsde generate`` writes them as shards).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from . import driver, results
+from .driver import Problem, Solution, Stats
+from .noise import FreshNoise
+
+Array = jax.Array
+
+__all__ = ["generate", "Generated", "LoopStats", "GenerateSummary", "summarize_generate", "Generator", "Chunk",
+           "process_range", "default_refill_size"]
+
+_AXIS = "slots"
+
+
+class LoopStats(NamedTuple):
+    """What the loop paid for, one entry per device: iterations, score evaluations computed by all
+    slots (busy or idle) and by the refills, and refill passes. ``slots`` = slots per device."""
+
+    slots: int
+    iterations: Array
+    paid_nfe: Array
+    refills: Array
+
+
+class Generated(NamedTuple):
+    """``generate``'s output: the fields of :class:`~jaxsde.Solution` (leading axis n, in index
+    order) plus :class:`LoopStats`."""
+
+    x: Array
+    t: Array
+    stats: Stats
+    result: Array
+    loop: LoopStats
+
+    def solution(self) -> Solution:
+        return Solution(self.x, self.t, self.stats, self.result)
+
+
+class _Slots(NamedTuple):  # one device's slots (leading axis = slots) and counters (scalars)
+    loop: driver._LoopState
+    key: Array  # solve key of each slot's sample
+    index: Array  # int32 sample index, -1 = empty slot
+    cursor: Array  # next position in the work list
+    iterations: Array
+    paid: Array
+    refills: Array
+
+
+class _Out(NamedTuple):  # finished samples in completion order
+    index: Array  # (capacity,) int32, -1 = unused
+    sol: Solution
+    count: Array
+
+
+def default_refill_size(slots: int) -> int:
+    """Slots refilled per refill pass: ~1/16 of the slots (at least 2)."""
+    return max(2, math.ceil(slots / 16))
+
+
+def _widths(batch_size: int, devices: int, refill_size: int | None) -> tuple[int, int]:
+    """Slots per device and refill width, both >= 2: XLA compiles a vmap of width 1 to unbatched
+    code whose rounding differs from the batched code ``sample`` runs, and adaptive solvers can
+    turn a 1-ulp difference into a different step sequence."""
+    slots = max(2, math.ceil(batch_size / devices))
+    return slots, min(max(2, refill_size or default_refill_size(slots)), slots)
+
+
+def _bcast(mask: Array, a: Array) -> Array:
+    return mask.reshape(mask.shape + (1,) * (a.ndim - mask.ndim))
+
+
+def _empty(p: Problem, key: Array, slots: int) -> _Slots:
+    loop = jax.vmap(partial(driver.init, p))(jnp.zeros((slots, *p.shape), p.dtype))
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.zeros((slots,), jnp.int32))
+    zero = jnp.zeros((), jnp.int32)
+    return _Slots(loop, keys, jnp.full((slots,), -1, jnp.int32), zero, zero, zero, zero)
+
+
+def _empty_out(p: Problem, capacity: int) -> _Out:
+    sol = jax.eval_shape(partial(driver.finalize, p), jax.eval_shape(partial(driver.init, p),
+                                                                       jax.ShapeDtypeStruct(p.shape, p.dtype)))
+    sol = jax.tree_util.tree_map(lambda s: jnp.zeros((capacity, *s.shape), s.dtype), sol)
+    return _Out(jnp.full((capacity,), -1, jnp.int32), sol, jnp.zeros((), jnp.int32))
+
+
+def _processable(p: Problem, g: _Slots, out: _Out, num_work: Array) -> tuple[Array, Array]:
+    busy = g.index >= 0
+    fin = busy & jax.vmap(partial(driver.done, p))(g.loop)
+    room = out.index.shape[0] - out.count
+    fin_ok = fin & (jnp.cumsum(fin.astype(jnp.int32)) <= room)
+    fill = ~busy & (g.cursor < num_work)
+    return fin_ok | fill, fin_ok
+
+
+def _refill_pass(p: Problem, key: Array, work: Array, num_work: Array, size: int, g: _Slots, out: _Out):
+    """Finalize up to ``size`` finished slots into ``out`` and start the next samples in them."""
+    nslots = g.index.shape[0]
+    proc, fin_ok = _processable(p, g, out, num_work)
+    rows = jnp.nonzero(proc, size=size, fill_value=nslots)[0]
+    valid = rows < nslots
+    rows_c = jnp.minimum(rows, nslots - 1)
+    sub = jax.tree_util.tree_map(lambda a: a[rows_c], g.loop)
+    is_fin = valid & fin_ok[rows_c]
+    sol = jax.vmap(partial(driver.finalize, p))(sub)
+    capacity = out.index.shape[0]
+    dst = jnp.where(is_fin, out.count + jnp.cumsum(is_fin.astype(jnp.int32)) - 1, capacity)
+    out = _Out(index=out.index.at[dst].set(g.index[rows_c], mode="drop"),
+               sol=jax.tree_util.tree_map(lambda buf, v: buf.at[dst].set(v, mode="drop"), out.sol, sol),
+               count=out.count + jnp.sum(is_fin, dtype=jnp.int32))
+    pos = g.cursor + jnp.cumsum(valid.astype(jnp.int32)) - 1
+    has = valid & (pos < num_work)
+    new_index = jnp.where(has, work[jnp.clip(pos, 0, work.shape[0] - 1)], -1)
+    pairs = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i)))(jnp.maximum(new_index, 0))
+    x_T = jax.vmap(lambda k: p.sde.prior_sample(k, p.shape, p.dtype))(pairs[:, 0])
+    fresh = jax.vmap(partial(driver.init, p))(x_T)
+    dst_rows = jnp.where(valid, rows, nslots)
+    paid = jnp.sum(fresh.stats.nfe) + (size if p.denoise else 0)
+    return _Slots(
+        loop=jax.tree_util.tree_map(lambda buf, v: buf.at[dst_rows].set(v, mode="drop"), g.loop, fresh),
+        key=g.key.at[dst_rows].set(pairs[:, 1], mode="drop"),
+        index=g.index.at[dst_rows].set(new_index, mode="drop"),
+        cursor=g.cursor + jnp.sum(has, dtype=jnp.int32),
+        iterations=g.iterations,
+        paid=g.paid + paid,
+        refills=g.refills + 1,
+    ), out
+
+
+def _refill(p, key, work, num_work, size, g, out):
+    def again(c):
+        return jnp.any(_processable(p, c[0], c[1], num_work)[0])
+
+    def run(c):
+        return jax.lax.while_loop(again, lambda c: _refill_pass(p, key, work, num_work, size, *c), c)
+
+    return jax.lax.cond(again((g, out)), run, lambda c: c, (g, out))
+
+
+def _run(p: Problem, key: Array, work: Array, num_work: Array, size: int, progress, device, g: _Slots, out: _Out):
+    """One device's loop: step all slots, refill finished ones; stop when ``out`` is full or all
+    work is finished."""
+    g, out = _refill(p, key, work, num_work, size, g, out)
+
+    def cond(c):
+        g, out = c
+        return (out.count < out.index.shape[0]) & (jnp.any(g.index >= 0) | (g.cursor < num_work))
+
+    def body(c):
+        g, out = c
+        active = (g.index >= 0) & ~jax.vmap(partial(driver.done, p))(g.loop)
+        new = jax.vmap(partial(driver.step, p))(g.key, g.loop)
+        loop = jax.tree_util.tree_map(lambda a, b: jnp.where(_bcast(active, a), a, b), new, g.loop)
+        paid = g.paid + jnp.sum(new.stats.nfe - g.loop.stats.nfe)
+        g = g._replace(loop=loop, iterations=g.iterations + 1, paid=paid)
+        g, out = _refill(p, key, work, num_work, size, g, out)
+        if progress is not None:
+            every, fn = progress
+            jax.lax.cond(g.iterations % every == 0,
+                         lambda: jax.debug.callback(fn, device, out.count, g.iterations, g.paid), lambda: None)
+        return g, out
+
+    g, out = jax.lax.while_loop(cond, body, (g, out))
+    if progress is not None:
+        jax.debug.callback(partial(progress[1], final=True), device, out.count, g.iterations, g.paid)
+    return g, out
+
+
+_SCALARS = ("cursor", "iterations", "paid", "refills")
+
+
+def _lift(g: _Slots) -> _Slots:  # per-device scalars -> shape (1,), so shard_map can stack them
+    return g._replace(**{f: getattr(g, f)[None] for f in _SCALARS})
+
+
+def _lower(g: _Slots) -> _Slots:
+    return g._replace(**{f: getattr(g, f)[0] for f in _SCALARS})
+
+
+def _device(mesh) -> Array:
+    return jnp.zeros((), jnp.int32) if mesh is None else jax.lax.axis_index(_AXIS)
+
+
+def _check(noise, batch_size, refill_size) -> None:
+    if noise is not None and not isinstance(noise, FreshNoise):
+        raise ValueError("generate draws fresh noise per sample (noise=None); per-sample noise arrays need `sample`")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if refill_size is not None and (not isinstance(refill_size, int) or refill_size < 1):
+        raise ValueError(f"refill_size must be a positive integer, got {refill_size!r}")
+
+
+def _mesh(devices) -> Mesh | None:
+    devices = list(jax.local_devices() if devices is None else devices)
+    return Mesh(np.array(devices), (_AXIS,)) if len(devices) > 1 else None
+
+
+def _split(tree, d):  # (d*k, ...) per-device leading blocks <-> shard_map's local views
+    return jax.tree_util.tree_map(lambda a: a.reshape(d, -1, *a.shape[1:]), tree)
+
+
+def generate(
+    key: Array,
+    sde,
+    score,
+    solver,
+    shape: tuple[int, ...],
+    n: int,
+    batch_size: int = 256,
+    *,
+    dtype=jnp.float32,
+    offset: int | Array = 0,
+    refill_size: int | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    progress: Callable[[dict], None] | bool | None = None,
+    progress_every: int = 64,
+    **solve_kwargs: Any,
+) -> Generated:
+    """Samples ``offset .. offset + n - 1`` of :func:`jaxsde.sample`'s sequence, by continuous batching.
+
+    Sample ``i`` equals ``sample(key, sde, score, solver, shape, n)``'s sample ``i`` (x, stats,
+    result), whatever ``batch_size`` (the number of slots, split over ``devices``; default all
+    local devices) and ``refill_size`` (slots refilled per refill pass, default
+    :func:`default_refill_size`). Pure and jit-able like ``sample``; other keyword arguments go to
+    :func:`jaxsde.solve` (``t_start``, ``t_end``, ``denoise``, ``max_steps``).
+
+    ``progress`` (off by default, no effect on the results): ``True`` for a tqdm bar, or a callable
+    receiving ``{"done", "total", "iterations", "paid_nfe"}``, called from inside the compiled
+    loop every ``progress_every`` iterations (and at most ~4 times a second).
+
+    Returns :class:`Generated` (``.solution()`` gives a :class:`~jaxsde.Solution`); see
+    :func:`summarize_generate` for the useful-work fraction.
+    """
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    _check(solve_kwargs.get("noise"), batch_size, refill_size)
+    shape = tuple(int(s) for s in shape)
+    p = driver.prepare(sde, score, solver, jax.ShapeDtypeStruct(shape, jnp.dtype(dtype)), **solve_kwargs)
+    mesh = _mesh(devices)
+    d = 1 if mesh is None else mesh.devices.size
+    slots, size = _widths(batch_size, d, refill_size)
+    per = math.ceil(n / d)
+    work = jnp.arange(d * per, dtype=jnp.int32) + jnp.asarray(offset, jnp.int32)
+    num_work = jnp.clip(n - per * jnp.arange(d, dtype=jnp.int32), 0, per)
+    reporter = _Reporter(progress, n) if progress else None
+    cb = None if reporter is None else (max(int(progress_every), 1), reporter)
+
+    def local(key, work, num_work):
+        g, out = _run(p, key, work, num_work[0], size, cb, _device(mesh), _empty(p, key, slots), _empty_out(p, per))
+        return out._replace(count=out.count[None]), jnp.stack([g.iterations, g.paid, g.refills])[None]
+
+    if mesh is None:
+        out, counters = local(key, work, num_work)
+    else:
+        out, counters = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(_AXIS), P(_AXIS)),
+                                      out_specs=(P(_AXIS), P(_AXIS)))(key, work, num_work)
+    pos = jnp.where(out.index >= 0, out.index - jnp.asarray(offset, jnp.int32), n)
+    sol = jax.tree_util.tree_map(lambda a: jnp.zeros((n, *a.shape[1:]), a.dtype).at[pos].set(a, mode="drop"),
+                                 out.sol)
+    loop = LoopStats(slots, counters[:, 0], counters[:, 1], counters[:, 2])
+    return Generated(sol.x, sol.t, sol.stats, sol.result, loop)
+
+
+class _Reporter:
+    """Host side of the progress callback: sums per-device counts, throttled to ~4 updates/s."""
+
+    def __init__(self, progress, total: int, initial: int = 0):
+        self.fn = progress if callable(progress) else None
+        self.total, self.initial = total, initial
+        self.done: dict[int, int] = {}
+        self.last = 0.0
+        self.lock = threading.Lock()
+        self.bar = None
+        if progress is True:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="sample")
+
+    def __call__(self, device, count, iterations, paid, final=False):
+        with self.lock:
+            self.done[int(device)] = int(count)
+            now = time.monotonic()
+            done = self.initial + sum(self.done.values())
+            if now - self.last < 0.25 and not (final and done >= self.total):
+                return
+            self.last = now
+            if self.bar is not None:
+                self.bar.update(done - self.bar.n)
+                if done >= self.total:
+                    self.bar.close()
+            if self.fn is not None:
+                self.fn(dict(done=done, total=self.total, iterations=int(iterations), paid_nfe=int(paid)))
+
+
+class GenerateSummary(NamedTuple):
+    """Host-side summary of :func:`generate`: what the samples needed vs what the loop paid for."""
+
+    n: int
+    mean_nfe: float
+    min_nfe: int
+    max_nfe: int
+    slots: int  # slots per device
+    loop_iterations: int  # the longest device's iterations
+    paid_nfe: int  # score evaluations computed: every slot every iteration, plus refills
+    useful_work: float  # sum of per-sample NFE / paid_nfe
+    slot_utilisation: float  # sum of per-sample loop iterations / (slots x iterations), summed over devices
+    num_failed: int
+    refills: int
+
+    def __str__(self) -> str:
+        return (f"n={self.n} NFE mean={self.mean_nfe:.1f} min={self.min_nfe} max={self.max_nfe} "
+                f"slots={self.slots} loop_iterations={self.loop_iterations} useful_work={self.useful_work:.3f} "
+                f"slot_utilisation={self.slot_utilisation:.3f} refills={self.refills} failed={self.num_failed}")
+
+
+def summarize_generate(gen: Generated) -> GenerateSummary:
+    """Summarise :func:`generate`'s output on the host (``jaxsde.summarize`` does the same)."""
+    nfe = np.asarray(gen.stats.nfe).reshape(-1).astype(np.int64)
+    steps = np.asarray(gen.stats.num_steps).reshape(-1).astype(np.int64)
+    iters = np.asarray(gen.loop.iterations).astype(np.int64)
+    paid = int(np.asarray(gen.loop.paid_nfe).astype(np.int64).sum())
+    return GenerateSummary(
+        n=int(nfe.size), mean_nfe=float(nfe.mean()), min_nfe=int(nfe.min()), max_nfe=int(nfe.max()),
+        slots=int(gen.loop.slots), loop_iterations=int(iters.max()), paid_nfe=paid,
+        useful_work=float(nfe.sum() / max(paid, 1)),
+        slot_utilisation=float(steps.sum() / max(gen.loop.slots * iters.sum(), 1)),
+        num_failed=int(np.sum(np.asarray(gen.result) != results.SUCCESS)),
+        refills=int(np.asarray(gen.loop.refills).sum()),
+    )
+
+
+def process_range(n: int, process_index: int | None = None, process_count: int | None = None) -> tuple[int, int]:
+    """``(offset, count)`` of the samples process ``process_index`` of ``process_count`` generates
+    (contiguous blocks; defaults: this process, from ``jax.process_index()``/``jax.process_count()``)."""
+    i = jax.process_index() if process_index is None else process_index
+    k = jax.process_count() if process_count is None else process_count
+    start, stop = (n * i) // k, (n * (i + 1)) // k
+    return start, stop - start
+
+
+class Chunk(NamedTuple):
+    """Finished samples handed to the host (numpy, completion order)."""
+
+    index: np.ndarray  # (m,) int64
+    x: np.ndarray
+    t: np.ndarray
+    stats: Stats
+    result: np.ndarray
+
+
+class Generator:
+    """Host-driven continuous batching: yields :class:`Chunk`-s of finished samples.
+
+    ``indices`` are the samples to make (any order, e.g. the ones a resumed job still lacks).
+    The slot state stays on the devices between chunks; each call of the compiled loop runs
+    until ``chunk_size`` samples (split over the devices) have finished. ``score_fn(params)``
+    builds the score, so ``params`` are arguments of the compiled loop. The chunks hold exactly
+    the samples ``sample`` gives those indices.
+    """
+
+    def __init__(self, key, sde, score_fn: Callable, params, solver, shape, indices, *, batch_size: int = 256,
+                 chunk_size: int = 1024, refill_size: int | None = None, dtype=jnp.float32,
+                 devices: Sequence[jax.Device] | None = None, **solve_kwargs):
+        _check(solve_kwargs.get("noise"), batch_size, refill_size)
+        indices = np.asarray(indices, np.int64).reshape(-1)
+        if indices.size == 0:
+            raise ValueError("nothing to generate: indices is empty")
+        mesh = _mesh(devices)
+        d = 1 if mesh is None else mesh.devices.size
+        self.slots, size = _widths(batch_size, d, refill_size)
+        capacity = max(1, math.ceil(chunk_size / d))
+        per = math.ceil(indices.size / d)
+        work = np.zeros(d * per, np.int32)
+        work[: indices.size] = indices
+        num_work = np.clip(indices.size - per * np.arange(d), 0, per).astype(np.int32)
+        shape = tuple(int(s) for s in shape)
+        p0 = driver.prepare(sde, score_fn(params), solver, jax.ShapeDtypeStruct(shape, jnp.dtype(dtype)),
+                            **solve_kwargs)
+
+        def problem(params):
+            return p0._replace(score=score_fn(params))
+
+        def local_init(key, params):
+            return _lift(_empty(problem(params), key, self.slots))
+
+        def local_run(key, params, work, num_work, g):
+            p = problem(params)
+            g, out = _run(p, key, work, num_work[0], size, None, _device(mesh), _lower(g), _empty_out(p, capacity))
+            return _lift(g), out._replace(count=out.count[None])
+
+        if mesh is None:
+            self._init = jax.jit(local_init)
+            self._step = jax.jit(local_run, donate_argnums=(4,))
+            self.work, self.num_work = jnp.asarray(work), jnp.asarray(num_work)
+            self.state = self._init(key, params)
+        else:
+            rep, shard = P(), P(_AXIS)
+            self._init = jax.jit(jax.shard_map(local_init, mesh=mesh, in_specs=(rep, rep), out_specs=shard))
+            self._step = jax.jit(jax.shard_map(local_run, mesh=mesh, in_specs=(rep, rep, shard, shard, shard),
+                                               out_specs=(shard, shard)), donate_argnums=(4,))
+            put = partial(jax.device_put, device=NamedSharding(mesh, shard))
+            self.work, self.num_work = put(work), put(num_work)
+            self.state = self._init(key, params)
+        self.key, self.params, self.total = key, params, int(indices.size)
+        self.produced = 0
+
+    def __iter__(self) -> Iterator[Chunk]:
+        while self.produced < self.total:
+            self.state, out = self._step(self.key, self.params, self.work, self.num_work, self.state)
+            out = jax.device_get(out)
+            keep = np.asarray(out.index) >= 0
+            self.produced += int(keep.sum())
+            sol = jax.tree_util.tree_map(lambda a, keep=keep: np.asarray(a)[keep], out.sol)
+            yield Chunk(np.asarray(out.index)[keep].astype(np.int64), sol.x, sol.t, sol.stats, sol.result)
+
+    def loop_stats(self) -> LoopStats:
+        g = jax.device_get(self.state)
+        d = np.asarray(g.iterations).reshape(-1)
+        return LoopStats(self.slots, d, np.asarray(g.paid).reshape(-1), np.asarray(g.refills).reshape(-1))
