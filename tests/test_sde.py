@@ -109,3 +109,38 @@ def test_bad_grids():
         jaxsde.EulerMaruyama(3, grid=[1.0, 0.1])
     with pytest.raises(ValueError, match="num_steps"):
         jaxsde.EulerMaruyama(0)
+
+
+def test_discrete_vp_matches_table_and_moment_odes(x64):
+    """DiscreteVPSDE hits the alphas_cumprod table exactly at t_n = (n+1)/N, inverts its log-SNR,
+    and its drift/diffusion are consistent with its marginals (d log alpha/dt = -beta/2, VP)."""
+    betas = np.linspace(1e-4, 0.02, 1000)
+    abar = np.cumprod(1 - betas)
+    sde = jaxsde.DiscreteVPSDE.from_alphas_cumprod(abar)
+    assert sde.eps == 1e-3 and sde.num_train_timesteps == 1000
+    t_n = (np.arange(1000) + 1) / 1000
+    alpha, sigma = sde.marginal(jnp.asarray(t_n))
+    np.testing.assert_allclose(np.asarray(alpha) ** 2, abar, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(alpha) ** 2 + np.asarray(sigma) ** 2, 1.0, atol=1e-12)
+    np.testing.assert_allclose(sde.timestep(jnp.asarray(t_n)), np.arange(1000), atol=1e-9)
+    t = jnp.linspace(sde.eps, 1.0, 501)
+    np.testing.assert_allclose(sde.inverse_log_snr(sde.log_snr(t)), t, atol=1e-12)
+    for tm in (0.0123, 0.5, 0.9871):  # inside table intervals
+        dlog_alpha = jax.grad(lambda s: jnp.log(sde.marginal(s)[0]))(tm)
+        np.testing.assert_allclose(sde.beta(tm), -2 * dlog_alpha, rtol=1e-9)
+        np.testing.assert_allclose(sde.diffusion(tm) ** 2, sde.beta(tm), rtol=1e-12)
+    # the linear constructor reproduces diffusers' float32 betas
+    lin = jaxsde.DiscreteVPSDE.linear()
+    np.testing.assert_allclose(np.asarray(lin.marginal(jnp.asarray(t_n))[0]) ** 2, abar, rtol=1e-5)
+    assert hash(lin) == hash(jaxsde.DiscreteVPSDE.linear())
+
+
+def test_discrete_vp_bad_tables():
+    with pytest.raises(ValueError, match="inside"):
+        jaxsde.DiscreteVPSDE.from_alphas_cumprod([0.9, 1.0])
+    with pytest.raises(ValueError, match="decreasing"):
+        jaxsde.DiscreteVPSDE.from_alphas_cumprod([0.5, 0.9])
+    with pytest.raises(ValueError, match="at least 2"):
+        jaxsde.DiscreteVPSDE.from_alphas_cumprod([0.5])
+    with pytest.raises(ValueError, match="betas"):
+        jaxsde.DiscreteVPSDE.from_betas([0.0, 0.1])
