@@ -23,6 +23,16 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    from .generate_job import print_report, run_generate
+
+    report = run_generate(model=args.model, solver=args.solver, n=args.n, seed=args.seed, out=args.out,
+                          batch_size=args.batch_size, chunk_size=args.chunk_size, progress=not args.no_progress,
+                          rtol=args.rtol, atol=args.atol, steps=args.steps, snr=args.snr)
+    print_report(report)
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from .training import TrainConfig, train
 
@@ -62,6 +72,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-metrics", action="store_true", help="skip FD-digits")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     sp.set_defaults(func=_sample)
+
+    gen = sub.add_parser("generate", help="many samples into resumable shard files DIR/shard-*.npz (continuous "
+                         "batching; rerun with the same arguments to resume)")
+    gen.add_argument("--model", default="digits", help="digits | digits-medium | digits-small | digits-ve")
+    gen.add_argument("--solver", default="ggf", help=describe_solvers())
+    gen.add_argument("--rtol", type=float, default=None, help="relative tolerance (adaptive solvers)")
+    gen.add_argument("--atol", type=float, default=None, help="absolute tolerance (adaptive solvers)")
+    gen.add_argument("--steps", type=int, default=None, help="number of steps (fixed-step solvers)")
+    gen.add_argument("--snr", type=float, default=None, help="Langevin snr (pc)")
+    gen.add_argument("--n", type=int, default=1000, help="number of samples (indices 0..n-1)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--batch-size", type=int, default=256, help="slots of the continuous batch")
+    gen.add_argument("--chunk-size", type=int, default=1024, help="samples per shard file")
+    gen.add_argument("--out", required=True, help="output directory (rerun with the same arguments to resume)")
+    gen.add_argument("--no-progress", action="store_true", help="no progress bar")
+    gen.set_defaults(func=_generate)
 
     tr = sub.add_parser("train", help="train a score network by denoising score matching (resumable)")
     tr.add_argument("--data", default="digits", help="training data (available: digits)")

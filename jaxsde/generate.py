@@ -387,7 +387,8 @@ class Generator:
     """Host-driven continuous batching: yields :class:`Chunk`-s of finished samples.
 
     ``indices`` are the samples to make (any order, e.g. the ones a resumed job still lacks).
-    The slot state stays on the devices between chunks; each call of the compiled loop runs
+    ``pad_to`` pads the work list (the compiled program depends only on its padded length). The
+    slot state stays on the devices between chunks; each call of the compiled loop runs
     until ``chunk_size`` samples (split over the devices) have finished. ``score_fn(params)``
     builds the score, so ``params`` are arguments of the compiled loop. The chunks hold exactly
     the samples ``sample`` gives those indices.
@@ -395,7 +396,7 @@ class Generator:
 
     def __init__(self, key, sde, score_fn: Callable, params, solver, shape, indices, *, batch_size: int = 256,
                  chunk_size: int = 1024, refill_size: int | None = None, dtype=jnp.float32,
-                 devices: Sequence[jax.Device] | None = None, **solve_kwargs):
+                 devices: Sequence[jax.Device] | None = None, pad_to: int | None = None, **solve_kwargs):
         _check(solve_kwargs.get("noise"), batch_size, refill_size)
         indices = np.asarray(indices, np.int64).reshape(-1)
         if indices.size == 0:
@@ -404,7 +405,7 @@ class Generator:
         d = 1 if mesh is None else mesh.devices.size
         self.slots, size = _widths(batch_size, d, refill_size)
         capacity = max(1, math.ceil(chunk_size / d))
-        per = math.ceil(indices.size / d)
+        per = math.ceil(max(indices.size, pad_to or 0) / d)  # pad_to: same program for any len(indices)
         work = np.zeros(d * per, np.int32)
         work[: indices.size] = indices
         num_work = np.clip(indices.size - per * np.arange(d), 0, per).astype(np.int32)

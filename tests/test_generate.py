@@ -1,0 +1,89 @@
+"""Continuous batching (``jaxsde.generate``): sample i equals ``sample``'s sample i, whatever the slots."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxsde
+from jaxsde import targets
+from jaxsde.generate import Generator, generate, summarize_generate
+
+SDE = jaxsde.VPSDE()
+SCORE = targets.GaussianMixture.random(jax.random.PRNGKey(3), 4, (6,)).score(SDE)
+GGF = jaxsde.GottaGoFast(rtol=0.05)
+N = 48
+
+
+def assert_same(a, b):
+    np.testing.assert_allclose(np.asarray(a.x), np.asarray(b.x), atol=1e-6, rtol=0)
+    for name, u, v in zip(jaxsde.Stats._fields, a.stats, b.stats):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v), err_msg=name)
+    np.testing.assert_array_equal(np.asarray(a.result), np.asarray(b.result))
+    np.testing.assert_allclose(np.asarray(a.t), np.asarray(b.t), atol=1e-6, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return jax.jit(lambda k: jaxsde.sample(k, SDE, SCORE, GGF, (6,), N))(jax.random.PRNGKey(0))
+
+
+@pytest.mark.parametrize("batch_size,refill_size", [(5, None), (16, 3)])
+def test_generate_equals_sample(reference, batch_size, refill_size):
+    key = jax.random.PRNGKey(0)
+    gen = jax.jit(lambda k: generate(k, SDE, SCORE, GGF, (6,), N, batch_size, refill_size=refill_size))(key)
+    assert_same(gen, reference)
+    s = summarize_generate(gen)
+    assert s.n == N and s.num_failed == 0 and s.slots == max(batch_size, 2)
+    if batch_size == 5:  # many samples per slot: the slots stay busy, unlike sample's batch
+        assert s.useful_work > 0.9 and s.useful_work > jaxsde.summarize(reference).useful_work
+        assert str(jaxsde.summarize(gen)) == str(s)
+
+
+def test_fixed_step_offset_and_denoise_off():
+    key = jax.random.PRNGKey(1)
+    em = jaxsde.EulerMaruyama(12)
+    ref = jaxsde.sample(key, SDE, SCORE, em, (6,), 20, offset=7, denoise=False)
+    gen = generate(key, SDE, SCORE, em, (6,), 20, 4, offset=7, denoise=False)
+    assert_same(gen, ref)
+    np.testing.assert_array_equal(np.asarray(gen.stats.nfe), 12)
+
+
+def test_generator_chunks_any_index_order(reference):
+    rng = np.random.default_rng(0)
+    indices = rng.permutation(N)[:37]
+    gen = Generator(jax.random.PRNGKey(0), SDE, lambda p: SCORE, None, GGF, (6,), indices, batch_size=6,
+                    chunk_size=10, pad_to=N)
+    chunks = list(gen)
+    assert [len(c.index) for c in chunks] == [10, 10, 10, 7]
+    index = np.concatenate([c.index for c in chunks])
+    assert sorted(index) == sorted(indices)
+    np.testing.assert_allclose(np.concatenate([c.x for c in chunks]), np.asarray(reference.x)[index], atol=1e-6)
+    np.testing.assert_array_equal(np.concatenate([c.stats.nfe for c in chunks]),
+                                  np.asarray(reference.stats.nfe)[index])
+    assert gen.loop_stats().iterations.sum() > 0
+
+
+def test_progress_callback_does_not_change_results(reference):
+    seen = []
+    gen = generate(jax.random.PRNGKey(0), SDE, SCORE, GGF, (6,), N, 5, progress=seen.append, progress_every=8)
+    jax.block_until_ready(gen)
+    assert_same(gen, reference)
+    assert seen and seen[-1]["done"] == N and seen[-1]["total"] == N
+    calls = []
+    sol = jaxsde.sample(jax.random.PRNGKey(0), SDE, SCORE, GGF, (6,), N, progress=calls.append, progress_every=8)
+    jax.block_until_ready(sol)
+    assert_same(sol, reference)
+    assert calls and calls[-1]["done"] == N
+
+
+def test_bad_arguments():
+    key = jax.random.PRNGKey(0)
+    with pytest.raises(ValueError, match="batch_size"):
+        generate(key, SDE, SCORE, GGF, (6,), 4, 0)
+    with pytest.raises(ValueError, match="n must be"):
+        generate(key, SDE, SCORE, GGF, (6,), 0, 4)
+    with pytest.raises(ValueError, match="noise"):
+        generate(key, SDE, SCORE, GGF, (6,), 4, 4, noise=jaxsde.GivenNoise(jnp.zeros((5, 1, 6))))
+    with pytest.raises(ValueError, match="shaped like x"):
+        generate(key, SDE, lambda x, t: x[None], GGF, (6,), 4, 4)
