@@ -13,7 +13,11 @@ import numpy as np
 from . import driver
 from .data import to_unit_range
 from .embedded import NAMES, pretrained
+from .solvers.multilevel import MultilevelEM, MultilevelScore, sample_multilevel
 from .solvers.registry import make_solver
+
+# The levels of the multilevel sampler on the embedded VP digits models, coarsest first.
+DIGITS_LEVELS = ("digits-small", "digits-medium", "digits-large")
 
 
 def check_output_path(path: str) -> None:
@@ -59,16 +63,25 @@ def run_sample(model: str = "digits", solver: str = "ggf", n: int = 64, seed: in
     the_solver = make_solver(solver, **solver_options)
     if out:
         check_output_path(out)
+    multilevel = isinstance(the_solver, MultilevelEM)
+    if multilevel and model not in ("digits", "digits-large"):
+        raise ValueError(f"--solver {solver} samples the largest VP digits model through its smaller levels; "
+                         f"use --model digits (got {model!r})")
     ckpt = pretrained(model)
+    levels = [pretrained(name) for name in DIGITS_LEVELS] if multilevel else [ckpt]
+    all_params = [c.params for c in levels]
     key = jax.random.PRNGKey(seed)
     batch = min(batch_size, n)
 
     @jax.jit
     def chunk(params, offset):
-        return driver.sample(key, ckpt.sde, ckpt.score_fn(params), the_solver, ckpt.shape, batch, offset=offset)
+        if multilevel:
+            score = MultilevelScore([c.score_fn(p) for c, p in zip(levels, params, strict=True)])
+            return sample_multilevel(key, ckpt.sde, score, the_solver, ckpt.shape, batch, offset=offset)
+        return driver.sample(key, ckpt.sde, ckpt.score_fn(params[-1]), the_solver, ckpt.shape, batch, offset=offset)
 
     t0 = time.perf_counter()
-    compiled = chunk.lower(ckpt.params, jnp.int32(0)).compile()
+    compiled = chunk.lower(all_params, jnp.int32(0)).compile()
     compile_s = time.perf_counter() - t0
     xs, nfes, results, iters = [], [], [], []
     starts = list(range(0, n, batch))
@@ -79,7 +92,7 @@ def run_sample(model: str = "digits", solver: str = "ggf", n: int = 64, seed: in
         bar = tqdm(total=n, unit="sample", desc=f"{model} {solver}")
     t0 = time.perf_counter()
     for start in starts:
-        sol = jax.block_until_ready(compiled(ckpt.params, jnp.int32(start)))
+        sol = jax.block_until_ready(compiled(all_params, jnp.int32(start)))
         take = min(batch, n - start)
         xs.append(np.asarray(sol.x[:take]))
         nfes.append(np.asarray(sol.stats.nfe[:take]))

@@ -28,6 +28,7 @@ def test_demo_writes_plot_and_prints_table(tmp_path):
     (["sample", "--n", "0"], "positive"),
     (["sample", "--out", "/nonexistent-dir/grid.png"], "does not exist"),
     (["train", "--size", "huge", "--out", "x"], "choose one of"),
+    (["sample", "--model", "digits-ve", "--solver", "mlem"], "use --model digits"),
 ])
 def test_user_errors_are_one_line(args, needle):
     r = run_cli(*args)

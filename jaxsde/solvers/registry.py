@@ -11,6 +11,7 @@ from .edm import EDMHeun
 from .euler_maruyama import EulerMaruyama
 from .forward_value import ForwardValue
 from .gotta_go_fast import GottaGoFast
+from .multilevel import MultilevelEM
 from .predictor_corrector import PredictorCorrector, ReverseDiffusion
 from .probability_flow import ProbabilityFlow
 from .sa_solver import SASolver
@@ -29,6 +30,8 @@ _REGISTRY: dict[str, tuple[Callable[..., Solver], str]] = {
     "sa": (lambda steps=20, **_: SASolver(steps), "SA-Solver 3/4 (--steps)"),
     "fv": (lambda steps=10, **_: ForwardValue(steps), "forward-value sampler F-DDIM (--steps)"),
     "edm": (lambda steps=18, **_: EDMHeun(steps), "EDM Heun (--steps)"),
+    "mlem": (lambda steps=200, **_: MultilevelEM(steps, probabilities=(1.0, 0.5, 0.25)),
+             "multilevel EM over digits-small/medium/large, p = (1, 0.5, 0.25) (--steps; model digits only)"),
 }
 
 
