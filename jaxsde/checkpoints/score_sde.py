@@ -79,8 +79,11 @@ def infer_config(path: str, has_fourier: bool, in_channels: int, nf: int, block_
         if n % levels or (n // levels - 3) % 2 or n // levels < 5:
             continue
         blocks = (n // levels - 3) // 2
-        widths = [block_widths[level * (blocks + 1)] for level in range(levels)]
-        if any(w % nf for w in widths):
+        # Down path: level l has `blocks` blocks (+1 downsampling block below the last level), one width.
+        groups = [block_widths[level * (blocks + 1):level * (blocks + 1) + blocks + (level < levels - 1)]
+                  for level in range(levels)]
+        widths = [g[0] for g in groups]
+        if any(w % nf for w in widths) or any(len(set(g)) != 1 for g in groups):
             continue
         fields = dict(nf=nf, num_channels=in_channels, num_res_blocks=blocks, ch_mult=tuple(w // nf for w in widths))
         return base.replace(**{**fields, **overrides})
