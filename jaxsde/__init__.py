@@ -8,6 +8,7 @@ See ``solve``/``sample`` (the driver), the SDEs, and the solvers below.
 from . import embedded, grids, noise, results
 from .driver import BatchSummary, Solution, Stats, sample, sample_keys, solve, summarize
 from .embedded import Checkpoint, pretrained
+from .generate import Generated, GenerateSummary, generate
 from .grids import time_grid
 from .noise import BrownianNoise, FreshNoise, GivenNoise
 from .sde import SDE, VESDE, VPSDE, DiscreteVPSDE, ScoreFn, SubVPSDE
@@ -39,6 +40,9 @@ __all__ = [
     "ScoreFn",
     "solve",
     "sample",
+    "generate",
+    "Generated",
+    "GenerateSummary",
     "sample_keys",
     "summarize",
     "Solution",

@@ -288,7 +288,7 @@ def generate(
         out, counters = local(key, work, num_work)
     else:
         out, counters = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(_AXIS), P(_AXIS)),
-                                      out_specs=(P(_AXIS), P(_AXIS)))(key, work, num_work)
+                                      out_specs=(P(_AXIS), P(_AXIS)), check_vma=False)(key, work, num_work)
     pos = jnp.where(out.index >= 0, out.index - jnp.asarray(offset, jnp.int32), n)
     sol = jax.tree_util.tree_map(lambda a: jnp.zeros((n, *a.shape[1:]), a.dtype).at[pos].set(a, mode="drop"),
                                  out.sol)
@@ -431,9 +431,11 @@ class Generator:
             self.state = self._init(key, params)
         else:
             rep, shard = P(), P(_AXIS)
-            self._init = jax.jit(jax.shard_map(local_init, mesh=mesh, in_specs=(rep, rep), out_specs=shard))
+            self._init = jax.jit(jax.shard_map(local_init, mesh=mesh, in_specs=(rep, rep), out_specs=shard,
+                                                   check_vma=False))
             self._step = jax.jit(jax.shard_map(local_run, mesh=mesh, in_specs=(rep, rep, shard, shard, shard),
-                                               out_specs=(shard, shard)), donate_argnums=(4,))
+                                               out_specs=(shard, shard), check_vma=False),
+                                 donate_argnums=(4,))
             put = partial(jax.device_put, device=NamedSharding(mesh, shard))
             self.work, self.num_work = put(work), put(num_work)
             self.state = self._init(key, params)

@@ -17,7 +17,7 @@ N = 48
 
 def assert_same(a, b):
     np.testing.assert_allclose(np.asarray(a.x), np.asarray(b.x), atol=1e-6, rtol=0)
-    for name, u, v in zip(jaxsde.Stats._fields, a.stats, b.stats):
+    for name, u, v in zip(jaxsde.Stats._fields, a.stats, b.stats, strict=True):
         np.testing.assert_array_equal(np.asarray(u), np.asarray(v), err_msg=name)
     np.testing.assert_array_equal(np.asarray(a.result), np.asarray(b.result))
     np.testing.assert_allclose(np.asarray(a.t), np.asarray(b.t), atol=1e-6, rtol=0)
