@@ -36,6 +36,7 @@ VARIANT = dict(
     attention_head_dim=8, center_input_sample=True, resnet_time_scale_shift="scale_shift",
     mid_block_scale_factor=1.5, attn_norm_num_groups=2, time_embedding_dim=48,
 )
+WEIGHTS = "diffusion_pytorch_model.safetensors"
 OLD_NAMES = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
 
 
@@ -48,7 +49,9 @@ def _torch_model(cfg):
     return model
 
 
-def _write(folder, model, cfg, old_names=False, scheduler=None):
+def _write(folder, model, cfg, old_names=False, scheduler=None, full_config=False):
+    """Write the state dict (safetensors) and config.json: the given fields only, as in the hub's
+    diffusers-0.0.4 files, or (full_config) every field as current diffusers saves it."""
     os.makedirs(folder, exist_ok=True)
     sd = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
     if old_names:
@@ -61,7 +64,10 @@ def _write(folder, model, cfg, old_names=False, scheduler=None):
         sd = renamed
     safetensors_numpy.save_file(sd, os.path.join(folder, "diffusion_pytorch_model.safetensors"))
     with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump({"_class_name": "UNet2DModel", "_diffusers_version": "0.0.4", **cfg}, f)
+        if full_config:
+            f.write(model.to_json_string())
+        else:
+            json.dump({"_class_name": "UNet2DModel", "_diffusers_version": "0.0.4", **cfg}, f)
     if scheduler is not None:
         with open(os.path.join(folder, "scheduler_config.json"), "w") as f:
             json.dump(scheduler, f)
@@ -130,13 +136,10 @@ def test_old_attention_names_and_bin(small, tmp_path):
     assert direct.sde.num_train_timesteps == 1000  # no scheduler config -> DiscreteVPSDE.linear()
 
 
-WEIGHTS = "diffusion_pytorch_model.safetensors"
-
-
 def test_variant_matches_diffusers(tmp_path):
     model = _torch_model(VARIANT)
     _write(tmp_path, model, VARIANT, scheduler={"beta_schedule": "squaredcos_cap_v2", "num_train_timesteps": 50,
-                                                "prediction_type": "v_prediction"})
+                                                "prediction_type": "v_prediction"}, full_config=True)
     ckpt = dl.load(str(tmp_path))
     x = np.random.default_rng(1).standard_normal((3, 8, 8, 2)).astype(np.float32)
     ts = np.array([0.0, 7.5, 49.0], np.float32)
@@ -194,6 +197,9 @@ def test_errors(small, tmp_path):
     _expect_error(f, str(f), "safetensors", config=cfg)
     # wrong kind of file
     f.write_bytes(b"this is not a checkpoint at all")
+    _expect_error(f, "not a safetensors file", config=cfg)
+    with open(f, "wb") as fh:  # e.g. a galaxygrad .eqx (NumPy records)
+        np.save(fh, np.zeros(3, np.float32))
     _expect_error(f, "not a safetensors file", config=cfg)
     # unsupported config
     _expect_error(root / "new" / WEIGHTS, "time_embedding_type='fourier'", config={**cfg, "time_embedding_type":

@@ -146,7 +146,7 @@ def infer_config(records: list[np.ndarray], path: str, image_size=None) -> dict:
     if n < 19 or (n - 7) % 12 or records[0].ndim != 4 or records[4].ndim != 2 or records[8].ndim != 2:
         raise CheckpointError(f"{path}: {n} records with shapes {[r.shape for r in records[:5]]}...; not a "
                               "galaxygrad ScoreNet (expected 7 + 12 * num_blocks records: conv_in (hidden, C + 1, "
-                              "p, p), conv_out, then per block two MLPs and two LayerNorms, norm, t1)")
+                              "p, p), conv_out, then per block two MLPs and two LayerNorms, norm, t1; truncated file?)")
     hidden, c_in, p, _ = records[0].shape
     mix_patch, patches = records[4].shape
     mix_hidden = records[8].shape[0]
