@@ -197,7 +197,7 @@ class _Common(nn.Module):
 
 class DownBlock2D(_Common):
     """``DownBlock2D`` / ``AttnDownBlock2D``: ``num_layers`` resnets (each followed by attention when
-    ``attention``), then an optional downsampler; returns the output and every intermediate (the skips)."""
+    ``attention_layers``), then an optional downsampler; returns the output and every intermediate (the skips)."""
 
     out_channels: int = 0
     num_layers: int = 1
@@ -221,7 +221,7 @@ class DownBlock2D(_Common):
 
 class UpBlock2D(_Common):
     """``UpBlock2D`` / ``AttnUpBlock2D``: ``num_layers`` resnets on ``concat(h, skip)`` (each followed by
-    attention when ``attention``), then an optional nearest upsampler."""
+    attention when ``attention_layers``), then an optional nearest upsampler."""
 
     out_channels: int = 0
     num_layers: int = 1
@@ -306,8 +306,13 @@ class UNet2D(nn.Module):
         if self.norm_num_groups is None or any(c % self.norm_num_groups for c in self.block_out_channels):
             raise ValueError(f"norm_num_groups ({self.norm_num_groups}) must divide every block_out_channels "
                              f"{tuple(self.block_out_channels)}")
-        if self.attention_head_dim is not None and any(c % self.attention_head_dim for c in self.block_out_channels):
-            raise ValueError(f"attention_head_dim ({self.attention_head_dim}) must divide every block_out_channels")
+        chans = tuple(self.block_out_channels)
+        attn = [c for c, k in zip(chans, self.down_block_types, strict=True) if k.startswith("Attn")]
+        attn += [c for c, k in zip(chans[::-1], self.up_block_types, strict=True) if k.startswith("Attn")]
+        attn += [self.block_out_channels[-1]] if self.mid_block and self.add_attention else []
+        if self.attention_head_dim is not None and any(c % self.attention_head_dim for c in attn):
+            raise ValueError(f"attention_head_dim ({self.attention_head_dim}) must divide the channels of every "
+                             f"attention block {attn}")
         super().__post_init__()
 
     @classmethod
