@@ -92,14 +92,14 @@ def test_load_flax_infers_the_config(ve):
     """Fourier W -> VE NCSN++; nf, ch_mult, num_res_blocks from the blocks; the image size is an option."""
     ckpt = score_sde.load_flax(ve["flax"], image_size=8, attn_resolutions=(4,))
     assert ckpt.config == VE_SMALL.to_dict()
-
-
-def test_ve_score_is_the_network_output_at_sigma_t(ve):
-    ckpt = score_sde.load_flax(ve["flax"], VE_SMALL)
-    t = 0.6
-    score = jax.jit(lambda p, x, t: ckpt.score_fn(p)(x, t))(ckpt.params, ve["x"][0], t)
-    sigma = 0.01 * (50 / 0.01) ** t
-    np.testing.assert_allclose(score, ve["apply"](ve["ema"], sigma)[0], rtol=2e-4, atol=1e-4)
+    # No Fourier W but a FIR input pyramid: NCSN++ trained with the VP SDE (labels 999 t).
+    vp_ncsnpp = ncsnpp.get_config("ncsnpp_cifar10_vp", **{k: VE_SMALL.to_dict()[k] for k in
+                                                          ("nf", "ch_mult", "num_res_blocks")})
+    params = _random_params(vp_ncsnpp, 5)
+    assert "GaussianFourierProjection_0" not in params and "Conv2d_0" in params["Downsample_0"]
+    path = _write_flax(ve["folder"] / "checkpoint_vp", params, params)
+    ckpt = score_sde.load_flax(path)
+    assert ckpt.config == vp_ncsnpp.to_dict() and isinstance(ckpt.sde, jaxsde.VPSDE)
 
 
 def test_load_pytorch_uses_the_ema_list(ve):
@@ -166,12 +166,22 @@ def test_vp_pytorch_checkpoint_and_score(tmp_path):
     assert isinstance(sub.sde, jaxsde.SubVPSDE)
 
 
-def test_solve_with_a_loaded_checkpoint(ve):
+def test_ve_score_and_solve_with_a_loaded_checkpoint(ve):
+    """``score(x, t)`` is the network output at label sigma(t) (already a score), for one sample; a
+    few Euler-Maruyama steps of ``jaxsde.solve`` with traced params give a finite sample."""
     ckpt = score_sde.load_flax(ve["flax"], VE_SMALL)
     key = jax.random.PRNGKey(0)
     x_T = ckpt.sde.prior_sample(key, ckpt.shape)
-    sol = jax.jit(lambda p, k, x: jaxsde.solve(k, ckpt.sde, ckpt.score_fn(p), jaxsde.EulerMaruyama(3), x))(
-        ckpt.params, key, x_T)
+    t = 0.6
+
+    @jax.jit
+    def run(p, k, x_T):
+        score = ckpt.score_fn(p)
+        return score(ve["x"][0], t), jaxsde.solve(k, ckpt.sde, score, jaxsde.EulerMaruyama(3), x_T)
+
+    score, sol = run(ckpt.params, key, x_T)
+    sigma = 0.01 * (50 / 0.01) ** t
+    np.testing.assert_allclose(score, ve["apply"](ve["ema"], sigma)[0], rtol=2e-4, atol=1e-4)
     assert sol.x.shape == (8, 8, 3) and bool(jnp.all(jnp.isfinite(sol.x)))
     assert int(sol.result) == 0 and int(sol.stats.nfe) == 4
 

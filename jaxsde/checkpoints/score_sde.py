@@ -65,14 +65,16 @@ def resolve_config(config: ConfigLike, **overrides) -> NCSNppConfig:
 
 
 def infer_config(path: str, has_fourier: bool, in_channels: int, nf: int, block_widths: list[int],
-                 **overrides) -> NCSNppConfig:
-    """Guess the config from the parameters: Fourier ``W`` present -> VE NCSN++ (else VP DDPM++);
+                 fir_pyramid: bool = False, **overrides) -> NCSNppConfig:
+    """Guess the config from the parameters: Fourier ``W`` present -> VE NCSN++; else a FIR input
+    pyramid (``Downsample_k/Conv2d_0``) -> VP NCSN++; else VP DDPM++;
     ``nf`` and the image channels from the first conv; levels, res blocks per level and ``ch_mult``
     from the output widths of the ``ResnetBlockBigGANpp`` blocks in order (``L (2 n + 3)`` blocks).
     ``image_size`` and ``attn_resolutions`` cannot be inferred: the CIFAR-10 values (32, (16,)) are
     assumed unless given in ``overrides``; a VP file is read as VP, pass ``sde='subvpsde'`` for subVP.
     """
-    base = ncsnpp.CONFIGS["ncsnpp_cifar10_ve" if has_fourier else "ddpmpp_cifar10_vp"]
+    base = ncsnpp.CONFIGS["ncsnpp_cifar10_ve" if has_fourier else "ncsnpp_cifar10_vp" if fir_pyramid
+                          else "ddpmpp_cifar10_vp"]
     n = len(block_widths)
     base_levels = len(overrides.get("ch_mult", base.ch_mult))
     for levels in [base_levels] + [k for k in range(1, 9) if k != base_levels]:
@@ -170,20 +172,21 @@ def make_sde(cfg: NCSNppConfig) -> SDE:
 def make_score_fn(model: NCSNpp, sde: SDE) -> Callable:
     """``score_fn(params) -> score(x, t)`` for ONE sample ``x (H, W, C)`` and a scalar ``t``.
 
-    Labels: sigma(t) with Fourier embeddings (VE), ``999 t`` with positional ones (VP/subVP).
-    With ``scale_by_sigma`` the network output is the score, otherwise ``score = -out / std(t)``.
+    As score_sde's ``get_score_fn`` for continuous training: VE — label sigma(t), the output is the
+    score; VP/subVP — label ``999 t``, ``score = -out / std(t)``.
     """
     cfg = model.config
-    if cfg.embedding_type == "positional" and cfg.sde == "vesde":
+    ve = cfg.sde == "vesde"
+    if ve and cfg.embedding_type == "positional":
         raise ValueError("VE checkpoints with positional embeddings (discrete NCSN++) are not supported")
 
     def score_fn(params):
         def score(x, t):
             t = jnp.asarray(t, jnp.float32)
             _, std = sde.marginal(t)
-            label = std if cfg.embedding_type == "fourier" else 999.0 * t
+            label = std if ve else 999.0 * t
             out = model.apply({"params": params}, x[None], jnp.reshape(label, (1,)))[0]
-            return out if cfg.scale_by_sigma else -out / std
+            return out if ve else -out / std
 
         return score
 
@@ -272,8 +275,9 @@ def _infer_from_flax(path: str, params: Mapping, **overrides) -> NCSNppConfig:
     except (KeyError, TypeError) as err:
         raise CheckpointError(f"{path}: cannot infer the config: no {err} in the parameters (found top-level "
                               f"{sorted(params)[:10]}); pass config=") from err
+    fir_pyramid = "Conv2d_0" in params.get("Downsample_0", {})
     return infer_config(path, "GaussianFourierProjection_0" in params, int(conv[2]), int(conv[3]), widths,
-                        **overrides)
+                        fir_pyramid, **overrides)
 
 
 # ------------------------------------------------------------------------------------------ PyTorch .pth
@@ -384,7 +388,8 @@ def _infer_from_torch(path: str, arrays: Mapping[str, np.ndarray], **overrides) 
         raise CheckpointError(f"{path}: cannot infer the config: no top-level convolution among "
                               f"{len(modules)} modules; pass config=")
     has_fourier = any(set(m) == {"W"} for m in modules.values())
-    return infer_config(path, has_fourier, int(convs[0][1]), int(convs[0][0]), widths, **overrides)
+    fir_pyramid = any(set(m) == {"Conv2d_0.weight", "Conv2d_0.bias"} for m in modules.values())
+    return infer_config(path, has_fourier, int(convs[0][1]), int(convs[0][0]), widths, fir_pyramid, **overrides)
 
 
 def flax_to_torch_state_dict(params: Mapping, model: NCSNpp) -> dict[str, np.ndarray]:

@@ -230,6 +230,10 @@ DDPMPP_CIFAR10_VP = NCSNppConfig(
     sde="vpsde",
 )
 DDPMPP_DEEP_CIFAR10_VP = DDPMPP_CIFAR10_VP.replace(num_res_blocks=8)
+# NCSN++ trained with the VP/subVP SDE (configs/{vp,subvp}/cifar10_ncsnpp_continuous.py): FIR and the
+# residual input pyramid, but positional embeddings, centered data and no scale_by_sigma.
+NCSNPP_CIFAR10_VP = NCSNPP_CIFAR10_VE.replace(embedding_type="positional", scale_by_sigma=False, centered=True,
+                                              sde="vpsde")
 
 CONFIGS: dict[str, NCSNppConfig] = {
     "ncsnpp_cifar10_ve": NCSNPP_CIFAR10_VE,
@@ -238,6 +242,10 @@ CONFIGS: dict[str, NCSNppConfig] = {
     "ddpmpp_deep_cifar10_vp": DDPMPP_DEEP_CIFAR10_VP,
     "ddpmpp_cifar10_subvp": DDPMPP_CIFAR10_VP.replace(sde="subvpsde"),
     "ddpmpp_deep_cifar10_subvp": DDPMPP_DEEP_CIFAR10_VP.replace(sde="subvpsde"),
+    "ncsnpp_cifar10_vp": NCSNPP_CIFAR10_VP,
+    "ncsnpp_deep_cifar10_vp": NCSNPP_CIFAR10_VP.replace(num_res_blocks=8),
+    "ncsnpp_cifar10_subvp": NCSNPP_CIFAR10_VP.replace(sde="subvpsde"),
+    "ncsnpp_deep_cifar10_subvp": NCSNPP_CIFAR10_VP.replace(num_res_blocks=8, sde="subvpsde"),
 }
 
 
