@@ -5,7 +5,7 @@
 See ``solve``/``sample`` (the driver), the SDEs, and the solvers below.
 """
 
-from . import embedded, grids, noise, results
+from . import checkpoints, embedded, grids, models, noise, results
 from .driver import BatchSummary, Solution, Stats, sample, sample_keys, solve, summarize
 from .embedded import Checkpoint, pretrained
 from .generate import Generated, GenerateSummary, generate
@@ -70,6 +70,8 @@ __all__ = [
     "noise",
     "results",
     "embedded",
+    "checkpoints",
+    "models",
     "pretrained",
     "Checkpoint",
 ]
