@@ -1,0 +1,300 @@
+"""Image editing drivers: SDEdit and inpainting, in the calling convention of ``solve``/``sample``.
+
+    sol = sdedit(key, sde, score, solver, x_guide, t0)             # one edited sample
+    sol = sdedit(key, sde, score, solver, x_guide, t0, n=8)        # 8 samples, like ``sample``
+    sol = inpaint(key, sde, score, solver, x_known, mask)          # mask: 1 = known pixel
+    sol = inpaint(key, sde, score, solver, x_known, mask, n=8)
+
+**SDEdit** (Meng et al., ICLR 2022): noise the guide to ``t0`` with the SDE's marginal,
+``x_t0 = alpha(t0) x_guide + sigma(t0) z``, and solve the reverse process from ``t0`` down to
+``t_end`` with any solver. Key use: ``noise_key, solve_key = jax.random.split(key)``; ``z`` is
+``sde.prior_sample(noise_key, shape) / prior_std`` and the solve runs with ``solve_key``. At
+``t0 == sde.T`` the start is the prior draw ``sde.prior_sample(noise_key, shape)`` itself (the
+guide's weight ``alpha(T)`` is what the prior neglects), so ``sdedit(..., t0=sde.T, n=n)``
+reproduces ``jaxsde.sample(key, ...)`` sample for sample, and the one-sample form equals
+``solve(solve_key, ..., sde.prior_sample(noise_key, shape))``. With ``n``, sample ``i`` is
+``sdedit(jax.random.fold_in(key, i), ...)`` (``sample``'s convention).
+
+**Inpainting** (score_sde's "controllable generation", Song et al. 2021, App. I): after every
+accepted step the known pixels are re-imposed from the forward process,
+``x <- mask * (alpha_t x_known + sigma_t z) + (1 - mask) * x``, by the solver wrapper
+:class:`Inpainting`; the final output holds the known pixels exactly. Key use as ``sample``:
+``prior_key, solve_key = split(key)``, ``x_T`` from the prior with ``prior_key``.
+
+Which solvers (the wrapper delegates ``init``/``step`` and projects after accepted steps):
+
+* stochastic fixed-grid solvers (Euler-Maruyama, reverse diffusion / predictor-corrector,
+  DDIM with ``eta > 0``, SA-Solver): ``z`` is fresh each step, drawn from the normals the
+  driver provides (``noise_per_attempt`` is raised by one), the score_sde method;
+* Gotta Go Fast (adaptive): the projection happens only after an accepted attempt; a
+  rejected attempt leaves the (already projected) state unchanged; the error estimate of an
+  attempt is computed before the projection, i.e. on the inner solver's own step;
+* deterministic solvers (ProbabilityFlow, DDIM ``eta = 0``, DPM-Solver++, EDM Heun): the
+  deterministic variant (``noise="fixed"``, their default) uses one fixed noise
+  ``eps0 = (x_T - alpha_T x_known) / sigma_T`` for the whole solve, so the known pixels follow
+  ``alpha_t x_known + sigma_t eps0`` (the probability-flow path of the known pixels) and the
+  sample is a deterministic function of ``x_T``. For ProbabilityFlow the FSAL derivative is
+  re-evaluated at the projected state (+1 NFE per attempt).
+* MultilevelEM and other solvers whose state caches score values at the current state other
+  than ProbabilityFlow's ``k1`` are not supported (the cached values would be stale).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .driver import Solution, solve
+from .sde import SDE, ScoreFn
+from .solvers.base import Solver, SolverInit, StepOut
+
+Array = jax.Array
+
+__all__ = ["sdedit", "inpaint", "Inpainting", "sdedit_start", "check_mask"]
+
+
+def _check_t0(sde: SDE, t0, t_end: float | None) -> float:
+    if isinstance(t0, bool) or not isinstance(t0, int | float | np.floating | np.integer):
+        raise ValueError(f"t0 must be a Python float in (0, T] = (0, {sde.T}], got {t0!r}")
+    t0 = float(t0)
+    end = sde.eps if t_end is None else float(t_end)
+    if not (math.isfinite(t0) and 0.0 < t0 <= sde.T):
+        raise ValueError(f"t0 must lie in (0, T] = (0, {sde.T}], got {t0}")
+    if not t0 > end:
+        raise ValueError(f"t0 = {t0} must be later than t_end = {end} (the solve runs from t0 down to t_end)")
+    return t0
+
+
+def sdedit_start(key: Array, sde: SDE, x_guide: Array, t0: float) -> Array:
+    """``x_t0 = alpha(t0) x_guide + sigma(t0) z`` (the prior draw itself at ``t0 == sde.T``),
+    ``z`` from ``sde.prior_sample(key, ...) / prior_std``."""
+    draw = sde.prior_sample(key, x_guide.shape, x_guide.dtype)
+    if t0 >= sde.T:
+        return draw
+    alpha, sigma = sde.marginal(jnp.asarray(t0, x_guide.dtype))
+    return alpha * x_guide + sigma * (draw / sde.prior_std)
+
+
+def sdedit(
+    key: Array,
+    sde: SDE,
+    score: ScoreFn,
+    solver: Solver,
+    x_guide: Array,
+    t0: float,
+    *,
+    n: int | None = None,
+    noise: Any = None,
+    **solve_kwargs: Any,
+) -> Solution:
+    """SDEdit: noise ``x_guide`` (one sample, in the model's data space) to ``t0``, solve back.
+
+    Args:
+      key: PRNG key (split into the noising key and the solve key, see the module docstring).
+      t0: start time, a Python float in ``(t_end, T]``; small ``t0`` stays close to the
+        guide, ``t0 = T`` ignores it (plain sampling).
+      n: ``None`` for one sample; an int for ``n`` samples of the same guide, sample ``i``
+        with key ``fold_in(key, i)`` (``noise``, if given, then has a leading axis ``n``).
+      noise, solve_kwargs: as for :func:`jaxsde.solve` (``t_start`` is ``t0``). A solver
+        with a custom grid must start at ``t0``.
+    """
+    x_guide = jnp.asarray(x_guide)
+    if "t_start" in solve_kwargs:
+        raise ValueError("sdedit starts at t0; do not pass t_start")
+    t0 = _check_t0(sde, t0, solve_kwargs.get("t_end"))
+
+    def one(k, nz):
+        noise_key, solve_key = jax.random.split(k)
+        x_t0 = sdedit_start(noise_key, sde, x_guide, t0)
+        return solve(solve_key, sde, score, solver, x_t0, t_start=t0, noise=nz, **solve_kwargs)
+
+    if n is None:
+        return one(key, noise)
+    _check_n(n)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
+    return jax.vmap(one)(keys, noise)
+
+
+def _check_n(n):
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer or None, got {n!r}")
+
+
+def check_mask(mask, shape: tuple[int, ...], *, name: str = "mask") -> Array:
+    """Validate a 0/1 mask for images of ``shape`` (H, W, C); returns it broadcast to ``shape``.
+
+    Accepted shapes: ``shape``, ``shape[:-1]`` (one value per pixel) or ``(*shape[:-1], 1)``.
+    Concrete masks must hold only 0 and 1 and must not be all 0 (empty) or all 1.
+    """
+    mask_arr = mask if isinstance(mask, jax.core.Tracer) else np.asarray(mask)
+    mshape = tuple(mask_arr.shape)
+    shape = tuple(shape)
+    if mshape not in (shape, shape[:-1], (*shape[:-1], 1)):
+        raise ValueError(f"{name} has shape {mshape}; for images shaped {shape} it must be shaped {shape}, "
+                         f"{shape[:-1]} or {(*shape[:-1], 1)}")
+    if not isinstance(mask_arr, jax.core.Tracer):
+        values = np.asarray(mask_arr, dtype=np.float64)
+        if not np.all((values == 0) | (values == 1)):
+            raise ValueError(f"{name} must hold only 0 and 1 (1 = known pixel)")
+        if not values.any():
+            raise ValueError(f"{name} is empty (no known pixel): nothing to condition on; use jaxsde.sample")
+        if values.all():
+            raise ValueError(f"{name} marks every pixel as known: nothing to inpaint")
+    m = jnp.asarray(mask_arr)
+    if m.ndim == len(shape) - 1:
+        m = m[..., None]
+    return jnp.broadcast_to(m, shape)
+
+
+class Inpainting(Solver):
+    """Wrap ``solver`` so the known pixels are re-imposed from the forward process after each
+    accepted step: ``x <- mask * (alpha_t x_known + sigma_t z) + (1 - mask) * x``.
+
+    Args:
+      solver: the inner solver (its ``init``/``step`` are delegated).
+      x_known: one sample (data space) whose pixels where ``mask == 1`` are kept.
+      mask: 1 = known, 0 = to generate; broadcast to ``x_known``'s shape.
+      noise: ``"fresh"`` (one extra standard normal per attempt from the driver; the default
+        for stochastic solvers) or ``"fixed"`` (deterministic variant, one ``eps0`` for the
+        solve, computed at ``init``; default for solvers that consume no noise).
+
+    A pytree (``x_known``, ``mask`` are leaves), so it can be built inside ``jit``.
+    """
+
+    def __init__(self, solver: Solver, x_known: Array, mask: Array, noise: str | None = None):
+        if not isinstance(solver, Solver):
+            raise TypeError(f"solver must be a jaxsde solver object, got {type(solver).__name__}")
+        if isinstance(solver, Inpainting):
+            raise TypeError("Inpainting cannot wrap another Inpainting")
+        if getattr(solver, "noise_per_attempt", 0) is None:
+            raise TypeError("the inner solver must declare noise_per_attempt")
+        if noise is None:
+            noise = "fresh" if solver.noise_per_attempt else "fixed"
+        if noise not in ("fresh", "fixed"):
+            raise ValueError(f"noise must be 'fresh' or 'fixed', got {noise!r}")
+        self.solver = solver
+        self.x_known = x_known
+        self.mask = mask
+        self.noise = noise
+        self.adaptive = solver.adaptive
+
+    # pytree: leaves x_known, mask; static inner solver and noise mode
+    def tree_flatten(self):
+        return (self.x_known, self.mask), (self.solver, self.noise)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        obj = object.__new__(cls)
+        obj.solver, obj.noise = aux
+        obj.x_known, obj.mask = children
+        obj.adaptive = obj.solver.adaptive
+        return obj
+
+    @property
+    def noise_per_attempt(self) -> int:  # type: ignore[override]
+        return self.solver.noise_per_attempt + (1 if self.noise == "fresh" else 0)
+
+    @property
+    def nfe_per_attempt(self) -> int:
+        return self.solver.nfe_per_attempt + (1 if self._refresh_k1 else 0)
+
+    @property
+    def _refresh_k1(self) -> bool:
+        from .solvers.probability_flow import ProbabilityFlow
+
+        return isinstance(self.solver, ProbabilityFlow)
+
+    def time_span(self):
+        return self.solver.time_span()
+
+    def max_attempts(self):
+        return self.solver.max_attempts()
+
+    def attempt_end(self, state, t, h, t_end):
+        return self.solver.attempt_end(state[0], t, h, t_end)
+
+    def init(self, sde, score, x, t_start, t_end) -> SolverInit:
+        first = self.solver.init(sde, score, x, t_start, t_end)
+        known = jnp.asarray(self.x_known, x.dtype)
+        if self.noise == "fixed":
+            alpha, sigma = sde.marginal(t_start)
+            eps0 = (x - alpha * known) / sigma
+        else:
+            eps0 = jnp.zeros((), x.dtype)
+        return SolverInit(h=first.h, state=(first.state, eps0), nfe=first.nfe)
+
+    def step(self, sde, score, x, t, h, state, z, t_end) -> StepOut:
+        inner_state, eps0 = state
+        k = self.solver.noise_per_attempt
+        inner_z = None if k == 0 else z[:k]
+        out = self.solver.step(sde, score, x, t, h, inner_state, inner_z, t_end)
+        dtype = x.dtype
+        known = jnp.asarray(self.x_known, dtype)
+        mask = jnp.asarray(self.mask, dtype)
+        eps = z[k] if self.noise == "fresh" else eps0
+        alpha, sigma = sde.marginal(out.t)
+        projected = mask * (alpha * known + sigma * eps) + (1 - mask) * out.x
+        accepted = jnp.asarray(out.accepted)
+        x_new = jnp.where(accepted, projected, out.x)
+        new_inner = out.state
+        nfe = out.nfe
+        if self._refresh_k1:  # ProbabilityFlow's FSAL derivative, at the projected state
+            k1 = sde.probability_flow_drift(x_new, out.t, score(x_new, out.t))
+            new_inner = new_inner._replace(k1=jnp.where(accepted, k1, new_inner.k1))
+            nfe = nfe + 1
+        return out._replace(x=x_new, state=(new_inner, eps0), nfe=nfe)
+
+    def __repr__(self):
+        return f"Inpainting({self.solver!r}, noise={self.noise!r})"
+
+
+jax.tree_util.register_pytree_node(Inpainting, Inpainting.tree_flatten, Inpainting.tree_unflatten)
+
+
+def inpaint(
+    key: Array,
+    sde: SDE,
+    score: ScoreFn,
+    solver: Solver,
+    x_known: Array,
+    mask: Array,
+    *,
+    n: int | None = None,
+    projection_noise: str | None = None,
+    noise: Any = None,
+    **solve_kwargs: Any,
+) -> Solution:
+    """Inpaint the pixels where ``mask == 0``; the pixels where ``mask == 1`` are ``x_known``.
+
+    Args:
+      key: PRNG key: ``prior_key, solve_key = split(key)`` (``sample``'s per-sample use).
+      x_known: one sample in the model's data space (its values under ``mask == 0`` are unused).
+      mask: 1 = known, 0 = generate; shaped like ``x_known``, or ``x_known.shape[:-1]``.
+      n: ``None`` for one sample, else ``n`` samples (sample ``i`` with ``fold_in(key, i)``).
+      projection_noise: :class:`Inpainting`'s ``noise`` (``"fresh"``/``"fixed"``).
+      noise, solve_kwargs: as for :func:`jaxsde.solve`; a ``GivenNoise`` must supply
+        ``Inpainting(...).noise_per_attempt`` normals per attempt.
+
+    ``sol.x[mask == 1] == x_known[mask == 1]`` exactly (re-imposed after the final denoising step).
+    """
+    x_known = jnp.asarray(x_known)
+    if not jnp.issubdtype(x_known.dtype, jnp.floating):
+        raise TypeError(f"x_known must be a floating-point array, got dtype {x_known.dtype}")
+    m = check_mask(mask, x_known.shape).astype(x_known.dtype)
+    wrapped = Inpainting(solver, x_known, m, projection_noise)
+
+    def one(k, nz):
+        prior_key, solve_key = jax.random.split(k)
+        x_T = sde.prior_sample(prior_key, x_known.shape, x_known.dtype)
+        sol = solve(solve_key, sde, score, wrapped, x_T, noise=nz, **solve_kwargs)
+        return sol._replace(x=jnp.where(m == 1, x_known, sol.x))
+
+    if n is None:
+        return one(key, noise)
+    _check_n(n)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
+    return jax.vmap(one)(keys, noise)
