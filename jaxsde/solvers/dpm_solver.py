@@ -69,6 +69,21 @@ class DPMSolverPP(MultistepSolver):
     uses order ``min(order, i + 1)``; with ``lower_order_final`` and fewer than 15 steps, the
     last step uses order 1 and the one before at most 2 (diffusers' rule).
 
+    Following diffusers' ``DPMSolverMultistepScheduler`` (``algorithm_type="dpmsolver++"``,
+    ``solver_type="midpoint"``, ``use_karras_sigmas=False``, thresholding off) on a discrete
+    schedule (:class:`~jaxsde.DiscreteVPSDE`): pass its timesteps ``n`` as the grid
+    ``t = (n + 1) / N`` (:func:`~jaxsde.solvers.exponential.diffusers_grid`).
+
+    * ``final_sigmas_type="sigma_min"``: its last step goes to the first table entry; append
+      ``t = 1/N`` (``sde.eps``) to the grid and solve with ``denoise=False``. Same NFE, same
+      lower-order rule as here.
+    * ``final_sigmas_type="zero"`` (its default): its last step goes to ``sigma = 0`` with a
+      first-order step, which returns the data prediction at the last timestep, i.e. the
+      driver's Tweedie step. Use the timesteps alone as the grid (``num_steps = K - 1`` for ``K``
+      timesteps), ``denoise=True``, and ``denoise_is_last_step=True``: the lower-order rule then
+      counts the Tweedie step as the schedule's last step (applies when ``num_steps + 1 < 15``;
+      the last solver step gets order <= 2).
+
     Singlestep (``multistep=False``, ``order`` evaluations per step; "2S" with ``r1 = 1/2``,
     "3S" with ``r1, r2 = 1/3, 2/3``): intermediate points at ``lam_s + r h``.
 
@@ -92,6 +107,9 @@ class DPMSolverPP(MultistepSolver):
       multistep: multistep (default) or singlestep.
       solver_type: ``"midpoint"`` or ``"taylor"`` (orders 2 and 3).
       lower_order_final: multistep only, see above.
+      denoise_is_last_step: multistep only: count the final Tweedie step (``denoise=True``) as
+        the last step of the schedule in the ``lower_order_final`` rule (diffusers'
+        ``final_sigmas_type="zero"``). Default ``False``.
       grid: ``"logsnr"`` (default, DPM-Solver's choice), ``"uniform"``, ``"edm"``, or times.
     """
 
@@ -100,6 +118,7 @@ class DPMSolverPP(MultistepSolver):
     multistep: bool = True
     solver_type: str = "midpoint"
     lower_order_final: bool = True
+    denoise_is_last_step: bool = False
     grid: Any = "logsnr"
 
     noise_per_attempt = 0
@@ -109,7 +128,7 @@ class DPMSolverPP(MultistepSolver):
         check_int("order", self.order, 1, 3, "DPMSolverPP")
         if self.solver_type not in SOLVER_TYPES:
             raise ValueError(f"DPMSolverPP: solver_type must be one of {SOLVER_TYPES}, got {self.solver_type!r}")
-        for name in ("multistep", "lower_order_final"):
+        for name in ("multistep", "lower_order_final", "denoise_is_last_step"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"DPMSolverPP: {name} must be a bool, got {getattr(self, name)!r}")
 
@@ -125,8 +144,9 @@ class DPMSolverPP(MultistepSolver):
     def effective_order(self, i):
         """Order used by multistep step ``i`` (traced ``i``)."""
         q = jnp.minimum(self.order, i + 1)
-        if self.lower_order_final and self.num_steps < LOWER_ORDER_FINAL_BELOW:
-            q = jnp.minimum(q, self.num_steps - i)
+        total = self.num_steps + (1 if self.denoise_is_last_step else 0)
+        if self.lower_order_final and total < LOWER_ORDER_FINAL_BELOW:
+            q = jnp.minimum(q, total - i)
         return q
 
     def advance_history(self, sde, score, x, state, z):

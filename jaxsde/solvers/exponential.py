@@ -43,6 +43,7 @@ __all__ = [
     "exp_weights",
     "HistoryState",
     "MultistepSolver",
+    "diffusers_grid",
 ]
 
 _SERIES_RADIUS = 1.0  # |z| below which R_n uses its Taylor series
@@ -128,6 +129,23 @@ def exp_weights(c, h: Array, nodes: list[Array], order: Array | int | None = Non
     if order is not None:
         integrals = [jnp.where(k < order, val, 0.0) for k, val in enumerate(integrals)]
     return [sum(integrals[k] * leading[k][j] for k in range(j, p)) for j in range(p)]
+
+
+def diffusers_grid(timesteps, num_train_timesteps: int, end_at_first_entry: bool = True) -> tuple[float, ...]:
+    """jaxsde times of a diffusers scheduler's integer ``timesteps`` on a discrete schedule.
+
+    :class:`~jaxsde.DiscreteVPSDE` puts table entry ``n`` at ``t = (n + 1) / N``. With
+    ``end_at_first_entry`` the grid ends at ``t = 1 / N`` (``sde.eps``, the first table entry),
+    where DDIM (``set_alpha_to_one=False``), DPM-Solver++ (``final_sigmas_type="sigma_min"``) and
+    SA-Solver end; otherwise it ends at the last timestep (for a final Tweedie step,
+    ``denoise=True``: DDIM with ``set_alpha_to_one=True``, DPM-Solver++ with
+    ``final_sigmas_type="zero"``). Pass the result as a solver's ``grid``.
+    """
+    n = [int(v) for v in list(timesteps)]
+    times = [(v + 1) / num_train_timesteps for v in n]
+    if end_at_first_entry and n[-1] != 0:
+        times.append(1.0 / num_train_timesteps)
+    return tuple(times)
 
 
 def select_weights(order: Array, candidates: list[list[Array]], size: int) -> list[Array]:

@@ -83,6 +83,16 @@ class SASolver(MultistepSolver):
 
     NFE = ``num_steps`` (+1 for the driver's final Tweedie step, ``denoise=True``).
 
+    Following diffusers' ``SASolverScheduler`` (``algorithm_type="data_prediction"``, thresholding
+    and Karras sigmas off) on a :class:`~jaxsde.DiscreteVPSDE`: grid = its timesteps ``n`` at
+    ``t = (n + 1)/N`` plus the first table entry ``t = 1/N`` where it ends
+    (:func:`~jaxsde.solvers.exponential.diffusers_grid`), ``denoise=False``; its
+    ``predictor_order``/``corrector_order`` (defaults 2/2), ``rescale_order2=True`` (it applies the
+    order-2 tweak whenever the order is 2), ``lower_order_final="always"``, and
+    ``tau=`` :func:`diffusers_tau` ``(sde)`` for its default ``tau_func`` (1 on integer timesteps
+    200..800, which is ``t`` in [0.201, 0.801], not ``tau_interval=(0.2, 0.8)``'s [0.2, 0.8]).
+    The same standard normals drive both (its ``randn_tensor`` draw of step ``i`` = ``xi_i``).
+
     Args:
       num_steps: number of steps (>= 1).
       predictor_order: 1..4 (3: the recommendation for unconditional / small guidance; 2 for
@@ -96,7 +106,8 @@ class SASolver(MultistepSolver):
       rescale_order2: add the order-2 "rescaling trick" (samplers.md B.6) to order-2 steps
         (warm-up included). diffusers does this whenever the order is 2; the official repository
         only when sampling with few steps. Default ``False`` (plain exact coefficients).
-      lower_order_final: see above.
+      lower_order_final: ``True`` (lower the final orders below 15 steps, as DPM-Solver++),
+        ``False``, or ``"always"`` (for any number of steps: diffusers' ``SASolverScheduler``).
       grid: ``"logsnr"`` (default), ``"uniform"``, ``"edm"``, or an array of times.
     """
 
@@ -106,7 +117,7 @@ class SASolver(MultistepSolver):
     tau: float | Callable = 1.0
     tau_interval: tuple[float, float] | None = (0.2, 0.8)
     rescale_order2: bool = False
-    lower_order_final: bool = True
+    lower_order_final: bool | str = True
     grid: Any = "logsnr"
 
     def __post_init__(self):
@@ -122,9 +133,10 @@ class SASolver(MultistepSolver):
                 raise ValueError(f"SASolver: tau_interval must be None or (lo, hi) with 0 <= lo < hi <= 1, "
                                  f"got {self.tau_interval!r}")
             object.__setattr__(self, "tau_interval", (float(lo), float(hi)))
-        for name in ("rescale_order2", "lower_order_final"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"SASolver: {name} must be a bool, got {getattr(self, name)!r}")
+        if not isinstance(self.rescale_order2, bool):
+            raise ValueError(f"SASolver: rescale_order2 must be a bool, got {self.rescale_order2!r}")
+        if not (isinstance(self.lower_order_final, bool) or self.lower_order_final == "always"):
+            raise ValueError(f"SASolver: lower_order_final must be a bool or 'always', got {self.lower_order_final!r}")
 
     @property
     def stochastic(self) -> bool:
@@ -159,7 +171,7 @@ class SASolver(MultistepSolver):
     def _orders(self, i):
         p = jnp.minimum(self.predictor_order, i + 1)
         c = jnp.minimum(self.corrector_order, i + 1)
-        if self.lower_order_final and self.num_steps < LOWER_ORDER_FINAL_BELOW:
+        if self.lower_order_final == "always" or (self.lower_order_final and self.num_steps < LOWER_ORDER_FINAL_BELOW):
             p = jnp.minimum(p, self.num_steps - i)
             c = jnp.minimum(c, self.num_steps - i + 2)
         return p, c
@@ -207,3 +219,15 @@ def ddim_eta_for_tau(tau: float, h: float) -> float:
     """The DDIM ``eta`` equal to an order-1 SA-Predictor step of size ``h`` (half log-SNR) with ``tau``:
     ``eta^2 = (1 - e^{-2 tau^2 h}) / (1 - e^{-2 h})`` (samplers.md B.3)."""
     return math.sqrt(-math.expm1(-2.0 * tau**2 * h) / -math.expm1(-2.0 * h))
+
+
+def diffusers_tau(sde, lo: int = 200, hi: int = 800, value: float = 1.0) -> Callable:
+    """``tau(t)`` = ``value`` where the network timestep ``round(sde.timestep(t))`` lies in
+    ``[lo, hi]``, else 0: diffusers' default SA-Solver ``tau_func`` (``1 if 200 <= t <= 800``) on a
+    :class:`~jaxsde.DiscreteVPSDE` (``sde.timestep(t) = N t - 1``). Traceable, for ``SASolver(tau=...)``."""
+
+    def tau(t):
+        n = jnp.round(sde.timestep(t))
+        return jnp.where((n >= lo) & (n <= hi), value, 0.0)
+
+    return tau
