@@ -96,7 +96,7 @@ def infer_config(path: str, has_fourier: bool, in_channels: int, nf: int, block_
 
 def expected_params(model: NCSNpp) -> dict:
     """The parameter tree of ``model`` as ``jax.ShapeDtypeStruct`` leaves (``jax.eval_shape``, no compute)."""
-    return _trace(model.config)[1]
+    return jax.tree_util.tree_map(lambda s: s, _trace(model.config)[1])  # fresh containers: the trace is cached
 
 
 def call_order(model: NCSNpp) -> list[tuple[str, ...]]:
@@ -108,7 +108,8 @@ def call_order(model: NCSNpp) -> list[tuple[str, ...]]:
 
 @functools.lru_cache(maxsize=16)
 def _trace(cfg: NCSNppConfig) -> tuple[tuple[tuple[str, ...], ...], dict]:
-    """One abstract ``init`` of ``NCSNpp(cfg)``: (submodule paths in first-call order, param shapes)."""
+    """One abstract ``init`` of ``NCSNpp(cfg)``: (submodule paths in first-call order, param shapes).
+    Memoised per config (a pure function of it): a full-size trace costs about a second."""
     order: list[tuple[str, ...]] = []
 
     def record(fn, args, kwargs, context):
