@@ -49,15 +49,18 @@ def check_tree(path: str, expected: Mapping, found: Mapping, dtype=np.float32) -
     if unexpected:
         problems.append(f"unexpected parameters ({len(unexpected)}): " + ", ".join(unexpected[:8])
                         + (" ..." if len(unexpected) > 8 else ""))
-    out = {}
+    out, mismatches = {}, []
     for k in sorted(set(want) & set(got)):
         arr = np.asarray(got[k])
         if tuple(arr.shape) != tuple(want[k].shape):
-            problems.append(f"{k}: expected shape {tuple(want[k].shape)}, found {tuple(arr.shape)}")
+            mismatches.append(f"{k}: expected shape {tuple(want[k].shape)}, found {tuple(arr.shape)}")
         elif not np.issubdtype(arr.dtype, np.floating):
-            problems.append(f"{k}: expected a floating-point array, found dtype {arr.dtype}")
+            mismatches.append(f"{k}: expected a floating-point array, found dtype {arr.dtype}")
         else:
             out[k] = arr.astype(dtype)
+    problems += mismatches[:8]
+    if len(mismatches) > 8:
+        problems.append(f"... and {len(mismatches) - 8} more mismatched parameters")
     if problems:
         raise CheckpointError(f"{path}: " + "; ".join(problems))
     return _unflatten(out)

@@ -15,8 +15,9 @@ import importlib
 
 import flax.linen as nn
 
-# name -> (module, factory function); factories take keyword overrides of the named config.
-_REGISTRY: dict[str, tuple[str, str]] = {
+# name -> (module, factory function[, leading positional arguments]); factories take keyword
+# overrides of the named config.
+_REGISTRY: dict[str, tuple] = {
     "ncsnpp_cifar10_ve": ("jaxsde.models.ncsnpp", "ncsnpp_cifar10_ve"),
     "ncsnpp_deep_cifar10_ve": ("jaxsde.models.ncsnpp", "ncsnpp_deep_cifar10_ve"),
     "ddpmpp_cifar10_vp": ("jaxsde.models.ncsnpp", "ddpmpp_cifar10_vp"),
@@ -27,6 +28,10 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "digits-small": ("jaxsde.models.unet", "digits_small"),
     "digits-medium": ("jaxsde.models.unet", "digits_medium"),
     "digits-large": ("jaxsde.models.unet", "digits"),
+    # score_sde's other NCSN++/DDPM++ CIFAR-10 variants (subVP; NCSN++ trained with the VP SDE)
+    **{name: ("jaxsde.models.ncsnpp", "build_named", (name,)) for name in (
+        "ddpmpp_cifar10_subvp", "ddpmpp_deep_cifar10_subvp", "ncsnpp_cifar10_vp", "ncsnpp_deep_cifar10_vp",
+        "ncsnpp_cifar10_subvp", "ncsnpp_deep_cifar10_subvp")},
 }
 
 
@@ -39,8 +44,8 @@ def build(name: str, **overrides) -> nn.Module:
     """The Flax module of a named configuration; ``overrides`` replace config fields."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(names())}")
-    module, factory = _REGISTRY[name]
-    return getattr(importlib.import_module(module), factory)(**overrides)
+    module, factory, *args = _REGISTRY[name]
+    return getattr(importlib.import_module(module), factory)(*(args[0] if args else ()), **overrides)
 
 
 __all__ = ["build", "names"]

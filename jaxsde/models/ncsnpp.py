@@ -277,5 +277,10 @@ def ddpmpp_deep_cifar10_vp(**overrides) -> NCSNpp:
     return NCSNpp(get_config("ddpmpp_deep_cifar10_vp", **overrides))
 
 
-__all__ = ["NCSNpp", "NCSNppConfig", "CONFIGS", "get_config", "ncsnpp_cifar10_ve", "ncsnpp_deep_cifar10_ve",
-           "ddpmpp_cifar10_vp", "ddpmpp_deep_cifar10_vp"]
+def build_named(name: str, **overrides) -> NCSNpp:
+    """Any named configuration of :data:`CONFIGS` (subVP and NCSN++-with-VP variants included)."""
+    return NCSNpp(get_config(name, **overrides))
+
+
+__all__ = ["NCSNpp", "NCSNppConfig", "CONFIGS", "get_config", "build_named", "ncsnpp_cifar10_ve",
+           "ncsnpp_deep_cifar10_ve", "ddpmpp_cifar10_vp", "ddpmpp_deep_cifar10_vp"]
