@@ -43,8 +43,8 @@ def test_generate_equals_sample(reference, batch_size, refill_size):
 def test_fixed_step_offset_and_denoise_off():
     key = jax.random.PRNGKey(1)
     em = jaxsde.EulerMaruyama(12)
-    ref = jaxsde.sample(key, SDE, SCORE, em, (6,), 20, offset=7, denoise=False)
-    gen = generate(key, SDE, SCORE, em, (6,), 20, 4, offset=7, denoise=False)
+    ref = jax.jit(lambda k: jaxsde.sample(k, SDE, SCORE, em, (6,), 20, offset=7, denoise=False))(key)
+    gen = jax.jit(lambda k: generate(k, SDE, SCORE, em, (6,), 20, 4, offset=7, denoise=False))(key)
     assert_same(gen, ref)
     np.testing.assert_array_equal(np.asarray(gen.stats.nfe), 12)
 
@@ -66,13 +66,13 @@ def test_generator_chunks_any_index_order(reference):
 
 def test_progress_callback_does_not_change_results(reference):
     seen = []
-    gen = generate(jax.random.PRNGKey(0), SDE, SCORE, GGF, (6,), N, 5, progress=seen.append, progress_every=8)
-    jax.block_until_ready(gen)
+    run = jax.jit(lambda k: generate(k, SDE, SCORE, GGF, (6,), N, 5, progress=seen.append, progress_every=8))
+    gen = jax.block_until_ready(run(jax.random.PRNGKey(0)))
     assert_same(gen, reference)
     assert seen and seen[-1]["done"] == N and seen[-1]["total"] == N
     calls = []
-    sol = jaxsde.sample(jax.random.PRNGKey(0), SDE, SCORE, GGF, (6,), N, progress=calls.append, progress_every=8)
-    jax.block_until_ready(sol)
+    run = jax.jit(lambda k: jaxsde.sample(k, SDE, SCORE, GGF, (6,), N, progress=calls.append, progress_every=8))
+    sol = jax.block_until_ready(run(jax.random.PRNGKey(0)))
     assert_same(sol, reference)
     assert calls and calls[-1]["done"] == N
 
