@@ -1,0 +1,243 @@
+"""Spatially sparse inference (jaxsde.sparse): tile arithmetic, sparse == masked-dense, trajectories."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxsde
+from jaxsde.editing import sdedit
+from jaxsde.models.score import score_fn
+from jaxsde.models.unet import DigitsUNet
+from jaxsde.sparse import SparseUNet, bucket_size, diff_mask, plan_tiles, sparse_sdedit
+
+H = 16
+
+
+@pytest.fixture(scope="module")
+def unet():
+    model = DigitsUNet(channels=(8, 16), blocks_per_level=1, emb_dim=16)
+    return model, random_params(model, (1, H, H, 1)), SparseUNet(model)
+
+
+def random_params(model, shape, seed=0):
+    """Random weights of every layer (numpy; no Flax init, whose compile is slow): kernels
+    ~ N(0, 1/fan_in), norm scales ~ 1 + N(0, 0.1^2), biases ~ N(0, 0.1^2), frequencies ~ N(0, 16^2)."""
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros(shape), jnp.zeros(shape[:1]))
+
+    def draw(path, a):
+        name = str(path[-1].key)
+        if name == "kernel":
+            w = rng.normal(0, 1 / np.sqrt(np.prod(a.shape[:-1])), a.shape)
+        elif name == "scale":
+            w = 1 + 0.1 * rng.normal(size=a.shape)
+        elif name == "freqs":
+            w = 16 * rng.normal(size=a.shape)
+        else:
+            w = 0.1 * rng.normal(size=a.shape)
+        return jnp.asarray(w, jnp.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+class Jitted:
+    """jit-compiled passes of a SparseUNet (eager Flax is slow on a loaded machine)."""
+
+    def __init__(self, net):
+        self.apply = jax.jit(net.apply)
+        self.record = jax.jit(net.record)
+        self.apply_sparse = jax.jit(net.apply_sparse, static_argnums=5)
+        self.apply_masked = jax.jit(net.apply_masked, static_argnums=5)
+        self.plan = net.plan
+
+
+@pytest.fixture(scope="module")
+def jnet(unet):
+    return Jitted(unet[2])
+
+
+def _edit():
+    x = jax.random.normal(jax.random.PRNGKey(2), (H, H, 1))
+    mask = np.zeros((H, H), bool)
+    mask[0:2, 13:16] = True  # top-right corner
+    mask[9:11, 0:1] = True  # left edge
+    return x, jnp.where(mask[..., None], x + 1.0, x), mask
+
+
+# ---------------------------------------------------------------- tile arithmetic
+
+
+def test_plan_corners_and_edges():
+    mask = np.zeros((16, 16), bool)
+    mask[0, 0] = mask[15, 15] = mask[7, 8] = True
+    plan = plan_tiles(mask, 2, (4, 2))
+    # level 0: 4x4 tiles of 4 px; pixel (7, 8) is in tile (1, 2)
+    assert plan.counts == (3, 3) and plan.totals == (16, 16) and plan.buckets == (4, 4)
+    np.testing.assert_array_equal(np.asarray(plan.origins[0]), [[0, 0], [4, 8], [12, 12], [0, 0]])
+    # level 1 (8x8): pooled pixels (0,0), (7,7), (3,4) in tiles of 2 px
+    np.testing.assert_array_equal(np.asarray(plan.origins[1]), [[0, 0], [2, 4], [6, 6], [0, 0]])
+    m0 = np.asarray(plan.masks[0])
+    assert m0.shape == (16, 16) and m0.sum() == 3 * 16 and m0[0:4, 0:4].all() and m0[12:, 12:].all()
+    assert np.asarray(plan.masks[1]).shape == (8, 8) and not plan.dense
+    assert plan.edited == pytest.approx(3 / 256)
+
+
+def test_plan_dilate_clips_at_the_border_and_buckets():
+    mask = np.zeros((16, 16), bool)
+    mask[0, 15] = True
+    plan = plan_tiles(mask, 1, 4, dilate=1)  # grows into (0..1, 14..15) only, still one tile
+    assert plan.counts == (1,)
+    plan = plan_tiles(mask, 1, 4, dilate=2)  # reaches column 13 -> still tile column 3; row 2 -> row 0
+    assert plan.counts == (1,)
+    mask[4, 11] = True
+    plan = plan_tiles(mask, 1, 4, dilate=1)  # (3..5, 10..12): tiles (0,2),(0,3),(1,2),(1,3)
+    assert plan.counts == (4,)
+    assert [bucket_size(n, 16) for n in (1, 2, 3, 5, 9, 16)] == [1, 2, 4, 8, 16, 16]
+    assert bucket_size(9, 12) == 12
+
+
+def test_plan_dense_fallback():
+    mask = np.ones((16, 16), bool)
+    assert plan_tiles(mask, 2, 4).dense
+    assert not plan_tiles(mask, 2, 4, dense_above=1.0).dense
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(mask=np.zeros((16, 16))), "empty"),
+    (dict(mask=np.ones((16, 16, 1))), "2-D"),
+    (dict(mask=np.ones((16, 16)), blocks=3), "divide"),
+    (dict(mask=np.ones((16, 16)), blocks=(4, 3)), "divide|even"),
+    (dict(mask=np.ones((16, 16)), blocks=(4,)), "one per level"),
+    (dict(mask=np.ones((15, 16))), "divisible"),
+])
+def test_plan_errors(kwargs, match):
+    kwargs = {"levels": 2, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        plan_tiles(**kwargs)
+
+
+def test_diff_mask():
+    x, xe, mask = _edit()
+    np.testing.assert_array_equal(diff_mask(x, xe), mask)
+    with pytest.raises(ValueError, match="same shape"):
+        diff_mask(x, xe[:-1])
+
+
+# ---------------------------------------------------------------- one forward pass
+
+
+def test_functional_forward_equals_flax(unet, jnet):
+    model, params, _ = unet
+    net = jnet
+    x, _, _ = _edit()
+    ref = jax.jit(model.apply)(params, x[None], jnp.array([0.3]))[0]
+    np.testing.assert_allclose(np.asarray(net.apply(params, x, 0.3)), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stats", ["reuse", "recompute"])
+def test_sparse_equals_masked_dense(unet, jnet, stats):
+    model, params, _ = unet
+    net = jnet
+    x, xe, mask = _edit()
+    t = jnp.float32(0.3)
+    out, cache = net.record(params, x, t)
+    plan = net.plan(mask, (4, 2))
+    assert not plan.dense
+    sparse = net.apply_sparse(params, xe, t, cache, plan, stats)
+    masked = net.apply_masked(params, xe, t, cache, plan, stats)
+    edited = mask[..., None]
+    # on the edited region and on the whole image
+    np.testing.assert_allclose(np.asarray(sparse)[np.broadcast_to(edited, sparse.shape)],
+                               np.asarray(masked)[np.broadcast_to(edited, sparse.shape)], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(sparse), np.asarray(masked), rtol=0, atol=1e-4)
+    # outside the active tiles the output is the cached original, bit for bit
+    outside = ~np.asarray(plan.masks[0])
+    np.testing.assert_array_equal(np.asarray(sparse)[outside], np.asarray(out)[outside])
+    # inside, the edit changed the output
+    assert float(jnp.max(jnp.abs(sparse - out))) > 1e-3
+    # the approximation vs the true dense network (reported, bounded loosely)
+    true = net.apply(params, xe, t)
+    err_edit = float(jnp.max(jnp.abs(sparse - true)[edited[..., 0]]))
+    print(f"stats={stats}: max |sparse - true dense| on the edited pixels {err_edit:.3g}, "
+          f"everywhere {float(jnp.max(jnp.abs(sparse - true))):.3g}")
+    assert np.isfinite(err_edit)
+
+
+def test_full_edit_equals_dense(unet):
+    """Every tile active: the sparse engine with recomputed statistics is the true network;
+    with the default dense fallback, it is the dense path itself."""
+    model, params, net = unet
+    x, _, _ = _edit()
+    xe = x[::-1]  # changes everything
+    t = jnp.float32(0.7)
+    _, cache = net.record(params, x, t)
+    true = net.apply(params, xe, t)
+    everything = np.ones((H, H), bool)
+    plan = net.plan(everything, (4, 2), dense_above=1.0)
+    assert not plan.dense and plan.counts == plan.totals
+    sparse = net.apply_sparse(params, xe, t, cache, plan, "recompute")
+    np.testing.assert_allclose(np.asarray(sparse), np.asarray(true), rtol=0, atol=1e-4)
+    fallback = net.plan(everything, (4, 2))
+    assert fallback.dense
+    np.testing.assert_array_equal(np.asarray(net.apply_sparse(params, xe, t, cache, fallback)), np.asarray(true))
+
+
+def test_bad_plan_and_stats(unet, jnet):
+    model, params, _ = unet
+    net = jnet
+    x, xe, mask = _edit()
+    _, cache = net.record(params, x, 0.5)
+    with pytest.raises(ValueError, match="stats"):
+        unet[2].apply_sparse(params, xe, 0.5, cache, net.plan(mask, 4), "fresh")
+    with pytest.raises(ValueError, match="plan is for"):
+        unet[2].apply_sparse(params, xe[:8, :8], 0.5, cache, net.plan(mask, 4))
+    with pytest.raises(TypeError, match="DigitsUNet"):
+        SparseUNet(object())
+    with pytest.raises(ValueError, match="mode"):
+        sparse_sdedit(jax.random.PRNGKey(0), jaxsde.VPSDE(), jaxsde.DDIM(4), unet[2], params, x, xe, 0.5, None,
+                      mode="fast")
+
+
+# ---------------------------------------------------------------- trajectories
+
+
+def test_sparse_sdedit_trajectory(unet):
+    model, params, net = unet
+    sde = jaxsde.VPSDE()
+    solver = jaxsde.DDIM(4, eta=0.5)  # stochastic: the edit pass must reuse the original's noise
+    x, xe, mask = _edit()
+    x, xe = jnp.tanh(x), jnp.tanh(xe)
+    key = jax.random.PRNGKey(4)
+    plan = net.plan(mask, (4, 2))
+
+    @jax.jit
+    def run(params):
+        dense, orig, cache = sparse_sdedit(key, sde, solver, net, params, x, xe, 0.6, plan, mode="dense")
+        sparse, _, _ = sparse_sdedit(key, sde, solver, net, params, x, xe, 0.6, plan, cache=cache)
+        masked, _, _ = sparse_sdedit(key, sde, solver, net, params, x, xe, 0.6, plan, mode="masked", cache=cache)
+        ref_orig = sdedit(key, sde, score_fn(model.apply, params, sde), solver, x, 0.6).x
+        ref_edit = sdedit(key, sde, score_fn(model.apply, params, sde), solver, xe, 0.6).x
+        return dense, orig, sparse, masked, ref_orig, ref_edit
+
+    dense, orig, sparse, masked, ref_orig, ref_edit = (np.asarray(a) for a in run(params))
+    # the scan runner reproduces the public driver (same keys, same noise)
+    np.testing.assert_allclose(orig, ref_orig, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(dense, ref_edit, rtol=0, atol=1e-4)
+    # sparse == masked reference along the whole trajectory
+    np.testing.assert_allclose(sparse, masked, rtol=0, atol=1e-4)
+    # the unedited, inactive pixels follow the original trajectory exactly
+    outside = ~np.asarray(plan.masks[0])
+    np.testing.assert_array_equal(sparse[outside], orig[outside])
+    print(f"SDEdit: max |sparse - dense| on the edited pixels {np.abs(sparse - dense)[mask].max():.3g}")
+
+
+def test_sparse_sdedit_needs_fixed_grid(unet):
+    model, params, net = unet
+    x, xe, mask = _edit()
+    with pytest.raises(TypeError, match="fixed-grid"):
+        sparse_sdedit(jax.random.PRNGKey(0), jaxsde.VPSDE(), jaxsde.GottaGoFast(), net, params, x, xe, 0.5,
+                      net.plan(mask, 4))
+    with pytest.raises(ValueError, match="t0"):
+        sparse_sdedit(jax.random.PRNGKey(0), jaxsde.VPSDE(), jaxsde.DDIM(4), net, params, x, xe, 1.5,
+                      net.plan(mask, 4))
