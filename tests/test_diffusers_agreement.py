@@ -83,6 +83,13 @@ def jax_solve(scheduler, solver, x_T, z=None, denoise=False):
     return np.asarray(x), np.asarray(nfe)
 
 
+def report(got, ref):
+    """Assert agreement within ``TOL``; print the max difference (``pytest -s`` shows it)."""
+    diff = float(np.max(np.abs(got - ref.numpy())))
+    print(f"max |jaxsde - diffusers| = {diff:.2e}")
+    np.testing.assert_allclose(got, ref.numpy(), rtol=0, atol=TOL)
+
+
 def draws(num_steps, seed=0):
     rng = np.random.default_rng(seed)
     return rng.standard_normal((BATCH, 3)), rng.standard_normal((num_steps, BATCH, 3))
@@ -134,7 +141,7 @@ def test_ddim_matches_diffusers(eta, set_alpha_to_one, x64):
     zz = np.swapaxes(z[: len(grid) - 1], 0, 1)[:, :, None] if eta > 0 else None
     got, nfe = jax_solve(sched, solver, x_T, zz, denoise=set_alpha_to_one)
     np.testing.assert_array_equal(nfe, k_steps)
-    np.testing.assert_allclose(got, x.numpy(), rtol=0, atol=TOL)
+    report(got, x)
     assert np.max(np.abs(got - x.numpy())) < 1e-5
 
 
@@ -169,7 +176,7 @@ def test_dpm_solver_pp_matches_diffusers(order, k_steps, final, x64):
     solver = jaxsde.DPMSolverPP(len(grid) - 1, order=order, grid=grid, denoise_is_last_step=zero)
     got, nfe = jax_solve(sched, solver, x_T, denoise=zero)
     np.testing.assert_array_equal(nfe, k_steps)
-    np.testing.assert_allclose(got, x.numpy(), rtol=0, atol=TOL)
+    report(got, x)
 
 
 def test_dpm_denoise_is_last_step_orders():
@@ -213,7 +220,7 @@ def test_sa_solver_matches_diffusers(p, c, k_steps, tau, x64, monkeypatch):
     zz = np.swapaxes(z, 0, 1)[:, :, None] if solver.stochastic else None
     got, nfe = jax_solve(sched, solver, x_T, zz)
     np.testing.assert_array_equal(nfe, k_steps)
-    np.testing.assert_allclose(got, x.numpy(), rtol=0, atol=TOL)
+    report(got, x)
 
 
 def test_sa_tau_interval_differs_from_diffusers_tau(x64):

@@ -164,6 +164,17 @@ ORDER_CASES = {
     "edm-heun": (VP, lambda n: jaxsde.EDMHeun(n), [32, 128], 2),
     # weak order of the ancestral (DDPM-posterior) step
     "ddim-eta1": (VP, lambda n: jaxsde.DDIM(n, eta=1.0, grid="edm"), [64, 256], 1),
+    # issue 6: the remaining variants (measured slopes in the comments, float64, exact p_T start)
+    "dpmpp-2S": (VP, lambda n: jaxsde.DPMSolverPP(n, 2, multistep=False, grid="edm"), [32, 128], 2),  # 1.95
+    "dpmpp-2M-VE": (VE, lambda n: jaxsde.DPMSolverPP(n, 2), [32, 128], 2),  # 1.96
+    "sa-2-3-tau0": (VP, lambda n: jaxsde.SASolver(n, 2, 3, tau=0.0, grid="edm"), [32, 128], 3),  # 3.10
+    "sa-3-0-tau0": (VP, lambda n: jaxsde.SASolver(n, 3, 0, tau=0.0, grid="edm"), [64, 256], 3),  # 3.00
+    # order-1 SA-Predictor with tau = 1 is DDIM(eta ~ 1): weak order 1
+    "sa-1-0-tau1": (VP, lambda n: jaxsde.SASolver(n, 1, 0, tau=1.0, tau_interval=None), [64, 256], 1),  # 0.97
+    "forward-value-VE": (VE, lambda n: jaxsde.ForwardValue(n), [128, 512], 1),  # 0.95
+    "edm-heun-VE": (VE, lambda n: jaxsde.EDMHeun(n), [32, 128], 2),  # 2.04
+    # churn: noise exactly up to sigma_hat, then Heun down: weak order 2
+    "edm-churn": (VP, lambda n: jaxsde.EDMHeun(n, churn=10.0), [32, 128], 2),  # 2.03
 }
 
 
@@ -178,7 +189,10 @@ def test_convergence_order(case, x64):
 @pytest.mark.parametrize("case", ["sa-tau1", "edm-churn"])
 def test_stochastic_weak_error_falls(case, x64):
     """Stochastic samplers: the exact W2 of the output law falls fast with the step count
-    (measured weak order ~2 for SA-Solver 3/4 with tau = 1 and for EDM churn here)."""
+    (measured weak order ~2 for SA-Solver 3/4 with tau = 1 (2.06 at 32 -> 128 steps; 2/2: 2.9; the
+    default tau on [0.2, 0.8] only: 1.7) and for EDM churn here). With tau > 0 the multistep
+    interpolation of x0 along a noisy path has no clean order theory, so no slope is asserted
+    for SA-Solver with tau > 0 beyond order 1 (``sa-1-0-tau1`` above)."""
     make = {
         "sa-tau1": lambda n: jaxsde.SASolver(n, tau=1.0, tau_interval=None),
         "edm-churn": lambda n: jaxsde.EDMHeun(n, churn=10.0),
