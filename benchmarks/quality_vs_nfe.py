@@ -122,15 +122,60 @@ def make_problem(name: str):
         info + "; sliced W2 / MMD^2 vs exact Tweedie-denoised p_eps samples")
 
 
-def winners(rows, metric, budgets):
-    """For each budget: the fixed-step row with the lowest metric (NFE <= budget)."""
+def winners(rows, metric, budgets, floor, digits):
+    """For each budget: the fixed-step row with the lowest metric, and the rows tied with it.
+
+    Tied: within the metric's noise of the best, i.e. on the mixtures ``<= 1.25 x`` the exact-vs-exact
+    floor when the best is there too, on digits ``<= best + 2 sqrt(std_best^2 + std^2)`` with the
+    bootstrap standard deviations of FD.
+    """
     out = {}
     for b in budgets:
         cands = [r for r in rows if r["budget"] == b and r["failed"] == 0 and np.isfinite(r[metric])]
-        if cands:
-            best = min(cands, key=lambda r: r[metric])
-            out[str(b)] = {"solver": best["family"], metric: best[metric]}
+        if not cands:
+            continue
+        best = min(cands, key=lambda r: r[metric])
+        if digits:
+            sb = best.get("fd_std", 0.0)
+            tied = [r for r in cands if r[metric] <= best[metric] + 2.0 * float(np.hypot(sb, r.get("fd_std", 0.0)))]
+        else:
+            tied = [r for r in cands if r[metric] <= 1.25 * floor] if best[metric] <= 1.25 * floor else [best]
+        tied = sorted(tied, key=lambda r: r[metric])
+        out[str(b)] = {"solver": best["family"], metric: best[metric], "tied": [r["family"] for r in tied]}
     return out
+
+
+def summarize_rows(rows, metric, floor, budgets, digits, quick):
+    summary = {"winners_by_budget": winners([r for r in rows if r["budget"] is not None], metric, budgets, floor,
+                                            digits)}
+    if digits and not quick:
+        em200 = next(r for r in rows if r["family"] == "EM" and r["budget"] == 200)
+        at10 = [r for r in rows if r["budget"] == 10 and r["family"] in ("DPM++2M", "DPM++3M", "SA-Solver",
+                                                                           "ForwardValue")]
+        b10 = min(at10, key=lambda r: r["fd"])
+        noise = 2.0 * float(np.hypot(b10.get("fd_std", 0.0), em200.get("fd_std", 0.0)))
+        summary["headline"] = dict(
+            best_fast_at_10=b10["family"], fd_best_fast_at_10=b10["fd"], fd_em200=em200["fd"],
+            two_sigma=noise, no_worse=bool(b10["fd"] <= em200["fd"]),
+            no_worse_within_noise=bool(b10["fd"] <= em200["fd"] + noise))
+    return summary
+
+
+def rewrite(path_json):
+    """Re-make the Markdown table and the plot of a finished run from its JSON (``--from-json``)."""
+    with open(path_json) as f:
+        res = json.load(f)
+    rows, metric, digits = res["rows"], res["metric"], res["problem"] == "digits"
+    budgets = sorted({r["budget"] for r in rows if r["budget"] is not None})
+    quick = path_json.endswith("_quick.json")
+    res["summary"] = summarize_rows(rows, metric, res["floor"], budgets, digits, quick)
+    with open(path_json, "w") as f:
+        json.dump(res, f, indent=1)
+    stem = path_json[: -len(".json")]
+    machine = {k: res["machine"][k] for k in ("jax", "backend", "cpus", "date")}
+    write_markdown(stem + ".md", res["problem"], res["info"], res["command"], machine, res["n"], metric, res["floor"],
+                   rows, budgets, res["summary"], digits, res["elapsed_s"])
+    plot(stem + ".png", res["problem"], res["n"], metric, res["floor"], rows)
 
 
 def main(argv=None):
@@ -146,7 +191,13 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--quick", action="store_true", help="tiny n, budgets 5/10/20, few adaptive settings")
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--from-json", nargs="*", default=None, metavar="JSON",
+                        help="only re-make the tables and plots of finished runs from their JSON files")
     args = parser.parse_args(argv)
+    if args.from_json is not None:
+        for path in args.from_json:
+            rewrite(path)
+        return
     command = "nice python " + " ".join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
     print(f"reproduce with: {command}", flush=True)
     if args.cache:
@@ -192,20 +243,8 @@ def main(argv=None):
             print(f"{problem:6s} {fam:12s} {setting:10s} NFE {mean_nfe:6.1f} (max {max_nfe:4d})  "
                   f"{metric} {row[metric]:8.4f}  wall {wall:6.1f}s compile {compile_s:5.1f}s failed {fails}",
                   flush=True)
-        fixed_rows = [r for r in rows if r["budget"] is not None]
-        best = winners(fixed_rows, metric, budgets)
         floor = next((r[floor_key] for r in rows if floor_key in r and np.isfinite(r[floor_key])), float("nan"))
-        summary = {"winners_by_budget": best}
-        if digits and not args.quick:
-            em200 = next(r for r in rows if r["family"] == "EM" and r["budget"] == 200)
-            at10 = [r for r in rows if r["budget"] == 10 and r["family"] in ("DPM++2M", "DPM++3M", "SA-Solver",
-                                                                               "ForwardValue")]
-            b10 = min(at10, key=lambda r: r["fd"])
-            noise = 2.0 * float(np.hypot(b10.get("fd_std", 0.0), em200.get("fd_std", 0.0)))
-            summary["headline"] = dict(
-                best_fast_at_10=b10["family"], fd_best_fast_at_10=b10["fd"], fd_em200=em200["fd"],
-                two_sigma=noise, no_worse=bool(b10["fd"] <= em200["fd"]),
-                no_worse_within_noise=bool(b10["fd"] <= em200["fd"] + noise))
+        summary = summarize_rows(rows, metric, floor, budgets, digits, args.quick)
         elapsed = time.perf_counter() - t_problem
         stem = os.path.join(args.out, f"quality_vs_nfe_{problem}" + ("_quick" if args.quick else ""))
         with open(stem + ".json", "w") as f:
@@ -242,9 +281,11 @@ def write_markdown(path, problem, info, command, machine, n, metric, floor, rows
                                                                    f" ({r['mean_nfe']:.0f})")))
         lines.append(f"| {fam} | " + " | ".join(cells) + " |")
     lines += ["", "(NFE in parentheses where it differs from the budget; — = not run.)", "",
-              "## Winners", "", "| budget | best solver | " + metric + " |", "|---|---|---|"]
+              "## Winners", "", "| budget | best solver | " + metric + " | tied within noise |", "|---|---|---|---|"]
     for b, w in summary["winners_by_budget"].items():
-        lines.append(f"| {b} | {w['solver']} | {_fmt(w[metric])} |")
+        lines.append(f"| {b} | {w['solver']} | {_fmt(w[metric])} | {', '.join(w.get('tied', []))} |")
+    lines += ["", ("Tied: FD within 2 bootstrap sigma of the best." if digits else
+                   f"Tied: all at the noise floor (<= 1.25 x {_fmt(floor)}) when the best is there.")]
     if "headline" in summary:
         h = summary["headline"]
         lines += ["", f"**At 10 NFE the best of DPM-Solver++/SA-Solver/ForwardValue is {h['best_fast_at_10']} "

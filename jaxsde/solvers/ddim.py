@@ -49,6 +49,15 @@ class DDIM(FixedGridSolver):
     ``denoise=True``; DDIM's usual last step to ``t = 0`` returns ``x0``, which is that Tweedie
     step, so ``denoise=True`` is the standard convention).
 
+    Same as diffusers' ``DDIMScheduler`` (``prediction_type="epsilon"``, ``clip_sample=False``,
+    thresholding off, ``timestep_spacing="trailing"`` so that its ``prev_timestep = n - N // K``
+    is the next timestep) on a :class:`~jaxsde.DiscreteVPSDE` with the same table and noise
+    (its ``variance_noise`` of step k = our normal of attempt k), grid
+    :func:`~jaxsde.solvers.exponential.diffusers_grid` of its timesteps:
+    ``set_alpha_to_one=False`` ends at the first table entry (``denoise=False``);
+    ``set_alpha_to_one=True`` ends at ``abar = 1``, which is our Tweedie step at its last timestep
+    (grid without the end entry, ``denoise=True``). ``tests/test_diffusers_agreement.py``.
+
     Args:
       num_steps: number of steps (>= 1).
       eta: stochasticity (>= 0; default 0, deterministic).
