@@ -290,8 +290,8 @@ def write_markdown(path, problem, info, command, machine, n, metric, floor, rows
         h = summary["headline"]
         lines += ["", f"**At 10 NFE the best of DPM-Solver++/SA-Solver/ForwardValue is {h['best_fast_at_10']} "
                   f"with FD {h['fd_best_fast_at_10']:.3f}; EM at 200 NFE: FD {h['fd_em200']:.3f} (2 sigma of the "
-                  f"difference {h['two_sigma']:.3f}). No worse: {'yes' if h['no_worse'] else 'no'}; within noise: "
-                  f"{'yes' if h['no_worse_within_noise'] else 'no'}.**"]
+                  f"difference {h['two_sigma']:.3f}). No worse: {'yes' if h['no_worse'] else 'no'}; within 2 bootstrap "
+                  f"sigma: {'yes' if h['no_worse_within_noise'] else 'no'}.**"]
     lines += ["", "## All runs", "", f"| solver | setting | mean NFE | max NFE | {metric} | {second} | "
               + ("FD boot. std | " if digits else "mode TV | ") + "wall s | failed |",
               "|---|---|---|---|---|---|---|---|---|"]
