@@ -5,8 +5,9 @@
 See ``solve``/``sample`` (the driver), the SDEs, and the solvers below.
 """
 
-from . import checkpoints, embedded, grids, models, noise, results
+from . import checkpoints, editing, embedded, grids, models, noise, results, sparse
 from .driver import BatchSummary, Solution, Stats, sample, sample_keys, solve, summarize
+from .editing import Inpainting, inpaint, sdedit
 from .embedded import Checkpoint, pretrained
 from .generate import Generated, GenerateSummary, generate
 from .grids import time_grid
@@ -41,6 +42,11 @@ __all__ = [
     "solve",
     "sample",
     "generate",
+    "sdedit",
+    "inpaint",
+    "Inpainting",
+    "editing",
+    "sparse",
     "Generated",
     "GenerateSummary",
     "sample_keys",
