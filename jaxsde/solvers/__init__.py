@@ -5,12 +5,13 @@ from .ddim import DDIM
 from .dpm_solver import DPMSolverPP
 from .edm import EDMHeun
 from .euler_maruyama import EulerMaruyama
+from .exponential import diffusers_grid
 from .forward_value import ForwardValue
 from .gotta_go_fast import GottaGoFast
 from .multilevel import MultilevelEM, MultilevelScore, multilevel_cost, optimal_probabilities, sample_multilevel
 from .predictor_corrector import PredictorCorrector, ReverseDiffusion
 from .probability_flow import ProbabilityFlow
-from .sa_solver import SASolver
+from .sa_solver import SASolver, diffusers_tau
 
 __all__ = [
     "Solver",
@@ -32,4 +33,6 @@ __all__ = [
     "multilevel_cost",
     "optimal_probabilities",
     "sample_multilevel",
+    "diffusers_grid",
+    "diffusers_tau",
 ]
