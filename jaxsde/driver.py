@@ -56,12 +56,20 @@ class Solution(NamedTuple):
 
 
 class _LoopState(NamedTuple):
+    """One sample's loop state. ``x`` may be non-finite right after a failing step: :func:`done`
+    checks finiteness on the carried state (reading it once, where XLA would otherwise fuse and
+    recompute the whole step inside the check) and :func:`finalize` falls back to
+    ``(x_prev, t_prev)``, the state before the last step."""
+
     x: Array
     t: Array
     h: Array
     solver_state: Any
     stats: Stats
     result: Array
+    x_prev: Array
+    t_prev: Array
+    last_accepted: Array  # bool: the last step was counted as accepted
 
 
 def _validate(sde: SDE, score: ScoreFn, solver: Solver, x_T: Array, t_start, t_end, max_steps):
@@ -153,13 +161,17 @@ def init(p: Problem, x_T: Array) -> _LoopState:
         solver_state=first.state,
         stats=Stats(nfe=zero + first.nfe, num_accepted=zero, num_rejected=zero, num_steps=zero),
         result=jnp.asarray(results.SUCCESS, jnp.int32),
+        x_prev=x_T,
+        t_prev=jnp.asarray(p.t_start, dtype),
+        last_accepted=jnp.array(False),
     )
 
 
 def done(p: Problem, s: _LoopState) -> Array:
-    """True once the sample reached ``t_end``, failed, or ran ``max_steps`` attempts."""
+    """True once the sample reached ``t_end``, failed (a solver code or non-finite values), or ran
+    ``max_steps`` attempts."""
     running = (s.t > jnp.asarray(p.t_end, p.dtype)) & (s.result == results.SUCCESS) & (s.stats.num_steps < p.max_steps)
-    return ~running
+    return ~(running & jnp.all(jnp.isfinite(s.x)))
 
 
 def step(p: Problem, key: Array, s: _LoopState) -> _LoopState:
@@ -170,9 +182,10 @@ def step(p: Problem, key: Array, s: _LoopState) -> _LoopState:
         t_next = p.solver.attempt_end(s.solver_state, s.t, s.h, t_end_arr)
         z = p.noise.draw(key, s.stats.num_steps, s.t, t_next, (p.solver.noise_per_attempt, *p.shape), p.dtype)
     out = p.solver.step(p.sde, p.score, s.x, s.t, s.h, s.solver_state, z, t_end_arr)
-    finite = jnp.all(jnp.isfinite(out.x))
-    status = jnp.where(out.status != results.SUCCESS, out.status,
-                       jnp.where(finite, results.SUCCESS, results.NONFINITE)).astype(jnp.int32)
+    # Finiteness of out.x is checked by ``done`` on the carried state, not here: a check here
+    # is a second consumer of out.x, and XLA (CPU) then fuses and recomputes the whole step,
+    # noise generation included, inside it (measured: +30% per-step FLOPs for EM at d=3072).
+    status = jnp.asarray(out.status, jnp.int32)
     ok = status == results.SUCCESS
     accepted = jnp.asarray(out.accepted) & ok
     stats = Stats(
@@ -182,7 +195,7 @@ def step(p: Problem, key: Array, s: _LoopState) -> _LoopState:
         num_steps=s.stats.num_steps + 1,
     )
 
-    def keep(new, old):  # keep the last finite state; leaves a step passes through unchanged need no select
+    def keep(new, old):  # a solver-reported failure keeps the old state; pass-through leaves need no select
         return new if new is old else jnp.where(ok, new, old)
 
     return _LoopState(
@@ -192,22 +205,30 @@ def step(p: Problem, key: Array, s: _LoopState) -> _LoopState:
         solver_state=jax.tree_util.tree_map(keep, out.state, s.solver_state),
         stats=stats,
         result=status,
+        x_prev=s.x,
+        t_prev=s.t,
+        last_accepted=accepted,
     )
 
 
 def finalize(p: Problem, s: _LoopState) -> Solution:
     """The :class:`Solution` of a finished loop state (result code; the denoising step if ``p.denoise``)."""
     t_end_arr = jnp.asarray(p.t_end, p.dtype)
-    result = jnp.where((s.result == results.SUCCESS) & (s.t > t_end_arr),
-                       results.MAX_STEPS_REACHED, s.result).astype(jnp.int32)
-    x, nfe = s.x, s.stats.nfe
+    finite = jnp.all(jnp.isfinite(s.x))
+    x = jnp.where(finite, s.x, s.x_prev)  # the last finite state
+    t = jnp.where(finite, s.t, s.t_prev)
+    stats = s.stats._replace(num_accepted=s.stats.num_accepted - (~finite & s.last_accepted).astype(jnp.int32))
+    result = jnp.where(finite | (s.result != results.SUCCESS), s.result, results.NONFINITE)
+    result = jnp.where((result == results.SUCCESS) & (t > t_end_arr), results.MAX_STEPS_REACHED, result)
+    result = result.astype(jnp.int32)
+    nfe = stats.nfe
     if p.denoise:
-        denoised = p.sde.tweedie(x, s.t, p.score(x, s.t))
+        denoised = p.sde.tweedie(x, t, p.score(x, t))
         nfe = nfe + 1
         bad = ~jnp.all(jnp.isfinite(denoised))
         result = jnp.where((result == results.SUCCESS) & bad, results.NONFINITE, result).astype(jnp.int32)
         x = jnp.where(bad, x, denoised)
-    return Solution(x=x, t=s.t, stats=s.stats._replace(nfe=nfe), result=result)
+    return Solution(x=x, t=t, stats=stats._replace(nfe=nfe), result=result)
 
 
 def solve(
