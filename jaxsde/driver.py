@@ -120,6 +120,7 @@ class Problem(NamedTuple):
     max_steps: int
     denoise: bool
     noise: Any
+    check_finite: bool = True
 
 
 def prepare(
@@ -133,6 +134,7 @@ def prepare(
     denoise: bool = True,
     max_steps: int | None = None,
     noise: Any = None,
+    check_finite: bool = True,
 ) -> Problem:
     """Resolve defaults and validate (see :func:`solve`); ``x_T`` may be a ``jax.ShapeDtypeStruct``."""
     span = solver.time_span()
@@ -146,7 +148,8 @@ def prepare(
     if max_steps is None:
         max_steps = fixed if fixed is not None else 10_000
     noise = FreshNoise() if noise is None else noise
-    return Problem(sde, score, solver, tuple(x_T.shape), x_T.dtype, t_start, t_end, max_steps, denoise, noise)
+    return Problem(sde, score, solver, tuple(x_T.shape), x_T.dtype, t_start, t_end, max_steps, denoise, noise,
+                   bool(check_finite))
 
 
 def init(p: Problem, x_T: Array) -> _LoopState:
@@ -171,7 +174,9 @@ def done(p: Problem, s: _LoopState) -> Array:
     """True once the sample reached ``t_end``, failed (a solver code or non-finite values), or ran
     ``max_steps`` attempts."""
     running = (s.t > jnp.asarray(p.t_end, p.dtype)) & (s.result == results.SUCCESS) & (s.stats.num_steps < p.max_steps)
-    return ~(running & jnp.all(jnp.isfinite(s.x)))
+    if p.check_finite:
+        running = running & jnp.all(jnp.isfinite(s.x))
+    return ~running
 
 
 def step(p: Problem, key: Array, s: _LoopState) -> _LoopState:
@@ -243,6 +248,7 @@ def solve(
     denoise: bool = True,
     max_steps: int | None = None,
     noise: Any = None,
+    check_finite: bool = True,
 ) -> Solution:
     """Integrate ONE sample of the reverse-time process from ``t_start`` down to ``t_end``.
 
@@ -260,6 +266,11 @@ def solve(
         the exact step count for fixed-step solvers. Reaching it gives
         ``results.MAX_STEPS_REACHED``.
       noise: a noise source (``noise.FreshNoise()`` by default, or ``noise.GivenNoise(z)``).
+      check_finite: check the state for non-finite values after every step and stop there,
+        returning the last finite state (default). ``False`` checks the final state only: a
+        failed sample still gets ``results.NONFINITE`` but runs to the end and its ``x`` is not
+        finite; it saves one read of the state per step (measured ~12% of an EM step at d=3072
+        with a cheap score on CPU, ``benchmarks/em_vs_euler.py``).
 
     Returns:
       :class:`Solution`. Failures never raise inside jit: non-finite values give
@@ -267,7 +278,7 @@ def solve(
     """
     x_T = jnp.asarray(x_T)
     p = prepare(sde, score, solver, x_T, t_start=t_start, t_end=t_end, denoise=denoise, max_steps=max_steps,
-                noise=noise)
+                noise=noise, check_finite=check_finite)
     state = jax.lax.while_loop(lambda s: ~done(p, s), lambda s: step(p, key, s), init(p, x_T))
     return finalize(p, state)
 

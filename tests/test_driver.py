@@ -103,6 +103,24 @@ def test_nan_score_gives_nonfinite_code(solver, key):
         results.raise_if_failed(sol)
 
 
+def test_check_finite_off_still_reports_nonfinite(key):
+    """check_finite=False skips the per-step check: the failure is still reported, the loop runs
+    to the end, and accepted counts match a checked run up to the failure."""
+    def bad_score(x, t):
+        return jnp.where(t < 0.5, jnp.nan, 1.0) * SCORE(x, t)
+
+    solver = jaxsde.EulerMaruyama(20)
+    checked = jaxsde.sample(key, SDE, bad_score, solver, (4,), 3)
+    unchecked = jaxsde.sample(key, SDE, bad_score, solver, (4,), 3, check_finite=False)
+    np.testing.assert_array_equal(unchecked.result, results.NONFINITE)
+    assert np.all(np.asarray(unchecked.stats.num_steps) == 20)
+    assert np.all(np.asarray(checked.stats.num_steps) < 20)
+    assert np.all(np.asarray(checked.stats.num_accepted) == np.asarray(checked.stats.num_steps) - 1)
+    good = jaxsde.sample(key, SDE, SCORE, solver, (4,), 3)
+    fine = jaxsde.sample(key, SDE, SCORE, solver, (4,), 3, check_finite=False)
+    np.testing.assert_allclose(good.x, fine.x, rtol=1e-6, atol=1e-6)  # different fusion, same maths
+
+
 def test_max_steps_gives_its_code(key):
     sol = jaxsde.sample(key, SDE, SCORE, jaxsde.GottaGoFast(rtol=0.01), (4,), 3, max_steps=5)
     np.testing.assert_array_equal(sol.result, results.MAX_STEPS_REACHED)
