@@ -10,22 +10,16 @@ NOTEBOOKS = os.path.join(os.path.dirname(__file__), "..", "notebooks")
 
 
 @pytest.mark.skipif("digits" not in available(), reason="embedded digits weights not present")
-def test_quickstart_notebook_runs(monkeypatch):
+@pytest.mark.parametrize("name,timeout,needles", [
+    ("01_quickstart.ipynb", 600, ("FD-digits", "GGF")),
+    ("02_solvers.ipynb", 900, ("measured order", "FD-digits", "SA-Solver")),
+])
+def test_notebook_runs(name, timeout, needles, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("JAXSDE_NB_N", "32")
-    nb = nbformat.read(os.path.join(NOTEBOOKS, "01_quickstart.ipynb"), as_version=4)
-    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3").execute()
+    nb = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
+    nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3").execute()
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "FD-digits" in outputs and "GGF" in outputs
-
-
-@pytest.mark.skipif("digits" not in available(), reason="embedded digits weights not present")
-def test_solvers_notebook_runs(monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    monkeypatch.setenv("JAXSDE_NB_N", "32")
-    nb = nbformat.read(os.path.join(NOTEBOOKS, "02_solvers.ipynb"), as_version=4)
-    nbclient.NotebookClient(nb, timeout=900, kernel_name="python3").execute()
-    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "measured order" in outputs and "FD-digits" in outputs and "SA-Solver" in outputs
+    for needle in needles:
+        assert needle in outputs, f"{name}: {needle!r} missing from the outputs"

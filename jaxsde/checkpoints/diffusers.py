@@ -45,7 +45,7 @@ from ..embedded import Checkpoint
 from ..models.ddpm_unet import UNet2D, sample_shape
 from ..models.score import output_to_score
 from ..sde import DiscreteVPSDE
-from .errors import CheckpointError, check_tree
+from .errors import CheckpointError, check_tree, unflatten
 
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
@@ -231,14 +231,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], expected: Mapping, path: s
                         + (" ..." if len(unexpected) > 8 else ""))
     if problems:
         raise CheckpointError(f"{path}: " + "; ".join(problems))
-    nested: dict = {}
-    for k, v in flat.items():
-        node = nested
-        *parents, last = k.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = v
-    return check_tree(path, expected, nested)
+    return check_tree(path, expected, unflatten(flat))
 
 
 def _flat_paths(tree: Mapping, prefix: str = "") -> list[str]:

@@ -24,7 +24,8 @@ def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _unflatten(flat: Mapping[str, Any]) -> dict:
+def unflatten(flat: Mapping[str, Any]) -> dict:
+    """``{'a/b': v}`` -> ``{'a': {'b': v}}`` (the inverse of the ``/``-joined flat form)."""
     tree: dict = {}
     for path, v in flat.items():
         node = tree
@@ -63,4 +64,4 @@ def check_tree(path: str, expected: Mapping, found: Mapping, dtype=np.float32) -
         problems.append(f"... and {len(mismatches) - 8} more mismatched parameters")
     if problems:
         raise CheckpointError(f"{path}: " + "; ".join(problems))
-    return _unflatten(out)
+    return unflatten(out)

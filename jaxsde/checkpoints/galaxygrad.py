@@ -49,7 +49,7 @@ import numpy as np
 from ..embedded import Checkpoint
 from ..models.mixer import MixerScoreNet
 from ..sde import VPSDE
-from .errors import CheckpointError, check_tree
+from .errors import CheckpointError, check_tree, unflatten
 
 LOG_SCALE = 0.1  # galaxygrad's y = log(x + 1) / 0.1
 DATA_RANGE = (0.0, 10.0 * math.log(2.0))  # peak-normalised flux in [0, 1], in log space
@@ -194,13 +194,7 @@ def load(path: str, *, eps: float = EPS, data_range: tuple[float, float] = DATA_
             found[flax_path] = _to_flax(flax_path, arr)
     if problems:
         raise CheckpointError(f"{path}: " + "; ".join(problems))
-    nested: dict = {}
-    for k, v in found.items():
-        node = nested
-        *parents, last = k.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = np.ascontiguousarray(v)
+    nested = unflatten({k: np.ascontiguousarray(v) for k, v in found.items()})
     params = {"params": jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), check_tree(path, expected, nested))}
 
     sde = VPSDE(beta_min=1.0, beta_max=1.0, T=cfg["t1"], eps=eps, data_range=tuple(data_range))

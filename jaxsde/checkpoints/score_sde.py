@@ -46,7 +46,7 @@ from ..embedded import Checkpoint
 from ..models import ncsnpp
 from ..models.ncsnpp import NCSNpp, NCSNppConfig
 from ..sde import SDE, VESDE, VPSDE, SubVPSDE
-from .errors import CheckpointError, _flatten, _unflatten, check_tree
+from .errors import CheckpointError, _flatten, check_tree, unflatten
 
 ConfigLike = str | NCSNppConfig | Mapping[str, Any] | None
 
@@ -370,7 +370,7 @@ def load_pytorch(path: str, config: ConfigLike = None, *, use_ema: bool = True, 
     for key, arr in arrays.items():
         flax_path, transform = mapping.get(key, (key.replace("/", "|"), "identity"))
         found[flax_path] = _transform(arr, transform)
-    return make_checkpoint(cfg, _check(path, cfg, _unflatten(found), inferred), name or os.path.basename(path))
+    return make_checkpoint(cfg, _check(path, cfg, unflatten(found), inferred), name or os.path.basename(path))
 
 
 def _strip(key: str) -> str:
