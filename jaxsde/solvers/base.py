@@ -122,7 +122,7 @@ class FixedGridSolver(Solver):
         del h, t_end
         i = jnp.minimum(state.index + 1, self.num_steps)
         t_next = state.grid[i]
-        x_next, nfe = self.advance(sde, score, x, t, t_next, z)
+        x_next, nfe = self.advance_step(sde, score, x, t, t_next, z, state.index)
         h_next = t_next - state.grid[jnp.minimum(i + 1, self.num_steps)]
         return StepOut(
             x=x_next,
@@ -136,3 +136,8 @@ class FixedGridSolver(Solver):
 
     def advance(self, sde, score, x, t, t_next, z):
         raise NotImplementedError
+
+    def advance_step(self, sde, score, x, t, t_next, z, index):
+        """``advance`` for step number ``index`` (override when a step depends on its index)."""
+        del index
+        return self.advance(sde, score, x, t, t_next, z)

@@ -34,7 +34,7 @@ import numpy as np
 from .. import results
 from ..grids import time_grid
 from ..noise import FreshNoise
-from .base import FixedGridSolver, GridState, StepOut, solver_class
+from .base import FixedGridSolver, solver_class
 
 Array = jax.Array
 
@@ -154,21 +154,22 @@ class MultilevelEM(FixedGridSolver):
         self._check_score(score)
         return super().init(sde, score, x, t_start, t_end)
 
-    def step(self, sde, score, x, t, h, state: GridState, z, t_end) -> StepOut:
-        del h, t_end
-        score = self._check_score(score)
-        coins = self.coins(state.index)
+    def score_estimate(self, levels: Sequence[Callable], x: Array, t: Array, index: Array) -> tuple[Array, Array]:
+        """``(s_hat, evaluations)`` at step ``index``: each level drawn by the shared coins is evaluated
+        once under ``lax.cond`` (``levels`` may be per-sample or batched functions of ``(x, t)``)."""
+        coins = self.coins(index)
         need = self.needed(coins)
         values = [jax.lax.cond(need[level], lambda f=f: f(x, t), lambda: jnp.zeros_like(x))
-                  for level, f in enumerate(score.levels)]
-        s_hat = self.estimate(values, coins)
-        i = jnp.minimum(state.index + 1, self.num_steps)
-        t_next = state.grid[i]
+                  for level, f in enumerate(levels)]
+        return self.estimate(values, coins), jnp.sum(need.astype(jnp.int32))
+
+    def em_update(self, sde, x: Array, t: Array, t_next: Array, s_hat: Array, z: Array) -> Array:
         dt = t - t_next
-        x_next = x - dt * sde.reverse_drift(x, t, s_hat) + sde.diffusion(t) * jnp.sqrt(dt) * z[0]
-        return StepOut(x=x_next, t=t_next, h=t_next - state.grid[jnp.minimum(i + 1, self.num_steps)],
-                       state=GridState(i, state.grid), accepted=jnp.array(True),
-                       nfe=jnp.sum(need.astype(jnp.int32)), status=jnp.array(results.SUCCESS, jnp.int32))
+        return x - dt * sde.reverse_drift(x, t, s_hat) + sde.diffusion(t) * jnp.sqrt(dt) * z
+
+    def advance_step(self, sde, score, x, t, t_next, z, index):
+        s_hat, evaluations = self.score_estimate(self._check_score(score).levels, x, t, index)
+        return self.em_update(sde, x, t, t_next, s_hat, z[0]), evaluations
 
 
 def multilevel_cost(solver: MultilevelEM, costs: Sequence[float], denoise: bool = True) -> float:
@@ -207,20 +208,15 @@ def sample_multilevel(key: Array, sde, score: MultilevelScore, solver: Multileve
     def body(carry, k):
         x, ok, nfe = carry
         t, t_next = grid[k], grid[k + 1]
-        coins = solver.coins(k)
-        need = solver.needed(coins)
-        values = [jax.lax.cond(need[level], lambda f=f: f(x, t), lambda: jnp.zeros_like(x))
-                  for level, f in enumerate(batched_levels)]
-        s_hat = solver.estimate(values, coins)
+        s_hat, evaluations = solver.score_estimate(batched_levels, x, t, k)
         z = jax.vmap(lambda sk: noise.draw(sk, k, t, t_next, (1, *shape), dtype)[0])(solve_keys)
-        dt = t - t_next
-        x_new = x - dt * sde.reverse_drift(x, t, s_hat) + sde.diffusion(t) * jnp.sqrt(dt) * z
+        x_new = solver.em_update(sde, x, t, t_next, s_hat, z)
         finite = jnp.all(jnp.isfinite(x_new.reshape(n, -1)), axis=1)
         running = ok
         ok = ok & finite
         bshape = (n,) + (1,) * len(shape)
         x = jnp.where(ok.reshape(bshape), x_new, x)
-        nfe = nfe + jnp.where(running, jnp.sum(need.astype(jnp.int32)), 0)
+        nfe = nfe + jnp.where(running, evaluations, 0)
         steps_inc = running.astype(jnp.int32)
         return (x, ok, nfe), steps_inc
 
