@@ -14,36 +14,64 @@ Pieces:
   ``model.apply`` on one sample), ``net.record(params, x, t) -> (eps, cache)`` (dense, with
   every layer's output and every GroupNorm's statistics), ``net.apply_sparse(params, x, t,
   cache, plan)`` and ``net.apply_masked(params, x, t, cache, plan)`` (the dense reference
-  with the same semantics as the sparse engine).
-* :func:`plan_tiles` (host side): the edit mask -> active tiles per resolution level, the
-  tile count padded to a bucket (powers of two, so a new edit reuses a compiled program of
-  the same bucket), or a dense fallback when the edit is large.
+  with the same semantics as the sparse engine), ``net.apply_frozen(params, x, t, cache)``
+  (the dense network with the cached GroupNorm statistics).
+* :meth:`SparseUNet.plan` (host side, numpy): the edit mask -> active tiles, in one of two modes
+  (below), tile counts padded to buckets so that a new edit of similar size reuses a compiled
+  program, or a dense fallback when the edit is large. :func:`plan_tiles` is the input mode.
 * :func:`sparse_sdedit`: SDEdit of an edited image with a fixed-grid solver, reusing the
   original image's per-step cache (same key, same grid), sparse, masked or dense.
 
 Semantics of the sparse engine (what :meth:`SparseUNet.apply_masked` computes densely):
 every layer ``L`` (a convolution with its fused pre-op ``silu(GroupNorm(.))``, post-op bias
 and residual) writes ``out_L = where(active_L, L(mixed inputs), cache_L)``, ``active_L`` the
-union of active tiles at ``L``'s output resolution; the inputs it reads, including the halo
-of a 3x3 convolution around a tile, are the *mixed* maps (cache outside the active tiles).
-The sparse engine computes exactly this, touching only the active tiles: it gathers each
-tile with its halo (2 for a 3x3 convolution at stride 1; 2b + 1 input rows for a stride-2
-tile of size b; the low-resolution halo for a nearest-upsample + conv), stacks the tiles on
-the batch axis, convolves with VALID padding, and scatters into the cached output map.
-All maps are kept with a zero border of ``PAD`` pixels, so the image edge is the
-convolution's zero padding (the halo of an edge tile is zero *after* the fused
-normalisation + activation, as in the dense network).
+layer's active tiles; the inputs it reads, including the halo of a 3x3 convolution around a
+tile, are the *mixed* maps (cache outside the active tiles). With a ``roi`` (exact plans) the
+final output is ``where(roi, out, cached output)``. The sparse engine computes exactly this,
+touching only the active tiles: it gathers each tile with its halo (2 for a 3x3 convolution
+at stride 1; 2b + 1 input rows for a stride-2 tile of size b; the low-resolution halo for a
+nearest-upsample + conv), stacks the tiles on the batch axis, convolves with VALID padding,
+and scatters into the cached output map. A layer whose bucket is every tile of its map is
+computed as a dense layer on the mixed maps followed by the same ``where`` (cheaper than
+gathering everything); a layer with no active tile is the cache. All maps are kept with a
+zero border of ``PAD`` pixels, so the image edge is the convolution's zero padding (the halo
+of an edge tile is zero *after* the fused normalisation + activation, as in the dense network).
+
+Plans (``net.plan(mask, blocks, mode=...)``):
+
+* ``mode="input"`` (default; :func:`plan_tiles`): every layer recomputes the tiles of the
+  (optionally ``dilate``-grown) edit mask at its resolution. Cheap, but an approximation: a
+  3x3 convolution changes its output one pixel beyond its changed input, so cached values
+  just outside the tiles are stale and the error reaches the edited pixels.
+* ``mode="exact"`` (receptive-field-exact): the network graph is traced once per image size
+  and the changed-input mask is propagated layer by layer (:func:`propagate`, numpy): forward,
+  the pixels each layer's output changes (3x3 footprint at stride 1, the stride-2 and
+  upsample+conv footprints, the union over concatenated skips and the residual branch);
+  backward from the output ``roi`` (default the edit mask; ``"all"`` for every pixel), the
+  pixels the roi depends on. A layer recomputes the tiles holding any pixel that is both
+  changed and needed, buckets per layer (``per_octave=4`` sub-octave buckets, less padding;
+  layers above ``layer_dense_above`` of their tiles are computed densely). With
+  ``stats="reuse"`` the result on the roi equals :meth:`SparseUNet.apply_frozen` (the dense
+  network with the original's GroupNorm statistics) to float rounding, tested at 1e-5; the
+  output outside the roi is the cached original, so in an SDEdit trajectory x keeps changing
+  only on the edit mask and one plan holds for every step. The price: the receptive field of
+  a UNet is wide (about 40 px for the 2-level "large" DigitsUNet), so the active region is
+  much larger than the edit (see ``benchmarks/results/editing.md``).
 
 GroupNorm statistics: ``stats="reuse"`` (default, SIGE's choice): the mean and variance of
 the original image's activations at the same step, from the cache; normalisation is then a
 per-channel affine map, local, and the sparse layer equals the masked-dense layer exactly.
 ``stats="recompute"``: statistics of the current mixed map (a full-map reduction per
-normalisation, O(HWC), no convolution work). The difference to the *true* dense network on
-the edited image (stale values outside the active tiles, whose receptive fields would see
-the edit, and the statistics) is an approximation, reported by the tests and the
-benchmark; it shrinks with ``dilate`` (a wider active region) and vanishes with the dense
-fallback. DigitsUNet has no attention layers; a global attention layer would need a dense
-recompute of its keys/values (or cached ones, the same choice as the statistics).
+normalisation, O(HWC), no convolution work). Either way the statistics are global: in the
+true dense network on the edited image every pixel's normalisation changes a little, which
+the mask propagation does not follow (it treats normalisation as a per-pixel map). So even
+an exact plan differs from the *true* dense network: with ``reuse`` by exactly the
+frozen-statistics network's deviation; with ``recompute`` by the stale cached values outside
+the active region whose inputs changed only through the statistics (and, for a ``roi``
+smaller than the image, the computed-but-unneeded tile pixels that enter the statistics).
+Both are measured by the tests and the benchmark; they vanish with the dense fallback.
+DigitsUNet has no attention layers; a global attention layer would need a dense recompute of
+its keys/values (or cached ones, the same choice as the statistics).
 """
 
 from __future__ import annotations
@@ -61,8 +89,8 @@ from .models.unet import DigitsUNet, _groups
 
 Array = jax.Array
 
-__all__ = ["SparseUNet", "TilePlan", "plan_tiles", "diff_mask", "bucket_size", "sparse_sdedit", "run_fixed_grid",
-           "cache_bytes", "PAD"]
+__all__ = ["SparseUNet", "TilePlan", "plan_tiles", "propagate", "diff_mask", "bucket_size", "sparse_sdedit",
+           "run_fixed_grid", "cache_bytes", "PAD"]
 
 PAD = 2  # zero border kept around every stored map (>= the largest halo, 1, plus the stride-2 overhang)
 GN_EPS = 1e-6  # flax.linen.GroupNorm's default epsilon
@@ -73,11 +101,20 @@ GN_EPS = 1e-6  # flax.linen.GroupNorm's default epsilon
 # --------------------------------------------------------------------------------------------
 
 
-def bucket_size(n: int, total: int) -> int:
-    """The padded tile count: the next power of two >= ``n``, at most ``total``."""
+def bucket_size(n: int, total: int, per_octave: int = 1) -> int:
+    """The padded tile count: the next power of two >= ``n`` (``per_octave=1``), at most ``total``.
+
+    With ``per_octave = 2**j`` the buckets are ``2**e * (1 + i / per_octave)``, ``i < per_octave``
+    (e.g. 4: 8, 10, 12, 14, 16, 20, ...): less padding, more distinct compiled programs.
+    """
     if n < 1:
         raise ValueError(f"need at least one active tile, got {n}")
-    return min(1 << (int(n) - 1).bit_length(), int(total))
+    if per_octave < 1 or per_octave & (per_octave - 1):
+        raise ValueError(f"per_octave must be a power of two, got {per_octave}")
+    n = int(n)
+    e = max((n - 1).bit_length() - 1, 0)  # 2**e < n <= 2**(e+1) (n >= 2)
+    step = max((1 << e) // per_octave, 1)
+    return min(-(-n // step) * step, int(total))
 
 
 def diff_mask(x_orig, x_edit, atol: float = 0.0) -> np.ndarray:
@@ -89,17 +126,24 @@ def diff_mask(x_orig, x_edit, atol: float = 0.0) -> np.ndarray:
 
 
 class TilePlan:
-    """Active tiles per resolution level (level ``r`` has spatial size ``(H, W) / 2**r``).
+    """Active tiles of an edit, per resolution level or per layer.
 
-    Pytree: the leaves are ``origins[r]`` (``(buckets[r], 2)`` int32 tile origins in pixels,
-    padded by repeating the first active tile) and ``masks[r]`` (``(H_r, W_r)`` bool, the
-    union of the active tiles); the static part is ``(shape, blocks, buckets, dense)``, so jit
-    recompiles only for a new bucket. Host-side facts: ``counts`` (active tiles per level),
-    ``totals`` (tiles per level), ``fraction`` (active pixels / all pixels, per level),
-    ``edited`` (fraction of level-0 pixels in the edit mask).
+    Level ``r`` has spatial size ``(H, W) / 2**r``. Pytree: the leaves are ``origins[r]``
+    (``(buckets[r], 2)`` int32 tile origins in pixels, padded by repeating the first active
+    tile) and ``masks[r]`` (``(H_r, W_r)`` bool, the union of the active tiles), and, for a
+    per-layer plan (``mode="exact"``, from :meth:`SparseUNet.plan`), ``layer_origins`` /
+    ``layer_masks`` (one per layer, in the order of ``layers``) and ``roi`` (the level-0
+    pixels whose output is computed; outside, the output is the cached original). The static
+    part is ``(shape, blocks, buckets, dense, layers, mode)``, ``layers`` a tuple of
+    ``(name, level, bucket)``, so jit recompiles only for a new combination of buckets.
+    Host-side facts: ``counts`` (active tiles per level; union over layers for a per-layer
+    plan), ``totals`` (tiles per level), ``fraction`` (active pixels / all pixels, per level),
+    ``edited`` (fraction of level-0 pixels in the edit mask), ``layer_counts`` and ``work``
+    (a per-layer plan's estimated convolution FLOPs as a fraction of dense, bucketed tiles).
     """
 
-    def __init__(self, shape, blocks, buckets, dense, origins, masks, counts=None, totals=None, edited=None):
+    def __init__(self, shape, blocks, buckets, dense, origins, masks, counts=None, totals=None, edited=None, *,
+                 layers=(), layer_origins=(), layer_masks=(), roi=None, mode="input", layer_counts=None, work=None):
         self.shape = tuple(shape)
         self.blocks = tuple(blocks)
         self.buckets = tuple(buckets)
@@ -109,25 +153,96 @@ class TilePlan:
         self.counts = counts
         self.totals = totals
         self.edited = edited
+        self.layers = tuple(layers)
+        self.layer_origins = tuple(layer_origins)
+        self.layer_masks = tuple(layer_masks)
+        self.roi = roi
+        self.mode = mode
+        self.layer_counts = layer_counts
+        self.work = work
+        self._index = {name: i for i, (name, _, _) in enumerate(self.layers)}
 
     @property
     def fraction(self) -> tuple[float, ...]:
         return tuple(float(np.mean(np.asarray(m))) for m in self.masks)
 
+    def tile_total(self, level: int) -> int:
+        """Tiles at resolution ``level``."""
+        b = self.blocks[level]
+        return ((self.shape[0] >> level) // b) * ((self.shape[1] >> level) // b)
+
+    def tiles(self, name: str, level: int):
+        """``(origins, mask, bucket)`` of layer ``name`` (output at resolution ``level``)."""
+        if self.layers:
+            i = self._index[name]
+            return self.layer_origins[i], self.layer_masks[i], self.layers[i][2]
+        return self.origins[level], self.masks[level], self.buckets[level]
+
     def tree_flatten(self):
-        return (self.origins, self.masks), (self.shape, self.blocks, self.buckets, self.dense)
+        return ((self.origins, self.masks, self.layer_origins, self.layer_masks, self.roi),
+                (self.shape, self.blocks, self.buckets, self.dense, self.layers, self.mode))
 
     @classmethod
     def tree_unflatten(cls, aux, children):
-        origins, masks = children
-        return cls(*aux, origins, masks)
+        origins, masks, layer_origins, layer_masks, roi = children
+        shape, blocks, buckets, dense, layers, mode = aux
+        return cls(shape, blocks, buckets, dense, origins, masks, layers=layers, layer_origins=layer_origins,
+                   layer_masks=layer_masks, roi=roi, mode=mode)
 
     def __repr__(self):
-        return (f"TilePlan(shape={self.shape}, blocks={self.blocks}, counts={self.counts}, buckets={self.buckets}, "
-                f"totals={self.totals}, dense={self.dense})")
+        extra = f", layers={len(self.layers)}, work={self.work:.3f}" if self.layers and self.work is not None else ""
+        return (f"TilePlan(mode={self.mode!r}, shape={self.shape}, blocks={self.blocks}, counts={self.counts}, "
+                f"buckets={self.buckets}, totals={self.totals}, dense={self.dense}{extra})")
 
 
 jax.tree_util.register_pytree_node(TilePlan, TilePlan.tree_flatten, TilePlan.tree_unflatten)
+
+
+def _check_mask(mask, levels, blocks, dilate):
+    """Validated ``(mask, dilated mask, blocks)`` (see :func:`plan_tiles`)."""
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise ValueError(f"the edit mask must be 2-D (H, W), got shape {m.shape}")
+    m = m.astype(bool)
+    if not m.any():
+        raise ValueError("the edit mask is empty: nothing changed, reuse the original result")
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+        raise ValueError(f"levels must be a positive integer, got {levels!r}")
+    blocks = (blocks,) * levels if isinstance(blocks, int) else tuple(int(b) for b in blocks)
+    if len(blocks) != levels or any(b < 1 for b in blocks):
+        raise ValueError(f"blocks must be a positive int or one per level ({levels}), got {blocks}")
+    H, W = m.shape
+    if H % (1 << (levels - 1)) or W % (1 << (levels - 1)):
+        raise ValueError(f"image size {(H, W)} must be divisible by 2**(levels-1) = {1 << (levels - 1)}")
+    for r, b in enumerate(blocks):
+        Hr, Wr = H >> r, W >> r
+        if Hr % b or Wr % b:
+            raise ValueError(f"level {r} is {Hr}x{Wr}; tile size {b} must divide it")
+        if r > 0 and b % 2:
+            raise ValueError(f"tile size {b} at level {r} must be even (nearest-upsampling halo)")
+    grown = m
+    if dilate:
+        if dilate < 0:
+            raise ValueError(f"dilate must be >= 0, got {dilate}")
+        padded = np.pad(m, dilate)
+        grown = np.zeros_like(m)
+        for dy in range(2 * dilate + 1):
+            for dx in range(2 * dilate + 1):
+                grown |= padded[dy:dy + H, dx:dx + W]
+    return m, grown, blocks
+
+
+def _tiles_of(active, b, per_octave=1):
+    """Tiles of size ``b`` holding any ``active`` pixel: ``(origins (bucket, 2), tile mask, n, total, bucket)``;
+    ``bucket = 0`` (no origins) when nothing is active."""
+    Hr, Wr = active.shape
+    tiles = active.reshape(Hr // b, b, Wr // b, b).any(axis=(1, 3))
+    ij = np.argwhere(tiles)
+    n, total = len(ij), tiles.size
+    bucket = bucket_size(n, total, per_octave) if n else 0
+    pad = np.repeat(ij[:1], bucket - n, axis=0)
+    origins = (np.concatenate([ij, pad]) * b).astype(np.int32).reshape(bucket, 2)
+    return origins, np.kron(tiles, np.ones((b, b), bool)), n, total, bucket
 
 
 def plan_tiles(mask, levels: int, blocks: int | tuple[int, ...] = 8, *, dilate: int = 0,
@@ -146,53 +261,22 @@ def plan_tiles(mask, levels: int, blocks: int | tuple[int, ...] = 8, *, dilate: 
     holds any masked pixel. Raises ``ValueError`` for an empty mask, a non-2-D mask, or sizes
     that do not divide.
     """
-    m = np.asarray(mask)
-    if m.ndim != 2:
-        raise ValueError(f"the edit mask must be 2-D (H, W), got shape {m.shape}")
-    m = m.astype(bool)
-    if not m.any():
-        raise ValueError("the edit mask is empty: nothing changed, reuse the original result")
-    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
-        raise ValueError(f"levels must be a positive integer, got {levels!r}")
-    blocks = (blocks,) * levels if isinstance(blocks, int) else tuple(int(b) for b in blocks)
-    if len(blocks) != levels or any(b < 1 for b in blocks):
-        raise ValueError(f"blocks must be a positive int or one per level ({levels}), got {blocks}")
+    m0, m, blocks = _check_mask(mask, levels, blocks, dilate)
     H, W = m.shape
-    if H % (1 << (levels - 1)) or W % (1 << (levels - 1)):
-        raise ValueError(f"image size {(H, W)} must be divisible by 2**(levels-1) = {1 << (levels - 1)}")
-    if dilate:
-        if dilate < 0:
-            raise ValueError(f"dilate must be >= 0, got {dilate}")
-        padded = np.pad(m, dilate)
-        grown = np.zeros_like(m)
-        for dy in range(2 * dilate + 1):
-            for dx in range(2 * dilate + 1):
-                grown |= padded[dy:dy + H, dx:dx + W]
-        m = grown
     origins, masks, counts, totals, buckets = [], [], [], [], []
     dense = False
     for r, b in enumerate(blocks):
         f = 1 << r
-        Hr, Wr = H // f, W // f
-        if Hr % b or Wr % b:
-            raise ValueError(f"level {r} is {Hr}x{Wr}; tile size {b} must divide it")
-        if r > 0 and b % 2:
-            raise ValueError(f"tile size {b} at level {r} must be even (nearest-upsampling halo)")
-        mr = m.reshape(Hr, f, Wr, f).any(axis=(1, 3))
-        tiles = mr.reshape(Hr // b, b, Wr // b, b).any(axis=(1, 3))
-        ij = np.argwhere(tiles)
-        n, total = len(ij), tiles.size
-        bucket = bucket_size(n, total)
+        mr = m.reshape(H // f, f, W // f, f).any(axis=(1, 3))
+        org, tmask, n, total, bucket = _tiles_of(mr, b)
         if bucket > dense_above * total:
             dense = True
-        pad = np.repeat(ij[:1], bucket - n, axis=0)
-        origins.append(jnp.asarray(np.concatenate([ij, pad]) * b, jnp.int32))
-        masks.append(jnp.asarray(np.kron(tiles, np.ones((b, b), bool))))
+        origins.append(jnp.asarray(org))
+        masks.append(jnp.asarray(tmask))
         counts.append(n)
         totals.append(total)
         buckets.append(bucket)
-    return TilePlan((H, W), blocks, buckets, dense, origins, masks, tuple(counts), tuple(totals),
-                    float(np.mean(np.asarray(mask, bool))))
+    return TilePlan((H, W), blocks, buckets, dense, origins, masks, tuple(counts), tuple(totals), float(np.mean(m0)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,50 +341,77 @@ def _inside(origins, size, limits):
 # --------------------------------------------------------------------------------------------
 
 
-class _Dense:
+def _dense(p, x):
+    return x @ p["kernel"] + p["bias"]
+
+
+def _fourier(p, t):
+    proj = 2 * jnp.pi * t * p["freqs"]
+    h = jnp.concatenate([jnp.sin(proj), jnp.cos(proj)])
+    return _dense(p["Dense_1"], jax.nn.silu(_dense(p["Dense_0"], h)))
+
+
+class _Arrays:
+    """Shared part of the engines that compute with arrays."""
+
+    def embed(self, p, t, x):
+        return _fourier(p, jnp.asarray(t, x.dtype))
+
+    def time_bias(self, p, emb):
+        return _dense(p, jax.nn.silu(emb))
+
+
+def _dense_layer(srcs, conv, stats, *, stride=1, up=False, norm=None, bias=None, res=None):
+    """One layer computed densely on unpadded maps; ``stats`` None = the maps' own statistics.
+    Returns ``(output, statistics used or None)``."""
+    x = jnp.concatenate(srcs, axis=-1) if len(srcs) > 1 else srcs[0]
+    if norm is not None:
+        groups = _groups(x.shape[-1])
+        if stats is None:
+            stats = _group_stats(x, groups)
+        a, c = _norm_affine(norm, stats, x.shape[-1], groups)
+        x = jax.nn.silu(x * a + c)
+    if up:
+        x = jnp.repeat(jnp.repeat(x, 2, axis=0), 2, axis=1)
+    y = _conv(x[None], conv["kernel"], conv["bias"], stride)[0]
+    if bias is not None:
+        y = y + bias
+    if res is not None:
+        r_srcs, r_conv = res
+        r = jnp.concatenate(r_srcs, axis=-1) if len(r_srcs) > 1 else r_srcs[0]
+        if r_conv is not None:
+            r = _conv(r[None], r_conv["kernel"], r_conv["bias"])[0]
+        y = y + r
+    return y, stats
+
+
+class _Dense(_Arrays):
     """Dense engine. ``cache=None``: the true network (records outputs and statistics).
-    With ``cache`` and ``plan``: the masked reference of the sparse engine."""
+    With ``cache`` and ``plan``: the masked reference of the sparse engine. With ``cache``
+    and no plan: the true network with the cached (original) GroupNorm statistics."""
 
     def __init__(self, cache=None, plan=None, stats="reuse"):
         self.cache, self.plan, self.stats = cache, plan, stats
         self.record: dict[str, Any] = {}
 
     def layer(self, name, srcs, conv, *, stride=1, up=False, norm=None, bias=None, res=None):
-        x = jnp.concatenate(srcs, axis=-1) if len(srcs) > 1 else srcs[0]
+        reuse = norm is not None and self.cache is not None and self.stats == "reuse"
+        y, stats = _dense_layer(srcs, conv, self.cache["stats/" + name] if reuse else None, stride=stride, up=up,
+                                norm=norm, bias=bias, res=res)
         if norm is not None:
-            groups = _groups(x.shape[-1])
-            if self.cache is None or self.stats == "recompute":
-                stats = _group_stats(x, groups)
-            else:
-                stats = self.cache["stats/" + name]
             self.record["stats/" + name] = stats
-            a, c = _norm_affine(norm, stats, x.shape[-1], groups)
-            x = jax.nn.silu(x * a + c)
-        if up:
-            x = jnp.repeat(jnp.repeat(x, 2, axis=0), 2, axis=1)
-        y = _conv(x[None], conv["kernel"], conv["bias"], stride)[0]
-        if bias is not None:
-            y = y + bias
-        if res is not None:
-            r_srcs, r_conv = res
-            r = jnp.concatenate(r_srcs, axis=-1) if len(r_srcs) > 1 else r_srcs[0]
-            if r_conv is not None:
-                r = _conv(r[None], r_conv["kernel"], r_conv["bias"])[0]
-            y = y + r
-        if self.cache is not None:
-            level = self._level(y)
-            y = jnp.where(self.plan.masks[level][..., None], y, self.cache[name])
+        if self.cache is not None and self.plan is not None:
+            level = int(round(math.log2(self.plan.shape[0] // y.shape[0])))
+            mask = self.plan.tiles(name, level)[1]
+            y = jnp.where(mask[..., None], y, self.cache[name])
         self.record[name] = y
         return y
-
-    def _level(self, y):
-        return int(round(math.log2(self.plan.shape[0] // y.shape[0])))
 
     def source(self, x):
         return x
 
 
-class _Sparse:
+class _Sparse(_Arrays):
     """Sparse engine: maps are padded full-resolution arrays; convolutions touch active tiles only."""
 
     def __init__(self, cache, plan: TilePlan, stats="reuse"):
@@ -316,7 +427,15 @@ class _Sparse:
         lin = self._level_of(srcs[0])
         lout = lin + 1 if stride == 2 else lin - 1 if up else lin
         b = self.plan.blocks[lout]
-        org = self.plan.origins[lout]  # (n, 2) unpadded output-tile origins
+        org, mask, bucket = self.plan.tiles(name, lout)  # (n, 2) unpadded output-tile origins
+        if bucket == 0:  # nothing to recompute at this layer
+            return self.cache[name]
+        if bucket == self.plan.tile_total(lout):  # every tile: the dense layer on the mixed maps is cheaper
+            inner = [s[PAD:-PAD, PAD:-PAD] for s in srcs]
+            unpad = [[s[PAD:-PAD, PAD:-PAD] for s in res[0]], res[1]] if res is not None else None
+            stats = self.cache["stats/" + name] if norm is not None and self.stats == "reuse" else None
+            y, _ = _dense_layer(inner, conv, stats, stride=stride, up=up, norm=norm, bias=bias, res=unpad)
+            return _padded(jnp.where(mask[..., None], y, self.cache[name][PAD:-PAD, PAD:-PAD]))
         k = conv["kernel"].shape[0]
         H_in = srcs[0].shape[0] - 2 * PAD
         W_in = srcs[0].shape[1] - 2 * PAD
@@ -359,18 +478,105 @@ class _Sparse:
 
 
 # --------------------------------------------------------------------------------------------
-# the DigitsUNet forward pass, written over its params tree
+# receptive-field-exact planning: the network graph traced once, masks propagated (numpy)
 # --------------------------------------------------------------------------------------------
 
 
-def _dense(p, x):
-    return x @ p["kernel"] + p["bias"]
+class _Node:
+    """A feature map in the traced graph (shape only)."""
+
+    def __init__(self, index, shape):
+        self.index, self.shape = index, tuple(shape)
 
 
-def _fourier(p, t):
-    proj = 2 * jnp.pi * t * p["freqs"]
-    h = jnp.concatenate([jnp.sin(proj), jnp.cos(proj)])
-    return _dense(p["Dense_1"], jax.nn.silu(_dense(p["Dense_0"], h)))
+class _Trace:
+    """Engine that records the layer graph: which maps each layer reads (through its
+    convolution and through its residual branch), its stride / upsampling and kernel size."""
+
+    def __init__(self):
+        self.layers: list[dict[str, Any]] = []
+        self.shapes: list[tuple[int, ...]] = []
+
+    def _node(self, shape):
+        self.shapes.append(tuple(shape))
+        return _Node(len(self.shapes) - 1, shape)
+
+    def source(self, x):
+        return self._node(x.shape)
+
+    def embed(self, p, t, x):
+        return None
+
+    def time_bias(self, p, emb):
+        return None
+
+    def layer(self, name, srcs, conv, *, stride=1, up=False, norm=None, bias=None, res=None):
+        H, W = srcs[0].shape[:2]
+        H, W = (H * 2, W * 2) if up else (-(-H // stride), -(-W // stride))
+        kshape = tuple(conv["kernel"].shape)
+        out = self._node((H, W, kshape[-1]))
+        self.layers.append(dict(name=name, srcs=[s.index for s in srcs], res=[s.index for s in res[0]] if res else [],
+                                out=out.index, k=kshape[0], stride=stride, up=up,
+                                cost=kshape[0] * kshape[1] * kshape[2] * kshape[3]))
+        return out
+
+
+def _reads(n_in, n_out, k, stride, up):
+    """``R[i, j]``: output row ``i`` of the layer reads input row ``j`` (SAME padding; with
+    ``up``, a nearest 2x upsampling before the stride-1 convolution)."""
+    R = np.zeros((n_out, n_in), np.int64)
+    for i in range(n_out):
+        if up:
+            lo, hi = i - (k - 1) // 2, i - (k - 1) // 2 + k - 1  # rows of the upsampled map
+            lo, hi = max(lo, 0) // 2, min(hi, 2 * n_in - 1) // 2
+        else:
+            pad_lo = max((n_out - 1) * stride + k - n_in, 0) // 2
+            lo, hi = max(i * stride - pad_lo, 0), min(i * stride - pad_lo + k - 1, n_in - 1)
+        R[i, lo:hi + 1] = 1
+    return R
+
+
+def propagate(graph: _Trace, changed, roi=None):
+    """Per layer: ``(changed, needed)`` boolean maps at the layer's output resolution.
+
+    ``changed``: the output pixels whose receptive field contains a changed input pixel
+    (forward: the input ``changed`` mask pushed through every convolution's footprint, stride,
+    upsampling, concatenation and residual add). ``needed``: the pixels that the final
+    output's ``roi`` (level-0 bool mask; None = every pixel) depends on (backward, the
+    transposed footprints). GroupNorm statistics are treated as fixed (a per-channel affine
+    map); see the module docstring.
+    """
+    changed = np.asarray(changed, bool)
+    maps = {0: changed}
+    mats = []
+    for L in graph.layers:
+        src_shape, out_shape = graph.shapes[L["srcs"][0]], graph.shapes[L["out"]]
+        R = _reads(src_shape[0], out_shape[0], L["k"], L["stride"], L["up"])
+        C = _reads(src_shape[1], out_shape[1], L["k"], L["stride"], L["up"])
+        mats.append((R, C))
+        cin = np.zeros(src_shape[:2], bool)
+        for s in L["srcs"]:
+            cin |= maps[s]
+        out = (R @ cin @ C.T) > 0
+        for s in L["res"]:
+            out |= maps[s]
+        maps[L["out"]] = out
+    last = graph.layers[-1]["out"]
+    needed = {i: np.zeros(shape[:2], bool) for i, shape in enumerate(graph.shapes)}
+    needed[last] = np.ones(graph.shapes[last][:2], bool) if roi is None else np.asarray(roi, bool)
+    for L, (R, C) in zip(reversed(graph.layers), reversed(mats), strict=True):
+        n = needed[L["out"]]
+        back = (R.T @ n @ C) > 0
+        for s in L["srcs"]:
+            needed[s] |= back
+        for s in L["res"]:
+            needed[s] |= n
+    return {L["name"]: (maps[L["out"]], needed[L["out"]]) for L in graph.layers}
+
+
+# --------------------------------------------------------------------------------------------
+# the DigitsUNet forward pass, written over its params tree
+# --------------------------------------------------------------------------------------------
 
 
 class SparseUNet:
@@ -385,12 +591,13 @@ class SparseUNet:
             raise TypeError(f"SparseUNet supports jaxsde.models.unet.DigitsUNet, got {type(model).__name__}")
         self.model = model
         self.levels = len(model.channels)
+        self._graphs: dict[tuple[int, int], _Trace] = {}
 
     # the forward pass, shared by every engine
     def _forward(self, eng, params, x, t):
         p = params["params"] if "params" in params else params
         chans, nb = tuple(self.model.channels), self.model.blocks_per_level
-        emb = _fourier(p["FourierTime_0"], jnp.asarray(t, x.dtype))
+        emb = eng.embed(p["FourierTime_0"], t, x)
         conv_i = iter(range(100))
         block_i = iter(range(1000))
 
@@ -401,7 +608,7 @@ class SparseUNet:
             name = f"ResBlock_{next(block_i)}"
             q = p[name]
             cin = sum(int(h.shape[-1]) for h in hs)
-            bias = _dense(q["Dense_0"], jax.nn.silu(emb))
+            bias = eng.time_bias(q["Dense_0"], emb)
             h1 = eng.layer(name + "/a", hs, q["Conv_0"], norm=q["GroupNorm_0"], bias=bias)
             skip = q["Conv_2"] if cin != ch else None
             return eng.layer(name + "/b", [h1], q["Conv_1"], norm=q["GroupNorm_1"], res=(hs, skip))
@@ -441,10 +648,17 @@ class SparseUNet:
         out, _ = self._forward(eng, params, x, t)
         return out, eng.record
 
+    def apply_frozen(self, params, x, t, cache):
+        """The dense network with every GroupNorm's statistics taken from ``cache`` (the
+        original image's): the network that ``stats="reuse"`` computes exactly on a
+        receptive-field-exact plan's ``roi``."""
+        return self._forward(_Dense(cache, None, "reuse"), params, x, t)[0]
+
     def apply_masked(self, params, x, t, cache, plan: TilePlan, stats: str = "reuse"):
         """Dense reference with the sparse engine's semantics (see the module docstring)."""
         _check_stats(stats)
-        return self._forward(_Dense(cache, plan, stats), params, x, t)[0]
+        out, name = self._forward(_Dense(cache, plan, stats), params, x, t)
+        return out if plan.roi is None else jnp.where(plan.roi[..., None], out, cache[name])
 
     def apply_sparse(self, params, x, t, cache, plan: TilePlan, stats: str = "reuse"):
         """Sparse forward: only the plan's active tiles are computed; the rest comes from
@@ -455,8 +669,9 @@ class SparseUNet:
             return self.apply(params, x, t)
         self._check_plan(x, plan)
         padded = {k: (v if k.startswith("stats/") else _padded(v)) for k, v in cache.items()}
-        out = self._forward(_Sparse(padded, plan, stats), params, x, t)[0]
-        return out[PAD:-PAD, PAD:-PAD]
+        out, name = self._forward(_Sparse(padded, plan, stats), params, x, t)
+        out = out[PAD:-PAD, PAD:-PAD]
+        return out if plan.roi is None else jnp.where(plan.roi[..., None], out, cache[name])
 
     def _check_plan(self, x, plan):
         if tuple(x.shape[:2]) != plan.shape:
@@ -464,9 +679,80 @@ class SparseUNet:
         if len(plan.blocks) != self.levels:
             raise ValueError(f"the plan has {len(plan.blocks)} levels, the network {self.levels}")
 
-    def plan(self, mask, blocks=8, **kw) -> TilePlan:
-        """:func:`plan_tiles` for this network's number of levels."""
-        return plan_tiles(mask, self.levels, blocks, **kw)
+    def graph(self, shape) -> _Trace:
+        """The layer graph for images of spatial ``shape`` (traced once, cached)."""
+        shape = tuple(int(s) for s in shape[:2])
+        if shape not in self._graphs:
+            x = jnp.zeros((1, *shape, 1))
+            params = jax.eval_shape(self.model.init, jax.random.PRNGKey(0), x, jnp.zeros((1,)))
+            eng = _Trace()
+            self._forward(eng, params, jax.ShapeDtypeStruct((*shape, 1), jnp.float32), 0.0)
+            self._graphs[shape] = eng
+        return self._graphs[shape]
+
+    def plan(self, mask, blocks=8, *, mode: str = "input", roi="edit", dilate: int = 0,
+             dense_above: float = 0.5, per_octave: int = 4, layer_dense_above: float = 0.5) -> TilePlan:
+        """Active tiles for an edit ``mask`` (``(H, W)``, True = changed input pixel).
+
+        ``mode="exact"`` (default): receptive-field-exact, per layer (:func:`propagate`): a
+        layer recomputes the tiles holding any output pixel that is both *changed* (its
+        receptive field touches a changed input) and *needed* (the final output's ``roi``
+        depends on it). ``roi="edit"`` (default): the edit mask itself; the output outside it
+        is the cached original (so in a trajectory the changed region stays the edit mask);
+        ``roi="all"``: every pixel (the whole output equals the dense network, a larger
+        active region); or a ``(H, W)`` bool array. With ``stats="reuse"`` the result equals
+        :meth:`apply_frozen` on ``roi`` (the dense network with the original's GroupNorm
+        statistics). ``dense_above``: fall back to dense when the bucketed tiles' convolution
+        FLOPs exceed this fraction of the dense network's.
+
+        ``mode="input"``: every layer recomputes the tiles of the (``dilate``-grown) input mask
+        at its resolution (:func:`plan_tiles`): cheaper, an approximation (stale cached values
+        just outside the tiles); ``roi`` is ignored.
+        """
+        if mode == "input":
+            return plan_tiles(mask, self.levels, blocks, dilate=dilate, dense_above=dense_above)
+        if mode != "exact":
+            raise ValueError(f"mode must be 'exact' or 'input', got {mode!r}")
+        m0, m, blocks = _check_mask(mask, self.levels, blocks, dilate)
+        if isinstance(roi, str):
+            if roi not in ("edit", "all"):
+                raise ValueError(f"roi must be 'edit', 'all' or a (H, W) bool array, got {roi!r}")
+            roi_mask = m0 if roi == "edit" else None
+        else:
+            roi_mask = np.asarray(roi, bool)
+            if roi_mask.shape != m0.shape:
+                raise ValueError(f"roi has shape {roi_mask.shape}, the mask {m0.shape}")
+        H, W = m.shape
+        graph = self.graph((H, W))
+        prop = propagate(graph, m, roi_mask)
+        layers, l_origins, l_masks, l_counts = [], [], [], []
+        union = [np.zeros((H >> r, W >> r), bool) for r in range(self.levels)]
+        work = dense_work = 0.0
+        for L in graph.layers:
+            changed, needed = prop[L["name"]]
+            r = int(round(math.log2(H // changed.shape[0])))
+            org, tmask, n, total, bucket = _tiles_of(changed & needed, blocks[r], per_octave)
+            if bucket > layer_dense_above * total:  # computed densely (the engine's bucket == total path)
+                org, _, _, _, bucket = _tiles_of(np.ones_like(changed), blocks[r])
+            layers.append((L["name"], r, bucket))
+            l_origins.append(jnp.asarray(org))
+            l_masks.append(jnp.asarray(tmask))
+            l_counts.append(n)
+            union[r] |= tmask
+            work += bucket * blocks[r] ** 2 * L["cost"]
+            dense_work += changed.size * L["cost"]
+        origins, counts, totals, buckets = [], [], [], []
+        for r, b in enumerate(blocks):
+            org, _, n, total, bucket = _tiles_of(union[r], b)
+            origins.append(jnp.asarray(org))
+            counts.append(n)
+            totals.append(total)
+            buckets.append(bucket)
+        frac = work / dense_work
+        return TilePlan((H, W), blocks, buckets, frac > dense_above, origins, [jnp.asarray(u) for u in union],
+                        tuple(counts), tuple(totals), float(np.mean(m0)), layers=layers, layer_origins=l_origins,
+                        layer_masks=l_masks, roi=None if roi_mask is None else jnp.asarray(roi_mask), mode="exact",
+                        layer_counts=tuple(l_counts), work=frac)
 
 
 def _check_stats(stats):

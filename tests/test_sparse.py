@@ -165,8 +165,9 @@ def test_sparse_equals_masked_dense(unet, jnet, stats):
 
 
 def test_full_edit_equals_dense(unet):
-    """Every tile active: the sparse engine with recomputed statistics is the true network;
-    with the default dense fallback, it is the dense path itself."""
+    """Every tile active: the sparse engine with recomputed statistics is the true network
+    (a layer whose bucket is every tile is computed as a dense layer on the mixed maps, no
+    gather/scatter); with the default dense fallback, it is the dense path itself."""
     model, params, net = unet
     x, _, _ = _edit()
     xe = x[::-1]  # changes everything
@@ -178,13 +179,18 @@ def test_full_edit_equals_dense(unet):
     assert not plan.dense and plan.counts == plan.totals
     sparse = net.apply_sparse(params, xe, t, cache, plan, "recompute")
     np.testing.assert_allclose(np.asarray(sparse), np.asarray(true), rtol=0, atol=1e-4)
+    exact = net.plan(everything, (4, 2), mode="exact", roi="all", dense_above=1.0, layer_dense_above=1.0)
+    assert not exact.dense and all(b == exact.tile_total(r) for (_, r, b) in exact.layers)
+    sparse = jax.jit(net.apply_sparse, static_argnums=5)(params, xe, t, cache, exact, "recompute")
+    np.testing.assert_allclose(np.asarray(sparse), np.asarray(true), rtol=0, atol=1e-4)
     fallback = net.plan(everything, (4, 2))
-    assert fallback.dense
+    assert fallback.dense and net.plan(everything, (4, 2), mode="exact").dense
     # the fallback is the dense network itself: no gather/scatter in its program
     jaxpr = str(jax.make_jaxpr(unet[2].apply_sparse)(params, xe, t, cache, fallback))
     assert "scatter" not in jaxpr and "conv_general_dilated" in jaxpr
-    sparse_jaxpr = str(jax.make_jaxpr(unet[2].apply_sparse)(params, xe, t, cache, plan))
-    assert "scatter" in sparse_jaxpr
+    assert "scatter" not in str(jax.make_jaxpr(unet[2].apply_sparse)(params, xe, t, cache, exact))
+    partial = net.plan(_edit()[2], (4, 2), mode="exact", dense_above=1.0, layer_dense_above=1.0)
+    assert "scatter" in str(jax.make_jaxpr(unet[2].apply_sparse)(params, xe, t, cache, partial))
 
 
 def test_bad_plan_and_stats(unet, jnet):
@@ -203,10 +209,146 @@ def test_bad_plan_and_stats(unet, jnet):
                       mode="fast")
 
 
+# ---------------------------------------------------------------- receptive-field-exact plans
+
+
+def _masks():
+    """Edits touching corners and edges (and one in the middle)."""
+    a = np.zeros((H, H), bool)
+    a[0:2, 13:16] = True  # top-right corner
+    a[9:11, 0:1] = True  # left edge
+    b = np.zeros((H, H), bool)
+    b[15, 0] = True  # bottom-left corner pixel
+    b[6:8, 7:9] = True  # middle, across a tile border
+    return {"corner+edge": a, "corner+middle": b}
+
+
+def _frozen_record(net, params, x, t, cache):
+    """Every layer's output of the dense network with the cached GroupNorm statistics."""
+    from jaxsde.sparse import _Dense
+
+    eng = _Dense(cache, None, "reuse")
+    net._forward(eng, params, x, t)
+    return {k: v for k, v in eng.record.items() if not k.startswith("stats/")}
+
+
+@pytest.mark.parametrize("which", ["corner+edge", "corner+middle"])
+def test_propagation_equals_the_changed_pixels(unet, which):
+    """The host-side mask propagation (footprints of 3x3, stride-2, upsample+conv, concat,
+    residual) marks exactly the pixels whose value changes, layer by layer (frozen stats)."""
+    from jaxsde.sparse import propagate
+
+    model, params, net = unet
+    mask = _masks()[which]
+    x = jax.random.normal(jax.random.PRNGKey(5), (H, H, 1))
+    xe = jnp.where(mask[..., None], x - 2.0, x)
+    t = jnp.float32(0.4)
+    _, cache = jax.jit(net.record)(params, x, t)
+    rec = jax.jit(lambda p, x, c: _frozen_record(net, p, x, t, c))(params, xe, cache)
+    prop = propagate(net.graph((H, H)), mask)
+    assert set(prop) == {name for name in cache if not name.startswith("stats/")}
+    for name, (changed, needed) in prop.items():
+        empirical = np.asarray(jnp.any(rec[name] != cache[name], axis=-1))
+        np.testing.assert_array_equal(empirical, changed, err_msg=name)
+        assert needed.all()  # roi=None: every output pixel
+    # the first conv: the mask grown by one pixel, clipped at the image edge
+    grown = np.zeros((H + 2, H + 2), bool)
+    for dy in range(3):
+        for dx in range(3):
+            grown[dy:dy + H, dx:dx + H] |= mask
+    np.testing.assert_array_equal(prop["Conv_0"][0], grown[1:-1, 1:-1])
+    # backward: one output pixel needs the transposed footprints (a 3x3 conv: its 3x3 neighbourhood)
+    roi = np.zeros((H, H), bool)
+    roi[0, 0] = True
+    needed = propagate(net.graph((H, H)), mask, roi)
+    last, before = list(needed)[-1], list(needed)[-2]
+    np.testing.assert_array_equal(needed[last][1], roi)
+    assert needed[before][1].sum() == 4 and needed[before][1][:2, :2].all()
+
+
+@pytest.mark.parametrize("which, roi", [("corner+edge", "edit"), ("corner+middle", "all")])
+def test_exact_plan_equals_frozen_dense(unet, jnet, roi, which):
+    """Receptive-field-exact plan, stats="reuse": the sparse output equals the dense network
+    with the original's GroupNorm statistics on the roi (to float rounding); outside the roi
+    it is the cached original, bit for bit; sparse == masked reference for both stats."""
+    model, params, net = unet
+    mask = _masks()[which]
+    x = jax.random.normal(jax.random.PRNGKey(6), (H, H, 1))
+    xe = jnp.where(mask[..., None], -x + 0.5, x)
+    t = jnp.float32(0.3)
+    out, cache = jnet.record(params, x, t)
+    plan = net.plan(mask, (4, 2), mode="exact", roi=roi, dense_above=1.0)
+    assert not plan.dense and plan.mode == "exact" and len(plan.layers) == len(plan.layer_counts)
+    frozen = np.asarray(jax.jit(net.apply_frozen)(params, xe, t, cache))
+    sparse = np.asarray(jnet.apply_sparse(params, xe, t, cache, plan, "reuse"))
+    region = mask if roi == "edit" else np.ones_like(mask)
+    np.testing.assert_allclose(sparse[region], frozen[region], rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(sparse[~region], np.asarray(out)[~region])
+    assert np.abs(sparse - np.asarray(out))[region].max() > 1e-2  # the edit did change the output
+    for stats in ("reuse", "recompute"):
+        s = np.asarray(jnet.apply_sparse(params, xe, t, cache, plan, stats))
+        m = np.asarray(jnet.apply_masked(params, xe, t, cache, plan, stats))
+        np.testing.assert_allclose(s, m, rtol=0, atol=1e-5)
+    # the input-mode plan (no receptive-field growth) is NOT exact here
+    approx = np.asarray(jnet.apply_sparse(params, xe, t, cache, net.plan(mask, (4, 2)), "reuse"))
+    assert np.abs(approx - frozen)[mask].max() > 1e-3
+
+
+def test_exact_plan_groupnorm_statistics(unet, jnet):
+    """What remains vs the TRUE dense network is the normalisation statistics: with reuse the
+    error equals the frozen-statistics network's; with recompute (statistics of the mixed
+    map) it is reported. A full-image edit with recompute is the dense network (above)."""
+    model, params, net = unet
+    mask = _masks()["corner+middle"]
+    x = jax.random.normal(jax.random.PRNGKey(7), (H, H, 1))
+    xe = jnp.where(mask[..., None], x + 0.3, x)
+    t = jnp.float32(0.5)
+    _, cache = jnet.record(params, x, t)
+    true = np.asarray(jnet.apply(params, xe, t))
+    frozen = np.asarray(jax.jit(net.apply_frozen)(params, xe, t, cache))
+    plan = net.plan(mask, (4, 2), mode="exact", roi="all", dense_above=1.0)
+    errs = {}
+    for stats in ("reuse", "recompute"):
+        s = np.asarray(jnet.apply_sparse(params, xe, t, cache, plan, stats))
+        errs[stats] = float(np.abs(s - true).max())
+    assert errs["reuse"] == pytest.approx(float(np.abs(frozen - true).max()), abs=1e-5)
+    print(f"exact plan vs true dense, all pixels: reuse {errs['reuse']:.2e}, recompute {errs['recompute']:.2e}")
+    assert 0 < errs["reuse"] < 0.05 and errs["recompute"] < 0.05
+
+
+def test_exact_plan_buckets_and_errors(unet):
+    model, params, net = unet
+    mask = _masks()["corner+edge"]
+    plan = net.plan(mask, (4, 2), mode="exact", roi="edit", layer_dense_above=1.0)
+    for (name, r, bucket), n in zip(plan.layers, plan.layer_counts, strict=True):
+        assert n <= bucket <= plan.tile_total(r) and (bucket == 0) == (n == 0)
+        assert int(np.asarray(plan.tiles(name, r)[1]).sum()) == n * plan.blocks[r] ** 2
+        assert plan.tiles(name, r)[0].shape == (bucket, 2)
+    assert 0 < plan.work < 1
+    # roi=edit needs less than roi=all; coarse buckets pad more
+    assert plan.work < net.plan(mask, (4, 2), mode="exact", roi="all", layer_dense_above=1.0).work
+    assert plan.work <= net.plan(mask, (4, 2), mode="exact", per_octave=1, layer_dense_above=1.0).work
+    # layers above layer_dense_above are computed densely (bucket == all tiles)
+    dense_layers = net.plan(mask, (4, 2), mode="exact", layer_dense_above=0.0)
+    assert all(b in (0, dense_layers.tile_total(r)) for (_, r, b) in dense_layers.layers)
+    with pytest.raises(ValueError, match="mode"):
+        net.plan(mask, 4, mode="fast")
+    with pytest.raises(ValueError, match="roi"):
+        net.plan(mask, 4, mode="exact", roi="some")
+    with pytest.raises(ValueError, match="roi"):
+        net.plan(mask, 4, mode="exact", roi=np.ones((4, 4), bool))
+    with pytest.raises(ValueError, match="per_octave"):
+        bucket_size(5, 16, 3)
+    assert [bucket_size(n, 100, 4) for n in (5, 9, 11, 17)] == [5, 10, 12, 20]
+
+
 # ---------------------------------------------------------------- trajectories
 
 
 def test_sparse_sdedit_trajectory(unet):
+    """Input-mode and exact plans over a stochastic DDIM trajectory. Exact plan (roi = the
+    edit mask): the changed region of x stays the edit mask at every step, so one plan holds
+    for the whole trajectory and sparse == masked reference."""
     model, params, net = unet
     sde = jaxsde.VPSDE()
     solver = jaxsde.DDIM(3, eta=0.5)  # stochastic: the edit pass must reuse the original's noise
@@ -214,15 +356,18 @@ def test_sparse_sdedit_trajectory(unet):
     x, xe = jnp.tanh(x), jnp.tanh(xe)
     key = jax.random.PRNGKey(4)
     plan = net.plan(mask, (4, 2))
+    exact = net.plan(mask, (4, 2), mode="exact", dense_above=1.0)
 
     @jax.jit
     def run(params):
         dense, orig, cache = sparse_sdedit(key, sde, solver, net, params, x, xe, 0.6, plan, mode="dense")
         sparse, _, _ = sparse_sdedit(key, sde, solver, net, params, x, xe, 0.6, plan, cache=cache)
         ref_edit = sdedit(key, sde, score_fn(model.apply, params, sde), solver, xe, 0.6).x
-        return dense, orig, sparse, ref_edit
+        ex, _, _ = sparse_sdedit(key, sde, solver, net, params, x, xe, 0.6, exact, cache=cache)
+        ex_masked, _, _ = sparse_sdedit(key, sde, solver, net, params, x, xe, 0.6, exact, cache=cache, mode="masked")
+        return dense, orig, sparse, ref_edit, ex, ex_masked
 
-    dense, orig, sparse, ref_edit = (np.asarray(a) for a in run(params))
+    dense, orig, sparse, ref_edit, ex, ex_masked = (np.asarray(a) for a in run(params))
     # the scan runner reproduces the public driver (same keys, same noise)
     np.testing.assert_allclose(dense, ref_edit, rtol=0, atol=1e-4)
     assert not np.allclose(orig, dense)
@@ -230,7 +375,10 @@ def test_sparse_sdedit_trajectory(unet):
     # the unedited, inactive pixels follow the original trajectory exactly
     outside = ~np.asarray(plan.masks[0])
     np.testing.assert_array_equal(sparse[outside], orig[outside])
-    print(f"SDEdit: max |sparse - dense| on the edited pixels {np.abs(sparse - dense)[mask].max():.3g}")
+    np.testing.assert_allclose(ex, ex_masked, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(ex[~mask], orig[~mask])
+    print(f"SDEdit: max |sparse - dense| on the edited pixels: input plan {np.abs(sparse - dense)[mask].max():.3g}, "
+          f"exact plan {np.abs(ex - dense)[mask].max():.3g}")
 
 
 def test_sparse_sdedit_needs_fixed_grid(unet):
@@ -242,3 +390,4 @@ def test_sparse_sdedit_needs_fixed_grid(unet):
     with pytest.raises(ValueError, match="t0"):
         sparse_sdedit(jax.random.PRNGKey(0), jaxsde.VPSDE(), jaxsde.DDIM(4), net, params, x, xe, 1.5,
                       net.plan(mask, 4))
+
