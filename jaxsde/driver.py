@@ -56,10 +56,12 @@ class Solution(NamedTuple):
 
 
 class _LoopState(NamedTuple):
-    """One sample's loop state. ``x`` may be non-finite right after a failing step: :func:`done`
-    checks finiteness on the carried state (reading it once, where XLA would otherwise fuse and
-    recompute the whole step inside the check) and :func:`finalize` falls back to
-    ``(x_prev, t_prev)``, the state before the last step."""
+    """One sample's loop state. ``x`` may be non-finite after a failing step. Finiteness is read
+    from the carried state at the start of the next :func:`step` (never from the step's fresh
+    output, which XLA would fuse and recompute inside the check), which keeps ``x_good``, the
+    last finite state, and latches ``failed``; :func:`finalize` returns ``x_good`` for a failed
+    sample. Adaptive solvers also stop at the failure (:func:`done`); fixed-grid ones run to the
+    grid's end, so their loop predicate stays free of data (see :func:`prepare`)."""
 
     x: Array
     t: Array
@@ -67,9 +69,10 @@ class _LoopState(NamedTuple):
     solver_state: Any
     stats: Stats
     result: Array
-    x_prev: Array
-    t_prev: Array
-    last_accepted: Array  # bool: the last step was counted as accepted
+    x_good: Array  # the last finite state (== x before the current attempt until a failure)
+    t_good: Array
+    accepted_good: Array  # int32: num_accepted when x_good was current
+    failed: Array  # bool: a non-finite state was seen (latched)
 
 
 def _validate(sde: SDE, score: ScoreFn, solver: Solver, x_T: Array, t_start, t_end, max_steps):
@@ -121,6 +124,12 @@ class Problem(NamedTuple):
     denoise: bool
     noise: Any
     check_finite: bool = True
+    # Stop a sample's loop at its first non-finite state. True for adaptive solvers (a NaN error
+    # estimate would otherwise shrink h until max_steps; their loop predicate depends on the data
+    # anyway). False for fixed-grid solvers: the batch runs to the grid's end regardless, and a
+    # data-dependent predicate would make vmap select every carried leaf each step (measured
+    # +15% per EM step at d=3072); the failed sample's result is still its last finite state.
+    stop_on_nonfinite: bool = True
 
 
 def prepare(
@@ -149,47 +158,63 @@ def prepare(
         max_steps = fixed if fixed is not None else 10_000
     noise = FreshNoise() if noise is None else noise
     return Problem(sde, score, solver, tuple(x_T.shape), x_T.dtype, t_start, t_end, max_steps, denoise, noise,
-                   bool(check_finite))
+                   bool(check_finite), bool(check_finite) and fixed is None)
 
 
-def init(p: Problem, x_T: Array) -> _LoopState:
-    """The loop state of a sample starting from ``x_T`` at ``p.t_start`` (may evaluate the score)."""
+def init(p: Problem, x_T: Array, t_start: Array | None = None) -> _LoopState:
+    """The loop state of a sample starting from ``x_T`` at ``p.t_start`` (may evaluate the score).
+
+    ``t_start`` (optional) is ``p.t_start`` as an array: :func:`sample` passes it with a batch
+    axis, so the batch's times are vectors in every program (as in :func:`jaxsde.generate`'s
+    slots) and XLA rounds their coefficients the same way in both.
+    """
     dtype = p.dtype
-    first = p.solver.init(p.sde, p.score, x_T, jnp.asarray(p.t_start, dtype), jnp.asarray(p.t_end, dtype))
+    t0 = jnp.asarray(p.t_start if t_start is None else t_start, dtype)
+    first = p.solver.init(p.sde, p.score, x_T, t0, jnp.asarray(p.t_end, dtype))
     zero = jnp.zeros((), jnp.int32)
     return _LoopState(
         x=x_T,
-        t=jnp.asarray(p.t_start, dtype),
+        t=t0,
         h=jnp.asarray(first.h, dtype),
         solver_state=first.state,
         stats=Stats(nfe=zero + first.nfe, num_accepted=zero, num_rejected=zero, num_steps=zero),
         result=jnp.asarray(results.SUCCESS, jnp.int32),
-        x_prev=x_T,
-        t_prev=jnp.asarray(p.t_start, dtype),
-        last_accepted=jnp.array(False),
+        x_good=x_T,
+        t_good=t0,
+        accepted_good=zero,
+        failed=jnp.array(False),
     )
 
 
 def done(p: Problem, s: _LoopState) -> Array:
     """True once the sample reached ``t_end``, failed (a solver code or non-finite values), or ran
     ``max_steps`` attempts."""
+    fixed = p.solver.max_attempts()
+    if fixed is not None:  # a fixed grid ends after its step count: the predicate reads no per-sample data
+        return ~((s.stats.num_steps < min(p.max_steps, fixed)) & (s.result == results.SUCCESS))
     running = (s.t > jnp.asarray(p.t_end, p.dtype)) & (s.result == results.SUCCESS) & (s.stats.num_steps < p.max_steps)
-    if p.check_finite:
+    if p.stop_on_nonfinite:
         running = running & jnp.all(jnp.isfinite(s.x))
     return ~running
 
 
 def step(p: Problem, key: Array, s: _LoopState) -> _LoopState:
     """One attempt (one loop iteration) of a sample whose solve key is ``key``."""
+    if p.check_finite:  # read the carried state (an input here), see _LoopState
+        good = ~s.failed & jnp.all(jnp.isfinite(s.x))
+        x_good, t_good = jnp.where(good, s.x, s.x_good), jnp.where(good, s.t, s.t_good)
+        accepted_good = jnp.where(good, s.stats.num_accepted, s.accepted_good)
+    else:
+        good, x_good, t_good, accepted_good = jnp.array(True), s.x, s.t, s.stats.num_accepted
     t_end_arr = jnp.asarray(p.t_end, p.dtype)
     z = None
     if p.solver.noise_per_attempt:
         t_next = p.solver.attempt_end(s.solver_state, s.t, s.h, t_end_arr)
         z = p.noise.draw(key, s.stats.num_steps, s.t, t_next, (p.solver.noise_per_attempt, *p.shape), p.dtype)
     out = p.solver.step(p.sde, p.score, s.x, s.t, s.h, s.solver_state, z, t_end_arr)
-    # Finiteness of out.x is checked by ``done`` on the carried state, not here: a check here
-    # is a second consumer of out.x, and XLA (CPU) then fuses and recomputes the whole step,
-    # noise generation included, inside it (measured: +30% per-step FLOPs for EM at d=3072).
+    # Finiteness of out.x is checked on the carried state (next step / done / finalize), not
+    # here: a check here is a second consumer of out.x, and XLA (CPU) then fuses and recomputes
+    # the whole step, noise generation included, inside it (measured: +30% FLOPs, EM d=3072).
     status = jnp.asarray(out.status, jnp.int32)
     ok = status == results.SUCCESS
     accepted = jnp.asarray(out.accepted) & ok
@@ -210,19 +235,20 @@ def step(p: Problem, key: Array, s: _LoopState) -> _LoopState:
         solver_state=jax.tree_util.tree_map(keep, out.state, s.solver_state),
         stats=stats,
         result=status,
-        x_prev=s.x,
-        t_prev=s.t,
-        last_accepted=accepted,
+        x_good=x_good,
+        t_good=t_good,
+        accepted_good=accepted_good,
+        failed=~good,
     )
 
 
 def finalize(p: Problem, s: _LoopState) -> Solution:
     """The :class:`Solution` of a finished loop state (result code; the denoising step if ``p.denoise``)."""
     t_end_arr = jnp.asarray(p.t_end, p.dtype)
-    finite = jnp.all(jnp.isfinite(s.x))
-    x = jnp.where(finite, s.x, s.x_prev)  # the last finite state
-    t = jnp.where(finite, s.t, s.t_prev)
-    stats = s.stats._replace(num_accepted=s.stats.num_accepted - (~finite & s.last_accepted).astype(jnp.int32))
+    finite = ~s.failed & jnp.all(jnp.isfinite(s.x))
+    x = jnp.where(finite, s.x, s.x_good)  # the last finite state (non-finite if check_finite=False)
+    t = jnp.where(finite, s.t, s.t_good)
+    stats = s.stats._replace(num_accepted=jnp.where(finite, s.stats.num_accepted, s.accepted_good))
     result = jnp.where(finite | (s.result != results.SUCCESS), s.result, results.NONFINITE)
     result = jnp.where((result == results.SUCCESS) & (t > t_end_arr), results.MAX_STEPS_REACHED, result)
     result = result.astype(jnp.int32)
@@ -266,11 +292,13 @@ def solve(
         the exact step count for fixed-step solvers. Reaching it gives
         ``results.MAX_STEPS_REACHED``.
       noise: a noise source (``noise.FreshNoise()`` by default, or ``noise.GivenNoise(z)``).
-      check_finite: check the state for non-finite values after every step and stop there,
-        returning the last finite state (default). ``False`` checks the final state only: a
-        failed sample still gets ``results.NONFINITE`` but runs to the end and its ``x`` is not
-        finite; it saves one read of the state per step (measured ~12% of an EM step at d=3072
-        with a cheap score on CPU, ``benchmarks/em_vs_euler.py``).
+      check_finite: check the state for non-finite values after every step (default): a failed
+        sample returns its last finite state, at ``t``, with ``results.NONFINITE``; adaptive
+        solvers stop it there, fixed-grid solvers let it run to the grid's end like the rest of
+        its batch (its ``nfe``/``num_steps`` count that work, ``num_accepted`` only the steps
+        up to the returned state). ``False`` checks the final state only: a failed sample still
+        gets ``results.NONFINITE``, but its ``x`` is not finite; it saves one read of the state
+        per step.
 
     Returns:
       :class:`Solution`. Failures never raise inside jit: non-finite values give
@@ -279,7 +307,11 @@ def solve(
     x_T = jnp.asarray(x_T)
     p = prepare(sde, score, solver, x_T, t_start=t_start, t_end=t_end, denoise=denoise, max_steps=max_steps,
                 noise=noise, check_finite=check_finite)
-    state = jax.lax.while_loop(lambda s: ~done(p, s), lambda s: step(p, key, s), init(p, x_T))
+    return _run(p, key, x_T)
+
+
+def _run(p: Problem, key: Array, x_T: Array, t_start: Array | None = None) -> Solution:
+    state = jax.lax.while_loop(lambda s: ~done(p, s), lambda s: step(p, key, s), init(p, x_T, t_start))
     return finalize(p, state)
 
 
@@ -332,10 +364,13 @@ def sample(
         return _sample_with_progress(solve_keys, x_T, noise, progress, progress_every,
                                      prepare(sde, score, solver, x_T[0], **solve_kwargs))
 
-    def one(k, x, nz):
-        return solve(k, sde, score, solver, x, noise=nz, **solve_kwargs)
+    p = prepare(sde, score, solver, x_T[0], **solve_kwargs)
+    t_start = jnp.full((n,), p.t_start, dtype)  # batched times, see init
 
-    return jax.vmap(one)(solve_keys, x_T, noise)
+    def one(k, x, nz, t0):
+        return _run(p if nz is None else p._replace(noise=nz), k, x, t0)
+
+    return jax.vmap(one)(solve_keys, x_T, noise, t_start)
 
 
 def _sample_with_progress(keys, x_T, noise, progress, every, p: Problem) -> Solution:

@@ -105,7 +105,7 @@ def test_nan_score_gives_nonfinite_code(solver, key):
 
 def test_check_finite_off_still_reports_nonfinite(key):
     """check_finite=False skips the per-step check: the failure is still reported, the loop runs
-    to the end, and accepted counts match a checked run up to the failure."""
+    to the end, x is not finite. The default keeps the last finite state."""
     def bad_score(x, t):
         return jnp.where(t < 0.5, jnp.nan, 1.0) * SCORE(x, t)
 
@@ -114,8 +114,20 @@ def test_check_finite_off_still_reports_nonfinite(key):
     unchecked = jaxsde.sample(key, SDE, bad_score, solver, (4,), 3, check_finite=False)
     np.testing.assert_array_equal(unchecked.result, results.NONFINITE)
     assert np.all(np.asarray(unchecked.stats.num_steps) == 20)
-    assert np.all(np.asarray(checked.stats.num_steps) < 20)
-    assert np.all(np.asarray(checked.stats.num_accepted) == np.asarray(checked.stats.num_steps) - 1)
+    assert not np.any(np.isfinite(np.asarray(unchecked.x)))
+    # fixed grid + check: the failed sample runs to the grid's end with its batch, but returns its
+    # last finite state, and num_accepted counts the steps up to that state
+    np.testing.assert_array_equal(checked.result, results.NONFINITE)
+    assert np.all(np.asarray(checked.stats.num_steps) == 20)
+    assert np.all(np.isfinite(np.asarray(checked.x)))
+    grid = np.asarray(jaxsde.time_grid(SDE, 20))
+    first_bad = int(np.argmax(grid < 0.5))  # the score is NaN from here: the last finite state is at it
+    np.testing.assert_allclose(checked.t, grid[first_bad], rtol=1e-6)
+    np.testing.assert_array_equal(checked.stats.num_accepted, first_bad)
+    # adaptive solvers stop at the failure (GGF rejects and shrinks first, then reports it)
+    ggf = jaxsde.sample(key, SDE, bad_score, jaxsde.GottaGoFast(rtol=0.05), (4,), 3)
+    np.testing.assert_array_equal(ggf.result, results.NONFINITE)
+    assert np.all(np.asarray(ggf.stats.num_steps) < 1000) and np.all(np.isfinite(np.asarray(ggf.x)))
     good = jaxsde.sample(key, SDE, SCORE, solver, (4,), 3)
     fine = jaxsde.sample(key, SDE, SCORE, solver, (4,), 3, check_finite=False)
     np.testing.assert_allclose(good.x, fine.x, rtol=1e-6, atol=1e-6)  # different fusion, same maths

@@ -42,11 +42,13 @@ def test_generate_equals_sample(reference, batch_size, refill_size):
 
 def test_fixed_step_offset_and_denoise_off():
     key = jax.random.PRNGKey(1)
-    em = jaxsde.EulerMaruyama(12)
+    # 50 steps, not fewer: a very coarse VP grid (e.g. 12 steps) amplifies float rounding by ~6x
+    # per late step, so programs that differ in one ulp somewhere disagree at 1e-5 there
+    em = jaxsde.EulerMaruyama(50)
     ref = jax.jit(lambda k: jaxsde.sample(k, SDE, SCORE, em, (6,), 20, offset=7, denoise=False))(key)
     gen = jax.jit(lambda k: generate(k, SDE, SCORE, em, (6,), 20, 4, offset=7, denoise=False))(key)
     assert_same(gen, ref)
-    np.testing.assert_array_equal(np.asarray(gen.stats.nfe), 12)
+    np.testing.assert_array_equal(np.asarray(gen.stats.nfe), 50)
 
 
 def test_generator_chunks_any_index_order(reference):

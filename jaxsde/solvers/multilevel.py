@@ -212,25 +212,24 @@ def sample_multilevel(key: Array, sde, score: MultilevelScore, solver: Multileve
         z = jax.vmap(lambda sk: noise.draw(sk, k, t, t_next, (1, *shape), dtype)[0])(solve_keys)
         x_new = solver.em_update(sde, x, t, t_next, s_hat, z)
         finite = jnp.all(jnp.isfinite(x_new.reshape(n, -1)), axis=1)
-        running = ok
         ok = ok & finite
         bshape = (n,) + (1,) * len(shape)
         x = jnp.where(ok.reshape(bshape), x_new, x)
-        nfe = nfe + jnp.where(running, evaluations, 0)
-        steps_inc = running.astype(jnp.int32)
-        return (x, ok, nfe), steps_inc
+        # as the driver on a fixed grid: a failed sample runs on with its batch (nfe counts it),
+        # keeps its last finite state, and num_accepted counts the steps up to that state
+        return (x, ok, nfe + evaluations), ok.astype(jnp.int32)
 
     init = (x0, jnp.ones((n,), bool), jnp.zeros((n,), jnp.int32))
     (x, ok, nfe), incs = jax.lax.scan(body, init, jnp.arange(solver.num_steps))
-    num_steps = jnp.sum(incs, axis=0)
+    num_accepted = jnp.sum(incs, axis=0)
+    num_steps = jnp.full((n,), solver.num_steps, jnp.int32)
     result = jnp.where(ok, results.SUCCESS, results.NONFINITE).astype(jnp.int32)
-    t_final = jnp.where(ok, grid[-1], grid[jnp.maximum(num_steps - 1, 0)])  # failed: the last finite state's time
+    t_final = grid[num_accepted]  # failed: the last finite state's time
     if denoise:  # as the driver: every sample's final state is denoised, a non-finite result is not applied
         denoised = jax.vmap(lambda xi, ti: sde.tweedie(xi, ti, score.levels[-1](xi, ti)))(x, t_final)
         nfe = nfe + 1
         bad = ~jnp.all(jnp.isfinite(denoised.reshape(n, -1)), axis=1)
         result = jnp.where(ok & bad, results.NONFINITE, result).astype(jnp.int32)
         x = jnp.where(bad.reshape((n,) + (1,) * len(shape)), x, denoised)
-    stats = Stats(nfe=nfe, num_accepted=num_steps - (~ok).astype(jnp.int32), num_rejected=jnp.zeros_like(nfe),
-                  num_steps=num_steps)
+    stats = Stats(nfe=nfe, num_accepted=num_accepted, num_rejected=jnp.zeros_like(nfe), num_steps=num_steps)
     return Solution(x=x, t=t_final, stats=stats, result=result)
