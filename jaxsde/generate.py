@@ -9,8 +9,15 @@ into an output buffer and starts the next unstarted sample ``k`` in that slot, w
 key and prior draw :func:`jaxsde.sample` gives sample ``k`` (``split(fold_in(key, k))``). So
 sample ``i`` of ``generate`` equals sample ``i`` of ``sample`` whatever ``batch_size``.
 
-Refills handle ``refill_size`` slots at a time (gather, finalize + init, scatter back), so a
-refill costs ``refill_size`` score evaluations for the denoising step, not ``batch_size``.
+Refill passes handle ``refill_size`` slots at a time (gather, finalize + init, scatter back),
+so a pass costs ``refill_size`` score evaluations for the denoising step, not ``batch_size``.
+A pass runs only once ``refill_min`` slots are free (default ~slots/32; 1 below 33 slots), or
+when nothing else can happen first (no slot running, or ``out`` about to fill): a pass has a
+fixed cost (tens of small XLA ops), which dominates with a cheap score if paid on every
+iteration that finishes a sample, while waiting costs each slot ~(refill_min - 1) / 2
+iterations per sample (<= ~1.5% of the loop). The keys and prior draws of the samples a call
+of the loop can start are computed once, vectorised, before the loop (not in every pass); the
+``done`` mask is computed once per iteration and carried.
 
 Devices: the slots are split over ``devices`` (default: all local devices) with
 ``jax.shard_map``; each device runs its own loop over its own contiguous block of indices
@@ -76,6 +83,7 @@ class _Slots(NamedTuple):  # one device's slots (leading axis = slots) and count
     loop: driver._LoopState
     key: Array  # solve key of each slot's sample
     index: Array  # int32 sample index, -1 = empty slot
+    fin: Array  # bool: the slot's sample is done (driver.done), computed once per iteration
     cursor: Array  # next position in the work list
     iterations: Array
     paid: Array
@@ -89,8 +97,8 @@ class _Out(NamedTuple):  # finished samples in completion order
 
 
 def default_refill_size(slots: int) -> int:
-    """Slots refilled per refill pass: ~1/16 of the slots (at least 2)."""
-    return max(2, math.ceil(slots / 16))
+    """Slots refilled per refill pass (its width): ~1/32 of the slots, at least 2."""
+    return max(2, math.ceil(slots / 32))
 
 
 def _widths(batch_size: int, devices: int, refill_size: int | None) -> tuple[int, int]:
@@ -101,6 +109,13 @@ def _widths(batch_size: int, devices: int, refill_size: int | None) -> tuple[int
     return slots, min(max(2, refill_size or default_refill_size(slots)), slots)
 
 
+def _due_at(slots: int, size: int, refill_min: int | None) -> int:
+    """Free slots that make a refill pass due: default ~slots/32 (1 below 33 slots). A free slot
+    idles ~(refill_min - 1) / 2 iterations per sample it finishes, ~(refill_min - 1) / (2 slots)
+    of the loop (<= 1.5%), while a pass costs a fixed overhead shared by the samples it handles."""
+    return min(size, refill_min or math.ceil(slots / 32))
+
+
 def _bcast(mask: Array, a: Array) -> Array:
     return mask.reshape(mask.shape + (1,) * (a.ndim - mask.ndim))
 
@@ -109,52 +124,87 @@ def _empty(p: Problem, key: Array, slots: int) -> _Slots:
     loop = jax.vmap(partial(driver.init, p))(jnp.zeros((slots, *p.shape), p.dtype))
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.zeros((slots,), jnp.int32))
     zero = jnp.zeros((), jnp.int32)
-    return _Slots(loop, keys, jnp.full((slots,), -1, jnp.int32), zero, zero, zero, zero)
+    return _Slots(loop, keys, jnp.full((slots,), -1, jnp.int32), jnp.zeros((slots,), bool), zero, zero, zero, zero)
 
 
-def _empty_out(p: Problem, capacity: int) -> _Out:
+def _empty_out(p: Problem, capacity: int, pad: int) -> _Out:
+    """Room for ``capacity`` samples plus ``pad`` rows that a refill pass may overwrite with
+    don't-care rows (index -1) past ``count``: writes are whole ``refill_size``-row blocks."""
     sol = jax.eval_shape(partial(driver.finalize, p), jax.eval_shape(partial(driver.init, p),
                                                                        jax.ShapeDtypeStruct(p.shape, p.dtype)))
-    sol = jax.tree_util.tree_map(lambda s: jnp.zeros((capacity, *s.shape), s.dtype), sol)
-    return _Out(jnp.full((capacity,), -1, jnp.int32), sol, jnp.zeros((), jnp.int32))
+    sol = jax.tree_util.tree_map(lambda s: jnp.zeros((capacity + pad, *s.shape), s.dtype), sol)
+    return _Out(jnp.full((capacity + pad,), -1, jnp.int32), sol, jnp.zeros((), jnp.int32))
 
 
-def _processable(p: Problem, g: _Slots, out: _Out, num_work: Array) -> tuple[Array, Array]:
+class _Window(NamedTuple):  # the next work items' keys and x_T, drawn once per call of the loop
+    start: Array  # work position of row 0
+    key: Array  # solve keys
+    x_T: Array
+
+
+def _window(p: Problem, key: Array, work: Array, start: Array, width: int) -> _Window:
+    """Sample ``work[start + j]``'s solve key and prior draw, j < width (``sample``'s
+    ``split(fold_in(key, i))``), vectorised once instead of inside every refill pass."""
+    idx = jax.lax.dynamic_slice(jnp.concatenate([work, jnp.zeros((width,), work.dtype)]), (start,), (width,))
+    pairs = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i)))(idx)
+    x_T = jax.vmap(lambda k: p.sde.prior_sample(k, p.shape, p.dtype))(pairs[:, 0])
+    return _Window(start, pairs[:, 1], x_T)
+
+
+def _room(size: int, out: _Out) -> Array:
+    return out.index.shape[0] - size - out.count
+
+
+def _due(size: int, due_at: int, g: _Slots, out: _Out, num_work: Array) -> Array:
+    """Whether a refill pass is due: it has ``due_at`` slots to process (finished, or empty with
+    work left), or it has some and nothing else can happen first (no slot running: the start, the
+    tail, fixed-step solvers), or the finished samples fill ``out``."""
     busy = g.index >= 0
-    fin = busy & jax.vmap(partial(driver.done, p))(g.loop)
-    room = out.index.shape[0] - out.count
-    fin_ok = fin & (jnp.cumsum(fin.astype(jnp.int32)) <= room)
-    fill = ~busy & (g.cursor < num_work)
-    return fin_ok | fill, fin_ok
+    room = _room(size, out)
+    nfin = jnp.sum(g.fin, dtype=jnp.int32)
+    nproc = jnp.minimum(nfin, room) + jnp.where(g.cursor < num_work, jnp.sum(~busy, dtype=jnp.int32), 0)
+    running = jnp.any(busy & ~g.fin)
+    return (nproc >= due_at) | ((nproc > 0) & (~running | (nfin >= room)))
 
 
-def _refill_pass(p: Problem, key: Array, work: Array, num_work: Array, size: int, g: _Slots, out: _Out):
+def _refill_pass(p: Problem, size: int, win: _Window, work: Array, num_work: Array, g: _Slots, out: _Out):
     """Finalize up to ``size`` finished slots into ``out`` and start the next samples in them."""
     nslots = g.index.shape[0]
-    proc, fin_ok = _processable(p, g, out, num_work)
+    fin_ok = g.fin & (jnp.cumsum(g.fin.astype(jnp.int32)) <= _room(size, out))
+    proc = fin_ok | ((g.index < 0) & (g.cursor < num_work))
     rows = jnp.nonzero(proc, size=size, fill_value=nslots)[0]
     valid = rows < nslots
     rows_c = jnp.minimum(rows, nslots - 1)
-    sub = jax.tree_util.tree_map(lambda a: a[rows_c], g.loop)
     is_fin = valid & fin_ok[rows_c]
-    sol = jax.vmap(partial(driver.finalize, p))(sub)
-    capacity = out.index.shape[0]
-    dst = jnp.where(is_fin, out.count + jnp.cumsum(is_fin.astype(jnp.int32)) - 1, capacity)
-    out = _Out(index=out.index.at[dst].set(g.index[rows_c], mode="drop"),
-               sol=jax.tree_util.tree_map(lambda buf, v: buf.at[dst].set(v, mode="drop"), out.sol, sol),
-               count=out.count + jnp.sum(is_fin, dtype=jnp.int32))
+    # finished rows first (stable), written as one block at out.count; rows past the finished
+    # ones land past the new count with index -1 and are overwritten by the next pass
+    order = jnp.argsort(~is_fin, stable=True)
+    src = rows_c[order]
+    sol = jax.vmap(partial(driver.finalize, p))(jax.tree_util.tree_map(lambda a: a[src], g.loop))
+    index = jnp.where(is_fin[order], g.index[src], -1)
+
+    def put(buf, v):
+        return jax.lax.dynamic_update_slice(buf, v.astype(buf.dtype), (out.count,) + (0,) * (buf.ndim - 1))
+
+    out = out._replace(index=put(out.index, index), sol=jax.tree_util.tree_map(put, out.sol, sol),
+                       count=out.count + jnp.sum(is_fin, dtype=jnp.int32))
     pos = g.cursor + jnp.cumsum(valid.astype(jnp.int32)) - 1
     has = valid & (pos < num_work)
     new_index = jnp.where(has, work[jnp.clip(pos, 0, work.shape[0] - 1)], -1)
-    pairs = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i)))(jnp.maximum(new_index, 0))
-    x_T = jax.vmap(lambda k: p.sde.prior_sample(k, p.shape, p.dtype))(pairs[:, 0])
-    fresh = jax.vmap(partial(driver.init, p))(x_T)
+    w = jnp.clip(pos - win.start, 0, win.key.shape[0] - 1)
+    fresh = jax.vmap(partial(driver.init, p))(win.x_T[w])
     dst_rows = jnp.where(valid, rows, nslots)
     paid = jnp.sum(fresh.stats.nfe) + (size if p.denoise else 0)
+    fin_new = has & jax.vmap(partial(driver.done, p))(fresh)
+
+    def merge(buf, v):
+        return buf.at[dst_rows].set(v, mode="drop")
+
     return _Slots(
-        loop=jax.tree_util.tree_map(lambda buf, v: buf.at[dst_rows].set(v, mode="drop"), g.loop, fresh),
-        key=g.key.at[dst_rows].set(pairs[:, 1], mode="drop"),
-        index=g.index.at[dst_rows].set(new_index, mode="drop"),
+        loop=jax.tree_util.tree_map(merge, g.loop, fresh),
+        key=merge(g.key, win.key[w]),
+        index=merge(g.index, new_index),
+        fin=merge(g.fin, fin_new),
         cursor=g.cursor + jnp.sum(has, dtype=jnp.int32),
         iterations=g.iterations,
         paid=g.paid + paid,
@@ -162,33 +212,38 @@ def _refill_pass(p: Problem, key: Array, work: Array, num_work: Array, size: int
     ), out
 
 
-def _refill(p, key, work, num_work, size, g, out):
+def _refill(p, size, due_at, win, work, num_work, g, out):
     def again(c):
-        return jnp.any(_processable(p, c[0], c[1], num_work)[0])
+        return _due(size, due_at, c[0], c[1], num_work)
 
     def run(c):
-        return jax.lax.while_loop(again, lambda c: _refill_pass(p, key, work, num_work, size, *c), c)
+        return jax.lax.while_loop(again, lambda c: _refill_pass(p, size, win, work, num_work, *c), c)
 
     return jax.lax.cond(again((g, out)), run, lambda c: c, (g, out))
 
 
-def _run(p: Problem, key: Array, work: Array, num_work: Array, size: int, progress, device, g: _Slots, out: _Out):
+def _run(p: Problem, key: Array, work: Array, num_work: Array, size: int, due_at: int, progress, device, g: _Slots,
+         out: _Out):
     """One device's loop: step all slots, refill finished ones; stop when ``out`` is full or all
     work is finished."""
-    g, out = _refill(p, key, work, num_work, size, g, out)
+    capacity = out.index.shape[0] - size
+    # samples started in this call: at most one per slot empty at the start plus one per sample finalized
+    win = _window(p, key, work, g.cursor, min(work.shape[0], capacity + g.index.shape[0]))
+    g, out = _refill(p, size, due_at, win, work, num_work, g, out)
 
     def cond(c):
         g, out = c
-        return (out.count < out.index.shape[0]) & (jnp.any(g.index >= 0) | (g.cursor < num_work))
+        return (out.count < capacity) & (jnp.any(g.index >= 0) | (g.cursor < num_work))
 
     def body(c):
         g, out = c
-        active = (g.index >= 0) & ~jax.vmap(partial(driver.done, p))(g.loop)
+        busy = g.index >= 0
         new = jax.vmap(partial(driver.step, p))(g.key, g.loop)
-        loop = jax.tree_util.tree_map(lambda a, b: jnp.where(_bcast(active, a), a, b), new, g.loop)
+        loop = jax.tree_util.tree_map(lambda a, b: jnp.where(_bcast(busy & ~g.fin, a), a, b), new, g.loop)
         paid = g.paid + jnp.sum(new.stats.nfe - g.loop.stats.nfe)
-        g = g._replace(loop=loop, iterations=g.iterations + 1, paid=paid)
-        g, out = _refill(p, key, work, num_work, size, g, out)
+        fin = busy & jax.vmap(partial(driver.done, p))(loop)
+        g = g._replace(loop=loop, fin=fin, iterations=g.iterations + 1, paid=paid)
+        g, out = _refill(p, size, due_at, win, work, num_work, g, out)
         if progress is not None:
             every, fn = progress
             jax.lax.cond(g.iterations % every == 0,
@@ -216,13 +271,15 @@ def _device(mesh) -> Array:
     return jnp.zeros((), jnp.int32) if mesh is None else jax.lax.axis_index(_AXIS)
 
 
-def _check(noise, batch_size, refill_size) -> None:
+def _check(noise, batch_size, refill_size, refill_min=None) -> None:
     if noise is not None and not isinstance(noise, FreshNoise):
         raise ValueError("generate draws fresh noise per sample (noise=None); per-sample noise arrays need `sample`")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if refill_size is not None and (not isinstance(refill_size, int) or refill_size < 1):
         raise ValueError(f"refill_size must be a positive integer, got {refill_size!r}")
+    if refill_min is not None and (not isinstance(refill_min, int) or refill_min < 1):
+        raise ValueError(f"refill_min must be a positive integer, got {refill_min!r}")
 
 
 def _mesh(devices) -> Mesh | None:
@@ -246,6 +303,7 @@ def generate(
     dtype=jnp.float32,
     offset: int | Array = 0,
     refill_size: int | None = None,
+    refill_min: int | None = None,
     devices: Sequence[jax.Device] | None = None,
     progress: Callable[[dict], None] | bool | None = None,
     progress_every: int = 64,
@@ -255,9 +313,11 @@ def generate(
 
     Sample ``i`` equals ``sample(key, sde, score, solver, shape, n)``'s sample ``i`` (x, stats,
     result), whatever ``batch_size`` (the number of slots, split over ``devices``; default all
-    local devices) and ``refill_size`` (slots refilled per refill pass, default
-    :func:`default_refill_size`). Pure and jit-able like ``sample``; other keyword arguments go to
-    :func:`jaxsde.solve` (``t_start``, ``t_end``, ``denoise``, ``max_steps``).
+    local devices), ``refill_size`` (slots refilled per refill pass, default
+    :func:`default_refill_size`) and ``refill_min`` (free slots that trigger a pass; default
+    ~slots/32, 1 for <= 32 slots; 1 = refill as soon as any slot finishes). Pure and jit-able
+    like ``sample``; other keyword arguments go to :func:`jaxsde.solve` (``t_start``, ``t_end``,
+    ``denoise``, ``max_steps``).
 
     ``progress`` (off by default, no effect on the results): ``True`` for a tqdm bar, or a callable
     receiving ``{"done", "total", "iterations", "paid_nfe"}``, called from inside the compiled
@@ -268,7 +328,7 @@ def generate(
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
-    _check(solve_kwargs.get("noise"), batch_size, refill_size)
+    _check(solve_kwargs.get("noise"), batch_size, refill_size, refill_min)
     shape = tuple(int(s) for s in shape)
     p = driver.prepare(sde, score, solver, jax.ShapeDtypeStruct(shape, jnp.dtype(dtype)), **solve_kwargs)
     mesh = _mesh(devices)
@@ -281,7 +341,8 @@ def generate(
     cb = None if reporter is None else (max(int(progress_every), 1), reporter)
 
     def local(key, work, num_work):
-        g, out = _run(p, key, work, num_work[0], size, cb, _device(mesh), _empty(p, key, slots), _empty_out(p, per))
+        g, out = _run(p, key, work, num_work[0], size, _due_at(slots, size, refill_min), cb, _device(mesh),
+                      _empty(p, key, slots), _empty_out(p, per, size))
         return out._replace(count=out.count[None]), jnp.stack([g.iterations, g.paid, g.refills])[None]
 
     if mesh is None:
@@ -395,15 +456,17 @@ class Generator:
     """
 
     def __init__(self, key, sde, score_fn: Callable, params, solver, shape, indices, *, batch_size: int = 256,
-                 chunk_size: int = 1024, refill_size: int | None = None, dtype=jnp.float32,
+                 chunk_size: int = 1024, refill_size: int | None = None, refill_min: int | None = None,
+                 dtype=jnp.float32,
                  devices: Sequence[jax.Device] | None = None, pad_to: int | None = None, **solve_kwargs):
-        _check(solve_kwargs.get("noise"), batch_size, refill_size)
+        _check(solve_kwargs.get("noise"), batch_size, refill_size, refill_min)
         indices = np.asarray(indices, np.int64).reshape(-1)
         if indices.size == 0:
             raise ValueError("nothing to generate: indices is empty")
         mesh = _mesh(devices)
         d = 1 if mesh is None else mesh.devices.size
         self.slots, size = _widths(batch_size, d, refill_size)
+        due_at = _due_at(self.slots, size, refill_min)
         capacity = max(1, math.ceil(chunk_size / d))
         per = math.ceil(max(indices.size, pad_to or 0) / d)  # pad_to: same program for any len(indices)
         work = np.zeros(d * per, np.int32)
@@ -421,7 +484,8 @@ class Generator:
 
         def local_run(key, params, work, num_work, g):
             p = problem(params)
-            g, out = _run(p, key, work, num_work[0], size, None, _device(mesh), _lower(g), _empty_out(p, capacity))
+            g, out = _run(p, key, work, num_work[0], size, due_at, None, _device(mesh), _lower(g),
+                          _empty_out(p, capacity, size))
             return _lift(g), out._replace(count=out.count[None])
 
         if mesh is None:

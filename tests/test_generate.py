@@ -89,3 +89,22 @@ def test_bad_arguments():
         generate(key, SDE, SCORE, GGF, (6,), 4, 4, noise=jaxsde.GivenNoise(jnp.zeros((5, 1, 6))))
     with pytest.raises(ValueError, match="shaped like x"):
         generate(key, SDE, lambda x, t: x[None], GGF, (6,), 4, 4)
+
+
+def test_refill_schedule_does_not_change_results(reference):
+    """Refill width, refill threshold and batch size change only when slots are refilled, never
+    a sample's result (bitwise here); refill_min trades idle slots for fewer refill passes."""
+    key = jax.random.PRNGKey(0)
+    runs = {}
+    for batch_size, refill_size, refill_min in [(16, 3, 1), (16, 4, 4), (7, 7, 7), (40, None, None)]:
+        run = jax.jit(lambda k, b=batch_size, r=refill_size, m=refill_min:
+                      generate(k, SDE, SCORE, GGF, (6,), N, b, refill_size=r, refill_min=m))
+        runs[batch_size, refill_size, refill_min] = gen = run(key)
+        assert_same(gen, reference)
+    first = runs[16, 3, 1]
+    for gen in runs.values():
+        np.testing.assert_array_equal(np.asarray(gen.x), np.asarray(first.x))
+    eager, lazy = summarize_generate(runs[16, 3, 1]), summarize_generate(runs[16, 4, 4])
+    assert lazy.refills < eager.refills
+    with pytest.raises(ValueError, match="refill_min"):
+        generate(key, SDE, SCORE, GGF, (6,), 4, 4, refill_min=0)
