@@ -55,7 +55,7 @@ Plans (``net.plan(mask, blocks, mode=...)``):
   network with the original's GroupNorm statistics) to float rounding, tested at 1e-5; the
   output outside the roi is the cached original, so in an SDEdit trajectory x keeps changing
   only on the edit mask and one plan holds for every step. The price: the receptive field of
-  a UNet is wide (about 40 px for the 2-level "large" DigitsUNet), so the active region is
+  a UNet is wide (38 px radius for the 2-level "large" DigitsUNet), so the active region is
   much larger than the edit (see ``benchmarks/results/editing.md``).
 
 GroupNorm statistics: ``stats="reuse"`` (default, SIGE's choice): the mean and variance of
@@ -691,7 +691,7 @@ class SparseUNet:
         return self._graphs[shape]
 
     def plan(self, mask, blocks=8, *, mode: str = "input", roi="edit", dilate: int = 0,
-             dense_above: float = 0.5, per_octave: int = 4, layer_dense_above: float = 0.5) -> TilePlan:
+             dense_above: float | None = None, per_octave: int = 4, layer_dense_above: float = 0.5) -> TilePlan:
         """Active tiles for an edit ``mask`` (``(H, W)``, True = changed input pixel).
 
         ``mode="exact"`` (default): receptive-field-exact, per layer (:func:`propagate`): a
@@ -702,15 +702,16 @@ class SparseUNet:
         ``roi="all"``: every pixel (the whole output equals the dense network, a larger
         active region); or a ``(H, W)`` bool array. With ``stats="reuse"`` the result equals
         :meth:`apply_frozen` on ``roi`` (the dense network with the original's GroupNorm
-        statistics). ``dense_above``: fall back to dense when the bucketed tiles' convolution
-        FLOPs exceed this fraction of the dense network's.
+        statistics). ``dense_above`` (default 0.75): fall back to dense when the bucketed tiles'
+        convolution FLOPs (``plan.work``) exceed this fraction of the dense network's.
 
         ``mode="input"``: every layer recomputes the tiles of the (``dilate``-grown) input mask
-        at its resolution (:func:`plan_tiles`): cheaper, an approximation (stale cached values
-        just outside the tiles); ``roi`` is ignored.
+        at its resolution (:func:`plan_tiles`, ``dense_above`` default 0.5): cheaper, an
+        approximation (stale cached values just outside the tiles); ``roi`` is ignored.
         """
         if mode == "input":
-            return plan_tiles(mask, self.levels, blocks, dilate=dilate, dense_above=dense_above)
+            return plan_tiles(mask, self.levels, blocks, dilate=dilate, dense_above=0.5 if dense_above is None
+                              else dense_above)
         if mode != "exact":
             raise ValueError(f"mode must be 'exact' or 'input', got {mode!r}")
         m0, m, blocks = _check_mask(mask, self.levels, blocks, dilate)
@@ -749,7 +750,8 @@ class SparseUNet:
             totals.append(total)
             buckets.append(bucket)
         frac = work / dense_work
-        return TilePlan((H, W), blocks, buckets, frac > dense_above, origins, [jnp.asarray(u) for u in union],
+        dense = frac > (0.75 if dense_above is None else dense_above)
+        return TilePlan((H, W), blocks, buckets, dense, origins, [jnp.asarray(u) for u in union],
                         tuple(counts), tuple(totals), float(np.mean(m0)), layers=layers, layer_origins=l_origins,
                         layer_masks=l_masks, roi=None if roi_mask is None else jnp.asarray(roi_mask), mode="exact",
                         layer_counts=tuple(l_counts), work=frac)
