@@ -1,17 +1,22 @@
 """Throughput of continuous batching: ``generate`` vs plain ``sample`` at the same batch size.
 
-    /work/venv/bin/python benchmarks/throughput.py            # batch sizes 16..1024
-    /work/venv/bin/python benchmarks/throughput.py --quick    # batch sizes 16, 64
+    /work/venv/bin/python benchmarks/throughput.py            # the full run (~15 min on 2 busy cores)
+    /work/venv/bin/python benchmarks/throughput.py --quick    # batch sizes 16, 64 only, small n
 
-For each problem (the embedded digits model with GGF rtol 0.05; a Gaussian mixture d=16 with
-its exact score) and batch size B, both methods make the same n = ``--per-slot`` x B samples
-in one compiled program each, measured side by side in this process (compile, one warm-up
-run, median of ``--repeats`` runs, each blocked until ready; ``jaxsde.timing.time_compiled``):
+Problems: the embedded digits models (``digits``: VP U-Net; ``digits-ve``: VE U-Net) with GGF
+rtol 0.05, and a Gaussian mixture d=16 with its exact (cheap) score, GGF rtol 0.05. For each
+problem and batch size B, both methods make the same n = per_slot x B samples, each in one
+compiled program; the two programs are compiled first, then timed in alternating rounds
+(sample, generate, sample, ...; each run blocked until ready), and the medians are compared,
+so load from other jobs on the machine hits both alike. The digits models are slow on CPU, so
+they run at fewer batch sizes and samples per slot than the mixture (see the table's n).
 
 * ``sample``: ``lax.map`` over n/B batches of ``jaxsde.sample`` (each batch waits for its
   slowest sample); useful work = sum NFE / sum over batches of (B x max NFE in the batch).
 * ``generate``: B slots, continuous batching; useful work = sum NFE / score evaluations the
   loop computed (every slot every iteration, busy or idle, plus the refill passes).
+* per-iteration time: wall time / loop iterations (sample: summed over its n/B batches).
+  ``ideal`` = generate's useful work / sample's: the speed-up if an iteration cost the same.
 
 Then per-device scaling of ``generate`` with forced host devices (a subprocess with
 ``--xla_force_host_platform_device_count=8``): results must equal one device's; on CPU
@@ -25,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -36,22 +42,44 @@ import numpy as np
 import jaxsde
 from jaxsde import targets
 from jaxsde.generate import summarize_generate
-from jaxsde.timing import time_compiled
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def problems():
-    ckpt = jaxsde.pretrained("digits")
+def problems(args):
     sde = jaxsde.VPSDE()
     mixture = targets.GaussianMixture.random(jax.random.PRNGKey(3), 8, (16,))
-    return [
-        dict(name="digits (8x8x1 U-Net, GGF rtol 0.05)", sde=ckpt.sde, score_fn=ckpt.score_fn, params=ckpt.params,
-             shape=ckpt.shape, solver=jaxsde.GottaGoFast(rtol=0.05)),
-        dict(name="Gaussian mixture d=16 (exact score, GGF rtol 0.05)", sde=sde,
-             score_fn=lambda p: mixture.score(sde), params=jnp.zeros(()), shape=(16,),
-             solver=jaxsde.GottaGoFast(rtol=0.05)),
-    ]
+    out = []
+    for name in args.models:
+        ckpt = jaxsde.pretrained(name)
+        out.append(dict(name=f"{name} (8x8x1 U-Net, {type(ckpt.sde).__name__}, GGF rtol 0.05)", sde=ckpt.sde,
+                        score_fn=ckpt.score_fn, params=ckpt.params, shape=ckpt.shape,
+                        solver=jaxsde.GottaGoFast(rtol=0.05), batches=args.digits_batches,
+                        per_slot=args.digits_per_slot, repeats=args.digits_repeats))
+    out.append(dict(name="Gaussian mixture d=16 (exact score, GGF rtol 0.05)", sde=sde,
+                    score_fn=lambda p: mixture.score(sde), params=jnp.zeros(()), shape=(16,),
+                    solver=jaxsde.GottaGoFast(rtol=0.05), batches=args.batches, per_slot=args.per_slot,
+                    repeats=args.repeats))
+    return out
+
+
+def interleaved(fns: dict, arg, rounds: int, warmup: bool = True) -> tuple[dict, dict, dict]:
+    """Compile each fn (and run it once if ``warmup``), then time them in alternating rounds;
+    (outputs, median s, compile s)."""
+    compiled, compile_s = {}, {}
+    for k, f in fns.items():
+        t0 = time.perf_counter()
+        compiled[k] = jax.jit(f).lower(arg).compile()
+        compile_s[k] = time.perf_counter() - t0
+        if warmup:
+            jax.block_until_ready(compiled[k](arg))
+    times, outs = {k: [] for k in fns}, {}
+    for _ in range(max(rounds, 1)):
+        for k, f in compiled.items():
+            t0 = time.perf_counter()
+            outs[k] = jax.block_until_ready(f(arg))
+            times[k].append(time.perf_counter() - t0)
+    return outs, {k: statistics.median(v) for k, v in times.items()}, compile_s
 
 
 def measure(prob: dict, batch: int, n: int, repeats: int) -> dict:
@@ -67,20 +95,40 @@ def measure(prob: dict, batch: int, n: int, repeats: int) -> dict:
     def continuous(params):
         return jaxsde.generate(key, sde, score_fn(params), solver, shape, n, batch, devices=jax.devices()[:1])
 
-    sol, t_plain = time_compiled(plain, prob["params"], repeats=repeats)
-    gen, t_gen = time_compiled(continuous, prob["params"], repeats=repeats)
+    # no untimed warm-up run for the slow digits models (minutes); their compile is separate anyway
+    outs, med, compile_s = interleaved(dict(sample=plain, generate=continuous), prob["params"], repeats,
+                                       warmup=not prob["name"].startswith("digits"))
+    sol, gen = outs["sample"], outs["generate"]
     nfe = np.asarray(sol.stats.nfe)  # (n/B, B)
     plain_useful = float(nfe.sum() / (batch * nfe.max(axis=1)).sum())
+    plain_iters = int(np.asarray(sol.stats.num_steps).max(axis=1).sum())
     s = summarize_generate(gen)
     x_plain = np.asarray(sol.x).reshape(n, *shape)
     same_nfe = float(np.mean(np.asarray(gen.stats.nfe) == nfe.reshape(-1)))
-    return dict(problem=prob["name"], batch=batch, n=n,
-                sample_sps=n / t_plain.median_s, generate_sps=n / t_gen.median_s,
-                speedup=t_plain.median_s / t_gen.median_s,
+    t_plain, t_gen = med["sample"], med["generate"]
+    return dict(problem=prob["name"], batch=batch, n=n, rounds=repeats,
+                sample_sps=n / t_plain, generate_sps=n / t_gen, speedup=t_plain / t_gen,
                 sample_useful_work=plain_useful, generate_useful_work=s.useful_work,
-                generate_slot_utilisation=s.slot_utilisation, mean_nfe=s.mean_nfe,
-                sample_s=t_plain.median_s, generate_s=t_gen.median_s, compile_s=[t_plain.compile_s, t_gen.compile_s],
-                same_nfe_fraction=same_nfe, max_abs_dx=float(np.abs(np.asarray(gen.x) - x_plain).max()))
+                ideal_speedup=s.useful_work / plain_useful,
+                sample_iterations=plain_iters, generate_iterations=s.loop_iterations, refills=s.refills,
+                sample_us_per_iteration=1e6 * t_plain / plain_iters,
+                generate_us_per_iteration=1e6 * t_gen / s.loop_iterations,
+                generate_slot_utilisation=s.slot_utilisation, mean_nfe=s.mean_nfe, min_nfe=s.min_nfe,
+                max_nfe=s.max_nfe, sample_s=t_plain, generate_s=t_gen,
+                compile_s=[compile_s["sample"], compile_s["generate"]],
+                same_nfe_fraction=same_nfe, max_abs_dx=float(np.abs(np.asarray(gen.x) - x_plain).max()),
+                nfe=np.asarray(gen.stats.nfe).tolist())
+
+
+def sample_useful_by_batch(nfe: np.ndarray, batches) -> dict:
+    """What ``sample`` would achieve at batch B on these per-sample NFEs (index order, whole batches)."""
+    out = {}
+    for b in batches:
+        m = (nfe.size // b) * b
+        if m:
+            c = nfe[:m].reshape(-1, b)
+            out[b] = float(c.sum() / (b * c.max(axis=1)).sum())
+    return out
 
 
 SCALING = """
@@ -115,27 +163,45 @@ def scaling(n: int, batch: int, repeats: int) -> list[dict]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def write(rows, scale, args, command):
+def write(rows, by_batch, scale, args, command):
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     meta = dict(command=command, jax=jax.__version__, backend=jax.default_backend(), cpu_count=os.cpu_count(),
                 machine=platform.machine(), date=time.strftime("%Y-%m-%d %H:%M"), per_slot=args.per_slot,
-                repeats=args.repeats)
+                repeats=args.repeats, digits_per_slot=args.digits_per_slot, digits_repeats=args.digits_repeats)
     with open(os.path.join(HERE, "results", "throughput.json"), "w") as f:
-        json.dump(dict(meta=meta, rows=rows, device_scaling=scale), f, indent=1)
+        json.dump(dict(meta=meta, rows=rows, sample_useful_work_by_batch=by_batch, device_scaling=scale), f, indent=1)
     lines = ["# Throughput: continuous batching (`generate`) vs `sample`", "",
              f"Reproduce: `{command}` ({meta['backend']}, {meta['cpu_count']} cores, jax {meta['jax']}, "
              f"{meta['date']}; the machine was shared with other jobs, so absolute rates are noisy; the two "
-             "methods of a row were measured back to back in one process).", "",
+             "methods of a row were compiled first, then timed in alternating rounds in one process, medians of "
+             "`rounds`).", "",
              "n = per_slot x batch samples per method. Useful work: sample = sum NFE / sum over batches of "
              "(batch x max NFE); generate = sum NFE / score evaluations computed (all slots every iteration, "
-             "plus refills). `same NFE` / `max |dx|`: generate vs sample, sample by sample.", "",
-             "| problem | batch | n | sample/s (sample) | sample/s (generate) | speed-up | useful work sample "
-             "| useful work generate | mean NFE | same NFE | max abs dx |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "plus refills). ideal = useful work generate / useful work sample (the speed-up if a loop iteration "
+             "cost the same in both). us/it = wall time / loop iterations (sample: summed over its batches). "
+             "`same NFE` / `max |dx|`: generate vs sample, sample by sample.", "",
+             "| problem | batch | n | rounds | sample/s (sample) | sample/s (generate) | speed-up | ideal "
+             "| useful work sample | useful work generate | us/it sample | us/it generate | refills "
+             "| NFE mean (min-max) | same NFE | max abs dx |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['problem']} | {r['batch']} | {r['n']} | {r['sample_sps']:.1f} | {r['generate_sps']:.1f} "
-                     f"| {r['speedup']:.2f}x | {r['sample_useful_work']:.3f} | {r['generate_useful_work']:.3f} "
-                     f"| {r['mean_nfe']:.1f} | {100 * r['same_nfe_fraction']:.0f}% | {r['max_abs_dx']:.1e} |")
+        lines.append(f"| {r['problem']} | {r['batch']} | {r['n']} | {r['rounds']} | {r['sample_sps']:.1f} "
+                     f"| {r['generate_sps']:.1f} | {r['speedup']:.2f}x | {r['ideal_speedup']:.2f}x "
+                     f"| {r['sample_useful_work']:.3f} | {r['generate_useful_work']:.3f} "
+                     f"| {r['sample_us_per_iteration']:.0f} | {r['generate_us_per_iteration']:.0f} | {r['refills']} "
+                     f"| {r['mean_nfe']:.1f} ({r['min_nfe']}-{r['max_nfe']}) | {100 * r['same_nfe_fraction']:.0f}% "
+                     f"| {r['max_abs_dx']:.1e} |")
+    if by_batch:
+        sizes = sorted({int(b) for v in by_batch.values() for b in v["useful_work"]})
+        lines += ["", "## `sample`'s useful work at larger batches (from the per-sample NFEs measured above)", "",
+                  "The per-sample NFEs of a problem's largest run above (index order) grouped into whole batches "
+                  "of B: the useful-work fraction plain `sample` gets at batch B (generate's stays ~0.95-0.97). "
+                  "The last column is a single batch, so it is noisy.", "",
+                  "| problem | samples | " + " | ".join(f"B={b}" for b in sizes) + " |",
+                  "|---|---|" + "---|" * len(sizes)]
+        for name, v in by_batch.items():
+            cells = [f"{v['useful_work'][b]:.3f}" if b in v["useful_work"] else "" for b in sizes]
+            lines.append(f"| {name} | {v['n']} | " + " | ".join(cells) + " |")
     lines += ["", f"## Per-device scaling of `generate` (forced host devices; Gaussian mixture d=16, "
               f"n={args.scale_n}, batch {args.scale_batch})", "",
               f"CPU 'devices' here share the same {meta['cpu_count']} cores: this checks that sharding over devices "
@@ -152,25 +218,34 @@ def write(rows, scale, args, command):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="batch sizes 16 and 64 only, 1 repeat")
-    parser.add_argument("--batches", type=int, nargs="*", default=None)
-    parser.add_argument("--per-slot", type=int, default=8, help="samples per slot: n = per_slot x batch")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="batch sizes 16 and 64, few samples, 1 round")
+    parser.add_argument("--batches", type=int, nargs="*", default=[16, 64, 256, 1024], help="mixture batch sizes")
+    parser.add_argument("--per-slot", type=int, default=20, help="mixture samples per slot: n = per_slot x batch")
+    parser.add_argument("--repeats", type=int, default=5, help="mixture timing rounds")
+    parser.add_argument("--models", nargs="*", default=["digits", "digits-ve"], help="embedded digits models")
+    parser.add_argument("--digits-batches", type=int, nargs="*", default=[16, 64])
+    parser.add_argument("--digits-per-slot", type=int, default=4)
+    parser.add_argument("--digits-repeats", type=int, default=2)
     parser.add_argument("--scale-n", type=int, default=512)
     parser.add_argument("--scale-batch", type=int, default=64)
     args = parser.parse_args()
-    batches = args.batches or ([16, 64] if args.quick else [16, 64, 256, 1024])
     if args.quick:
-        args.repeats = 1
-    rows = []
-    for prob in problems():
-        for b in batches:
-            r = measure(prob, b, args.per_slot * b, args.repeats)
-            print(json.dumps(r), flush=True)
+        args.batches, args.digits_batches = [16, 64], [16]
+        args.per_slot, args.digits_per_slot, args.repeats, args.digits_repeats = 6, 2, 1, 1
+    rows, by_batch = [], {}
+    t0 = time.perf_counter()
+    for prob in problems(args):
+        for b in prob["batches"]:
+            r = measure(prob, b, prob["per_slot"] * b, prob["repeats"])
+            nfe = np.asarray(r.pop("nfe"))
+            print(json.dumps(r), f"[{time.perf_counter() - t0:.0f} s]", flush=True)
             rows.append(r)
-    scale = scaling(args.scale_n, args.scale_batch, args.repeats)
+            if prob["name"].startswith("digits"):
+                by_batch[prob["name"]] = dict(n=int(nfe.size), useful_work=sample_useful_by_batch(
+                    nfe, sorted({16, 64, 256, 1024, nfe.size} & set(range(1, nfe.size + 1)))))
+    scale = scaling(args.scale_n, args.scale_batch, max(args.repeats, 3))
     command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:])
-    write(rows, scale, args, command.strip())
+    write(rows, by_batch, scale, args, command.strip())
 
 
 if __name__ == "__main__":
