@@ -21,3 +21,4 @@ def test_editing_notebook_runs(monkeypatch):
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "known pixels exact: True" in outputs
     assert "max |sparse - masked-dense reference|" in outputs and "FLOPs per step" in outputs
+    assert "exact sparse - frozen-stats dense" in outputs
