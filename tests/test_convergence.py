@@ -95,6 +95,27 @@ def test_rk_order_on_linear_ode(method, x64):
     assert abs(slope(ns, errs) - tab.order) < 0.5, errs
 
 
+@pytest.mark.parametrize("method", sorted(TABLEAUS))
+def test_rk_stage_loop_equals_unrolled(method):
+    """The stage loop (score compiled once) computes the same step as the written-out stages."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (5, 3))
+
+    def fn(x, t):
+        return -jnp.tanh(x) * (1.0 + t)
+
+    k1 = fn(x, 0.7)
+    loop = rk_step(TABLEAUS[method], fn, x, 0.7, 0.05, k1)
+    unrolled = rk_step(TABLEAUS[method], fn, x, 0.7, 0.05, k1, unroll=True)
+    for a, b in zip(loop, unrolled, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    sde = jaxsde.VPSDE()
+    score, key = exact.gaussian_score(sde, MU, S), jax.random.PRNGKey(1)
+    a = jaxsde.sample(key, sde, score, jaxsde.ProbabilityFlow(method=method), (3,), 4)
+    b = jaxsde.sample(key, sde, score, jaxsde.ProbabilityFlow(method=method, unroll_stages=True), (3,), 4)
+    np.testing.assert_allclose(a.x, b.x, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(a.stats.nfe, b.stats.nfe)
+
+
 @pytest.mark.parametrize("sde", [jaxsde.VPSDE(), jaxsde.VESDE()], ids=lambda s: type(s).__name__)
 def test_adaptive_pf_ode_matches_exact_flow(sde, x64):
     mu, s = (MU, S) if isinstance(sde, jaxsde.VPSDE) else (0.5, 0.1)
