@@ -1,12 +1,14 @@
-"""Spatially sparse inference for editing (SIGE-style) on the DigitsUNet family.
+"""Spatially sparse inference for editing (SIGE-style) on the DigitsUNet family and diffusers' DDPM UNet2D.
 
 Idea (Li et al., "Efficient Spatially Sparse Inference for Conditional GANs and Diffusion
 Models", NeurIPS 2022; https://www.cs.cmu.edu/~sige/): when an edit touches a small region,
 run the network on the *original* image once and cache every layer's output; for the edited
 image, recompute each convolution only on the tiles that the edit touches and take every
 other value from the cache. This module is an independent JAX implementation of that idea
-(no code from the SIGE repository), written as an explicit functional forward pass over the
-Flax params tree of :class:`jaxsde.models.unet.DigitsUNet`.
+(no code from the SIGE repository), written as explicit functional forward passes over the
+Flax params trees of :class:`jaxsde.models.unet.DigitsUNet` and
+:class:`jaxsde.models.ddpm_unet.UNet2D` (ddpm-cifar10's layout: GroupNorm two-pass variance,
+explicit paddings, scale_shift time conditioning, any activation, self-attention).
 
 Pieces:
 
@@ -70,8 +72,13 @@ frozen-statistics network's deviation; with ``recompute`` by the stale cached va
 the active region whose inputs changed only through the statistics (and, for a ``roi``
 smaller than the image, the computed-but-unneeded tile pixels that enter the statistics).
 Both are measured by the tests and the benchmark; they vanish with the dense fallback.
-DigitsUNet has no attention layers; a global attention layer would need a dense recompute of
-its keys/values (or cached ones, the same choice as the statistics).
+Attention (UNet2D): ``(attend(norm(x)) + x) / scale`` with queries from the active tiles only
+and keys/values projected from the whole *mixed* map (cache outside the active tiles, the new
+values inside) -- a dense O(HW C^2) projection and O(n_active HW C) attention at that level,
+no convolution work; its GroupNorm statistics follow ``stats`` like the others. Attention is
+global, so for an exact plan every layer after the first attention on the changed path is
+changed (and needed) everywhere: on ddpm-cifar10's layout (attention at 16x16 of a 32x32 input)
+the exact plan is close to dense, and the input plan is the useful (approximate) one.
 """
 
 from __future__ import annotations
@@ -84,6 +91,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .models.ddpm_unet import ACTIVATIONS, UNet2D, timestep_embedding
 from .models.score import input_scale, output_to_score
 from .models.unet import DigitsUNet, _groups
 
@@ -285,27 +293,49 @@ def plan_tiles(mask, levels: int, blocks: int | tuple[int, ...] = 8, *, dilate: 
 
 
 def _conv(x, kernel, bias, stride=1, padding="SAME"):
-    """NHWC convolution (flax's ``nn.Conv`` with its default SAME padding, or VALID)."""
+    """NHWC convolution (flax's ``nn.Conv``: SAME padding by default, explicit pairs, or VALID)."""
     y = lax.conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y + bias
 
 
-def _group_stats(x, groups):
-    """Per-group mean and variance of one sample's map ``x`` (H, W, C) (flax's fast variance)."""
+def _group_stats(x, groups, two_pass=False):
+    """Per-group mean and variance of one sample's map ``x`` (H, W, C): flax's fast variance
+    ``E[x^2] - E[x]^2`` (DigitsUNet), or the two-pass ``E[(x - mean)^2]`` (UNet2D, as torch)."""
     H, W, C = x.shape
     xg = x.reshape(H * W, groups, C // groups)
     mean = jnp.mean(xg, axis=(0, 2))
-    var = jnp.maximum(jnp.mean(jnp.square(xg), axis=(0, 2)) - jnp.square(mean), 0.0)
+    if two_pass:
+        var = jnp.mean(jnp.square(xg - mean[None, :, None]), axis=(0, 2))
+    else:
+        var = jnp.maximum(jnp.mean(jnp.square(xg), axis=(0, 2)) - jnp.square(mean), 0.0)
     return mean, var
 
 
-def _norm_affine(p, stats, channels, groups):
-    """GroupNorm as a per-channel affine map ``x * a + c`` for the given statistics."""
-    mean, var = stats
-    per = channels // groups
-    inv = jnp.repeat(lax.rsqrt(var + GN_EPS), per)
-    a = p["scale"] * inv
-    return a, p["bias"] - jnp.repeat(mean, per) * a
+class _Norm:
+    """A fused pre-op: GroupNorm with params ``p`` (``groups=None``: DigitsUNet's rule), an
+    optional ``x (1 + scale) + shift`` (UNet2D's scale_shift time conditioning), then ``act``."""
+
+    def __init__(self, p, groups=None, eps=GN_EPS, two_pass=False, act=jax.nn.silu, scale_shift=None):
+        self.p, self.groups, self.eps, self.two_pass, self.act, self.scale_shift = (p, groups, eps, two_pass, act,
+                                                                                   scale_shift)
+
+    def n_groups(self, channels):
+        return _groups(channels) if self.groups is None else self.groups
+
+    def stats(self, x):
+        return _group_stats(x, self.n_groups(x.shape[-1]), self.two_pass)
+
+    def __call__(self, x, stats):
+        """Normalise ``x`` (any leading axes, channels last) with the given statistics."""
+        C = x.shape[-1]
+        mean, var = stats
+        per = C // self.n_groups(C)
+        a = self.p["scale"] * jnp.repeat(lax.rsqrt(var + self.eps), per)
+        x = x * a + (self.p["bias"] - jnp.repeat(mean, per) * a)
+        if self.scale_shift is not None:
+            scale, shift = self.scale_shift
+            x = x * (1 + scale) + shift
+        return x if self.act is None else self.act(x)
 
 
 def _padded(x):
@@ -336,13 +366,27 @@ def _inside(origins, size, limits):
     return (ok_r[:, :, None] & ok_c[:, None, :])[..., None]
 
 
-# --------------------------------------------------------------------------------------------
-# engines: one layer = [silu(GroupNorm(concat(srcs)))] -> conv -> [+ bias] -> [+ residual]
-# --------------------------------------------------------------------------------------------
-
-
 def _dense(p, x):
     return x @ p["kernel"] + p["bias"]
+
+
+def _attend(p, hq, hkv, heads):
+    """Multi-head attention of queries ``hq`` (N, C) over keys/values ``hkv`` (M, C) (normalised
+    maps), with UNet2D's ``to_q``/``to_k``/``to_v``/``to_out_0`` projections: (N, C)."""
+    C = hq.shape[-1]
+    d = C // heads
+    q = _dense(p["to_q"], hq).reshape(-1, heads, d)
+    k = _dense(p["to_k"], hkv).reshape(-1, heads, d)
+    v = _dense(p["to_v"], hkv).reshape(-1, heads, d)
+    w = jnp.einsum("qhd,khd->hqk", q, k) / math.sqrt(d)
+    w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(v.dtype)
+    return _dense(p["to_out_0"], jnp.einsum("hqk,khd->qhd", w, v).reshape(-1, C))
+
+
+# --------------------------------------------------------------------------------------------
+# engines: one layer = [norm pre-op(concat(srcs))] -> conv -> [+ bias] -> [(+ residual) / out_scale];
+# one attention = (attend(norm(x)) + x) / out_scale
+# --------------------------------------------------------------------------------------------
 
 
 def _fourier(p, t):
@@ -354,26 +398,23 @@ def _fourier(p, t):
 class _Arrays:
     """Shared part of the engines that compute with arrays."""
 
-    def embed(self, p, t, x):
-        return _fourier(p, jnp.asarray(t, x.dtype))
-
-    def time_bias(self, p, emb):
-        return _dense(p, jax.nn.silu(emb))
+    def compute(self, fn):
+        """Side computations that are not per-pixel layers (time embeddings)."""
+        return fn()
 
 
-def _dense_layer(srcs, conv, stats, *, stride=1, up=False, norm=None, bias=None, res=None):
+def _dense_layer(srcs, conv, stats, *, stride=1, up=False, norm=None, bias=None, res=None, padding=None,
+                 out_scale=1.0):
     """One layer computed densely on unpadded maps; ``stats`` None = the maps' own statistics.
     Returns ``(output, statistics used or None)``."""
     x = jnp.concatenate(srcs, axis=-1) if len(srcs) > 1 else srcs[0]
     if norm is not None:
-        groups = _groups(x.shape[-1])
         if stats is None:
-            stats = _group_stats(x, groups)
-        a, c = _norm_affine(norm, stats, x.shape[-1], groups)
-        x = jax.nn.silu(x * a + c)
+            stats = norm.stats(x)
+        x = norm(x, stats)
     if up:
         x = jnp.repeat(jnp.repeat(x, 2, axis=0), 2, axis=1)
-    y = _conv(x[None], conv["kernel"], conv["bias"], stride)[0]
+    y = _conv(x[None], conv["kernel"], conv["bias"], stride, "SAME" if padding is None else padding)[0]
     if bias is not None:
         y = y + bias
     if res is not None:
@@ -382,6 +423,19 @@ def _dense_layer(srcs, conv, stats, *, stride=1, up=False, norm=None, bias=None,
         if r_conv is not None:
             r = _conv(r[None], r_conv["kernel"], r_conv["bias"])[0]
         y = y + r
+    if out_scale != 1.0:
+        y = y / out_scale
+    return y, stats
+
+
+def _dense_attention(x, p, norm, stats, heads, out_scale):
+    """Self-attention over the whole map ``x`` (H, W, C), with its residual and scale."""
+    H, W, C = x.shape
+    if norm is not None and stats is None:
+        stats = norm.stats(x)
+    h = x if norm is None else norm(x, stats)
+    flat = h.reshape(H * W, C)
+    y = (_attend(p, flat, flat, heads).reshape(H, W, C) + x) / out_scale
     return y, stats
 
 
@@ -394,11 +448,12 @@ class _Dense(_Arrays):
         self.cache, self.plan, self.stats = cache, plan, stats
         self.record: dict[str, Any] = {}
 
-    def layer(self, name, srcs, conv, *, stride=1, up=False, norm=None, bias=None, res=None):
+    def _cached_stats(self, name, norm):
         reuse = norm is not None and self.cache is not None and self.stats == "reuse"
-        y, stats = _dense_layer(srcs, conv, self.cache["stats/" + name] if reuse else None, stride=stride, up=up,
-                                norm=norm, bias=bias, res=res)
-        if norm is not None:
+        return self.cache["stats/" + name] if reuse else None
+
+    def _finish(self, name, y, stats):
+        if stats is not None:
             self.record["stats/" + name] = stats
         if self.cache is not None and self.plan is not None:
             level = int(round(math.log2(self.plan.shape[0] // y.shape[0])))
@@ -406,6 +461,14 @@ class _Dense(_Arrays):
             y = jnp.where(mask[..., None], y, self.cache[name])
         self.record[name] = y
         return y
+
+    def layer(self, name, srcs, conv, *, norm=None, **kw):
+        y, stats = _dense_layer(srcs, conv, self._cached_stats(name, norm), norm=norm, **kw)
+        return self._finish(name, y, stats)
+
+    def attention(self, name, x, p, *, norm=None, heads=1, out_scale=1.0):
+        y, stats = _dense_attention(x, p, norm, self._cached_stats(name, norm), heads, out_scale)
+        return self._finish(name, y, stats)
 
     def source(self, x):
         return x
@@ -423,45 +486,50 @@ class _Sparse(_Arrays):
     def _level_of(self, xp):
         return int(round(math.log2(self.plan.shape[0] // (xp.shape[0] - 2 * PAD))))
 
-    def layer(self, name, srcs, conv, *, stride=1, up=False, norm=None, bias=None, res=None):
+    def _stats(self, name, norm, srcs):
+        """The statistics for a norm pre-op: the cached ones or those of the mixed maps."""
+        if norm is None:
+            return None
+        if self.stats == "recompute":
+            full = [s[PAD:-PAD, PAD:-PAD] for s in srcs]
+            return norm.stats(jnp.concatenate(full, axis=-1) if len(full) > 1 else full[0])
+        return self.cache["stats/" + name]
+
+    def layer(self, name, srcs, conv, *, stride=1, up=False, norm=None, bias=None, res=None, padding=None,
+              out_scale=1.0):
         lin = self._level_of(srcs[0])
         lout = lin + 1 if stride == 2 else lin - 1 if up else lin
         b = self.plan.blocks[lout]
         org, mask, bucket = self.plan.tiles(name, lout)  # (n, 2) unpadded output-tile origins
         if bucket == 0:  # nothing to recompute at this layer
             return self.cache[name]
+        stats = self._stats(name, norm, srcs)
         if bucket == self.plan.tile_total(lout):  # every tile: the dense layer on the mixed maps is cheaper
             inner = [s[PAD:-PAD, PAD:-PAD] for s in srcs]
             unpad = [[s[PAD:-PAD, PAD:-PAD] for s in res[0]], res[1]] if res is not None else None
-            stats = self.cache["stats/" + name] if norm is not None and self.stats == "reuse" else None
-            y, _ = _dense_layer(inner, conv, stats, stride=stride, up=up, norm=norm, bias=bias, res=unpad)
+            if norm is not None and stats is None:
+                stats = norm.stats(jnp.concatenate(inner, axis=-1) if len(inner) > 1 else inner[0])
+            y, _ = _dense_layer(inner, conv, stats, stride=stride, up=up, norm=norm, bias=bias, res=unpad,
+                                padding=padding, out_scale=out_scale)
             return _padded(jnp.where(mask[..., None], y, self.cache[name][PAD:-PAD, PAD:-PAD]))
         k = conv["kernel"].shape[0]
         H_in = srcs[0].shape[0] - 2 * PAD
         W_in = srcs[0].shape[1] - 2 * PAD
-        if up:  # nearest-upsample then 3x3: low-res window with a 1-pixel halo, upsampled, cropped
+        if up:  # nearest-upsample then 3x3 (padding 1): low-res window with a 1-pixel halo, upsampled, cropped
             lo = org // 2 - 1
-            g = [_gather(s, lo + PAD, b // 2 + 2) for s in srcs]
-            x = jnp.concatenate(g, axis=-1) if len(g) > 1 else g[0]
-            in_org, in_size, limits = lo, b // 2 + 2, (H_in, W_in)
+            in_org, in_size = lo, b // 2 + 2
         else:
-            out_H = -(-H_in // stride)
-            pad_lo = max((out_H - 1) * stride + k - H_in, 0) // 2
+            if padding is None:
+                out_H = -(-H_in // stride)
+                pad_lo = max((out_H - 1) * stride + k - H_in, 0) // 2
+            else:
+                pad_lo = padding[0][0]
             in_org = org * stride - pad_lo
             in_size = (b - 1) * stride + k
-            g = [_gather(s, in_org + PAD, in_size) for s in srcs]
-            x = jnp.concatenate(g, axis=-1) if len(g) > 1 else g[0]
-            limits = (H_in, W_in)
+        g = [_gather(s, in_org + PAD, in_size) for s in srcs]
+        x = jnp.concatenate(g, axis=-1) if len(g) > 1 else g[0]
         if norm is not None:
-            C = x.shape[-1]
-            groups = _groups(C)
-            if self.stats == "recompute":
-                full = [s[PAD:-PAD, PAD:-PAD] for s in srcs]
-                stats = _group_stats(jnp.concatenate(full, axis=-1) if len(full) > 1 else full[0], groups)
-            else:
-                stats = self.cache["stats/" + name]
-            a, c = _norm_affine(norm, stats, C, groups)
-            x = jax.nn.silu(x * a + c) * _inside(in_org, in_size, limits).astype(x.dtype)
+            x = norm(x, stats) * _inside(in_org, in_size, (H_in, W_in)).astype(x.dtype)
         if up:
             x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)[:, 1:-1, 1:-1]
         y = _conv(x, conv["kernel"], conv["bias"], stride, "VALID")
@@ -474,6 +542,27 @@ class _Sparse(_Arrays):
             if r_conv is not None:
                 r = _conv(r, r_conv["kernel"], r_conv["bias"], 1, "VALID")
             y = y + r
+        if out_scale != 1.0:
+            y = y / out_scale
+        return _scatter(self.cache[name], org + PAD, y)
+
+    def attention(self, name, x, p, *, norm=None, heads=1, out_scale=1.0):
+        """Queries from the active tiles only; keys and values from the whole mixed map."""
+        lvl = self._level_of(x)
+        b = self.plan.blocks[lvl]
+        org, mask, bucket = self.plan.tiles(name, lvl)
+        if bucket == 0:
+            return self.cache[name]
+        full = x[PAD:-PAD, PAD:-PAD]
+        H, W, C = full.shape
+        stats = self._stats(name, norm, [x])
+        if bucket == self.plan.tile_total(lvl):
+            y, _ = _dense_attention(full, p, norm, stats, heads, out_scale)
+            return _padded(jnp.where(mask[..., None], y, self.cache[name][PAD:-PAD, PAD:-PAD]))
+        h = full if norm is None else norm(full, stats)
+        q = _gather(_padded(h), org + PAD, b).reshape(-1, C)
+        y = _attend(p, q, h.reshape(H * W, C), heads).reshape(-1, b, b, C)
+        y = (y + _gather(x, org + PAD, b)) / out_scale
         return _scatter(self.cache[name], org + PAD, y)
 
 
@@ -491,7 +580,8 @@ class _Node:
 
 class _Trace:
     """Engine that records the layer graph: which maps each layer reads (through its
-    convolution and through its residual branch), its stride / upsampling and kernel size."""
+    convolution and through its residual branch), its stride / upsampling / padding and kernel
+    size; attention layers are global (every output reads every input)."""
 
     def __init__(self):
         self.layers: list[dict[str, Any]] = []
@@ -504,33 +594,42 @@ class _Trace:
     def source(self, x):
         return self._node(x.shape)
 
-    def embed(self, p, t, x):
+    def compute(self, fn):
         return None
 
-    def time_bias(self, p, emb):
-        return None
-
-    def layer(self, name, srcs, conv, *, stride=1, up=False, norm=None, bias=None, res=None):
+    def layer(self, name, srcs, conv, *, stride=1, up=False, norm=None, bias=None, res=None, padding=None,
+              out_scale=1.0):
         H, W = srcs[0].shape[:2]
         H, W = (H * 2, W * 2) if up else (-(-H // stride), -(-W // stride))
         kshape = tuple(conv["kernel"].shape)
         out = self._node((H, W, kshape[-1]))
         self.layers.append(dict(name=name, srcs=[s.index for s in srcs], res=[s.index for s in res[0]] if res else [],
-                                out=out.index, k=kshape[0], stride=stride, up=up,
+                                out=out.index, k=kshape[0], stride=stride, up=up, attention=False,
+                                pad_lo=None if padding is None else padding[0][0],
                                 cost=kshape[0] * kshape[1] * kshape[2] * kshape[3]))
         return out
 
+    def attention(self, name, x, p, *, norm=None, heads=1, out_scale=1.0):
+        H, W, C = x.shape
+        out = self._node(x.shape)
+        # per query pixel: q and output projections, and attention over H W keys; K/V: 2 C^2 per pixel
+        self.layers.append(dict(name=name, srcs=[x.index], res=[], out=out.index, attention=True,
+                                cost=2 * C * C + 2 * H * W * C, kv_cost=2 * C * C * H * W))
+        return out
 
-def _reads(n_in, n_out, k, stride, up):
-    """``R[i, j]``: output row ``i`` of the layer reads input row ``j`` (SAME padding; with
-    ``up``, a nearest 2x upsampling before the stride-1 convolution)."""
+
+def _reads(n_in, n_out, k, stride, up, pad_lo=None):
+    """``R[i, j]``: output row ``i`` of the layer reads input row ``j`` (SAME padding, or
+    ``pad_lo`` rows before the first; with ``up``, a nearest 2x upsampling before the
+    stride-1 convolution)."""
     R = np.zeros((n_out, n_in), np.int64)
     for i in range(n_out):
         if up:
             lo, hi = i - (k - 1) // 2, i - (k - 1) // 2 + k - 1  # rows of the upsampled map
             lo, hi = max(lo, 0) // 2, min(hi, 2 * n_in - 1) // 2
         else:
-            pad_lo = max((n_out - 1) * stride + k - n_in, 0) // 2
+            if pad_lo is None:
+                pad_lo = max((n_out - 1) * stride + k - n_in, 0) // 2
             lo, hi = max(i * stride - pad_lo, 0), min(i * stride - pad_lo + k - 1, n_in - 1)
         R[i, lo:hi + 1] = 1
     return R
@@ -541,32 +640,41 @@ def propagate(graph: _Trace, changed, roi=None):
 
     ``changed``: the output pixels whose receptive field contains a changed input pixel
     (forward: the input ``changed`` mask pushed through every convolution's footprint, stride,
-    upsampling, concatenation and residual add). ``needed``: the pixels that the final
-    output's ``roi`` (level-0 bool mask; None = every pixel) depends on (backward, the
-    transposed footprints). GroupNorm statistics are treated as fixed (a per-channel affine
-    map); see the module docstring.
+    padding, upsampling, concatenation and residual add; an attention layer changes every
+    pixel once any input changed). ``needed``: the pixels that the final output's ``roi``
+    (level-0 bool mask; None = every pixel) depends on (backward, the transposed footprints;
+    an attention layer needs every input once any output is needed). GroupNorm statistics are
+    treated as fixed (a per-channel affine map); see the module docstring.
     """
     changed = np.asarray(changed, bool)
     maps = {0: changed}
     mats = []
     for L in graph.layers:
         src_shape, out_shape = graph.shapes[L["srcs"][0]], graph.shapes[L["out"]]
-        R = _reads(src_shape[0], out_shape[0], L["k"], L["stride"], L["up"])
-        C = _reads(src_shape[1], out_shape[1], L["k"], L["stride"], L["up"])
-        mats.append((R, C))
         cin = np.zeros(src_shape[:2], bool)
         for s in L["srcs"]:
             cin |= maps[s]
-        out = (R @ cin @ C.T) > 0
+        if L["attention"]:
+            mats.append(None)
+            out = np.full(out_shape[:2], cin.any())
+        else:
+            R = _reads(src_shape[0], out_shape[0], L["k"], L["stride"], L["up"], L["pad_lo"])
+            C = _reads(src_shape[1], out_shape[1], L["k"], L["stride"], L["up"], L["pad_lo"])
+            mats.append((R, C))
+            out = (R @ cin @ C.T) > 0
         for s in L["res"]:
             out |= maps[s]
         maps[L["out"]] = out
     last = graph.layers[-1]["out"]
     needed = {i: np.zeros(shape[:2], bool) for i, shape in enumerate(graph.shapes)}
     needed[last] = np.ones(graph.shapes[last][:2], bool) if roi is None else np.asarray(roi, bool)
-    for L, (R, C) in zip(reversed(graph.layers), reversed(mats), strict=True):
+    for L, mat in zip(reversed(graph.layers), reversed(mats), strict=True):
         n = needed[L["out"]]
-        back = (R.T @ n @ C) > 0
+        if mat is None:
+            back = np.full(graph.shapes[L["srcs"][0]][:2], n.any())
+        else:
+            R, C = mat
+            back = (R.T @ n @ C) > 0
         for s in L["srcs"]:
             needed[s] |= back
         for s in L["res"]:
@@ -575,29 +683,43 @@ def propagate(graph: _Trace, changed, roi=None):
 
 
 # --------------------------------------------------------------------------------------------
-# the DigitsUNet forward pass, written over its params tree
+# the forward passes (DigitsUNet, UNet2D), written over their params trees
 # --------------------------------------------------------------------------------------------
 
 
 class SparseUNet:
-    """Dense, recording, masked-reference and sparse forward passes of a :class:`DigitsUNet`.
+    """Dense, recording, masked-reference and sparse forward passes of a U-Net.
 
-    All take ONE sample ``x: (H, W, C)`` (the network's input, i.e. already scaled by
-    ``c_in``) and a scalar ``t``, and return the network output ``(H, W, C)``.
+    Supported: :class:`jaxsde.models.unet.DigitsUNet` and :class:`jaxsde.models.ddpm_unet.UNet2D`
+    (diffusers' DDPM U-Net; its self-attention layers take sparse queries, the active tiles,
+    against keys and values of the whole mixed map). All passes take ONE sample ``x: (H, W,
+    C)`` (the network's input: for DigitsUNet already scaled by ``c_in``) and a scalar ``t``
+    (DigitsUNet's time; UNet2D's timestep), and return the network output ``(H, W, C)``.
     """
 
-    def __init__(self, model: DigitsUNet):
-        if not isinstance(model, DigitsUNet):
-            raise TypeError(f"SparseUNet supports jaxsde.models.unet.DigitsUNet, got {type(model).__name__}")
+    def __init__(self, model):
+        if not isinstance(model, DigitsUNet | UNet2D):
+            raise TypeError(f"SparseUNet supports jaxsde.models.unet.DigitsUNet and jaxsde.models.ddpm_unet.UNet2D, "
+                            f"got {type(model).__name__}")
         self.model = model
-        self.levels = len(model.channels)
+        if isinstance(model, DigitsUNet):
+            self.levels = len(model.channels)
+            self.in_channels = 1
+        else:
+            self.levels = len(model.block_out_channels)
+            self.in_channels = model.in_channels
         self._graphs: dict[tuple[int, int], _Trace] = {}
 
     # the forward pass, shared by every engine
     def _forward(self, eng, params, x, t):
         p = params["params"] if "params" in params else params
+        if isinstance(self.model, DigitsUNet):
+            return self._digits_forward(eng, p, x, t)
+        return self._ddpm_forward(eng, p, x, t)
+
+    def _digits_forward(self, eng, p, x, t):
         chans, nb = tuple(self.model.channels), self.model.blocks_per_level
-        emb = eng.embed(p["FourierTime_0"], t, x)
+        emb = eng.compute(lambda: _fourier(p["FourierTime_0"], jnp.asarray(t, x.dtype)))
         conv_i = iter(range(100))
         block_i = iter(range(1000))
 
@@ -608,10 +730,10 @@ class SparseUNet:
             name = f"ResBlock_{next(block_i)}"
             q = p[name]
             cin = sum(int(h.shape[-1]) for h in hs)
-            bias = eng.time_bias(q["Dense_0"], emb)
-            h1 = eng.layer(name + "/a", hs, q["Conv_0"], norm=q["GroupNorm_0"], bias=bias)
+            bias = eng.compute(lambda: _dense(q["Dense_0"], jax.nn.silu(emb)))
+            h1 = eng.layer(name + "/a", hs, q["Conv_0"], norm=_Norm(q["GroupNorm_0"]), bias=bias)
             skip = q["Conv_2"] if cin != ch else None
-            return eng.layer(name + "/b", [h1], q["Conv_1"], norm=q["GroupNorm_1"], res=(hs, skip))
+            return eng.layer(name + "/b", [h1], q["Conv_1"], norm=_Norm(q["GroupNorm_1"]), res=(hs, skip))
 
         xs = eng.source(x)
         name = conv_name()
@@ -633,10 +755,82 @@ class SparseUNet:
             if level > 0:
                 name = conv_name()
                 h = eng.layer(name, [h], p[name], up=True)
-        gn = p["GroupNorm_0"]
         name = conv_name()
-        out = eng.layer(name, [h], p[name], norm=gn)
+        out = eng.layer(name, [h], p[name], norm=_Norm(p["GroupNorm_0"]))
         return out, name
+
+    def _ddpm_forward(self, eng, p, x, t):
+        m = self.model
+        act = ACTIVATIONS[m.act_fn]
+        chans = tuple(m.block_out_channels)
+        last = len(chans) - 1
+        same = ((1, 1), (1, 1))
+        if m.center_input_sample and not isinstance(eng, _Trace):
+            x = 2 * x - 1.0
+
+        def embed():
+            ts = jnp.reshape(jnp.asarray(t, jnp.float32), (1,))
+            e = timestep_embedding(ts, chans[0], m.flip_sin_to_cos, m.freq_shift)[0].astype(x.dtype)
+            q = p["time_embedding"]
+            return _dense(q["linear_2"], jax.nn.silu(_dense(q["linear_1"], e)))
+
+        temb = eng.compute(embed)
+
+        def norm(q, groups=m.norm_num_groups, activation=act, scale_shift=None):
+            return _Norm(q, groups, m.norm_eps, True, activation, scale_shift)
+
+        def resnet(q, name, hs, ch, scale=1.0):
+            cin = sum(int(h.shape[-1]) for h in hs)
+            proj = eng.compute(lambda: _dense(q["time_emb_proj"], act(temb)))
+            bias, ss = proj, None
+            if m.resnet_time_scale_shift == "scale_shift":
+                bias, ss = None, eng.compute(lambda: tuple(jnp.split(proj, 2)))
+            h1 = eng.layer(name + "/conv1", hs, q["conv1"], norm=norm(q["norm1"]), bias=bias, padding=same)
+            short = q["conv_shortcut"] if cin != ch else None
+            return eng.layer(name + "/conv2", [h1], q["conv2"], norm=norm(q["norm2"], scale_shift=ss),
+                             res=(hs, short), padding=same, out_scale=scale)
+
+        def attention(q, name, h, groups, scale=1.0):
+            head_dim = m.attention_head_dim or int(h.shape[-1])
+            nrm = None if groups is None else norm(q["group_norm"], groups, None)
+            return eng.attention(name, h, q, norm=nrm, heads=int(h.shape[-1]) // head_dim, out_scale=scale)
+
+        xs = eng.source(x)
+        h = eng.layer("conv_in", [xs], p["conv_in"], padding=same)
+        skips = [h]
+        for i, (kind, ch) in enumerate(zip(m.down_block_types, chans, strict=True)):
+            d, prefix = p[f"down_blocks_{i}"], f"down_blocks_{i}/"
+            for j in range(m.layers_per_block):
+                h = resnet(d[f"resnets_{j}"], prefix + f"resnets_{j}", [h], ch)
+                if kind == "AttnDownBlock2D":
+                    h = attention(d[f"attentions_{j}"], prefix + f"attentions_{j}", h, m.norm_num_groups)
+                skips.append(h)
+            if i < last:
+                dp = m.downsample_padding
+                pad = ((0, 1), (0, 1)) if dp == 0 else ((dp, dp), (dp, dp))
+                h = eng.layer(prefix + "downsamplers_0", [h], d["downsamplers_0"]["conv"], stride=2, padding=pad)
+                skips.append(h)
+        if m.mid_block:
+            q, s = p["mid_block"], m.mid_block_scale_factor
+            attn_groups = m.attn_norm_num_groups
+            if attn_groups is None and m.resnet_time_scale_shift == "default":
+                attn_groups = m.norm_num_groups
+            h = resnet(q["resnets_0"], "mid_block/resnets_0", [h], chans[-1], s)
+            if m.add_attention:
+                h = attention(q["attentions_0"], "mid_block/attentions_0", h, attn_groups, s)
+            h = resnet(q["resnets_1"], "mid_block/resnets_1", [h], chans[-1], s)
+        for i, (kind, ch) in enumerate(zip(m.up_block_types, reversed(chans), strict=True)):
+            n = m.layers_per_block + 1
+            block_skips, skips = skips[-n:], skips[:-n]
+            u, prefix = p[f"up_blocks_{i}"], f"up_blocks_{i}/"
+            for j in range(n):
+                h = resnet(u[f"resnets_{j}"], prefix + f"resnets_{j}", [h, block_skips[-1 - j]], ch)
+                if kind == "AttnUpBlock2D":
+                    h = attention(u[f"attentions_{j}"], prefix + f"attentions_{j}", h, m.norm_num_groups)
+            if i < last:
+                h = eng.layer(prefix + "upsamplers_0", [h], u["upsamplers_0"]["conv"], up=True, padding=same)
+        out = eng.layer("conv_out", [h], p["conv_out"], norm=norm(p["conv_norm_out"]), padding=same)
+        return out, "conv_out"
 
     def apply(self, params, x, t):
         """The dense network (equals ``model.apply(params, x[None], t[None])[0]``)."""
@@ -683,10 +877,10 @@ class SparseUNet:
         """The layer graph for images of spatial ``shape`` (traced once, cached)."""
         shape = tuple(int(s) for s in shape[:2])
         if shape not in self._graphs:
-            x = jnp.zeros((1, *shape, 1))
+            x = jnp.zeros((1, *shape, self.in_channels))
             params = jax.eval_shape(self.model.init, jax.random.PRNGKey(0), x, jnp.zeros((1,)))
             eng = _Trace()
-            self._forward(eng, params, jax.ShapeDtypeStruct((*shape, 1), jnp.float32), 0.0)
+            self._forward(eng, params, jax.ShapeDtypeStruct((*shape, self.in_channels), jnp.float32), 0.0)
             self._graphs[shape] = eng
         return self._graphs[shape]
 
@@ -694,7 +888,7 @@ class SparseUNet:
              dense_above: float | None = None, per_octave: int = 4, layer_dense_above: float = 0.5) -> TilePlan:
         """Active tiles for an edit ``mask`` (``(H, W)``, True = changed input pixel).
 
-        ``mode="exact"`` (default): receptive-field-exact, per layer (:func:`propagate`): a
+        ``mode="exact"``: receptive-field-exact, per layer (:func:`propagate`): a
         layer recomputes the tiles holding any output pixel that is both *changed* (its
         receptive field touches a changed input) and *needed* (the final output's ``roi``
         depends on it). ``roi="edit"`` (default): the edit mask itself; the output outside it
@@ -740,8 +934,8 @@ class SparseUNet:
             l_masks.append(jnp.asarray(tmask))
             l_counts.append(n)
             union[r] |= tmask
-            work += bucket * blocks[r] ** 2 * L["cost"]
-            dense_work += changed.size * L["cost"]
+            work += bucket * blocks[r] ** 2 * L["cost"] + (L.get("kv_cost", 0) if bucket else 0)
+            dense_work += changed.size * L["cost"] + L.get("kv_cost", 0)
         origins, counts, totals, buckets = [], [], [], []
         for r, b in enumerate(blocks):
             org, _, n, total, bucket = _tiles_of(union[r], b)
@@ -836,6 +1030,9 @@ def sparse_sdedit(key, sde, solver, net: SparseUNet, params, x_orig, x_edit, t0:
 
     if mode not in ("sparse", "masked", "dense"):
         raise ValueError(f"mode must be 'sparse', 'masked' or 'dense', got {mode!r}")
+    if not isinstance(net.model, DigitsUNet):
+        raise TypeError("sparse_sdedit drives the DigitsUNet family (its time and input scaling); for a UNet2D "
+                        "call SparseUNet.record / apply_sparse per step with the model's timesteps")
     if mode != "dense" and plan is None:
         raise ValueError(f"mode {mode!r} needs a TilePlan")
     t0 = _check_t0(sde, t0, None)

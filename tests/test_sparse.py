@@ -383,3 +383,62 @@ def test_sparse_sdedit_needs_fixed_grid(unet):
         sparse_sdedit(jax.random.PRNGKey(0), jaxsde.VPSDE(), jaxsde.DDIM(4), net, params, x, xe, 1.5,
                       net.plan(mask, 4))
 
+
+
+# ---------------------------------------------------------------- UNet2D (diffusers' DDPM U-Net, with attention)
+
+
+def _ddpm(**overrides):
+    from jaxsde.models.ddpm_unet import UNet2D
+
+    cfg = dict(sample_size=H, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+               down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+               norm_num_groups=4, attention_head_dim=8, downsample_padding=0, norm_eps=1e-6, flip_sin_to_cos=False,
+               freq_shift=1)
+    model = UNet2D(**{**cfg, **overrides})
+    return model, random_params(model, (1, H, H, 3)), SparseUNet(model)
+
+
+def test_ddpm_unet_sparse():
+    """A tiny UNet2D in ddpm-cifar10's layout (attention at the 8x8 level and in the mid block):
+    the functional forward equals the Flax module; the input plan's sparse engine (attention with
+    queries from the active tiles, keys/values from the whole mixed map) equals its masked
+    reference; the exact plan equals the frozen-statistics dense network on the edited pixels."""
+    model, params, net = _ddpm()
+    x = jax.random.normal(jax.random.PRNGKey(0), (H, H, 3))
+    t = jnp.float32(321.0)
+    ref = jax.jit(model.apply)(params, x[None], t[None])[0]
+    np.testing.assert_allclose(np.asarray(jax.jit(net.apply)(params, x, t)), np.asarray(ref), rtol=0, atol=1e-5)
+    mask = _masks()["corner+edge"]
+    xe = jnp.where(mask[..., None], -x, x)
+    out, cache = jax.jit(net.record)(params, x, t)
+    sparse = jax.jit(net.apply_sparse)
+    plan = net.plan(mask, (4, 2))
+    assert not plan.dense and plan.counts[1] < plan.totals[1]  # the attention level takes the sparse-query path
+    s = np.asarray(sparse(params, xe, t, cache, plan))
+    np.testing.assert_allclose(s, np.asarray(jax.jit(net.apply_masked)(params, xe, t, cache, plan)), rtol=0, atol=1e-5)
+    exact = net.plan(mask, (4, 2), mode="exact", dense_above=1.0)
+    # attention is global: every layer after the first attention is changed and needed everywhere
+    assert exact.layer_counts[-1] < exact.tile_total(0) and max(exact.layer_counts) == exact.tile_total(0)
+    frozen = np.asarray(jax.jit(net.apply_frozen)(params, xe, t, cache))
+    e = np.asarray(sparse(params, xe, t, cache, exact))
+    np.testing.assert_allclose(e[mask], frozen[mask], rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(e[~mask], np.asarray(out)[~mask])
+    with pytest.raises(TypeError, match="DigitsUNet"):
+        sparse_sdedit(jax.random.PRNGKey(0), jaxsde.VPSDE(), jaxsde.DDIM(4), net, params, x, xe, 0.5, plan)
+
+
+def test_ddpm_unet_exact_scale_shift_padding():
+    """The other UNet2D variants: downsample_padding=1 (a different stride-2 footprint),
+    scale_shift time conditioning (inside the norm pre-op), gelu, a mid-block scale factor."""
+    model, params, net = _ddpm(downsample_padding=1, resnet_time_scale_shift="scale_shift", act_fn="gelu",
+                               mid_block_scale_factor=1.5)
+    x = jax.random.normal(jax.random.PRNGKey(1), (H, H, 3))
+    t = jnp.float32(17.0)
+    mask = _masks()["corner+middle"]
+    xe = jnp.where(mask[..., None], x + 1.0, x)
+    _, cache = jax.jit(net.record)(params, x, t)
+    exact = net.plan(mask, (4, 2), mode="exact", dense_above=1.0)
+    frozen = np.asarray(jax.jit(net.apply_frozen)(params, xe, t, cache))
+    e = np.asarray(jax.jit(net.apply_sparse)(params, xe, t, cache, exact))
+    np.testing.assert_allclose(e[mask], frozen[mask], rtol=0, atol=1e-5)
