@@ -24,7 +24,9 @@ the edited image, on the edited pixels and on all pixels; max |sparse - masked-d
 exactness); for the exact plans, the error vs the dense network with the original's GroupNorm
 statistics (``apply_frozen``) on the roi (exactness of the receptive-field propagation). Also:
 the input plan's error vs mask dilation at ~5%, and the input / exact plans at
-``--large-size`` (128) for 1 and 5%. The paper's figures (SIGE, Li et al. NeurIPS 2022) are
+``--large-size`` (128) for 1 and 5%, and the DDPM UNet2D in google/ddpm-cifar10-32's layout
+(35.7M parameters, random weights, attention at 16x16) at 32x32 with the input and exact
+plans (``--ddpm 0`` skips it). The paper's figures (SIGE, Li et al. NeurIPS 2022) are
 printed beside ours, labelled as the paper's. Writes ``OUT/editing.json`` and ``OUT/editing.md``.
 """
 
@@ -42,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsde.models.ddpm_unet import ddpm_cifar10
 from jaxsde.models.unet import SIZES, DigitsUNet
 from jaxsde.sparse import SparseUNet, cache_bytes
 
@@ -112,10 +115,10 @@ VARIANTS = {
 }
 
 
-def measure(net, params, size, blocks, fractions, variants, rounds, seed=0):
+def measure(net, params, size, blocks, fractions, variants, rounds, seed=0, channels=1, t=0.5):
     """Rows of FLOPs, interleaved wall time and errors, one per (edited fraction, plan variant)."""
-    x = jax.random.normal(jax.random.PRNGKey(seed), (size, size, 1))
-    t = jnp.float32(0.5)
+    x = jax.random.normal(jax.random.PRNGKey(seed), (size, size, channels))
+    t = jnp.float32(t)
     dense_c = jax.jit(net.apply).lower(params, x, t).compile()
     dense_flops = flops(dense_c)
     sparse = jax.jit(net.apply_sparse, static_argnums=5)
@@ -212,11 +215,14 @@ def main(argv=None):
     ap.add_argument("--large-size", type=int, default=128, help="second size for the input/exact plans (0: skip)")
     ap.add_argument("--large-blocks", type=int, nargs="+", default=[8, 4])
     ap.add_argument("--large-rounds", type=int, default=5)
-    ap.add_argument("--quick", action="store_true", help="32x32, 3 rounds, no second size (a smoke run)")
+    ap.add_argument("--ddpm", type=int, default=1, help="1: also the DDPM UNet2D (ddpm-cifar10 layout) at 32x32")
+    ap.add_argument("--ddpm-blocks", type=int, nargs="+", default=[4, 4, 2, 2])
+    ap.add_argument("--ddpm-rounds", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="32x32, 3 rounds, no second size, no DDPM (a smoke run)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if args.quick:
-        args.size, args.rounds, args.large_size = 32, 3, 0
+        args.size, args.rounds, args.large_size, args.ddpm = 32, 3, 0, 0
     size = args.size
     model = DigitsUNet(**SIZES["large"])
     net = SparseUNet(model)
@@ -254,6 +260,17 @@ def main(argv=None):
                                         ["input", "exact"], args.large_rounds)
         print(f"{args.large_size}x{args.large_size}: {time.perf_counter() - t1:.0f} s", flush=True)
 
+    ddpm = []
+    if args.ddpm:
+        t2 = time.perf_counter()
+        dmodel = ddpm_cifar10()
+        dp = random_params(dmodel, (1, 32, 32, 3))
+        ddpm_params = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(dp))
+        ddpm, _, dcache = measure(SparseUNet(dmodel), dp, 32, args.ddpm_blocks, [0.01, 0.05, 0.10, 0.25],
+                                  ["input", "exact"], args.ddpm_rounds, channels=3, t=500.0)
+        ddpm_cache = cache_bytes(dcache)
+        print(f"DDPM UNet2D ({ddpm_params:,} params): {time.perf_counter() - t2:.0f} s", flush=True)
+
     command = "python benchmarks/editing.py " + " ".join(argv if argv is not None else sys.argv[1:])
     result = dict(
         command=command.strip(), jax=jax.__version__, backend=jax.default_backend(), machine=platform.machine(),
@@ -263,6 +280,8 @@ def main(argv=None):
         cache_bytes_per_edit=step_bytes * (args.steps + 1), steps=args.steps, dense_flops=dense_flops,
         rows=rows, dilation=dilation, large=large, large_size=args.large_size, large_blocks=args.large_blocks,
         large_rounds=args.large_rounds, variants={k: v[1] for k, v in VARIANTS.items()}, paper=PAPER,
+        ddpm=ddpm, ddpm_blocks=args.ddpm_blocks, ddpm_rounds=args.ddpm_rounds,
+        ddpm_params=ddpm_params if ddpm else None, ddpm_cache_bytes_per_step=ddpm_cache if ddpm else None,
         seconds=time.perf_counter() - t0,
     )
     if args.out:
@@ -369,6 +388,22 @@ def markdown(res) -> str:
             *_speed_table(res["large"]),
             "",
             *_error_table(res["large"]),
+        ]
+    if res.get("ddpm"):
+        lines += [
+            "",
+            f"## DDPM UNet2D (google/ddpm-cifar10-32 layout, {res['ddpm_params']:,} params, random weights), 32x32x3, "
+            f"timestep 500, tiles {res['ddpm_blocks']} px per level ({res['ddpm_rounds']} interleaved rounds)",
+            "",
+            "Self-attention at 16x16 and in the 4x4 mid block: sparse queries (the active tiles) against keys and "
+            "values of the whole mixed map. Attention is global, so the exact plan recomputes every layer after the "
+            "first attention on the changed path everywhere (the 16x16..4x4 levels carry most of the FLOPs): it is "
+            "exact (vs frozen-stats dense: 0 on the edited pixels) but close to dense; the input plan is fast and "
+            f"approximate. Cache: {res['ddpm_cache_bytes_per_step'] / 2**20:.2f} MiB per step.",
+            "",
+            *_speed_table(res["ddpm"]),
+            "",
+            *_error_table(res["ddpm"]),
         ]
     lines += [
         "",

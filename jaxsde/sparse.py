@@ -884,6 +884,30 @@ class SparseUNet:
             self._graphs[shape] = eng
         return self._graphs[shape]
 
+    def _work(self, shape, blocks, buckets_of):
+        """Estimated convolution FLOPs of a plan / dense: ``buckets_of(layer, level)`` tiles per layer."""
+        graph = self.graph(shape)
+        H = shape[0]
+        work = dense_work = 0.0
+        for L in graph.layers:
+            Hr, Wr = graph.shapes[L["out"]][:2]
+            r = int(round(math.log2(H // Hr)))
+            bucket = buckets_of(L, r)
+            work += bucket * blocks[r] ** 2 * L["cost"] + (L.get("kv_cost", 0) if bucket else 0)
+            dense_work += Hr * Wr * L["cost"] + L.get("kv_cost", 0)
+        return work / dense_work
+
+    def _input_plan(self, mask, blocks, dilate, dense_above, layer_dense_above):
+        plan = plan_tiles(mask, self.levels, blocks, dilate=dilate, dense_above=1.0)
+        origins, buckets = list(plan.origins), list(plan.buckets)
+        for r, b in enumerate(plan.blocks):
+            if buckets[r] > layer_dense_above * plan.totals[r]:  # the engine's all-tiles (dense) path
+                org, _, _, _, buckets[r] = _tiles_of(np.ones(np.asarray(plan.masks[r]).shape, bool), b)
+                origins[r] = jnp.asarray(org)
+        work = self._work(plan.shape, plan.blocks, lambda L, r: buckets[r])
+        return TilePlan(plan.shape, plan.blocks, buckets, work > dense_above, origins, plan.masks, plan.counts,
+                        plan.totals, plan.edited, work=work)
+
     def plan(self, mask, blocks=8, *, mode: str = "input", roi="edit", dilate: int = 0,
              dense_above: float | None = None, per_octave: int = 4, layer_dense_above: float = 0.5) -> TilePlan:
         """Active tiles for an edit ``mask`` (``(H, W)``, True = changed input pixel).
@@ -899,13 +923,15 @@ class SparseUNet:
         statistics). ``dense_above`` (default 0.75): fall back to dense when the bucketed tiles'
         convolution FLOPs (``plan.work``) exceed this fraction of the dense network's.
 
-        ``mode="input"``: every layer recomputes the tiles of the (``dilate``-grown) input mask
-        at its resolution (:func:`plan_tiles`, ``dense_above`` default 0.5): cheaper, an
-        approximation (stale cached values just outside the tiles); ``roi`` is ignored.
+        ``mode="input"`` (default): every layer recomputes the tiles of the (``dilate``-grown)
+        input mask at its resolution (:func:`plan_tiles`): cheaper, an approximation (stale
+        cached values just outside the tiles); ``roi`` is ignored. A level whose bucket exceeds
+        ``layer_dense_above`` of its tiles is computed densely (same result); the plan falls back
+        to dense when its estimated convolution FLOPs exceed ``dense_above`` (default 0.5) of dense.
         """
         if mode == "input":
-            return plan_tiles(mask, self.levels, blocks, dilate=dilate, dense_above=0.5 if dense_above is None
-                              else dense_above)
+            return self._input_plan(mask, blocks, dilate, 0.5 if dense_above is None else dense_above,
+                                    layer_dense_above)
         if mode != "exact":
             raise ValueError(f"mode must be 'exact' or 'input', got {mode!r}")
         m0, m, blocks = _check_mask(mask, self.levels, blocks, dilate)
