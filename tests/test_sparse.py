@@ -408,10 +408,10 @@ def test_ddpm_unet_sparse():
     x = jax.random.normal(jax.random.PRNGKey(0), (H, H, 3))
     t = jnp.float32(321.0)
     ref = jax.jit(model.apply)(params, x[None], t[None])[0]
-    np.testing.assert_allclose(np.asarray(jax.jit(net.apply)(params, x, t)), np.asarray(ref), rtol=0, atol=1e-5)
     mask = _masks()["corner+edge"]
     xe = jnp.where(mask[..., None], -x, x)
-    out, cache = jax.jit(net.record)(params, x, t)
+    out, cache = jax.jit(net.record)(params, x, t)  # the functional dense forward, recording
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=0, atol=1e-5)
     sparse = jax.jit(net.apply_sparse)
     plan = net.plan(mask, (4, 2))
     assert not plan.dense and plan.counts[1] < plan.totals[1]  # the attention level takes the sparse-query path
@@ -437,7 +437,9 @@ def test_ddpm_unet_exact_scale_shift_padding():
     t = jnp.float32(17.0)
     mask = _masks()["corner+middle"]
     xe = jnp.where(mask[..., None], x + 1.0, x)
-    _, cache = jax.jit(net.record)(params, x, t)
+    out, cache = jax.jit(net.record)(params, x, t)
+    ref = jax.jit(model.apply)(params, x[None], t[None])[0]
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=0, atol=1e-5)
     exact = net.plan(mask, (4, 2), mode="exact", dense_above=1.0)
     frozen = np.asarray(jax.jit(net.apply_frozen)(params, xe, t, cache))
     e = np.asarray(jax.jit(net.apply_sparse)(params, xe, t, cache, exact))
