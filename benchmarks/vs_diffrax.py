@@ -19,8 +19,10 @@ Problems (VP SDE): an 8-mode Gaussian mixture with the exact score in d=64 and d
 Timing: every program is compiled first (compile time reported), warmed up, then all of a
 problem's programs run in ``--rounds`` interleaved rounds (each blocked until ready); walls are
 medians over rounds and every ratio is the median of per-round ratios, so load from other jobs
-on a shared machine cancels. Quality: measured on ``n_quality`` samples of the same setting
-(a separate, untimed run when larger than the timed ``n``). Memory: XLA's temp-buffer size.
+on a shared machine cancels. Compile time: CPU seconds of lower + compile (XLA compiles on
+one thread; CPU time is robust to other jobs where wall time is not). Quality: measured on
+``n_quality`` samples of the same setting (a separate, untimed run when larger than the timed
+``n``). Memory: XLA's temp-buffer size.
 diffrax runs with ``adjoint=diffrax.ForwardMode()`` (a plain while loop; sampling needs no
 gradients).
 """
@@ -141,9 +143,9 @@ def cases(prob: Problem, quick: bool) -> list[Case]:
 def compile_case(case: Case, prob: Problem, n: int):
     fn = jax.jit(lambda k, p: case.run(k, prob.score_of(p), n))
     key = jax.random.PRNGKey(0)
-    t0 = time.perf_counter()
-    compiled = fn.lower(key, prob.params).compile()
-    compile_s = time.perf_counter() - t0
+    c0 = time.process_time()  # CPU seconds: XLA compiles on one thread, so this is what a quiet
+    compiled = fn.lower(key, prob.params).compile()  # machine's wall time would be; robust to load
+    compile_s = time.process_time() - c0
     temp = -1
     try:
         temp = int(compiled.memory_analysis().temp_size_in_bytes)
@@ -255,7 +257,8 @@ def write_markdown(path, rows, summary, command, machine):
              f"diffrax {machine['diffrax']}, backend {machine['backend']}, {machine['date']}, load before "
              f"{machine['load']}", "",
              "Timing: all programs of a problem compiled, warmed up, then run in interleaved rounds "
-             "(`block_until_ready`); wall = median over rounds; every ratio = median of per-round ratios. "
+             "(`block_until_ready`); wall = median over rounds; every ratio = median of per-round ratios; "
+             "compile s = CPU seconds of lower + compile. "
              "Quality (spread_w2, sw2; lower is better; floor = an exact sampler's score at that n) on `n_quality` "
              "samples. Matched = the other library's cheapest setting whose quality is no worse (within half the "
              "floor). Exact-like = within half the floor of an exact sampler.", ""]

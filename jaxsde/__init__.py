@@ -6,7 +6,7 @@ See ``solve``/``sample`` (the driver), the SDEs, and the solvers below.
 """
 
 from . import checkpoints, editing, embedded, grids, models, noise, results, sparse
-from .driver import BatchSummary, Solution, Stats, sample, sample_keys, solve, summarize
+from .driver import BatchSummary, Solution, Stats, sample, sample_keys, solve, solve_batch, summarize
 from .editing import Inpainting, inpaint, sdedit
 from .embedded import Checkpoint, pretrained
 from .generate import Generated, GenerateSummary, generate
@@ -40,6 +40,7 @@ __all__ = [
     "DiscreteVPSDE",
     "ScoreFn",
     "solve",
+    "solve_batch",
     "sample",
     "generate",
     "sdedit",

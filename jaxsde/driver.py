@@ -315,6 +315,33 @@ def _run(p: Problem, key: Array, x_T: Array, t_start: Array | None = None) -> So
     return finalize(p, state)
 
 
+def solve_batch(
+    keys: Array,
+    sde: SDE,
+    score: ScoreFn,
+    solver: Solver,
+    x_T: Array,
+    *,
+    noise: Any = None,
+    **solve_kwargs: Any,
+) -> Solution:
+    """:func:`solve` for a batch: ``keys`` ``(n, ...)``, ``x_T`` ``(n, *shape)``, ``noise`` with a
+    leading axis ``n`` (or ``None``); other arguments as for :func:`solve`.
+
+    Equal to ``vmap(solve)`` up to float rounding; it holds the batch's times as vectors, as
+    :func:`jaxsde.generate`'s slots do, so XLA rounds the time coefficients the same way in both
+    (sample ``i`` then matches ``generate``'s bitwise on well-conditioned grids).
+    """
+    x_T = jnp.asarray(x_T)
+    p = prepare(sde, score, solver, jax.ShapeDtypeStruct(x_T.shape[1:], x_T.dtype), noise=None, **solve_kwargs)
+    t_start = jnp.full((x_T.shape[0],), p.t_start, p.dtype)
+
+    def one(k, x, nz, t0):
+        return _run(p if nz is None else p._replace(noise=nz), k, x, t0)
+
+    return jax.vmap(one)(keys, x_T, noise, t_start)
+
+
 def sample_keys(key: Array, n: int, offset: int | Array = 0) -> tuple[Array, Array]:
     """``(prior_keys, solve_keys)`` of samples ``offset .. offset+n-1``: ``split(fold_in(key, i))``.
 
@@ -364,13 +391,7 @@ def sample(
         return _sample_with_progress(solve_keys, x_T, noise, progress, progress_every,
                                      prepare(sde, score, solver, x_T[0], **solve_kwargs))
 
-    p = prepare(sde, score, solver, x_T[0], **solve_kwargs)
-    t_start = jnp.full((n,), p.t_start, dtype)  # batched times, see init
-
-    def one(k, x, nz, t0):
-        return _run(p if nz is None else p._replace(noise=nz), k, x, t0)
-
-    return jax.vmap(one)(solve_keys, x_T, noise, t_start)
+    return solve_batch(solve_keys, sde, score, solver, x_T, noise=noise, **solve_kwargs)
 
 
 def _sample_with_progress(keys, x_T, noise, progress, every, p: Problem) -> Solution:

@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .driver import Solution, solve
+from .driver import Solution, solve, solve_batch
 from .sde import SDE, ScoreFn
 from .solvers.base import Solver, SolverInit, StepOut
 
@@ -107,16 +107,16 @@ def sdedit(
         raise ValueError("sdedit starts at t0; do not pass t_start")
     t0 = _check_t0(sde, t0, solve_kwargs.get("t_end"))
 
-    def one(k, nz):
+    def start(k):
         noise_key, solve_key = jax.random.split(k)
-        x_t0 = sdedit_start(noise_key, sde, x_guide, t0)
-        return solve(solve_key, sde, score, solver, x_t0, t_start=t0, noise=nz, **solve_kwargs)
+        return solve_key, sdedit_start(noise_key, sde, x_guide, t0)
 
     if n is None:
-        return one(key, noise)
+        solve_key, x_t0 = start(key)
+        return solve(solve_key, sde, score, solver, x_t0, t_start=t0, noise=noise, **solve_kwargs)
     _check_n(n)
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
-    return jax.vmap(one)(keys, noise)
+    solve_keys, x_t0 = jax.vmap(start)(jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n)))
+    return solve_batch(solve_keys, sde, score, solver, x_t0, t_start=t0, noise=noise, **solve_kwargs)
 
 
 def _check_n(n):
@@ -287,14 +287,15 @@ def inpaint(
     m = check_mask(mask, x_known.shape).astype(x_known.dtype)
     wrapped = Inpainting(solver, x_known, m, projection_noise)
 
-    def one(k, nz):
+    def start(k):
         prior_key, solve_key = jax.random.split(k)
-        x_T = sde.prior_sample(prior_key, x_known.shape, x_known.dtype)
-        sol = solve(solve_key, sde, score, wrapped, x_T, noise=nz, **solve_kwargs)
-        return sol._replace(x=jnp.where(m == 1, x_known, sol.x))
+        return solve_key, sde.prior_sample(prior_key, x_known.shape, x_known.dtype)
 
     if n is None:
-        return one(key, noise)
-    _check_n(n)
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
-    return jax.vmap(one)(keys, noise)
+        solve_key, x_T = start(key)
+        sol = solve(solve_key, sde, score, wrapped, x_T, noise=noise, **solve_kwargs)
+    else:
+        _check_n(n)
+        solve_keys, x_T = jax.vmap(start)(jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n)))
+        sol = solve_batch(solve_keys, sde, score, wrapped, x_T, noise=noise, **solve_kwargs)
+    return sol._replace(x=jnp.where(m == 1, x_known, sol.x))
