@@ -46,7 +46,7 @@ import numpy as np
 
 from jaxsde.models.ddpm_unet import ddpm_cifar10
 from jaxsde.models.unet import SIZES, DigitsUNet
-from jaxsde.sparse import SparseUNet, cache_bytes
+from jaxsde.sparse import SparseUNet, cache_bytes, random_params
 
 PAPER = {
     "source": "SIGE (Li et al., NeurIPS 2022), https://www.cs.cmu.edu/~sige/ — the paper's figures, not ours",
@@ -56,26 +56,6 @@ PAPER = {
     "ddim_latency_speedup_m1pro_cpu": 6.6,
     "gaugan_compute_reduction": 18.0,
 }
-
-
-def random_params(model, shape, seed=0):
-    """Random weights for every layer (kernels ~ N(0, 1/fan_in), norm scales ~ 1 + N(0, 0.01))."""
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros(shape), jnp.zeros(shape[:1]))
-
-    def draw(path, a):
-        name = str(path[-1].key)
-        if name == "kernel":
-            w = rng.normal(0, 1 / np.sqrt(np.prod(a.shape[:-1])), a.shape)
-        elif name == "scale":
-            w = 1 + 0.1 * rng.normal(size=a.shape)
-        elif name == "freqs":
-            w = 16 * rng.normal(size=a.shape)
-        else:
-            w = 0.1 * rng.normal(size=a.shape)
-        return jnp.asarray(w, jnp.float32)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def flops(compiled) -> float:

@@ -9,7 +9,7 @@ import jaxsde
 from jaxsde.editing import sdedit
 from jaxsde.models.score import score_fn
 from jaxsde.models.unet import DigitsUNet
-from jaxsde.sparse import SparseUNet, bucket_size, diff_mask, plan_tiles, sparse_sdedit
+from jaxsde.sparse import SparseUNet, bucket_size, diff_mask, plan_tiles, random_params, sparse_sdedit
 
 H = 16
 
@@ -18,27 +18,6 @@ H = 16
 def unet():
     model = DigitsUNet(channels=(8, 16), blocks_per_level=1, emb_dim=16)
     return model, random_params(model, (1, H, H, 1)), SparseUNet(model)
-
-
-def random_params(model, shape, seed=0):
-    """Random weights of every layer (numpy; no Flax init, whose compile is slow): kernels
-    ~ N(0, 1/fan_in), norm scales ~ 1 + N(0, 0.1^2), biases ~ N(0, 0.1^2), frequencies ~ N(0, 16^2)."""
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros(shape), jnp.zeros(shape[:1]))
-
-    def draw(path, a):
-        name = str(path[-1].key)
-        if name == "kernel":
-            w = rng.normal(0, 1 / np.sqrt(np.prod(a.shape[:-1])), a.shape)
-        elif name == "scale":
-            w = 1 + 0.1 * rng.normal(size=a.shape)
-        elif name == "freqs":
-            w = 16 * rng.normal(size=a.shape)
-        else:
-            w = 0.1 * rng.normal(size=a.shape)
-        return jnp.asarray(w, jnp.float32)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 class Jitted:
@@ -223,7 +202,7 @@ def _masks():
 
 def _frozen_record(net, params, x, t, cache):
     """Every layer's output of the dense network with the cached GroupNorm statistics."""
-    from jaxsde.sparse import _Dense
+    from jaxsde.sparse.engine import _Dense
 
     eng = _Dense(cache, None, "reuse")
     net._forward(eng, params, x, t)

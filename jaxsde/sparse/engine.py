@@ -1,0 +1,294 @@
+"""The engines that run a forward pass: :class:`_Dense` (true network, recording, masked
+reference, frozen statistics) and :class:`_Sparse` (active tiles only, gathered with their halo,
+convolved VALID, scattered into the cached maps), and their primitives (convolution, GroupNorm
+statistics and the fused norm pre-op, gather / scatter on maps with a zero border of ``PAD``,
+attention). The semantics are in :mod:`jaxsde.sparse`'s docstring.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ..models.unet import _groups
+from .plan import TilePlan
+
+PAD = 2  # zero border kept around every stored map (>= the largest halo, 1, plus the stride-2 overhang)
+GN_EPS = 1e-6  # flax.linen.GroupNorm's default epsilon
+
+
+# --------------------------------------------------------------------------------------------
+# primitives
+# --------------------------------------------------------------------------------------------
+
+
+def _conv(x, kernel, bias, stride=1, padding="SAME"):
+    """NHWC convolution (flax's ``nn.Conv``: SAME padding by default, explicit pairs, or VALID)."""
+    y = lax.conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + bias
+
+
+def _group_stats(x, groups, two_pass=False):
+    """Per-group mean and variance of one sample's map ``x`` (H, W, C): flax's fast variance
+    ``E[x^2] - E[x]^2`` (DigitsUNet), or the two-pass ``E[(x - mean)^2]`` (UNet2D, as torch)."""
+    H, W, C = x.shape
+    xg = x.reshape(H * W, groups, C // groups)
+    mean = jnp.mean(xg, axis=(0, 2))
+    if two_pass:
+        var = jnp.mean(jnp.square(xg - mean[None, :, None]), axis=(0, 2))
+    else:
+        var = jnp.maximum(jnp.mean(jnp.square(xg), axis=(0, 2)) - jnp.square(mean), 0.0)
+    return mean, var
+
+
+class _Norm:
+    """A fused pre-op: GroupNorm with params ``p`` (``groups=None``: DigitsUNet's rule), an
+    optional ``x (1 + scale) + shift`` (UNet2D's scale_shift time conditioning), then ``act``."""
+
+    def __init__(self, p, groups=None, eps=GN_EPS, two_pass=False, act=jax.nn.silu, scale_shift=None):
+        self.p, self.groups, self.eps, self.two_pass, self.act, self.scale_shift = (p, groups, eps, two_pass, act,
+                                                                                   scale_shift)
+
+    def n_groups(self, channels):
+        return _groups(channels) if self.groups is None else self.groups
+
+    def stats(self, x):
+        return _group_stats(x, self.n_groups(x.shape[-1]), self.two_pass)
+
+    def __call__(self, x, stats):
+        """Normalise ``x`` (any leading axes, channels last) with the given statistics."""
+        C = x.shape[-1]
+        mean, var = stats
+        per = C // self.n_groups(C)
+        a = self.p["scale"] * jnp.repeat(lax.rsqrt(var + self.eps), per)
+        x = x * a + (self.p["bias"] - jnp.repeat(mean, per) * a)
+        if self.scale_shift is not None:
+            scale, shift = self.scale_shift
+            x = x * (1 + scale) + shift
+        return x if self.act is None else self.act(x)
+
+
+def _padded(x):
+    return jnp.pad(x, ((PAD, PAD), (PAD, PAD), (0, 0)))
+
+
+def _gather(xp, origins, size):
+    """Windows ``(n, size, size, C)`` of a padded map at padded-coordinate ``origins`` (n, 2)."""
+    C = xp.shape[-1]
+    return jax.vmap(lambda o: lax.dynamic_slice(xp, (o[0], o[1], 0), (size, size, C)))(origins)
+
+
+def _scatter(xp, origins, tiles):
+    """Write ``tiles`` (n, b, b, C) into the padded map at padded-coordinate ``origins``."""
+    dnums = lax.ScatterDimensionNumbers(update_window_dims=(1, 2, 3), inserted_window_dims=(),
+                                        scatter_dims_to_operand_dims=(0, 1))
+    return lax.scatter(xp, origins, tiles, dnums, indices_are_sorted=False, unique_indices=False,
+                       mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+
+
+def _inside(origins, size, limits):
+    """(n, size, size, 1) float mask: 1 where a window of unpadded ``origins`` lies inside the image."""
+    ar = jnp.arange(size)
+    rows = origins[:, 0, None] + ar
+    cols = origins[:, 1, None] + ar
+    ok_r = (rows >= 0) & (rows < limits[0])
+    ok_c = (cols >= 0) & (cols < limits[1])
+    return (ok_r[:, :, None] & ok_c[:, None, :])[..., None]
+
+
+def _dense(p, x):
+    return x @ p["kernel"] + p["bias"]
+
+
+def _attend(p, hq, hkv, heads):
+    """Multi-head attention of queries ``hq`` (N, C) over keys/values ``hkv`` (M, C) (normalised
+    maps), with UNet2D's ``to_q``/``to_k``/``to_v``/``to_out_0`` projections: (N, C)."""
+    C = hq.shape[-1]
+    d = C // heads
+    q = _dense(p["to_q"], hq).reshape(-1, heads, d)
+    k = _dense(p["to_k"], hkv).reshape(-1, heads, d)
+    v = _dense(p["to_v"], hkv).reshape(-1, heads, d)
+    w = jnp.einsum("qhd,khd->hqk", q, k) / math.sqrt(d)
+    w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(v.dtype)
+    return _dense(p["to_out_0"], jnp.einsum("hqk,khd->qhd", w, v).reshape(-1, C))
+
+
+# --------------------------------------------------------------------------------------------
+# engines: one layer = [norm pre-op(concat(srcs))] -> conv -> [+ bias] -> [(+ residual) / out_scale];
+# one attention = (attend(norm(x)) + x) / out_scale
+# --------------------------------------------------------------------------------------------
+
+
+class _Arrays:
+    """Shared part of the engines that compute with arrays."""
+
+    def compute(self, fn):
+        """Side computations that are not per-pixel layers (time embeddings)."""
+        return fn()
+
+
+def _dense_layer(srcs, conv, stats, *, stride=1, up=False, norm=None, bias=None, res=None, padding=None,
+                 out_scale=1.0):
+    """One layer computed densely on unpadded maps; ``stats`` None = the maps' own statistics.
+    Returns ``(output, statistics used or None)``."""
+    x = jnp.concatenate(srcs, axis=-1) if len(srcs) > 1 else srcs[0]
+    if norm is not None:
+        if stats is None:
+            stats = norm.stats(x)
+        x = norm(x, stats)
+    if up:
+        x = jnp.repeat(jnp.repeat(x, 2, axis=0), 2, axis=1)
+    y = _conv(x[None], conv["kernel"], conv["bias"], stride, "SAME" if padding is None else padding)[0]
+    if bias is not None:
+        y = y + bias
+    if res is not None:
+        r_srcs, r_conv = res
+        r = jnp.concatenate(r_srcs, axis=-1) if len(r_srcs) > 1 else r_srcs[0]
+        if r_conv is not None:
+            r = _conv(r[None], r_conv["kernel"], r_conv["bias"])[0]
+        y = y + r
+    if out_scale != 1.0:
+        y = y / out_scale
+    return y, stats
+
+
+def _dense_attention(x, p, norm, stats, heads, out_scale):
+    """Self-attention over the whole map ``x`` (H, W, C), with its residual and scale."""
+    H, W, C = x.shape
+    if norm is not None and stats is None:
+        stats = norm.stats(x)
+    h = x if norm is None else norm(x, stats)
+    flat = h.reshape(H * W, C)
+    y = (_attend(p, flat, flat, heads).reshape(H, W, C) + x) / out_scale
+    return y, stats
+
+
+class _Dense(_Arrays):
+    """Dense engine. ``cache=None``: the true network (records outputs and statistics).
+    With ``cache`` and ``plan``: the masked reference of the sparse engine. With ``cache``
+    and no plan: the true network with the cached (original) GroupNorm statistics."""
+
+    def __init__(self, cache=None, plan=None, stats="reuse"):
+        self.cache, self.plan, self.stats = cache, plan, stats
+        self.record: dict[str, Any] = {}
+
+    def _cached_stats(self, name, norm):
+        reuse = norm is not None and self.cache is not None and self.stats == "reuse"
+        return self.cache["stats/" + name] if reuse else None
+
+    def _finish(self, name, y, stats):
+        if stats is not None:
+            self.record["stats/" + name] = stats
+        if self.cache is not None and self.plan is not None:
+            level = int(round(math.log2(self.plan.shape[0] // y.shape[0])))
+            mask = self.plan.tiles(name, level)[1]
+            y = jnp.where(mask[..., None], y, self.cache[name])
+        self.record[name] = y
+        return y
+
+    def layer(self, name, srcs, conv, *, norm=None, **kw):
+        y, stats = _dense_layer(srcs, conv, self._cached_stats(name, norm), norm=norm, **kw)
+        return self._finish(name, y, stats)
+
+    def attention(self, name, x, p, *, norm=None, heads=1, out_scale=1.0):
+        y, stats = _dense_attention(x, p, norm, self._cached_stats(name, norm), heads, out_scale)
+        return self._finish(name, y, stats)
+
+    def source(self, x):
+        return x
+
+
+class _Sparse(_Arrays):
+    """Sparse engine: maps are padded full-resolution arrays; convolutions touch active tiles only."""
+
+    def __init__(self, cache, plan: TilePlan, stats="reuse"):
+        self.cache, self.plan, self.stats = cache, plan, stats
+
+    def source(self, x):
+        return _padded(x)
+
+    def _level_of(self, xp):
+        return int(round(math.log2(self.plan.shape[0] // (xp.shape[0] - 2 * PAD))))
+
+    def _stats(self, name, norm, srcs):
+        """The statistics for a norm pre-op: the cached ones or those of the mixed maps."""
+        if norm is None:
+            return None
+        if self.stats == "recompute":
+            full = [s[PAD:-PAD, PAD:-PAD] for s in srcs]
+            return norm.stats(jnp.concatenate(full, axis=-1) if len(full) > 1 else full[0])
+        return self.cache["stats/" + name]
+
+    def layer(self, name, srcs, conv, *, stride=1, up=False, norm=None, bias=None, res=None, padding=None,
+              out_scale=1.0):
+        lin = self._level_of(srcs[0])
+        lout = lin + 1 if stride == 2 else lin - 1 if up else lin
+        b = self.plan.blocks[lout]
+        org, mask, bucket = self.plan.tiles(name, lout)  # (n, 2) unpadded output-tile origins
+        if bucket == 0:  # nothing to recompute at this layer
+            return self.cache[name]
+        stats = self._stats(name, norm, srcs)
+        if bucket == self.plan.tile_total(lout):  # every tile: the dense layer on the mixed maps is cheaper
+            inner = [s[PAD:-PAD, PAD:-PAD] for s in srcs]
+            unpad = [[s[PAD:-PAD, PAD:-PAD] for s in res[0]], res[1]] if res is not None else None
+            if norm is not None and stats is None:
+                stats = norm.stats(jnp.concatenate(inner, axis=-1) if len(inner) > 1 else inner[0])
+            y, _ = _dense_layer(inner, conv, stats, stride=stride, up=up, norm=norm, bias=bias, res=unpad,
+                                padding=padding, out_scale=out_scale)
+            return _padded(jnp.where(mask[..., None], y, self.cache[name][PAD:-PAD, PAD:-PAD]))
+        k = conv["kernel"].shape[0]
+        H_in = srcs[0].shape[0] - 2 * PAD
+        W_in = srcs[0].shape[1] - 2 * PAD
+        if up:  # nearest-upsample then 3x3 (padding 1): low-res window with a 1-pixel halo, upsampled, cropped
+            lo = org // 2 - 1
+            in_org, in_size = lo, b // 2 + 2
+        else:
+            if padding is None:
+                out_H = -(-H_in // stride)
+                pad_lo = max((out_H - 1) * stride + k - H_in, 0) // 2
+            else:
+                pad_lo = padding[0][0]
+            in_org = org * stride - pad_lo
+            in_size = (b - 1) * stride + k
+        g = [_gather(s, in_org + PAD, in_size) for s in srcs]
+        x = jnp.concatenate(g, axis=-1) if len(g) > 1 else g[0]
+        if norm is not None:
+            x = norm(x, stats) * _inside(in_org, in_size, (H_in, W_in)).astype(x.dtype)
+        if up:
+            x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)[:, 1:-1, 1:-1]
+        y = _conv(x, conv["kernel"], conv["bias"], stride, "VALID")
+        if bias is not None:
+            y = y + bias
+        if res is not None:
+            r_srcs, r_conv = res
+            rg = [_gather(s, org + PAD, b) for s in r_srcs]
+            r = jnp.concatenate(rg, axis=-1) if len(rg) > 1 else rg[0]
+            if r_conv is not None:
+                r = _conv(r, r_conv["kernel"], r_conv["bias"], 1, "VALID")
+            y = y + r
+        if out_scale != 1.0:
+            y = y / out_scale
+        return _scatter(self.cache[name], org + PAD, y)
+
+    def attention(self, name, x, p, *, norm=None, heads=1, out_scale=1.0):
+        """Queries from the active tiles only; keys and values from the whole mixed map."""
+        lvl = self._level_of(x)
+        b = self.plan.blocks[lvl]
+        org, mask, bucket = self.plan.tiles(name, lvl)
+        if bucket == 0:
+            return self.cache[name]
+        full = x[PAD:-PAD, PAD:-PAD]
+        H, W, C = full.shape
+        stats = self._stats(name, norm, [x])
+        if bucket == self.plan.tile_total(lvl):
+            y, _ = _dense_attention(full, p, norm, stats, heads, out_scale)
+            return _padded(jnp.where(mask[..., None], y, self.cache[name][PAD:-PAD, PAD:-PAD]))
+        h = full if norm is None else norm(full, stats)
+        q = _gather(_padded(h), org + PAD, b).reshape(-1, C)
+        y = _attend(p, q, h.reshape(H * W, C), heads).reshape(-1, b, b, C)
+        y = (y + _gather(x, org + PAD, b)) / out_scale
+        return _scatter(self.cache[name], org + PAD, y)

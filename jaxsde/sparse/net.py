@@ -1,0 +1,198 @@
+"""The network: :class:`SparseUNet`, the dense, recording, masked-reference and sparse forward
+passes of a DigitsUNet or UNet2D, and its planner (input mode or receptive-field-exact)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..models.ddpm_unet import UNet2D
+from ..models.unet import DigitsUNet
+from .digits import digits_forward
+from .engine import PAD, _Dense, _padded, _Sparse
+from .graph import _Trace, propagate
+from .plan import TilePlan, _check_mask, _tiles_of, plan_tiles
+from .unet2d import unet2d_forward
+
+
+class SparseUNet:
+    """Dense, recording, masked-reference and sparse forward passes of a U-Net.
+
+    Supported: :class:`jaxsde.models.unet.DigitsUNet` and :class:`jaxsde.models.ddpm_unet.UNet2D`
+    (diffusers' DDPM U-Net; its self-attention layers take sparse queries, the active tiles,
+    against keys and values of the whole mixed map). All passes take ONE sample ``x: (H, W,
+    C)`` (the network's input: for DigitsUNet already scaled by ``c_in``) and a scalar ``t``
+    (DigitsUNet's time; UNet2D's timestep), and return the network output ``(H, W, C)``.
+    """
+
+    def __init__(self, model):
+        if not isinstance(model, DigitsUNet | UNet2D):
+            raise TypeError(f"SparseUNet supports jaxsde.models.unet.DigitsUNet and jaxsde.models.ddpm_unet.UNet2D, "
+                            f"got {type(model).__name__}")
+        self.model = model
+        if isinstance(model, DigitsUNet):
+            self.levels = len(model.channels)
+            self.in_channels = 1
+        else:
+            self.levels = len(model.block_out_channels)
+            self.in_channels = model.in_channels
+        self._graphs: dict[tuple[int, int], _Trace] = {}
+
+    # the forward pass, shared by every engine
+    def _forward(self, eng, params, x, t):
+        p = params["params"] if "params" in params else params
+        if isinstance(self.model, DigitsUNet):
+            return digits_forward(eng, self.model, p, x, t)
+        return unet2d_forward(eng, self.model, p, x, t)
+
+    def apply(self, params, x, t):
+        """The dense network (equals ``model.apply(params, x[None], t[None])[0]``)."""
+        return self._forward(_Dense(), params, x, t)[0]
+
+    def record(self, params, x, t):
+        """Dense forward returning ``(out, cache)``: each layer's output and normalisation stats."""
+        eng = _Dense()
+        out, _ = self._forward(eng, params, x, t)
+        return out, eng.record
+
+    def apply_frozen(self, params, x, t, cache):
+        """The dense network with every GroupNorm's statistics taken from ``cache`` (the
+        original image's): the network that ``stats="reuse"`` computes exactly on a
+        receptive-field-exact plan's ``roi``."""
+        return self._forward(_Dense(cache, None, "reuse"), params, x, t)[0]
+
+    def apply_masked(self, params, x, t, cache, plan: TilePlan, stats: str = "reuse"):
+        """Dense reference with the sparse engine's semantics (see :mod:`jaxsde.sparse`)."""
+        _check_stats(stats)
+        out, name = self._forward(_Dense(cache, plan, stats), params, x, t)
+        return out if plan.roi is None else jnp.where(plan.roi[..., None], out, cache[name])
+
+    def apply_sparse(self, params, x, t, cache, plan: TilePlan, stats: str = "reuse"):
+        """Sparse forward: only the plan's active tiles are computed; the rest comes from
+        ``cache`` (from :meth:`record` on the original image, same ``t``). With
+        ``plan.dense`` this is the dense network (:meth:`apply`)."""
+        _check_stats(stats)
+        if plan.dense:
+            return self.apply(params, x, t)
+        self._check_plan(x, plan)
+        padded = {k: (v if k.startswith("stats/") else _padded(v)) for k, v in cache.items()}
+        out, name = self._forward(_Sparse(padded, plan, stats), params, x, t)
+        out = out[PAD:-PAD, PAD:-PAD]
+        return out if plan.roi is None else jnp.where(plan.roi[..., None], out, cache[name])
+
+    def _check_plan(self, x, plan):
+        if tuple(x.shape[:2]) != plan.shape:
+            raise ValueError(f"the plan is for images of size {plan.shape}, x has spatial shape {x.shape[:2]}")
+        if len(plan.blocks) != self.levels:
+            raise ValueError(f"the plan has {len(plan.blocks)} levels, the network {self.levels}")
+
+    def graph(self, shape) -> _Trace:
+        """The layer graph for images of spatial ``shape`` (traced once, cached)."""
+        shape = tuple(int(s) for s in shape[:2])
+        if shape not in self._graphs:
+            x = jnp.zeros((1, *shape, self.in_channels))
+            params = jax.eval_shape(self.model.init, jax.random.PRNGKey(0), x, jnp.zeros((1,)))
+            eng = _Trace()
+            self._forward(eng, params, jax.ShapeDtypeStruct((*shape, self.in_channels), jnp.float32), 0.0)
+            self._graphs[shape] = eng
+        return self._graphs[shape]
+
+    def _work(self, shape, blocks, buckets_of):
+        """Estimated convolution FLOPs of a plan / dense: ``buckets_of(layer, level)`` tiles per layer."""
+        graph = self.graph(shape)
+        H = shape[0]
+        work = dense_work = 0.0
+        for L in graph.layers:
+            Hr, Wr = graph.shapes[L["out"]][:2]
+            r = int(round(math.log2(H // Hr)))
+            bucket = buckets_of(L, r)
+            work += bucket * blocks[r] ** 2 * L["cost"] + (L.get("kv_cost", 0) if bucket else 0)
+            dense_work += Hr * Wr * L["cost"] + L.get("kv_cost", 0)
+        return work / dense_work
+
+    def _input_plan(self, mask, blocks, dilate, dense_above, layer_dense_above):
+        plan = plan_tiles(mask, self.levels, blocks, dilate=dilate, dense_above=1.0)
+        origins, buckets = list(plan.origins), list(plan.buckets)
+        for r, b in enumerate(plan.blocks):
+            if buckets[r] > layer_dense_above * plan.totals[r]:  # the engine's all-tiles (dense) path
+                org, _, _, _, buckets[r] = _tiles_of(np.ones(np.asarray(plan.masks[r]).shape, bool), b)
+                origins[r] = jnp.asarray(org)
+        work = self._work(plan.shape, plan.blocks, lambda L, r: buckets[r])
+        return TilePlan(plan.shape, plan.blocks, buckets, work > dense_above, origins, plan.masks, plan.counts,
+                        plan.totals, plan.edited, work=work)
+
+    def plan(self, mask, blocks=8, *, mode: str = "input", roi="edit", dilate: int = 0,
+             dense_above: float | None = None, per_octave: int = 4, layer_dense_above: float = 0.5) -> TilePlan:
+        """Active tiles for an edit ``mask`` (``(H, W)``, True = changed input pixel).
+
+        ``mode="exact"``: receptive-field-exact, per layer (:func:`propagate`): a
+        layer recomputes the tiles holding any output pixel that is both *changed* (its
+        receptive field touches a changed input) and *needed* (the final output's ``roi``
+        depends on it). ``roi="edit"`` (default): the edit mask itself; the output outside it
+        is the cached original (so in a trajectory the changed region stays the edit mask);
+        ``roi="all"``: every pixel (the whole output equals the dense network, a larger
+        active region); or a ``(H, W)`` bool array. With ``stats="reuse"`` the result equals
+        :meth:`apply_frozen` on ``roi`` (the dense network with the original's GroupNorm
+        statistics). ``dense_above`` (default 0.75): fall back to dense when the bucketed tiles'
+        convolution FLOPs (``plan.work``) exceed this fraction of the dense network's.
+
+        ``mode="input"`` (default): every layer recomputes the tiles of the (``dilate``-grown)
+        input mask at its resolution (:func:`plan_tiles`): cheaper, an approximation (stale
+        cached values just outside the tiles); ``roi`` is ignored. A level whose bucket exceeds
+        ``layer_dense_above`` of its tiles is computed densely (same result); the plan falls back
+        to dense when its estimated convolution FLOPs exceed ``dense_above`` (default 0.5) of dense.
+        """
+        if mode == "input":
+            return self._input_plan(mask, blocks, dilate, 0.5 if dense_above is None else dense_above,
+                                    layer_dense_above)
+        if mode != "exact":
+            raise ValueError(f"mode must be 'exact' or 'input', got {mode!r}")
+        m0, m, blocks = _check_mask(mask, self.levels, blocks, dilate)
+        if isinstance(roi, str):
+            if roi not in ("edit", "all"):
+                raise ValueError(f"roi must be 'edit', 'all' or a (H, W) bool array, got {roi!r}")
+            roi_mask = m0 if roi == "edit" else None
+        else:
+            roi_mask = np.asarray(roi, bool)
+            if roi_mask.shape != m0.shape:
+                raise ValueError(f"roi has shape {roi_mask.shape}, the mask {m0.shape}")
+        H, W = m.shape
+        graph = self.graph((H, W))
+        prop = propagate(graph, m, roi_mask)
+        layers, l_origins, l_masks, l_counts = [], [], [], []
+        union = [np.zeros((H >> r, W >> r), bool) for r in range(self.levels)]
+        work = dense_work = 0.0
+        for L in graph.layers:
+            changed, needed = prop[L["name"]]
+            r = int(round(math.log2(H // changed.shape[0])))
+            org, tmask, n, total, bucket = _tiles_of(changed & needed, blocks[r], per_octave)
+            if bucket > layer_dense_above * total:  # computed densely (the engine's bucket == total path)
+                org, _, _, _, bucket = _tiles_of(np.ones_like(changed), blocks[r])
+            layers.append((L["name"], r, bucket))
+            l_origins.append(jnp.asarray(org))
+            l_masks.append(jnp.asarray(tmask))
+            l_counts.append(n)
+            union[r] |= tmask
+            work += bucket * blocks[r] ** 2 * L["cost"] + (L.get("kv_cost", 0) if bucket else 0)
+            dense_work += changed.size * L["cost"] + L.get("kv_cost", 0)
+        origins, counts, totals, buckets = [], [], [], []
+        for r, b in enumerate(blocks):
+            org, _, n, total, bucket = _tiles_of(union[r], b)
+            origins.append(jnp.asarray(org))
+            counts.append(n)
+            totals.append(total)
+            buckets.append(bucket)
+        frac = work / dense_work
+        dense = frac > (0.75 if dense_above is None else dense_above)
+        return TilePlan((H, W), blocks, buckets, dense, origins, [jnp.asarray(u) for u in union],
+                        tuple(counts), tuple(totals), float(np.mean(m0)), layers=layers, layer_origins=l_origins,
+                        layer_masks=l_masks, roi=None if roi_mask is None else jnp.asarray(roi_mask), mode="exact",
+                        layer_counts=tuple(l_counts), work=frac)
+
+
+def _check_stats(stats):
+    if stats not in ("reuse", "recompute"):
+        raise ValueError(f"stats must be 'reuse' or 'recompute', got {stats!r}")
