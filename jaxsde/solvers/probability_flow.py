@@ -184,18 +184,26 @@ class ProbabilityFlow(Solver):
 
     def init(self, sde, score, x, t_start, t_end) -> SolverInit:
         fn = self._fn(sde, score)
-        k1 = fn(x, t_start)
         span = t_start - t_end
         err0 = jnp.asarray(1e-4, x.dtype)
         if self.h_init is not None:
+            k1 = fn(x, t_start)
             h = jnp.minimum(jnp.asarray(self.h_init, x.dtype), span)
             return SolverInit(h=h, state=PFState(k1, err0), nfe=1)
         # Hairer, Norsett & Wanner, "Solving ODEs I", II.4: starting step size.
         sc = self._scale(x, x)
-        d0, d1 = _rms(x / sc), _rms(k1 / sc)
-        h0 = jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1)
-        h0 = jnp.minimum(h0, span)
-        k_probe = fn(x - h0 * k1, t_start - h0)
+
+        def first_guess(k1):
+            d0, d1 = _rms(x / sc), _rms(k1 / sc)
+            return jnp.minimum(jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1), span), d1
+
+        def evaluate(i, ks):  # i = 0: k1 = fn(x, t_start); i = 1: the probe at t_start - h0
+            h0 = jnp.where(i == 0, 0.0, first_guess(ks[0])[0])
+            return ks.at[i].set(fn(x - h0 * ks[0], t_start - h0))
+
+        # one traced call of fn for both evaluations (compile time, as in rk_step)
+        k1, k_probe = jax.lax.fori_loop(0, 2, evaluate, jnp.zeros((2, *x.shape), x.dtype))
+        h0, d1 = first_guess(k1)
         d2 = _rms((k_probe - k1) / sc) / h0
         big = jnp.maximum(d1, d2)
         h1 = jnp.where(big <= 1e-15, jnp.maximum(1e-6, h0 * 1e-3),
