@@ -6,7 +6,8 @@ Problems (VP SDE): an 8-mode Gaussian mixture with the exact score in d=64 and d
 (32x32x3), and "conv": a 16x16x3 mixture whose score adds 1e-3 x a small Flax conv net
 (the network dominates the cost, quality still measurable against the exact law). Per problem:
 
-1. Adaptive SDE at matched quality, both ways round: jaxsde GGF at several rtol vs diffrax's
+1. Adaptive SDE at matched quality, both ways round: jaxsde GGF at several rtol (with its
+   default atol, and with atol = rtol as the diffrax rows use) vs diffrax's
    adaptive SDE solve (Heun and ShARK with a PID controller and a VirtualBrownianTree, rtol
    swept). For each setting of one library, the matched setting of the other is its cheapest
    (median wall time) whose quality is no worse (spread_w2 and sw2 within half the
@@ -98,7 +99,7 @@ class Case(NamedTuple):
     run: Callable  # (key, score, n) -> Solution
 
 
-def cases(prob: Problem, quick: bool) -> list[Case]:
+def cases(prob: Problem, quick: bool, diffrax_tols: tuple[float, ...] | None = None) -> list[Case]:
     sde, shape = prob.sde, prob.shape
 
     def jx(solver):
@@ -108,10 +109,13 @@ def cases(prob: Problem, quick: bool) -> list[Case]:
         return lambda k, s, n: reference.diffrax_sample(k, sde, s, solver, shape, n, adjoint=ADJOINT, **kw)
 
     out = []
-    for rtol in ((0.05, 0.1) if quick else (0.02, 0.05, 0.1, 0.2)):
+    for rtol in ((0.05, 0.1) if quick else (0.02, 0.05, 0.1, 0.2)):  # GGF's default atol (1/256 of [-1, 1])
         out.append(Case(f"jaxsde GGF rtol={rtol}", "adaptive SDE", "jaxsde", jx(jaxsde.GottaGoFast(rtol=rtol))))
+    for tol in (() if quick else (0.1, 0.2, 0.3)):  # atol = rtol, the setting the diffrax rows use
+        out.append(Case(f"jaxsde GGF rtol=atol={tol}", "adaptive SDE", "jaxsde",
+                        jx(jaxsde.GottaGoFast(rtol=tol, atol=tol))))
     for cls in (dfx.Heun, dfx.ShARK):
-        for tol in ((0.1, 0.03) if quick else (0.3, 0.1, 0.03, 0.01)):
+        for tol in diffrax_tols or ((0.1, 0.03) if quick else (0.3, 0.1, 0.03, 0.01)):
             out.append(Case(f"diffrax {cls.__name__} PID rtol={tol}", "adaptive SDE", "diffrax",
                             dx(cls(), controller=dfx.PIDController(rtol=tol, atol=tol), dt0=0.01, brownian_tol=1e-3,
                                max_steps=20_000)))
@@ -154,11 +158,12 @@ def compile_case(case: Case, prob: Problem, n: int):
     return compiled, compile_s, temp
 
 
-def bench_problem(name: str, n: int, n_quality: int, rounds: int, quick: bool, rows: list, summary: dict):
+def bench_problem(name: str, n: int, n_quality: int, rounds: int, quick: bool, rows: list, summary: dict,
+                  diffrax_tols: tuple[float, ...] | None = None):
     prob = make_problem(name)
     key = jax.random.PRNGKey(0)
     print(f"\n== {name}: shape={prob.shape}, n={n} timed, n={n_quality} for quality", flush=True)
-    todo = cases(prob, quick)
+    todo = cases(prob, quick, diffrax_tols)
     programs, by_label = {}, {}
     for case in todo:
         compiled, compile_s, temp = compile_case(case, prob, n)
@@ -294,6 +299,8 @@ def main(argv=None):
     parser.add_argument("--problems", default="gmm64,gmm3072,conv")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--name", default="vs_diffrax", help="output file stem")
+    parser.add_argument("--diffrax-tols", default=None, help="comma-separated rtol=atol of the diffrax SDE rows "
+                        "(default 0.3,0.1,0.03,0.01)")
     args = parser.parse_args(argv)
     command = "python " + " ".join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
     print(f"reproduce with: {command}", flush=True)
@@ -303,7 +310,8 @@ def main(argv=None):
     t0 = time.time()
     for problem in args.problems.split(","):
         n, n_quality = sizes[problem]
-        bench_problem(problem, n, n_quality, args.rounds, args.quick, rows, summary)
+        tols = tuple(float(v) for v in args.diffrax_tols.split(",")) if args.diffrax_tols else None
+        bench_problem(problem, n, n_quality, args.rounds, args.quick, rows, summary, tols)
     machine = dict(cpu_count=os.cpu_count(), platform=platform.platform(), jax=jax.__version__,
                    diffrax=getattr(dfx, "__version__", "?"), backend=jax.default_backend(), load=load,
                    date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
