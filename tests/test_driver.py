@@ -175,3 +175,29 @@ def test_solvers_are_hashable_static():
     for s in SOLVERS:
         assert jax.tree_util.tree_leaves(s) == [] and hash(s) == hash(s)
     assert jaxsde.GottaGoFast(rtol=0.05) == jaxsde.GottaGoFast(rtol=0.05)
+
+
+def _loop_predicate_shapes(solver):
+    """Shapes of the loop predicates of ``sample``'s program (batch of 3)."""
+    jaxpr = jax.make_jaxpr(lambda k: jaxsde.sample(k, SDE, SCORE, solver, (4,), 3).x)(jax.random.PRNGKey(0))
+    shapes = []
+
+    def walk(j):
+        for eqn in j.eqns:
+            if eqn.primitive.name == "while":
+                shapes.append(eqn.params["cond_jaxpr"].jaxpr.outvars[0].aval.shape)
+            for v in eqn.params.values():
+                inner = getattr(v, "jaxpr", v)
+                if hasattr(inner, "eqns"):
+                    walk(inner)
+
+    walk(jaxpr.jaxpr)
+    return shapes
+
+
+def test_fixed_grid_loop_predicate_is_data_free():
+    """A fixed grid ends on its step count: the vmapped loop's predicate stays a scalar, so vmap
+    does not select every carried array each step (that cost EM 16% at d=3072). Adaptive solvers
+    stop per sample: their predicate has the batch axis."""
+    assert _loop_predicate_shapes(jaxsde.EulerMaruyama(10)) == [()]
+    assert _loop_predicate_shapes(jaxsde.GottaGoFast()) == [(3,)]
