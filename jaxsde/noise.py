@@ -18,6 +18,7 @@ at once: an array shaped ``(count, *sample_shape)`` where ``count`` is the solve
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -33,7 +34,10 @@ class FreshNoise(NamedTuple):
 
     def draw(self, key: Array, attempt: Array, t: Array, t_next: Array, shape: tuple[int, ...], dtype) -> Array:
         del t, t_next
-        return jax.random.normal(jax.random.fold_in(key, attempt), shape, dtype)
+        # Drawn flat, then reshaped: the same numbers as drawing ``shape`` directly (threefry fills
+        # the elements in order), but XLA compiles the flat draw much faster when ``shape`` has a
+        # leading count axis of 1 (measured: EM with a conv score, 3.45 -> 2.64 CPU-s).
+        return jax.random.normal(jax.random.fold_in(key, attempt), (math.prod(shape),), dtype).reshape(shape)
 
 
 class GivenNoise(NamedTuple):

@@ -201,3 +201,11 @@ def test_fixed_grid_loop_predicate_is_data_free():
     stop per sample: their predicate has the batch axis."""
     assert _loop_predicate_shapes(jaxsde.EulerMaruyama(10)) == [()]
     assert _loop_predicate_shapes(jaxsde.GottaGoFast()) == [(3,)]
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 16, 3), (2, 5), (3,)])
+def test_fresh_noise_is_the_plain_normal_draw(shape):
+    """FreshNoise draws flat (faster to compile) but gives exactly normal(fold_in(key, attempt), shape)."""
+    key = jax.random.PRNGKey(5)
+    z = jaxsde.FreshNoise().draw(key, jnp.int32(7), 0.5, 0.4, shape, jnp.float32)
+    np.testing.assert_array_equal(z, jax.random.normal(jax.random.fold_in(key, 7), shape, jnp.float32))
