@@ -136,10 +136,9 @@ class ProbabilityFlow(Solver):
       min_step: a non-finite attempt that would shrink the step below this stops the
         sample with the ``NONFINITE`` code.
       unroll_stages: write the RK stages out instead of looping over them (see
-        :func:`rk_step`): the score is then compiled once per stage. Measured
-        (``benchmarks/vs_diffrax.py`` problems): with a conv score net the loop compiles in
-        5.1 s instead of 6.5 s at the same speed; with a cheap analytic score (d=64 mixture)
-        unrolled runs 1.45x faster.
+        :func:`rk_step`): the score is then compiled once per stage. ``benchmarks/vs_diffrax.py``
+        has both rows: unrolled compiles 1.2-1.3x longer and runs 1.6-2.5x faster with a cheap
+        analytic score (mixtures), about the same with a conv score net.
     """
 
     rtol: float = 1e-5
