@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ..models.ddpm_unet import UNet2D
 from ..models.score import input_scale, output_to_score
 from ..models.unet import DigitsUNet
 from .net import SparseUNet
@@ -66,14 +67,27 @@ def run_fixed_grid(key, sde, solver, x_start, t_start: float, t_end: float, scor
 
 def sparse_sdedit(key, sde, solver, net: SparseUNet, params, x_orig, x_edit, t0: float, plan: TilePlan | None,
                   *, mode: str = "sparse", stats: str = "reuse", parameterization: str = "eps",
-                  sigma_data: float = 0.5, cache=None):
+                  sigma_data: float = 0.5, timestep=None, cache=None):
     """SDEdit of ``x_edit`` reusing the original image's trajectory (one sample each).
 
     Runs the original SDEdit of ``x_orig`` (dense, recording every layer at every score call;
     skipped when ``cache`` from an earlier call is given), then the SDEdit of ``x_edit`` with
     the same key (same noise at ``t0``, same noise per step, same grid) with the network in
     ``mode``: ``"sparse"`` (the plan's tiles only), ``"masked"`` (the dense reference with the
-    same semantics) or ``"dense"`` (the true network; equals :func:`jaxsde.editing.sdedit`).
+    same semantics) or ``"dense"`` (the true network; equals :func:`jaxsde.editing.sdedit`
+    with the score function below).
+
+    The score function, by network:
+
+    * :class:`~jaxsde.models.unet.DigitsUNet` (the embedded checkpoints' convention): the
+      network gets ``c_in(t) x`` (:func:`~jaxsde.models.score.input_scale`, ``sigma_data``) and
+      ``t``; its output is read per ``parameterization``.
+    * :class:`~jaxsde.models.ddpm_unet.UNet2D` (diffusers' DDPM U-Net, the convention of
+      :func:`jaxsde.checkpoints.diffusers.load`): the network gets ``x`` unscaled and the
+      timestep label ``timestep(t)`` (default ``sde.timestep``, i.e. ``N t - 1`` for a
+      :class:`~jaxsde.DiscreteVPSDE`; pass ``timestep`` for an SDE without one); its output is
+      read per ``parameterization`` (the checkpoint's ``config["parameterization"]``; ``"eps"``
+      for ddpm-cifar10); ``sigma_data`` is unused.
 
     Returns ``(x_edited, x_original, cache)``; ``cache`` is ``(per_step, final)`` as
     :func:`run_fixed_grid` takes it (memory: :func:`cache_bytes` x score calls).
@@ -83,9 +97,23 @@ def sparse_sdedit(key, sde, solver, net: SparseUNet, params, x_orig, x_edit, t0:
 
     if mode not in ("sparse", "masked", "dense"):
         raise ValueError(f"mode must be 'sparse', 'masked' or 'dense', got {mode!r}")
-    if not isinstance(net.model, DigitsUNet):
-        raise TypeError("sparse_sdedit drives the DigitsUNet family (its time and input scaling); for a UNet2D "
-                        "call SparseUNet.record / apply_sparse per step with the model's timesteps")
+    if isinstance(net.model, UNet2D):
+        if timestep is None:
+            timestep = getattr(sde, "timestep", None)
+        if not callable(timestep):
+            raise TypeError(f"a UNet2D takes the network's timestep label, not t: use an SDE with a timestep(t) map "
+                            f"(DiscreteVPSDE) or pass timestep=; {type(sde).__name__} has none (a DigitsUNet takes t)")
+
+        def net_input(x, t):
+            return x, timestep(t)
+    elif isinstance(net.model, DigitsUNet):
+        if timestep is not None:
+            raise ValueError("timestep= is for a UNet2D; a DigitsUNet takes t itself")
+
+        def net_input(x, t):
+            return input_scale(sde, t, sigma_data) * x, t
+    else:
+        raise TypeError(f"sparse_sdedit drives a DigitsUNet or a UNet2D, got {type(net.model).__name__}")
     if mode != "dense" and plan is None:
         raise ValueError(f"mode {mode!r} needs a TilePlan")
     t0 = _check_t0(sde, t0, None)
@@ -95,16 +123,13 @@ def sparse_sdedit(key, sde, solver, net: SparseUNet, params, x_orig, x_edit, t0:
     noise_key, solve_key = jax.random.split(key)
     t_end = sde.eps
 
-    def scaled(x, t):
-        return input_scale(sde, t, sigma_data) * x
-
     def to_score(out, x, t):
         return output_to_score(sde, out, x, t, parameterization)
 
     x_orig_out = None
     if cache is None:
         def rec_call(_, j, x, t):
-            out, c = net.record(params, scaled(x, t), t)
+            out, c = net.record(params, *net_input(x, t))
             return to_score(out, x, t), c
 
         x_orig_out, auxs, aux_final = run_fixed_grid(solve_key, sde, solver, sdedit_start(noise_key, sde, x_orig, t0),
@@ -113,13 +138,13 @@ def sparse_sdedit(key, sde, solver, net: SparseUNet, params, x_orig, x_edit, t0:
 
     def edit_call(xs_k, j, x, t):
         c = xs_k[j]
-        xin = scaled(x, t)
+        xin, tin = net_input(x, t)
         if mode == "sparse":
-            out = net.apply_sparse(params, xin, t, c, plan, stats)
+            out = net.apply_sparse(params, xin, tin, c, plan, stats)
         elif mode == "masked":
-            out = net.apply_masked(params, xin, t, c, plan, stats)
+            out = net.apply_masked(params, xin, tin, c, plan, stats)
         else:
-            out = net.apply(params, xin, t)
+            out = net.apply(params, xin, tin)
         return to_score(out, x, t), None
 
     x_edit_out, _, _ = run_fixed_grid(solve_key, sde, solver, sdedit_start(noise_key, sde, x_edit, t0), t0, t_end,
