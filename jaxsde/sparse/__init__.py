@@ -1,4 +1,6 @@
-"""Spatially sparse inference for editing (SIGE-style) on the DigitsUNet family and diffusers' DDPM UNet2D.
+"""Spatially sparse inference for editing (SIGE-style) on the DigitsUNet family, diffusers' DDPM
+UNet2D
+and NCSN++ in its DDPM++ configurations.
 
 Idea (Li et al., "Efficient Spatially Sparse Inference for Conditional GANs and Diffusion
 Models", NeurIPS 2022; https://www.cs.cmu.edu/~sige/): when an edit touches a small region,
@@ -6,9 +8,13 @@ run the network on the *original* image once and cache every layer's output; for
 image, recompute each convolution only on the tiles that the edit touches and take every
 other value from the cache. This package is an independent JAX implementation of that idea
 (no code from the SIGE repository), written as explicit functional forward passes over the
-Flax params trees of :class:`jaxsde.models.unet.DigitsUNet` and
+Flax params trees of :class:`jaxsde.models.unet.DigitsUNet`,
 :class:`jaxsde.models.ddpm_unet.UNet2D` (ddpm-cifar10's layout: GroupNorm two-pass variance,
-explicit paddings, scale_shift time conditioning, any activation, self-attention).
+explicit paddings, scale_shift time conditioning, any activation, self-attention) and
+:class:`jaxsde.models.ncsnpp.NCSNpp` in score_sde's DDPM++ configurations (``fir=False``,
+``progressive="none"``, ``progressive_input="none"``, ``resamp_with_conv=True``; ``resblock_type``
+``"ddpm"`` or ``"biggan"``, Fourier or positional time embedding, single-head attention; the other
+NCSN++ configurations raise ``NotImplementedError`` naming the field).
 
 Pieces:
 
@@ -33,12 +39,17 @@ tile, are the *mixed* maps (cache outside the active tiles). With a ``roi`` (exa
 final output is ``where(roi, out, cached output)``. The sparse engine computes exactly this,
 touching only the active tiles: it gathers each tile with its halo (2 for a 3x3 convolution
 at stride 1; 2b + 1 input rows for a stride-2 tile of size b; the low-resolution halo for a
-nearest-upsample + conv), stacks the tiles on the batch axis, convolves with VALID padding,
-and scatters into the cached output map. A layer whose bucket is every tile of its map is
-computed as a dense layer on the mixed maps followed by the same ``where`` (cheaper than
-gathering everything); a layer with no active tile is the cache. All maps are kept with a
-zero border of ``PAD`` pixels, so the image edge is the convolution's zero padding (the halo
-of an edge tile is zero *after* the fused normalisation + activation, as in the dense network).
+nearest-upsample + conv; 2b + 4 input rows for a 2x2-average-pool + conv, NCSN++'s BigGAN
+down blocks), stacks the tiles on the batch axis, convolves with VALID padding, and scatters
+into the cached output map. A layer's residual branch may be resampled before its
+optional 1x1 convolution (BigGAN blocks: ``Conv_2(pool(x))`` / ``Conv_2(up(x))``; a 1x1 NIN
+shortcut is the same 1x1 convolution); its tiles are gathered at the residual's resolution.
+``out_scale`` may be a traced scalar (NCSN++'s division by sigma at the output layer). A layer
+whose bucket is every tile of its map is computed as a dense layer on the mixed maps followed by
+the same ``where`` (cheaper than gathering everything); a layer with no active tile is the
+cache. All maps are kept with a zero border of ``PAD`` pixels, so the image edge is the
+convolution's zero padding (the halo of an edge tile is zero *after* the fused normalisation +
+activation, as in the dense network).
 
 Plans (``net.plan(mask, blocks, mode=...)``):
 
@@ -88,8 +99,9 @@ the exact plan is close to dense, and the input plan is the useful (approximate)
 Modules: :mod:`~jaxsde.sparse.plan` (tile plans, :func:`plan_tiles`), :mod:`~jaxsde.sparse.graph`
 (the traced layer graph, :func:`propagate`), :mod:`~jaxsde.sparse.engine` (the dense and sparse
 engines and their primitives), :mod:`~jaxsde.sparse.digits` and :mod:`~jaxsde.sparse.unet2d` (the
-functional forward passes), :mod:`~jaxsde.sparse.net` (:class:`SparseUNet`),
-:mod:`~jaxsde.sparse.sdedit` (trajectories), :mod:`~jaxsde.sparse.params` (random weights).
+functional forward passes; :mod:`~jaxsde.sparse.ncsnpp` for NCSN++ / DDPM++),
+:mod:`~jaxsde.sparse.net` (:class:`SparseUNet`), :mod:`~jaxsde.sparse.sdedit` (trajectories),
+:mod:`~jaxsde.sparse.params` (random weights).
 """
 
 from .engine import PAD
@@ -99,5 +111,6 @@ from .params import random_params
 from .plan import TilePlan, bucket_size, diff_mask, plan_tiles
 from .sdedit import cache_bytes, run_fixed_grid, sparse_sdedit
 
-__all__ = ["SparseUNet", "TilePlan", "plan_tiles", "propagate", "diff_mask", "bucket_size", "sparse_sdedit",
+__all__ = ["SparseUNet", "TilePlan", "plan_tiles", "propagate", "diff_mask", "bucket_size",
+"sparse_sdedit",
            "run_fixed_grid", "cache_bytes", "PAD", "random_params"]

@@ -118,8 +118,8 @@ def _attend(p, hq, hkv, heads):
 
 
 # --------------------------------------------------------------------------------------------
-# engines: one layer = [norm pre-op(concat(srcs))] -> conv -> [+ bias] -> [(+ residual) / out_scale];
-# one attention = (attend(norm(x)) + x) / out_scale
+# engines: one layer = [norm pre-op(concat(srcs))] -> [nearest up / 2x2 avg pool] -> conv -> [+ bias]
+# -> [+ residual (resampled, 1x1 conv)] -> [/ out_scale]; one attention = (attend(norm(x)) + x) / out_scale
 # --------------------------------------------------------------------------------------------
 
 
@@ -131,27 +131,62 @@ class _Arrays:
         return fn()
 
 
-def _dense_layer(srcs, conv, stats, *, stride=1, up=False, norm=None, bias=None, res=None, padding=None,
+def _pool2(x):
+    """2x2 average pooling of the last three axes ``(..., H, W, C) -> (..., H/2, W/2, C)`` (NCSN++'s naive
+    downsampling)."""
+    H, W, C = x.shape[-3:]
+    return x.reshape(*x.shape[:-3], H // 2, 2, W // 2, 2, C).mean(axis=(-4, -2))
+
+
+def _up2(x):
+    """Nearest 2x upsampling of the last three axes ``(..., H, W, C) -> (..., 2H, 2W, C)``."""
+    return jnp.repeat(jnp.repeat(x, 2, axis=-3), 2, axis=-2)
+
+
+def _unscaled(s) -> bool:
+    """Whether an ``out_scale`` is the Python constant 1 (no division); a traced scale never is."""
+    return isinstance(s, int | float) and s == 1.0
+
+
+def _residual(res, gather=None):
+    """The residual branch ``res = (srcs, conv[, resample])``: concatenated sources, resampled
+    (``"down"``: 2x2 average pooling, ``"up"``: nearest 2x), then the optional 1x1 ``conv``.
+    ``gather(src)`` takes each source's window (sparse engine); None = the whole maps."""
+    r_srcs, r_conv = res[0], res[1]
+    how = res[2] if len(res) > 2 else None
+    parts = [s if gather is None else gather(s) for s in r_srcs]
+    r = jnp.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
+    if how == "down":
+        r = _pool2(r)
+    elif how == "up":
+        r = _up2(r)
+    if r_conv is not None:
+        batched = r if r.ndim == 4 else r[None]
+        pad = "SAME" if gather is None else "VALID"  # a 1x1 convolution either way
+        r = _conv(batched, r_conv["kernel"], r_conv["bias"], 1, pad).reshape(*r.shape[:-1], -1)
+    return r
+
+
+def _dense_layer(srcs, conv, stats, *, stride=1, up=False, pool=False, norm=None, bias=None, res=None, padding=None,
                  out_scale=1.0):
     """One layer computed densely on unpadded maps; ``stats`` None = the maps' own statistics.
-    Returns ``(output, statistics used or None)``."""
+    ``up``: nearest 2x upsampling, ``pool``: 2x2 average pooling, between the pre-op and the
+    convolution. Returns ``(output, statistics used or None)``."""
     x = jnp.concatenate(srcs, axis=-1) if len(srcs) > 1 else srcs[0]
     if norm is not None:
         if stats is None:
             stats = norm.stats(x)
         x = norm(x, stats)
     if up:
-        x = jnp.repeat(jnp.repeat(x, 2, axis=0), 2, axis=1)
+        x = _up2(x)
+    if pool:
+        x = _pool2(x)
     y = _conv(x[None], conv["kernel"], conv["bias"], stride, "SAME" if padding is None else padding)[0]
     if bias is not None:
         y = y + bias
     if res is not None:
-        r_srcs, r_conv = res
-        r = jnp.concatenate(r_srcs, axis=-1) if len(r_srcs) > 1 else r_srcs[0]
-        if r_conv is not None:
-            r = _conv(r[None], r_conv["kernel"], r_conv["bias"])[0]
-        y = y + r
-    if out_scale != 1.0:
+        y = y + _residual(res)
+    if not _unscaled(out_scale):
         y = y / out_scale
     return y, stats
 
@@ -163,7 +198,8 @@ def _dense_attention(x, p, norm, stats, heads, out_scale):
         stats = norm.stats(x)
     h = x if norm is None else norm(x, stats)
     flat = h.reshape(H * W, C)
-    y = (_attend(p, flat, flat, heads).reshape(H, W, C) + x) / out_scale
+    y = _attend(p, flat, flat, heads).reshape(H, W, C) + x
+    y = y if _unscaled(out_scale) else y / out_scale
     return y, stats
 
 
@@ -223,10 +259,10 @@ class _Sparse(_Arrays):
             return norm.stats(jnp.concatenate(full, axis=-1) if len(full) > 1 else full[0])
         return self.cache["stats/" + name]
 
-    def layer(self, name, srcs, conv, *, stride=1, up=False, norm=None, bias=None, res=None, padding=None,
-              out_scale=1.0):
+    def layer(self, name, srcs, conv, *, stride=1, up=False, pool=False, norm=None, bias=None, res=None,
+              padding=None, out_scale=1.0):
         lin = self._level_of(srcs[0])
-        lout = lin + 1 if stride == 2 else lin - 1 if up else lin
+        lout = lin + 1 if stride == 2 or pool else lin - 1 if up else lin
         b = self.plan.blocks[lout]
         org, mask, bucket = self.plan.tiles(name, lout)  # (n, 2) unpadded output-tile origins
         if bucket == 0:  # nothing to recompute at this layer
@@ -234,10 +270,10 @@ class _Sparse(_Arrays):
         stats = self._stats(name, norm, srcs)
         if bucket == self.plan.tile_total(lout):  # every tile: the dense layer on the mixed maps is cheaper
             inner = [s[PAD:-PAD, PAD:-PAD] for s in srcs]
-            unpad = [[s[PAD:-PAD, PAD:-PAD] for s in res[0]], res[1]] if res is not None else None
+            unpad = ([s[PAD:-PAD, PAD:-PAD] for s in res[0]], *res[1:]) if res is not None else None
             if norm is not None and stats is None:
                 stats = norm.stats(jnp.concatenate(inner, axis=-1) if len(inner) > 1 else inner[0])
-            y, _ = _dense_layer(inner, conv, stats, stride=stride, up=up, norm=norm, bias=bias, res=unpad,
+            y, _ = _dense_layer(inner, conv, stats, stride=stride, up=up, pool=pool, norm=norm, bias=bias, res=unpad,
                                 padding=padding, out_scale=out_scale)
             return _padded(jnp.where(mask[..., None], y, self.cache[name][PAD:-PAD, PAD:-PAD]))
         k = conv["kernel"].shape[0]
@@ -246,6 +282,8 @@ class _Sparse(_Arrays):
         if up:  # nearest-upsample then 3x3 (padding 1): low-res window with a 1-pixel halo, upsampled, cropped
             lo = org // 2 - 1
             in_org, in_size = lo, b // 2 + 2
+        elif pool:  # 2x2 average pooling then 3x3 (padding 1): the pooled window with its halo, 2 input px each
+            in_org, in_size = 2 * org - 2, 2 * b + 4
         else:
             if padding is None:
                 out_H = -(-H_in // stride)
@@ -259,18 +297,22 @@ class _Sparse(_Arrays):
         if norm is not None:
             x = norm(x, stats) * _inside(in_org, in_size, (H_in, W_in)).astype(x.dtype)
         if up:
-            x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)[:, 1:-1, 1:-1]
+            x = _up2(x)[:, 1:-1, 1:-1]
+        if pool:
+            x = _pool2(x)
         y = _conv(x, conv["kernel"], conv["bias"], stride, "VALID")
         if bias is not None:
             y = y + bias
         if res is not None:
-            r_srcs, r_conv = res
-            rg = [_gather(s, org + PAD, b) for s in r_srcs]
-            r = jnp.concatenate(rg, axis=-1) if len(rg) > 1 else rg[0]
-            if r_conv is not None:
-                r = _conv(r, r_conv["kernel"], r_conv["bias"], 1, "VALID")
-            y = y + r
-        if out_scale != 1.0:
+            how = res[2] if len(res) > 2 else None
+            if how == "down":  # the residual's sources are at the input resolution: 2b x 2b windows
+                r_org, r_size = 2 * org, 2 * b
+            elif how == "up":  # at half the output resolution (b even)
+                r_org, r_size = org // 2, b // 2
+            else:
+                r_org, r_size = org, b
+            y = y + _residual(res, lambda s: _gather(s, r_org + PAD, r_size))
+        if not _unscaled(out_scale):
             y = y / out_scale
         return _scatter(self.cache[name], org + PAD, y)
 
@@ -290,5 +332,6 @@ class _Sparse(_Arrays):
         h = full if norm is None else norm(full, stats)
         q = _gather(_padded(h), org + PAD, b).reshape(-1, C)
         y = _attend(p, q, h.reshape(H * W, C), heads).reshape(-1, b, b, C)
-        y = (y + _gather(x, org + PAD, b)) / out_scale
+        y = y + _gather(x, org + PAD, b)
+        y = y if _unscaled(out_scale) else y / out_scale
         return _scatter(self.cache[name], org + PAD, y)

@@ -17,8 +17,9 @@ class _Node:
 
 class _Trace:
     """Engine that records the layer graph: which maps each layer reads (through its
-    convolution and through its residual branch), its stride / upsampling / padding and kernel
-    size; attention layers are global (every output reads every input)."""
+    convolution and through its residual branch, itself possibly pooled or upsampled), its
+    stride / upsampling / average pooling / padding and kernel size; attention layers are global
+    (every output reads every input)."""
 
     def __init__(self):
         self.layers: list[dict[str, Any]] = []
@@ -34,14 +35,15 @@ class _Trace:
     def compute(self, fn):
         return None
 
-    def layer(self, name, srcs, conv, *, stride=1, up=False, norm=None, bias=None, res=None, padding=None,
-              out_scale=1.0):
+    def layer(self, name, srcs, conv, *, stride=1, up=False, pool=False, norm=None, bias=None, res=None,
+              padding=None, out_scale=1.0):
         H, W = srcs[0].shape[:2]
-        H, W = (H * 2, W * 2) if up else (-(-H // stride), -(-W // stride))
+        H, W = (H * 2, W * 2) if up else (H // 2, W // 2) if pool else (-(-H // stride), -(-W // stride))
         kshape = tuple(conv["kernel"].shape)
         out = self._node((H, W, kshape[-1]))
         self.layers.append(dict(name=name, srcs=[s.index for s in srcs], res=[s.index for s in res[0]] if res else [],
-                                out=out.index, k=kshape[0], stride=stride, up=up, attention=False,
+                                out=out.index, k=kshape[0], stride=stride, up=up, pool=pool, attention=False,
+                                res_resample=res[2] if res and len(res) > 2 else None,
                                 pad_lo=None if padding is None else padding[0][0],
                                 cost=kshape[0] * kshape[1] * kshape[2] * kshape[3]))
         return out
@@ -55,15 +57,18 @@ class _Trace:
         return out
 
 
-def _reads(n_in, n_out, k, stride, up, pad_lo=None):
+def _reads(n_in, n_out, k, stride, up, pad_lo=None, pool=False):
     """``R[i, j]``: output row ``i`` of the layer reads input row ``j`` (SAME padding, or
     ``pad_lo`` rows before the first; with ``up``, a nearest 2x upsampling before the
-    stride-1 convolution)."""
+    stride-1 convolution; with ``pool``, a 2x2 average pooling before it)."""
     R = np.zeros((n_out, n_in), np.int64)
     for i in range(n_out):
         if up:
             lo, hi = i - (k - 1) // 2, i - (k - 1) // 2 + k - 1  # rows of the upsampled map
             lo, hi = max(lo, 0) // 2, min(hi, 2 * n_in - 1) // 2
+        elif pool:
+            lo, hi = max(i - (k - 1) // 2, 0), min(i + k // 2, n_out - 1)  # rows of the pooled map
+            lo, hi = 2 * lo, 2 * hi + 1
         else:
             if pad_lo is None:
                 pad_lo = max((n_out - 1) * stride + k - n_in, 0) // 2
@@ -72,12 +77,34 @@ def _reads(n_in, n_out, k, stride, up, pad_lo=None):
     return R
 
 
+def _res_reads(n_in, n_out, how):
+    """``R[i, j]``: output row ``i`` of a residual branch reads input row ``j`` (identity, or a
+    2x2 average pooling ``"down"``, or a nearest 2x upsampling ``"up"``; a 1x1 convolution after)."""
+    i = np.arange(n_out)
+    R = np.zeros((n_out, n_in), np.int64)
+    if how == "down":
+        R[i, 2 * i] = R[i, 2 * i + 1] = 1
+    elif how == "up":
+        R[i, i // 2] = 1
+    else:
+        R[i, i] = 1
+    return R
+
+
+def _through_res(changed, out_shape, how):
+    """A residual source's ``changed`` mask at the layer's output resolution (through its resampling)."""
+    R = _res_reads(changed.shape[0], out_shape[0], how)
+    C = _res_reads(changed.shape[1], out_shape[1], how)
+    return (R @ changed @ C.T) > 0
+
+
 def propagate(graph: _Trace, changed, roi=None):
     """Per layer: ``(changed, needed)`` boolean maps at the layer's output resolution.
 
     ``changed``: the output pixels whose receptive field contains a changed input pixel
     (forward: the input ``changed`` mask pushed through every convolution's footprint, stride,
-    padding, upsampling, concatenation and residual add; an attention layer changes every
+    padding, upsampling or average pooling, concatenation and residual add (itself possibly
+    pooled or upsampled); an attention layer changes every
     pixel once any input changed). ``needed``: the pixels that the final output's ``roi``
     (level-0 bool mask; None = every pixel) depends on (backward, the transposed footprints;
     an attention layer needs every input once any output is needed). GroupNorm statistics are
@@ -95,12 +122,12 @@ def propagate(graph: _Trace, changed, roi=None):
             mats.append(None)
             out = np.full(out_shape[:2], cin.any())
         else:
-            R = _reads(src_shape[0], out_shape[0], L["k"], L["stride"], L["up"], L["pad_lo"])
-            C = _reads(src_shape[1], out_shape[1], L["k"], L["stride"], L["up"], L["pad_lo"])
+            R = _reads(src_shape[0], out_shape[0], L["k"], L["stride"], L["up"], L["pad_lo"], L.get("pool", False))
+            C = _reads(src_shape[1], out_shape[1], L["k"], L["stride"], L["up"], L["pad_lo"], L.get("pool", False))
             mats.append((R, C))
             out = (R @ cin @ C.T) > 0
         for s in L["res"]:
-            out |= maps[s]
+            out |= _through_res(maps[s], out_shape, L.get("res_resample"))
         maps[L["out"]] = out
     last = graph.layers[-1]["out"]
     needed = {i: np.zeros(shape[:2], bool) for i, shape in enumerate(graph.shapes)}
@@ -115,5 +142,7 @@ def propagate(graph: _Trace, changed, roi=None):
         for s in L["srcs"]:
             needed[s] |= back
         for s in L["res"]:
-            needed[s] |= n
+            R = _res_reads(graph.shapes[s][0], n.shape[0], L.get("res_resample"))
+            C = _res_reads(graph.shapes[s][1], n.shape[1], L.get("res_resample"))
+            needed[s] |= (R.T @ n @ C) > 0
     return {L["name"]: (maps[L["out"]], needed[L["out"]]) for L in graph.layers}

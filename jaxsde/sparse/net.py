@@ -1,5 +1,5 @@
 """The network: :class:`SparseUNet`, the dense, recording, masked-reference and sparse forward
-passes of a DigitsUNet or UNet2D, and its planner (input mode or receptive-field-exact)."""
+passes of a DigitsUNet, UNet2D or NCSNpp (DDPM++), and its planner (input mode or receptive-field-exact)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..models.ddpm_unet import UNet2D
+from ..models.ncsnpp import NCSNpp
 from ..models.unet import DigitsUNet
 from .digits import digits_forward
 from .engine import PAD, _Dense, _padded, _Sparse
 from .graph import _Trace, propagate
+from .ncsnpp import check_config, ncsnpp_forward
 from .plan import TilePlan, _check_mask, _tiles_of, plan_tiles
 from .unet2d import unet2d_forward
 
@@ -21,21 +23,28 @@ from .unet2d import unet2d_forward
 class SparseUNet:
     """Dense, recording, masked-reference and sparse forward passes of a U-Net.
 
-    Supported: :class:`jaxsde.models.unet.DigitsUNet` and :class:`jaxsde.models.ddpm_unet.UNet2D`
+    Supported: :class:`jaxsde.models.unet.DigitsUNet`, :class:`jaxsde.models.ddpm_unet.UNet2D`
     (diffusers' DDPM U-Net; its self-attention layers take sparse queries, the active tiles,
-    against keys and values of the whole mixed map). All passes take ONE sample ``x: (H, W,
-    C)`` (the network's input: for DigitsUNet already scaled by ``c_in``) and a scalar ``t``
-    (DigitsUNet's time; UNet2D's timestep), and return the network output ``(H, W, C)``.
+    against keys and values of the whole mixed map) and :class:`jaxsde.models.ncsnpp.NCSNpp` in
+    the DDPM++ configurations (``fir=False``, ``progressive="none"``, ``progressive_input="none"``,
+    ``resamp_with_conv=True``; either ``resblock_type``; other configs raise ``NotImplementedError``
+    naming the field). All passes take ONE sample ``x: (H, W, C)`` (the network's input: for
+    DigitsUNet already scaled by ``c_in``) and a scalar ``t`` (DigitsUNet's time; UNet2D's
+    timestep; NCSNpp's ``time_cond``), and return the network output ``(H, W, C)``.
     """
 
     def __init__(self, model):
-        if not isinstance(model, DigitsUNet | UNet2D):
-            raise TypeError(f"SparseUNet supports jaxsde.models.unet.DigitsUNet and jaxsde.models.ddpm_unet.UNet2D, "
-                            f"got {type(model).__name__}")
+        if not isinstance(model, DigitsUNet | UNet2D | NCSNpp):
+            raise TypeError(f"SparseUNet supports jaxsde.models.unet.DigitsUNet, jaxsde.models.ddpm_unet.UNet2D and "
+                            f"jaxsde.models.ncsnpp.NCSNpp, got {type(model).__name__}")
         self.model = model
         if isinstance(model, DigitsUNet):
             self.levels = len(model.channels)
             self.in_channels = 1
+        elif isinstance(model, NCSNpp):
+            check_config(model.config)
+            self.levels = len(model.config.ch_mult)
+            self.in_channels = model.config.num_channels
         else:
             self.levels = len(model.block_out_channels)
             self.in_channels = model.in_channels
@@ -46,6 +55,8 @@ class SparseUNet:
         p = params["params"] if "params" in params else params
         if isinstance(self.model, DigitsUNet):
             return digits_forward(eng, self.model, p, x, t)
+        if isinstance(self.model, NCSNpp):
+            return ncsnpp_forward(eng, self.model, p, x, t)
         return unet2d_forward(eng, self.model, p, x, t)
 
     def apply(self, params, x, t):
@@ -88,6 +99,8 @@ class SparseUNet:
             raise ValueError(f"the plan is for images of size {plan.shape}, x has spatial shape {x.shape[:2]}")
         if len(plan.blocks) != self.levels:
             raise ValueError(f"the plan has {len(plan.blocks)} levels, the network {self.levels}")
+        if self.levels > 1 and plan.blocks[0] % 2:
+            raise ValueError(f"tile size {plan.blocks[0]} at level 0 must be even (it receives upsampled maps)")
 
     def graph(self, shape) -> _Trace:
         """The layer graph for images of spatial ``shape`` (traced once, cached)."""

@@ -1,0 +1,157 @@
+"""Spatially sparse inference (jaxsde.sparse) on NCSN++ / DDPM++ (jaxsde.models.ncsnpp.NCSNpp):
+the functional forward equals the Flax module, sparse == masked reference, exact plans == the
+frozen-statistics dense network on the roi, the traced mask propagation == the changed pixels."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxsde.models.ncsnpp import DDPMPP_CIFAR10_VP, NCSNPP_CIFAR10_VE, NCSNpp
+from jaxsde.sparse import SparseUNet, propagate, random_params
+
+H = 16
+BLOCKS = (4, 2)
+
+
+def _config(**overrides):
+    """A tiny DDPM++ (score_sde's ddpmpp layout: fir=False, no progressive paths, skip_rescale)."""
+    base = dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), image_size=H)
+    return DDPMPP_CIFAR10_VP.replace(**{**base, **overrides})
+
+
+def _net(**overrides):
+    model = NCSNpp(_config(**overrides))
+    return model, random_params(model, (1, H, H, 3)), SparseUNet(model)
+
+
+class Case:
+    """One tiny DDPM++, its jit-compiled passes (each compiled once per module) and the original image's record."""
+
+    def __init__(self, resblock_type):
+        if resblock_type == "biggan":  # the VE conventions: Fourier embedding of sigma, inputs in [0, 1], / sigma
+            self.model, self.params, self.net = _net(resblock_type="biggan", embedding_type="fourier",
+                                                     scale_by_sigma=True, centered=False)
+            self.t = jnp.float32(2.5)
+        else:  # the VP ones: positional embedding of the label t * 999
+            self.model, self.params, self.net = _net(resblock_type="ddpm")
+            self.t = jnp.float32(321.0)
+        net = self.net
+        self.apply = jax.jit(net.apply)
+        self.sparse = jax.jit(net.apply_sparse, static_argnums=5)
+        self.masked = jax.jit(net.apply_masked, static_argnums=5)
+        self.frozen = jax.jit(net.apply_frozen)
+        self.x = jax.random.normal(jax.random.PRNGKey(1), (H, H, 3))
+        self.out, self.cache = jax.jit(net.record)(self.params, self.x, self.t)
+
+
+@pytest.fixture(scope="module", params=["biggan", "ddpm"])
+def case(request):
+    return Case(request.param)
+
+
+def _mask():
+    """An edit touching a corner, an edge and a tile border in the middle."""
+    m = np.zeros((H, H), bool)
+    m[0:2, 13:16] = True
+    m[9:11, 0:1] = True
+    m[6:8, 7:9] = True
+    return m
+
+
+def _frozen_record(net, params, x, t, cache):
+    """Every layer's output of the dense network with the cached GroupNorm statistics."""
+    from jaxsde.sparse.engine import _Dense
+
+    eng = _Dense(cache, None, "reuse")
+    net._forward(eng, params, x, t)
+    return {k: v for k, v in eng.record.items() if not k.startswith("stats/")}
+
+
+def test_ncsnpp_dense_equals_flax(case):
+    """The functional forward (recording) equals NCSNpp.apply on a batch of one; BigGAN resamples
+    inside its blocks (layers that pool / upsample, residuals through them), DDPM with strided convs."""
+    ref = jax.jit(case.model.apply)(case.params, case.x[None], case.t[None])[0]
+    np.testing.assert_allclose(np.asarray(case.out), np.asarray(ref), rtol=0, atol=1e-5)
+    graph = case.net.graph((H, H))
+    kinds = {(L.get("pool", False), L["up"], L.get("res_resample")) for L in graph.layers if not L["attention"]}
+    if case.model.config.resblock_type == "biggan":
+        assert {(True, False, None), (False, False, "down"), (False, True, None), (False, False, "up")} <= kinds
+    else:
+        assert {(False, False, None), (False, True, None)} == kinds
+        assert any(L["stride"] == 2 for L in graph.layers if not L["attention"])
+
+
+def test_ncsnpp_sparse_equals_masked_and_frozen(case):
+    """Input plan: sparse == masked reference. Exact plan (roi = the edit, stats="reuse"): sparse
+    == masked reference, and == the frozen-statistics dense network on the roi; outside the roi
+    the cached original, bit for bit."""
+    params, t, cache, out = case.params, case.t, case.cache, np.asarray(case.out)
+    mask = _mask()
+    xe = jnp.where(mask[..., None], -case.x + 0.5, case.x)
+    plan = case.net.plan(mask, BLOCKS)
+    assert not plan.dense and plan.counts[1] < plan.totals[1]  # the attention level takes the sparse-query path
+    s = np.asarray(case.sparse(params, xe, t, cache, plan, "reuse"))
+    np.testing.assert_allclose(s, np.asarray(case.masked(params, xe, t, cache, plan, "reuse")), rtol=0, atol=1e-5)
+    outside = ~np.asarray(plan.masks[0])
+    np.testing.assert_array_equal(s[outside], out[outside])
+
+    exact = case.net.plan(mask, BLOCKS, mode="exact", dense_above=1.0)
+    assert not exact.dense and exact.mode == "exact"
+    # some layers are sparse, some (after the global attention) dense
+    assert 0 < min(n for n in exact.layer_counts if n) < max(exact.layer_counts) == exact.tile_total(0)
+    e = np.asarray(case.sparse(params, xe, t, cache, exact, "reuse"))
+    np.testing.assert_allclose(e, np.asarray(case.masked(params, xe, t, cache, exact, "reuse")), rtol=0, atol=1e-5)
+    frozen = np.asarray(case.frozen(params, xe, t, cache))
+    np.testing.assert_allclose(e[mask], frozen[mask], rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(e[~mask], out[~mask])
+    assert np.abs(e - out)[mask].max() > 1e-2  # the edit did change the output
+    true = np.asarray(case.apply(params, xe, t))
+    print(f"{case.model.config.resblock_type}: max |exact - frozen| on the roi {np.abs(e - frozen)[mask].max():.2e}, "
+          f"max |exact - true dense| on the roi {np.abs(e - true)[mask].max():.2e}, "
+          f"max |input plan - true dense| on the edit {np.abs(s - true)[mask].max():.2e}")
+
+
+def test_ncsnpp_propagation_equals_the_changed_pixels(case):
+    """The traced graph's mask propagation (3x3, stride-2, pool + conv, upsample + conv, resampled
+    residuals, concatenated skips, global attention) marks exactly the pixels whose value changes,
+    layer by layer (frozen statistics); every layer's cache entry is traced."""
+    net, cache, mask = case.net, case.cache, _mask()
+    xe = jnp.where(mask[..., None], case.x - 2.0, case.x)
+    # (t an argument, not a closure constant: XLA would constant-fold the time embedding differently)
+    rec = jax.jit(lambda p, x, t, c: _frozen_record(net, p, x, t, c))(case.params, xe, case.t, cache)
+    prop = propagate(net.graph((H, H)), mask)
+    assert set(prop) == {name for name in cache if not name.startswith("stats/")}
+    for name, (changed, _) in prop.items():
+        empirical = np.asarray(jnp.any(rec[name] != cache[name], axis=-1))
+        np.testing.assert_array_equal(empirical, changed, err_msg=name)
+    assert not all(c.all() for c, _ in prop.values())
+
+
+def test_ncsnpp_full_edit_equals_dense(case):
+    """Every tile active with recomputed statistics: the true network; the default plan falls
+    back to dense (the dense network's program: no gather / scatter)."""
+    params, t, cache, net = case.params, case.t, case.cache, case.net
+    xe = case.x[::-1]
+    true = np.asarray(case.apply(params, xe, t))
+    everything = np.ones((H, H), bool)
+    exact = net.plan(everything, BLOCKS, mode="exact", roi="all", dense_above=1.0, layer_dense_above=1.0)
+    assert not exact.dense and all(b == exact.tile_total(r) for (_, r, b) in exact.layers)
+    s = np.asarray(case.sparse(params, xe, t, cache, exact, "recompute"))
+    np.testing.assert_allclose(s, true, rtol=0, atol=1e-5)
+    fallback = net.plan(everything, BLOCKS)
+    assert fallback.dense and net.plan(everything, BLOCKS, mode="exact").dense
+    jaxpr = str(jax.make_jaxpr(net.apply_sparse)(params, xe, t, cache, fallback))
+    assert "scatter" not in jaxpr and "conv_general_dilated" in jaxpr
+
+
+@pytest.mark.parametrize("field, value", [("fir", True), ("progressive", "output_skip"), ("progressive", "residual"),
+                                          ("progressive_input", "residual"), ("progressive_input", "input_skip")])
+def test_ncsnpp_unsupported_configs(field, value):
+    with pytest.raises(NotImplementedError, match=field):
+        SparseUNet(NCSNpp(_config(**{field: value})))
+    with pytest.raises(NotImplementedError, match="resamp_with_conv"):
+        SparseUNet(NCSNpp(_config(resblock_type="ddpm", resamp_with_conv=False)))
+    SparseUNet(NCSNpp(_config(resblock_type="biggan", resamp_with_conv=False)))  # (BigGAN blocks resample themselves)
+    with pytest.raises(NotImplementedError, match="fir"):
+        SparseUNet(NCSNpp(NCSNPP_CIFAR10_VE))  # NCSN++ proper: FIR and the residual input pyramid
