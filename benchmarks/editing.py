@@ -1,6 +1,8 @@
 """Spatially sparse editing (jaxsde.sparse) vs the dense network, per sampling step, on CPU.
 
     python benchmarks/editing.py [--size 64] [--rounds 9] [--quick] [--out benchmarks/results]
+    python benchmarks/editing.py --size 256 --blocks 8 4 --fractions 0 0.01 0.05 0.10 0.25 --rounds 5 \
+        --dilate --large-size 0 --ddpm 0 --name editing_256 --out benchmarks/results
 
 A DigitsUNet of the embedded "large" configuration (channels (32, 96), 2 blocks per level,
 1.49M parameters) with random weights, at ``--size`` x ``--size`` pixels. For square edits of
@@ -27,7 +29,17 @@ the input plan's error vs mask dilation at ~5%, and the input / exact plans at
 ``--large-size`` (128) for 1 and 5%, and the DDPM UNet2D in google/ddpm-cifar10-32's layout
 (35.7M parameters, random weights, attention at 16x16) at 32x32 with the input and exact
 plans (``--ddpm 0`` skips it). The paper's figures (SIGE, Li et al. NeurIPS 2022) are
-printed beside ours, labelled as the paper's. Writes ``OUT/editing.json`` and ``OUT/editing.md``.
+printed beside ours, labelled as the paper's. Writes ``OUT/NAME.json`` and ``OUT/NAME.md``
+(``--name``, default ``editing``).
+
+Options for larger images (the second command above): ``--variants`` picks the plans, a
+fraction ``0`` is a one-pixel edit (the sparse call's fixed cost), ``--dilate`` with no value
+skips the dilation table, ``--per-octave`` / ``--layer-dense-above`` tune the exact plans
+(``SparseUNet.plan``'s arguments). For the exact plans the markdown also decomposes the plan's
+estimated convolution work (fraction of dense): *ideal* (only the changed-and-needed pixels of
+every layer), *tiles* (whole active tiles), *bucketed* (tile counts padded to buckets and layers
+above ``layer_dense_above`` computed densely, = ``plan.work``), with the share of the bucketed
+work at the low-resolution level, beside XLA's FLOPs ratio and the measured wall-time ratio.
 """
 
 from __future__ import annotations
@@ -46,7 +58,7 @@ import numpy as np
 
 from jaxsde.models.ddpm_unet import ddpm_cifar10
 from jaxsde.models.unet import SIZES, DigitsUNet
-from jaxsde.sparse import SparseUNet, cache_bytes, random_params
+from jaxsde.sparse import PAD, SparseUNet, cache_bytes, propagate, random_params
 
 PAPER = {
     "source": "SIGE (Li et al., NeurIPS 2022), https://www.cs.cmu.edu/~sige/ — the paper's figures, not ours",
@@ -85,6 +97,32 @@ def _errors(y, ref, region):
     return dict(max_abs=float(d.max()), rel_l2=float(np.linalg.norm(d) / np.linalg.norm(r)))
 
 
+def work_breakdown(net, mask, plan, roi):
+    """An exact plan's estimated convolution work as fractions of dense: ideal (changed & needed pixels),
+    whole active tiles, bucketed (= ``plan.work``), and the bucketed work's share per level."""
+    size = mask.shape[0]
+    graph = net.graph(mask.shape)
+    prop = propagate(graph, mask, mask if roi == "edit" else None)
+    ideal = tiles = bucketed = dense = 0.0
+    per_level, dense_level = np.zeros(net.levels), np.zeros(net.levels)
+    for L, (name, r, bucket), n in zip(graph.layers, plan.layers, plan.layer_counts, strict=True):
+        changed, needed = prop[name]
+        assert changed.shape[0] == size >> r and name == L["name"]
+        b2, kv = plan.blocks[r] ** 2, L.get("kv_cost", 0)
+        ideal += float((changed & needed).sum()) * L["cost"] + (kv if n else 0)
+        tiles += n * b2 * L["cost"] + (kv if n else 0)
+        w = bucket * b2 * L["cost"] + (kv if bucket else 0)
+        bucketed += w
+        per_level[r] += w
+        dense += changed.size * L["cost"] + kv
+        dense_level[r] += changed.size * L["cost"] + kv
+    dense_layers = sum(1 for (_, r, b) in plan.layers if b == plan.tile_total(r))
+    return dict(ideal=ideal / dense, tiles=tiles / dense, bucketed=bucketed / dense,
+                level_share=[float(v / bucketed) for v in per_level],
+                level_share_dense=[float(v / dense) for v in dense_level], dense_layers=dense_layers,
+                layers=len(plan.layers))
+
+
 VARIANTS = {
     # name: (plan kwargs, description)
     "input": (dict(mode="input"), "input mode: the edit mask's tiles at every layer (approximate)"),
@@ -95,8 +133,9 @@ VARIANTS = {
 }
 
 
-def measure(net, params, size, blocks, fractions, variants, rounds, seed=0, channels=1, t=0.5):
-    """Rows of FLOPs, interleaved wall time and errors, one per (edited fraction, plan variant)."""
+def measure(net, params, size, blocks, fractions, variants, rounds, seed=0, channels=1, t=0.5, plan_kw=None):
+    """Rows of FLOPs, interleaved wall time and errors, one per (edited fraction, plan variant);
+    ``plan_kw`` (per_octave, layer_dense_above) goes to the exact plans."""
     x = jax.random.normal(jax.random.PRNGKey(seed), (size, size, channels))
     t = jnp.float32(t)
     dense_c = jax.jit(net.apply).lower(params, x, t).compile()
@@ -105,6 +144,10 @@ def measure(net, params, size, blocks, fractions, variants, rounds, seed=0, chan
     masked = jax.jit(net.apply_masked, static_argnums=5)
     frozen = jax.jit(net.apply_frozen)
     _, cache = jax.jit(net.record)(params, x, t)
+    maps = {k: v for k, v in cache.items() if not k.startswith("stats/")}
+    # one pass over the cache: every cached map padded by PAD (what apply_sparse does to the cache on each call)
+    cache_pass = jax.jit(lambda c: {k: jnp.pad(v, ((PAD, PAD), (PAD, PAD), (0, 0))) for k, v in c.items()})
+    cache_pass = cache_pass.lower(maps).compile()
     rows = []
     for frac in fractions:
         mask = square_mask(size, frac, size // 3 + 1)
@@ -115,13 +158,16 @@ def measure(net, params, size, blocks, fractions, variants, rounds, seed=0, chan
         progs, frow = {}, []
         for name in variants:
             kw = VARIANTS[name][0]
+            if kw["mode"] == "exact" and plan_kw:
+                kw = {**kw, **plan_kw}
             tp = time.perf_counter()
             plan = net.plan(mask, tuple(blocks), **kw)
             plan_ms = 1e3 * (time.perf_counter() - tp)
             tc = time.perf_counter()
             comp = {s: sparse.lower(params, x_edit, t, cache, plan, s).compile() for s in ("reuse", "recompute")}
             compile_s = time.perf_counter() - tc
-            row = dict(edited_percent=100 * float(mask.mean()), plan=name, size=size, dense_fallback=plan.dense,
+            row = dict(edited_percent=100 * float(mask.mean()), edited_pixels=int(mask.sum()), plan=name, size=size,
+                       dense_fallback=plan.dense,
                        active_tiles=list(plan.counts), bucketed_tiles=list(plan.buckets), tiles=list(plan.totals),
                        active_pixel_percent=[100 * f for f in plan.fraction], plan_ms=plan_ms,
                        compile_s=compile_s, flops_dense=dense_flops)
@@ -130,6 +176,8 @@ def measure(net, params, size, blocks, fractions, variants, rounds, seed=0, chan
                 row["layer_buckets"] = [b for (_, _, b) in plan.layers]
                 row["work_estimate"] = plan.work
                 row["default_dense_fallback"] = bool(net.plan(mask, tuple(blocks), **{**kw, "dense_above": None}).dense)
+                if hasattr(net.model, "channels"):  # the DigitsUNet (no attention): the work decomposition
+                    row["work_breakdown"] = work_breakdown(net, mask, plan, kw.get("roi"))
             row["flops_sparse"] = flops(comp["reuse"])
             row["flops_sparse_recompute"] = flops(comp["recompute"])
             row["flop_ratio"] = dense_flops / row["flops_sparse"]
@@ -149,11 +197,13 @@ def measure(net, params, size, blocks, fractions, variants, rounds, seed=0, chan
             progs[name] = (comp["reuse"], plan)
             frow.append(row)
         # warm up, then interleaved rounds: dense and every variant, the order rotating
-        names = ["dense", *progs]
+        names = ["dense", "cache-pass", *progs]
 
         def call(name, progs=progs, x_edit=x_edit):
             if name == "dense":
                 return timed(dense_c, params, x_edit, t)
+            if name == "cache-pass":
+                return timed(cache_pass, maps)
             c, plan = progs[name]
             return timed(c, params, x_edit, t, cache, plan)
 
@@ -173,15 +223,59 @@ def measure(net, params, size, blocks, fractions, variants, rounds, seed=0, chan
             row["speedup_median"] = row["ms_dense_median"] / row["ms_sparse_median"]
             row["speedup_min"] = row["ms_dense_min"] / row["ms_sparse_min"]
             row["speedup_paired_median"] = float(np.median(d / s))
+            row["ms_cache_pass_median"] = 1e3 * float(np.median(wall["cache-pass"]))
             rows.append(row)
             e = {s: row["errors"][s]["vs_true_edited"]["rel_l2"] for s in ("reuse", "recompute")}
             fz = row["errors"]["reuse"].get("vs_frozen_roi", {}).get("max_abs")
             fz = "" if row["plan"] == "input" else f"; vs frozen on roi {fz:.1e}"
-            print(f"{size}px {row['edited_percent']:5.1f}% {row['plan']:9s}: FLOPs {row['flop_ratio']:.2f}x fewer; "
+            print(f"{size}px {_edited(row):>5s}% {row['plan']:9s}: FLOPs {row['flop_ratio']:.2f}x fewer; "
                   f"{row['ms_dense_median']:.1f} -> {row['ms_sparse_median']:.1f} ms = {row['speedup_median']:.2f}x "
                   f"(paired {row['speedup_paired_median']:.2f}x); rel L2 vs true on edited: reuse "
                   f"{e['reuse']:.2e}, recompute {e['recompute']:.2e}{fz}", flush=True)
     return rows, dense_flops, cache
+
+
+def dilation_rows(net, params, size, blocks, dilations, rounds, cache, dense_flops):
+    """The input plan vs dilation of the edit mask, at ~5% edited: errors vs the true and the frozen-stats
+    dense network (receptive-field error vs statistics), FLOPs, interleaved wall time."""
+    dilation = []
+    if not dilations:
+        return dilation
+    key = jax.random.PRNGKey(0)
+    x = jax.random.normal(key, (size, size, 1))
+    t = jnp.float32(0.5)
+    mask = square_mask(size, 0.05, size // 3 + 1)
+    x_edit = jnp.where(mask[..., None], -x, x)
+    dense_c = jax.jit(net.apply).lower(params, x_edit, t).compile()
+    y_true = dense_c(params, x_edit, t)
+    y_frozen = jax.jit(net.apply_frozen)(params, x_edit, t, cache)
+    sparse = jax.jit(net.apply_sparse)
+    progs = []
+    for d in dilations:
+        plan = net.plan(mask, tuple(blocks), dilate=d, dense_above=1.0)
+        c = sparse.lower(params, x_edit, t, cache, plan).compile()
+        y = c(params, x_edit, t, cache, plan)
+        true, frozen = _errors(y, y_true, mask), _errors(y, y_frozen, mask)
+        dilation.append(dict(dilate=d, active_pixel_percent=100 * plan.fraction[0], flop_ratio=dense_flops / flops(c),
+                             rel_err_vs_true_edited=true["rel_l2"], max_err_vs_true_edited=true["max_abs"],
+                             rel_err_vs_frozen_edited=frozen["rel_l2"], max_err_vs_frozen_edited=frozen["max_abs"]))
+        progs.append((c, plan))
+    wall = [[] for _ in range(len(progs) + 1)]
+    timed(dense_c, params, x_edit, t)
+    for c, plan in progs:
+        timed(c, params, x_edit, t, cache, plan)
+    for r in range(rounds):
+        order = list(range(len(progs) + 1))
+        order = order[r % len(order):] + order[:r % len(order)]
+        for i in order:
+            wall[i].append(timed(dense_c, params, x_edit, t)[0] if i == 0
+                           else timed(progs[i - 1][0], params, x_edit, t, cache, progs[i - 1][1])[0])
+    for i, row in enumerate(dilation):
+        row["ms_dense_median"] = 1e3 * float(np.median(wall[0]))
+        row["ms_sparse_median"] = 1e3 * float(np.median(wall[i + 1]))
+        row["speedup_median"] = row["ms_dense_median"] / row["ms_sparse_median"]
+        print(f"dilate {row['dilate']}: {row}", flush=True)
+    return dilation
 
 
 def main(argv=None):
@@ -191,7 +285,13 @@ def main(argv=None):
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.10, 0.25])
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--steps", type=int, default=50, help="DDIM steps for the cache-memory figure")
-    ap.add_argument("--dilate", type=int, nargs="+", default=[0, 2, 4, 8], help="mask dilations (accuracy table)")
+    ap.add_argument("--dilate", type=int, nargs="*", default=[0, 2, 4, 8],
+                    help="mask dilations (accuracy table); none: skip the table")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="plans to measure")
+    ap.add_argument("--per-octave", type=int, default=None, help="exact plans: sub-octave buckets (plan default 4)")
+    ap.add_argument("--layer-dense-above", type=float, default=None,
+                    help="exact plans: a layer above this fraction of its tiles is computed densely (plan default 0.5)")
+    ap.add_argument("--name", default="editing", help="output stem: OUT/NAME.json and OUT/NAME.md")
     ap.add_argument("--large-size", type=int, default=128, help="second size for the input/exact plans (0: skip)")
     ap.add_argument("--large-blocks", type=int, nargs="+", default=[8, 4])
     ap.add_argument("--large-rounds", type=int, default=5)
@@ -209,48 +309,15 @@ def main(argv=None):
     params = random_params(model, (1, size, size, 1))
     nparams = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(params))
     t0 = time.perf_counter()
-    rows, dense_flops, cache = measure(net, params, size, args.blocks, args.fractions, list(VARIANTS), args.rounds)
+    plan_kw = {k: v for k, v in (("per_octave", args.per_octave), ("layer_dense_above", args.layer_dense_above))
+               if v is not None}
+    rows, dense_flops, cache = measure(net, params, size, args.blocks, args.fractions, args.variants, args.rounds,
+                                       plan_kw=plan_kw)
     step_bytes = cache_bytes(cache)
     print(f"DigitsUNet large ({nparams:,} params) at {size}x{size}; dense {dense_flops / 1e9:.3f} GFLOP per step; "
           f"cache {step_bytes / 2**20:.2f} MiB per step ({time.perf_counter() - t0:.0f} s)", flush=True)
 
-    # the input plan vs dilation of the edit mask, at ~5% edited: errors vs the true and the frozen-stats
-    # dense network (receptive-field error vs statistics), FLOPs, interleaved wall time
-    dilation = []
-    key = jax.random.PRNGKey(0)
-    x = jax.random.normal(key, (size, size, 1))
-    t = jnp.float32(0.5)
-    mask = square_mask(size, 0.05, size // 3 + 1)
-    x_edit = jnp.where(mask[..., None], -x, x)
-    dense_c = jax.jit(net.apply).lower(params, x_edit, t).compile()
-    y_true = dense_c(params, x_edit, t)
-    y_frozen = jax.jit(net.apply_frozen)(params, x_edit, t, cache)
-    sparse = jax.jit(net.apply_sparse)
-    progs = []
-    for d in args.dilate:
-        plan = net.plan(mask, tuple(args.blocks), dilate=d, dense_above=1.0)
-        c = sparse.lower(params, x_edit, t, cache, plan).compile()
-        y = c(params, x_edit, t, cache, plan)
-        true, frozen = _errors(y, y_true, mask), _errors(y, y_frozen, mask)
-        dilation.append(dict(dilate=d, active_pixel_percent=100 * plan.fraction[0], flop_ratio=dense_flops / flops(c),
-                             rel_err_vs_true_edited=true["rel_l2"], max_err_vs_true_edited=true["max_abs"],
-                             rel_err_vs_frozen_edited=frozen["rel_l2"], max_err_vs_frozen_edited=frozen["max_abs"]))
-        progs.append((c, plan))
-    wall = [[] for _ in range(len(progs) + 1)]
-    timed(dense_c, params, x_edit, t)
-    for c, plan in progs:
-        timed(c, params, x_edit, t, cache, plan)
-    for r in range(args.rounds):
-        order = list(range(len(progs) + 1))
-        order = order[r % len(order):] + order[:r % len(order)]
-        for i in order:
-            wall[i].append(timed(dense_c, params, x_edit, t)[0] if i == 0
-                           else timed(progs[i - 1][0], params, x_edit, t, cache, progs[i - 1][1])[0])
-    for i, row in enumerate(dilation):
-        row["ms_dense_median"] = 1e3 * float(np.median(wall[0]))
-        row["ms_sparse_median"] = 1e3 * float(np.median(wall[i + 1]))
-        row["speedup_median"] = row["ms_dense_median"] / row["ms_sparse_median"]
-        print(f"dilate {row['dilate']}: {row}", flush=True)
+    dilation = dilation_rows(net, params, size, args.blocks, args.dilate, args.rounds, cache, dense_flops)
 
     large = []
     if args.large_size:
@@ -276,21 +343,47 @@ def main(argv=None):
         command=command.strip(), jax=jax.__version__, backend=jax.default_backend(), machine=platform.machine(),
         cpus=os.cpu_count(), date=datetime.datetime.now().isoformat(timespec="seconds"),
         model="DigitsUNet(**SIZES['large']), random weights", params=nparams, size=size, blocks=args.blocks,
-        rounds=args.rounds, cache_bytes_per_step=step_bytes,
+        rounds=args.rounds, fractions=args.fractions, plan_kw=plan_kw, cache_bytes_per_step=step_bytes,
         cache_bytes_per_edit=step_bytes * (args.steps + 1), steps=args.steps, dense_flops=dense_flops,
         rows=rows, dilation=dilation, large=large, large_size=args.large_size, large_blocks=args.large_blocks,
-        large_rounds=args.large_rounds, variants={k: v[1] for k, v in VARIANTS.items()}, paper=PAPER,
+        large_rounds=args.large_rounds, variants={k: VARIANTS[k][1] for k in args.variants}, paper=PAPER,
         ddpm=ddpm, ddpm_blocks=args.ddpm_blocks, ddpm_rounds=args.ddpm_rounds,
         ddpm_params=ddpm_params if ddpm else None, ddpm_cache_bytes_per_step=ddpm_cache if ddpm else None,
         seconds=time.perf_counter() - t0,
     )
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "editing.json"), "w") as f:
+        with open(os.path.join(args.out, args.name + ".json"), "w") as f:
             json.dump(result, f, indent=1)
-        with open(os.path.join(args.out, "editing.md"), "w") as f:
+        with open(os.path.join(args.out, args.name + ".md"), "w") as f:
             f.write(markdown(result))
     return result
+
+
+def _edited(r):
+    return "1 px" if r.get("edited_pixels") == 1 else f"{r['edited_percent']:.1f}"
+
+
+def _work_table(rows):
+    """The exact plans' estimated work, decomposed (see the module docstring), beside FLOPs and wall time."""
+    rows = [r for r in rows if r.get("work_breakdown")]
+    if not rows:
+        return []
+    lines = [
+        "| edited % | plan | est. work: ideal | whole tiles | bucketed (plan.work) | share at low res. | dense "
+        "layers | XLA FLOPs / dense | wall / dense (paired median) | cache pass / dense |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        w = r["work_breakdown"]
+        cp = r.get("ms_cache_pass_median")
+        lines.append(
+            f"| {_edited(r)} | {r['plan']} | {w['ideal']:.3f} | {w['tiles']:.3f} | {w['bucketed']:.3f} | "
+            f"{100 * w['level_share'][-1]:.0f}% ({100 * w['level_share_dense'][-1]:.0f}%) | "
+            f"{w['dense_layers']} / {w['layers']} | {1 / r['flop_ratio']:.3f} | "
+            f"{1 / r['speedup_paired_median']:.3f} | "
+            f"{'' if cp is None else format(cp / r['ms_dense_median'], '.3f')} |")
+    return lines
 
 
 def _speed_table(rows):
@@ -308,7 +401,7 @@ def _speed_table(rows):
         if r.get("default_dense_fallback"):
             work += " (default: dense)"
         lines.append(
-            f"| {r['edited_percent']:.1f} | {r['plan']} | {tiles}{' (dense fallback)' if r['dense_fallback'] else ''} "
+            f"| {_edited(r)} | {r['plan']} | {tiles}{' (dense fallback)' if r['dense_fallback'] else ''} "
             f"| {work} | {r['flops_sparse'] / 1e9:.3f} | {r['flop_ratio']:.2f}x | {r['ms_dense_median']:.1f} | "
             f"{r['ms_sparse_median']:.1f} | **{r['speedup_median']:.2f}x** ({r['speedup_paired_median']:.2f}x) |")
     return lines
@@ -326,11 +419,34 @@ def _error_table(rows):
             masked = e.get("vs_masked_max_abs")
             frozen = e.get("vs_frozen_roi")
             lines.append(
-                f"| {r['edited_percent']:.1f} | {r['plan']} | {s} | {e['vs_true_edited']['max_abs']:.2e} / "
+                f"| {_edited(r)} | {r['plan']} | {s} | {e['vs_true_edited']['max_abs']:.2e} / "
                 f"{e['vs_true_edited']['rel_l2']:.2e} | {e['vs_true_all']['max_abs']:.2e} / "
                 f"{e['vs_true_all']['rel_l2']:.2e} | {'n/a (dense)' if masked is None else format(masked, '.1e')} | "
                 f"{'' if frozen is None or r['plan'] == 'input' else format(frozen['max_abs'], '.1e')} |")
     return lines
+
+
+def _decomposition(res):
+    lines = _work_table(res["rows"])
+    if not lines:
+        return []
+    cp = [r["ms_cache_pass_median"] for r in res["rows"] if r.get("ms_cache_pass_median") is not None]
+    d = [r["ms_dense_median"] for r in res["rows"]]
+    return [
+        "Where the exact plans' time goes. Estimated convolution work as a fraction of dense: *ideal* = only the "
+        "pixels each layer must recompute (changed by the edit and needed by the roi), *whole tiles* = the "
+        "active tiles, *bucketed* = tile counts padded to buckets and layers above `layer_dense_above` computed "
+        "densely (the plan's own estimate); share at low res. = the bucketed work at the lowest-resolution level "
+        "(in parentheses: dense's). "
+        "Then XLA's FLOPs and the measured wall time as fractions of dense. *cache pass*: one pass over the "
+        "cached maps (padding every map by the engine's border, as `apply_sparse` does to the cache on each "
+        f"call; {res['cache_bytes_per_step'] / 2**20:.1f} MiB), timed in the same rounds: median "
+        f"{np.median(cp):.0f} ms vs dense {np.median(d):.0f} ms. A one-pixel edit (`1 px`) shows the sparse "
+        "call's fixed cost.",
+        "",
+        *lines,
+        "",
+    ]
 
 
 def markdown(res) -> str:
@@ -351,6 +467,7 @@ def markdown(res) -> str:
         "",
         *_speed_table(res["rows"]),
         "",
+        *_decomposition(res),
         "Errors of the network output (eps; output scale max |eps| = "
         f"{res['rows'][0]['output_scale']:.2f}). vs true dense: the dense network on the edited image. "
         "vs masked-dense: the dense reference with the engine's semantics (engine exactness). vs frozen-stats "
@@ -367,20 +484,23 @@ def markdown(res) -> str:
         f"Cache memory: {mib:.2f} MiB per step (every layer's output and GroupNorm statistics of the original "
         f"image, float32); a {res['steps']}-step DDIM edit keeps {res['steps'] + 1} of them: "
         f"{res['cache_bytes_per_edit'] / 2**20:.0f} MiB.",
-        "",
-        "Input plan: approximation vs dilation of the edit mask (the ~5% edit; stats=reuse; active pixels at "
-        "level 0). Errors on the edited pixels vs the true dense network and vs the frozen-statistics dense "
-        "network (the latter is the receptive-field error alone; the exact plan's is 0). Wall time: "
-        f"{res['rounds']} interleaved rounds with dense.",
-        "",
-        "| dilate (px) | active pixels % | FLOPs fewer | speedup (median) | rel. L2 / max abs error vs true, edited | "
-        "rel. L2 / max abs error vs frozen-stats, edited |",
-        "|---|---|---|---|---|---|",
-        *[f"| {d['dilate']} | {d['active_pixel_percent']:.1f} | {d['flop_ratio']:.2f}x | "
-          f"{d['speedup_median']:.2f}x | {d['rel_err_vs_true_edited']:.2e} / {d['max_err_vs_true_edited']:.2e} | "
-          f"{d['rel_err_vs_frozen_edited']:.2e} / {d['max_err_vs_frozen_edited']:.2e} |"
-          for d in res.get("dilation", [])],
     ]
+    if res.get("dilation"):
+        lines += [
+            "",
+            "Input plan: approximation vs dilation of the edit mask (the ~5% edit; stats=reuse; active pixels at "
+            "level 0). Errors on the edited pixels vs the true dense network and vs the frozen-statistics dense "
+            "network (the latter is the receptive-field error alone; the exact plan's is 0). Wall time: "
+            f"{res['rounds']} interleaved rounds with dense.",
+            "",
+            "| dilate (px) | active pixels % | FLOPs fewer | speedup (median) | rel. L2 / max abs error vs true, "
+            "edited | rel. L2 / max abs error vs frozen-stats, edited |",
+            "|---|---|---|---|---|---|",
+            *[f"| {d['dilate']} | {d['active_pixel_percent']:.1f} | {d['flop_ratio']:.2f}x | "
+              f"{d['speedup_median']:.2f}x | {d['rel_err_vs_true_edited']:.2e} / {d['max_err_vs_true_edited']:.2e} | "
+              f"{d['rel_err_vs_frozen_edited']:.2e} / {d['max_err_vs_frozen_edited']:.2e} |"
+              for d in res.get("dilation", [])],
+        ]
     if res.get("large"):
         n = res["large_size"]
         lines += [
