@@ -20,7 +20,8 @@ Problems (VP SDE): an 8-mode Gaussian mixture with the exact score in d=64 and d
 Timing: every program is compiled first (compile time reported), warmed up, then all of a
 problem's programs run in ``--rounds`` interleaved rounds (each blocked until ready); walls are
 medians over rounds and every ratio is the median of per-round ratios, so load from other jobs
-on a shared machine cancels. Compile time: CPU seconds of lower + compile (XLA compiles on
+on a shared machine cancels. Compile time: median over ``--compile-repeats`` of the CPU seconds
+of trace + lower + compile (XLA compiles on
 one thread; CPU time is robust to other jobs where wall time is not). Quality: measured on
 ``n_quality`` samples of the same setting (a separate, untimed run when larger than the timed
 ``n``). Memory: XLA's temp-buffer size.
@@ -144,12 +145,18 @@ def cases(prob: Problem, quick: bool, diffrax_tols: tuple[float, ...] | None = N
     return out
 
 
-def compile_case(case: Case, prob: Problem, n: int):
-    fn = jax.jit(lambda k, p: case.run(k, prob.score_of(p), n))
+def compile_case(case: Case, prob: Problem, n: int, repeats: int = 1):
+    """Compile ``repeats`` times (fresh trace, lower and compile each time); compile time is the
+    median CPU seconds: XLA compiles on one thread, so this is what a quiet machine's wall time
+    would be, robust to load."""
     key = jax.random.PRNGKey(0)
-    c0 = time.process_time()  # CPU seconds: XLA compiles on one thread, so this is what a quiet
-    compiled = fn.lower(key, prob.params).compile()  # machine's wall time would be; robust to load
-    compile_s = time.process_time() - c0
+    seconds = []
+    for _ in range(repeats):
+        fn = jax.jit(lambda k, p: case.run(k, prob.score_of(p), n))
+        c0 = time.process_time()
+        compiled = fn.lower(key, prob.params).compile()
+        seconds.append(time.process_time() - c0)
+    compile_s = statistics.median(seconds)
     temp = -1
     try:
         temp = int(compiled.memory_analysis().temp_size_in_bytes)
@@ -159,14 +166,14 @@ def compile_case(case: Case, prob: Problem, n: int):
 
 
 def bench_problem(name: str, n: int, n_quality: int, rounds: int, quick: bool, rows: list, summary: dict,
-                  diffrax_tols: tuple[float, ...] | None = None):
+                  diffrax_tols: tuple[float, ...] | None = None, compile_repeats: int = 3):
     prob = make_problem(name)
     key = jax.random.PRNGKey(0)
     print(f"\n== {name}: shape={prob.shape}, n={n} timed, n={n_quality} for quality", flush=True)
     todo = cases(prob, quick, diffrax_tols)
     programs, by_label = {}, {}
     for case in todo:
-        compiled, compile_s, temp = compile_case(case, prob, n)
+        compiled, compile_s, temp = compile_case(case, prob, n, compile_repeats)
         sol = jax.block_until_ready(compiled(key, prob.params))  # warm-up
         if n_quality != n:
             sol_q = jax.block_until_ready(compile_case(case, prob, n_quality)[0](key, prob.params))
@@ -263,7 +270,7 @@ def write_markdown(path, rows, summary, command, machine):
              f"{machine['load']}", "",
              "Timing: all programs of a problem compiled, warmed up, then run in interleaved rounds "
              "(`block_until_ready`); wall = median over rounds; every ratio = median of per-round ratios; "
-             "compile s = CPU seconds of lower + compile. "
+             "compile s = median CPU seconds of trace + lower + compile over repeats. "
              "Quality (spread_w2, sw2; lower is better; floor = an exact sampler's score at that n) on `n_quality` "
              "samples. Matched = the other library's cheapest setting whose quality is no worse (within half the "
              "floor). Exact-like = within half the floor of an exact sampler.", ""]
@@ -299,6 +306,8 @@ def main(argv=None):
     parser.add_argument("--problems", default="gmm64,gmm3072,conv")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--name", default="vs_diffrax", help="output file stem")
+    parser.add_argument("--compile-repeats", type=int, default=3, help="compile each program this many times; "
+                        "compile time = median CPU seconds")
     parser.add_argument("--diffrax-tols", default=None, help="comma-separated rtol=atol of the diffrax SDE rows "
                         "(default 0.3,0.1,0.03,0.01)")
     args = parser.parse_args(argv)
@@ -311,7 +320,7 @@ def main(argv=None):
     for problem in args.problems.split(","):
         n, n_quality = sizes[problem]
         tols = tuple(float(v) for v in args.diffrax_tols.split(",")) if args.diffrax_tols else None
-        bench_problem(problem, n, n_quality, args.rounds, args.quick, rows, summary, tols)
+        bench_problem(problem, n, n_quality, args.rounds, args.quick, rows, summary, tols, args.compile_repeats)
     machine = dict(cpu_count=os.cpu_count(), platform=platform.platform(), jax=jax.__version__,
                    diffrax=getattr(dfx, "__version__", "?"), backend=jax.default_backend(), load=load,
                    date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))

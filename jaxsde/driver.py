@@ -56,12 +56,11 @@ class Solution(NamedTuple):
 
 
 class _LoopState(NamedTuple):
-    """One sample's loop state. ``x`` may be non-finite after a failing step. Finiteness is read
-    from the carried state at the start of the next :func:`step` (never from the step's fresh
-    output, which XLA would fuse and recompute inside the check), which keeps ``x_good``, the
-    last finite state, and latches ``failed``; :func:`finalize` returns ``x_good`` for a failed
-    sample. Adaptive solvers also stop at the failure (:func:`done`); fixed-grid ones run to the
-    grid's end, so their loop predicate stays free of data (see :func:`done`)."""
+    """One sample's loop state. With ``check_finite``, :func:`step` commits an attempt only if its
+    state is finite: a non-finite one latches ``failed`` and leaves ``x``, ``t`` and the solver
+    state at the last finite state (so ``x`` is always finite). Adaptive solvers then stop
+    (:func:`done`); fixed-grid ones run to the grid's end without committing, so their loop
+    predicate stays free of data (see :func:`done`)."""
 
     x: Array
     t: Array
@@ -69,10 +68,7 @@ class _LoopState(NamedTuple):
     solver_state: Any
     stats: Stats
     result: Array
-    x_good: Array  # the last finite state (== x before the current attempt until a failure)
-    t_good: Array
-    accepted_good: Array  # int32: num_accepted when x_good was current
-    failed: Array  # bool: a non-finite state was seen (latched)
+    failed: Array  # bool: an attempt produced non-finite values (latched; checked only if check_finite)
 
 
 def _validate(sde: SDE, score: ScoreFn, solver: Solver, x_T: Array, t_start, t_end, max_steps):
@@ -176,9 +172,6 @@ def init(p: Problem, x_T: Array, t_start: Array | None = None) -> _LoopState:
         solver_state=first.state,
         stats=Stats(nfe=zero + first.nfe, num_accepted=zero, num_rejected=zero, num_steps=zero),
         result=jnp.asarray(results.SUCCESS, jnp.int32),
-        x_good=x_T,
-        t_good=t0,
-        accepted_good=zero,
         failed=jnp.array(False),
     )
 
@@ -194,29 +187,29 @@ def done(p: Problem, s: _LoopState) -> Array:
         return ~((s.stats.num_steps < min(p.max_steps, fixed)) & (s.result == results.SUCCESS))
     running = (s.t > jnp.asarray(p.t_end, p.dtype)) & (s.result == results.SUCCESS) & (s.stats.num_steps < p.max_steps)
     if p.check_finite:  # adaptive: stop at the failure (a NaN error estimate would shrink h to max_steps)
-        running = running & jnp.all(jnp.isfinite(s.x))
+        running = running & ~s.failed
     return ~running
 
 
 def step(p: Problem, key: Array, s: _LoopState) -> _LoopState:
     """One attempt (one loop iteration) of a sample whose solve key is ``key``."""
-    if p.check_finite:  # read the carried state (an input here), see _LoopState
-        good = ~s.failed & jnp.all(jnp.isfinite(s.x))
-        x_good, t_good = jnp.where(good, s.x, s.x_good), jnp.where(good, s.t, s.t_good)
-        accepted_good = jnp.where(good, s.stats.num_accepted, s.accepted_good)
-    else:
-        good, x_good, t_good, accepted_good = jnp.array(True), s.x, s.t, s.stats.num_accepted
     t_end_arr = jnp.asarray(p.t_end, p.dtype)
     z = None
     if p.solver.noise_per_attempt:
         t_next = p.solver.attempt_end(s.solver_state, s.t, s.h, t_end_arr)
         z = p.noise.draw(key, s.stats.num_steps, s.t, t_next, (p.solver.noise_per_attempt, *p.shape), p.dtype)
     out = p.solver.step(p.sde, p.score, s.x, s.t, s.h, s.solver_state, z, t_end_arr)
-    # Finiteness of out.x is checked on the carried state (next step / done / finalize), not
-    # here: a check here is a second consumer of out.x, and XLA (CPU) then fuses and recomputes
-    # the whole step, noise generation included, inside it (measured: +30% FLOPs, EM d=3072).
     status = jnp.asarray(out.status, jnp.int32)
     ok = status == results.SUCCESS
+    failed = s.failed
+    if p.check_finite and not p.solver.keeps_finite:
+        # The barrier materialises out.x once: without it the check is a second consumer of
+        # out.x, and XLA (CPU) fuses and recomputes the whole step, noise draw included, inside
+        # the reduction (measured: +30% FLOPs, EM d=3072).
+        x_new = jax.lax.optimization_barrier(out.x)
+        out = out._replace(x=x_new)
+        failed = failed | ~jnp.all(jnp.isfinite(x_new))
+        ok = ok & ~failed  # commit nothing from the failing attempt on
     accepted = jnp.asarray(out.accepted) & ok
     stats = Stats(
         nfe=s.stats.nfe + out.nfe,
@@ -225,7 +218,7 @@ def step(p: Problem, key: Array, s: _LoopState) -> _LoopState:
         num_steps=s.stats.num_steps + 1,
     )
 
-    def keep(new, old):  # a solver-reported failure keeps the old state; pass-through leaves need no select
+    def keep(new, old):  # a failed attempt keeps the old state; pass-through leaves need no select
         return new if new is old else jnp.where(ok, new, old)
 
     return _LoopState(
@@ -235,20 +228,15 @@ def step(p: Problem, key: Array, s: _LoopState) -> _LoopState:
         solver_state=jax.tree_util.tree_map(keep, out.state, s.solver_state),
         stats=stats,
         result=status,
-        x_good=x_good,
-        t_good=t_good,
-        accepted_good=accepted_good,
-        failed=~good,
+        failed=failed,
     )
 
 
 def finalize(p: Problem, s: _LoopState) -> Solution:
     """The :class:`Solution` of a finished loop state (result code; the denoising step if ``p.denoise``)."""
     t_end_arr = jnp.asarray(p.t_end, p.dtype)
-    finite = ~s.failed & jnp.all(jnp.isfinite(s.x))
-    x = jnp.where(finite, s.x, s.x_good)  # the last finite state (non-finite if check_finite=False)
-    t = jnp.where(finite, s.t, s.t_good)
-    stats = s.stats._replace(num_accepted=jnp.where(finite, s.stats.num_accepted, s.accepted_good))
+    x, t, stats = s.x, s.t, s.stats  # with check_finite, the last finite state (see _LoopState)
+    finite = ~s.failed if p.check_finite else jnp.all(jnp.isfinite(s.x))
     result = jnp.where(finite | (s.result != results.SUCCESS), s.result, results.NONFINITE)
     result = jnp.where((result == results.SUCCESS) & (t > t_end_arr), results.MAX_STEPS_REACHED, result)
     result = result.astype(jnp.int32)
@@ -297,8 +285,9 @@ def solve(
         solvers stop it there, fixed-grid solvers let it run to the grid's end like the rest of
         its batch (its ``nfe``/``num_steps`` count that work, ``num_accepted`` only the steps
         up to the returned state). ``False`` checks the final state only: a failed sample still
-        gets ``results.NONFINITE``, but its ``x`` is not finite; it saves one read of the state
-        per step.
+        gets ``results.NONFINITE``, but its ``x`` is not finite; it saves one reduction and one
+        select of the state per step. Solvers that reject non-finite attempts themselves (GGF,
+        ProbabilityFlow: ``solver.keeps_finite``) need no check.
 
     Returns:
       :class:`Solution`. Failures never raise inside jit: non-finite values give

@@ -56,6 +56,9 @@ class Solver:
 
     noise_per_attempt: int = 0
     adaptive: bool = False
+    # True if ``step`` never returns a non-finite ``x`` from a finite one (it rejects non-finite
+    # attempts itself); the driver then skips its own per-step finiteness check.
+    keeps_finite: bool = False
 
     @property
     def nfe_per_attempt(self) -> int:

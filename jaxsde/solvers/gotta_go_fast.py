@@ -99,6 +99,7 @@ class GottaGoFast(Solver):
 
     noise_per_attempt = 1
     adaptive = True
+    keeps_finite = True  # non-finite attempts are rejected (x_out = x)
 
     def __post_init__(self):
         def finite_positive(name, value):

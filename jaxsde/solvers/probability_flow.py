@@ -154,6 +154,7 @@ class ProbabilityFlow(Solver):
 
     noise_per_attempt = 0
     adaptive = True
+    keeps_finite = True  # non-finite attempts are rejected (x_out = x)
 
     def __post_init__(self):
         for name in ("rtol", "atol"):
