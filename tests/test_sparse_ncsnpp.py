@@ -7,45 +7,52 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsde.models.ncsnpp import DDPMPP_CIFAR10_VP, NCSNPP_CIFAR10_VE, NCSNpp
+from jaxsde.models.ncsnpp import DDPMPP_CIFAR10_VP, NCSNPP_CIFAR10_VE, NCSNpp, get_config
 from jaxsde.sparse import SparseUNet, propagate, random_params
 
 H = 16
 BLOCKS = (4, 2)
 
 
-def _config(**overrides):
-    """A tiny DDPM++ (score_sde's ddpmpp layout: fir=False, no progressive paths, skip_rescale)."""
-    base = dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), image_size=H)
-    return DDPMPP_CIFAR10_VP.replace(**{**base, **overrides})
+def _config(base=DDPMPP_CIFAR10_VP, **overrides):
+    """A tiny DDPM++ (score_sde's ddpmpp layout: fir=False, no progressive paths, skip_rescale), or
+    a tiny ``base``."""
+    tiny = dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), image_size=H)
+    return base.replace(**{**tiny, **overrides})
 
 
-def _net(**overrides):
-    model = NCSNpp(_config(**overrides))
+def _net(base=DDPMPP_CIFAR10_VP, **overrides):
+    model = NCSNpp(_config(base, **overrides))
     return model, random_params(model, (1, H, H, 3)), SparseUNet(model)
 
 
 class Case:
     """One tiny DDPM++, its jit-compiled passes (each compiled once per module) and the original image's record."""
 
-    def __init__(self, resblock_type):
-        if resblock_type == "biggan":  # the VE conventions: Fourier embedding of sigma, inputs in [0, 1], / sigma
+    def __init__(self, kind):
+        self.kind = kind
+        if kind == "biggan":  # the VE conventions: Fourier embedding of sigma, inputs in [0, 1], / sigma
             self.model, self.params, self.net = _net(resblock_type="biggan", embedding_type="fourier",
                                                      scale_by_sigma=True, centered=False)
             self.t = jnp.float32(2.5)
-        else:  # the VP ones: positional embedding of the label t * 999
+        elif kind == "ncsnpp":  # NCSN++ (VE): FIR resampling in the BigGAN blocks, the residual input pyramid
+            self.model, self.params, self.net = _net(NCSNPP_CIFAR10_VE)
+            self.t = jnp.float32(2.5)
+        else:  # DDPM blocks, the VP conventions: positional embedding of the label t * 999
             self.model, self.params, self.net = _net(resblock_type="ddpm")
             self.t = jnp.float32(321.0)
         net = self.net
-        self.apply = jax.jit(net.apply)
+        flax_apply = jax.jit(self.model.apply)
+        self.apply = lambda params, x, t: flax_apply(params, x[None], t[None])[0]  # the true dense network
         self.sparse = jax.jit(net.apply_sparse, static_argnums=5)
         self.masked = jax.jit(net.apply_masked, static_argnums=5)
-        self.frozen = jax.jit(net.apply_frozen)
+        # (t an argument, not a closure constant: XLA would constant-fold the time embedding differently)
+        self.frozen_record = jax.jit(lambda p, x, t, c: _frozen_record(net, p, x, t, c))
         self.x = jax.random.normal(jax.random.PRNGKey(1), (H, H, 3))
         self.out, self.cache = jax.jit(net.record)(self.params, self.x, self.t)
 
 
-@pytest.fixture(scope="module", params=["biggan", "ddpm"])
+@pytest.fixture(scope="module", params=["biggan", "ddpm", "ncsnpp"])
 def case(request):
     return Case(request.param)
 
@@ -71,11 +78,16 @@ def _frozen_record(net, params, x, t, cache):
 def test_ncsnpp_dense_equals_flax(case):
     """The functional forward (recording) equals NCSNpp.apply on a batch of one; BigGAN resamples
     inside its blocks (layers that pool / upsample, residuals through them), DDPM with strided convs."""
-    ref = jax.jit(case.model.apply)(case.params, case.x[None], case.t[None])[0]
+    ref = case.apply(case.params, case.x, case.t)
     np.testing.assert_allclose(np.asarray(case.out), np.asarray(ref), rtol=0, atol=1e-5)
     graph = case.net.graph((H, H))
     kinds = {(L.get("pool", False), L["up"], L.get("res_resample")) for L in graph.layers if not L["attention"]}
-    if case.model.config.resblock_type == "biggan":
+    cfg = case.model.config
+    if cfg.fir:  # FIR resampling (a _Resample) before Conv_0 and in the residual; the pyramid's blur + stride 2
+        firs = [(L["name"], L["fir"].level_shift, L["stride"]) for L in graph.layers if L.get("fir") is not None]
+        assert {(1, 1), (-1, 1), (0, 2)} == {f[1:] for f in firs} and ("Downsample_0", 0, 2) in firs
+        assert sum(not isinstance(L.get("res_resample"), str | None) for L in graph.layers) == 2
+    elif cfg.resblock_type == "biggan":
         assert {(True, False, None), (False, False, "down"), (False, True, None), (False, False, "up")} <= kinds
     else:
         assert {(False, False, None), (False, True, None)} == kinds
@@ -102,12 +114,14 @@ def test_ncsnpp_sparse_equals_masked_and_frozen(case):
     assert 0 < min(n for n in exact.layer_counts if n) < max(exact.layer_counts) == exact.tile_total(0)
     e = np.asarray(case.sparse(params, xe, t, cache, exact, "reuse"))
     np.testing.assert_allclose(e, np.asarray(case.masked(params, xe, t, cache, exact, "reuse")), rtol=0, atol=1e-5)
-    frozen = np.asarray(case.frozen(params, xe, t, cache))
+    frozen = np.asarray(case.frozen_record(params, xe, t, cache)["Conv_1"])  # (the output layer's record)
+    if case.kind == "ncsnpp":  # the same engine as SparseUNet.apply_frozen (one more compile, in one case)
+        np.testing.assert_array_equal(np.asarray(jax.jit(case.net.apply_frozen)(params, xe, t, cache)), frozen)
     np.testing.assert_allclose(e[mask], frozen[mask], rtol=0, atol=1e-5)
     np.testing.assert_array_equal(e[~mask], out[~mask])
     assert np.abs(e - out)[mask].max() > 1e-2  # the edit did change the output
     true = np.asarray(case.apply(params, xe, t))
-    print(f"{case.model.config.resblock_type}: max |exact - frozen| on the roi {np.abs(e - frozen)[mask].max():.2e}, "
+    print(f"{case.kind}: max |exact - frozen| on the roi {np.abs(e - frozen)[mask].max():.2e}, "
           f"max |exact - true dense| on the roi {np.abs(e - true)[mask].max():.2e}, "
           f"max |input plan - true dense| on the edit {np.abs(s - true)[mask].max():.2e}")
 
@@ -118,8 +132,7 @@ def test_ncsnpp_propagation_equals_the_changed_pixels(case):
     layer by layer (frozen statistics); every layer's cache entry is traced."""
     net, cache, mask = case.net, case.cache, _mask()
     xe = jnp.where(mask[..., None], case.x - 2.0, case.x)
-    # (t an argument, not a closure constant: XLA would constant-fold the time embedding differently)
-    rec = jax.jit(lambda p, x, t, c: _frozen_record(net, p, x, t, c))(case.params, xe, case.t, cache)
+    rec = case.frozen_record(case.params, xe, case.t, cache)
     prop = propagate(net.graph((H, H)), mask)
     assert set(prop) == {name for name in cache if not name.startswith("stats/")}
     for name, (changed, _) in prop.items():
@@ -131,6 +144,8 @@ def test_ncsnpp_propagation_equals_the_changed_pixels(case):
 def test_ncsnpp_full_edit_equals_dense(case):
     """Every tile active with recomputed statistics: the true network; the default plan falls
     back to dense (the dense network's program: no gather / scatter)."""
+    if case.kind == "biggan":
+        pytest.skip("the all-tiles path is the same code as for the FIR BigGAN case (saves compile time)")
     params, t, cache, net = case.params, case.t, case.cache, case.net
     xe = case.x[::-1]
     true = np.asarray(case.apply(params, xe, t))
@@ -145,13 +160,22 @@ def test_ncsnpp_full_edit_equals_dense(case):
     assert "scatter" not in jaxpr and "conv_general_dilated" in jaxpr
 
 
-@pytest.mark.parametrize("field, value", [("fir", True), ("progressive", "output_skip"), ("progressive", "residual"),
-                                          ("progressive_input", "residual"), ("progressive_input", "input_skip")])
-def test_ncsnpp_unsupported_configs(field, value):
-    with pytest.raises(NotImplementedError, match=field):
-        SparseUNet(NCSNpp(_config(**{field: value})))
-    with pytest.raises(NotImplementedError, match="resamp_with_conv"):
-        SparseUNet(NCSNpp(_config(resblock_type="ddpm", resamp_with_conv=False)))
-    SparseUNet(NCSNpp(_config(resblock_type="biggan", resamp_with_conv=False)))  # (BigGAN blocks resample themselves)
-    with pytest.raises(NotImplementedError, match="fir"):
-        SparseUNet(NCSNpp(NCSNPP_CIFAR10_VE))  # NCSN++ proper: FIR and the residual input pyramid
+@pytest.mark.parametrize("overrides, field", [
+    (dict(progressive="output_skip"), "progressive"),
+    (dict(progressive="residual"), "progressive"),
+    (dict(progressive_input="input_skip"), "progressive_input"),
+    (dict(resblock_type="ddpm", fir=True), "fir"),
+    (dict(resblock_type="ddpm", resamp_with_conv=False), "resamp_with_conv"),
+])
+def test_ncsnpp_unsupported_configs(overrides, field):
+    with pytest.raises(NotImplementedError, match=f"NCSNppConfig.{field}="):
+        SparseUNet(NCSNpp(_config(**overrides)))
+
+
+def test_ncsnpp_supported_configs():
+    """score_sde's CIFAR-10 configurations (the published sizes) are accepted; BigGAN blocks
+    ignore resamp_with_conv (they resample themselves)."""
+    for name in ("ncsnpp_cifar10_ve", "ncsnpp_deep_cifar10_ve", "ddpmpp_cifar10_vp", "ddpmpp_deep_cifar10_vp",
+                 "ncsnpp_cifar10_vp"):
+        assert SparseUNet(NCSNpp(get_config(name))).levels == 4
+    SparseUNet(NCSNpp(_config(resblock_type="biggan", resamp_with_conv=False)))

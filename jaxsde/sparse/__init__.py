@@ -1,6 +1,5 @@
 """Spatially sparse inference for editing (SIGE-style) on the DigitsUNet family, diffusers' DDPM
-UNet2D
-and NCSN++ in its DDPM++ configurations.
+UNet2D and NCSN++ / DDPM++.
 
 Idea (Li et al., "Efficient Spatially Sparse Inference for Conditional GANs and Diffusion
 Models", NeurIPS 2022; https://www.cs.cmu.edu/~sige/): when an edit touches a small region,
@@ -12,9 +11,11 @@ Flax params trees of :class:`jaxsde.models.unet.DigitsUNet`,
 :class:`jaxsde.models.ddpm_unet.UNet2D` (ddpm-cifar10's layout: GroupNorm two-pass variance,
 explicit paddings, scale_shift time conditioning, any activation, self-attention) and
 :class:`jaxsde.models.ncsnpp.NCSNpp` in score_sde's DDPM++ configurations (``fir=False``,
-``progressive="none"``, ``progressive_input="none"``, ``resamp_with_conv=True``; ``resblock_type``
-``"ddpm"`` or ``"biggan"``, Fourier or positional time embedding, single-head attention; the other
-NCSN++ configurations raise ``NotImplementedError`` naming the field).
+``progressive="none"``, ``progressive_input="none"``; ``resblock_type`` ``"ddpm"`` or
+``"biggan"``, Fourier or positional time embedding, single-head attention) and its NCSN++ CIFAR-10
+configurations (BigGAN blocks with FIR up/downsampling, ``progressive_input="residual"``); the
+output-skip / residual output pyramids (``progressive``), ``progressive_input="input_skip"`` and
+FIR with DDPM blocks raise ``NotImplementedError`` naming the field (:mod:`~jaxsde.sparse.ncsnpp`).
 
 Pieces:
 
@@ -40,10 +41,13 @@ final output is ``where(roi, out, cached output)``. The sparse engine computes e
 touching only the active tiles: it gathers each tile with its halo (2 for a 3x3 convolution
 at stride 1; 2b + 1 input rows for a stride-2 tile of size b; the low-resolution halo for a
 nearest-upsample + conv; 2b + 4 input rows for a 2x2-average-pool + conv, NCSN++'s BigGAN
-down blocks), stacks the tiles on the batch axis, convolves with VALID padding, and scatters
-into the cached output map. A layer's residual branch may be resampled before its
-optional 1x1 convolution (BigGAN blocks: ``Conv_2(pool(x))`` / ``Conv_2(up(x))``; a 1x1 NIN
-shortcut is the same 1x1 convolution); its tiles are gathered at the residual's resolution.
+down blocks; for a FIR resampling (``upfirdn``: NCSN++'s FIR up / downsampling and the blur
+before its fused stride-2 conv) the input window whose resampled rows are the conv's window,
+resampled with a static phase and zeroed outside the resampled map), stacks the tiles on the
+batch axis, convolves with VALID padding, and scatters into the cached output map. A layer's
+residual branch may be resampled before its optional 1x1 convolution (BigGAN blocks:
+``Conv_2(resample(x))``; a 1x1 NIN shortcut is the same 1x1 convolution); its tiles are
+gathered at the residual's resolution and resampled.
 ``out_scale`` may be a traced scalar (NCSN++'s division by sigma at the output layer). A layer
 whose bucket is every tile of its map is computed as a dense layer on the mixed maps followed by
 the same ``where`` (cheaper than gathering everything); a layer with no active tile is the

@@ -12,12 +12,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
+from ..models import fir as _fir
 from ..models.unet import _groups
 from .plan import TilePlan
 
-PAD = 2  # zero border kept around every stored map (>= the largest halo, 1, plus the stride-2 overhang)
+PAD = 3  # zero border kept around every stored map (>= the largest overhang of a gathered window: 3 for
+# a FIR (1, 3, 3, 1) downsampling + 3x3 conv, 2 for a stride-2 or a nearest-upsample 3x3 conv)
 GN_EPS = 1e-6  # flax.linen.GroupNorm's default epsilon
 
 
@@ -148,18 +151,96 @@ def _unscaled(s) -> bool:
     return isinstance(s, int | float) and s == 1.0
 
 
+class _Resample:
+    """A linear resampling of a map, ``upfirdn``-style (:func:`jaxsde.models.fir.upfirdn2d`): zero
+    insertion by ``up``, zero padding ``pad = (before, after)`` (negative crops), the 2-D FIR
+    filter ``k`` (a true convolution), decimation by ``down``. NCSN++'s FIR up / downsampling
+    (:meth:`up2`, :meth:`down2`) and the blur before its fused stride-2 convolution (:meth:`blur`).
+
+    The sparse engine computes rows ``[y0, y0 + n)`` of the resampled map from a window of the
+    input (:meth:`window`): with ``y0 * down`` a multiple of ``up`` up to a static offset (tile
+    origins are multiples of an even tile size), the window's origin and the filter's phase
+    are the same for every tile.
+    """
+
+    def __init__(self, k, up=1, down=1, pad=(0, 0)):
+        self.k, self.up, self.down, self.pad = np.asarray(k, np.float32), up, down, tuple(pad)
+
+    @classmethod
+    def up2(cls, kernel) -> _Resample:
+        """FIR 2x upsampling (:func:`jaxsde.models.fir.upsample_2d`): ``n -> 2n``."""
+        k = _fir.setup_kernel(kernel) * 4
+        p = k.shape[0] - 2
+        return cls(k, up=2, pad=((p + 1) // 2 + 1, p // 2))
+
+    @classmethod
+    def down2(cls, kernel) -> _Resample:
+        """FIR 2x downsampling (:func:`jaxsde.models.fir.downsample_2d`): ``n -> n / 2``."""
+        k = _fir.setup_kernel(kernel)
+        p = k.shape[0] - 2
+        return cls(k, down=2, pad=((p + 1) // 2, p // 2))
+
+    @classmethod
+    def blur(cls, kernel, conv_k=3) -> _Resample:
+        """The FIR filter before a stride-2 VALID ``conv_k`` convolution
+        (:func:`jaxsde.models.fir.conv_downsample_2d`): ``n -> n + 1`` for ``(1, 3, 3, 1)``."""
+        k = _fir.setup_kernel(kernel)
+        p = k.shape[0] - 2 + conv_k - 1
+        return cls(k, pad=((p + 1) // 2, p // 2))
+
+    @property
+    def level_shift(self) -> int:
+        """+1 (downsampling), -1 (upsampling) or 0: the change of resolution level."""
+        return 1 if self.down == 2 else -1 if self.up == 2 else 0
+
+    def out_size(self, n: int) -> int:
+        return (n * self.up + self.pad[0] + self.pad[1] - self.k.shape[0]) // self.down + 1
+
+    def __call__(self, x, pad=None):
+        """Resample ``x`` (H, W, C) or (N, H, W, C); ``pad`` overrides the padding (windows)."""
+        y = _fir.upfirdn2d(x if x.ndim == 4 else x[None], self.k, self.up, self.down, self.pad if pad is None else pad)
+        return y if x.ndim == 4 else y[0]
+
+    def window(self, y0, n, shift=0):
+        """``(origin, size, pad)``: the input rows ``[origin, origin + size)`` from which
+        ``self(window, pad)`` gives the resampled rows ``[y0, y0 + n)``, ``y0`` (traced) minus
+        the static ``shift`` a multiple of ``up`` (so the filter's phase is static)."""
+        u, d, kh, p0 = self.up, self.down, self.k.shape[0], self.pad[0]
+        off = (shift * d - p0) % u
+        origin = (y0 * d - p0 - off) // u
+        size = -(-(off + (n - 1) * d + kh) // u)
+        return origin, size, (-off, (n - 1) * d + kh - size * u + off)
+
+    def reads(self, n_in: int) -> np.ndarray:
+        """``R[i, j]``: resampled row ``i`` reads input row ``j`` (host side, the tracer)."""
+        u, d, kh, p0 = self.up, self.down, self.k.shape[0], self.pad[0]
+        R = np.zeros((self.out_size(n_in), n_in), np.int64)
+        for i in range(R.shape[0]):
+            lo, hi = -(-(i * d - p0) // u), (i * d - p0 + kh - 1) // u
+            R[i, max(lo, 0):min(hi, n_in - 1) + 1] = 1
+        return R
+
+
+def _resampled(x, how):
+    """``x`` (..., H, W, C) resampled: ``"down"`` 2x2 average pooling, ``"up"`` nearest 2x, a :class:`_Resample`."""
+    if how == "down":
+        return _pool2(x)
+    if how == "up":
+        return _up2(x)
+    return x if how is None else how(x)
+
+
 def _residual(res, gather=None):
     """The residual branch ``res = (srcs, conv[, resample])``: concatenated sources, resampled
-    (``"down"``: 2x2 average pooling, ``"up"``: nearest 2x), then the optional 1x1 ``conv``.
-    ``gather(src)`` takes each source's window (sparse engine); None = the whole maps."""
+    (``"down"``: 2x2 average pooling, ``"up"``: nearest 2x, or a :class:`_Resample`), then the
+    optional 1x1 ``conv``. ``gather(src)`` takes each source's window, already resampled
+    (sparse engine); None = the whole maps."""
     r_srcs, r_conv = res[0], res[1]
     how = res[2] if len(res) > 2 else None
     parts = [s if gather is None else gather(s) for s in r_srcs]
     r = jnp.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
-    if how == "down":
-        r = _pool2(r)
-    elif how == "up":
-        r = _up2(r)
+    if gather is None:
+        r = _resampled(r, how)
     if r_conv is not None:
         batched = r if r.ndim == 4 else r[None]
         pad = "SAME" if gather is None else "VALID"  # a 1x1 convolution either way
@@ -167,11 +248,11 @@ def _residual(res, gather=None):
     return r
 
 
-def _dense_layer(srcs, conv, stats, *, stride=1, up=False, pool=False, norm=None, bias=None, res=None, padding=None,
-                 out_scale=1.0):
+def _dense_layer(srcs, conv, stats, *, stride=1, up=False, pool=False, fir=None, norm=None, bias=None, res=None,
+                 padding=None, out_scale=1.0):
     """One layer computed densely on unpadded maps; ``stats`` None = the maps' own statistics.
-    ``up``: nearest 2x upsampling, ``pool``: 2x2 average pooling, between the pre-op and the
-    convolution. Returns ``(output, statistics used or None)``."""
+    ``up``: nearest 2x upsampling, ``pool``: 2x2 average pooling, ``fir``: a :class:`_Resample`,
+    between the pre-op and the convolution. Returns ``(output, statistics used or None)``."""
     x = jnp.concatenate(srcs, axis=-1) if len(srcs) > 1 else srcs[0]
     if norm is not None:
         if stats is None:
@@ -181,6 +262,8 @@ def _dense_layer(srcs, conv, stats, *, stride=1, up=False, pool=False, norm=None
         x = _up2(x)
     if pool:
         x = _pool2(x)
+    if fir is not None:
+        x = fir(x)
     y = _conv(x[None], conv["kernel"], conv["bias"], stride, "SAME" if padding is None else padding)[0]
     if bias is not None:
         y = y + bias
@@ -259,10 +342,10 @@ class _Sparse(_Arrays):
             return norm.stats(jnp.concatenate(full, axis=-1) if len(full) > 1 else full[0])
         return self.cache["stats/" + name]
 
-    def layer(self, name, srcs, conv, *, stride=1, up=False, pool=False, norm=None, bias=None, res=None,
+    def layer(self, name, srcs, conv, *, stride=1, up=False, pool=False, fir=None, norm=None, bias=None, res=None,
               padding=None, out_scale=1.0):
         lin = self._level_of(srcs[0])
-        lout = lin + 1 if stride == 2 or pool else lin - 1 if up else lin
+        lout = lin + (stride == 2 or pool) - up + (0 if fir is None else fir.level_shift)
         b = self.plan.blocks[lout]
         org, mask, bucket = self.plan.tiles(name, lout)  # (n, 2) unpadded output-tile origins
         if bucket == 0:  # nothing to recompute at this layer
@@ -273,23 +356,27 @@ class _Sparse(_Arrays):
             unpad = ([s[PAD:-PAD, PAD:-PAD] for s in res[0]], *res[1:]) if res is not None else None
             if norm is not None and stats is None:
                 stats = norm.stats(jnp.concatenate(inner, axis=-1) if len(inner) > 1 else inner[0])
-            y, _ = _dense_layer(inner, conv, stats, stride=stride, up=up, pool=pool, norm=norm, bias=bias, res=unpad,
-                                padding=padding, out_scale=out_scale)
+            y, _ = _dense_layer(inner, conv, stats, stride=stride, up=up, pool=pool, fir=fir, norm=norm, bias=bias,
+                                res=unpad, padding=padding, out_scale=out_scale)
             return _padded(jnp.where(mask[..., None], y, self.cache[name][PAD:-PAD, PAD:-PAD]))
         k = conv["kernel"].shape[0]
         H_in = srcs[0].shape[0] - 2 * PAD
         W_in = srcs[0].shape[1] - 2 * PAD
+        n_c = H_in if fir is None else fir.out_size(H_in)  # the convolution's input size
+        if padding is None:
+            out_H = -(-n_c // stride)
+            pad_lo = max((out_H - 1) * stride + k - n_c, 0) // 2
+        else:
+            pad_lo = padding[0][0]
         if up:  # nearest-upsample then 3x3 (padding 1): low-res window with a 1-pixel halo, upsampled, cropped
             lo = org // 2 - 1
             in_org, in_size = lo, b // 2 + 2
         elif pool:  # 2x2 average pooling then 3x3 (padding 1): the pooled window with its halo, 2 input px each
             in_org, in_size = 2 * org - 2, 2 * b + 4
+        elif fir is not None:  # the resampled window the convolution reads, from a window of the input
+            c_org, c_size = org * stride - pad_lo, (b - 1) * stride + k
+            in_org, in_size, fir_pad = fir.window(c_org, c_size, -pad_lo)
         else:
-            if padding is None:
-                out_H = -(-H_in // stride)
-                pad_lo = max((out_H - 1) * stride + k - H_in, 0) // 2
-            else:
-                pad_lo = padding[0][0]
             in_org = org * stride - pad_lo
             in_size = (b - 1) * stride + k
         g = [_gather(s, in_org + PAD, in_size) for s in srcs]
@@ -300,21 +387,31 @@ class _Sparse(_Arrays):
             x = _up2(x)[:, 1:-1, 1:-1]
         if pool:
             x = _pool2(x)
+        if fir is not None:  # zero outside the resampled map: the convolution's own zero padding
+            n_cw = fir.out_size(W_in)
+            x = fir(x, fir_pad) * _inside(c_org, c_size, (n_c, n_cw)).astype(x.dtype)
         y = _conv(x, conv["kernel"], conv["bias"], stride, "VALID")
         if bias is not None:
             y = y + bias
         if res is not None:
-            how = res[2] if len(res) > 2 else None
-            if how == "down":  # the residual's sources are at the input resolution: 2b x 2b windows
-                r_org, r_size = 2 * org, 2 * b
-            elif how == "up":  # at half the output resolution (b even)
-                r_org, r_size = org // 2, b // 2
-            else:
-                r_org, r_size = org, b
-            y = y + _residual(res, lambda s: _gather(s, r_org + PAD, r_size))
+            y = y + _residual(res, self._res_window(res, org, b))
         if not _unscaled(out_scale):
             y = y / out_scale
         return _scatter(self.cache[name], org + PAD, y)
+
+    @staticmethod
+    def _res_window(res, org, b):
+        """``gather(src)``: a residual source's window under output tiles ``org`` (n, 2) of size
+        ``b``, resampled to the tiles' resolution."""
+        how = res[2] if len(res) > 2 else None
+        if how == "down":  # the residual's sources are at the input resolution: 2b x 2b windows
+            return lambda s: _pool2(_gather(s, 2 * org + PAD, 2 * b))
+        if how == "up":  # at half the output resolution (b even)
+            return lambda s: _up2(_gather(s, org // 2 + PAD, b // 2))
+        if how is None:
+            return lambda s: _gather(s, org + PAD, b)
+        w_org, w_size, pad = how.window(org, b)  # (the maps' zero border is the FIR's zero padding)
+        return lambda s: how(_gather(s, w_org + PAD, w_size), pad)
 
     def attention(self, name, x, p, *, norm=None, heads=1, out_scale=1.0):
         """Queries from the active tiles only; keys and values from the whole mixed map."""

@@ -35,14 +35,19 @@ class _Trace:
     def compute(self, fn):
         return None
 
-    def layer(self, name, srcs, conv, *, stride=1, up=False, pool=False, norm=None, bias=None, res=None,
+    def layer(self, name, srcs, conv, *, stride=1, up=False, pool=False, fir=None, norm=None, bias=None, res=None,
               padding=None, out_scale=1.0):
-        H, W = srcs[0].shape[:2]
-        H, W = (H * 2, W * 2) if up else (H // 2, W // 2) if pool else (-(-H // stride), -(-W // stride))
         kshape = tuple(conv["kernel"].shape)
+        H, W = srcs[0].shape[:2]  # -> the convolution's input size, then its output size
+        H, W = (fir.out_size(H), fir.out_size(W)) if fir is not None else (H * 2, W * 2) if up else \
+            (H // 2, W // 2) if pool else (H, W)
+        if padding is not None:
+            H, W = ((n + sum(pd) - kshape[0]) // stride + 1 for n, pd in zip((H, W), padding, strict=True))
+        else:
+            H, W = -(-H // stride), -(-W // stride)
         out = self._node((H, W, kshape[-1]))
         self.layers.append(dict(name=name, srcs=[s.index for s in srcs], res=[s.index for s in res[0]] if res else [],
-                                out=out.index, k=kshape[0], stride=stride, up=up, pool=pool, attention=False,
+                                out=out.index, k=kshape[0], stride=stride, up=up, pool=pool, fir=fir, attention=False,
                                 res_resample=res[2] if res and len(res) > 2 else None,
                                 pad_lo=None if padding is None else padding[0][0],
                                 cost=kshape[0] * kshape[1] * kshape[2] * kshape[3]))
@@ -57,10 +62,14 @@ class _Trace:
         return out
 
 
-def _reads(n_in, n_out, k, stride, up, pad_lo=None, pool=False):
+def _reads(n_in, n_out, k, stride, up, pad_lo=None, pool=False, fir=None):
     """``R[i, j]``: output row ``i`` of the layer reads input row ``j`` (SAME padding, or
     ``pad_lo`` rows before the first; with ``up``, a nearest 2x upsampling before the
-    stride-1 convolution; with ``pool``, a 2x2 average pooling before it)."""
+    stride-1 convolution; with ``pool``, a 2x2 average pooling before it; with ``fir``, a FIR
+    resampling (:class:`jaxsde.sparse.engine._Resample`) before it)."""
+    if fir is not None:
+        F = fir.reads(n_in)
+        return _reads(F.shape[0], n_out, k, stride, False, pad_lo) @ F
     R = np.zeros((n_out, n_in), np.int64)
     for i in range(n_out):
         if up:
@@ -79,7 +88,10 @@ def _reads(n_in, n_out, k, stride, up, pad_lo=None, pool=False):
 
 def _res_reads(n_in, n_out, how):
     """``R[i, j]``: output row ``i`` of a residual branch reads input row ``j`` (identity, or a
-    2x2 average pooling ``"down"``, or a nearest 2x upsampling ``"up"``; a 1x1 convolution after)."""
+    2x2 average pooling ``"down"``, or a nearest 2x upsampling ``"up"``, or a FIR resampling;
+    a 1x1 convolution after)."""
+    if how is not None and not isinstance(how, str):
+        return how.reads(n_in)
     i = np.arange(n_out)
     R = np.zeros((n_out, n_in), np.int64)
     if how == "down":
@@ -122,8 +134,9 @@ def propagate(graph: _Trace, changed, roi=None):
             mats.append(None)
             out = np.full(out_shape[:2], cin.any())
         else:
-            R = _reads(src_shape[0], out_shape[0], L["k"], L["stride"], L["up"], L["pad_lo"], L.get("pool", False))
-            C = _reads(src_shape[1], out_shape[1], L["k"], L["stride"], L["up"], L["pad_lo"], L.get("pool", False))
+            geometry = (L["k"], L["stride"], L["up"], L["pad_lo"], L.get("pool", False), L.get("fir"))
+            R = _reads(src_shape[0], out_shape[0], *geometry)
+            C = _reads(src_shape[1], out_shape[1], *geometry)
             mats.append((R, C))
             out = (R @ cin @ C.T) > 0
         for s in L["res"]:

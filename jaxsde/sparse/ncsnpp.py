@@ -3,15 +3,23 @@ tree, written against an engine (dense, sparse, masked or graph trace).
 
 Supported: the DDPM++ family (``fir=False``, ``progressive="none"``, ``progressive_input="none"``,
 ``resamp_with_conv=True``), either ``resblock_type``, Fourier or positional time embedding, with or
-without ``conditional``, ``skip_rescale`` and ``scale_by_sigma``. Layers, named by their params path:
+without ``conditional``, ``skip_rescale`` and ``scale_by_sigma``; and NCSN++'s FIR resampling
+(``fir=True``, any ``fir_kernel``) with BigGAN blocks, and its residual input pyramid
+(``progressive_input="residual"``): score_sde's CIFAR-10 NCSN++ configurations. Not supported
+(``NotImplementedError``): ``progressive="output_skip"`` / ``"residual"``,
+``progressive_input="input_skip"``, ``fir=True`` with DDPM blocks. Layers, named by their params path:
 
 * ``ResnetBlockDDPMpp_k``: ``/Conv_0`` (GroupNorm + act pre-op, 3x3, + time bias) and ``/Conv_1``
   (GroupNorm + act, 3x3, + the block input, through the 1x1 ``NIN_0`` when the channels change,
   ``/ sqrt 2`` with ``skip_rescale``); ``Downsample_k`` / ``Upsample_k``: the stride-2 3x3 conv and the
   nearest-upsample + 3x3 conv.
 * ``ResnetBlockBigGANpp_k``: the same two layers with a 1x1 ``Conv_2`` shortcut; with ``down`` / ``up``
-  (fir=False) ``/Conv_0`` average-pools (2x2) or nearest-upsamples its normalised input before the 3x3
-  conv, and ``/Conv_1``'s residual pools / upsamples the block input before ``Conv_2``.
+  ``/Conv_0`` resamples its normalised input before the 3x3 conv (fir=False: 2x2 average pooling or
+  nearest upsampling; fir=True: FIR down / upsampling), and ``/Conv_1``'s residual resamples the
+  block input the same way before ``Conv_2``.
+* ``Downsample_k`` with ``progressive_input="residual"``: the input pyramid's stride-2 3x3 conv
+  (fir=True: FIR-filtered then a VALID stride-2 conv, params ``Conv2d_0/{weight, bias}``) plus the
+  BigGAN down block's output, ``/ sqrt 2``: the next level's ``h`` and pyramid.
 * ``AttnBlockpp_k``: single-head attention (``NIN_0..2`` = q, k, v, ``NIN_3`` = output), the engine's
   attention layer.
 * ``Conv_0`` (input) and ``Conv_1`` (output: GroupNorm_0 + act pre-op; divided by sigma with
@@ -27,27 +35,24 @@ import numpy as np
 
 from ..models.layerspp import timestep_embedding
 from ..models.ncsnpp import _ACTIVATIONS, NCSNppConfig
-from .engine import _dense, _Norm
+from .engine import _dense, _Norm, _Resample
 from .graph import _Trace
-
-SUPPORTED = {  # config field -> the values the sparse forward pass supports
-    "fir": (False,),
-    "progressive": ("none",),
-    "progressive_input": ("none",),
-    "resamp_with_conv": (True,),  # (read by the DDPM resblock type only: BigGAN blocks resample themselves)
-}
 
 
 def check_config(cfg: NCSNppConfig) -> None:
-    """Raise ``NotImplementedError`` naming the first config field the sparse forward pass does not support."""
-    for field, ok in SUPPORTED.items():
-        value = getattr(cfg, field)
-        if field == "resamp_with_conv" and cfg.resblock_type != "ddpm":
-            continue
-        if value not in ok:
-            raise NotImplementedError(
-                f"SparseUNet supports NCSNpp with {field}={ok[0]!r} only (the DDPM++ configurations), "
-                f"got NCSNppConfig.{field}={value!r}")
+    """Raise ``NotImplementedError`` naming the config field the sparse forward pass does not support."""
+    def refuse(field, supported):
+        raise NotImplementedError(f"SparseUNet does not support NCSNpp with NCSNppConfig.{field}="
+                                  f"{getattr(cfg, field)!r} ({supported})")
+
+    if cfg.progressive != "none":
+        refuse("progressive", "supported: 'none'")
+    if cfg.progressive_input not in ("none", "residual"):
+        refuse("progressive_input", "supported: 'none', 'residual'")
+    if cfg.resblock_type == "ddpm" and cfg.fir:
+        refuse("fir", "supported with resblock_type='biggan' only: the DDPM blocks' fused FIR up/down convs are not")
+    if cfg.resblock_type == "ddpm" and not cfg.resamp_with_conv:
+        refuse("resamp_with_conv", "supported: True")
 
 
 def _groups(channels: int) -> int:
@@ -121,13 +126,17 @@ def ncsnpp_forward(eng, model, p, x, t):
         cin = sum(int(h.shape[-1]) for h in hs)
         out_ch = out_ch or cin
         bias = eng.compute(lambda: _dense(q["Dense_0"], act(temb))) if cfg.conditional else None
-        h = eng.layer(name + "/Conv_0", hs, q["Conv_0"], up=up, pool=down, norm=norm(q["GroupNorm_0"], cin),
-                      bias=bias)
+        fir = None
+        if cfg.fir and (up or down):
+            fir = _Resample.up2(cfg.fir_kernel) if up else _Resample.down2(cfg.fir_kernel)
+        nearest = not cfg.fir
+        h = eng.layer(name + "/Conv_0", hs, q["Conv_0"], up=up and nearest, pool=down and nearest, fir=fir,
+                      norm=norm(q["GroupNorm_0"], cin), bias=bias)
         if biggan:
             short = q["Conv_2"] if cin != out_ch or up or down else None
         else:
             short = eng.compute(lambda: _nin_conv(q["NIN_0"])) if cin != out_ch else None
-        resample = "up" if up else "down" if down else None
+        resample = fir if fir is not None else "up" if up else "down" if down else None
         return eng.layer(name + "/Conv_1", [h], q["Conv_1"], norm=norm(q["GroupNorm_1"], out_ch),
                          res=(hs, short, resample), out_scale=skip)
 
@@ -139,7 +148,18 @@ def ncsnpp_forward(eng, model, p, x, t):
         return eng.attention(name, h, proj, norm=norm(q["GroupNorm_0"], int(h.shape[-1]), None), heads=1,
                              out_scale=skip)
 
+    def pyramid_down(pyr, h):
+        """The residual input pyramid: ``(Downsample_k(pyr) + h) / sqrt 2`` (one layer)."""
+        name = names("Downsample")
+        q = p[name]
+        if cfg.fir:  # FIR filter, then a VALID stride-2 3x3 conv (StyleGAN2's fused Conv2d)
+            conv = {"kernel": q["Conv2d_0"]["weight"], "bias": q["Conv2d_0"]["bias"]}
+            return eng.layer(name, [pyr], conv, stride=2, fir=_Resample.blur(cfg.fir_kernel, 3),
+                             padding=((0, 0), (0, 0)), res=([h], None), out_scale=skip)
+        return eng.layer(name, [pyr], q["Conv_0"], stride=2, res=([h], None), out_scale=skip)
+
     xs = eng.source(x)
+    pyramid = xs
     hs = [eng.layer("Conv_0", [xs], p["Conv_0"])]
     for level in range(n_levels):
         for _ in range(cfg.num_res_blocks):
@@ -153,6 +173,8 @@ def ncsnpp_forward(eng, model, p, x, t):
             else:
                 name = names("Downsample")
                 h = eng.layer(name, [hs[-1]], p[name]["Conv_0"], stride=2)
+            if cfg.progressive_input == "residual":
+                pyramid = h = pyramid_down(pyramid, h)
             hs.append(h)
     h = block([hs[-1]])
     h = attention(h)
