@@ -7,11 +7,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsde.models.ncsnpp import DDPMPP_CIFAR10_VP, NCSNPP_CIFAR10_VE, NCSNpp, get_config
+from jaxsde.models.ncsnpp import CONFIGS, DDPMPP_CIFAR10_VP, NCSNPP_CIFAR10_VE, NCSNpp, get_config
 from jaxsde.sparse import SparseUNet, propagate, random_params
 
 H = 16
 BLOCKS = (4, 2)
+# tiny networks, many programs: XLA's backend optimisations cost more compile time than they save
+FAST = {"xla_backend_optimization_level": 0}
+
+
+def _jit(fn, **kw):
+    return jax.jit(fn, compiler_options=FAST, **kw)
 
 
 def _config(base=DDPMPP_CIFAR10_VP, **overrides):
@@ -36,20 +42,26 @@ class Case:
                                                      scale_by_sigma=True, centered=False)
             self.t = jnp.float32(2.5)
         elif kind == "ncsnpp":  # NCSN++ (VE): FIR resampling in the BigGAN blocks, the residual input pyramid
-            self.model, self.params, self.net = _net(NCSNPP_CIFAR10_VE)
+            # (and the residual output pyramid: its fused FIR upsample + conv)
+            self.model, self.params, self.net = _net(NCSNPP_CIFAR10_VE, progressive="residual")
             self.t = jnp.float32(2.5)
+        elif kind == "skips":  # DDPM blocks with FIR, parameter-free resampling, the skip pyramids
+            self.model, self.params, self.net = _net(resblock_type="ddpm", fir=True, resamp_with_conv=False,
+                                                     progressive="output_skip", progressive_input="input_skip")
+            self.t = jnp.float32(500.0)
         else:  # DDPM blocks, the VP conventions: positional embedding of the label t * 999
             self.model, self.params, self.net = _net(resblock_type="ddpm")
             self.t = jnp.float32(321.0)
         net = self.net
-        flax_apply = jax.jit(self.model.apply)
+        flax_apply = _jit(self.model.apply)
         self.apply = lambda params, x, t: flax_apply(params, x[None], t[None])[0]  # the true dense network
-        self.sparse = jax.jit(net.apply_sparse, static_argnums=5)
-        self.masked = jax.jit(net.apply_masked, static_argnums=5)
+        self.sparse = _jit(net.apply_sparse, static_argnums=5)
+        self.masked = _jit(net.apply_masked, static_argnums=5)
         # (t an argument, not a closure constant: XLA would constant-fold the time embedding differently)
-        self.frozen_record = jax.jit(lambda p, x, t, c: _frozen_record(net, p, x, t, c))
+        self.frozen_record = _jit(lambda p, x, t, c: _frozen_record(net, p, x, t, c))
         self.x = jax.random.normal(jax.random.PRNGKey(1), (H, H, 3))
-        self.out, self.cache = jax.jit(net.record)(self.params, self.x, self.t)
+        self.out, self.cache = _jit(net.record)(self.params, self.x, self.t)
+        self.last = net.graph((H, H)).layers[-1]["name"]  # the output layer
 
 
 @pytest.fixture(scope="module", params=["biggan", "ddpm", "ncsnpp"])
@@ -83,9 +95,11 @@ def test_ncsnpp_dense_equals_flax(case):
     graph = case.net.graph((H, H))
     kinds = {(L.get("pool", False), L["up"], L.get("res_resample")) for L in graph.layers if not L["attention"]}
     cfg = case.model.config
-    if cfg.fir:  # FIR resampling (a _Resample) before Conv_0 and in the residual; the pyramid's blur + stride 2
+    if cfg.fir:  # FIR resampling (a _Resample) before Conv_0 and in the residual; the pyramids' blur + stride 2
+        # and FIR upsampling + conv
         firs = [(L["name"], L["fir"].level_shift, L["stride"]) for L in graph.layers if L.get("fir") is not None]
-        assert {(1, 1), (-1, 1), (0, 2)} == {f[1:] for f in firs} and ("Downsample_0", 0, 2) in firs
+        assert {(1, 1), (-1, 1), (0, 2)} == {f[1:] for f in firs}
+        assert ("Downsample_0", 0, 2) in firs and ("Upsample_0", -1, 1) in firs
         assert sum(not isinstance(L.get("res_resample"), str | None) for L in graph.layers) == 2
     elif cfg.resblock_type == "biggan":
         assert {(True, False, None), (False, False, "down"), (False, True, None), (False, False, "up")} <= kinds
@@ -114,9 +128,9 @@ def test_ncsnpp_sparse_equals_masked_and_frozen(case):
     assert 0 < min(n for n in exact.layer_counts if n) < max(exact.layer_counts) == exact.tile_total(0)
     e = np.asarray(case.sparse(params, xe, t, cache, exact, "reuse"))
     np.testing.assert_allclose(e, np.asarray(case.masked(params, xe, t, cache, exact, "reuse")), rtol=0, atol=1e-5)
-    frozen = np.asarray(case.frozen_record(params, xe, t, cache)["Conv_1"])  # (the output layer's record)
+    frozen = np.asarray(case.frozen_record(params, xe, t, cache)[case.last])  # (the output layer's record)
     if case.kind == "ncsnpp":  # the same engine as SparseUNet.apply_frozen (one more compile, in one case)
-        np.testing.assert_array_equal(np.asarray(jax.jit(case.net.apply_frozen)(params, xe, t, cache)), frozen)
+        np.testing.assert_array_equal(np.asarray(_jit(case.net.apply_frozen)(params, xe, t, cache)), frozen)
     np.testing.assert_allclose(e[mask], frozen[mask], rtol=0, atol=1e-5)
     np.testing.assert_array_equal(e[~mask], out[~mask])
     assert np.abs(e - out)[mask].max() > 1e-2  # the edit did change the output
@@ -144,8 +158,6 @@ def test_ncsnpp_propagation_equals_the_changed_pixels(case):
 def test_ncsnpp_full_edit_equals_dense(case):
     """Every tile active with recomputed statistics: the true network; the default plan falls
     back to dense (the dense network's program: no gather / scatter)."""
-    if case.kind == "biggan":
-        pytest.skip("the all-tiles path is the same code as for the FIR BigGAN case (saves compile time)")
     params, t, cache, net = case.params, case.t, case.cache, case.net
     xe = case.x[::-1]
     true = np.asarray(case.apply(params, xe, t))
@@ -160,22 +172,74 @@ def test_ncsnpp_full_edit_equals_dense(case):
     assert "scatter" not in jaxpr and "conv_general_dilated" in jaxpr
 
 
-@pytest.mark.parametrize("overrides, field", [
-    (dict(progressive="output_skip"), "progressive"),
-    (dict(progressive="residual"), "progressive"),
-    (dict(progressive_input="input_skip"), "progressive_input"),
-    (dict(resblock_type="ddpm", fir=True), "fir"),
-    (dict(resblock_type="ddpm", resamp_with_conv=False), "resamp_with_conv"),
-])
-def test_ncsnpp_unsupported_configs(overrides, field):
-    with pytest.raises(NotImplementedError, match=f"NCSNppConfig.{field}="):
-        SparseUNet(NCSNpp(_config(**overrides)))
+def test_ncsnpp_skip_pyramids_fir_ddpm_blocks():
+    """DDPM blocks with FIR resampling and no resampling convs (parameter-free FIR layers), the
+    input-skip (Combine) and output-skip pyramids: the functional forward equals Flax; an exact
+    plan's sparse pass equals its masked reference and the frozen-statistics network on the roi."""
+    case = Case("skips")
+    graph = case.net.graph((H, H))
+    names = [L["name"] for L in graph.layers]
+    assert {"Combine_0", "Downsample_1", "Upsample_1", "Conv_2"} <= set(names) and names[-1] == "Conv_2"
+    assert all(L["cost"] == 0 for L in graph.layers if L["name"] in ("Downsample_1", "Upsample_1"))
+    np.testing.assert_allclose(np.asarray(case.out), np.asarray(case.apply(case.params, case.x, case.t)), rtol=0,
+                               atol=1e-5)
+    mask = _mask()
+    xe = jnp.where(mask[..., None], case.x + 1.0, case.x)
+    exact = case.net.plan(mask, BLOCKS, mode="exact", dense_above=1.0)
+    e = np.asarray(case.sparse(case.params, xe, case.t, case.cache, exact, "reuse"))
+    m = np.asarray(case.masked(case.params, xe, case.t, case.cache, exact, "reuse"))
+    np.testing.assert_allclose(e, m, rtol=0, atol=1e-5)
+    frozen = np.asarray(case.frozen_record(case.params, xe, case.t, case.cache)[case.last])
+    np.testing.assert_allclose(e[mask], frozen[mask], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("which, kernel", [(w, (1, 3, 3, 1)) for w in ("up2", "down2", "blur", "up_conv")]
+                         + [(w, (1, 2, 1)) for w in ("up2", "down2", "blur", "up_conv")]
+                         + [("nearest2", None), ("pool2", None)])
+def test_resample_windows_and_footprints(which, kernel):
+    """Each FIR resampling: the tracer's footprint (``reads``) is exactly the rows an input row
+    changes, and a window (``window``) resamples to the same rows as the whole map."""
+    from jaxsde.sparse.engine import PAD, _Resample
+
+    r = getattr(_Resample, which)(*(() if kernel is None else (kernel,)))
+    n = 8
+    x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (n, n, 2)))
+    y = np.asarray(r(jnp.asarray(x)))
+    assert y.shape[0] == r.out_size(n)
+    R = r.reads(n)
+    for j in range(n):
+        bumped = x.copy()
+        bumped[j] += 1.0
+        changed = np.any(np.asarray(r(jnp.asarray(bumped))) != y, axis=(1, 2))
+        np.testing.assert_array_equal(changed, R[:, j] > 0, err_msg=f"input row {j}")
+    xp = np.pad(x, ((PAD, PAD), (PAD, PAD), (0, 0)))
+    yp = np.pad(y, ((1, 1), (1, 1), (0, 0)))  # rows -1 and out_size: outside the map (zeroed by the engine)
+    b = 2  # windows of b + 2 rows starting at even origins minus 1 (a 3x3 conv's halo), and of b rows
+    for rows, shift in ((b + 2, -1), (b, 0)):
+        for y0 in range(shift, y.shape[0] - rows + 1 + (shift < 0), 2):
+            org, size, pad = r.window(jnp.array([[y0, y0]]), rows, shift)
+            win = xp[None, int(org[0, 0]) + PAD:int(org[0, 0]) + PAD + size, int(org[0, 1]) + PAD:][:, :, :size]
+            got = np.asarray(r(jnp.asarray(win), pad))[0]
+            assert got.shape[:2] == (rows, rows)
+            want = yp[y0 + 1:y0 + 1 + rows, y0 + 1:y0 + 1 + rows]
+            inside = (np.arange(y0, y0 + rows) >= 0) & (np.arange(y0, y0 + rows) < y.shape[0])
+            np.testing.assert_allclose(got[inside][:, inside], want[inside][:, inside], rtol=0, atol=1e-6)
+
+
+def test_ncsnpp_unsupported_configs():
+    with pytest.raises(NotImplementedError, match="progressive_combine"):
+        SparseUNet(NCSNpp(_config(progressive_input="input_skip", progressive_combine="cat")))
+    with pytest.raises(NotImplementedError, match="fir_kernel"):
+        SparseUNet(NCSNpp(_config(fir=True, fir_kernel=(1, 5, 10, 10, 5, 1))))
+    SparseUNet(NCSNpp(_config(fir=True, fir_kernel=(1, 2, 1))))
 
 
 def test_ncsnpp_supported_configs():
-    """score_sde's CIFAR-10 configurations (the published sizes) are accepted; BigGAN blocks
-    ignore resamp_with_conv (they resample themselves)."""
-    for name in ("ncsnpp_cifar10_ve", "ncsnpp_deep_cifar10_ve", "ddpmpp_cifar10_vp", "ddpmpp_deep_cifar10_vp",
-                 "ncsnpp_cifar10_vp"):
+    """score_sde's configurations are accepted (the CIFAR-10 ones; CelebA-HQ / FFHQ's skip pyramids
+    and their traced graphs at 64x64)."""
+    for name in CONFIGS:
         assert SparseUNet(NCSNpp(get_config(name))).levels == 4
-    SparseUNet(NCSNpp(_config(resblock_type="biggan", resamp_with_conv=False)))
+    model = NCSNpp(_config(NCSNPP_CIFAR10_VE, image_size=64, ch_mult=(1, 2, 2), progressive="output_skip",
+                           progressive_input="input_skip", attn_resolutions=(16,)))
+    graph = SparseUNet(model).graph((64, 64))
+    assert graph.shapes[graph.layers[-1]["out"]] == (64, 64, 3)

@@ -10,12 +10,10 @@ other value from the cache. This package is an independent JAX implementation of
 Flax params trees of :class:`jaxsde.models.unet.DigitsUNet`,
 :class:`jaxsde.models.ddpm_unet.UNet2D` (ddpm-cifar10's layout: GroupNorm two-pass variance,
 explicit paddings, scale_shift time conditioning, any activation, self-attention) and
-:class:`jaxsde.models.ncsnpp.NCSNpp` in score_sde's DDPM++ configurations (``fir=False``,
-``progressive="none"``, ``progressive_input="none"``; ``resblock_type`` ``"ddpm"`` or
-``"biggan"``, Fourier or positional time embedding, single-head attention) and its NCSN++ CIFAR-10
-configurations (BigGAN blocks with FIR up/downsampling, ``progressive_input="residual"``); the
-output-skip / residual output pyramids (``progressive``), ``progressive_input="input_skip"`` and
-FIR with DDPM blocks raise ``NotImplementedError`` naming the field (:mod:`~jaxsde.sparse.ncsnpp`).
+:class:`jaxsde.models.ncsnpp.NCSNpp` (score_sde's DDPM++ and NCSN++ configurations: BigGAN or
+DDPM blocks, naive or FIR resampling, the input / output pyramids, single-head attention; only
+``progressive_combine="cat"`` with ``progressive_input="input_skip"`` raises
+``NotImplementedError``; :mod:`~jaxsde.sparse.ncsnpp`).
 
 Pieces:
 
@@ -42,8 +40,9 @@ touching only the active tiles: it gathers each tile with its halo (2 for a 3x3 
 at stride 1; 2b + 1 input rows for a stride-2 tile of size b; the low-resolution halo for a
 nearest-upsample + conv; 2b + 4 input rows for a 2x2-average-pool + conv, NCSN++'s BigGAN
 down blocks; for a FIR resampling (``upfirdn``: NCSN++'s FIR up / downsampling and the blur
-before its fused stride-2 conv) the input window whose resampled rows are the conv's window,
-resampled with a static phase and zeroed outside the resampled map), stacks the tiles on the
+before its fused stride-2 conv, or after its fused transposed conv, reordered) the input window
+whose resampled rows are the conv's window, resampled with a static phase and zeroed outside the
+resampled map; a layer may have no convolution: a parameter-free resampling), stacks the tiles on the
 batch axis, convolves with VALID padding, and scatters into the cached output map. A layer's
 residual branch may be resampled before its optional 1x1 convolution (BigGAN blocks:
 ``Conv_2(resample(x))``; a 1x1 NIN shortcut is the same 1x1 convolution); its tiles are

@@ -121,7 +121,7 @@ def _attend(p, hq, hkv, heads):
 
 
 # --------------------------------------------------------------------------------------------
-# engines: one layer = [norm pre-op(concat(srcs))] -> [nearest up / 2x2 avg pool] -> conv -> [+ bias]
+# engines: one layer = [norm pre-op(concat(srcs))] -> [nearest up / 2x2 avg pool / FIR] -> [conv] -> [+ bias]
 # -> [+ residual (resampled, 1x1 conv)] -> [/ out_scale]; one attention = (attend(norm(x)) + x) / out_scale
 # --------------------------------------------------------------------------------------------
 
@@ -179,6 +179,27 @@ class _Resample:
         k = _fir.setup_kernel(kernel)
         p = k.shape[0] - 2
         return cls(k, down=2, pad=((p + 1) // 2, p // 2))
+
+    @classmethod
+    def nearest2(cls) -> _Resample:
+        """Nearest 2x upsampling (:func:`jaxsde.models.fir.naive_upsample_2d`, bitwise: sums with zeros)."""
+        return cls(np.ones((2, 2), np.float32), up=2, pad=(1, 0))
+
+    @classmethod
+    def pool2(cls) -> _Resample:
+        """2x2 average pooling (:func:`jaxsde.models.fir.naive_downsample_2d`, to rounding)."""
+        return cls(np.full((2, 2), 0.25, np.float32), down=2)
+
+    @classmethod
+    def up_conv(cls, kernel, conv_k=3) -> _Resample:
+        """FIR 2x upsampling to run before a VALID ``conv_k`` convolution: together StyleGAN2's fused
+        :func:`jaxsde.models.fir.upsample_conv_2d` (a transposed convolution, then the FIR filter;
+        both linear and shift-invariant on the upsampled grid, so they commute: equal to rounding)."""
+        k = _fir.setup_kernel(kernel) * 4
+        kh = k.shape[0]
+        p = kh - 2 - (conv_k - 1)
+        p0 = (p + 1) // 2 + 1 + conv_k - 1
+        return cls(k, up=2, pad=(p0, conv_k + kh - 2 - p0))
 
     @classmethod
     def blur(cls, kernel, conv_k=3) -> _Resample:
@@ -264,7 +285,10 @@ def _dense_layer(srcs, conv, stats, *, stride=1, up=False, pool=False, fir=None,
         x = _pool2(x)
     if fir is not None:
         x = fir(x)
-    y = _conv(x[None], conv["kernel"], conv["bias"], stride, "SAME" if padding is None else padding)[0]
+    if conv is None:  # a parameter-free resampling layer
+        y = x
+    else:
+        y = _conv(x[None], conv["kernel"], conv["bias"], stride, "SAME" if padding is None else padding)[0]
     if bias is not None:
         y = y + bias
     if res is not None:
@@ -359,7 +383,7 @@ class _Sparse(_Arrays):
             y, _ = _dense_layer(inner, conv, stats, stride=stride, up=up, pool=pool, fir=fir, norm=norm, bias=bias,
                                 res=unpad, padding=padding, out_scale=out_scale)
             return _padded(jnp.where(mask[..., None], y, self.cache[name][PAD:-PAD, PAD:-PAD]))
-        k = conv["kernel"].shape[0]
+        k = 1 if conv is None else conv["kernel"].shape[0]
         H_in = srcs[0].shape[0] - 2 * PAD
         W_in = srcs[0].shape[1] - 2 * PAD
         n_c = H_in if fir is None else fir.out_size(H_in)  # the convolution's input size
@@ -390,7 +414,7 @@ class _Sparse(_Arrays):
         if fir is not None:  # zero outside the resampled map: the convolution's own zero padding
             n_cw = fir.out_size(W_in)
             x = fir(x, fir_pad) * _inside(c_org, c_size, (n_c, n_cw)).astype(x.dtype)
-        y = _conv(x, conv["kernel"], conv["bias"], stride, "VALID")
+        y = x if conv is None else _conv(x, conv["kernel"], conv["bias"], stride, "VALID")
         if bias is not None:
             y = y + bias
         if res is not None:

@@ -37,7 +37,8 @@ class _Trace:
 
     def layer(self, name, srcs, conv, *, stride=1, up=False, pool=False, fir=None, norm=None, bias=None, res=None,
               padding=None, out_scale=1.0):
-        kshape = tuple(conv["kernel"].shape)
+        c_in = sum(int(s.shape[-1]) for s in srcs)
+        kshape = (1, 1, c_in, c_in) if conv is None else tuple(conv["kernel"].shape)  # (None: resampling only)
         H, W = srcs[0].shape[:2]  # -> the convolution's input size, then its output size
         H, W = (fir.out_size(H), fir.out_size(W)) if fir is not None else (H * 2, W * 2) if up else \
             (H // 2, W // 2) if pool else (H, W)
@@ -50,7 +51,7 @@ class _Trace:
                                 out=out.index, k=kshape[0], stride=stride, up=up, pool=pool, fir=fir, attention=False,
                                 res_resample=res[2] if res and len(res) > 2 else None,
                                 pad_lo=None if padding is None else padding[0][0],
-                                cost=kshape[0] * kshape[1] * kshape[2] * kshape[3]))
+                                cost=0 if conv is None else kshape[0] * kshape[1] * kshape[2] * kshape[3]))
         return out
 
     def attention(self, name, x, p, *, norm=None, heads=1, out_scale=1.0):

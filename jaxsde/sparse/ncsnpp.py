@@ -1,29 +1,34 @@
 """The functional forward pass of NCSN++ / DDPM++ (:class:`jaxsde.models.ncsnpp.NCSNpp`) over its params
 tree, written against an engine (dense, sparse, masked or graph trace).
 
-Supported: the DDPM++ family (``fir=False``, ``progressive="none"``, ``progressive_input="none"``,
-``resamp_with_conv=True``), either ``resblock_type``, Fourier or positional time embedding, with or
-without ``conditional``, ``skip_rescale`` and ``scale_by_sigma``; and NCSN++'s FIR resampling
-(``fir=True``, any ``fir_kernel``) with BigGAN blocks, and its residual input pyramid
-(``progressive_input="residual"``): score_sde's CIFAR-10 NCSN++ configurations. Not supported
-(``NotImplementedError``): ``progressive="output_skip"`` / ``"residual"``,
-``progressive_input="input_skip"``, ``fir=True`` with DDPM blocks. Layers, named by their params path:
+Supported: every :class:`~jaxsde.models.ncsnpp.NCSNppConfig` but ``progressive_combine="cat"`` with
+``progressive_input="input_skip"`` and FIR kernels over 4 taps (``NotImplementedError``): either
+``resblock_type``, ``fir`` or naive resampling, with or without resampling convs, the ``progressive`` output
+pyramids (``"output_skip"``, ``"residual"``) and the ``progressive_input`` ones (``"input_skip"``
+with ``"sum"``, ``"residual"``), Fourier or positional time embedding, with or without
+``conditional``, ``skip_rescale`` and ``scale_by_sigma`` (score_sde's DDPM++ and NCSN++
+configurations). Layers, named by their params path:
 
 * ``ResnetBlockDDPMpp_k``: ``/Conv_0`` (GroupNorm + act pre-op, 3x3, + time bias) and ``/Conv_1``
   (GroupNorm + act, 3x3, + the block input, through the 1x1 ``NIN_0`` when the channels change,
-  ``/ sqrt 2`` with ``skip_rescale``); ``Downsample_k`` / ``Upsample_k``: the stride-2 3x3 conv and the
-  nearest-upsample + 3x3 conv.
+  ``/ sqrt 2`` with ``skip_rescale``).
 * ``ResnetBlockBigGANpp_k``: the same two layers with a 1x1 ``Conv_2`` shortcut; with ``down`` / ``up``
   ``/Conv_0`` resamples its normalised input before the 3x3 conv (fir=False: 2x2 average pooling or
   nearest upsampling; fir=True: FIR down / upsampling), and ``/Conv_1``'s residual resamples the
   block input the same way before ``Conv_2``.
-* ``Downsample_k`` with ``progressive_input="residual"``: the input pyramid's stride-2 3x3 conv
-  (fir=True: FIR-filtered then a VALID stride-2 conv, params ``Conv2d_0/{weight, bias}``) plus the
-  BigGAN down block's output, ``/ sqrt 2``: the next level's ``h`` and pyramid.
+* ``Downsample_k`` / ``Upsample_k`` (``layerspp.Downsample`` / ``Upsample``: DDPM blocks' resampling,
+  the pyramids): with a conv, the stride-2 3x3 conv (fir: FIR-filtered, then a VALID stride-2 conv,
+  params ``Conv2d_0/{weight, bias}``) or the nearest-upsample + 3x3 conv (fir: FIR upsampling, then
+  a VALID 3x3 conv: StyleGAN2's fused transposed conv + FIR reordered, equal to rounding); without,
+  a parameter-free resampling layer (``conv=None``). The residual input pyramid's layer adds the
+  down block's output (``/ sqrt 2``): the next level's ``h`` and pyramid; the residual output
+  pyramid's adds ``h``.
+* ``Combine_k`` (``input_skip``): the 1x1 ``Conv_0`` of the downsampled image plus ``h``.
 * ``AttnBlockpp_k``: single-head attention (``NIN_0..2`` = q, k, v, ``NIN_3`` = output), the engine's
   attention layer.
-* ``Conv_0`` (input) and ``Conv_1`` (output: GroupNorm_0 + act pre-op; divided by sigma with
-  ``scale_by_sigma``).
+* ``Conv_k`` / ``GroupNorm_k`` at the top level: the input conv (``Conv_0``), the output conv
+  (GroupNorm + act pre-op; divided by sigma with ``scale_by_sigma``), and the output pyramids' convs
+  (``output_skip``: each level's ``Conv_k(act(GroupNorm_k(h)))`` plus the upsampled pyramid).
 """
 
 from __future__ import annotations
@@ -40,19 +45,16 @@ from .graph import _Trace
 
 
 def check_config(cfg: NCSNppConfig) -> None:
-    """Raise ``NotImplementedError`` naming the config field the sparse forward pass does not support."""
-    def refuse(field, supported):
-        raise NotImplementedError(f"SparseUNet does not support NCSNpp with NCSNppConfig.{field}="
-                                  f"{getattr(cfg, field)!r} ({supported})")
-
-    if cfg.progressive != "none":
-        refuse("progressive", "supported: 'none'")
-    if cfg.progressive_input not in ("none", "residual"):
-        refuse("progressive_input", "supported: 'none', 'residual'")
-    if cfg.resblock_type == "ddpm" and cfg.fir:
-        refuse("fir", "supported with resblock_type='biggan' only: the DDPM blocks' fused FIR up/down convs are not")
-    if cfg.resblock_type == "ddpm" and not cfg.resamp_with_conv:
-        refuse("resamp_with_conv", "supported: True")
+    """Raise ``NotImplementedError`` naming the config field the sparse forward pass does not support:
+    ``progressive_combine="cat"`` with ``progressive_input="input_skip"`` (the combined map is a
+    concatenation, which the forward pass does not carry between layers), and a ``fir_kernel``
+    longer than 4 taps (its windows would overhang the maps' zero border ``PAD``)."""
+    if cfg.fir and len(cfg.fir_kernel) > 4:
+        raise NotImplementedError(f"SparseUNet does not support NCSNpp with NCSNppConfig.fir_kernel="
+                                  f"{cfg.fir_kernel!r} (at most 4 taps)")
+    if cfg.progressive_input == "input_skip" and cfg.progressive_combine != "sum":
+        raise NotImplementedError(f"SparseUNet does not support NCSNpp with NCSNppConfig.progressive_combine="
+                                  f"{cfg.progressive_combine!r} and progressive_input='input_skip' (supported: 'sum')")
 
 
 def _groups(channels: int) -> int:
@@ -116,6 +118,8 @@ def ncsnpp_forward(eng, model, p, x, t):
     emb = eng.compute(lambda: _time_embedding(cfg, p, t))
     temb, sigma = (None, None) if emb is None else emb
 
+    VALID = ((0, 0), (0, 0))
+
     def norm(q, channels, activation=act):
         return _Norm(q, _groups(channels), act=activation)
 
@@ -148,19 +152,43 @@ def ncsnpp_forward(eng, model, p, x, t):
         return eng.attention(name, h, proj, norm=norm(q["GroupNorm_0"], int(h.shape[-1]), None), heads=1,
                              out_scale=skip)
 
-    def pyramid_down(pyr, h):
-        """The residual input pyramid: ``(Downsample_k(pyr) + h) / sqrt 2`` (one layer)."""
+    def downsample(src, with_conv, res=None, out_scale=1.0):
+        """``layerspp.Downsample`` (``Downsample_k``) as one layer, with an optional residual."""
         name = names("Downsample")
+        if not with_conv:  # parameter-free: FIR downsampling or 2x2 average pooling
+            fir = _Resample.down2(cfg.fir_kernel) if cfg.fir else _Resample.pool2()
+            return eng.layer(name, [src], None, fir=fir, res=res, out_scale=out_scale)
         q = p[name]
         if cfg.fir:  # FIR filter, then a VALID stride-2 3x3 conv (StyleGAN2's fused Conv2d)
             conv = {"kernel": q["Conv2d_0"]["weight"], "bias": q["Conv2d_0"]["bias"]}
-            return eng.layer(name, [pyr], conv, stride=2, fir=_Resample.blur(cfg.fir_kernel, 3),
-                             padding=((0, 0), (0, 0)), res=([h], None), out_scale=skip)
-        return eng.layer(name, [pyr], q["Conv_0"], stride=2, res=([h], None), out_scale=skip)
+            return eng.layer(name, [src], conv, stride=2, fir=_Resample.blur(cfg.fir_kernel, 3), padding=VALID,
+                             res=res, out_scale=out_scale)
+        return eng.layer(name, [src], q["Conv_0"], stride=2, res=res, out_scale=out_scale)
 
+    def upsample(src, with_conv, res=None, out_scale=1.0):
+        """``layerspp.Upsample`` (``Upsample_k``) as one layer, with an optional residual."""
+        name = names("Upsample")
+        if not with_conv:  # parameter-free: FIR or nearest upsampling
+            fir = _Resample.up2(cfg.fir_kernel) if cfg.fir else _Resample.nearest2()
+            return eng.layer(name, [src], None, fir=fir, res=res, out_scale=out_scale)
+        q = p[name]
+        if cfg.fir:  # FIR upsampling then a VALID 3x3 conv (the fused transposed conv + FIR, reordered)
+            conv = {"kernel": q["Conv2d_0"]["weight"], "bias": q["Conv2d_0"]["bias"]}
+            return eng.layer(name, [src], conv, fir=_Resample.up_conv(cfg.fir_kernel, 3), padding=VALID, res=res,
+                             out_scale=out_scale)
+        return eng.layer(name, [src], q["Conv_0"], up=True, res=res, out_scale=out_scale)
+
+    def output_conv(h, res=None, out_scale=1.0):
+        """``conv3x3(act(GroupNorm(h)))`` at the top level (``GroupNorm_k``, ``Conv_k``): ``(map, name)``."""
+        gn, name = names("GroupNorm"), names("Conv")
+        return eng.layer(name, [h], p[name], norm=norm(p[gn], int(h.shape[-1])), res=res, out_scale=out_scale), name
+
+    out_scale = 1.0
+    if cfg.scale_by_sigma and sigma is not None:
+        out_scale = sigma
     xs = eng.source(x)
-    pyramid = xs
-    hs = [eng.layer("Conv_0", [xs], p["Conv_0"])]
+    input_pyramid = xs
+    hs = [eng.layer(names("Conv"), [xs], p["Conv_0"])]
     for level in range(n_levels):
         for _ in range(cfg.num_res_blocks):
             h = block([hs[-1]], nf * cfg.ch_mult[level])
@@ -168,28 +196,37 @@ def ncsnpp_forward(eng, model, p, x, t):
                 h = attention(h)
             hs.append(h)
         if level != n_levels - 1:
-            if biggan:
-                h = block([hs[-1]], down=True)
-            else:
-                name = names("Downsample")
-                h = eng.layer(name, [hs[-1]], p[name]["Conv_0"], stride=2)
-            if cfg.progressive_input == "residual":
-                pyramid = h = pyramid_down(pyramid, h)
+            h = block([hs[-1]], down=True) if biggan else downsample(hs[-1], cfg.resamp_with_conv)
+            if cfg.progressive_input == "input_skip":  # + Combine_k's 1x1 conv of the downsampled image
+                input_pyramid = downsample(input_pyramid, False)
+                name = names("Combine")
+                h = eng.layer(name, [input_pyramid], p[name]["Conv_0"], res=([h], None))
+            elif cfg.progressive_input == "residual":  # (Downsample_k(pyramid) + h) / sqrt 2
+                input_pyramid = h = downsample(input_pyramid, True, res=([h], None), out_scale=skip)
             hs.append(h)
     h = block([hs[-1]])
     h = attention(h)
     h = block([h])
+    pyramid = None
+    last = None
     for level in reversed(range(n_levels)):
         for _ in range(cfg.num_res_blocks + 1):
             h = block([h, hs.pop()], nf * cfg.ch_mult[level])
         if (H0 >> level) in cfg.attn_resolutions:
             h = attention(h)
-        if level != 0:
-            if biggan:
-                h = block([h], up=True)
+        if cfg.progressive == "output_skip":  # pyramid = up(pyramid) + conv3x3(act(GroupNorm(h)))
+            if level != n_levels - 1:
+                pyramid = upsample(pyramid, False)
+            res = None if pyramid is None else ([pyramid], None)
+            pyramid, last = output_conv(h, res, out_scale if level == 0 else 1.0)
+        elif cfg.progressive == "residual":  # pyramid = h = (up_conv(pyramid) + h) / sqrt 2
+            if level == n_levels - 1:
+                pyramid, _ = output_conv(h)
             else:
-                name = names("Upsample")
-                h = eng.layer(name, [h], p[name]["Conv_0"], up=True)
-    out_scale = sigma if cfg.scale_by_sigma and sigma is not None else 1.0
-    out = eng.layer("Conv_1", [h], p["Conv_1"], norm=norm(p["GroupNorm_0"], int(h.shape[-1])), out_scale=out_scale)
-    return out, "Conv_1"
+                pyramid = h = upsample(pyramid, True, res=([h], None), out_scale=skip)
+        if level != 0:
+            h = block([h], up=True) if biggan else upsample(h, cfg.resamp_with_conv)
+    if cfg.progressive == "output_skip":
+        return pyramid, last
+    out, last = output_conv(h, out_scale=out_scale)
+    return out, last

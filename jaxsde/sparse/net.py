@@ -25,10 +25,9 @@ class SparseUNet:
 
     Supported: :class:`jaxsde.models.unet.DigitsUNet`, :class:`jaxsde.models.ddpm_unet.UNet2D`
     (diffusers' DDPM U-Net; its self-attention layers take sparse queries, the active tiles,
-    against keys and values of the whole mixed map) and :class:`jaxsde.models.ncsnpp.NCSNpp` in
-    the DDPM++ configurations (``fir=False``, ``progressive="none"``, ``progressive_input="none"``,
-    ``resamp_with_conv=True``; either ``resblock_type``; other configs raise ``NotImplementedError``
-    naming the field). All passes take ONE sample ``x: (H, W, C)`` (the network's input: for
+    against keys and values of the whole mixed map) and :class:`jaxsde.models.ncsnpp.NCSNpp`
+    (DDPM++ and NCSN++; only ``progressive_combine="cat"`` with ``progressive_input="input_skip"``
+    raises ``NotImplementedError``). All passes take ONE sample ``x: (H, W, C)`` (the network's input: for
     DigitsUNet already scaled by ``c_in``) and a scalar ``t`` (DigitsUNet's time; UNet2D's
     timestep; NCSNpp's ``time_cond``), and return the network output ``(H, W, C)``.
     """
