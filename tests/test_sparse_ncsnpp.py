@@ -226,9 +226,20 @@ def test_resample_windows_and_footprints(which, kernel):
             np.testing.assert_allclose(got[inside][:, inside], want[inside][:, inside], rtol=0, atol=1e-6)
 
 
+def test_ncsnpp_input_skip_cat_equals_flax():
+    """progressive_combine="cat": the combined skip is a list of two maps (concatenated by its readers)."""
+    model, params, net = _net(progressive_input="input_skip", progressive_combine="cat")
+    x = jax.random.normal(jax.random.PRNGKey(4), (H, H, 3))
+    t = jnp.float32(100.0)
+    ref = _jit(model.apply)(params, x[None], t[None])[0]
+    out, cache = _jit(net.record)(params, x, t)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=0, atol=1e-5)
+    graph = net.graph((H, H))
+    assert [len(L["srcs"]) for L in graph.layers if L["name"] == "ResnetBlockBigGANpp_2/Conv_0"] == [2]
+    assert set(propagate(graph, _mask())) == {k for k in cache if not k.startswith("stats/")}
+
+
 def test_ncsnpp_unsupported_configs():
-    with pytest.raises(NotImplementedError, match="progressive_combine"):
-        SparseUNet(NCSNpp(_config(progressive_input="input_skip", progressive_combine="cat")))
     with pytest.raises(NotImplementedError, match="fir_kernel"):
         SparseUNet(NCSNpp(_config(fir=True, fir_kernel=(1, 5, 10, 10, 5, 1))))
     SparseUNet(NCSNpp(_config(fir=True, fir_kernel=(1, 2, 1))))

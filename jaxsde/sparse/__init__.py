@@ -12,8 +12,7 @@ Flax params trees of :class:`jaxsde.models.unet.DigitsUNet`,
 explicit paddings, scale_shift time conditioning, any activation, self-attention) and
 :class:`jaxsde.models.ncsnpp.NCSNpp` (score_sde's DDPM++ and NCSN++ configurations: BigGAN or
 DDPM blocks, naive or FIR resampling, the input / output pyramids, single-head attention; only
-``progressive_combine="cat"`` with ``progressive_input="input_skip"`` raises
-``NotImplementedError``; :mod:`~jaxsde.sparse.ncsnpp`).
+FIR kernels over 4 taps raise ``NotImplementedError``; :mod:`~jaxsde.sparse.ncsnpp`).
 
 Pieces:
 

@@ -1,13 +1,12 @@
 """The functional forward pass of NCSN++ / DDPM++ (:class:`jaxsde.models.ncsnpp.NCSNpp`) over its params
 tree, written against an engine (dense, sparse, masked or graph trace).
 
-Supported: every :class:`~jaxsde.models.ncsnpp.NCSNppConfig` but ``progressive_combine="cat"`` with
-``progressive_input="input_skip"`` and FIR kernels over 4 taps (``NotImplementedError``): either
-``resblock_type``, ``fir`` or naive resampling, with or without resampling convs, the ``progressive`` output
-pyramids (``"output_skip"``, ``"residual"``) and the ``progressive_input`` ones (``"input_skip"``
-with ``"sum"``, ``"residual"``), Fourier or positional time embedding, with or without
-``conditional``, ``skip_rescale`` and ``scale_by_sigma`` (score_sde's DDPM++ and NCSN++
-configurations). Layers, named by their params path:
+Supported: every :class:`~jaxsde.models.ncsnpp.NCSNppConfig` but FIR kernels over 4 taps
+(``NotImplementedError``): either ``resblock_type``, ``fir`` or naive resampling, with or without
+resampling convs, the ``progressive`` output pyramids (``"output_skip"``, ``"residual"``) and the
+``progressive_input`` ones (``"input_skip"``, either ``progressive_combine``; ``"residual"``),
+Fourier or positional time embedding, with or without ``conditional``, ``skip_rescale`` and
+``scale_by_sigma`` (score_sde's DDPM++ and NCSN++ configurations). Layers, named by their params path:
 
 * ``ResnetBlockDDPMpp_k``: ``/Conv_0`` (GroupNorm + act pre-op, 3x3, + time bias) and ``/Conv_1``
   (GroupNorm + act, 3x3, + the block input, through the 1x1 ``NIN_0`` when the channels change,
@@ -23,7 +22,8 @@ configurations). Layers, named by their params path:
   a parameter-free resampling layer (``conv=None``). The residual input pyramid's layer adds the
   down block's output (``/ sqrt 2``): the next level's ``h`` and pyramid; the residual output
   pyramid's adds ``h``.
-* ``Combine_k`` (``input_skip``): the 1x1 ``Conv_0`` of the downsampled image plus ``h``.
+* ``Combine_k`` (``input_skip``): the 1x1 ``Conv_0`` of the downsampled image plus ``h`` (``"sum"``), or
+  concatenated with ``h`` (``"cat"``: the skip is the list of both maps, concatenated by its readers).
 * ``AttnBlockpp_k``: single-head attention (``NIN_0..2`` = q, k, v, ``NIN_3`` = output), the engine's
   attention layer.
 * ``Conv_k`` / ``GroupNorm_k`` at the top level: the input conv (``Conv_0``), the output conv
@@ -46,15 +46,10 @@ from .graph import _Trace
 
 def check_config(cfg: NCSNppConfig) -> None:
     """Raise ``NotImplementedError`` naming the config field the sparse forward pass does not support:
-    ``progressive_combine="cat"`` with ``progressive_input="input_skip"`` (the combined map is a
-    concatenation, which the forward pass does not carry between layers), and a ``fir_kernel``
-    longer than 4 taps (its windows would overhang the maps' zero border ``PAD``)."""
+    a ``fir_kernel`` longer than 4 taps (its windows would overhang the maps' zero border ``PAD``)."""
     if cfg.fir and len(cfg.fir_kernel) > 4:
         raise NotImplementedError(f"SparseUNet does not support NCSNpp with NCSNppConfig.fir_kernel="
                                   f"{cfg.fir_kernel!r} (at most 4 taps)")
-    if cfg.progressive_input == "input_skip" and cfg.progressive_combine != "sum":
-        raise NotImplementedError(f"SparseUNet does not support NCSNpp with NCSNppConfig.progressive_combine="
-                                  f"{cfg.progressive_combine!r} and progressive_input='input_skip' (supported: 'sum')")
 
 
 def _groups(channels: int) -> int:
@@ -152,18 +147,19 @@ def ncsnpp_forward(eng, model, p, x, t):
         return eng.attention(name, h, proj, norm=norm(q["GroupNorm_0"], int(h.shape[-1]), None), heads=1,
                              out_scale=skip)
 
-    def downsample(src, with_conv, res=None, out_scale=1.0):
-        """``layerspp.Downsample`` (``Downsample_k``) as one layer, with an optional residual."""
+    def downsample(srcs, with_conv, res=None, out_scale=1.0):
+        """``layerspp.Downsample`` (``Downsample_k``) of the concatenation of ``srcs`` as one layer,
+        with an optional residual."""
         name = names("Downsample")
         if not with_conv:  # parameter-free: FIR downsampling or 2x2 average pooling
             fir = _Resample.down2(cfg.fir_kernel) if cfg.fir else _Resample.pool2()
-            return eng.layer(name, [src], None, fir=fir, res=res, out_scale=out_scale)
+            return eng.layer(name, srcs, None, fir=fir, res=res, out_scale=out_scale)
         q = p[name]
         if cfg.fir:  # FIR filter, then a VALID stride-2 3x3 conv (StyleGAN2's fused Conv2d)
             conv = {"kernel": q["Conv2d_0"]["weight"], "bias": q["Conv2d_0"]["bias"]}
-            return eng.layer(name, [src], conv, stride=2, fir=_Resample.blur(cfg.fir_kernel, 3), padding=VALID,
+            return eng.layer(name, srcs, conv, stride=2, fir=_Resample.blur(cfg.fir_kernel, 3), padding=VALID,
                              res=res, out_scale=out_scale)
-        return eng.layer(name, [src], q["Conv_0"], stride=2, res=res, out_scale=out_scale)
+        return eng.layer(name, srcs, q["Conv_0"], stride=2, res=res, out_scale=out_scale)
 
     def upsample(src, with_conv, res=None, out_scale=1.0):
         """``layerspp.Upsample`` (``Upsample_k``) as one layer, with an optional residual."""
@@ -188,30 +184,34 @@ def ncsnpp_forward(eng, model, p, x, t):
         out_scale = sigma
     xs = eng.source(x)
     input_pyramid = xs
-    hs = [eng.layer(names("Conv"), [xs], p["Conv_0"])]
+    hs = [[eng.layer(names("Conv"), [xs], p["Conv_0"])]]  # skips; each a list of maps (concatenated)
     for level in range(n_levels):
         for _ in range(cfg.num_res_blocks):
-            h = block([hs[-1]], nf * cfg.ch_mult[level])
+            h = block(hs[-1], nf * cfg.ch_mult[level])
             if (H0 >> level) in cfg.attn_resolutions:
                 h = attention(h)
-            hs.append(h)
+            hs.append([h])
         if level != n_levels - 1:
-            h = block([hs[-1]], down=True) if biggan else downsample(hs[-1], cfg.resamp_with_conv)
-            if cfg.progressive_input == "input_skip":  # + Combine_k's 1x1 conv of the downsampled image
-                input_pyramid = downsample(input_pyramid, False)
+            h = block(hs[-1], down=True) if biggan else downsample(hs[-1], cfg.resamp_with_conv)
+            hs.append([h])
+            if cfg.progressive_input == "input_skip":  # Combine_k's 1x1 conv of the downsampled image, + or cat h
+                input_pyramid = downsample([input_pyramid], False)
                 name = names("Combine")
-                h = eng.layer(name, [input_pyramid], p[name]["Conv_0"], res=([h], None))
+                if cfg.progressive_combine == "sum":
+                    hs[-1] = [eng.layer(name, [input_pyramid], p[name]["Conv_0"], res=([h], None))]
+                else:
+                    hs[-1] = [eng.layer(name, [input_pyramid], p[name]["Conv_0"]), h]
             elif cfg.progressive_input == "residual":  # (Downsample_k(pyramid) + h) / sqrt 2
-                input_pyramid = h = downsample(input_pyramid, True, res=([h], None), out_scale=skip)
-            hs.append(h)
-    h = block([hs[-1]])
+                input_pyramid = h = downsample([input_pyramid], True, res=([h], None), out_scale=skip)
+                hs[-1] = [h]
+    h = block(hs[-1])
     h = attention(h)
     h = block([h])
     pyramid = None
     last = None
     for level in reversed(range(n_levels)):
         for _ in range(cfg.num_res_blocks + 1):
-            h = block([h, hs.pop()], nf * cfg.ch_mult[level])
+            h = block([h, *hs.pop()], nf * cfg.ch_mult[level])
         if (H0 >> level) in cfg.attn_resolutions:
             h = attention(h)
         if cfg.progressive == "output_skip":  # pyramid = up(pyramid) + conv3x3(act(GroupNorm(h)))

@@ -26,10 +26,11 @@ class SparseUNet:
     Supported: :class:`jaxsde.models.unet.DigitsUNet`, :class:`jaxsde.models.ddpm_unet.UNet2D`
     (diffusers' DDPM U-Net; its self-attention layers take sparse queries, the active tiles,
     against keys and values of the whole mixed map) and :class:`jaxsde.models.ncsnpp.NCSNpp`
-    (DDPM++ and NCSN++; only ``progressive_combine="cat"`` with ``progressive_input="input_skip"``
-    raises ``NotImplementedError``). All passes take ONE sample ``x: (H, W, C)`` (the network's input: for
-    DigitsUNet already scaled by ``c_in``) and a scalar ``t`` (DigitsUNet's time; UNet2D's
-    timestep; NCSNpp's ``time_cond``), and return the network output ``(H, W, C)``.
+    (DDPM++ and NCSN++; only FIR kernels over 4 taps raise ``NotImplementedError``). All passes
+    take ONE sample ``x: (H, W, C)`` (the network's input: for DigitsUNet already scaled by
+    ``c_in``) and a scalar ``t`` (DigitsUNet's time; UNet2D's timestep; NCSNpp's ``time_cond``:
+    sigma for Fourier embeddings, the label ``t * 999`` for positional ones), and return the
+    network output ``(H, W, C)``.
     """
 
     def __init__(self, model):
