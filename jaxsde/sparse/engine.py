@@ -155,7 +155,9 @@ class _Resample:
     """A linear resampling of a map, ``upfirdn``-style (:func:`jaxsde.models.fir.upfirdn2d`): zero
     insertion by ``up``, zero padding ``pad = (before, after)`` (negative crops), the 2-D FIR
     filter ``k`` (a true convolution), decimation by ``down``. NCSN++'s FIR up / downsampling
-    (:meth:`up2`, :meth:`down2`) and the blur before its fused stride-2 convolution (:meth:`blur`).
+    (:meth:`up2`, :meth:`down2`), the FIR parts of its fused resampling convolutions (:meth:`blur`,
+    :meth:`up_conv`), nearest upsampling and average pooling as parameter-free layers
+    (:meth:`nearest2`, :meth:`pool2`).
 
     The sparse engine computes rows ``[y0, y0 + n)`` of the resampled map from a window of the
     input (:meth:`window`): with ``y0 * down`` a multiple of ``up`` up to a static offset (tile

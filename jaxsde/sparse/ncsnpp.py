@@ -43,6 +43,8 @@ from ..models.ncsnpp import _ACTIVATIONS, NCSNppConfig
 from .engine import _dense, _Norm, _Resample
 from .graph import _Trace
 
+_VALID = ((0, 0), (0, 0))  # explicit no-padding (the fused FIR convolutions)
+
 
 def check_config(cfg: NCSNppConfig) -> None:
     """Raise ``NotImplementedError`` naming the config field the sparse forward pass does not support:
@@ -113,8 +115,6 @@ def ncsnpp_forward(eng, model, p, x, t):
     emb = eng.compute(lambda: _time_embedding(cfg, p, t))
     temb, sigma = (None, None) if emb is None else emb
 
-    VALID = ((0, 0), (0, 0))
-
     def norm(q, channels, activation=act):
         return _Norm(q, _groups(channels), act=activation)
 
@@ -157,7 +157,7 @@ def ncsnpp_forward(eng, model, p, x, t):
         q = p[name]
         if cfg.fir:  # FIR filter, then a VALID stride-2 3x3 conv (StyleGAN2's fused Conv2d)
             conv = {"kernel": q["Conv2d_0"]["weight"], "bias": q["Conv2d_0"]["bias"]}
-            return eng.layer(name, srcs, conv, stride=2, fir=_Resample.blur(cfg.fir_kernel, 3), padding=VALID,
+            return eng.layer(name, srcs, conv, stride=2, fir=_Resample.blur(cfg.fir_kernel, 3), padding=_VALID,
                              res=res, out_scale=out_scale)
         return eng.layer(name, srcs, q["Conv_0"], stride=2, res=res, out_scale=out_scale)
 
@@ -170,7 +170,7 @@ def ncsnpp_forward(eng, model, p, x, t):
         q = p[name]
         if cfg.fir:  # FIR upsampling then a VALID 3x3 conv (the fused transposed conv + FIR, reordered)
             conv = {"kernel": q["Conv2d_0"]["weight"], "bias": q["Conv2d_0"]["bias"]}
-            return eng.layer(name, [src], conv, fir=_Resample.up_conv(cfg.fir_kernel, 3), padding=VALID, res=res,
+            return eng.layer(name, [src], conv, fir=_Resample.up_conv(cfg.fir_kernel, 3), padding=_VALID, res=res,
                              out_scale=out_scale)
         return eng.layer(name, [src], q["Conv_0"], up=True, res=res, out_scale=out_scale)
 
