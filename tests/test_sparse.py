@@ -143,6 +143,45 @@ def test_sparse_equals_masked_dense(unet, jnet, stats):
     assert np.isfinite(err_edit)
 
 
+@pytest.mark.parametrize("mode", ["input", "exact"])
+def test_sparse_inplace_equals_apply_sparse(unet, jnet, mode):
+    """apply_sparse_inplace on the pre-padded cache, donated (in place): the same output as apply_sparse,
+    bit for bit; save_tiles / restore_tiles give the padded original back, bit for bit; the non-donating
+    paths leave the cache unchanged."""
+    model, params, net = unet
+    x, xe, mask = _edit()
+    t = jnp.float32(0.3)
+    _, cache = jnet.record(params, x, t)
+    _, padded = jax.jit(lambda p, x, t: net.record(p, x, t, padded=True))(params, x, t)
+    snap, psnap = (jax.tree_util.tree_map(np.array, c) for c in (cache, padded))
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, net.pad_cache(cache), psnap))
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, net.unpad_cache(padded), snap))
+    plan = net.plan(mask, (4, 2), mode=mode, **({"dense_above": 1.0} if mode == "exact" else {}))
+    assert not plan.dense and net._scattered(plan)
+    ref = np.asarray(jnet.apply_sparse(params, xe, t, cache, plan, "reuse"))
+    # the non-donating paths: the caches are unchanged
+    out, upd = jax.jit(net.apply_sparse_inplace)(params, xe, t, padded, plan)
+    np.testing.assert_array_equal(np.asarray(out), ref)
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, padded, psnap))
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, cache, snap))
+    changed = [k for k in upd if not np.array_equal(np.asarray(upd[k]), psnap[k])]
+    assert changed and set(changed) <= {n for n, _ in net._scattered(plan)}
+    # donated: in place, consumed, then restored
+    step = jax.jit(net.apply_sparse_inplace, donate_argnums=3)
+    save = jax.jit(net.save_tiles)
+    restore = jax.jit(net.restore_tiles, donate_argnums=0)
+    for _ in range(2):  # the restored cache serves the next call
+        saved = save(padded, plan)
+        old = padded
+        out, padded = step(params, xe, t, padded, plan)
+        assert all(a.is_deleted() for a in jax.tree_util.tree_leaves(old))
+        np.testing.assert_array_equal(np.asarray(out), ref)
+        padded = restore(padded, plan, saved)
+        assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, padded, psnap))
+    with pytest.raises(ValueError, match="pad_cache"):
+        net.apply_sparse_inplace(params, xe, t, cache, plan)
+
+
 def test_full_edit_equals_dense(unet):
     """Every tile active: the sparse engine with recomputed statistics is the true network
     (a layer whose bucket is every tile is computed as a dense layer on the mixed maps, no
@@ -350,6 +389,47 @@ def test_sparse_sdedit_trajectory(unet1):
     assert np.abs(ex - orig)[mask].max() > 1e-2
     print(f"SDEdit: max |sparse - dense| on the edited pixels: input plan {np.abs(sparse - dense)[mask].max():.3g}, "
           f"exact plan {np.abs(ex - dense)[mask].max():.3g}")
+
+
+def test_sparse_sdedit_python_loop(unet1):
+    """loop="python" (one jitted program per step, the pre-padded step caches donated, the sparse mode in
+    place with the overwritten tiles saved and restored) agrees with the scan to float rounding, leaves
+    the cache as it was, and either loop takes the other's cache layout."""
+    model, params, net = unet1
+    sde = jaxsde.VPSDE()
+    solver = jaxsde.DDIM(2, eta=0.5)
+    x, xe, mask = _edit()
+    x, xe = jnp.tanh(x), jnp.tanh(xe)
+    key = jax.random.PRNGKey(4)
+    plan = net.plan(mask, 4)
+
+    @jax.jit
+    def scan(params):
+        dense, orig, cache = sparse_sdedit(key, sde, solver, net, params, x, xe, 0.6, plan, mode="dense")
+        sparse, _, _ = sparse_sdedit(key, sde, solver, net, params, x, xe, 0.6, plan, cache=cache)
+        return dense, orig, sparse, cache
+
+    dense, orig, sparse, scan_cache = scan(params)
+    d, o, cache = sparse_sdedit(key, sde, solver, net, params, x, xe, 0.6, plan, mode="dense")
+    assert isinstance(cache[0], list) and len(cache[0]) == solver.num_steps
+    np.testing.assert_allclose(np.asarray(d), np.asarray(dense), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(o), np.asarray(orig), rtol=0, atol=1e-5)
+    snap = jax.tree_util.tree_map(np.array, cache)  # (copies: a zero-copy view would block donation)
+    for _ in range(2):
+        s, none, again = sparse_sdedit(key, sde, solver, net, params, x, xe, 0.6, plan, cache=cache)
+        assert again is cache and none is None
+        np.testing.assert_allclose(np.asarray(s), np.asarray(sparse), rtol=0, atol=1e-5)
+        assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, cache, snap))
+    outside = ~np.asarray(plan.masks[0])
+    np.testing.assert_array_equal(np.asarray(s)[outside], np.asarray(o)[outside])
+    # the layouts convert (each loop's recording differs from the other's by float rounding)
+    s2, _, c2 = sparse_sdedit(key, sde, solver, net, params, x, xe, 0.6, plan, cache=scan_cache, loop="python")
+    np.testing.assert_allclose(np.asarray(s2), np.asarray(sparse), rtol=0, atol=1e-5)
+    assert isinstance(c2[0], list)
+    s3 = jax.jit(lambda p, c: sparse_sdedit(key, sde, solver, net, p, x, xe, 0.6, plan, cache=c)[0])(params, cache)
+    np.testing.assert_allclose(np.asarray(s3), np.asarray(s), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="loop"):
+        sparse_sdedit(key, sde, solver, net, params, x, xe, 0.6, plan, cache=cache, loop="while")
 
 
 def test_sparse_sdedit_needs_fixed_grid(unet):

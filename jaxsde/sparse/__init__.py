@@ -22,12 +22,19 @@ Pieces:
   cache, plan)`` and ``net.apply_masked(params, x, t, cache, plan)`` (the dense reference
   with the same semantics as the sparse engine), ``net.apply_frozen(params, x, t, cache)``
   (the dense network with the cached GroupNorm statistics).
+* The in-place fast path: ``net.pad_cache(cache)`` (or ``net.record(..., padded=True)``) stores the
+  maps with the engine's zero border once; ``net.apply_sparse_inplace(params, x, t, padded, plan)
+  -> (out, padded)``, jitted with the cache donated, writes the active tiles into the cached maps
+  themselves (``apply_sparse`` pads every map and copies it per call: a pass over the whole cache);
+  ``net.save_tiles`` / ``net.restore_tiles`` (separate jitted calls) give the original cache back.
 * :meth:`SparseUNet.plan` (host side, numpy): the edit mask -> active tiles, in one of two modes
   (below), tile counts padded to buckets so that a new edit of similar size reuses a compiled
   program, or a dense fallback when the edit is large (estimated convolution FLOPs above
   ``dense_above`` of dense). :func:`plan_tiles` is the input mode's per-level tiling alone.
 * :func:`sparse_sdedit`: SDEdit of an edited image with a fixed-grid solver, reusing the
-  original image's per-step cache (same key, same grid), sparse, masked or dense.
+  original image's per-step cache (same key, same grid), sparse, masked or dense; DigitsUNet,
+  UNet2D and NCSNpp (the score_sde checkpoints' conventions); eagerly a Python loop of one jitted
+  program per step over the pre-padded, donated step caches (in place), under a trace a ``lax.scan``.
 
 Semantics of the sparse engine (what :meth:`SparseUNet.apply_masked` computes densely):
 every layer ``L`` (a convolution with its fused pre-op ``act(GroupNorm(.))``, post-op bias,
@@ -111,8 +118,8 @@ from .graph import propagate
 from .net import SparseUNet
 from .params import random_params
 from .plan import TilePlan, bucket_size, diff_mask, plan_tiles
-from .sdedit import cache_bytes, run_fixed_grid, sparse_sdedit
+from .sdedit import cache_bytes, run_fixed_grid, run_fixed_grid_loop, sparse_sdedit
 
 __all__ = ["SparseUNet", "TilePlan", "plan_tiles", "propagate", "diff_mask", "bucket_size",
 "sparse_sdedit",
-           "run_fixed_grid", "cache_bytes", "PAD", "random_params"]
+           "run_fixed_grid", "run_fixed_grid_loop", "cache_bytes", "PAD", "random_params"]

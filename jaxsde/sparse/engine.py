@@ -352,6 +352,12 @@ class _Sparse(_Arrays):
 
     def __init__(self, cache, plan: TilePlan, stats="reuse"):
         self.cache, self.plan, self.stats = cache, plan, stats
+        self.written: dict[str, Any] = {}  # the maps of the layers whose tiles were scattered into the cached map
+
+    def _write(self, name, org, tiles):
+        """Scatter ``tiles`` into the cached map at unpadded ``org`` (in place when the cache is donated)."""
+        self.written[name] = y = _scatter(self.cache[name], org + PAD, tiles)
+        return y
 
     def source(self, x):
         return _padded(x)
@@ -423,7 +429,7 @@ class _Sparse(_Arrays):
             y = y + _residual(res, self._res_window(res, org, b))
         if not _unscaled(out_scale):
             y = y / out_scale
-        return _scatter(self.cache[name], org + PAD, y)
+        return self._write(name, org, y)
 
     @staticmethod
     def _res_window(res, org, b):
@@ -457,4 +463,4 @@ class _Sparse(_Arrays):
         y = _attend(p, q, h.reshape(H * W, C), heads).reshape(-1, b, b, C)
         y = y + _gather(x, org + PAD, b)
         y = y if _unscaled(out_scale) else y / out_scale
-        return _scatter(self.cache[name], org + PAD, y)
+        return self._write(name, org, y)

@@ -13,7 +13,7 @@ from ..models.ddpm_unet import UNet2D
 from ..models.ncsnpp import NCSNpp
 from ..models.unet import DigitsUNet
 from .digits import digits_forward
-from .engine import PAD, _Dense, _padded, _Sparse
+from .engine import PAD, _Dense, _gather, _padded, _scatter, _Sparse
 from .graph import _Trace, propagate
 from .ncsnpp import check_config, ncsnpp_forward
 from .plan import TilePlan, _check_mask, _tiles_of, plan_tiles
@@ -63,11 +63,25 @@ class SparseUNet:
         """The dense network (equals ``model.apply(params, x[None], t[None])[0]``)."""
         return self._forward(_Dense(), params, x, t)[0]
 
-    def record(self, params, x, t):
-        """Dense forward returning ``(out, cache)``: each layer's output and normalisation stats."""
+    def record(self, params, x, t, *, padded: bool = False):
+        """Dense forward returning ``(out, cache)``: each layer's output and normalisation stats.
+        ``padded=True``: the maps stored with the engine's zero border (:meth:`pad_cache`), the cache
+        that :meth:`apply_sparse_inplace` takes."""
         eng = _Dense()
         out, _ = self._forward(eng, params, x, t)
-        return out, eng.record
+        return out, (self.pad_cache(eng.record) if padded else eng.record)
+
+    @staticmethod
+    def pad_cache(cache):
+        """The cache with every layer map stored with a zero border of ``PAD`` pixels (what
+        :meth:`apply_sparse` does to the cache on every call; the statistics are unchanged):
+        the buffers :meth:`apply_sparse_inplace` writes into. One pass over the cache: do it once."""
+        return {k: (v if k.startswith("stats/") else _padded(v)) for k, v in cache.items()}
+
+    @staticmethod
+    def unpad_cache(padded_cache):
+        """The inverse of :meth:`pad_cache` (the cache :meth:`apply_sparse` and :meth:`apply_masked` take)."""
+        return {k: (v if k.startswith("stats/") else v[PAD:-PAD, PAD:-PAD]) for k, v in padded_cache.items()}
 
     def apply_frozen(self, params, x, t, cache):
         """The dense network with every GroupNorm's statistics taken from ``cache`` (the
@@ -88,11 +102,74 @@ class SparseUNet:
         _check_stats(stats)
         if plan.dense:
             return self.apply(params, x, t)
+        return self.apply_sparse_inplace(params, x, t, self.pad_cache(cache), plan, stats)[0]
+
+    def apply_sparse_inplace(self, params, x, t, padded_cache, plan: TilePlan, stats: str = "reuse"):
+        """:meth:`apply_sparse` on a cache stored pre-padded (:meth:`pad_cache`, or :meth:`record`
+        with ``padded=True``), writing the recomputed tiles into the cached maps themselves:
+        returns ``(out, cache)``, ``out`` equal to :meth:`apply_sparse`'s bit for bit.
+
+        Meant to be jitted with the cache *donated*, so that XLA updates the cached maps in place
+        and the call touches only the active tiles (:meth:`apply_sparse` pads every cached map and
+        writes each layer's tiles into a full-size copy: a pass over the whole cache per call).
+        The donated cache is *consumed*: its arrays are deleted by the call, and the returned
+        ``cache`` holds the original maps with the edited image's tiles written in (on the layers
+        that scatter tiles; the maps of layers computed densely or not at all are the input's):
+        the cache of no image. To edit the same original again, save the tiles it overwrites
+        before (:meth:`save_tiles`) and write them back after (:meth:`restore_tiles`), each a
+        separate jitted call (in one program XLA would copy the maps to order the reads and writes)::
+
+            padded = net.pad_cache(cache)  # once (or net.record(params, x, t, padded=True))
+            step = jax.jit(net.apply_sparse_inplace, static_argnames="stats", donate_argnums=3)
+            save = jax.jit(net.save_tiles)
+            restore = jax.jit(net.restore_tiles, donate_argnums=0)
+            saved = save(padded, plan)
+            out, padded = step(params, x_edit, t, padded, plan)  # rebind: the argument is consumed
+            padded = restore(padded, plan, saved)  # == the padded original cache, bit for bit
+
+        (A buffer still viewed from outside, e.g. by ``np.asarray`` on CPU, cannot be donated: XLA then
+        copies it.) Without donation nothing is consumed (XLA copies every map into the output: one pass over
+        the cache, as :meth:`apply_sparse`). With ``plan.dense``: ``(apply(params, x, t), padded_cache)``.
+        """
+        _check_stats(stats)
+        if plan.dense:
+            return self.apply(params, x, t), padded_cache
         self._check_plan(x, plan)
-        padded = {k: (v if k.startswith("stats/") else _padded(v)) for k, v in cache.items()}
-        out, name = self._forward(_Sparse(padded, plan, stats), params, x, t)
+        _check_padded(padded_cache, x)
+        eng = _Sparse(padded_cache, plan, stats)
+        out, name = self._forward(eng, params, x, t)
         out = out[PAD:-PAD, PAD:-PAD]
-        return out if plan.roi is None else jnp.where(plan.roi[..., None], out, cache[name])
+        if plan.roi is not None:
+            out = jnp.where(plan.roi[..., None], out, padded_cache[name][PAD:-PAD, PAD:-PAD])
+        return out, {**padded_cache, **eng.written}
+
+    def _scattered(self, plan: TilePlan):
+        """``(name, level)`` of the layers whose tiles the sparse engine scatters into the cached maps
+        (not the layers computed densely, nor those with no active tile)."""
+        if plan.dense:
+            return []
+        graph = self.graph(plan.shape)
+        out = []
+        for L in graph.layers:
+            r = int(round(math.log2(plan.shape[0] // graph.shapes[L["out"]][0])))
+            bucket = plan.tiles(L["name"], r)[2]
+            if 0 < bucket < plan.tile_total(r):
+                out.append((L["name"], r))
+        return out
+
+    def save_tiles(self, padded_cache, plan: TilePlan):
+        """The tiles of the padded cache that :meth:`apply_sparse_inplace` with ``plan`` overwrites:
+        ``{layer name: (bucket, b, b, C)}`` (a few percent of the cache for a small edit)."""
+        return {n: _gather(padded_cache[n], plan.tiles(n, r)[0] + PAD, plan.blocks[r])
+                for n, r in self._scattered(plan)}
+
+    def restore_tiles(self, padded_cache, plan: TilePlan, saved):
+        """Write the tiles from :meth:`save_tiles` back (donate ``padded_cache``: in place): after
+        :meth:`apply_sparse_inplace` with the same plan, the padded original cache, bit for bit."""
+        maps = dict(padded_cache)
+        for n, r in self._scattered(plan):
+            maps[n] = _scatter(maps[n], plan.tiles(n, r)[0] + PAD, saved[n])
+        return maps
 
     def _check_plan(self, x, plan):
         if tuple(x.shape[:2]) != plan.shape:
@@ -204,6 +281,13 @@ class SparseUNet:
                         tuple(counts), tuple(totals), float(np.mean(m0)), layers=layers, layer_origins=l_origins,
                         layer_masks=l_masks, roi=None if roi_mask is None else jnp.asarray(roi_mask), mode="exact",
                         layer_counts=tuple(l_counts), work=frac)
+
+
+def _check_padded(padded_cache, x):
+    H = max(int(v.shape[0]) for k, v in padded_cache.items() if not k.startswith("stats/"))
+    if H != x.shape[0] + 2 * PAD:
+        raise ValueError(f"the cache's largest map has {H} rows; for x of {x.shape[0]} rows a padded cache has "
+                         f"{x.shape[0] + 2 * PAD}: pad it with net.pad_cache(cache)")
 
 
 def _check_stats(stats):
