@@ -430,6 +430,8 @@ def test_sparse_sdedit_python_loop(unet1):
     np.testing.assert_allclose(np.asarray(s3), np.asarray(s), rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="loop"):
         sparse_sdedit(key, sde, solver, net, params, x, xe, 0.6, plan, cache=cache, loop="while")
+    with pytest.raises(ValueError, match="eagerly"):
+        jax.jit(lambda: sparse_sdedit(key, sde, solver, net, params, x, xe, 0.6, plan, loop="python"))()
 
 
 def test_sparse_sdedit_needs_fixed_grid(unet):

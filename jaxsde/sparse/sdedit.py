@@ -149,8 +149,10 @@ def _unstack(per_step, steps):
     return [pad(per_step, jnp.int32(k)) for k in range(steps)]
 
 
-def _is_tracer(*xs) -> bool:
-    return any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(xs))
+def _under_trace(*xs) -> bool:
+    """Whether this runs under a trace (jit, vmap, grad: an argument is a tracer, or, omnistaging, a new array is)."""
+    leaves = [*jax.tree_util.tree_leaves(xs), jnp.zeros(())]
+    return any(isinstance(a, jax.core.Tracer) for a in leaves)
 
 
 def _ncsnpp_conventions(model, sde):
@@ -257,8 +259,11 @@ def sparse_sdedit(key, sde, solver, net: SparseUNet, params, x_orig, x_edit, t0:
         raise ValueError(f"x_orig {x_orig.shape} and x_edit {x_edit.shape} must have the same shape")
     noise_key, solve_key = jax.random.split(key)
     t_end = sde.eps
+    traced = _under_trace(key, params, x_orig, x_edit, plan, cache)
     if loop is None:
-        loop = "scan" if _is_tracer(key, params, x_orig, x_edit, plan, cache) else "python"
+        loop = "scan" if traced else "python"
+    elif loop == "python" and traced:
+        raise ValueError("loop='python' runs eagerly (a Python loop of jitted steps): under jit use loop='scan'")
     python = loop == "python"
 
     if to_score is None:
@@ -266,7 +271,7 @@ def sparse_sdedit(key, sde, solver, net: SparseUNet, params, x_orig, x_edit, t0:
             return output_to_score(sde, out, x, t, parameterization)
 
     # the programs are determined by these (the python loop keeps its jitted programs under them)
-    spec = _Key((net, sde, solver, timestep), (mode, stats, parameterization, float(sigma_data)))
+    spec = _Key((net, sde, solver, timestep), (mode, stats, parameterization, float(sigma_data))) if python else None
 
     x_orig_out = None
     if cache is None:
