@@ -410,13 +410,15 @@ def test_sparse_sdedit_python_loop(unet1):
         return dense, orig, sparse, cache
 
     dense, orig, sparse, scan_cache = scan(params)
-    d, o, cache = sparse_sdedit(key, sde, solver, net, params, x, xe, 0.6, plan, mode="dense")
+    # (the default for this small network's 0.01 MiB cache: the scan)
+    assert isinstance(sparse_sdedit(key, sde, solver, net, params, x, xe, 0.6, plan, mode="dense")[2][0], tuple)
+    d, o, cache = sparse_sdedit(key, sde, solver, net, params, x, xe, 0.6, plan, mode="dense", loop="python")
     assert isinstance(cache[0], list) and len(cache[0]) == solver.num_steps
     np.testing.assert_allclose(np.asarray(d), np.asarray(dense), rtol=0, atol=1e-5)
     np.testing.assert_allclose(np.asarray(o), np.asarray(orig), rtol=0, atol=1e-5)
     snap = jax.tree_util.tree_map(np.array, cache)  # (copies: a zero-copy view would block donation)
     for _ in range(2):
-        s, none, again = sparse_sdedit(key, sde, solver, net, params, x, xe, 0.6, plan, cache=cache)
+        s, none, again = sparse_sdedit(key, sde, solver, net, params, x, xe, 0.6, plan, cache=cache)  # (the loop)
         assert again is cache and none is None
         np.testing.assert_allclose(np.asarray(s), np.asarray(sparse), rtol=0, atol=1e-5)
         assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, cache, snap))
