@@ -108,3 +108,27 @@ def test_refill_schedule_does_not_change_results(reference):
     assert lazy.refills < eager.refills
     with pytest.raises(ValueError, match="refill_min"):
         generate(key, SDE, SCORE, GGF, (6,), 4, 4, refill_min=0)
+
+
+# EM: samples whose first coordinate exceeds 1 below t = 0.4 fail, the others succeed. GGF rejects
+# a non-finite attempt and redraws its noise, so it steers around such a region; every sample is
+# made to fail (NaN everywhere below t = 0.4) and stops where its step size collapses.
+@pytest.mark.parametrize("solver,threshold", [(jaxsde.EulerMaruyama(50), 1.0), (GGF, -np.inf)], ids=["em", "ggf"])
+def test_failed_samples_match_sample(solver, threshold):
+    """Failed samples in ``generate`` match ``sample``'s: result codes, last finite states, times
+    and counters; the other samples are untouched."""
+
+    def score(x, t):
+        return jnp.where((t < 0.4) & (x[0] > threshold), jnp.nan, 1.0) * SCORE(x, t)
+
+    key = jax.random.PRNGKey(5)
+    ref = jax.jit(lambda k: jaxsde.sample(k, SDE, score, solver, (6,), 24))(key)
+    gen = jax.jit(lambda k: generate(k, SDE, score, solver, (6,), 24, 5))(key)
+    failed = np.asarray(ref.result) == jaxsde.results.NONFINITE
+    assert failed.sum() > 0 and (threshold == -np.inf) == failed.all()
+    assert np.all(np.asarray(ref.result)[~failed] == jaxsde.results.SUCCESS)
+    assert np.all(np.isfinite(np.asarray(ref.x))), "a failed sample returns its last finite state"
+    t = np.asarray(ref.t)
+    assert np.all(t[failed] >= 0.4 - 1e-6) if threshold == -np.inf else np.all(t[failed] < 0.4)
+    assert np.all(t[~failed] < 0.01)
+    assert_same(gen, ref)
