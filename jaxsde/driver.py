@@ -242,8 +242,10 @@ def finalize(p: Problem, s: _LoopState) -> Solution:
     result = result.astype(jnp.int32)
     nfe = stats.nfe
     if p.denoise:
-        denoised = p.sde.tweedie(x, t, p.score(x, t))
-        nfe = nfe + 1
+        score = p.solver.state_score(p.sde, x, t, s.solver_state)
+        if score is None:
+            score, nfe = p.score(x, t), nfe + 1
+        denoised = p.sde.tweedie(x, t, score)
         bad = ~jnp.all(jnp.isfinite(denoised))
         result = jnp.where((result == results.SUCCESS) & bad, results.NONFINITE, result).astype(jnp.int32)
         x = jnp.where(bad, x, denoised)
@@ -275,7 +277,8 @@ def solve(
       t_start: start time, default ``sde.T`` (or a custom grid's first time).
       t_end: end time in ``(0, T)``, default ``sde.eps`` (or a custom grid's last time).
       denoise: apply the final Tweedie step ``x <- (x + sigma^2 s(x, t_end)) / alpha``
-        (1 more score evaluation, counted in ``nfe``).
+        (1 more score evaluation, counted in ``nfe``; none for ``ProbabilityFlow``, whose last
+        RK stage already evaluated the score there).
       max_steps: cap on loop iterations (attempts); default 10_000 for adaptive solvers,
         the exact step count for fixed-step solvers. Reaching it gives
         ``results.MAX_STEPS_REACHED``.

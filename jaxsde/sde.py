@@ -82,6 +82,10 @@ class SDE:
         """Right-hand side of the probability-flow ODE: ``f - g^2 * score / 2``."""
         return self.drift(x, t) - 0.5 * self.diffusion(t) ** 2 * score
 
+    def score_from_probability_flow_drift(self, x: Array, t: ArrayLike, v: Array) -> Array:
+        """The score that gives probability-flow drift ``v`` at ``(x, t)``: ``(f - v) / (g^2 / 2)``."""
+        return (self.drift(x, t) - v) / (0.5 * self.diffusion(t) ** 2)
+
     def tweedie(self, x: Array, t: ArrayLike, score: Array) -> Array:
         """Posterior mean ``E[x_0 | x_t = x] = (x + sigma^2 score) / alpha`` (Tweedie)."""
         alpha, sigma = self.marginal(t)

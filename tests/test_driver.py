@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jaxsde
-from jaxsde import exact, results
+from jaxsde import exact, results, targets
 
 SDE = jaxsde.VPSDE()
 SCORE = exact.gaussian_score(SDE, 0.3, 0.2)
@@ -209,3 +209,17 @@ def test_fresh_noise_is_the_plain_normal_draw(shape):
     key = jax.random.PRNGKey(5)
     z = jaxsde.FreshNoise().draw(key, jnp.int32(7), 0.5, 0.4, shape, jnp.float32)
     np.testing.assert_array_equal(z, jax.random.normal(jax.random.fold_in(key, 7), shape, jnp.float32))
+
+
+@pytest.mark.parametrize("sde", [jaxsde.VPSDE(), jaxsde.VESDE()], ids=["vp", "ve"])
+def test_probability_flow_denoises_from_its_last_stage(sde, key):
+    """ProbabilityFlow's final Tweedie step reads the score from its FSAL stage: no extra NFE, and
+    the same result as evaluating the score there."""
+    score = targets.GaussianMixture.random(jax.random.PRNGKey(3), 4, (5,)).score(sde)
+    pf = jaxsde.ProbabilityFlow(rtol=1e-4, atol=1e-4)
+    run = jax.jit(lambda k, d: jaxsde.sample(k, sde, score, pf, (5,), 8, denoise=d), static_argnums=1)
+    raw, den = run(key, False), run(key, True)
+    np.testing.assert_array_equal(den.stats.nfe, raw.stats.nfe)
+    expected = jax.vmap(lambda x, t: sde.tweedie(x, t, score(x, t)))(raw.x, raw.t)
+    np.testing.assert_allclose(den.x, expected, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(den.x, raw.x, atol=1e-3)  # the step did something

@@ -76,6 +76,11 @@ class Solver:
     def init(self, sde, score, x: Array, t_start: Array, t_end: Array) -> SolverInit:
         raise NotImplementedError
 
+    def state_score(self, sde, x: Array, t: Array, state) -> Array | None:
+        """The score at the current ``(x, t)`` if ``state`` already holds it (the final denoising
+        step then costs no evaluation), else ``None``."""
+        return None
+
     def attempt_end(self, state, t: Array, h: Array, t_end: Array) -> Array:
         """The time the next attempt from ``t`` with trial step ``h`` integrates to."""
         return jnp.where(h >= t - t_end, t_end, t - h)

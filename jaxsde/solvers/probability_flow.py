@@ -12,7 +12,8 @@ with an explicit embedded pair and Hairer's PI step-size controller (as in DOPRI
 
 NFE is counted honestly: 1 for the initial derivative, 1 for the initial-step heuristic,
 then ``stages - 1`` per attempt for FSAL pairs (the last stage of an accepted step is the
-next step's first), whether the attempt is accepted or not.
+next step's first), whether the attempt is accepted or not. The final denoising step reads the
+score from that last stage (:meth:`ProbabilityFlow.state_score`), so it costs no evaluation.
 """
 
 from __future__ import annotations
@@ -178,6 +179,10 @@ class ProbabilityFlow(Solver):
 
     def _fn(self, sde, score):
         return lambda x, t: sde.probability_flow_drift(x, t, score(x, t))
+
+    def state_score(self, sde, x, t, state: PFState):
+        """The score at the current state from the FSAL stage ``k1 = f - g^2 score / 2`` there."""
+        return sde.score_from_probability_flow_drift(x, t, state.k1)
 
     def _scale(self, x, x_new):
         return self.atol + self.rtol * jnp.maximum(jnp.abs(x), jnp.abs(x_new))
