@@ -30,6 +30,7 @@ import numpy as np
 import jaxsde
 from jaxsde import reference
 from jaxsde.targets import GaussianMixture
+from jaxsde.timing import compile_cpu_seconds
 
 
 def programs(shape, n, steps):
@@ -85,12 +86,7 @@ def main(argv=None):
         compiled = {}
         for label, fn in (("jaxsde EM", em), ("jaxsde EM check_finite=False", em_unchecked),
                           ("diffrax Euler", euler)):
-            seconds = []
-            for _ in range(args.compile_repeats):  # CPU seconds (XLA compiles on one thread), median
-                t0 = time.process_time()
-                compiled[label] = jax.jit(lambda k, fn=fn: fn(k)).lower(key).compile()  # fresh: no jit cache hit
-                seconds.append(time.process_time() - t0)
-            compile_s = statistics.median(seconds)
+            compiled[label], compile_s = compile_cpu_seconds(fn, key, repeats=args.compile_repeats)
             jax.block_until_ready(compiled[label](key))
             compiled[label + " compile_s"] = compile_s
         times = {"jaxsde EM": [], "jaxsde EM check_finite=False": [], "diffrax Euler": []}

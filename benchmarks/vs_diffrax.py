@@ -51,6 +51,7 @@ import numpy as np
 import jaxsde
 from jaxsde import metrics, reference
 from jaxsde.targets import GaussianMixture
+from jaxsde.timing import compile_cpu_seconds
 
 ADJOINT = dfx.ForwardMode()
 SIZES = dict(gmm64=(1000, 1000), gmm3072=(100, 200), conv=(64, 256))  # (timed n, quality n)
@@ -146,17 +147,9 @@ def cases(prob: Problem, quick: bool, diffrax_tols: tuple[float, ...] | None = N
 
 
 def compile_case(case: Case, prob: Problem, n: int, repeats: int = 1):
-    """Compile ``repeats`` times (fresh trace, lower and compile each time); compile time is the
-    median CPU seconds: XLA compiles on one thread, so this is what a quiet machine's wall time
-    would be, robust to load."""
-    key = jax.random.PRNGKey(0)
-    seconds = []
-    for _ in range(repeats):
-        fn = jax.jit(lambda k, p: case.run(k, prob.score_of(p), n))
-        c0 = time.process_time()
-        compiled = fn.lower(key, prob.params).compile()
-        seconds.append(time.process_time() - c0)
-    compile_s = statistics.median(seconds)
+    """The compiled program of ``case`` and its compile time (median CPU seconds of ``repeats``)."""
+    compiled, compile_s = compile_cpu_seconds(lambda k, p: case.run(k, prob.score_of(p), n),
+                                              jax.random.PRNGKey(0), prob.params, repeats=repeats)
     temp = -1
     try:
         temp = int(compiled.memory_analysis().temp_size_in_bytes)

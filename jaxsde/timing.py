@@ -19,6 +19,19 @@ class Timing(NamedTuple):
     peak_bytes: int  # XLA's peak memory estimate (-1 if unknown)
 
 
+def compile_cpu_seconds(fn: Callable, *args: Any, repeats: int = 1) -> tuple[Any, float]:
+    """Trace, lower and compile ``fn`` for ``args`` ``repeats`` times, a fresh ``jax.jit`` each
+    time (no cache hit); returns the last compiled program and the median CPU seconds. XLA
+    compiles on one thread, so CPU seconds are what a quiet machine's wall time would be, and
+    they are robust to other jobs on a shared one."""
+    seconds, compiled = [], None
+    for _ in range(max(repeats, 1)):
+        t0 = time.process_time()
+        compiled = jax.jit(lambda *a: fn(*a)).lower(*args).compile()
+        seconds.append(time.process_time() - t0)
+    return compiled, statistics.median(seconds)
+
+
 def time_compiled(fn: Callable, *args: Any, repeats: int = 3) -> tuple[Any, Timing]:
     """Compile ``jax.jit(fn)`` for ``args``, run it once to warm up, then time ``repeats`` runs.
 

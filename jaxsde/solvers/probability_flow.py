@@ -138,8 +138,8 @@ class ProbabilityFlow(Solver):
         sample with the ``NONFINITE`` code.
       unroll_stages: write the RK stages out instead of looping over them (see
         :func:`rk_step`): the score is then compiled once per stage. ``benchmarks/vs_diffrax.py``
-        has both rows: unrolled compiles 1.2-1.3x longer and runs 1.6-2.5x faster with a cheap
-        analytic score (mixtures), about the same with a conv score net.
+        has both rows: unrolled compiles 1.0-1.2x longer and runs 1.6-2.3x faster with a cheap
+        analytic score (mixtures), 1.1x with a conv score net.
     """
 
     rtol: float = 1e-5
