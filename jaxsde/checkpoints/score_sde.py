@@ -170,8 +170,8 @@ def make_sde(cfg: NCSNppConfig) -> SDE:
     return VPSDE(beta_min=cfg.beta_min, beta_max=cfg.beta_max)
 
 
-def make_score_fn(model: NCSNpp, sde: SDE) -> Callable:
-    """``score_fn(params) -> score(x, t)`` for ONE sample ``x (H, W, C)`` and a scalar ``t``.
+def score_conventions(model: NCSNpp, sde: SDE) -> tuple[Callable, Callable]:
+    """``(label, to_score)``: the network's time label ``label(t)`` and ``to_score(out, t)``.
 
     As score_sde's ``get_score_fn`` for continuous training: VE — label sigma(t), the output is the
     score; VP/subVP — label ``999 t``, ``score = -out / std(t)``.
@@ -181,13 +181,25 @@ def make_score_fn(model: NCSNpp, sde: SDE) -> Callable:
     if ve and cfg.embedding_type == "positional":
         raise ValueError("VE checkpoints with positional embeddings (discrete NCSN++) are not supported")
 
+    def label(t):
+        t = jnp.asarray(t, jnp.float32)
+        return sde.marginal(t)[1] if ve else 999.0 * t
+
+    def to_score(out, t):
+        return out if ve else -out / sde.marginal(jnp.asarray(t, jnp.float32))[1]
+
+    return label, to_score
+
+
+def make_score_fn(model: NCSNpp, sde: SDE) -> Callable:
+    """``score_fn(params) -> score(x, t)`` for ONE sample ``x (H, W, C)`` and a scalar ``t``
+    (conventions: :func:`score_conventions`)."""
+    label, to_score = score_conventions(model, sde)
+
     def score_fn(params):
         def score(x, t):
-            t = jnp.asarray(t, jnp.float32)
-            _, std = sde.marginal(t)
-            label = std if ve else 999.0 * t
-            out = model.apply({"params": params}, x[None], jnp.reshape(label, (1,)))[0]
-            return out if ve else -out / std
+            out = model.apply({"params": params}, x[None], jnp.reshape(label(t), (1,)))[0]
+            return to_score(out, t)
 
         return score
 

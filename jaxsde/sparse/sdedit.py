@@ -164,24 +164,6 @@ def _under_trace(*xs) -> bool:
     return any(isinstance(a, jax.core.Tracer) for a in leaves)
 
 
-def _ncsnpp_conventions(model, sde):
-    """NCSN++'s score function as :func:`jaxsde.checkpoints.score_sde.make_score_fn` builds it: the
-    network gets ``x`` and the label ``std(t)`` (VE, Fourier embedding) or ``999 t`` (VP / subVP);
-    the score is the output (VE: ``scale_by_sigma``) or ``-out / std(t)``."""
-    ve = model.config.sde == "vesde"
-    if ve and model.config.embedding_type == "positional":
-        raise ValueError("VE NCSN++ with positional embeddings (discrete NCSN++) is not supported")
-
-    def net_input(x, t):
-        t = jnp.asarray(t, jnp.float32)
-        return x, (sde.marginal(t)[1] if ve else 999.0 * t)
-
-    def to_score(out, x, t):
-        return out if ve else -out / sde.marginal(jnp.asarray(t, jnp.float32))[1]
-
-    return net_input, to_score
-
-
 def sparse_sdedit(key, sde, solver, net: SparseUNet, params, x_orig, x_edit, t0: float, plan: TilePlan | None,
                   *, mode: str = "sparse", stats: str = "reuse", parameterization: str = "eps",
                   sigma_data: float = 0.5, timestep=None, cache=None, loop: str | None = None):
@@ -262,7 +244,15 @@ def sparse_sdedit(key, sde, solver, net: SparseUNet, params, x_orig, x_edit, t0:
     elif isinstance(net.model, NCSNpp):
         if timestep is not None:
             raise ValueError("timestep= is for a UNet2D; an NCSNpp takes sigma(t) (VE) or 999 t (VP)")
-        net_input, to_score = _ncsnpp_conventions(net.model, sde)
+        from ..checkpoints.score_sde import score_conventions
+
+        label, out_to_score = score_conventions(net.model, sde)
+
+        def net_input(x, t):
+            return x, label(t)
+
+        def to_score(out, x, t):
+            return out_to_score(out, t)
     else:
         raise TypeError(f"sparse_sdedit drives a DigitsUNet, a UNet2D or an NCSNpp, got {type(net.model).__name__}")
     if mode != "dense" and plan is None:
