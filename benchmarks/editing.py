@@ -323,7 +323,7 @@ def sdedit_rows(net, params, size, blocks, fractions, steps, rounds, plan_kw=Non
     eager Python loop (one jitted program per step, the pre-padded step caches donated, in place, the
     overwritten tiles saved and restored); interleaved rounds, the recording pass excluded."""
     import jaxsde
-    from jaxsde.sparse import sparse_sdedit
+    from jaxsde.sparse import StepPrograms, sparse_sdedit
 
     x = jnp.tanh(jax.random.normal(jax.random.PRNGKey(0), (size, size, 1)))
     sde, solver, key, t0 = jaxsde.VPSDE(), jaxsde.DDIM(steps), jax.random.PRNGKey(1), 0.5
@@ -333,8 +333,11 @@ def sdedit_rows(net, params, size, blocks, fractions, steps, rounds, plan_kw=Non
         x_edit = jnp.where(mask[..., None], -x, x)
         plan = net.plan(mask, tuple(blocks), mode="exact", dense_above=1.0, **(plan_kw or {}))
 
-        def edit(p, c, mode, x_edit=x_edit, plan=plan):
-            return sparse_sdedit(key, sde, solver, net, p, x, x_edit, t0, plan, mode=mode, cache=c)[0]
+        programs = StepPrograms()  # the python loop's step programs, compiled once for all rounds
+
+        def edit(p, c, mode, x_edit=x_edit, plan=plan, programs=programs):
+            return sparse_sdedit(key, sde, solver, net, p, x, x_edit, t0, plan, mode=mode, cache=c,
+                                 programs=programs)[0]
 
         _, _, scache = jax.jit(lambda p, x_edit=x_edit, plan=plan: sparse_sdedit(
             key, sde, solver, net, p, x, x_edit, t0, plan, mode="dense"))(params)

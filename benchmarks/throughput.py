@@ -2,6 +2,9 @@
 
     /work/venv/bin/python benchmarks/throughput.py            # the full run (~15 min on 2 busy cores)
     /work/venv/bin/python benchmarks/throughput.py --quick    # batch sizes 16, 64 only, small n
+    # digits at large batches only (~25 min): results/throughput_digits_large.{json,md}
+    /work/venv/bin/python benchmarks/throughput.py --models digits --digits-batches 256 1024 \
+        --digits-repeats 1 --batches --scale-n 0 --name digits_large
 
 Problems: the embedded digits models (``digits``: VP U-Net; ``digits-ve``: VE U-Net) with GGF
 rtol 0.05, and a Gaussian mixture d=16 with its exact (cheap) score, GGF rtol 0.05. For each
@@ -56,6 +59,8 @@ def problems(args):
                         score_fn=ckpt.score_fn, params=ckpt.params, shape=ckpt.shape,
                         solver=jaxsde.GottaGoFast(rtol=0.05), batches=args.digits_batches,
                         per_slot=args.digits_per_slot, repeats=args.digits_repeats))
+    if not args.batches:
+        return out
     out.append(dict(name="Gaussian mixture d=16 (exact score, GGF rtol 0.05)", sde=sde,
                     score_fn=lambda p: mixture.score(sde), params=jnp.zeros(()), shape=(16,),
                     solver=jaxsde.GottaGoFast(rtol=0.05), batches=args.batches, per_slot=args.per_slot,
@@ -168,7 +173,8 @@ def write(rows, by_batch, scale, args, command):
     meta = dict(command=command, jax=jax.__version__, backend=jax.default_backend(), cpu_count=os.cpu_count(),
                 machine=platform.machine(), date=time.strftime("%Y-%m-%d %H:%M"), per_slot=args.per_slot,
                 repeats=args.repeats, digits_per_slot=args.digits_per_slot, digits_repeats=args.digits_repeats)
-    with open(os.path.join(HERE, "results", "throughput.json"), "w") as f:
+    stem = os.path.join(HERE, "results", "throughput" + (f"_{args.name}" if args.name else ""))
+    with open(stem + ".json", "w") as f:
         json.dump(dict(meta=meta, rows=rows, sample_useful_work_by_batch=by_batch, device_scaling=scale), f, indent=1)
     lines = ["# Throughput: continuous batching (`generate`) vs `sample`", "",
              f"Reproduce: `{command}` ({meta['backend']}, {meta['cpu_count']} cores, jax {meta['jax']}, "
@@ -195,23 +201,24 @@ def write(rows, by_batch, scale, args, command):
         sizes = sorted({int(b) for v in by_batch.values() for b in v["useful_work"]})
         lines += ["", "## `sample`'s useful work at larger batches (from the per-sample NFEs measured above)", "",
                   "The per-sample NFEs of a problem's largest run above (index order) grouped into whole batches "
-                  "of B: the useful-work fraction plain `sample` gets at batch B (generate's stays ~0.95-0.97). "
+                  "of B: the useful-work fraction plain `sample` gets at batch B (generate's: the table above). "
                   "The last column is a single batch, so it is noisy.", "",
                   "| problem | samples | " + " | ".join(f"B={b}" for b in sizes) + " |",
                   "|---|---|" + "---|" * len(sizes)]
         for name, v in by_batch.items():
             cells = [f"{v['useful_work'][b]:.3f}" if b in v["useful_work"] else "" for b in sizes]
             lines.append(f"| {name} | {v['n']} | " + " | ".join(cells) + " |")
-    lines += ["", f"## Per-device scaling of `generate` (forced host devices; Gaussian mixture d=16, "
-              f"n={args.scale_n}, batch {args.scale_batch})", "",
-              f"CPU 'devices' here share the same {meta['cpu_count']} cores: this checks that sharding over devices "
-              "gives identical samples and what its overhead is; it cannot show a speed-up.", "",
-              "| devices | samples/s | max abs dx vs 1 device | same NFE as 1 device | useful work |",
-              "|---|---|---|---|---|"]
+    if scale:
+        lines += ["", f"## Per-device scaling of `generate` (forced host devices; Gaussian mixture d=16, "
+                  f"n={args.scale_n}, batch {args.scale_batch})", "",
+                  f"CPU 'devices' here share the same {meta['cpu_count']} cores: this checks that sharding over "
+                  "devices gives identical samples and what its overhead is; it cannot show a speed-up.", "",
+                  "| devices | samples/s | max abs dx vs 1 device | same NFE as 1 device | useful work |",
+                  "|---|---|---|---|---|"]
     for r in scale:
         lines.append(f"| {r['devices']} | {r['samples_per_s']:.1f} | {r['max_abs_dx_vs_1_device']:.1e} "
                      f"| {r['same_nfe_as_1_device']} | {r['useful_work']:.3f} |")
-    with open(os.path.join(HERE, "results", "throughput.md"), "w") as f:
+    with open(stem + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -219,15 +226,17 @@ def write(rows, by_batch, scale, args, command):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="batch sizes 16 and 64, few samples, 1 round")
-    parser.add_argument("--batches", type=int, nargs="*", default=[16, 64, 256, 1024], help="mixture batch sizes")
+    parser.add_argument("--batches", type=int, nargs="*", default=[16, 64, 256, 1024],
+                        help="mixture batch sizes; none skips the mixture")
     parser.add_argument("--per-slot", type=int, default=20, help="mixture samples per slot: n = per_slot x batch")
     parser.add_argument("--repeats", type=int, default=5, help="mixture timing rounds")
     parser.add_argument("--models", nargs="*", default=["digits", "digits-ve"], help="embedded digits models")
     parser.add_argument("--digits-batches", type=int, nargs="*", default=[16, 64])
     parser.add_argument("--digits-per-slot", type=int, default=4)
     parser.add_argument("--digits-repeats", type=int, default=2)
-    parser.add_argument("--scale-n", type=int, default=512)
+    parser.add_argument("--scale-n", type=int, default=512, help="0 skips the device-scaling run")
     parser.add_argument("--scale-batch", type=int, default=64)
+    parser.add_argument("--name", default="", help="results file suffix: results/throughput_NAME.{json,md}")
     args = parser.parse_args()
     if args.quick:
         args.batches, args.digits_batches = [16, 64], [16]
@@ -243,7 +252,7 @@ def main():
             if prob["name"].startswith("digits"):
                 by_batch[prob["name"]] = dict(n=int(nfe.size), useful_work=sample_useful_by_batch(
                     nfe, sorted({16, 64, 256, 1024, nfe.size} & set(range(1, nfe.size + 1)))))
-    scale = scaling(args.scale_n, args.scale_batch, max(args.repeats, 3))
+    scale = scaling(args.scale_n, args.scale_batch, max(args.repeats, 3)) if args.scale_n > 0 else []
     command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:])
     write(rows, by_batch, scale, args, command.strip())
 

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:  # bad input: a clear message, no traceback
+    except (ValueError, OSError) as err:  # bad input, missing files, full disk: a clear message, no traceback
         print(f"jaxsde {args.command}: error: {err}", file=sys.stderr)
         return 2
 

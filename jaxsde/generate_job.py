@@ -60,7 +60,10 @@ def _check_manifest(out: str, manifest: dict) -> None:
     if not os.path.exists(path):
         if glob.glob(os.path.join(out, "shard-*.npz")):
             raise ValueError(f"{out} holds shard files but no {MANIFEST}; use a new --out")
-        atomic_write(path, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+        try:
+            atomic_write(path, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+        except OSError as err:
+            raise OSError(err.errno, f"cannot write {path} ({err.strerror or err})") from None
         return
     try:
         with open(path) as f:
@@ -159,7 +162,7 @@ def _generate_into(out: str, manifest: dict, sde, score_fn, params, solver, to_d
                      nfe=chunk.stats.nfe[order], num_accepted=chunk.stats.num_accepted[order],
                      num_rejected=chunk.stats.num_rejected[order], num_steps=chunk.stats.num_steps[order],
                      result=chunk.result[order], t=chunk.t[order])
-            atomic_write(os.path.join(out, f"shard-{seq:06d}.npz"), buf.getvalue())
+            _write_shard(out, seq, buf.getvalue(), count, bar)
             seq, written = seq + 1, written + 1
             count += chunk.index.size
             nfe_sum += float(chunk.stats.nfe.sum())
@@ -171,6 +174,20 @@ def _generate_into(out: str, manifest: dict, sde, score_fn, params, solver, to_d
         bar.close()
     return dict(out=out, n=n, resumed=resumed, generated=int(pending.size), shards_written=written, wall_s=wall,
                 mean_nfe=nfe_sum / max(count, 1), samples_per_s=pending.size / wall if wall else 0.0)
+
+
+def _write_shard(out: str, seq: int, data: bytes, count: int, bar) -> None:
+    """Write one shard atomically; on a full disk (or any OS error) stop with a message that says
+    what is kept. A failed write leaves no partial file: the shards before it are whole."""
+    path = os.path.join(out, f"shard-{seq:06d}.npz")
+    try:
+        atomic_write(path, data)
+    except OSError as err:
+        if bar is not None:
+            bar.close()
+        raise OSError(err.errno, f"cannot write {path} ({err.strerror or err}); the {count} samples written "
+                                 f"before it are kept in {out}: make room and rerun the same command to "
+                                 "resume") from None
 
 
 def print_report(r: dict) -> None:

@@ -9,7 +9,7 @@ import jaxsde
 from jaxsde.editing import sdedit
 from jaxsde.models.score import score_fn
 from jaxsde.models.unet import DigitsUNet
-from jaxsde.sparse import SparseUNet, bucket_size, diff_mask, plan_tiles, random_params, sparse_sdedit
+from jaxsde.sparse import SparseUNet, StepPrograms, bucket_size, diff_mask, plan_tiles, random_params, sparse_sdedit
 
 H = 16
 
@@ -417,9 +417,13 @@ def test_sparse_sdedit_python_loop(unet1):
     np.testing.assert_allclose(np.asarray(d), np.asarray(dense), rtol=0, atol=1e-5)
     np.testing.assert_allclose(np.asarray(o), np.asarray(orig), rtol=0, atol=1e-5)
     snap = jax.tree_util.tree_map(np.array, cache)  # (copies: a zero-copy view would block donation)
+    programs, kept = StepPrograms(), None
     for _ in range(2):
-        s, none, again = sparse_sdedit(key, sde, solver, net, params, x, xe, 0.6, plan, cache=cache)  # (the loop)
+        s, none, again = sparse_sdedit(key, sde, solver, net, params, x, xe, 0.6, plan, cache=cache,
+                                       programs=programs)  # (the loop)
         assert again is cache and none is None
+        assert len(programs) == 1 and kept in (None, dict(programs._programs))  # compiled once, then reused
+        kept = dict(programs._programs)
         np.testing.assert_allclose(np.asarray(s), np.asarray(sparse), rtol=0, atol=1e-5)
         assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, cache, snap))
     outside = ~np.asarray(plan.masks[0])

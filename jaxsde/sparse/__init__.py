@@ -34,7 +34,9 @@ Pieces:
 * :func:`sparse_sdedit`: SDEdit of an edited image with a fixed-grid solver, reusing the
   original image's per-step cache (same key, same grid), sparse, masked or dense; DigitsUNet,
   UNet2D and NCSNpp (the score_sde checkpoints' conventions); eagerly a Python loop of one jitted
-  program per step over the pre-padded, donated step caches (in place), under a trace a ``lax.scan``.
+  program per step over the pre-padded, donated step caches (in place; pass one
+  :class:`StepPrograms` to every call of a session to compile those programs once), under a trace a
+  ``lax.scan``.
 
 Semantics of the sparse engine (what :meth:`SparseUNet.apply_masked` computes densely):
 every layer ``L`` (a convolution with its fused pre-op ``act(GroupNorm(.))``, post-op bias,
@@ -109,7 +111,8 @@ Modules: :mod:`~jaxsde.sparse.plan` (tile plans, :func:`plan_tiles`), :mod:`~jax
 (the traced layer graph, :func:`propagate`), :mod:`~jaxsde.sparse.engine` (the dense and sparse
 engines and their primitives), :mod:`~jaxsde.sparse.digits` and :mod:`~jaxsde.sparse.unet2d` (the
 functional forward passes; :mod:`~jaxsde.sparse.ncsnpp` for NCSN++ / DDPM++),
-:mod:`~jaxsde.sparse.net` (:class:`SparseUNet`), :mod:`~jaxsde.sparse.sdedit` (trajectories),
+:mod:`~jaxsde.sparse.net` (:class:`SparseUNet`), :mod:`~jaxsde.sparse.trajectory` (fixed-grid
+trajectories with per-step caches: scan or Python loop), :mod:`~jaxsde.sparse.sdedit` (SDEdit),
 :mod:`~jaxsde.sparse.params` (random weights).
 """
 
@@ -118,8 +121,8 @@ from .graph import propagate
 from .net import SparseUNet
 from .params import random_params
 from .plan import TilePlan, bucket_size, diff_mask, plan_tiles
-from .sdedit import cache_bytes, run_fixed_grid, run_fixed_grid_loop, sparse_sdedit
+from .sdedit import sparse_sdedit
+from .trajectory import StepPrograms, cache_bytes, run_fixed_grid, run_fixed_grid_loop
 
-__all__ = ["SparseUNet", "TilePlan", "plan_tiles", "propagate", "diff_mask", "bucket_size",
-"sparse_sdedit",
-           "run_fixed_grid", "run_fixed_grid_loop", "cache_bytes", "PAD", "random_params"]
+__all__ = ["SparseUNet", "TilePlan", "plan_tiles", "propagate", "diff_mask", "bucket_size", "sparse_sdedit",
+           "run_fixed_grid", "run_fixed_grid_loop", "StepPrograms", "cache_bytes", "PAD", "random_params"]

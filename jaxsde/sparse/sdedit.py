@@ -1,12 +1,11 @@
-"""Trajectories: SDEdit of an edited image reusing the original's per-step, per-call network
-cache, on a fixed-grid solve."""
+"""SDEdit of an edited image reusing the original's per-step, per-call network cache, on a
+fixed-grid solve (the trajectory drivers are in :mod:`~jaxsde.sparse.trajectory`)."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from ..models.ddpm_unet import UNet2D
 from ..models.ncsnpp import NCSNpp
@@ -14,112 +13,7 @@ from ..models.score import input_scale, output_to_score
 from ..models.unet import DigitsUNet
 from .net import SparseUNet
 from .plan import TilePlan
-
-
-def cache_bytes(cache) -> int:
-    """Bytes held by one step's cache (layer outputs and statistics)."""
-    return int(sum(np.prod(a.shape) * a.dtype.itemsize for a in jax.tree_util.tree_leaves(cache)))
-
-
-def _setup(solver, sde, x_start, t_start, t_end):
-    from ..solvers.base import FixedGridSolver
-
-    if not isinstance(solver, FixedGridSolver):
-        raise TypeError(f"sparse editing needs a fixed-grid solver (DDIM, EulerMaruyama, ...), got "
-                        f"{type(solver).__name__}: the per-step cache is indexed by grid step")
-    dtype = x_start.dtype
-
-    def no_score(x, t):
-        raise TypeError("the solver's init evaluated the score; not supported by run_fixed_grid")
-
-    first = solver.init(sde, no_score, x_start, jnp.asarray(t_start, dtype), jnp.asarray(t_end, dtype))
-    return (x_start, jnp.asarray(t_start, dtype), jnp.asarray(first.h, dtype), first.state, jnp.zeros((), jnp.int32))
-
-
-def _step_fn(sde, solver, t_end, score_call):
-    """One grid step ``(carry, xs_k, key, args) -> (carry, auxs)``; ``score_call(args, xs_k, j, x, t)``;
-    ``auxs``: the score calls' aux, a tuple."""
-    npa = solver.noise_per_attempt
-
-    def body(carry, xs_k, key, args):
-        x, t, h, state, k = carry
-        auxs = []
-
-        def score(x_, t_):
-            s, aux = score_call(args, xs_k, len(auxs), x_, t_)
-            auxs.append(aux)
-            return s
-
-        z = jax.random.normal(jax.random.fold_in(key, k), (npa, *x.shape), x.dtype) if npa else None
-        out = solver.step(sde, score, x, t, h, state, z, jnp.asarray(t_end, x.dtype))
-        return (out.x, out.t, out.h, out.state, k + 1), tuple(auxs)
-
-    return body
-
-
-def run_fixed_grid(key, sde, solver, x_start, t_start: float, t_end: float, score_call, xs=None):
-    """Run a fixed-grid solver like :func:`jaxsde.solve` (fresh noise from ``key``, final
-    Tweedie step), as a ``lax.scan`` whose step ``k`` sees ``xs[k]``.
-
-    ``score_call(xs_k, j, x, t) -> (score, aux)`` is called for the ``j``-th score evaluation
-    of step ``k`` (``xs_k = None`` when ``xs`` is None); the ``aux`` of every call is returned,
-    stacked over steps: ``(x_final, auxs, aux_final)`` with ``auxs`` a tuple over ``j`` and
-    ``aux_final`` the final denoising call's (with ``xs_final``, the last element of ``xs``'s
-    tuple ``(per_step, final)``). Noise: step ``k`` draws ``normal(fold_in(key, k))``, as
-    the driver's default ``FreshNoise``, so the result equals ``solve``'s.
-    """
-    init = _setup(solver, sde, x_start, t_start, t_end)
-    per_step, final = (None, None) if xs is None else xs
-    body = _step_fn(sde, solver, t_end, lambda _, *a: score_call(*a))
-    (x, t, _, _, _), auxs = lax.scan(lambda c, xs_k: body(c, xs_k, key, None), init, per_step,
-                                     length=solver.num_steps)
-    s, aux_final = score_call(final, 0, x, t)
-    return sde.tweedie(x, t, s), auxs, aux_final
-
-
-_PROGRAMS: dict = {}  # run_fixed_grid_loop's jitted programs by ``programs`` key (with the objects it names)
-
-
-def run_fixed_grid_loop(key, sde, solver, x_start, t_start: float, t_end: float, score_call, xs=None, *,
-                        args=None, before=None, after=None, programs=None):
-    """:func:`run_fixed_grid` as a Python loop over the grid: one jitted program per step, whose
-    per-step input ``xs[0][k]`` (``xs = (per_step, final)``, ``per_step`` a list over steps of
-    tuples over score calls) is *donated*; returns ``(x_final, auxs, aux_final)`` with ``auxs`` a
-    list over steps of tuples over calls. ``score_call(args, xs_k, j, x, t) -> (score, aux)``
-    (``args``: a pytree of arrays, the same for every step: parameters, plan). ``before(args, xs_k)
-    -> saved`` (jitted, not donating) runs before each step and ``after(args, auxs_k, saved) ->
-    auxs_k`` (jitted, ``auxs_k`` donated) after it. ``programs``: a hashable key under which the
-    jitted programs are kept for the next call (it must determine ``sde``, ``solver``, ``t_end``,
-    ``score_call``, ``before`` and ``after``; the key's objects are kept alive with them). Eager
-    only (``x_start`` concrete); the same values as :func:`run_fixed_grid` up to XLA's fusion
-    choices (float rounding)."""
-    carry = _setup(solver, sde, x_start, t_start, t_end)
-    per_step, final = (None, None) if xs is None else xs
-    fns = _PROGRAMS.get(programs) if programs is not None else None
-    if fns is None:
-        def last(final, x, t, args):
-            s, aux = score_call(args, final, 0, x, t)
-            return sde.tweedie(x, t, s), (aux,)
-
-        fns = (jax.jit(_step_fn(sde, solver, t_end, score_call), donate_argnums=1),
-               jax.jit(last, donate_argnums=0),
-               None if before is None else jax.jit(before),
-               None if after is None else jax.jit(after, donate_argnums=1))
-        if programs is not None:
-            if len(_PROGRAMS) >= 16:
-                _PROGRAMS.pop(next(iter(_PROGRAMS)))
-            _PROGRAMS[programs] = fns
-    step, last, before, after = fns
-    auxs = []
-    for k in range(solver.num_steps):
-        xs_k = None if per_step is None else per_step[k]
-        saved = None if before is None else before(args, xs_k)
-        carry, aux = step(carry, xs_k, key, args)
-        auxs.append(aux if after is None else after(args, aux, saved))
-    x, t = carry[0], carry[1]
-    saved = None if before is None else before(args, final)
-    x, aux_final = last(final, x, t, args)
-    return x, auxs, (aux_final if after is None else after(args, aux_final, saved))[0]
+from .trajectory import StepPrograms, run_fixed_grid, run_fixed_grid_loop, stack_step_caches, unstack_step_caches
 
 
 class _Key:
@@ -135,18 +29,6 @@ class _Key:
         if not isinstance(other, _Key) or len(self.objects) != len(other.objects) or self.values != other.values:
             return False
         return all(a is b for a, b in zip(self.objects, other.objects, strict=True))
-
-
-def _stack(per_step):
-    """A list over steps of per-step caches -> the stacked ``lax.scan`` layout (unpadded)."""
-    unpadded = [tuple(SparseUNet.unpad_cache(c) for c in step) for step in per_step]
-    return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *unpadded)
-
-
-def _unstack(per_step, steps):
-    """The stacked (unpadded) layout -> a list over steps of tuples over calls of padded caches."""
-    pad = jax.jit(lambda c, k: tuple(SparseUNet.pad_cache(jax.tree_util.tree_map(lambda a: a[k], d)) for d in c))
-    return [pad(per_step, jnp.int32(k)) for k in range(steps)]
 
 
 LOOP_ABOVE_BYTES = 16 * 2**20  # sparse_sdedit's default: the Python loop from this per-step cache size up
@@ -166,7 +48,8 @@ def _under_trace(*xs) -> bool:
 
 def sparse_sdedit(key, sde, solver, net: SparseUNet, params, x_orig, x_edit, t0: float, plan: TilePlan | None,
                   *, mode: str = "sparse", stats: str = "reuse", parameterization: str = "eps",
-                  sigma_data: float = 0.5, timestep=None, cache=None, loop: str | None = None):
+                  sigma_data: float = 0.5, timestep=None, cache=None, loop: str | None = None,
+                  programs: StepPrograms | None = None):
     """SDEdit of ``x_edit`` reusing the original image's trajectory (one sample each).
 
     Runs the original SDEdit of ``x_orig`` (dense, recording every layer at every score call;
@@ -200,8 +83,10 @@ def sparse_sdedit(key, sde, solver, net: SparseUNet, params, x_orig, x_edit, t0:
     (:meth:`SparseUNet.pad_cache`), is donated: the sparse mode writes the active tiles in place
     (:meth:`SparseUNet.apply_sparse_inplace`), saving the overwritten tiles before the step and
     writing them back after it (:meth:`~SparseUNet.save_tiles` / :meth:`~SparseUNet.restore_tiles`),
-    so it touches only the active tiles and the cache is the original's again afterwards; its jitted
-    programs are kept for the next call with the same ``net``, ``sde``, ``solver`` and options.
+    so it touches only the active tiles and the cache is the original's again afterwards. Its jitted
+    programs are compiled per call unless ``programs`` (a :class:`StepPrograms`, created once and
+    passed to every call of an editing session) keeps them for the next call with the same ``net``,
+    ``sde``, ``solver`` and options.
     Default (None): ``"scan"`` under a trace; with a ``cache`` given, the loop whose layout it has;
     else ``"scan"`` when one step's cached maps are under
     ``LOOP_ABOVE_BYTES`` (16 MiB: below, the loop's three dispatches per step cost about what they
@@ -279,8 +164,8 @@ def sparse_sdedit(key, sde, solver, net: SparseUNet, params, x_orig, x_edit, t0:
         def to_score(out, x, t):
             return output_to_score(sde, out, x, t, parameterization)
 
-    # the programs are determined by these (the python loop keeps its jitted programs under them)
-    spec = _Key((net, sde, solver, timestep), (mode, stats, parameterization, float(sigma_data))) if python else None
+    # what determines the python loop's programs (their key in ``programs``)
+    spec = _Key((net, sde, solver, timestep), (mode, stats, parameterization, float(sigma_data)))
 
     x_orig_out = None
     if cache is None:
@@ -291,16 +176,17 @@ def sparse_sdedit(key, sde, solver, net: SparseUNet, params, x_orig, x_edit, t0:
         start = sdedit_start(noise_key, sde, x_orig, t0)
         if python:
             x_orig_out, auxs, aux_final = run_fixed_grid_loop(solve_key, sde, solver, start, t0, t_end, rec_call,
-                                                              args=(params, None), programs=("record", spec))
+                                                              args=(params, None), programs=programs,
+                                                              programs_key=("record", spec))
             cache = (auxs, [aux_final])
         else:
             x_orig_out, auxs, aux_final = run_fixed_grid(solve_key, sde, solver, start, t0, t_end,
                                                          lambda *a: rec_call((params, None), *a))
             cache = (auxs, (aux_final,))
     elif python and not isinstance(cache[0], list):  # the scan layout: unstack and pad
-        cache = (_unstack(cache[0], solver.num_steps), [SparseUNet.pad_cache(c) for c in cache[1]])
+        cache = (unstack_step_caches(cache[0], solver.num_steps), [SparseUNet.pad_cache(c) for c in cache[1]])
     elif not python and isinstance(cache[0], list):  # the loop layout: unpad and stack
-        cache = (_stack(cache[0]), tuple(SparseUNet.unpad_cache(c) for c in cache[1]))
+        cache = (stack_step_caches(cache[0]), tuple(SparseUNet.unpad_cache(c) for c in cache[1]))
 
     def edit_call(args, xs_k, j, x, t):
         params, plan = args
@@ -331,7 +217,7 @@ def sparse_sdedit(key, sde, solver, net: SparseUNet, params, x_orig, x_edit, t0:
 
     x_edit_out, auxs, aux_final = run_fixed_grid_loop(solve_key, sde, solver, x_start, t0, t_end, edit_call, cache,
                                                       args=(params, plan), before=before, after=after,
-                                                      programs=("edit", spec))
+                                                      programs=programs, programs_key=("edit", spec))
     cache[0][:] = auxs  # the donated arrays, replaced by the restored (or passed-through) ones
     cache[1][:] = [aux_final]
     return x_edit_out, x_orig_out, cache

@@ -1,0 +1,159 @@
+"""Fixed-grid trajectories whose score calls read and write per-step data: a ``lax.scan``
+(:func:`run_fixed_grid`, traceable) or an eager Python loop of jitted, donating step programs
+(:func:`run_fixed_grid_loop`, kept between calls in a :class:`StepPrograms`), and the
+conversions between their per-step cache layouts."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from .net import SparseUNet
+
+__all__ = ["run_fixed_grid", "run_fixed_grid_loop", "StepPrograms", "cache_bytes", "stack_step_caches",
+           "unstack_step_caches"]
+
+
+def cache_bytes(cache) -> int:
+    """Bytes held by one step's cache (layer outputs and statistics)."""
+    return int(sum(np.prod(a.shape) * a.dtype.itemsize for a in jax.tree_util.tree_leaves(cache)))
+
+
+def _setup(solver, sde, x_start, t_start, t_end):
+    from ..solvers.base import FixedGridSolver
+
+    if not isinstance(solver, FixedGridSolver):
+        raise TypeError(f"sparse editing needs a fixed-grid solver (DDIM, EulerMaruyama, ...), got "
+                        f"{type(solver).__name__}: the per-step cache is indexed by grid step")
+    dtype = x_start.dtype
+
+    def no_score(x, t):
+        raise TypeError("the solver's init evaluated the score; not supported by run_fixed_grid")
+
+    first = solver.init(sde, no_score, x_start, jnp.asarray(t_start, dtype), jnp.asarray(t_end, dtype))
+    return (x_start, jnp.asarray(t_start, dtype), jnp.asarray(first.h, dtype), first.state, jnp.zeros((), jnp.int32))
+
+
+def _step_fn(sde, solver, t_end, score_call):
+    """One grid step ``(carry, xs_k, key, args) -> (carry, auxs)``; ``score_call(args, xs_k, j, x, t)``;
+    ``auxs``: the score calls' aux, a tuple."""
+    npa = solver.noise_per_attempt
+
+    def body(carry, xs_k, key, args):
+        x, t, h, state, k = carry
+        auxs = []
+
+        def score(x_, t_):
+            s, aux = score_call(args, xs_k, len(auxs), x_, t_)
+            auxs.append(aux)
+            return s
+
+        z = jax.random.normal(jax.random.fold_in(key, k), (npa, *x.shape), x.dtype) if npa else None
+        out = solver.step(sde, score, x, t, h, state, z, jnp.asarray(t_end, x.dtype))
+        return (out.x, out.t, out.h, out.state, k + 1), tuple(auxs)
+
+    return body
+
+
+def run_fixed_grid(key, sde, solver, x_start, t_start: float, t_end: float, score_call, xs=None):
+    """Run a fixed-grid solver like :func:`jaxsde.solve` (fresh noise from ``key``, final
+    Tweedie step), as a ``lax.scan`` whose step ``k`` sees ``xs[k]``.
+
+    ``score_call(xs_k, j, x, t) -> (score, aux)`` is called for the ``j``-th score evaluation
+    of step ``k`` (``xs_k = None`` when ``xs`` is None); the ``aux`` of every call is returned,
+    stacked over steps: ``(x_final, auxs, aux_final)`` with ``auxs`` a tuple over ``j`` and
+    ``aux_final`` the final denoising call's (with ``xs_final``, the last element of ``xs``'s
+    tuple ``(per_step, final)``). Noise: step ``k`` draws ``normal(fold_in(key, k))``, as
+    the driver's default ``FreshNoise``, so the result equals ``solve``'s.
+    """
+    init = _setup(solver, sde, x_start, t_start, t_end)
+    per_step, final = (None, None) if xs is None else xs
+    body = _step_fn(sde, solver, t_end, lambda _, *a: score_call(*a))
+    (x, t, _, _, _), auxs = lax.scan(lambda c, xs_k: body(c, xs_k, key, None), init, per_step,
+                                     length=solver.num_steps)
+    s, aux_final = score_call(final, 0, x, t)
+    return sde.tweedie(x, t, s), auxs, aux_final
+
+
+class StepPrograms:
+    """The jitted programs of :func:`run_fixed_grid_loop`, kept by the caller between calls.
+
+    Create one and pass it to every call that should reuse compiled steps (e.g.
+    ``sparse_sdedit(..., programs=programs)`` in an editing session); the programs are stored
+    under a key that determines them; the oldest of more than ``max_entries`` are dropped.
+    """
+
+    def __init__(self, max_entries: int = 16):
+        self.max_entries = max_entries
+        self._programs: dict = {}
+
+    def __len__(self) -> int:
+        return len(self._programs)
+
+    def get(self, key, build):
+        """The programs stored under ``key``, built by ``build()`` (and stored) if there are none."""
+        fns = self._programs.get(key)
+        if fns is None:
+            fns = build()
+            while len(self._programs) >= self.max_entries:
+                self._programs.pop(next(iter(self._programs)))
+            self._programs[key] = fns
+        return fns
+
+
+def run_fixed_grid_loop(key, sde, solver, x_start, t_start: float, t_end: float, score_call, xs=None, *,
+                        args=None, before=None, after=None, programs: StepPrograms | None = None,
+                        programs_key=None):
+    """:func:`run_fixed_grid` as a Python loop over the grid: one jitted program per step, whose
+    per-step input ``xs[0][k]`` (``xs = (per_step, final)``, ``per_step`` a list over steps of
+    tuples over score calls) is *donated*; returns ``(x_final, auxs, aux_final)`` with ``auxs`` a
+    list over steps of tuples over calls. ``score_call(args, xs_k, j, x, t) -> (score, aux)``
+    (``args``: a pytree of arrays, the same for every step: parameters, plan). ``before(args, xs_k)
+    -> saved`` (jitted, not donating) runs before each step and ``after(args, auxs_k, saved) ->
+    auxs_k`` (jitted, ``auxs_k`` donated) after it. ``programs``: a :class:`StepPrograms` that
+    keeps the jitted programs for the next call, under ``programs_key`` (hashable; it must determine
+    ``sde``, ``solver``, ``t_end``, ``score_call``, ``before`` and ``after``); None: compiled for
+    this call only. Eager
+    only (``x_start`` concrete); the same values as :func:`run_fixed_grid` up to XLA's fusion
+    choices (float rounding)."""
+    carry = _setup(solver, sde, x_start, t_start, t_end)
+    per_step, final = (None, None) if xs is None else xs
+
+    def build():
+        def last(final, x, t, args):
+            s, aux = score_call(args, final, 0, x, t)
+            return sde.tweedie(x, t, s), (aux,)
+
+        return (jax.jit(_step_fn(sde, solver, t_end, score_call), donate_argnums=1),
+                jax.jit(last, donate_argnums=0),
+                None if before is None else jax.jit(before),
+                None if after is None else jax.jit(after, donate_argnums=1))
+
+    if programs is not None and programs_key is None:
+        raise ValueError("programs= needs programs_key=: a hashable key that determines the step programs")
+    step, last, before, after = build() if programs is None else programs.get(programs_key, build)
+    auxs = []
+    for k in range(solver.num_steps):
+        xs_k = None if per_step is None else per_step[k]
+        saved = None if before is None else before(args, xs_k)
+        carry, aux = step(carry, xs_k, key, args)
+        auxs.append(aux if after is None else after(args, aux, saved))
+    x, t = carry[0], carry[1]
+    saved = None if before is None else before(args, final)
+    x, aux_final = last(final, x, t, args)
+    return x, auxs, (aux_final if after is None else after(args, aux_final, saved))[0]
+
+
+def stack_step_caches(per_step):
+    """The Python loop's layout (a list over steps of tuples over calls of padded caches) -> the
+    ``lax.scan`` layout (a tuple over calls of unpadded caches stacked over steps)."""
+    unpadded = [tuple(SparseUNet.unpad_cache(c) for c in step) for step in per_step]
+    return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *unpadded)
+
+
+def unstack_step_caches(per_step, steps):
+    """The inverse of :func:`stack_step_caches`."""
+    pad = jax.jit(lambda c, k: tuple(SparseUNet.pad_cache(jax.tree_util.tree_map(lambda a: a[k], d)) for d in c))
+    return [pad(per_step, jnp.int32(k)) for k in range(steps)]
