@@ -1,5 +1,6 @@
 """``jaxsde generate``: resumable shard output survives SIGKILL; argument and directory errors."""
 
+import errno
 import json
 import os
 import random
@@ -14,14 +15,24 @@ import pytest
 from jaxsde import cli
 from jaxsde.generate_job import read_shards
 
-N = 96
-# A small problem (Gaussian mixture, exact score) through the same resumable loop as the CLI.
+N = 160
+# A small problem (Gaussian mixture, exact score) through the same resumable loop as the CLI. Its
+# chunks take milliseconds, so the script slows each shard write by 20 ms (a slow disk) to give the
+# kills a run of ~1 s to land in, mid-chunk and mid-write.
 SCRIPT = f"""
 import sys
+import time
 import jax
 import jaxsde
-from jaxsde import targets
+from jaxsde import checkpoint_io, generate_job, targets
 from jaxsde.generate_job import generate_to_dir
+
+def slow_write(path, data, write=checkpoint_io.atomic_write):
+    time.sleep(0.01)
+    write(path, data)
+    time.sleep(0.01)
+
+generate_job.atomic_write = slow_write
 
 sde = jaxsde.VPSDE()
 mixture = targets.GaussianMixture.random(jax.random.PRNGKey(3), 4, (8,))
@@ -42,26 +53,36 @@ def _shards(folder):
     return len([f for f in os.listdir(folder) if f.startswith("shard-")]) if os.path.isdir(folder) else 0
 
 
-def test_sigkill_and_resume_gives_the_uninterrupted_result(tmp_path):
+def test_ten_sigkills_then_resume_give_the_uninterrupted_result(tmp_path):
+    """10 SIGKILLs at random points (during start-up and compile-cache loading, or just after a
+    shard lands, mid-chunk), then a clean rerun: exactly 0..n-1, bitwise equal to one run."""
     script = tmp_path / "job.py"
     script.write_text(SCRIPT)
     env = _env(tmp_path)
     ref, out = tmp_path / "ref", tmp_path / "out"
     subprocess.run([sys.executable, str(script), str(ref)], env=env, check=True, timeout=300)
     rng = random.Random(0)
-    kills = 0
-    for _ in range(5):
+    kills, finished = 0, False
+    while kills < 10:
         before = _shards(out)
+        early = rng.random() < 0.4  # a random moment of start-up, else just after the next shard lands
         proc = subprocess.Popen([sys.executable, str(script), str(out)], env=env)
-        deadline = time.monotonic() + (rng.uniform(0.5, 4.0) if rng.random() < 0.4 else 120)
-        while proc.poll() is None and time.monotonic() < deadline and _shards(out) <= before:
-            time.sleep(0.005)
+        deadline = time.monotonic() + (rng.uniform(0.1, 1.5) if early else 120)
+        while proc.poll() is None and time.monotonic() < deadline and (early or _shards(out) <= before):
+            time.sleep(0.002)
+        if not early:
+            time.sleep(rng.uniform(0.0, 0.02))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait(timeout=60)
-        if proc.returncode == 0:  # the run finished first: tolerated
+        if proc.returncode == 0:
+            finished = True
             break
+        got = read_shards(str(out), keys=("index",))["index"]  # whole shards only, never a duplicate
+        assert np.array_equal(np.unique(got), got) and not [f for f in os.listdir(out) if f.endswith(".npz")
+                                                            and not f.startswith("shard-")]
+    assert kills == 10 and not finished, f"the run finished after {kills} kills; make N larger"
     subprocess.run([sys.executable, str(script), str(out)], env=env, check=True, timeout=300)
     got, want = read_shards(str(out)), read_shards(str(ref))
     np.testing.assert_array_equal(got["index"], np.arange(N))  # exactly 0..n-1, no duplicates
@@ -69,7 +90,62 @@ def test_sigkill_and_resume_gives_the_uninterrupted_result(tmp_path):
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)  # bitwise
     assert got["x"].shape == (N, 8) and np.all(np.abs(got["x"]) <= 1.0)
     assert not [f for f in os.listdir(out) if f.startswith(".tmp-")]
-    assert kills >= 1
+
+
+def _mixture_job(folder):
+    import jax
+
+    import jaxsde
+    from jaxsde import targets
+    from jaxsde.generate_job import generate_to_dir
+
+    sde = jaxsde.VPSDE()
+    mixture = targets.GaussianMixture.random(jax.random.PRNGKey(3), 4, (8,))
+    solver = jaxsde.GottaGoFast(rtol=0.02)
+    manifest = dict(model="mixture", solver="ggf", solver_repr=repr(solver), n=24, seed=0, batch_size=8,
+                    chunk_size=4, shape=[8], data_range=[-1.0, 1.0])
+    return generate_to_dir(str(folder), manifest, sde, lambda p: mixture.score(sde), None, solver, progress=False)
+
+
+def test_disk_full_keeps_the_shards_written_and_resumes(tmp_path, monkeypatch):
+    """ENOSPC at the 3rd shard's fsync: a clear error naming what is kept, no partial or temporary
+    file, the first shards intact; the rerun completes them bitwise equal to an uninterrupted run."""
+    _mixture_job(tmp_path / "ref")
+    want = read_shards(str(tmp_path / "ref"))
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd):
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(".tmp-"):
+            calls.append(fd)
+            if len(calls) == 4:  # manifest, shard 0, shard 1, then the disk is full
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError, match=r"No space left on device.*the 8 samples written before it are kept.*rerun"):
+        _mixture_job(out)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert sorted(os.listdir(out)) == [".lock", "manifest.json", "shard-000000.npz", "shard-000001.npz"]
+    assert read_shards(str(out))["index"].size == 8
+    report = _mixture_job(out)
+    assert report["resumed"] == 8 and report["generated"] == 16
+    got = read_shards(str(out))
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def test_cli_reports_os_errors_in_one_line(monkeypatch, capsys):
+    from jaxsde import generate_job
+
+    def full(**kwargs):
+        raise OSError(errno.ENOSPC, "cannot write out/shard-000002.npz (No space left on device); the 8 samples "
+                                    "written before it are kept in out: make room and rerun the same command")
+
+    monkeypatch.setattr(generate_job, "run_generate", full)
+    assert cli.main(["generate", "--n", "8", "--out", "out", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and "Traceback" not in err
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -511,3 +511,18 @@ def test_ddpm_unet_exact_scale_shift_padding():
     frozen = np.asarray(jax.jit(net.apply_frozen)(params, xe, t, cache))
     e = np.asarray(jax.jit(net.apply_sparse)(params, xe, t, cache, exact))
     np.testing.assert_allclose(e[mask], frozen[mask], rtol=0, atol=1e-5)
+
+
+def test_step_programs_keep_and_evict():
+    """StepPrograms builds once per key, keeps at most max_entries (oldest dropped)."""
+    programs, built = StepPrograms(max_entries=2), []
+
+    def build(k):
+        return lambda: built.append(k) or (k,)
+
+    assert programs.get("a", build("a")) == ("a",) and programs.get("a", build("a")) == ("a",)
+    programs.get("b", build("b"))
+    programs.get("c", build("c"))  # evicts "a"
+    assert len(programs) == 2 and built == ["a", "b", "c"]
+    programs.get("a", build("a"))
+    assert built == ["a", "b", "c", "a"]
