@@ -101,11 +101,13 @@ def default_refill_size(slots: int) -> int:
     return max(2, math.ceil(slots / 32))
 
 
-def _widths(batch_size: int, devices: int, refill_size: int | None) -> tuple[int, int]:
-    """Slots per device and refill width, both >= 2: XLA compiles a vmap of width 1 to unbatched
+def _widths(batch_size: int, devices: int, refill_size: int | None, per_device: int) -> tuple[int, int]:
+    """Slots per device and refill width. Slots: ``batch_size`` split over the devices, but no more
+    than a device has samples to make (``per_device``): a slot that never gets a sample would
+    compute every iteration for nothing. Both >= 2: XLA compiles a vmap of width 1 to unbatched
     code whose rounding differs from the batched code ``sample`` runs, and adaptive solvers can
     turn a 1-ulp difference into a different step sequence."""
-    slots = max(2, math.ceil(batch_size / devices))
+    slots = max(2, min(math.ceil(batch_size / devices), per_device))
     return slots, min(max(2, refill_size or default_refill_size(slots)), slots)
 
 
@@ -312,8 +314,8 @@ def generate(
     """Samples ``offset .. offset + n - 1`` of :func:`jaxsde.sample`'s sequence, by continuous batching.
 
     Sample ``i`` equals ``sample(key, sde, score, solver, shape, n)``'s sample ``i`` (x, stats,
-    result), whatever ``batch_size`` (the number of slots, split over ``devices``; default all
-    local devices), ``refill_size`` (slots refilled per refill pass, default
+    result), whatever ``batch_size`` (the number of slots, split over ``devices``, default all
+    local devices; at most the samples each device makes), ``refill_size`` (slots refilled per refill pass, default
     :func:`default_refill_size`) and ``refill_min`` (free slots that trigger a pass; default
     ~slots/32, 1 for <= 32 slots; 1 = refill as soon as any slot finishes). Pure and jit-able
     like ``sample``; other keyword arguments go to :func:`jaxsde.solve` (``t_start``, ``t_end``,
@@ -333,8 +335,8 @@ def generate(
     p = driver.prepare(sde, score, solver, jax.ShapeDtypeStruct(shape, jnp.dtype(dtype)), **solve_kwargs)
     mesh = _mesh(devices)
     d = 1 if mesh is None else mesh.devices.size
-    slots, size = _widths(batch_size, d, refill_size)
     per = math.ceil(n / d)
+    slots, size = _widths(batch_size, d, refill_size, per)
     work = jnp.arange(d * per, dtype=jnp.int32) + jnp.asarray(offset, jnp.int32)
     num_work = jnp.clip(n - per * jnp.arange(d, dtype=jnp.int32), 0, per)
     reporter = _Reporter(progress, n) if progress else None
@@ -465,10 +467,10 @@ class Generator:
             raise ValueError("nothing to generate: indices is empty")
         mesh = _mesh(devices)
         d = 1 if mesh is None else mesh.devices.size
-        self.slots, size = _widths(batch_size, d, refill_size)
+        per = math.ceil(max(indices.size, pad_to or 0) / d)  # pad_to: same program for any len(indices)
+        self.slots, size = _widths(batch_size, d, refill_size, per)
         due_at = _due_at(self.slots, size, refill_min)
         capacity = max(1, math.ceil(chunk_size / d))
-        per = math.ceil(max(indices.size, pad_to or 0) / d)  # pad_to: same program for any len(indices)
         work = np.zeros(d * per, np.int32)
         work[: indices.size] = indices
         num_work = np.clip(indices.size - per * np.arange(d), 0, per).astype(np.int32)

@@ -28,13 +28,13 @@ def reference():
     return jax.jit(lambda k: jaxsde.sample(k, SDE, SCORE, GGF, (6,), N))(jax.random.PRNGKey(0))
 
 
-@pytest.mark.parametrize("batch_size,refill_size", [(5, None), (16, 3)])
+@pytest.mark.parametrize("batch_size,refill_size", [(5, None), (16, 3), (4 * N, None)])
 def test_generate_equals_sample(reference, batch_size, refill_size):
     key = jax.random.PRNGKey(0)
     gen = jax.jit(lambda k: generate(k, SDE, SCORE, GGF, (6,), N, batch_size, refill_size=refill_size))(key)
     assert_same(gen, reference)
     s = summarize_generate(gen)
-    assert s.n == N and s.num_failed == 0 and s.slots == max(batch_size, 2)
+    assert s.n == N and s.num_failed == 0 and s.slots == min(max(batch_size, 2), N)  # no slot without a sample
     if batch_size == 5:  # many samples per slot: the slots stay busy, unlike sample's batch
         assert s.useful_work > 0.9 and s.useful_work > jaxsde.summarize(reference).useful_work
         assert str(jaxsde.summarize(gen)) == str(s)
