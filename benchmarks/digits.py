@@ -48,6 +48,16 @@ def run(ckpt, solver, n, seed, batch):
     return np.concatenate(xs)[:n], np.concatenate(nfes)[:n], fails, wall, compile_s
 
 
+def parse_row(name: str):
+    """``"EM <steps>"`` -> EulerMaruyama(steps); ``"GGF <rtol>"`` -> GottaGoFast(rtol)."""
+    family, _, value = name.partition(" ")
+    if family == "EM":
+        return jaxsde.EulerMaruyama(int(value))
+    if family == "GGF":
+        return jaxsde.GottaGoFast(rtol=float(value))
+    raise ValueError(name)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="digits")
@@ -55,8 +65,10 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--solvers", default=None,
-                        help="comma-separated subset of the rows, e.g. 'EM 200,GGF 0.05' (EM 1000 always runs)")
+                        help="comma-separated rows, e.g. 'EM 200,GGF 0.05'; any 'EM <steps>' or 'GGF <rtol>' "
+                             "(EM 1000 always runs)")
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--name", default="", help="results file suffix: digits_MODEL_NAME.{json,md,png}")
     args = parser.parse_args(argv)
     command = "python " + " ".join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
     print(f"reproduce with: {command}", flush=True)
@@ -74,11 +86,13 @@ def main(argv=None):
     if args.quick:
         solvers = [solvers[0], solvers[3], solvers[-2]]
     elif args.solvers:
-        wanted = {"EM 1000", *[w.strip() for w in args.solvers.split(",")]}
-        unknown = wanted - {name for name, _ in solvers}
-        if unknown:
-            parser.error(f"unknown solver rows {sorted(unknown)}; available: {[name for name, _ in solvers]}")
-        solvers = [(name, s) for name, s in solvers if name in wanted]
+        wanted = ["EM 1000", *[w.strip() for w in args.solvers.split(",") if w.strip() != "EM 1000"]]
+        known = dict(solvers)
+        try:  # the fixed rows, or any "EM <steps>" / "GGF <rtol>"
+            solvers = [(name, known[name] if name in known else parse_row(name)) for name in wanted]
+        except ValueError:
+            parser.error(f"unknown solver rows in {args.solvers!r}: use 'EM <steps>', 'GGF <rtol>' or one of "
+                         f"{list(known)}")
     metrics = DigitsMetrics()
     rows = []
     for name, solver in solvers:
@@ -110,7 +124,8 @@ def main(argv=None):
                    date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                    load=os.getloadavg())
     os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"digits_{args.model}" + ("_quick" if args.quick else ""))
+    stem = os.path.join(args.out, f"digits_{args.model}" + ("_quick" if args.quick else "")
+                        + (f"_{args.name}" if args.name else ""))
     with open(stem + ".json", "w") as f:
         json.dump(dict(command=command, machine=machine, n=n, rows=rows, fd_em1000_seed1=fd_seed2,
                        tolerance=tol, headline=headline), f, indent=1)
