@@ -5,14 +5,15 @@
     # digits at large batches only (~25 min): results/throughput_digits_large.{json,md}
     /work/venv/bin/python benchmarks/throughput.py --models digits --digits-batches 256 1024 \
         --digits-repeats 1 --batches --scale-n 0 --name digits_large
-    # GGF at rtol 0.5 on digits (~35 NFE, a wide per-sample NFE spread; FD-digits 33 vs EM-35's 14)
+    # GGF at rtol 0.5 on digits: ~35 NFE, a wide per-sample NFE spread, but a poor sampler there
+    # (FD-digits 33 vs EM's 14 at the same NFE: results/digits_digits_loose_rtol.md)
     /work/venv/bin/python benchmarks/throughput.py --models digits --digits-rtol 0.5 \
         --digits-batches 64 256 1024 --digits-per-slot 8 --digits-repeats 1 --batches --scale-n 0 \
         --name digits_rtol0.5
 
 Problems: the embedded digits models (``digits``: VP U-Net; ``digits-ve``: VE U-Net) with GGF
-rtol 0.05 (``--digits-rtol``), and a Gaussian mixture d=16 with its exact (cheap) score, GGF rtol 0.05. For each
-problem and batch size B, both methods make the same n = per_slot x B samples, each in one
+rtol 0.05 (``--digits-rtol``), and a Gaussian mixture d=16 with its exact (cheap) score, GGF
+rtol 0.05. For each problem and batch size B, both methods make the same n = per_slot x B samples, each in one
 compiled program; the two programs are compiled first, then timed in alternating rounds
 (sample, generate, sample, ...; each run blocked until ready), and the medians are compared,
 so load from other jobs on the machine hits both alike. The digits models are slow on CPU, so

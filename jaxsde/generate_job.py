@@ -148,43 +148,43 @@ def _generate_into(out: str, manifest: dict, sde, score_fn, params, solver, to_d
 
         bar = tqdm(total=n, initial=count, unit="sample", desc=f"{manifest.get('model')} {manifest.get('solver')}")
     lo, hi = manifest["data_range"]
-    if pending.size:
-        # The work list is padded to n, so a resumed run compiles (or loads from a cache) the same program.
-        gen = Generator(jax.random.PRNGKey(manifest["seed"]), sde, score_fn, params, solver, tuple(manifest["shape"]),
-                        pending, batch_size=manifest["batch_size"], chunk_size=manifest["chunk_size"],
-                        dtype=jnp.float32, devices=devices, pad_to=n)
-        t0 = time.perf_counter()
-        for chunk in gen:
-            x = chunk.x if to_data is None else np.asarray(to_data(chunk.x))
-            order = np.argsort(chunk.index)
-            buf = io.BytesIO()
-            np.savez(buf, index=chunk.index[order], x=np.clip(x, lo, hi)[order].astype(np.float32),
-                     nfe=chunk.stats.nfe[order], num_accepted=chunk.stats.num_accepted[order],
-                     num_rejected=chunk.stats.num_rejected[order], num_steps=chunk.stats.num_steps[order],
-                     result=chunk.result[order], t=chunk.t[order])
-            _write_shard(out, seq, buf.getvalue(), count, bar)
-            seq, written = seq + 1, written + 1
-            count += chunk.index.size
-            nfe_sum += float(chunk.stats.nfe.sum())
-            if bar is not None:
-                bar.update(chunk.index.size)
-                bar.set_postfix(mean_nfe=f"{nfe_sum / max(count, 1):.1f}")
-        wall = time.perf_counter() - t0
-    if bar is not None:
-        bar.close()
+    try:
+        if pending.size:
+            # The work list is padded to n, so a resumed run compiles (or loads from a cache) the same program.
+            gen = Generator(jax.random.PRNGKey(manifest["seed"]), sde, score_fn, params, solver,
+                            tuple(manifest["shape"]), pending, batch_size=manifest["batch_size"],
+                            chunk_size=manifest["chunk_size"], dtype=jnp.float32, devices=devices, pad_to=n)
+            t0 = time.perf_counter()
+            for chunk in gen:
+                x = chunk.x if to_data is None else np.asarray(to_data(chunk.x))
+                order = np.argsort(chunk.index)
+                buf = io.BytesIO()
+                np.savez(buf, index=chunk.index[order], x=np.clip(x, lo, hi)[order].astype(np.float32),
+                         nfe=chunk.stats.nfe[order], num_accepted=chunk.stats.num_accepted[order],
+                         num_rejected=chunk.stats.num_rejected[order], num_steps=chunk.stats.num_steps[order],
+                         result=chunk.result[order], t=chunk.t[order])
+                _write_shard(out, seq, buf.getvalue(), count)
+                seq, written = seq + 1, written + 1
+                count += chunk.index.size
+                nfe_sum += float(chunk.stats.nfe.sum())
+                if bar is not None:
+                    bar.update(chunk.index.size)
+                    bar.set_postfix(mean_nfe=f"{nfe_sum / max(count, 1):.1f}")
+            wall = time.perf_counter() - t0
+    finally:
+        if bar is not None:
+            bar.close()
     return dict(out=out, n=n, resumed=resumed, generated=int(pending.size), shards_written=written, wall_s=wall,
                 mean_nfe=nfe_sum / max(count, 1), samples_per_s=pending.size / wall if wall else 0.0)
 
 
-def _write_shard(out: str, seq: int, data: bytes, count: int, bar) -> None:
+def _write_shard(out: str, seq: int, data: bytes, count: int) -> None:
     """Write one shard atomically; on a full disk (or any OS error) stop with a message that says
-    what is kept. A failed write leaves no partial file: the shards before it are whole."""
+    what is kept (``count`` samples). A failed write leaves no partial file: the shards before it are whole."""
     path = os.path.join(out, f"shard-{seq:06d}.npz")
     try:
         atomic_write(path, data)
     except OSError as err:
-        if bar is not None:
-            bar.close()
         raise OSError(err.errno, f"cannot write {path} ({err.strerror or err}); the {count} samples written "
                                  f"before it are kept in {out}: make room and rerun the same command to "
                                  "resume") from None

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import mixture_job
 import numpy as np
 import pytest
 
@@ -16,31 +17,7 @@ from jaxsde import cli
 from jaxsde.generate_job import read_shards
 
 N = 160
-# A small problem (Gaussian mixture, exact score) through the same resumable loop as the CLI. Its
-# chunks take milliseconds, so the script slows each shard write by 20 ms (a slow disk) to give the
-# kills a run of ~1 s to land in, mid-chunk and mid-write.
-SCRIPT = f"""
-import sys
-import time
-import jax
-import jaxsde
-from jaxsde import checkpoint_io, generate_job, targets
-from jaxsde.generate_job import generate_to_dir
-
-def slow_write(path, data, write=checkpoint_io.atomic_write):
-    time.sleep(0.01)
-    write(path, data)
-    time.sleep(0.01)
-
-generate_job.atomic_write = slow_write
-
-sde = jaxsde.VPSDE()
-mixture = targets.GaussianMixture.random(jax.random.PRNGKey(3), 4, (8,))
-solver = jaxsde.GottaGoFast(rtol=0.02)
-manifest = dict(model="mixture", solver="ggf", solver_repr=repr(solver), n={N}, seed=0, batch_size=8, chunk_size=4,
-                shape=[8], data_range=[-1.0, 1.0])
-generate_to_dir(sys.argv[1], manifest, sde, lambda p: mixture.score(sde), None, solver, progress=False)
-"""
+JOB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mixture_job.py")  # the same loop as the CLI
 
 
 def _env(tmp_path):
@@ -56,17 +33,15 @@ def _shards(folder):
 def test_ten_sigkills_then_resume_give_the_uninterrupted_result(tmp_path):
     """10 SIGKILLs at random points (during start-up and compile-cache loading, or just after a
     shard lands, mid-chunk), then a clean rerun: exactly 0..n-1, bitwise equal to one run."""
-    script = tmp_path / "job.py"
-    script.write_text(SCRIPT)
     env = _env(tmp_path)
     ref, out = tmp_path / "ref", tmp_path / "out"
-    subprocess.run([sys.executable, str(script), str(ref)], env=env, check=True, timeout=300)
+    subprocess.run([sys.executable, JOB, str(ref), str(N)], env=env, check=True, timeout=300)
     rng = random.Random(0)
     kills, finished = 0, False
     while kills < 10:
         before = _shards(out)
         early = rng.random() < 0.4  # a random moment of start-up, else just after the next shard lands
-        proc = subprocess.Popen([sys.executable, str(script), str(out)], env=env)
+        proc = subprocess.Popen([sys.executable, JOB, str(out), str(N), "--slow-writes"], env=env)
         deadline = time.monotonic() + (rng.uniform(0.1, 1.5) if early else 120)
         while proc.poll() is None and time.monotonic() < deadline and (early or _shards(out) <= before):
             time.sleep(0.002)
@@ -83,7 +58,7 @@ def test_ten_sigkills_then_resume_give_the_uninterrupted_result(tmp_path):
         assert np.array_equal(np.unique(got), got) and not [f for f in os.listdir(out) if f.endswith(".npz")
                                                             and not f.startswith("shard-")]
     assert kills == 10 and not finished, f"the run finished after {kills} kills; make N larger"
-    subprocess.run([sys.executable, str(script), str(out)], env=env, check=True, timeout=300)
+    subprocess.run([sys.executable, JOB, str(out), str(N)], env=env, check=True, timeout=300)
     got, want = read_shards(str(out)), read_shards(str(ref))
     np.testing.assert_array_equal(got["index"], np.arange(N))  # exactly 0..n-1, no duplicates
     for k in ("x", "nfe", "num_accepted", "num_rejected", "num_steps", "result", "t"):
@@ -92,25 +67,10 @@ def test_ten_sigkills_then_resume_give_the_uninterrupted_result(tmp_path):
     assert not [f for f in os.listdir(out) if f.startswith(".tmp-")]
 
 
-def _mixture_job(folder):
-    import jax
-
-    import jaxsde
-    from jaxsde import targets
-    from jaxsde.generate_job import generate_to_dir
-
-    sde = jaxsde.VPSDE()
-    mixture = targets.GaussianMixture.random(jax.random.PRNGKey(3), 4, (8,))
-    solver = jaxsde.GottaGoFast(rtol=0.02)
-    manifest = dict(model="mixture", solver="ggf", solver_repr=repr(solver), n=24, seed=0, batch_size=8,
-                    chunk_size=4, shape=[8], data_range=[-1.0, 1.0])
-    return generate_to_dir(str(folder), manifest, sde, lambda p: mixture.score(sde), None, solver, progress=False)
-
-
 def test_disk_full_keeps_the_shards_written_and_resumes(tmp_path, monkeypatch):
     """ENOSPC at the 3rd shard's fsync: a clear error naming what is kept, no partial or temporary
     file, the first shards intact; the rerun completes them bitwise equal to an uninterrupted run."""
-    _mixture_job(tmp_path / "ref")
+    mixture_job.run(tmp_path / "ref", 24)
     want = read_shards(str(tmp_path / "ref"))
     real_fsync, calls = os.fsync, []
 
@@ -124,11 +84,11 @@ def test_disk_full_keeps_the_shards_written_and_resumes(tmp_path, monkeypatch):
     out = tmp_path / "out"
     monkeypatch.setattr(os, "fsync", fsync)
     with pytest.raises(OSError, match=r"No space left on device.*the 8 samples written before it are kept.*rerun"):
-        _mixture_job(out)
+        mixture_job.run(out, 24)
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert sorted(os.listdir(out)) == [".lock", "manifest.json", "shard-000000.npz", "shard-000001.npz"]
     assert read_shards(str(out))["index"].size == 8
-    report = _mixture_job(out)
+    report = mixture_job.run(out, 24)
     assert report["resumed"] == 8 and report["generated"] == 16
     got = read_shards(str(out))
     for k in want:

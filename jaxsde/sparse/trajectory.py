@@ -115,9 +115,8 @@ def run_fixed_grid_loop(key, sde, solver, x_start, t_start: float, t_end: float,
     auxs_k`` (jitted, ``auxs_k`` donated) after it. ``programs``: a :class:`StepPrograms` that
     keeps the jitted programs for the next call, under ``programs_key`` (hashable; it must determine
     ``sde``, ``solver``, ``t_end``, ``score_call``, ``before`` and ``after``); None: compiled for
-    this call only. Eager
-    only (``x_start`` concrete); the same values as :func:`run_fixed_grid` up to XLA's fusion
-    choices (float rounding)."""
+    this call only. Eager only (``x_start`` concrete); the same values as :func:`run_fixed_grid`
+    up to XLA's fusion choices (float rounding)."""
     carry = _setup(solver, sde, x_start, t_start, t_end)
     per_step, final = (None, None) if xs is None else xs
 
