@@ -33,6 +33,11 @@ np.testing.assert_allclose(np.asarray(eight.x), np.asarray(one.x), atol=1e-6, rt
 for u, v in zip(eight.stats, one.stats):
     np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
 np.testing.assert_array_equal(np.asarray(eight.result), np.asarray(one.result))
+# 5 slots per device (5 samples each), halved while draining, each device on its own
+drained = jax.jit(lambda k: generate(k, SDE, SCORE, GGF, (6,), N, 64, drain_halvings=2))(KEY)
+assert drained.loop.slots == 5 and np.any(drained.loop.slot_iterations < 5 * drained.loop.iterations)
+np.testing.assert_allclose(np.asarray(drained.x), np.asarray(one.x), atol=1e-6, rtol=0)
+np.testing.assert_array_equal(np.asarray(drained.stats.nfe), np.asarray(one.stats.nfe))
 chunks = list(Generator(KEY, SDE, lambda p: SCORE, None, GGF, (6,), np.arange(N), batch_size=16, chunk_size=16))
 index = np.concatenate([c.index for c in chunks])
 assert sorted(index) == list(range(N))
