@@ -25,6 +25,9 @@ they run at fewer batch sizes and samples per slot than the mixture (see the tab
   loop computed (every slot every iteration, busy or idle, plus the refill passes).
 * per-iteration time: wall time / loop iterations (sample: summed over its n/B batches).
   ``ideal`` = generate's useful work / sample's: the speed-up if an iteration cost the same.
+* ``generate(..., drain_halvings=H)`` (``--drain-halvings``, default 3; 0 skips it), timed in the
+  same rounds: the last samples finish in loops of half the width, so the tail pays for fewer
+  idle slots; its extra compile time is reported, not included in the rates.
 
 Then per-device scaling of ``generate`` with forced host devices (a subprocess with
 ``--xla_force_host_platform_device_count=8``): results must equal one device's; on CPU
@@ -92,7 +95,7 @@ def interleaved(fns: dict, arg, rounds: int, warmup: bool = True) -> tuple[dict,
     return outs, {k: statistics.median(v) for k, v in times.items()}, compile_s
 
 
-def measure(prob: dict, batch: int, n: int, repeats: int) -> dict:
+def measure(prob: dict, batch: int, n: int, repeats: int, drain: int = 0) -> dict:
     key = jax.random.PRNGKey(0)
     sde, score_fn, solver, shape = prob["sde"], prob["score_fn"], prob["solver"], prob["shape"]
     offsets = jnp.arange(0, n, batch, dtype=jnp.int32)
@@ -102,12 +105,15 @@ def measure(prob: dict, batch: int, n: int, repeats: int) -> dict:
             return jaxsde.sample(key, sde, score_fn(params), solver, shape, batch, offset=off)
         return jax.lax.map(one, offsets)
 
-    def continuous(params):
-        return jaxsde.generate(key, sde, score_fn(params), solver, shape, n, batch, devices=jax.devices()[:1])
+    def continuous(params, halvings=0):
+        return jaxsde.generate(key, sde, score_fn(params), solver, shape, n, batch, devices=jax.devices()[:1],
+                               drain_halvings=halvings)
 
+    fns = dict(sample=plain, generate=continuous)
+    if drain:
+        fns["drained"] = lambda params: continuous(params, drain)
     # no untimed warm-up run for the slow digits models (minutes); their compile is separate anyway
-    outs, med, compile_s = interleaved(dict(sample=plain, generate=continuous), prob["params"], repeats,
-                                       warmup=not prob["name"].startswith("digits"))
+    outs, med, compile_s = interleaved(fns, prob["params"], repeats, warmup=not prob["name"].startswith("digits"))
     sol, gen = outs["sample"], outs["generate"]
     nfe = np.asarray(sol.stats.nfe)  # (n/B, B)
     plain_useful = float(nfe.sum() / (batch * nfe.max(axis=1)).sum())
@@ -116,6 +122,14 @@ def measure(prob: dict, batch: int, n: int, repeats: int) -> dict:
     x_plain = np.asarray(sol.x).reshape(n, *shape)
     same_nfe = float(np.mean(np.asarray(gen.stats.nfe) == nfe.reshape(-1)))
     t_plain, t_gen = med["sample"], med["generate"]
+    drained = {}
+    if drain:
+        d, sd = outs["drained"], summarize_generate(outs["drained"])
+        drained = dict(drain_halvings=drain, drained_sps=n / med["drained"], drained_speedup=t_plain / med["drained"],
+                       drained_useful_work=sd.useful_work, drained_ideal_speedup=sd.useful_work / plain_useful,
+                       drained_s=med["drained"], drained_compile_s=compile_s["drained"],
+                       drained_same_nfe_fraction=float(np.mean(np.asarray(d.stats.nfe) == nfe.reshape(-1))),
+                       drained_max_abs_dx=float(np.abs(np.asarray(d.x) - x_plain).max()))
     return dict(problem=prob["name"], batch=batch, n=n, rounds=repeats,
                 sample_sps=n / t_plain, generate_sps=n / t_gen, speedup=t_plain / t_gen,
                 sample_useful_work=plain_useful, generate_useful_work=s.useful_work,
@@ -127,7 +141,7 @@ def measure(prob: dict, batch: int, n: int, repeats: int) -> dict:
                 max_nfe=s.max_nfe, sample_s=t_plain, generate_s=t_gen,
                 compile_s=[compile_s["sample"], compile_s["generate"]],
                 same_nfe_fraction=same_nfe, max_abs_dx=float(np.abs(np.asarray(gen.x) - x_plain).max()),
-                nfe=np.asarray(gen.stats.nfe).tolist())
+                nfe=np.asarray(gen.stats.nfe).tolist(), **drained)
 
 
 def sample_useful_by_batch(nfe: np.ndarray, batches) -> dict:
@@ -183,14 +197,36 @@ def write(rows, by_batch, scale, args, command):
         json.dump(dict(meta=meta, rows=rows, sample_useful_work_by_batch=by_batch, device_scaling=scale), f, indent=1)
     lines = ["# Throughput: continuous batching (`generate`) vs `sample`", "",
              f"Reproduce: `{command}` ({meta['backend']}, {meta['cpu_count']} cores, jax {meta['jax']}, "
-             f"{meta['date']}; the machine was shared with other jobs, so absolute rates are noisy; the two "
+             f"{meta['date']}; the machine was shared with other jobs, so absolute rates are noisy; the "
              "methods of a row were compiled first, then timed in alternating rounds in one process, medians of "
              "`rounds`).", "",
              "n = per_slot x batch samples per method. Useful work: sample = sum NFE / sum over batches of "
              "(batch x max NFE); generate = sum NFE / score evaluations computed (all slots every iteration, "
              "plus refills). ideal = useful work generate / useful work sample (the speed-up if a loop iteration "
              "cost the same in both). us/it = wall time / loop iterations (sample: summed over its batches). "
-             "`same NFE` / `max |dx|`: generate vs sample, sample by sample.", "",
+             "`same NFE` / `max |dx|`: generate vs sample, sample by sample.", ""]
+    if any("drained_sps" in r for r in rows):
+        lines += ["## `generate` with drain halvings vs without, and `sample`", "",
+                  "`generate` (drain 0) and `generate(..., drain_halvings=h)` (drain h: once every sample has "
+                  "started, the busy slots move into loops of half the width, up to h times) in the same "
+                  "alternating rounds as `sample`. Compile seconds are not in the rates: each halving compiles one "
+                  "more copy of the loop and the score network.", "",
+                  "| problem | batch | n | h | sample/s: sample / drain 0 / drain h | speed-up drain 0 / drain h "
+                  "(ideal) | useful work sample / drain 0 / drain h | compile s sample / drain 0 / drain h "
+                  "| same NFE, max abs dx (drain h vs sample) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if "drained_sps" not in r:
+                continue
+            lines.append(f"| {r['problem']} | {r['batch']} | {r['n']} | {r['drain_halvings']} "
+                         f"| {r['sample_sps']:.1f} / {r['generate_sps']:.1f} / {r['drained_sps']:.1f} "
+                         f"| {r['speedup']:.2f}x / **{r['drained_speedup']:.2f}x** ({r['drained_ideal_speedup']:.2f}x) "
+                         f"| {r['sample_useful_work']:.3f} / {r['generate_useful_work']:.3f} / "
+                         f"**{r['drained_useful_work']:.3f}** | {r['compile_s'][0]:.1f} / {r['compile_s'][1]:.1f} / "
+                         f"{r['drained_compile_s']:.1f} | {100 * r['drained_same_nfe_fraction']:.0f}%, "
+                         f"{r['drained_max_abs_dx']:.1e} |")
+        lines += ["", "## `generate` (drain 0) vs `sample`", ""]
+    lines += [
              "| problem | batch | n | rounds | sample/s (sample) | sample/s (generate) | speed-up | ideal "
              "| useful work sample | useful work generate | us/it sample | us/it generate | refills "
              "| NFE mean (min-max) | same NFE | max abs dx |",
@@ -242,6 +278,8 @@ def main():
     parser.add_argument("--digits-rtol", type=float, default=0.05, help="GGF rtol on the digits models")
     parser.add_argument("--scale-n", type=int, default=512, help="0 skips the device-scaling run")
     parser.add_argument("--scale-batch", type=int, default=64)
+    parser.add_argument("--drain-halvings", type=int, default=3,
+                        help="also time generate(..., drain_halvings=H) in the same rounds; 0 skips it")
     parser.add_argument("--name", default="", help="results file suffix: results/throughput_NAME.{json,md}")
     args = parser.parse_args()
     if args.quick:
@@ -251,7 +289,7 @@ def main():
     t0 = time.perf_counter()
     for prob in problems(args):
         for b in prob["batches"]:
-            r = measure(prob, b, prob["per_slot"] * b, prob["repeats"])
+            r = measure(prob, b, prob["per_slot"] * b, prob["repeats"], args.drain_halvings)
             nfe = np.asarray(r.pop("nfe"))
             print(json.dumps(r), f"[{time.perf_counter() - t0:.0f} s]", flush=True)
             rows.append(r)

@@ -385,7 +385,7 @@ def generate(
     ~1/(2k) of a run with k samples per slot; 3 halvings cut that ~3-fold). Each halving
     compiles one more copy of the loop and of the score network (~5 s each for the digits U-Net
     on CPU), so it pays off when the compiled program is reused or runs long. The narrower
-    programs may round differently (~1e-7; NFE unchanged in every measurement so far).
+    programs may round differently (digits: |dx| <= 1.4e-6 vs ``sample``, NFE identical).
 
     ``progress`` (off by default, no effect on the results): ``True`` for a tqdm bar, or a callable
     receiving ``{"done", "total", "iterations", "paid_nfe"}``, called from inside the compiled
