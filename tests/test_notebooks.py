@@ -11,7 +11,7 @@ NOTEBOOKS = os.path.join(os.path.dirname(__file__), "..", "notebooks")
 
 @pytest.mark.skipif("digits" not in available(), reason="embedded digits weights not present")
 @pytest.mark.parametrize("name,timeout,needles", [
-    ("01_quickstart.ipynb", 600, ("FD-digits", "GGF")),
+    ("01_quickstart.ipynb", 600, ("FD-digits", "GGF", "same NFE:", "would put")),
     ("02_solvers.ipynb", 900, ("measured order", "FD-digits", "SA-Solver")),
 ])
 def test_notebook_runs(name, timeout, needles, monkeypatch):
