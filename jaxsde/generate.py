@@ -386,7 +386,7 @@ def generate(
     mixture, ``benchmarks/throughput.py``). Each halving compiles one more copy of the loop and
     of the score network (~5 s each for the digits U-Net on CPU), so it pays off when the
     compiled program is reused or runs long. The narrower programs may round differently
-    (digits: |dx| <= 1.4e-6 vs ``sample``, NFE identical).
+    (digits: |dx| <= 7.1e-6 vs ``sample``, NFE identical).
 
     ``progress`` (off by default, no effect on the results): ``True`` for a tqdm bar, or a callable
     receiving ``{"done", "total", "iterations", "paid_nfe"}``, called from inside the compiled
