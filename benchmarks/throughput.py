@@ -10,11 +10,15 @@
     /work/venv/bin/python benchmarks/throughput.py --models digits --digits-rtol 0.5 \
         --digits-batches 64 256 1024 --digits-per-slot 8 --digits-repeats 1 --batches --scale-n 0 \
         --name digits_rtol0.5
+    # (the two files above predate --drain-halvings.) With its default 3, generate(...,
+    # drain_halvings=3) is timed alongside: results/throughput_digits_drain.md is the digits_large
+    # command with --name digits_drain (~35 min); results/throughput_digits_rtol0.{2,5}_drain.md:
+    # commands in the README (Benchmarks)
 
 Problems: the embedded digits models (``digits``: VP U-Net; ``digits-ve``: VE U-Net) with GGF
 rtol 0.05 (``--digits-rtol``), and a Gaussian mixture d=16 with its exact (cheap) score, GGF
 rtol 0.05. For each problem and batch size B, both methods make the same n = per_slot x B samples, each in one
-compiled program; the two programs are compiled first, then timed in alternating rounds
+compiled program; the programs are compiled first, then timed in alternating rounds
 (sample, generate, sample, ...; each run blocked until ready), and the medians are compared,
 so load from other jobs on the machine hits both alike. The digits models are slow on CPU, so
 they run at fewer batch sizes and samples per slot than the mixture (see the table's n).
