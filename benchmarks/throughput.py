@@ -61,9 +61,14 @@ from jaxsde.generate import summarize_generate
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def problems(args):
+def mixture_problem():
+    """The Gaussian mixture benchmark problem: VP SDE and the exact score of 8 modes in d=16."""
     sde = jaxsde.VPSDE()
-    mixture = targets.GaussianMixture.random(jax.random.PRNGKey(3), 8, (16,))
+    return sde, targets.GaussianMixture.random(jax.random.PRNGKey(3), 8, (16,)).score(sde)
+
+
+def problems(args):
+    sde, mixture_score = mixture_problem()
     out = []
     for name in args.models:
         ckpt = jaxsde.pretrained(name)
@@ -74,7 +79,7 @@ def problems(args):
     if not args.batches:
         return out
     out.append(dict(name="Gaussian mixture d=16 (exact score, GGF rtol 0.05)", sde=sde,
-                    score_fn=lambda p: mixture.score(sde), params=jnp.zeros(()), shape=(16,),
+                    score_fn=lambda p: mixture_score, params=jnp.zeros(()), shape=(16,),
                     solver=jaxsde.GottaGoFast(rtol=0.05), batches=args.batches, per_slot=args.per_slot,
                     repeats=args.repeats))
     return out

@@ -28,17 +28,16 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from throughput import mixture_problem  # this script's folder is on sys.path
 
 import jaxsde
-from jaxsde import targets
 from jaxsde.generate import summarize_generate
 
 
 def problem(model: str):
     """(sde, score_fn, params, shape) of an embedded model, or of the d=16 mixture."""
     if model == "mixture":
-        sde = jaxsde.VPSDE()
-        score = targets.GaussianMixture.random(jax.random.PRNGKey(3), 8, (16,)).score(sde)
+        sde, score = mixture_problem()
         return sde, lambda p: score, jnp.zeros(()), (16,)
     ckpt = jaxsde.pretrained(model)
     return ckpt.sde, ckpt.score_fn, ckpt.params, ckpt.shape

@@ -283,7 +283,7 @@ def _run(p: Problem, key: Array, work: Array, num_work: Array, plan: _Plan, prog
     if can_halve:
         drain = partial(_drain, p, key, work, num_work, plan, progress, device)
         g, out = jax.lax.cond(halve_now(g, out) & jnp.any(g.index >= 0), drain, lambda g, out: (g, out), g, out)
-    if progress is not None:
+    if progress is not None and not draining:  # once, after every drain level
         jax.debug.callback(partial(progress[1], final=True), device, out.count, g.iterations, g.paid)
     return g, out
 
@@ -296,17 +296,21 @@ def _drain(p: Problem, key: Array, work: Array, num_work: Array, plan: _Plan, pr
     more compiled copy of the loop (and of the score network)."""
     nslots = g.index.shape[0]
     half = nslots // 2
-    rows = jnp.nonzero(g.index >= 0, size=half, fill_value=nslots)[0]  # every busy slot, then idle padding
+    rows = jnp.nonzero(g.index >= 0, size=half, fill_value=nslots)[0]  # every busy slot, then padding (nslots)
     valid = rows < nslots
-    take = partial(lambda r, a: a[r], jnp.minimum(rows, nslots - 1))
+    clipped = jnp.minimum(rows, nslots - 1)  # padding rows copy a stale slot and are marked empty
+
+    def take(a):
+        return a[clipped]
+
     narrow = g._replace(loop=jax.tree_util.tree_map(take, g.loop), key=take(g.key),
                         index=jnp.where(valid, take(g.index), -1), fin=valid & take(g.fin))
     size = min(plan.size, half)
     sub = plan._replace(size=size, due_at=min(plan.due_at, size), drain_halvings=plan.drain_halvings - 1)
     narrow, out = _run(p, key, work, num_work, sub, progress, device, narrow, out, draining=True)
 
-    def put(wide, v):
-        return wide.at[jnp.where(valid, rows, nslots)].set(v, mode="drop")
+    def put(wide, v):  # padding rows (index nslots) are dropped
+        return wide.at[rows].set(v, mode="drop")
 
     return narrow._replace(loop=jax.tree_util.tree_map(put, g.loop, narrow.loop), key=put(g.key, narrow.key),
                            index=put(jnp.full_like(g.index, -1), narrow.index),

@@ -84,7 +84,6 @@ def test_drain_halvings_pay_less_for_the_tail(reference):
     for h, gen in runs.items():
         full = 16 * int(gen.loop.iterations[0])
         assert (int(gen.loop.slot_iterations[0]) < full) == (h > 0)
-        assert s[h].paid_nfe == int(gen.loop.paid_nfe[0])
     with pytest.raises(ValueError, match="drain_halvings"):
         generate(key, SDE, SCORE, GGF, (6,), 4, 4, drain_halvings=-1)
 
