@@ -5,7 +5,7 @@
 See ``solve``/``sample`` (the driver), the SDEs, and the solvers below.
 """
 
-from . import checkpoints, editing, embedded, grids, models, noise, results, sparse
+from . import checkpoints, controllers, editing, embedded, grids, models, noise, results, sparse
 from .driver import BatchSummary, Solution, Stats, sample, sample_keys, solve, solve_batch, summarize
 from .editing import Inpainting, inpaint, sdedit
 from .embedded import Checkpoint, pretrained
@@ -15,6 +15,7 @@ from .noise import BrownianNoise, FreshNoise, GivenNoise
 from .sde import SDE, VESDE, VPSDE, DiscreteVPSDE, ScoreFn, SubVPSDE
 from .solvers import (
     DDIM,
+    AdaptiveDPMSolver,
     DPMSolverPP,
     EDMHeun,
     EulerMaruyama,
@@ -61,6 +62,8 @@ __all__ = [
     "PredictorCorrector",
     "GottaGoFast",
     "ProbabilityFlow",
+    "AdaptiveDPMSolver",
+    "controllers",
     "DDIM",
     "DPMSolverPP",
     "SASolver",

@@ -195,7 +195,7 @@ def step(p: Problem, key: Array, s: _LoopState) -> _LoopState:
     t_end_arr = jnp.asarray(p.t_end, p.dtype)
     z = None
     if p.solver.noise_per_attempt:
-        t_next = p.solver.attempt_end(s.solver_state, s.t, s.h, t_end_arr)
+        t_next = p.solver.attempt_end(p.sde, s.solver_state, s.t, s.h, t_end_arr)
         z = p.noise.draw(key, s.stats.num_steps, s.t, t_next, (p.solver.noise_per_attempt, *p.shape), p.dtype)
     out = p.solver.step(p.sde, p.score, s.x, s.t, s.h, s.solver_state, z, t_end_arr)
     status = jnp.asarray(out.status, jnp.int32)

@@ -214,8 +214,8 @@ class Inpainting(Solver):
     def max_attempts(self):
         return self.solver.max_attempts()
 
-    def attempt_end(self, state, t, h, t_end):
-        return self.solver.attempt_end(state[0], t, h, t_end)
+    def attempt_end(self, sde, state, t, h, t_end):
+        return self.solver.attempt_end(sde, state[0], t, h, t_end)
 
     def init(self, sde, score, x, t_start, t_end) -> SolverInit:
         first = self.solver.init(sde, score, x, t_start, t_end)
@@ -244,7 +244,8 @@ class Inpainting(Solver):
         nfe = out.nfe
         if self._refresh_k1:  # ProbabilityFlow's FSAL derivative, at the projected state
             k1 = sde.probability_flow_drift(x_new, out.t, score(x_new, out.t))
-            new_inner = new_inner._replace(k1=jnp.where(accepted, k1, new_inner.k1))
+            pf = new_inner.solver
+            new_inner = new_inner._replace(solver=pf._replace(k1=jnp.where(accepted, k1, pf.k1)))
             nfe = nfe + 1
         return out._replace(x=x_new, state=(new_inner, eps0), nfe=nfe)
 

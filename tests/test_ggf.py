@@ -7,6 +7,7 @@ import pytest
 
 import jaxsde
 from jaxsde import exact
+from jaxsde.solvers.base import AdaptiveState
 from jaxsde.solvers.gotta_go_fast import GGFState
 
 SDE = jaxsde.VPSDE()
@@ -39,12 +40,13 @@ def test_attempt_matches_reference_formulas(h, x64):
     x_prev = 0.9 * x
     z = jax.random.normal(jax.random.PRNGKey(3), (1, 32), jnp.float64)
     t = 0.8
-    out = solver.step(SDE, SCORE, x, jnp.asarray(t), jnp.asarray(h), GGFState(x_prev), z, jnp.asarray(1e-3))
+    out = solver.step(SDE, SCORE, x, jnp.asarray(t), jnp.asarray(h), AdaptiveState(GGFState(x_prev), ()), z,
+                       jnp.asarray(1e-3))
     ref = reference_attempt(SDE, SCORE, x, t, h, x_prev, z[0], 0.05, 0.0078)
     assert bool(out.accepted) == ref["accepted"]
     assert out.nfe == 2
     np.testing.assert_allclose(out.x, ref["x"], rtol=1e-12)
-    np.testing.assert_allclose(out.state.x_prev, ref["x_prev"], rtol=1e-12)
+    np.testing.assert_allclose(out.state.solver.x_prev, ref["x_prev"], rtol=1e-12)
     assert float(out.t) == pytest.approx(ref["t"], rel=1e-14)
     assert float(out.h) == pytest.approx(ref["h"], rel=1e-12)
     if not ref["accepted"]:  # a rejection leaves (x, t) unchanged and shrinks h

@@ -2,6 +2,7 @@
 
 from .base import FixedGridSolver, Solver, SolverInit, StepOut
 from .ddim import DDIM
+from .dpm_adaptive import AdaptiveDPMSolver
 from .dpm_solver import DPMSolverPP
 from .edm import EDMHeun
 from .euler_maruyama import EulerMaruyama
@@ -23,6 +24,7 @@ __all__ = [
     "PredictorCorrector",
     "GottaGoFast",
     "ProbabilityFlow",
+    "AdaptiveDPMSolver",
     "DDIM",
     "DPMSolverPP",
     "SASolver",

@@ -12,6 +12,11 @@ blackjax's ``init``/``step``:
 
 The driver owns the loop, the keys, the statistics and the result codes; solvers never
 see a PRNG key, so the same solver can be driven by fresh or by given noise.
+
+Adaptive solvers (:class:`AdaptiveSolver`) split ``step`` into the maths (``attempt``: a
+proposal and its scaled error norm) and the policy (a step-size controller of
+:mod:`jaxsde.controllers` deciding acceptance and the next step); fixed-grid solvers
+(:class:`FixedGridSolver`) walk a :class:`~jaxsde.controllers.FixedGrid`.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import results
-from ..grids import time_grid, validate_grid
+from ..controllers import FixedGrid, GridState
 
 Array = jax.Array
 
@@ -81,7 +86,7 @@ class Solver:
         step then costs no evaluation), else ``None``."""
         return None
 
-    def attempt_end(self, state, t: Array, h: Array, t_end: Array) -> Array:
+    def attempt_end(self, sde, state, t: Array, h: Array, t_end: Array) -> Array:
         """The time the next attempt from ``t`` with trial step ``h`` integrates to."""
         return jnp.where(h >= t - t_end, t_end, t - h)
 
@@ -89,54 +94,137 @@ class Solver:
         raise NotImplementedError
 
 
-class GridState(NamedTuple):
-    index: Array  # int32, number of steps taken
-    grid: Array  # (num_steps + 1,) decreasing times
+class Attempt(NamedTuple):
+    """What an :class:`AdaptiveSolver` attempt computes (the maths; the decision is the controller's)."""
+
+    x: Array  # proposal at the attempt's end, in the driver's variable
+    t: Array  # the attempt's end time
+    error: Array  # scaled error norm of the proposal: <= 1 is within tolerance
+    state: Any  # solver state to carry on if the attempt is accepted
+    nfe: int | Array  # score evaluations spent by this attempt
+    ok: Array  # bool: False if the attempt's start is unusable (non-finite score there): NONFINITE
+    h: Array  # the step the attempt integrated, in the solver's step variable
+
+
+class AdaptiveState(NamedTuple):
+    solver: Any  # the solver's own state
+    controller: Any  # the step-size controller's memory
+
+
+class AdaptiveSolver(Solver):
+    """An adaptive solver: ``attempt`` (the maths) plus a step-size controller (the policy).
+
+    Subclasses implement ``start`` (first trial step and solver state), ``attempt`` and
+    ``error_order`` (the exponent denominator ``k`` the controller uses), and resolve their
+    controller in ``step_controller``. :meth:`step` runs the attempt, asks the controller, keeps
+    or discards the proposal and sets the next trial step ``min(factor * h, remaining)``, so the
+    last step lands exactly on the end. A non-finite attempt is rejected and the step shrunk; a
+    sample whose step would then fall below ``min_step`` stops with ``NONFINITE``.
+
+    Step sizes are in the solver's step variable: time by default (``remaining`` returns
+    ``t - t_end``); solvers stepping in another variable (half log-SNR) override ``remaining``.
+    """
+
+    adaptive = True
+    keeps_finite = True  # non-finite attempts are rejected (x stays at the last accepted state)
+    clamps_step = True  # the next trial step is min(factor * h, remaining); False: factor * h (the attempt clamps)
+    min_step: float = 1e-7
+
+    @property
+    def step_controller(self):
+        raise NotImplementedError
+
+    @property
+    def error_order(self) -> float:
+        raise NotImplementedError
+
+    def start(self, sde, score, x: Array, t_start: Array, t_end: Array) -> SolverInit:
+        raise NotImplementedError
+
+    def attempt(self, sde, score, x, t, h, state, z, t_end) -> Attempt:
+        raise NotImplementedError
+
+    def remaining(self, state, t: Array, t_end: Array) -> Array:
+        """What is left to integrate after ``t``, in step units (``state``: the solver's own)."""
+        return t - t_end
+
+    def target_time(self, sde, state, t: Array, h: Array, t_end: Array) -> Array:
+        """The time an attempt from ``t`` with trial step ``h`` integrates to (``state``: the solver's own)."""
+        return Solver.attempt_end(self, sde, state, t, h, t_end)
+
+    def attempt_end(self, sde, state: AdaptiveState, t, h, t_end):
+        return self.target_time(sde, state.solver, t, h, t_end)
+
+    def init(self, sde, score, x, t_start, t_end) -> SolverInit:
+        first = self.start(sde, score, x, t_start, t_end)
+        return first._replace(state=AdaptiveState(first.state, self.step_controller.init(x.dtype)))
+
+    def step(self, sde, score, x, t, h, state: AdaptiveState, z, t_end) -> StepOut:
+        a = self.attempt(sde, score, x, t, h, state.solver, z, t_end)
+        finite = jnp.isfinite(a.error) & jnp.all(jnp.isfinite(a.x))
+        decision = self.step_controller.decide(state.controller, jnp.where(finite, a.error, jnp.inf),
+                                               self.error_order)
+        accepted = a.ok & decision.accepted
+        t_new = jnp.where(accepted, a.t, t)
+        solver_state = jax.tree_util.tree_map(lambda new, old: jnp.where(accepted, new, old), a.state, state.solver)
+        left = jnp.maximum(self.remaining(solver_state, t_new, t_end), 0.0)
+        proposed = a.h * decision.factor
+        h_new = jnp.where(left > 0, jnp.minimum(left, proposed) if self.clamps_step else proposed, 0.0)
+        stuck = ~finite & (h_new < self.min_step)
+        return StepOut(
+            x=jnp.where(accepted, a.x, x),
+            t=t_new,
+            h=h_new.astype(h.dtype),
+            state=AdaptiveState(solver_state, decision.state),
+            accepted=accepted,
+            nfe=a.nfe,
+            status=jnp.where(a.ok & ~stuck, results.SUCCESS, results.NONFINITE).astype(jnp.int32),
+        )
 
 
 class FixedGridSolver(Solver):
     """Shared machinery for solvers stepping over a fixed time grid (exact NFE in advance).
 
     Subclasses define ``num_steps``, ``grid`` and ``advance(sde, score, x, t, t_next, z)
-    -> (x_next, nfe)``.
+    -> (x_next, nfe)``; the grid is walked by the :class:`~jaxsde.controllers.FixedGrid`
+    controller (:attr:`schedule`).
     """
 
     num_steps: int
     grid: Any
 
     def _check_grid(self) -> None:
-        if not isinstance(self.num_steps, int) or self.num_steps < 1:
-            raise ValueError(f"num_steps must be an integer >= 1, got {self.num_steps!r}")
-        spec = validate_grid(self.grid, self.num_steps)
-        object.__setattr__(self, "grid", spec)
+        object.__setattr__(self, "grid", FixedGrid(self.num_steps, self.grid).grid)
+
+    @property
+    def schedule(self) -> FixedGrid:
+        return FixedGrid(self.num_steps, self.grid)
 
     def time_span(self):
-        if isinstance(self.grid, tuple):
-            return self.grid[0], self.grid[-1]
-        return None
+        return self.schedule.time_span()
 
     def max_attempts(self) -> int:
         return self.num_steps
 
     def init(self, sde, score, x, t_start, t_end) -> SolverInit:
-        grid = time_grid(sde, self.num_steps, self.grid, t_start, t_end, dtype=x.dtype)
-        h = jnp.asarray(grid[0] - grid[1], x.dtype)
-        return SolverInit(h=h, state=GridState(jnp.zeros((), jnp.int32), grid), nfe=0)
+        state = self.schedule.init(sde, t_start, t_end, x.dtype)
+        h = jnp.asarray(state.grid[0] - state.grid[1], x.dtype)
+        return SolverInit(h=h, state=state, nfe=0)
 
-    def attempt_end(self, state: GridState, t, h, t_end):
-        return state.grid[jnp.minimum(state.index + 1, self.num_steps)]
+    def attempt_end(self, sde, state: GridState, t, h, t_end):
+        return self.schedule.time_after(state)
 
     def step(self, sde, score, x, t, h, state: GridState, z, t_end) -> StepOut:
         del h, t_end
-        i = jnp.minimum(state.index + 1, self.num_steps)
-        t_next = state.grid[i]
+        schedule = self.schedule
+        t_next = schedule.time_after(state)
         x_next, nfe = self.advance_step(sde, score, x, t, t_next, z, state.index)
-        h_next = t_next - state.grid[jnp.minimum(i + 1, self.num_steps)]
+        new = schedule.advance(state)
         return StepOut(
             x=x_next,
             t=t_next,
-            h=h_next,
-            state=GridState(i, state.grid),
+            h=t_next - schedule.time_after(new),
+            state=new,
             accepted=jnp.array(True),
             nfe=nfe,
             status=jnp.array(results.SUCCESS, jnp.int32),

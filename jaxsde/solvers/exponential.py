@@ -29,7 +29,6 @@ import jax
 import jax.numpy as jnp
 
 from .. import results
-from ..grids import time_grid
 from .base import FixedGridSolver, SolverInit, StepOut
 
 Array = jax.Array
@@ -168,7 +167,7 @@ def combine(weights: list[Array], hist: Array) -> Array:
 class HistoryState(NamedTuple):
     """State of a :class:`MultistepSolver`.
 
-    ``index``/``grid`` as in :class:`~jaxsde.solvers.base.GridState`; ``lam``: half log-SNR
+    ``index``/``grid`` as in :class:`~jaxsde.controllers.GridState`; ``lam``: half log-SNR
     of the grid with ``pad`` virtual nodes prepended (``lam[pad + i]`` is grid time ``i``;
     the virtual ones extend the grid's first spacing backwards, so warm-up coefficients of
     unused orders stay finite); ``hist``: past model outputs, newest first; ``extra``: what
@@ -199,7 +198,7 @@ class MultistepSolver(FixedGridSolver):
         return jnp.zeros((self.history_size, *x.shape), x.dtype), None
 
     def init(self, sde, score, x, t_start, t_end) -> SolverInit:
-        grid = time_grid(sde, self.num_steps, self.grid, t_start, t_end, dtype=x.dtype)
+        grid = self.schedule.init(sde, t_start, t_end, x.dtype).grid
         lam = half_log_snr(sde, grid).astype(x.dtype)
         pad = self.history_size
         d = lam[1] - lam[0]

@@ -14,6 +14,10 @@ One attempt from ``(x, t)`` with trial step ``h`` and ONE standard normal draw `
 6. ``h <- min(t - t_end, safety * h * E2^(-exponent))`` after every attempt, so the last
    step lands exactly on ``t_end``.
 
+Steps 1-4 are this module's attempt (the maths); 5-6 are the controller's
+(:class:`jaxsde.controllers.GottaGoFastController` by default; any other controller can take
+its place).
+
 ``F = f - g^2 score`` is the reverse drift. Every attempt costs exactly 2 score
 evaluations; the driver adds 1 for the final denoising (Tweedie) step.
 
@@ -38,8 +42,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .. import results
-from .base import Solver, SolverInit, StepOut, solver_class
+from ..controllers import Controller, GottaGoFastController
+from .base import AdaptiveSolver, Attempt, SolverInit, solver_class
 
 NORMS = ("l2", "l2_unscaled", "linf")
 
@@ -60,7 +64,7 @@ def scaled_error(err: jax.Array, delta: jax.Array, norm: str) -> jax.Array:
 
 
 @solver_class
-class GottaGoFast(Solver):
+class GottaGoFast(AdaptiveSolver):
     """The adaptive SDE solver of "Gotta Go Fast" (see the module docstring for the algorithm).
 
     Args:
@@ -81,6 +85,10 @@ class GottaGoFast(Solver):
       error_use_prev: include the previous accepted check value in the tolerance reference.
       nonfinite_shrink: step factor applied after a rejected non-finite second stage.
       min_step: smallest step allowed after such a rejection (time units).
+      controller: the step-size controller; ``None`` is the paper's rule,
+        ``GottaGoFastController(safety, exponent, nonfinite_shrink)``. Any controller of
+        :mod:`jaxsde.controllers` works (e.g. ``PIDController(pcoeff=0.4, icoeff=0.3)``, which
+        sees ``k =`` :attr:`error_order`); ``safety``/``exponent``/``nonfinite_shrink`` then stay at their defaults.
 
     Units: time in the SDE's ``t``; ``x`` in the model's data space.
     """
@@ -97,9 +105,9 @@ class GottaGoFast(Solver):
     nonfinite_shrink: float = 0.25
     min_step: float = 1e-7
 
+    controller: Controller | None = None
+
     noise_per_attempt = 1
-    adaptive = True
-    keeps_finite = True  # non-finite attempts are rejected (x_out = x)
 
     def __post_init__(self):
         def finite_positive(name, value):
@@ -110,13 +118,35 @@ class GottaGoFast(Solver):
         if self.atol is not None:
             finite_positive("atol", self.atol)
         finite_positive("h_init", self.h_init)
-        finite_positive("exponent", self.exponent)
-        if not (isinstance(self.safety, int | float) and 0 < self.safety <= 1):
-            raise ValueError(f"GottaGoFast: safety must be in (0, 1], got {self.safety!r}")
-        if not (isinstance(self.nonfinite_shrink, int | float) and 0 < self.nonfinite_shrink < 1):
-            raise ValueError(f"GottaGoFast: nonfinite_shrink must be in (0, 1), got {self.nonfinite_shrink!r}")
         if self.norm not in NORMS:
             raise ValueError(f"GottaGoFast: norm must be one of {NORMS}, got {self.norm!r}")
+        if self.controller is None:
+            for name in ("safety", "exponent", "nonfinite_shrink"):  # the default controller's checks, named here
+                try:
+                    GottaGoFastController(**{name: getattr(self, name)})
+                except ValueError as err:
+                    raise ValueError(f"GottaGoFast: {str(err).split(': ', 1)[1]}") from None
+        else:
+            if not isinstance(self.controller, Controller):
+                raise TypeError("GottaGoFast: controller must be a jaxsde.controllers controller "
+                                f"(GottaGoFastController, PIDController), got {type(self.controller).__name__}")
+            changed = [n for n in ("safety", "exponent", "nonfinite_shrink")
+                       if getattr(self, n) != GottaGoFast.__dataclass_fields__[n].default]
+            if changed:
+                raise ValueError(f"GottaGoFast: {', '.join(changed)} configure the default controller; with "
+                                 "controller= given, set them on that controller instead")
+
+    @property
+    def step_controller(self) -> Controller:
+        if self.controller is not None:
+            return self.controller
+        return GottaGoFastController(self.safety, self.exponent, self.nonfinite_shrink)
+
+    @property
+    def error_order(self) -> float:
+        """``k`` for order-aware controllers: the improved-Euler-minus-EM error is O(h^1.5) with its
+        noise terms (1.5), the Lamba variant's deterministic one O(h^2) (2)."""
+        return 1.5 if self.improved_euler else 2.0
 
     @property
     def nfe_per_attempt(self) -> int:
@@ -125,13 +155,13 @@ class GottaGoFast(Solver):
     def resolved_atol(self, sde) -> float:
         return sde.default_atol if self.atol is None else float(self.atol)
 
-    def init(self, sde, score, x, t_start, t_end) -> SolverInit:
+    def start(self, sde, score, x, t_start, t_end) -> SolverInit:
         h = jnp.minimum(jnp.asarray(self.h_init, x.dtype), t_start - t_end)
         return SolverInit(h=h, state=GGFState(x_prev=x), nfe=0)
 
-    def step(self, sde, score, x, t, h, state: GGFState, z, t_end) -> StepOut:
+    def attempt(self, sde, score, x, t, h, state: GGFState, z, t_end) -> Attempt:
         z = z[0]
-        t_next = self.attempt_end(state, t, h, t_end)
+        t_next = self.target_time(sde, state, t, h, t_end)
         sqrt_h = jnp.sqrt(h)
         drift1 = sde.reverse_drift(x, t, score(x, t))
         noise1 = sde.diffusion(t) * sqrt_h * z
@@ -157,31 +187,9 @@ class GottaGoFast(Solver):
             x_new = low
             check = high if self.improved_euler else mean_high
 
-        atol = self.resolved_atol(sde)
         ref = jnp.abs(check)
         if self.error_use_prev:
             ref = jnp.maximum(ref, jnp.abs(state.x_prev))
-        delta = jnp.maximum(atol, self.rtol * ref)
-        e2 = scaled_error(err, delta, self.norm)
-
-        stage1_ok = jnp.all(jnp.isfinite(drift1))
-        finite = jnp.isfinite(e2) & jnp.all(jnp.isfinite(x_new))
-        accepted = stage1_ok & finite & (e2 <= 1.0)
-        t_new = jnp.where(accepted, t_next, t)
-        x_out = jnp.where(accepted, x_new, x)
-        x_prev = jnp.where(accepted, check, state.x_prev)
-
-        factor = jnp.where(finite, self.safety * e2 ** (-self.exponent), self.nonfinite_shrink)
-        h_max = jnp.maximum(t_new - t_end, 0.0)
-        h_new = jnp.where(h_max > 0, jnp.minimum(h_max, h * factor), 0.0)
-        stuck = ~finite & (h_new < self.min_step)
-        status = jnp.where(stage1_ok & ~stuck, results.SUCCESS, results.NONFINITE).astype(jnp.int32)
-        return StepOut(
-            x=x_out,
-            t=t_new,
-            h=h_new.astype(h.dtype),
-            state=GGFState(x_prev=x_prev),
-            accepted=accepted,
-            nfe=2,
-            status=status,
-        )
+        delta = jnp.maximum(self.resolved_atol(sde), self.rtol * ref)
+        return Attempt(x=x_new, t=t_next, error=scaled_error(err, delta, self.norm), state=GGFState(x_prev=check),
+                       nfe=2, ok=jnp.all(jnp.isfinite(drift1)), h=h)

@@ -1,7 +1,8 @@
 """Adaptive embedded Runge-Kutta on the probability-flow ODE, per sample, inside jit.
 
 ``dx/dt = f(x, t) - g(t)^2 score(x, t) / 2`` integrated from ``t_start`` down to ``t_end``
-with an explicit embedded pair and Hairer's PI step-size controller (as in DOPRI5):
+with an explicit embedded pair and, by default, Hairer's PI step-size controller (as in DOPRI5;
+:meth:`jaxsde.controllers.PIDController.hairer`):
 
 * error norm: RMS of ``err / (atol + rtol * max(|x|, |x_new|))``; accept iff ``<= 1``;
 * accepted: ``h <- h * clip(safety * E^(-a) * E_prev^(b), 1/5, 10)``, ``a = 1/k - 0.75 b``,
@@ -25,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import results
-from .base import Solver, SolverInit, StepOut, solver_class
+from ..controllers import Controller, PIDController
+from .base import AdaptiveSolver, AdaptiveState, Attempt, SolverInit, solver_class
 
 
 class Tableau(NamedTuple):
@@ -115,7 +116,6 @@ def rk_step(tableau: Tableau, fn, x, t, h, k1, unroll: bool = False):
 
 class PFState(NamedTuple):
     k1: jax.Array  # derivative at the current accepted (x, t)
-    err_prev: jax.Array  # last accepted error norm (PI memory)
 
 
 def _rms(v):
@@ -123,7 +123,7 @@ def _rms(v):
 
 
 @solver_class
-class ProbabilityFlow(Solver):
+class ProbabilityFlow(AdaptiveSolver):
     """Adaptive Runge-Kutta on the probability-flow ODE (deterministic; no noise).
 
     Args:
@@ -136,6 +136,9 @@ class ProbabilityFlow(Solver):
       factor_min, factor_max: bounds on the step-size change per attempt.
       min_step: a non-finite attempt that would shrink the step below this stops the
         sample with the ``NONFINITE`` code.
+      controller: the step-size controller; ``None`` is Hairer's PI controller,
+        ``PIDController.hairer(pi_beta, k, safety=..., factor_min=..., factor_max=...)`` with
+        ``k`` = :attr:`error_order`; ``safety``/``pi_beta``/``factor_*`` then stay at their defaults.
       unroll_stages: write the RK stages out instead of looping over them (see
         :func:`rk_step`): the score is then compiled once per stage. ``benchmarks/vs_diffrax.py``
         has both rows: unrolled compiles 1.0-1.2x longer and runs 1.6-2.3x faster with a cheap
@@ -153,9 +156,9 @@ class ProbabilityFlow(Solver):
     min_step: float = 1e-7
     unroll_stages: bool = False
 
+    controller: Controller | None = None
+
     noise_per_attempt = 0
-    adaptive = True
-    keeps_finite = True  # non-finite attempts are rejected (x_out = x)
 
     def __post_init__(self):
         for name in ("rtol", "atol"):
@@ -166,12 +169,40 @@ class ProbabilityFlow(Solver):
             raise ValueError(f"ProbabilityFlow: method must be one of {sorted(TABLEAUS)}, got {self.method!r}")
         if self.h_init is not None and not self.h_init > 0:
             raise ValueError(f"ProbabilityFlow: h_init must be positive, got {self.h_init!r}")
-        if not 0 < self.factor_min < 1 < self.factor_max:
-            raise ValueError("ProbabilityFlow: need 0 < factor_min < 1 < factor_max")
+        names = ("safety", "pi_beta", "factor_min", "factor_max")
+        if self.controller is None:
+            bound = 1.0 / (1.75 * self.error_order)  # the integral coefficient 1 - 1.75 beta k stays > 0
+            if not (isinstance(self.pi_beta, int | float) and 0 <= self.pi_beta < bound):
+                raise ValueError(f"ProbabilityFlow: pi_beta must be in [0, {bound:.4g}) for method "
+                                 f"{self.method!r}, got {self.pi_beta!r}")
+            try:
+                _ = self.step_controller  # builds (and so validates) the default controller
+            except ValueError as err:
+                raise ValueError(f"ProbabilityFlow: {str(err).split(': ', 1)[1]}") from None
+        else:
+            if not isinstance(self.controller, Controller):
+                raise TypeError("ProbabilityFlow: controller must be a jaxsde.controllers controller "
+                                f"(PIDController, GottaGoFastController), got {type(self.controller).__name__}")
+            changed = [n for n in names if getattr(self, n) != ProbabilityFlow.__dataclass_fields__[n].default]
+            if changed:
+                raise ValueError(f"ProbabilityFlow: {', '.join(changed)} configure the default controller; with "
+                                 "controller= given, set them on that controller instead")
 
     @property
     def tableau(self) -> Tableau:
         return TABLEAUS[self.method]
+
+    @property
+    def error_order(self) -> float:
+        """``k`` = the embedded estimate's order + 1 (5 for dopri5, 3 for bosh3)."""
+        return float(self.tableau.error_order + 1)
+
+    @property
+    def step_controller(self) -> Controller:
+        if self.controller is not None:
+            return self.controller
+        return PIDController.hairer(beta=self.pi_beta, order=self.tableau.error_order + 1, safety=self.safety,
+                                    factor_min=self.factor_min, factor_max=self.factor_max)
 
     @property
     def nfe_per_attempt(self) -> int:
@@ -180,21 +211,20 @@ class ProbabilityFlow(Solver):
     def _fn(self, sde, score):
         return lambda x, t: sde.probability_flow_drift(x, t, score(x, t))
 
-    def state_score(self, sde, x, t, state: PFState):
+    def state_score(self, sde, x, t, state: AdaptiveState):
         """The score at the current state from the FSAL stage ``k1 = f - g^2 score / 2`` there."""
-        return sde.score_from_probability_flow_drift(x, t, state.k1)
+        return sde.score_from_probability_flow_drift(x, t, state.solver.k1)
 
     def _scale(self, x, x_new):
         return self.atol + self.rtol * jnp.maximum(jnp.abs(x), jnp.abs(x_new))
 
-    def init(self, sde, score, x, t_start, t_end) -> SolverInit:
+    def start(self, sde, score, x, t_start, t_end) -> SolverInit:
         fn = self._fn(sde, score)
         span = t_start - t_end
-        err0 = jnp.asarray(1e-4, x.dtype)
         if self.h_init is not None:
             k1 = fn(x, t_start)
             h = jnp.minimum(jnp.asarray(self.h_init, x.dtype), span)
-            return SolverInit(h=h, state=PFState(k1, err0), nfe=1)
+            return SolverInit(h=h, state=PFState(k1), nfe=1)
         # Hairer, Norsett & Wanner, "Solving ODEs I", II.4: starting step size.
         sc = self._scale(x, x)
 
@@ -214,45 +244,16 @@ class ProbabilityFlow(Solver):
         h1 = jnp.where(big <= 1e-15, jnp.maximum(1e-6, h0 * 1e-3),
                        (0.01 / big) ** (1.0 / (self.tableau.error_order + 1)))
         h = jnp.minimum(jnp.minimum(100 * h0, h1), span).astype(x.dtype)
-        return SolverInit(h=h, state=PFState(k1, err0), nfe=2)
+        return SolverInit(h=h, state=PFState(k1), nfe=2)
 
-    def step(self, sde, score, x, t, h, state: PFState, z, t_end) -> StepOut:
+    def attempt(self, sde, score, x, t, h, state: PFState, z, t_end) -> Attempt:
         del z
         tab = self.tableau
-        fn = self._fn(sde, score)
-        t_next = self.attempt_end(state, t, h, t_end)
+        t_next = self.target_time(sde, state, t, h, t_end)
         h_eff = t - t_next
-        x_new, err, k_last = rk_step(tab, fn, x, t, h_eff, state.k1, self.unroll_stages)
-        e = _rms(err / self._scale(x, x_new))
-        stage1_ok = jnp.all(jnp.isfinite(state.k1))
-        finite = jnp.isfinite(e) & jnp.all(jnp.isfinite(x_new))
-        accepted = stage1_ok & finite & (e <= 1.0)
-
-        k = tab.error_order + 1
-        a = 1.0 / k - 0.75 * self.pi_beta
-        e_safe = jnp.maximum(e, 1e-10)
-        grow = self.safety * e_safe ** (-a) * state.err_prev ** self.pi_beta
-        grow = jnp.clip(grow, self.factor_min, self.factor_max)
-        shrink = jnp.clip(self.safety * e_safe ** (-a), self.factor_min, 1.0)
-        factor = jnp.where(accepted, grow, jnp.where(finite, shrink, self.factor_min))
-
-        t_new = jnp.where(accepted, t_next, t)
-        h_max = jnp.maximum(t_new - t_end, 0.0)
-        h_new = jnp.where(h_max > 0, jnp.minimum(h_max, h_eff * factor), 0.0)
-        new_state = PFState(
-            k1=jnp.where(accepted, k_last, state.k1),
-            err_prev=jnp.where(accepted, jnp.maximum(e, 1e-4), state.err_prev),
-        )
-        return StepOut(
-            x=jnp.where(accepted, x_new, x),
-            t=t_new,
-            h=h_new.astype(h.dtype),
-            state=new_state,
-            accepted=accepted,
-            nfe=len(tab.c) - 1,
-            status=jnp.where(stage1_ok & ~(~finite & (h_new < self.min_step)), results.SUCCESS,
-                             results.NONFINITE).astype(jnp.int32),
-        )
+        x_new, err, k_last = rk_step(tab, self._fn(sde, score), x, t, h_eff, state.k1, self.unroll_stages)
+        return Attempt(x=x_new, t=t_next, error=_rms(err / self._scale(x, x_new)), state=PFState(k_last),
+                       nfe=len(tab.c) - 1, ok=jnp.all(jnp.isfinite(state.k1)), h=h_eff)
 
 
 __all__ = ["ProbabilityFlow", "Tableau", "DOPRI5", "BOSH3", "TABLEAUS", "rk_step"]

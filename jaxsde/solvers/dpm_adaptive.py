@@ -1,0 +1,237 @@
+"""Adaptive DPM-Solver-12 / 23: embedded singlestep exponential integrators in half log-SNR.
+
+Lu et al., "DPM-Solver: A Fast ODE Solver for Diffusion Probabilistic Model Sampling in Around
+10 Steps" (NeurIPS 2022, arXiv:2206.00927), section 4.2 and appendix: the adaptive pair of
+k-diffusion 0.1.1's ``DPMSolver.dpm_solver_adaptive``, run per sample.
+
+Variables: ``lam = log(alpha / sigma)`` (half log-SNR, increasing toward the data), a step from
+``lam_s`` to ``lam_t`` has ``h = lam_t - lam_s > 0``; ``xt = x / alpha`` is the state in the
+"denoiser" scale (k-diffusion's ``x``, with ``sigma~ = sigma / alpha = e^(-lam)``).
+Writing the probability-flow ODE as ``d v / d mu = e^mu f`` the two predictions are the same
+equation, which is why one set of formulas serves both:
+
+* ``prediction="noise"`` (DPM-Solver, as k-diffusion): ``v = x / alpha``, ``f = eps``, ``mu = -lam``;
+* ``prediction="data"`` (DPM-Solver++): ``v = x / sigma``, ``f = x0``, ``mu = lam``.
+
+With ``w(lam) = e^(-s lam)``, ``H = s h`` (``s = +1`` noise, ``-1`` data), ``phi(z) = (e^z - 1 - z)/z``:
+
+* order 1: ``v_t = v_s - w(lam_t) expm1(H) f_s``
+* order 2 (``r1``): ``u_1 = v_s - w(lam_s + r1 h) expm1(r1 H) f_s``,
+  ``v_t = v_s - w(lam_t) expm1(H) f_s - w(lam_t) / (2 r1) expm1(H) (f_1 - f_s)``
+* order 3 (``r1 = 1/3, r2 = 2/3``): ``u_2 = v_s - w(s_2) expm1(r2 H) f_s - w(s_2) (r2 / r1) phi(r2 H) (f_1 - f_s)``,
+  ``v_t = v_s - w(lam_t) expm1(H) f_s - w(lam_t) / r2 phi(H) (f_2 - f_s)``.
+
+One attempt of ``order=2`` takes the order-1 step as the low solution and the order-2 one as the
+high; ``order=3`` the order-2 step with ``r1 = 1/3`` (its stage is shared) and the order-3 one.
+The error ``xt_low - xt_high`` is scaled by ``max(atol, rtol * max(|xt_low|, |xt_prev|))``
+(``xt_prev``: the last accepted low solution; the state at the start) and its RMS is the
+controller's ``e``. The high solution is kept (local extrapolation). Cost: ``order`` score
+evaluations per attempt, accepted or not.
+
+Ancestral noise (``eta > 0``), as k-diffusion: the deterministic step goes to
+``sigma_down = sqrt(sigma~_t^2 - sigma_up^2)``, ``sigma_up = min(sigma~_t, eta sqrt(sigma~_t^2
+(sigma~_s^2 - sigma~_t^2) / sigma~_s^2))``, and ``sigma_up * s_noise * z`` (in the denoiser scale)
+is added on acceptance, reaching ``lam_t``; one normal draw per attempt.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ..controllers import Controller, PIDController
+from .base import AdaptiveSolver, Attempt, SolverInit, solver_class
+from .exponential import exp_remainder, half_log_snr
+
+Array = jax.Array
+
+__all__ = ["AdaptiveDPMSolver", "DPMState", "ancestral_step"]
+
+PREDICTIONS = ("data", "noise")
+
+
+class DPMState(NamedTuple):
+    lam: Array  # half log-SNR of the current accepted state (the step variable)
+    lam_end: Array  # half log-SNR of t_end
+    x_prev: Array  # the last accepted low-order solution, in the denoiser scale x / alpha
+
+
+def ancestral_step(sigma_from: Array, sigma_to: Array, eta: float) -> tuple[Array, Array]:
+    """``(sigma_down, sigma_up)`` of an ancestral step between denoiser-scale noise levels."""
+    if not eta:
+        return sigma_to, jnp.zeros_like(sigma_to)
+    up = jnp.minimum(sigma_to, eta * jnp.sqrt(sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2))
+    return jnp.sqrt(sigma_to**2 - up**2), up
+
+
+def _phi(z: Array) -> Array:
+    """``(e^z - 1 - z) / z`` without cancellation (``R_2(-z) / z``)."""
+    return exp_remainder(2, -z) / z
+
+
+@solver_class
+class AdaptiveDPMSolver(AdaptiveSolver):
+    """Adaptive DPM-Solver-12 (``order=2``) / DPM-Solver-23 (``order=3``), per sample.
+
+    Args:
+      order: 2 or 3, the high order of the embedded pair (``order`` score evaluations per attempt).
+      rtol: relative tolerance (> 0).
+      atol: absolute tolerance in the denoiser scale ``x / alpha``; ``None`` takes one 8-bit level
+        of the SDE's data range (0.0078 for [-1, 1], k-diffusion's default).
+      eta: ancestral noise (0: the probability-flow ODE; 1: a full ancestral step). ``>= 0``.
+      s_noise: scale of the ancestral noise (k-diffusion's ``s_noise``), ``>= 0``.
+      prediction: ``"data"`` (DPM-Solver++ formulas, default) or ``"noise"`` (DPM-Solver, k-diffusion).
+      h_init: first trial step in half log-SNR units (> 0).
+      controller: step-size controller; ``None`` is k-diffusion's I controller
+        (``PIDController.k_diffusion()``: accept iff the arctan-limited factor is >= 0.81).
+        The controller sees ``k = order`` (1.5 with ancestral noise), as k-diffusion's.
+      min_step: a non-finite attempt whose shrunk step falls below this stops the sample
+        with ``NONFINITE``.
+
+    Units: the step ``h`` is in half log-SNR; ``x`` in the model's data space; the final
+    denoising step of the driver (``denoise=True``) costs one more evaluation.
+    """
+
+    order: int = 3
+    rtol: float = 0.05
+    atol: float | None = None
+    eta: float = 0.0
+    s_noise: float = 1.0
+    prediction: str = "data"
+    h_init: float = 0.05
+    controller: Controller | None = None
+    min_step: float = 1e-7
+
+    clamps_step = False  # the trial step is kept as the controller set it (k-diffusion's pid.h)
+
+    def __post_init__(self):
+        name = "AdaptiveDPMSolver"
+        if self.order not in (2, 3) or isinstance(self.order, bool):
+            raise ValueError(f"{name}: order must be 2 (DPM-Solver-12) or 3 (DPM-Solver-23), got {self.order!r}")
+
+        def finite(field, value, positive):
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok or (value <= 0 if positive else value < 0):
+                rng = "> 0" if positive else ">= 0"
+                raise ValueError(f"{name}: {field} must be a finite number {rng}, got {value!r}")
+
+        finite("rtol", self.rtol, True)
+        if self.atol is not None:
+            finite("atol", self.atol, True)
+        finite("eta", self.eta, False)
+        finite("s_noise", self.s_noise, False)
+        finite("h_init", self.h_init, True)
+        finite("min_step", self.min_step, True)
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"{name}: prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
+        if self.controller is not None and not isinstance(self.controller, Controller):
+            raise TypeError(f"{name}: controller must be a jaxsde.controllers controller (PIDController, "
+                            f"GottaGoFastController), got {type(self.controller).__name__}")
+
+    @property
+    def noise_per_attempt(self) -> int:
+        return 1 if self.eta else 0
+
+    @property
+    def nfe_per_attempt(self) -> int:
+        return self.order
+
+    @property
+    def error_order(self) -> float:
+        return 1.5 if self.eta else float(self.order)
+
+    @property
+    def step_controller(self) -> Controller:
+        return PIDController.k_diffusion() if self.controller is None else self.controller
+
+    def resolved_atol(self, sde) -> float:
+        return sde.default_atol if self.atol is None else float(self.atol)
+
+    # --- the step variable: half log-SNR ------------------------------------------------------
+    def remaining(self, state: DPMState, t, t_end):
+        return state.lam_end - state.lam
+
+    def _target(self, state: DPMState, h):
+        return jnp.minimum(state.lam_end, state.lam + h)
+
+    @staticmethod
+    def _time(sde, lam, state: DPMState, t_end):
+        """The time of half log-SNR ``lam`` (exactly ``t_end`` at the end, so the loop stops there)."""
+        return jnp.where(lam >= state.lam_end, t_end, sde.inverse_log_snr(2.0 * lam)).astype(t_end.dtype)
+
+    def target_time(self, sde, state: DPMState, t, h, t_end):
+        return self._time(sde, self._target(state, h), state, t_end)
+
+    def start(self, sde, score, x, t_start, t_end) -> SolverInit:
+        lam0 = half_log_snr(sde, t_start).astype(x.dtype)
+        lam_end = half_log_snr(sde, t_end).astype(x.dtype)
+        alpha, _ = sde.marginal(t_start)
+        return SolverInit(h=jnp.asarray(self.h_init, x.dtype), state=DPMState(lam0, lam_end, x / alpha), nfe=0)
+
+    def attempt(self, sde, score, x, t, h, state: DPMState, z, t_end) -> Attempt:
+        sign = 1.0 if self.prediction == "noise" else -1.0
+        lam_s = state.lam
+        lam_t = self._target(state, h)
+        sigma_s, sigma_t = jnp.exp(-lam_s), jnp.exp(-lam_t)  # denoiser-scale noise levels
+        down, up = ancestral_step(sigma_s, sigma_t, self.eta)
+        lam_d = jnp.minimum(state.lam_end, -jnp.log(down)) if self.eta else lam_t
+        if self.eta:
+            up = jnp.sqrt(sigma_t**2 - jnp.exp(-2.0 * lam_d))
+        step = lam_d - lam_s
+        big_h = sign * step
+
+        def weight(lam):  # w(lam) = e^(-sign lam)
+            return jnp.exp(-sign * lam)
+
+        def scale(time):  # v = x / scale
+            alpha, sigma = sde.marginal(time)
+            return alpha if self.prediction == "noise" else sigma
+
+        def model(v, lam, time):  # f at the state v of half log-SNR lam
+            x_here = scale(time) * v
+            s = score(x_here, time)
+            if self.prediction == "noise":
+                return -sde.marginal(time)[1] * s
+            return sde.tweedie(x_here, time, s)
+
+        v = x / scale(t)
+        f0 = model(v, lam_s, t)
+        first = v - weight(lam_d) * jnp.expm1(big_h) * f0
+
+        def stage(r, extra=None):
+            lam_r = lam_s + r * step
+            time_r = sde.inverse_log_snr(2.0 * lam_r).astype(t.dtype)
+            u = v - weight(lam_r) * jnp.expm1(r * big_h) * f0
+            if extra is not None:
+                u = u - extra(lam_r)
+            return model(u, lam_r, time_r)
+
+        if self.order == 2:
+            f1 = stage(0.5)
+            low = first
+            high = first - weight(lam_d) / (2 * 0.5) * jnp.expm1(big_h) * (f1 - f0)
+            nfe = 2
+        else:
+            r1, r2 = 1.0 / 3.0, 2.0 / 3.0
+            f1 = stage(r1)
+            low = first - weight(lam_d) / (2 * r1) * jnp.expm1(big_h) * (f1 - f0)
+            f2 = stage(r2, lambda lam_r: weight(lam_r) * (r2 / r1) * _phi(r2 * big_h) * (f1 - f0))
+            high = first - weight(lam_d) / r2 * _phi(big_h) * (f2 - f0)
+            nfe = 3
+
+        t_d = self._time(sde, lam_d, state, t_end)
+        to_denoiser = jnp.exp(-lam_d) if self.prediction == "data" else 1.0  # v -> x / alpha at lam_d
+        low_d, high_d = low * to_denoiser, high * to_denoiser
+        delta = jnp.maximum(self.resolved_atol(sde), self.rtol * jnp.maximum(jnp.abs(low_d), jnp.abs(state.x_prev)))
+        error = jnp.sqrt(jnp.mean(jnp.square((low_d - high_d) / delta)))
+
+        t_next = self._time(sde, lam_t, state, t_end)
+        if self.eta:
+            x_new = sde.marginal(t_next)[0] * (high_d + up * self.s_noise * z[0])
+        else:
+            x_new = scale(t_d) * high
+        return Attempt(x=x_new, t=t_next, error=error, state=DPMState(lam_t, state.lam_end, low_d), nfe=nfe,
+                       ok=jnp.all(jnp.isfinite(f0)), h=h)
