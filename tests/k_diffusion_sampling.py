@@ -23,11 +23,11 @@ def _append_dims(x, target_dims):
 
 
 def load():
+    if "k_diffusion.sampling" in sys.modules:
+        return sys.modules["k_diffusion.sampling"]
     spec = importlib.util.find_spec("k_diffusion")
     if spec is None or not spec.submodule_search_locations:
         return None
-    if "k_diffusion.sampling" in sys.modules:
-        return sys.modules["k_diffusion.sampling"]
     root = Path(list(spec.submodule_search_locations)[0])
     package = types.ModuleType("k_diffusion")
     package.__path__ = [str(root)]
