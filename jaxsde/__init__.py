@@ -16,6 +16,7 @@ from .sde import SDE, VESDE, VPSDE, DiscreteVPSDE, ScoreFn, SubVPSDE
 from .solvers import (
     DDIM,
     AdaptiveDPMSolver,
+    AdaptiveMultistepSolver,
     DPMSolverPP,
     EDMHeun,
     EulerMaruyama,
@@ -63,6 +64,7 @@ __all__ = [
     "GottaGoFast",
     "ProbabilityFlow",
     "AdaptiveDPMSolver",
+    "AdaptiveMultistepSolver",
     "controllers",
     "DDIM",
     "DPMSolverPP",

@@ -44,7 +44,7 @@ from .grids import time_grid, validate_grid
 
 Array = jax.Array
 
-__all__ = ["Controller", "Decision", "GottaGoFastController", "PIDController", "PIDState", "FixedGrid", "GridState"]
+__all__ = ["Controller", "check_controller", "Decision", "GottaGoFastController", "PIDController", "PIDState", "FixedGrid", "GridState"]
 
 
 class Decision(NamedTuple):
@@ -68,6 +68,17 @@ class Controller:
 
     def decide(self, state: Any, error: Array, order: float) -> Decision:
         raise NotImplementedError
+
+
+def check_controller(owner: str, controller) -> None:
+    """Raise ``TypeError`` unless ``controller`` is an adaptive :class:`Controller` (``owner``: who asks)."""
+    if isinstance(controller, Controller):
+        return
+    if isinstance(controller, FixedGrid):
+        raise TypeError(f"{owner}: controller=FixedGrid(...) is a fixed step schedule, not an adaptive controller; "
+                        "use a fixed-grid solver (EulerMaruyama, DPMSolverPP, ...) with num_steps and grid instead")
+    raise TypeError(f"{owner}: controller must be a jaxsde.controllers controller (PIDController, "
+                    f"GottaGoFastController), got {type(controller).__name__}")
 
 
 def _check_positive(owner: str, name: str, value, upper: float | None = None, closed: bool = True) -> None:
@@ -234,6 +245,10 @@ class PIDController(Controller):
         else:
             accepted = finite & (grow >= self.accept_safety)
         rejected_raw = with_history if self.reject_uses_history else current
+        if self.reject_uses_history and self.accept_safety is None:
+            # the history may push a rejected step's factor to >= 1 (a deterministic attempt would
+            # then repeat forever); never above the current error's own factor (< 1 for e > 1)
+            rejected_raw = jnp.minimum(rejected_raw, current)
         shrink = limit(rejected_raw, self.reject_max)
         factor = jnp.where(accepted, grow, jnp.where(finite, shrink, self.factor_min))
         remembered = jnp.maximum(e, self.history_floor)

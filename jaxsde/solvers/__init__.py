@@ -1,5 +1,6 @@
 """Solvers: objects with ``init``/``step`` run by :func:`jaxsde.solve` (see ``base``)."""
 
+from .adaptive_multistep import AdaptiveMultistepSolver
 from .base import FixedGridSolver, Solver, SolverInit, StepOut
 from .ddim import DDIM
 from .dpm_adaptive import AdaptiveDPMSolver
@@ -25,6 +26,7 @@ __all__ = [
     "GottaGoFast",
     "ProbabilityFlow",
     "AdaptiveDPMSolver",
+    "AdaptiveMultistepSolver",
     "DDIM",
     "DPMSolverPP",
     "SASolver",

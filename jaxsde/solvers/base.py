@@ -144,6 +144,14 @@ class AdaptiveSolver(Solver):
     def attempt(self, sde, score, x, t, h, state, z, t_end) -> Attempt:
         raise NotImplementedError
 
+    def predicted_error(self, sde, x: Array, t: Array, h: Array, state, t_end: Array) -> Array | None:
+        """The scaled error norm of a trial step ``h`` when it is known before the step's score
+        evaluation (from the accepted past only), else ``None``. :meth:`step` then shrinks the trial
+        step until the controller accepts it (at most ``presteps`` rounds, no evaluation spent)."""
+        return None
+
+    presteps: int = 3
+
     def remaining(self, state, t: Array, t_end: Array) -> Array:
         """What is left to integrate after ``t``, in step units (``state``: the solver's own)."""
         return t - t_end
@@ -160,6 +168,12 @@ class AdaptiveSolver(Solver):
         return first._replace(state=AdaptiveState(first.state, self.step_controller.init(x.dtype)))
 
     def step(self, sde, score, x, t, h, state: AdaptiveState, z, t_end) -> StepOut:
+        for _ in range(self.presteps):
+            predicted = self.predicted_error(sde, x, t, h, state.solver, t_end)
+            if predicted is None:
+                break
+            early = self.step_controller.decide(state.controller, predicted, self.error_order)
+            h = jnp.where(early.accepted | ~jnp.isfinite(predicted), h, h * early.factor).astype(h.dtype)
         a = self.attempt(sde, score, x, t, h, state.solver, z, t_end)
         finite = jnp.isfinite(a.error) & jnp.all(jnp.isfinite(a.x))
         decision = self.step_controller.decide(state.controller, jnp.where(finite, a.error, jnp.inf),
@@ -169,6 +183,7 @@ class AdaptiveSolver(Solver):
         solver_state = jax.tree_util.tree_map(lambda new, old: jnp.where(accepted, new, old), a.state, state.solver)
         left = jnp.maximum(self.remaining(solver_state, t_new, t_end), 0.0)
         proposed = a.h * decision.factor
+        proposed = jnp.where(jnp.isfinite(proposed), proposed, left)  # e = 0 under an unbounded rule
         h_new = jnp.where(left > 0, jnp.minimum(left, proposed) if self.clamps_step else proposed, 0.0)
         stuck = ~finite & (h_new < self.min_step)
         return StepOut(

@@ -42,7 +42,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ..controllers import Controller, PIDController
+from ..controllers import Controller, check_controller, PIDController
 from .base import AdaptiveSolver, Attempt, SolverInit, solver_class
 from .exponential import exp_remainder, half_log_snr
 
@@ -127,9 +127,8 @@ class AdaptiveDPMSolver(AdaptiveSolver):
         finite("min_step", self.min_step, True)
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"{name}: prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
-        if self.controller is not None and not isinstance(self.controller, Controller):
-            raise TypeError(f"{name}: controller must be a jaxsde.controllers controller (PIDController, "
-                            f"GottaGoFastController), got {type(self.controller).__name__}")
+        if self.controller is not None:
+            check_controller(name, self.controller)
 
     @property
     def noise_per_attempt(self) -> int:

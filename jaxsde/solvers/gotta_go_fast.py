@@ -42,7 +42,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ..controllers import Controller, GottaGoFastController
+from ..controllers import Controller, check_controller, GottaGoFastController
 from .base import AdaptiveSolver, Attempt, SolverInit, solver_class
 
 NORMS = ("l2", "l2_unscaled", "linf")
@@ -127,9 +127,7 @@ class GottaGoFast(AdaptiveSolver):
                 except ValueError as err:
                     raise ValueError(f"GottaGoFast: {str(err).split(': ', 1)[1]}") from None
         else:
-            if not isinstance(self.controller, Controller):
-                raise TypeError("GottaGoFast: controller must be a jaxsde.controllers controller "
-                                f"(GottaGoFastController, PIDController), got {type(self.controller).__name__}")
+            check_controller("GottaGoFast", self.controller)
             changed = [n for n in ("safety", "exponent", "nonfinite_shrink")
                        if getattr(self, n) != GottaGoFast.__dataclass_fields__[n].default]
             if changed:

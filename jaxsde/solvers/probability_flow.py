@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..controllers import Controller, PIDController
+from ..controllers import Controller, check_controller, PIDController
 from .base import AdaptiveSolver, AdaptiveState, Attempt, SolverInit, solver_class
 
 
@@ -180,9 +180,7 @@ class ProbabilityFlow(AdaptiveSolver):
             except ValueError as err:
                 raise ValueError(f"ProbabilityFlow: {str(err).split(': ', 1)[1]}") from None
         else:
-            if not isinstance(self.controller, Controller):
-                raise TypeError("ProbabilityFlow: controller must be a jaxsde.controllers controller "
-                                f"(PIDController, GottaGoFastController), got {type(self.controller).__name__}")
+            check_controller("ProbabilityFlow", self.controller)
             changed = [n for n in names if getattr(self, n) != ProbabilityFlow.__dataclass_fields__[n].default]
             if changed:
                 raise ValueError(f"ProbabilityFlow: {', '.join(changed)} configure the default controller; with "
