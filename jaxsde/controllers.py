@@ -44,7 +44,8 @@ from .grids import time_grid, validate_grid
 
 Array = jax.Array
 
-__all__ = ["Controller", "check_controller", "Decision", "GottaGoFastController", "PIDController", "PIDState", "FixedGrid", "GridState"]
+__all__ = ["Controller", "GottaGoFastController", "PIDController", "PIDState", "FixedGrid", "GridState",
+           "check_controller"]
 
 
 class Decision(NamedTuple):

@@ -164,8 +164,8 @@ def test_low_rank_mixture_score_is_the_gradient_of_its_dense_log_density(x64):
     for k in range(mix.num_modes):
         cov = alpha**2 * (mix.bases[k] @ jnp.diag(mix.variances[k]) @ mix.bases[k].T
                           + mix.floor[k] ** 2 * jnp.eye(d)) + sigma**2 * jnp.eye(d)
-        dense.append(jnp.log(mix.weights[k]) + multivariate_normal.logpdf(x.reshape(-1), alpha * mix.means[k].reshape(-1),
-                                                                           cov))
+        mean = alpha * mix.means[k].reshape(-1)
+        dense.append(jnp.log(mix.weights[k]) + multivariate_normal.logpdf(x.reshape(-1), mean, cov))
     expected = jax.nn.logsumexp(jnp.stack(dense))
     np.testing.assert_allclose(mix.log_prob(sde, x, t), expected, rtol=1e-12)
     grad = jax.grad(lambda y: mix.log_prob(sde, y, t))(x)

@@ -42,7 +42,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ..controllers import Controller, check_controller, PIDController
+from ..controllers import Controller, PIDController, check_controller
 from .base import AdaptiveSolver, Attempt, SolverInit, solver_class
 from .exponential import exp_remainder, half_log_snr
 

@@ -42,7 +42,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ..controllers import Controller, check_controller, GottaGoFastController
+from ..controllers import Controller, GottaGoFastController, check_controller
 from .base import AdaptiveSolver, Attempt, SolverInit, solver_class
 
 NORMS = ("l2", "l2_unscaled", "linf")

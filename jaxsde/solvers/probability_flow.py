@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..controllers import Controller, check_controller, PIDController
+from ..controllers import Controller, PIDController, check_controller
 from .base import AdaptiveSolver, AdaptiveState, Attempt, SolverInit, solver_class
 
 
