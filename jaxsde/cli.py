@@ -18,7 +18,7 @@ def _sample(args: argparse.Namespace) -> int:
 
     report = run_sample(model=args.model, solver=args.solver, n=args.n, seed=args.seed, out=args.out,
                         batch_size=args.batch_size, metrics=not args.no_metrics, progress=not args.no_progress,
-                        rtol=args.rtol, atol=args.atol, steps=args.steps, snr=args.snr)
+                        rtol=args.rtol, atol=args.atol, steps=args.steps, snr=args.snr, eta=args.eta)
     print_report(report, args.out)
     return 0
 
@@ -28,7 +28,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     report = run_generate(model=args.model, solver=args.solver, n=args.n, seed=args.seed, out=args.out,
                           batch_size=args.batch_size, chunk_size=args.chunk_size, progress=not args.no_progress,
-                          rtol=args.rtol, atol=args.atol, steps=args.steps, snr=args.snr)
+                          rtol=args.rtol, atol=args.atol, steps=args.steps, snr=args.snr, eta=args.eta)
     print_report(report)
     return 0
 
@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--atol", type=float, default=None, help="absolute tolerance (adaptive solvers)")
     sp.add_argument("--steps", type=int, default=None, help="number of steps (fixed-step solvers)")
     sp.add_argument("--snr", type=float, default=None, help="Langevin snr (pc)")
+    sp.add_argument("--eta", type=float, default=None,
+                    help="noise of the adaptive exponential integrators (dpm-adaptive: ancestral eta; "
+                         "multistep-adaptive: tau); 0 = the probability-flow ODE")
     sp.add_argument("--n", type=int, default=64, help="number of samples")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--batch-size", type=int, default=256)
@@ -81,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--atol", type=float, default=None, help="absolute tolerance (adaptive solvers)")
     gen.add_argument("--steps", type=int, default=None, help="number of steps (fixed-step solvers)")
     gen.add_argument("--snr", type=float, default=None, help="Langevin snr (pc)")
+    gen.add_argument("--eta", type=float, default=None,
+                    help="noise of the adaptive exponential integrators (dpm-adaptive: ancestral eta; "
+                         "multistep-adaptive: tau); 0 = the probability-flow ODE")
     gen.add_argument("--n", type=int, default=1000, help="number of samples (indices 0..n-1)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--batch-size", type=int, default=256, help="slots of the continuous batch")

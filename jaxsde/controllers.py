@@ -44,7 +44,7 @@ from .grids import time_grid, validate_grid
 
 Array = jax.Array
 
-__all__ = ["Controller", "GottaGoFastController", "PIDController", "PIDState", "FixedGrid", "GridState",
+__all__ = ["Controller", "Decision", "GottaGoFastController", "PIDController", "PIDState", "FixedGrid", "GridState",
            "check_controller"]
 
 

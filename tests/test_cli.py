@@ -45,3 +45,19 @@ def test_sample_writes_a_grid(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "NFE per sample: mean 21.0" in r.stdout and "FD-digits" in r.stdout
     assert os.path.getsize(out) > 100
+
+
+@pytest.mark.skipif("digits-small" not in available(), reason="embedded weights not present")
+@pytest.mark.parametrize("solver", ["dpm-adaptive", "multistep-adaptive"])
+def test_sample_with_the_adaptive_exponential_integrators(tmp_path, solver):
+    out = tmp_path / "grid.png"
+    r = run_cli("sample", "--model", "digits-small", "--solver", solver, "--rtol", "0.1", "--eta", "1", "--n", "8",
+                "--no-progress", "--no-metrics", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "NFE per sample: mean" in r.stdout and "failed 0" in r.stdout
+    assert os.path.getsize(out) > 100
+
+
+def test_a_negative_eta_is_one_line():
+    r = run_cli("sample", "--solver", "dpm-adaptive", "--eta", "-1")
+    assert r.returncode == 2 and "eta must be a finite number >= 0" in r.stderr and "Traceback" not in r.stderr

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .adaptive_multistep import AdaptiveMultistepSolver
 from .base import Solver
 from .ddim import DDIM
+from .dpm_adaptive import AdaptiveDPMSolver
 from .dpm_solver import DPMSolverPP
 from .edm import EDMHeun
 from .euler_maruyama import EulerMaruyama
@@ -19,6 +21,11 @@ from .sa_solver import SASolver
 # name -> (constructor from options, one-line description)
 _REGISTRY: dict[str, tuple[Callable[..., Solver], str]] = {
     "ggf": (lambda rtol=0.05, atol=None, **_: GottaGoFast(rtol=rtol, atol=atol), "Gotta Go Fast (--rtol, --atol)"),
+    "dpm-adaptive": (lambda rtol=0.05, atol=None, eta=0.0, **_: AdaptiveDPMSolver(rtol=rtol, atol=atol, eta=eta),
+                     "adaptive DPM-Solver-23 in log-SNR, data prediction (--rtol, --atol, --eta)"),
+    "multistep-adaptive": (lambda rtol=0.05, atol=None, eta=0.0, **_: AdaptiveMultistepSolver(rtol=rtol, atol=atol,
+                                                                                              tau=eta),
+                           "adaptive exponential Adams PEC, 1 NFE per step (--rtol, --atol, --eta = tau)"),
     "em": (lambda steps=1000, **_: EulerMaruyama(steps), "Euler-Maruyama (--steps)"),
     "rd": (lambda steps=1000, **_: ReverseDiffusion(steps), "reverse-diffusion predictor (--steps)"),
     "pc": (lambda steps=1000, snr=0.01, **_: PredictorCorrector(steps, snr=snr),
