@@ -112,7 +112,9 @@ def test_rk_stage_loop_equals_unrolled(method):
     score, key = exact.gaussian_score(sde, MU, S), jax.random.PRNGKey(1)
     a = jaxsde.sample(key, sde, score, jaxsde.ProbabilityFlow(method=method), (3,), 4)
     b = jaxsde.sample(key, sde, score, jaxsde.ProbabilityFlow(method=method, unroll_stages=True), (3,), 4)
-    np.testing.assert_allclose(a.x, b.x, rtol=1e-5, atol=1e-5)
+    # float32 rounding of the two programs differs and the adaptive steps carry it on: measured up
+    # to 1.3e-5 on jax 0.10.2 (the single step above agrees to 1e-6)
+    np.testing.assert_allclose(a.x, b.x, rtol=1e-5, atol=5e-5)
     np.testing.assert_array_equal(a.stats.nfe, b.stats.nfe)
 
 

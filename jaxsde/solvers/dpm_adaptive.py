@@ -32,6 +32,12 @@ Ancestral noise (``eta > 0``), as k-diffusion: the deterministic step goes to
 ``sigma_down = sqrt(sigma~_t^2 - sigma_up^2)``, ``sigma_up = min(sigma~_t, eta sqrt(sigma~_t^2
 (sigma~_s^2 - sigma~_t^2) / sigma~_s^2))``, and ``sigma_up * s_noise * z`` (in the denoiser scale)
 is added on acceptance, reaching ``lam_t``; one normal draw per attempt.
+
+A rejected attempt recomputes the score at the (unchanged) current state, as k-diffusion does:
+under ``vmap`` a per-sample conditional evaluation is computed for every lane anyway, so
+skipping it would lower the counted NFE without lowering the work. The multistep
+:class:`~jaxsde.solvers.adaptive_multistep.AdaptiveMultistepSolver` spends one evaluation per
+attempt and reuses every stored one across rejections.
 """
 
 from __future__ import annotations
