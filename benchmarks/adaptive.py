@@ -143,7 +143,7 @@ def _tols(rtols):
 
 
 def rows(quick: bool) -> list[Row]:
-    sweep = (0.3, 0.2, 0.1, 0.05, 0.02) if quick else (0.5, 0.3, 0.2, 0.14, 0.1, 0.07, 0.05, 0.035, 0.02, 0.01)
+    sweep = (0.5, 0.3, 0.2, 0.1, 0.05, 0.02) if quick else (0.5, 0.3, 0.2, 0.14, 0.1, 0.07, 0.05, 0.035, 0.02, 0.01)
     out = [Row("EM", "1000", "jaxsde", lambda: jaxsde.EulerMaruyama(1000))]
     for eta in (0.0, 1.0):
         fam = f"k-diffusion dpm_adaptive eta={eta:g}"
