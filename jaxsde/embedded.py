@@ -31,7 +31,7 @@ NAMES = ("digits", "digits-large", "digits-medium", "digits-small", "digits-ve")
 
 
 class Checkpoint(NamedTuple):
-    """A loaded score model (see API.md): ``score`` closes over ``params``;
+    """A loaded score model: ``score`` closes over ``params``;
     ``score_fn(params)`` builds one for traced params."""
 
     model: nn.Module

@@ -2,7 +2,7 @@
 
     ckpt = jaxsde.checkpoints.load(path, kind)
 
-``kind`` (see API.md):
+``kind``:
 
 * ``"score_sde"``: a score_sde (JAX/Flax) ``checkpoint_N`` msgpack ``State``; the EMA weights
   (``params_ema``) are used;

@@ -4,7 +4,7 @@
     ckpt = load_pytorch("checkpoint_8.pth", "ddpmpp_cifar10_vp", sde="subvpsde")
     sol = jaxsde.solve(key, ckpt.sde, ckpt.score, jaxsde.EulerMaruyama(1000), x_T)
 
-Formats (``../shared/research/checkpoints.md`` §2):
+Formats:
 
 * score_sde saves a ``State`` with ``flax.training.checkpoints.save_checkpoint``: a msgpack state
   dict ``{'step', 'optimizer': {'target', 'state'}, 'lr', 'model_state', 'ema_rate', 'params_ema',

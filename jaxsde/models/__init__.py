@@ -2,7 +2,7 @@
 
     model = jaxsde.models.build("ddpmpp_cifar10_vp")   # a flax.linen Module, NHWC input
 
-Names (see ``../shared/research/checkpoints.md`` for the published parameter counts):
+Names (with the published parameter counts of the reference implementations):
 ``"ncsnpp_cifar10_ve"``, ``"ncsnpp_deep_cifar10_ve"``, ``"ddpmpp_cifar10_vp"``, ``"ddpmpp_deep_cifar10_vp"``
 (score_sde's NCSN++/DDPM++), ``"ddpm_cifar10"`` (diffusers' ``UNet2DModel`` layout of google/ddpm-cifar10-32),
 ``"galaxygrad_hsc32"`` (galaxygrad's MLP-Mixer) and ``"digits"`` (the embedded 8x8 UNet, largest size).

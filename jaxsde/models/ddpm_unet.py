@@ -43,7 +43,7 @@ ACTIVATIONS = {
     "relu": nn.relu,
 }
 
-# google/ddpm-cifar10-32's config.json (checkpoints.md §3.1); 35,746,307 parameters.
+# google/ddpm-cifar10-32's config.json; 35,746,307 parameters.
 DDPM_CIFAR10_CONFIG: dict[str, Any] = {
     "sample_size": 32,
     "in_channels": 3,

@@ -18,7 +18,7 @@ Conventions (as score_sde's ``models/utils.py::get_score_fn``):
   otherwise it predicts the noise eps and ``score = -out / std`` (VP/subVP).
 * ``train=False`` (default) turns dropout off; ``train=True`` needs a ``'dropout'`` rng.
 
-The four published CIFAR-10 configurations and their parameter counts (checkpoints.md §1.2):
+The four published CIFAR-10 configurations and their parameter counts:
 ``ncsnpp_cifar10_ve`` 62,758,915; ``ncsnpp_deep_cifar10_ve`` 107,587,075; ``ddpmpp_cifar10_vp``
 61,804,419; ``ddpmpp_deep_cifar10_vp`` 106,632,579 (subVP configs have the VP architecture).
 """

@@ -32,7 +32,7 @@ def ddim_step(sde, x, x0, t, t_next, eta, z):
 class DDIM(FixedGridSolver):
     """Denoising diffusion implicit model sampler, written with the SDE's ``alpha, sigma``.
 
-    One step from ``t`` to ``t' < t`` (samplers.md (a), lambda form, valid for VP, sub-VP and VE):
+    One step from ``t`` to ``t' < t``, lambda form, valid for VP, sub-VP and VE):
     ``x0 = (x + sigma^2 s(x, t)) / alpha``, ``eps = -sigma s(x, t)``, then
     ``x' = alpha' x0 + sqrt(sigma'^2 - c^2) eps + c z`` with ``c = eta sigma' sqrt(1 - e^{-2h})``,
     ``h = lam(t') - lam(t)`` the step in half log-SNR ``lam = log(alpha/sigma)``. Under VP this is

@@ -61,7 +61,7 @@ def multistep_weights(order: int, phis, r0, r1, solver_type: str) -> list:
 class DPMSolverPP(MultistepSolver):
     """DPM-Solver++ on the probability-flow ODE (deterministic), multistep or singlestep.
 
-    Data-prediction exponential integrator (samplers.md (e) E.1) in the half log-SNR
+    Data-prediction exponential integrator E.1) in the half log-SNR
     ``lam = log(alpha/sigma)``, with ``x0 = (x + sigma^2 score)/alpha``; ``h = lam_t - lam_s``.
 
     Multistep (``multistep=True``, 1 score evaluation per step; "2M"/"3M"): the step from

@@ -17,7 +17,7 @@ class EDMHeun(FixedGridSolver):
 
     EDM works with ``sigma_bar = sigma/alpha = e^{-lam}`` and ``x_bar = x/alpha``, where the PF-ODE
     reads ``dx_bar/dsigma_bar = (x_bar - D(x_bar; sigma_bar)) / sigma_bar`` and
-    ``D = x0 = (x + sigma^2 score)/alpha`` (samplers.md E.3). Step ``i`` (grid times ``t_i``):
+    ``D = x0 = (x + sigma^2 score)/alpha``. Step ``i`` (grid times ``t_i``):
 
     1. churn: ``gamma = min(churn / num_steps, sqrt(2) - 1)`` if ``s_tmin <= sigma_bar_i <= s_tmax``
        else 0; ``sigma_hat = sigma_bar_i (1 + gamma)`` (capped at ``sigma_bar(T)``, so the score

@@ -1,6 +1,6 @@
 """Shared machinery of the exponential-integrator samplers (DDIM, DPM-Solver++, SA-Solver, ForwardValue).
 
-Notation (``shared/research/samplers.md`` section 0):
+Notation:
 
 * half log-SNR ``lam(t) = log(alpha_t / sigma_t) = sde.log_snr(t) / 2``, increasing toward the data;
   a step from ``s`` (noisier) to ``t`` (cleaner) has ``h = lam_t - lam_s > 0``;

@@ -12,7 +12,7 @@ from .exponential import MultistepSolver, check_int, combine, exp_weights, push
 
 @solver_class
 class ForwardValue(MultistepSolver):
-    """First-order forward-value sampler ("F-DDIM"; samplers.md (d)), deterministic, 1 NFE per step.
+    """First-order forward-value sampler ("F-DDIM"; the forward-value paper), deterministic, 1 NFE per step.
 
     DDIM freezes the data prediction at the *start* of each interval; F-DDIM evaluates it at the
     *end*, at a cheap lookahead point, which flips the sign of DDIM's leading error. With
@@ -29,7 +29,7 @@ class ForwardValue(MultistepSolver):
     reference code's choice: ``x_T ~ eps`` at the largest noise level), so the first lookahead is
     free. Global order 1.
 
-    ``lookahead_order > 1`` ("F-DPMSolver", samplers.md (d)): the lookahead becomes the multistep
+    ``lookahead_order > 1`` ("F-DPMSolver", the forward-value paper): the lookahead becomes the multistep
     noise-prediction exponential integrator over the last ``lookahead_order`` noise estimates
     (Lagrange interpolation in ``lam``, exact weights ``int_0^h e^{h-u} l_j(u) du``; warm-up with
     lower orders); the final update stays the first-order endpoint rule, so the method is still

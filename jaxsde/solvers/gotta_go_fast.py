@@ -21,7 +21,7 @@ its place).
 ``F = f - g^2 score`` is the reverse drift. Every attempt costs exactly 2 score
 evaluations; the driver adds 1 for the final denoising (Tweedie) step.
 
-Departures from the released code, all deliberate (see ``shared/research/ggf.md`` §7):
+Departures from the released code, all deliberate:
 continuous-time conditioning only; ``x'_prev`` really is the previous accepted EM proposal
 (the JAX release overwrote it with the current state); each rejected attempt's noise is
 discarded and the retry draws fresh noise from a key derived from the attempt number;

@@ -11,7 +11,7 @@ is drawn, so the expected cost per step is ``sum_l P(B_l or B_{l+1}) c_l`` inste
 price is extra variance ``sum_l (1/p_l - 1) |s_l - s_{l-1}|^2`` per unit drift, which acts like
 extra diffusion and vanishes with the step size. The probabilities that minimise
 variance x cost are ``p_l ∝ e_l / sqrt(c_l)`` with ``e_l = |s_l - s_{l-1}|`` (RMS) and ``c_l``
-the level's cost (:func:`optimal_probabilities`; samplers.md §(c), Paing & Jacot Prop. 3).
+the level's cost (:func:`optimal_probabilities`; Paing & Jacot Prop. 3).
 
 The level coins are **shared by every sample** of a step: they depend only on
 ``(coin_seed, step index)``, never on the sample's key. Each sample's law is still exact (the

@@ -28,7 +28,7 @@ def sa_weights(order, h, nodes, tau2, rescale_order2: bool, corrector: bool) -> 
     ``w_j = c int_0^h e^{-c (h - u)} l_j(u / h) du`` with ``c = 1 + tau^2`` and ``l_j`` the Lagrange
     basis on the first ``order`` (static or traced) ``nodes`` (in units of ``h`` from the step's
     start, newest first). With ``rescale_order2``, order-2 steps get the "rescaling trick" of the
-    reference code (samplers.md B.6):
+    reference code:
     ``c [h^2/2 - (ch - 1 + e^{-ch})/c^2] (m_0 - m_1) / (lam_0 - lam_1)`` (predictor) and
     ``c [h/2 - (ch - 1 + e^{-ch})/(c^2 h)] (m_0 - m_1)`` (corrector), written as
     ``-R_3(ch) / (c h)`` times ``(m_0 - m_1)`` (divided by ``v_0 - v_1`` for the predictor) with
@@ -49,7 +49,7 @@ def sa_weights(order, h, nodes, tau2, rescale_order2: bool, corrector: bool) -> 
 class SASolver(MultistepSolver):
     """SA-Solver: stochastic Adams-Bashforth predictor + Adams-Moulton corrector (PEC), 1 NFE per step.
 
-    It integrates the variance-controlled reverse SDE (samplers.md B.1)
+    It integrates the variance-controlled reverse SDE
     ``dx = [f x - (1 + tau^2)/2 g^2 score] dt + tau g dw_bar``, which has the marginals of the
     forward SDE for every ``tau(t) >= 0`` (``tau = 0``: PF-ODE; ``tau = 1``: the reverse SDE). In
     the half log-SNR ``lam = log(alpha/sigma)``, with ``c = 1 + tau^2`` constant on a step
@@ -103,7 +103,7 @@ class SASolver(MultistepSolver):
       tau_interval: ``(lo, hi)`` fractions of ``sde.T`` where a numeric ``tau`` applies; default
         ``(0.2, 0.8)``, the recommended schedule (diffusers: ``tau = 1`` on training steps
         200..800 of 1000); ``None``: everywhere.
-      rescale_order2: add the order-2 "rescaling trick" (samplers.md B.6) to order-2 steps
+      rescale_order2: add the order-2 "rescaling trick" to order-2 steps
         (warm-up included). diffusers does this whenever the order is 2; the official repository
         only when sampling with few steps. Default ``False`` (plain exact coefficients).
       lower_order_final: ``True`` (lower the final orders below 15 steps, as DPM-Solver++),
@@ -217,7 +217,7 @@ class SASolver(MultistepSolver):
 
 def ddim_eta_for_tau(tau: float, h: float) -> float:
     """The DDIM ``eta`` equal to an order-1 SA-Predictor step of size ``h`` (half log-SNR) with ``tau``:
-    ``eta^2 = (1 - e^{-2 tau^2 h}) / (1 - e^{-2 h})`` (samplers.md B.3)."""
+    ``eta^2 = (1 - e^{-2 tau^2 h}) / (1 - e^{-2 h})``."""
     return math.sqrt(-math.expm1(-2.0 * tau**2 * h) / -math.expm1(-2.0 * h))
 
 
