@@ -31,7 +31,6 @@ redraws ``z`` for the shorter step (as Gotta Go Fast and ancestral samplers do).
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
@@ -39,7 +38,7 @@ import jax.numpy as jnp
 
 from ..controllers import Controller, PIDController, check_controller
 from .base import AdaptiveSolver, Attempt, SolverInit, solver_class
-from .exponential import combine, data_prediction, half_log_snr, push
+from .exponential import check_nonneg, check_positive, combine, data_prediction, half_log_snr, push
 from .sa_solver import sa_weights
 
 Array = jax.Array
@@ -97,19 +96,13 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
         if not (isinstance(self.order, int) and not isinstance(self.order, bool) and 1 <= self.order <= 3):
             raise ValueError(f"{name}: order must be an integer in [1, 3] (the predictor's), got {self.order!r}")
 
-        def finite(field, value, positive):
-            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-            if not ok or (value <= 0 if positive else value < 0):
-                rng = "> 0" if positive else ">= 0"
-                raise ValueError(f"{name}: {field} must be a finite number {rng}, got {value!r}")
-
-        finite("rtol", self.rtol, True)
+        check_positive("rtol", self.rtol, name)
         if self.atol is not None:
-            finite("atol", self.atol, True)
-        finite("tau", self.tau, False)
-        finite("h_init", self.h_init, True)
-        finite("min_step", self.min_step, True)
-        finite("factor_max", self.factor_max, True)
+            check_positive("atol", self.atol, name)
+        check_nonneg("tau", self.tau, name)
+        check_positive("h_init", self.h_init, name)
+        check_positive("min_step", self.min_step, name)
+        check_positive("factor_max", self.factor_max, name)
         if self.factor_max <= 1:
             raise ValueError(f"{name}: factor_max must be > 1, got {self.factor_max!r}")
         if self.controller is not None:

@@ -42,7 +42,6 @@ attempt and reuses every stored one across rejections.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
@@ -50,7 +49,7 @@ import jax.numpy as jnp
 
 from ..controllers import Controller, PIDController, check_controller
 from .base import AdaptiveSolver, Attempt, SolverInit, solver_class
-from .exponential import exp_remainder, half_log_snr
+from .exponential import check_nonneg, check_positive, exp_remainder, half_log_snr
 
 Array = jax.Array
 
@@ -118,19 +117,13 @@ class AdaptiveDPMSolver(AdaptiveSolver):
         if self.order not in (2, 3) or isinstance(self.order, bool):
             raise ValueError(f"{name}: order must be 2 (DPM-Solver-12) or 3 (DPM-Solver-23), got {self.order!r}")
 
-        def finite(field, value, positive):
-            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-            if not ok or (value <= 0 if positive else value < 0):
-                rng = "> 0" if positive else ">= 0"
-                raise ValueError(f"{name}: {field} must be a finite number {rng}, got {value!r}")
-
-        finite("rtol", self.rtol, True)
+        check_positive("rtol", self.rtol, name)
         if self.atol is not None:
-            finite("atol", self.atol, True)
-        finite("eta", self.eta, False)
-        finite("s_noise", self.s_noise, False)
-        finite("h_init", self.h_init, True)
-        finite("min_step", self.min_step, True)
+            check_positive("atol", self.atol, name)
+        check_nonneg("eta", self.eta, name)
+        check_nonneg("s_noise", self.s_noise, name)
+        check_positive("h_init", self.h_init, name)
+        check_positive("min_step", self.min_step, name)
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"{name}: prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         if self.controller is not None:

@@ -245,3 +245,8 @@ def check_int(name: str, value, lo: int, hi: int, owner: str) -> None:
 def check_nonneg(name: str, value, owner: str) -> None:
     if not (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0):
         raise ValueError(f"{owner}: {name} must be a finite number >= 0, got {value!r}")
+
+
+def check_positive(name: str, value, owner: str) -> None:
+    if not (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{owner}: {name} must be a finite number > 0, got {value!r}")
