@@ -1,4 +1,4 @@
-"""Reproduces two findings the README states, each in about a minute on a 2-core CPU.
+"""Reproduces two findings the documentation (docs/usage.md) states, each in about a minute on a 2-core CPU.
 
     python benchmarks/findings.py
 

@@ -13,7 +13,7 @@
     # (the two files above predate --drain-halvings.) With its default 3, generate(...,
     # drain_halvings=3) is timed alongside: results/throughput_digits_drain.md is the digits_large
     # command with --name digits_drain (~35 min); results/throughput_digits_rtol0.{2,5}_drain.md:
-    # commands in the README (Benchmarks)
+    # commands in docs/benchmarks.md
 
 Problems: the embedded digits models (``digits``: VP U-Net; ``digits-ve``: VE U-Net) with GGF
 rtol 0.05 (``--digits-rtol``), and a Gaussian mixture d=16 with its exact (cheap) score, GGF
