@@ -69,6 +69,19 @@ def _bootstrap(fn, x, repeats=30, seed=0):
     return float(np.std(vals))
 
 
+def exact_target(name, sde, mix, distance, label) -> Target:
+    """A target with an exact score and exact samples: quality = ``distance`` with its bootstrap sd,
+    floor = the same for ``mix.ideal_sample``."""
+
+    def quality(x):
+        return distance(x), _bootstrap(distance, np.asarray(x))
+
+    def floor(key, n):
+        return quality(np.asarray(mix.ideal_sample(key, sde, n)))
+
+    return Target(name, sde, mix.shape, mix.score(sde), quality, floor, label)
+
+
 def lowrank_target() -> Target:
     sde = jaxsde.VPSDE()
     mix = LowRankMixture.random(jax.random.PRNGKey(2024), 8, (16, 16), rank=8, std_range=(0.05, 0.3), floor=0.01)
@@ -82,13 +95,7 @@ def lowrank_target() -> Target:
         w = np.where(counts >= 2, counts, 0.0)
         return float(np.sqrt(np.sum(w * d2) / np.sum(w)))
 
-    def quality(x):
-        return distance(x), _bootstrap(distance, np.asarray(x))
-
-    def floor(key, n):
-        return quality(np.asarray(mix.ideal_sample(key, sde, n)))
-
-    return Target("lowrank", sde, mix.shape, mix.score(sde), quality, floor, "whitened mode W2")
+    return exact_target("lowrank", sde, mix, distance, "whitened mode W2")
 
 
 def gmm3072_target() -> Target:
@@ -99,13 +106,7 @@ def gmm3072_target() -> Target:
     def spread(x):
         return float(metrics.mode_spread_w2(mix, jnp.asarray(x), means, scales))
 
-    def quality(x):
-        return spread(x), _bootstrap(spread, np.asarray(x))
-
-    def floor(key, n):
-        return quality(np.asarray(mix.ideal_sample(key, sde, n)))
-
-    return Target("gmm3072", sde, mix.shape, mix.score(sde), quality, floor, "mode-spread W2 (whitened)")
+    return exact_target("gmm3072", sde, mix, spread, "mode-spread W2 (whitened)")
 
 
 def digits_target() -> Target:
