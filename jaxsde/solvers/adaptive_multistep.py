@@ -19,9 +19,9 @@ nodes ``lam_j`` (newest first, ``x0_0`` at ``lam_s``). With ``c = 1 + tau^2``:
 
 ``w_j = c int_0^h e^{-c (h - u)} l_j(u / h) du`` (:func:`~jaxsde.solvers.sa_solver.sa_weights`).
 The noise cancels in ``x_t - x~_t``: the error is that of the drift's quadrature, measured in the
-denoiser scale ``x / alpha`` and scaled by ``max(atol, rtol * max(|x_t / alpha_t|, |x_prev|))``
-(``x_prev``: the last accepted state in that scale), RMS over the sample's elements. The
-corrected ``x_t`` is kept (local extrapolation) and ``x0_t`` is stored for the next steps.
+denoiser scale ``x / alpha`` and scaled by ``max(atol, rtol * max(|x_t / alpha_t|, |x_s / alpha_s|))``,
+RMS over the sample's elements. The corrected ``x_t`` is kept (local extrapolation)
+and ``x0_t`` is stored for the next steps.
 
 ``tau = 0`` integrates the probability-flow ODE; ``tau = 1`` the reverse-time SDE
 ``dx = [f x - g^2 score] dt + g dw_bar`` (any ``tau >= 0`` has the forward marginals); its linear
@@ -52,7 +52,6 @@ class MultistepState(NamedTuple):
     hist: Array  # (order, *x.shape) data predictions at the last accepted nodes, newest first
     hist_lam: Array  # (order,) their half log-SNR
     count: Array  # int32: how many entries of hist are real (1 .. order)
-    x_prev: Array  # the current accepted state in the denoiser scale x / alpha
 
 
 @solver_class
@@ -154,10 +153,9 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
     def start(self, sde, score, x, t_start, t_end) -> SolverInit:
         lam0 = half_log_snr(sde, t_start).astype(x.dtype)
         lam_end = half_log_snr(sde, t_end).astype(x.dtype)
-        alpha, _ = sde.marginal(t_start)
         hist = jnp.zeros((self.history_size, *x.shape), x.dtype).at[0].set(data_prediction(sde, score, x, t_start))
         hist_lam = jnp.full((self.history_size,), lam0, x.dtype)
-        state = MultistepState(lam0, lam_end, hist, hist_lam, jnp.ones((), jnp.int32), x / alpha)
+        state = MultistepState(lam0, lam_end, hist, hist_lam, jnp.ones((), jnp.int32))
         return SolverInit(h=jnp.asarray(self.h_init, x.dtype), state=state, nfe=1)
 
     def _nodes(self, state: MultistepState, step):
@@ -166,7 +164,7 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
         return [jnp.where(j < state.count, (state.hist_lam[j] - state.lam) / step, 2.0 + j)
                 for j in range(self.history_size)]
 
-    def _history_error(self, sde, step, nodes, tau2, state: MultistepState):
+    def _history_error(self, sde, step, nodes, tau2, state: MultistepState, x_d):
         """``tau > 0``: the explicit pair on the history alone (orders ``m`` and ``m - 1``,
         ``m = min(order + 1, count)``; 0 before two evaluations exist: the attempt then uses the PEC
         pair), in the denoiser scale,
@@ -176,7 +174,7 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
         w_hi = sa_weights(m, step, nodes, tau2, False, False)
         w_lo = sa_weights(jnp.maximum(m - 1, 1), step, nodes, tau2, False, False)
         diff = combine([a - b for a, b in zip(w_hi, w_lo, strict=True)], state.hist)
-        delta = jnp.maximum(self.resolved_atol(sde), self.rtol * jnp.abs(state.x_prev))
+        delta = jnp.maximum(self.resolved_atol(sde), self.rtol * jnp.abs(x_d))
         return jnp.where(m >= 2, jnp.sqrt(jnp.mean(jnp.square(diff / delta))), 0.0)
 
     def predicted_error(self, sde, x, t, h, state: MultistepState, t_end):
@@ -184,14 +182,15 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
             return None
         step = self._target(state, h) - state.lam
         tau2 = jnp.asarray(self.tau, x.dtype) ** 2
-        return self._history_error(sde, step, self._nodes(state, step), tau2, state)
+        return self._history_error(sde, step, self._nodes(state, step), tau2, state, x / sde.marginal(t)[0])
 
     def attempt(self, sde, score, x, t, h, state: MultistepState, z, t_end) -> Attempt:
         lam_s = state.lam
         lam_t = self._target(state, h)
         step = lam_t - lam_s
         t_next = self._time(sde, lam_t, state, t_end)
-        _, sigma_s = sde.marginal(t)
+        alpha_s, sigma_s = sde.marginal(t)
+        x_d = x / alpha_s  # the current state in the denoiser scale
         alpha_t, sigma_t = sde.marginal(t_next)
         tau2 = jnp.asarray(self.tau, x.dtype) ** 2
         size = self.history_size
@@ -208,12 +207,12 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
         corr_d = x_corr / alpha_t
 
         if self.tau:  # the first step (one evaluation stored) has no history pair: the PEC pair
-            pec = (corr_d - x_pred / alpha_t) / jnp.maximum(self.resolved_atol(sde), self.rtol * jnp.abs(state.x_prev))
-            error = jnp.where(state.count >= 2, self._history_error(sde, step, nodes, tau2, state),
+            pec = (corr_d - x_pred / alpha_t) / jnp.maximum(self.resolved_atol(sde), self.rtol * jnp.abs(x_d))
+            error = jnp.where(state.count >= 2, self._history_error(sde, step, nodes, tau2, state, x_d),
                               jnp.sqrt(jnp.mean(jnp.square(pec))))
         else:
             delta = jnp.maximum(self.resolved_atol(sde), self.rtol * jnp.maximum(jnp.abs(corr_d),
-                                                                                 jnp.abs(state.x_prev)))
+                                                                                 jnp.abs(x_d)))
             error = jnp.sqrt(jnp.mean(jnp.square((corr_d - x_pred / alpha_t) / delta)))
         new = MultistepState(
             lam=lam_t,
@@ -221,7 +220,6 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
             hist=push(state.hist, x0_new),
             hist_lam=push(state.hist_lam, lam_t),
             count=jnp.minimum(state.count + 1, size),
-            x_prev=corr_d,
         )
         return Attempt(x=x_corr, t=t_next, error=error, state=new, nfe=1,
                        ok=jnp.all(jnp.isfinite(state.hist[0])), h=step)
