@@ -5,13 +5,14 @@
 See ``solve``/``sample`` (the driver), the SDEs, and the solvers below.
 """
 
-from . import checkpoints, controllers, editing, embedded, grids, models, noise, results, sparse
+from . import checkpoints, controllers, editing, embedded, grids, models, noise, precision, results, sparse
 from .driver import BatchSummary, Solution, Stats, sample, sample_keys, solve, solve_batch, summarize
 from .editing import Inpainting, inpaint, sdedit
 from .embedded import Checkpoint, pretrained
 from .generate import Generated, GenerateSummary, generate
 from .grids import time_grid
 from .noise import BrownianNoise, FreshNoise, GivenNoise
+from .precision import cast_params, mixed_precision
 from .sde import SDE, VESDE, VPSDE, DiscreteVPSDE, ScoreFn, SubVPSDE
 from .solvers import (
     DDIM,
@@ -86,4 +87,7 @@ __all__ = [
     "models",
     "pretrained",
     "Checkpoint",
+    "mixed_precision",
+    "cast_params",
+    "precision",
 ]

@@ -71,15 +71,37 @@ class _LoopState(NamedTuple):
     failed: Array  # bool: an attempt produced non-finite values (latched; checked only if check_finite)
 
 
-def _validate(sde: SDE, score: ScoreFn, solver: Solver, x_T: Array, t_start, t_end, max_steps):
+def _check_types(sde: SDE, score: ScoreFn, solver: Solver, x_T: Any) -> None:
+    """The checks that must run before any attribute of the arguments is read."""
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be a jaxsde SDE (VPSDE, SubVPSDE, VESDE, ...), got {type(sde).__name__}")
     if not isinstance(solver, Solver):
-        raise TypeError(f"solver must be a jaxsde solver object, got {type(solver).__name__}")
+        raise TypeError(f"solver must be a jaxsde solver object (e.g. GottaGoFast(rtol=0.05)), "
+                        f"got {type(solver).__name__}")
     if not callable(score):
         raise TypeError("score must be a callable score(x, t) -> array shaped like x")
-    if not jnp.issubdtype(x_T.dtype, jnp.floating):
-        raise TypeError(f"x_T must be a floating-point array, got dtype {x_T.dtype}")
+    dtype = getattr(x_T, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"x_T must be a floating-point array, got {dtype if dtype is not None else type(x_T).__name__}")
+    if jnp.dtype(dtype).itemsize < 4:
+        raise TypeError(
+            f"x_T has dtype {dtype}: the solver state (x, t, step sizes, coefficients) must be float32 or "
+            f"float64; a 16-bit time grid repeats times and mis-sizes steps. Keep the state in float32 and "
+            f"run the network in low precision: score = jaxsde.mixed_precision(score, jnp.{dtype})"
+        )
+
+
+def _check_noise(noise: Any, solver: Solver) -> None:
+    """A finite noise source must serve every attempt of a fixed grid."""
+    available, needed = getattr(noise, "num_attempts", None), solver.max_attempts()
+    if solver.noise_per_attempt and available is not None and needed is not None and available < needed:
+        raise ValueError(
+            f"the noise source has {available} attempts of noise, the solver's fixed grid takes {needed}; "
+            f"give GivenNoise.z a leading axis of at least {needed}"
+        )
+
+
+def _validate(sde: SDE, score: ScoreFn, solver: Solver, x_T: Array, t_start, t_end, max_steps):
     for name, value in (("t_start", t_start), ("t_end", t_end)):
         if not (isinstance(value, int | float) and math.isfinite(value)):
             raise ValueError(f"{name} must be a finite Python float, got {value!r}")
@@ -96,8 +118,18 @@ def _validate(sde: SDE, score: ScoreFn, solver: Solver, x_T: Array, t_start, t_e
             f"score(x, t) must return an array shaped like x (one sample, no batch axis): "
             f"x_T has shape {x_T.shape}, the score returned {found}"
         )
-    if out.dtype != x_T.dtype:
-        raise ValueError(f"score returned dtype {out.dtype} for x of dtype {x_T.dtype}; make them match")
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(f"score(x, t) must return a floating-point array, got dtype {out.dtype}")
+    return out.dtype
+
+
+def _in_state_dtype(score: ScoreFn, dtype) -> ScoreFn:
+    """``score`` with its output cast to the state's dtype (a network computing in bf16/f16)."""
+
+    def cast(x: Array, t: Array) -> Array:
+        return score(x, t).astype(dtype)
+
+    return cast
 
 
 class Problem(NamedTuple):
@@ -136,17 +168,21 @@ def prepare(
     check_finite: bool = True,
 ) -> Problem:
     """Resolve defaults and validate (see :func:`solve`); ``x_T`` may be a ``jax.ShapeDtypeStruct``."""
+    _check_types(sde, score, solver, x_T)
     span = solver.time_span()
     default_start, default_end = span if span is not None else (sde.T, sde.eps)
     t_start = float(default_start if t_start is None else t_start)
     t_end = float(default_end if t_end is None else t_end)
-    _validate(sde, score, solver, x_T, t_start, t_end, max_steps)
+    score_dtype = _validate(sde, score, solver, x_T, t_start, t_end, max_steps)
     if span is not None and (t_start, t_end) != (span[0], span[1]):
         raise ValueError(f"the solver's custom grid spans {span}; t_start/t_end {(t_start, t_end)} disagree")
     fixed = solver.max_attempts()
     if max_steps is None:
         max_steps = fixed if fixed is not None else 10_000
     noise = FreshNoise() if noise is None else noise
+    _check_noise(noise, solver)
+    if score_dtype != x_T.dtype:
+        score = _in_state_dtype(score, x_T.dtype)
     return Problem(sde, score, solver, tuple(x_T.shape), x_T.dtype, t_start, t_end, max_steps, denoise, noise,
                    bool(check_finite))
 
@@ -199,6 +235,9 @@ def step(p: Problem, key: Array, s: _LoopState) -> _LoopState:
         z = p.noise.draw(key, s.stats.num_steps, s.t, t_next, (p.solver.noise_per_attempt, *p.shape), p.dtype)
     out = p.solver.step(p.sde, p.score, s.x, s.t, s.h, s.solver_state, z, t_end_arr)
     status = jnp.asarray(out.status, jnp.int32)
+    available = getattr(p.noise, "num_attempts", None) if p.solver.noise_per_attempt else None
+    if available is not None:  # past the end of a GivenNoise: stop, commit nothing (never a clamped reuse)
+        status = jnp.where(s.stats.num_steps >= available, results.NOISE_EXHAUSTED, status)
     ok = status == results.SUCCESS
     failed = s.failed
     if p.check_finite and not p.solver.keeps_finite:
@@ -240,14 +279,19 @@ def finalize(p: Problem, s: _LoopState) -> Solution:
     result = jnp.where((result == results.SUCCESS) & (t > t_end_arr), results.MAX_STEPS_REACHED, result)
     result = result.astype(jnp.int32)
     nfe = stats.nfe
-    if p.denoise:
+    if p.denoise:  # only a sample that reached t_end: a failed one keeps its raw state at sol.t
         score = p.solver.state_score(p.sde, x, t, s.solver_state)
-        if score is None:
-            score, nfe = p.score(x, t), nfe + 1
+        evaluated = score is None
+        if evaluated:
+            score = p.score(x, t)
         denoised = p.sde.tweedie(x, t, score)
+        reached = result == results.SUCCESS
         bad = ~jnp.all(jnp.isfinite(denoised))
-        result = jnp.where((result == results.SUCCESS) & bad, results.NONFINITE, result).astype(jnp.int32)
-        x = jnp.where(bad, x, denoised)
+        result = jnp.where(reached & bad, results.NONFINITE, result).astype(jnp.int32)
+        apply = reached & ~bad
+        x = jnp.where(apply, denoised, x)
+        if evaluated:
+            nfe = nfe + reached.astype(nfe.dtype)
     return Solution(x=x, t=t, stats=stats._replace(nfe=nfe), result=result)
 
 
@@ -270,18 +314,25 @@ def solve(
     Args:
       key: PRNG key of this sample's noise (unused by deterministic solvers).
       sde: the forward SDE (e.g. ``VPSDE()``).
-      score: ``score(x, t)`` for one sample (no batch axis), ``t`` a scalar.
+      score: ``score(x, t)`` for one sample (no batch axis), ``t`` a scalar. It may return a
+        lower-precision float than ``x`` (a network in bfloat16 or float16): the driver casts it
+        to ``x``'s dtype (see :func:`jaxsde.mixed_precision`).
       solver: e.g. ``GottaGoFast(rtol=0.05)``, ``EulerMaruyama(1000)``.
-      x_T: the starting state at ``t_start``, shaped like one sample.
+      x_T: the starting state at ``t_start``, shaped like one sample; float32 or float64 (it
+        sets the dtype of the whole solver state; 16-bit states are refused).
       t_start: start time, default ``sde.T`` (or a custom grid's first time).
       t_end: end time in ``(0, T)``, default ``sde.eps`` (or a custom grid's last time).
-      denoise: apply the final Tweedie step ``x <- (x + sigma^2 s(x, t_end)) / alpha``
-        (1 more score evaluation, counted in ``nfe``; none for ``ProbabilityFlow``, whose last
-        RK stage already evaluated the score there).
+      denoise: apply the final Tweedie step ``x <- (x + sigma^2 s(x, t_end)) / alpha`` to a
+        sample that reached ``t_end`` (1 more score evaluation, counted in ``nfe``; none for
+        ``ProbabilityFlow``, whose last RK stage already evaluated the score there). A sample
+        that stopped early (any code but ``SUCCESS``) is returned undenoised, at ``sol.t``, and
+        the evaluation is not counted.
       max_steps: cap on loop iterations (attempts); default 10_000 for adaptive solvers,
         the exact step count for fixed-step solvers. Reaching it gives
         ``results.MAX_STEPS_REACHED``.
-      noise: a noise source (``noise.FreshNoise()`` by default, or ``noise.GivenNoise(z)``).
+      noise: a noise source (``noise.FreshNoise()`` by default, or ``noise.GivenNoise(z)``). A
+        ``GivenNoise`` shorter than a fixed grid is refused; an adaptive solve that uses it up
+        stops with ``results.NOISE_EXHAUSTED``.
       check_finite: check the state for non-finite values after every step (default): a failed
         sample returns its last finite state, at ``t``, with ``results.NONFINITE``; adaptive
         solvers stop it there, fixed-grid solvers let it run to the grid's end like the rest of
@@ -324,7 +375,8 @@ def solve_batch(
     (sample ``i`` then matches ``generate``'s bitwise on well-conditioned grids).
     """
     x_T = jnp.asarray(x_T)
-    p = prepare(sde, score, solver, jax.ShapeDtypeStruct(x_T.shape[1:], x_T.dtype), noise=None, **solve_kwargs)
+    one_noise = None if noise is None else jax.tree_util.tree_map(lambda a: a[0], noise)
+    p = prepare(sde, score, solver, jax.ShapeDtypeStruct(x_T.shape[1:], x_T.dtype), noise=one_noise, **solve_kwargs)
     t_start = jnp.full((x_T.shape[0],), p.t_start, p.dtype)
 
     def one(k, x, nz, t0):
@@ -375,12 +427,14 @@ def sample(
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     shape = tuple(int(s) for s in shape)
+    _check_types(sde, score, solver, jax.ShapeDtypeStruct(shape, dtype))
     prior_keys, solve_keys = sample_keys(key, n, offset)
     x_T = jax.vmap(lambda k: sde.prior_sample(k, shape, dtype))(prior_keys)
 
     if progress:
+        one_noise = None if noise is None else jax.tree_util.tree_map(lambda a: a[0], noise)
         return _sample_with_progress(solve_keys, x_T, noise, progress, progress_every,
-                                     prepare(sde, score, solver, x_T[0], **solve_kwargs))
+                                     prepare(sde, score, solver, x_T[0], noise=one_noise, **solve_kwargs))
 
     return solve_batch(solve_keys, sde, score, solver, x_T, noise=noise, **solve_kwargs)
 

@@ -32,7 +32,9 @@ NAMES = ("digits", "digits-large", "digits-medium", "digits-small", "digits-ve")
 
 class Checkpoint(NamedTuple):
     """A loaded score model: ``score`` closes over ``params``;
-    ``score_fn(params)`` builds one for traced params."""
+    ``score_fn(params)`` builds one for traced params (the embedded models'
+    ``score_fn(params, compute_dtype=jnp.bfloat16)`` runs the network in bfloat16, see
+    :mod:`jaxsde.precision`)."""
 
     model: nn.Module
     params: Any
@@ -74,8 +76,8 @@ def load_weights_file(path: str, name: str | None = None) -> Checkpoint:
     expected = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, *shape)), jnp.zeros((1,)))
     params = _restore(expected, payload["params_ema"], path)
 
-    def score_fn(p):
-        return make_score_fn(model.apply, p, sde, config.parameterization, config.sigma_data)
+    def score_fn(p, compute_dtype=None):
+        return make_score_fn(model.apply, p, sde, config.parameterization, config.sigma_data, compute_dtype)
 
     return Checkpoint(model=model, params=params, sde=sde, score=score_fn(params), score_fn=score_fn, shape=shape,
                       data_range=sde.data_range, config=cfg, name=name or os.path.basename(path))

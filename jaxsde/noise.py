@@ -13,7 +13,10 @@ at once: an array shaped ``(count, *sample_shape)`` where ``count`` is the solve
   (e.g. ``diffrax.VirtualBrownianTree``), so jaxsde and diffrax consume identical noise.
 
 ``draw(key, attempt, t, t_next, shape, dtype)``: the attempt integrates from ``t`` down to
-``t_next < t`` (as the solver's ``attempt_end`` defines it).
+``t_next < t`` (as the solver's ``attempt_end`` defines it). ``num_attempts``: how many attempts
+the source can serve (``None``: unlimited). The driver refuses a fixed-grid solve that needs more
+up front, and stops an adaptive one that runs past the end with ``results.NOISE_EXHAUSTED``;
+a custom source without the attribute counts as unlimited.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ __all__ = ["FreshNoise", "GivenNoise", "BrownianNoise"]
 class FreshNoise(NamedTuple):
     """Standard normals from ``jax.random.fold_in(key, attempt)``; no state."""
 
+    num_attempts = None
+
     def draw(self, key: Array, attempt: Array, t: Array, t_next: Array, shape: tuple[int, ...], dtype) -> Array:
         del t, t_next
         # Drawn flat, then reshaped: the same numbers as drawing ``shape`` directly (threefry fills
@@ -44,11 +49,17 @@ class FreshNoise(NamedTuple):
 class GivenNoise(NamedTuple):
     """Pre-drawn standard normals ``z`` shaped ``(num_attempts, count, *sample_shape)``.
 
-    Attempt ``k`` uses ``z[k]``; attempts past the end clamp to the last entry (size it
-    for the solver's number of attempts, e.g. ``num_steps`` for fixed-step solvers).
+    Attempt ``k`` uses ``z[k]``. Size it for the solver's number of attempts: a fixed-grid
+    solve needs ``num_steps`` entries (fewer is refused before the solve), an adaptive one as
+    many as it takes attempts (one that runs past the end stops there, at its state so far, with
+    ``results.NOISE_EXHAUSTED``; ``max_steps`` is a safe size).
     """
 
     z: Array
+
+    @property
+    def num_attempts(self) -> int:
+        return int(self.z.shape[0])
 
     def draw(self, key: Array, attempt: Array, t: Array, t_next: Array, shape: tuple[int, ...], dtype) -> Array:
         del key, t, t_next
@@ -69,6 +80,7 @@ class BrownianNoise(NamedTuple):
     """
 
     path: object
+    num_attempts = None
 
     def draw(self, key: Array, attempt: Array, t: Array, t_next: Array, shape: tuple[int, ...], dtype) -> Array:
         del key, attempt

@@ -11,6 +11,7 @@ import numpy as np
 SUCCESS = 0
 MAX_STEPS_REACHED = 1
 NONFINITE = 2
+NOISE_EXHAUSTED = 3
 
 MESSAGES = {
     SUCCESS: "success",
@@ -19,13 +20,19 @@ MESSAGES = {
         "loosen the tolerances, or use more grid steps"
     ),
     NONFINITE: (
-        "a non-finite value (NaN/inf) appeared in the state or the score; the returned x is "
-        "the last finite state, at time sol.t. Check the score network, the time "
+        "a non-finite value (NaN/inf) appeared in the state or the score (with check_finite=True, "
+        "the default, the returned x is the last finite state, at time sol.t; with "
+        "check_finite=False it is the non-finite final state). Check the score network, the time "
         "conditioning and the data range of x_T"
+    ),
+    NOISE_EXHAUSTED: (
+        "the GivenNoise array ran out: the adaptive solve needed more attempts than z has entries; "
+        "x is the state at sol.t after the last attempt that had noise. Give z more entries "
+        "(max_steps is a safe count) or use FreshNoise"
     ),
 }
 
-__all__ = ["SUCCESS", "MAX_STEPS_REACHED", "NONFINITE", "MESSAGES", "describe", "raise_if_failed"]
+__all__ = ["SUCCESS", "MAX_STEPS_REACHED", "NONFINITE", "NOISE_EXHAUSTED", "MESSAGES", "describe", "raise_if_failed"]
 
 
 def describe(code: int) -> str:

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import jax
 import jax.numpy as jnp
 
+from ..precision import cast_params
 from ..sde import SDE
 
 PARAMETERIZATIONS = ("eps", "x0", "v", "score")
@@ -45,32 +45,39 @@ def output_to_score(sde: SDE, out, x, t, parameterization: str):
     raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}")
 
 
-def batched_score(apply: Callable, sde: SDE, parameterization: str = "eps", sigma_data: float = 0.5):
-    """``score(params, x, t)`` for a batch ``x: (B, ...)``, ``t: (B,)``."""
+def batched_score(apply: Callable, sde: SDE, parameterization: str = "eps", sigma_data: float = 0.5,
+                  compute_dtype=None):
+    """``score(params, x, t)`` for a batch ``x: (B, ...)``, ``t: (B,)``.
+
+    ``compute_dtype`` (e.g. ``jnp.bfloat16``): the network runs on parameters, input and time
+    cast to it, and its output is cast back to ``x``'s dtype before the conversion to a score;
+    the preconditioning and the conversion stay in ``x``'s precision. ``None``: no casts.
+    """
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}")
 
     def score(params, x, t):
         shape = (-1,) + (1,) * (x.ndim - 1)
         c_in = input_scale(sde, t, sigma_data).reshape(shape)
-        out = apply(params, c_in * x, t)
+        if compute_dtype is None:
+            out = apply(params, c_in * x, t)
+        else:
+            out = apply(cast_params(params, compute_dtype), (c_in * x).astype(compute_dtype),
+                        t.astype(compute_dtype)).astype(x.dtype)
         tb = t.reshape(shape)
         return output_to_score(sde, out, x, tb, parameterization)
 
     return score
 
 
-def score_fn(apply: Callable, params, sde: SDE, parameterization: str = "eps", sigma_data: float = 0.5):
-    """A one-sample score function ``score(x, t)`` closing over ``params`` (may be traced)."""
-    batched = batched_score(apply, sde, parameterization, sigma_data)
+def score_fn(apply: Callable, params, sde: SDE, parameterization: str = "eps", sigma_data: float = 0.5,
+             compute_dtype=None):
+    """A one-sample score function ``score(x, t)`` closing over ``params`` (may be traced);
+    ``compute_dtype`` as for :func:`batched_score`."""
+    batched = batched_score(apply, sde, parameterization, sigma_data, compute_dtype)
 
     def score(x, t):
         t = jnp.asarray(t, x.dtype)
         return batched(params, x[None], t[None])[0]
 
     return score
-
-
-def cast_tree(tree, dtype):
-    """Cast every floating leaf of ``tree`` to ``dtype``."""
-    return jax.tree_util.tree_map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)

@@ -18,10 +18,14 @@ nodes ``lam_j`` (newest first, ``x0_0`` at ``lam_s``). With ``c = 1 + tau^2``:
   ``x_t = (sigma_t / sigma_s) e^{-tau^2 h} x_s + alpha_t sum_j w'_j x0_j + sigma_t sqrt(1 - e^{-2 tau^2 h}) z``;
 
 ``w_j = c int_0^h e^{-c (h - u)} l_j(u / h) du`` (:func:`~jaxsde.solvers.sa_solver.sa_weights`).
-The noise cancels in ``x_t - x~_t``: the error is that of the drift's quadrature, measured in the
-denoiser scale ``x / alpha`` and scaled by ``max(atol, rtol * max(|x_t / alpha_t|, |x_s / alpha_s|))``,
-RMS over the sample's elements. The corrected ``x_t`` is kept (local extrapolation)
-and ``x0_t`` is stored for the next steps.
+The noise cancels in ``x_t - x~_t``: the error is that of the drift's quadrature. Both it and the
+tolerance are measured at the step's end, in the denoiser scale of ``t``: the error
+``(x_t - x~_t) / alpha_t`` against ``max(atol, rtol * max(|x_t|, |x_s|) / alpha_t)``, RMS over the
+sample's elements (for ``alpha = 1`` this is k-diffusion's mixed tolerance; dividing ``x_s`` by its
+own ``alpha_s`` instead would loosen a long step out of the noisy regime by ``alpha_t / alpha_s``,
+and a step across the data's transition, where the denoiser stops contracting errors, would pass
+unchecked). The corrected ``x_t`` is kept (local extrapolation) and ``x0_t`` is stored for the
+next steps.
 
 ``tau = 0`` integrates the probability-flow ODE; ``tau = 1`` the reverse-time SDE
 ``dx = [f x - g^2 score] dt + g dw_bar`` (any ``tau >= 0`` has the forward marginals); its linear
@@ -167,9 +171,9 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
     def _history_error(self, sde, step, nodes, tau2, state: MultistepState, x_d):
         """``tau > 0``: the explicit pair on the history alone (orders ``m`` and ``m - 1``,
         ``m = min(order + 1, count)``; 0 before two evaluations exist: the attempt then uses the PEC
-        pair), in the denoiser scale,
-        scaled by ``max(atol, rtol |x_s / alpha_s|)``: known before the step's noise is drawn, so
-        acceptance never selects on it (no bias from rejecting unlucky draws)."""
+        pair), in the denoiser scale of the step's end, scaled by ``max(atol, rtol |x_d|)`` with
+        ``x_d = x_s / alpha_t``: known before the step's noise is drawn, so acceptance never
+        selects on it (no bias from rejecting unlucky draws)."""
         m = jnp.minimum(state.count, self.history_size)
         w_hi = sa_weights(m, step, nodes, tau2, False, False)
         w_lo = sa_weights(jnp.maximum(m - 1, 1), step, nodes, tau2, False, False)
@@ -180,18 +184,20 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
     def predicted_error(self, sde, x, t, h, state: MultistepState, t_end):
         if not self.tau:
             return None
-        step = self._target(state, h) - state.lam
+        lam_t = self._target(state, h)
+        step = lam_t - state.lam
         tau2 = jnp.asarray(self.tau, x.dtype) ** 2
-        return self._history_error(sde, step, self._nodes(state, step), tau2, state, x / sde.marginal(t)[0])
+        alpha_t = sde.marginal(self._time(sde, lam_t, state, t_end))[0]
+        return self._history_error(sde, step, self._nodes(state, step), tau2, state, x / alpha_t)
 
     def attempt(self, sde, score, x, t, h, state: MultistepState, z, t_end) -> Attempt:
         lam_s = state.lam
         lam_t = self._target(state, h)
         step = lam_t - lam_s
         t_next = self._time(sde, lam_t, state, t_end)
-        alpha_s, sigma_s = sde.marginal(t)
-        x_d = x / alpha_s  # the current state in the denoiser scale
+        sigma_s = sde.marginal(t)[1]
         alpha_t, sigma_t = sde.marginal(t_next)
+        x_d = x / alpha_t  # the current state in the denoiser scale of the step's end
         tau2 = jnp.asarray(self.tau, x.dtype) ** 2
         size = self.history_size
         q = jnp.minimum(state.count, self.order)

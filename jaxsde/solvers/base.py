@@ -147,10 +147,14 @@ class AdaptiveSolver(Solver):
     def predicted_error(self, sde, x: Array, t: Array, h: Array, state, t_end: Array) -> Array | None:
         """The scaled error norm of a trial step ``h`` when it is known before the step's score
         evaluation (from the accepted past only), else ``None``. :meth:`step` then shrinks the trial
-        step until the controller accepts it (at most ``presteps`` rounds, no evaluation spent)."""
+        step until the controller accepts it (at most ``presteps`` rounds, no evaluation spent;
+        each round shrinks by at most ``1 / prestep_factor_min``: a trial step many times the
+        history's spacing extrapolates, its predicted error is far from asymptotic in ``h``, and a
+        controller without factor limits would overshoot)."""
         return None
 
     presteps: int = 3
+    prestep_factor_min: float = 0.2
 
     def remaining(self, state, t: Array, t_end: Array) -> Array:
         """What is left to integrate after ``t``, in step units (``state``: the solver's own)."""
@@ -173,7 +177,8 @@ class AdaptiveSolver(Solver):
             if predicted is None:
                 break
             early = self.step_controller.decide(state.controller, predicted, self.error_order)
-            h = jnp.where(early.accepted | ~jnp.isfinite(predicted), h, h * early.factor).astype(h.dtype)
+            shrink = jnp.maximum(early.factor, self.prestep_factor_min)
+            h = jnp.where(early.accepted | ~jnp.isfinite(predicted), h, h * shrink).astype(h.dtype)
         a = self.attempt(sde, score, x, t, h, state.solver, z, t_end)
         finite = jnp.isfinite(a.error) & jnp.all(jnp.isfinite(a.x))
         decision = self.step_controller.decide(state.controller, jnp.where(finite, a.error, jnp.inf),

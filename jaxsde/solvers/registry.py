@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from .adaptive_multistep import AdaptiveMultistepSolver
@@ -20,30 +21,31 @@ from .sa_solver import SASolver
 
 # name -> (constructor from options, one-line description)
 _REGISTRY: dict[str, tuple[Callable[..., Solver], str]] = {
-    "ggf": (lambda rtol=0.05, atol=None, **_: GottaGoFast(rtol=rtol, atol=atol), "Gotta Go Fast (--rtol, --atol)"),
-    "dpm-adaptive": (lambda rtol=0.05, atol=None, eta=0.0, **_: AdaptiveDPMSolver(rtol=rtol, atol=atol, eta=eta),
+    "ggf": (lambda rtol=0.05, atol=None: GottaGoFast(rtol=rtol, atol=atol), "Gotta Go Fast (--rtol, --atol)"),
+    "dpm-adaptive": (lambda rtol=0.05, atol=None, eta=0.0: AdaptiveDPMSolver(rtol=rtol, atol=atol, eta=eta),
                      "adaptive DPM-Solver-23 in log-SNR, data prediction (--rtol, --atol, --eta)"),
-    "multistep-adaptive": (lambda rtol=0.05, atol=None, eta=0.0, **_: AdaptiveMultistepSolver(rtol=rtol, atol=atol,
+    "multistep-adaptive": (lambda rtol=0.05, atol=None, eta=0.0: AdaptiveMultistepSolver(rtol=rtol, atol=atol,
                                                                                               tau=eta),
                            "adaptive exponential Adams PEC, 1 NFE per step (--rtol, --atol, --eta = tau)"),
-    "em": (lambda steps=1000, **_: EulerMaruyama(steps), "Euler-Maruyama (--steps)"),
-    "rd": (lambda steps=1000, **_: ReverseDiffusion(steps), "reverse-diffusion predictor (--steps)"),
-    "pc": (lambda steps=1000, snr=0.01, **_: PredictorCorrector(steps, snr=snr),
+    "em": (lambda steps=1000: EulerMaruyama(steps), "Euler-Maruyama (--steps)"),
+    "rd": (lambda steps=1000: ReverseDiffusion(steps), "reverse-diffusion predictor (--steps)"),
+    "pc": (lambda steps=1000, snr=0.01: PredictorCorrector(steps, snr=snr),
            "reverse diffusion + Langevin corrector (--steps, --snr)"),
-    "pf": (lambda rtol=1e-5, atol=None, **_: ProbabilityFlow(rtol=rtol, atol=rtol if atol is None else atol),
+    "pf": (lambda rtol=1e-5, atol=None: ProbabilityFlow(rtol=rtol, atol=rtol if atol is None else atol),
            "probability-flow ODE, adaptive dopri5 (--rtol, --atol)"),
-    "ddim": (lambda steps=50, **_: DDIM(steps), "DDIM, eta=0 (--steps)"),
-    "dpmpp": (lambda steps=20, **_: DPMSolverPP(steps, order=2), "DPM-Solver++ 2M (--steps)"),
-    "sa": (lambda steps=20, **_: SASolver(steps), "SA-Solver 3/4 (--steps)"),
-    "fv": (lambda steps=10, **_: ForwardValue(steps), "forward-value sampler F-DDIM (--steps)"),
-    "edm": (lambda steps=18, **_: EDMHeun(steps), "EDM Heun (--steps)"),
-    "mlem": (lambda steps=200, **_: MultilevelEM(steps, probabilities=(1.0, 0.5, 0.25)),
+    "ddim": (lambda steps=50: DDIM(steps), "DDIM, eta=0 (--steps)"),
+    "dpmpp": (lambda steps=20: DPMSolverPP(steps, order=2), "DPM-Solver++ 2M (--steps)"),
+    "sa": (lambda steps=20: SASolver(steps), "SA-Solver 3/4 (--steps)"),
+    "fv": (lambda steps=10: ForwardValue(steps), "forward-value sampler F-DDIM (--steps)"),
+    "edm": (lambda steps=18: EDMHeun(steps), "EDM Heun (--steps)"),
+    "mlem": (lambda steps=200: MultilevelEM(steps, probabilities=(1.0, 0.5, 0.25)),
              "multilevel EM over digits-small/medium/large, p = (1, 0.5, 0.25) (--steps; model digits only)"),
 }
 
 
 def register(name: str, factory: Callable[..., Solver], description: str) -> None:
-    """Add a solver to the registry (``factory(**options)`` ignores options it does not use)."""
+    """Add a solver to the registry; ``factory``'s keyword parameters are the options it accepts
+    (:func:`make_solver` refuses any other option given a value)."""
     _REGISTRY[name] = (factory, description)
 
 
@@ -60,4 +62,11 @@ def make_solver(name: str, **options) -> Solver:
     if name not in _REGISTRY:
         raise ValueError(f"unknown solver {name!r}; available: {', '.join(solver_names())}")
     factory = _REGISTRY[name][0]
-    return factory(**{k: v for k, v in options.items() if v is not None})
+    given = {k: v for k, v in options.items() if v is not None}
+    accepted = set(inspect.signature(factory).parameters)
+    unused = sorted(set(given) - accepted)
+    if unused:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unused)
+        takes = ", ".join("--" + k.replace("_", "-") for k in sorted(accepted)) or "no options"
+        raise ValueError(f"solver {name!r} does not use {flags}; it takes {takes}")
+    return factory(**given)
