@@ -91,6 +91,19 @@ def _check_types(sde: SDE, score: ScoreFn, solver: Solver, x_T: Any) -> None:
         )
 
 
+def _static_time(name: str, value: Any) -> float:
+    """A start or end time as a Python float: they are static (they shape the compiled program)."""
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(f"{name} must be a static Python float, got a traced value; pass it as a "
+                        f"constant (or mark it static in jax.jit)")
+    if isinstance(value, str | bytes):
+        raise TypeError(f"{name} must be a Python float, got {type(value).__name__} {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a Python float, got {type(value).__name__}") from None
+
+
 def _check_noise(noise: Any, solver: Solver) -> None:
     """A finite noise source must serve every attempt of a fixed grid."""
     available, needed = getattr(noise, "num_attempts", None), solver.max_attempts()
@@ -171,8 +184,8 @@ def prepare(
     _check_types(sde, score, solver, x_T)
     span = solver.time_span()
     default_start, default_end = span if span is not None else (sde.T, sde.eps)
-    t_start = float(default_start if t_start is None else t_start)
-    t_end = float(default_end if t_end is None else t_end)
+    t_start = _static_time("t_start", default_start if t_start is None else t_start)
+    t_end = _static_time("t_end", default_end if t_end is None else t_end)
     score_dtype = _validate(sde, score, solver, x_T, t_start, t_end, max_steps)
     if span is not None and (t_start, t_end) != (span[0], span[1]):
         raise ValueError(f"the solver's custom grid spans {span}; t_start/t_end {(t_start, t_end)} disagree")
