@@ -225,11 +225,11 @@ def sample_multilevel(key: Array, sde, score: MultilevelScore, solver: Multileve
     num_steps = jnp.full((n,), solver.num_steps, jnp.int32)
     result = jnp.where(ok, results.SUCCESS, results.NONFINITE).astype(jnp.int32)
     t_final = grid[num_accepted]  # failed: the last finite state's time
-    if denoise:  # as the driver: every sample's final state is denoised, a non-finite result is not applied
+    if denoise:  # as the driver: only a sample that reached t_end is denoised (and counted)
         denoised = jax.vmap(lambda xi, ti: sde.tweedie(xi, ti, score.levels[-1](xi, ti)))(x, t_final)
-        nfe = nfe + 1
+        nfe = nfe + ok.astype(nfe.dtype)
         bad = ~jnp.all(jnp.isfinite(denoised.reshape(n, -1)), axis=1)
         result = jnp.where(ok & bad, results.NONFINITE, result).astype(jnp.int32)
-        x = jnp.where(bad.reshape((n,) + (1,) * len(shape)), x, denoised)
+        x = jnp.where((ok & ~bad).reshape((n,) + (1,) * len(shape)), denoised, x)
     stats = Stats(nfe=nfe, num_accepted=num_accepted, num_rejected=jnp.zeros_like(nfe), num_steps=num_steps)
     return Solution(x=x, t=t_final, stats=stats, result=result)
