@@ -143,8 +143,9 @@ def _tols(rtols):
     return [(r, round(0.0078 * r / 0.05, 6)) for r in rtols]
 
 
-def rows(quick: bool) -> list[Row]:
+def rows(quick: bool, rtols: tuple[float, ...] | None = None) -> list[Row]:
     sweep = (0.5, 0.3, 0.2, 0.1, 0.05, 0.02) if quick else (0.5, 0.3, 0.2, 0.14, 0.1, 0.07, 0.05, 0.035, 0.02, 0.01)
+    sweep = rtols or sweep
     out = [Row("EM", "1000", "jaxsde", lambda: jaxsde.EulerMaruyama(1000))]
     for eta in (0.0, 1.0):
         fam = f"k-diffusion dpm_adaptive eta={eta:g}"
@@ -182,8 +183,9 @@ def prior(target: Target, seed: int, n: int):
 def run_jaxsde(target: Target, solver, seed: int, n: int, repeats: int):
     fn = jax.jit(lambda key: jaxsde.sample(key, target.sde, target.score, solver, target.shape, n))
     key = jax.random.PRNGKey(seed)
+    t0 = time.perf_counter()
     sol = jax.block_until_ready(fn(key))  # compile + warm-up
-    times = []
+    times = [time.perf_counter() - t0] if repeats == 0 else []  # --repeats 0: the first run, compile included
     for _ in range(repeats):
         t0 = time.perf_counter()
         jax.block_until_ready(fn(key))
@@ -228,8 +230,9 @@ def run_k_diffusion(target: Target, kwargs, x_T, seed: int, repeats: int):
         final = batched(jnp.asarray(out.numpy()), jnp.full((out.shape[0],), sigma_e / alpha_e, jnp.float32))
         return np.asarray(final), calls[0] + 1
 
+    t0 = time.perf_counter()
     x, nfe = once()
-    times = []
+    times = [time.perf_counter() - t0] if repeats == 0 else []
     for _ in range(repeats):
         t0 = time.perf_counter()
         once()
@@ -242,7 +245,10 @@ def main(argv=None):
     ap.add_argument("--problems", default="lowrank")
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="timed runs after a warm-up; 0: one run, its wall time includes compilation")
+    ap.add_argument("--rtols", default="", help="comma-separated rtol sweep of the adaptive samplers (default: "
+                                                "--quick's or the full one)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--families", default="", help="comma-separated substrings: only rows whose family has one")
     ap.add_argument("--name", default="")
@@ -255,7 +261,8 @@ def main(argv=None):
         x_T = prior(target, args.seed, n)
         floor_q, floor_sd = target.floor(jax.random.PRNGKey(args.seed + 17), n)
         results = []
-        selected = [r for r in rows(args.quick)
+        rtols = tuple(float(v) for v in args.rtols.split(",")) if args.rtols else None
+        selected = [r for r in rows(args.quick, rtols)
                     if not args.families or r.family == "EM" or any(f in r.family for f in args.families.split(","))]
         for row in selected:
             if row.lib == "jaxsde":
@@ -293,7 +300,9 @@ def write(args, command, target, n, floor_q, floor_sd, results):
     lines = [f"# Adaptive samplers at matched quality: {target.name}", "",
              f"`{command}` ({datetime.date.today()}, n = {n}, {jax.devices()[0].platform}, jax {jax.__version__})", "",
              f"Quality: {target.label}; exact-vs-exact floor {floor_q:.4f} +- {floor_sd:.4f}; EM-1000 "
-             f"{em['quality']:.4f} +- {em['sd']:.4f}. Within noise of EM-1000: q <= q(EM) + 2 sqrt(sd^2 + sd(EM)^2).",
+             f"{em['quality']:.4f} +- {em['sd']:.4f}. Within noise of EM-1000: q <= q(EM) + 2 sqrt(sd^2 + sd(EM)^2). "
+             "Wall s: " + ("one run, compilation included" if args.repeats == 0 else
+                           f"median of {args.repeats} runs after a warm-up") + ".",
              "", "## Fewest NFE within noise of EM-1000", "",
              "| sampler | setting | mean NFE | max NFE | quality | wall s |", "|---|---|---|---|---|---|"]
     for fam, r in sorted(best.items(), key=lambda kv: kv[1]["mean_nfe"]):

@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import datetime
 import os
+import subprocess
 import sys
 import tempfile
 import types
@@ -52,11 +54,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", required=True, help="a checkout of yang-song/score_sde_pytorch")
     parser.add_argument("--full", action="store_true", help="also the full-size CIFAR-10 VE and VP configs (slow)")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args()
+    command = "python benchmarks/crosscheck_score_sde_pytorch.py " + " ".join(sys.argv[1:])
+    try:
+        commit = subprocess.run(["git", "-C", args.repo, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown (not a git checkout)"
+    lines = ["# jaxsde's NCSN++ / DDPM++ port vs score_sde_pytorch's own NCSNpp", "",
+             f"`{command}` ({datetime.date.today()}; score_sde_pytorch {commit}; torch {{torch}}, "
+             f"jax {jax.__version__})",
+             "", "Perturbed random weights saved as a published-layout `.pth`, read by `load_pytorch`; one batch of 2 "
+             "through both forward passes (float32, CPU).", "",
+             "| config | overrides | parameters (torch / jax) | max abs error / max abs output |", "|---|---|---|---|"]
     cases = [(name, {**SMALL, **overrides}, kind) for name, overrides, kind in CASES]
     if args.full:
         cases += [("ncsnpp_cifar10_ve", {}, "sigma"), ("ddpmpp_cifar10_vp", {}, "label")]
     import torch
+
+    lines[2] = lines[2].replace("{torch}", torch.__version__)
 
     stubs = tempfile.mkdtemp()
     os.makedirs(os.path.join(stubs, "op"))
@@ -89,7 +106,15 @@ def main() -> None:
         err = float(np.max(np.abs(np.asarray(out) - ref)) / np.max(np.abs(ref)))
         n_torch = sum(p.numel() for p in net.parameters())
         n_jax = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(ckpt.params))
-        print(f"{name} {overrides}: params torch {n_torch} jax {n_jax}; max |out - ref| / max |ref| = {err:.2e}")
+        print(f"{name} {overrides}: params torch {n_torch} jax {n_jax}; max |out - ref| / max |ref| = {err:.2e}",
+              flush=True)
+        lines.append(f"| {name} | {overrides or 'full size'} | {n_torch} / {n_jax} | {err:.2e} |")
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "crosscheck_score_sde_pytorch.md")
+    with open(path + ".tmp", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(path + ".tmp", path)
+    print("wrote", path)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@
 
 from __future__ import annotations
 
+import datetime
+import os
+
 import diffrax as dfx
 import jax
 import jax.numpy as jnp
@@ -21,7 +24,8 @@ import jaxsde
 from jaxsde import exact
 
 
-def ggf_variance_bias():
+def ggf_variance_bias() -> list[str]:
+    lines = []
     sde = jaxsde.VPSDE()
     score = exact.gaussian_score(sde, 0.3, 0.2)
     ideal_std = exact.ideal_law(sde, 0.3, 0.2).var ** 0.5
@@ -31,12 +35,14 @@ def ggf_variance_bias():
         x = np.asarray(sol.x, np.float64)
         s = jaxsde.summarize(sol)
         rejected = s.mean_rejected / (s.mean_rejected + float(np.asarray(sol.stats.num_accepted).mean()))
-        print(f"GGF rtol 0.01, d={d}, n={n}: std / exact = {x.std() / ideal_std:.4f} "
-              f"(Monte-Carlo sd {1 / np.sqrt(2 * x.size):.4f}); rejected attempts {100 * rejected:.0f}%; "
-              f"mean NFE {s.mean_nfe:.0f}")
+        lines.append(f"GGF rtol 0.01, d={d}, n={n}: std / exact = {x.std() / ideal_std:.4f} "
+                     f"(Monte-Carlo sd {1 / np.sqrt(2 * x.size):.4f}); rejected attempts {100 * rejected:.0f}% "
+                     f"({s.mean_rejected:.2f} per sample); mean NFE {s.mean_nfe:.0f}")
+    return lines
 
 
-def shark_backward_time():
+def shark_backward_time() -> list[str]:
+    lines = []
     sde = jaxsde.VPSDE()
     score = exact.gaussian_score(sde, 0.3, 0.2)
     d, n = 8, 100
@@ -63,11 +69,26 @@ def shark_backward_time():
     x_T = jax.random.normal(jax.random.PRNGKey(1), (n, d))
     for name, fn in (("backward (t0 > t1)", backward), ("forward in tau", forward)):
         x = np.asarray(jax.jit(jax.vmap(fn))(keys, x_T))
-        print(f"diffrax ShARK {name}: max |x| = {np.abs(x).max():.3g}, std {x.std():.3f} "
-              f"(exact law: mean 0.3, std {exact.ideal_law(sde, 0.3, 0.2, denoise=False).var ** 0.5:.3f})")
+        lines.append(f"diffrax ShARK {name}: max |x| = {np.abs(x).max():.3g}, std {x.std():.3f} "
+                     f"(exact law: mean 0.3, std {exact.ideal_law(sde, 0.3, 0.2, denoise=False).var ** 0.5:.3f})")
+    return lines
+
+
+def main() -> None:
+    lines = ["# Findings stated in the documentation", "",
+             f"`python benchmarks/findings.py` ({datetime.date.today()}, {jax.devices()[0].platform}, "
+             f"jax {jax.__version__}, diffrax {dfx.__version__})", ""]
+    for section in (ggf_variance_bias(), shark_backward_time()):
+        for line in section:
+            print(line, flush=True)
+            lines.append(f"- {line}")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "findings.md")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+    print("wrote", path)
 
 
 if __name__ == "__main__":
-    print("reproduce with: python benchmarks/findings.py")
-    ggf_variance_bias()
-    shark_backward_time()
+    main()

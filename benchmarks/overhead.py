@@ -597,8 +597,11 @@ def markdown(report: dict) -> str:
              "|---|---|---|"]
     lines += [f"| {k} | {v:.2f} | {1e3 * statistics.median(g['cpu_times_s'][k]) / g['loop_iterations']:.2f} |"
               for k, v in g["ms_per_attempt"].items()]
-    lines += ["", f"**GGF attempt / 2 evals = {_r(r)}**; target <= 1.1: "
-              f"{'met' if r['ratio_of_medians'] <= 1.1 else 'MISSED'}.  ",
+    lines += ["", "Headline figures are process-CPU-time ratios of minima: an attempt holds two score evaluations, so "
+              "1.0 is the floor, and wall-time medians on a shared machine fall below it when other jobs slow the "
+              "baseline's rounds more than the attempt's (the paired wall ratios' range shows how much).", "",
+              f"**GGF attempt / 2 evals = {r['cpu_ratio_of_minima']:.3f}** (CPU minima; all: {_r(r)}); target <= 1.1: "
+              f"{'met' if r['cpu_ratio_of_minima'] <= 1.1 else 'MISSED'}.  ",
               (f"Zero noise: {_r(g['ratio_ggf_zero_noise_over_two_evals'])}; "
                if g["ratio_ggf_zero_noise_over_two_evals"] else "")
               + (f"Unrolled threefry noise (same samples: {g['unrolled_noise_same_samples']}): "
@@ -610,7 +613,8 @@ def markdown(report: dict) -> str:
               f"{e['steps']} steps, same network and batch; ms/step: "
               + ", ".join(f"{k} {v:.2f}" for k, v in e["ms_per_step"].items())
               + f". Same samples (max |diff| {e['max_abs_diff_samples']:.1e}).", "",
-              f"**jaxsde / hand = {_r(r)}**; target <= 1.05: {'met' if r['ratio_of_medians'] <= 1.05 else 'MISSED'}. "
+              f"**jaxsde / hand = {r['cpu_ratio_of_minima']:.3f}** (CPU minima; all: {_r(r)}); target <= 1.05: "
+              f"{'met' if r['cpu_ratio_of_minima'] <= 1.05 else 'MISSED'}. "
               + (f"With unrolled threefry noise: {_r(e['ratio_jaxsde_unrolled_noise_over_hand'])}."
                  if e["ratio_jaxsde_unrolled_noise_over_hand"] else ""), ""]
     lines += ["## 3. Cheap score (exact Gaussian-mixture score): where the time goes", "",

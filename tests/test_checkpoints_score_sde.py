@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import serialization
+from keymaps import KEYMAPS, read_keymap, to_flax
 
 import jaxsde
 from jaxsde import checkpoints
@@ -269,3 +270,43 @@ def test_pytorch_errors(ve, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(ImportError, match="needs PyTorch"):
         score_sde.load_pytorch(good, VE_SMALL)
+
+
+# ------------------------------------------------------- checkpoints built from the published tables
+@pytest.mark.parametrize("name", sorted(KEYMAPS))
+def test_pytorch_checkpoint_from_the_published_key_table(name, tmp_path):
+    """A full-size ``.pth`` written from the published key table alone (torch keys, shapes, order;
+    no jaxsde converter involved), with distinct raw and EMA weights: ``load_pytorch`` puts every
+    tensor at the table's Flax path with the table's transform, takes the EMA list for the weights
+    that have one and the Fourier ``W`` from ``'model'``, and infers the published config."""
+    torch = pytest.importorskip("torch")
+    rows = read_keymap(name)
+    rng = np.random.default_rng(0)
+    raw = collections.OrderedDict([("module.sigmas", torch.linspace(50, 0.01, 1000))])
+    ema = {}
+    for key, shape, _, _ in rows:
+        raw[key] = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32))
+        if key != "module.all_modules.0.W":  # requires_grad=False: not in the EMA list
+            ema[key] = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32))
+    path = tmp_path / "checkpoint_8.pth"
+    torch.save({"optimizer": {"state": {}, "param_groups": []}, "model": raw,
+                "ema": {"decay": 0.9999, "num_updates": 8, "shadow_params": list(ema.values())}, "step": 8}, str(path))
+    for config in (name, None):  # given, and inferred from the tensors
+        ckpt = score_sde.load_pytorch(str(path), config)
+        assert ckpt.config == ncsnpp.get_config(name).to_dict()
+        flat = _flat_paths(ckpt.params)
+        assert len(flat) == len(rows)
+        for key, _, flax_path, transform in rows:
+            source = ema.get(key, raw[key]).numpy()
+            np.testing.assert_array_equal(flat[flax_path], to_flax(source, transform), err_msg=key)
+    raw_ckpt = score_sde.load_pytorch(str(path), name, use_ema=False)
+    key, _, flax_path, transform = rows[-1]
+    np.testing.assert_array_equal(_flat_paths(raw_ckpt.params)[flax_path], to_flax(raw[key].numpy(), transform))
+
+
+def _flat_paths(tree, prefix="params/"):
+    """``{"params/A/b": array}``, the key tables' spelling of a Flax parameter path."""
+    out = {}
+    for k, v in tree.items():
+        out.update(_flat_paths(v, f"{prefix}{k}/") if isinstance(v, dict) else {prefix + k: np.asarray(v)})
+    return out

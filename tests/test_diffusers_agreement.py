@@ -34,7 +34,7 @@ torch = pytest.importorskip("torch")
 schedulers = pytest.importorskip("diffusers.schedulers")
 
 N_TRAIN = 1000
-TOL = 1e-4
+TOL = 2e-6  # the claim in docs/usage.md; measured max 1.5e-6 (SA-Solver 3-4, float32 inside diffusers)
 WEIGHTS = np.array([0.35, 0.65])
 MEANS = np.array([[0.6, -0.3, 0.2], [-0.5, 0.4, -0.1]])
 SCALES = np.array([0.15, 0.3])

@@ -100,12 +100,16 @@ def test_default_atol_from_data_range():
 @pytest.mark.parametrize("variant", [dict(extrapolate=False), dict(error_use_prev=False), dict(norm="linf"),
                                      dict(norm="l2_unscaled")])
 def test_variants_run_and_converge(variant, key):
-    solver = jaxsde.GottaGoFast(rtol=0.05, **variant)
+    """At rtol 0.01 every variant's sample mean and std are the exact law's within 4 Monte-Carlo sd
+    (12 800 values: 0.0072 and 0.0049; measured at most 0.0017 and 0.0033, extrapolate=False)."""
+    solver = jaxsde.GottaGoFast(rtol=0.01, **variant)
     sol = jax.jit(lambda k: jaxsde.sample(k, SDE, SCORE, solver, (64,), 200))(key)
     assert np.all(np.asarray(sol.result) == 0)
-    x = np.asarray(sol.x)
+    x = np.asarray(sol.x, np.float64)
     ideal = exact.ideal_law(SDE, 0.3, 0.2)
-    assert abs(x.mean() - ideal.mean) < 0.01 and abs(x.std() - ideal.var**0.5) < 0.01
+    sd = ideal.var**0.5
+    assert abs(x.mean() - ideal.mean) < 4 * sd / np.sqrt(x.size), x.mean()
+    assert abs(x.std() - sd) < 4 * sd / np.sqrt(2 * x.size), x.std()
 
 
 def test_lamba_variant_converges(key):

@@ -3,23 +3,15 @@ against diffusers' torch implementations, and the config switches on small model
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from keymaps import KEYMAPS, read_keymap
 
 from jaxsde.checkpoints import score_sde
 from jaxsde.models import build, fir, layerspp, ncsnpp
 
-RESEARCH = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "research")
-if not os.path.isdir(RESEARCH):
-    RESEARCH = "/work/shared/research"
-KEYMAPS = {
-    "ncsnpp_cifar10_ve": "keymap_ve_cifar10_ncsnpp_continuous.tsv",
-    "ddpmpp_cifar10_vp": "keymap_vp_cifar10_ddpmpp_continuous.tsv",
-}
 SMALL = dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), image_size=8)
 
 
@@ -37,20 +29,11 @@ def test_published_param_counts(name, count):
     assert _count(score_sde.expected_params(model)) == count
 
 
-def _keymap(name):
-    path = os.path.join(RESEARCH, KEYMAPS[name])
-    if not os.path.exists(path):
-        pytest.skip(f"{path} not available")
-    rows = [line.rstrip("\n").split("\t") for line in open(path)]
-    assert rows[0][0] == "sigmas"
-    return [(r[0], tuple(int(s) for s in r[1].strip("(),").split(",") if s.strip()), r[3], r[4]) for r in rows[1:]]
-
-
 @pytest.mark.parametrize("name", sorted(KEYMAPS))
 def test_layout_matches_keymap_tables(name):
     """Every Flax path of the key-map table exists with the table's shape (after its transform), the
     top-level keys are those of the table, and our PyTorch layout reproduces the table row by row."""
-    rows = _keymap(name)
+    rows = read_keymap(name)
     model = build(name)
     expected = score_sde.expected_params(model)
     flat = {"params/" + k: tuple(v.shape) for k, v in _flat(expected).items()}

@@ -135,12 +135,43 @@ def test_sparse_equals_masked_dense(unet, jnet, stats):
     np.testing.assert_array_equal(np.asarray(sparse)[outside], np.asarray(out)[outside])
     # inside, the edit changed the output
     assert float(jnp.max(jnp.abs(sparse - out))) > 1e-3
-    # the approximation vs the true dense network (reported, bounded loosely)
+    # the approximation vs the true dense network (reported; bounded in test_error_vs_true_dense_bounded)
     true = net.apply(params, xe, t)
     err_edit = float(jnp.max(jnp.abs(sparse - true)[edited[..., 0]]))
     print(f"stats={stats}: max |sparse - true dense| on the edited pixels {err_edit:.3g}, "
           f"everywhere {float(jnp.max(jnp.abs(sparse - true))):.3g}")
-    assert np.isfinite(err_edit)
+
+
+# Relative L2 error on the edited pixels vs the TRUE dense network, this file's 16x16 model and
+# 8-pixel (3%) edit of +1: bounds ~15% above the measured values (in the comments). GroupNorm
+# statistics are global, so even the exact plan differs from the true network; the input plan's
+# stale borders shrink as the tiles are dilated. (docs/editing.md's figures for the 64x64
+# benchmark models come from benchmarks/results/editing*.md.)
+TRUE_DENSE_BOUNDS = [
+    ("input", 0, "reuse", 0.078),  # 6.7e-2
+    ("input", 0, "recompute", 0.115),  # 9.9e-2
+    ("input", 2, "reuse", 0.042),  # 3.7e-2
+    ("input", 4, "reuse", 0.035),  # 3.0e-2
+    ("input", 4, "recompute", 0.017),  # 1.4e-2
+    ("exact", 0, "reuse", 0.036),  # 3.1e-2
+    ("exact", 0, "recompute", 0.040),  # 3.5e-2
+]
+
+
+@pytest.mark.parametrize("mode,dilate,stats,bound", TRUE_DENSE_BOUNDS,
+                         ids=[f"{m}-d{d}-{s}" for m, d, s, _ in TRUE_DENSE_BOUNDS])
+def test_error_vs_true_dense_bounded(unet, jnet, mode, dilate, stats, bound):
+    _, params, _ = unet
+    x, xe, mask = _edit()
+    t = jnp.float32(0.3)
+    _, cache = jnet.record(params, x, t)
+    plan = jnet.plan(mask, (4, 2), mode=mode, dilate=dilate, dense_above=1.0)
+    assert not plan.dense
+    true = np.asarray(jnet.apply(params, xe, t))
+    edited = np.broadcast_to(mask[..., None], true.shape)
+    got = np.asarray(jnet.apply_sparse(params, xe, t, cache, plan, stats))
+    rel = np.linalg.norm((got - true)[edited]) / np.linalg.norm(true[edited])
+    assert 1e-4 < rel < bound, rel  # above 1e-4: the statistics do differ (the check measures something)
 
 
 @pytest.mark.parametrize("mode", ["input", "exact"])
@@ -316,7 +347,8 @@ def test_exact_plan_equals_frozen_dense(unet, jnet, roi, which):
         err_recompute = np.abs(recompute - true).max()
         assert err_reuse == pytest.approx(err_frozen, abs=1e-5)
         print(f"exact plan vs true dense, all pixels: reuse {err_reuse:.2e}, recompute {err_recompute:.2e}")
-        assert 0 < err_reuse < 0.5 and err_recompute < 0.5
+        # max abs over all pixels, measured 0.129 (reuse) and 0.0274 (recompute); bounds ~15% above
+        assert 0.01 < err_reuse < 0.15 and 1e-4 < err_recompute < 0.032
 
 
 def test_exact_plan_buckets_and_errors(unet):
