@@ -33,6 +33,11 @@ np.testing.assert_allclose(np.asarray(eight.x), np.asarray(one.x), atol=1e-6, rt
 for u, v in zip(eight.stats, one.stats):
     np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
 np.testing.assert_array_equal(np.asarray(eight.result), np.asarray(one.result))
+# the same per-device width (2 slots): every device runs the program one device runs, bit for bit
+narrow = jax.jit(lambda k: generate(k, SDE, SCORE, GGF, (6,), N, 2, devices=jax.devices()[:1]))(KEY)
+assert narrow.loop.slots == 2
+np.testing.assert_array_equal(np.asarray(eight.x), np.asarray(narrow.x))
+np.testing.assert_array_equal(np.asarray(eight.stats.nfe), np.asarray(narrow.stats.nfe))
 # 5 slots per device (5 samples each), halved while draining, each device on its own
 drained = jax.jit(lambda k: generate(k, SDE, SCORE, GGF, (6,), N, 64, drain_halvings=2))(KEY)
 assert drained.loop.slots == 5 and np.any(drained.loop.slot_iterations < 5 * drained.loop.iterations)
