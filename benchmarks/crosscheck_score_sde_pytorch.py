@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsde.checkpoint_io import atomic_write
 from jaxsde.checkpoints import score_sde
 from jaxsde.models import ncsnpp
 
@@ -109,11 +110,8 @@ def main() -> None:
         print(f"{name} {overrides}: params torch {n_torch} jax {n_jax}; max |out - ref| / max |ref| = {err:.2e}",
               flush=True)
         lines.append(f"| {name} | {overrides or 'full size'} | {n_torch} / {n_jax} | {err:.2e} |")
-    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "crosscheck_score_sde_pytorch.md")
-    with open(path + ".tmp", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(path + ".tmp", path)
+    atomic_write(path, ("\n".join(lines) + "\n").encode())
     print("wrote", path)
 
 

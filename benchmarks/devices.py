@@ -24,6 +24,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxsde  # noqa: E402
+from jaxsde.checkpoint_io import atomic_write  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -56,11 +57,8 @@ def main(argv=None) -> None:
     for name, (x, nfe, slots) in runs.items():
         lines.append(f"| {name} | {slots} | {np.abs(x - ref_x).max():.2e} | {np.array_equal(x, ref_x)} | "
                      f"{int(np.sum(nfe != ref_nfe))} |")
-    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "devices.md")
-    with open(path + ".tmp", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(path + ".tmp", path)
+    atomic_write(path, ("\n".join(lines) + "\n").encode())
     print("\n".join(lines))
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 import jaxsde
 from jaxsde import exact
+from jaxsde.checkpoint_io import atomic_write
 
 
 def ggf_variance_bias() -> list[str]:
@@ -83,10 +84,7 @@ def main() -> None:
             print(line, flush=True)
             lines.append(f"- {line}")
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "findings.md")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, ("\n".join(lines) + "\n").encode())
     print("wrote", path)
 
 

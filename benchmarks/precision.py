@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxsde
+from jaxsde.checkpoint_io import atomic_write
 from jaxsde.metrics.digits import DigitsMetrics
 
 
@@ -81,11 +82,8 @@ def main(argv=None) -> None:
         lines.append(f"| {r['solver']} | {r['precision']} | {r['fd']:.2f} +- {r['fd_sd']:.2f} | {r['nfe']:.1f} | "
                      f"{r['failed']} | {r['max_dx']:.2e} | {r['wall_64']:.2f} | "
                      f"{r['wall_64'] / base['wall_64']:.2f}x |")
-    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "precision.md")
-    with open(path + ".tmp", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(path + ".tmp", path)
+    atomic_write(path, ("\n".join(lines) + "\n").encode())
     print("\n".join(lines))
 
 

@@ -43,3 +43,11 @@ def to_flax(array: np.ndarray, transform: str) -> np.ndarray:
         return array
     assert transform.startswith("transpose(") and transform.endswith(")"), transform
     return np.transpose(array, [int(i) for i in transform[len("transpose("):-1].split(",")])
+
+
+def flat_paths(tree, prefix: str = "params/") -> dict:
+    """A nested parameter dict as ``{"params/A/b": leaf}``, the tables' spelling of a Flax path."""
+    out = {}
+    for k, v in tree.items():
+        out.update(flat_paths(v, f"{prefix}{k}/") if isinstance(v, dict) else {prefix + k: v})
+    return out

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import serialization
-from keymaps import KEYMAPS, read_keymap, to_flax
+from keymaps import KEYMAPS, flat_paths, read_keymap, to_flax
 
 import jaxsde
 from jaxsde import checkpoints
@@ -294,19 +294,12 @@ def test_pytorch_checkpoint_from_the_published_key_table(name, tmp_path):
     for config in (name, None):  # given, and inferred from the tensors
         ckpt = score_sde.load_pytorch(str(path), config)
         assert ckpt.config == ncsnpp.get_config(name).to_dict()
-        flat = _flat_paths(ckpt.params)
+        flat = flat_paths(ckpt.params)
         assert len(flat) == len(rows)
         for key, _, flax_path, transform in rows:
             source = ema.get(key, raw[key]).numpy()
             np.testing.assert_array_equal(flat[flax_path], to_flax(source, transform), err_msg=key)
     raw_ckpt = score_sde.load_pytorch(str(path), name, use_ema=False)
     key, _, flax_path, transform = rows[-1]
-    np.testing.assert_array_equal(_flat_paths(raw_ckpt.params)[flax_path], to_flax(raw[key].numpy(), transform))
+    np.testing.assert_array_equal(flat_paths(raw_ckpt.params)[flax_path], to_flax(raw[key].numpy(), transform))
 
-
-def _flat_paths(tree, prefix="params/"):
-    """``{"params/A/b": array}``, the key tables' spelling of a Flax parameter path."""
-    out = {}
-    for k, v in tree.items():
-        out.update(_flat_paths(v, f"{prefix}{k}/") if isinstance(v, dict) else {prefix + k: np.asarray(v)})
-    return out

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from keymaps import KEYMAPS, read_keymap
+from keymaps import KEYMAPS, flat_paths, read_keymap
 
 from jaxsde.checkpoints import score_sde
 from jaxsde.models import build, fir, layerspp, ncsnpp
@@ -36,7 +36,7 @@ def test_layout_matches_keymap_tables(name):
     rows = read_keymap(name)
     model = build(name)
     expected = score_sde.expected_params(model)
-    flat = {"params/" + k: tuple(v.shape) for k, v in _flat(expected).items()}
+    flat = {k: tuple(v.shape) for k, v in flat_paths(expected).items()}
     for torch_key, shape, flax_path, transform in rows:
         if transform.startswith("transpose"):
             perm = [int(i) for i in transform[len("transpose("):-1].split(",")]
@@ -48,16 +48,6 @@ def test_layout_matches_keymap_tables(name):
     assert [m[0] for m in score_sde.call_order(model) if len(m) == 1 and m[0] in expected] == tops
     layout = score_sde.torch_layout(model)
     assert layout == [(r[0][len("module."):], r[2][len("params/"):], r[3], r[1]) for r in rows]
-
-
-def _flat(tree, prefix=""):
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}/"))
-        else:
-            out[prefix + k] = v
-    return out
 
 
 # ---------------------------------------------------------------------------- diffusers cross-checks
