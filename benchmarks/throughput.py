@@ -56,7 +56,6 @@ import numpy as np
 
 import jaxsde
 from jaxsde import targets
-from jaxsde.generate import summarize_generate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -127,13 +126,13 @@ def measure(prob: dict, batch: int, n: int, repeats: int, drain: int = 0) -> dic
     nfe = np.asarray(sol.stats.nfe)  # (n/B, B)
     plain_useful = float(nfe.sum() / (batch * nfe.max(axis=1)).sum())
     plain_iters = int(np.asarray(sol.stats.num_steps).max(axis=1).sum())
-    s = summarize_generate(gen)
+    s = gen.summary()
     x_plain = np.asarray(sol.x).reshape(n, *shape)
     same_nfe = float(np.mean(np.asarray(gen.stats.nfe) == nfe.reshape(-1)))
     t_plain, t_gen = med["sample"], med["generate"]
     drained = {}
     if drain:
-        d, sd = outs["drained"], summarize_generate(outs["drained"])
+        d, sd = outs["drained"], outs["drained"].summary()
         drained = dict(drain_halvings=drain, drained_sps=n / med["drained"], drained_speedup=t_plain / med["drained"],
                        drained_useful_work=sd.useful_work, drained_ideal_speedup=sd.useful_work / plain_useful,
                        drained_s=med["drained"], drained_compile_s=compile_s["drained"],

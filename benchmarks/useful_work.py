@@ -31,7 +31,6 @@ import numpy as np
 from throughput import mixture_problem  # this script's folder is on sys.path
 
 import jaxsde
-from jaxsde.generate import summarize_generate
 
 
 def problem(model: str):
@@ -53,7 +52,7 @@ def run(model: str, batch: int, per_slot: int, halvings=(0,)) -> dict:
         t0 = time.perf_counter()
         gen = jax.block_until_ready(fn(jax.random.PRNGKey(0), params))
         seconds[h] = time.perf_counter() - t0
-        s = summarize_generate(gen)
+        s = gen.summary()
         useful[h], failed = s.useful_work, max(failed, s.num_failed)
         if nfe is None:
             nfe = np.asarray(gen.stats.nfe)  # index order = sample's batches

@@ -5,15 +5,18 @@
 See ``solve``/``sample`` (the driver), the SDEs, and the solvers below.
 """
 
-from . import checkpoints, controllers, editing, embedded, grids, models, noise, precision, results, sparse
-from .driver import BatchSummary, Solution, Stats, sample, sample_keys, solve, solve_batch, summarize
+import importlib
+from typing import Any
+
+from . import controllers, editing, grids, noise, precision, results
+from .driver import sample, solve, solve_batch, summarize
 from .editing import Inpainting, inpaint, sdedit
-from .embedded import Checkpoint, pretrained
-from .generate import Generated, GenerateSummary, generate
 from .grids import time_grid
-from .noise import BrownianNoise, FreshNoise, GivenNoise
+from .multilevel_batch import sample_multilevel
+from .noise import BrownianNoise, FreshNoise, GivenNoise, sample_keys
 from .precision import cast_params, mixed_precision
 from .sde import SDE, VESDE, VPSDE, DiscreteVPSDE, ScoreFn, SubVPSDE
+from .solution import BatchSummary, Solution, Stats
 from .solvers import (
     DDIM,
     AdaptiveDPMSolver,
@@ -30,8 +33,35 @@ from .solvers import (
     ReverseDiffusion,
     SASolver,
     Solver,
-    sample_multilevel,
 )
+
+# Imported on first use (PEP 562): the checkpoint loaders, the Flax models, the sparse engine and
+# continuous batching, so that ``import jaxsde`` loads neither flax, optax, diffrax nor torch.
+_LAZY_NAMES = {
+    "generate": ("jaxsde.batching", "generate"),
+    "Generated": ("jaxsde.batching", "Generated"),
+    "GenerateSummary": ("jaxsde.batching", "GenerateSummary"),
+    "pretrained": ("jaxsde.embedded", "pretrained"),
+    "Checkpoint": ("jaxsde.checkpoints.checkpoint", "Checkpoint"),
+}
+_LAZY_MODULES = ("batching", "checkpoints", "embedded", "models", "sparse", "metrics", "targets", "exact", "reference",
+                 "training")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_NAMES:
+        module, attr = _LAZY_NAMES[name]
+        value = getattr(importlib.import_module(module), attr)
+    elif name in _LAZY_MODULES:
+        value = importlib.import_module(f"jaxsde.{name}")
+    else:
+        raise AttributeError(f"module 'jaxsde' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_NAMES) | set(_LAZY_MODULES))
 
 __version__ = "0.1.0"
 

@@ -14,48 +14,28 @@ never depends on ``n`` or on its batch-mates.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from . import results
-from .noise import FreshNoise
+from .noise import FreshNoise, sample_keys
+from .progress import ProgressReporter
 from .sde import SDE, ScoreFn
+from .solution import BatchSummary, Solution, Stats
 from .solvers.base import Solver
 
 Array = jax.Array
 
-__all__ = ["Stats", "Solution", "BatchSummary", "Problem", "solve", "sample", "summarize", "sample_keys",
-           "prepare", "init", "step", "done", "finalize"]
+__all__ = ["Stats", "Solution", "BatchSummary", "Problem", "LoopState", "solve", "solve_batch", "sample",
+           "summarize", "sample_keys", "prepare", "init", "step", "step_active", "step_with_aux", "done", "finalize",
+           "finalize_with_aux"]
 
 
-class Stats(NamedTuple):
-    """Per-sample counters (int32). ``num_steps`` counts loop iterations (attempts)."""
-
-    nfe: Array
-    num_accepted: Array
-    num_rejected: Array
-    num_steps: Array
-
-
-class Solution(NamedTuple):
-    """What ``solve``/``sample`` return; ``sample`` adds a leading axis of length n to each field.
-
-    ``x``: the final sample (after the final denoising step if ``denoise``);
-    ``t``: the time reached (``t_end`` on success); ``stats``: :class:`Stats`;
-    ``result``: :mod:`jaxsde.results` code, 0 = success.
-    """
-
-    x: Array
-    t: Array
-    stats: Stats
-    result: Array
-
-
-class _LoopState(NamedTuple):
+class LoopState(NamedTuple):
     """One sample's loop state. With ``check_finite``, :func:`step` commits an attempt only if its
     state is finite: a non-finite one latches ``failed`` and leaves ``x``, ``t`` and the solver
     state at the last finite state (so ``x`` is always finite). Adaptive solvers then stop
@@ -149,7 +129,7 @@ class Problem(NamedTuple):
     """One sample's static configuration, resolved and validated by :func:`prepare`.
 
     The per-sample pieces :func:`init` / :func:`step` / :func:`done` / :func:`finalize` are
-    pure functions of a ``Problem`` and a :class:`_LoopState`; :func:`solve` is
+    pure functions of a ``Problem`` and a :class:`LoopState`; :func:`solve` is
     ``finalize(while_loop(not done, step, init(x_T)))`` and :func:`jaxsde.generate` runs the
     same pieces over a fixed number of slots, refilling a slot as soon as its sample is done.
     """
@@ -200,7 +180,7 @@ def prepare(
                    bool(check_finite))
 
 
-def init(p: Problem, x_T: Array, t_start: Array | None = None) -> _LoopState:
+def init(p: Problem, x_T: Array, t_start: Array | None = None) -> LoopState:
     """The loop state of a sample starting from ``x_T`` at ``p.t_start`` (may evaluate the score).
 
     ``t_start`` (optional) is ``p.t_start`` as an array: :func:`solve_batch` passes it with a batch
@@ -213,7 +193,7 @@ def init(p: Problem, x_T: Array, t_start: Array | None = None) -> _LoopState:
     t0 = jnp.asarray(p.t_start if t_start is None else t_start, dtype)
     first = p.solver.init(p.sde, p.score, x_T, jnp.asarray(p.t_start, dtype), jnp.asarray(p.t_end, dtype))
     zero = jnp.zeros((), jnp.int32)
-    return _LoopState(
+    return LoopState(
         x=x_T,
         t=t0,
         h=jnp.asarray(first.h, dtype),
@@ -224,7 +204,7 @@ def init(p: Problem, x_T: Array, t_start: Array | None = None) -> _LoopState:
     )
 
 
-def done(p: Problem, s: _LoopState) -> Array:
+def done(p: Problem, s: LoopState) -> Array:
     """True once the sample reached ``t_end``, failed (a solver code or non-finite values), or ran
     ``max_steps`` attempts."""
     fixed = p.solver.max_attempts()
@@ -239,8 +219,11 @@ def done(p: Problem, s: _LoopState) -> Array:
     return ~running
 
 
-def step(p: Problem, key: Array, s: _LoopState) -> _LoopState:
-    """One attempt (one loop iteration) of a sample whose solve key is ``key``."""
+def step(p: Problem, key: Array, s: LoopState) -> LoopState:
+    """One attempt (one loop iteration) of a sample whose solve key is ``key``.
+
+    The only code that advances a sample: it draws the attempt's noise, runs the solver's step,
+    applies the non-finite rule (see :class:`LoopState`) and commits or keeps the state."""
     t_end_arr = jnp.asarray(p.t_end, p.dtype)
     z = None
     if p.solver.noise_per_attempt:
@@ -272,7 +255,7 @@ def step(p: Problem, key: Array, s: _LoopState) -> _LoopState:
     def keep(new, old):  # a failed attempt keeps the old state; pass-through leaves need no select
         return new if new is old else jnp.where(ok, new, old)
 
-    return _LoopState(
+    return LoopState(
         x=keep(out.x, s.x),
         t=keep(out.t, s.t),
         h=keep(out.h, s.h),
@@ -283,10 +266,52 @@ def step(p: Problem, key: Array, s: _LoopState) -> _LoopState:
     )
 
 
-def finalize(p: Problem, s: _LoopState) -> Solution:
+def step_active(p: Problem, keys: Array, s: LoopState, active: Array, noise: Any = None) -> tuple[LoopState, Array]:
+    """:func:`step` of a batch of samples (leading axis of ``keys``, ``s`` and ``active``) where
+    only the ``active`` ones advance; the others keep their state bitwise. ``noise`` (optional): a
+    per-sample noise source with a leading batch axis, replacing ``p.noise``.
+
+    Returns ``(state, computed)``: ``computed`` (int32, per sample) is the score evaluations the
+    vmapped step computed in each row, inactive rows included (what the batch paid for)."""
+
+    def one(k, si, nz):
+        return step(p if nz is None else p._replace(noise=nz), k, si)
+
+    new = jax.vmap(one)(keys, s, noise)
+    computed = new.stats.nfe - s.stats.nfe
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(_per_sample(active, a), a, b), new, s), computed
+
+
+def _per_sample(mask: Array, a: Array) -> Array:
+    return mask.reshape(mask.shape + (1,) * (a.ndim - mask.ndim))
+
+
+def _recording(score_aux: Callable, auxs: list) -> ScoreFn:
+    """A score that calls ``score_aux(j, x, t) -> (score, aux)`` for its ``j``-th evaluation and
+    appends ``aux`` to ``auxs`` (at trace time: one entry per evaluation in the traced program)."""
+
+    def score(x: Array, t: Array) -> Array:
+        value, aux = score_aux(len(auxs), x, t)
+        auxs.append(aux)
+        return value
+
+    return score
+
+
+def step_with_aux(p: Problem, key: Array, s: LoopState, score_aux: Callable) -> tuple[LoopState, tuple]:
+    """:func:`step` whose score also returns auxiliary data: ``score_aux(j, x, t) -> (score, aux)``
+    is called for the attempt's ``j``-th score evaluation; returns ``(state, auxs)``, ``auxs`` a
+    tuple over the evaluations (for fixed-grid solvers whose score reads and writes per-step data,
+    e.g. the sparse editing caches). ``p.score`` is not called."""
+    auxs: list = []
+    s = step(p._replace(score=_recording(score_aux, auxs)), key, s)
+    return s, tuple(auxs)
+
+
+def finalize(p: Problem, s: LoopState) -> Solution:
     """The :class:`Solution` of a finished loop state (result code; the denoising step if ``p.denoise``)."""
     t_end_arr = jnp.asarray(p.t_end, p.dtype)
-    x, t, stats = s.x, s.t, s.stats  # with check_finite, the last finite state (see _LoopState)
+    x, t, stats = s.x, s.t, s.stats  # with check_finite, the last finite state (see LoopState)
     finite = ~s.failed if p.check_finite else jnp.all(jnp.isfinite(s.x))
     result = jnp.where(finite | (s.result != results.SUCCESS), s.result, results.NONFINITE)
     result = jnp.where((result == results.SUCCESS) & (t > t_end_arr), results.MAX_STEPS_REACHED, result)
@@ -306,6 +331,13 @@ def finalize(p: Problem, s: _LoopState) -> Solution:
         if evaluated:
             nfe = nfe + reached.astype(nfe.dtype)
     return Solution(x=x, t=t, stats=stats._replace(nfe=nfe), result=result)
+
+
+def finalize_with_aux(p: Problem, s: LoopState, score_aux: Callable) -> tuple[Solution, tuple]:
+    """:func:`finalize` with ``score_aux(j, x, t) -> (score, aux)`` as the score of the final
+    denoising step (see :func:`step_with_aux`); returns ``(solution, auxs)``."""
+    auxs: list = []
+    return finalize(p._replace(score=_recording(score_aux, auxs)), s), tuple(auxs)
 
 
 def solve(
@@ -398,16 +430,6 @@ def solve_batch(
     return jax.vmap(one)(keys, x_T, noise, t_start)
 
 
-def sample_keys(key: Array, n: int, offset: int | Array = 0) -> tuple[Array, Array]:
-    """``(prior_keys, solve_keys)`` of samples ``offset .. offset+n-1``: ``split(fold_in(key, i))``.
-
-    ``n`` is static; ``offset`` may be traced.
-    """
-    idx = jnp.arange(n) + offset
-    pairs = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i)))(idx)
-    return pairs[:, 0], pairs[:, 1]
-
-
 def sample(
     key: Array,
     sde: SDE,
@@ -453,25 +475,17 @@ def sample(
 
 
 def _sample_with_progress(keys, x_T, noise, progress, every, p: Problem) -> Solution:
-    """``vmap(solve)`` written out (one loop, masked vmapped step) with a host callback in it."""
-    from .generate import _Reporter
-
+    """``vmap(solve)`` written out (one loop of :func:`step_active`) with a host callback in it."""
     n = x_T.shape[0]
-    reporter = _Reporter(progress, n)
-
-    def with_noise(nz):
-        return p if nz is None else p._replace(noise=nz)
+    reporter = ProgressReporter(progress, n)
 
     def finished(s):
         return jax.vmap(lambda s: done(p, s))(s)
 
     def body(c):
         s, it, paid = c
-        active = ~finished(s)
-        new = jax.vmap(lambda k, s, nz: step(with_noise(nz), k, s))(keys, s, noise)
-        s = jax.tree_util.tree_map(lambda a, b: jnp.where(active.reshape(active.shape + (1,) * (a.ndim - 1)), a, b),
-                                   new, s)
-        c = (s, it + 1, paid + jnp.sum(new.stats.nfe - c[0].stats.nfe))
+        new, computed = step_active(p, keys, s, ~finished(s), noise)
+        c = (new, it + 1, paid + jnp.sum(computed))
         jax.lax.cond((c[1] % max(int(every), 1)) == 0,
                      lambda: jax.debug.callback(reporter, 0, jnp.sum(finished(c[0])), c[1], c[2]), lambda: None)
         return c
@@ -483,43 +497,9 @@ def _sample_with_progress(keys, x_T, noise, progress, every, p: Problem) -> Solu
     return jax.vmap(lambda s: finalize(p, s))(s)
 
 
-class BatchSummary(NamedTuple):
-    """Host-side summary of a batch: what the samples needed vs what the batch paid for."""
-
-    n: int
-    mean_nfe: float
-    min_nfe: int
-    max_nfe: int
-    loop_iterations: int  # iterations the vmapped loop ran (= slowest sample's)
-    useful_work: float  # sum of per-sample NFE / (n * max NFE)
-    num_failed: int
-    mean_rejected: float
-
-    def __str__(self) -> str:
-        return (f"n={self.n} NFE mean={self.mean_nfe:.1f} min={self.min_nfe} max={self.max_nfe} "
-                f"loop_iterations={self.loop_iterations} useful_work={self.useful_work:.2f} "
-                f"rejected/sample={self.mean_rejected:.2f} failed={self.num_failed}")
-
-
-def summarize(sol: Solution) -> BatchSummary:
-    """Summarise a batched :class:`Solution` (from :func:`sample`) on the host.
-
-    For :func:`jaxsde.generate`'s output this returns its ``GenerateSummary`` (useful work =
-    sum of per-sample NFE / score evaluations the loop computed).
-    """
-    if hasattr(sol, "loop"):
-        from .generate import summarize_generate
-
-        return summarize_generate(sol)
-    nfe = np.asarray(sol.stats.nfe).reshape(-1)
-    steps = np.asarray(sol.stats.num_steps).reshape(-1)
-    return BatchSummary(
-        n=int(nfe.size),
-        mean_nfe=float(nfe.mean()),
-        min_nfe=int(nfe.min()),
-        max_nfe=int(nfe.max()),
-        loop_iterations=int(steps.max()),
-        useful_work=float(nfe.sum() / (nfe.size * max(nfe.max(), 1))),
-        num_failed=int(np.sum(np.asarray(sol.result) != results.SUCCESS)),
-        mean_rejected=float(np.asarray(sol.stats.num_rejected).mean()),
-    )
+def summarize(result: Any) -> Any:
+    """Host-side summary of a batched result: ``result.summary()``; a :class:`BatchSummary` for a
+    :class:`Solution` from :func:`sample`, a ``GenerateSummary`` for :func:`jaxsde.generate`'s output."""
+    if not hasattr(result, "summary"):
+        raise TypeError(f"summarize takes a Solution or Generated result, got {type(result).__name__}")
+    return result.summary()

@@ -57,7 +57,7 @@ Array = jax.Array
 __all__ = ["sdedit", "inpaint", "Inpainting", "sdedit_start", "check_mask"]
 
 
-def _check_t0(sde: SDE, t0, t_end: float | None) -> float:
+def check_t0(sde: SDE, t0, t_end: float | None) -> float:
     if isinstance(t0, bool) or not isinstance(t0, int | float | np.floating | np.integer):
         raise ValueError(f"t0 must be a Python float in (0, T] = (0, {sde.T}], got {t0!r}")
     t0 = float(t0)
@@ -105,7 +105,7 @@ def sdedit(
     x_guide = jnp.asarray(x_guide)
     if "t_start" in solve_kwargs:
         raise ValueError("sdedit starts at t0; do not pass t_start")
-    t0 = _check_t0(sde, t0, solve_kwargs.get("t_end"))
+    t0 = check_t0(sde, t0, solve_kwargs.get("t_end"))
 
     def start(k):
         noise_key, solve_key = jax.random.split(k)

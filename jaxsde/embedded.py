@@ -13,41 +13,18 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
-from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from .checkpoint_io import load_msgpack
+from .checkpoints.checkpoint import Checkpoint
 from .models.score import score_fn as make_score_fn
-from .sde import SDE
-from .training import TrainConfig
+from .train_config import TrainConfig
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
 ALIASES = {"digits": "digits-large"}
 NAMES = ("digits", "digits-large", "digits-medium", "digits-small", "digits-ve")
-
-
-class Checkpoint(NamedTuple):
-    """A loaded score model: ``score`` closes over ``params``;
-    ``score_fn(params)`` builds one for traced params (the embedded models'
-    ``score_fn(params, compute_dtype=jnp.bfloat16)`` runs the network in bfloat16, see
-    :mod:`jaxsde.precision`)."""
-
-    model: nn.Module
-    params: Any
-    sde: SDE
-    score: Callable
-    score_fn: Callable
-    shape: tuple[int, ...]
-    data_range: tuple[float, float]
-    config: dict
-    name: str
-    # Maps a sample from the space the model is sampled in to data space (None: the same space),
-    # e.g. galaxygrad's log-transformed pixels back to flux.
-    to_data: Callable | None = None
 
 
 def available() -> list[str]:

@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .batching import Generator
 from .checkpoint_io import atomic_write
 from .embedded import NAMES, pretrained
-from .generate import Generator
 from .solvers.registry import make_solver
 
 FORMAT = "jaxsde-generate/1"

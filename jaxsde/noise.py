@@ -29,7 +29,18 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-__all__ = ["FreshNoise", "GivenNoise", "BrownianNoise"]
+__all__ = ["FreshNoise", "GivenNoise", "BrownianNoise", "sample_keys"]
+
+
+def sample_keys(key: Array, n: int, offset: int | Array = 0) -> tuple[Array, Array]:
+    """``(prior_keys, solve_keys)`` of samples ``offset .. offset+n-1``: ``split(fold_in(key, i))``.
+
+    Every batched sampler derives sample ``i``'s keys this way, so sample ``i`` never depends on
+    its batch. ``n`` is static; ``offset`` may be traced.
+    """
+    idx = jnp.arange(n) + offset
+    pairs = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i)))(idx)
+    return pairs[:, 0], pairs[:, 1]
 
 
 class FreshNoise(NamedTuple):

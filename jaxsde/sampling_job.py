@@ -13,7 +13,8 @@ import numpy as np
 from . import driver
 from .data import to_unit_range
 from .embedded import NAMES, pretrained
-from .solvers.multilevel import MultilevelEM, MultilevelScore, sample_multilevel
+from .multilevel_batch import sample_multilevel
+from .solvers.multilevel import MultilevelEM, MultilevelScore
 from .solvers.registry import make_solver
 
 # The levels of the multilevel sampler on the embedded VP digits models, coarsest first.

@@ -27,57 +27,8 @@ from flax import serialization
 
 from .checkpoint_io import atomic_write, load_msgpack, save_msgpack
 from .data import load_digits
-from .models.score import PARAMETERIZATIONS, batched_score
-from .models.unet import SIZES, DigitsUNet
-from .sde import VESDE, VPSDE, SubVPSDE
-
-SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines a training run (a rerun must match it to resume)."""
-
-    data: str = "digits"
-    size: str = "medium"
-    sde: str = "vp"
-    parameterization: str = "eps"
-    weighting: str = "simple"
-    steps: int = 20_000
-    batch_size: int = 128
-    learning_rate: float = 2e-3
-    warmup_steps: int = 500
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    sigma_data: float = 0.5
-    seed: int = 0
-
-    def validate(self) -> None:
-        if self.data != "digits":
-            raise ValueError(f"unknown data {self.data!r}; available: 'digits'")
-        if self.size not in SIZES:
-            raise ValueError(f"unknown size {self.size!r}; choose one of {sorted(SIZES)}")
-        if self.sde not in SDES:
-            raise ValueError(f"unknown sde {self.sde!r}; choose one of {sorted(SDES)}")
-        if self.parameterization not in PARAMETERIZATIONS:
-            raise ValueError(f"unknown parameterization {self.parameterization!r}; "
-                             f"choose one of {PARAMETERIZATIONS}")
-        if self.weighting not in ("simple", "likelihood"):
-            raise ValueError(f"weighting must be 'simple' or 'likelihood', got {self.weighting!r}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError("steps and batch_size must be positive")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        """Inverse of ``dataclasses.asdict`` after a JSON round trip (lists back to tuples)."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
-    def make_sde(self):
-        return SDES[self.sde]()
-
-    def make_model(self) -> DigitsUNet:
-        return DigitsUNet(**SIZES[self.size])
+from .models.score import batched_score
+from .train_config import TrainConfig
 
 
 class TrainState(NamedTuple):

@@ -7,7 +7,7 @@ import pytest
 
 import jaxsde
 from jaxsde import targets
-from jaxsde.generate import Generator, generate, summarize_generate
+from jaxsde.batching import Generator, generate
 
 SDE = jaxsde.VPSDE()
 SCORE = targets.GaussianMixture.random(jax.random.PRNGKey(3), 4, (6,)).score(SDE)
@@ -33,7 +33,7 @@ def test_generate_equals_sample(reference, batch_size, refill_size):
     key = jax.random.PRNGKey(0)
     gen = jax.jit(lambda k: generate(k, SDE, SCORE, GGF, (6,), N, batch_size, refill_size=refill_size))(key)
     assert_same(gen, reference)
-    s = summarize_generate(gen)
+    s = gen.summary()
     assert s.n == N and s.num_failed == 0 and s.slots == min(max(batch_size, 2), N)  # no slot without a sample
     if batch_size == 5:  # many samples per slot: the slots stay busy, unlike sample's batch
         assert s.useful_work > 0.9 and s.useful_work > jaxsde.summarize(reference).useful_work
@@ -78,7 +78,7 @@ def test_drain_halvings_pay_less_for_the_tail(reference):
             for h in (0, 1, 3)}
     for gen in runs.values():
         assert_same(gen, reference)
-    s = {h: summarize_generate(g) for h, g in runs.items()}
+    s = {h: g.summary() for h, g in runs.items()}
     assert s[0].useful_work < 0.95 < s[3].useful_work and s[0].useful_work < s[1].useful_work < s[3].useful_work
     assert s[0].slot_utilisation < s[3].slot_utilisation
     for h, gen in runs.items():
@@ -126,7 +126,7 @@ def test_refill_schedule_does_not_change_results(reference):
     first = runs[16, 3, 1]
     for gen in runs.values():
         np.testing.assert_array_equal(np.asarray(gen.x), np.asarray(first.x))
-    eager, lazy = summarize_generate(runs[16, 3, 1]), summarize_generate(runs[16, 4, 4])
+    eager, lazy = runs[16, 3, 1].summary(), runs[16, 4, 4].summary()
     assert lazy.refills < eager.refills
     with pytest.raises(ValueError, match="refill_min"):
         generate(key, SDE, SCORE, GGF, (6,), 4, 4, refill_min=0)

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import jaxsde
 from jaxsde import targets
-from jaxsde.generate import Generator, generate, process_range
+from jaxsde.batching import Generator, generate, process_range
 
 SDE = jaxsde.VPSDE()
 SCORE = targets.GaussianMixture.random(jax.random.PRNGKey(3), 4, (6,)).score(SDE)

@@ -272,9 +272,9 @@ def _masks():
 
 def _frozen_record(net, params, x, t, cache):
     """Every layer's output of the dense network with the cached GroupNorm statistics."""
-    from jaxsde.sparse.engine import _Dense
+    from jaxsde.sparse.engine import DenseEngine
 
-    eng = _Dense(cache, None, "reuse")
+    eng = DenseEngine(cache, None, "reuse")
     net._forward(eng, params, x, t)
     return {k: v for k, v in eng.record.items() if not k.startswith("stats/")}
 

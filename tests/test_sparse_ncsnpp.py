@@ -80,9 +80,9 @@ def _mask():
 
 def _frozen_record(net, params, x, t, cache):
     """Every layer's output of the dense network with the cached GroupNorm statistics."""
-    from jaxsde.sparse.engine import _Dense
+    from jaxsde.sparse.engine import DenseEngine
 
-    eng = _Dense(cache, None, "reuse")
+    eng = DenseEngine(cache, None, "reuse")
     net._forward(eng, params, x, t)
     return {k: v for k, v in eng.record.items() if not k.startswith("stats/")}
 
@@ -95,7 +95,7 @@ def test_ncsnpp_dense_equals_flax(case):
     graph = case.net.graph((H, H))
     kinds = {(L.get("pool", False), L["up"], L.get("res_resample")) for L in graph.layers if not L["attention"]}
     cfg = case.model.config
-    if cfg.fir:  # FIR resampling (a _Resample) before Conv_0 and in the residual; the pyramids' blur + stride 2
+    if cfg.fir:  # FIR resampling (a Resample) before Conv_0 and in the residual; the pyramids' blur + stride 2
         # and FIR upsampling + conv
         firs = [(L["name"], L["fir"].level_shift, L["stride"]) for L in graph.layers if L.get("fir") is not None]
         assert {(1, 1), (-1, 1), (0, 2)} == {f[1:] for f in firs}
@@ -199,9 +199,9 @@ def test_ncsnpp_skip_pyramids_fir_ddpm_blocks():
 def test_resample_windows_and_footprints(which, kernel):
     """Each FIR resampling: the tracer's footprint (``reads``) is exactly the rows an input row
     changes, and a window (``window``) resamples to the same rows as the whole map."""
-    from jaxsde.sparse.engine import PAD, _Resample
+    from jaxsde.sparse.engine import PAD, Resample
 
-    r = getattr(_Resample, which)(*(() if kernel is None else (kernel,)))
+    r = getattr(Resample, which)(*(() if kernel is None else (kernel,)))
     n = 8
     x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (n, n, 2)))
     y = np.asarray(r(jnp.asarray(x)))

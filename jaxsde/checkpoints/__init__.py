@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import importlib
 
-from ..embedded import Checkpoint
+from .checkpoint import Checkpoint
 from .errors import CheckpointError
 
 # kind -> (module, loader function); each loader is ``load(path, **options) -> Checkpoint``.

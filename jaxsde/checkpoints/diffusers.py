@@ -41,10 +41,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..embedded import Checkpoint
 from ..models.ddpm_unet import UNet2D, sample_shape
 from ..models.score import output_to_score
 from ..sde import DiscreteVPSDE
+from .checkpoint import Checkpoint
 from .errors import CheckpointError, check_tree, unflatten
 
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")

@@ -13,12 +13,12 @@ class CheckpointError(ValueError):
     applies the parameter path and the expected vs found shape."""
 
 
-def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+def flatten_tree(tree: Mapping, prefix: str = "") -> dict[str, Any]:
     flat = {}
     for k, v in tree.items():
         path = f"{prefix}/{k}" if prefix else str(k)
         if isinstance(v, Mapping):
-            flat.update(_flatten(v, path))
+            flat.update(flatten_tree(v, path))
         else:
             flat[path] = v
     return flat
@@ -40,7 +40,7 @@ def check_tree(path: str, expected: Mapping, found: Mapping, dtype=np.float32) -
     """Return ``found`` as a nested dict of NumPy arrays shaped exactly like ``expected``
     (a tree of arrays or ``jax.ShapeDtypeStruct``), or raise :class:`CheckpointError` listing
     missing keys, unexpected keys and shape mismatches (each with its parameter path)."""
-    want, got = _flatten(expected), _flatten(found)
+    want, got = flatten_tree(expected), flatten_tree(found)
     missing = sorted(set(want) - set(got))
     unexpected = sorted(set(got) - set(want))
     problems = []

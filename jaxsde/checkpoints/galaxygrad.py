@@ -46,9 +46,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..embedded import Checkpoint
 from ..models.mixer import MixerScoreNet
 from ..sde import VPSDE
+from .checkpoint import Checkpoint
 from .errors import CheckpointError, check_tree, unflatten
 
 LOG_SCALE = 0.1  # galaxygrad's y = log(x + 1) / 0.1

@@ -42,11 +42,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from ..embedded import Checkpoint
 from ..models import ncsnpp
 from ..models.ncsnpp import NCSNpp, NCSNppConfig
 from ..sde import SDE, VESDE, VPSDE, SubVPSDE
-from .errors import CheckpointError, _flatten, check_tree, unflatten
+from .checkpoint import Checkpoint
+from .errors import CheckpointError, check_tree, flatten_tree, unflatten
 
 ConfigLike = str | NCSNppConfig | Mapping[str, Any] | None
 
@@ -135,7 +135,7 @@ def torch_layout(model: NCSNpp) -> list[tuple[str, str, str, tuple[int, ...]]]:
     child names are the same. Transforms: ``'identity'``, ``'transpose(1,0)'`` (Linear),
     ``'transpose(2,3,1,0)'`` (convolutions: OIHW -> HWIO), applied torch -> Flax.
     """
-    flat = {k: tuple(v.shape) for k, v in _flatten(expected_params(model)).items()}
+    flat = {k: tuple(v.shape) for k, v in flatten_tree(expected_params(model)).items()}
     modules = [p for p in call_order(model) if any(k.startswith("/".join(p) + "/") for k in flat)]
     tops = [p[0] for p in modules if len(p) == 1]
     rows = []
@@ -408,7 +408,7 @@ def _infer_from_torch(path: str, arrays: Mapping[str, np.ndarray], **overrides) 
 def flax_to_torch_state_dict(params: Mapping, model: NCSNpp) -> dict[str, np.ndarray]:
     """The score_sde_pytorch ``'model'`` state dict (without ``module.`` and ``sigmas``) of Flax
     ``params``, in PyTorch's key order: the inverse of the loader's mapping (writes test fixtures)."""
-    flat = _flatten(params)
+    flat = flatten_tree(params)
     out = {}
     for key, flax_path, transform, _ in torch_layout(model):
         arr = np.asarray(flat[flax_path])

@@ -35,7 +35,7 @@ import numpy as np
 
 from . import layerspp
 
-_ACTIVATIONS = {
+ACTIVATIONS = {
     "swish": nn.swish,
     "elu": nn.elu,
     "relu": nn.relu,
@@ -94,7 +94,7 @@ class NCSNppConfig:
         checks = {
             "resblock_type": ("biggan", "ddpm"), "progressive": ("none", "output_skip", "residual"),
             "progressive_input": ("none", "input_skip", "residual"), "progressive_combine": ("sum", "cat"),
-            "embedding_type": ("fourier", "positional"), "nonlinearity": tuple(_ACTIVATIONS),
+            "embedding_type": ("fourier", "positional"), "nonlinearity": tuple(ACTIVATIONS),
             "sde": ("vesde", "vpsde", "subvpsde"),
         }
         for name, allowed in checks.items():
@@ -122,7 +122,7 @@ class NCSNpp(nn.Module):
     @nn.compact
     def __call__(self, x, time_cond, train: bool = False):
         cfg = self.config
-        act = _ACTIVATIONS[cfg.nonlinearity]
+        act = ACTIVATIONS[cfg.nonlinearity]
         nf, num_levels = cfg.nf, len(cfg.ch_mult)
         time_cond = jnp.asarray(time_cond, jnp.float32)
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 
-def _groups(channels: int) -> int:
+def group_count(channels: int) -> int:
     for g in (8, 4, 2, 1):
         if channels % g == 0 and channels // g >= 4:
             return g
@@ -44,10 +44,10 @@ class ResBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, emb):
-        h = nn.silu(nn.GroupNorm(_groups(x.shape[-1]))(x))
+        h = nn.silu(nn.GroupNorm(group_count(x.shape[-1]))(x))
         h = nn.Conv(self.channels, (3, 3))(h)
         h = h + nn.Dense(self.channels)(nn.silu(emb))[:, None, None, :]
-        h = nn.silu(nn.GroupNorm(_groups(self.channels))(h))
+        h = nn.silu(nn.GroupNorm(group_count(self.channels))(h))
         h = nn.Conv(self.channels, (3, 3), kernel_init=nn.initializers.variance_scaling(0.1, "fan_avg", "uniform"))(h)
         if x.shape[-1] != self.channels:
             x = nn.Conv(self.channels, (1, 1))(x)
@@ -81,7 +81,7 @@ class DigitsUNet(nn.Module):
             if level > 0:
                 h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
                 h = nn.Conv(ch, (3, 3))(h)
-        h = nn.silu(nn.GroupNorm(_groups(h.shape[-1]))(h))
+        h = nn.silu(nn.GroupNorm(group_count(h.shape[-1]))(h))
         return nn.Conv(x.shape[-1], (3, 3), kernel_init=nn.initializers.zeros)(h)
 
 

@@ -10,7 +10,7 @@ from .euler_maruyama import EulerMaruyama
 from .exponential import diffusers_grid
 from .forward_value import ForwardValue
 from .gotta_go_fast import GottaGoFast
-from .multilevel import MultilevelEM, MultilevelScore, multilevel_cost, optimal_probabilities, sample_multilevel
+from .multilevel import MultilevelEM, MultilevelScore, multilevel_cost, optimal_probabilities
 from .predictor_corrector import PredictorCorrector, ReverseDiffusion
 from .probability_flow import ProbabilityFlow
 from .sa_solver import SASolver, diffusers_tau
@@ -36,7 +36,6 @@ __all__ = [
     "MultilevelScore",
     "multilevel_cost",
     "optimal_probabilities",
-    "sample_multilevel",
     "diffusers_grid",
     "diffusers_tau",
 ]

@@ -16,10 +16,10 @@ the level's cost (:func:`optimal_probabilities`; Paing & Jacot Prop. 3).
 The level coins are **shared by every sample** of a step: they depend only on
 ``(coin_seed, step index)``, never on the sample's key. Each sample's law is still exact (the
 estimator is unbiased for every sample), sample ``i`` still does not depend on its batch, and
-a whole batch can skip a level together: :func:`sample_multilevel` runs a batch with
+a whole batch can skip a level together: :func:`jaxsde.sample_multilevel` runs a batch with
 ``lax.cond`` on the shared coins, so an undrawn level costs nothing. Under ``jaxsde.sample``
 (a vmapped per-sample loop) the coins become batched and XLA evaluates every level and
-selects, giving identical samples but no saving; use :func:`sample_multilevel` for speed.
+selects, giving identical samples but no saving; use :func:`jaxsde.sample_multilevel` for speed.
 """
 
 from __future__ import annotations
@@ -31,9 +31,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import results
-from ..grids import time_grid
-from ..noise import FreshNoise
 from .base import FixedGridSolver, solver_class
 
 Array = jax.Array
@@ -142,7 +139,8 @@ class MultilevelEM(FixedGridSolver):
         return total
 
     # --- the solver interface ----------------------------------------------------------------
-    def _check_score(self, score) -> MultilevelScore:
+    def check_score(self, score) -> MultilevelScore:
+        """``score`` if it is a :class:`MultilevelScore` with one level per probability, else a clear error."""
         if not isinstance(score, MultilevelScore):
             raise TypeError("MultilevelEM needs a jaxsde.MultilevelScore (the levels' score functions) as the score")
         if len(score) != len(self.probabilities):
@@ -151,7 +149,7 @@ class MultilevelEM(FixedGridSolver):
         return score
 
     def init(self, sde, score, x, t_start, t_end):
-        self._check_score(score)
+        self.check_score(score)
         return super().init(sde, score, x, t_start, t_end)
 
     def score_estimate(self, levels: Sequence[Callable], x: Array, t: Array, index: Array) -> tuple[Array, Array]:
@@ -168,7 +166,7 @@ class MultilevelEM(FixedGridSolver):
         return x - dt * sde.reverse_drift(x, t, s_hat) + sde.diffusion(t) * jnp.sqrt(dt) * z
 
     def advance_step(self, sde, score, x, t, t_next, z, index):
-        s_hat, evaluations = self.score_estimate(self._check_score(score).levels, x, t, index)
+        s_hat, evaluations = self.score_estimate(self.check_score(score).levels, x, t, index)
         return self.em_update(sde, x, t, t_next, s_hat, z[0]), evaluations
 
 
@@ -179,57 +177,3 @@ def multilevel_cost(solver: MultilevelEM, costs: Sequence[float], denoise: bool 
     costs = np.asarray(costs, float)
     need = np.asarray(jax.vmap(lambda k: solver.needed(solver.coins(k)))(jnp.arange(solver.num_steps)))
     return float((need * costs).sum() / costs[-1] + (1.0 if denoise else 0.0))
-
-
-def sample_multilevel(key: Array, sde, score: MultilevelScore, solver: MultilevelEM, shape: tuple[int, ...], n: int,
-                      *, dtype=jnp.float32, offset: int | Array = 0, denoise: bool = True):
-    """``jaxsde.sample`` for :class:`MultilevelEM`, with the batch skipping undrawn levels.
-
-    Runs the ``n`` samples as one batch through a ``lax.scan`` over the steps; each level is
-    evaluated on the whole batch under ``lax.cond`` on the step's shared coin, so the wall
-    time follows the expected cost. Returns the same :class:`jaxsde.Solution` as
-    ``jaxsde.sample(key, sde, score, solver, shape, n, offset=offset)`` (same keys, priors and
-    noise; equal up to float rounding), failures included (``NONFINITE`` keeps the last finite
-    state). Jit it like ``sample``.
-    """
-    from ..driver import Solution, Stats, sample_keys
-
-    solver._check_score(score)
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    shape = tuple(int(s) for s in shape)
-    span = solver.time_span() or (sde.T, sde.eps)
-    grid = time_grid(sde, solver.num_steps, solver.grid, span[0], span[1], dtype=dtype)
-    prior_keys, solve_keys = sample_keys(key, n, offset)
-    x0 = jax.vmap(lambda k: sde.prior_sample(k, shape, dtype))(prior_keys)
-    batched_levels = [jax.vmap(f, in_axes=(0, None)) for f in score.levels]
-    noise = FreshNoise()
-
-    def body(carry, k):
-        x, ok, nfe = carry
-        t, t_next = grid[k], grid[k + 1]
-        s_hat, evaluations = solver.score_estimate(batched_levels, x, t, k)
-        z = jax.vmap(lambda sk: noise.draw(sk, k, t, t_next, (1, *shape), dtype)[0])(solve_keys)
-        x_new = solver.em_update(sde, x, t, t_next, s_hat, z)
-        finite = jnp.all(jnp.isfinite(x_new.reshape(n, -1)), axis=1)
-        ok = ok & finite
-        bshape = (n,) + (1,) * len(shape)
-        x = jnp.where(ok.reshape(bshape), x_new, x)
-        # as the driver on a fixed grid: a failed sample runs on with its batch (nfe counts it),
-        # keeps its last finite state, and num_accepted counts the steps up to that state
-        return (x, ok, nfe + evaluations), ok.astype(jnp.int32)
-
-    init = (x0, jnp.ones((n,), bool), jnp.zeros((n,), jnp.int32))
-    (x, ok, nfe), incs = jax.lax.scan(body, init, jnp.arange(solver.num_steps))
-    num_accepted = jnp.sum(incs, axis=0)
-    num_steps = jnp.full((n,), solver.num_steps, jnp.int32)
-    result = jnp.where(ok, results.SUCCESS, results.NONFINITE).astype(jnp.int32)
-    t_final = grid[num_accepted]  # failed: the last finite state's time
-    if denoise:  # as the driver: only a sample that reached t_end is denoised (and counted)
-        denoised = jax.vmap(lambda xi, ti: sde.tweedie(xi, ti, score.levels[-1](xi, ti)))(x, t_final)
-        nfe = nfe + ok.astype(nfe.dtype)
-        bad = ~jnp.all(jnp.isfinite(denoised.reshape(n, -1)), axis=1)
-        result = jnp.where(ok & bad, results.NONFINITE, result).astype(jnp.int32)
-        x = jnp.where((ok & ~bad).reshape((n,) + (1,) * len(shape)), denoised, x)
-    stats = Stats(nfe=nfe, num_accepted=num_accepted, num_rejected=jnp.zeros_like(nfe), num_steps=num_steps)
-    return Solution(x=x, t=t_final, stats=stats, result=result)

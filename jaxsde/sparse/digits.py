@@ -6,13 +6,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .engine import _dense, _Norm
+from .engine import NormOp, dense_apply
 
 
 def _fourier(p, t):
     proj = 2 * jnp.pi * t * p["freqs"]
     h = jnp.concatenate([jnp.sin(proj), jnp.cos(proj)])
-    return _dense(p["Dense_1"], jax.nn.silu(_dense(p["Dense_0"], h)))
+    return dense_apply(p["Dense_1"], jax.nn.silu(dense_apply(p["Dense_0"], h)))
 
 
 def digits_forward(eng, model, p, x, t):
@@ -29,10 +29,10 @@ def digits_forward(eng, model, p, x, t):
         name = f"ResBlock_{next(block_i)}"
         q = p[name]
         cin = sum(int(h.shape[-1]) for h in hs)
-        bias = eng.compute(lambda: _dense(q["Dense_0"], jax.nn.silu(emb)))
-        h1 = eng.layer(name + "/a", hs, q["Conv_0"], norm=_Norm(q["GroupNorm_0"]), bias=bias)
+        bias = eng.compute(lambda: dense_apply(q["Dense_0"], jax.nn.silu(emb)))
+        h1 = eng.layer(name + "/a", hs, q["Conv_0"], norm=NormOp(q["GroupNorm_0"]), bias=bias)
         skip = q["Conv_2"] if cin != ch else None
-        return eng.layer(name + "/b", [h1], q["Conv_1"], norm=_Norm(q["GroupNorm_1"]), res=(hs, skip))
+        return eng.layer(name + "/b", [h1], q["Conv_1"], norm=NormOp(q["GroupNorm_1"]), res=(hs, skip))
 
     xs = eng.source(x)
     name = conv_name()
@@ -55,5 +55,5 @@ def digits_forward(eng, model, p, x, t):
             name = conv_name()
             h = eng.layer(name, [h], p[name], up=True)
     name = conv_name()
-    out = eng.layer(name, [h], p[name], norm=_Norm(p["GroupNorm_0"]))
+    out = eng.layer(name, [h], p[name], norm=NormOp(p["GroupNorm_0"]))
     return out, name

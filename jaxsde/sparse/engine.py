@@ -1,5 +1,5 @@
-"""The engines that run a forward pass: :class:`_Dense` (true network, recording, masked
-reference, frozen statistics) and :class:`_Sparse` (active tiles only, gathered with their halo,
+"""The engines that run a forward pass: :class:`DenseEngine` (true network, recording, masked
+reference, frozen statistics) and :class:`SparseEngine` (active tiles only, gathered with their halo,
 convolved VALID, scattered into the cached maps), and their primitives (convolution, GroupNorm
 statistics and the fused norm pre-op, gather / scatter on maps with a zero border of ``PAD``,
 attention). The semantics are in :mod:`jaxsde.sparse`'s docstring.
@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ..models import fir as _fir
-from ..models.unet import _groups
+from ..models import fir
+from ..models.unet import group_count
 from .plan import TilePlan
 
 PAD = 3  # zero border kept around every stored map (>= the largest overhang of a gathered window: 3 for
@@ -48,7 +48,7 @@ def _group_stats(x, groups, two_pass=False):
     return mean, var
 
 
-class _Norm:
+class NormOp:
     """A fused pre-op: GroupNorm with params ``p`` (``groups=None``: DigitsUNet's rule), an
     optional ``x (1 + scale) + shift`` (UNet2D's scale_shift time conditioning), then ``act``."""
 
@@ -57,7 +57,7 @@ class _Norm:
                                                                                    scale_shift)
 
     def n_groups(self, channels):
-        return _groups(channels) if self.groups is None else self.groups
+        return group_count(channels) if self.groups is None else self.groups
 
     def stats(self, x):
         return _group_stats(x, self.n_groups(x.shape[-1]), self.two_pass)
@@ -75,17 +75,17 @@ class _Norm:
         return x if self.act is None else self.act(x)
 
 
-def _padded(x):
+def pad_map(x):
     return jnp.pad(x, ((PAD, PAD), (PAD, PAD), (0, 0)))
 
 
-def _gather(xp, origins, size):
+def gather_tiles(xp, origins, size):
     """Windows ``(n, size, size, C)`` of a padded map at padded-coordinate ``origins`` (n, 2)."""
     C = xp.shape[-1]
     return jax.vmap(lambda o: lax.dynamic_slice(xp, (o[0], o[1], 0), (size, size, C)))(origins)
 
 
-def _scatter(xp, origins, tiles):
+def scatter_tiles(xp, origins, tiles):
     """Write ``tiles`` (n, b, b, C) into the padded map at padded-coordinate ``origins``."""
     dnums = lax.ScatterDimensionNumbers(update_window_dims=(1, 2, 3), inserted_window_dims=(),
                                         scatter_dims_to_operand_dims=(0, 1))
@@ -103,7 +103,7 @@ def _inside(origins, size, limits):
     return (ok_r[:, :, None] & ok_c[:, None, :])[..., None]
 
 
-def _dense(p, x):
+def dense_apply(p, x):
     return x @ p["kernel"] + p["bias"]
 
 
@@ -112,12 +112,12 @@ def _attend(p, hq, hkv, heads):
     maps), with UNet2D's ``to_q``/``to_k``/``to_v``/``to_out_0`` projections: (N, C)."""
     C = hq.shape[-1]
     d = C // heads
-    q = _dense(p["to_q"], hq).reshape(-1, heads, d)
-    k = _dense(p["to_k"], hkv).reshape(-1, heads, d)
-    v = _dense(p["to_v"], hkv).reshape(-1, heads, d)
+    q = dense_apply(p["to_q"], hq).reshape(-1, heads, d)
+    k = dense_apply(p["to_k"], hkv).reshape(-1, heads, d)
+    v = dense_apply(p["to_v"], hkv).reshape(-1, heads, d)
     w = jnp.einsum("qhd,khd->hqk", q, k) / math.sqrt(d)
     w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(v.dtype)
-    return _dense(p["to_out_0"], jnp.einsum("hqk,khd->qhd", w, v).reshape(-1, C))
+    return dense_apply(p["to_out_0"], jnp.einsum("hqk,khd->qhd", w, v).reshape(-1, C))
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,7 +151,7 @@ def _unscaled(s) -> bool:
     return isinstance(s, int | float) and s == 1.0
 
 
-class _Resample:
+class Resample:
     """A linear resampling of a map, ``upfirdn``-style (:func:`jaxsde.models.fir.upfirdn2d`): zero
     insertion by ``up``, zero padding ``pad = (before, after)`` (negative crops), the 2-D FIR
     filter ``k`` (a true convolution), decimation by ``down``. NCSN++'s FIR up / downsampling
@@ -169,45 +169,45 @@ class _Resample:
         self.k, self.up, self.down, self.pad = np.asarray(k, np.float32), up, down, tuple(pad)
 
     @classmethod
-    def up2(cls, kernel) -> _Resample:
+    def up2(cls, kernel) -> Resample:
         """FIR 2x upsampling (:func:`jaxsde.models.fir.upsample_2d`): ``n -> 2n``."""
-        k = _fir.setup_kernel(kernel) * 4
+        k = fir.setup_kernel(kernel) * 4
         p = k.shape[0] - 2
         return cls(k, up=2, pad=((p + 1) // 2 + 1, p // 2))
 
     @classmethod
-    def down2(cls, kernel) -> _Resample:
+    def down2(cls, kernel) -> Resample:
         """FIR 2x downsampling (:func:`jaxsde.models.fir.downsample_2d`): ``n -> n / 2``."""
-        k = _fir.setup_kernel(kernel)
+        k = fir.setup_kernel(kernel)
         p = k.shape[0] - 2
         return cls(k, down=2, pad=((p + 1) // 2, p // 2))
 
     @classmethod
-    def nearest2(cls) -> _Resample:
+    def nearest2(cls) -> Resample:
         """Nearest 2x upsampling (:func:`jaxsde.models.fir.naive_upsample_2d`, bitwise: sums with zeros)."""
         return cls(np.ones((2, 2), np.float32), up=2, pad=(1, 0))
 
     @classmethod
-    def pool2(cls) -> _Resample:
+    def pool2(cls) -> Resample:
         """2x2 average pooling (:func:`jaxsde.models.fir.naive_downsample_2d`, to rounding)."""
         return cls(np.full((2, 2), 0.25, np.float32), down=2)
 
     @classmethod
-    def up_conv(cls, kernel, conv_k=3) -> _Resample:
+    def up_conv(cls, kernel, conv_k=3) -> Resample:
         """FIR 2x upsampling to run before a VALID ``conv_k`` convolution: together StyleGAN2's fused
         :func:`jaxsde.models.fir.upsample_conv_2d` (a transposed convolution, then the FIR filter;
         both linear and shift-invariant on the upsampled grid, so they commute: equal to rounding)."""
-        k = _fir.setup_kernel(kernel) * 4
+        k = fir.setup_kernel(kernel) * 4
         kh = k.shape[0]
         p = kh - 2 - (conv_k - 1)
         p0 = (p + 1) // 2 + 1 + conv_k - 1
         return cls(k, up=2, pad=(p0, conv_k + kh - 2 - p0))
 
     @classmethod
-    def blur(cls, kernel, conv_k=3) -> _Resample:
+    def blur(cls, kernel, conv_k=3) -> Resample:
         """The FIR filter before a stride-2 VALID ``conv_k`` convolution
         (:func:`jaxsde.models.fir.conv_downsample_2d`): ``n -> n + 1`` for ``(1, 3, 3, 1)``."""
-        k = _fir.setup_kernel(kernel)
+        k = fir.setup_kernel(kernel)
         p = k.shape[0] - 2 + conv_k - 1
         return cls(k, pad=((p + 1) // 2, p // 2))
 
@@ -221,7 +221,7 @@ class _Resample:
 
     def __call__(self, x, pad=None):
         """Resample ``x`` (H, W, C) or (N, H, W, C); ``pad`` overrides the padding (windows)."""
-        y = _fir.upfirdn2d(x if x.ndim == 4 else x[None], self.k, self.up, self.down, self.pad if pad is None else pad)
+        y = fir.upfirdn2d(x if x.ndim == 4 else x[None], self.k, self.up, self.down, self.pad if pad is None else pad)
         return y if x.ndim == 4 else y[0]
 
     def window(self, y0, n, shift=0):
@@ -245,7 +245,7 @@ class _Resample:
 
 
 def _resampled(x, how):
-    """``x`` (..., H, W, C) resampled: ``"down"`` 2x2 average pooling, ``"up"`` nearest 2x, a :class:`_Resample`."""
+    """``x`` (..., H, W, C) resampled: ``"down"`` 2x2 average pooling, ``"up"`` nearest 2x, a :class:`Resample`."""
     if how == "down":
         return _pool2(x)
     if how == "up":
@@ -255,7 +255,7 @@ def _resampled(x, how):
 
 def _residual(res, gather=None):
     """The residual branch ``res = (srcs, conv[, resample])``: concatenated sources, resampled
-    (``"down"``: 2x2 average pooling, ``"up"``: nearest 2x, or a :class:`_Resample`), then the
+    (``"down"``: 2x2 average pooling, ``"up"``: nearest 2x, or a :class:`Resample`), then the
     optional 1x1 ``conv``. ``gather(src)`` takes each source's window, already resampled
     (sparse engine); None = the whole maps."""
     r_srcs, r_conv = res[0], res[1]
@@ -274,7 +274,7 @@ def _residual(res, gather=None):
 def _dense_layer(srcs, conv, stats, *, stride=1, up=False, pool=False, fir=None, norm=None, bias=None, res=None,
                  padding=None, out_scale=1.0):
     """One layer computed densely on unpadded maps; ``stats`` None = the maps' own statistics.
-    ``up``: nearest 2x upsampling, ``pool``: 2x2 average pooling, ``fir``: a :class:`_Resample`,
+    ``up``: nearest 2x upsampling, ``pool``: 2x2 average pooling, ``fir``: a :class:`Resample`,
     between the pre-op and the convolution. Returns ``(output, statistics used or None)``."""
     x = jnp.concatenate(srcs, axis=-1) if len(srcs) > 1 else srcs[0]
     if norm is not None:
@@ -312,7 +312,7 @@ def _dense_attention(x, p, norm, stats, heads, out_scale):
     return y, stats
 
 
-class _Dense(_Arrays):
+class DenseEngine(_Arrays):
     """Dense engine. ``cache=None``: the true network (records outputs and statistics).
     With ``cache`` and ``plan``: the masked reference of the sparse engine. With ``cache``
     and no plan: the true network with the cached (original) GroupNorm statistics."""
@@ -347,7 +347,7 @@ class _Dense(_Arrays):
         return x
 
 
-class _Sparse(_Arrays):
+class SparseEngine(_Arrays):
     """Sparse engine: maps are padded full-resolution arrays; convolutions touch active tiles only."""
 
     def __init__(self, cache, plan: TilePlan, stats="reuse"):
@@ -356,11 +356,11 @@ class _Sparse(_Arrays):
 
     def _write(self, name, org, tiles):
         """Scatter ``tiles`` into the cached map at unpadded ``org`` (in place when the cache is donated)."""
-        self.written[name] = y = _scatter(self.cache[name], org + PAD, tiles)
+        self.written[name] = y = scatter_tiles(self.cache[name], org + PAD, tiles)
         return y
 
     def source(self, x):
-        return _padded(x)
+        return pad_map(x)
 
     def _level_of(self, xp):
         return int(round(math.log2(self.plan.shape[0] // (xp.shape[0] - 2 * PAD))))
@@ -390,7 +390,7 @@ class _Sparse(_Arrays):
                 stats = norm.stats(jnp.concatenate(inner, axis=-1) if len(inner) > 1 else inner[0])
             y, _ = _dense_layer(inner, conv, stats, stride=stride, up=up, pool=pool, fir=fir, norm=norm, bias=bias,
                                 res=unpad, padding=padding, out_scale=out_scale)
-            return _padded(jnp.where(mask[..., None], y, self.cache[name][PAD:-PAD, PAD:-PAD]))
+            return pad_map(jnp.where(mask[..., None], y, self.cache[name][PAD:-PAD, PAD:-PAD]))
         k = 1 if conv is None else conv["kernel"].shape[0]
         H_in = srcs[0].shape[0] - 2 * PAD
         W_in = srcs[0].shape[1] - 2 * PAD
@@ -411,7 +411,7 @@ class _Sparse(_Arrays):
         else:
             in_org = org * stride - pad_lo
             in_size = (b - 1) * stride + k
-        g = [_gather(s, in_org + PAD, in_size) for s in srcs]
+        g = [gather_tiles(s, in_org + PAD, in_size) for s in srcs]
         x = jnp.concatenate(g, axis=-1) if len(g) > 1 else g[0]
         if norm is not None:
             x = norm(x, stats) * _inside(in_org, in_size, (H_in, W_in)).astype(x.dtype)
@@ -437,13 +437,13 @@ class _Sparse(_Arrays):
         ``b``, resampled to the tiles' resolution."""
         how = res[2] if len(res) > 2 else None
         if how == "down":  # the residual's sources are at the input resolution: 2b x 2b windows
-            return lambda s: _pool2(_gather(s, 2 * org + PAD, 2 * b))
+            return lambda s: _pool2(gather_tiles(s, 2 * org + PAD, 2 * b))
         if how == "up":  # at half the output resolution (b even)
-            return lambda s: _up2(_gather(s, org // 2 + PAD, b // 2))
+            return lambda s: _up2(gather_tiles(s, org // 2 + PAD, b // 2))
         if how is None:
-            return lambda s: _gather(s, org + PAD, b)
+            return lambda s: gather_tiles(s, org + PAD, b)
         w_org, w_size, pad = how.window(org, b)  # (the maps' zero border is the FIR's zero padding)
-        return lambda s: how(_gather(s, w_org + PAD, w_size), pad)
+        return lambda s: how(gather_tiles(s, w_org + PAD, w_size), pad)
 
     def attention(self, name, x, p, *, norm=None, heads=1, out_scale=1.0):
         """Queries from the active tiles only; keys and values from the whole mixed map."""
@@ -457,10 +457,10 @@ class _Sparse(_Arrays):
         stats = self._stats(name, norm, [x])
         if bucket == self.plan.tile_total(lvl):
             y, _ = _dense_attention(full, p, norm, stats, heads, out_scale)
-            return _padded(jnp.where(mask[..., None], y, self.cache[name][PAD:-PAD, PAD:-PAD]))
+            return pad_map(jnp.where(mask[..., None], y, self.cache[name][PAD:-PAD, PAD:-PAD]))
         h = full if norm is None else norm(full, stats)
-        q = _gather(_padded(h), org + PAD, b).reshape(-1, C)
+        q = gather_tiles(pad_map(h), org + PAD, b).reshape(-1, C)
         y = _attend(p, q, h.reshape(H * W, C), heads).reshape(-1, b, b, C)
-        y = y + _gather(x, org + PAD, b)
+        y = y + gather_tiles(x, org + PAD, b)
         y = y if _unscaled(out_scale) else y / out_scale
         return self._write(name, org, y)

@@ -15,7 +15,7 @@ class _Node:
         self.index, self.shape = index, tuple(shape)
 
 
-class _Trace:
+class GraphTrace:
     """Engine that records the layer graph: which maps each layer reads (through its
     convolution and through its residual branch, itself possibly pooled or upsampled), its
     stride / upsampling / average pooling / padding and kernel size; attention layers are global
@@ -67,7 +67,7 @@ def _reads(n_in, n_out, k, stride, up, pad_lo=None, pool=False, fir=None):
     """``R[i, j]``: output row ``i`` of the layer reads input row ``j`` (SAME padding, or
     ``pad_lo`` rows before the first; with ``up``, a nearest 2x upsampling before the
     stride-1 convolution; with ``pool``, a 2x2 average pooling before it; with ``fir``, a FIR
-    resampling (:class:`jaxsde.sparse.engine._Resample`) before it)."""
+    resampling (:class:`jaxsde.sparse.engine.Resample`) before it)."""
     if fir is not None:
         F = fir.reads(n_in)
         return _reads(F.shape[0], n_out, k, stride, False, pad_lo) @ F
@@ -111,7 +111,7 @@ def _through_res(changed, out_shape, how):
     return (R @ changed @ C.T) > 0
 
 
-def propagate(graph: _Trace, changed, roi=None):
+def propagate(graph: GraphTrace, changed, roi=None):
     """Per layer: ``(changed, needed)`` boolean maps at the layer's output resolution.
 
     ``changed``: the output pixels whose receptive field contains a changed input pixel

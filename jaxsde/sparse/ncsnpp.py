@@ -39,9 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..models.layerspp import timestep_embedding
-from ..models.ncsnpp import _ACTIVATIONS, NCSNppConfig
-from .engine import _dense, _Norm, _Resample
-from .graph import _Trace
+from ..models.ncsnpp import ACTIVATIONS, NCSNppConfig
+from .engine import NormOp, Resample, dense_apply
+from .graph import GraphTrace
 
 _VALID = ((0, 0), (0, 0))  # explicit no-padding (the fused FIR convolutions)
 
@@ -72,7 +72,7 @@ def _nin_conv(q):
 def _time_embedding(cfg: NCSNppConfig, p, t):
     """``(temb (4 nf,) or None, sigma)`` for one scalar ``time_cond`` ``t`` (sigma for Fourier
     embeddings; the label ``t * 999`` for positional ones, sigma then read off the VE grid)."""
-    act = _ACTIVATIONS[cfg.nonlinearity]
+    act = ACTIVATIONS[cfg.nonlinearity]
     tc = jnp.reshape(jnp.asarray(t, jnp.float32), (1,))
     if cfg.embedding_type == "fourier":
         sigma = tc[0]
@@ -84,7 +84,7 @@ def _time_embedding(cfg: NCSNppConfig, p, t):
         emb = timestep_embedding(tc, cfg.nf)[0]
     if not cfg.conditional:
         return None, sigma
-    return _dense(p["Dense_1"], act(_dense(p["Dense_0"], emb))), sigma
+    return dense_apply(p["Dense_1"], act(dense_apply(p["Dense_0"], emb))), sigma
 
 
 class _Names:
@@ -104,19 +104,19 @@ def ncsnpp_forward(eng, model, p, x, t):
     with engine ``eng``: ``(output, name of the last layer)``."""
     cfg = model.config
     check_config(cfg)
-    act = _ACTIVATIONS[cfg.nonlinearity]
+    act = ACTIVATIONS[cfg.nonlinearity]
     nf, n_levels, H0 = cfg.nf, len(cfg.ch_mult), int(x.shape[0])
     skip = math.sqrt(2.0) if cfg.skip_rescale else 1.0
     names = _Names()
     biggan = cfg.resblock_type == "biggan"
-    if not cfg.centered and not isinstance(eng, _Trace):
+    if not cfg.centered and not isinstance(eng, GraphTrace):
         x = 2 * x - 1.0
 
     emb = eng.compute(lambda: _time_embedding(cfg, p, t))
     temb, sigma = (None, None) if emb is None else emb
 
     def norm(q, channels, activation=act):
-        return _Norm(q, _groups(channels), act=activation)
+        return NormOp(q, _groups(channels), act=activation)
 
     def block(hs, out_ch=None, up=False, down=False):
         """A residual block (two layers) on the concatenation of ``hs``."""
@@ -124,10 +124,10 @@ def ncsnpp_forward(eng, model, p, x, t):
         q = p[name]
         cin = sum(int(h.shape[-1]) for h in hs)
         out_ch = out_ch or cin
-        bias = eng.compute(lambda: _dense(q["Dense_0"], act(temb))) if cfg.conditional else None
+        bias = eng.compute(lambda: dense_apply(q["Dense_0"], act(temb))) if cfg.conditional else None
         fir = None
         if cfg.fir and (up or down):
-            fir = _Resample.up2(cfg.fir_kernel) if up else _Resample.down2(cfg.fir_kernel)
+            fir = Resample.up2(cfg.fir_kernel) if up else Resample.down2(cfg.fir_kernel)
         nearest = not cfg.fir
         h = eng.layer(name + "/Conv_0", hs, q["Conv_0"], up=up and nearest, pool=down and nearest, fir=fir,
                       norm=norm(q["GroupNorm_0"], cin), bias=bias)
@@ -152,12 +152,12 @@ def ncsnpp_forward(eng, model, p, x, t):
         with an optional residual."""
         name = names("Downsample")
         if not with_conv:  # parameter-free: FIR downsampling or 2x2 average pooling
-            fir = _Resample.down2(cfg.fir_kernel) if cfg.fir else _Resample.pool2()
+            fir = Resample.down2(cfg.fir_kernel) if cfg.fir else Resample.pool2()
             return eng.layer(name, srcs, None, fir=fir, res=res, out_scale=out_scale)
         q = p[name]
         if cfg.fir:  # FIR filter, then a VALID stride-2 3x3 conv (StyleGAN2's fused Conv2d)
             conv = {"kernel": q["Conv2d_0"]["weight"], "bias": q["Conv2d_0"]["bias"]}
-            return eng.layer(name, srcs, conv, stride=2, fir=_Resample.blur(cfg.fir_kernel, 3), padding=_VALID,
+            return eng.layer(name, srcs, conv, stride=2, fir=Resample.blur(cfg.fir_kernel, 3), padding=_VALID,
                              res=res, out_scale=out_scale)
         return eng.layer(name, srcs, q["Conv_0"], stride=2, res=res, out_scale=out_scale)
 
@@ -165,12 +165,12 @@ def ncsnpp_forward(eng, model, p, x, t):
         """``layerspp.Upsample`` (``Upsample_k``) as one layer, with an optional residual."""
         name = names("Upsample")
         if not with_conv:  # parameter-free: FIR or nearest upsampling
-            fir = _Resample.up2(cfg.fir_kernel) if cfg.fir else _Resample.nearest2()
+            fir = Resample.up2(cfg.fir_kernel) if cfg.fir else Resample.nearest2()
             return eng.layer(name, [src], None, fir=fir, res=res, out_scale=out_scale)
         q = p[name]
         if cfg.fir:  # FIR upsampling then a VALID 3x3 conv (the fused transposed conv + FIR, reordered)
             conv = {"kernel": q["Conv2d_0"]["weight"], "bias": q["Conv2d_0"]["bias"]}
-            return eng.layer(name, [src], conv, fir=_Resample.up_conv(cfg.fir_kernel, 3), padding=_VALID, res=res,
+            return eng.layer(name, [src], conv, fir=Resample.up_conv(cfg.fir_kernel, 3), padding=_VALID, res=res,
                              out_scale=out_scale)
         return eng.layer(name, [src], q["Conv_0"], up=True, res=res, out_scale=out_scale)
 

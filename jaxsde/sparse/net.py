@@ -13,10 +13,10 @@ from ..models.ddpm_unet import UNet2D
 from ..models.ncsnpp import NCSNpp
 from ..models.unet import DigitsUNet
 from .digits import digits_forward
-from .engine import PAD, _Dense, _gather, _padded, _scatter, _Sparse
-from .graph import _Trace, propagate
+from .engine import PAD, DenseEngine, SparseEngine, gather_tiles, pad_map, scatter_tiles
+from .graph import GraphTrace, propagate
 from .ncsnpp import check_config, ncsnpp_forward
-from .plan import TilePlan, _check_mask, _tiles_of, plan_tiles
+from .plan import TilePlan, check_tile_mask, plan_tiles, tiles_of
 from .unet2d import unet2d_forward
 
 
@@ -48,7 +48,7 @@ class SparseUNet:
         else:
             self.levels = len(model.block_out_channels)
             self.in_channels = model.in_channels
-        self._graphs: dict[tuple[int, int], _Trace] = {}
+        self._graphs: dict[tuple[int, int], GraphTrace] = {}
 
     # the forward pass, shared by every engine
     def _forward(self, eng, params, x, t):
@@ -61,13 +61,13 @@ class SparseUNet:
 
     def apply(self, params, x, t):
         """The dense network (equals ``model.apply(params, x[None], t[None])[0]``)."""
-        return self._forward(_Dense(), params, x, t)[0]
+        return self._forward(DenseEngine(), params, x, t)[0]
 
     def record(self, params, x, t, *, padded: bool = False):
         """Dense forward returning ``(out, cache)``: each layer's output and normalisation stats.
         ``padded=True``: the maps stored with the engine's zero border (:meth:`pad_cache`), the cache
         that :meth:`apply_sparse_inplace` takes."""
-        eng = _Dense()
+        eng = DenseEngine()
         out, _ = self._forward(eng, params, x, t)
         return out, (self.pad_cache(eng.record) if padded else eng.record)
 
@@ -76,7 +76,7 @@ class SparseUNet:
         """The cache with every layer map stored with a zero border of ``PAD`` pixels (what
         :meth:`apply_sparse` does to the cache on every call; the statistics are unchanged):
         the buffers :meth:`apply_sparse_inplace` writes into. One pass over the cache: do it once."""
-        return {k: (v if k.startswith("stats/") else _padded(v)) for k, v in cache.items()}
+        return {k: (v if k.startswith("stats/") else pad_map(v)) for k, v in cache.items()}
 
     @staticmethod
     def unpad_cache(padded_cache):
@@ -87,12 +87,12 @@ class SparseUNet:
         """The dense network with every GroupNorm's statistics taken from ``cache`` (the
         original image's): the network that ``stats="reuse"`` computes exactly on a
         receptive-field-exact plan's ``roi``."""
-        return self._forward(_Dense(cache, None, "reuse"), params, x, t)[0]
+        return self._forward(DenseEngine(cache, None, "reuse"), params, x, t)[0]
 
     def apply_masked(self, params, x, t, cache, plan: TilePlan, stats: str = "reuse"):
         """Dense reference with the sparse engine's semantics (see :mod:`jaxsde.sparse`)."""
         _check_stats(stats)
-        out, name = self._forward(_Dense(cache, plan, stats), params, x, t)
+        out, name = self._forward(DenseEngine(cache, plan, stats), params, x, t)
         return out if plan.roi is None else jnp.where(plan.roi[..., None], out, cache[name])
 
     def apply_sparse(self, params, x, t, cache, plan: TilePlan, stats: str = "reuse"):
@@ -136,7 +136,7 @@ class SparseUNet:
             return self.apply(params, x, t), padded_cache
         self._check_plan(x, plan)
         _check_padded(padded_cache, x)
-        eng = _Sparse(padded_cache, plan, stats)
+        eng = SparseEngine(padded_cache, plan, stats)
         out, name = self._forward(eng, params, x, t)
         out = out[PAD:-PAD, PAD:-PAD]
         if plan.roi is not None:
@@ -160,7 +160,7 @@ class SparseUNet:
     def save_tiles(self, padded_cache, plan: TilePlan):
         """The tiles of the padded cache that :meth:`apply_sparse_inplace` with ``plan`` overwrites:
         ``{layer name: (bucket, b, b, C)}`` (a few percent of the cache for a small edit)."""
-        return {n: _gather(padded_cache[n], plan.tiles(n, r)[0] + PAD, plan.blocks[r])
+        return {n: gather_tiles(padded_cache[n], plan.tiles(n, r)[0] + PAD, plan.blocks[r])
                 for n, r in self._scattered(plan)}
 
     def restore_tiles(self, padded_cache, plan: TilePlan, saved):
@@ -168,7 +168,7 @@ class SparseUNet:
         :meth:`apply_sparse_inplace` with the same plan, the padded original cache, bit for bit."""
         maps = dict(padded_cache)
         for n, r in self._scattered(plan):
-            maps[n] = _scatter(maps[n], plan.tiles(n, r)[0] + PAD, saved[n])
+            maps[n] = scatter_tiles(maps[n], plan.tiles(n, r)[0] + PAD, saved[n])
         return maps
 
     def _check_plan(self, x, plan):
@@ -179,13 +179,13 @@ class SparseUNet:
         if self.levels > 1 and plan.blocks[0] % 2:
             raise ValueError(f"tile size {plan.blocks[0]} at level 0 must be even (it receives upsampled maps)")
 
-    def graph(self, shape) -> _Trace:
+    def graph(self, shape) -> GraphTrace:
         """The layer graph for images of spatial ``shape`` (traced once, cached)."""
         shape = tuple(int(s) for s in shape[:2])
         if shape not in self._graphs:
             x = jnp.zeros((1, *shape, self.in_channels))
             params = jax.eval_shape(self.model.init, jax.random.PRNGKey(0), x, jnp.zeros((1,)))
-            eng = _Trace()
+            eng = GraphTrace()
             self._forward(eng, params, jax.ShapeDtypeStruct((*shape, self.in_channels), jnp.float32), 0.0)
             self._graphs[shape] = eng
         return self._graphs[shape]
@@ -208,7 +208,7 @@ class SparseUNet:
         origins, buckets = list(plan.origins), list(plan.buckets)
         for r, b in enumerate(plan.blocks):
             if buckets[r] > layer_dense_above * plan.totals[r]:  # the engine's all-tiles (dense) path
-                org, _, _, _, buckets[r] = _tiles_of(np.ones(np.asarray(plan.masks[r]).shape, bool), b)
+                org, _, _, _, buckets[r] = tiles_of(np.ones(np.asarray(plan.masks[r]).shape, bool), b)
                 origins[r] = jnp.asarray(org)
         work = self._work(plan.shape, plan.blocks, lambda L, r: buckets[r])
         return TilePlan(plan.shape, plan.blocks, buckets, work > dense_above, origins, plan.masks, plan.counts,
@@ -240,7 +240,7 @@ class SparseUNet:
                                     layer_dense_above)
         if mode != "exact":
             raise ValueError(f"mode must be 'exact' or 'input', got {mode!r}")
-        m0, m, blocks = _check_mask(mask, self.levels, blocks, dilate)
+        m0, m, blocks = check_tile_mask(mask, self.levels, blocks, dilate)
         if isinstance(roi, str):
             if roi not in ("edit", "all"):
                 raise ValueError(f"roi must be 'edit', 'all' or a (H, W) bool array, got {roi!r}")
@@ -258,9 +258,9 @@ class SparseUNet:
         for L in graph.layers:
             changed, needed = prop[L["name"]]
             r = int(round(math.log2(H // changed.shape[0])))
-            org, tmask, n, total, bucket = _tiles_of(changed & needed, blocks[r], per_octave)
+            org, tmask, n, total, bucket = tiles_of(changed & needed, blocks[r], per_octave)
             if bucket > layer_dense_above * total:  # computed densely (the engine's bucket == total path)
-                org, _, _, _, bucket = _tiles_of(np.ones_like(changed), blocks[r])
+                org, _, _, _, bucket = tiles_of(np.ones_like(changed), blocks[r])
             layers.append((L["name"], r, bucket))
             l_origins.append(jnp.asarray(org))
             l_masks.append(jnp.asarray(tmask))
@@ -270,7 +270,7 @@ class SparseUNet:
             dense_work += changed.size * L["cost"] + L.get("kv_cost", 0)
         origins, counts, totals, buckets = [], [], [], []
         for r, b in enumerate(blocks):
-            org, _, n, total, bucket = _tiles_of(union[r], b)
+            org, _, n, total, bucket = tiles_of(union[r], b)
             origins.append(jnp.asarray(org))
             counts.append(n)
             totals.append(total)

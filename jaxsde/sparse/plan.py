@@ -109,7 +109,7 @@ class TilePlan:
 jax.tree_util.register_pytree_node(TilePlan, TilePlan.tree_flatten, TilePlan.tree_unflatten)
 
 
-def _check_mask(mask, levels, blocks, dilate):
+def check_tile_mask(mask, levels, blocks, dilate):
     """Validated ``(mask, dilated mask, blocks)`` (see :func:`plan_tiles`)."""
     m = np.asarray(mask)
     if m.ndim != 2:
@@ -143,7 +143,7 @@ def _check_mask(mask, levels, blocks, dilate):
     return m, grown, blocks
 
 
-def _tiles_of(active, b, per_octave=1):
+def tiles_of(active, b, per_octave=1):
     """Tiles of size ``b`` holding any ``active`` pixel: ``(origins (bucket, 2), tile mask, n, total, bucket)``;
     ``bucket = 0`` (no origins) when nothing is active."""
     Hr, Wr = active.shape
@@ -172,14 +172,14 @@ def plan_tiles(mask, levels: int, blocks: int | tuple[int, ...] = 8, *, dilate: 
     holds any masked pixel. Raises ``ValueError`` for an empty mask, a non-2-D mask, or sizes
     that do not divide.
     """
-    m0, m, blocks = _check_mask(mask, levels, blocks, dilate)
+    m0, m, blocks = check_tile_mask(mask, levels, blocks, dilate)
     H, W = m.shape
     origins, masks, counts, totals, buckets = [], [], [], [], []
     dense = False
     for r, b in enumerate(blocks):
         f = 1 << r
         mr = m.reshape(H // f, f, W // f, f).any(axis=(1, 3))
-        org, tmask, n, total, bucket = _tiles_of(mr, b)
+        org, tmask, n, total, bucket = tiles_of(mr, b)
         if bucket > dense_above * total:
             dense = True
         origins.append(jnp.asarray(org))

@@ -104,7 +104,7 @@ def sparse_sdedit(key, sde, solver, net: SparseUNet, params, x_orig, x_edit, t0:
     arrays taken out of it. ``x_original`` is None when ``cache`` was given.
     The keys follow :func:`jaxsde.editing.sdedit`: ``noise_key, solve_key = split(key)``.
     """
-    from ..editing import _check_t0, sdedit_start
+    from ..editing import check_t0, sdedit_start
 
     if mode not in ("sparse", "masked", "dense"):
         raise ValueError(f"mode must be 'sparse', 'masked' or 'dense', got {mode!r}")
@@ -142,7 +142,7 @@ def sparse_sdedit(key, sde, solver, net: SparseUNet, params, x_orig, x_edit, t0:
         raise TypeError(f"sparse_sdedit drives a DigitsUNet, a UNet2D or an NCSNpp, got {type(net.model).__name__}")
     if mode != "dense" and plan is None:
         raise ValueError(f"mode {mode!r} needs a TilePlan")
-    t0 = _check_t0(sde, t0, None)
+    t0 = check_t0(sde, t0, None)
     x_orig, x_edit = jnp.asarray(x_orig), jnp.asarray(x_edit)
     if x_orig.shape != x_edit.shape:
         raise ValueError(f"x_orig {x_orig.shape} and x_edit {x_edit.shape} must have the same shape")

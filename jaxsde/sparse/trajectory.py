@@ -1,4 +1,5 @@
-"""Fixed-grid trajectories whose score calls read and write per-step data: a ``lax.scan``
+"""Fixed-grid trajectories whose score calls read and write per-step data, on the driver's
+step and finalize (:func:`jaxsde.driver.step_with_aux`): a ``lax.scan``
 (:func:`run_fixed_grid`, traceable) or an eager Python loop of jitted, donating step programs
 (:func:`run_fixed_grid_loop`, kept between calls in a :class:`StepPrograms`), and the
 conversions between their per-step cache layouts."""
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .. import driver
 from .net import SparseUNet
 
 __all__ = ["run_fixed_grid", "run_fixed_grid_loop", "StepPrograms", "cache_bytes", "stack_step_caches",
@@ -21,60 +23,74 @@ def cache_bytes(cache) -> int:
     return int(sum(np.prod(a.shape) * a.dtype.itemsize for a in jax.tree_util.tree_leaves(cache)))
 
 
-def _setup(solver, sde, x_start, t_start, t_end):
+def _placeholder_score(x, t):
+    """Stands in for the per-step score at validation (shape and dtype only)."""
+    return jnp.zeros_like(x)
+
+
+def _no_score(x, t):
+    raise TypeError("the solver's init evaluated the score; not supported by the sparse trajectories")
+
+
+def _problem(solver, sde, x_start, t_start, t_end) -> driver.Problem:
+    """The driver's problem for a fixed-grid run from ``x_start`` at ``t_start`` (no per-step
+    finiteness check: the caches are per step, and a failed sample's code comes from the end)."""
     from ..solvers.base import FixedGridSolver
 
     if not isinstance(solver, FixedGridSolver):
         raise TypeError(f"sparse editing needs a fixed-grid solver (DDIM, EulerMaruyama, ...), got "
                         f"{type(solver).__name__}: the per-step cache is indexed by grid step")
-    dtype = x_start.dtype
+    if solver.state_score(sde, x_start, jnp.asarray(t_end, x_start.dtype), None) is not None:
+        raise TypeError(f"{type(solver).__name__} carries its own final score; the sparse trajectories "
+                        "need one evaluated by the final denoising step")
+    shape = jax.ShapeDtypeStruct(x_start.shape, x_start.dtype)
+    return driver.prepare(sde, _placeholder_score, solver, shape, t_start=float(t_start), t_end=float(t_end),
+                          check_finite=False)
 
-    def no_score(x, t):
-        raise TypeError("the solver's init evaluated the score; not supported by run_fixed_grid")
 
-    first = solver.init(sde, no_score, x_start, jnp.asarray(t_start, dtype), jnp.asarray(t_end, dtype))
-    return (x_start, jnp.asarray(t_start, dtype), jnp.asarray(first.h, dtype), first.state, jnp.zeros((), jnp.int32))
+def _init(p: driver.Problem, x_start) -> driver.LoopState:
+    return driver.init(p._replace(score=_no_score), x_start)
 
 
-def _step_fn(sde, solver, t_end, score_call):
-    """One grid step ``(carry, xs_k, key, args) -> (carry, auxs)``; ``score_call(args, xs_k, j, x, t)``;
-    ``auxs``: the score calls' aux, a tuple."""
-    npa = solver.noise_per_attempt
+def _step_fn(p: driver.Problem, score_call):
+    """One grid step ``(state, xs_k, key, args) -> (state, auxs)`` on :func:`jaxsde.driver.step_with_aux`;
+    ``score_call(args, xs_k, j, x, t)``; ``auxs``: the score calls' aux, a tuple."""
 
-    def body(carry, xs_k, key, args):
-        x, t, h, state, k = carry
-        auxs = []
-
-        def score(x_, t_):
-            s, aux = score_call(args, xs_k, len(auxs), x_, t_)
-            auxs.append(aux)
-            return s
-
-        z = jax.random.normal(jax.random.fold_in(key, k), (npa, *x.shape), x.dtype) if npa else None
-        out = solver.step(sde, score, x, t, h, state, z, jnp.asarray(t_end, x.dtype))
-        return (out.x, out.t, out.h, out.state, k + 1), tuple(auxs)
+    def body(state, xs_k, key, args):
+        return driver.step_with_aux(p, key, state, lambda j, x, t: score_call(args, xs_k, j, x, t))
 
     return body
 
 
+def _last_fn(p: driver.Problem, score_call):
+    """The final denoising step ``(state, final, args) -> (x, auxs)`` on
+    :func:`jaxsde.driver.finalize_with_aux` (``auxs``: the one evaluation's aux, a 1-tuple)."""
+
+    def last(state, final, args):
+        sol, auxs = driver.finalize_with_aux(p, state, lambda j, x, t: score_call(args, final, j, x, t))
+        return sol.x, auxs
+
+    return last
+
+
 def run_fixed_grid(key, sde, solver, x_start, t_start: float, t_end: float, score_call, xs=None):
     """Run a fixed-grid solver like :func:`jaxsde.solve` (fresh noise from ``key``, final
-    Tweedie step), as a ``lax.scan`` whose step ``k`` sees ``xs[k]``.
+    Tweedie step), as a ``lax.scan`` of the driver's step whose step ``k`` sees ``xs[k]``.
 
     ``score_call(xs_k, j, x, t) -> (score, aux)`` is called for the ``j``-th score evaluation
     of step ``k`` (``xs_k = None`` when ``xs`` is None); the ``aux`` of every call is returned,
     stacked over steps: ``(x_final, auxs, aux_final)`` with ``auxs`` a tuple over ``j`` and
     ``aux_final`` the final denoising call's (with ``xs_final``, the last element of ``xs``'s
-    tuple ``(per_step, final)``). Noise: step ``k`` draws ``normal(fold_in(key, k))``, as
-    the driver's default ``FreshNoise``, so the result equals ``solve``'s.
+    tuple ``(per_step, final)``). The steps are :func:`jaxsde.driver.step` (noise, commit) and
+    the end is :func:`jaxsde.driver.finalize` (denoising), so the result equals ``solve``'s.
     """
-    init = _setup(solver, sde, x_start, t_start, t_end)
+    p = _problem(solver, sde, x_start, t_start, t_end)
     per_step, final = (None, None) if xs is None else xs
-    body = _step_fn(sde, solver, t_end, lambda _, *a: score_call(*a))
-    (x, t, _, _, _), auxs = lax.scan(lambda c, xs_k: body(c, xs_k, key, None), init, per_step,
-                                     length=solver.num_steps)
-    s, aux_final = score_call(final, 0, x, t)
-    return sde.tweedie(x, t, s), auxs, aux_final
+    body = _step_fn(p, lambda _, *a: score_call(*a))
+    state, auxs = lax.scan(lambda c, xs_k: body(c, xs_k, key, None), _init(p, x_start), per_step,
+                           length=solver.num_steps)
+    x, (aux_final,) = _last_fn(p, lambda _, *a: score_call(*a))(state, final, None)
+    return x, auxs, aux_final
 
 
 class StepPrograms:
@@ -117,31 +133,29 @@ def run_fixed_grid_loop(key, sde, solver, x_start, t_start: float, t_end: float,
     ``sde``, ``solver``, ``t_end``, ``score_call``, ``before`` and ``after``); None: compiled for
     this call only. Eager only (``x_start`` concrete); the same values as :func:`run_fixed_grid`
     up to XLA's fusion choices (float rounding)."""
-    carry = _setup(solver, sde, x_start, t_start, t_end)
+    p = _problem(solver, sde, x_start, t_start, t_end)
+    state = _init(p, x_start)
     per_step, final = (None, None) if xs is None else xs
 
     def build():
-        def last(final, x, t, args):
-            s, aux = score_call(args, final, 0, x, t)
-            return sde.tweedie(x, t, s), (aux,)
-
-        return (jax.jit(_step_fn(sde, solver, t_end, score_call), donate_argnums=1),
-                jax.jit(last, donate_argnums=0),
+        return (jax.jit(_step_fn(p, score_call), donate_argnums=1),
+                jax.jit(_last_fn(p, score_call), donate_argnums=1),
                 None if before is None else jax.jit(before),
                 None if after is None else jax.jit(after, donate_argnums=1))
 
     if programs is not None and programs_key is None:
         raise ValueError("programs= needs programs_key=: a hashable key that determines the step programs")
-    step, last, before, after = build() if programs is None else programs.get(programs_key, build)
+    # the programs read the problem's shape, dtype and t_end (not t_start: it enters through the state)
+    full_key = (programs_key, p.shape, str(p.dtype), p.t_end)
+    step, last, before, after = build() if programs is None else programs.get(full_key, build)
     auxs = []
     for k in range(solver.num_steps):
         xs_k = None if per_step is None else per_step[k]
         saved = None if before is None else before(args, xs_k)
-        carry, aux = step(carry, xs_k, key, args)
+        state, aux = step(state, xs_k, key, args)
         auxs.append(aux if after is None else after(args, aux, saved))
-    x, t = carry[0], carry[1]
     saved = None if before is None else before(args, final)
-    x, aux_final = last(final, x, t, args)
+    x, aux_final = last(state, final, args)
     return x, auxs, (aux_final if after is None else after(args, aux_final, saved))[0]
 
 

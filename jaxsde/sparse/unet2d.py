@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from ..models.ddpm_unet import ACTIVATIONS, timestep_embedding
-from .engine import _dense, _Norm
-from .graph import _Trace
+from .engine import NormOp, dense_apply
+from .graph import GraphTrace
 
 
 def unet2d_forward(eng, model, p, x, t):
@@ -19,23 +19,23 @@ def unet2d_forward(eng, model, p, x, t):
     chans = tuple(m.block_out_channels)
     last = len(chans) - 1
     same = ((1, 1), (1, 1))
-    if m.center_input_sample and not isinstance(eng, _Trace):
+    if m.center_input_sample and not isinstance(eng, GraphTrace):
         x = 2 * x - 1.0
 
     def embed():
         ts = jnp.reshape(jnp.asarray(t, jnp.float32), (1,))
         e = timestep_embedding(ts, chans[0], m.flip_sin_to_cos, m.freq_shift)[0].astype(x.dtype)
         q = p["time_embedding"]
-        return _dense(q["linear_2"], jax.nn.silu(_dense(q["linear_1"], e)))
+        return dense_apply(q["linear_2"], jax.nn.silu(dense_apply(q["linear_1"], e)))
 
     temb = eng.compute(embed)
 
     def norm(q, groups=m.norm_num_groups, activation=act, scale_shift=None):
-        return _Norm(q, groups, m.norm_eps, True, activation, scale_shift)
+        return NormOp(q, groups, m.norm_eps, True, activation, scale_shift)
 
     def resnet(q, name, hs, ch, scale=1.0):
         cin = sum(int(h.shape[-1]) for h in hs)
-        proj = eng.compute(lambda: _dense(q["time_emb_proj"], act(temb)))
+        proj = eng.compute(lambda: dense_apply(q["time_emb_proj"], act(temb)))
         bias, ss = proj, None
         if m.resnet_time_scale_shift == "scale_shift":
             bias, ss = None, eng.compute(lambda: tuple(jnp.split(proj, 2)))

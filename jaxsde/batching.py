@@ -35,8 +35,6 @@ and hands finished samples to the host in chunks (``jaxsde generate`` writes the
 from __future__ import annotations
 
 import math
-import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import Any, NamedTuple
@@ -48,12 +46,14 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from . import driver, results
-from .driver import Problem, Solution, Stats
+from .driver import LoopState, Problem
 from .noise import FreshNoise
+from .progress import ProgressReporter
+from .solution import Solution, Stats
 
 Array = jax.Array
 
-__all__ = ["generate", "Generated", "LoopStats", "GenerateSummary", "summarize_generate", "Generator", "Chunk",
+__all__ = ["generate", "Generated", "LoopStats", "GenerateSummary", "Generator", "Chunk",
            "process_range", "default_refill_size"]
 
 _AXIS = "slots"
@@ -85,9 +85,25 @@ class Generated(NamedTuple):
     def solution(self) -> Solution:
         return Solution(self.x, self.t, self.stats, self.result)
 
+    def summary(self) -> GenerateSummary:
+        """Host-side :class:`GenerateSummary`: what the samples needed vs what the loop paid for."""
+        nfe = np.asarray(self.stats.nfe).reshape(-1).astype(np.int64)
+        steps = np.asarray(self.stats.num_steps).reshape(-1).astype(np.int64)
+        iters = np.asarray(self.loop.iterations).astype(np.int64)
+        paid = int(np.asarray(self.loop.paid_nfe).astype(np.int64).sum())
+        slot_iterations = int(np.asarray(self.loop.slot_iterations).astype(np.int64).sum())
+        return GenerateSummary(
+            n=int(nfe.size), mean_nfe=float(nfe.mean()), min_nfe=int(nfe.min()), max_nfe=int(nfe.max()),
+            slots=int(self.loop.slots), loop_iterations=int(iters.max()), paid_nfe=paid,
+            useful_work=float(nfe.sum() / max(paid, 1)),
+            slot_utilisation=float(steps.sum() / max(slot_iterations, 1)),
+            num_failed=int(np.sum(np.asarray(self.result) != results.SUCCESS)),
+            refills=int(np.asarray(self.loop.refills).sum()),
+        )
+
 
 class _Slots(NamedTuple):  # one device's slots (leading axis = slots) and counters (scalars)
-    loop: driver._LoopState
+    loop: LoopState
     key: Array  # solve key of each slot's sample
     index: Array  # int32 sample index, -1 = empty slot
     fin: Array  # bool: the slot's sample is done (driver.done), computed once per iteration
@@ -131,10 +147,6 @@ def _due_at(slots: int, size: int, refill_min: int | None) -> int:
     idles ~(refill_min - 1) / 2 iterations per sample it finishes, ~(refill_min - 1) / (2 slots)
     of the loop (<= 1.5%), while a pass costs a fixed overhead shared by the samples it handles."""
     return min(size, refill_min or math.ceil(slots / 32))
-
-
-def _bcast(mask: Array, a: Array) -> Array:
-    return mask.reshape(mask.shape + (1,) * (a.ndim - mask.ndim))
 
 
 def _empty(p: Problem, key: Array, slots: int) -> _Slots:
@@ -266,9 +278,8 @@ def _run(p: Problem, key: Array, work: Array, num_work: Array, plan: _Plan, prog
     def body(c):
         g, out = c
         busy = g.index >= 0
-        new = jax.vmap(partial(driver.step, p))(g.key, g.loop)
-        loop = jax.tree_util.tree_map(lambda a, b: jnp.where(_bcast(busy & ~g.fin, a), a, b), new, g.loop)
-        paid = g.paid + jnp.sum(new.stats.nfe - g.loop.stats.nfe)
+        loop, computed = driver.step_active(p, g.key, g.loop, busy & ~g.fin)
+        paid = g.paid + jnp.sum(computed)
         fin = busy & jax.vmap(partial(driver.done, p))(loop)
         g = g._replace(loop=loop, fin=fin, iterations=g.iterations + 1, slot_iterations=g.slot_iterations + nslots,
                        paid=paid)
@@ -397,7 +408,7 @@ def generate(
     loop every ``progress_every`` iterations (and at most ~4 times a second).
 
     Returns :class:`Generated` (``.solution()`` gives a :class:`~jaxsde.Solution`); see
-    :func:`summarize_generate` for the useful-work fraction.
+    :meth:`Generated.summary` for the useful-work fraction.
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
@@ -410,7 +421,7 @@ def generate(
     slots, size = _widths(batch_size, d, refill_size, per)
     work = jnp.arange(d * per, dtype=jnp.int32) + jnp.asarray(offset, jnp.int32)
     num_work = jnp.clip(n - per * jnp.arange(d, dtype=jnp.int32), 0, per)
-    reporter = _Reporter(progress, n) if progress else None
+    reporter = ProgressReporter(progress, n) if progress else None
     cb = None if reporter is None else (max(int(progress_every), 1), reporter)
 
     def local(key, work, num_work):
@@ -432,37 +443,6 @@ def generate(
     return Generated(sol.x, sol.t, sol.stats, sol.result, loop)
 
 
-class _Reporter:
-    """Host side of the progress callback: sums per-device counts, throttled to ~4 updates/s."""
-
-    def __init__(self, progress, total: int, initial: int = 0):
-        self.fn = progress if callable(progress) else None
-        self.total, self.initial = total, initial
-        self.done: dict[int, int] = {}
-        self.last = 0.0
-        self.lock = threading.Lock()
-        self.bar = None
-        if progress is True:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, unit="sample")
-
-    def __call__(self, device, count, iterations, paid, final=False):
-        with self.lock:
-            self.done[int(device)] = int(count)
-            now = time.monotonic()
-            done = self.initial + sum(self.done.values())
-            if now - self.last < 0.25 and not (final and done >= self.total):
-                return
-            self.last = now
-            if self.bar is not None:
-                self.bar.update(done - self.bar.n)
-                if done >= self.total:
-                    self.bar.close()
-            if self.fn is not None:
-                self.fn(dict(done=done, total=self.total, iterations=int(iterations), paid_nfe=int(paid)))
-
-
 class GenerateSummary(NamedTuple):
     """Host-side summary of :func:`generate`: what the samples needed vs what the loop paid for."""
 
@@ -482,22 +462,6 @@ class GenerateSummary(NamedTuple):
         return (f"n={self.n} NFE mean={self.mean_nfe:.1f} min={self.min_nfe} max={self.max_nfe} "
                 f"slots={self.slots} loop_iterations={self.loop_iterations} useful_work={self.useful_work:.3f} "
                 f"slot_utilisation={self.slot_utilisation:.3f} refills={self.refills} failed={self.num_failed}")
-
-
-def summarize_generate(gen: Generated) -> GenerateSummary:
-    """Summarise :func:`generate`'s output on the host (``jaxsde.summarize`` does the same)."""
-    nfe = np.asarray(gen.stats.nfe).reshape(-1).astype(np.int64)
-    steps = np.asarray(gen.stats.num_steps).reshape(-1).astype(np.int64)
-    iters = np.asarray(gen.loop.iterations).astype(np.int64)
-    paid = int(np.asarray(gen.loop.paid_nfe).astype(np.int64).sum())
-    return GenerateSummary(
-        n=int(nfe.size), mean_nfe=float(nfe.mean()), min_nfe=int(nfe.min()), max_nfe=int(nfe.max()),
-        slots=int(gen.loop.slots), loop_iterations=int(iters.max()), paid_nfe=paid,
-        useful_work=float(nfe.sum() / max(paid, 1)),
-        slot_utilisation=float(steps.sum() / max(int(np.asarray(gen.loop.slot_iterations).astype(np.int64).sum()), 1)),
-        num_failed=int(np.sum(np.asarray(gen.result) != results.SUCCESS)),
-        refills=int(np.asarray(gen.loop.refills).sum()),
-    )
 
 
 def process_range(n: int, process_index: int | None = None, process_count: int | None = None) -> tuple[int, int]:

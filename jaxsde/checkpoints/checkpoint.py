@@ -1,0 +1,30 @@
+"""The loaded score model every loader returns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from ..sde import SDE
+
+__all__ = ["Checkpoint"]
+
+
+class Checkpoint(NamedTuple):
+    """A loaded score model: ``score`` closes over ``params``;
+    ``score_fn(params)`` builds one for traced params (the embedded models'
+    ``score_fn(params, compute_dtype=jnp.bfloat16)`` runs the network in bfloat16, see
+    :mod:`jaxsde.precision`)."""
+
+    model: Any  # the Flax module
+    params: Any
+    sde: SDE
+    score: Callable
+    score_fn: Callable
+    shape: tuple[int, ...]
+    data_range: tuple[float, float]
+    config: dict
+    name: str
+    # Maps a sample from the space the model is sampled in to data space (None: the same space),
+    # e.g. galaxygrad's log-transformed pixels back to flux.
+    to_data: Callable | None = None

@@ -1,0 +1,63 @@
+"""The configuration of a training run: data, network size, SDE, parameterisation, optimiser.
+
+The weights files of the embedded models carry it (as JSON), so a model is rebuilt from its
+file alone; this module needs neither optax nor the training loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .models.score import PARAMETERIZATIONS
+from .models.unet import SIZES, DigitsUNet
+from .sde import VESDE, VPSDE, SubVPSDE
+
+__all__ = ["TrainConfig", "SDES"]
+
+SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (a rerun must match it to resume)."""
+
+    data: str = "digits"
+    size: str = "medium"
+    sde: str = "vp"
+    parameterization: str = "eps"
+    weighting: str = "simple"
+    steps: int = 20_000
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    warmup_steps: int = 500
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    sigma_data: float = 0.5
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.data != "digits":
+            raise ValueError(f"unknown data {self.data!r}; available: 'digits'")
+        if self.size not in SIZES:
+            raise ValueError(f"unknown size {self.size!r}; choose one of {sorted(SIZES)}")
+        if self.sde not in SDES:
+            raise ValueError(f"unknown sde {self.sde!r}; choose one of {sorted(SDES)}")
+        if self.parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"unknown parameterization {self.parameterization!r}; "
+                             f"choose one of {PARAMETERIZATIONS}")
+        if self.weighting not in ("simple", "likelihood"):
+            raise ValueError(f"weighting must be 'simple' or 'likelihood', got {self.weighting!r}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be positive")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """Inverse of ``dataclasses.asdict`` after a JSON round trip (lists back to tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def make_sde(self):
+        return SDES[self.sde]()
+
+    def make_model(self) -> DigitsUNet:
+        return DigitsUNet(**SIZES[self.size])
