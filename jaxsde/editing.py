@@ -33,10 +33,11 @@ Which solvers (the wrapper delegates ``init``/``step`` and projects after accept
   deterministic variant (``noise="fixed"``, their default) uses one fixed noise
   ``eps0 = (x_T - alpha_T x_known) / sigma_T`` for the whole solve, so the known pixels follow
   ``alpha_t x_known + sigma_t eps0`` (the probability-flow path of the known pixels) and the
-  sample is a deterministic function of ``x_T``. For ProbabilityFlow the FSAL derivative is
-  re-evaluated at the projected state (+1 NFE per attempt).
-* MultilevelEM and other solvers whose state caches score values at the current state other
-  than ProbabilityFlow's ``k1`` are not supported (the cached values would be stale).
+  sample is a deterministic function of ``x_T``. After each projection the inner solver's
+  ``reimpose`` refreshes what its state holds at the current ``x`` (ProbabilityFlow re-evaluates
+  its FSAL derivative there: ``reimpose_nfe = 1`` more NFE per attempt).
+* a new solver whose state caches values computed at the current ``x`` overrides
+  ``Solver.reimpose`` (and ``reimpose_nfe``); otherwise the cached values would be stale.
 """
 
 from __future__ import annotations
@@ -200,13 +201,7 @@ class Inpainting(Solver):
 
     @property
     def nfe_per_attempt(self) -> int:
-        return self.solver.nfe_per_attempt + (1 if self._refresh_k1 else 0)
-
-    @property
-    def _refresh_k1(self) -> bool:
-        from .solvers.probability_flow import ProbabilityFlow
-
-        return isinstance(self.solver, ProbabilityFlow)
+        return self.solver.nfe_per_attempt + self.solver.reimpose_nfe
 
     def time_span(self):
         return self.solver.time_span()
@@ -240,13 +235,11 @@ class Inpainting(Solver):
         projected = mask * (alpha * known + sigma * eps) + (1 - mask) * out.x
         accepted = jnp.asarray(out.accepted)
         x_new = jnp.where(accepted, projected, out.x)
-        new_inner = out.state
-        nfe = out.nfe
-        if self._refresh_k1:  # ProbabilityFlow's FSAL derivative, at the projected state
-            k1 = sde.probability_flow_drift(x_new, out.t, score(x_new, out.t))
-            pf = new_inner.solver
-            new_inner = new_inner._replace(solver=pf._replace(k1=jnp.where(accepted, k1, pf.k1)))
-            nfe = nfe + 1
+        # the inner solver refreshes what its state holds at the current x (ProbabilityFlow's k1)
+        restated = self.solver.reimpose(sde, score, x_new, out.t, out.state)
+        new_inner = jax.tree_util.tree_map(lambda new, old: old if new is old else jnp.where(accepted, new, old),
+                                           restated, out.state)
+        nfe = out.nfe + self.solver.reimpose_nfe
         return out._replace(x=x_new, state=(new_inner, eps0), nfe=nfe)
 
     def __repr__(self):

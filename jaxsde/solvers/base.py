@@ -86,6 +86,16 @@ class Solver:
         step then costs no evaluation), else ``None``."""
         return None
 
+    # score evaluations :meth:`reimpose` costs
+    reimpose_nfe: int = 0
+
+    def reimpose(self, sde, score, x: Array, t: Array, state) -> Any:
+        """The solver state after something outside the solver replaced the accepted state by
+        ``x`` at ``t`` (e.g. :class:`jaxsde.editing.Inpainting` re-imposing known pixels), at a
+        cost of ``reimpose_nfe`` score evaluations. Default: ``state`` unchanged, for solvers
+        whose state holds nothing computed at the current ``x`` that later steps reuse."""
+        return state
+
     def attempt_end(self, sde, state, t: Array, h: Array, t_end: Array) -> Array:
         """The time the next attempt from ``t`` with trial step ``h`` integrates to."""
         return jnp.where(h >= t - t_end, t_end, t - h)

@@ -209,6 +209,13 @@ class ProbabilityFlow(AdaptiveSolver):
     def _fn(self, sde, score):
         return lambda x, t: sde.probability_flow_drift(x, t, score(x, t))
 
+    reimpose_nfe = 1
+
+    def reimpose(self, sde, score, x, t, state: AdaptiveState) -> AdaptiveState:
+        """The FSAL derivative ``k1`` re-evaluated at the replaced state (1 score evaluation)."""
+        k1 = sde.probability_flow_drift(x, t, score(x, t))
+        return state._replace(solver=state.solver._replace(k1=k1))
+
     def state_score(self, sde, x, t, state: AdaptiveState):
         """The score at the current state from the FSAL stage ``k1 = f - g^2 score / 2`` there."""
         return sde.score_from_probability_flow_drift(x, t, state.solver.k1)

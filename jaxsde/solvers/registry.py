@@ -53,17 +53,23 @@ def solver_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def solver_options(name: str) -> tuple[str, ...]:
+    """The options :func:`make_solver` accepts for ``name`` (e.g. ``("steps",)``)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown solver {name!r}; available: {', '.join(solver_names())}")
+    return tuple(inspect.signature(_REGISTRY[name][0]).parameters)
+
+
 def describe_solvers() -> str:
     return "; ".join(f"{k}: {v[1]}" for k, v in sorted(_REGISTRY.items()))
 
 
 def make_solver(name: str, **options) -> Solver:
     """Build a solver by name; ``options`` with value None fall back to the solver's defaults."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown solver {name!r}; available: {', '.join(solver_names())}")
+    solver_options(name)  # refuses an unknown name
     factory = _REGISTRY[name][0]
     given = {k: v for k, v in options.items() if v is not None}
-    accepted = set(inspect.signature(factory).parameters)
+    accepted = set(solver_options(name))
     unused = sorted(set(given) - accepted)
     if unused:
         flags = ", ".join("--" + k.replace("_", "-") for k in unused)

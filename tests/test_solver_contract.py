@@ -1,0 +1,129 @@
+"""The contract every registered solver keeps with the driver.
+
+Parameterised over :func:`jaxsde.solvers.registry.solver_names`, so a solver added to the
+registry is tested here without a line more: finite samples on a Gaussian target, the reported
+NFE equal to the evaluations a counting score sees, a NaN score ending in ``NONFINITE`` with a
+finite ``x``, the batched solve equal to a loop of single solves, and no retrace under ``jit``
+when the score's parameters change.
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxsde
+from jaxsde import results
+from jaxsde.exact import gaussian_score
+from jaxsde.solvers.multilevel import MultilevelEM, MultilevelScore
+from jaxsde.solvers.registry import make_solver, solver_names, solver_options
+
+SDE = jaxsde.VPSDE()
+SHAPE = (3,)
+MU, S = 0.5, 0.8
+NAMES = solver_names()
+
+
+def small_solver(name: str):
+    """The registered solver with a short grid (fixed-step ones) and its default tolerances."""
+    return make_solver(name, steps=8) if "steps" in solver_options(name) else make_solver(name)
+
+
+def score_for(solver, score):
+    """``score`` in the form the solver takes (a multilevel solver gets every level the same)."""
+    if isinstance(solver, MultilevelEM):
+        return MultilevelScore([score] * len(solver.probabilities))
+    return score
+
+
+def prior(n: int, seed: int = 0):
+    keys = jax.random.split(jax.random.PRNGKey(seed), n)
+    return jax.vmap(lambda k: SDE.prior_sample(k, SHAPE, jnp.float32))(keys)
+
+
+def test_registry_is_not_empty():
+    assert len(NAMES) >= 10, NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_finite_samples_on_a_gaussian_target(name):
+    solver = small_solver(name)
+    score = score_for(solver, gaussian_score(SDE, MU, S))
+    sol = jax.jit(lambda k: jaxsde.sample(k, SDE, score, solver, SHAPE, 16))(jax.random.PRNGKey(1))
+    assert np.all(np.asarray(sol.result) == results.SUCCESS), np.asarray(sol.result)
+    assert np.all(np.isfinite(np.asarray(sol.x)))
+    np.testing.assert_allclose(np.asarray(sol.t), SDE.eps if solver.time_span() is None else solver.time_span()[1],
+                               rtol=1e-6)
+    assert np.all(np.asarray(sol.stats.nfe) >= 1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reported_nfe_equals_the_evaluations_of_a_counting_score(name):
+    solver = small_solver(name)
+    calls: list[int] = []
+    exact = gaussian_score(SDE, MU, S)
+
+    def counting(x, t):
+        jax.debug.callback(lambda: calls.append(1))
+        return exact(x, t)
+
+    score = score_for(solver, counting)
+    x_T = prior(1)[0]
+    sol = jax.jit(lambda k, x: jaxsde.solve(k, SDE, score, solver, x))(jax.random.PRNGKey(2), x_T)
+    nfe = int(sol.stats.nfe)  # blocks until the run (and its callbacks) finished
+    jax.effects_barrier()
+    assert int(sol.result) == results.SUCCESS
+    assert nfe == len(calls), (nfe, len(calls))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_nan_score_gives_nonfinite_with_a_finite_state(name):
+    solver = small_solver(name)
+    exact = gaussian_score(SDE, MU, S)
+
+    def breaks_half_way(x, t):
+        return jnp.where(t < 0.5, jnp.nan, exact(x, t))
+
+    score = score_for(solver, breaks_half_way)
+    sol = jax.jit(lambda k, x: jaxsde.solve_batch(k, SDE, score, solver, x))(
+        jax.random.split(jax.random.PRNGKey(3), 4), prior(4))
+    assert np.all(np.asarray(sol.result) == results.NONFINITE), np.asarray(sol.result)
+    assert np.all(np.isfinite(np.asarray(sol.x)))
+    # the returned state is the last finite one: at most one step below t = 0.5, far from the end
+    assert np.all(np.asarray(sol.t) > 0.2), np.asarray(sol.t)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batched_solve_equals_a_loop_of_single_solves(name):
+    solver = small_solver(name)
+    score = score_for(solver, gaussian_score(SDE, MU, S))
+    keys = jax.random.split(jax.random.PRNGKey(4), 3)
+    x_T = prior(3, seed=5)
+    batch = jax.jit(lambda k, x: jaxsde.solve_batch(k, SDE, score, solver, x))(keys, x_T)
+    one = jax.jit(lambda k, x: jaxsde.solve(k, SDE, score, solver, x))
+    singles = [one(keys[i], x_T[i]) for i in range(3)]
+    np.testing.assert_array_equal(np.asarray(batch.stats.nfe), [int(s.stats.nfe) for s in singles])
+    np.testing.assert_array_equal(np.asarray(batch.result), [int(s.result) for s in singles])
+    # equal up to float rounding (XLA compiles the batched and the single program differently)
+    np.testing.assert_allclose(np.asarray(batch.x), np.stack([np.asarray(s.x) for s in singles]),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_retrace_when_the_score_parameters_change(name):
+    solver = small_solver(name)
+    chex.clear_trace_counter()
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def run(mu, key, x):
+        return jaxsde.solve(key, SDE, score_for(solver, gaussian_score(SDE, mu, S)), solver, x)
+
+    x_T = prior(1)[0]
+    first = run(jnp.float32(0.5), jax.random.PRNGKey(6), x_T)
+    second = run(jnp.float32(-0.5), jax.random.PRNGKey(6), x_T)  # a second trace would raise here
+    assert int(first.result) == int(second.result) == results.SUCCESS
+    assert not np.allclose(np.asarray(first.x), np.asarray(second.x))  # the traced parameter was used
