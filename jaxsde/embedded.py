@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from .checkpoint_io import load_msgpack
 from .checkpoints.checkpoint import Checkpoint
+from .models.score import preconditioned_convention
 from .models.score import score_fn as make_score_fn
 from .train_config import TrainConfig
 
@@ -57,7 +58,8 @@ def load_weights_file(path: str, name: str | None = None) -> Checkpoint:
         return make_score_fn(model.apply, p, sde, config.parameterization, config.sigma_data, compute_dtype)
 
     return Checkpoint(model=model, params=params, sde=sde, score=score_fn(params), score_fn=score_fn, shape=shape,
-                      data_range=sde.data_range, config=cfg, name=name or os.path.basename(path))
+                      data_range=sde.data_range, config=cfg, name=name or os.path.basename(path),
+                      convention=preconditioned_convention(sde, config.parameterization, config.sigma_data))
 
 
 def _restore(expected, found, path: str, prefix: str = ""):

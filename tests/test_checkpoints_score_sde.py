@@ -185,6 +185,9 @@ def test_ve_score_and_solve_with_a_loaded_checkpoint(ve):
     np.testing.assert_allclose(score, ve["apply"](ve["ema"], sigma)[0], rtol=2e-4, atol=1e-4)
     assert sol.x.shape == (8, 8, 3) and bool(jnp.all(jnp.isfinite(sol.x)))
     assert int(sol.result) == 0 and int(sol.stats.nfe) == 4
+    # the checkpoint's convention (what sparse editing calls the network with) gives the same score
+    by_convention = ckpt.convention.score(lambda p, x, label: ckpt.model.apply({"params": p}, x, label), ckpt.params)
+    np.testing.assert_allclose(jax.jit(by_convention)(ve["x"][0], t), score, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------- errors

@@ -120,6 +120,9 @@ def test_score_matches_diffusers(small):
     want = _reference(model, x, labels)  # eps at the same (float32) labels
     np.testing.assert_allclose(-score * sigma, want, atol=1e-4, rtol=1e-4)
     assert np.abs(want).max() > 0.1  # not a trivial output
+    # the checkpoint's convention (what sparse editing calls the network with) gives the same score
+    by_convention = jax.jit(jax.vmap(ckpt.convention.score(ckpt.model.apply, ckpt.params)))(jnp.asarray(x), t)
+    np.testing.assert_allclose(np.asarray(by_convention), score, rtol=1e-5, atol=1e-6)
 
 
 def test_old_attention_names_and_bin(small, tmp_path):

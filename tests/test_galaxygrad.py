@@ -76,6 +76,10 @@ def test_few_step_solve_is_finite(ckpt):
     assert x.shape == (32, 32, 1) and np.isfinite(x).all()
     assert int(sol.result) == 0 and int(sol.stats.nfe) >= 4
     assert np.isfinite(np.asarray(ckpt.to_data(x))).all()
+    # the checkpoint's convention gives the same score as ckpt.score
+    t = jnp.asarray(0.5, jnp.float32)
+    np.testing.assert_allclose(np.asarray(ckpt.convention.score(ckpt.model.apply, ckpt.params)(x_T, t)),
+                               np.asarray(ckpt.score(x_T, t)), rtol=1e-5, atol=1e-6)
 
 
 def _save(path, records):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..sde import SDE
+
+if TYPE_CHECKING:  # the annotation only: importing jaxsde.models would load flax
+    from ..models.score import ScoreConvention
 
 __all__ = ["Checkpoint"]
 
@@ -28,3 +31,6 @@ class Checkpoint(NamedTuple):
     # Maps a sample from the space the model is sampled in to data space (None: the same space),
     # e.g. galaxygrad's log-transformed pixels back to flux.
     to_data: Callable | None = None
+    # How the network's input and output relate to (x, t) and the score (None: not a network the
+    # library calls itself); code that runs the network directly (sparse editing) asks this.
+    convention: ScoreConvention | None = None

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..models.ddpm_unet import UNet2D, sample_shape
-from ..models.score import output_to_score
+from ..models.score import labelled_convention, output_to_score
 from ..sde import DiscreteVPSDE
 from .checkpoint import Checkpoint
 from .errors import CheckpointError, check_tree, unflatten
@@ -325,7 +325,8 @@ def load(path: str, *, config=None, scheduler_config=None, sde=None, shape=None,
     if name is None:
         name = os.path.basename(os.path.normpath(path if os.path.isdir(path) else os.path.dirname(weights)))
     return Checkpoint(model=model, params=params, sde=sde, score=score_fn(params), score_fn=score_fn,
-                      shape=shape, data_range=(-1.0, 1.0), config=info, name=name)
+                      shape=shape, data_range=(-1.0, 1.0), config=info, name=name,
+                      convention=labelled_convention(sde, sde.timestep, parameterization))
 
 
 __all__ = ["load", "convert_state_dict", "read_state_dict", "sde_from_scheduler_config"]

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..models.mixer import MixerScoreNet
+from ..models.score import ScoreConvention
 from ..sde import VPSDE
 from .checkpoint import Checkpoint
 from .errors import CheckpointError, check_tree, unflatten
@@ -213,7 +214,8 @@ def load(path: str, *, eps: float = EPS, data_range: tuple[float, float] = DATA_
     info = {**cfg, "space": "y = log(x + 1) / 0.1", "weights": path}
     return Checkpoint(model=model, params=params, sde=sde, score=score_fn(params), score_fn=score_fn, shape=shape,
                       data_range=tuple(data_range), config=info,
-                      name=name or os.path.splitext(os.path.basename(path))[0], to_data=to_data)
+                      name=name or os.path.splitext(os.path.basename(path))[0], to_data=to_data,
+                      convention=ScoreConvention(lambda y, t: (y, t), lambda out, y, t: out))
 
 
 def _flatten(tree, prefix: str = "") -> dict:

@@ -44,6 +44,7 @@ from flax import serialization
 
 from ..models import ncsnpp
 from ..models.ncsnpp import NCSNpp, NCSNppConfig
+from ..models.score import ScoreConvention
 from ..sde import SDE, VESDE, VPSDE, SubVPSDE
 from .checkpoint import Checkpoint
 from .errors import CheckpointError, check_tree, flatten_tree, unflatten
@@ -191,6 +192,12 @@ def score_conventions(model: NCSNpp, sde: SDE) -> tuple[Callable, Callable]:
     return label, to_score
 
 
+def score_convention(model: NCSNpp, sde: SDE) -> ScoreConvention:
+    """:func:`score_conventions` as a :class:`~jaxsde.models.score.ScoreConvention`."""
+    label, to_score = score_conventions(model, sde)
+    return ScoreConvention(lambda x, t: (x, label(t)), lambda out, x, t: to_score(out, t))
+
+
 def make_score_fn(model: NCSNpp, sde: SDE) -> Callable:
     """``score_fn(params) -> score(x, t)`` for ONE sample ``x (H, W, C)`` and a scalar ``t``
     (conventions: :func:`score_conventions`)."""
@@ -213,7 +220,8 @@ def make_checkpoint(cfg: NCSNppConfig, params, name: str) -> Checkpoint:
     score_fn = make_score_fn(model, sde)
     params = jax.tree_util.tree_map(jnp.asarray, params)
     return Checkpoint(model=model, params=params, sde=sde, score=score_fn(params), score_fn=score_fn,
-                      shape=cfg.sample_shape, data_range=tuple(sde.data_range), config=cfg.to_dict(), name=name)
+                      shape=cfg.sample_shape, data_range=tuple(sde.data_range), config=cfg.to_dict(), name=name,
+                      convention=score_convention(model, sde))
 
 
 def _check(path: str, cfg: NCSNppConfig, found: Mapping, inferred: bool) -> dict:

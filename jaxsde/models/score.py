@@ -17,6 +17,7 @@ batch; ``score_fn`` returns a score function for ONE sample, as ``jaxsde.solve``
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax.numpy as jnp
 
@@ -24,6 +25,51 @@ from ..precision import cast_params
 from ..sde import SDE
 
 PARAMETERIZATIONS = ("eps", "x0", "v", "score")
+
+
+class ScoreConvention(NamedTuple):
+    """How a score network's input and output relate to ``(x, t)`` and the score, for ONE
+    sample (no batch axis): the network receives ``net_input(x, t) = (x_in, label)`` (``x_in``
+    shaped like ``x``, ``label`` a scalar; batched as ``apply(params, x_in[None], label[None])``)
+    and ``to_score(out, x, t)`` reads its output ``out`` (shaped like ``x``) as the score.
+
+    A :class:`~jaxsde.checkpoints.checkpoint.Checkpoint` carries its network's convention, so code
+    that calls the network itself (the sparse editing drivers) asks the checkpoint rather than
+    the network's class."""
+
+    net_input: Callable
+    to_score: Callable
+
+    def score(self, apply: Callable, params) -> Callable:
+        """The one-sample ``score(x, t)`` of the network ``apply(params, x_in, label)``."""
+
+        def score(x, t):
+            t = jnp.asarray(t, x.dtype)
+            x_in, label = self.net_input(x, t)
+            return self.to_score(apply(params, x_in[None], jnp.reshape(label, (1,)))[0], x, t)
+
+        return score
+
+
+def preconditioned_convention(sde: SDE, parameterization: str = "eps", sigma_data: float = 0.5) -> ScoreConvention:
+    """The convention of :func:`score_fn` (the embedded models): input ``c_in(t) x`` and ``t``,
+    output read per ``parameterization``."""
+    _check_parameterization(parameterization)
+    return ScoreConvention(lambda x, t: (input_scale(sde, t, sigma_data) * x, t),
+                           lambda out, x, t: output_to_score(sde, out, x, t, parameterization))
+
+
+def labelled_convention(sde: SDE, label: Callable, parameterization: str = "eps") -> ScoreConvention:
+    """Input ``x`` unscaled and the time label ``label(t)`` (e.g. diffusers' timestep ``N t - 1``),
+    output read per ``parameterization``."""
+    _check_parameterization(parameterization)
+    return ScoreConvention(lambda x, t: (x, label(t)),
+                           lambda out, x, t: output_to_score(sde, out, x, t, parameterization))
+
+
+def _check_parameterization(parameterization: str) -> None:
+    if parameterization not in PARAMETERIZATIONS:
+        raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}")
 
 
 def input_scale(sde: SDE, t, sigma_data: float):
@@ -53,8 +99,7 @@ def batched_score(apply: Callable, sde: SDE, parameterization: str = "eps", sigm
     cast to it, and its output is cast back to ``x``'s dtype before the conversion to a score;
     the preconditioning and the conversion stay in ``x``'s precision. ``None``: no casts.
     """
-    if parameterization not in PARAMETERIZATIONS:
-        raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}")
+    _check_parameterization(parameterization)
 
     def score(params, x, t):
         shape = (-1,) + (1,) * (x.ndim - 1)

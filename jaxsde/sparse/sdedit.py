@@ -9,7 +9,7 @@ import numpy as np
 
 from ..models.ddpm_unet import UNet2D
 from ..models.ncsnpp import NCSNpp
-from ..models.score import input_scale, output_to_score
+from ..models.score import ScoreConvention, labelled_convention, preconditioned_convention
 from ..models.unet import DigitsUNet
 from .net import SparseUNet
 from .plan import TilePlan
@@ -46,10 +46,32 @@ def _under_trace(*xs) -> bool:
     return any(isinstance(a, jax.core.Tracer) for a in leaves)
 
 
+def _convention_of(model, sde, parameterization: str, sigma_data: float, timestep) -> ScoreConvention:
+    """The convention of a network built without a checkpoint, by its class (see :func:`sparse_sdedit`)."""
+    if isinstance(model, UNet2D):
+        if timestep is None:
+            timestep = getattr(sde, "timestep", None)
+        if not callable(timestep):
+            raise TypeError(f"a UNet2D takes the network's timestep label, not t: use an SDE with a timestep(t) map "
+                            f"(DiscreteVPSDE) or pass timestep=; {type(sde).__name__} has none (a DigitsUNet takes t)")
+        return labelled_convention(sde, timestep, parameterization)
+    if isinstance(model, DigitsUNet):
+        if timestep is not None:
+            raise ValueError("timestep= is for a UNet2D; a DigitsUNet takes t itself")
+        return preconditioned_convention(sde, parameterization, sigma_data)
+    if isinstance(model, NCSNpp):
+        if timestep is not None:
+            raise ValueError("timestep= is for a UNet2D; an NCSNpp takes sigma(t) (VE) or 999 t (VP)")
+        from ..checkpoints.score_sde import score_convention
+
+        return score_convention(model, sde)
+    raise TypeError(f"sparse_sdedit drives a DigitsUNet, a UNet2D or an NCSNpp, got {type(model).__name__}")
+
+
 def sparse_sdedit(key, sde, solver, net: SparseUNet, params, x_orig, x_edit, t0: float, plan: TilePlan | None,
-                  *, mode: str = "sparse", stats: str = "reuse", parameterization: str = "eps",
-                  sigma_data: float = 0.5, timestep=None, cache=None, loop: str | None = None,
-                  programs: StepPrograms | None = None):
+                  *, mode: str = "sparse", stats: str = "reuse", convention: ScoreConvention | None = None,
+                  parameterization: str | None = None, sigma_data: float | None = None, timestep=None, cache=None,
+                  loop: str | None = None, programs: StepPrograms | None = None):
     """SDEdit of ``x_edit`` reusing the original image's trajectory (one sample each).
 
     Runs the original SDEdit of ``x_orig`` (dense, recording every layer at every score call;
@@ -59,7 +81,11 @@ def sparse_sdedit(key, sde, solver, net: SparseUNet, params, x_orig, x_edit, t0:
     same semantics) or ``"dense"`` (the true network; equals :func:`jaxsde.editing.sdedit`
     with the score function below).
 
-    The score function, by network:
+    The score function: ``convention`` (a :class:`~jaxsde.models.score.ScoreConvention`, e.g. the
+    loaded checkpoint's ``ckpt.convention``) says what the network receives and how its output
+    reads as the score; ``parameterization``, ``sigma_data`` and ``timestep`` must then be left
+    unset. Without one (a network built by hand), by network (``parameterization`` default
+    ``"eps"``, ``sigma_data`` default 0.5):
 
     * :class:`~jaxsde.models.unet.DigitsUNet` (the embedded checkpoints' convention): the
       network gets ``c_in(t) x`` (:func:`~jaxsde.models.score.input_scale`, ``sigma_data``) and
@@ -110,36 +136,17 @@ def sparse_sdedit(key, sde, solver, net: SparseUNet, params, x_orig, x_edit, t0:
         raise ValueError(f"mode must be 'sparse', 'masked' or 'dense', got {mode!r}")
     if loop not in (None, "scan", "python"):
         raise ValueError(f"loop must be 'scan', 'python' or None, got {loop!r}")
-    to_score = None
-    if isinstance(net.model, UNet2D):
-        if timestep is None:
-            timestep = getattr(sde, "timestep", None)
-        if not callable(timestep):
-            raise TypeError(f"a UNet2D takes the network's timestep label, not t: use an SDE with a timestep(t) map "
-                            f"(DiscreteVPSDE) or pass timestep=; {type(sde).__name__} has none (a DigitsUNet takes t)")
-
-        def net_input(x, t):
-            return x, timestep(t)
-    elif isinstance(net.model, DigitsUNet):
-        if timestep is not None:
-            raise ValueError("timestep= is for a UNet2D; a DigitsUNet takes t itself")
-
-        def net_input(x, t):
-            return input_scale(sde, t, sigma_data) * x, t
-    elif isinstance(net.model, NCSNpp):
-        if timestep is not None:
-            raise ValueError("timestep= is for a UNet2D; an NCSNpp takes sigma(t) (VE) or 999 t (VP)")
-        from ..checkpoints.score_sde import score_conventions
-
-        label, out_to_score = score_conventions(net.model, sde)
-
-        def net_input(x, t):
-            return x, label(t)
-
-        def to_score(out, x, t):
-            return out_to_score(out, t)
+    if convention is not None:
+        if not isinstance(convention, ScoreConvention):
+            raise TypeError(f"convention must be a ScoreConvention (e.g. ckpt.convention), "
+                            f"got {type(convention).__name__}")
+        if parameterization is not None or sigma_data is not None or timestep is not None:
+            raise ValueError("convention= fixes the network's input and output: leave parameterization=, "
+                             "sigma_data= and timestep= unset")
+        net_input, to_score = convention
     else:
-        raise TypeError(f"sparse_sdedit drives a DigitsUNet, a UNet2D or an NCSNpp, got {type(net.model).__name__}")
+        net_input, to_score = _convention_of(net.model, sde, "eps" if parameterization is None else parameterization,
+                                             0.5 if sigma_data is None else float(sigma_data), timestep)
     if mode != "dense" and plan is None:
         raise ValueError(f"mode {mode!r} needs a TilePlan")
     t0 = check_t0(sde, t0, None)
@@ -160,12 +167,8 @@ def sparse_sdedit(key, sde, solver, net: SparseUNet, params, x_orig, x_edit, t0:
         raise ValueError("loop='python' runs eagerly (a Python loop of jitted steps): under jit use loop='scan'")
     python = loop == "python"
 
-    if to_score is None:
-        def to_score(out, x, t):
-            return output_to_score(sde, out, x, t, parameterization)
-
     # what determines the python loop's programs (their key in ``programs``)
-    spec = _Key((net, sde, solver, timestep), (mode, stats, parameterization, float(sigma_data)))
+    spec = _Key((net, sde, solver, timestep, convention), (mode, stats, parameterization, sigma_data))
 
     x_orig_out = None
     if cache is None:
