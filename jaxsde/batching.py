@@ -397,11 +397,13 @@ def generate(
     ``drain_halvings`` (default 0 = never): once every sample has started, a device's loop moves
     its busy slots into a loop of half the width as soon as at most half are busy, up to this
     many times, so the last samples do not pay for idle slots (the last wave's idle slots cost
-    ~1/(2k) of a run with k samples per slot; 3 halvings cut that ~4-fold on digits and on a
-    mixture, ``benchmarks/throughput.py``). Each halving compiles one more copy of the loop and
-    of the score network (~5 s each for the digits U-Net on CPU), so it pays off when the
-    compiled program is reused or runs long. The narrower programs may round differently
-    (digits: |dx| <= 7.1e-6 vs ``sample``, NFE identical).
+    ~1/(2k) of a run with k samples per slot). Each halving compiles one more copy of the loop
+    and of the score network, so it pays off when the compiled program is reused or runs long.
+    The narrower programs may round differently from ``sample`` (same NFE, float rounding in
+    ``x``). Useful work, compile time and the deviation from ``sample`` are measured in
+    ``benchmarks/results/throughput_digits_drain.md`` and
+    ``benchmarks/results/useful_work_mixture_drain.md``
+    (``benchmarks/throughput.py``, ``benchmarks/useful_work.py``).
 
     ``progress`` (off by default, no effect on the results): ``True`` for a tqdm bar, or a callable
     receiving ``{"done", "total", "iterations", "paid_nfe"}``, called from inside the compiled

@@ -130,12 +130,16 @@ class PIDController(Controller):
     """Söderlind's PID step-size controller (see the module docstring for the formula).
 
     Args:
-      pcoeff, icoeff, dcoeff: proportional, integral and derivative coefficients (diffrax's
-        convention: an I controller is ``(0, 1, 0)``; the usual PI choices are ``(0.4, 0.3, 0)``
-        for low orders and ``(0.3, 0.4, 0)``; PID ``(1/18, 1/9, 1/18)``). ``icoeff`` must be > 0
-        and ``|b2|, |b3| <= b1`` for the recursion to settle.
+      pcoeff: proportional coefficient. The three coefficients follow diffrax's convention: an
+        I controller is ``(pcoeff, icoeff, dcoeff) = (0, 1, 0)``; the usual PI choices are
+        ``(0.4, 0.3, 0)`` for low orders and ``(0.3, 0.4, 0)``; PID ``(1/18, 1/9, 1/18)``.
+        ``|b2|, |b3| <= b1`` (the exponents of the module docstring) is required for the recursion
+        to settle.
+      icoeff: integral coefficient (> 0).
+      dcoeff: derivative coefficient.
       safety: multiplies the PID product, in (0, 1].
-      factor_min, factor_max: bounds on the step change per attempt (``0 < min < 1 < max``).
+      factor_min: lower bound on the step change per attempt (``0 < factor_min < 1``).
+      factor_max: upper bound on the step change per attempt (``factor_max > 1``).
       limiter: ``"clip"`` (clip to the bounds) or ``"atan"`` (``1 + atan(f - 1)`` first, then the
         bounds: Söderlind and Wang's smooth limiter, as in k-diffusion).
       accept_safety: ``None`` accepts iff ``e <= 1``; a number in (0, 1] accepts iff the limited

@@ -388,7 +388,7 @@ def solve(
         ProbabilityFlow: ``solver.keeps_finite``) need no check.
 
     Returns:
-      :class:`Solution`. Failures never raise inside jit: non-finite values give
+      A :class:`Solution`. Failures never raise inside jit; non-finite values give
       ``results.NONFINITE`` (``x`` is then the last finite state, at ``t``).
     """
     x_T = jnp.asarray(x_T)

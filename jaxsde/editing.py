@@ -100,8 +100,9 @@ def sdedit(
         guide, ``t0 = T`` ignores it (plain sampling).
       n: ``None`` for one sample; an int for ``n`` samples of the same guide, sample ``i``
         with key ``fold_in(key, i)`` (``noise``, if given, then has a leading axis ``n``).
-      noise, solve_kwargs: as for :func:`jaxsde.solve` (``t_start`` is ``t0``). A solver
-        with a custom grid must start at ``t0``.
+      noise: as for :func:`jaxsde.solve`.
+      **solve_kwargs: as for :func:`jaxsde.solve` (``t_start`` is ``t0``). A solver with a
+        custom grid must start at ``t0``.
     """
     x_guide = jnp.asarray(x_guide)
     if "t_start" in solve_kwargs:
@@ -270,8 +271,9 @@ def inpaint(
       mask: 1 = known, 0 = generate; shaped like ``x_known``, or ``x_known.shape[:-1]``.
       n: ``None`` for one sample, else ``n`` samples (sample ``i`` with ``fold_in(key, i)``).
       projection_noise: :class:`Inpainting`'s ``noise`` (``"fresh"``/``"fixed"``).
-      noise, solve_kwargs: as for :func:`jaxsde.solve`; a ``GivenNoise`` must supply
+      noise: as for :func:`jaxsde.solve`; a ``GivenNoise`` must supply
         ``Inpainting(...).noise_per_attempt`` normals per attempt.
+      **solve_kwargs: as for :func:`jaxsde.solve`.
 
     ``sol.x[mask == 1] == x_known[mask == 1]`` exactly (re-imposed after the final denoising step).
     """

@@ -7,9 +7,9 @@ failures compare one to one.
 * both are integrated forward in the reversed time ``tau = t_start - t`` (from 0 to
   ``t_start - t_end``): reverse SDE ``dx = -[f - g^2 s](t_start - tau) dtau + g dW(tau)`` as
   ``MultiTerm(ODETerm, ControlTerm(diag(g), W))``, PF-ODE ``dx/dtau = -[f - g^2 s / 2]``.
-  (diffrax can also integrate with ``t0 > t1``, but its ShARK solver returns garbage that way,
-  measured by ``benchmarks/findings.py``: max |x| ~ 2e4 on a target of std 0.2, while the
-  forward-time form is correct.)
+  (diffrax can also integrate with ``t0 > t1``, but its ShARK solver returns wrong results that
+  way while the forward-time form is correct; ``benchmarks/findings.py`` shows it, see
+  ``benchmarks/results/findings.md``.)
 * the Brownian path is a ``diffrax.VirtualBrownianTree`` in ``tau``; give the same path to
   jaxsde with :func:`jaxsde_noise` to drive both with identical noise.
 

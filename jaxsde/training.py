@@ -79,7 +79,7 @@ def make_train_steps(config: TrainConfig, data: jax.Array, steps_per_call: int =
     """A jitted function running ``steps_per_call`` updates; returns (state, mean loss).
 
     Keep ``steps_per_call=1`` on CPU: XLA's CPU backend runs convolutions inside a
-    ``lax.scan`` body about 30x slower than at top level (measured, jax 0.10).
+    ``lax.scan`` body much slower than at top level (seen with jax 0.10).
     """
     sde = config.make_sde()
     model = config.make_model()

@@ -30,8 +30,7 @@ there directly: ``ckpt.score(y, t) = net(y, t)`` for ONE sample ``y`` of shape (
 from ``jaxsde.sample`` are in that space; ``ckpt.to_data(y) = exp(0.1 y) - 1`` maps them to flux.
 ``ckpt.data_range`` (used for default tolerances) is approximate, as the training set is not
 published: the HSC-32 model's samples are peak-normalised flux in about [0, 1], so ``y`` in about
-``[0, 10 log 2] = [0, 6.93]`` (64 probability-flow samples: min -0.26 from background noise, median 0.003,
-99.9th percentile 6.3, max 6.98, i.e. flux max 1.01).
+``[0, 10 log 2] = [0, 6.93]`` (background noise makes samples dip slightly below 0).
 
 ``model=`` (a :class:`MixerScoreNet`, e.g. ``jaxsde.models.build("galaxygrad_hsc32")``) makes the file
 match that architecture instead of inferring it (a missing block is then an error, not a smaller model).

@@ -91,7 +91,7 @@ class DPMSolverPP(MultistepSolver):
     (``dpm_solver_pytorch`` / diffusers) coefficient for coefficient; ``"taylor"`` uses the
     Taylor-expansion coefficients (2M: ``+ alpha phi_2 D1``; 3M: ``- 2 alpha phi_3 D2``).
     Note the reference 3M's ``- alpha phi_3 D2`` is half the Taylor term (``D2 ~ h^2 x0''/2``),
-    which leaves an O(h^3) local error: measured global order 2 on a Gaussian target, vs 3 for
+    which leaves an O(h^3) local error: global order 2 on a Gaussian target, vs 3 for
     ``"taylor"`` (see ``tests/test_samplers.py``). Multistep ``"taylor"`` equals the exact
     exponential weights of the Lagrange interpolant in ``lam`` (= ``SASolver`` predictor-only with
     ``tau = 0``).

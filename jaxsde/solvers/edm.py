@@ -38,8 +38,9 @@ class EDMHeun(FixedGridSolver):
     Args:
       num_steps: number of steps (>= 1).
       churn: EDM's ``S_churn`` (>= 0; 0 = deterministic, default).
-      s_tmin, s_tmax: churn only where ``s_tmin <= sigma_bar <= s_tmax`` (EDM's ``S_tmin``,
-        ``S_tmax``, in ``sigma/alpha`` units; defaults 0 and infinity).
+      s_tmin: churn only where ``s_tmin <= sigma_bar <= s_tmax`` (EDM's ``S_tmin``, in
+        ``sigma/alpha`` units; default 0).
+      s_tmax: the upper end of that range (EDM's ``S_tmax``; default infinity).
       s_noise: EDM's ``S_noise`` (> 0; e.g. 1.003 on ImageNet-64).
       grid: ``"edm"`` (default: Karras rho=7 in ``sigma/alpha``), ``"logsnr"``, ``"uniform"``, or times.
     """

@@ -127,13 +127,14 @@ class ProbabilityFlow(AdaptiveSolver):
     """Adaptive Runge-Kutta on the probability-flow ODE (deterministic; no noise).
 
     Args:
-      rtol, atol: relative and absolute tolerances (> 0); GGF's baseline used scipy RK45 at
-        1e-5 / 1e-5.
+      rtol: relative tolerance (> 0); GGF's baseline used scipy RK45 at 1e-5.
+      atol: absolute tolerance (> 0); GGF's baseline used 1e-5.
       method: ``"dopri5"`` (Dormand-Prince 5(4), default) or ``"bosh3"`` (Bogacki-Shampine 3(2)).
       h_init: first trial step; ``None`` uses Hairer's heuristic (+1 NFE).
       safety: step-size safety factor.
       pi_beta: the PI controller's ``beta`` (0 gives a plain I controller).
-      factor_min, factor_max: bounds on the step-size change per attempt.
+      factor_min: lower bound on the step-size change per attempt.
+      factor_max: upper bound on the step-size change per attempt.
       min_step: a non-finite attempt that would shrink the step below this stops the
         sample with the ``NONFINITE`` code.
       controller: the step-size controller; ``None`` is Hairer's PI controller,

@@ -77,9 +77,10 @@ class SASolver(MultistepSolver):
     ``<= num_steps - i`` (predictor) and ``<= num_steps - i + 2`` (corrector). (diffusers lowers
     the final orders for any number of steps; its last step goes to ``sigma = 0``, ours to
     ``t_end > 0``.) With ``tau = 0`` the method is deterministic with order
-    ``min(corrector_order, predictor_order + 1)`` (measured 4.0 for the default 3/4, 3.0 for 2/3).
-    With ``tau > 0`` only the data-prediction integral is approximated; on Gaussian targets the
-    measured weak order is about 2 for orders >= 2 (1 for order-1 predictor or corrector).
+    ``min(corrector_order, predictor_order + 1)`` (4 for the default 3/4, 3 for 2/3). With
+    ``tau > 0`` only the data-prediction integral is approximated; on Gaussian targets the weak
+    order is about 2 for orders >= 2 (1 for order-1 predictor or corrector). The convergence
+    tests of ``tests/test_samplers.py`` check these orders.
 
     NFE = ``num_steps`` (+1 for the driver's final Tweedie step, ``denoise=True``).
 

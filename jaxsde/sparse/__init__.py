@@ -67,9 +67,9 @@ Plans (``net.plan(mask, blocks, mode=...)``):
 * ``mode="input"`` (default; :func:`plan_tiles`): every layer recomputes the tiles of the
   (optionally ``dilate``-grown) edit mask at its resolution. Cheap, but an approximation: a
   3x3 convolution changes its output one pixel beyond its changed input, so cached values
-  just outside the tiles are stale and the error reaches the edited pixels (relative L2 error
-  on the edited pixels 0.22 for a drastic 4.8% edit of the 64x64 DigitsUNet; 0.006 with
-  ``dilate=4``; ``benchmarks/results/editing.md``).
+  just outside the tiles are stale and the error reaches the edited pixels; growing the mask
+  (``dilate``) shrinks it (the error against ``dilate`` is measured in
+  ``benchmarks/results/editing.md``).
 * ``mode="exact"`` (receptive-field-exact): the network graph is traced once per image size
   and the changed-input mask is propagated layer by layer (:func:`propagate`, numpy): forward,
   the pixels each layer's output changes (3x3 footprint at stride 1, the stride-2 and
@@ -83,8 +83,9 @@ Plans (``net.plan(mask, blocks, mode=...)``):
   output outside the roi is the cached original, so in an SDEdit trajectory x keeps changing
   only on the edit mask and one plan holds for every step. The price: the receptive field of
   a UNet is wide (38 px radius for the 2-level "large" DigitsUNet), so the active region is
-  much larger than the edit (see ``benchmarks/results/editing.md``: 2.2x / 1.6x faster than
-  dense at 0.9% / 4.8% of a 64x64 image, 3.4x / 2.1x at 1% / 5% of 128x128). The default
+  much larger than the edit, and the saving is smaller than the edited fraction suggests
+  (speed-ups by image size and edited fraction: ``benchmarks/results/editing.md`` and
+  ``editing_256.md``). The default
   ``dense_above`` is 0.75 for exact plans.
 
 GroupNorm statistics: ``stats="reuse"`` (default, SIGE's choice): the mean and variance of
@@ -98,7 +99,8 @@ an exact plan differs from the *true* dense network: with ``reuse`` by exactly t
 frozen-statistics network's deviation; with ``recompute`` by the stale cached values outside
 the active region whose inputs changed only through the statistics (and, for a ``roi``
 smaller than the image, the computed-but-unneeded tile pixels that enter the statistics).
-Both are measured by the tests and the benchmark; they vanish with the dense fallback.
+Both are measured by the tests and by ``benchmarks/editing.py`` (``benchmarks/results/editing.md``);
+they vanish with the dense fallback.
 Attention (UNet2D): ``(attend(norm(x)) + x) / scale`` with queries from the active tiles only
 and keys/values projected from the whole *mixed* map (cache outside the active tiles, the new
 values inside) -- a dense O(HW C^2) projection and O(n_active HW C) attention at that level,

@@ -116,8 +116,7 @@ def sparse_sdedit(key, sde, solver, net: SparseUNet, params, x_orig, x_edit, t0:
     Default (None): ``"scan"`` under a trace; with a ``cache`` given, the loop whose layout it has;
     else ``"scan"`` when one step's cached maps are under
     ``LOOP_ABOVE_BYTES`` (16 MiB: below, the loop's three dispatches per step cost about what they
-    save; DigitsUNet "large", DDIM(4), 1% edited, exact plan, vs the dense scan: 256x256 (186 MiB per
-    step) 12.4x vs the scan's 6.6x, 128x128 5.3x vs 4.2x, 64x64 2.1x vs 2.2x), else ``"python"``.
+    save; loop vs scan at 256x256: ``benchmarks/results/editing_256_sdedit.md``), else ``"python"``.
     The two agree to float rounding (XLA fuses the two programs differently).
 
     Returns ``(x_edited, x_original, cache)``; ``cache`` is ``(per_step, final)``: with ``"scan"``,
