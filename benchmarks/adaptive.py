@@ -7,13 +7,13 @@ Everything runs in one process on the same score and the same prior draws (jaxsd
 quality is compared with Euler-Maruyama at 1000 steps (EM-1000) and with an exact-vs-exact noise
 floor:
 
-* ``lowrank``: :class:`jaxsde.targets.LowRankMixture` (8 components near rank-8 subspaces of
+* ``lowrank``: :class:`jaxsde.testing.targets.LowRankMixture` (8 components near rank-8 subspaces of
   d = 256, off-subspace std 0.01), VP SDE, exact score. Quality: the whitened mode W2 of
   ``LowRankMixture.mode_statistics`` against 50 000 ideal samples (exact ``p_eps``, Tweedie
   step): per component, ``sqrt(|dm_in|^2 / r + (sqrt(v_in) - sqrt(v_in*))^2 + |dm_off|^2 / (d - r)
   + (sqrt(v_off) - sqrt(v_off*))^2)``, count-weighted RMS over components.
 * ``gmm3072``: the 8-mode ring mixture in d = 3072 of ``benchmarks/vs_diffrax.py`` (std 0.02),
-  VP, exact score. Quality: ``jaxsde.metrics.mode_spread_w2`` (whitened W2 of each mode's spread).
+  VP, exact score. Quality: ``jaxsde.testing.metrics.mode_spread_w2`` (whitened W2 of each mode's spread).
 * ``digits``: the embedded digits U-Net (VP). Quality: FD-digits against the training set.
 
 Each row's quality carries its bootstrap standard deviation (``sd``, 30 resamples of the
@@ -46,8 +46,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxsde
-from jaxsde import controllers, metrics
-from jaxsde.targets import GaussianMixture, LowRankMixture
+from jaxsde import controllers
+from jaxsde.testing import metrics
+from jaxsde.testing.targets import GaussianMixture, LowRankMixture
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
@@ -110,7 +111,7 @@ def gmm3072_target() -> Target:
 
 
 def digits_target() -> Target:
-    from jaxsde.metrics.digits import DigitsMetrics
+    from jaxsde.testing.metrics.digits import DigitsMetrics
 
     ckpt = jaxsde.pretrained("digits")
     dm = DigitsMetrics()

@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsde.checkpoint_io import atomic_write
 from jaxsde.checkpoints import score_sde
+from jaxsde.checkpoints.io import atomic_write
 from jaxsde.models import ncsnpp
 
 SMALL = dict(nf=16, image_size=16, attn_resolutions=(8,))

@@ -24,7 +24,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxsde  # noqa: E402
-from jaxsde.checkpoint_io import atomic_write  # noqa: E402
+from jaxsde.checkpoints.io import atomic_write  # noqa: E402
 
 
 def main(argv=None) -> None:

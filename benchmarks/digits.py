@@ -3,7 +3,7 @@
     python benchmarks/digits.py [--model digits] [--n 1000] [--quick] [--out benchmarks/results]
 
 Every solver samples the same ``n`` keys (sample i uses fold_in(seed, i)); quality is
-FD-digits / KID against the training set (``jaxsde.metrics.digits``), with the real-vs-real
+FD-digits / KID against the training set (``jaxsde.testing.metrics.digits``), with the real-vs-real
 floor (held-out real digits vs train, n capped at the 359 held out). Noise: each row's FD
 carries its bootstrap standard deviation at this n (``fd_std``, 50 resamples), and EM-1000 is
 rerun with a second seed as an independent check. "Within noise" of EM-1000:
@@ -25,7 +25,7 @@ import numpy as np
 
 import jaxsde
 from jaxsde import driver
-from jaxsde.metrics.digits import DigitsMetrics
+from jaxsde.testing.metrics.digits import DigitsMetrics
 
 
 def run(ckpt, solver, n, seed, batch):

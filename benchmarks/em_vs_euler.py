@@ -28,8 +28,8 @@ import jax
 import numpy as np
 
 import jaxsde
-from jaxsde import reference
-from jaxsde.targets import GaussianMixture
+from jaxsde.testing import reference
+from jaxsde.testing.targets import GaussianMixture
 from jaxsde.timing import compile_cpu_seconds
 
 

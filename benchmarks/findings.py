@@ -21,8 +21,8 @@ import lineax as lx
 import numpy as np
 
 import jaxsde
-from jaxsde import exact
-from jaxsde.checkpoint_io import atomic_write
+from jaxsde.checkpoints.io import atomic_write
+from jaxsde.testing import exact
 
 
 def ggf_variance_bias() -> list[str]:

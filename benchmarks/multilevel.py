@@ -34,8 +34,8 @@ import numpy as np
 
 import jaxsde
 from jaxsde.data import load_digits
-from jaxsde.metrics.digits import DigitsMetrics
 from jaxsde.solvers.multilevel import multilevel_cost, optimal_probabilities
+from jaxsde.testing.metrics.digits import DigitsMetrics
 
 LEVELS = ("digits-small", "digits-medium", "digits-large")
 

@@ -15,7 +15,7 @@ Three measurements, each printed as it goes and written to ``OUT/overhead.json``
    hand-written ``lax.fori_loop`` Euler-Maruyama with the same network, batch, grid and
    noise (per-sample key ``fold_in(k_i, step)``, so both produce the same samples; checked).
    Target: ratio <= 1.05.
-3. **Noise share.** With a cheap score (exact Gaussian-mixture score, ``jaxsde.targets``,
+3. **Noise share.** With a cheap score (exact Gaussian-mixture score, ``jaxsde.testing.targets``,
    batch 2000, d = 256 .. 3072): GGF and EM time per loop iteration with fresh threefry
    normals, with zeros instead of normals (a ``ZeroNoise`` source), the normals alone, and
    (full mode) with ``rbg`` / ``unsafe_rbg`` / ``philox2x32`` keys; plus a micro-benchmark
@@ -58,7 +58,7 @@ import numpy as np
 from jax import lax
 
 import jaxsde
-from jaxsde.targets import GaussianMixture
+from jaxsde.testing.targets import GaussianMixture
 
 # --------------------------------------------------------------------------------------------
 # the score network

@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxsde
-from jaxsde.checkpoint_io import atomic_write
-from jaxsde.metrics.digits import DigitsMetrics
+from jaxsde.checkpoints.io import atomic_write
+from jaxsde.testing.metrics.digits import DigitsMetrics
 
 
 def main(argv=None) -> None:

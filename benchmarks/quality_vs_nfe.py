@@ -19,9 +19,9 @@ Problems:
 * ``ring2``: 8-mode ring in 2-D, VP SDE (``GaussianMixture.ring``); ``gmm32``: 10 random modes in
   32-D, VP SDE (``GaussianMixture.random``). Quality: sliced W2 and MMD^2 against exact
   (Tweedie-denoised ``p_eps``) samples, with their noise floor (an independent exact batch of the
-  same size, ``jaxsde.metrics.quality_report``).
+  same size, ``jaxsde.testing.metrics.quality_report``).
 * ``digits``: the embedded ``digits`` model (VP), FD-digits and KID against the training set
-  (``jaxsde.metrics.digits``), with the real-vs-real floor and the bootstrap standard deviation of
+  (``jaxsde.testing.metrics.digits``), with the real-vs-real floor and the bootstrap standard deviation of
   FD at this n. On the shared 2-core CPU one sample-NFE of this U-Net costs 1-10 ms and each
   configuration compiles for 10-50 s, so by default digits runs n=300, the fixed-step solvers up to
   50 NFE (the deterministic ones sit at their PF-ODE limit by then, cf. the PF-ODE row) and EM, the
@@ -46,9 +46,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxsde
-import jaxsde.metrics
+import jaxsde.testing.metrics
 from jaxsde import driver
-from jaxsde.targets import GaussianMixture
+from jaxsde.testing.targets import GaussianMixture
 
 BUDGETS = (5, 10, 20, 50, 100, 200)
 FAMILY_STYLE = {"DDIM": "o", "DPM++2M": "s", "DPM++3M": "^", "SA-Solver": "v", "ForwardValue": "<",
@@ -94,7 +94,7 @@ def run_solver(sde, score_fn, params, shape, solver, n, seed, batch):
 def make_problem(name: str):
     """(sde, score_fn(params), params, shape, evaluate(x) -> dict, primary metric, floor key, info)."""
     if name == "digits":
-        from jaxsde.metrics.digits import DigitsMetrics
+        from jaxsde.testing.metrics.digits import DigitsMetrics
 
         ckpt = jaxsde.pretrained("digits")
         metrics = DigitsMetrics()
@@ -117,7 +117,7 @@ def make_problem(name: str):
     key = jax.random.PRNGKey(123)
 
     def evaluate(x):
-        r = jaxsde.metrics.quality_report(key, mix, sde, x, denoise=True)
+        r = jaxsde.testing.metrics.quality_report(key, mix, sde, x, denoise=True)
         return {k: float(v) for k, v in r.items()}
 
     return sde, lambda p: p.score(sde), mix, mix.shape, evaluate, "sw2", "sw2_floor", (

@@ -55,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxsde
-from jaxsde import targets
+from jaxsde.testing import targets
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -167,7 +167,7 @@ SCALING = """
 import json, time
 import jax, jax.numpy as jnp, numpy as np
 import jaxsde
-from jaxsde import targets
+from jaxsde.testing import targets
 sde = jaxsde.VPSDE()
 score = targets.GaussianMixture.random(jax.random.PRNGKey(3), 8, (16,)).score(sde)
 solver = jaxsde.GottaGoFast(rtol=0.05)

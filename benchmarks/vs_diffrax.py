@@ -49,8 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxsde
-from jaxsde import metrics, reference
-from jaxsde.targets import GaussianMixture
+from jaxsde.testing import metrics, reference
+from jaxsde.testing.targets import GaussianMixture
 from jaxsde.timing import compile_cpu_seconds
 
 ADJOINT = dfx.ForwardMode()

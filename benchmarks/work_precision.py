@@ -6,7 +6,7 @@ reverse diffusion + Langevin predictor-corrector (PC), the adaptive probability-
 (PF, Dormand-Prince) and Gotta Go Fast (GGF) at the paper's tolerances.
 
 Quality is measured against the law of a perfect sampler (exact ``p_eps`` samples, Tweedie
-denoised) with :func:`jaxsde.metrics.quality_report`; every metric comes with its
+denoised) with :func:`jaxsde.testing.metrics.quality_report`; every metric comes with its
 exact-vs-exact floor at the same n. Wall times are of the compiled, warmed-up program
 (:func:`jaxsde.timing.time_compiled`), median of the repeats.
 
@@ -39,10 +39,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsde import driver
-from jaxsde.metrics import quality_report
 from jaxsde.sde import VESDE, VPSDE
 from jaxsde.solvers import EulerMaruyama, GottaGoFast, PredictorCorrector, ProbabilityFlow
-from jaxsde.targets import GaussianMixture
+from jaxsde.testing.metrics import quality_report
+from jaxsde.testing.targets import GaussianMixture
 from jaxsde.timing import time_compiled
 
 METRICS = ("spread_w2", "sw2", "mmd2", "mode_tv")

@@ -41,11 +41,10 @@ _LAZY_NAMES = {
     "generate": ("jaxsde.batching", "generate"),
     "Generated": ("jaxsde.batching", "Generated"),
     "GenerateSummary": ("jaxsde.batching", "GenerateSummary"),
-    "pretrained": ("jaxsde.embedded", "pretrained"),
+    "pretrained": ("jaxsde.checkpoints.embedded", "pretrained"),
     "Checkpoint": ("jaxsde.checkpoints.checkpoint", "Checkpoint"),
 }
-_LAZY_MODULES = ("batching", "checkpoints", "embedded", "models", "sparse", "metrics", "targets", "exact", "reference",
-                 "training")
+_LAZY_MODULES = ("apps", "batching", "checkpoints", "models", "sparse", "testing", "training")
 
 
 def __getattr__(name: str) -> Any:
@@ -112,7 +111,6 @@ __all__ = [
     "grids",
     "noise",
     "results",
-    "embedded",
     "checkpoints",
     "models",
     "pretrained",

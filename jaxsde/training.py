@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from flax import serialization
 
-from .checkpoint_io import atomic_write, load_msgpack, save_msgpack
+from .checkpoints.io import atomic_write, load_msgpack, save_msgpack
 from .data import load_digits
 from .models.score import batched_score
 from .train_config import TrainConfig

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 import jaxsde
-from jaxsde.targets import GaussianMixture
+from jaxsde.testing.targets import GaussianMixture
 
 
 def problems():

@@ -1,5 +1,5 @@
 """A small resumable ``generate`` job for the CLI tests: a Gaussian mixture (exact score) through
-the loop behind ``jaxsde generate`` (:func:`jaxsde.generate_job.generate_to_dir`).
+the loop behind ``jaxsde generate`` (:func:`jaxsde.apps.generate_job.generate_to_dir`).
 
 As a script (the SIGKILL test): ``python mixture_job.py DIR N [--slow-writes]``. Its chunks take
 milliseconds, so ``--slow-writes`` adds 20 ms around each file write (a slow disk) to give kills a
@@ -12,7 +12,9 @@ import time
 import jax
 
 import jaxsde
-from jaxsde import checkpoint_io, generate_job, targets
+from jaxsde.apps import generate_job
+from jaxsde.checkpoints import io as checkpoint_io
+from jaxsde.testing import targets
 
 
 def run(folder, n: int, slow_writes: bool = False) -> dict:

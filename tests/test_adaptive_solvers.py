@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import jaxsde
-from jaxsde import controllers, exact, results, targets
+from jaxsde import controllers, results
+from jaxsde.testing import exact, targets
 
 MU, S = 0.5, 0.2
 

@@ -10,7 +10,7 @@ import pytest
 
 import jaxsde
 from jaxsde import controllers, results
-from jaxsde.cli import main as cli
+from jaxsde.apps.cli import main as cli
 
 KEY = jax.random.PRNGKey(0)
 VP = jaxsde.VPSDE()

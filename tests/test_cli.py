@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from jaxsde.embedded import available
+from jaxsde.checkpoints.embedded import available
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "jaxsde.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "jaxsde.apps.cli", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=600)
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import jaxsde
-from jaxsde import exact
 from jaxsde.solvers.probability_flow import TABLEAUS, rk_step
+from jaxsde.testing import exact
 
 MU, S = 0.3, 0.2
 

@@ -28,7 +28,7 @@ import pytest
 import jaxsde
 from jaxsde.solvers.exponential import diffusers_grid
 from jaxsde.solvers.sa_solver import diffusers_tau
-from jaxsde.targets import GaussianMixture
+from jaxsde.testing.targets import GaussianMixture
 
 torch = pytest.importorskip("torch")
 schedulers = pytest.importorskip("diffusers.schedulers")
@@ -96,7 +96,7 @@ def draws(num_steps, seed=0):
 
 
 def test_model_is_the_mixture_eps(x64):
-    """The shared analytic model equals -sigma * jaxsde.targets.GaussianMixture's exact score."""
+    """The shared analytic model equals -sigma * jaxsde.testing.targets.GaussianMixture's exact score."""
     sde = jaxsde.DiscreteVPSDE.linear()
     mix = GaussianMixture.create(WEIGHTS, jnp.asarray(MEANS), SCALES)
     x = jnp.asarray(draws(1)[0])

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import jaxsde
-from jaxsde import exact, results, targets
+from jaxsde import results
+from jaxsde.testing import exact, targets
 
 SDE = jaxsde.VPSDE()
 SCORE = exact.gaussian_score(SDE, 0.3, 0.2)

@@ -7,7 +7,7 @@ import pytest
 
 import jaxsde
 from jaxsde.editing import Inpainting, check_mask, inpaint, sdedit
-from jaxsde.targets import GaussianMixture
+from jaxsde.testing.targets import GaussianMixture
 
 SHAPE = (6, 6, 1)
 

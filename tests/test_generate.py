@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import jaxsde
-from jaxsde import targets
 from jaxsde.batching import Generator, generate
+from jaxsde.testing import targets
 
 SDE = jaxsde.VPSDE()
 SCORE = targets.GaussianMixture.random(jax.random.PRNGKey(3), 4, (6,)).score(SDE)

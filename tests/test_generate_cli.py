@@ -13,8 +13,8 @@ import mixture_job
 import numpy as np
 import pytest
 
-from jaxsde import cli
-from jaxsde.generate_job import read_shards
+from jaxsde.apps import cli
+from jaxsde.apps.generate_job import read_shards
 
 N = 160
 JOB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mixture_job.py")  # the same loop as the CLI
@@ -96,7 +96,7 @@ def test_disk_full_keeps_the_shards_written_and_resumes(tmp_path, monkeypatch):
 
 
 def test_cli_reports_os_errors_in_one_line(monkeypatch, capsys):
-    from jaxsde import generate_job
+    from jaxsde.apps import generate_job
 
     def full(**kwargs):
         raise OSError(errno.ENOSPC, "cannot write out/shard-000002.npz (No space left on device); the 8 samples "

@@ -14,7 +14,7 @@ COMMON = """
 import jax
 import numpy as np
 import jaxsde
-from jaxsde import targets
+from jaxsde.testing import targets
 from jaxsde.batching import Generator, generate, process_range
 
 SDE = jaxsde.VPSDE()

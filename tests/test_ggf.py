@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import jaxsde
-from jaxsde import exact
 from jaxsde.solvers.base import AdaptiveState
 from jaxsde.solvers.gotta_go_fast import GGFState
+from jaxsde.testing import exact
 
 SDE = jaxsde.VPSDE()
 SCORE = exact.gaussian_score(SDE, 0.3, 0.2)

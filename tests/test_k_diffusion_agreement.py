@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import jaxsde
-from jaxsde.targets import GaussianMixture
+from jaxsde.testing.targets import GaussianMixture
 
 torch = pytest.importorskip("torch")
 k_sampling = k_diffusion_sampling.load()

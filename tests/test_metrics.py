@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from jaxsde.metrics import (
+from jaxsde.sde import VPSDE
+from jaxsde.testing.metrics import (
     gaussian_w2,
     isotropic_gaussian_w2,
     median_bandwidth,
@@ -16,8 +17,7 @@ from jaxsde.metrics import (
     quality_report,
     sliced_wasserstein2,
 )
-from jaxsde.sde import VPSDE
-from jaxsde.targets import GaussianMixture
+from jaxsde.testing.targets import GaussianMixture
 
 KEY = jax.random.PRNGKey(0)
 SDE = VPSDE()

@@ -8,7 +8,7 @@ import pytest
 
 import jaxsde
 from jaxsde.solvers.multilevel import multilevel_cost, optimal_probabilities
-from jaxsde.targets import GaussianMixture
+from jaxsde.testing.targets import GaussianMixture
 
 SDE = jaxsde.VPSDE()
 MIX = GaussianMixture.gaussian(jnp.array([0.3, -0.2]), 0.4)

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from jaxsde.embedded import available
+from jaxsde.checkpoints.embedded import available
 
 NOTEBOOKS = os.path.join(os.path.dirname(__file__), "..", "notebooks")
 

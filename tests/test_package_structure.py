@@ -131,3 +131,11 @@ def test_lazy_names_resolve():
     code = ("import sys, jaxsde; g = jaxsde.generate; c = jaxsde.Checkpoint; "
             "assert 'jaxsde.batching' in sys.modules and callable(g) and c.__name__ == 'Checkpoint'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_library_imports_neither_the_oracles_nor_the_jobs():
+    edges, _ = _analyse()
+    wrong = sorted((a, b) for a, bs in edges.items() for b in bs
+                   if (b.startswith("jaxsde.apps") and not a.startswith("jaxsde.apps"))
+                   or (b.startswith("jaxsde.testing") and not a.startswith(("jaxsde.testing", "jaxsde.apps"))))
+    assert wrong == []

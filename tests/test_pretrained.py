@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import jaxsde
-from jaxsde.embedded import NAMES, available
-from jaxsde.metrics.digits import DigitsMetrics
+from jaxsde.checkpoints.embedded import NAMES, available
+from jaxsde.testing.metrics.digits import DigitsMetrics
 
 
 def test_names_and_errors():

@@ -4,8 +4,9 @@ import jax
 import numpy as np
 
 import jaxsde
-from jaxsde import driver, metrics
-from jaxsde.targets import GaussianMixture
+from jaxsde import driver
+from jaxsde.testing import metrics
+from jaxsde.testing.targets import GaussianMixture
 
 
 def test_ggf_matches_em1000_with_a_third_of_the_nfe():

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import jaxsde
-from jaxsde import metrics, reference
-from jaxsde.targets import GaussianMixture
+from jaxsde.testing import metrics, reference
+from jaxsde.testing.targets import GaussianMixture
 
 
 def problem(sde, d=8):

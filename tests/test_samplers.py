@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import jaxsde
-from jaxsde import exact
 from jaxsde.solvers.ddim import ddim_step
 from jaxsde.solvers.exponential import exp_remainders, exp_weights
 from jaxsde.solvers.sa_solver import ddim_eta_for_tau
-from jaxsde.targets import GaussianMixture
+from jaxsde.testing import exact
+from jaxsde.testing.targets import GaussianMixture
 
 MU, S = 0.3, 0.2
 VP, SUBVP, VE = jaxsde.VPSDE(), jaxsde.SubVPSDE(), jaxsde.VESDE()

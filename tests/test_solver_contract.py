@@ -17,9 +17,9 @@ import pytest
 
 import jaxsde
 from jaxsde import results
-from jaxsde.exact import gaussian_score
 from jaxsde.solvers.multilevel import MultilevelEM, MultilevelScore
 from jaxsde.solvers.registry import make_solver, solver_names, solver_options
+from jaxsde.testing.exact import gaussian_score
 
 SDE = jaxsde.VPSDE()
 SHAPE = (3,)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxsde.sde import VESDE, VPSDE, SubVPSDE
-from jaxsde.targets import GaussianMixture, gaussian
+from jaxsde.testing.targets import GaussianMixture, gaussian
 
 SDES = [VPSDE(), SubVPSDE(), VESDE()]
 SDE_IDS = ["vp", "subvp", "ve"]
@@ -152,7 +152,7 @@ def test_low_rank_mixture_score_is_the_gradient_of_its_dense_log_density(x64):
     """Woodbury score and log density of LowRankMixture against dense covariances (d = 12, rank 3)."""
     from jax.scipy.stats import multivariate_normal
 
-    from jaxsde.targets import LowRankMixture
+    from jaxsde.testing.targets import LowRankMixture
 
     mix = LowRankMixture.random(jax.random.PRNGKey(0), 3, (3, 4), rank=3, dtype=jnp.float64)
     sde = VPSDE()
@@ -173,7 +173,7 @@ def test_low_rank_mixture_score_is_the_gradient_of_its_dense_log_density(x64):
 
 
 def test_low_rank_mixture_samples_have_its_moments():
-    from jaxsde.targets import LowRankMixture
+    from jaxsde.testing.targets import LowRankMixture
 
     mix = LowRankMixture.random(jax.random.PRNGKey(2), 1, (8,), rank=2, std_range=(0.2, 0.4), floor=0.05)
     x = np.asarray(mix.sample(jax.random.PRNGKey(3), 40_000), np.float64)

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsde import embedded as pt
-from jaxsde.checkpoint_io import atomic_write
+from jaxsde.checkpoints import embedded as pt
+from jaxsde.checkpoints.io import atomic_write
 from jaxsde.data import load_digits
 from jaxsde.models.score import output_to_score
 from jaxsde.sde import VESDE, VPSDE

@@ -34,7 +34,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .training import TrainConfig, train
+    from ..training import TrainConfig, train
 
     config = TrainConfig(data=args.data, size=args.size, sde=args.sde, parameterization=args.parameterization,
                          weighting=args.weighting, steps=args.steps, batch_size=args.batch_size,
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo.png", help="scatter plot PNG (default demo.png)")
     demo.set_defaults(func=_demo)
 
-    from .solvers.registry import describe_solvers
+    from ..solvers.registry import describe_solvers
 
     sp = sub.add_parser("sample", help="generate images from an embedded model; write a grid; report NFE and FD")
     sp.add_argument("--model", default="digits", help="digits | digits-medium | digits-small | digits-ve")

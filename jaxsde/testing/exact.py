@@ -18,9 +18,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .driver import solve
-from .noise import GivenNoise
-from .sde import SDE
+from ..driver import solve
+from ..noise import GivenNoise
+from ..sde import SDE
 
 
 def _float():

@@ -21,10 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .batching import Generator
-from .checkpoint_io import atomic_write
-from .embedded import NAMES, pretrained
-from .solvers.registry import make_solver
+from ..batching import Generator
+from ..checkpoints.embedded import NAMES, pretrained
+from ..checkpoints.io import atomic_write
+from ..solvers.registry import make_solver
 
 FORMAT = "jaxsde-generate/1"
 MANIFEST = "manifest.json"

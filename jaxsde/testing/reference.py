@@ -28,10 +28,10 @@ import jax
 import jax.numpy as jnp
 import lineax as lx
 
-from . import results
-from .driver import Solution, Stats, sample_keys
-from .noise import BrownianNoise
-from .sde import SDE, ScoreFn
+from .. import results
+from ..driver import Solution, Stats, sample_keys
+from ..noise import BrownianNoise
+from ..sde import SDE, ScoreFn
 
 __all__ = [
     "reverse_sde_terms",

@@ -10,12 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import driver
-from .data import to_unit_range
-from .embedded import NAMES, pretrained
-from .multilevel_batch import sample_multilevel
-from .solvers.multilevel import MultilevelEM, MultilevelScore
-from .solvers.registry import make_solver
+from .. import driver
+from ..checkpoints.embedded import NAMES, pretrained
+from ..data import to_unit_range
+from ..multilevel_batch import sample_multilevel
+from ..solvers.multilevel import MultilevelEM, MultilevelScore
+from ..solvers.registry import make_solver
 
 # The levels of the multilevel sampler on the embedded VP digits models, coarsest first.
 DIGITS_LEVELS = ("digits-small", "digits-medium", "digits-large")
@@ -110,7 +110,7 @@ def run_sample(model: str = "digits", solver: str = "ggf", n: int = 64, seed: in
                   mean_nfe=float(nfe.mean()), max_nfe=int(nfe.max()), min_nfe=int(nfe.min()),
                   loop_iterations=iters, wall_s=wall, compile_s=compile_s, failed=int(np.sum(result != 0)))
     if metrics:
-        from .metrics.digits import DigitsMetrics
+        from ..testing.metrics.digits import DigitsMetrics
 
         report.update(DigitsMetrics().report(x, ckpt.data_range))
     if out:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from . import driver, metrics
-from .sde import VPSDE
-from .solvers import EulerMaruyama, GottaGoFast
-from .targets import GaussianMixture
-from .timing import time_compiled
+from .. import driver
+from ..sde import VPSDE
+from ..solvers import EulerMaruyama, GottaGoFast
+from ..testing import metrics
+from ..testing.targets import GaussianMixture
+from ..timing import time_compiled
 
 COLUMNS = ("solver", "mean NFE", "max NFE", "loop iters", "wall s", "SW2", "MMD^2", "mode TV", "spread W2")
 

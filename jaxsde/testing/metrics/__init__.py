@@ -1,6 +1,6 @@
-"""Sample-quality metrics (see :mod:`jaxsde.metrics.samples`). Lower is better throughout."""
+"""Sample-quality metrics (see :mod:`jaxsde.testing.metrics.samples`). Lower is better throughout."""
 
-from jaxsde.metrics.samples import (
+from jaxsde.testing.metrics.samples import (
     gaussian_w2,
     isotropic_gaussian_w2,
     median_bandwidth,

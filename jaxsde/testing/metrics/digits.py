@@ -1,8 +1,8 @@
 """Image-quality metrics for 8x8 digits, in the feature space of a small shipped classifier.
 
 Like FID, but with a digits classifier (an MLP trained on the training split of
-scikit-learn's digits; weights in ``jaxsde/weights/digits-classifier.msgpack``, command in
-``jaxsde/weights/README.md``) in place of Inception:
+scikit-learn's digits; weights in ``jaxsde/checkpoints/weights/digits-classifier.msgpack``, command in
+``jaxsde/checkpoints/weights/README.md``) in place of Inception:
 
 * ``fd``: Frechet distance between Gaussian fits of penultimate-layer features of the
   samples and of the 1438 training images ("FD-digits"). Lower is better. Biased upwards at
@@ -26,11 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..checkpoint_io import load_msgpack, save_msgpack
-from ..data import load_digits, to_unit_range
+from ...checkpoints.embedded import WEIGHTS_DIR
+from ...checkpoints.io import load_msgpack, save_msgpack
+from ...data import load_digits, to_unit_range
 from .samples import gaussian_w2
 
-CLASSIFIER_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "weights", "digits-classifier.msgpack")
+CLASSIFIER_PATH = os.path.join(WEIGHTS_DIR, "digits-classifier.msgpack")
 
 
 class DigitsClassifier(nn.Module):

@@ -6,7 +6,7 @@
 Names: ``"digits"`` (= ``"digits-large"``), ``"digits-medium"``, ``"digits-small"`` (VP SDE,
 three sizes, the levels of the multilevel sampler) and ``"digits-ve"`` (medium, VE SDE).
 Weights are the EMA weights written by ``jaxsde train`` + ``training.export_weights``;
-``jaxsde/weights/README.md`` has the exact training commands.
+``jaxsde/checkpoints/weights/README.md`` has the exact training commands.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import os
 import jax
 import jax.numpy as jnp
 
-from .checkpoint_io import load_msgpack
-from .checkpoints.checkpoint import Checkpoint
-from .models.score import preconditioned_convention
-from .models.score import score_fn as make_score_fn
-from .train_config import TrainConfig
+from ..models.score import preconditioned_convention
+from ..models.score import score_fn as make_score_fn
+from ..train_config import TrainConfig
+from .checkpoint import Checkpoint
+from .io import load_msgpack
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
 ALIASES = {"digits": "digits-large"}

@@ -25,7 +25,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from jaxsde.sde import SDE
-from jaxsde.targets import GaussianMixture
+from jaxsde.testing.targets import GaussianMixture
 
 Array = jax.Array
 
