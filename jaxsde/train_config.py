@@ -33,6 +33,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    # True: the EMA is the normalised average of the trained weights, with no share of the random
+    # initialisation (see jaxsde.training.ema_update); False: the plain EMA started at the init
+    # (runs written before this field existed), which still holds ``ema_decay ** steps`` of it.
+    ema_debias: bool = True
     sigma_data: float = 0.5
     seed: int = 0
 
@@ -54,6 +58,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         """Inverse of ``dataclasses.asdict`` after a JSON round trip (lists back to tuples)."""
+        d = {"ema_debias": False, **d}  # a run or weights file from before the field: the plain EMA
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     def make_sde(self):

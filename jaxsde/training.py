@@ -6,9 +6,10 @@ Loss for data ``x0``, ``t ~ U(eps, T)``, ``x_t = alpha x0 + sigma eps``:
 Song et al. 2021's likelihood weighting, ``w = g^2 / sigma^2``), for any network
 parameterisation (``eps``, ``x0``, ``v``, ``score``; see :mod:`jaxsde.models.score`).
 
-Optimiser: gradient clipping, AdamW with linear warm-up and cosine decay; EMA of the
-weights. The jit-compiled step runs one update per call (see ``make_train_steps``).
-Checkpoints are written atomically and a rerun with the same configuration resumes.
+Optimiser: gradient clipping, AdamW with linear warm-up and cosine decay; a debiased EMA of
+the weights (:func:`ema_update`: the initialisation has no share in it). The jit-compiled step
+runs one update per call (see ``make_train_steps``). Checkpoints are written atomically and a
+rerun with the same configuration resumes.
 """
 
 from __future__ import annotations
@@ -66,11 +67,54 @@ def dsm_loss(score_batched, sde, weighting: str):
     return loss
 
 
+def ema_update(ema: Any, params: Any, step: jax.Array, decay: float, debias: bool = True) -> Any:
+    """The EMA after update number ``step`` (1, 2, ...) with the new ``params``.
+
+    ``debias=True``: ``ema_k = sum_j (1 - d) d^(k - j) p_j / (1 - d^k)``, the normalised
+    exponential average of the weights after updates ``1..k`` (step size ``(1 - d) / (1 - d^k)``:
+    1 at the first update, so the initial value drops out), as optax's ``ema(debias=True)``.
+    ``debias=False``: the plain recursion ``ema_k = d ema_(k-1) + (1 - d) p_k`` from
+    ``ema_0 = init``, which keeps ``d^k`` of the random initialisation in the weights.
+    """
+    step_size = 1.0 - decay
+    if debias:
+        step_size = step_size / (1.0 - jnp.asarray(decay, jnp.float32) ** jnp.asarray(step, jnp.float32))
+    return optax.incremental_update(params, ema, step_size)
+
+
+def debias_ema(ema: Any, init: Any, steps: int, decay: float) -> Any:
+    """The debiased EMA (``ema_update(..., debias=True)``) of a run that kept the plain one:
+    ``(ema - d^k init) / (1 - d^k)`` after ``k = steps`` updates from the initial weights ``init``.
+    Equal to the debiased run's EMA up to float rounding (the same weights, the same updates)."""
+    share = float(decay) ** int(steps)
+    return jax.tree_util.tree_map(lambda e, i: (e - share * i) / (1.0 - share), ema, init)
+
+
+def init_params(config: TrainConfig, sample_shape: tuple[int, ...]) -> Any:
+    """The network's initial weights of a run with ``config`` (``config.seed``)."""
+    k_init, _ = jax.random.split(jax.random.PRNGKey(config.seed))
+    return config.make_model().init(k_init, jnp.zeros((1, *sample_shape)), jnp.zeros((1,)))
+
+
+def debias_weights_file(path: str, out: str | None = None, sample_shape: tuple[int, ...] = (8, 8, 1)) -> None:
+    """Rewrite an exported weights file whose config has ``ema_debias`` false (the plain EMA)
+    with its debiased EMA (:func:`debias_ema`, the initial weights rebuilt from the config's
+    seed) and ``ema_debias: true`` in its config; ``out`` defaults to ``path`` (atomic)."""
+    payload = load_msgpack(path)
+    cfg = json.loads(payload["config"])
+    config = TrainConfig.from_dict(cfg)
+    if config.ema_debias:
+        raise ValueError(f"{path}: its EMA is already debiased (config ema_debias = true)")
+    params = debias_ema(payload["params_ema"], init_params(config, sample_shape), int(payload["step"]),
+                        config.ema_decay)
+    params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
+    cfg = {**cfg, "ema_debias": True}
+    save_msgpack(out or path, {"params_ema": params, "config": json.dumps(cfg), "step": int(payload["step"])})
+
+
 def init_state(config: TrainConfig, sample_shape: tuple[int, ...]) -> TrainState:
-    model = config.make_model()
-    key = jax.random.PRNGKey(config.seed)
-    k_init, key = jax.random.split(key)
-    params = model.init(k_init, jnp.zeros((1, *sample_shape)), jnp.zeros((1,)))
+    _, key = jax.random.split(jax.random.PRNGKey(config.seed))
+    params = init_params(config, sample_shape)
     opt_state = make_optimizer(config).init(params)
     return TrainState(jnp.zeros((), jnp.int32), params, params, opt_state, key)
 
@@ -93,7 +137,7 @@ def make_train_steps(config: TrainConfig, data: jax.Array, steps_per_call: int =
         loss, grads = jax.value_and_grad(loss_fn)(state.params, data[idx], k_loss)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ema = optax.incremental_update(params, state.params_ema, 1.0 - config.ema_decay)
+        ema = ema_update(state.params_ema, params, state.step + 1, config.ema_decay, config.ema_debias)
         return TrainState(state.step + 1, params, ema, opt_state, key), loss
 
     @jax.jit

@@ -1,5 +1,6 @@
 """Training: config validation, learning, atomic resumable checkpoints, export/load round trip."""
 
+import dataclasses
 import os
 
 import jax
@@ -12,7 +13,15 @@ from jaxsde.checkpoints.io import atomic_write
 from jaxsde.data import load_digits
 from jaxsde.models.score import output_to_score
 from jaxsde.sde import VESDE, VPSDE
-from jaxsde.training import TrainConfig, export_weights, init_state, make_train_steps, train
+from jaxsde.training import (
+    TrainConfig,
+    debias_ema,
+    export_weights,
+    init_params,
+    init_state,
+    make_train_steps,
+    train,
+)
 
 
 def test_digits_split():
@@ -110,3 +119,52 @@ def test_bad_weight_files_give_clear_errors(tmp_path):
         pt.load_weights_file(wrong)
     with pytest.raises(ValueError, match="unknown model"):
         pt.pretrained("cifar10")
+
+
+def test_debiased_ema_has_no_share_of_the_init():
+    """The debiased EMA equals the plain run's EMA with the init's share removed (debias_ema), and
+    its first update is the trained weights themselves."""
+    data = jnp.asarray(load_digits("train", (-1.0, 1.0)).images[:64])
+    plain_cfg = TrainConfig(size="small", steps=4, batch_size=8, warmup_steps=1, ema_decay=0.7, ema_debias=False)
+    debiased_cfg = dataclasses.replace(plain_cfg, ema_debias=True)
+    runs = {}
+    for cfg in (plain_cfg, debiased_cfg):
+        state, step = init_state(cfg, data.shape[1:]), make_train_steps(cfg, data)
+        state, _ = step(state)
+        if cfg.ema_debias:
+            np.testing.assert_array_equal(*(np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(t)])
+                                            for t in (state.params_ema, state.params)))
+        for _ in range(cfg.steps - 1):
+            state, _ = step(state)
+        runs[cfg.ema_debias] = state
+    init = init_params(plain_cfg, data.shape[1:])
+    recovered = debias_ema(runs[False].params_ema, init, plain_cfg.steps, plain_cfg.ema_decay)
+    for a, b in zip(jax.tree_util.tree_leaves(recovered), jax.tree_util.tree_leaves(runs[True].params_ema),
+                    strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    flat = [np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(t)])
+            for t in (runs[True].params_ema, runs[False].params_ema)]
+    assert np.abs(flat[0] - flat[1]).max() > 1e-4  # the plain EMA differs (0.7^4 = 24% init): the test can fail
+
+
+def test_debias_weights_file(tmp_path):
+    """An old-format weights file (no ema_debias: the plain EMA) is rewritten debiased, once."""
+    import json
+
+    from jaxsde.checkpoints.io import load_msgpack, save_msgpack
+    from jaxsde.training import debias_weights_file
+
+    cfg = TrainConfig(size="small", steps=3, ema_decay=0.9)
+    init = init_params(cfg, (8, 8, 1))
+    trained = jax.tree_util.tree_map(lambda a: a + 1.0, init)
+    old_cfg = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "ema_debias"}
+    plain = jax.tree_util.tree_map(lambda i, p: 0.9**3 * i + (1 - 0.9**3) * p, init, trained)
+    path = str(tmp_path / "w.msgpack")
+    save_msgpack(path, {"params_ema": plain, "config": json.dumps(old_cfg), "step": 3})
+    debias_weights_file(path)
+    out = load_msgpack(path)
+    assert json.loads(out["config"])["ema_debias"] is True
+    for a, b in zip(jax.tree_util.tree_leaves(out["params_ema"]), jax.tree_util.tree_leaves(trained), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="already debiased"):
+        debias_weights_file(path)
