@@ -8,10 +8,20 @@ See ``solve``/``sample`` (the driver), the SDEs, and the solvers below.
 import importlib
 from typing import Any
 
-from . import controllers, editing, grids, noise, precision, results
+from . import controllers, editing, grids, likelihood, noise, precision, results
 from .driver import sample, solve, solve_batch, summarize
 from .editing import Inpainting, inpaint, sdedit
 from .grids import time_grid
+from .likelihood import (
+    BitsPerDim,
+    Likelihood,
+    bits_per_dim,
+    dequantize,
+    evaluate_bits_per_dim,
+    log_likelihood,
+    log_likelihood_batch,
+    quantize,
+)
 from .multilevel_batch import sample_multilevel
 from .noise import BrownianNoise, FreshNoise, GivenNoise, sample_keys
 from .precision import cast_params, mixed_precision
@@ -118,4 +128,13 @@ __all__ = [
     "mixed_precision",
     "cast_params",
     "precision",
+    "likelihood",
+    "Likelihood",
+    "BitsPerDim",
+    "log_likelihood",
+    "log_likelihood_batch",
+    "bits_per_dim",
+    "quantize",
+    "dequantize",
+    "evaluate_bits_per_dim",
 ]

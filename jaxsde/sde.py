@@ -71,6 +71,15 @@ class SDE:
         """One draw from the prior, shaped ``shape`` (no implicit batch axis)."""
         return self.prior_std * jax.random.normal(key, shape, dtype)
 
+    def prior_log_prob(self, x: Array) -> Array:
+        """``log N(x; 0, prior_std^2 I)`` in nats, summed over every element of ``x`` (a scalar).
+
+        The prior stands in for the true ``p_T`` (for VP, ``N(alpha_T x_0, sigma_T^2)`` mixed over
+        the data); likelihoods through the probability-flow ODE inherit that mismatch."""
+        x = jnp.asarray(x)
+        std = jnp.asarray(self.prior_std, x.dtype)
+        return -0.5 * jnp.sum(jnp.square(x / std)) - x.size * (jnp.log(std) + 0.5 * math.log(2.0 * math.pi))
+
     def reverse_drift(self, x: Array, t: ArrayLike, score: Array) -> Array:
         """Drift of the reverse-time SDE in forward-time form: ``f - g^2 * score``.
 

@@ -29,6 +29,8 @@ def test_demo_writes_plot_and_prints_table(tmp_path):
     (["sample", "--out", "/nonexistent-dir/grid.png"], "does not exist"),
     (["train", "--size", "huge", "--out", "x"], "choose one of"),
     (["sample", "--model", "digits-ve", "--solver", "mlem"], "use --model digits"),
+    (["likelihood", "--n", "400"], "more than the 359 digits"),
+    (["likelihood", "--probes", "0", "--n", "2"], "num_probes must be an integer >= 1"),
 ])
 def test_user_errors_are_one_line(args, needle):
     r = run_cli(*args)
@@ -61,3 +63,18 @@ def test_sample_with_the_adaptive_dpm_solver_and_eta(tmp_path):
 def test_a_negative_eta_is_one_line():
     r = run_cli("sample", "--solver", "dpm-adaptive", "--eta", "-1")
     assert r.returncode == 2 and "eta must be a finite number >= 0" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.skipif("digits-small" not in available(), reason="embedded weights not present")
+def test_likelihood_reports_bits_per_dim(tmp_path):
+    import json
+
+    hist, report = tmp_path / "hist.png", tmp_path / "report.json"
+    r = run_cli("likelihood", "--model", "digits-small", "--n", "3", "--probes", "2", "--rtol", "1e-3", "--atol",
+                "1e-3", "--out", str(hist), "--json", str(report))
+    assert r.returncode == 0, r.stderr
+    assert "bits/dim" in r.stdout and "failed 0" in r.stdout
+    got = json.loads(report.read_text())
+    # a model better than uniform noise over the 17 levels, worse than a perfect one
+    assert 0.0 < got["bits_per_dim"] < 4.09 and len(got["per_sample"]) == 3 and got["mean_nfe"] > 0
+    assert hist.stat().st_size > 1000

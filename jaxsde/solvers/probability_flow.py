@@ -207,7 +207,8 @@ class ProbabilityFlow(AdaptiveSolver):
     def nfe_per_attempt(self) -> int:
         return len(self.tableau.c) - 1
 
-    def _fn(self, sde, score):
+    def ode_rhs(self, sde, score):
+        """The right-hand side ``fn(x, t)`` of the ODE this solver integrates (the PF drift)."""
         return lambda x, t: sde.probability_flow_drift(x, t, score(x, t))
 
     reimpose_nfe = 1
@@ -221,21 +222,21 @@ class ProbabilityFlow(AdaptiveSolver):
         """The score at the current state from the FSAL stage ``k1 = f - g^2 score / 2`` there."""
         return sde.score_from_probability_flow_drift(x, t, state.solver.k1)
 
-    def _scale(self, x, x_new):
-        return self.atol + self.rtol * jnp.maximum(jnp.abs(x), jnp.abs(x_new))
+    def error_norm(self, v, x, x_new):
+        """The scaled norm of ``v`` (an error estimate or a derivative) for a step from ``x`` to
+        ``x_new``: RMS of ``v / (atol + rtol * max(|x|, |x_new|))``."""
+        return _rms(v / (self.atol + self.rtol * jnp.maximum(jnp.abs(x), jnp.abs(x_new))))
 
     def start(self, sde, score, x, t_start, t_end) -> SolverInit:
-        fn = self._fn(sde, score)
+        fn = self.ode_rhs(sde, score)
         span = t_start - t_end
         if self.h_init is not None:
             k1 = fn(x, t_start)
             h = jnp.minimum(jnp.asarray(self.h_init, x.dtype), span)
             return SolverInit(h=h, state=PFState(k1), nfe=1)
         # Hairer, Norsett & Wanner, "Solving ODEs I", II.4: starting step size.
-        sc = self._scale(x, x)
-
         def first_guess(k1):
-            d0, d1 = _rms(x / sc), _rms(k1 / sc)
+            d0, d1 = self.error_norm(x, x, x), self.error_norm(k1, x, x)
             return jnp.minimum(jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1), span), d1
 
         def evaluate(i, ks):  # i = 0: k1 = fn(x, t_start); i = 1: the probe at t_start - h0
@@ -245,7 +246,7 @@ class ProbabilityFlow(AdaptiveSolver):
         # one traced call of fn for both evaluations (compile time, as in rk_step)
         k1, k_probe = jax.lax.fori_loop(0, 2, evaluate, jnp.zeros((2, *x.shape), x.dtype))
         h0, d1 = first_guess(k1)
-        d2 = _rms((k_probe - k1) / sc) / h0
+        d2 = self.error_norm(k_probe - k1, x, x) / h0
         big = jnp.maximum(d1, d2)
         h1 = jnp.where(big <= 1e-15, jnp.maximum(1e-6, h0 * 1e-3),
                        (0.01 / big) ** (1.0 / (self.tableau.error_order + 1)))
@@ -257,8 +258,8 @@ class ProbabilityFlow(AdaptiveSolver):
         tab = self.tableau
         t_next = self.target_time(sde, state, t, h, t_end)
         h_eff = t - t_next
-        x_new, err, k_last = rk_step(tab, self._fn(sde, score), x, t, h_eff, state.k1, self.unroll_stages)
-        return Attempt(x=x_new, t=t_next, error=_rms(err / self._scale(x, x_new)), state=PFState(k_last),
+        x_new, err, k_last = rk_step(tab, self.ode_rhs(sde, score), x, t, h_eff, state.k1, self.unroll_stages)
+        return Attempt(x=x_new, t=t_next, error=self.error_norm(err, x, x_new), state=PFState(k_last),
                        nfe=len(tab.c) - 1, ok=jnp.all(jnp.isfinite(state.k1)), h=h_eff)
 
 
