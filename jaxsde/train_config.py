@@ -39,6 +39,11 @@ class TrainConfig:
     ema_debias: bool = True
     sigma_data: float = 0.5
     seed: int = 0
+    # Class-conditional training (None: unconditional). The network takes labels 0..num_classes,
+    # num_classes being the null class; each training label is replaced by it with probability
+    # label_dropout (classifier-free guidance needs the unconditional model too).
+    num_classes: int | None = None
+    label_dropout: float = 0.1
 
     def validate(self) -> None:
         if self.data != "digits":
@@ -54,6 +59,13 @@ class TrainConfig:
             raise ValueError(f"weighting must be 'simple' or 'likelihood', got {self.weighting!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be positive")
+        if self.num_classes is not None and (isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int)
+                                             or self.num_classes < 2):
+            raise ValueError(f"num_classes must be an integer >= 2 or None, got {self.num_classes!r}")
+        if self.num_classes is not None and self.data == "digits" and self.num_classes != 10:
+            raise ValueError(f"num_classes must be 10 for data 'digits' (labels 0..9), got {self.num_classes}")
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -65,4 +77,4 @@ class TrainConfig:
         return SDES[self.sde]()
 
     def make_model(self) -> DigitsUNet:
-        return DigitsUNet(**SIZES[self.size])
+        return DigitsUNet(**SIZES[self.size], num_classes=self.num_classes)

@@ -53,7 +53,8 @@ def _train(args: argparse.Namespace) -> int:
 
     config = TrainConfig(data=args.data, size=args.size, sde=args.sde, parameterization=args.parameterization,
                          weighting=args.weighting, steps=args.steps, batch_size=args.batch_size,
-                         learning_rate=args.lr, seed=args.seed)
+                         learning_rate=args.lr, seed=args.seed, num_classes=args.num_classes,
+                         label_dropout=args.label_dropout)
     config.validate()
     train(config, args.out)
     return 0
@@ -137,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=int, default=128)
     tr.add_argument("--lr", type=float, default=2e-3)
     tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--num-classes", type=int, default=None,
+                    help="class-conditional training on the data's labels (digits: 10); label num-classes = no label")
+    tr.add_argument("--label-dropout", type=float, default=0.1,
+                    help="probability of replacing a label by the null class (classifier-free guidance; default 0.1)")
     tr.add_argument("--out", required=True, help="run directory (rerun with the same arguments to resume)")
     tr.set_defaults(func=_train)
     return parser

@@ -17,7 +17,13 @@ class Checkpoint(NamedTuple):
     """A loaded score model: ``score`` closes over ``params``;
     ``score_fn(params)`` builds one for traced params (the embedded models'
     ``score_fn(params, compute_dtype=jnp.bfloat16)`` runs the network in bfloat16, see
-    :mod:`jaxsde.precision`)."""
+    :mod:`jaxsde.precision`).
+
+    Conditional models (``num_classes`` set, e.g. ``jaxsde.pretrained("digits-cond")``): ``score(x, t,
+    cond)`` and ``score_fn(params)(x, t, cond)`` take ONE sample ``x``, a scalar ``t`` and a scalar
+    condition ``cond`` (an int32 class label in ``0..num_classes - 1``, or ``null_cond`` for no
+    condition: the unconditional score, for classifier-free guidance). Unconditional models keep
+    ``score(x, t)`` and have ``num_classes = null_cond = None``."""
 
     model: Any  # the Flax module
     params: Any
@@ -34,3 +40,7 @@ class Checkpoint(NamedTuple):
     # How the network's input and output relate to (x, t) and the score (None: not a network the
     # library calls itself); code that runs the network directly (sparse editing) asks this.
     convention: ScoreConvention | None = None
+    # Class-conditional models: the number of classes (None: unconditional) and the condition
+    # meaning "no condition" (digits-cond: jnp.int32(10), the null class).
+    num_classes: int | None = None
+    null_cond: Any = None

@@ -12,6 +12,11 @@ Parameterisations (what the network predicts, given the preconditioned input
 ``c_in = 1 / sqrt(alpha^2 sigma_data^2 + sigma^2)`` makes the network input unit scale for
 VP and VE alike. These wrappers work for any Flax module ``apply(params, x, t)`` taking a
 batch; ``score_fn`` returns a score function for ONE sample, as ``jaxsde.solve`` expects.
+
+Conditional networks ``apply(params, x, t, cond)`` (e.g. a class-conditional ``DigitsUNet``,
+``cond: (B,)`` int labels): :func:`conditional_score_fn` returns ``score(x, t, cond)`` for ONE
+sample and a scalar ``cond``; ``batched_score``'s function takes the batch ``cond`` as a fourth
+argument. ``cond`` is passed to the network as is (never cast to ``compute_dtype``).
 """
 
 from __future__ import annotations
@@ -93,7 +98,8 @@ def output_to_score(sde: SDE, out, x, t, parameterization: str):
 
 def batched_score(apply: Callable, sde: SDE, parameterization: str = "eps", sigma_data: float = 0.5,
                   compute_dtype=None):
-    """``score(params, x, t)`` for a batch ``x: (B, ...)``, ``t: (B,)``.
+    """``score(params, x, t, *cond)`` for a batch ``x: (B, ...)``, ``t: (B,)`` (and, for a
+    conditional network, ``cond: (B,)``, passed to ``apply`` after ``t`` without casts).
 
     ``compute_dtype`` (e.g. ``jnp.bfloat16``): the network runs on parameters, input and time
     cast to it, and its output is cast back to ``x``'s dtype before the conversion to a score;
@@ -101,14 +107,14 @@ def batched_score(apply: Callable, sde: SDE, parameterization: str = "eps", sigm
     """
     _check_parameterization(parameterization)
 
-    def score(params, x, t):
+    def score(params, x, t, *cond):
         shape = (-1,) + (1,) * (x.ndim - 1)
         c_in = input_scale(sde, t, sigma_data).reshape(shape)
         if compute_dtype is None:
-            out = apply(params, c_in * x, t)
+            out = apply(params, c_in * x, t, *cond)
         else:
             out = apply(cast_params(params, compute_dtype), (c_in * x).astype(compute_dtype),
-                        t.astype(compute_dtype)).astype(x.dtype)
+                        t.astype(compute_dtype), *cond).astype(x.dtype)
         tb = t.reshape(shape)
         return output_to_score(sde, out, x, tb, parameterization)
 
@@ -124,5 +130,20 @@ def score_fn(apply: Callable, params, sde: SDE, parameterization: str = "eps", s
     def score(x, t):
         t = jnp.asarray(t, x.dtype)
         return batched(params, x[None], t[None])[0]
+
+    return score
+
+
+def conditional_score_fn(apply: Callable, params, sde: SDE, parameterization: str = "eps", sigma_data: float = 0.5,
+                         compute_dtype=None):
+    """A one-sample score function ``score(x, t, cond)`` of a conditional network
+    ``apply(params, x, t, cond)`` closing over ``params`` (may be traced): ``x`` ONE sample,
+    ``t`` and ``cond`` scalars (``cond`` e.g. an int32 class label); ``compute_dtype`` as for
+    :func:`batched_score`."""
+    batched = batched_score(apply, sde, parameterization, sigma_data, compute_dtype)
+
+    def score(x, t, cond):
+        t = jnp.asarray(t, x.dtype)
+        return batched(params, x[None], t[None], jnp.reshape(jnp.asarray(cond), (1,)))[0]
 
     return score

@@ -5,6 +5,13 @@ model's data space and times ``t: (B,)`` to an epsilon prediction shaped like ``
 Inputs are preconditioned by ``c_in = 1 / sqrt(alpha^2 sigma_data^2 + sigma^2)`` (computed
 by the caller, see :mod:`jaxsde.models.score`), so the network sees unit-scale inputs for
 every SDE. H and W must be divisible by ``2 ** (len(channels) - 1)``.
+
+Class-conditional variant: ``DigitsUNet(..., num_classes=K)`` is called as ``(x, t, label)``
+with ``label: (B,)`` integers in ``0..K``, where ``K`` itself is the null class (no condition,
+for classifier-free guidance); a learned ``nn.Embed(K + 1, emb_dim)`` of the label is added to
+the time embedding. With ``num_classes=None`` (the default) the network and its parameter tree
+are exactly the unconditional ones. A traced label outside ``0..K`` cannot be checked: its
+embedding is NaN (negative labels included), so the output is NaN.
 """
 
 from __future__ import annotations
@@ -55,15 +62,33 @@ class ResBlock(nn.Module):
 
 
 class DigitsUNet(nn.Module):
-    """U-Net: per level ``blocks_per_level`` residual blocks, stride-2 down, nearest-up."""
+    """U-Net: per level ``blocks_per_level`` residual blocks, stride-2 down, nearest-up.
+
+    ``num_classes=None``: ``__call__(x, t)``. ``num_classes=K``: ``__call__(x, t, label)``,
+    ``label: (B,)`` int in ``0..K`` (``K`` = the null class), embedded and added to the time
+    embedding."""
 
     channels: Sequence[int] = (32, 64, 64)
     blocks_per_level: int = 1
     emb_dim: int = 64
+    num_classes: int | None = None
 
     @nn.compact
-    def __call__(self, x, t):
+    def __call__(self, x, t, label=None):
         emb = FourierTime(self.emb_dim)(t)
+        if self.num_classes is None:
+            if label is not None:
+                raise ValueError("this DigitsUNet is unconditional (num_classes=None); it takes no label")
+        else:
+            if label is None:
+                raise ValueError(f"this DigitsUNet is class-conditional (num_classes={self.num_classes}): "
+                                 f"pass a label in 0..{self.num_classes} ({self.num_classes} = no condition)")
+            label = jnp.asarray(label)
+            if not jnp.issubdtype(label.dtype, jnp.integer):
+                raise TypeError(f"label must be an integer array, got dtype {label.dtype}")
+            # out of range (negative included) -> index K + 1, which the lookup fills with NaN
+            label = jnp.where((label < 0) | (label > self.num_classes), self.num_classes + 1, label)
+            emb = emb + nn.Embed(self.num_classes + 1, self.emb_dim, name="label_embed")(label)
         h = nn.Conv(self.channels[0], (3, 3))(x)
         skips = [h]
         for level, ch in enumerate(self.channels):
