@@ -20,7 +20,9 @@ file itself with ``config=`` (a dict or a path; default: ``config.json`` beside 
   ``linear`` / ``scaled_linear`` / ``squaredcos_cap_v2`` with ``beta_start``, ``beta_end``,
   ``num_train_timesteps``, computed as diffusers' ``DDPMScheduler`` does; without one,
   ``DiscreteVPSDE.linear()`` (DDPM's 1e-4..0.02 over 1000 steps).
-* Score: the network gets ``sde.timestep(t) = N t - 1`` (integer on the training grid, fractional
+* Score: the network (``jax.jit(model.apply)``, one function shared by every call site of a sampling
+  program, so a solver's steps and the final Tweedie step trace it once) gets ``sde.timestep(t) = N t - 1``
+  (integer on the training grid, fractional
   between) and its output is read per the scheduler's ``prediction_type``: ``epsilon`` ->
   ``-eps / sigma``, ``sample`` (x0) and ``v_prediction`` via :func:`jaxsde.models.score.output_to_score`.
   ``ckpt.score(x, t)`` takes ONE sample, NHWC, no batch axis; data range (-1, 1).
@@ -313,10 +315,14 @@ def load(path: str, *, config=None, scheduler_config=None, sde=None, shape=None,
     params = convert_state_dict(state_dict, expected["params"], weights)
     params = {"params": jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params)}
 
+    # One jitted network: every call site of a sampling program (the solver's steps, the final Tweedie
+    # step, the driver's shape check) traces and lowers the same function once, instead of once each.
+    apply = jax.jit(model.apply)
+
     def score_fn(p):
         def score(x, t):
             t = jnp.asarray(t, x.dtype)
-            out = model.apply(p, x[None], sde.timestep(t)[None])[0]
+            out = apply(p, x[None], sde.timestep(t)[None])[0]
             return output_to_score(sde, out, x, t, parameterization)
 
         return score
