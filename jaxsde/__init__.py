@@ -8,7 +8,7 @@ See ``solve``/``sample`` (the driver), the SDEs, and the solvers below.
 import importlib
 from typing import Any
 
-from . import controllers, editing, grids, likelihood, noise, precision, results
+from . import controllers, editing, grids, guidance, likelihood, noise, precision, results
 from .driver import sample, solve, solve_batch, summarize
 from .editing import Inpainting, inpaint, sdedit
 from .grids import time_grid
@@ -128,6 +128,7 @@ __all__ = [
     "mixed_precision",
     "cast_params",
     "precision",
+    "guidance",
     "likelihood",
     "Likelihood",
     "BitsPerDim",

@@ -102,9 +102,15 @@ class Generated(NamedTuple):
         )
 
 
+class _Work(NamedTuple):  # one device's work list
+    index: Array  # (per,) int32 sample indices
+    cond: Any  # the samples' conditions (leading axis per), or None (unconditional)
+
+
 class _Slots(NamedTuple):  # one device's slots (leading axis = slots) and counters (scalars)
     loop: LoopState
     key: Array  # solve key of each slot's sample
+    cond: Any  # condition of each slot's sample (leading axis slots), or None
     index: Array  # int32 sample index, -1 = empty slot
     fin: Array  # bool: the slot's sample is done (driver.done), computed once per iteration
     cursor: Array  # next position in the work list
@@ -149,36 +155,53 @@ def _due_at(slots: int, size: int, refill_min: int | None) -> int:
     return min(size, refill_min or math.ceil(slots / 32))
 
 
-def _empty(p: Problem, key: Array, slots: int) -> _Slots:
-    loop = jax.vmap(partial(driver.init, p))(jnp.zeros((slots, *p.shape), p.dtype))
+def _init_rows(p: Problem, x_T: Array, cond: Any) -> LoopState:
+    return jax.vmap(lambda x, c: driver.init(driver.bind(p, c), x))(x_T, cond)
+
+
+def _finalize_rows(p: Problem, loop: LoopState, cond: Any) -> Solution:
+    return jax.vmap(lambda s, c: driver.finalize(driver.bind(p, c), s))(loop, cond)
+
+
+def _rows(tree: Any, rows: Array) -> Any:
+    return jax.tree_util.tree_map(lambda a: a[rows], tree)
+
+
+def _empty(p: Problem, key: Array, slots: int, work: _Work) -> _Slots:
+    cond = _rows(work.cond, jnp.zeros((slots,), jnp.int32))  # placeholders: empty slots hold work row 0's
+    loop = _init_rows(p, jnp.zeros((slots, *p.shape), p.dtype), cond)
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.zeros((slots,), jnp.int32))
     zero = jnp.zeros((), jnp.int32)
-    return _Slots(loop, keys, jnp.full((slots,), -1, jnp.int32), jnp.zeros((slots,), bool), zero, zero, zero, zero,
-                  zero)
+    return _Slots(loop, keys, cond, jnp.full((slots,), -1, jnp.int32), jnp.zeros((slots,), bool), zero, zero, zero,
+                  zero, zero)
 
 
-def _empty_out(p: Problem, capacity: int, pad: int) -> _Out:
+def _empty_out(p: Problem, capacity: int, pad: int, work: _Work) -> _Out:
     """Room for ``capacity`` samples plus ``pad`` rows that a refill pass may overwrite with
     don't-care rows (index -1) past ``count``: writes are whole ``refill_size``-row blocks."""
-    sol = jax.eval_shape(partial(driver.finalize, p), jax.eval_shape(partial(driver.init, p),
+    q = driver.bind(p, driver.first_condition(work.cond))
+    sol = jax.eval_shape(partial(driver.finalize, q), jax.eval_shape(partial(driver.init, q),
                                                                        jax.ShapeDtypeStruct(p.shape, p.dtype)))
     sol = jax.tree_util.tree_map(lambda s: jnp.zeros((capacity + pad, *s.shape), s.dtype), sol)
     return _Out(jnp.full((capacity + pad,), -1, jnp.int32), sol, jnp.zeros((), jnp.int32))
 
 
-class _Window(NamedTuple):  # the next work items' keys and x_T, drawn once per call of the loop
+class _Window(NamedTuple):  # the next work items' keys, x_T and conditions, drawn once per call of the loop
     start: Array  # work position of row 0
     key: Array  # solve keys
     x_T: Array
+    cond: Any
 
 
-def _window(p: Problem, key: Array, work: Array, start: Array, width: int) -> _Window:
-    """Sample ``work[start + j]``'s solve key and prior draw, j < width (``sample``'s
-    ``split(fold_in(key, i))``), vectorised once instead of inside every refill pass."""
-    idx = jax.lax.dynamic_slice(jnp.concatenate([work, jnp.zeros((width,), work.dtype)]), (start,), (width,))
+def _window(p: Problem, key: Array, work: _Work, start: Array, width: int) -> _Window:
+    """Sample ``work.index[start + j]``'s solve key and prior draw (and its condition), j < width
+    (``sample``'s ``split(fold_in(key, i))``), vectorised once instead of inside every refill pass."""
+    index = work.index
+    idx = jax.lax.dynamic_slice(jnp.concatenate([index, jnp.zeros((width,), index.dtype)]), (start,), (width,))
     pairs = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i)))(idx)
     x_T = jax.vmap(lambda k: p.sde.prior_sample(k, p.shape, p.dtype))(pairs[:, 0])
-    return _Window(start, pairs[:, 1], x_T)
+    cond = _rows(work.cond, jnp.clip(start + jnp.arange(width), 0, index.shape[0] - 1))
+    return _Window(start, pairs[:, 1], x_T, cond)
 
 
 def _room(plan: _Plan, out: _Out) -> Array:
@@ -197,7 +220,7 @@ def _due(plan: _Plan, g: _Slots, out: _Out, num_work: Array) -> Array:
     return (nproc >= plan.due_at) | ((nproc > 0) & (~running | (nfin >= room)))
 
 
-def _refill_pass(p: Problem, plan: _Plan, win: _Window, work: Array, num_work: Array, g: _Slots, out: _Out):
+def _refill_pass(p: Problem, plan: _Plan, win: _Window, work: _Work, num_work: Array, g: _Slots, out: _Out):
     """Finalize up to ``plan.size`` finished slots into ``out`` and start the next samples in them."""
     nslots, size = g.index.shape[0], plan.size
     fin_ok = g.fin & (jnp.cumsum(g.fin.astype(jnp.int32)) <= _room(plan, out))
@@ -210,7 +233,7 @@ def _refill_pass(p: Problem, plan: _Plan, win: _Window, work: Array, num_work: A
     # ones land past the new count with index -1 and are overwritten by the next pass
     order = jnp.argsort(~is_fin, stable=True)
     src = rows_c[order]
-    sol = jax.vmap(partial(driver.finalize, p))(jax.tree_util.tree_map(lambda a: a[src], g.loop))
+    sol = _finalize_rows(p, _rows(g.loop, src), _rows(g.cond, src))
     index = jnp.where(is_fin[order], g.index[src], -1)
 
     def put(buf, v):
@@ -220,9 +243,9 @@ def _refill_pass(p: Problem, plan: _Plan, win: _Window, work: Array, num_work: A
                        count=out.count + jnp.sum(is_fin, dtype=jnp.int32))
     pos = g.cursor + jnp.cumsum(valid.astype(jnp.int32)) - 1
     has = valid & (pos < num_work)
-    new_index = jnp.where(has, work[jnp.clip(pos, 0, work.shape[0] - 1)], -1)
+    new_index = jnp.where(has, work.index[jnp.clip(pos, 0, work.index.shape[0] - 1)], -1)
     w = jnp.clip(pos - win.start, 0, win.key.shape[0] - 1)
-    fresh = jax.vmap(partial(driver.init, p))(win.x_T[w])
+    fresh = _init_rows(p, win.x_T[w], _rows(win.cond, w))
     dst_rows = jnp.where(valid, rows, nslots)
     paid = jnp.sum(fresh.stats.nfe) + (size if p.denoise else 0)
     fin_new = has & jax.vmap(partial(driver.done, p))(fresh)
@@ -233,6 +256,7 @@ def _refill_pass(p: Problem, plan: _Plan, win: _Window, work: Array, num_work: A
     return _Slots(
         loop=jax.tree_util.tree_map(merge, g.loop, fresh),
         key=merge(g.key, win.key[w]),
+        cond=jax.tree_util.tree_map(merge, g.cond, _rows(win.cond, w)),
         index=merge(g.index, new_index),
         fin=merge(g.fin, fin_new),
         cursor=g.cursor + jnp.sum(has, dtype=jnp.int32),
@@ -253,7 +277,7 @@ def _refill(p, plan, win, work, num_work, g, out):
     return jax.lax.cond(again((g, out)), run, lambda c: c, (g, out))
 
 
-def _run(p: Problem, key: Array, work: Array, num_work: Array, plan: _Plan, progress, device, g: _Slots, out: _Out,
+def _run(p: Problem, key: Array, work: _Work, num_work: Array, plan: _Plan, progress, device, g: _Slots, out: _Out,
          draining: bool = False):
     """One device's loop: step all slots, refill finished ones; stop when ``out`` is full or all
     work is finished. Once every sample has started and at most half the slots are busy (and
@@ -262,7 +286,7 @@ def _run(p: Problem, key: Array, work: Array, num_work: Array, plan: _Plan, prog
     nslots = g.index.shape[0]
     # samples started in this call: at most one per slot empty at the start plus one per sample
     # finalized; none while draining
-    win = _window(p, key, work, g.cursor, 1 if draining else min(work.shape[0], plan.capacity + nslots))
+    win = _window(p, key, work, g.cursor, 1 if draining else min(work.index.shape[0], plan.capacity + nslots))
     g, out = _refill(p, plan, win, work, num_work, g, out)
     can_halve = plan.drain_halvings > 0 and nslots // 2 >= 2
 
@@ -278,7 +302,7 @@ def _run(p: Problem, key: Array, work: Array, num_work: Array, plan: _Plan, prog
     def body(c):
         g, out = c
         busy = g.index >= 0
-        loop, computed = driver.step_active(p, g.key, g.loop, busy & ~g.fin)
+        loop, computed = driver.step_active(p, g.key, g.loop, busy & ~g.fin, cond=g.cond)
         paid = g.paid + jnp.sum(computed)
         fin = busy & jax.vmap(partial(driver.done, p))(loop)
         g = g._replace(loop=loop, fin=fin, iterations=g.iterations + 1, slot_iterations=g.slot_iterations + nslots,
@@ -299,7 +323,7 @@ def _run(p: Problem, key: Array, work: Array, num_work: Array, plan: _Plan, prog
     return g, out
 
 
-def _drain(p: Problem, key: Array, work: Array, num_work: Array, plan: _Plan, progress, device, g: _Slots,
+def _drain(p: Problem, key: Array, work: _Work, num_work: Array, plan: _Plan, progress, device, g: _Slots,
            out: _Out):
     """Finish the busy slots (at most half of them, all fitting in ``out``, no work left) in a
     loop of half the width, then put them back: an idle slot still costs a score evaluation
@@ -315,6 +339,7 @@ def _drain(p: Problem, key: Array, work: Array, num_work: Array, plan: _Plan, pr
         return a[clipped]
 
     narrow = g._replace(loop=jax.tree_util.tree_map(take, g.loop), key=take(g.key),
+                        cond=jax.tree_util.tree_map(take, g.cond),
                         index=jnp.where(valid, take(g.index), -1), fin=valid & take(g.fin))
     size = min(plan.size, half)
     sub = plan._replace(size=size, due_at=min(plan.due_at, size), drain_halvings=plan.drain_halvings - 1)
@@ -324,6 +349,7 @@ def _drain(p: Problem, key: Array, work: Array, num_work: Array, plan: _Plan, pr
         return wide.at[rows].set(v, mode="drop")
 
     return narrow._replace(loop=jax.tree_util.tree_map(put, g.loop, narrow.loop), key=put(g.key, narrow.key),
+                           cond=jax.tree_util.tree_map(put, g.cond, narrow.cond),
                            index=put(jnp.full_like(g.index, -1), narrow.index),
                            fin=put(jnp.zeros_like(g.fin), narrow.fin)), out
 
@@ -382,6 +408,7 @@ def generate(
     devices: Sequence[jax.Device] | None = None,
     progress: Callable[[dict], None] | bool | None = None,
     progress_every: int = 64,
+    cond: Any = None,
     **solve_kwargs: Any,
 ) -> Generated:
     """Samples ``offset .. offset + n - 1`` of :func:`jaxsde.sample`'s sequence, by continuous batching.
@@ -409,6 +436,10 @@ def generate(
     receiving ``{"done", "total", "iterations", "paid_nfe"}``, called from inside the compiled
     loop every ``progress_every`` iterations (and at most ~4 times a second).
 
+    ``cond`` (optional): the samples' conditions as for :func:`jaxsde.sample` (leading axis ``n``;
+    row ``i`` goes with sample ``offset + i``; the score is ``score(x, t, cond)``). Each slot
+    carries its sample's condition, so sample ``i`` still equals ``sample``'s sample ``i``.
+
     Returns :class:`Generated` (``.solution()`` gives a :class:`~jaxsde.Solution`); see
     :meth:`Generated.summary` for the useful-work fraction.
     """
@@ -416,28 +447,34 @@ def generate(
         raise ValueError(f"n must be a positive integer, got {n!r}")
     _check(solve_kwargs.get("noise"), batch_size, refill_size, refill_min, drain_halvings)
     shape = tuple(int(s) for s in shape)
-    p = driver.prepare(sde, score, solver, jax.ShapeDtypeStruct(shape, jnp.dtype(dtype)), **solve_kwargs)
+    if cond is not None:
+        driver.check_conditions(cond, n)
+    p = driver.prepare(sde, score, solver, jax.ShapeDtypeStruct(shape, jnp.dtype(dtype)),
+                       cond=driver.first_condition(cond), **solve_kwargs)
     mesh = _mesh(devices)
     d = 1 if mesh is None else mesh.devices.size
     per = math.ceil(n / d)
     slots, size = _widths(batch_size, d, refill_size, per)
     work = jnp.arange(d * per, dtype=jnp.int32) + jnp.asarray(offset, jnp.int32)
+    # the conditions in work order, padded to d * per rows (padding rows are never started)
+    cond = _rows(cond, jnp.minimum(jnp.arange(d * per), n - 1))
     num_work = jnp.clip(n - per * jnp.arange(d, dtype=jnp.int32), 0, per)
     reporter = ProgressReporter(progress, n) if progress else None
     cb = None if reporter is None else (max(int(progress_every), 1), reporter)
 
-    def local(key, work, num_work):
+    def local(key, index, num_work, cond):
+        work = _Work(index, cond)
         plan = _Plan(size, _due_at(slots, size, refill_min), per, drain_halvings)
-        g, out = _run(p, key, work, num_work[0], plan, cb, _device(mesh), _empty(p, key, slots),
-                      _empty_out(p, per, size))
+        g, out = _run(p, key, work, num_work[0], plan, cb, _device(mesh), _empty(p, key, slots, work),
+                      _empty_out(p, per, size, work))
         return out._replace(count=out.count[None]), jnp.stack([g.iterations, g.slot_iterations, g.paid,
                                                                g.refills])[None]
 
     if mesh is None:
-        out, counters = local(key, work, num_work)
+        out, counters = local(key, work, num_work, cond)
     else:
-        out, counters = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(_AXIS), P(_AXIS)),
-                                      out_specs=(P(_AXIS), P(_AXIS)), check_vma=False)(key, work, num_work)
+        out, counters = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(_AXIS), P(_AXIS), P(_AXIS)),
+                                      out_specs=(P(_AXIS), P(_AXIS)), check_vma=False)(key, work, num_work, cond)
     pos = jnp.where(out.index >= 0, out.index - jnp.asarray(offset, jnp.int32), n)
     sol = jax.tree_util.tree_map(lambda a: jnp.zeros((n, *a.shape[1:]), a.dtype).at[pos].set(a, mode="drop"),
                                  out.sol)
@@ -524,12 +561,13 @@ class Generator:
             return p0._replace(score=score_fn(params))
 
         def local_init(key, params):
-            return _lift(_empty(problem(params), key, self.slots))
+            return _lift(_empty(problem(params), key, self.slots, _Work(jnp.zeros((1,), jnp.int32), None)))
 
         def local_run(key, params, work, num_work, g):
             p = problem(params)
-            g, out = _run(p, key, work, num_work[0], plan, None, _device(mesh), _lower(g),
-                          _empty_out(p, capacity, size))
+            w = _Work(work, None)
+            g, out = _run(p, key, w, num_work[0], plan, None, _device(mesh), _lower(g),
+                          _empty_out(p, capacity, size, w))
             return _lift(g), out._replace(count=out.count[None])
 
         if mesh is None:

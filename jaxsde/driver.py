@@ -31,8 +31,8 @@ from .solvers.base import Solver
 Array = jax.Array
 
 __all__ = ["Stats", "Solution", "BatchSummary", "Problem", "LoopState", "solve", "solve_batch", "sample",
-           "summarize", "sample_keys", "prepare", "init", "step", "step_active", "step_with_aux", "done", "finalize",
-           "finalize_with_aux"]
+           "summarize", "sample_keys", "prepare", "bind", "init", "step", "step_active", "step_with_aux", "done",
+           "finalize", "finalize_with_aux", "check_conditions", "first_condition"]
 
 
 class LoopState(NamedTuple):
@@ -59,7 +59,8 @@ def _check_types(sde: SDE, score: ScoreFn, solver: Solver, x_T: Any) -> None:
         raise TypeError(f"solver must be a jaxsde solver object (e.g. GottaGoFast(rtol=0.05)), "
                         f"got {type(solver).__name__}")
     if not callable(score):
-        raise TypeError("score must be a callable score(x, t) -> array shaped like x")
+        raise TypeError("score must be a callable score(x, t) -> array shaped like x (or score(x, t, cond) "
+                        "with cond=)")
     dtype = getattr(x_T, "dtype", None)
     if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"x_T must be a floating-point array, got {dtype if dtype is not None else type(x_T).__name__}")
@@ -94,7 +95,7 @@ def _check_noise(noise: Any, solver: Solver) -> None:
         )
 
 
-def _validate(sde: SDE, score: ScoreFn, solver: Solver, x_T: Array, t_start, t_end, max_steps):
+def _validate(sde: SDE, score: ScoreFn, solver: Solver, x_T: Array, t_start, t_end, max_steps, cond=None):
     for name, value in (("t_start", t_start), ("t_end", t_end)):
         if not (isinstance(value, int | float) and math.isfinite(value)):
             raise ValueError(f"{name} must be a finite Python float, got {value!r}")
@@ -104,25 +105,59 @@ def _validate(sde: SDE, score: ScoreFn, solver: Solver, x_T: Array, t_start, t_e
         raise ValueError(f"t_start must lie in (t_end, T] = ({t_end}, {sde.T}], got {t_start}")
     if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
         raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
-    out = jax.eval_shape(score, x_T, jnp.asarray(t_start, x_T.dtype))
+    call = "score(x, t)" if cond is None else "score(x, t, cond)"
+    args = (x_T, jnp.asarray(t_start, x_T.dtype)) + (() if cond is None else (cond,))
+    try:
+        out = jax.eval_shape(score, *args)
+    except TypeError as err:
+        if cond is None:
+            raise TypeError(f"calling score(x, t) failed: {err}. A score that takes a condition, "
+                            f"score(x, t, cond), needs cond= (one condition per sample)") from err
+        raise TypeError(f"calling score(x, t, cond) failed: {err}. With cond= the score must take the "
+                        f"sample's condition as its third argument") from err
     if not hasattr(out, "shape") or out.shape != x_T.shape:
         found = getattr(out, "shape", type(out).__name__)
         raise ValueError(
-            f"score(x, t) must return an array shaped like x (one sample, no batch axis): "
+            f"{call} must return an array shaped like x (one sample, no batch axis): "
             f"x_T has shape {x_T.shape}, the score returned {found}"
         )
     if not jnp.issubdtype(out.dtype, jnp.floating):
-        raise TypeError(f"score(x, t) must return a floating-point array, got dtype {out.dtype}")
+        raise TypeError(f"{call} must return a floating-point array, got dtype {out.dtype}")
     return out.dtype
 
 
 def _in_state_dtype(score: ScoreFn, dtype) -> ScoreFn:
     """``score`` with its output cast to the state's dtype (a network computing in bf16/f16)."""
 
-    def cast(x: Array, t: Array) -> Array:
-        return score(x, t).astype(dtype)
+    def cast(x: Array, t: Array, *cond: Any) -> Array:
+        return score(x, t, *cond).astype(dtype)
 
     return cast
+
+
+def _condition_leaves(cond: Any, where: str) -> list:
+    leaves = jax.tree_util.tree_leaves(cond)
+    if not leaves:
+        raise ValueError(f"cond{where} has no arrays; pass None for an unconditional score")
+    return leaves
+
+
+def check_conditions(cond: Any, n: int) -> None:
+    """Check that every leaf of a batch of conditions has a leading axis of length ``n``."""
+    for leaf in _condition_leaves(cond, ""):
+        shape = getattr(leaf, "shape", None)
+        if shape is None:
+            raise TypeError(f"cond must be a pytree of arrays with a leading batch axis, got a leaf of type "
+                            f"{type(leaf).__name__}")
+        if len(shape) == 0 or shape[0] != n:
+            raise ValueError(f"cond must carry one condition per sample: a leading axis of length {n} on every "
+                             f"leaf, got a leaf of shape {tuple(shape)} (for one shared condition, repeat it: "
+                             f"jnp.repeat(c[None], {n}, axis=0))")
+
+
+def first_condition(cond: Any) -> Any:
+    """Row 0 of a batch of conditions (one sample's condition), or None."""
+    return None if cond is None else jax.tree_util.tree_map(lambda a: a[0], cond)
 
 
 class Problem(NamedTuple):
@@ -145,6 +180,35 @@ class Problem(NamedTuple):
     denoise: bool
     noise: Any
     check_finite: bool = True
+    # True: ``score`` is ``score(x, t, cond)`` and each sample's condition is still to be bound
+    # (:func:`bind`); init/step/finalize take bound (unconditional) problems only.
+    conditional: bool = False
+
+
+def bind(p: Problem, cond: Any) -> Problem:
+    """The problem of ONE sample whose condition is ``cond``: ``p.score`` becomes
+    ``score(x, t) = p.score(x, t, cond)``. Unconditional problems (``cond`` None) are returned as
+    they are. Call it per sample, inside ``vmap`` for a batch of conditions."""
+    if not p.conditional:
+        if cond is not None:
+            raise ValueError("cond given to a problem prepared without cond=")
+        return p
+    if cond is None:
+        raise ValueError("this problem was prepared with cond=: bind each sample's condition")
+    score = p.score
+    if hasattr(score, "bind_condition"):  # a score object with structure a solver reads (MultilevelScore)
+        return p._replace(score=score.bind_condition(cond), conditional=False)
+
+    def bound(x: Array, t: Array) -> Array:
+        return score(x, t, cond)
+
+    return p._replace(score=bound, conditional=False)
+
+
+def _check_bound(p: Problem) -> None:
+    if p.conditional:
+        raise TypeError("the problem's score takes a condition: bind each sample's condition first "
+                        "(jaxsde.driver.bind(problem, cond))")
 
 
 def prepare(
@@ -159,14 +223,21 @@ def prepare(
     max_steps: int | None = None,
     noise: Any = None,
     check_finite: bool = True,
+    cond: Any = None,
 ) -> Problem:
-    """Resolve defaults and validate (see :func:`solve`); ``x_T`` may be a ``jax.ShapeDtypeStruct``."""
+    """Resolve defaults and validate (see :func:`solve`); ``x_T`` may be a ``jax.ShapeDtypeStruct``.
+
+    ``cond`` (optional): ONE sample's condition (a pytree of arrays or ``jax.ShapeDtypeStruct``),
+    used only to check ``score(x, t, cond)``; the problem is then conditional and each sample's
+    condition is attached by :func:`bind`."""
     _check_types(sde, score, solver, x_T)
+    if cond is not None:
+        _condition_leaves(cond, " (one sample's condition)")
     span = solver.time_span()
     default_start, default_end = span if span is not None else (sde.T, sde.eps)
     t_start = _static_time("t_start", default_start if t_start is None else t_start)
     t_end = _static_time("t_end", default_end if t_end is None else t_end)
-    score_dtype = _validate(sde, score, solver, x_T, t_start, t_end, max_steps)
+    score_dtype = _validate(sde, score, solver, x_T, t_start, t_end, max_steps, cond)
     if span is not None and (t_start, t_end) != (span[0], span[1]):
         raise ValueError(f"the solver's custom grid spans {span}; t_start/t_end {(t_start, t_end)} disagree")
     fixed = solver.max_attempts()
@@ -177,7 +248,7 @@ def prepare(
     if score_dtype != x_T.dtype:
         score = _in_state_dtype(score, x_T.dtype)
     return Problem(sde, score, solver, tuple(x_T.shape), x_T.dtype, t_start, t_end, max_steps, denoise, noise,
-                   bool(check_finite))
+                   bool(check_finite), cond is not None)
 
 
 def init(p: Problem, x_T: Array, t_start: Array | None = None) -> LoopState:
@@ -189,6 +260,7 @@ def init(p: Problem, x_T: Array, t_start: Array | None = None) -> LoopState:
     sees the static times (constants), so a fixed grid is one array shared by the whole batch
     rather than a per-sample copy carried through the loop.
     """
+    _check_bound(p)
     dtype = p.dtype
     t0 = jnp.asarray(p.t_start if t_start is None else t_start, dtype)
     first = p.solver.init(p.sde, p.score, x_T, jnp.asarray(p.t_start, dtype), jnp.asarray(p.t_end, dtype))
@@ -224,6 +296,7 @@ def step(p: Problem, key: Array, s: LoopState) -> LoopState:
 
     The only code that advances a sample: it draws the attempt's noise, runs the solver's step,
     applies the non-finite rule (see :class:`LoopState`) and commits or keeps the state."""
+    _check_bound(p)
     t_end_arr = jnp.asarray(p.t_end, p.dtype)
     z = None
     if p.solver.noise_per_attempt:
@@ -266,18 +339,20 @@ def step(p: Problem, key: Array, s: LoopState) -> LoopState:
     )
 
 
-def step_active(p: Problem, keys: Array, s: LoopState, active: Array, noise: Any = None) -> tuple[LoopState, Array]:
+def step_active(p: Problem, keys: Array, s: LoopState, active: Array, noise: Any = None,
+                cond: Any = None) -> tuple[LoopState, Array]:
     """:func:`step` of a batch of samples (leading axis of ``keys``, ``s`` and ``active``) where
     only the ``active`` ones advance; the others keep their state bitwise. ``noise`` (optional): a
-    per-sample noise source with a leading batch axis, replacing ``p.noise``.
+    per-sample noise source with a leading batch axis, replacing ``p.noise``. ``cond``: the
+    samples' conditions (leading batch axis) of a conditional problem, else None.
 
     Returns ``(state, computed)``: ``computed`` (int32, per sample) is the score evaluations the
     vmapped step computed in each row, inactive rows included (what the batch paid for)."""
 
-    def one(k, si, nz):
-        return step(p if nz is None else p._replace(noise=nz), k, si)
+    def one(k, si, nz, c):
+        return step(bind(p if nz is None else p._replace(noise=nz), c), k, si)
 
-    new = jax.vmap(one)(keys, s, noise)
+    new = jax.vmap(one)(keys, s, noise, cond)
     computed = new.stats.nfe - s.stats.nfe
     return jax.tree_util.tree_map(lambda a, b: jnp.where(_per_sample(active, a), a, b), new, s), computed
 
@@ -310,6 +385,7 @@ def step_with_aux(p: Problem, key: Array, s: LoopState, score_aux: Callable) -> 
 
 def finalize(p: Problem, s: LoopState) -> Solution:
     """The :class:`Solution` of a finished loop state (result code; the denoising step if ``p.denoise``)."""
+    _check_bound(p)
     t_end_arr = jnp.asarray(p.t_end, p.dtype)
     x, t, stats = s.x, s.t, s.stats  # with check_finite, the last finite state (see LoopState)
     finite = ~s.failed if p.check_finite else jnp.all(jnp.isfinite(s.x))
@@ -353,15 +429,17 @@ def solve(
     max_steps: int | None = None,
     noise: Any = None,
     check_finite: bool = True,
+    cond: Any = None,
 ) -> Solution:
     """Integrate ONE sample of the reverse-time process from ``t_start`` down to ``t_end``.
 
     Args:
       key: PRNG key of this sample's noise (unused by deterministic solvers).
       sde: the forward SDE (e.g. ``VPSDE()``).
-      score: ``score(x, t)`` for one sample (no batch axis), ``t`` a scalar. It may return a
-        lower-precision float than ``x`` (a network in bfloat16 or float16): the driver casts it
-        to ``x``'s dtype (see :func:`jaxsde.mixed_precision`).
+      score: ``score(x, t)`` for one sample (no batch axis), ``t`` a scalar; with ``cond``,
+        ``score(x, t, cond)``. It may return a lower-precision float than ``x`` (a network in
+        bfloat16 or float16): the driver casts it to ``x``'s dtype (see
+        :func:`jaxsde.mixed_precision`).
       solver: e.g. ``GottaGoFast(rtol=0.05)``, ``EulerMaruyama(1000)``.
       x_T: the starting state at ``t_start``, shaped like one sample; float32 or float64 (it
         sets the dtype of the whole solver state; 16-bit states are refused).
@@ -386,6 +464,9 @@ def solve(
         gets ``results.NONFINITE``, but its ``x`` is not finite; it saves one reduction and one
         select of the state per step. Solvers that reject non-finite attempts themselves (GGF,
         ProbabilityFlow: ``solver.keeps_finite``) need no check.
+      cond: this sample's condition (any pytree of arrays, e.g. an int32 class label), passed
+        as the score's third argument at every evaluation; ``None`` (default) for a score
+        ``score(x, t)``. Guided scores (:mod:`jaxsde.guidance`) take it the same way.
 
     Returns:
       A :class:`Solution`. Failures never raise inside jit; non-finite values give
@@ -393,8 +474,8 @@ def solve(
     """
     x_T = jnp.asarray(x_T)
     p = prepare(sde, score, solver, x_T, t_start=t_start, t_end=t_end, denoise=denoise, max_steps=max_steps,
-                noise=noise, check_finite=check_finite)
-    return _run(p, key, x_T)
+                noise=noise, check_finite=check_finite, cond=cond)
+    return _run(bind(p, cond), key, x_T)
 
 
 def _run(p: Problem, key: Array, x_T: Array, t_start: Array | None = None) -> Solution:
@@ -410,24 +491,29 @@ def solve_batch(
     x_T: Array,
     *,
     noise: Any = None,
+    cond: Any = None,
     **solve_kwargs: Any,
 ) -> Solution:
-    """:func:`solve` for a batch: ``keys`` ``(n, ...)``, ``x_T`` ``(n, *shape)``, ``noise`` with a
-    leading axis ``n`` (or ``None``); other arguments as for :func:`solve`.
+    """:func:`solve` for a batch: ``keys`` ``(n, ...)``, ``x_T`` ``(n, *shape)``, ``noise`` and
+    ``cond`` (the samples' conditions) with a leading axis ``n`` (or ``None``); other arguments as
+    for :func:`solve`.
 
     Equal to ``vmap(solve)`` up to float rounding; it holds the batch's times as vectors, as
     :func:`jaxsde.generate`'s slots do, so XLA rounds the time coefficients the same way in both
     (sample ``i`` then matches ``generate``'s bitwise on well-conditioned grids).
     """
     x_T = jnp.asarray(x_T)
+    if cond is not None:
+        check_conditions(cond, x_T.shape[0])
     one_noise = None if noise is None else jax.tree_util.tree_map(lambda a: a[0], noise)
-    p = prepare(sde, score, solver, jax.ShapeDtypeStruct(x_T.shape[1:], x_T.dtype), noise=one_noise, **solve_kwargs)
+    p = prepare(sde, score, solver, jax.ShapeDtypeStruct(x_T.shape[1:], x_T.dtype), noise=one_noise,
+                cond=first_condition(cond), **solve_kwargs)
     t_start = jnp.full((x_T.shape[0],), p.t_start, p.dtype)
 
-    def one(k, x, nz, t0):
-        return _run(p if nz is None else p._replace(noise=nz), k, x, t0)
+    def one(k, x, nz, t0, c):
+        return _run(bind(p if nz is None else p._replace(noise=nz), c), k, x, t0)
 
-    return jax.vmap(one)(keys, x_T, noise, t_start)
+    return jax.vmap(one)(keys, x_T, noise, t_start, cond)
 
 
 def sample(
@@ -443,6 +529,7 @@ def sample(
     offset: int | Array = 0,
     progress: Any = None,
     progress_every: int = 64,
+    cond: Any = None,
     **solve_kwargs: Any,
 ) -> Solution:
     """Draw ``n`` samples: sample ``i`` uses ``fold_in(key, i)``, its ``x_T`` from the prior.
@@ -450,7 +537,10 @@ def sample(
     ``shape`` is one sample's shape. ``offset`` (may be traced) returns samples
     ``offset .. offset + n - 1`` of the same sequence, so a large job can run in chunks.
     ``noise`` (optional) must carry a leading axis of
-    length ``n``. Other keyword arguments go to :func:`solve`. Every field of the returned
+    length ``n``. ``cond`` (optional): the samples' conditions, a pytree whose leaves carry a
+    leading axis of length ``n`` (row ``i`` goes with the ``i``-th returned sample; the score is
+    then ``score(x, t, cond)``); sample ``i`` with condition ``c`` is the same whatever its
+    batch-mates. Other keyword arguments go to :func:`solve`. Every field of the returned
     :class:`Solution` has a leading axis of length ``n``; :func:`summarize` reports the loop
     iterations the batch actually ran next to the per-sample NFE.
 
@@ -466,15 +556,18 @@ def sample(
     prior_keys, solve_keys = sample_keys(key, n, offset)
     x_T = jax.vmap(lambda k: sde.prior_sample(k, shape, dtype))(prior_keys)
 
+    if cond is not None:
+        check_conditions(cond, n)
     if progress:
         one_noise = None if noise is None else jax.tree_util.tree_map(lambda a: a[0], noise)
-        return _sample_with_progress(solve_keys, x_T, noise, progress, progress_every,
-                                     prepare(sde, score, solver, x_T[0], noise=one_noise, **solve_kwargs))
+        return _sample_with_progress(solve_keys, x_T, noise, cond, progress, progress_every,
+                                     prepare(sde, score, solver, x_T[0], noise=one_noise, cond=first_condition(cond),
+                                             **solve_kwargs))
 
-    return solve_batch(solve_keys, sde, score, solver, x_T, noise=noise, **solve_kwargs)
+    return solve_batch(solve_keys, sde, score, solver, x_T, noise=noise, cond=cond, **solve_kwargs)
 
 
-def _sample_with_progress(keys, x_T, noise, progress, every, p: Problem) -> Solution:
+def _sample_with_progress(keys, x_T, noise, cond, progress, every, p: Problem) -> Solution:
     """``vmap(solve)`` written out (one loop of :func:`step_active`) with a host callback in it."""
     n = x_T.shape[0]
     reporter = ProgressReporter(progress, n)
@@ -484,7 +577,7 @@ def _sample_with_progress(keys, x_T, noise, progress, every, p: Problem) -> Solu
 
     def body(c):
         s, it, paid = c
-        new, computed = step_active(p, keys, s, ~finished(s), noise)
+        new, computed = step_active(p, keys, s, ~finished(s), noise, cond)
         c = (new, it + 1, paid + jnp.sum(computed))
         jax.lax.cond((c[1] % max(int(every), 1)) == 0,
                      lambda: jax.debug.callback(reporter, 0, jnp.sum(finished(c[0])), c[1], c[2]), lambda: None)
@@ -492,9 +585,9 @@ def _sample_with_progress(keys, x_T, noise, progress, every, p: Problem) -> Solu
 
     zero = jnp.zeros((), jnp.int32)
     s, it, paid = jax.lax.while_loop(lambda c: jnp.any(~finished(c[0])), body,
-                                     (jax.vmap(lambda x: init(p, x))(x_T), zero, zero))
+                                     (jax.vmap(lambda x, c: init(bind(p, c), x))(x_T, cond), zero, zero))
     jax.debug.callback(partial(reporter, final=True), 0, jnp.int32(n), it, paid)
-    return jax.vmap(lambda s: finalize(p, s))(s)
+    return jax.vmap(lambda s, c: finalize(bind(p, c), s))(s, cond)
 
 
 def summarize(result: Any) -> Any:

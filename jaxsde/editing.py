@@ -102,7 +102,8 @@ def sdedit(
         with key ``fold_in(key, i)`` (``noise``, if given, then has a leading axis ``n``).
       noise: as for :func:`jaxsde.solve`.
       **solve_kwargs: as for :func:`jaxsde.solve` (``t_start`` is ``t0``). A solver with a
-        custom grid must start at ``t0``.
+        custom grid must start at ``t0``. ``cond=`` (a conditional score ``score(x, t, cond)``):
+        one condition, or with ``n`` one per sample (leading axis ``n``).
     """
     x_guide = jnp.asarray(x_guide)
     if "t_start" in solve_kwargs:
@@ -273,7 +274,7 @@ def inpaint(
       projection_noise: :class:`Inpainting`'s ``noise`` (``"fresh"``/``"fixed"``).
       noise: as for :func:`jaxsde.solve`; a ``GivenNoise`` must supply
         ``Inpainting(...).noise_per_attempt`` normals per attempt.
-      **solve_kwargs: as for :func:`jaxsde.solve`.
+      **solve_kwargs: as for :func:`jaxsde.solve`; ``cond=`` as for :func:`sdedit`.
 
     ``sol.x[mask == 1] == x_known[mask == 1]`` exactly (re-imposed after the final denoising step).
     """

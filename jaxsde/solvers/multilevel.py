@@ -56,11 +56,26 @@ class MultilevelScore:
         self.levels = levels
         self.costs = costs
 
-    def __call__(self, x: Array, t: Array) -> Array:
-        return self.levels[-1](x, t)
+    def __call__(self, x: Array, t: Array, *cond) -> Array:
+        return self.levels[-1](x, t, *cond)
+
+    def bind_condition(self, cond) -> MultilevelScore:
+        """The levels of conditional scores ``level(x, t, cond)`` with ``cond`` fixed (one
+        sample's condition; see :func:`jaxsde.driver.bind`)."""
+        return MultilevelScore([_Bound(f, cond) for f in self.levels], self.costs)
 
     def __len__(self) -> int:
         return len(self.levels)
+
+
+class _Bound:
+    """``f(x, t, cond)`` with ``cond`` fixed."""
+
+    def __init__(self, f: Callable, cond):
+        self.f, self.cond = f, cond
+
+    def __call__(self, x: Array, t: Array) -> Array:
+        return self.f(x, t, self.cond)
 
 
 def optimal_probabilities(costs: Sequence[float], errors: Sequence[float], scale: float = 1.0) -> tuple[float, ...]:
