@@ -5,11 +5,14 @@ from .base import FixedGridSolver, Solver, SolverInit, StepOut
 from .ddim import DDIM
 from .dpm_adaptive import AdaptiveDPMSolver
 from .dpm_solver import DPMSolverPP
+from .dpm_solver_sde import DPMSolverPPSDE
 from .edm import EDMHeun
+from .euler_ancestral import EulerAncestral
 from .euler_maruyama import EulerMaruyama
 from .exponential import diffusers_grid
 from .forward_value import ForwardValue
 from .gotta_go_fast import GottaGoFast
+from .lms import LMS
 from .multilevel import MultilevelEM, MultilevelScore, multilevel_cost, optimal_probabilities
 from .predictor_corrector import PredictorCorrector, ReverseDiffusion
 from .probability_flow import ProbabilityFlow
@@ -30,6 +33,9 @@ __all__ = [
     "DDIM",
     "DPMSolverPP",
     "SASolver",
+    "DPMSolverPPSDE",
+    "EulerAncestral",
+    "LMS",
     "ForwardValue",
     "EDMHeun",
     "MultilevelEM",

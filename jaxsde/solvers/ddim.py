@@ -15,11 +15,12 @@ def ddim_step(sde, x, x0, t, t_next, eta, z):
 
     With ``h = lam(t_next) - lam(t)`` (half log-SNR) and ``q = 1 - e^{-2h}``:
     ``x' = r x + (alpha' - alpha r) x0 + eta sigma' sqrt(q) z``,
-    ``r = (sigma'/sigma) sqrt(max(1 - eta^2 q, 0))``. ``z`` is ignored when ``eta == 0``.
+    ``r = (sigma'/sigma) sqrt(max(1 - eta^2 q, 0))``. ``z`` is ignored when ``eta`` is the number 0;
+    ``eta`` may also be a traced array (a per-step value, as :class:`~jaxsde.EulerAncestral` uses).
     """
     alpha, sigma = sde.marginal(t)
     alpha_n, sigma_n = sde.marginal(t_next)
-    if eta == 0:
+    if isinstance(eta, int | float) and eta == 0:
         r = sigma_n / sigma
         return r * x + (alpha_n - alpha * r) * x0
     h = half_log_snr(sde, t_next) - half_log_snr(sde, t)

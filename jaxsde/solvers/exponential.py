@@ -36,10 +36,13 @@ Array = jax.Array
 __all__ = [
     "half_log_snr",
     "data_prediction",
+    "noise_prediction",
+    "warmup_order",
     "exp_remainder",
     "exp_remainders",
     "exp_moments",
     "exp_weights",
+    "interpolation_weights",
     "HistoryState",
     "MultistepSolver",
     "diffusers_grid",
@@ -57,6 +60,12 @@ def half_log_snr(sde, t) -> Array:
 def data_prediction(sde, score, x: Array, t: Array) -> Array:
     """``x0(x, t) = (x + sigma^2 score(x, t)) / alpha``: the data prediction (1 score evaluation)."""
     return sde.tweedie(x, t, score(x, t))
+
+
+def noise_prediction(sde, score, x: Array, t: Array) -> Array:
+    """``eps(x, t) = -sigma * score(x, t)``: the noise prediction (1 score evaluation)."""
+    _, sigma = sde.marginal(t)
+    return -sigma * score(x, t)
 
 
 def exp_remainders(nmax: int, z: Array) -> list[Array]:
@@ -108,10 +117,23 @@ def exp_weights(c, h: Array, nodes: list[Array], order: Array | int | None = Non
     ``sum_j W_j = (1 - e^{-c h}) / c``. With ``c = 1`` these are the PF-ODE data-form weights
     (``x_t = (sigma_t/sigma_s) x_s + alpha_t sum_j W_j x0_j``); ``c = -1`` the noise-form ones.
     """
+    return interpolation_weights(exp_moments(c, h, len(nodes)), nodes, order)
+
+
+def interpolation_weights(moments: list[Array], nodes: list[Array], order: Array | int | None = None) -> list[Array]:
+    """Weights ``W_j`` with ``int w(v) P(v) dv = sum_j W_j m_j`` for ``P`` the polynomial taking the values
+    ``m_j`` at ``nodes`` (newest first), given the moments ``moments[k] = int w(v) v^k dv``,
+    ``k < len(nodes)``, of any weight ``w``.
+
+    Newton form, ``P(v) = sum_k f[v_0..v_k] prod_{m<k} (v - v_m)``, whose first ``q`` terms
+    interpolate at the first ``q`` nodes; ``order`` (static or traced, ``1 <= order <= len(nodes)``)
+    selects the interpolation order by masking terms, with one set of moments.
+    :func:`exp_weights` (``w = e^{-c (h - u)}``) and LMS (``w = 1`` on ``[0, 1]``) use it.
+    """
     p = len(nodes)
-    mu = exp_moments(c, h, p)
+    mu = moments
     # integrals of the Newton basis polynomials prod_{m<k} (v - v_m) (monomial coefficients in v)
-    poly = [jnp.ones_like(h)]
+    poly = [jnp.ones_like(mu[0])]
     integrals = []
     for k in range(p):
         integrals.append(sum(a * m for a, m in zip(poly, mu, strict=False)))
@@ -157,6 +179,16 @@ def select_weights(order: Array, candidates: list[list[Array]], size: int) -> li
                 w = jnp.where(order == q, cand[j], w)
         out.append(w)
     return out
+
+
+def warmup_order(order: int, i: Array, total: int, lower_order_final: bool | str, below: int) -> Array:
+    """Order of multistep step ``i`` (traced) of ``total``: ``min(order, i + 1)`` (warm-up: step ``i``
+    has ``i + 1`` evaluations), and, when ``lower_order_final`` is ``"always"`` or ``True`` with
+    ``total < below``, also ``<= total - i`` (order 1 on the last step, at most 2 on the one before,
+    ...: diffusers' ``lower_order_final``)."""
+    q = jnp.minimum(order, i + 1)
+    lower = lower_order_final == "always" or (lower_order_final is True and total < below)
+    return jnp.minimum(q, total - i) if lower else q
 
 
 def combine(weights: list[Array], hist: Array) -> Array:

@@ -10,10 +10,13 @@ from .base import Solver
 from .ddim import DDIM
 from .dpm_adaptive import AdaptiveDPMSolver
 from .dpm_solver import DPMSolverPP
+from .dpm_solver_sde import DPMSolverPPSDE
 from .edm import EDMHeun
+from .euler_ancestral import EulerAncestral
 from .euler_maruyama import EulerMaruyama
 from .forward_value import ForwardValue
 from .gotta_go_fast import GottaGoFast
+from .lms import LMS
 from .multilevel import MultilevelEM
 from .predictor_corrector import PredictorCorrector, ReverseDiffusion
 from .probability_flow import ProbabilityFlow
@@ -36,6 +39,10 @@ _REGISTRY: dict[str, tuple[Callable[..., Solver], str]] = {
     "ddim": (lambda steps=50: DDIM(steps), "DDIM, eta=0 (--steps)"),
     "dpmpp": (lambda steps=20: DPMSolverPP(steps, order=2), "DPM-Solver++ 2M (--steps)"),
     "sa": (lambda steps=20: SASolver(steps), "SA-Solver 3/4 (--steps)"),
+    "dpmpp-sde": (lambda steps=20, eta=1.0: DPMSolverPPSDE(steps, order=2, eta=eta),
+                  "DPM-Solver++ 2M SDE (--steps, --eta)"),
+    "euler-ancestral": (lambda steps=50, eta=1.0: EulerAncestral(steps, eta=eta), "Euler ancestral (--steps, --eta)"),
+    "lms": (lambda steps=20: LMS(steps, order=4), "linear multistep, order 4 (--steps)"),
     "fv": (lambda steps=10: ForwardValue(steps), "forward-value sampler F-DDIM (--steps)"),
     "edm": (lambda steps=18: EDMHeun(steps), "EDM Heun (--steps)"),
     "mlem": (lambda steps=200: MultilevelEM(steps, probabilities=(1.0, 0.5, 0.25)),
