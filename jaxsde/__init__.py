@@ -29,10 +29,13 @@ from .sde import SDE, VESDE, VPSDE, DiscreteVPSDE, ScoreFn, SubVPSDE
 from .solution import BatchSummary, Solution, Stats
 from .solvers import (
     DDIM,
+    LMS,
     AdaptiveDPMSolver,
     AdaptiveMultistepSolver,
     DPMSolverPP,
+    DPMSolverPPSDE,
     EDMHeun,
+    EulerAncestral,
     EulerMaruyama,
     ForwardValue,
     GottaGoFast,
@@ -109,6 +112,9 @@ __all__ = [
     "DDIM",
     "DPMSolverPP",
     "SASolver",
+    "DPMSolverPPSDE",
+    "EulerAncestral",
+    "LMS",
     "ForwardValue",
     "EDMHeun",
     "MultilevelEM",
