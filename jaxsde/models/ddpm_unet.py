@@ -80,9 +80,12 @@ def timestep_embedding(timesteps, dim: int, flip_sin_to_cos: bool, freq_shift: f
     return emb
 
 
-def _group_norm(groups: int, eps: float, name: str) -> nn.GroupNorm:
-    # Two-pass variance, as torch (Flax's fast variance E[x^2] - E[x]^2 loses digits).
-    return nn.GroupNorm(num_groups=groups, epsilon=eps, use_fast_variance=False, name=name)
+def _group_norm(groups: int, eps: float, name: str, x) -> jax.Array:
+    # Two-pass variance, as torch (Flax's fast variance E[x^2] - E[x]^2 loses digits). A 16-bit x gives
+    # a 16-bit output (Flax's default would promote to its float32 param_dtype), so a bfloat16 network
+    # (parameters and input cast) computes in bfloat16; float32 is unchanged.
+    low = x.dtype if jnp.finfo(x.dtype).bits < 32 else None
+    return nn.GroupNorm(num_groups=groups, epsilon=eps, use_fast_variance=False, dtype=low, name=name)(x)
 
 
 class TimestepEmbedding(nn.Module):
@@ -110,15 +113,15 @@ class ResnetBlock2D(nn.Module):
     @nn.compact
     def __call__(self, x, temb):
         act = ACTIVATIONS[self.act_fn]
-        h = act(_group_norm(self.groups, self.eps, "norm1")(x))
+        h = act(_group_norm(self.groups, self.eps, "norm1", x))
         h = nn.Conv(self.out_channels, (3, 3), padding=((1, 1), (1, 1)), name="conv1")(h)
         proj_dim = 2 * self.out_channels if self.time_scale_shift == "scale_shift" else self.out_channels
         temb = nn.Dense(proj_dim, name="time_emb_proj")(act(temb))[:, None, None, :]
         if self.time_scale_shift == "scale_shift":
             scale, shift = jnp.split(temb, 2, axis=-1)
-            h = _group_norm(self.groups, self.eps, "norm2")(h) * (1 + scale) + shift
+            h = _group_norm(self.groups, self.eps, "norm2", h) * (1 + scale) + shift
         else:
-            h = _group_norm(self.groups, self.eps, "norm2")(h + temb)
+            h = _group_norm(self.groups, self.eps, "norm2", h + temb)
         h = nn.Conv(self.out_channels, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(act(h))
         if x.shape[-1] != self.out_channels:
             x = nn.Conv(self.out_channels, (1, 1), name="conv_shortcut")(x)
@@ -140,7 +143,7 @@ class AttentionBlock(nn.Module):
         b, hgt, wid, c = x.shape
         head_dim = self.head_dim or c
         heads = c // head_dim
-        h = x if self.groups is None else _group_norm(self.groups, self.eps, "group_norm")(x)
+        h = x if self.groups is None else _group_norm(self.groups, self.eps, "group_norm", x)
         h = h.reshape(b, hgt * wid, c)
 
         def split(y):
@@ -361,7 +364,7 @@ class UNet2D(nn.Module):
                           attention_layers=kind == "AttnUpBlock2D", add_upsample=i < last,
                           name=f"up_blocks_{i}")(h, block_skips, temb)
 
-        h = ACTIVATIONS[self.act_fn](_group_norm(self.norm_num_groups, self.norm_eps, "conv_norm_out")(h))
+        h = ACTIVATIONS[self.act_fn](_group_norm(self.norm_num_groups, self.norm_eps, "conv_norm_out", h))
         return nn.Conv(self.out_channels, (3, 3), padding=((1, 1), (1, 1)), name="conv_out")(h)
 
 

@@ -41,9 +41,19 @@ def conv1x1(x, out_ch: int, init_scale: float = 1.0):
     return nn.Conv(out_ch, (1, 1), padding="SAME", kernel_init=default_init(init_scale))(x)
 
 
+def skip_rescale(a):
+    """``a / sqrt(2)``, in ``a``'s dtype when it is 16-bit (the NumPy float64 scalar would promote a
+    bfloat16 ``a`` to float32); otherwise exactly as before."""
+    root2 = np.sqrt(2.0)
+    return a / (root2.astype(a.dtype) if jnp.finfo(a.dtype).bits < 32 else root2)
+
+
 def group_norm(x):
-    """``nn.GroupNorm`` with score_sde's ``min(C // 4, 32)`` groups."""
-    return nn.GroupNorm(num_groups=min(x.shape[-1] // 4, 32))(x)
+    """``nn.GroupNorm`` with score_sde's ``min(C // 4, 32)`` groups. A 16-bit ``x`` gives a 16-bit output
+    (statistics in float32), so a network with 16-bit parameters and input stays in 16 bits; Flax's
+    default would return float32 (its float32 ``param_dtype`` promotes)."""
+    low = x.dtype if jnp.finfo(x.dtype).bits < 32 else None
+    return nn.GroupNorm(num_groups=min(x.shape[-1] // 4, 32), dtype=low)(x)
 
 
 def timestep_embedding(timesteps, dim: int, max_positions: int = 10000):
@@ -118,7 +128,7 @@ class AttnBlockpp(nn.Module):
         weights = jax.nn.softmax(logits.reshape(b, h_, w_, h_ * w_), axis=-1).reshape(b, h_, w_, h_, w_)
         h = jnp.einsum("bhwHW,bHWc->bhwc", weights, v)
         h = NIN(c, init_scale=self.init_scale)(h)
-        return (x + h) / np.sqrt(2.0) if self.skip_rescale else x + h
+        return skip_rescale(x + h) if self.skip_rescale else x + h
 
 
 class Conv2d(nn.Module):
@@ -220,7 +230,7 @@ class ResnetBlockDDPMpp(nn.Module):
         h = conv3x3(h, out_ch, init_scale=self.init_scale)
         if c != out_ch:
             x = conv3x3(x, out_ch) if self.conv_shortcut else NIN(out_ch)(x)
-        return (x + h) / np.sqrt(2.0) if self.skip_rescale else x + h
+        return skip_rescale(x + h) if self.skip_rescale else x + h
 
 
 class ResnetBlockBigGANpp(nn.Module):
@@ -256,4 +266,4 @@ class ResnetBlockBigGANpp(nn.Module):
         h = conv3x3(h, out_ch, init_scale=self.init_scale)
         if c != out_ch or self.up or self.down:
             x = conv1x1(x, out_ch)
-        return (x + h) / np.sqrt(2.0) if self.skip_rescale else x + h
+        return skip_rescale(x + h) if self.skip_rescale else x + h

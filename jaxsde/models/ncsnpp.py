@@ -133,6 +133,8 @@ class NCSNpp(nn.Module):
             sigmas = np.exp(np.linspace(np.log(cfg.sigma_max), np.log(cfg.sigma_min), cfg.num_scales))
             used_sigmas = jnp.asarray(sigmas, jnp.float32)[time_cond.astype(jnp.int32)]
             temb = layerspp.timestep_embedding(time_cond, nf)
+        if jnp.finfo(x.dtype).bits < 32:  # a 16-bit network (parameters and x cast): keep the blocks in 16 bits
+            temb = temb.astype(x.dtype)
         if cfg.conditional:
             temb = nn.Dense(nf * 4, kernel_init=layerspp.default_init())(temb)
             temb = nn.Dense(nf * 4, kernel_init=layerspp.default_init())(act(temb))
@@ -219,7 +221,7 @@ class NCSNpp(nn.Module):
 
 
 def _add(a, b, skip_rescale: bool):
-    return (a + b) / np.sqrt(2.0) if skip_rescale else a + b
+    return layerspp.skip_rescale(a + b) if skip_rescale else a + b
 
 
 # The published score_sde CIFAR-10 configurations (configs/{ve,vp,subvp}/cifar10_*_continuous.py).

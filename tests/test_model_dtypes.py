@@ -1,0 +1,57 @@
+"""A bfloat16 network (parameters and input cast) computes in bfloat16: every convolution and matmul of
+NCSN++ / DDPM++ and of the diffusers UNet2D takes bfloat16 operands (Flax's GroupNorm and NumPy scalars
+used to promote them to float32), and its output stays close to the float32 network's."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxsde
+from jaxsde.models import ddpm_unet
+from jaxsde.precision import cast_params
+
+SMALL_NCSNPP = dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), image_size=16)
+
+
+def op_dtypes(fn, *args) -> dict:
+    counts: dict = {}
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
+                key = tuple(str(v.aval.dtype) for v in eqn.invars[:2])
+                counts[key] = counts.get(key, 0) + 1
+            for p in eqn.params.values():
+                for sub in p if isinstance(p, (list, tuple)) else (p,):
+                    if hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
+                        walk(sub.jaxpr)
+                    elif hasattr(sub, "eqns"):
+                        walk(sub)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return counts
+
+
+NETWORKS = {
+    "ddpmpp": (lambda: jaxsde.models.build("ddpmpp_cifar10_vp", **SMALL_NCSNPP), (16, 16, 3), [10.0, 700.0]),
+    "ncsnpp_ve": (lambda: jaxsde.models.build("ncsnpp_cifar10_ve", **SMALL_NCSNPP), (16, 16, 3), [0.1, 20.0]),
+    "unet2d": (lambda: ddpm_unet.ddpm_cifar10(block_out_channels=[32, 64, 64, 64], layers_per_block=1,
+                                              norm_num_groups=8), (32, 32, 3), [10.0, 700.0]),
+}
+
+
+@pytest.mark.parametrize("name", list(NETWORKS))
+def test_bfloat16_network_computes_in_bfloat16(name):
+    build, shape, times = NETWORKS[name]
+    model = build()
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, *shape))
+    t = jnp.asarray(times)
+    params = model.init(jax.random.PRNGKey(0), x, t)
+    low = cast_params(params, jnp.bfloat16)
+    ops = op_dtypes(lambda x, t: model.apply(low, x, t), x.astype(jnp.bfloat16), t.astype(jnp.bfloat16))
+    assert ops and set(ops) == {("bfloat16", "bfloat16")}, ops
+    assert set(op_dtypes(lambda x, t: model.apply(params, x, t), x, t)) == {("float32", "float32")}
+    full = np.asarray(jax.jit(model.apply)(params, x, t))
+    half = np.asarray(jax.jit(model.apply)(low, x.astype(jnp.bfloat16), t.astype(jnp.bfloat16)), np.float32)
+    assert np.linalg.norm(half - full) <= 0.05 * np.linalg.norm(full)
