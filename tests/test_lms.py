@@ -27,7 +27,7 @@ AGREEMENT = [("vp", "edm", 4), ("subvp", "logsnr", 3), ("ve", "uniform", 4), ("d
 @pytest.mark.parametrize("kind,grid,order", AGREEMENT)
 def test_equals_k_diffusion(kind, grid, order, x64):
     """Sigmas of the grid without k-diffusion's trailing 0 (its last LMS step to sigma = 0 is not
-    jaxsde's Tweedie step), ``denoise=False``. Max relative error measured: 4.2e-15; the claim is 1e-5."""
+    jaxsde's Tweedie step), ``denoise=False``. Max relative error measured: 8.8e-15; the claim is 1e-5."""
     got, ref, sol, reference = k_diffusion_sampling.fixed_grid_agreement(
         SDES[kind], lambda n, g: jaxsde.LMS(n, order=order, grid=g), grid, 10, "sample_lms", to_zero=False,
         order=order)

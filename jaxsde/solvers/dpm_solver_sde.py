@@ -44,9 +44,13 @@ class DPMSolverPPSDE(MultistepSolver):
       2M ``(1 - e^{-ch}) (1 + 1/(2 r)) x0_0 - (1 - e^{-ch})/(2 r) x0_1`` with ``r = h_{i-1}/h``; 3M
       ``- phi_3 D2`` (half the Taylor term, as the deterministic reference 3M, so second order in
       the ODE limit) and, as ``sample_dpmpp_3m_sde`` does, its order-2 warm-up step in the
-      ``"taylor"`` form. diffusers' ``DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++")``
-      is the ``order=2``, ``eta=1`` case (``solver_type="midpoint"``; its ``"heun"`` is ``"taylor"``
-      here), up to its ``lower_order_final`` rule and final step.
+      ``"taylor"`` form. diffusers' ``DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++",
+      solver_order=2)`` is the ``order=2``, ``eta=1`` case (its ``solver_type="heun"`` is ``"taylor"``
+      here): with ``lower_order_final=False``, ``final_sigmas_type="sigma_min"``, the grid
+      :func:`~jaxsde.solvers.exponential.diffusers_grid` of its timesteps, ``denoise=False`` and our
+      normals as its ``variance_noise``, the two agree (float32 inside diffusers). Its third-order SDE
+      update (diffusers 0.42.1) is not k-diffusion's: the ``D2`` coefficient reads
+      ``(1 - e^{-2h} - 2h)/(2h)^2 - 0.5`` where ``-phi_3`` is ``... + 0.5``.
     * ``"taylor"``: the exact exponential weights of the interpolant
       (k-diffusion's ``solver_type="heun"`` at order 2; ``- 2 phi_3 D2`` at order 3). Equal to
       :class:`~jaxsde.SASolver` predictor-only with ``tau = sqrt(eta)`` everywhere.
