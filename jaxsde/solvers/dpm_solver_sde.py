@@ -111,15 +111,15 @@ class DPMSolverPPSDE(MultistepSolver):
         lam_s = self.node(state, 0)
         h = self.node(state, 1) - lam_s
         ch = (1.0 + self.eta) * h
-        r1, r2, r3 = exp_remainders(3, ch)
-        phis = (r1, r2 / ch, r3 / ch**2)
+        rem1, rem2, rem3 = exp_remainders(3, ch)
+        phis = (rem1, rem2 / ch, rem3 / ch**2)  # DPM-Solver++'s phi_1, phi_2, phi_3 at c h
         r0 = (lam_s - self.node(state, -1)) / h
-        r_1 = (self.node(state, -1) - self.node(state, -2)) / h if self.order > 2 else None
+        r1 = (self.node(state, -1) - self.node(state, -2)) / h if self.order > 2 else None
         warmup_type = "taylor" if self.order == 3 else self.solver_type  # sample_dpmpp_3m_sde's order-2 step
-        cands = [multistep_weights(1, phis, r0, r_1, self.solver_type),
-                 multistep_weights(2, phis, r0, r_1, warmup_type)]
+        cands = [multistep_weights(1, phis, r0, r1, self.solver_type),
+                 multistep_weights(2, phis, r0, r1, warmup_type)]
         if self.order == 3:
-            cands.append(multistep_weights(3, phis, r0, r_1, self.solver_type))
+            cands.append(multistep_weights(3, phis, r0, r1, self.solver_type))
         w = select_weights(jnp.minimum(self.order, i + 1), cands, self.order)
         _, sigma = sde.marginal(t)
         alpha_n, sigma_n = sde.marginal(t_next)

@@ -75,9 +75,9 @@ class LMS(MultistepSolver):
         t, t_next = state.grid[i], state.grid[i + 1]
         hist = push(state.hist, noise_prediction(sde, score, x, t))
         lam_s = self.node(state, 0)
-        delta = jnp.exp(-lam_s) * jnp.expm1(lam_s - self.node(state, 1))  # s_{i+1} - s_i < 0
-        nodes = [jnp.expm1(lam_s - self.node(state, -j)) / jnp.expm1(lam_s - self.node(state, 1))
-                 for j in range(self.order)]
+        step = jnp.expm1(lam_s - self.node(state, 1))  # (s_{i+1} - s_i) / s_i < 0
+        delta = jnp.exp(-lam_s) * step
+        nodes = [jnp.expm1(lam_s - self.node(state, -j)) / step for j in range(self.order)]  # (s_{i-j} - s_i) / delta
         w = interpolation_weights([delta / (k + 1) for k in range(self.order)], nodes,
                                   jnp.minimum(self.order, i + 1))
         alpha, _ = sde.marginal(t)
