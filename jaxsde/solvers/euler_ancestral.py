@@ -31,8 +31,8 @@ class EulerAncestral(FixedGridSolver):
     ``sigma = 0`` (``sigmas`` ending in 0) returns the data prediction without noise: the driver's
     final Tweedie step (``denoise=True``). With sigmas ``sigma(t_i)/alpha(t_i)`` of this solver's
     grid followed by 0 and the same normals its output equals this solver's
-    (``tests/test_euler_ancestral.py``); diffusers' ``EulerAncestralDiscreteScheduler`` is the
-    ``eta = 1`` case.
+    (``tests/test_euler_ancestral.py``). diffusers' ``EulerAncestralDiscreteScheduler`` writes the
+    same ``eta = 1`` step (not tested here).
 
     NFE = ``num_steps`` (+1 for the driver's final Tweedie step, ``denoise=True``).
 
