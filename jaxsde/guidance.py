@@ -41,6 +41,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .sde import SDE
 
@@ -57,10 +58,10 @@ def check_weight(weight: Any, name: str = "weight") -> None:
     if isinstance(weight, bool | str) or weight is None:
         raise TypeError(f"{name} must be a real number, got {weight!r}")
     try:
-        values = jnp.asarray(weight, jnp.float32)
-    except TypeError:
+        values = np.asarray(weight, np.float64)  # NumPy: concrete even while a caller's jit traces
+    except (TypeError, ValueError):
         raise TypeError(f"{name} must be a real number, got {type(weight).__name__}") from None
-    if not bool(jnp.all(jnp.isfinite(values))):
+    if not np.all(np.isfinite(values)):
         raise ValueError(f"{name} must be finite, got {weight!r}")
 
 
@@ -144,10 +145,11 @@ def composed(score: CondScore, null_cond: Any, weights: Sequence[float] | Array,
     interval every ``w_k`` is 0).
     """
     _check_null(null_cond)
-    weights = jnp.asarray(weights, jnp.float32) if not isinstance(weights, jax.core.Tracer) else weights
+    if not isinstance(weights, jax.core.Tracer):
+        check_weight(weights, "weights")
+        weights = np.asarray(weights, np.float32)
     if weights.ndim != 1 or weights.shape[0] < 1:
         raise ValueError(f"weights must be a sequence of one weight per condition, got shape {weights.shape}")
-    check_weight(weights, "weights")
     num = weights.shape[0]
     inside = noise_level_interval(sde, interval)
 

@@ -237,3 +237,20 @@ def test_bad_cond_input():
         jaxsde.sample(KEY, SDE, gaussian(MU, S0), solver, SHAPE, 6, cond=CONDS)
     with pytest.raises(ValueError, match="no arrays"):
         jaxsde.sample(KEY, SDE, cond_score, solver, SHAPE, 6, cond={})
+
+
+def test_combinators_are_built_inside_jit():
+    """Built from Python weights inside the caller's jit (a traced-weight check would fail there)."""
+    x, t = _point()
+
+    @jax.jit
+    def run(x, c):
+        cfg = guidance.classifier_free(cond_score, NULL, 2.0)(x, t, c)
+        comp = guidance.composed(cond_score, NULL, [1.0, 0.5])(x, t, jnp.stack([c, -c]))
+        return cfg, comp
+
+    cfg, _ = run(x, jnp.float32(2.0))
+    np.testing.assert_allclose(np.asarray(cfg), np.asarray(3 * cond_score(x, t, 2.0) - 2 * cond_score(x, t, NULL)),
+                               rtol=1e-5, atol=1e-6)
+    traced = jax.jit(lambda w: guidance.classifier_free(cond_score, NULL, w)(x, t, jnp.float32(2.0)))(2.0)
+    np.testing.assert_allclose(np.asarray(traced), np.asarray(cfg), rtol=1e-6)

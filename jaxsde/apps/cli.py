@@ -18,8 +18,11 @@ def _sample(args: argparse.Namespace) -> int:
 
     report = run_sample(model=args.model, solver=args.solver, n=args.n, seed=args.seed, out=args.out,
                         batch_size=args.batch_size, metrics=not args.no_metrics, progress=not args.no_progress,
+                        label=args.label, guidance_weight=args.guidance, samples=args.samples,
                         rtol=args.rtol, atol=args.atol, steps=args.steps, snr=args.snr, eta=args.eta)
     print_report(report, args.out)
+    if args.samples:
+        print(f"wrote {args.samples}")
     return 0
 
 
@@ -75,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     from ..solvers.registry import describe_solvers
 
     sp = sub.add_parser("sample", help="generate images from an embedded model; write a grid; report NFE and FD")
-    sp.add_argument("--model", default="digits", help="digits | digits-medium | digits-small | digits-ve")
+    sp.add_argument("--model", default="digits",
+                    help="digits | digits-medium | digits-small | digits-ve | digits-cond (class-conditional)")
     sp.add_argument("--solver", default="ggf", help=describe_solvers())
     sp.add_argument("--rtol", type=float, default=None, help="relative tolerance (adaptive solvers)")
     sp.add_argument("--atol", type=float, default=None, help="absolute tolerance (adaptive solvers)")
@@ -88,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--batch-size", type=int, default=256)
     sp.add_argument("--out", default="grid.png", help="image grid PNG")
+    sp.add_argument("--samples", default=None,
+                    help="also write the samples to this .npz: x (n, 8, 8, 1) in the data range, nfe, result, "
+                         "data_range (and label for a conditional model)")
+    sp.add_argument("--label", default=None,
+                    help="class-conditional models (digits-cond): a class 0-9 for every sample, or 'all' (default: "
+                         "grid row r gets class r mod 10)")
+    sp.add_argument("--guidance", type=float, default=None,
+                    help="classifier-free guidance weight w: (1 + w) s(x, t, c) - w s(x, t, null) (default 0)")
     sp.add_argument("--no-metrics", action="store_true", help="skip FD-digits")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     sp.set_defaults(func=_sample)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import driver
+from .. import driver, guidance
 from ..checkpoints.embedded import NAMES, pretrained
 from ..data import to_unit_range
 from ..multilevel_batch import sample_multilevel
@@ -51,10 +51,47 @@ def save_grid(images: np.ndarray, path: str, data_range, scale: int = 4, columns
     Image.fromarray(img[..., 0] if c == 1 else img, mode).save(path)
 
 
+def grid_columns(n: int) -> int:
+    """Columns of :func:`save_grid`'s default layout for ``n`` images."""
+    return int(math.ceil(math.sqrt(n)))
+
+
+def sample_labels(label: int | str, n: int, num_classes: int) -> np.ndarray:
+    """The requested class of each of ``n`` samples: ``label`` for all, or ``"all"``: grid row ``r``
+    (of :func:`grid_columns` columns) gets class ``r mod num_classes``."""
+    if isinstance(label, str) and label == "all":
+        return ((np.arange(n) // grid_columns(n)) % num_classes).astype(np.int32)
+    try:
+        value = int(label)
+    except (TypeError, ValueError):
+        raise ValueError(f"--label must be an integer in 0..{num_classes - 1} or 'all', got {label!r}") from None
+    if str(value) != str(label).strip() or not 0 <= value < num_classes:
+        raise ValueError(f"--label must be an integer in 0..{num_classes - 1} or 'all', got {label!r}")
+    return np.full(n, value, np.int32)
+
+
+def save_samples(path: str, x: np.ndarray, nfe: np.ndarray, result: np.ndarray, data_range, **extra) -> None:
+    """Write ``x`` (n, *shape) in the model's data range, ``nfe``, ``result``, ``data_range`` (and
+    ``extra`` arrays, e.g. ``label``) to one ``.npz`` file, atomically."""
+    import io
+
+    from ..checkpoints.io import atomic_write
+
+    buf = io.BytesIO()
+    np.savez(buf, x=x, nfe=nfe, result=result, data_range=np.asarray(data_range, np.float32), **extra)
+    atomic_write(path, buf.getvalue())
+
+
 def run_sample(model: str = "digits", solver: str = "ggf", n: int = 64, seed: int = 0, out: str | None = "grid.png",
-               batch_size: int = 256, metrics: bool = True, progress: bool = True, **solver_options) -> dict:
+               batch_size: int = 256, metrics: bool = True, progress: bool = True, label: int | str | None = None,
+               guidance_weight: float | None = None, samples: str | None = None, **solver_options) -> dict:
     """Sample ``n`` images in batches of ``batch_size`` (sample ``i`` uses ``fold_in(key, i)``,
-    whatever the batching), write a grid, return NFE/time/quality figures."""
+    whatever the batching), write a grid, return NFE/time/quality figures.
+
+    A class-conditional model (``digits-cond``) samples the classes ``label`` asks for (see
+    :func:`sample_labels`; default ``"all"``), with classifier-free guidance of weight
+    ``guidance_weight`` (default 0: the conditional score). ``samples``: also write the samples to
+    this ``.npz`` (:func:`save_samples`)."""
     if model not in NAMES:
         raise ValueError(f"unknown model {model!r}; available: {', '.join(NAMES)}")
     if not isinstance(n, int) or n <= 0:
@@ -62,27 +99,48 @@ def run_sample(model: str = "digits", solver: str = "ggf", n: int = 64, seed: in
     if batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {batch_size}")
     the_solver = make_solver(solver, **solver_options)
-    if out:
-        check_output_path(out)
+    for path in (out, samples):
+        if path:
+            check_output_path(path)
+    if samples and not samples.endswith(".npz"):
+        raise ValueError(f"--samples must name a .npz file, got {samples!r}")
+    if guidance_weight is not None:
+        guidance.check_weight(guidance_weight, "--guidance")
     multilevel = isinstance(the_solver, MultilevelEM)
     if multilevel and model not in ("digits", "digits-large"):
         raise ValueError(f"--solver {solver} samples the largest VP digits model through its smaller levels; "
                          f"use --model digits (got {model!r})")
     ckpt = pretrained(model)
+    conditional = getattr(ckpt, "num_classes", None) is not None
+    if not conditional and label is not None:
+        raise ValueError(f"--label needs a class-conditional model (e.g. --model digits-cond); {model!r} is "
+                         f"unconditional")
+    if not conditional and guidance_weight is not None:
+        raise ValueError(f"--guidance (classifier-free) needs a model trained with a null class (e.g. --model "
+                         f"digits-cond); {model!r} is unconditional")
     levels = [pretrained(name) for name in DIGITS_LEVELS] if multilevel else [ckpt]
     all_params = [c.params for c in levels]
     key = jax.random.PRNGKey(seed)
     batch = min(batch_size, n)
+    labels = sample_labels("all" if label is None else label, n, ckpt.num_classes) if conditional else None
+    padded = None if labels is None else np.concatenate([labels, np.zeros(batch, np.int32)])
+    weight = 0.0 if guidance_weight is None else float(guidance_weight)
 
     @jax.jit
-    def chunk(params, offset):
+    def chunk(params, offset, cond):
         if multilevel:
             score = MultilevelScore([c.score_fn(p) for c, p in zip(levels, params, strict=True)])
             return sample_multilevel(key, ckpt.sde, score, the_solver, ckpt.shape, batch, offset=offset)
-        return driver.sample(key, ckpt.sde, ckpt.score_fn(params[-1]), the_solver, ckpt.shape, batch, offset=offset)
+        score = ckpt.score_fn(params[-1])
+        if cond is not None and weight != 0.0:
+            score = guidance.classifier_free(score, ckpt.null_cond, weight)
+        return driver.sample(key, ckpt.sde, score, the_solver, ckpt.shape, batch, offset=offset, cond=cond)
+
+    def cond_at(start):
+        return None if padded is None else jnp.asarray(padded[start:start + batch])
 
     t0 = time.perf_counter()
-    compiled = chunk.lower(all_params, jnp.int32(0)).compile()
+    compiled = chunk.lower(all_params, jnp.int32(0), cond_at(0)).compile()
     compile_s = time.perf_counter() - t0
     xs, nfes, results, iters = [], [], [], []
     starts = list(range(0, n, batch))
@@ -93,7 +151,7 @@ def run_sample(model: str = "digits", solver: str = "ggf", n: int = 64, seed: in
         bar = tqdm(total=n, unit="sample", desc=f"{model} {solver}")
     t0 = time.perf_counter()
     for start in starts:
-        sol = jax.block_until_ready(compiled(all_params, jnp.int32(start)))
+        sol = jax.block_until_ready(compiled(all_params, jnp.int32(start), cond_at(start)))
         take = min(batch, n - start)
         xs.append(np.asarray(sol.x[:take]))
         nfes.append(np.asarray(sol.stats.nfe[:take]))
@@ -109,12 +167,21 @@ def run_sample(model: str = "digits", solver: str = "ggf", n: int = 64, seed: in
     report = dict(model=model, solver=solver, solver_repr=repr(the_solver), n=n, seed=seed,
                   mean_nfe=float(nfe.mean()), max_nfe=int(nfe.max()), min_nfe=int(nfe.min()),
                   loop_iterations=iters, wall_s=wall, compile_s=compile_s, failed=int(np.sum(result != 0)))
+    if conditional:
+        report.update(label="all" if label is None else label, guidance=weight)
     if metrics:
         from ..testing.metrics.digits import DigitsMetrics
 
-        report.update(DigitsMetrics().report(x, ckpt.data_range))
+        digits_metrics = DigitsMetrics()
+        report.update(digits_metrics.report(x, ckpt.data_range))
+        if conditional:
+            predicted = np.argmax(digits_metrics.probabilities(x, ckpt.data_range), axis=-1)
+            report["label_accuracy"] = float(np.mean(predicted == labels))
     if out:
-        save_grid(x, out, ckpt.data_range)
+        save_grid(x, out, ckpt.data_range, columns=grid_columns(n))
+    if samples:
+        extra = {} if labels is None else {"label": labels}
+        save_samples(samples, x, nfe, result, ckpt.data_range, **extra)
     report["x"] = x
     return report
 
@@ -123,6 +190,10 @@ def print_report(r: dict, out: str | None) -> None:
     print(f"{r['model']} / {r['solver_repr']}: n={r['n']} seed={r['seed']}")
     print(f"NFE per sample: mean {r['mean_nfe']:.1f}, min {r['min_nfe']}, max {r['max_nfe']}; "
           f"wall {r['wall_s']:.2f} s (+{r['compile_s']:.1f} s compile); failed {r['failed']}")
+    if "label" in r:
+        print(f"classes: {r['label']}, classifier-free guidance weight {r['guidance']}"
+              + (f"; {100 * r['label_accuracy']:.1f}% classified as the requested class" if "label_accuracy" in r
+                 else ""))
     if "fd" in r:
         print(f"FD-digits {r['fd']:.2f} (real-vs-real floor {r['fd_floor']:.2f} at n={r['n_floor']}), "
               f"KID {r['kid']:.3f} (floor {r['kid_floor']:.3f}), class TV {r['class_tv']:.3f}, "
