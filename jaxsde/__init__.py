@@ -29,6 +29,8 @@ from .sde import SDE, VESDE, VPSDE, DiscreteVPSDE, ScoreFn, SubVPSDE
 from .solution import BatchSummary, Solution, Stats
 from .solvers import (
     DDIM,
+    DEIS,
+    IPNDM,
     LMS,
     AdaptiveDPMSolver,
     AdaptiveMultistepSolver,
@@ -46,6 +48,7 @@ from .solvers import (
     ReverseDiffusion,
     SASolver,
     Solver,
+    UniPC,
 )
 
 # Imported on first use (PEP 562): the checkpoint loaders, the Flax models, the sparse engine and
@@ -112,6 +115,9 @@ __all__ = [
     "DDIM",
     "DPMSolverPP",
     "SASolver",
+    "UniPC",
+    "DEIS",
+    "IPNDM",
     "DPMSolverPPSDE",
     "EulerAncestral",
     "LMS",

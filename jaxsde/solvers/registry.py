@@ -8,6 +8,7 @@ from collections.abc import Callable
 from .adaptive_multistep import AdaptiveMultistepSolver
 from .base import Solver
 from .ddim import DDIM
+from .deis import DEIS
 from .dpm_adaptive import AdaptiveDPMSolver
 from .dpm_solver import DPMSolverPP
 from .dpm_solver_sde import DPMSolverPPSDE
@@ -16,11 +17,13 @@ from .euler_ancestral import EulerAncestral
 from .euler_maruyama import EulerMaruyama
 from .forward_value import ForwardValue
 from .gotta_go_fast import GottaGoFast
+from .ipndm import IPNDM
 from .lms import LMS
 from .multilevel import MultilevelEM
 from .predictor_corrector import PredictorCorrector, ReverseDiffusion
 from .probability_flow import ProbabilityFlow
 from .sa_solver import SASolver
+from .unipc import UniPC
 
 # name -> (constructor from options, one-line description)
 _REGISTRY: dict[str, tuple[Callable[..., Solver], str]] = {
@@ -39,6 +42,9 @@ _REGISTRY: dict[str, tuple[Callable[..., Solver], str]] = {
     "ddim": (lambda steps=50: DDIM(steps), "DDIM, eta=0 (--steps)"),
     "dpmpp": (lambda steps=20: DPMSolverPP(steps, order=2), "DPM-Solver++ 2M (--steps)"),
     "sa": (lambda steps=20: SASolver(steps), "SA-Solver 3/4 (--steps)"),
+    "unipc": (lambda steps=20: UniPC(steps, order=2), "UniPC-2 bh2, predictor-corrector (--steps)"),
+    "deis": (lambda steps=20: DEIS(steps, order=3), "DEIS tAB-3 (log-rho) (--steps)"),
+    "ipndm": (lambda steps=20: IPNDM(steps, order=4), "iPNDM order 4 on the EDM grid (--steps)"),
     "dpmpp-sde": (lambda steps=20, eta=1.0: DPMSolverPPSDE(steps, order=2, eta=eta),
                   "DPM-Solver++ 2M SDE (--steps, --eta)"),
     "euler-ancestral": (lambda steps=50, eta=1.0: EulerAncestral(steps, eta=eta), "Euler ancestral (--steps, --eta)"),
