@@ -515,7 +515,7 @@ def main(argv=None) -> None:
                 if section == "hsc64":
                     net = hsc_net(args.eqx)
                     main_b, others = cfg["hsc64_main"], [b for b in cfg["hsc64_batches"] if b != cfg["hsc64_main"]]
-                    items = [(s, dt, main_b) for dt in (f32, b16) for s in names]
+                    items = [(s, dt, main_b) for s in names for dt in (f32, b16)]
                     items += [(s, dt, b) for b in others for dt in (f32, b16) for s in (names[1], names[2])]
                     if args.smoke:  # the code paths, few compilations
                         items = [(names[1], f32, main_b), (names[2], b16, others[0])]
@@ -523,7 +523,7 @@ def main(argv=None) -> None:
                 elif section == "ddpmpp":
                     net = ddpmpp_net(args.smoke)
                     main_b, others = cfg["ddpmpp_main"], [b for b in cfg["ddpmpp_batches"] if b != cfg["ddpmpp_main"]]
-                    items = [(s, dt, main_b) for dt in (f32, b16) for s in names]
+                    items = [(s, dt, main_b) for s in names for dt in (f32, b16)]
                     items += [(names[1], dt, b) for b in others for dt in (b16, f32)]
                     if args.smoke:
                         items = [(names[0], f32, main_b), (names[2], f32, main_b), (names[0], b16, main_b),
