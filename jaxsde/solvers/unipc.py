@@ -15,6 +15,7 @@ from .exponential import (
     combine,
     data_prediction,
     exp_remainders,
+    interpolation_weights,
     push,
     select_weights,
     warmup_order,
@@ -35,12 +36,14 @@ def unipc_weights(q: int, h, rks: list, variant: str, corrector: bool) -> list:
     ``b_k = k! hh phi_{k+1}(hh) / B(h)`` (``phi_{k+1}(hh) hh^{k+1} = R_{k+1}(h)`` of
     :func:`~jaxsde.solvers.exponential.exp_remainders`: no cancellation), the update is
     ``(sigma_t/sigma_s) x_s - alpha_t (e^{hh} - 1) m_s - alpha_t B(h) sum_k rho_k D_k`` with
-    ``D_k = (m_{s_k} - m_s) / r_k``
-    (and ``D = m_t - m_s`` with ``r = 1`` for the corrector's last term), where ``rho`` solves the
-    Vandermonde system ``sum_k r_k^{n} rho_k = b_{n+1}``, ``n = 0 ..`` (UniPC's Eq. (8)/(9), the
-    B(h) forms of its Appendix; diffusers' ``UniPCMultistepScheduler.multistep_uni_p_bh_update`` and
-    ``multistep_uni_c_bh_update``). As there, the order-2 predictor takes ``rho = 1/2`` and the
-    order-1 corrector ``rho = 1/2`` instead of solving.
+    ``D_k = (m_{s_k} - m_s) / r_k`` (and ``D = m_t - m_s`` with ``r = 1`` for the corrector's last
+    term), where ``rho`` solves the Vandermonde system ``sum_k r_k^n rho_k = b_{n+1}``, ``n = 0 ..``
+    (UniPC's Eqs. (8)/(9) in their B(h) forms; diffusers' ``UniPCMultistepScheduler``
+    ``multistep_uni_p_bh_update`` / ``multistep_uni_c_bh_update``). Solved in closed form:
+    ``rho_k = sum_n c_{k,n} b_{n+1}`` with ``c_{k,n}`` the monomial coefficients of node ``k``'s
+    Lagrange basis polynomial (:func:`~jaxsde.solvers.exponential.interpolation_weights` with the
+    ``b`` as moments). As diffusers does, the order-2 predictor and the order-1 corrector take
+    ``rho = 1/2`` instead of solving.
     """
     rem = exp_remainders(q + 1, h)
     h_phi_1 = rem[0]  # e^{-h} - 1
@@ -52,10 +55,8 @@ def unipc_weights(q: int, h, rks: list, variant: str, corrector: bool) -> list:
         rho = []
     elif (corrector and q == 1) or (not corrector and q == 2):
         rho = [jnp.full_like(h, 0.5)]
-    else:
-        mat = jnp.stack([jnp.stack([r**k for r in nodes], axis=-1) for k in range(n)], axis=-2)
-        sol = jnp.linalg.solve(mat, jnp.stack(b[:n], axis=-1)[..., None])[..., 0]
-        rho = [sol[..., k] for k in range(n)]
+    else:  # the Vandermonde system is the interpolation-weight problem with "moments" b
+        rho = interpolation_weights(b[:n], nodes)
     # -B(h) sum_k rho_k (m_k - m_s)/r_k  as weights on the m's
     past = [-b_h * rho[k] / rks[k] for k in range(len(rks))]
     w_s = -h_phi_1 - sum(past, jnp.zeros_like(h))
@@ -80,10 +81,12 @@ class UniPC(MultistepSolver):
          state with UniC of the order the predictor of step ``i-1`` used, reusing ``x0_i``;
       3. predictor UniP-``q`` from the corrected state, ``q`` = :meth:`effective_order`.
     ``x0_i`` stays in the history as evaluated at the uncorrected point (no second evaluation),
-    as in the paper and diffusers. The last step is not corrected (no evaluation follows it); the
-    driver's final Tweedie step evaluates at the uncorrected last state, which is what diffusers'
-    ``final_sigmas_type="zero"`` returns too (its last, first-order step to ``sigma = 0`` multiplies
-    the corrected state by 0).
+    as in the paper and diffusers. The correction is added as an increment, ``x_i + (x_i^c -
+    x_i^pred)``: the corrected state when nothing outside the solver changed ``x_i``, and a
+    re-imposition of known pixels (:class:`jaxsde.editing.Inpainting`) is kept otherwise. The last
+    step is not corrected (no evaluation follows it); the driver's final Tweedie step evaluates at
+    the uncorrected last state, which is what diffusers' ``final_sigmas_type="zero"`` returns too
+    (its last, first-order step to ``sigma = 0`` multiplies the corrected state by 0).
 
     Orders: predictor ``min(order, i + 1)`` (warm-up); with ``lower_order_final`` and fewer than 15
     steps (``"always"``: any number, diffusers' UniPC) also ``<= num_steps - i`` (+1 with
@@ -153,7 +156,8 @@ class UniPC(MultistepSolver):
         return warmup_order(self.order, i, total, self.lower_order_final, LOWER_ORDER_FINAL_BELOW)
 
     def init_history(self, sde, x, grid, lam):
-        return jnp.zeros((self.history_size, *x.shape), x.dtype), x  # extra: the last corrected state
+        # extra: (the last corrected state, the prediction made from it)
+        return jnp.zeros((self.history_size, *x.shape), x.dtype), (x, x)
 
     def _weights(self, state, start: int, order, corrector: bool) -> tuple[list, Any]:
         """Weights of the step from grid offset ``start`` to ``start + 1`` at the traced ``order``."""
@@ -168,13 +172,15 @@ class UniPC(MultistepSolver):
         t, t_next = state.grid[i], state.grid[i + 1]
         hist = push(state.hist, data_prediction(sde, score, x, t))
         if self.corrector:  # UniC: redo step i-1 -> i from the last corrected state with x0_i
+            last_corrected, last_predicted = state.extra
             t_prev = state.grid[jnp.maximum(i - 1, 0)]
             w = self._weights(state, -1, self.effective_order(i - 1), corrector=True)
             _, sigma_p = sde.marginal(t_prev)
             alpha, sigma = sde.marginal(t)
-            corrected = sigma / sigma_p * state.extra + alpha * combine(w, hist)
-            x = jnp.where(i > 0, corrected, x)
+            corrected = sigma / sigma_p * last_corrected + alpha * combine(w, hist)
+            x = jnp.where(i > 0, x + (corrected - last_predicted), x)
         w = self._weights(state, 0, self.effective_order(i), corrector=False)
         _, sigma = sde.marginal(t)
         alpha_n, sigma_n = sde.marginal(t_next)
-        return sigma_n / sigma * x + alpha_n * combine(w, hist), hist, x, 1
+        x_next = sigma_n / sigma * x + alpha_n * combine(w, hist)
+        return x_next, hist, (x, x_next), 1
