@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from .base import solver_class
@@ -24,7 +25,7 @@ from .exponential import (
 VARIANTS = ("bh1", "bh2")
 
 
-def unipc_weights(q: int, h, rks: list, variant: str, corrector: bool) -> list:
+def unipc_weights(q: int, h: jax.Array, rks: list, variant: str, corrector: bool) -> list:
     """Weights ``w`` of a UniP-``q`` / UniC-``q`` step ``x_t = (sigma_t/sigma_s) x_s + alpha_t sum_j w_j m_j``.
 
     ``h = lam_t - lam_s > 0`` (half log-SNR), ``rks[k] = (lam_{s_{k+1}} - lam_s) / h < 0`` for the
@@ -159,7 +160,7 @@ class UniPC(MultistepSolver):
         # extra: (the last corrected state, the prediction made from it)
         return jnp.zeros((self.history_size, *x.shape), x.dtype), (x, x)
 
-    def _weights(self, state, start: int, order, corrector: bool) -> tuple[list, Any]:
+    def _weights(self, state, start: int, order, corrector: bool) -> list:
         """Weights of the step from grid offset ``start`` to ``start + 1`` at the traced ``order``."""
         lam_s = self.node(state, start)
         h = self.node(state, start + 1) - lam_s
