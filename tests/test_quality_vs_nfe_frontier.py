@@ -1,0 +1,60 @@
+"""benchmarks/quality_vs_nfe.py --frontier --quick: every fixed-budget sampler of jaxsde and k-diffusion at its
+NFE budget on the low-rank mixture, with finite quality and consistent results files."""
+
+import importlib.util
+import json
+import math
+import os
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+pytest.importorskip("torch")
+pytest.importorskip("torchsde")  # k-diffusion's SDE samplers draw Brownian-tree noise
+if importlib.util.find_spec("k_diffusion") is None:
+    pytest.skip("k-diffusion is not installed: pip install --no-deps k-diffusion==0.1.1.post1", allow_module_level=True)
+
+JAXSDE = {"ddim", "dpmpp", "dpmpp-3m", "sa", "unipc", "deis", "ipndm", "dpmpp-sde", "euler-ancestral", "lms", "fv",
+          "edm", "em", "rd", "pc"}
+K_DIFFUSION = {"euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2m", "dpmpp_2m_sde",
+               "dpmpp_3m_sde", "dpmpp_sde", "dpmpp_2s_ancestral", "dpm_fast"}
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("quality_vs_nfe", os.path.join(ROOT, "benchmarks",
+                                                                                 "quality_vs_nfe.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+def test_frontier_quick_run(tmp_path):
+    bench = load_script()
+    bench.main(["--frontier", "--quick", "--cache", "", "--out", str(tmp_path)])
+    for ext in ("md", "json", "png"):
+        assert (tmp_path / f"frontier_lowrank_quick.{ext}").stat().st_size > 0
+    res = json.loads((tmp_path / "frontier_lowrank_quick.json").read_text())
+    assert res["budgets"] == [5] and res["n"] == 64 and res["sde"] == "VPSDE"
+    assert "--frontier --quick" in res["command"]
+    rows = res["rows"]
+    names = {r["sampler"] for r in rows if r["lib"] == "jaxsde"}
+    kd = {r["sampler"].removeprefix("k-diffusion ") for r in rows if r["lib"] == "k-diffusion"}
+    assert JAXSDE <= names, JAXSDE - names
+    assert K_DIFFUSION <= kd, K_DIFFUSION - kd
+    assert len(rows) == len(names) + len(kd)  # one row per sampler at the one budget
+    for r in rows:
+        # budget 5 is odd: the 2-NFE-per-step samplers hit it exactly too (2 steps + Tweedie / 3 Karras steps)
+        assert r["budget"] == 5 and r["mean_nfe"] == 5 and r["max_nfe"] == 5, r
+        assert r["failed"] == 0, r
+        assert math.isfinite(r["quality"]) and math.isfinite(r["sd"]) and r["sd"] >= 0, r
+    floor = res["floor"][0]
+    assert math.isfinite(floor) and floor > 0
+    # the metric separates samplers at 5 NFE: Euler-Maruyama is far from the best and from the floor
+    q = {r["sampler"]: r["quality"] for r in rows}
+    assert q["em"] > 2 * min(q.values()) and q["em"] > 2 * floor, q
+    best = res["best"]["5"]
+    assert best["jaxsde"]["quality"] == min(r["quality"] for r in rows if r["lib"] == "jaxsde")
+    assert best["k_diffusion"]["quality"] == min(r["quality"] for r in rows if r["lib"] == "k-diffusion")
+    assert best["verdict"] in ("jaxsde better", "k-diffusion better", "tie (within 2 sd)")
+    assert "## Best per budget" in (tmp_path / "frontier_lowrank_quick.md").read_text()
