@@ -1,13 +1,11 @@
-"""DEIS: agreement with diffusers' ``DEISMultistepScheduler``, order 1 = DDIM, measured orders on
-exact Gaussian laws (float64), NFE, bad input.
+"""DEIS: agreement with diffusers' ``DEISMultistepScheduler``, measured orders on exact Gaussian
+laws (float64), NFE, bad input.
 
 The diffusers comparison reuses the setting of ``tests/test_diffusers_agreement.py`` (its linear
 DDPM table, the exact mixture noise prediction, the same float64 inputs), with diffusers'
 coefficients computed in float64 (see :func:`test_deis_matches_diffusers`).
 """
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from exact_orders import slope, w2_errors
@@ -15,7 +13,6 @@ from test_diffusers_agreement import N_TRAIN, draws, jax_solve, torch_model
 
 import jaxsde
 from jaxsde.solvers.exponential import diffusers_grid
-from jaxsde.testing import exact
 
 torch = pytest.importorskip("torch")
 schedulers = pytest.importorskip("diffusers.schedulers")
@@ -23,15 +20,15 @@ schedulers = pytest.importorskip("diffusers.schedulers")
 REL_TOL = 1e-5  # the claim: relative to the output's scale (max |x|), float64 on our side
 
 
-@pytest.mark.parametrize("order,k_steps", [(2, 10), (3, 12), (3, 20)])
+@pytest.mark.parametrize("order,k_steps", [(2, 10), (3, 20)])
 def test_deis_matches_diffusers(order, k_steps, x64):
     """``DEISMultistepScheduler(solver_order, algorithm_type="deis", solver_type="logrho",
     lower_order_final=True, timestep_spacing="linspace")``, K timesteps, last step to the first table
     entry: ``DEIS(K, order, grid=diffusers_grid(timesteps, N))``, ``denoise=False``; same lower-order
     rule (K < 15: order 1 last, <= 2 before). K NFE on both sides. diffusers runs with its ``sigmas``
     cast to float64 after ``set_timesteps`` (the same float32 table values): measured max relative
-    error 1.2e-8 .. 1.5e-7. With its float32 internals the differences of its third-order ``ind_fn``
-    antiderivatives cancel: 2.2e-5 at K = 20 (1.8e-6 at K = 12)."""
+    error 1.6e-8 (K = 10), 1.5e-7 (K = 20). With its float32 internals the differences of its
+    third-order ``ind_fn`` antiderivatives cancel: 2.2e-5 at K = 20."""
     sched = schedulers.DEISMultistepScheduler(
         num_train_timesteps=N_TRAIN, beta_schedule="linear", solver_order=order, prediction_type="epsilon",
         thresholding=False, algorithm_type="deis", solver_type="logrho", lower_order_final=True,
@@ -52,26 +49,15 @@ def test_deis_matches_diffusers(order, k_steps, x64):
     assert err < REL_TOL
 
 
-def test_deis_order1_is_ddim(x64):
-    """Order 1 (the exponential Euler step in noise prediction) is DDIM with eta = 0."""
-    sde = jaxsde.VPSDE()
-    score = exact.gaussian_score(sde, 0.4, 0.2)
-    x_T = jax.random.normal(jax.random.PRNGKey(5), (4,), jnp.float64)
-    got, ref = (np.asarray(jaxsde.solve(jax.random.PRNGKey(0), sde, score, s, x_T).x)
-                for s in (jaxsde.DEIS(12, order=1, grid="edm"), jaxsde.DDIM(12, grid="edm")))
-    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)
-
-
 # --- orders on exact Gaussian laws (float64, exact p_T start) ------------------------------------
 VP, SUBVP, VE, DISC = jaxsde.VPSDE(), jaxsde.SubVPSDE(), jaxsde.VESDE(), jaxsde.DiscreteVPSDE.linear()
 MU, S = 0.3, 0.2
 ORDER_CASES = {
     # name: (sde, target, factory, ns, theoretical order)
-    "deis-3-VP-edm": (VP, (MU, S), lambda n: jaxsde.DEIS(n, 3, grid="edm"), [64, 256], 3),  # 2.87
     "deis-3-DDPM-edm": (DISC, (MU, S), lambda n: jaxsde.DEIS(n, 3, grid="edm"), [128, 512], 3),  # 2.94
     "deis-2-VE-edm": (VE, (0.5, 0.1), lambda n: jaxsde.DEIS(n, 2, grid="edm"), [32, 128], 2),  # 2.02
     "deis-2-subVP-logsnr": (SUBVP, (MU, S), lambda n: jaxsde.DEIS(n, 2), [64, 256], 2),  # 1.97
-    "deis-1-subVP-uniform": (SUBVP, (MU, S), lambda n: jaxsde.DEIS(n, 1, grid="uniform"), [64, 256], 1),  # 0.99
+    "deis-1-VP-uniform": (VP, (MU, S), lambda n: jaxsde.DEIS(n, 1, grid="uniform"), [64, 256], 1),  # 0.97
 }
 
 
