@@ -82,8 +82,7 @@ def timestep_embedding(timesteps, dim: int, flip_sin_to_cos: bool, freq_shift: f
 
 def _group_norm(groups: int, eps: float, name: str, x) -> jax.Array:
     # Two-pass variance, as torch (Flax's fast variance E[x^2] - E[x]^2 loses digits). A 16-bit x gives
-    # a 16-bit output (Flax's default would promote to its float32 param_dtype), so a bfloat16 network
-    # (parameters and input cast) computes in bfloat16; float32 is unchanged.
+    # a 16-bit output even with float32 parameters; float32 is unchanged.
     low = x.dtype if jnp.finfo(x.dtype).bits < 32 else None
     return nn.GroupNorm(num_groups=groups, epsilon=eps, use_fast_variance=False, dtype=low, name=name)(x)
 

@@ -49,11 +49,8 @@ def skip_rescale(a):
 
 
 def group_norm(x):
-    """``nn.GroupNorm`` with score_sde's ``min(C // 4, 32)`` groups. A 16-bit ``x`` gives a 16-bit output
-    (statistics in float32), so a network with 16-bit parameters and input stays in 16 bits; Flax's
-    default would return float32 (its float32 ``param_dtype`` promotes)."""
-    low = x.dtype if jnp.finfo(x.dtype).bits < 32 else None
-    return nn.GroupNorm(num_groups=min(x.shape[-1] // 4, 32), dtype=low)(x)
+    """``nn.GroupNorm`` with score_sde's ``min(C // 4, 32)`` groups."""
+    return nn.GroupNorm(num_groups=min(x.shape[-1] // 4, 32))(x)
 
 
 def timestep_embedding(timesteps, dim: int, max_positions: int = 10000):
