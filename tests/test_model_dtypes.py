@@ -1,6 +1,6 @@
 """A bfloat16 network (parameters and input cast) computes in bfloat16: every convolution and matmul of
-NCSN++ / DDPM++ and of the diffusers UNet2D takes bfloat16 operands (Flax's GroupNorm and NumPy scalars
-used to promote them to float32), and its output stays close to the float32 network's."""
+NCSN++ / DDPM++ and of the diffusers UNet2D takes bfloat16 operands (NCSN++'s NumPy ``sqrt(2)`` and float32
+time embedding used to promote them to float32), and its output stays close to the float32 network's."""
 
 import jax
 import jax.numpy as jnp
