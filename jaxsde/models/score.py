@@ -55,6 +55,18 @@ class ScoreConvention(NamedTuple):
 
         return score
 
+    def cond_score(self, apply: Callable, params) -> Callable:
+        """The one-sample ``score(x, t, cond)`` of a conditional network
+        ``apply(params, x_in, label, cond)`` (``cond`` a scalar, batched as ``cond[None]``)."""
+
+        def score(x, t, cond):
+            t = jnp.asarray(t, x.dtype)
+            x_in, label = self.net_input(x, t)
+            cond = jnp.reshape(jnp.asarray(cond), (1,))
+            return self.to_score(apply(params, x_in[None], jnp.reshape(label, (1,)), cond)[0], x, t)
+
+        return score
+
 
 def preconditioned_convention(sde: SDE, parameterization: str = "eps", sigma_data: float = 0.5) -> ScoreConvention:
     """The convention of :func:`score_fn` (the embedded models): input ``c_in(t) x`` and ``t``,
