@@ -44,21 +44,22 @@ def _shapes(tree):
 def test_conditional_unet_shapes_labels_and_null_class():
     net = DigitsUNet(channels=(8, 16), num_classes=10)
     x, t = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 1)), jnp.full((4,), 0.5)
-    params = _randomized(net.init(jax.random.PRNGKey(0), x, t, jnp.zeros((4,), jnp.int32)))
+    params = _randomized(jax.jit(net.init)(jax.random.PRNGKey(0), x, t, jnp.zeros((4,), jnp.int32)))
     assert params["params"]["label_embed"]["embedding"].shape == (11, 64)
-    out = {c: net.apply(params, x, t, jnp.full((4,), c, jnp.int32)) for c in (3, 5, 10)}
+    apply = jax.jit(net.apply)  # one compilation for every label below
+    out = {c: apply(params, x, t, jnp.full((4,), c, jnp.int32)) for c in (3, 5, 10)}
     assert all(o.shape == x.shape and bool(jnp.all(jnp.isfinite(o))) for o in out.values())
     assert float(jnp.max(jnp.abs(out[3] - out[5]))) > 1e-3  # the label changes the output
     assert float(jnp.max(jnp.abs(out[3] - out[10]))) > 1e-3  # the null class is a class of its own
     # out-of-range labels that cannot be checked (traced) give NaN, negative ones included
-    bad = jax.jit(net.apply)(params, x, t, jnp.array([-1, 11, 2, 10], jnp.int32))
+    bad = apply(params, x, t, jnp.array([-1, 11, 2, 10], jnp.int32))
     assert np.isnan(np.asarray(bad[:2])).all() and np.isfinite(np.asarray(bad[2:])).all()
     with pytest.raises(ValueError, match="class-conditional"):
-        net.apply(params, x, t)
+        jax.eval_shape(net.apply, params, x, t)
     with pytest.raises(TypeError, match="integer"):
-        net.apply(params, x, t, jnp.zeros((4,)))
+        jax.eval_shape(net.apply, params, x, t, jnp.zeros((4,)))
     with pytest.raises(ValueError, match="unconditional"):
-        DigitsUNet(channels=(8, 16)).init(jax.random.PRNGKey(0), x, t, jnp.zeros((4,), jnp.int32))
+        jax.eval_shape(DigitsUNet(channels=(8, 16)).init, jax.random.PRNGKey(0), x, t, jnp.zeros((4,), jnp.int32))
 
 
 def test_unconditional_parameter_tree_is_unchanged():
@@ -120,12 +121,12 @@ def test_conditional_training_export_and_load(tmp_path, capsys):
     export_weights(out, path)
     ckpt = pt.load_weights_file(path)
     assert ckpt.num_classes == 10 and int(ckpt.null_cond) == 10 and ckpt.null_cond.dtype == jnp.int32
-    s = ckpt.score(X, 0.5, jnp.int32(3))
+    s = jax.jit(ckpt.score)(X, 0.5, jnp.int32(3))
     assert s.shape == X.shape and s.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(s)))
-    traced = jax.jit(lambda p, c: ckpt.score_fn(p)(X, 0.5, c))
+    traced = jax.jit(lambda p, c: ckpt.score_fn(p)(X, 0.5, c))  # traced params and label
     np.testing.assert_allclose(traced(ckpt.params, jnp.int32(3)), s, rtol=1e-5, atol=1e-5)
     assert bool(jnp.all(jnp.isfinite(traced(ckpt.params, ckpt.null_cond))))
-    np.testing.assert_allclose(ckpt.convention.cond_score(ckpt.model.apply, ckpt.params)(X, 0.5, 3), s,
+    np.testing.assert_allclose(jax.jit(ckpt.convention.cond_score(ckpt.model.apply, ckpt.params))(X, 0.5, 3), s,
                                rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="outside 0..10"):
         ckpt.score(X, 0.5, 11)
