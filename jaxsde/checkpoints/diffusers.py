@@ -26,6 +26,18 @@ file itself with ``config=`` (a dict or a path; default: ``config.json`` beside 
   between) and its output is read per the scheduler's ``prediction_type``: ``epsilon`` ->
   ``-eps / sigma``, ``sample`` (x0) and ``v_prediction`` via :func:`jaxsde.models.score.output_to_score`.
   ``ckpt.score(x, t)`` takes ONE sample, NHWC, no batch axis; data range (-1, 1).
+* Class-conditional ``UNet2DModel`` (``num_class_embeds = K`` with ``class_embed_type`` null: an
+  ``nn.Embedding`` ``class_embedding.weight`` (K, time_embed_dim), read as is; or
+  ``class_embed_type="timestep"``: ``class_embedding.linear_1`` / ``linear_2``): ``ckpt.score(x, t, cond)``
+  with ``cond`` an int32 scalar class label in ``0..num_classes - 1`` for that ONE sample, passed to the
+  network as diffusers' ``class_labels``; ``ckpt.num_classes = K`` (for ``"timestep"``: the config's
+  ``num_class_embeds``, which diffusers itself ignores there, or ``num_classes=``). diffusers has no
+  null-class convention, so ``ckpt.null_cond`` is None (classifier-free guidance refuses it) unless
+  ``null_class=`` names the label the model was trained with as "no condition" (it stays one of the K
+  labels, ``num_classes`` counts it). A concrete label outside ``0..K - 1`` or a non-integer one raises
+  ``ValueError`` / ``TypeError``; a traced one (inside ``jit`` / ``vmap``, e.g. ``jaxsde.sample(...,
+  cond=labels)``) cannot raise and gives a NaN score instead. ``class_embed_type="identity"`` (the
+  condition is a precomputed embedding vector, not a class label) is refused.
 
 Format references: diffusers ``modeling_utils.py`` / ``scheduling_ddpm.py`` (Apache-2.0); the torch->Flax
 renaming rules follow diffusers v0.39's ``modeling_flax_pytorch_utils.py`` (re-implemented, not copied).
@@ -43,10 +55,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..models.ddpm_unet import UNet2D, sample_shape
+from ..models.ddpm_unet import UNet2D, example_class_labels, sample_shape
 from ..models.score import labelled_convention, output_to_score
 from ..sde import DiscreteVPSDE
 from .checkpoint import Checkpoint
+from .embedded import check_label
 from .errors import CheckpointError, check_tree, unflatten
 
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -170,7 +183,9 @@ def _subtree(tree: Mapping, path: tuple[str, ...]):
     return node if isinstance(node, Mapping) else None
 
 
-def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+def _torch_shape(flax_shape: tuple[int, ...], leaf: str = "kernel") -> tuple[int, ...]:
+    if leaf == "embedding":  # nn.Embedding weight: (num, dim) in both
+        return tuple(flax_shape)
     if len(flax_shape) == 4:  # HWIO -> OIHW
         return (flax_shape[3], flax_shape[2], flax_shape[0], flax_shape[1])
     if len(flax_shape) == 2:
@@ -203,6 +218,8 @@ def convert_state_dict(state_dict: Mapping[str, Any], expected: Mapping, path: s
             flax_leaf = "kernel"
         elif leaf == "weight" and "scale" in node:
             flax_leaf = "scale"
+        elif leaf == "weight" and "embedding" in node:
+            flax_leaf = "embedding"
         else:
             unexpected.append(key)
             continue
@@ -213,11 +230,13 @@ def convert_state_dict(state_dict: Mapping[str, Any], expected: Mapping, path: s
         origin[flax_path] = key
         arr = np.asarray(value)
         want = tuple(node[flax_leaf].shape)
-        if tuple(arr.shape) != _torch_shape(want):
-            problems.append(f"parameter {key} ({flax_path}): expected shape {_torch_shape(want)}, "
+        if tuple(arr.shape) != _torch_shape(want, flax_leaf):
+            problems.append(f"parameter {key} ({flax_path}): expected shape {_torch_shape(want, flax_leaf)}, "
                             f"found {tuple(arr.shape)}")
             continue
-        if arr.ndim == 4:
+        if flax_leaf == "embedding":
+            pass
+        elif arr.ndim == 4:
             arr = arr.transpose(2, 3, 1, 0)
         elif arr.ndim == 2:
             arr = arr.T
@@ -287,17 +306,21 @@ def sde_from_scheduler_config(config: Mapping[str, Any] | None) -> DiscreteVPSDE
 
 # --- the loader ------------------------------------------------------------------------------------
 def load(path: str, *, config=None, scheduler_config=None, sde=None, shape=None, name: str | None = None,
-         dtype=jnp.float32) -> Checkpoint:
+         dtype=jnp.float32, null_class: int | None = None, num_classes: int | None = None) -> Checkpoint:
     """Load a diffusers ``UNet2DModel`` folder or weights file (see the module docstring).
 
     Options: ``config`` / ``scheduler_config`` (dict or path) override the files beside the weights;
     ``sde`` replaces the scheduler-derived SDE; ``shape`` = (H, W, C) when the config has no
-    ``sample_size``; ``dtype`` of the parameters (float32).
+    ``sample_size``; ``dtype`` of the parameters (float32). Class-conditional models only:
+    ``null_class`` (int in ``0..num_classes - 1``): the label meaning "no condition", returned as
+    ``ckpt.null_cond`` (default None: no null condition); ``num_classes``: the number of labels of a
+    ``class_embed_type="timestep"`` model whose config has no ``num_class_embeds``.
     """
     weights, cfg, cfg_source, sched = _resolve(path, config, scheduler_config)
     try:
         model = UNet2D.from_config(cfg)
         shape = tuple(shape) if shape is not None else sample_shape(model)
+        num_classes, null_cond = _classes(model, num_classes, null_class)
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{cfg_source}: {e}") from e
     try:
@@ -310,7 +333,8 @@ def load(path: str, *, config=None, scheduler_config=None, sde=None, shape=None,
         raise CheckpointError(f"{weights}: scheduler config: {e}") from e
     parameterization = PREDICTION_TYPES[prediction]
 
-    expected = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, *shape)), jnp.zeros((1,)))
+    expected = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, *shape)), jnp.zeros((1,)),
+                              *example_class_labels(model))
     state_dict = read_state_dict(weights)
     params = convert_state_dict(state_dict, expected["params"], weights)
     params = {"params": jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params)}
@@ -319,20 +343,64 @@ def load(path: str, *, config=None, scheduler_config=None, sde=None, shape=None,
     # step, the driver's shape check) traces and lowers the same function once, instead of once each.
     apply = jax.jit(model.apply)
 
-    def score_fn(p):
-        def score(x, t):
-            t = jnp.asarray(t, x.dtype)
-            out = apply(p, x[None], sde.timestep(t)[None])[0]
-            return output_to_score(sde, out, x, t, parameterization)
+    if num_classes is None:
+        def score_fn(p):
+            def score(x, t):
+                t = jnp.asarray(t, x.dtype)
+                out = apply(p, x[None], sde.timestep(t)[None])[0]
+                return output_to_score(sde, out, x, t, parameterization)
 
-        return score
+            return score
+    else:
+        def score_fn(p):
+            def score(x, t, cond):
+                label = check_label(cond, num_classes)  # raises only for a concrete label
+                t = jnp.asarray(t, x.dtype)
+                out = apply(p, x[None], sde.timestep(t)[None], label[None])[0]
+                # a traced label outside 0..K-1 cannot raise: its score is NaN
+                out = jnp.where((label >= 0) & (label < num_classes), out, jnp.nan)
+                return output_to_score(sde, out, x, t, parameterization)
+
+            return score
 
     info = {"unet": cfg, "scheduler": sched, "parameterization": parameterization, "weights": weights}
     if name is None:
         name = os.path.basename(os.path.normpath(path if os.path.isdir(path) else os.path.dirname(weights)))
     return Checkpoint(model=model, params=params, sde=sde, score=score_fn(params), score_fn=score_fn,
                       shape=shape, data_range=(-1.0, 1.0), config=info, name=name,
-                      convention=labelled_convention(sde, sde.timestep, parameterization))
+                      convention=labelled_convention(sde, sde.timestep, parameterization),
+                      num_classes=num_classes, null_cond=null_cond)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+def _classes(model: UNet2D, num_classes: int | None, null_class: int | None) -> tuple[int | None, Any]:
+    """``(num_classes, null_cond)`` of the checkpoint; ValueError for options that do not fit the config."""
+    if not model.class_conditional:
+        if num_classes is not None or null_class is not None:
+            raise ValueError("null_class= and num_classes= are for class-conditional models; this UNet2DModel "
+                             "config has no class_embed_type / num_class_embeds")
+        return None, None
+    if model.class_embed_type == "identity":
+        raise ValueError("class_embed_type='identity' (the condition is a precomputed time_embed_dim vector, "
+                         "not a class label) is not supported by the loader; UNet2D itself runs it")
+    if num_classes is not None and not (_is_int(num_classes) and num_classes >= 1):
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    k = model.num_class_embeds
+    if k is not None and num_classes is not None and int(num_classes) != k:
+        raise ValueError(f"num_classes={num_classes} disagrees with the config's num_class_embeds={k}")
+    k = k if k is not None else num_classes
+    if k is None:
+        raise ValueError("class_embed_type='timestep' without num_class_embeds: pass num_classes= "
+                         "(the number of class labels)")
+    k = int(k)
+    if null_class is None:
+        return k, None
+    if not (_is_int(null_class) and 0 <= null_class < k):
+        raise ValueError(f"null_class must be an integer label in 0..{k - 1}, got {null_class!r}")
+    return k, jnp.int32(null_class)
 
 
 __all__ = ["load", "convert_state_dict", "read_state_dict", "sde_from_scheduler_config"]

@@ -19,7 +19,19 @@ Supported config (``UNet2DModel`` fields; anything else raises ``ValueError``):
 ``resnet_time_scale_shift`` default/scale_shift, ``attention_head_dim`` (null = one head),
 ``norm_num_groups``, ``attn_norm_num_groups``, ``norm_eps``, ``mid_block_scale_factor``, ``add_attention``,
 ``center_input_sample``; ``dropout`` is accepted and unused (inference only). Not supported: Fourier or
-learned time embeddings, class conditioning, skip blocks (NCSN++), resnet up/down samplers.
+learned time embeddings, skip blocks (NCSN++), resnet up/down samplers.
+
+Class conditioning (diffusers ``UNet2DModel.__init__`` "class embedding" and ``forward`` step 1,
+``diffusers/models/unets/unet_2d.py`` v0.42): the class embedding is added to the time embedding
+(after its MLP), then the network proceeds as unconditional; ``__call__(x, timesteps, class_labels)``:
+
+* ``class_embed_type`` null with ``num_class_embeds = K``: an ``nn.Embedding(K, time_embed_dim)``
+  (``class_embedding.weight``, (K, time_embed_dim)); ``class_labels`` integers in ``0..K - 1``. A label
+  outside that range (unchecked: it may be traced) selects a NaN row, so the output is NaN.
+* ``"timestep"``: the labels are embedded like timesteps (the same sinusoid, ``flip_sin_to_cos`` and
+  ``freq_shift`` as the time, width ``block_out_channels[0]``) then through a ``TimestepEmbedding`` MLP
+  (``class_embedding.linear_1`` / ``linear_2``); any real label.
+* ``"identity"``: ``class_labels`` is the embedding itself, (B, time_embed_dim) floats, added as is.
 """
 
 from __future__ import annotations
@@ -261,12 +273,37 @@ class UNetMidBlock2D(_Common):
         return self.resnet(self.channels, "resnets_1", s)(h, temb)
 
 
+class ClassEmbedding(nn.Module):
+    """diffusers' ``nn.Embedding(num_embeddings, dim)`` (parameter ``embedding``, (num_embeddings, dim), the
+    torch ``weight`` as is): row ``label`` for each integer label. A label outside ``0..num_embeddings - 1``
+    gives a row of NaN (labels may be traced, so they cannot be checked here)."""
+
+    num_embeddings: int
+    dim: int
+
+    @nn.compact
+    def __call__(self, labels):
+        labels = jnp.asarray(labels)
+        if not jnp.issubdtype(labels.dtype, jnp.integer):
+            raise TypeError(f"class labels of an embedding table must be integers, got dtype {labels.dtype}")
+        table = self.param("embedding", nn.initializers.normal(1.0), (self.num_embeddings, self.dim))
+        bad = (labels < 0) | (labels >= self.num_embeddings)
+        index = jnp.where(bad, self.num_embeddings, labels)  # one past the end: filled with NaN
+        return jnp.take(table, index, axis=0, mode="fill", fill_value=jnp.nan)
+
+
+CLASS_EMBED_TYPES = (None, "timestep", "identity")
+
+
 class UNet2D(nn.Module):
     """diffusers ``UNet2DModel`` (see the module docstring); fields and defaults are diffusers'.
 
-    ``__call__(x, timesteps)``: ``x`` (B, H, W, in_channels), ``timesteps`` (B,) or a scalar, any
-    float (the model was trained on integers 0..N-1; :class:`jaxsde.DiscreteVPSDE` gives fractional
-    ones between). Returns (B, H, W, out_channels) -- epsilon for DDPM checkpoints.
+    ``__call__(x, timesteps, class_labels=None)``: ``x`` (B, H, W, in_channels), ``timesteps`` (B,) or a
+    scalar, any float (the model was trained on integers 0..N-1; :class:`jaxsde.DiscreteVPSDE` gives
+    fractional ones between). Returns (B, H, W, out_channels) -- epsilon for DDPM checkpoints.
+    ``class_labels`` is required exactly when the model is class-conditional (:attr:`class_conditional`):
+    (B,) or a scalar, int labels ``0..num_class_embeds - 1`` for the embedding table, any real numbers for
+    ``class_embed_type="timestep"``; (B, time_embed_dim) or (time_embed_dim,) floats for ``"identity"``.
     """
 
     sample_size: int | tuple[int, int] | None = None
@@ -290,6 +327,18 @@ class UNet2D(nn.Module):
     norm_eps: float = 1e-5
     resnet_time_scale_shift: str = "default"
     add_attention: bool = True
+    class_embed_type: str | None = None
+    num_class_embeds: int | None = None
+
+    @property
+    def class_conditional(self) -> bool:
+        """Whether the network takes ``class_labels`` (diffusers builds a ``class_embedding``)."""
+        return self.class_embed_type is not None or self.num_class_embeds is not None
+
+    @property
+    def time_embed_dim(self) -> int:
+        """Width of the time (and class) embedding: ``time_embedding_dim`` or ``4 block_out_channels[0]``."""
+        return self.time_embedding_dim or 4 * self.block_out_channels[0]
 
     def __post_init__(self):
         n = len(self.block_out_channels)
@@ -305,6 +354,12 @@ class UNet2D(nn.Module):
         if self.resnet_time_scale_shift not in ("default", "scale_shift"):
             raise ValueError(f"unsupported resnet_time_scale_shift {self.resnet_time_scale_shift!r}; "
                              "supported: 'default', 'scale_shift'")
+        if self.class_embed_type not in CLASS_EMBED_TYPES:
+            raise ValueError(f"unsupported class_embed_type {self.class_embed_type!r}; supported: "
+                             f"{', '.join(map(repr, CLASS_EMBED_TYPES))}")
+        k = self.num_class_embeds
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(f"num_class_embeds must be a positive integer or null, got {k!r}")
         if self.norm_num_groups is None or any(c % self.norm_num_groups for c in self.block_out_channels):
             raise ValueError(f"norm_num_groups ({self.norm_num_groups}) must divide every block_out_channels "
                              f"{tuple(self.block_out_channels)}")
@@ -322,8 +377,31 @@ class UNet2D(nn.Module):
         """Build from a diffusers ``UNet2DModel`` ``config.json`` dict; unsupported values raise ``ValueError``."""
         return cls(**module_kwargs(config))
 
+    def _class_embedding(self, class_labels, batch: int, dtype) -> jax.Array:
+        dim = self.time_embed_dim
+        if self.class_embed_type == "identity":
+            emb = jnp.asarray(class_labels)
+            if emb.shape not in ((dim,), (batch, dim)):
+                raise ValueError(f"class_embed_type='identity' takes class_labels of shape ({batch}, {dim}) or "
+                                 f"({dim},) (the embedding itself), got {emb.shape}")
+            return jnp.broadcast_to(emb, (batch, dim)).astype(dtype)
+        labels = jnp.asarray(class_labels)
+        if labels.ndim > 1 or labels.size not in (1, batch):
+            raise ValueError(f"class_labels must be a scalar or of shape ({batch},), got {labels.shape}")
+        labels = jnp.broadcast_to(labels.reshape(-1), (batch,))
+        if self.class_embed_type == "timestep":
+            emb = timestep_embedding(labels, self.block_out_channels[0], self.flip_sin_to_cos, self.freq_shift)
+            return TimestepEmbedding(dim, name="class_embedding")(emb.astype(dtype))
+        return ClassEmbedding(self.num_class_embeds, dim, name="class_embedding")(labels).astype(dtype)
+
     @nn.compact
-    def __call__(self, x, timesteps):
+    def __call__(self, x, timesteps, class_labels=None):
+        if self.class_conditional and class_labels is None:
+            raise ValueError("this UNet2D is class-conditional (class_embed_type="
+                             f"{self.class_embed_type!r}, num_class_embeds={self.num_class_embeds}): pass class_labels")
+        if not self.class_conditional and class_labels is not None:
+            raise ValueError("this UNet2D is unconditional (no class_embed_type / num_class_embeds); "
+                             "it takes no class_labels")
         if x.ndim != 4 or x.shape[-1] != self.in_channels:
             raise ValueError(f"expected x of shape (B, H, W, {self.in_channels}), got {x.shape}")
         factor = 2 ** (len(self.block_out_channels) - 1)
@@ -334,7 +412,9 @@ class UNet2D(nn.Module):
         timesteps = jnp.broadcast_to(jnp.asarray(timesteps, jnp.float32), (x.shape[0],))
         ch0 = self.block_out_channels[0]
         temb = timestep_embedding(timesteps, ch0, self.flip_sin_to_cos, self.freq_shift)
-        temb = TimestepEmbedding(self.time_embedding_dim or 4 * ch0, name="time_embedding")(temb.astype(x.dtype))
+        temb = TimestepEmbedding(self.time_embed_dim, name="time_embedding")(temb.astype(x.dtype))
+        if self.class_conditional:
+            temb = temb + self._class_embedding(class_labels, x.shape[0], temb.dtype)
 
         common = dict(groups=self.norm_num_groups, eps=self.norm_eps, act_fn=self.act_fn,
                       time_scale_shift=self.resnet_time_scale_shift, head_dim=self.attention_head_dim)
@@ -372,15 +452,14 @@ _FIELDS = {
     "sample_size", "in_channels", "out_channels", "center_input_sample", "flip_sin_to_cos", "freq_shift",
     "time_embedding_dim", "down_block_types", "up_block_types", "block_out_channels", "layers_per_block",
     "mid_block_scale_factor", "downsample_padding", "act_fn", "attention_head_dim", "norm_num_groups",
-    "attn_norm_num_groups", "norm_eps", "resnet_time_scale_shift", "add_attention",
+    "attn_norm_num_groups", "norm_eps", "resnet_time_scale_shift", "add_attention", "class_embed_type",
+    "num_class_embeds",
 }
 # Fields accepted only with these values (diffusers' defaults or the equivalent).
 _FIXED = {
     "time_embedding_type": ("positional",),
     "downsample_type": ("conv",),
     "upsample_type": ("conv",),
-    "class_embed_type": (None,),
-    "num_class_embeds": (None,),
     "mid_block_type": ("UNetMidBlock2D", None),
 }
 _IGNORED = {"dropout", "num_train_timesteps"}  # inference-only / learned-embedding-only
@@ -408,9 +487,21 @@ def module_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+def example_class_labels(model: nn.Module, batch: int = 1) -> tuple:
+    """``()`` for an unconditional model, else ``(labels,)``: zero class labels for a batch of ``batch``
+    (int32 (batch,); (batch, time_embed_dim) float32 for ``class_embed_type="identity"``), e.g. for
+    ``model.init(key, x, t, *example_class_labels(model))``."""
+    if not getattr(model, "class_conditional", False):
+        return ()
+    if model.class_embed_type == "identity":
+        return (jnp.zeros((batch, model.time_embed_dim), jnp.float32),)
+    return (jnp.zeros((batch,), jnp.int32),)
+
+
 def param_count(model: nn.Module, shape: tuple[int, ...]) -> int:
     """Number of parameters, from shapes only (``jax.eval_shape``; nothing is initialised)."""
-    tree = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, *shape)), jnp.zeros((1,)))
+    tree = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, *shape)), jnp.zeros((1,)),
+                          *example_class_labels(model))
     return sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(tree))
 
 
