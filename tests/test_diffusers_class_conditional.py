@@ -49,8 +49,8 @@ def _save(model, folder):
 def _reference(model, x_nhwc, timesteps, class_labels):
     with torch.no_grad():
         x = torch.from_numpy(np.asarray(x_nhwc).transpose(0, 3, 1, 2).copy())
-        out = model(x, torch.from_numpy(np.asarray(timesteps, np.float32)),
-                    class_labels=torch.from_numpy(np.asarray(class_labels))).sample
+        out = model(x, torch.from_numpy(np.array(timesteps, np.float32)),
+                    class_labels=torch.from_numpy(np.array(class_labels))).sample
     return out.numpy().transpose(0, 2, 3, 1)
 
 
@@ -161,7 +161,7 @@ def test_identity_class_embedding_network_matches_diffusers(tmp_path):
                               *ddpm_unet.example_class_labels(net))
     sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     params = {"params": dl.convert_state_dict(sd, expected["params"])}
-    got = np.asarray(net.apply(params, jnp.asarray(x), jnp.asarray(ts), jnp.asarray(emb)))
+    got = np.asarray(jax.jit(net.apply)(params, jnp.asarray(x), jnp.asarray(ts), jnp.asarray(emb)))
     np.testing.assert_allclose(got, _reference(model, x, ts, emb), **TOL)
 
 
