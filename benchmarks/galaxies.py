@@ -1,7 +1,7 @@
 """galaxygrad's published score models: NFE and wall time at matched quality, per sampler family.
 
     python benchmarks/galaxies.py [--models hsc32,hsc64,lsst60] [--n 256,64,64] [--ref-mult 2] [--quick]
-                                  [--out benchmarks/results]
+                                  [--out benchmarks/results] [--report-only]
 
 Models: galaxygrad 0.2.1's MLP-mixer score nets (``pip install galaxygrad==0.2.1``; the weights are read from
 the installed wheel, never copied), loaded with ``jaxsde.checkpoints.load(path, "galaxygrad")``: VP SDE with
@@ -41,7 +41,8 @@ EM-1000; GGF's NFE ratio against the cheapest EM within noise and against EM-100
 **Wall time**: jaxsde rows are compiled ahead of time (``jit(...).lower(...).compile()``; ``compile_s``)
 and timed on one run to ``block_until_ready``; k-diffusion rows are timed on one run after a warm-up call
 of the jitted denoiser, torch <-> JAX transfers included. Outputs ``benchmarks/results/galaxies.{md,json,
-png}`` (``--quick``: a tiny smoke run, same format).
+png}`` (``--quick``: a tiny smoke run, same format); the JSON is rewritten after each model, and
+``--report-only`` rebuilds the decisions, tables and plot from it without measuring anything.
 """
 
 from __future__ import annotations
@@ -297,12 +298,19 @@ def markdown(meta: dict, models: dict) -> str:
              f"`{meta['command']}`", "",
              f"{meta['date']}; {meta['machine']}; jax {meta['jax']}; git {meta['git']}; load average at start "
              f"{meta['load_start']}, at end {meta['load_end']}; total {meta['total_s']:.0f} s." + (
-                 " **--quick smoke run: sizes too small for any conclusion.**" if meta["quick"] else ""), "",
+                 " **--quick smoke run: sizes too small for any conclusion.**" if meta["quick"] else "")
+             + (f" Tables rebuilt from the stored measurements by `--report-only` on {meta['report_rebuilt']}."
+                if meta.get("report_rebuilt") else ""), "",
              "Statistics on flux images (`ckpt.to_data`): " + ", ".join(f"`{k}` = {v}" for k, v in METRICS.items())
              + ", each +- its bootstrap sd. `anchor`: within noise of the finest EM row (every statistic "
              "<= EM's + 2 combined sd); `ref`: the same against the floor (a second reference-sampler set "
              "against the reference). Wall: one run after ahead-of-time compilation (jaxsde) or after a "
              "warm-up call (k-diffusion), on a shared CPU.", ""]
+    asked = meta["command"].split("--models ")[1].split()[0].split(",") if "--models " in meta["command"] else []
+    unfinished = [m for m in asked if m not in models]
+    if unfinished:
+        lines += [f"**Not in this file: {', '.join(unfinished)}** (the run was stopped before these models finished; "
+                  "the JSON is written after each model).", ""]
     for name, mod in models.items():
         h, fl = mod["headline"], mod["floor"]
         lines += [f"## {name} (`{mod['file']}`, {'x'.join(map(str, mod['shape']))}, n = {mod['n']})", "",
@@ -407,6 +415,8 @@ def main(argv: list[str] | None = None) -> dict:
             data = json.load(f)
         for mod in data["models"].values():  # the decisions, from the stored measurements
             mod["headline"] = headline(mod["rows"], mod["floor"])
+        data["meta"]["report_rebuilt"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        atomic_write(stem + ".json", json.dumps(data, indent=1).encode())
         atomic_write(stem + ".md", (markdown(data["meta"], data["models"]) + "\n").encode())
         plot(stem + ".png", data["models"])
         return data
