@@ -85,6 +85,9 @@ def test_embedding_table_score_matches_diffusers(table):
             assert np.abs(want[a] - want[b]).max() > 1e-2, (a, b)
             assert np.abs(score[a] - score[b]).max() > 1e-2 / sigma[0, 0, 0, 0], (a, b)
 
+    # the checkpoint's convention (what code calling the network itself uses) gives the same score
+    conv = jax.jit(jax.vmap(ckpt.convention.cond_score(ckpt.model.apply, ckpt.params)))
+    np.testing.assert_allclose(np.asarray(conv(jnp.asarray(x), t, jnp.asarray(labels))), score, rtol=1e-5, atol=1e-6)
     # score_fn(params) builds the same function for (traced) params
     again = jax.jit(lambda p, x, t, c: ckpt.score_fn(p)(x, t, c))(ckpt.params, jnp.asarray(x[0]), t[0], 3)
     np.testing.assert_allclose(np.asarray(again), score[3], rtol=1e-5, atol=1e-5)
