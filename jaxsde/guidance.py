@@ -115,8 +115,9 @@ def classifier_free(score: CondScore, null_cond: Any, weight: float | Array, *, 
       null_cond: the model's null condition (same pytree structure as a condition), e.g.
         ``ckpt.null_cond``.
       weight: ``w`` (``0``: no guidance); a Python float or a (possibly traced) scalar array.
-      sde, interval: optional guidance interval in noise level ``sigma_t / alpha_t`` (see the
-        module docstring); ``sde`` is needed to read it.
+      sde: the SDE, needed to read ``interval`` (noise level ``sigma_t / alpha_t`` at ``t``).
+      interval: optional ``(lo, hi)``: guide only while the noise level lies in it (see the
+        module docstring); ``None`` (default): everywhere.
 
     Both branches run in one call of ``score`` over a stacked pair of conditions.
     """
@@ -178,7 +179,8 @@ def classifier(score: Callable[[Array, Array], Array], log_prob: CondScore, weig
       log_prob: ``log p_t(c | x)`` of a noise-conditional classifier, a scalar, for ONE sample
         ``x`` at time ``t`` (e.g. the embedded digits classifier's ``log_prob``).
       weight: ``w`` (``1``: the exact conditional score if the classifier were exact).
-      sde, interval: optional guidance interval, as for :func:`classifier_free`.
+      sde: as for :func:`classifier_free`.
+      interval: optional guidance interval, as for :func:`classifier_free`.
     """
     check_weight(weight)
     if not callable(log_prob):
