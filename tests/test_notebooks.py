@@ -13,6 +13,7 @@ NOTEBOOKS = os.path.join(os.path.dirname(__file__), "..", "notebooks")
 @pytest.mark.parametrize("name,timeout,needles", [
     ("01_quickstart.ipynb", 600, ("FD-digits", "GGF", "same NFE:", "would put")),
     ("02_solvers.ipynb", 900, ("measured order", "FD-digits", "SA-Solver")),
+    ("04_guidance.ipynb", 600, ("accuracy", "classifier guidance w=4.0")),
 ])
 def test_notebook_runs(name, timeout, needles, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
