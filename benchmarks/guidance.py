@@ -26,6 +26,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import sys
 import time
 
@@ -113,7 +114,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="a smoke run: 8 per class, w in {0, 2}, EM-20")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
-    command = "python " + " ".join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
+    command = "python " + shlex.join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
     print(f"reproduce with: {command}", flush=True)
     per_class = 8 if args.quick else args.per_class
     weights = [0.0, 2.0] if args.quick else [float(w) for w in args.weights.split(",")]
