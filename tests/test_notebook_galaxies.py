@@ -1,4 +1,4 @@
-"""Execute notebooks/04_galaxies.ipynb (small n) so it never rots: galaxygrad's HSC-32 model sampled with GGF."""
+"""Execute notebooks/05_galaxies.ipynb (small n) so it never rots: galaxygrad's HSC-32 model sampled with GGF."""
 
 import importlib.util
 import os
@@ -17,7 +17,7 @@ def test_galaxies_notebook_runs(monkeypatch):
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("JAXSDE_NB_N", "4")
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    nb = nbformat.read(os.path.join(NOTEBOOKS, "04_galaxies.ipynb"), as_version=4)
+    nb = nbformat.read(os.path.join(NOTEBOOKS, "05_galaxies.ipynb"), as_version=4)
     nbclient.NotebookClient(nb, timeout=300, kernel_name="python3").execute()
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "NFE per sample mean" in outputs and "failed: 0" in outputs
