@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import sys
 
 import pytest
 
@@ -12,7 +13,8 @@ if _spec is None or _spec.origin is None or not os.path.exists(
         os.path.join(os.path.dirname(_spec.origin), "eqx_hsc_ScoreNet32.eqx")):
     pytest.skip("galaxygrad==0.2.1 (its HSC-32 weights) is not installed", allow_module_level=True)
 pytest.importorskip("torch")
-if importlib.util.find_spec("k_diffusion") is None:  # its package __init__ needs more than sampling.py does
+# k_diffusion may already be registered by tests/k_diffusion_sampling.py (no __spec__: find_spec would raise)
+if "k_diffusion" not in sys.modules and importlib.util.find_spec("k_diffusion") is None:
     pytest.skip("k-diffusion is not installed: pip install --no-deps k-diffusion==0.1.1.post1", allow_module_level=True)
 
 

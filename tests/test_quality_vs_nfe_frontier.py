@@ -5,13 +5,14 @@ import importlib.util
 import json
 import math
 import os
+import sys
 
 import pytest
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 pytest.importorskip("torch")
 pytest.importorskip("torchsde")  # k-diffusion's SDE samplers draw Brownian-tree noise
-if importlib.util.find_spec("k_diffusion") is None:
+if "k_diffusion" not in sys.modules and importlib.util.find_spec("k_diffusion") is None:
     pytest.skip("k-diffusion is not installed: pip install --no-deps k-diffusion==0.1.1.post1", allow_module_level=True)
 
 JAXSDE = {"ddim", "dpmpp", "dpmpp-3m", "sa", "unipc", "deis", "ipndm", "dpmpp-sde", "euler-ancestral", "lms", "fv",
