@@ -70,14 +70,6 @@ class DEIS(MultistepSolver):
         if not (isinstance(self.lower_order_final, bool) or self.lower_order_final == "always"):
             raise ValueError(f"DEIS: lower_order_final must be a bool or 'always', got {self.lower_order_final!r}")
 
-    @property
-    def nfe_per_attempt(self) -> int:
-        return 1
-
-    @property
-    def history_size(self) -> int:
-        return self.order
-
     def effective_order(self, i):
         """Order of step ``i`` (traced ``i``)."""
         return warmup_order(self.order, i, self.num_steps, self.lower_order_final, LOWER_ORDER_FINAL_BELOW)

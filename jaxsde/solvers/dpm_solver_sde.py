@@ -96,14 +96,6 @@ class DPMSolverPPSDE(MultistepSolver):
     def noise_per_attempt(self) -> int:  # type: ignore[override]
         return 1 if self.eta > 0 else 0
 
-    @property
-    def nfe_per_attempt(self) -> int:
-        return 1
-
-    @property
-    def history_size(self) -> int:
-        return self.order
-
     def advance_history(self, sde, score, x, state, z):
         i = state.index
         t, t_next = state.grid[i], state.grid[i + 1]

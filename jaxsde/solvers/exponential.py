@@ -216,14 +216,20 @@ class HistoryState(NamedTuple):
 class MultistepSolver(FixedGridSolver):
     """A fixed-grid solver carrying a history of model outputs between steps.
 
-    Subclasses set ``history_size`` and implement
-    ``advance_history(sde, score, x, state, z) -> (x_next, hist, extra, nfe)`` for the attempt from
-    grid time ``state.index`` to ``state.index + 1``; optionally ``init_history``.
+    Subclasses implement ``advance_history(sde, score, x, state, z) -> (x_next, hist, extra, nfe)``
+    for the attempt from grid time ``state.index`` to ``state.index + 1``; optionally
+    ``init_history``. Defaults, for a multistep method with an ``order`` field: one score
+    evaluation per step (``nfe_per_attempt = 1``) and the last ``order`` model outputs kept
+    (``history_size = order``); methods that differ override them.
     """
 
     @property
+    def nfe_per_attempt(self) -> int:
+        return 1
+
+    @property
     def history_size(self) -> int:
-        raise NotImplementedError
+        return self.order
 
     def init_history(self, sde, x: Array, grid: Array, lam: Array) -> tuple[Array, Any]:
         """Initial ``(hist, extra)``; default: zeros and ``None``."""

@@ -59,14 +59,6 @@ class IPNDM(MultistepSolver):
         if self.num_steps < self.order:
             raise ValueError(f"IPNDM: order {self.order} needs num_steps >= {self.order}, got {self.num_steps}")
 
-    @property
-    def nfe_per_attempt(self) -> int:
-        return 1
-
-    @property
-    def history_size(self) -> int:
-        return self.order
-
     def advance_history(self, sde, score, x, state, z):
         i = state.index
         t, t_next = state.grid[i], state.grid[i + 1]

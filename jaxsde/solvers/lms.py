@@ -62,14 +62,6 @@ class LMS(MultistepSolver):
             raise ValueError(f"LMS: order {self.order} needs num_steps >= {self.order} (the first "
                              f"{self.order - 1} steps warm up at lower orders), got num_steps={self.num_steps}")
 
-    @property
-    def nfe_per_attempt(self) -> int:
-        return 1
-
-    @property
-    def history_size(self) -> int:
-        return self.order
-
     def advance_history(self, sde, score, x, state, z):
         i = state.index
         t, t_next = state.grid[i], state.grid[i + 1]
