@@ -518,6 +518,29 @@ def frontier_jaxsde_solvers(budget: int, ve: bool):
         out.append((name, registry.make_solver(name, steps=(budget - 1) // k, **extra)))
         if name == "dpmpp":
             out.append(("dpmpp-3m", jaxsde.DPMSolverPP((budget - 1) // k, order=3)))
+    return out + frontier_grid_variants(budget - 1)
+
+
+def frontier_grid_variants(steps: int):
+    """The one-NFE-per-step multistep samplers at the settings their registry defaults leave out: the other of the
+    two grids that matter at low NFE (``"logsnr"``, uniform in log-SNR, and ``"edm"``, Karras rho = 7 as in
+    k-diffusion) and the third orders of UniPC and DPM-Solver++ (diffusers' UniPC default for unconditional
+    models). ``steps`` steps, then the final Tweedie step: NFE = ``steps + 1``. A setting a sampler refuses at
+    this step count (too few steps for the order) is left out."""
+    makers = {"dpmpp edm": lambda: jaxsde.DPMSolverPP(steps, order=2, grid="edm"),
+              "dpmpp-3m edm": lambda: jaxsde.DPMSolverPP(steps, order=3, grid="edm"),
+              "unipc-3": lambda: jaxsde.UniPC(steps, order=3),
+              "unipc edm": lambda: jaxsde.UniPC(steps, order=2, grid="edm"),
+              "unipc-3 edm": lambda: jaxsde.UniPC(steps, order=3, grid="edm"),
+              "deis edm": lambda: jaxsde.DEIS(steps, order=3, grid="edm"),
+              "ipndm logsnr": lambda: jaxsde.IPNDM(steps, order=4, grid="logsnr"),
+              "lms logsnr": lambda: jaxsde.LMS(steps, order=4, grid="logsnr")}
+    out = []
+    for name, make in makers.items():
+        try:
+            out.append((name, make()))
+        except ValueError:
+            continue
     return out
 
 
