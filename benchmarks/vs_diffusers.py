@@ -44,6 +44,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -336,7 +337,7 @@ def machine_info(args) -> dict:
                 machine=platform.machine(), cpu=cpu, cpu_count=os.cpu_count(), threads=args.threads,
                 load_avg=list(os.getloadavg()), python=platform.python_version(), jax=jax.__version__,
                 torch=torch.__version__, diffusers=dver, git_commit=commit,
-                command="python benchmarks/vs_diffusers.py " + " ".join(sys.argv[1:]))
+                command="python benchmarks/vs_diffusers.py " + shlex.join(sys.argv[1:]))
 
 
 def run_child(args, mode: str, flags: str, opts: dict, timeout: float) -> dict:
@@ -380,9 +381,10 @@ def report(d: dict) -> str:
     fw = d.get("forward_variants") or {}
     if fw:
         cmds = sorted({r.get("command", "") for r in fw.values()})
+        rounds = "/".join(str(k) for k in sorted({len(r["times"]["jaxsde"]) for r in fw.values() if "times" in r}))
         lines += ["## One batched forward pass, per variant", "",
                   "Command(s): " + ", ".join(f"`{c}`" for c in cmds), "",
-                  f"A fresh process per variant; compile, warm-up, then {d['rounds']} alternating rounds "
+                  f"A fresh process per variant; compile, warm-up, then {rounds} alternating rounds "
                   "(torch, jaxsde), medians. `ratio` = jaxsde / torch (below 1: jaxsde faster).", "",
                   "`load` = the machine's 1-minute load average when the variant ended (this benchmark alone: "
                   "about 2; more means other jobs shared the cores and the row is not comparable).", "",
