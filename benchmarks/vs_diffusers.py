@@ -3,6 +3,7 @@
     python benchmarks/vs_diffusers.py                       # forward variants, then DDIM 20 and 50 steps
     python benchmarks/vs_diffusers.py --stage forward       # only the one-forward variants (cheap)
     python benchmarks/vs_diffusers.py --stage sampling --flags "--xla_cpu_use_thunk_runtime=false"
+    python benchmarks/vs_diffusers.py --stage compile       # compile times only, each program compiled twice
     python benchmarks/vs_diffusers.py --quick               # tiny network, batch 2, 3 steps (a smoke test)
 
 Network: diffusers' ``UNet2DModel`` in the layout of google/ddpm-cifar10-32 (35,746,307 parameters;
@@ -313,6 +314,45 @@ def child_sampling(args, opts: dict) -> dict:
     return result
 
 
+# --- child: compile times -------------------------------------------------------------------------
+def child_compile(args, opts: dict) -> dict:
+    """Compile times, each program compiled twice from a fresh ``jax.jit``: one batched forward, then DDIM with
+    ``K`` steps for each ``--steps``, with and without the final Tweedie step. The first compile of a process pays
+    one-time costs (the network's first trace, XLA's first use of its passes); the second is the program's own."""
+    import jax
+    import jax.numpy as jnp
+    from diffusers import DDIMScheduler
+
+    import jaxsde
+    from jaxsde.solvers.exponential import diffusers_grid
+
+    ckpt = jaxsde.checkpoints.load(args.weights, "diffusers")
+    sched = DDIMScheduler.from_pretrained(args.weights)
+    xs, ts = jnp.zeros((args.batch, *ckpt.shape)), jnp.zeros((args.batch,))
+    keys = jax.random.split(jax.random.PRNGKey(0), args.batch)
+
+    def compile_s(fn, *a) -> float:  # a new function object each time: jax's caches are keyed on it
+        t0 = time.perf_counter()
+        jax.jit(lambda *b: fn(*b)).lower(*a).compile()
+        return time.perf_counter() - t0
+
+    def forward(p, x, t):
+        return ckpt.model.apply(p, x, t)
+
+    out: dict = dict(forward=[compile_s(forward, ckpt.params, xs, ts) for _ in range(2)], ddim={})
+    for k_steps in args.steps:
+        sched.set_timesteps(k_steps)
+        grid = diffusers_grid(sched.timesteps.numpy(), N_TRAIN, end_at_first_entry=False)
+        solver = jaxsde.DDIM(len(grid) - 1, grid=grid)
+        for denoise in (True, False):
+            def program(p, x, solver=solver, denoise=denoise):
+                return jaxsde.solve_batch(keys, ckpt.sde, ckpt.score_fn(p), solver, x, denoise=denoise).x
+
+            out["ddim"][f"{k_steps} steps, denoise={denoise}"] = [compile_s(program, ckpt.params, xs)
+                                                                  for _ in range(2)]
+    return out
+
+
 # --- parent ------------------------------------------------------------------------------------------
 def machine_info(args) -> dict:
     import jax
@@ -422,6 +462,22 @@ def report(d: dict) -> str:
                          f"{r['max_abs_diff']:.1e} (outputs up to {r['out_abs_max']:.1f}; relative L2 "
                          f"{r.get('rel_l2_diff', float('nan')):.1e}) |")
         lines.append("")
+    for key, c in (d.get("compile") or {}).items():
+        lines += [f"## Compile times ({key})", "", f"Command: `{c.get('command')}`, {c.get('date')}.", ""]
+        if "error" in c:
+            lines += [f"error: {c['error']}", ""]
+            continue
+        f1, f2 = c["forward"]
+        lines += ["Each program compiled twice in one process, from a fresh `jax.jit` each time "
+                  "(`jit(...).lower(...).compile()`), after one batched forward compiled twice: the first "
+                  "compile of the process pays one-time costs, the second is the program's own. Ratios: "
+                  "against the forward's first compile and against its second.", "",
+                  f"One batched forward: {f1:.2f} s, then {f2:.2f} s.", "",
+                  "| program | first compile s | second compile s | first / forward first | second / forward second |",
+                  "|---|---|---|---|---|"]
+        for name, (a, b) in c["ddim"].items():
+            lines.append(f"| DDIM {name} | {a:.2f} | {b:.2f} | {a / f1:.2f} | {b / f2:.2f} |")
+        lines.append("")
     if d.get("notes"):
         lines += ["## Notes", "", *d["notes"], ""]
     return "\n".join(lines)
@@ -429,7 +485,7 @@ def report(d: dict) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--stage", choices=("all", "forward", "sampling"), default="all")
+    ap.add_argument("--stage", choices=("all", "forward", "sampling", "compile"), default="all")
     ap.add_argument("--variants", nargs="*", default=None, help="forward variants to run (default: all)")
     ap.add_argument("--flags", default=None, help="XLA_FLAGS for the sampling stage (default: the fastest "
                     "forward variant's flags measured in this run or already in the results file, else none)")
@@ -442,14 +498,14 @@ def main(argv=None) -> None:
     ap.add_argument("--weights", default=None, help="folder for the random-weight UNet2DModel (default: a temp dir)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--name", default="vs_diffusers")
-    ap.add_argument("--child", choices=("forward", "sampling"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=("forward", "sampling", "compile"), help=argparse.SUPPRESS)
     ap.add_argument("--child-opts", default="{}", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.child:
         pin_threads(args.threads)
         opts = json.loads(args.child_opts)
-        res = child_forward(args, opts) if args.child == "forward" else child_sampling(args, opts)
+        res = dict(forward=child_forward, sampling=child_sampling, compile=child_compile)[args.child](args, opts)
         print(json.dumps(res), flush=True)
         return
 
@@ -496,6 +552,15 @@ def main(argv=None) -> None:
         data["sampling"][key] = dict(flags=flags, command=data["machine"]["command"], date=data["machine"]["date"],
                                      load_avg=data["machine"]["load_avg"], **res)
         print("  ", json.dumps({k: v for k, v in res.items()})[:2000], flush=True)
+        write(base, data)
+    if args.stage == "compile":
+        flags = args.flags or ""
+        key = f"batch {args.batch}, " + ("default flags" if not flags else flags)
+        print(f"compile ({key}) ...", flush=True)
+        res = run_child(args, "compile", flags, {}, timeout=900)
+        data.setdefault("compile", {})[key] = dict(flags=flags, command=data["machine"]["command"],
+                                                   date=data["machine"]["date"], **res)
+        print("  ", json.dumps(res), flush=True)
         write(base, data)
     print(f"wrote {base}.json and .md")
     if tmp is not None:
