@@ -51,7 +51,9 @@ from jaxsde.testing import metrics
 from jaxsde.testing.targets import GaussianMixture, LowRankMixture
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+if HERE not in sys.path:  # imported (by benchmarks/quality_vs_nfe.py), not run as a script
+    sys.path.insert(0, HERE)
+from kdiffusion_denoiser import k_diffusion_model  # noqa: E402 - benchmarks/kdiffusion_denoiser.py
 
 
 class Target(NamedTuple):
@@ -197,39 +199,18 @@ def run_jaxsde(target: Target, solver, seed: int, n: int, repeats: int):
 
 def run_k_diffusion(target: Target, kwargs, x_T, seed: int, repeats: int):
     import torch
-    from k_diffusion_sampling import load
 
-    ks = load()
-    if ks is None:
-        raise RuntimeError("k-diffusion is not installed: pip install --no-deps k-diffusion==0.1.1.post1")
-    sde = target.sde
-
-    def denoise(xt, sigma_t):
-        t = sde.inverse_log_snr(-2.0 * jnp.log(sigma_t))
-        alpha, _ = sde.marginal(t)
-        x = alpha * xt
-        return sde.tweedie(x, t, target.score(x, t))
-
-    batched = jax.jit(jax.vmap(denoise))
-    calls = [0]
-
-    def model(xt, sigma):
-        calls[0] += 1
-        out = batched(jnp.asarray(xt.numpy()), jnp.asarray(sigma.numpy()))
-        return torch.from_numpy(np.array(out))
-
-    alpha_T, sigma_T = (float(v) for v in sde.marginal(sde.T))
-    alpha_e, sigma_e = (float(v) for v in sde.marginal(sde.eps))
-    xt = torch.from_numpy(np.asarray(x_T) / alpha_T)
+    km = k_diffusion_model(target.sde, target.score)
+    xt = km.initial(x_T)
 
     def once():
         torch.manual_seed(seed)
-        calls[0] = 0
-        out = ks.sample_dpm_adaptive(model, xt, sigma_min=sigma_e / alpha_e, sigma_max=sigma_T / alpha_T,
-                                     disable=True, **kwargs)
+        km.calls[0] = 0
+        out = km.ks.sample_dpm_adaptive(km.model, xt, sigma_min=km.sigma_min, sigma_max=km.sigma_max,
+                                        disable=True, **kwargs)
         # the final denoising step, as jaxsde's samplers take it (+1 NFE)
-        final = batched(jnp.asarray(out.numpy()), jnp.full((out.shape[0],), sigma_e / alpha_e, jnp.float32))
-        return np.asarray(final), calls[0] + 1
+        final = km.denoise(jnp.asarray(out.numpy()), jnp.full((out.shape[0],), km.sigma_min, jnp.float32))
+        return np.asarray(final), km.calls[0] + 1
 
     t0 = time.perf_counter()
     x, nfe = once()

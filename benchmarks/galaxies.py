@@ -68,7 +68,9 @@ from jaxsde.checkpoints.io import atomic_write
 from jaxsde.testing.metrics.galaxies import GalaxyMetrics
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+if HERE not in sys.path:  # imported (tests/test_galaxies_benchmark.py), not run as a script
+    sys.path.insert(0, HERE)
+from kdiffusion_denoiser import k_diffusion_model  # noqa: E402 - benchmarks/kdiffusion_denoiser.py
 
 MODELS = {
     "hsc32": "eqx_hsc_ScoreNet32.eqx",
@@ -151,42 +153,22 @@ def prior(ckpt, seed: int, n: int) -> np.ndarray:
 def k_diffusion_runner(ckpt):
     """k-diffusion's ``sample_dpm_adaptive`` on the jitted jaxsde score -> ``run(kwargs, x_T, seed)``."""
     import torch
-    from k_diffusion_sampling import load
 
-    ks = load()
-    if ks is None:
-        raise RuntimeError("k-diffusion is not installed: pip install --no-deps k-diffusion==0.1.1.post1")
-    sde, score = ckpt.sde, ckpt.score_fn(ckpt.params)
-
-    def denoise(xt, sigma_t):  # k-diffusion's x = x_VP / alpha, sigma = sigma_VP / alpha
-        t = sde.inverse_log_snr(-2.0 * jnp.log(sigma_t))
-        alpha, _ = sde.marginal(t)
-        x = alpha * xt
-        return sde.tweedie(x, t, score(x, t))
-
-    batched = jax.jit(jax.vmap(denoise))
-    calls = [0]
-
-    def model(xt, sigma):
-        calls[0] += 1
-        return torch.from_numpy(np.array(batched(jnp.asarray(xt.numpy()), jnp.asarray(sigma.numpy()))))
-
-    alpha_T, sigma_T = (float(v) for v in sde.marginal(sde.T))
-    alpha_e, sigma_e = (float(v) for v in sde.marginal(sde.eps))
+    km = k_diffusion_model(ckpt.sde, ckpt.score_fn(ckpt.params))  # k-diffusion's x = x_VP / alpha, sigma / alpha
 
     def run(kwargs, x_T, seed):
-        xt = torch.from_numpy(np.asarray(x_T, np.float32) / alpha_T)
-        sig_e = jnp.full((len(x_T),), sigma_e / alpha_e, jnp.float32)
-        jax.block_until_ready(batched(jnp.asarray(xt.numpy()), sig_e))  # compile + warm-up at this batch size
+        xt = km.initial(x_T)
+        sig_e = jnp.full((len(x_T),), km.sigma_min, jnp.float32)
+        jax.block_until_ready(km.denoise(jnp.asarray(xt.numpy()), sig_e))  # compile + warm-up at this batch size
         torch.manual_seed(seed)
-        calls[0] = 0
+        km.calls[0] = 0
         t0 = time.perf_counter()
-        out = ks.sample_dpm_adaptive(model, xt, sigma_min=sigma_e / alpha_e, sigma_max=sigma_T / alpha_T,
-                                     disable=True, **kwargs)
-        x = np.asarray(jax.block_until_ready(batched(jnp.asarray(out.numpy()), sig_e)))  # final denoising, +1 NFE
+        out = km.ks.sample_dpm_adaptive(km.model, xt, sigma_min=km.sigma_min, sigma_max=km.sigma_max,
+                                        disable=True, **kwargs)
+        x = np.asarray(jax.block_until_ready(km.denoise(jnp.asarray(out.numpy()), sig_e)))  # final denoising, +1 NFE
         wall = time.perf_counter() - t0
-        return dict(x=x, nfe=np.full((len(x),), calls[0] + 1), failed=int(np.sum(~np.isfinite(x).all(axis=(1, 2, 3)))),
-                    wall_s=wall, compile_s=0.0)
+        return dict(x=x, nfe=np.full((len(x),), km.calls[0] + 1),
+                    failed=int(np.sum(~np.isfinite(x).all(axis=(1, 2, 3)))), wall_s=wall, compile_s=0.0)
 
     return run
 

@@ -134,24 +134,13 @@ def hsc_net(path: str) -> Net:
 
 # --- measuring --------------------------------------------------------------------------------------
 def op_dtypes(fn, *args) -> dict:
-    """Counts of convolution / dot_general equations in ``fn``'s jaxpr by their first operand's dtype."""
-    import jax
+    """Counts of convolution / dot_general equations in ``fn``'s jaxpr by their first operand's dtype
+    (``jaxsde.precision.matmul_dtypes``, which counts by both operands' dtypes)."""
+    from jaxsde.precision import matmul_dtypes
 
     counts: dict[str, int] = {}
-
-    def walk(jaxpr):
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
-                dt = str(eqn.invars[0].aval.dtype)
-                counts[dt] = counts.get(dt, 0) + 1
-            for p in eqn.params.values():
-                for sub in p if isinstance(p, (list, tuple)) else (p,):
-                    if hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
-                        walk(sub.jaxpr)
-                    elif hasattr(sub, "eqns"):
-                        walk(sub)
-
-    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    for (lhs, _), n in matmul_dtypes(fn, *args).items():
+        counts[lhs] = counts.get(lhs, 0) + n
     return counts
 
 

@@ -550,32 +550,12 @@ def run_k_diffusion_fixed(target, name: str, budget: int, x_T, seed: int):
     ``D(x / alpha, sigma / alpha)``. Returns (samples, NFE = model calls, wall s incl. compilation)."""
     import torch
 
-    _adaptive_module()  # puts tests/ on sys.path
-    from k_diffusion_sampling import load  # tests/k_diffusion_sampling.py (on sys.path via benchmarks/adaptive)
+    _adaptive_module()  # puts benchmarks/ on sys.path
+    from kdiffusion_denoiser import k_diffusion_model  # benchmarks/kdiffusion_denoiser.py
 
-    ks = load()
-    if ks is None:
-        raise RuntimeError("k-diffusion is not installed: pip install --no-deps k-diffusion==0.1.1.post1")
-    sde = target.sde
-
-    def denoise(xt, sigma_t):
-        t = sde.inverse_log_snr(-2.0 * jnp.log(sigma_t))
-        alpha, _ = sde.marginal(t)
-        x = alpha * xt
-        return sde.tweedie(x, t, target.score(x, t))
-
-    batched = jax.jit(jax.vmap(denoise))
-    calls = [0]
-
-    def model(xt, sigma):
-        calls[0] += 1
-        sig = jnp.broadcast_to(jnp.asarray(sigma.numpy(), jnp.float32), (xt.shape[0],))
-        return torch.from_numpy(np.array(batched(jnp.asarray(xt.numpy()), sig)))
-
-    alpha_T, sigma_T = (float(v) for v in sde.marginal(sde.T))
-    alpha_e, sigma_e = (float(v) for v in sde.marginal(sde.eps))
-    smin, smax = sigma_e / alpha_e, sigma_T / alpha_T
-    xt = torch.from_numpy(np.asarray(x_T, np.float32) / alpha_T)
+    km = k_diffusion_model(target.sde, target.score)
+    ks, model, smin, smax = km.ks, km.model, km.sigma_min, km.sigma_max
+    xt = km.initial(x_T)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     if name == "dpm_fast":
@@ -585,7 +565,7 @@ def run_k_diffusion_fixed(target, name: str, budget: int, x_T, seed: int):
         steps = budget if K_DIFFUSION_SAMPLERS[name] == 1 else (budget + 1) // 2
         sigmas = ks.get_sigmas_karras(steps, smin, smax)
         out = getattr(ks, "sample_" + name)(model, xt, sigmas, disable=True)
-    return out.numpy(), calls[0], time.perf_counter() - t0
+    return out.numpy(), km.calls[0], time.perf_counter() - t0
 
 
 def _verdict(j, k):

@@ -16,7 +16,8 @@ low precision is the network. Two ways:
   output to a score (``-eps / sigma``, ...) in the state's precision.
 
 Either way the driver sees a score in the state's dtype; a score that returns a lower-precision
-array without a wrapper is cast by the driver too.
+array without a wrapper is cast by the driver too. :func:`matmul_dtypes` checks which precision a
+network's convolutions and matmuls really run in.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import jax.numpy as jnp
 
 from .sde import ScoreFn
 
-__all__ = ["mixed_precision", "cast_params", "LOW_PRECISION"]
+__all__ = ["mixed_precision", "cast_params", "matmul_dtypes", "LOW_PRECISION"]
 
 LOW_PRECISION = (jnp.bfloat16, jnp.float16)
 
@@ -65,3 +66,37 @@ def cast_params(params: Any, compute_dtype: Any = jnp.bfloat16) -> Any:
     dtype = _check_compute_dtype(compute_dtype)
     return jax.tree_util.tree_map(
         lambda a: a.astype(dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, params)
+
+
+def matmul_dtypes(fn: Any, *args: Any) -> dict[tuple[str, str], int]:
+    """How many convolutions and matmuls ``fn(*args)`` runs, by the dtypes of their operands.
+
+    ``fn`` is traced (not run) with :func:`jax.make_jaxpr` on ``args`` (arrays, or anything
+    ``make_jaxpr`` accepts); a jitted ``fn`` is traced the same way. Counted are the
+    ``conv_general_dilated`` and ``dot_general`` equations of its jaxpr, including those in nested
+    jaxprs (``jit``, ``scan``, ``cond``, ``while``, ``custom_jvp`` / ``custom_vjp`` bodies, ...): each
+    equation once, however often a loop would run it. A network that really computes in bfloat16
+    (:func:`cast_params` and a bfloat16 input) gives ``{("bfloat16", "bfloat16"): n}``; a float32
+    operand that sneaked in (a float32 constant, time embedding, ...) shows up as a float32 key.
+
+    Returns:
+      a ``dict`` mapping ``(lhs dtype, rhs dtype)``, each the dtype's name (``str``, e.g.
+      ``"bfloat16"``), to the number of such equations (``int``); keys in order of first
+      occurrence, empty if ``fn`` has none.
+    """
+    counts: dict[tuple[str, str], int] = {}
+
+    def walk(jaxpr: Any) -> None:
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
+                key = (str(eqn.invars[0].aval.dtype), str(eqn.invars[1].aval.dtype))
+                counts[key] = counts.get(key, 0) + 1
+            for p in eqn.params.values():
+                for sub in p if isinstance(p, (list, tuple)) else (p,):
+                    if hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):  # a ClosedJaxpr
+                        walk(sub.jaxpr)
+                    elif hasattr(sub, "eqns"):  # a Jaxpr
+                        walk(sub)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return counts

@@ -9,28 +9,9 @@ import pytest
 
 import jaxsde
 from jaxsde.models import ddpm_unet
-from jaxsde.precision import cast_params
+from jaxsde.precision import cast_params, matmul_dtypes
 
 SMALL_NCSNPP = dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), image_size=16)
-
-
-def op_dtypes(fn, *args) -> dict:
-    counts: dict = {}
-
-    def walk(jaxpr):
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
-                key = tuple(str(v.aval.dtype) for v in eqn.invars[:2])
-                counts[key] = counts.get(key, 0) + 1
-            for p in eqn.params.values():
-                for sub in p if isinstance(p, (list, tuple)) else (p,):
-                    if hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
-                        walk(sub.jaxpr)
-                    elif hasattr(sub, "eqns"):
-                        walk(sub)
-
-    walk(jax.make_jaxpr(fn)(*args).jaxpr)
-    return counts
 
 
 NETWORKS = {
@@ -49,9 +30,9 @@ def test_bfloat16_network_computes_in_bfloat16(name):
     t = jnp.asarray(times)
     params = model.init(jax.random.PRNGKey(0), x, t)
     low = cast_params(params, jnp.bfloat16)
-    ops = op_dtypes(lambda x, t: model.apply(low, x, t), x.astype(jnp.bfloat16), t.astype(jnp.bfloat16))
+    ops = matmul_dtypes(lambda x, t: model.apply(low, x, t), x.astype(jnp.bfloat16), t.astype(jnp.bfloat16))
     assert ops and set(ops) == {("bfloat16", "bfloat16")}, ops
-    assert set(op_dtypes(lambda x, t: model.apply(params, x, t), x, t)) == {("float32", "float32")}
+    assert set(matmul_dtypes(lambda x, t: model.apply(params, x, t), x, t)) == {("float32", "float32")}
     full = np.asarray(jax.jit(model.apply)(params, x, t))
     half = np.asarray(jax.jit(model.apply)(low, x.astype(jnp.bfloat16), t.astype(jnp.bfloat16)), np.float32)
     assert np.linalg.norm(half - full) <= 0.05 * np.linalg.norm(full)

@@ -92,3 +92,35 @@ def test_embedded_model_network_in_bf16():
     assert b.dtype == jnp.float32
     rel = jnp.linalg.norm((a - b).reshape(3, -1), axis=1) / jnp.linalg.norm(a.reshape(3, -1), axis=1)
     assert float(rel.max()) < 0.02
+
+
+def test_matmul_dtypes_counts_convolutions_and_matmuls_by_operand_dtypes():
+    """``matmul_dtypes``: every ``dot_general`` / ``conv_general_dilated`` equation, nested ones (jit, scan,
+    cond, custom_jvp) included, once each, keyed by its (lhs, rhs) dtype names; other operations are not
+    counted."""
+    w16 = jnp.ones((4, 4), jnp.bfloat16)
+    k32 = jnp.ones((3, 3, 1, 1), jnp.float32)
+
+    @jax.custom_jvp
+    def smooth(x):
+        return x @ w16
+
+    smooth.defjvp(lambda primals, tangents: (smooth(*primals), tangents[0] @ w16))
+
+    def fn(x, y):
+        a = jnp.tanh(x @ w16)  # bf16 x bf16
+        b = jax.jit(lambda y: y @ y.T)(y)  # f32 x f32, inside a jit
+        c, _ = jax.lax.scan(lambda h, _: (h @ w16, None), a, None, length=5)  # one bf16 dot, not five
+        d = jax.lax.cond(y[0, 0] > 0, lambda v: v @ w16, lambda v: v, c)  # one more bf16, in a branch
+        img = jax.lax.conv_general_dilated(y[None, :, :, None], k32, (1, 1), "SAME",
+                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))  # f32 convolution
+        mixed = jax.lax.dot_general(y, w16, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+        return smooth(d).sum() + b.sum() + img.sum() + mixed.sum()
+
+    x, y = jnp.ones((2, 4), jnp.bfloat16), jnp.ones((4, 4), jnp.float32)
+    counts = jaxsde.precision.matmul_dtypes(fn, x, y)
+    assert counts == {("bfloat16", "bfloat16"): 4, ("float32", "float32"): 2, ("float32", "bfloat16"): 1}, counts
+    assert all(isinstance(k, str) for key in counts for k in key)
+    assert all(type(v) is int for v in counts.values())
+    assert jaxsde.precision.matmul_dtypes(jax.jit(fn), x, y) == counts  # a jitted fn: the same equations
+    assert jaxsde.precision.matmul_dtypes(lambda x: jnp.sin(x) + 1, x) == {}

@@ -1,0 +1,74 @@
+"""A jaxsde score as k-diffusion's denoiser, for the benchmarks that run k-diffusion 0.1.1.post1's samplers on it.
+
+Shared by ``benchmarks/adaptive.py``, ``benchmarks/quality_vs_nfe.py`` (``--frontier``) and
+``benchmarks/galaxies.py``. k-diffusion's sampling module is loaded by ``tests/k_diffusion_sampling.py``
+(without the package's ``__init__`` and its training stack).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+TESTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests")
+
+
+class KDiffusionModel(NamedTuple):
+    ks: ModuleType  # k-diffusion's ``sampling`` module
+    model: Callable  # torch (x, sigma) -> torch D(x, sigma): k-diffusion's ``model`` argument; counts its calls
+    denoise: Callable  # the same denoiser, jitted and batched, on JAX arrays (B, *shape), (B,); not counted
+    calls: list[int]  # calls[0]: calls of ``model`` so far (set it to 0 to restart the count)
+    sigma_min: float  # k-diffusion's sigma at the SDE's eps: sigma(eps) / alpha(eps)
+    sigma_max: float  # and at T: sigma(T) / alpha(T)
+    alpha_T: float
+
+    def initial(self, x_T: Any):
+        """jaxsde's prior draw ``x_T`` (B, *shape) as k-diffusion's start: float32 torch ``x_T / alpha(T)``."""
+        import torch
+
+        return torch.from_numpy(np.asarray(x_T, np.float32) / self.alpha_T)
+
+
+def k_diffusion_model(sde: Any, score: Callable) -> KDiffusionModel:
+    """The one-sample jaxsde ``score(x, t)`` of ``sde`` as k-diffusion's denoiser ``D(x / alpha, sigma / alpha)``.
+
+    k-diffusion's state is ``x_k = x / alpha(t)`` at noise level ``sigma_k = sigma(t) / alpha(t)``; the denoiser
+    recovers ``t = sde.inverse_log_snr(-2 log sigma_k)`` and returns the Tweedie estimate
+    ``sde.tweedie(x, t, score(x, t))`` at ``x = alpha(t) x_k``, vmapped over the batch and jitted once. ``model``
+    takes and returns float32 torch tensors (a scalar ``sigma`` is broadcast to the batch; the batch goes to
+    JAX and back through NumPy on every call). Raises ``RuntimeError`` if k-diffusion is not installed.
+    """
+    import torch
+
+    if TESTS not in sys.path:
+        sys.path.insert(0, TESTS)
+    from k_diffusion_sampling import load  # tests/k_diffusion_sampling.py
+
+    ks = load()
+    if ks is None:
+        raise RuntimeError("k-diffusion is not installed: pip install --no-deps k-diffusion==0.1.1.post1")
+
+    def one(xt, sigma_t):
+        t = sde.inverse_log_snr(-2.0 * jnp.log(sigma_t))
+        alpha, _ = sde.marginal(t)
+        x = alpha * xt
+        return sde.tweedie(x, t, score(x, t))
+
+    denoise = jax.jit(jax.vmap(one))
+    calls = [0]
+
+    def model(xt, sigma):
+        calls[0] += 1
+        sig = jnp.broadcast_to(jnp.asarray(sigma.numpy(), jnp.float32), (xt.shape[0],))
+        return torch.from_numpy(np.array(denoise(jnp.asarray(xt.numpy()), sig)))
+
+    alpha_T, sigma_T = (float(v) for v in sde.marginal(sde.T))
+    alpha_e, sigma_e = (float(v) for v in sde.marginal(sde.eps))
+    return KDiffusionModel(ks, model, denoise, calls, sigma_e / alpha_e, sigma_T / alpha_T, alpha_T)
