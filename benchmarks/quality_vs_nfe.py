@@ -232,6 +232,8 @@ def main(argv=None):
     parser.add_argument("--samplers", default="",
                         help="--frontier: comma-separated substrings; only samplers whose name has one")
     parser.add_argument("--seed", type=int, default=0, help="--frontier: the sampling seed")
+    parser.add_argument("--tag", default="", help="--frontier: results file suffix, frontier_<problem>_<tag>.*; "
+                        "tagged files (a confirmation run on another seed) stay out of frontier_summary.md")
     args = parser.parse_args(argv)
     if args.frontier:
         return frontier(args, argv)
@@ -525,8 +527,10 @@ def frontier_grid_variants(steps: int):
     """The one-NFE-per-step multistep samplers at the settings their registry defaults leave out: the other of the
     two grids that matter at low NFE (``"logsnr"``, uniform in log-SNR, and ``"edm"``, Karras rho = 7 as in
     k-diffusion) and the third orders of UniPC and DPM-Solver++ (diffusers' UniPC default for unconditional
-    models). ``steps`` steps, then the final Tweedie step: NFE = ``steps + 1``. A setting a sampler refuses at
-    this step count (too few steps for the order) is left out."""
+    models); and k-diffusion's own configurations of the shared algorithms, on the Karras grid without the
+    lower order at the last steps (``dpmpp edm full-order`` is ``sample_dpmpp_2m``, ``dpmpp-sde edm``
+    ``sample_dpmpp_2m_sde``). ``steps`` steps, then the final Tweedie step: NFE = ``steps + 1``. A setting a
+    sampler refuses at this step count (too few steps for the order) is left out."""
     makers = {"dpmpp edm": lambda: jaxsde.DPMSolverPP(steps, order=2, grid="edm"),
               "dpmpp-3m edm": lambda: jaxsde.DPMSolverPP(steps, order=3, grid="edm"),
               "unipc-3": lambda: jaxsde.UniPC(steps, order=3),
@@ -534,7 +538,11 @@ def frontier_grid_variants(steps: int):
               "unipc-3 edm": lambda: jaxsde.UniPC(steps, order=3, grid="edm"),
               "deis edm": lambda: jaxsde.DEIS(steps, order=3, grid="edm"),
               "ipndm logsnr": lambda: jaxsde.IPNDM(steps, order=4, grid="logsnr"),
-              "lms logsnr": lambda: jaxsde.LMS(steps, order=4, grid="logsnr")}
+              "lms logsnr": lambda: jaxsde.LMS(steps, order=4, grid="logsnr"),
+              # k-diffusion's own configurations (Karras grid, full order to the end): the same algorithms
+              "dpmpp edm full-order": lambda: jaxsde.DPMSolverPP(steps, order=2, grid="edm", lower_order_final=False),
+              "dpmpp-sde edm": lambda: jaxsde.DPMSolverPPSDE(steps, order=2, grid="edm"),
+              "unipc edm full-order": lambda: jaxsde.UniPC(steps, order=2, grid="edm", lower_order_final=False)}
     out = []
     for name, make in makers.items():
         try:
@@ -648,19 +656,20 @@ def frontier(args, argv):
                 rows.append(row)
                 print(f"{problem} NFE<={b:3d} {label:32s} NFE {mean_nfe:5.1f} q {q:.4f} +- {sd:.4f} "
                       f"wall {wall:6.1f}s failed {failed}", flush=True)
-        res = dict(command=command, problem=problem, sde=type(target.sde).__name__, label=target.label, n=n,
-                   seed=args.seed, floor=[floor_q, floor_sd], budgets=list(budgets),
+        res = dict(command=command, problem=problem, tag=args.tag, sde=type(target.sde).__name__, label=target.label,
+                   n=n, seed=args.seed, floor=[floor_q, floor_sd], budgets=list(budgets),
                    machine=dict(jax=jax.__version__, backend=jax.default_backend(), cpus=os.cpu_count(),
                                 load=os.getloadavg(),
                                 date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")),
                    elapsed_s=time.perf_counter() - t_problem, best=frontier_best(rows, budgets), rows=rows)
-        stem = os.path.join(args.out, f"frontier_{problem}" + ("_quick" if args.quick else ""))
+        stem = os.path.join(args.out, f"frontier_{problem}" + (f"_{args.tag}" if args.tag else "")
+                            + ("_quick" if args.quick else ""))
         with open(stem + ".json", "w") as f:
             json.dump(res, f, indent=1)
         write_frontier_markdown(stem + ".md", res)
         plot_frontier(stem + ".png", res)
         print(f"{problem}: {res['elapsed_s']:.0f}s; wrote {stem}.{{md,json,png}}", flush=True)
-    if not args.quick:
+    if not args.quick and not args.tag:
         write_frontier_summary(args.out)
 
 
@@ -711,7 +720,11 @@ def write_frontier_summary(out):
     """``frontier_summary.md``: the best-per-budget rows of every (non-quick) ``frontier_*.json`` in ``out``."""
     import glob
 
-    paths = sorted(p for p in glob.glob(os.path.join(out, "frontier_*.json")) if not p.endswith("_quick.json"))
+    paths = []
+    for p in sorted(glob.glob(os.path.join(out, "frontier_*.json"))):
+        with open(p) as f:
+            if not p.endswith("_quick.json") and not json.load(f).get("tag"):
+                paths.append(p)
     if not paths:
         return
     lines = ["# Fixed-budget frontier: jaxsde's best vs k-diffusion's best", "",
