@@ -1,6 +1,7 @@
 """galaxygrad's published score models: NFE and wall time at matched quality, per sampler family.
 
     python benchmarks/galaxies.py [--models hsc32,hsc64,lsst60] [--n 256,64,64] [--ref-mult 2] [--quick]
+                                  [--ggf-rtols 0.5,0.2,0.1,0.05] [--rtols 0.2,0.05,0.01]
                                   [--out benchmarks/results] [--report-only]
 
 Models: galaxygrad 0.2.1's MLP-mixer score nets (``pip install galaxygrad==0.2.1``; the weights are read from
@@ -97,13 +98,18 @@ class Row(NamedTuple):
     make: Any  # () -> jaxsde solver, or k-diffusion keyword arguments
 
 
-def rows(quick: bool, atol0: float) -> list[Row]:
+GGF_RTOLS = (0.5, 0.2, 0.1, 0.05)
+RTOLS = (0.2, 0.05, 0.01)  # the exponential integrators' and k-diffusion's
+
+
+def rows(quick: bool, atol0: float, ggf_rtols: tuple[float, ...] = GGF_RTOLS,
+         rtols: tuple[float, ...] = RTOLS) -> list[Row]:
     """The sweep; the first row is the EM anchor ("EM-1000" in a full run)."""
     em = (1000, 300, 100, 30) if not quick else (50, 10)
-    ggf = (0.5, 0.2, 0.1, 0.05) if not quick else (0.2,)
+    ggf = ggf_rtols if not quick else (0.2,)
     pf = (1e-2, 1e-3) if not quick else ()  # + the reference sampler's own row (the floor set)
     dpmpp = (10, 20, 40) if not quick else (10,)
-    rtols = (0.2, 0.05, 0.01) if not quick else (0.1,)
+    rtols = rtols if not quick else (0.1,)
     etas = (0.0, 1.0) if not quick else (0.0,)
 
     def atol(r):
@@ -228,7 +234,8 @@ def headline(results: list[dict], floor: dict) -> dict:
 
 
 # --- one model ----------------------------------------------------------------------------------
-def bench_model(name: str, n: int, n_ref: int, quick: bool, seed: int, log) -> dict:
+def bench_model(name: str, n: int, n_ref: int, quick: bool, seed: int, log,
+                ggf_rtols: tuple[float, ...] = GGF_RTOLS, rtols: tuple[float, ...] = RTOLS) -> dict:
     path = os.path.join(galaxygrad_dir(), MODELS[name])
     ckpt = jaxsde.checkpoints.load(path, "galaxygrad")
     ref_tol = 1e-3 if quick else 1e-5
@@ -248,7 +255,8 @@ def bench_model(name: str, n: int, n_ref: int, quick: bool, seed: int, log) -> d
     results = []
     kd_run = None
     x_T = prior(ckpt, seed, n)
-    for row in rows(quick, ckpt.sde.default_atol) + [Row("ProbabilityFlow", f"tol={ref_tol:g}", "jaxsde", None)]:
+    sweep = rows(quick, ckpt.sde.default_atol, ggf_rtols, rtols)
+    for row in sweep + [Row("ProbabilityFlow", f"tol={ref_tol:g}", "jaxsde", None)]:
         if row.make is None:  # the reference sampler on the rows' keys: the floor set, already run
             res = second
         elif row.lib == "jaxsde":
@@ -386,6 +394,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--n", default="256,64,64", help="samples per row: one value, or one per model")
     ap.add_argument("--ref-mult", type=int, default=2, help="reference set size = ref_mult * n")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ggf-rtols", default=",".join(map(str, GGF_RTOLS)), help="GGF's rtol sweep, comma-separated")
+    ap.add_argument("--rtols", default=",".join(map(str, RTOLS)),
+                    help="the rtol sweep of the adaptive exponential integrators and k-diffusion, comma-separated")
     ap.add_argument("--quick", action="store_true", help="a tiny smoke run (few rows, loose reference)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--name", default="galaxies", help="results file stem")
@@ -420,7 +431,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     models = {}
     for name, n in zip(names, ns, strict=True):
-        models[name] = bench_model(name, n, args.ref_mult * n, args.quick, args.seed, log)
+        models[name] = bench_model(name, n, args.ref_mult * n, args.quick, args.seed, log,
+                                   tuple(float(v) for v in args.ggf_rtols.split(",")),
+                                   tuple(float(v) for v in args.rtols.split(",")))
         meta.update(load_end=round(os.getloadavg()[0], 2), total_s=time.perf_counter() - start)
         atomic_write(stem + ".json", json.dumps(dict(meta=meta, models=models), indent=1).encode())  # after each model
     atomic_write(stem + ".md", (markdown(meta, models) + "\n").encode())
