@@ -434,6 +434,9 @@ FRONTIER_PROBLEMS = ("lowrank", "lowrank-ve", "gmm3072", "gmm3072-ve", "digits")
 # ``sample_dpm_fast`` takes its NFE ``n`` directly and stops at sigma_min: it gets ``n = B - 1`` and the
 # final denoising call (+1 NFE) that benchmarks/adaptive.py also gives ``sample_dpm_adaptive``.
 # ``sample_dpm_adaptive`` (a tolerance, not a budget) is benchmarks/adaptive.py's.
+# The one-call samplers also run on k-diffusion's ``get_sigmas_exponential`` (uniform in log sigma, i.e. in
+# log-SNR: jaxsde's "logsnr" grid), as ``<name>@exponential``.
+K_DIFFUSION_EXPONENTIAL = ("euler", "euler_ancestral", "lms", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde")
 K_DIFFUSION_SAMPLERS = {"euler": 1, "euler_ancestral": 1, "lms": 1, "dpmpp_2m": 1, "dpmpp_2m_sde": 1,
                         "dpmpp_3m_sde": 1, "heun": 2, "dpm_2": 2, "dpm_2_ancestral": 2, "dpmpp_2s_ancestral": 2,
                         "dpmpp_sde": 2, "dpm_fast": 1}
@@ -554,8 +557,9 @@ def frontier_grid_variants(steps: int):
 
 def run_k_diffusion_fixed(target, name: str, budget: int, x_T, seed: int):
     """k-diffusion's ``sample_<name>`` on Karras sigmas (rho 7, sigma_min / sigma_max = sigma / alpha at the SDE's
-    ``eps`` / ``T``), float32 torch on the whole batch, its model the jitted jaxsde score as a denoiser
-    ``D(x / alpha, sigma / alpha)``. Returns (samples, NFE = model calls, wall s incl. compilation)."""
+    ``eps`` / ``T``; ``<name>@exponential``: on ``get_sigmas_exponential`` between the same ends), float32 torch on
+    the whole batch, its model the jitted jaxsde score as a denoiser ``D(x / alpha, sigma / alpha)``. Returns
+    (samples, NFE = model calls, wall s incl. compilation)."""
     import torch
 
     _adaptive_module()  # puts benchmarks/ on sys.path
@@ -570,9 +574,10 @@ def run_k_diffusion_fixed(target, name: str, budget: int, x_T, seed: int):
         out = ks.sample_dpm_fast(model, xt, smin, smax, budget - 1, disable=True)
         out = model(out, torch.full((out.shape[0],), smin))  # the final denoising step
     else:
-        steps = budget if K_DIFFUSION_SAMPLERS[name] == 1 else (budget + 1) // 2
-        sigmas = ks.get_sigmas_karras(steps, smin, smax)
-        out = getattr(ks, "sample_" + name)(model, xt, sigmas, disable=True)
+        base, _, schedule = name.partition("@")
+        steps = budget if K_DIFFUSION_SAMPLERS[base] == 1 else (budget + 1) // 2
+        make_sigmas = ks.get_sigmas_exponential if schedule == "exponential" else ks.get_sigmas_karras
+        out = getattr(ks, "sample_" + base)(model, xt, make_sigmas(steps, smin, smax), disable=True)
     return out.numpy(), km.calls[0], time.perf_counter() - t0
 
 
@@ -632,6 +637,7 @@ def frontier(args, argv):
             jobs = [("jaxsde", name, solver) for name, solver in
                     frontier_jaxsde_solvers(b, isinstance(target.sde, jaxsde.VESDE))]
             jobs += [("k-diffusion", name, None) for name in K_DIFFUSION_SAMPLERS]
+            jobs += [("k-diffusion", name + "@exponential", None) for name in K_DIFFUSION_EXPONENTIAL]
             for lib, name, solver in jobs:
                 label = name if lib == "jaxsde" else "k-diffusion " + name
                 if samplers is not None and not any(s in label for s in samplers):
@@ -643,7 +649,8 @@ def frontier(args, argv):
                     else:
                         x, calls, wall = run_k_diffusion_fixed(target, name, b, x_T, args.seed)
                         failed, mean_nfe, max_nfe = 0, float(calls), int(calls)
-                        setting = f"sample_{name}, Karras sigmas"
+                        base, _, schedule = name.partition("@")
+                        setting = f"sample_{base}, " + ("exponential" if schedule else "Karras") + " sigmas"
                     good = np.all(np.isfinite(np.asarray(x).reshape(len(x), -1)), axis=1)
                     failed += int(np.sum(~good))
                     q, sd = target.quality(np.asarray(x)[good]) if good.sum() > 10 else (float("nan"), float("nan"))
