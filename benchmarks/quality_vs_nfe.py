@@ -532,7 +532,8 @@ def frontier_grid_variants(steps: int):
     k-diffusion) and the third orders of UniPC and DPM-Solver++ (diffusers' UniPC default for unconditional
     models); and k-diffusion's own configurations of the shared algorithms, on the Karras grid without the
     lower order at the last steps (``dpmpp edm full-order`` is ``sample_dpmpp_2m``, ``dpmpp-sde edm``
-    ``sample_dpmpp_2m_sde``). ``steps`` steps, then the final Tweedie step: NFE = ``steps + 1``. A setting a
+    ``sample_dpmpp_2m_sde``, ``lms edm, lms last step`` ``sample_lms``). ``steps`` steps, then the final Tweedie
+    step: NFE = ``steps + 1``. A setting a
     sampler refuses at this step count (too few steps for the order) is left out."""
     makers = {"dpmpp edm": lambda: jaxsde.DPMSolverPP(steps, order=2, grid="edm"),
               "dpmpp-3m edm": lambda: jaxsde.DPMSolverPP(steps, order=3, grid="edm"),
@@ -545,7 +546,9 @@ def frontier_grid_variants(steps: int):
               # k-diffusion's own configurations (Karras grid, full order to the end): the same algorithms
               "dpmpp edm full-order": lambda: jaxsde.DPMSolverPP(steps, order=2, grid="edm", lower_order_final=False),
               "dpmpp-sde edm": lambda: jaxsde.DPMSolverPPSDE(steps, order=2, grid="edm"),
-              "unipc edm full-order": lambda: jaxsde.UniPC(steps, order=2, grid="edm", lower_order_final=False)}
+              "unipc edm full-order": lambda: jaxsde.UniPC(steps, order=2, grid="edm", lower_order_final=False),
+              "lms edm, lms last step": lambda: jaxsde.LMS(steps, order=4, last_step="lms"),  # = sample_lms
+              "lms logsnr, lms last step": lambda: jaxsde.LMS(steps, order=4, grid="logsnr", last_step="lms")}
     out = []
     for name, make in makers.items():
         try:

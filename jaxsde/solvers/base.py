@@ -86,6 +86,13 @@ class Solver:
         step then costs no evaluation), else ``None``."""
         return None
 
+    def denoise(self, sde, x: Array, t: Array, score: Array, state) -> Array:
+        """The driver's final denoising step (``denoise=True``) from ``x`` at ``t = t_end``, given the
+        score ``score`` there and the solver's final ``state``: the data estimate. Default: the
+        Tweedie estimate ``(x + sigma^2 score) / alpha``; a multistep method may extrapolate instead."""
+        del state
+        return sde.tweedie(x, t, score)
+
     # score evaluations :meth:`reimpose` costs
     reimpose_nfe: int = 0
 

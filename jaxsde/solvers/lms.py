@@ -35,10 +35,13 @@ class LMS(MultistepSolver):
     node offsets ``s_{i-j} - s_i = s_i expm1(lam_i - lam_{i-j})`` are formed without cancellation.
 
     k-diffusion's schedules end in ``sigma = 0``, where ``sample_lms`` takes one more LMS step
-    (extrapolating ``eps``); jaxsde's last step ends at ``t_end`` and the driver's final Tweedie
-    step (``denoise=True``) returns the data prediction there instead. On sigmas
-    ``sigma(t_i)/alpha(t_i)`` of this solver's grid (no trailing 0) and ``denoise=False``,
-    k-diffusion's output (times ``alpha(t_end)``) equals this solver's (``tests/test_lms.py``).
+    (extrapolating ``eps``). Here the last step ends at ``t_end``; the driver's final denoising
+    step (``denoise=True``, one more evaluation at ``t_end``) then returns the Tweedie estimate
+    (``last_step="tweedie"``, the default) or takes k-diffusion's LMS step from ``s(t_end)`` to
+    ``s = 0`` with that evaluation as the newest node (``last_step="lms"``). On sigmas
+    ``sigma(t_i)/alpha(t_i)`` of this solver's grid, k-diffusion's output equals this solver's:
+    without the trailing 0 and ``denoise=False`` (times ``alpha(t_end)``), and with it,
+    ``last_step="lms"`` and ``denoise=True`` (``tests/test_lms.py``).
 
     Deterministic (no noise). Order ``order`` on the ODE (``tests/test_lms.py``). NFE =
     ``num_steps`` (+1 for the driver's final Tweedie step, ``denoise=True``).
@@ -47,17 +50,22 @@ class LMS(MultistepSolver):
       num_steps: number of steps (``>= order``).
       order: 1 to 4 (default 4, k-diffusion's).
       grid: ``"edm"`` (Karras, default), ``"uniform"``, ``"logsnr"``, or an array of times.
+      last_step: the final denoising step: ``"tweedie"`` (default) or ``"lms"`` (k-diffusion's
+        LMS step to ``sigma = 0``; same NFE).
     """
 
     num_steps: int = 20
     order: int = 4
     grid: Any = "edm"
+    last_step: str = "tweedie"
 
     noise_per_attempt = 0
 
     def __post_init__(self):
         self._check_grid()
         check_int("order", self.order, 1, 4, "LMS")
+        if self.last_step not in ("tweedie", "lms"):
+            raise ValueError(f"LMS: last_step must be 'tweedie' or 'lms', got {self.last_step!r}")
         if self.num_steps < self.order:
             raise ValueError(f"LMS: order {self.order} needs num_steps >= {self.order} (the first "
                              f"{self.order - 1} steps warm up at lower orders), got num_steps={self.num_steps}")
@@ -75,3 +83,17 @@ class LMS(MultistepSolver):
         alpha, _ = sde.marginal(t)
         alpha_n, _ = sde.marginal(t_next)
         return alpha_n / alpha * x + alpha_n * combine(w, hist), hist, None, 1
+
+    def denoise(self, sde, x, t, score, state):
+        if self.last_step == "tweedie":
+            return sde.tweedie(x, t, score)
+        # k-diffusion's last LMS step, from s_K = s(t_end) to s = 0: Delta = -s_K, so the nodes
+        # (s_{K-j} - s_K) / Delta = -expm1(lam_K - lam_{K-j}); the data is x~ at s = 0
+        alpha, sigma = sde.marginal(t)
+        hist = push(state.hist, -sigma * score)
+        lam_s = self.node(state, 0)
+        nodes = [-jnp.expm1(lam_s - self.node(state, -j)) for j in range(self.order)]
+        delta = -jnp.exp(-lam_s)
+        w = interpolation_weights([delta / (k + 1) for k in range(self.order)], nodes,
+                                  jnp.minimum(self.order, state.index + 1))
+        return x / alpha + combine(w, hist)
