@@ -70,30 +70,27 @@ class LMS(MultistepSolver):
             raise ValueError(f"LMS: order {self.order} needs num_steps >= {self.order} (the first "
                              f"{self.order - 1} steps warm up at lower orders), got num_steps={self.num_steps}")
 
+    def weights(self, state, step):
+        """The coefficients ``c_j`` of the step from grid node ``state.index`` to ``s_i (1 + step)``
+        (``step = (s_{i+1} - s_i) / s_i``; ``-1``: to ``s = 0``)."""
+        lam_s = self.node(state, 0)
+        delta = jnp.exp(-lam_s) * step
+        nodes = [jnp.expm1(lam_s - self.node(state, -j)) / step for j in range(self.order)]  # (s_{i-j} - s_i) / delta
+        return interpolation_weights([delta / (k + 1) for k in range(self.order)], nodes,
+                                     jnp.minimum(self.order, state.index + 1))
+
     def advance_history(self, sde, score, x, state, z):
         i = state.index
         t, t_next = state.grid[i], state.grid[i + 1]
         hist = push(state.hist, noise_prediction(sde, score, x, t))
-        lam_s = self.node(state, 0)
-        step = jnp.expm1(lam_s - self.node(state, 1))  # (s_{i+1} - s_i) / s_i < 0
-        delta = jnp.exp(-lam_s) * step
-        nodes = [jnp.expm1(lam_s - self.node(state, -j)) / step for j in range(self.order)]  # (s_{i-j} - s_i) / delta
-        w = interpolation_weights([delta / (k + 1) for k in range(self.order)], nodes,
-                                  jnp.minimum(self.order, i + 1))
+        w = self.weights(state, jnp.expm1(self.node(state, 0) - self.node(state, 1)))
         alpha, _ = sde.marginal(t)
         alpha_n, _ = sde.marginal(t_next)
         return alpha_n / alpha * x + alpha_n * combine(w, hist), hist, None, 1
 
     def denoise(self, sde, x, t, score, state):
         if self.last_step == "tweedie":
-            return sde.tweedie(x, t, score)
-        # k-diffusion's last LMS step, from s_K = s(t_end) to s = 0: Delta = -s_K, so the nodes
-        # (s_{K-j} - s_K) / Delta = -expm1(lam_K - lam_{K-j}); the data is x~ at s = 0
+            return super().denoise(sde, x, t, score, state)
+        # k-diffusion's last LMS step, from s(t_end) to s = 0 (step = -1); the data is x~ = x / alpha there
         alpha, sigma = sde.marginal(t)
-        hist = push(state.hist, -sigma * score)
-        lam_s = self.node(state, 0)
-        nodes = [-jnp.expm1(lam_s - self.node(state, -j)) for j in range(self.order)]
-        delta = -jnp.exp(-lam_s)
-        w = interpolation_weights([delta / (k + 1) for k in range(self.order)], nodes,
-                                  jnp.minimum(self.order, state.index + 1))
-        return x / alpha + combine(w, hist)
+        return x / alpha + combine(self.weights(state, -1.0), push(state.hist, -sigma * score))
