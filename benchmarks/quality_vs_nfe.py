@@ -232,8 +232,9 @@ def main(argv=None):
     parser.add_argument("--samplers", default="",
                         help="--frontier: comma-separated substrings; only samplers whose name has one")
     parser.add_argument("--seed", type=int, default=0, help="--frontier: the sampling seed")
-    parser.add_argument("--tag", default="", help="--frontier: results file suffix, frontier_<problem>_<tag>.*; "
-                        "tagged files (a confirmation run on another seed) stay out of frontier_summary.md")
+    parser.add_argument("--tag", default="", help="--frontier: results file suffix, frontier_<problem>_<tag>.*, "
+                        "for a partial or confirmation run (--samplers, --seed); tagged files stay out of "
+                        "frontier_summary.md")
     args = parser.parse_args(argv)
     if args.frontier:
         return frontier(args, argv)
@@ -532,9 +533,9 @@ def frontier_grid_variants(steps: int):
     k-diffusion) and the third orders of UniPC and DPM-Solver++ (diffusers' UniPC default for unconditional
     models); and k-diffusion's own configurations of the shared algorithms, on the Karras grid without the
     lower order at the last steps (``dpmpp edm full-order`` is ``sample_dpmpp_2m``, ``dpmpp-sde edm``
-    ``sample_dpmpp_2m_sde``, ``lms edm, lms last step`` ``sample_lms``). ``steps`` steps, then the final Tweedie
-    step: NFE = ``steps + 1``. A setting a
-    sampler refuses at this step count (too few steps for the order) is left out."""
+    ``sample_dpmpp_2m_sde``, ``lms edm, lms last step`` ``sample_lms``). ``steps`` steps, then the final
+    denoising step: NFE = ``steps + 1``. A setting a sampler refuses at this step count (too few steps for the
+    order) is left out."""
     makers = {"dpmpp edm": lambda: jaxsde.DPMSolverPP(steps, order=2, grid="edm"),
               "dpmpp-3m edm": lambda: jaxsde.DPMSolverPP(steps, order=3, grid="edm"),
               "unipc-3": lambda: jaxsde.UniPC(steps, order=3),

@@ -225,6 +225,17 @@ def child_forward(args, opts: dict) -> dict:
                 out_scale=float(np.max(np.abs(out["torch"].numpy()))))
 
 
+def ddim_solver(sched, k_steps: int):
+    """``jaxsde.DDIM`` on diffusers' ``k_steps``-step trailing grid, ending with the Tweedie step (diffusers' last
+    step to ``alpha_bar = 1``); ``sched`` is set to ``k_steps``."""
+    import jaxsde
+    from jaxsde.solvers.exponential import diffusers_grid
+
+    sched.set_timesteps(k_steps)
+    grid = diffusers_grid(sched.timesteps.numpy(), N_TRAIN, end_at_first_entry=False)
+    return jaxsde.DDIM(len(grid) - 1, grid=grid)
+
+
 # --- child: DDIM sampling --------------------------------------------------------------------------
 def child_sampling(args, opts: dict) -> dict:
     import jax
@@ -234,7 +245,6 @@ def child_sampling(args, opts: dict) -> dict:
     from diffusers import DDIMScheduler, UNet2DModel
 
     import jaxsde
-    from jaxsde.solvers.exponential import diffusers_grid
 
     torch.set_num_threads(args.threads)
     ckpt = jaxsde.checkpoints.load(args.weights, "diffusers")
@@ -253,10 +263,8 @@ def child_sampling(args, opts: dict) -> dict:
     result["forward_compile_s"] = time.perf_counter() - t0
 
     for k_steps in args.steps:
-        sched.set_timesteps(k_steps)
+        solver = ddim_solver(sched, k_steps)
         timesteps = sched.timesteps.clone()
-        grid = diffusers_grid(timesteps.numpy(), N_TRAIN, end_at_first_entry=False)
-        solver = jaxsde.DDIM(len(grid) - 1, grid=grid)
 
         def program(params, x, denoise=True, solver=solver):
             sol = jaxsde.solve_batch(keys, ckpt.sde, ckpt.score_fn(params), solver, x, denoise=denoise)
@@ -324,7 +332,6 @@ def child_compile(args, opts: dict) -> dict:
     from diffusers import DDIMScheduler
 
     import jaxsde
-    from jaxsde.solvers.exponential import diffusers_grid
 
     ckpt = jaxsde.checkpoints.load(args.weights, "diffusers")
     sched = DDIMScheduler.from_pretrained(args.weights)
@@ -341,9 +348,7 @@ def child_compile(args, opts: dict) -> dict:
 
     out: dict = dict(forward=[compile_s(forward, ckpt.params, xs, ts) for _ in range(2)], ddim={})
     for k_steps in args.steps:
-        sched.set_timesteps(k_steps)
-        grid = diffusers_grid(sched.timesteps.numpy(), N_TRAIN, end_at_first_entry=False)
-        solver = jaxsde.DDIM(len(grid) - 1, grid=grid)
+        solver = ddim_solver(sched, k_steps)
         for denoise in (True, False):
             def program(p, x, solver=solver, denoise=denoise):
                 return jaxsde.solve_batch(keys, ckpt.sde, ckpt.score_fn(p), solver, x, denoise=denoise).x
