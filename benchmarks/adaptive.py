@@ -198,19 +198,11 @@ def run_jaxsde(target: Target, solver, seed: int, n: int, repeats: int):
 
 
 def run_k_diffusion(target: Target, kwargs, x_T, seed: int, repeats: int):
-    import torch
-
     km = k_diffusion_model(target.sde, target.score)
     xt = km.initial(x_T)
 
     def once():
-        torch.manual_seed(seed)
-        km.calls[0] = 0
-        out = km.ks.sample_dpm_adaptive(km.model, xt, sigma_min=km.sigma_min, sigma_max=km.sigma_max,
-                                        disable=True, **kwargs)
-        # the final denoising step, as jaxsde's samplers take it (+1 NFE)
-        final = km.denoise(jnp.asarray(out.numpy()), jnp.full((out.shape[0],), km.sigma_min, jnp.float32))
-        return np.asarray(final), km.calls[0] + 1
+        return km.sample_adaptive(xt, seed, **kwargs)  # + the final denoising step, as jaxsde's samplers (+1 NFE)
 
     t0 = time.perf_counter()
     x, nfe = once()

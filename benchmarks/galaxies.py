@@ -158,7 +158,6 @@ def prior(ckpt, seed: int, n: int) -> np.ndarray:
 
 def k_diffusion_runner(ckpt):
     """k-diffusion's ``sample_dpm_adaptive`` on the jitted jaxsde score -> ``run(kwargs, x_T, seed)``."""
-    import torch
 
     km = k_diffusion_model(ckpt.sde, ckpt.score_fn(ckpt.params))  # k-diffusion's x = x_VP / alpha, sigma / alpha
 
@@ -166,14 +165,10 @@ def k_diffusion_runner(ckpt):
         xt = km.initial(x_T)
         sig_e = jnp.full((len(x_T),), km.sigma_min, jnp.float32)
         jax.block_until_ready(km.denoise(jnp.asarray(xt.numpy()), sig_e))  # compile + warm-up at this batch size
-        torch.manual_seed(seed)
-        km.calls[0] = 0
         t0 = time.perf_counter()
-        out = km.ks.sample_dpm_adaptive(km.model, xt, sigma_min=km.sigma_min, sigma_max=km.sigma_max,
-                                        disable=True, **kwargs)
-        x = np.asarray(jax.block_until_ready(km.denoise(jnp.asarray(out.numpy()), sig_e)))  # final denoising, +1 NFE
+        x, nfe = km.sample_adaptive(xt, seed, **kwargs)  # + the final denoising call (+1 NFE)
         wall = time.perf_counter() - t0
-        return dict(x=x, nfe=np.full((len(x),), km.calls[0] + 1),
+        return dict(x=x, nfe=np.full((len(x),), nfe),
                     failed=int(np.sum(~np.isfinite(x).all(axis=(1, 2, 3)))), wall_s=wall, compile_s=0.0)
 
     return run

@@ -35,6 +35,19 @@ class KDiffusionModel(NamedTuple):
 
         return torch.from_numpy(np.asarray(x_T, np.float32) / self.alpha_T)
 
+    def sample_adaptive(self, xt: Any, seed: int, **kwargs: Any) -> tuple[np.ndarray, int]:
+        """k-diffusion's ``sample_dpm_adaptive`` (``kwargs``: rtol, atol, eta, ...) from ``xt`` (torch, as from
+        :meth:`initial`) down to ``sigma_min``, then the final denoising call jaxsde's samplers also make there.
+        Returns (samples as a NumPy array, NFE = model calls + 1); torch's seed is set to ``seed`` first."""
+        import torch
+
+        torch.manual_seed(seed)
+        self.calls[0] = 0
+        out = self.ks.sample_dpm_adaptive(self.model, xt, sigma_min=self.sigma_min, sigma_max=self.sigma_max,
+                                          disable=True, **kwargs)
+        sig = jnp.full((out.shape[0],), self.sigma_min, jnp.float32)
+        return np.asarray(jax.block_until_ready(self.denoise(jnp.asarray(out.numpy()), sig))), self.calls[0] + 1
+
 
 def k_diffusion_model(sde: Any, score: Callable) -> KDiffusionModel:
     """The one-sample jaxsde ``score(x, t)`` of ``sde`` as k-diffusion's denoiser ``D(x / alpha, sigma / alpha)``.
