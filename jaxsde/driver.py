@@ -398,7 +398,7 @@ def finalize(p: Problem, s: LoopState) -> Solution:
         evaluated = score is None
         if evaluated:
             score = p.score(x, t)
-        denoised = p.solver.denoise(p.sde, x, t, score, s.solver_state)
+        denoised = p.solver.denoising_step(p.sde, x, t, score, s.solver_state)
         reached = result == results.SUCCESS
         bad = ~jnp.all(jnp.isfinite(denoised))
         result = jnp.where(reached & bad, results.NONFINITE, result).astype(jnp.int32)

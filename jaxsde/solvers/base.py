@@ -86,7 +86,7 @@ class Solver:
         step then costs no evaluation), else ``None``."""
         return None
 
-    def denoise(self, sde, x: Array, t: Array, score: Array, state) -> Array:
+    def denoising_step(self, sde, x: Array, t: Array, score: Array, state) -> Array:
         """The driver's final denoising step (``denoise=True``) from ``x`` at ``t = t_end``, given the
         score ``score`` there and the solver's final ``state``: the data estimate. Default: the
         Tweedie estimate ``(x + sigma^2 score) / alpha``; a multistep method may extrapolate instead."""

@@ -88,9 +88,9 @@ class LMS(MultistepSolver):
         alpha_n, _ = sde.marginal(t_next)
         return alpha_n / alpha * x + alpha_n * combine(w, hist), hist, None, 1
 
-    def denoise(self, sde, x, t, score, state):
+    def denoising_step(self, sde, x, t, score, state):
         if self.last_step == "tweedie":
-            return super().denoise(sde, x, t, score, state)
+            return super().denoising_step(sde, x, t, score, state)
         # k-diffusion's last LMS step, from s(t_end) to s = 0 (step = -1); the data is x~ = x / alpha there
         alpha, sigma = sde.marginal(t)
         return x / alpha + combine(self.weights(state, -1.0), push(state.hist, -sigma * score))
