@@ -233,8 +233,15 @@ def main(argv=None):
                         help="--frontier: comma-separated substrings; only samplers whose name has one")
     parser.add_argument("--seed", type=int, default=0, help="--frontier: the sampling seed")
     parser.add_argument("--tag", default="", help="--frontier: results file suffix, frontier_<problem>_<tag>.*, "
-                        "for a partial or confirmation run (--samplers, --seed); tagged files stay out of "
-                        "frontier_summary.md")
+                        "for a partial or confirmation run (--samplers, --seed); frontier_summary.md merges a tagged "
+                        "file with the untagged one of the same draws (problem, n, seed)")
+    parser.add_argument("--tuned", action="store_true",
+                        help="--frontier: add the deterministic multistep samplers on grids learned by "
+                             "jaxsde.optimize_grid (rows '<name> tuned grid'), calibrated on other draws")
+    parser.add_argument("--n-calibration", type=int, default=0,
+                        help="--tuned: calibration draws (seed + 1000; default 256 on the mixtures, 32 on digits)")
+    parser.add_argument("--tune-iterations", type=int, default=0,
+                        help="--tuned: Adam iterations (default 100 on the mixtures, 40 on digits)")
     args = parser.parse_args(argv)
     if args.frontier:
         return frontier(args, argv)
@@ -559,6 +566,48 @@ def frontier_grid_variants(steps: int):
     return out
 
 
+TUNED_SAMPLERS = {  # name -> (steps, grid) -> solver: the deterministic one-NFE-per-step multistep samplers
+    "unipc": lambda steps, grid: jaxsde.UniPC(steps, order=2, grid=grid),
+    "dpmpp": lambda steps, grid: jaxsde.DPMSolverPP(steps, order=2, grid=grid),
+    "ipndm": lambda steps, grid: jaxsde.IPNDM(steps, order=4, grid=grid),
+    "deis": lambda steps, grid: jaxsde.DEIS(steps, order=3, grid=grid),
+    "lms, lms last step": lambda steps, grid: jaxsde.LMS(steps, order=4, grid=grid, last_step="lms"),
+}
+
+
+class GridTuner:
+    """The tuned-grid rows of one problem: ``jaxsde.optimize_grid`` from the log-SNR grid, on ``n`` calibration
+    draws of seed ``seed + 1000`` (never the evaluation draws) against the PF-ODE teacher (tolerance 1e-5), computed
+    once per problem and shared by every sampler and budget."""
+
+    def __init__(self, adaptive, target, seed: int, n: int, iterations: int):
+        self.target, self.iterations, self.n, self.seed = target, iterations, n, seed + 1000
+        self.x_cal = adaptive.prior(target, self.seed, n)
+        self._teacher = None
+
+    def teacher(self):
+        if self._teacher is None:
+            t0 = time.perf_counter()
+            x, nfe = jaxsde.grid_optimization.teacher_samples(self.target.sde, self.target.score, self.x_cal)
+            self._teacher = (x, nfe, time.perf_counter() - t0)
+        return self._teacher
+
+    def __call__(self, name: str, steps: int):
+        """(solver on the learned grid, a description of the calibration)."""
+        make = TUNED_SAMPLERS[name]
+        teacher, teacher_nfe, teacher_s = self.teacher()
+        t0 = time.perf_counter()
+        res = jaxsde.optimize_grid(self.target.sde, self.target.score, make(steps, "logsnr"), self.x_cal,
+                                   teacher=teacher, iterations=self.iterations)
+        info = dict(calibration_draws=self.n, calibration_seed=self.seed, iterations=self.iterations,
+                    start_grid="logsnr", teacher_nfe=teacher_nfe, teacher_s=teacher_s,
+                    tune_s=time.perf_counter() - t0, initial_loss=res.initial_loss, loss=res.loss,
+                    times=list(res.times))
+        print(f"  tuned {name} ({steps} steps): loss {res.initial_loss:.3g} -> {res.loss:.3g} in "
+              f"{info['tune_s']:.0f}s; times {np.round(res.times, 4).tolist()}", flush=True)
+        return make(steps, res.times), info
+
+
 def run_k_diffusion_fixed(target, name: str, budget: int, x_T, seed: int):
     """k-diffusion's ``sample_<name>`` on Karras sigmas (rho 7, sigma_min / sigma_max = sigma / alpha at the SDE's
     ``eps`` / ``T``; ``<name>@exponential``: on ``get_sigmas_exponential`` between the same ends), float32 torch on
@@ -637,16 +686,27 @@ def frontier(args, argv):
         x_T = adaptive.prior(target, args.seed, n)
         floor_q, floor_sd = target.floor(jax.random.PRNGKey(args.seed + 17), n)
         rows = []
+        tuner = None
+        if args.tuned:
+            digits = problem == "digits"
+            tuner = GridTuner(adaptive, target, args.seed, args.n_calibration or (32 if digits else 256),
+                              args.tune_iterations or (40 if digits else 100))
         for b in budgets:
             jobs = [("jaxsde", name, solver) for name, solver in
                     frontier_jaxsde_solvers(b, isinstance(target.sde, jaxsde.VESDE))]
+            if tuner is not None:
+                jobs += [("jaxsde", name + " tuned grid", (tuner, name, b - 1)) for name in TUNED_SAMPLERS]
             jobs += [("k-diffusion", name, None) for name in K_DIFFUSION_SAMPLERS]
             jobs += [("k-diffusion", name + "@exponential", None) for name in K_DIFFUSION_EXPONENTIAL]
             for lib, name, solver in jobs:
                 label = name if lib == "jaxsde" else "k-diffusion " + name
                 if samplers is not None and not any(s in label for s in samplers):
                     continue
+                tuning = None
                 try:
+                    if isinstance(solver, tuple):  # a tuned grid: learn it now (only for the samplers asked for)
+                        tune, base, steps = solver
+                        solver, tuning = tune(base, steps)
                     if lib == "jaxsde":
                         x, nfe, failed, wall = adaptive.run_jaxsde(target, solver, args.seed, n, 0)
                         mean_nfe, max_nfe, setting = float(nfe.mean()), int(nfe.max()), repr(solver)
@@ -664,6 +724,8 @@ def frontier(args, argv):
                     max_nfe, failed, setting = -1, n, f"error: {type(err).__name__}: {err}"
                 row = dict(sampler=label, lib=lib, budget=b, setting=setting, mean_nfe=mean_nfe, max_nfe=max_nfe,
                            quality=float(q), sd=float(sd), failed=int(failed), wall_s=float(wall))
+                if tuning is not None:
+                    row["tuning"] = tuning
                 rows.append(row)
                 print(f"{problem} NFE<={b:3d} {label:32s} NFE {mean_nfe:5.1f} q {q:.4f} +- {sd:.4f} "
                       f"wall {wall:6.1f}s failed {failed}", flush=True)
@@ -680,7 +742,7 @@ def frontier(args, argv):
         write_frontier_markdown(stem + ".md", res)
         plot_frontier(stem + ".png", res)
         print(f"{problem}: {res['elapsed_s']:.0f}s; wrote {stem}.{{md,json,png}}", flush=True)
-    if not args.quick and not args.tag:
+    if not args.quick:
         write_frontier_summary(args.out)
 
 
@@ -728,27 +790,47 @@ def write_frontier_markdown(path, res):
 
 
 def write_frontier_summary(out):
-    """``frontier_summary.md``: the best-per-budget rows of every (non-quick) ``frontier_*.json`` in ``out``."""
+    """``frontier_summary.md``: jaxsde's best vs k-diffusion's best per budget over every (non-quick)
+    ``frontier_*.json`` in ``out``, the files of the same draws (problem, n, seed: an untagged run and its tagged
+    partial runs) merged into one pool of rows (a sampler in several files: the later file's row); jaxsde's best
+    is also given without the tuned-grid rows."""
     import glob
 
-    paths = []
+    groups: dict = {}
     for p in sorted(glob.glob(os.path.join(out, "frontier_*.json"))):
-        with open(p) as f:
-            if not p.endswith("_quick.json") and not json.load(f).get("tag"):
-                paths.append(p)
-    if not paths:
-        return
-    lines = ["# Fixed-budget frontier: jaxsde's best vs k-diffusion's best", "",
-             "Each problem's file states its command; made from: " + ", ".join(os.path.basename(p) for p in paths), "",
-             "| problem | SDE | n | NFE budget | jaxsde best | quality | k-diffusion best | quality | verdict |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for p in paths:
+        if p.endswith("_quick.json"):
+            continue
         with open(p) as f:
             res = json.load(f)
-        for b, w in res["best"].items():
-            lines.append(f"| {res['problem']} | {res['sde']} | {res['n']} | {b} | {w['jaxsde']['sampler']} | "
+        g = groups.setdefault((res["problem"], res["n"], res.get("seed", 0)),
+                              dict(sde=res["sde"], files=[], rows={}, budgets=set()))
+        g["files"].append(os.path.basename(p))
+        g["budgets"].update(res["budgets"])
+        for r in res["rows"]:
+            g["rows"][(r["sampler"], r["budget"])] = r
+    if not groups:
+        return
+    lines = ["# Fixed-budget frontier: jaxsde's best vs k-diffusion's best", "",
+             "Each results file states its command. Rows of the same draws (problem, n, seed) are pooled across "
+             "the files named in the last column. Quality +- bootstrap sd, lower is better; verdict: the difference "
+             "against 2 combined sd. *Tuned grid* rows run on a grid learned by `jaxsde.optimize_grid` on other "
+             "draws (seed + 1000); the column before the verdict is jaxsde's best without them.", "",
+             "| problem | SDE | n | seed | NFE budget | jaxsde best | quality | k-diffusion best | quality | verdict "
+             "| jaxsde best on built-in grids | quality | verdict | files |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (problem, n, seed), g in sorted(groups.items()):
+        rows = list(g["rows"].values())
+        budgets = sorted(g["budgets"])
+        best = frontier_best(rows, budgets)
+        plain = frontier_best([r for r in rows if "tuning" not in r], budgets)
+        for b in budgets:
+            w, u = best.get(str(b)), plain.get(str(b))
+            if w is None:
+                continue
+            lines.append(f"| {problem} | {g['sde']} | {n} | {seed} | {b} | {w['jaxsde']['sampler']} | "
                          f"{_q(w['jaxsde'])} | {w['k_diffusion']['sampler']} | {_q(w['k_diffusion'])} | "
-                         f"{w['verdict']} |")
+                         f"{w['verdict']} | {u['jaxsde']['sampler']} | {_q(u['jaxsde'])} | {u['verdict']} | "
+                         f"{', '.join(g['files'])} |")
     with open(os.path.join(out, "frontier_summary.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 

@@ -8,9 +8,10 @@ See ``solve``/``sample`` (the driver), the SDEs, and the solvers below.
 import importlib
 from typing import Any
 
-from . import controllers, editing, grids, guidance, likelihood, noise, precision, results
+from . import controllers, editing, grid_optimization, grids, guidance, likelihood, noise, precision, results
 from .driver import sample, solve, solve_batch, summarize
 from .editing import Inpainting, inpaint, sdedit
+from .grid_optimization import GridOptimization, optimize_grid
 from .grids import time_grid
 from .likelihood import (
     BitsPerDim,
@@ -131,6 +132,9 @@ __all__ = [
     "GivenNoise",
     "time_grid",
     "grids",
+    "optimize_grid",
+    "GridOptimization",
+    "grid_optimization",
     "noise",
     "results",
     "checkpoints",

@@ -59,3 +59,46 @@ def test_frontier_quick_run(tmp_path):
     assert best["k_diffusion"]["quality"] == min(r["quality"] for r in rows if r["lib"] == "k-diffusion")
     assert best["verdict"] in ("jaxsde better", "k-diffusion better", "tie (within 2 sd)")
     assert "## Best per budget" in (tmp_path / "frontier_lowrank_quick.md").read_text()
+
+
+@pytest.mark.slow
+def test_frontier_tuned_grid_row(tmp_path):
+    """--tuned: the tuned-grid row learns its grid on calibration draws and runs at the budget's NFE."""
+    bench = load_script()
+    bench.main(["--frontier", "--quick", "--cache", "", "--out", str(tmp_path), "--tuned", "--samplers",
+                "unipc tuned", "--n-calibration", "16", "--tune-iterations", "3", "--tag", "tuned"])
+    res = json.loads((tmp_path / "frontier_lowrank_tuned_quick.json").read_text())
+    (row,) = res["rows"]
+    assert row["sampler"] == "unipc tuned grid" and row["mean_nfe"] == 5 and row["failed"] == 0, row
+    tuning = row["tuning"]
+    assert tuning["calibration_draws"] == 16 and tuning["calibration_seed"] == res["seed"] + 1000
+    assert tuning["iterations"] == 3 and len(tuning["times"]) == 5 and tuning["loss"] <= tuning["initial_loss"]
+    assert math.isfinite(row["quality"])
+
+
+def test_frontier_summary_pools_files_of_the_same_draws(tmp_path):
+    """frontier_summary.md pools an untagged file with its tagged partial runs (same problem, n, seed), keeps other
+    draws apart, and gives jaxsde's best without the tuned-grid rows next to the best with them."""
+    bench = load_script()
+
+    def row(sampler, lib, q, tuned=False):
+        r = dict(sampler=sampler, lib=lib, budget=5, mean_nfe=5.0, quality=q, sd=0.001, failed=0)
+        return dict(r, tuning={"times": []}) if tuned else r
+
+    def write(name, seed, rows):
+        res = dict(problem="p", n=10, seed=seed, sde="VPSDE", budgets=[5], rows=rows)
+        (tmp_path / f"frontier_{name}.json").write_text(json.dumps(res))
+
+    write("p", 0, [row("a", "jaxsde", 0.5), row("k-diffusion x", "k-diffusion", 0.4)])
+    write("p_more", 0, [row("a tuned grid", "jaxsde", 0.2, tuned=True), row("k-diffusion y", "k-diffusion", 0.3)])
+    write("p_confirm", 1, [row("a", "jaxsde", 0.1), row("k-diffusion x", "k-diffusion", 0.9)])
+    bench.write_frontier_summary(str(tmp_path))
+    lines = [ln for ln in (tmp_path / "frontier_summary.md").read_text().splitlines() if ln.startswith("| p |")]
+    assert len(lines) == 2
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+    pooled = next(c for c in cells if c[3] == "0")
+    assert pooled[5] == "a tuned grid" and pooled[7] == "k-diffusion y" and pooled[9] == "jaxsde better"
+    assert pooled[10] == "a" and pooled[12] == "k-diffusion better"
+    assert pooled[13] == "frontier_p.json, frontier_p_more.json"
+    other = next(c for c in cells if c[3] == "1")
+    assert other[5] == "a" and other[7] == "k-diffusion x" and other[13] == "frontier_p_confirm.json"

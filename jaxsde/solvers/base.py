@@ -244,7 +244,16 @@ class FixedGridSolver(Solver):
         return self.num_steps
 
     def init(self, sde, score, x, t_start, t_end) -> SolverInit:
-        state = self.schedule.init(sde, t_start, t_end, x.dtype)
+        return self.init_on_grid(sde, score, x, self.schedule.init(sde, t_start, t_end, x.dtype).grid)
+
+    def init_on_grid(self, sde, score, x: Array, grid: Array) -> SolverInit:
+        """:meth:`init` on the given ``num_steps + 1`` decreasing times ``grid`` (an array, traced
+        or not, dtype ``x.dtype``) instead of the solver's own grid: the grid is solver state, so
+        a caller may solve on (and differentiate with respect to) times that are not constants
+        (:func:`jaxsde.optimize_grid`). Subclasses that derive more state from the grid override
+        this, not :meth:`init`."""
+        del score
+        state = GridState(jnp.zeros((), jnp.int32), jnp.asarray(grid, x.dtype))
         h = jnp.asarray(state.grid[0] - state.grid[1], x.dtype)
         return SolverInit(h=h, state=state, nfe=0)
 

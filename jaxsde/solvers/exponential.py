@@ -235,8 +235,9 @@ class MultistepSolver(FixedGridSolver):
         """Initial ``(hist, extra)``; default: zeros and ``None``."""
         return jnp.zeros((self.history_size, *x.shape), x.dtype), None
 
-    def init(self, sde, score, x, t_start, t_end) -> SolverInit:
-        grid = self.schedule.init(sde, t_start, t_end, x.dtype).grid
+    def init_on_grid(self, sde, score, x, grid) -> SolverInit:
+        del score
+        grid = jnp.asarray(grid, x.dtype)
         lam = half_log_snr(sde, grid).astype(x.dtype)
         pad = self.history_size
         d = lam[1] - lam[0]

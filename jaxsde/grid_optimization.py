@@ -1,0 +1,246 @@
+"""Time grids learned for one solver and one score: few-step sampling on an optimized discretization.
+
+At 5-10 score evaluations the placement of the steps matters as much as the solver. Given a
+deterministic fixed-grid solver with ``K`` steps, a score and a batch of prior draws ``x_T``,
+:func:`optimize_grid` finds the ``K + 1`` times (end points fixed) that minimize the mean squared
+distance between the solver's samples and accurate solutions of the probability-flow ODE from the
+same draws (the *teacher*), by gradient descent through the solve itself. This is the objective of
+"Learning to Discretize Denoising Diffusion ODEs" (Tong et al., 2024; LD3) without its slack
+term; the grid is solver state (:meth:`jaxsde.solvers.base.FixedGridSolver.init_on_grid`), so
+the gradient is exact reverse-mode differentiation of the very program :func:`jaxsde.solve` runs.
+
+Parametrization: the grid's half log-SNR increments are a softmax of ``K`` free parameters times
+the total log-SNR span, so every candidate is strictly decreasing with exact end points; it
+starts from the solver's own grid. Adam (optax) on the full batch; the grid with the lowest
+training loss is returned (and, with ``validation=``, its loss on held-out draws next to the
+starting grid's, which is what says whether the optimization generalizes).
+
+The result's ``times`` are Python floats for the solver's ``grid=`` argument::
+
+    opt = jaxsde.optimize_grid(sde, score, jaxsde.UniPC(4), x_T)        # x_T: (n, *shape)
+    solver = jaxsde.UniPC(4, grid=opt.times)                            # then solve / sample
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import driver
+from .sde import SDE, ScoreFn
+from .solution import Solution
+from .solvers.base import FixedGridSolver
+from .solvers.probability_flow import ProbabilityFlow
+
+Array = jax.Array
+
+__all__ = ["GridOptimization", "optimize_grid", "solve_on_grid", "grid_from_params", "grid_params", "teacher_samples"]
+
+
+class GridOptimization(NamedTuple):
+    """What :func:`optimize_grid` returns.
+
+    ``times``: the optimized grid, ``num_steps + 1`` decreasing floats (the solver's ``grid=``);
+    ``initial_times``: the solver's own grid it started from. Losses are mean squared distances
+    per dimension between the solver's and the teacher's final samples (after the final
+    denoising step when ``denoise``): ``loss``/``initial_loss`` on the training draws,
+    ``validation_loss``/``initial_validation_loss`` on the held-out ones (NaN without
+    ``validation=``); ``history``: the training loss per iteration. ``teacher_nfe``: the mean
+    score evaluations per teacher sample; ``student_nfe``: the solver's per sample (one
+    training iteration costs ``student_nfe`` forward evaluations per training draw, plus their
+    reverse-mode derivatives)."""
+
+    times: tuple[float, ...]
+    initial_times: tuple[float, ...]
+    loss: float
+    initial_loss: float
+    validation_loss: float
+    initial_validation_loss: float
+    history: np.ndarray
+    teacher_nfe: float
+    student_nfe: int
+
+
+def grid_params(sde: SDE, times: Array) -> Array:
+    """The ``num_steps`` free parameters (log of the log-SNR increments) of a decreasing grid."""
+    lam = sde.log_snr(jnp.asarray(times))
+    return jnp.log(jnp.diff(lam))
+
+
+def grid_from_params(sde: SDE, params: Array, t_start: Array, t_end: Array) -> Array:
+    """The grid whose log-SNR increments are ``softmax(params)`` of the span from ``t_start`` to
+    ``t_end``: strictly decreasing times, end points exact (the inverse of :func:`grid_params`)."""
+    dtype = params.dtype
+    lam0 = sde.log_snr(jnp.asarray(t_start, dtype))
+    lam1 = sde.log_snr(jnp.asarray(t_end, dtype))
+    frac = jnp.concatenate([jnp.zeros((1,), dtype), jnp.cumsum(jax.nn.softmax(params))])
+    times = sde.inverse_log_snr(lam0 + frac * (lam1 - lam0)).astype(dtype)
+    return times.at[0].set(t_start).at[-1].set(t_end)
+
+
+def solve_on_grid(sde: SDE, score: ScoreFn, solver: FixedGridSolver, times: Array, x_T: Array, *,
+                  denoise: bool = True, key: Array | None = None) -> Solution:
+    """:func:`jaxsde.solve` of ONE sample on the grid ``times`` (``solver.num_steps + 1`` decreasing
+    times, an array that may be traced) instead of the solver's own grid: one compiled program serves
+    every grid, and the result is differentiable with respect to ``times`` (a ``lax.scan`` over the
+    fixed number of steps, not a ``while_loop``). The solve spans ``solver``'s own end points; give
+    ``times`` the same ones. ``key``: the sample's noise key (stochastic solvers; default
+    ``PRNGKey(0)``)."""
+    if not isinstance(solver, FixedGridSolver):
+        raise TypeError(f"solve_on_grid needs a fixed-grid solver, got {type(solver).__name__}")
+    x_T = jnp.asarray(x_T)
+    p = driver.prepare(sde, score, solver, jax.ShapeDtypeStruct(x_T.shape, x_T.dtype), denoise=denoise)
+    times = jnp.asarray(times, p.dtype)
+    if times.shape != (solver.num_steps + 1,):
+        raise ValueError(f"times must hold num_steps + 1 = {solver.num_steps + 1} values, got shape {times.shape}")
+    key = jax.random.PRNGKey(0) if key is None else key
+    s = driver.init(p, x_T)
+    first = solver.init_on_grid(sde, p.score, x_T, times)
+    s = s._replace(h=jnp.asarray(first.h, p.dtype), solver_state=first.state,
+                   stats=s.stats._replace(nfe=jnp.zeros((), jnp.int32) + first.nfe))
+    s, _ = jax.lax.scan(lambda c, _: (driver.step(p, key, c), None), s, None, length=solver.num_steps)
+    return driver.finalize(p, s)
+
+
+def teacher_samples(sde: SDE, score: ScoreFn, x_T: Array, *, tolerance: float = 1e-5, denoise: bool = True,
+                    batch_size: int = 256) -> tuple[Array, float]:
+    """Accurate probability-flow ODE solutions from the draws ``x_T`` ``(n, *shape)``
+    (:class:`~jaxsde.ProbabilityFlow` at ``rtol = atol = tolerance``, then the final denoising
+    step when ``denoise``): ``(samples, mean NFE per sample)``. Raises if any solve failed."""
+    solver = ProbabilityFlow(rtol=tolerance, atol=tolerance)
+    keys = jax.random.split(jax.random.PRNGKey(0), x_T.shape[0])  # unused: the ODE draws no noise
+
+    @jax.jit
+    def chunk(k, x):
+        return driver.solve_batch(k, sde, score, solver, x, denoise=denoise)
+
+    xs, nfes, bad = [], [], 0
+    for start in range(0, x_T.shape[0], batch_size):
+        sol = chunk(keys[start:start + batch_size], x_T[start:start + batch_size])
+        xs.append(sol.x)
+        nfes.append(np.asarray(sol.stats.nfe))
+        bad += int(np.sum(np.asarray(sol.result) != 0))
+    if bad:
+        raise RuntimeError(f"{bad} of {x_T.shape[0]} teacher solves failed (result codes != 0); raise the "
+                           f"tolerance or check the score for non-finite values")
+    return jnp.concatenate(xs), float(np.concatenate(nfes).mean())
+
+
+def _check(solver: Any, x_T: Any, teacher: Any, iterations: int, learning_rate: float) -> None:
+    if not isinstance(solver, FixedGridSolver):
+        raise TypeError(f"optimize_grid needs a fixed-grid solver (DDIM, DPMSolverPP, UniPC, DEIS, IPNDM, LMS, "
+                        f"EDMHeun, ...), got {type(solver).__name__}")
+    if solver.noise_per_attempt:
+        raise ValueError(f"optimize_grid matches the probability-flow ODE's solutions, so it needs a deterministic "
+                         f"solver; {type(solver).__name__} draws noise each step (use its deterministic setting, "
+                         f"e.g. eta=0, or another solver)")
+    if getattr(x_T, "ndim", 0) < 2:
+        raise ValueError("x_T must be a batch of prior draws shaped (n, *sample_shape) with n >= 1")
+    if teacher is not None and tuple(teacher.shape) != tuple(x_T.shape):
+        raise ValueError(f"teacher must be shaped like x_T {tuple(x_T.shape)}, got {tuple(teacher.shape)}")
+    if not (isinstance(iterations, int) and iterations >= 0):
+        raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
+    if not (learning_rate > 0 and math.isfinite(learning_rate)):
+        raise ValueError(f"learning_rate must be a positive finite number, got {learning_rate!r}")
+
+
+def optimize_grid(
+    sde: SDE,
+    score: ScoreFn,
+    solver: FixedGridSolver,
+    x_T: Array,
+    *,
+    teacher: Array | None = None,
+    validation: tuple[Array, Array] | Array | None = None,
+    iterations: int = 200,
+    learning_rate: float = 0.05,
+    denoise: bool = True,
+    distance: Callable[[Array, Array], Array] | None = None,
+    teacher_tolerance: float = 1e-5,
+) -> GridOptimization:
+    """Learn the time grid of ``solver`` for ``score`` (see the module docstring).
+
+    Args:
+      sde, score: the SDE and a one-sample score ``score(x, t)``, as for :func:`jaxsde.solve`.
+      solver: a deterministic fixed-grid solver; its ``num_steps`` and options are kept, its grid
+        is the starting point.
+      x_T: training draws from the prior, ``(n, *shape)`` (e.g. ``sde.prior_sample``).
+      teacher: the target samples from ``x_T`` (same shape); default: :func:`teacher_samples`.
+      validation: held-out draws ``x_T`` or ``(x_T, teacher)``; the losses of the starting and the
+        optimized grid on them are reported.
+      iterations, learning_rate: Adam iterations on the full training batch and its step size.
+      denoise: compare after the driver's final denoising step (as ``solve(denoise=True)``).
+      distance: ``distance(x, y) -> scalar`` for one pair of samples; default the mean squared
+        difference per dimension.
+      teacher_tolerance: the teacher's ODE tolerance.
+
+    Returns:
+      a :class:`GridOptimization`; ``solver`` rebuilt with ``grid=result.times`` samples on the
+      optimized grid.
+    """
+    _check(solver, x_T, teacher, iterations, learning_rate)
+    x_T = jnp.asarray(x_T)
+    p = driver.prepare(sde, score, solver, jax.ShapeDtypeStruct(x_T.shape[1:], x_T.dtype), denoise=denoise)
+    dtype = p.dtype
+    distance = distance or (lambda a, b: jnp.mean((a - b) ** 2))
+    if teacher is None:
+        teacher, teacher_nfe = teacher_samples(sde, score, x_T, tolerance=teacher_tolerance, denoise=denoise)
+    else:
+        teacher_nfe = float("nan")
+    start = p.solver.schedule.init(sde, jnp.asarray(p.t_start, dtype), jnp.asarray(p.t_end, dtype), dtype).grid
+
+    def loss_on(times: Array, xs: Array, targets: Array) -> Array:
+        out = jax.vmap(lambda x: solve_on_grid(sde, score, solver, times, x, denoise=denoise).x)(xs)
+        return jnp.mean(jax.vmap(distance)(out, targets))
+
+    def loss(params: Array, xs: Array, targets: Array) -> Array:
+        return loss_on(grid_from_params(sde, params, p.t_start, p.t_end), xs, targets)
+
+    import optax  # imported here: `import jaxsde` does not load optax
+
+    opt = optax.adam(learning_rate)
+    params = grid_params(sde, start).astype(dtype)
+
+    @jax.jit
+    def update(params, opt_state):
+        value, grad = jax.value_and_grad(loss)(params, x_T, teacher)
+        grad = jnp.where(jnp.isfinite(grad), grad, 0.0)
+        updates, opt_state = opt.update(grad, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    opt_state = opt.init(params)
+    history = []
+    best, best_loss = params, float(jax.jit(loss)(params, x_T, teacher))
+    initial_loss = best_loss
+    for _ in range(iterations):
+        new, opt_state, value = update(params, opt_state)
+        value = float(value)  # the loss of ``params`` (before this update)
+        history.append(value)
+        if math.isfinite(value) and value < best_loss:
+            best, best_loss = params, value
+        params = new
+    final = float(jax.jit(loss)(params, x_T, teacher)) if iterations else best_loss
+    if math.isfinite(final) and final < best_loss:
+        best, best_loss = params, final
+    times = grid_from_params(sde, best, p.t_start, p.t_end)
+
+    val_loss = initial_val_loss = float("nan")
+    if validation is not None:
+        xv, tv = validation if isinstance(validation, tuple) else (validation, None)
+        xv = jnp.asarray(xv, dtype)
+        if tv is None:
+            tv, _ = teacher_samples(sde, score, xv, tolerance=teacher_tolerance, denoise=denoise)
+        evaluate = jax.jit(loss_on)
+        val_loss, initial_val_loss = float(evaluate(times, xv, tv)), float(evaluate(start, xv, tv))
+    nfe = solve_on_grid(sde, score, solver, start, x_T[0], denoise=denoise).stats.nfe
+    return GridOptimization(
+        times=tuple(float(t) for t in np.asarray(times, np.float64)),
+        initial_times=tuple(float(t) for t in np.asarray(start, np.float64)),
+        loss=best_loss, initial_loss=initial_loss, validation_loss=val_loss,
+        initial_validation_loss=initial_val_loss, history=np.asarray(history), teacher_nfe=teacher_nfe,
+        student_nfe=int(nfe))

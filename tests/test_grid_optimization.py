@@ -1,0 +1,127 @@
+"""optimize_grid: the learned grid lowers the distance to the exact probability-flow solution on held-out
+draws, the driver reproduces the reported losses on the returned grid, the teacher is the exact flow,
+the parametrization round-trips, bad input is refused.
+
+Target: data ``N(mu, s^2 I)`` under the VP SDE. Its probability-flow map is known in closed form:
+``x_eps = alpha_e mu + sqrt(C_e / C_T) (x_T - alpha_T mu)`` with ``C = alpha^2 s^2 + sigma^2``, and
+the Tweedie step then gives ``mu + alpha_e s^2 / sqrt(C_e C_T) (x_T - alpha_T mu)``.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxsde
+from jaxsde.grid_optimization import grid_from_params, grid_params, solve_on_grid, teacher_samples
+from jaxsde.testing.exact import gaussian_score
+
+MU, S, DIM = 0.3, 0.5, 4
+
+
+def exact_flow(sde, x_T):
+    """The exact PF-ODE solution from ``x_T`` at T to eps, then the Tweedie step."""
+    a_T, s_T = (float(v) for v in sde.marginal(sde.T))
+    a_e, s_e = (float(v) for v in sde.marginal(sde.eps))
+    c_T, c_e = a_T**2 * S**2 + s_T**2, a_e**2 * S**2 + s_e**2
+    return MU + a_e * S**2 / math.sqrt(c_e * c_T) * (np.asarray(x_T, np.float64) - a_T * MU)
+
+
+def draws(sde, seed, n):
+    return sde.prior_sample(jax.random.PRNGKey(seed), (n, DIM), jnp.float32)
+
+
+@pytest.mark.parametrize("sde", [jaxsde.VPSDE(), jaxsde.VESDE()], ids=["VP", "VE"])
+def test_parametrization_round_trips(sde):
+    times = jaxsde.time_grid(sde, 6, "edm")
+    back = grid_from_params(sde, grid_params(sde, times), sde.T, sde.eps)
+    np.testing.assert_allclose(np.asarray(back), np.asarray(times), rtol=2e-5)
+    assert back[0] == times[0] and back[-1] == times[-1]
+    assert np.all(np.diff(np.asarray(back)) < 0)
+
+
+def test_teacher_is_the_exact_flow():
+    sde = jaxsde.VPSDE()
+    x_T = draws(sde, 0, 8)
+    teacher, nfe = teacher_samples(sde, gaussian_score(sde, MU, S), x_T)
+    np.testing.assert_allclose(np.asarray(teacher), exact_flow(sde, x_T), atol=2e-4)
+    assert nfe > 10
+
+
+def test_learned_grid_is_the_best_grid_and_generalizes():
+    """DPM-Solver++(2M), 3 steps, from the log-SNR grid. Its two interior times are the only freedom, so an
+    exhaustive search over a 49 x 49 lattice of log-SNR fractions (one vmapped program of ``solve_on_grid``)
+    bounds the best grid's loss from above: optimize_grid must reach it. The learned grid also lowers the loss on
+    held-out draws (measured 2.5x: the exact flow is out of this solver's reach at 3 steps), and the reported
+    losses are what the driver computes on the returned grid."""
+    sde = jaxsde.VPSDE()
+    score = gaussian_score(sde, MU, S)
+    solver = jaxsde.DPMSolverPP(3, order=2, grid="logsnr")
+    x_train, x_val = draws(sde, 1, 16), draws(sde, 2, 16)
+    teacher = jnp.asarray(exact_flow(sde, x_train), jnp.float32)
+    val_teacher = jnp.asarray(exact_flow(sde, x_val), jnp.float32)
+    res = jaxsde.optimize_grid(sde, score, solver, x_train, teacher=teacher, validation=(x_val, val_teacher),
+                               iterations=60, learning_rate=0.1)
+
+    lam0, lam1 = sde.log_snr(jnp.float32(sde.T)), sde.log_snr(jnp.float32(sde.eps))
+
+    def lattice_loss(f):
+        times = sde.inverse_log_snr(lam0 + jnp.concatenate([jnp.zeros(1), f, jnp.ones(1)]) * (lam1 - lam0))
+        times = times.at[0].set(sde.T).at[-1].set(sde.eps)
+        out = jax.vmap(lambda x: solve_on_grid(sde, score, solver, times, x).x)(x_train)
+        return jnp.mean((out - teacher) ** 2)
+
+    f = np.linspace(0.02, 0.98, 49)
+    pairs = np.array([(a, b) for a in f for b in f if b > a], np.float32)
+    exhaustive = float(jnp.min(jax.jit(jax.vmap(lattice_loss))(jnp.asarray(pairs))))
+    assert res.loss <= exhaustive * (1 + 1e-3)
+    assert res.loss < res.initial_loss / 2
+    assert res.validation_loss < res.initial_validation_loss / 2
+    assert res.student_nfe == 4 and math.isnan(res.teacher_nfe) and len(res.history) == 60
+    assert res.times[0] == res.initial_times[0] and res.times[-1] == res.initial_times[-1]
+    assert np.all(np.diff(res.times) < 0) and res.times != res.initial_times
+
+    def driver_loss(grid, x, target):
+        tuned = jaxsde.DPMSolverPP(3, order=2, grid=grid)
+        sol = jaxsde.solve_batch(jax.random.split(jax.random.PRNGKey(0), x.shape[0]), sde, score, tuned, x)
+        assert np.all(np.asarray(sol.result) == 0) and np.all(np.asarray(sol.stats.nfe) == 4)
+        return float(jnp.mean((sol.x - target) ** 2))
+
+    np.testing.assert_allclose(driver_loss(res.times, x_val, val_teacher), res.validation_loss, rtol=1e-4)
+    np.testing.assert_allclose(driver_loss(res.initial_times, x_val, val_teacher), res.initial_validation_loss,
+                               rtol=1e-4)
+    np.testing.assert_allclose(driver_loss(res.times, x_train, teacher), res.loss, rtol=1e-4)
+
+
+def test_solve_on_grid_equals_solve_on_that_grid():
+    """The traced-grid solve is the driver's solve on the same grid (a multistep solver with a custom grid)."""
+    sde = jaxsde.VESDE()
+    score = gaussian_score(sde, 0.5, 0.2)
+    times = jaxsde.time_grid(sde, 5, "edm")
+    x = sde.prior_sample(jax.random.PRNGKey(3), (DIM,), jnp.float32)
+    ours = jax.jit(lambda g: solve_on_grid(sde, score, jaxsde.UniPC(5, order=3), g, x))(times)
+    ref = jaxsde.solve(jax.random.PRNGKey(0), sde, score, jaxsde.UniPC(5, order=3, grid="edm"), x)
+    np.testing.assert_allclose(np.asarray(ours.x), np.asarray(ref.x), rtol=1e-6, atol=1e-6)
+    assert int(ours.stats.nfe) == int(ref.stats.nfe) == 6 and int(ours.result) == 0
+    with pytest.raises(ValueError, match="num_steps \\+ 1 = 6"):
+        solve_on_grid(sde, score, jaxsde.UniPC(5), times[:-1], x)
+
+
+def test_bad_input_is_refused():
+    sde = jaxsde.VPSDE()
+    score = gaussian_score(sde, MU, S)
+    x = draws(sde, 0, 4)
+    with pytest.raises(ValueError, match="deterministic"):
+        jaxsde.optimize_grid(sde, score, jaxsde.DPMSolverPPSDE(3), x)
+    with pytest.raises(TypeError, match="fixed-grid solver"):
+        jaxsde.optimize_grid(sde, score, jaxsde.GottaGoFast(), x)
+    with pytest.raises(ValueError, match=r"\(n, \*sample_shape\)"):
+        jaxsde.optimize_grid(sde, score, jaxsde.DDIM(3), jnp.zeros(()))
+    with pytest.raises(ValueError, match="teacher must be shaped like x_T"):
+        jaxsde.optimize_grid(sde, score, jaxsde.DDIM(3), x, teacher=x[:2])
+    with pytest.raises(ValueError, match="iterations"):
+        jaxsde.optimize_grid(sde, score, jaxsde.DDIM(3), x, teacher=x, iterations=-1)
+    with pytest.raises(ValueError, match="learning_rate"):
+        jaxsde.optimize_grid(sde, score, jaxsde.DDIM(3), x, teacher=x, learning_rate=0.0)
