@@ -16,6 +16,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import sys
 import time
 
@@ -70,7 +71,7 @@ def main(argv=None):
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--name", default="", help="results file suffix: digits_MODEL_NAME.{json,md,png}")
     args = parser.parse_args(argv)
-    command = "python " + " ".join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
+    command = "python " + shlex.join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
     print(f"reproduce with: {command}", flush=True)
     ckpt = jaxsde.pretrained(args.model)
     n = 64 if args.quick else args.n

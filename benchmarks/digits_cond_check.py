@@ -20,6 +20,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import sys
 import time
 
@@ -73,7 +74,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=200, help="Euler-Maruyama steps")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
-    command = "python " + " ".join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
+    command = "python " + shlex.join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
     print(f"reproduce with: {command}", flush=True)
     ckpt = jaxsde.pretrained("digits-cond")
     solver = jaxsde.EulerMaruyama(args.steps)

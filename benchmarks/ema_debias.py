@@ -18,6 +18,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import sys
 
 import jax
@@ -47,7 +48,7 @@ def main(argv=None):
     parser.add_argument("--em1000", action="store_true", help="add EM-1000 on the current weights")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
-    command = "python " + " ".join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
+    command = "python " + shlex.join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
     print(f"reproduce with: {command}", flush=True)
     ckpt = jaxsde.pretrained(args.model)
     if not TrainConfig.from_dict(ckpt.config).ema_debias:

@@ -14,6 +14,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
-    command = "python " + " ".join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
+    command = "python " + shlex.join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
     here = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
     trees = {"this tree": here, **({"compared tree": os.path.abspath(args.compare)} if args.compare else {})}
     runs = {name: [] for name in trees}

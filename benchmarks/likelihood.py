@@ -23,6 +23,7 @@ import datetime
 import json
 import math
 import os
+import shlex
 import sys
 import time
 
@@ -63,7 +64,7 @@ def main(argv=None):
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--name", default="likelihood")
     args = parser.parse_args(argv)
-    command = "python " + " ".join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
+    command = "python " + shlex.join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
     print(f"reproduce with: {command}", flush=True)
 
     import torch

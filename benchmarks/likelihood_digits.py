@@ -18,6 +18,7 @@ import datetime
 import json
 import math
 import os
+import shlex
 import sys
 
 import jax
@@ -33,7 +34,7 @@ def main(argv=None):
     parser.add_argument("--exact-n", type=int, default=48)
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
-    command = "python " + " ".join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
+    command = "python " + shlex.join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
     print(f"reproduce with: {command}", flush=True)
     os.makedirs(args.out, exist_ok=True)
     reports = []

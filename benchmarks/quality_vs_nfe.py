@@ -61,6 +61,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import sys
 import time
 
@@ -575,6 +576,10 @@ TUNED_SAMPLERS = {  # name -> (steps, grid) -> solver: the deterministic one-NFE
 }
 
 
+K_DIFFUSION_ON_LEARNED = "k-diffusion on a learned grid"
+LEARNED_GRID_TWINS = {"lms": "lms, lms last step"}  # k-diffusion sampler -> the same algorithm in jaxsde
+
+
 class GridTuner:
     """The tuned-grid rows of one problem: ``jaxsde.optimize_grid`` from the log-SNR grid, on ``n`` calibration
     draws of seed ``seed + 1000`` (never the evaluation draws) against the PF-ODE teacher (tolerance 1e-5), computed
@@ -584,6 +589,7 @@ class GridTuner:
         self.target, self.iterations, self.n, self.seed = target, iterations, n, seed + 1000
         self.x_cal = adaptive.prior(target, self.seed, n)
         self._teacher = None
+        self.learned: dict = {}
 
     def teacher(self):
         if self._teacher is None:
@@ -593,7 +599,12 @@ class GridTuner:
         return self._teacher
 
     def __call__(self, name: str, steps: int):
-        """(solver on the learned grid, a description of the calibration)."""
+        """(solver on the learned grid, a description of the calibration); learned once per (name, steps)."""
+        if (name, steps) not in self.learned:
+            self.learned[name, steps] = self.learn(name, steps)
+        return self.learned[name, steps]
+
+    def learn(self, name: str, steps: int):
         make = TUNED_SAMPLERS[name]
         teacher, teacher_nfe, teacher_s = self.teacher()
         t0 = time.perf_counter()
@@ -608,11 +619,12 @@ class GridTuner:
         return make(steps, res.times), info
 
 
-def run_k_diffusion_fixed(target, name: str, budget: int, x_T, seed: int):
+def run_k_diffusion_fixed(target, name: str, budget: int, x_T, seed: int, times=None):
     """k-diffusion's ``sample_<name>`` on Karras sigmas (rho 7, sigma_min / sigma_max = sigma / alpha at the SDE's
-    ``eps`` / ``T``; ``<name>@exponential``: on ``get_sigmas_exponential`` between the same ends), float32 torch on
-    the whole batch, its model the jitted jaxsde score as a denoiser ``D(x / alpha, sigma / alpha)``. Returns
-    (samples, NFE = model calls, wall s incl. compilation)."""
+    ``eps`` / ``T``; ``<name>@exponential``: on ``get_sigmas_exponential`` between the same ends; with ``times``, a
+    one-call sampler on the sigmas of those ``budget`` jaxsde times, then 0), float32 torch on the whole batch, its
+    model the jitted jaxsde score as a denoiser ``D(x / alpha, sigma / alpha)``. Returns (samples, NFE = model
+    calls, wall s incl. compilation)."""
     import torch
 
     _adaptive_module()  # puts benchmarks/ on sys.path
@@ -629,8 +641,15 @@ def run_k_diffusion_fixed(target, name: str, budget: int, x_T, seed: int):
     else:
         base, _, schedule = name.partition("@")
         steps = budget if K_DIFFUSION_SAMPLERS[base] == 1 else (budget + 1) // 2
-        make_sigmas = ks.get_sigmas_exponential if schedule == "exponential" else ks.get_sigmas_karras
-        out = getattr(ks, "sample_" + base)(model, xt, make_sigmas(steps, smin, smax), disable=True)
+        if times is not None:
+            if K_DIFFUSION_SAMPLERS[base] != 1 or len(times) != budget:
+                raise ValueError(f"{base} on a jaxsde grid needs a one-call sampler and {budget} times")
+            alpha, sigma = target.sde.marginal(jnp.asarray(times, jnp.float32))
+            sigmas = torch.cat([torch.from_numpy(np.array(sigma / alpha, np.float32)), torch.zeros(1)])
+        else:
+            make_sigmas = ks.get_sigmas_exponential if schedule == "exponential" else ks.get_sigmas_karras
+            sigmas = make_sigmas(steps, smin, smax)
+        out = getattr(ks, "sample_" + base)(model, xt, sigmas, disable=True)
     return out.numpy(), km.calls[0], time.perf_counter() - t0
 
 
@@ -668,7 +687,7 @@ def frontier_best(rows, budgets):
 def frontier(args, argv):
     """``--frontier``: every fixed-budget sampler of both libraries at each budget on each problem."""
     adaptive = _adaptive_module()
-    command = "python " + " ".join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
+    command = "python " + shlex.join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
     print(f"reproduce with: {command}", flush=True)
     if args.cache:
         jax.config.update("jax_compilation_cache_dir", args.cache)
@@ -696,6 +715,10 @@ def frontier(args, argv):
                     frontier_jaxsde_solvers(b, isinstance(target.sde, jaxsde.VESDE))]
             if tuner is not None:
                 jobs += [("jaxsde", name + " tuned grid", (tuner, name, b - 1)) for name in TUNED_SAMPLERS]
+                # the same algorithms in k-diffusion on the sigmas of jaxsde's learned grid (not counted as
+                # k-diffusion's: it has no grid optimizer), to show where the gain comes from
+                jobs += [(K_DIFFUSION_ON_LEARNED, f"{kd} on tuned grid of {name}", (tuner, name, b - 1))
+                         for kd, name in LEARNED_GRID_TWINS.items()]
             jobs += [("k-diffusion", name, None) for name in K_DIFFUSION_SAMPLERS]
             jobs += [("k-diffusion", name + "@exponential", None) for name in K_DIFFUSION_EXPONENTIAL]
             for lib, name, solver in jobs:
@@ -707,7 +730,12 @@ def frontier(args, argv):
                     if isinstance(solver, tuple):  # a tuned grid: learn it now (only for the samplers asked for)
                         tune, base, steps = solver
                         solver, tuning = tune(base, steps)
-                    if lib == "jaxsde":
+                    if lib == K_DIFFUSION_ON_LEARNED:
+                        kd, _, twin = name.partition(" on tuned grid of ")
+                        x, calls, wall = run_k_diffusion_fixed(target, kd, b, x_T, args.seed, times=tuning["times"])
+                        failed, mean_nfe, max_nfe = 0, float(calls), int(calls)
+                        setting = f"sample_{kd} on the sigmas of jaxsde's learned grid for {twin}"
+                    elif lib == "jaxsde":
                         x, nfe, failed, wall = adaptive.run_jaxsde(target, solver, args.seed, n, 0)
                         mean_nfe, max_nfe, setting = float(nfe.mean()), int(nfe.max()), repr(solver)
                     else:

@@ -36,6 +36,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -304,7 +305,7 @@ def main(argv=None):
     parser.add_argument("--diffrax-tols", default=None, help="comma-separated rtol=atol of the diffrax SDE rows "
                         "(default 0.3,0.1,0.03,0.01)")
     args = parser.parse_args(argv)
-    command = "python " + " ".join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
+    command = "python " + shlex.join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
     print(f"reproduce with: {command}", flush=True)
     sizes = QUICK_SIZES if args.quick else SIZES
     load = tuple(round(v, 2) for v in os.getloadavg())
