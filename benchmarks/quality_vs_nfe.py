@@ -242,7 +242,7 @@ def main(argv=None):
     parser.add_argument("--n-calibration", type=int, default=0,
                         help="--tuned: calibration draws (seed + 1000; default 256 on the mixtures, 32 on digits)")
     parser.add_argument("--tune-iterations", type=int, default=0,
-                        help="--tuned: Adam iterations (default 100 on the mixtures, 40 on digits)")
+                        help="--tuned: Adam iterations (default 100 on the mixtures, 60 on digits)")
     args = parser.parse_args(argv)
     if args.frontier:
         return frontier(args, argv)
@@ -709,7 +709,7 @@ def frontier(args, argv):
         if args.tuned:
             digits = problem == "digits"
             tuner = GridTuner(adaptive, target, args.seed, args.n_calibration or (32 if digits else 256),
-                              args.tune_iterations or (40 if digits else 100))
+                              args.tune_iterations or (60 if digits else 100))
         for b in budgets:
             jobs = [("jaxsde", name, solver) for name, solver in
                     frontier_jaxsde_solvers(b, isinstance(target.sde, jaxsde.VESDE))]
