@@ -820,16 +820,18 @@ def write_frontier_markdown(path, res):
 def write_frontier_summary(out):
     """``frontier_summary.md``: jaxsde's best vs k-diffusion's best per budget over every (non-quick)
     ``frontier_*.json`` in ``out``, the files of the same draws (problem, n, seed: an untagged run and its tagged
-    partial runs) merged into one pool of rows (a sampler in several files: the later file's row); jaxsde's best
+    partial runs) merged into one pool of rows (a sampler in several files: the latest run's row); jaxsde's best
     is also given without the tuned-grid rows."""
     import glob
 
-    groups: dict = {}
+    runs = []
     for p in sorted(glob.glob(os.path.join(out, "frontier_*.json"))):
-        if p.endswith("_quick.json"):
-            continue
-        with open(p) as f:
-            res = json.load(f)
+        if not p.endswith("_quick.json"):
+            with open(p) as f:
+                runs.append((p, json.load(f)))
+    runs.sort(key=lambda pr: pr[1].get("machine", {}).get("date", ""))  # a later run's row replaces an earlier one's
+    groups: dict = {}
+    for p, res in runs:
         g = groups.setdefault((res["problem"], res["n"], res.get("seed", 0)),
                               dict(sde=res["sde"], files=[], rows={}, budgets=set()))
         g["files"].append(os.path.basename(p))

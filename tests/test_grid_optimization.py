@@ -51,11 +51,12 @@ def test_teacher_is_the_exact_flow():
 
 
 def test_learned_grid_is_the_best_grid_and_generalizes():
-    """DPM-Solver++(2M), 3 steps, from the log-SNR grid. Its two interior times are the only freedom, so an
-    exhaustive search over a 49 x 49 lattice of log-SNR fractions (one vmapped program of ``solve_on_grid``)
-    bounds the best grid's loss from above: optimize_grid must reach it. The learned grid also lowers the loss on
-    held-out draws (measured 2.5x: the exact flow is out of this solver's reach at 3 steps), and the reported
-    losses are what the driver computes on the returned grid."""
+    """DPM-Solver++(2M), 3 steps, from the log-SNR grid, the plain mean squared error as the objective. Its
+    two interior times are the only freedom, so an exhaustive search over a 49 x 49 lattice of log-SNR
+    fractions (one vmapped program of ``solve_on_grid``) bounds the best grid's loss from above:
+    optimize_grid must reach it. The learned grid also lowers the loss on held-out draws (measured 2.5x:
+    the exact flow is out of this solver's reach at 3 steps), and the reported losses are what the driver
+    computes on the returned grid."""
     sde = jaxsde.VPSDE()
     score = gaussian_score(sde, MU, S)
     solver = jaxsde.DPMSolverPP(3, order=2, grid="logsnr")
@@ -63,7 +64,7 @@ def test_learned_grid_is_the_best_grid_and_generalizes():
     teacher = jnp.asarray(exact_flow(sde, x_train), jnp.float32)
     val_teacher = jnp.asarray(exact_flow(sde, x_val), jnp.float32)
     res = jaxsde.optimize_grid(sde, score, solver, x_train, teacher=teacher, validation=(x_val, val_teacher),
-                               iterations=60, learning_rate=0.1)
+                               iterations=60, learning_rate=0.1, robust=False)
 
     lam0, lam1 = sde.log_snr(jnp.float32(sde.T)), sde.log_snr(jnp.float32(sde.eps))
 
@@ -93,6 +94,22 @@ def test_learned_grid_is_the_best_grid_and_generalizes():
     np.testing.assert_allclose(driver_loss(res.initial_times, x_val, val_teacher), res.initial_validation_loss,
                                rtol=1e-4)
     np.testing.assert_allclose(driver_loss(res.times, x_train, teacher), res.loss, rtol=1e-4)
+
+
+def test_robust_objective_is_the_mean_log1p_of_distances_over_their_median():
+    """The default objective, checked from the driver's per-sample distances on the starting grid (its value
+    before the first update is ``history[0]``): ``mean(log(1 + d_i / median(d)))``, where the median is
+    ``log 2`` by construction."""
+    sde = jaxsde.VPSDE()
+    score = gaussian_score(sde, MU, S)
+    x = draws(sde, 4, 9)
+    teacher = jnp.asarray(exact_flow(sde, x), jnp.float32).at[0].add(5.0)  # one draw far off, as a mode switch
+    res = jaxsde.optimize_grid(sde, score, jaxsde.DDIM(3), x, teacher=teacher, iterations=1)
+    sol = jaxsde.solve_batch(jax.random.split(jax.random.PRNGKey(0), 9), sde, score, jaxsde.DDIM(3), x)
+    d = np.mean((np.asarray(sol.x, np.float64) - np.asarray(teacher, np.float64)) ** 2, axis=1)
+    np.testing.assert_allclose(res.history[0], np.mean(np.log1p(d / np.median(d))), rtol=1e-5)
+    np.testing.assert_allclose(res.initial_loss, np.mean(d), rtol=1e-5)
+    assert res.history[0] < 0.5 * np.mean(d / np.median(d))  # the far draw's weight is its log, not its size
 
 
 def test_solve_on_grid_equals_solve_on_that_grid():

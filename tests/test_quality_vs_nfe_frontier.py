@@ -78,27 +78,29 @@ def test_frontier_tuned_grid_row(tmp_path):
 
 def test_frontier_summary_pools_files_of_the_same_draws(tmp_path):
     """frontier_summary.md pools an untagged file with its tagged partial runs (same problem, n, seed), keeps other
-    draws apart, and gives jaxsde's best without the tuned-grid rows next to the best with them."""
+    draws apart, takes the latest run's row for a sampler in several files, and gives jaxsde's best without the
+    tuned-grid rows next to the best with them."""
     bench = load_script()
 
     def row(sampler, lib, q, tuned=False):
         r = dict(sampler=sampler, lib=lib, budget=5, mean_nfe=5.0, quality=q, sd=0.001, failed=0)
         return dict(r, tuning={"times": []}) if tuned else r
 
-    def write(name, seed, rows):
-        res = dict(problem="p", n=10, seed=seed, sde="VPSDE", budgets=[5], rows=rows)
+    def write(name, seed, rows, date="2026-01-01"):
+        res = dict(problem="p", n=10, seed=seed, sde="VPSDE", budgets=[5], rows=rows, machine=dict(date=date))
         (tmp_path / f"frontier_{name}.json").write_text(json.dumps(res))
 
     write("p", 0, [row("a", "jaxsde", 0.5), row("k-diffusion x", "k-diffusion", 0.4)])
     write("p_more", 0, [row("a tuned grid", "jaxsde", 0.2, tuned=True), row("k-diffusion y", "k-diffusion", 0.3)])
     write("p_confirm", 1, [row("a", "jaxsde", 0.1), row("k-diffusion x", "k-diffusion", 0.9)])
+    write("p_again", 0, [row("a", "jaxsde", 0.45)], date="2025-12-31")  # an older run: its row is replaced
     bench.write_frontier_summary(str(tmp_path))
     lines = [ln for ln in (tmp_path / "frontier_summary.md").read_text().splitlines() if ln.startswith("| p |")]
     assert len(lines) == 2
     cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
     pooled = next(c for c in cells if c[3] == "0")
     assert pooled[5] == "a tuned grid" and pooled[7] == "k-diffusion y" and pooled[9] == "jaxsde better"
-    assert pooled[10] == "a" and pooled[12] == "k-diffusion better"
-    assert pooled[13] == "frontier_p.json, frontier_p_more.json"
+    assert pooled[10] == "a" and pooled[11].startswith("0.5000") and pooled[12] == "k-diffusion better"
+    assert pooled[13] == "frontier_p_again.json, frontier_p.json, frontier_p_more.json"
     other = next(c for c in cells if c[3] == "1")
     assert other[5] == "a" and other[7] == "k-diffusion x" and other[13] == "frontier_p_confirm.json"
