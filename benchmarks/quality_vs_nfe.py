@@ -52,7 +52,13 @@ Problems (benchmarks/adaptive.py's targets, with their quality and 30-resample b
 whitened mode-spread W2), both VP and, as ``-ve``, VE (the mixture mapped to [0, 1]), and ``digits``
 (the embedded VP model, FD-digits). Default n: 1000 on the mixtures, 300 on digits. Outputs
 ``frontier_<problem>[_quick].{md,json,png}`` and ``frontier_summary.md`` (jaxsde's best vs
-k-diffusion's best per budget, over every ``frontier_*.json`` in ``--out``).
+k-diffusion's best per budget, over every ``frontier_*.json`` in ``--out``, the runs of the same draws pooled).
+
+``--tuned`` adds the deterministic multistep samplers (``TUNED_SAMPLERS``) on grids learned by
+``jaxsde.optimize_grid`` (robust objective, from the log-SNR grid) on calibration draws of seed ``seed + 1000``
+(256 on the mixtures, 32 on digits; 100 / 60 Adam iterations), never the evaluation draws; each row records the
+learned times, the losses and the calibration cost. k-diffusion's ``sample_lms`` also runs on the learned LMS
+grid (rows ``k-diffusion lms on tuned grid of ...``, not counted as k-diffusion's: it has no grid optimizer).
 """
 
 from __future__ import annotations
