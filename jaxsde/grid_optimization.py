@@ -171,14 +171,16 @@ def optimize_grid(
     """Learn the time grid of ``solver`` for ``score`` (see the module docstring).
 
     Args:
-      sde, score: the SDE and a one-sample score ``score(x, t)``, as for :func:`jaxsde.solve`.
+      sde: the forward SDE, as for :func:`jaxsde.solve`.
+      score: a one-sample score ``score(x, t)``, as for :func:`jaxsde.solve`.
       solver: a deterministic fixed-grid solver; its ``num_steps`` and options are kept, its grid
         is the starting point.
       x_T: training draws from the prior, ``(n, *shape)`` (e.g. ``sde.prior_sample``).
       teacher: the target samples from ``x_T`` (same shape); default: :func:`teacher_samples`.
       validation: held-out draws ``x_T`` or ``(x_T, teacher)``; the losses of the starting and the
         optimized grid on them are reported.
-      iterations, learning_rate: Adam iterations on the full training batch and its step size.
+      iterations: Adam iterations on the full training batch.
+      learning_rate: Adam's step size (on the log of the log-SNR increments).
       denoise: compare after the driver's final denoising step (as ``solve(denoise=True)``).
       distance: ``distance(x, y) -> scalar >= 0`` for one pair of samples; default the mean squared
         difference per dimension.
