@@ -11,6 +11,15 @@ Conventions shared by every SDE here:
   ``inverse_log_snr`` inverts it (exponential-integrator samplers and log-SNR grids use it).
 * A score function ``score(x, t)`` maps ONE sample (no batch axis) and a scalar time to an
   array shaped like ``x``.
+* The velocity ``v = dx_t/dt = alpha'(t) x_0 + sigma'(t) noise`` along the path (what a
+  flow-matching model predicts) converts to and from the score and the data estimate through
+  ``alpha, sigma``, their time derivatives (:meth:`SDE.marginal_derivatives`) and
+  ``D = alpha sigma' - sigma alpha' = -alpha sigma lambda'/2 > 0``: ``x0 = (sigma' x - sigma v) / D``,
+  ``score = (alpha' x - alpha v) / (sigma D)`` (:meth:`SDE.x0_from_velocity`,
+  :meth:`SDE.score_from_velocity`), exact where ``alpha = 0``.
+* :class:`GaussianPathSDE` is a schedule given by ``(alpha, sigma)`` alone, ``alpha`` allowed to
+  reach 0 at ``T`` (flow matching); :class:`FlowSDE` is its linear path ``alpha = 1 - t``,
+  ``sigma = t``.
 
 The classes are frozen dataclasses registered as static pytrees: hashable, usable as
 closed-over constants or ``static_argnums`` inside ``jax.jit``.
@@ -29,7 +38,7 @@ from jax.typing import ArrayLike
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
 
-__all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "DiscreteVPSDE", "ScoreFn"]
+__all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "DiscreteVPSDE", "GaussianPathSDE", "FlowSDE", "ScoreFn"]
 
 
 class SDE:
@@ -110,6 +119,59 @@ class SDE:
         a = a_to / a_from
         b2 = jnp.maximum(s_to**2 - (a * s_from) ** 2, 0.0)
         return a, jnp.sqrt(b2)
+
+    # --- velocity (flow-matching) conversions --------------------------------------------
+    def marginal_derivatives(self, t: ArrayLike) -> tuple[Array, Array]:
+        """``(alpha'(t), sigma'(t))``, the time derivatives of :meth:`marginal` (by forward-mode
+        autodiff unless a subclass has closed forms), shaped like ``t``."""
+        t = jnp.asarray(t, jnp.result_type(t, float))
+        _, tangents = jax.jvp(self.marginal, (t,), (jnp.ones_like(t),))
+        return tangents
+
+    def velocity_determinant(self, t: ArrayLike) -> Array:
+        """``D = alpha sigma' - sigma alpha'`` (``= -alpha sigma lambda'/2``, positive where the
+        log-SNR strictly decreases; ``D = 1`` on the linear path), the denominator of the
+        velocity conversions."""
+        alpha, sigma = self.marginal(t)
+        dalpha, dsigma = self.marginal_derivatives(t)
+        return alpha * dsigma - sigma * dalpha
+
+    def x0_from_velocity(self, x: Array, t: ArrayLike, v: Array) -> Array:
+        """The data estimate ``x0 = (sigma' x - sigma v) / D`` of velocity ``v`` at ``(x, t)``.
+
+        Exact (no division by ``alpha``) where ``alpha = 0``; ``x - t v`` on :class:`FlowSDE`."""
+        _, sigma = self.marginal(t)
+        _, dsigma = self.marginal_derivatives(t)
+        return (dsigma * x - sigma * v) / self.velocity_determinant(t)
+
+    def eps_from_velocity(self, x: Array, t: ArrayLike, v: Array) -> Array:
+        """The noise estimate ``eps = (alpha v - alpha' x) / D``; ``x + (1 - t) v`` on :class:`FlowSDE`."""
+        alpha, _ = self.marginal(t)
+        dalpha, _ = self.marginal_derivatives(t)
+        return (alpha * v - dalpha * x) / self.velocity_determinant(t)
+
+    def score_from_velocity(self, x: Array, t: ArrayLike, v: Array) -> Array:
+        """The score ``(alpha' x - alpha v) / (sigma D)`` of velocity ``v``: finite where
+        ``alpha = 0`` (there it is ``alpha' x / D``, ``-x`` on :class:`FlowSDE`, whatever ``v``;
+        the score at ``alpha = 0`` has lost the data), infinite where ``sigma = 0``."""
+        alpha, sigma = self.marginal(t)
+        dalpha, _ = self.marginal_derivatives(t)
+        return (dalpha * x - alpha * v) / (sigma * self.velocity_determinant(t))
+
+    def velocity_from_score(self, x: Array, t: ArrayLike, score: Array) -> Array:
+        """The velocity ``(alpha' x - sigma D score) / alpha`` (the probability-flow drift
+        ``f x - g^2 score / 2``) of a score. Not defined where ``alpha = 0`` (``0/0``: the score
+        there does not determine the velocity); use :meth:`velocity_from_x0` or a velocity model."""
+        alpha, sigma = self.marginal(t)
+        dalpha, _ = self.marginal_derivatives(t)
+        return (dalpha * x - sigma * self.velocity_determinant(t) * score) / alpha
+
+    def velocity_from_x0(self, x: Array, t: ArrayLike, x0: Array) -> Array:
+        """The velocity ``(sigma' x - D x0) / sigma`` of a data estimate ``x0``: exact where
+        ``alpha = 0`` (``x - x0`` on :class:`FlowSDE` at ``t = 1``), infinite where ``sigma = 0``."""
+        _, sigma = self.marginal(t)
+        _, dsigma = self.marginal_derivatives(t)
+        return (dsigma * x - self.velocity_determinant(t) * x0) / sigma
 
     @property
     def default_atol(self) -> float:
@@ -362,3 +424,144 @@ class DiscreteVPSDE(SDE):
         table = jnp.asarray(self.log_snr_table, dtype=jnp.result_type(lam, float))
         steps = jnp.arange(table.shape[0], dtype=table.dtype)
         return (jnp.interp(lam, table[::-1], steps[::-1]) + 1.0) / self.num_train_timesteps
+
+
+@_frozen
+class GaussianPathSDE(SDE):
+    """A forward SDE given by its Gaussian path ``x_t = alpha(t) x_0 + sigma(t) noise`` alone.
+
+    Subclasses define :meth:`marginal` (``alpha`` decreasing, ``sigma`` increasing, ``alpha``
+    may reach 0 at ``T``); everything else follows:
+
+    * ``f = alpha'/alpha``, ``g^2 = d sigma^2/dt - 2 f sigma^2 = 2 sigma D / alpha`` with
+      ``D = alpha sigma' - sigma alpha'`` (:meth:`~SDE.velocity_determinant`); derivatives by
+      forward-mode autodiff unless :meth:`marginal_derivatives` is overridden;
+    * ``log_snr = 2 (log alpha - log sigma)`` (``-inf`` where ``alpha = 0``) and
+      :meth:`inverse_log_snr` by bisection in ``t`` (override it with a closed form when there
+      is one);
+    * prior ``N(0, I)`` (exact when ``alpha(T) = 0`` and ``sigma(T) = 1``), data in ``[-1, 1]``,
+      ``T = 1``, ``eps = 1e-3``.
+
+    At ``alpha = 0`` (``t = T`` for a flow) the score-based quantities are singular: ``drift``
+    and ``diffusion`` are infinite, :meth:`~SDE.tweedie` and :meth:`~SDE.velocity_from_score`
+    are ``0/0``. The velocity-based ones are exact there: :meth:`~SDE.x0_from_velocity`,
+    :meth:`~SDE.eps_from_velocity`, :meth:`~SDE.score_from_velocity`,
+    :meth:`~SDE.velocity_from_x0`, and :meth:`score_from_probability_flow_drift` (the
+    probability-flow drift IS the velocity).
+
+    A subclass is made a frozen dataclass and a static pytree automatically; a cosine
+    interpolant is::
+
+        class CosinePath(GaussianPathSDE):
+            def marginal(self, t):
+                t = jnp.asarray(t)  # sin(pi/2 (1 - t)), not cos(pi/2 t): exactly 0 at t = 1
+                return jnp.sin(0.5 * jnp.pi * (1.0 - t)), jnp.sin(0.5 * jnp.pi * t)
+    """
+
+    T: float = 1.0
+    eps: float = 1e-3
+    data_range: tuple[float, float] = (-1.0, 1.0)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        dataclasses.dataclass(frozen=True)(cls)
+        jax.tree_util.register_static(cls)
+
+    def __post_init__(self):
+        _check_positive(T=self.T, eps=self.eps)
+        if not self.eps < self.T:
+            raise ValueError(f"eps ({self.eps}) must be smaller than T ({self.T})")
+        if type(self) is GaussianPathSDE:
+            raise TypeError("GaussianPathSDE is abstract: subclass it and define marginal(t) -> (alpha, sigma)")
+        with jax.ensure_compile_time_eval():
+            (a_eps, s_eps), (a_end, s_end) = self.marginal(self.eps), self.marginal(self.T)
+        vals = [float(v) for v in (a_eps, s_eps, a_end, s_end)]
+        if not all(math.isfinite(v) for v in vals) or not (vals[0] > 0 and vals[1] > 0 and vals[2] >= 0
+                                                           and vals[3] > 0):
+            raise ValueError(f"{type(self).__name__}: marginal must give alpha > 0 and sigma > 0 at eps and "
+                             f"alpha >= 0, sigma > 0 at T; got (alpha, sigma) = ({vals[0]}, {vals[1]}) at eps, "
+                             f"({vals[2]}, {vals[3]}) at T")
+
+    def drift(self, x: Array, t: ArrayLike) -> Array:
+        """``f x = alpha'/alpha x`` (``-inf * x`` where ``alpha = 0``)."""
+        alpha, _ = self.marginal(t)
+        dalpha, _ = self.marginal_derivatives(t)
+        return dalpha / alpha * x
+
+    def diffusion(self, t: ArrayLike) -> Array:
+        """``g = sqrt(2 sigma D / alpha)`` (``inf`` where ``alpha = 0``)."""
+        alpha, sigma = self.marginal(t)
+        return jnp.sqrt(2.0 * sigma * self.velocity_determinant(t) / alpha)
+
+    def inverse_log_snr(self, lam: ArrayLike) -> Array:
+        """The ``t`` in ``[0, T]`` with ``log_snr(t) = lam``, by bisection (monotone, robust to
+        infinite end values): accurate to the last bit of ``t``'s dtype; ``lam = -inf`` gives
+        ``T``, ``lam = +inf`` gives 0 (values beyond the schedule's range clamp to ``[0, T]``);
+        NaN stays NaN."""
+        lam = jnp.asarray(lam)
+        dtype = jnp.result_type(lam, float)
+        lam = lam.astype(dtype)
+        lo, hi = jnp.zeros_like(lam), jnp.full_like(lam, self.T)
+        iters = 64 if dtype == jnp.float64 else 40
+
+        def body(_, bounds):
+            lo, hi = bounds
+            mid = 0.5 * (lo + hi)
+            above = self.log_snr(mid) > lam  # log_snr decreases: the root lies right of mid
+            return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+        lo, hi = jax.lax.fori_loop(0, iters, body, (lo, hi))
+        t = jnp.where(jnp.isposinf(lam), 0.0, jnp.where(jnp.isneginf(lam), self.T, 0.5 * (lo + hi)))
+        return jnp.where(jnp.isnan(lam), lam, t)
+
+    def score_from_probability_flow_drift(self, x: Array, t: ArrayLike, v: Array) -> Array:
+        """The probability-flow drift is the velocity: :meth:`~SDE.score_from_velocity` (finite
+        where ``alpha = 0``)."""
+        return self.score_from_velocity(x, t, v)
+
+
+class FlowSDE(GaussianPathSDE):
+    """The linear (rectified-flow) path: ``alpha = 1 - t``, ``sigma = t``, ``T = 1``.
+
+    What flow-matching models (SD3, Flux, SiT) are trained on; their network predicts the
+    velocity ``v = dx_t/dt = noise - x_0``. Closed forms: ``alpha' = -1``, ``sigma' = 1``,
+    ``D = 1``, ``f = -1/(1 - t)``, ``g^2 = 2 t / (1 - t)``,
+    ``lambda = 2 (log1p(-t) - log t)``, ``t = sigmoid(-lambda / 2)``; ``x0 = x - t v``,
+    ``score = -(x + (1 - t) v) / t``. The prior ``N(0, I)`` is exact at ``T = 1``, where
+    ``lambda = -inf``, ``f`` and ``g`` are infinite and ``tweedie`` is ``0/0`` (see
+    :class:`GaussianPathSDE`). Data in ``[-1, 1]``; ``eps = 1e-3`` (``sigma = 1e-3``).
+
+    The SD3/Flux time shift is not part of the SDE: it warps the time grid
+    (:func:`jaxsde.flow.flow_grid`, :func:`jaxsde.flow.time_shift`), so the network always sees
+    the actual ``t``.
+    """
+
+    def __post_init__(self):
+        if self.T != 1.0:
+            raise ValueError(f"FlowSDE has T = 1 (alpha = 1 - t reaches 0 there), got T={self.T}")
+        super().__post_init__()
+
+    def marginal(self, t: ArrayLike) -> tuple[Array, Array]:
+        t = jnp.asarray(t)
+        return 1.0 - t, t
+
+    def marginal_derivatives(self, t: ArrayLike) -> tuple[Array, Array]:
+        t = jnp.asarray(t, jnp.result_type(t, float))
+        return -jnp.ones_like(t), jnp.ones_like(t)
+
+    def velocity_determinant(self, t: ArrayLike) -> Array:
+        return jnp.ones_like(jnp.asarray(t, jnp.result_type(t, float)))
+
+    def drift(self, x: Array, t: ArrayLike) -> Array:
+        return -x / (1.0 - jnp.asarray(t))
+
+    def diffusion(self, t: ArrayLike) -> Array:
+        t = jnp.asarray(t)
+        return jnp.sqrt(2.0 * t / (1.0 - t))
+
+    def log_snr(self, t: ArrayLike) -> Array:
+        t = jnp.asarray(t)
+        return 2.0 * (jnp.log1p(-t) - jnp.log(t))
+
+    def inverse_log_snr(self, lam: ArrayLike) -> Array:
+        return jax.nn.sigmoid(-0.5 * jnp.asarray(lam))

@@ -1,0 +1,135 @@
+"""Time grids of flow-matching models: the SD3/Flux time shift as a warp of the time grid.
+
+On :class:`~jaxsde.sde.FlowSDE` (``x_t = (1 - t) x_0 + t noise``) the SD3/Flux "shift" moves
+the solver's time points towards the noise end,
+
+    t' = shift(t) = s t / (1 + (s - 1) t),        s > 0  (s = 1: no shift),
+
+and leaves the SDE and the model alone: the network is always called at the actual time ``t'``
+of the state (diffusers' ``sigma``). :func:`time_shift` is the map; :func:`flow_grid` builds the
+whole grid the way diffusers' ``FlowMatchEulerDiscreteScheduler.set_timesteps`` does (static
+``shift``, resolution-dependent ``mu`` with ``s = e^mu``, ``shift_terminal``), as a tuple of
+decreasing times that any fixed-step jaxsde solver takes as ``grid=``; :func:`dynamic_shift_mu`
+is the diffusers pipelines' ``mu`` of an image sequence length.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+__all__ = ["TIME_SHIFT_TYPES", "dynamic_shift_mu", "flow_grid", "time_shift"]
+
+TIME_SHIFT_TYPES = ("exponential", "linear")
+
+
+def _check_shift(shift: float) -> float:
+    if isinstance(shift, bool) or not isinstance(shift, int | float | np.floating) or not (
+            math.isfinite(shift) and shift > 0):
+        raise ValueError(f"shift must be a finite number > 0 (1 means no shift), got {shift!r}")
+    return float(shift)
+
+
+def time_shift(t: ArrayLike, shift: float) -> np.ndarray:
+    """The SD3/Flux shift ``s t / (1 + (s - 1) t)`` of times ``t`` in ``[0, 1]`` (numpy, float64).
+
+    Monotone, fixes 0 and 1; ``s > 1`` spends more of a grid near the noise (``t = 1``). Its
+    inverse is ``time_shift(t, 1 / s)``. Raises ``ValueError`` for ``shift <= 0`` or non-finite."""
+    s = _check_shift(shift)
+    t = np.asarray(t, np.float64)
+    return s * t / (1.0 + (s - 1.0) * t)
+
+
+def dynamic_shift_mu(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096,
+                     base_shift: float = 0.5, max_shift: float = 1.15) -> float:
+    """Resolution-dependent ``mu`` (shift ``e^mu``) as diffusers' Flux/SD3 pipelines compute it
+    (``calculate_shift``): linear in the number of latent tokens, ``base_shift`` at
+    ``base_seq_len`` and ``max_shift`` at ``max_seq_len`` (the defaults of Flux's scheduler
+    config), extrapolated outside. Pass it to :func:`flow_grid` with
+    ``use_dynamic_shifting=True``."""
+    if not max_seq_len > base_seq_len:
+        raise ValueError(f"max_seq_len ({max_seq_len}) must exceed base_seq_len ({base_seq_len})")
+    slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return float(image_seq_len * slope + base_shift - slope * base_seq_len)
+
+
+def flow_grid(num_inference_steps: int, *, shift: float = 1.0, use_dynamic_shifting: bool = False,
+              mu: float | None = None, time_shift_type: str = "exponential", shift_terminal: float | None = None,
+              num_train_timesteps: int = 1000) -> tuple[float, ...]:
+    """diffusers' ``FlowMatchEulerDiscreteScheduler(...).set_timesteps(num_inference_steps, mu=mu)``
+    grid as jaxsde times: its ``sigmas`` without the final 0, a tuple of ``num_inference_steps``
+    strictly decreasing floats from ``1.0`` (``FlowSDE.T``).
+
+    Use it as a fixed-step solver's ``grid=`` on :class:`~jaxsde.sde.FlowSDE` (time = sigma):
+    ``num_inference_steps - 1`` solver steps, then the final denoising step
+    ``x0 = x - t v`` at the last time, which is diffusers' last Euler step to sigma = 0; so
+    ``num_inference_steps`` network evaluations for a one-evaluation-per-step solver, as
+    diffusers. The construction, step by step as diffusers (in float64 here; diffusers rounds
+    the result to float32, a ~6e-8 relative difference):
+
+    1. the training table ``sigma_n = n / N`` (``N = num_train_timesteps``, in float32), shifted
+       by ``shift`` unless ``use_dynamic_shifting``; its smallest entry is ``sigma_min``;
+    2. ``linspace(1, sigma_min, num_inference_steps)``;
+    3. shifted: by ``time_shift(., shift)``, or under ``use_dynamic_shifting`` by
+       ``e^mu / (e^mu + 1/t - 1)`` (``time_shift_type="exponential"``, i.e. shift ``e^mu``) or
+       ``mu / (mu + 1/t - 1)`` (``"linear"``, shift ``mu``);
+    4. with ``shift_terminal``: stretched, ``1 - (1 - t) (1 - shift_terminal) / (1 - t_last)``,
+       so the last time equals ``shift_terminal``.
+
+    Quirk of the peer, reproduced: with a static shift ``sigma_min`` is shifted twice (in the
+    table and again in step 3), so the last time is ``shift(shift(1/N))``, e.g. 0.0089286 for
+    ``shift=3`` (not 0.002994); with dynamic shifting the table is unshifted and the last time is
+    ``shift(1/N)`` with ``s = e^mu``.
+
+    Raises ``ValueError``: ``num_inference_steps < 2`` (a jaxsde grid needs two times), ``shift``
+    <= 0 or non-finite, ``mu`` without ``use_dynamic_shifting=True`` (or the reverse), a
+    ``shift`` other than 1 together with dynamic shifting (diffusers ignores it; here it is an
+    error), an unknown ``time_shift_type``, ``shift_terminal`` outside ``(0, 1)``.
+    """
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int | np.integer) \
+            or num_inference_steps < 2:
+        raise ValueError(f"num_inference_steps must be an integer >= 2 (a grid needs two times), "
+                         f"got {num_inference_steps!r}")
+    if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int | np.integer) \
+            or num_train_timesteps < 2:
+        raise ValueError(f"num_train_timesteps must be an integer >= 2, got {num_train_timesteps!r}")
+    s = _check_shift(shift)
+    if time_shift_type not in TIME_SHIFT_TYPES:
+        raise ValueError(f"unknown time_shift_type {time_shift_type!r}; choose one of {TIME_SHIFT_TYPES}")
+    if use_dynamic_shifting:
+        if mu is None:
+            raise ValueError("use_dynamic_shifting=True needs mu (e.g. jaxsde.flow.dynamic_shift_mu(image_seq_len))")
+        if s != 1.0:
+            raise ValueError(f"shift={shift} is ignored under dynamic shifting (the shift is e^mu): "
+                             "pass either shift= or use_dynamic_shifting=True with mu=")
+        mu = float(mu)
+        dynamic_shift = math.exp(mu) if time_shift_type == "exponential" else mu
+        if not (math.isfinite(dynamic_shift) and dynamic_shift > 0):
+            raise ValueError(f"mu={mu} gives the shift {dynamic_shift} ({time_shift_type}); it must be finite and > 0")
+    else:
+        if mu is not None:
+            raise ValueError(f"mu={mu} is only used by the dynamic-shift schedule: pass use_dynamic_shifting=True "
+                             "(or a static shift= instead of mu)")
+        if time_shift_type != "exponential":
+            raise ValueError("time_shift_type applies to dynamic shifting only: pass use_dynamic_shifting=True and mu=")
+    if shift_terminal is not None and not (isinstance(shift_terminal, int | float | np.floating)
+                                           and 0.0 < shift_terminal < 1.0):
+        raise ValueError(f"shift_terminal must lie in (0, 1), got {shift_terminal!r}")
+
+    n_train = int(num_train_timesteps)
+    # 1. the training table's smallest sigma (float32, as diffusers)
+    sigma_min = np.float32(1.0) / np.float32(n_train)
+    if not use_dynamic_shifting:
+        sigma_min = np.float32(s) * sigma_min / (np.float32(1.0) + np.float32(s - 1.0) * sigma_min)
+    # 2. inference times, 3. the shift
+    t = np.linspace(float(n_train), float(sigma_min) * n_train, int(num_inference_steps)) / n_train
+    t = time_shift(t, dynamic_shift if use_dynamic_shifting else s)
+    # 4. the stretch to shift_terminal
+    if shift_terminal is not None:
+        t = 1.0 - (1.0 - t) * (1.0 - float(shift_terminal)) / (1.0 - t[-1])
+    t[0] = 1.0
+    if not (np.all(np.isfinite(t)) and np.all(np.diff(t) < 0) and t[-1] > 0):
+        raise ValueError(f"these settings give no strictly decreasing grid inside (0, 1]: {t}")
+    return tuple(float(v) for v in t)
