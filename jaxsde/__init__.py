@@ -8,9 +8,22 @@ See ``solve``/``sample`` (the driver), the SDEs, and the solvers below.
 import importlib
 from typing import Any
 
-from . import controllers, editing, grid_optimization, grids, guidance, likelihood, noise, precision, results
+from . import (
+    controllers,
+    editing,
+    flow,
+    grid_optimization,
+    grids,
+    guidance,
+    likelihood,
+    noise,
+    precision,
+    prediction,
+    results,
+)
 from .driver import sample, solve, solve_batch, summarize
 from .editing import Inpainting, inpaint, sdedit
+from .flow import flow_grid
 from .grid_optimization import GridOptimization, optimize_grid
 from .grids import time_grid
 from .likelihood import (
@@ -26,7 +39,8 @@ from .likelihood import (
 from .multilevel_batch import sample_multilevel
 from .noise import BrownianNoise, FreshNoise, GivenNoise, sample_keys
 from .precision import cast_params, mixed_precision
-from .sde import SDE, VESDE, VPSDE, DiscreteVPSDE, ScoreFn, SubVPSDE
+from .prediction import Prediction
+from .sde import SDE, VESDE, VPSDE, DiscreteVPSDE, FlowSDE, GaussianPathSDE, ScoreFn, SubVPSDE
 from .solution import BatchSummary, Solution, Stats
 from .solvers import (
     DDIM,
@@ -88,6 +102,12 @@ __all__ = [
     "VESDE",
     "DiscreteVPSDE",
     "ScoreFn",
+    "GaussianPathSDE",
+    "FlowSDE",
+    "flow",
+    "flow_grid",
+    "prediction",
+    "Prediction",
     "solve",
     "solve_batch",
     "sample",

@@ -1,0 +1,169 @@
+"""The model's own prediction as a first-class channel: score, noise, data or velocity.
+
+A model evaluated at ``(x, t)`` (ONE sample, no batch axis; ``t`` a scalar) predicts one of
+
+* ``"score"``: ``grad_x log p_t(x)``;
+* ``"eps"``: the noise ``E[noise | x_t = x]``;
+* ``"x0"``: the data ``E[x_0 | x_t = x]``;
+* ``"velocity"``: ``dx_t/dt = alpha' x_0 + sigma' noise`` in expectation, the probability-flow
+  drift (``noise - x_0`` on :class:`~jaxsde.sde.FlowSDE`, what flow-matching models predict).
+
+:class:`Prediction` tags a function with its kind; a plain callable is a score
+(:func:`as_prediction`). :func:`convert` maps one kind to another through the SDE's
+``alpha, sigma``, their derivatives ``alpha', sigma'`` and ``D = alpha sigma' - sigma alpha'``
+(:meth:`~jaxsde.sde.SDE.velocity_determinant`), each pair by its direct formula:
+
+=========  ==============================  ===============================  ==============================
+from       x0                              eps                              score
+=========  ==============================  ===============================  ==============================
+velocity   ``(sigma' x - sigma v) / D``    ``(alpha v - alpha' x) / D``     ``(alpha' x - alpha v)/(sigma D)``
+x0         --                              ``(x - alpha x0) / sigma``       ``(alpha x0 - x) / sigma^2``
+eps        ``(x - sigma eps) / alpha``     --                               ``-eps / sigma``
+score      ``(x + sigma^2 s) / alpha``     ``-sigma s``                     --
+=========  ==============================  ===============================  ==============================
+
+and to the velocity: from x0 ``(sigma' x - D x0) / sigma``, from eps ``(alpha' x + D eps) /
+alpha``, from the score ``(alpha' x - sigma D s) / alpha``. Where ``alpha = 0`` (``t = 1`` on a
+flow) the conversions out of the velocity and out of x0 are exact (``x0 = x - t v`` on the
+linear path, no division by ``alpha``); those out of the score or eps into x0 or the velocity
+are ``0/0`` there (the score at ``alpha = 0`` is ``-x / sigma^2`` whatever the data: it has
+lost ``E[x_0]``). Where ``sigma = 0`` (``t = 0``) conversions into the score or eps are
+infinite. The conversions are pure and jit/vmap/grad friendly; they compute in ``x``'s dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from .sde import SDE
+
+Array = jax.Array
+
+__all__ = ["PREDICTION_KINDS", "Prediction", "as_prediction", "convert", "to_eps", "to_kind", "to_score",
+           "to_velocity", "to_x0"]
+
+PREDICTION_KINDS = ("score", "eps", "x0", "velocity")
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in PREDICTION_KINDS:
+        raise ValueError(f"unknown prediction kind {kind!r}; choose one of {PREDICTION_KINDS}")
+    return kind
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """A model ``fn(x, t)`` or ``fn(x, t, cond)`` of ONE sample (``x`` without a batch axis,
+    ``t`` a scalar, ``cond`` e.g. a scalar label) whose output, shaped like ``x``, is a ``kind``
+    prediction (one of :data:`PREDICTION_KINDS`: ``"score"``, ``"eps"``, ``"x0"``,
+    ``"velocity"``; see the module docstring).
+
+    Calling it calls ``fn`` unchanged (its own kind); :func:`to_score`, :func:`to_x0`,
+    :func:`to_eps`, :func:`to_velocity` give functions of another kind. Frozen and hashable
+    (by ``fn``'s identity) and a static pytree, like a plain function.
+
+    Example: a flow-matching network ``v(x, t)`` on :class:`~jaxsde.sde.FlowSDE` is
+    ``Prediction(v, "velocity")``; ``to_x0(FlowSDE(), Prediction(v, "velocity"))`` is
+    ``lambda x, t: x - t * v(x, t)``, exact at ``t = 1``.
+    """
+
+    fn: Callable
+    kind: str
+
+    def __post_init__(self):
+        if isinstance(self.fn, Prediction):
+            raise TypeError("Prediction(fn, kind): fn is already a Prediction; convert it with "
+                            "jaxsde.prediction.to_kind(sde, prediction, kind) instead")
+        if not callable(self.fn):
+            raise TypeError(f"Prediction(fn, kind): fn must be callable, got {type(self.fn).__name__}")
+        _check_kind(self.kind)
+
+    def __call__(self, x: Array, t: ArrayLike, *cond) -> Array:
+        return self.fn(x, t, *cond)
+
+
+jax.tree_util.register_static(Prediction)
+
+
+def as_prediction(model: Callable | Prediction) -> Prediction:
+    """``model`` itself if it is a :class:`Prediction`, else ``Prediction(model, "score")``: a
+    plain callable is a score function."""
+    return model if isinstance(model, Prediction) else Prediction(model, "score")
+
+
+def convert(sde: SDE, value: Array, x: Array, t: ArrayLike, source: str, target: str) -> Array:
+    """A ``source`` prediction ``value`` at ``(x, t)`` as a ``target`` prediction (kinds from
+    :data:`PREDICTION_KINDS`), by the direct formula of the pair (see the module docstring; exact
+    at ``alpha = 0`` out of ``"velocity"`` and ``"x0"``). ``value`` and ``x`` share a shape (any,
+    e.g. one sample or a batch); ``t`` is a scalar or broadcasts against them
+    (e.g. ``(B, 1, 1, 1)``). ``source == target`` returns ``value`` unchanged."""
+    _check_kind(source)
+    _check_kind(target)
+    if source == target:
+        return value
+    if source == "velocity":
+        if target == "x0":
+            return sde.x0_from_velocity(x, t, value)
+        if target == "eps":
+            return sde.eps_from_velocity(x, t, value)
+        return sde.score_from_velocity(x, t, value)
+    if target == "velocity":
+        if source == "x0":
+            return sde.velocity_from_x0(x, t, value)
+        if source == "score":
+            return sde.velocity_from_score(x, t, value)
+        alpha, _ = sde.marginal(t)  # eps
+        dalpha, _ = sde.marginal_derivatives(t)
+        return (dalpha * x + sde.velocity_determinant(t) * value) / alpha
+    alpha, sigma = sde.marginal(t)
+    if source == "x0":
+        return (x - alpha * value) / sigma if target == "eps" else (alpha * value - x) / sigma**2
+    if source == "eps":
+        return (x - sigma * value) / alpha if target == "x0" else -value / sigma
+    # source == "score"
+    return (x + sigma**2 * value) / alpha if target == "x0" else -sigma * value
+
+
+def to_kind(sde: SDE, model: Callable | Prediction, kind: str) -> Callable:
+    """``model`` (a :class:`Prediction`, or a plain callable: a score) as a function
+    ``f(x, t, *cond)`` of ONE sample returning the ``kind`` prediction; ``model`` itself when it
+    already has that kind. ``t`` is cast to ``x``'s dtype."""
+    pred = as_prediction(model)
+    _check_kind(kind)
+    if pred.kind == kind:
+        return pred.fn
+
+    def fn(x: Array, t: ArrayLike, *cond) -> Array:
+        t = jnp.asarray(t, x.dtype)
+        return convert(sde, pred.fn(x, t, *cond), x, t, pred.kind, kind)
+
+    return fn
+
+
+def to_score(sde: SDE, model: Callable | Prediction) -> Callable:
+    """The score function ``score(x, t, *cond)`` of ``model`` (see :func:`to_kind`); infinite at
+    ``sigma = 0``, finite at ``alpha = 0`` from a velocity or x0 model."""
+    return to_kind(sde, model, "score")
+
+
+def to_x0(sde: SDE, model: Callable | Prediction) -> Callable:
+    """The data estimate ``x0(x, t, *cond)`` of ``model`` (see :func:`to_kind`): exact at
+    ``alpha = 0`` for velocity and x0 models (``x - t v`` on the linear path); ``0/0`` there for
+    score and eps models."""
+    return to_kind(sde, model, "x0")
+
+
+def to_eps(sde: SDE, model: Callable | Prediction) -> Callable:
+    """The noise estimate ``eps(x, t, *cond)`` of ``model`` (see :func:`to_kind`)."""
+    return to_kind(sde, model, "eps")
+
+
+def to_velocity(sde: SDE, model: Callable | Prediction) -> Callable:
+    """The velocity (probability-flow drift) ``v(x, t, *cond)`` of ``model`` (see
+    :func:`to_kind`): exact at ``alpha = 0`` from x0 and velocity models only."""
+    return to_kind(sde, model, "velocity")
