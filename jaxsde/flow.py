@@ -35,11 +35,12 @@ def _check_shift(shift: float) -> float:
 def time_shift(t: ArrayLike, shift: float) -> np.ndarray:
     """The SD3/Flux shift ``s t / (1 + (s - 1) t)`` of times ``t`` in ``[0, 1]`` (numpy, float64).
 
-    Monotone, fixes 0 and 1; ``s > 1`` spends more of a grid near the noise (``t = 1``). Its
-    inverse is ``time_shift(t, 1 / s)``. Raises ``ValueError`` for ``shift <= 0`` or non-finite."""
+    Monotone, fixes 0 and 1 exactly (computed as ``s t / (s t + 1 - t)``); ``s > 1`` spends more
+    of a grid near the noise (``t = 1``). Its inverse is ``time_shift(t, 1 / s)``. Raises
+    ``ValueError`` for ``shift <= 0`` or non-finite."""
     s = _check_shift(shift)
     t = np.asarray(t, np.float64)
-    return s * t / (1.0 + (s - 1.0) * t)
+    return s * t / (s * t + (1.0 - t))
 
 
 def dynamic_shift_mu(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096,
@@ -119,16 +120,17 @@ def flow_grid(num_inference_steps: int, *, shift: float = 1.0, use_dynamic_shift
         raise ValueError(f"shift_terminal must lie in (0, 1), got {shift_terminal!r}")
 
     n_train = int(num_train_timesteps)
-    # 1. the training table's smallest sigma (float32, as diffusers)
-    sigma_min = np.float32(1.0) / np.float32(n_train)
-    if not use_dynamic_shifting:
-        sigma_min = np.float32(s) * sigma_min / (np.float32(1.0) + np.float32(s - 1.0) * sigma_min)
-    # 2. inference times, 3. the shift
-    t = np.linspace(float(n_train), float(sigma_min) * n_train, int(num_inference_steps)) / n_train
-    t = time_shift(t, dynamic_shift if use_dynamic_shifting else s)
-    # 4. the stretch to shift_terminal
-    if shift_terminal is not None:
-        t = 1.0 - (1.0 - t) * (1.0 - float(shift_terminal)) / (1.0 - t[-1])
+    with np.errstate(all="ignore"):  # extreme shifts overflow: caught by the check below
+        # 1. the training table's smallest sigma (float32, as diffusers)
+        sigma_min = np.float32(1.0) / np.float32(n_train)
+        if not use_dynamic_shifting:
+            sigma_min = np.float32(s) * sigma_min / (np.float32(1.0) + np.float32(s - 1.0) * sigma_min)
+        # 2. inference times, 3. the shift
+        t = np.linspace(float(n_train), float(sigma_min) * n_train, int(num_inference_steps)) / n_train
+        t = time_shift(t, dynamic_shift if use_dynamic_shifting else s)
+        # 4. the stretch to shift_terminal
+        if shift_terminal is not None:
+            t = 1.0 - (1.0 - t) * (1.0 - float(shift_terminal)) / (1.0 - t[-1])
     t[0] = 1.0
     if not (np.all(np.isfinite(t)) and np.all(np.diff(t) < 0) and t[-1] > 0):
         raise ValueError(f"these settings give no strictly decreasing grid inside (0, 1]: {t}")
