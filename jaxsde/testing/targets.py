@@ -14,6 +14,18 @@ Everything is O(K d) per sample (no d x d matrices), uses logsumexp/softmax for 
 jit/vmap friendly, and computes in the floating dtype of ``x`` (float32 in -> float32 out;
 float64 under ``jax.enable_x64``).
 
+Flow targets: with ``(alpha', sigma')`` the time derivatives of the path
+(:meth:`jaxsde.sde.SDE.marginal_derivatives`), the posterior mean of the data and the velocity
+(the probability-flow drift, ``dx_t/dt`` in expectation) are, per component,
+
+    x0hat_k = mu_k + (alpha s_k^2 / C_k)(x - alpha mu_k),    epshat_k = (sigma / C_k)(x - alpha mu_k),
+    v_k = alpha' x0hat_k + sigma' epshat_k,
+
+averaged with the responsibilities ``r_k``. No division by ``alpha``: at ``alpha = 0`` (a flow's
+``t = 1``) ``r_k = w_k``, ``x0hat = sum_k w_k mu_k`` (the data mean) and ``v = alpha' E[x_0] +
+sigma' x / sigma`` (``x - E[x_0]`` on the linear path) exactly (:meth:`GaussianMixture.velocity`,
+:meth:`GaussianMixture.posterior_mean`, the same for :class:`LowRankMixture`).
+
 Conventions: a sample has shape ``mixture.shape`` (e.g. ``(2,)`` or ``(32, 32, 3)``), batches
 are ``(n, *shape)``; ``d = mixture.dim`` is the flattened size; times are scalars.
 """
@@ -297,6 +309,43 @@ class GaussianMixture:
 
         return score_fn
 
+    def _posterior(self, sde: SDE, x: Array, t: ArrayLike) -> tuple[Array, Array, tuple[Array, Array]]:
+        """For one sample: ``(x0hat, epshat, (alpha', sigma'))``, flattened, in ``x``'s dtype."""
+        dtype = _float_dtype(x)
+        xf = x.reshape(-1).astype(dtype)
+        alpha, sigma = self._alpha_sigma(sde, t, dtype)
+        logits, diff, c = self._logits(xf, alpha, sigma)
+        _, mu, s = self._params(dtype)
+        r = jax.nn.softmax(logits)
+        x0hat = r @ mu + ((r * alpha * s**2 / c) @ diff)
+        epshat = (r * sigma / c) @ diff
+        dalpha, dsigma = (jnp.asarray(d).astype(dtype) for d in sde.marginal_derivatives(jnp.asarray(t, dtype)))
+        return x0hat, epshat, (dalpha, dsigma)
+
+    def posterior_mean(self, sde: SDE) -> ScoreFn:
+        """Exact ``E[x_0 | x_t = x]`` (the ideal ``"x0"`` prediction) ``x0(x, t)`` for ONE sample
+        (``x`` shaped ``shape``, ``t`` a scalar); finite wherever ``sigma > 0`` or
+        ``alpha > 0``, the data mean at ``alpha = 0``. jit/vmap/grad friendly, ``x``'s dtype."""
+
+        def x0_fn(x: Array, t: ArrayLike) -> Array:
+            x = jnp.asarray(x)
+            return self._posterior(sde, x, t)[0].reshape(x.shape)
+
+        return x0_fn
+
+    def velocity(self, sde: SDE) -> ScoreFn:
+        """Exact velocity ``v(x, t) = E[alpha' x_0 + sigma' noise | x_t = x]`` (the probability-flow
+        drift; the ideal ``"velocity"`` prediction, ``E[noise - x_0 | x]`` on ``FlowSDE``) for ONE
+        sample; finite at ``alpha = 0`` (``x - E[x_0]`` at ``t = 1`` on ``FlowSDE``). ``x``'s
+        dtype."""
+
+        def v_fn(x: Array, t: ArrayLike) -> Array:
+            x = jnp.asarray(x)
+            x0hat, epshat, (dalpha, dsigma) = self._posterior(sde, x, t)
+            return (dalpha * x0hat + dsigma * epshat).reshape(x.shape)
+
+        return v_fn
+
     # --- sampling ----------------------------------------------------------------------------
     @functools.partial(jax.jit, static_argnames=("n", "dtype"))
     def sample_with_labels(
@@ -476,6 +525,45 @@ class LowRankMixture:
             return (-(jax.nn.softmax(logits) @ solved)).reshape(x.shape)
 
         return score_fn
+
+    def _posterior(self, sde: SDE, x: Array, t: ArrayLike) -> tuple[Array, Array, tuple[Array, Array]]:
+        """For one sample: ``(x0hat, epshat, (alpha', sigma'))``, flattened: per component
+        ``x0hat_k = mu_k + alpha Sigma_k C_k^-1 y_k``, ``epshat_k = sigma C_k^-1 y_k``
+        (``Sigma_k = U diag(v) U^T + s^2 I``, ``y_k = x - alpha mu_k``), weighted by ``r_k``."""
+        dtype = _float_dtype(x)
+        xf = x.reshape(-1).astype(dtype)
+        alpha, sigma = GaussianMixture._alpha_sigma(self, sde, t, dtype)
+        logits, solved = self._components(xf, alpha, sigma)
+        r = jax.nn.softmax(logits)
+        mu = self.means.reshape(self.num_modes, -1).astype(dtype)
+        u, v = self.bases.astype(dtype), self.variances.astype(dtype)
+        cov_solved = (jnp.einsum("kdr,kr->kd", u, v * jnp.einsum("kdr,kd->kr", u, solved))
+                      + self.floor.astype(dtype)[:, None] ** 2 * solved)
+        x0hat = r @ (mu + alpha * cov_solved)
+        epshat = sigma * (r @ solved)
+        dalpha, dsigma = (jnp.asarray(d).astype(dtype) for d in sde.marginal_derivatives(jnp.asarray(t, dtype)))
+        return x0hat, epshat, (dalpha, dsigma)
+
+    def posterior_mean(self, sde: SDE) -> ScoreFn:
+        """Exact ``E[x_0 | x_t = x]`` ``x0(x, t)`` for ONE sample; the data mean at ``alpha = 0``
+        (see :meth:`GaussianMixture.posterior_mean`)."""
+
+        def x0_fn(x: Array, t: ArrayLike) -> Array:
+            x = jnp.asarray(x)
+            return self._posterior(sde, x, t)[0].reshape(x.shape)
+
+        return x0_fn
+
+    def velocity(self, sde: SDE) -> ScoreFn:
+        """Exact velocity ``E[alpha' x_0 + sigma' noise | x_t = x]`` for ONE sample, finite at
+        ``alpha = 0`` (see :meth:`GaussianMixture.velocity`)."""
+
+        def v_fn(x: Array, t: ArrayLike) -> Array:
+            x = jnp.asarray(x)
+            x0hat, epshat, (dalpha, dsigma) = self._posterior(sde, x, t)
+            return (dalpha * x0hat + dsigma * epshat).reshape(x.shape)
+
+        return v_fn
 
     @functools.partial(jax.jit, static_argnames=("n", "dtype"))
     def sample(self, key: Array, n: int, dtype: jnp.dtype | None = None) -> Array:
