@@ -33,7 +33,6 @@ accepts every step (every fixed-step solver steps through one).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, NamedTuple
 
@@ -41,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from .grids import time_grid, validate_grid
+from .settings import FINITE, NONNEGATIVE, POSITIVE, UNIT, Bound, Settings, is_traced, settings_class
 
 Array = jax.Array
 
@@ -54,15 +54,13 @@ class Decision(NamedTuple):
     state: Any  # the controller's new memory
 
 
-def controller_class(cls):
-    """Decorator: frozen dataclass + static pytree registration (hashable configuration)."""
-    cls = dataclasses.dataclass(frozen=True)(cls)
-    jax.tree_util.register_static(cls)
-    return cls
+controller_class = settings_class  # frozen dataclass; float settings are pytree leaves (jaxsde.settings)
 
 
-class Controller:
-    """Base class of adaptive step-size controllers (see the module docstring)."""
+class Controller(Settings):
+    """Base class of adaptive step-size controllers (see the module docstring). Float settings are
+    pytree leaves (:mod:`jaxsde.settings`): a controller passed to a jitted function is one program
+    for every value of its coefficients."""
 
     def init(self, dtype) -> Any:
         return ()
@@ -83,6 +81,8 @@ def check_controller(owner: str, controller) -> None:
 
 
 def _check_positive(owner: str, name: str, value, upper: float | None = None, closed: bool = True) -> None:
+    if is_traced(value):  # checked in the program (jaxsde.settings.settings_valid)
+        return
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
     if ok and upper is not None:
         ok = value <= upper if closed else value < upper
@@ -104,6 +104,8 @@ class GottaGoFastController(Controller):
     safety: float = 0.9
     exponent: float = 0.9
     nonfinite_shrink: float = 0.25
+
+    traced_settings = {"safety": UNIT, "exponent": POSITIVE, "nonfinite_shrink": Bound(0.0, 1.0, True, True)}
 
     def __post_init__(self):
         _check_positive("GottaGoFastController", "safety", self.safety, 1.0)
@@ -169,7 +171,14 @@ class PIDController(Controller):
     history_init: float | None = 1.0
     history_floor: float = 0.0
 
+    traced_settings = {"pcoeff": FINITE, "icoeff": POSITIVE, "dcoeff": FINITE, "safety": UNIT,
+                       "factor_min": Bound(0.0, 1.0, True, True), "factor_max": Bound(1.0, low_open=True),
+                       "accept_safety": UNIT, "reject_max": UNIT, "error_offset": NONNEGATIVE,
+                       "error_floor": NONNEGATIVE, "history_init": POSITIVE, "history_floor": NONNEGATIVE}
+
     def __post_init__(self):
+        if any(is_traced(getattr(self, f)) for f in self.traced_settings):
+            return  # built inside a transformation: checked in the program (jaxsde.settings.settings_valid)
         name = "PIDController"
         for field in ("pcoeff", "icoeff", "dcoeff", "error_offset", "error_floor", "history_floor"):
             value = getattr(self, field)
@@ -223,7 +232,8 @@ class PIDController(Controller):
 
     def decide(self, state: PIDState, error, order) -> Decision:
         finite = jnp.isfinite(error)
-        e = jnp.maximum(error + self.error_offset, self.error_floor) if self.error_offset else \
+        offset = self.error_offset
+        e = jnp.maximum(error + offset, self.error_floor) if is_traced(offset) or offset else \
             jnp.maximum(error, self.error_floor)
         e = jnp.where(finite, e, 1.0)
         fresh = state.prev < 0  # no history yet (history_init=None): the first error stands in
@@ -240,9 +250,9 @@ class PIDController(Controller):
 
         current = self.safety * e ** (-b1)
         with_history = current
-        if b2 != 0:
+        if is_traced(b2) or b2 != 0:
             with_history = with_history * prev ** (-b2)
-        if b3 != 0:
+        if is_traced(b3) or b3 != 0:
             with_history = with_history * prev_prev ** (-b3)
         grow = limit(with_history, self.factor_max)
         if self.accept_safety is None:
@@ -270,7 +280,7 @@ class GridState(NamedTuple):
 
 
 @controller_class
-class FixedGrid:
+class FixedGrid(Settings):
     """The fixed-grid "controller": ``num_steps`` steps over a grid of :func:`jaxsde.time_grid`
     (``grid``: ``"uniform"``, ``"logsnr"``, ``"edm"`` or a sequence of ``num_steps + 1`` times);
     every step is accepted and the step count is known in advance. It takes no tolerance and no

@@ -25,6 +25,7 @@ from . import results
 from .noise import FreshNoise, sample_keys
 from .progress import ProgressReporter
 from .sde import SDE, ScoreFn
+from .settings import settings_valid
 from .solution import BatchSummary, Solution, Stats
 from .solvers.base import Solver
 
@@ -265,13 +266,15 @@ def init(p: Problem, x_T: Array, t_start: Array | None = None) -> LoopState:
     t0 = jnp.asarray(p.t_start if t_start is None else t_start, dtype)
     first = p.solver.init(p.sde, p.score, x_T, jnp.asarray(p.t_start, dtype), jnp.asarray(p.t_end, dtype))
     zero = jnp.zeros((), jnp.int32)
+    valid = settings_valid(p.solver)  # traced settings: checked here, a result code (never a silent default)
+    result = results.SUCCESS if valid is None else jnp.where(valid, results.SUCCESS, results.INVALID_SETTING)
     return LoopState(
         x=x_T,
         t=t0,
         h=jnp.asarray(first.h, dtype),
         solver_state=first.state,
         stats=Stats(nfe=zero + first.nfe, num_accepted=zero, num_rejected=zero, num_steps=zero),
-        result=jnp.asarray(results.SUCCESS, jnp.int32),
+        result=jnp.asarray(result, jnp.int32),
         failed=jnp.array(False),
     )
 
@@ -303,10 +306,13 @@ def step(p: Problem, key: Array, s: LoopState) -> LoopState:
         t_next = p.solver.attempt_end(p.sde, s.solver_state, s.t, s.h, t_end_arr)
         z = p.noise.draw(key, s.stats.num_steps, s.t, t_next, (p.solver.noise_per_attempt, *p.shape), p.dtype)
     out = p.solver.step(p.sde, p.score, s.x, s.t, s.h, s.solver_state, z, t_end_arr)
-    status = jnp.asarray(out.status, jnp.int32)
+    # a sample that already stopped (a code from an earlier attempt or from init) commits nothing
+    # and keeps its code: a fixed grid's loop runs its static trip count (see _run)
+    status = jnp.where(s.result == results.SUCCESS, jnp.asarray(out.status, jnp.int32), s.result)
     available = getattr(p.noise, "num_attempts", None) if p.solver.noise_per_attempt else None
     if available is not None:  # past the end of a GivenNoise: stop, commit nothing (never a clamped reuse)
-        status = jnp.where(s.stats.num_steps >= available, results.NOISE_EXHAUSTED, status)
+        status = jnp.where((s.stats.num_steps >= available) & (status == results.SUCCESS), results.NOISE_EXHAUSTED,
+                           status)
     ok = status == results.SUCCESS
     failed = s.failed
     if p.check_finite and not p.solver.keeps_finite:
@@ -479,7 +485,14 @@ def solve(
 
 
 def _run(p: Problem, key: Array, x_T: Array, t_start: Array | None = None) -> Solution:
-    state = jax.lax.while_loop(lambda s: ~done(p, s), lambda s: step(p, key, s), init(p, x_T, t_start))
+    fixed = p.solver.max_attempts()
+    if fixed is not None:
+        # A fixed grid: a loop of static trip count (a scan), so reverse-mode differentiation goes
+        # through the solve (jax.grad with respect to traced settings or grid times); a sample that
+        # stops early commits nothing more (see step), as the while loop's predicate would stop it.
+        state = jax.lax.fori_loop(0, min(p.max_steps, fixed), lambda i, s: step(p, key, s), init(p, x_T, t_start))
+    else:
+        state = jax.lax.while_loop(lambda s: ~done(p, s), lambda s: step(p, key, s), init(p, x_T, t_start))
     return finalize(p, state)
 
 

@@ -12,6 +12,7 @@ SUCCESS = 0
 MAX_STEPS_REACHED = 1
 NONFINITE = 2
 NOISE_EXHAUSTED = 3
+INVALID_SETTING = 4
 
 MESSAGES = {
     SUCCESS: "success",
@@ -30,9 +31,15 @@ MESSAGES = {
         "x is the state at sol.t after the last attempt that had noise. Give z more entries "
         "(max_steps is a safe count) or use FreshNoise"
     ),
+    INVALID_SETTING: (
+        "a traced solver or controller setting (a value passed into the compiled program, e.g. rtol or "
+        "eta of a solver given as a jit argument) is non-finite or out of its range; nothing was "
+        "integrated: x is x_T at t_start. Pass settings in range (the solver's constructor names them)"
+    ),
 }
 
-__all__ = ["SUCCESS", "MAX_STEPS_REACHED", "NONFINITE", "NOISE_EXHAUSTED", "MESSAGES", "describe", "raise_if_failed"]
+__all__ = ["SUCCESS", "MAX_STEPS_REACHED", "NONFINITE", "NOISE_EXHAUSTED", "INVALID_SETTING", "MESSAGES", "describe",
+           "raise_if_failed"]
 
 
 def describe(code: int) -> str:

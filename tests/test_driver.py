@@ -176,10 +176,18 @@ def test_bad_input_raises_before_compute(key):
         jaxsde.solve(key, SDE, SCORE, jaxsde.GottaGoFast(), jnp.ones(4), max_steps=0)
 
 
-def test_solvers_are_hashable_static():
+def test_solvers_are_hashable_pytrees_of_their_float_settings():
+    # hashable (usable as a static jit argument), and the pytree's leaves are exactly the traced
+    # float settings that are set (None ones have no leaf); everything else is static structure
     for s in SOLVERS:
-        assert jax.tree_util.tree_leaves(s) == [] and hash(s) == hash(s)
+        assert hash(s) == hash(s)
+        expected = jax.tree_util.tree_leaves([getattr(s, name) for name in type(s).traced_settings])
+        assert jax.tree_util.tree_leaves(s) == expected
+        rebuilt = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(s), jax.tree_util.tree_leaves(s))
+        assert rebuilt == s and hash(rebuilt) == hash(s)
     assert jaxsde.GottaGoFast(rtol=0.05) == jaxsde.GottaGoFast(rtol=0.05)
+    assert jax.tree_util.tree_leaves(jaxsde.EulerMaruyama(10)) == []  # a fixed grid of constants: no settings
+    assert jax.tree_util.tree_leaves(jaxsde.GottaGoFast(rtol=0.02))[0] == 0.02
 
 
 def _loop_predicate_shapes(solver):

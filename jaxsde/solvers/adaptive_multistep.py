@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from ..controllers import Controller, PIDController, check_controller
+from ..settings import NONNEGATIVE, POSITIVE, Bound, is_traced, nonzero
 from .base import AdaptiveSolver, Attempt, SolverInit, solver_class
 from .exponential import check_nonneg, check_positive, combine, data_prediction, half_log_snr, push
 from .sa_solver import sa_weights
@@ -94,6 +95,9 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
 
     clamps_step = False  # the attempt clamps its own end to lam_end
 
+    traced_settings = {"rtol": POSITIVE, "atol": POSITIVE, "tau": NONNEGATIVE, "h_init": POSITIVE,
+                       "factor_max": Bound(1.0, low_open=True), "min_step": POSITIVE, "controller": POSITIVE}
+
     def __post_init__(self):
         name = "AdaptiveMultistepSolver"
         if not (isinstance(self.order, int) and not isinstance(self.order, bool) and 1 <= self.order <= 3):
@@ -106,14 +110,15 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
         check_positive("h_init", self.h_init, name)
         check_positive("min_step", self.min_step, name)
         check_positive("factor_max", self.factor_max, name)
-        if self.factor_max <= 1:
+        if not is_traced(self.factor_max) and self.factor_max <= 1:
             raise ValueError(f"{name}: factor_max must be > 1, got {self.factor_max!r}")
         if self.controller is not None:
             check_controller(name, self.controller)
+        object.__setattr__(self, "stochastic", nonzero(self.tau))  # static: tau = 0 draws no noise
 
     @property
     def noise_per_attempt(self) -> int:
-        return 1 if self.tau else 0
+        return 1 if self.stochastic else 0
 
     @property
     def nfe_per_attempt(self) -> int:
@@ -122,11 +127,11 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
     @property
     def history_size(self) -> int:
         """Stored evaluations: ``order`` (``tau = 0``), ``order + 1`` (``tau > 0``, for the explicit pair)."""
-        return self.order + 1 if self.tau else self.order
+        return self.order + 1 if self.stochastic else self.order
 
     @property
     def error_order(self) -> float:
-        return 1.5 if self.tau else float(self.order + 1)
+        return 1.5 if self.stochastic else float(self.order + 1)
 
     @property
     def step_controller(self) -> Controller:
@@ -135,7 +140,7 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
         return PIDController(safety=0.9, factor_min=0.2, factor_max=self.factor_max)
 
     def resolved_atol(self, sde) -> float:
-        return sde.default_atol if self.atol is None else float(self.atol)
+        return sde.default_atol if self.atol is None else self.atol
 
     # --- the step variable: half log-SNR ------------------------------------------------------
     def remaining(self, state: MultistepState, t, t_end):
@@ -182,7 +187,7 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
         return jnp.where(m >= 2, jnp.sqrt(jnp.mean(jnp.square(diff / delta))), 0.0)
 
     def predicted_error(self, sde, x, t, h, state: MultistepState, t_end):
-        if not self.tau:
+        if not self.stochastic:
             return None
         lam_t = self._target(state, h)
         step = lam_t - state.lam
@@ -203,7 +208,7 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
         q = jnp.minimum(state.count, self.order)
         nodes = self._nodes(state, step)
         base = sigma_t / sigma_s * jnp.exp(-tau2 * step) * x
-        if self.tau:
+        if self.stochastic:
             base = base + sigma_t * jnp.sqrt(-jnp.expm1(-2.0 * tau2 * step)) * z[0]
         w_pred = sa_weights(q, step, nodes[:self.order], tau2, False, False)
         x_pred = base + alpha_t * combine(w_pred, state.hist)
@@ -212,7 +217,7 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
         x_corr = base + alpha_t * (w_corr[0] * x0_new + combine(w_corr[1:], state.hist))
         corr_d = x_corr / alpha_t
 
-        if self.tau:  # the first step (one evaluation stored) has no history pair: the PEC pair
+        if self.stochastic:  # the first step (one evaluation stored) has no history pair: the PEC pair
             pec = (corr_d - x_pred / alpha_t) / jnp.maximum(self.resolved_atol(sde), self.rtol * jnp.abs(x_d))
             error = jnp.where(state.count >= 2, self._history_error(sde, step, nodes, tau2, state, x_d),
                               jnp.sqrt(jnp.mean(jnp.square(pec))))

@@ -1,7 +1,9 @@
 """The solver interface the driver (:func:`jaxsde.solve`) runs.
 
-A solver is a frozen, hashable dataclass (static configuration, registered as a leafless
-pytree) with two pure functions, in the spirit of optax's ``init``/``update`` and
+A solver is a frozen dataclass registered as a pytree whose float settings (tolerances, ``eta``,
+``tau``, step-size controller coefficients: each class's ``traced_settings``) are leaves and whose
+structure (orders, numbers of steps, methods) is static (:mod:`jaxsde.settings`), with two pure
+functions, in the spirit of optax's ``init``/``update`` and
 blackjax's ``init``/``step``:
 
 * ``init(sde, score, x, t_start, t_end) -> SolverInit``: first trial step, solver state,
@@ -21,7 +23,6 @@ proposal and its scaled error norm) and the policy (a step-size controller of
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 
 from .. import results
 from ..controllers import FixedGrid, GridState
+from ..settings import Settings, settings_class
 
 Array = jax.Array
 
@@ -49,15 +51,12 @@ class StepOut(NamedTuple):
     status: Array  # int32 result code of this attempt (results.SUCCESS if fine)
 
 
-def solver_class(cls):
-    """Decorator: frozen dataclass + static pytree registration."""
-    cls = dataclasses.dataclass(frozen=True)(cls)
-    jax.tree_util.register_static(cls)
-    return cls
+solver_class = settings_class  # frozen dataclass; float settings are pytree leaves (jaxsde.settings)
 
 
-class Solver:
-    """Base class. Subclasses set ``noise_per_attempt`` and implement ``init``/``step``."""
+class Solver(Settings):
+    """Base class. Subclasses set ``noise_per_attempt`` and implement ``init``/``step``; the fields
+    named in ``traced_settings`` are pytree leaves (see :mod:`jaxsde.settings`)."""
 
     noise_per_attempt: int = 0
     adaptive: bool = False

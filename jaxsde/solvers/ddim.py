@@ -6,6 +6,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from ..settings import NONNEGATIVE, nonzero
 from .base import FixedGridSolver, solver_class
 from .exponential import check_nonneg, data_prediction, half_log_snr
 
@@ -61,7 +62,8 @@ class DDIM(FixedGridSolver):
 
     Args:
       num_steps: number of steps (>= 1).
-      eta: stochasticity (>= 0; default 0, deterministic).
+      eta: stochasticity (>= 0; default 0, deterministic). A traced setting (a pytree leaf): every
+        ``eta > 0`` shares one compiled program; ``eta = 0`` exactly is the deterministic one.
       grid: ``"uniform"`` (in t, default), ``"logsnr"``, ``"edm"``, or an array of times.
     """
 
@@ -69,13 +71,16 @@ class DDIM(FixedGridSolver):
     eta: float = 0.0
     grid: Any = "uniform"
 
+    traced_settings = {"eta": NONNEGATIVE}
+
     def __post_init__(self):
         self._check_grid()
         check_nonneg("eta", self.eta, "DDIM")
+        object.__setattr__(self, "stochastic", nonzero(self.eta))  # static: eta = 0 draws no noise
 
     @property
     def noise_per_attempt(self) -> int:  # type: ignore[override]
-        return 1 if self.eta > 0 else 0
+        return 1 if self.stochastic else 0
 
     @property
     def nfe_per_attempt(self) -> int:
@@ -83,4 +88,6 @@ class DDIM(FixedGridSolver):
 
     def advance(self, sde, score, x, t, t_next, z):
         x0 = data_prediction(sde, score, x, t)
-        return ddim_step(sde, x, x0, t, t_next, self.eta, None if z is None else z[0]), 1
+        if not self.stochastic:
+            return ddim_step(sde, x, x0, t, t_next, 0, None), 1
+        return ddim_step(sde, x, x0, t, t_next, self.eta, z[0]), 1

@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 
 from ..controllers import Controller, PIDController, check_controller
+from ..settings import NONNEGATIVE, POSITIVE, nonzero
 from .base import AdaptiveSolver, Attempt, SolverInit, solver_class
 from .exponential import check_nonneg, check_positive, exp_remainder, half_log_snr
 
@@ -66,7 +67,7 @@ class DPMState(NamedTuple):
 
 def ancestral_step(sigma_from: Array, sigma_to: Array, eta: float) -> tuple[Array, Array]:
     """``(sigma_down, sigma_up)`` of an ancestral step between denoiser-scale noise levels."""
-    if not eta:
+    if isinstance(eta, int | float) and not eta:
         return sigma_to, jnp.zeros_like(sigma_to)
     up = jnp.minimum(sigma_to, eta * jnp.sqrt(sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2))
     return jnp.sqrt(sigma_to**2 - up**2), up
@@ -112,6 +113,9 @@ class AdaptiveDPMSolver(AdaptiveSolver):
 
     clamps_step = False  # the trial step is kept as the controller set it (k-diffusion's pid.h)
 
+    traced_settings = {"rtol": POSITIVE, "atol": POSITIVE, "eta": NONNEGATIVE, "s_noise": NONNEGATIVE,
+                       "h_init": POSITIVE, "min_step": POSITIVE, "controller": POSITIVE}
+
     def __post_init__(self):
         name = "AdaptiveDPMSolver"
         if self.order not in (2, 3) or isinstance(self.order, bool):
@@ -128,10 +132,11 @@ class AdaptiveDPMSolver(AdaptiveSolver):
             raise ValueError(f"{name}: prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         if self.controller is not None:
             check_controller(name, self.controller)
+        object.__setattr__(self, "stochastic", nonzero(self.eta))  # static: eta = 0 draws no noise
 
     @property
     def noise_per_attempt(self) -> int:
-        return 1 if self.eta else 0
+        return 1 if self.stochastic else 0
 
     @property
     def nfe_per_attempt(self) -> int:
@@ -139,14 +144,14 @@ class AdaptiveDPMSolver(AdaptiveSolver):
 
     @property
     def error_order(self) -> float:
-        return 1.5 if self.eta else float(self.order)
+        return 1.5 if self.stochastic else float(self.order)
 
     @property
     def step_controller(self) -> Controller:
         return PIDController.k_diffusion() if self.controller is None else self.controller
 
     def resolved_atol(self, sde) -> float:
-        return sde.default_atol if self.atol is None else float(self.atol)
+        return sde.default_atol if self.atol is None else self.atol
 
     # --- the step variable: half log-SNR ------------------------------------------------------
     def remaining(self, state: DPMState, t, t_end):
@@ -174,9 +179,9 @@ class AdaptiveDPMSolver(AdaptiveSolver):
         lam_s = state.lam
         lam_t = self._target(state, h)
         sigma_s, sigma_t = jnp.exp(-lam_s), jnp.exp(-lam_t)  # denoiser-scale noise levels
-        down, up = ancestral_step(sigma_s, sigma_t, self.eta)
-        lam_d = jnp.minimum(state.lam_end, -jnp.log(down)) if self.eta else lam_t
-        if self.eta:
+        down, up = ancestral_step(sigma_s, sigma_t, self.eta if self.stochastic else 0)
+        lam_d = jnp.minimum(state.lam_end, -jnp.log(down)) if self.stochastic else lam_t
+        if self.stochastic:
             up = jnp.sqrt(sigma_t**2 - jnp.exp(-2.0 * lam_d))
         step = lam_d - lam_s
         big_h = sign * step
@@ -227,7 +232,7 @@ class AdaptiveDPMSolver(AdaptiveSolver):
         error = jnp.sqrt(jnp.mean(jnp.square((low_d - high_d) / delta)))
 
         t_next = self._time(sde, lam_t, state, t_end)
-        if self.eta:
+        if self.stochastic:
             x_new = sde.marginal(t_next)[0] * (high_d + up * self.s_noise * z[0])
         else:
             x_new = scale(t_d) * high

@@ -6,6 +6,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from ..settings import NONNEGATIVE, nonzero
 from .base import solver_class
 from .dpm_solver import SOLVER_TYPES, multistep_weights
 from .exponential import (
@@ -82,10 +83,13 @@ class DPMSolverPPSDE(MultistepSolver):
     solver_type: str = "midpoint"
     grid: Any = "logsnr"
 
+    traced_settings = {"eta": NONNEGATIVE}
+
     def __post_init__(self):
         self._check_grid()
         check_int("order", self.order, 2, 3, "DPMSolverPPSDE")
         check_nonneg("eta", self.eta, "DPMSolverPPSDE")
+        object.__setattr__(self, "stochastic", nonzero(self.eta))  # static: eta = 0 draws no noise
         if self.solver_type not in SOLVER_TYPES:
             raise ValueError(f"DPMSolverPPSDE: solver_type must be one of {SOLVER_TYPES}, got {self.solver_type!r}")
         if self.num_steps < self.order:
@@ -94,7 +98,7 @@ class DPMSolverPPSDE(MultistepSolver):
 
     @property
     def noise_per_attempt(self) -> int:  # type: ignore[override]
-        return 1 if self.eta > 0 else 0
+        return 1 if self.stochastic else 0
 
     def advance_history(self, sde, score, x, state, z):
         i = state.index
@@ -116,6 +120,6 @@ class DPMSolverPPSDE(MultistepSolver):
         _, sigma = sde.marginal(t)
         alpha_n, sigma_n = sde.marginal(t_next)
         x_next = sigma_n / sigma * jnp.exp(-self.eta * h) * x + alpha_n * combine(w, hist)
-        if self.eta > 0:
+        if self.stochastic:
             x_next = x_next + sigma_n * jnp.sqrt(-jnp.expm1(-2.0 * self.eta * h)) * z[0]
         return x_next, hist, None, 1

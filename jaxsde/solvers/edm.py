@@ -7,6 +7,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from ..settings import NONNEGATIVE, POSITIVE, Bound, is_traced, nonzero
 from .base import FixedGridSolver, solver_class
 from .exponential import check_nonneg, data_prediction, half_log_snr
 
@@ -52,19 +53,24 @@ class EDMHeun(FixedGridSolver):
     s_noise: float = 1.0
     grid: Any = "edm"
 
+    traced_settings = {"churn": NONNEGATIVE, "s_tmin": NONNEGATIVE, "s_tmax": Bound(0.0, math.inf),
+                       "s_noise": POSITIVE}
+
     def __post_init__(self):
         self._check_grid()
         check_nonneg("churn", self.churn, "EDMHeun")
         check_nonneg("s_tmin", self.s_tmin, "EDMHeun")
-        if not (isinstance(self.s_tmax, int | float) and self.s_tmax > self.s_tmin):
+        if not (is_traced(self.s_tmax) or is_traced(self.s_tmin)
+                or (isinstance(self.s_tmax, int | float) and self.s_tmax > self.s_tmin)):
             raise ValueError(f"EDMHeun: s_tmax must be a number > s_tmin ({self.s_tmin}), got {self.s_tmax!r}")
         check_nonneg("s_noise", self.s_noise, "EDMHeun")
-        if self.s_noise == 0:
+        if not is_traced(self.s_noise) and self.s_noise == 0:
             raise ValueError("EDMHeun: s_noise must be positive")
+        object.__setattr__(self, "stochastic", nonzero(self.churn))  # static: churn = 0 draws no noise
 
     @property
     def noise_per_attempt(self) -> int:  # type: ignore[override]
-        return 1 if self.churn > 0 else 0
+        return 1 if self.stochastic else 0
 
     @property
     def nfe_per_attempt(self) -> int:
@@ -76,9 +82,9 @@ class EDMHeun(FixedGridSolver):
         sb = jnp.exp(-half_log_snr(sde, t))
         sb_n = jnp.exp(-half_log_snr(sde, t_next))
         xb = x / alpha
-        if self.churn > 0:
+        if self.stochastic:
             gamma = jnp.where((sb >= self.s_tmin) & (sb <= self.s_tmax),
-                              min(self.churn / self.num_steps, math.sqrt(2.0) - 1.0), 0.0)
+                              jnp.minimum(self.churn / self.num_steps, math.sqrt(2.0) - 1.0), 0.0)
             sb_max = jnp.maximum(jnp.exp(-half_log_snr(sde, jnp.asarray(sde.T, x.dtype))), sb)
             sb_hat = jnp.minimum(sb * (1.0 + gamma), sb_max)
             churned = sb_hat > sb

@@ -6,6 +6,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from ..settings import NONNEGATIVE, nonzero
 from .base import FixedGridSolver, solver_class
 from .ddim import ddim_step
 from .exponential import check_nonneg, data_prediction, half_log_snr
@@ -46,13 +47,16 @@ class EulerAncestral(FixedGridSolver):
     eta: float = 1.0
     grid: Any = "edm"
 
+    traced_settings = {"eta": NONNEGATIVE}
+
     def __post_init__(self):
         self._check_grid()
         check_nonneg("eta", self.eta, "EulerAncestral")
+        object.__setattr__(self, "stochastic", nonzero(self.eta))  # static: eta = 0 draws no noise
 
     @property
     def noise_per_attempt(self) -> int:  # type: ignore[override]
-        return 1 if self.eta > 0 else 0
+        return 1 if self.stochastic else 0
 
     @property
     def nfe_per_attempt(self) -> int:
@@ -60,7 +64,7 @@ class EulerAncestral(FixedGridSolver):
 
     def advance(self, sde, score, x, t, t_next, z):
         x0 = data_prediction(sde, score, x, t)
-        if self.eta == 0:
+        if not self.stochastic:
             return ddim_step(sde, x, x0, t, t_next, 0.0, None), 1
         q = -jnp.expm1(-2.0 * (half_log_snr(sde, t_next) - half_log_snr(sde, t)))
         eta = jnp.minimum(self.eta, jnp.sqrt(1.0 / q))  # sigma_up = min(sigma', eta sigma' sqrt(q))

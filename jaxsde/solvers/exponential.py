@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import results
+from ..settings import is_traced
 from .base import FixedGridSolver, SolverInit, StepOut
 
 Array = jax.Array
@@ -282,10 +283,14 @@ def check_int(name: str, value, lo: int, hi: int, owner: str) -> None:
 
 
 def check_nonneg(name: str, value, owner: str) -> None:
+    if is_traced(value):  # checked in the program (jaxsde.settings.settings_valid)
+        return
     if not (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0):
         raise ValueError(f"{owner}: {name} must be a finite number >= 0, got {value!r}")
 
 
 def check_positive(name: str, value, owner: str) -> None:
+    if is_traced(value):  # checked in the program (jaxsde.settings.settings_valid)
+        return
     if not (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
         raise ValueError(f"{owner}: {name} must be a finite number > 0, got {value!r}")

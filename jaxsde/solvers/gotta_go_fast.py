@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from ..controllers import Controller, GottaGoFastController, check_controller
+from ..settings import NONNEGATIVE, POSITIVE, UNIT, Bound, is_traced
 from .base import AdaptiveSolver, Attempt, SolverInit, solver_class
 
 NORMS = ("l2", "l2_unscaled", "linf")
@@ -109,8 +110,14 @@ class GottaGoFast(AdaptiveSolver):
 
     noise_per_attempt = 1
 
+    traced_settings = {"rtol": POSITIVE, "atol": POSITIVE, "h_init": POSITIVE, "safety": UNIT,
+                       "exponent": POSITIVE, "nonfinite_shrink": Bound(0.0, 1.0, True, True), "min_step": NONNEGATIVE,
+                       "controller": POSITIVE}
+
     def __post_init__(self):
         def finite_positive(name, value):
+            if is_traced(value):  # checked in the program (jaxsde.settings.settings_valid)
+                return
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"GottaGoFast: {name} must be a finite positive number, got {value!r}")
 
@@ -128,8 +135,8 @@ class GottaGoFast(AdaptiveSolver):
                     raise ValueError(f"GottaGoFast: {str(err).split(': ', 1)[1]}") from None
         else:
             check_controller("GottaGoFast", self.controller)
-            changed = [n for n in ("safety", "exponent", "nonfinite_shrink")
-                       if getattr(self, n) != GottaGoFast.__dataclass_fields__[n].default]
+            changed = [n for n in ("safety", "exponent", "nonfinite_shrink") if is_traced(getattr(self, n))
+                       or getattr(self, n) != GottaGoFast.__dataclass_fields__[n].default]
             if changed:
                 raise ValueError(f"GottaGoFast: {', '.join(changed)} configure the default controller; with "
                                  "controller= given, set them on that controller instead")
@@ -151,7 +158,7 @@ class GottaGoFast(AdaptiveSolver):
         return 2
 
     def resolved_atol(self, sde) -> float:
-        return sde.default_atol if self.atol is None else float(self.atol)
+        return sde.default_atol if self.atol is None else self.atol
 
     def start(self, sde, score, x, t_start, t_end) -> SolverInit:
         h = jnp.minimum(jnp.asarray(self.h_init, x.dtype), t_start - t_end)

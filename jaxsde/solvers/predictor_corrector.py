@@ -7,6 +7,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from ..sde import VPSDE
+from ..settings import POSITIVE, is_traced
 from .base import FixedGridSolver, solver_class
 
 
@@ -85,11 +86,13 @@ class PredictorCorrector(FixedGridSolver):
     corrector_steps: int = 1
     grid: Any = "uniform"
 
+    traced_settings = {"snr": POSITIVE}
+
     def __post_init__(self):
         self._check_grid()
         if not (isinstance(self.corrector_steps, int) and self.corrector_steps >= 0):
             raise ValueError(f"corrector_steps must be an integer >= 0, got {self.corrector_steps!r}")
-        if not self.snr > 0:
+        if not is_traced(self.snr) and not self.snr > 0:
             raise ValueError(f"snr must be positive, got {self.snr!r}")
 
     @property

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..controllers import Controller, PIDController, check_controller
+from ..settings import NONNEGATIVE, POSITIVE, UNIT, Bound, is_traced
 from .base import AdaptiveSolver, AdaptiveState, Attempt, SolverInit, solver_class
 
 
@@ -161,19 +162,24 @@ class ProbabilityFlow(AdaptiveSolver):
 
     noise_per_attempt = 0
 
+    traced_settings = {"rtol": POSITIVE, "atol": POSITIVE, "h_init": POSITIVE, "safety": UNIT,
+                       "pi_beta": NONNEGATIVE, "factor_min": Bound(0.0, 1.0, True, True),
+                       "factor_max": Bound(1.0, low_open=True), "min_step": POSITIVE, "controller": POSITIVE}
+
     def __post_init__(self):
         for name in ("rtol", "atol"):
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            if not is_traced(value) and not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"ProbabilityFlow: {name} must be a finite positive number, got {value!r}")
         if self.method not in TABLEAUS:
             raise ValueError(f"ProbabilityFlow: method must be one of {sorted(TABLEAUS)}, got {self.method!r}")
-        if self.h_init is not None and not self.h_init > 0:
+        if self.h_init is not None and not is_traced(self.h_init) and not self.h_init > 0:
             raise ValueError(f"ProbabilityFlow: h_init must be positive, got {self.h_init!r}")
         names = ("safety", "pi_beta", "factor_min", "factor_max")
         if self.controller is None:
             bound = 1.0 / (1.75 * self.error_order)  # the integral coefficient 1 - 1.75 beta k stays > 0
-            if not (isinstance(self.pi_beta, int | float) and 0 <= self.pi_beta < bound):
+            beta = self.pi_beta
+            if not is_traced(beta) and not (isinstance(beta, int | float) and 0 <= beta < bound):
                 raise ValueError(f"ProbabilityFlow: pi_beta must be in [0, {bound:.4g}) for method "
                                  f"{self.method!r}, got {self.pi_beta!r}")
             try:
@@ -182,7 +188,8 @@ class ProbabilityFlow(AdaptiveSolver):
                 raise ValueError(f"ProbabilityFlow: {str(err).split(': ', 1)[1]}") from None
         else:
             check_controller("ProbabilityFlow", self.controller)
-            changed = [n for n in names if getattr(self, n) != ProbabilityFlow.__dataclass_fields__[n].default]
+            changed = [n for n in names if is_traced(getattr(self, n))
+                       or getattr(self, n) != ProbabilityFlow.__dataclass_fields__[n].default]
             if changed:
                 raise ValueError(f"ProbabilityFlow: {', '.join(changed)} configure the default controller; with "
                                  "controller= given, set them on that controller instead")

@@ -8,6 +8,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from ..settings import NONNEGATIVE, nonzero
 from .base import solver_class
 from .dpm_solver import LOWER_ORDER_FINAL_BELOW
 from .exponential import (
@@ -121,6 +122,8 @@ class SASolver(MultistepSolver):
     lower_order_final: bool | str = True
     grid: Any = "logsnr"
 
+    traced_settings = {"tau": NONNEGATIVE}  # a number; a callable tau(t) is static
+
     def __post_init__(self):
         self._check_grid()
         check_int("predictor_order", self.predictor_order, 1, 4, "SASolver")
@@ -138,10 +141,8 @@ class SASolver(MultistepSolver):
             raise ValueError(f"SASolver: rescale_order2 must be a bool, got {self.rescale_order2!r}")
         if not (isinstance(self.lower_order_final, bool) or self.lower_order_final == "always"):
             raise ValueError(f"SASolver: lower_order_final must be a bool or 'always', got {self.lower_order_final!r}")
-
-    @property
-    def stochastic(self) -> bool:
-        return callable(self.tau) or self.tau > 0
+        # static: tau = 0 draws no noise
+        object.__setattr__(self, "stochastic", callable(self.tau) or nonzero(self.tau))
 
     @property
     def noise_per_attempt(self) -> int:  # type: ignore[override]
@@ -159,7 +160,7 @@ class SASolver(MultistepSolver):
         """``tau(t)`` (a traced scalar)."""
         if callable(self.tau):
             return jnp.asarray(self.tau(t), t.dtype)
-        if self.tau_interval is None or self.tau == 0:
+        if self.tau_interval is None or not self.stochastic:
             return jnp.asarray(self.tau, t.dtype)
         lo, hi = self.tau_interval
         inside = (t >= lo * sde.T) & (t <= hi * sde.T)

@@ -1,0 +1,142 @@
+"""Configuration objects (solvers, controllers) whose float settings are pytree leaves.
+
+A *settings class* is a frozen dataclass registered as a JAX pytree in which the fields named in
+its ``traced_settings`` are children (leaves: numbers, arrays, ``None``, or nested settings objects
+such as a solver's controller) and every other attribute is static structure (orders, numbers of
+steps, methods, strings, callables). So:
+
+* a solver passed as an argument of a ``jax.jit``-compiled function is one compiled program for
+  every value of its float settings: a sweep of ``rtol`` or ``eta`` compiles once;
+* ``jax.grad`` can differentiate a sample statistic with respect to a float setting;
+* a solver closed over by the jitted function keeps Python floats (constants), as before.
+
+Attributes a class derives from its settings at construction (``__post_init__`` setting them with
+``object.__setattr__``, e.g. whether ``eta > 0`` draws noise) are static structure too: they are
+fixed by the values the object was built with, so ``DDIM(eta=0.0)`` (deterministic, no noise) and
+``DDIM(eta=0.5)`` are two programs while every ``eta > 0`` shares one. A setting that is a tracer
+at construction (built inside ``jit``) counts as nonzero there.
+
+Validation: construction checks concrete values and raises ``ValueError`` naming the setting;
+traced values cannot be checked on the host, so :func:`settings_valid` gives the in-program check
+(every traced setting finite and within its :class:`Bound`) that the driver turns into the result
+code ``jaxsde.results.INVALID_SETTING``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+__all__ = ["Bound", "POSITIVE", "NONNEGATIVE", "UNIT", "FINITE", "settings_class", "is_traced", "nonzero",
+           "settings_valid", "Settings"]
+
+
+class Bound(NamedTuple):
+    """The finite values a traced setting may take: ``low < v`` (``low <= v`` when not ``low_open``)
+    and ``v <= high`` (``v < high`` when ``high_open``)."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: Array) -> Array:
+        """Whether ``value`` (an array, possibly traced) is finite and within the bound (elementwise
+        all)."""
+        v = jnp.asarray(value)
+        ok = jnp.isfinite(v)
+        ok &= (v > self.low) if self.low_open else (v >= self.low)
+        ok &= (v < self.high) if self.high_open else (v <= self.high)
+        return jnp.all(ok)
+
+
+POSITIVE = Bound(0.0, low_open=True)
+NONNEGATIVE = Bound(0.0)
+UNIT = Bound(0.0, 1.0, low_open=True)  # (0, 1]
+FINITE = Bound()
+
+
+def is_traced(value: Any) -> bool:
+    """True for a JAX tracer (a value known only inside a transformation)."""
+    return isinstance(value, jax.core.Tracer)
+
+
+def nonzero(value: Any) -> bool:
+    """Static truth of a setting: ``value != 0`` for a concrete number, ``True`` for a tracer."""
+    if value is None:
+        return False
+    if is_traced(value):
+        return True
+    return bool(np.any(np.asarray(value) != 0))
+
+
+class Settings:
+    """Base of settings classes: ``traced_settings`` maps each traced field to its :class:`Bound`."""
+
+    traced_settings: ClassVar[dict[str, Bound]] = {}
+
+
+def _is_child(value: Any) -> bool:
+    if value is None or isinstance(value, Settings):
+        return True
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float | np.ndarray | np.generic | jax.Array):
+        return True
+    return isinstance(value, tuple) and all(_is_child(v) and not isinstance(v, tuple) for v in value)
+
+
+def _flatten(obj: Settings):
+    children_names = tuple(name for name in type(obj).traced_settings if _is_child(obj.__dict__[name]))
+    children = tuple(obj.__dict__[name] for name in children_names)
+    static = tuple(sorted(((k, v) for k, v in obj.__dict__.items() if k not in children_names),
+                          key=lambda kv: kv[0]))
+    return children, (children_names, static)
+
+
+def _unflatten(cls, aux, children):
+    children_names, static = aux
+    obj = object.__new__(cls)
+    obj.__dict__.update(static)
+    obj.__dict__.update(zip(children_names, children, strict=True))
+    return obj
+
+
+def settings_class(cls):
+    """Decorator: frozen dataclass registered as a pytree whose ``traced_settings`` are children
+    (see the module docstring). Apply it to every concrete subclass."""
+    cls = dataclasses.dataclass(frozen=True)(cls)
+    unknown = sorted(set(cls.traced_settings) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise TypeError(f"{cls.__name__}.traced_settings names {unknown}, which are not fields")
+    jax.tree_util.register_pytree_node(cls, _flatten, lambda aux, children: _unflatten(cls, aux, children))
+    return cls
+
+
+def settings_valid(obj: Any) -> Array | None:
+    """In-program validity of ``obj``'s traced settings (nested settings objects included): a bool
+    array, True when every setting that is a tracer is finite and within its bound; ``None`` when no
+    setting is traced (concrete ones were checked at construction)."""
+    if not isinstance(obj, Settings):
+        return None
+    checks = []
+    for name, bound in type(obj).traced_settings.items():
+        value = obj.__dict__.get(name)
+        if isinstance(value, Settings):
+            nested = settings_valid(value)
+            if nested is not None:
+                checks.append(nested)
+        elif isinstance(value, tuple):
+            checks.extend(bound.holds(v) for v in value if is_traced(v))
+        elif is_traced(value):
+            checks.append(bound.holds(value))
+    if not checks:
+        return None
+    return jnp.all(jnp.stack(checks))
