@@ -10,11 +10,11 @@ import dataclasses
 
 from .models.score import PARAMETERIZATIONS
 from .models.unet import SIZES, DigitsUNet
-from .sde import VESDE, VPSDE, SubVPSDE
+from .sde import VESDE, VPSDE, FlowSDE, SubVPSDE
 
 __all__ = ["TrainConfig", "SDES"]
 
-SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
+SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "flow": FlowSDE}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +26,9 @@ class TrainConfig:
     sde: str = "vp"
     parameterization: str = "eps"
     weighting: str = "simple"
+    # parameterization "flow" trains by flow matching (jaxsde.training.flow_matching_loss) with
+    # t "uniform" on [eps, T] or "logit_normal" (SD3's); the score losses sample t uniformly
+    time_sampling: str = "uniform"
     steps: int = 20_000
     batch_size: int = 128
     learning_rate: float = 2e-3
@@ -57,6 +60,16 @@ class TrainConfig:
                              f"choose one of {PARAMETERIZATIONS}")
         if self.weighting not in ("simple", "likelihood"):
             raise ValueError(f"weighting must be 'simple' or 'likelihood', got {self.weighting!r}")
+        if self.time_sampling not in ("uniform", "logit_normal"):
+            raise ValueError(f"time_sampling must be 'uniform' or 'logit_normal', got {self.time_sampling!r}")
+        if self.parameterization == "flow" and self.weighting != "simple":
+            raise ValueError("parameterization 'flow' trains by flow matching, unweighted: use weighting='simple'")
+        if self.parameterization != "flow" and self.time_sampling != "uniform":
+            raise ValueError("time_sampling applies to parameterization 'flow' only (the score losses sample t "
+                             "uniformly)")
+        if self.parameterization == "v" and self.sde == "flow":
+            raise ValueError("parameterization 'v' assumes alpha^2 + sigma^2 = 1; on sde 'flow' a velocity model "
+                             "is parameterization 'flow'")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be positive")
         if self.num_classes is not None and (isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int)

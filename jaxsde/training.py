@@ -11,6 +11,11 @@ the weights (:func:`ema_update`: the initialisation has no share in it). The jit
 runs one update per call (see ``make_train_steps``). Checkpoints are written atomically and a
 rerun with the same configuration resumes.
 
+Flow matching (``parameterization="flow"``, e.g. on ``sde="flow"``): :func:`flow_matching_loss`
+on the raw network output, ``mean((out - (alpha' x0 + sigma' eps))^2)`` (target ``eps - x0`` on
+:class:`~jaxsde.sde.FlowSDE`), with ``t`` uniform or logit-normal (SD3's, ``time_sampling``);
+finite at ``t = 1``, where the score loss's weight ``1/alpha^2`` would be infinite.
+
 Class-conditional runs (``TrainConfig.num_classes``): the network also receives the digits'
 labels, each replaced by the null class ``num_classes`` with probability ``label_dropout``
 (per example, from the step's key), so one network learns the conditional and the
@@ -33,7 +38,8 @@ from flax import serialization
 
 from .checkpoints.io import atomic_write, load_msgpack, save_msgpack
 from .data import load_digits
-from .models.score import batched_score, input_scale
+from .models.score import batched_output, batched_score, input_scale
+from .sde import SDE
 from .train_config import TrainConfig
 
 
@@ -69,6 +75,52 @@ def dsm_loss(score_batched, sde, weighting: str):
         if weighting == "likelihood":
             per_sample = per_sample * sde.diffusion(t) ** 2 / sigma**2
         return jnp.mean(per_sample)
+
+    return loss
+
+
+TIME_SAMPLINGS = ("uniform", "logit_normal")
+
+
+def sample_times(key: jax.Array, n: int, sde: SDE, time_sampling: str = "uniform", dtype=jnp.float32,
+                 logit_mean: float = 0.0, logit_std: float = 1.0) -> jax.Array:
+    """``n`` training times ``(n,)`` in ``[sde.eps, sde.T]``: ``"uniform"`` on that interval (as
+    :func:`dsm_loss`), or ``"logit_normal"`` (SD3, Esser et al. 2024):
+    ``T * sigmoid(logit_mean + logit_std * z)``, ``z ~ N(0, 1)``, clipped to ``[eps, T]``."""
+    if time_sampling == "uniform":
+        return jax.random.uniform(key, (n,), dtype, sde.eps, sde.T)
+    if time_sampling == "logit_normal":
+        if not logit_std > 0:
+            raise ValueError(f"logit_std must be > 0, got {logit_std}")
+        z = jax.random.normal(key, (n,), dtype)
+        return jnp.clip(sde.T * jax.nn.sigmoid(logit_mean + logit_std * z), sde.eps, sde.T)
+    raise ValueError(f"unknown time_sampling {time_sampling!r}; choose one of {TIME_SAMPLINGS}")
+
+
+def flow_matching_loss(output_batched, sde: SDE, time_sampling: str = "uniform", logit_mean: float = 0.0,
+                       logit_std: float = 1.0):
+    """Flow-matching loss ``loss(params, x0, key, *cond)`` for a batch ``x0: (B, ...)`` on the
+    network's raw output ``output_batched(params, x_t, t, *cond)`` (a velocity, shaped like
+    ``x_t``; e.g. :func:`jaxsde.models.score.batched_output`):
+    ``mean_b mean_i (out - (alpha' x0 + sigma' eps))^2`` with ``x_t = alpha x0 + sigma eps``,
+    ``t`` from :func:`sample_times` (``time_sampling``, ``logit_mean``, ``logit_std``). On
+    :class:`~jaxsde.sde.FlowSDE` the target is ``eps - x0`` (rectified flow); for any SDE it is
+    the path's velocity, minimised by the exact ``E[alpha' x0 + sigma' eps | x_t]``. Finite for
+    every ``t`` in ``[0, T]``, ``t = 1`` included."""
+    if time_sampling not in TIME_SAMPLINGS:
+        raise ValueError(f"unknown time_sampling {time_sampling!r}; choose one of {TIME_SAMPLINGS}")
+
+    def loss(params, x0, key, *cond):
+        k_t, k_eps = jax.random.split(key)
+        t = sample_times(k_t, x0.shape[0], sde, time_sampling, x0.dtype, logit_mean, logit_std)
+        eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
+        shape = (-1,) + (1,) * (x0.ndim - 1)
+        alpha, sigma = sde.marginal(t)
+        dalpha, dsigma = sde.marginal_derivatives(t)
+        x_t = alpha.reshape(shape) * x0 + sigma.reshape(shape) * eps
+        target = dalpha.reshape(shape) * x0 + dsigma.reshape(shape) * eps
+        out = output_batched(params, x_t, t, *cond)
+        return jnp.mean(jnp.square(out - target))
 
     return loss
 
@@ -150,8 +202,11 @@ def make_train_steps(config: TrainConfig, data: jax.Array, steps_per_call: int =
             raise ValueError(f"labels have shape {labels.shape}, expected ({data.shape[0]},)")
     sde = config.make_sde()
     model = config.make_model()
-    score_batched = batched_score(model.apply, sde, config.parameterization, config.sigma_data)
-    loss_fn = dsm_loss(score_batched, sde, config.weighting)
+    if config.parameterization == "flow":
+        loss_fn = flow_matching_loss(batched_output(model.apply, sde, config.sigma_data), sde, config.time_sampling)
+    else:
+        score_batched = batched_score(model.apply, sde, config.parameterization, config.sigma_data)
+        loss_fn = dsm_loss(score_batched, sde, config.weighting)
     tx = make_optimizer(config)
 
     def one(state: TrainState, _):
