@@ -13,14 +13,11 @@ A model evaluated at ``(x, t)`` (ONE sample, no batch axis; ``t`` a scalar) pred
 ``alpha, sigma``, their derivatives ``alpha', sigma'`` and ``D = alpha sigma' - sigma alpha'``
 (:meth:`~jaxsde.sde.SDE.velocity_determinant`), each pair by its direct formula:
 
-=========  ==============================  ===============================  ==============================
-from       x0                              eps                              score
-=========  ==============================  ===============================  ==============================
-velocity   ``(sigma' x - sigma v) / D``    ``(alpha v - alpha' x) / D``     ``(alpha' x - alpha v)/(sigma D)``
-x0         --                              ``(x - alpha x0) / sigma``       ``(alpha x0 - x) / sigma^2``
-eps        ``(x - sigma eps) / alpha``     --                               ``-eps / sigma``
-score      ``(x + sigma^2 s) / alpha``     ``-sigma s``                     --
-=========  ==============================  ===============================  ==============================
+* from the velocity: ``x0 = (sigma' x - sigma v) / D``, ``eps = (alpha v - alpha' x) / D``,
+  ``score = (alpha' x - alpha v) / (sigma D)``;
+* from x0: ``eps = (x - alpha x0) / sigma``, ``score = (alpha x0 - x) / sigma^2``;
+* from eps: ``x0 = (x - sigma eps) / alpha``, ``score = -eps / sigma``;
+* from the score: ``x0 = (x + sigma^2 s) / alpha`` (Tweedie), ``eps = -sigma s``;
 
 and to the velocity: from x0 ``(sigma' x - D x0) / sigma``, from eps ``(alpha' x + D eps) /
 alpha``, from the score ``(alpha' x - sigma D s) / alpha``. Where ``alpha = 0`` (``t = 1`` on a

@@ -28,6 +28,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -97,8 +98,8 @@ def sample_times(key: jax.Array, n: int, sde: SDE, time_sampling: str = "uniform
     raise ValueError(f"unknown time_sampling {time_sampling!r}; choose one of {TIME_SAMPLINGS}")
 
 
-def flow_matching_loss(output_batched, sde: SDE, time_sampling: str = "uniform", logit_mean: float = 0.0,
-                       logit_std: float = 1.0):
+def flow_matching_loss(output_batched: Callable, sde: SDE, time_sampling: str = "uniform", logit_mean: float = 0.0,
+                       logit_std: float = 1.0) -> Callable:
     """Flow-matching loss ``loss(params, x0, key, *cond)`` for a batch ``x0: (B, ...)`` on the
     network's raw output ``output_batched(params, x_t, t, *cond)`` (a velocity, shaped like
     ``x_t``; e.g. :func:`jaxsde.models.score.batched_output`):

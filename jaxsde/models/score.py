@@ -124,7 +124,7 @@ def output_to_score(sde: SDE, out, x, t, parameterization: str):
     raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}")
 
 
-def output_to_x0(sde: SDE, out, x, t, parameterization: str):
+def output_to_x0(sde: SDE, out: jax.Array, x: jax.Array, t, parameterization: str) -> jax.Array:
     """Turn a network output into the data estimate ``E[x_0 | x_t = x]`` by the direct formula
     of each parameterization: exact (no division by ``alpha``) for ``"x0"`` and ``"flow"``
     (``(sigma' x - sigma v) / D``, ``x - t v`` on :class:`~jaxsde.sde.FlowSDE`), so finite at
@@ -144,7 +144,7 @@ def output_to_x0(sde: SDE, out, x, t, parameterization: str):
     raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}")
 
 
-def batched_output(apply: Callable, sde: SDE, sigma_data: float = 0.5, compute_dtype=None):
+def batched_output(apply: Callable, sde: SDE, sigma_data: float = 0.5, compute_dtype=None) -> Callable:
     """``out(params, x, t, *cond)``: the raw network output (no conversion) on the preconditioned
     input ``c_in(t) x``, for a batch ``x: (B, ...)``, ``t: (B,)`` (``cond`` as for
     :func:`batched_score`); what a loss on the output itself (flow matching) trains.
