@@ -51,7 +51,7 @@ import numpy as np
 
 from .driver import Solution, solve, solve_batch
 from .sde import SDE, ScoreFn
-from .solvers.base import Solver, SolverInit, StepOut
+from .solvers.base import Solver, SolverInit, StepOut, WrappedSolver, solver_class
 
 Array = jax.Array
 
@@ -153,49 +153,55 @@ def check_mask(mask, shape: tuple[int, ...], *, name: str = "mask") -> Array:
     return jnp.broadcast_to(m, shape)
 
 
-class Inpainting(Solver):
+@solver_class
+class Inpainting(WrappedSolver):
     """Wrap ``solver`` so the known pixels are re-imposed from the forward process after each
     accepted step: ``x <- mask * (alpha_t x_known + sigma_t z) + (1 - mask) * x``.
 
     Args:
-      solver: the inner solver (its ``init``/``step`` are delegated).
+      solver: the inner solver. Everything but ``init``/``step`` and the noise and cost per attempt
+        is the inner solver's (:class:`~jaxsde.solvers.base.WrappedSolver`): its final denoising
+        step (e.g. ``LMS(last_step="lms")``'s), the score its state holds at the end (so
+        ``ProbabilityFlow`` spends no evaluation on the final step), its grid and attempt count.
       x_known: one sample (data space) whose pixels where ``mask == 1`` are kept.
       mask: 1 = known, 0 = to generate; broadcast to ``x_known``'s shape.
       noise: ``"fresh"`` (one extra standard normal per attempt from the driver; the default
         for stochastic solvers) or ``"fixed"`` (deterministic variant, one ``eps0`` for the
         solve, computed at ``init``; default for solvers that consume no noise).
 
-    A pytree (``x_known``, ``mask`` are leaves), so it can be built inside ``jit``.
+    A pytree (``x_known``, ``mask`` and the inner solver's traced settings are leaves), so it can
+    be built inside ``jit``. State: ``(inner solver's state, eps0)``.
     """
 
-    def __init__(self, solver: Solver, x_known: Array, mask: Array, noise: str | None = None):
+    solver: Solver
+    x_known: Any
+    mask: Any
+    noise: str | None = None
+
+    traced_settings = {"solver": None, "x_known": None, "mask": None}
+
+    def __post_init__(self):
+        solver = self.solver
         if not isinstance(solver, Solver):
             raise TypeError(f"solver must be a jaxsde solver object, got {type(solver).__name__}")
         if isinstance(solver, Inpainting):
             raise TypeError("Inpainting cannot wrap another Inpainting")
-        if getattr(solver, "noise_per_attempt", 0) is None:
-            raise TypeError("the inner solver must declare noise_per_attempt")
+        noise = self.noise
         if noise is None:
             noise = "fresh" if solver.noise_per_attempt else "fixed"
         if noise not in ("fresh", "fixed"):
             raise ValueError(f"noise must be 'fresh' or 'fixed', got {noise!r}")
-        self.solver = solver
-        self.x_known = x_known
-        self.mask = mask
-        self.noise = noise
-        self.adaptive = solver.adaptive
+        object.__setattr__(self, "noise", noise)
 
-    # pytree: leaves x_known, mask; static inner solver and noise mode
-    def tree_flatten(self):
-        return (self.x_known, self.mask), (self.solver, self.noise)
+    # arrays as fields: compared and hashed by identity, like any pytree holding arrays
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
 
-    @classmethod
-    def tree_unflatten(cls, aux, children):
-        obj = object.__new__(cls)
-        obj.solver, obj.noise = aux
-        obj.x_known, obj.mask = children
-        obj.adaptive = obj.solver.adaptive
-        return obj
+    def inner_state(self, state):
+        return state[0]
+
+    def with_inner_state(self, state, inner):
+        return (inner, state[1])
 
     @property
     def noise_per_attempt(self) -> int:  # type: ignore[override]
@@ -204,15 +210,6 @@ class Inpainting(Solver):
     @property
     def nfe_per_attempt(self) -> int:
         return self.solver.nfe_per_attempt + self.solver.reimpose_nfe
-
-    def time_span(self):
-        return self.solver.time_span()
-
-    def max_attempts(self):
-        return self.solver.max_attempts()
-
-    def attempt_end(self, sde, state, t, h, t_end):
-        return self.solver.attempt_end(sde, state[0], t, h, t_end)
 
     def init(self, sde, score, x, t_start, t_end) -> SolverInit:
         first = self.solver.init(sde, score, x, t_start, t_end)
@@ -248,7 +245,6 @@ class Inpainting(Solver):
         return f"Inpainting({self.solver!r}, noise={self.noise!r})"
 
 
-jax.tree_util.register_pytree_node(Inpainting, Inpainting.tree_flatten, Inpainting.tree_unflatten)
 
 
 def inpaint(
@@ -282,7 +278,7 @@ def inpaint(
     if not jnp.issubdtype(x_known.dtype, jnp.floating):
         raise TypeError(f"x_known must be a floating-point array, got dtype {x_known.dtype}")
     m = check_mask(mask, x_known.shape).astype(x_known.dtype)
-    wrapped = Inpainting(solver, x_known, m, projection_noise)
+    wrapped = Inpainting(solver, x_known, m, noise=projection_noise)
 
     def start(k):
         prior_key, solve_key = jax.random.split(k)

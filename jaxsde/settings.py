@@ -78,9 +78,11 @@ def nonzero(value: Any) -> bool:
 
 
 class Settings:
-    """Base of settings classes: ``traced_settings`` maps each traced field to its :class:`Bound`."""
+    """Base of settings classes: ``traced_settings`` maps each traced field to its :class:`Bound`
+    (``None``: a leaf that is not a setting to validate, e.g. an array of data, or a nested
+    settings object, which validates itself)."""
 
-    traced_settings: ClassVar[dict[str, Bound]] = {}
+    traced_settings: ClassVar[dict[str, Bound | None]] = {}
 
 
 def _is_child(value: Any) -> bool:
@@ -133,6 +135,8 @@ def settings_valid(obj: Any) -> Array | None:
             nested = settings_valid(value)
             if nested is not None:
                 checks.append(nested)
+        elif bound is None:
+            continue
         elif isinstance(value, tuple):
             checks.extend(bound.holds(v) for v in value if is_traced(v))
         elif is_traced(value):

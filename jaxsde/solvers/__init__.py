@@ -1,7 +1,7 @@
 """Solvers: objects with ``init``/``step`` run by :func:`jaxsde.solve` (see ``base``)."""
 
 from .adaptive_multistep import AdaptiveMultistepSolver
-from .base import FixedGridSolver, Solver, SolverInit, StepOut
+from .base import FixedGridSolver, Solver, SolverInit, StepOut, WrappedSolver
 from .ddim import DDIM
 from .deis import DEIS
 from .dpm_adaptive import AdaptiveDPMSolver
@@ -26,6 +26,7 @@ __all__ = [
     "SolverInit",
     "StepOut",
     "FixedGridSolver",
+    "WrappedSolver",
     "EulerMaruyama",
     "ReverseDiffusion",
     "PredictorCorrector",

@@ -282,3 +282,80 @@ class FixedGridSolver(Solver):
         """``advance`` for step number ``index`` (override when a step depends on its index)."""
         del index
         return self.advance(sde, score, x, t, t_next, z)
+
+
+class WrappedSolver(Solver):
+    """A solver that wraps another (``self.solver``) and forwards every part of the contract to it
+    unless it overrides that part: a wrapper changes what it means to change and drops nothing.
+
+    Every public attribute and method of :class:`Solver` is forwarded here (a test checks that
+    none is missing), and any other attribute (e.g. ``num_steps``, ``error_order``) falls through to
+    the inner solver. A wrapper whose state adds to the inner solver's overrides
+    :meth:`inner_state` / :meth:`with_inner_state` (how the inner state sits in its own), and the
+    forwarded hooks that take or return a state map it through them. Subclasses are settings
+    classes (:func:`solver_class`) with a ``solver`` field; ``solver`` is a pytree child, so the
+    inner solver's traced settings stay traced.
+    """
+
+    solver: Solver
+
+    # --- how the inner state sits in the wrapper's state (identity by default) ------------------
+    def inner_state(self, state: Any) -> Any:
+        """The inner solver's state inside the wrapper's ``state``."""
+        return state
+
+    def with_inner_state(self, state: Any, inner: Any) -> Any:
+        """The wrapper's ``state`` with the inner solver's state replaced by ``inner``."""
+        del state
+        return inner
+
+    # --- the forwarded contract -------------------------------------------------------------------
+    @property
+    def noise_per_attempt(self) -> int:  # type: ignore[override]
+        return self.solver.noise_per_attempt
+
+    @property
+    def adaptive(self) -> bool:  # type: ignore[override]
+        return self.solver.adaptive
+
+    @property
+    def keeps_finite(self) -> bool:  # type: ignore[override]
+        return self.solver.keeps_finite
+
+    @property
+    def reimpose_nfe(self) -> int:  # type: ignore[override]
+        return self.solver.reimpose_nfe
+
+    @property
+    def nfe_per_attempt(self) -> int:
+        return self.solver.nfe_per_attempt
+
+    def time_span(self):
+        return self.solver.time_span()
+
+    def max_attempts(self):
+        return self.solver.max_attempts()
+
+    def init(self, sde, score, x, t_start, t_end) -> SolverInit:
+        return self.solver.init(sde, score, x, t_start, t_end)
+
+    def step(self, sde, score, x, t, h, state, z, t_end) -> StepOut:
+        return self.solver.step(sde, score, x, t, h, state, z, t_end)
+
+    def state_score(self, sde, x, t, state):
+        return self.solver.state_score(sde, x, t, self.inner_state(state))
+
+    def denoising_step(self, sde, x, t, score, state):
+        return self.solver.denoising_step(sde, x, t, score, self.inner_state(state))
+
+    def reimpose(self, sde, score, x, t, state):
+        return self.with_inner_state(state, self.solver.reimpose(sde, score, x, t, self.inner_state(state)))
+
+    def attempt_end(self, sde, state, t, h, t_end):
+        return self.solver.attempt_end(sde, self.inner_state(state), t, h, t_end)
+
+    def __getattr__(self, name: str):
+        # only reached when normal lookup fails: the inner solver's own settings and properties
+        if name == "solver" or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.solver, name)
