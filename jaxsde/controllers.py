@@ -1,7 +1,8 @@
 """Step-size controllers: the step policy of adaptive solvers, apart from their maths.
 
 An adaptive solver's attempt (:class:`jaxsde.solvers.base.AdaptiveSolver`) integrates one trial
-step and reports a *scaled error norm* ``e`` (``e <= 1`` means within the solver's tolerance;
+step and reports a raw error estimate; the tolerance, an :class:`ErrorNorm` (one convention for
+every solver), scales it into the *scaled error* ``e`` (``e <= 1`` means within tolerance;
 ``inf`` when the attempt produced non-finite values). A controller turns ``e`` into a decision,
 as diffrax's step-size controllers and optax's transformations do, with pure functions:
 
@@ -44,8 +45,8 @@ from .settings import FINITE, NONNEGATIVE, POSITIVE, UNIT, Bound, Settings, is_t
 
 Array = jax.Array
 
-__all__ = ["Controller", "Decision", "GottaGoFastController", "PIDController", "PIDState", "FixedGrid", "GridState",
-           "check_controller"]
+__all__ = ["Controller", "Decision", "ErrorNorm", "GottaGoFastController", "PIDController", "PIDState", "FixedGrid",
+           "GridState", "check_controller"]
 
 
 class Decision(NamedTuple):
@@ -117,6 +118,77 @@ class GottaGoFastController(Controller):
         finite = jnp.isfinite(error)
         factor = jnp.where(finite, self.safety * error ** (-self.exponent), self.nonfinite_shrink)
         return Decision(finite & (error <= 1.0), factor, state)
+
+
+COMBINES = ("max", "sum")
+REDUCTIONS = ("l2", "l2_unscaled", "linf")
+
+
+@controller_class
+class ErrorNorm(Settings):
+    """The tolerance: turns an attempt's raw error estimate into the scaled error ``e`` a controller
+    reads (``e <= 1``: within tolerance). One convention for every adaptive solver:
+
+    ``scale = max(atol, rtol * reference)`` (``combine="max"``: Gotta Go Fast, k-diffusion) or
+    ``scale = atol + rtol * reference`` (``combine="sum"``: Hairer's DOPRI codes, diffrax), and
+    ``e = RMS(error / scale)`` (``reduce="l2"``, the scaled l2 norm), its l2 norm without the
+    ``1/sqrt(n)`` (``"l2_unscaled"``) or its max (``"linf"``). ``error`` and ``reference`` are arrays
+    shaped like one sample: the solver's error estimate (the difference of its two embedded
+    solutions) and the magnitudes the relative tolerance refers to (e.g. ``max(|x'|, |x'_prev|)``).
+
+    Args:
+      rtol: relative tolerance (> 0).
+      atol: absolute tolerance (> 0), in the units of the solver's error estimate (the model's data
+        space, or the denoiser scale ``x / alpha`` for the log-SNR solvers). ``None`` (default) ties
+        it to ``rtol``: ``atol = min(sde.default_atol, rtol * (hi - lo) / 2)`` for the SDE's data
+        range ``(lo, hi)``: one 8-bit level of the data range (the published defaults, e.g. 0.0078 on
+        [-1, 1]) wherever ``rtol`` is at least that level, and ``rtol`` times half the range below it,
+        so that lowering ``rtol`` alone keeps lowering the error (a fixed floor would make every
+        ``rtol`` under ``atol / |x|`` a no-op).
+      combine: ``"max"`` or ``"sum"`` (above).
+      reduce: ``"l2"``, ``"l2_unscaled"`` or ``"linf"`` (above).
+
+    ``rtol`` and ``atol`` are traced settings (pytree leaves).
+    """
+
+    rtol: float = 0.05
+    atol: float | None = None
+    combine: str = "max"
+    reduce: str = "l2"
+
+    traced_settings = {"rtol": POSITIVE, "atol": POSITIVE}
+
+    def __post_init__(self):
+        _check_positive("ErrorNorm", "rtol", self.rtol)
+        if self.atol is not None:
+            _check_positive("ErrorNorm", "atol", self.atol)
+        if self.combine not in COMBINES:
+            raise ValueError(f"ErrorNorm: combine must be one of {COMBINES}, got {self.combine!r}")
+        if self.reduce not in REDUCTIONS:
+            raise ValueError(f"ErrorNorm: reduce must be one of {REDUCTIONS}, got {self.reduce!r}")
+
+    def absolute(self, sde) -> Any:
+        """The absolute tolerance in force for ``sde`` (``atol``, or the default relation above)."""
+        if self.atol is not None:
+            return self.atol
+        lo, hi = sde.data_range
+        return jnp.minimum(sde.default_atol, self.rtol * (0.5 * (hi - lo)))
+
+    def scale(self, sde, reference: Array) -> Array:
+        """``max(atol, rtol * reference)`` or ``atol + rtol * reference``, elementwise."""
+        atol = self.absolute(sde)
+        if self.combine == "max":
+            return jnp.maximum(atol, self.rtol * reference)
+        return atol + self.rtol * reference
+
+    def __call__(self, sde, error: Array, reference: Array) -> Array:
+        """The scaled error ``e`` (a scalar) of ``error`` against ``reference`` (see the class docstring)."""
+        r = error / self.scale(sde, reference)
+        if self.reduce == "l2":
+            return jnp.sqrt(jnp.mean(jnp.square(r)))
+        if self.reduce == "l2_unscaled":
+            return jnp.sqrt(jnp.sum(jnp.square(r)))
+        return jnp.max(jnp.abs(r))
 
 
 class PIDState(NamedTuple):

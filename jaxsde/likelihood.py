@@ -92,9 +92,10 @@ class _DivergenceFlow(ProbabilityFlow):
         del sde
         return score
 
-    def error_norm(self, v, x, x_new):
-        sc = self.atol + self.rtol * jnp.maximum(jnp.abs(x), jnp.abs(x_new))
-        ratio = jnp.square(v / sc)
+    def scaled_error(self, sde, error, reference):
+        """The larger of the two groups' scaled RMS errors (the state and the integrals), each with
+        the solver's tolerance."""
+        ratio = jnp.square(error / self.error_norm.scale(sde, reference))
         return jnp.sqrt(jnp.maximum(jnp.mean(ratio[:self.split]), jnp.mean(ratio[self.split:])))
 
 

@@ -90,11 +90,16 @@ def test_nfe_accounting_and_landing(key):
 
 
 def test_default_atol_from_data_range():
+    # the paper's eps_abs (one 8-bit level of the data range) wherever rtol is at least that level
     solver = jaxsde.GottaGoFast()
-    assert solver.resolved_atol(jaxsde.VPSDE()) == 0.0078
-    assert solver.resolved_atol(jaxsde.SubVPSDE()) == 0.0078
-    assert solver.resolved_atol(jaxsde.VESDE()) == 0.0039
-    assert jaxsde.GottaGoFast(atol=0.01).resolved_atol(jaxsde.VESDE()) == 0.01
+    assert float(solver.error_norm.absolute(jaxsde.VPSDE())) == pytest.approx(0.0078)
+    assert float(solver.error_norm.absolute(jaxsde.SubVPSDE())) == pytest.approx(0.0078)
+    assert float(solver.error_norm.absolute(jaxsde.VESDE())) == pytest.approx(0.0039)
+    assert float(jaxsde.GottaGoFast(rtol=0.01).error_norm.absolute(jaxsde.VPSDE())) == pytest.approx(0.0078)
+    assert jaxsde.GottaGoFast(atol=0.01).error_norm.absolute(jaxsde.VESDE()) == 0.01
+    # below it, rtol times half the data range: the one knob keeps lowering the error
+    assert float(jaxsde.GottaGoFast(rtol=1e-3).error_norm.absolute(jaxsde.VPSDE())) == pytest.approx(1e-3)
+    assert float(jaxsde.GottaGoFast(rtol=1e-3).error_norm.absolute(jaxsde.VESDE())) == pytest.approx(5e-4)
 
 
 @pytest.mark.parametrize("variant", [dict(extrapolate=False), dict(error_use_prev=False), dict(norm="linf"),

@@ -40,9 +40,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ..controllers import Controller, PIDController, check_controller
+from ..controllers import Controller, ErrorNorm, PIDController, check_controller
 from ..settings import NONNEGATIVE, POSITIVE, Bound, is_traced, nonzero
-from .base import AdaptiveSolver, Attempt, SolverInit, solver_class
+from .base import AdaptiveSolver, Attempt, SolverInit, check_component, solver_class
 from .exponential import check_nonneg, check_positive, combine, data_prediction, half_log_snr, push
 from .sa_solver import sa_weights
 
@@ -68,10 +68,13 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
         accepted steps fill the history.
       rtol: relative tolerance (> 0).
       atol: absolute tolerance in the denoiser scale ``x / alpha``; ``None`` takes one 8-bit level
-        of the SDE's data range (0.0078 for [-1, 1]).
+        of the SDE's data range (0.0078 for [-1, 1]), and ``rtol`` times half the data range where
+        that is smaller (:class:`~jaxsde.controllers.ErrorNorm`).
       tau: noise of the variance-controlled reverse SDE (0: the probability-flow ODE; 1: the
         reverse-time SDE). ``>= 0``.
       h_init: first trial step in half log-SNR units (> 0).
+      tolerance: an :class:`~jaxsde.controllers.ErrorNorm` replacing ``rtol``/``atol``; ``None``
+        builds ``ErrorNorm(rtol, atol, combine="max")``.
       controller: step-size controller; ``None`` is an I controller (``PIDController(safety=0.9,
         factor_min=0.2, factor_max=factor_max)``). It sees ``k = order + 1`` for ``tau = 0`` and
         ``1.5`` otherwise (the drift quadrature along a Brownian path is only Hölder-1/2 smooth).
@@ -92,11 +95,13 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
     controller: Controller | None = None
     factor_max: float = 2.0
     min_step: float = 1e-7
+    tolerance: ErrorNorm | None = None
 
     clamps_step = False  # the attempt clamps its own end to lam_end
 
     traced_settings = {"rtol": POSITIVE, "atol": POSITIVE, "tau": NONNEGATIVE, "h_init": POSITIVE,
-                       "factor_max": Bound(1.0, low_open=True), "min_step": POSITIVE, "controller": POSITIVE}
+                       "factor_max": Bound(1.0, low_open=True), "min_step": POSITIVE, "controller": None,
+                       "tolerance": None}
 
     def __post_init__(self):
         name = "AdaptiveMultistepSolver"
@@ -114,6 +119,7 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
             raise ValueError(f"{name}: factor_max must be > 1, got {self.factor_max!r}")
         if self.controller is not None:
             check_controller(name, self.controller)
+        check_component(name, self, "tolerance", ErrorNorm, ("rtol", "atol"))
         object.__setattr__(self, "stochastic", nonzero(self.tau))  # static: tau = 0 draws no noise
 
     @property
@@ -139,8 +145,9 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
             return self.controller
         return PIDController(safety=0.9, factor_min=0.2, factor_max=self.factor_max)
 
-    def resolved_atol(self, sde) -> float:
-        return sde.default_atol if self.atol is None else self.atol
+    @property
+    def error_norm(self) -> ErrorNorm:
+        return ErrorNorm(self.rtol, self.atol, combine="max") if self.tolerance is None else self.tolerance
 
     # --- the step variable: half log-SNR ------------------------------------------------------
     def remaining(self, state: MultistepState, t, t_end):
@@ -173,18 +180,17 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
         return [jnp.where(j < state.count, (state.hist_lam[j] - state.lam) / step, 2.0 + j)
                 for j in range(self.history_size)]
 
-    def _history_error(self, sde, step, nodes, tau2, state: MultistepState, x_d):
+    def _history_error(self, step, nodes, tau2, state: MultistepState):
         """``tau > 0``: the explicit pair on the history alone (orders ``m`` and ``m - 1``,
         ``m = min(order + 1, count)``; 0 before two evaluations exist: the attempt then uses the PEC
-        pair), in the denoiser scale of the step's end, scaled by ``max(atol, rtol |x_d|)`` with
-        ``x_d = x_s / alpha_t``: known before the step's noise is drawn, so acceptance never
+        pair), in the denoiser scale of the step's end (its reference is ``|x_d|``,
+        ``x_d = x_s / alpha_t``): known before the step's noise is drawn, so acceptance never
         selects on it (no bias from rejecting unlucky draws)."""
         m = jnp.minimum(state.count, self.history_size)
         w_hi = sa_weights(m, step, nodes, tau2, False, False)
         w_lo = sa_weights(jnp.maximum(m - 1, 1), step, nodes, tau2, False, False)
         diff = combine([a - b for a, b in zip(w_hi, w_lo, strict=True)], state.hist)
-        delta = jnp.maximum(self.resolved_atol(sde), self.rtol * jnp.abs(x_d))
-        return jnp.where(m >= 2, jnp.sqrt(jnp.mean(jnp.square(diff / delta))), 0.0)
+        return jnp.where(m >= 2, diff, 0.0)
 
     def predicted_error(self, sde, x, t, h, state: MultistepState, t_end):
         if not self.stochastic:
@@ -193,7 +199,7 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
         step = lam_t - state.lam
         tau2 = jnp.asarray(self.tau, x.dtype) ** 2
         alpha_t = sde.marginal(self._time(sde, lam_t, state, t_end))[0]
-        return self._history_error(sde, step, self._nodes(state, step), tau2, state, x / alpha_t)
+        return self._history_error(step, self._nodes(state, step), tau2, state), jnp.abs(x / alpha_t)
 
     def attempt(self, sde, score, x, t, h, state: MultistepState, z, t_end) -> Attempt:
         lam_s = state.lam
@@ -217,14 +223,12 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
         x_corr = base + alpha_t * (w_corr[0] * x0_new + combine(w_corr[1:], state.hist))
         corr_d = x_corr / alpha_t
 
+        pec = corr_d - x_pred / alpha_t
         if self.stochastic:  # the first step (one evaluation stored) has no history pair: the PEC pair
-            pec = (corr_d - x_pred / alpha_t) / jnp.maximum(self.resolved_atol(sde), self.rtol * jnp.abs(x_d))
-            error = jnp.where(state.count >= 2, self._history_error(sde, step, nodes, tau2, state, x_d),
-                              jnp.sqrt(jnp.mean(jnp.square(pec))))
+            error = jnp.where(state.count >= 2, self._history_error(step, nodes, tau2, state), pec)
+            reference = jnp.abs(x_d)
         else:
-            delta = jnp.maximum(self.resolved_atol(sde), self.rtol * jnp.maximum(jnp.abs(corr_d),
-                                                                                 jnp.abs(x_d)))
-            error = jnp.sqrt(jnp.mean(jnp.square((corr_d - x_pred / alpha_t) / delta)))
+            error, reference = pec, jnp.maximum(jnp.abs(corr_d), jnp.abs(x_d))
         new = MultistepState(
             lam=lam_t,
             lam_end=state.lam_end,
@@ -232,5 +236,5 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
             hist_lam=push(state.hist_lam, lam_t),
             count=jnp.minimum(state.count + 1, size),
         )
-        return Attempt(x=x_corr, t=t_next, error=error, state=new, nfe=1,
+        return Attempt(x=x_corr, t=t_next, error=error, reference=reference, state=new, nfe=1,
                        ok=jnp.all(jnp.isfinite(state.hist[0])), h=step)

@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 
 from .. import results
-from ..controllers import FixedGrid, GridState
-from ..settings import Settings, settings_class
+from ..controllers import ErrorNorm, FixedGrid, GridState
+from ..settings import Settings, is_traced, settings_class
 
 Array = jax.Array
 
@@ -115,7 +115,8 @@ class Attempt(NamedTuple):
 
     x: Array  # proposal at the attempt's end, in the driver's variable
     t: Array  # the attempt's end time
-    error: Array  # scaled error norm of the proposal: <= 1 is within tolerance
+    error: Array  # the raw error estimate (difference of the embedded solutions), shaped like x
+    reference: Array  # the magnitudes the relative tolerance refers to, shaped like x (>= 0)
     state: Any  # solver state to carry on if the attempt is accepted
     nfe: int | Array  # score evaluations spent by this attempt
     ok: Array  # bool: False if the attempt's start is unusable (non-finite score there): NONFINITE
@@ -132,7 +133,9 @@ class AdaptiveSolver(Solver):
 
     Subclasses implement ``start`` (first trial step and solver state), ``attempt`` and
     ``error_order`` (the exponent denominator ``k`` the controller uses), and resolve their
-    controller in ``step_controller``. :meth:`step` runs the attempt, asks the controller, keeps
+    controller in ``step_controller`` and their tolerance in ``error_norm`` (an
+    :class:`~jaxsde.controllers.ErrorNorm`: the one convention turning an attempt's raw error
+    estimate into the scaled error ``e``). :meth:`step` runs the attempt, asks the controller, keeps
     or discards the proposal and sets the next trial step ``min(factor * h, remaining)``, so the
     last step lands exactly on the end. A non-finite attempt is rejected and the step shrunk; a
     sample whose step would then fall below ``min_step`` stops with ``NONFINITE``.
@@ -154,15 +157,25 @@ class AdaptiveSolver(Solver):
     def error_order(self) -> float:
         raise NotImplementedError
 
+    @property
+    def error_norm(self) -> ErrorNorm:
+        """The tolerance in force (the solver's ``tolerance`` if given, else built from its ``rtol`` /
+        ``atol`` with the method's published convention)."""
+        raise NotImplementedError
+
+    def scaled_error(self, sde, error: Array, reference: Array) -> Array:
+        """The scaled error ``e`` of a raw ``error`` estimate against ``reference`` (see :attr:`error_norm`)."""
+        return self.error_norm(sde, error, reference)
+
     def start(self, sde, score, x: Array, t_start: Array, t_end: Array) -> SolverInit:
         raise NotImplementedError
 
     def attempt(self, sde, score, x, t, h, state, z, t_end) -> Attempt:
         raise NotImplementedError
 
-    def predicted_error(self, sde, x: Array, t: Array, h: Array, state, t_end: Array) -> Array | None:
-        """The scaled error norm of a trial step ``h`` when it is known before the step's score
-        evaluation (from the accepted past only), else ``None``. :meth:`step` then shrinks the trial
+    def predicted_error(self, sde, x: Array, t: Array, h: Array, state, t_end: Array) -> tuple[Array, Array] | None:
+        """``(error, reference)`` of a trial step ``h`` when its error estimate is known before the
+        step's score evaluation (from the accepted past only), else ``None``. :meth:`step` then shrinks the trial
         step until the controller accepts it (at most ``presteps`` rounds, no evaluation spent;
         each round shrinks by at most ``1 / prestep_factor_min``: a trial step many times the
         history's spacing extrapolates, its predicted error is far from asymptotic in ``h``, and a
@@ -189,15 +202,17 @@ class AdaptiveSolver(Solver):
 
     def step(self, sde, score, x, t, h, state: AdaptiveState, z, t_end) -> StepOut:
         for _ in range(self.presteps):
-            predicted = self.predicted_error(sde, x, t, h, state.solver, t_end)
-            if predicted is None:
+            estimate = self.predicted_error(sde, x, t, h, state.solver, t_end)
+            if estimate is None:
                 break
+            predicted = self.scaled_error(sde, *estimate)
             early = self.step_controller.decide(state.controller, predicted, self.error_order)
             shrink = jnp.maximum(early.factor, self.prestep_factor_min)
             h = jnp.where(early.accepted | ~jnp.isfinite(predicted), h, h * shrink).astype(h.dtype)
         a = self.attempt(sde, score, x, t, h, state.solver, z, t_end)
-        finite = jnp.isfinite(a.error) & jnp.all(jnp.isfinite(a.x))
-        decision = self.step_controller.decide(state.controller, jnp.where(finite, a.error, jnp.inf),
+        error = self.scaled_error(sde, a.error, a.reference)
+        finite = jnp.isfinite(error) & jnp.all(jnp.isfinite(a.x))
+        decision = self.step_controller.decide(state.controller, jnp.where(finite, error, jnp.inf),
                                                self.error_order)
         accepted = a.ok & decision.accepted
         t_new = jnp.where(accepted, a.t, t)
@@ -359,3 +374,19 @@ class WrappedSolver(Solver):
         if name == "solver" or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.solver, name)
+
+
+def check_component(owner: str, solver: Any, name: str, kind: type, fields: tuple[str, ...]) -> None:
+    """Validate ``getattr(solver, name)``, an optional component (a controller, a tolerance) that
+    replaces the default one the solver builds from its ``fields``: ``None`` or an instance of
+    ``kind``; when given, every one of ``fields`` must keep its default (set them on the component)."""
+    component = getattr(solver, name)
+    if component is None:
+        return
+    if not isinstance(component, kind):
+        raise TypeError(f"{owner}: {name} must be a {kind.__module__}.{kind.__name__}, got {type(component).__name__}")
+    defaults = type(solver).__dataclass_fields__
+    changed = [f for f in fields if is_traced(getattr(solver, f)) or getattr(solver, f) != defaults[f].default]
+    if changed:
+        raise ValueError(f"{owner}: {', '.join(changed)} configure the default {name}; with {name}= given, set "
+                         f"them on that {kind.__name__} instead")

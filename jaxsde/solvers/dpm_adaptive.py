@@ -47,9 +47,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ..controllers import Controller, PIDController, check_controller
+from ..controllers import Controller, ErrorNorm, PIDController, check_controller
 from ..settings import NONNEGATIVE, POSITIVE, nonzero
-from .base import AdaptiveSolver, Attempt, SolverInit, solver_class
+from .base import AdaptiveSolver, Attempt, SolverInit, check_component, solver_class
 from .exponential import check_nonneg, check_positive, exp_remainder, half_log_snr
 
 Array = jax.Array
@@ -86,11 +86,15 @@ class AdaptiveDPMSolver(AdaptiveSolver):
       order: 2 or 3, the high order of the embedded pair (``order`` score evaluations per attempt).
       rtol: relative tolerance (> 0).
       atol: absolute tolerance in the denoiser scale ``x / alpha``; ``None`` takes one 8-bit level
-        of the SDE's data range (0.0078 for [-1, 1], k-diffusion's default).
+        of the SDE's data range (0.0078 for [-1, 1], k-diffusion's default), and ``rtol`` times half
+        the data range where that is smaller (:class:`~jaxsde.controllers.ErrorNorm`).
       eta: ancestral noise (0: the probability-flow ODE; 1: a full ancestral step). ``>= 0``.
       s_noise: scale of the ancestral noise (k-diffusion's ``s_noise``), ``>= 0``.
       prediction: ``"data"`` (DPM-Solver++ formulas, default) or ``"noise"`` (DPM-Solver, k-diffusion).
       h_init: first trial step in half log-SNR units (> 0).
+      tolerance: an :class:`~jaxsde.controllers.ErrorNorm` replacing ``rtol``/``atol``; ``None``
+        builds k-diffusion's, ``ErrorNorm(rtol, atol, combine="max")`` with reference
+        ``max(|xt_low|, |xt_prev|)``.
       controller: step-size controller; ``None`` is k-diffusion's I controller
         (``PIDController.k_diffusion()``: accept iff the arctan-limited factor is >= 0.81).
         The controller sees ``k = order`` (1.5 with ancestral noise), as k-diffusion's.
@@ -110,11 +114,13 @@ class AdaptiveDPMSolver(AdaptiveSolver):
     h_init: float = 0.05
     controller: Controller | None = None
     min_step: float = 1e-7
+    tolerance: ErrorNorm | None = None
 
     clamps_step = False  # the trial step is kept as the controller set it (k-diffusion's pid.h)
 
     traced_settings = {"rtol": POSITIVE, "atol": POSITIVE, "eta": NONNEGATIVE, "s_noise": NONNEGATIVE,
-                       "h_init": POSITIVE, "min_step": POSITIVE, "controller": POSITIVE}
+                       "h_init": POSITIVE, "min_step": POSITIVE, "controller": None,
+                       "tolerance": None}
 
     def __post_init__(self):
         name = "AdaptiveDPMSolver"
@@ -132,6 +138,7 @@ class AdaptiveDPMSolver(AdaptiveSolver):
             raise ValueError(f"{name}: prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         if self.controller is not None:
             check_controller(name, self.controller)
+        check_component(name, self, "tolerance", ErrorNorm, ("rtol", "atol"))
         object.__setattr__(self, "stochastic", nonzero(self.eta))  # static: eta = 0 draws no noise
 
     @property
@@ -150,8 +157,9 @@ class AdaptiveDPMSolver(AdaptiveSolver):
     def step_controller(self) -> Controller:
         return PIDController.k_diffusion() if self.controller is None else self.controller
 
-    def resolved_atol(self, sde) -> float:
-        return sde.default_atol if self.atol is None else self.atol
+    @property
+    def error_norm(self) -> ErrorNorm:
+        return ErrorNorm(self.rtol, self.atol, combine="max") if self.tolerance is None else self.tolerance
 
     # --- the step variable: half log-SNR ------------------------------------------------------
     def remaining(self, state: DPMState, t, t_end):
@@ -228,13 +236,13 @@ class AdaptiveDPMSolver(AdaptiveSolver):
         t_d = self._time(sde, lam_d, state, t_end)
         to_denoiser = jnp.exp(-lam_d) if self.prediction == "data" else 1.0  # v -> x / alpha at lam_d
         low_d, high_d = low * to_denoiser, high * to_denoiser
-        delta = jnp.maximum(self.resolved_atol(sde), self.rtol * jnp.maximum(jnp.abs(low_d), jnp.abs(state.x_prev)))
-        error = jnp.sqrt(jnp.mean(jnp.square((low_d - high_d) / delta)))
 
         t_next = self._time(sde, lam_t, state, t_end)
         if self.stochastic:
             x_new = sde.marginal(t_next)[0] * (high_d + up * self.s_noise * z[0])
         else:
             x_new = scale(t_d) * high
-        return Attempt(x=x_new, t=t_next, error=error, state=DPMState(lam_t, state.lam_end, low_d), nfe=nfe,
+        return Attempt(x=x_new, t=t_next, error=low_d - high_d,
+                       reference=jnp.maximum(jnp.abs(low_d), jnp.abs(state.x_prev)),
+                       state=DPMState(lam_t, state.lam_end, low_d), nfe=nfe,
                        ok=jnp.all(jnp.isfinite(f0)), h=h)

@@ -9,7 +9,8 @@ One attempt from ``(x, t)`` with trial step ``h`` and ONE standard normal draw `
 2. ``K2 = -h F(x', t-h) + g(t-h) sqrt(h) z`` (same ``z``)              (score eval 2)
 3. stochastic improved Euler ``x'' = x + (K1 + K2) / 2``; error ``E = x'' - x'``
 4. ``delta = max(atol, rtol * max(|x'|, |x'_prev|))`` element-wise, ``x'_prev`` the EM
-   proposal of the previous accepted step; ``E2 = sqrt(mean((E / delta)^2))``
+   proposal of the previous accepted step; ``E2 = sqrt(mean((E / delta)^2))`` (the
+   :class:`jaxsde.controllers.ErrorNorm` with ``combine="max"``)
 5. accept iff ``E2 <= 1``: ``x <- x''`` (extrapolation), ``t <- t - h``, ``x'_prev <- x'``
 6. ``h <- min(t - t_end, safety * h * E2^(-exponent))`` after every attempt, so the last
    step lands exactly on ``t_end``.
@@ -42,26 +43,15 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ..controllers import Controller, GottaGoFastController, check_controller
+from ..controllers import Controller, ErrorNorm, GottaGoFastController, check_controller
 from ..settings import NONNEGATIVE, POSITIVE, UNIT, Bound, is_traced
-from .base import AdaptiveSolver, Attempt, SolverInit, solver_class
+from .base import AdaptiveSolver, Attempt, SolverInit, check_component, solver_class
 
 NORMS = ("l2", "l2_unscaled", "linf")
 
 
 class GGFState(NamedTuple):
     x_prev: jax.Array  # the check value (EM proposal) of the last accepted step
-
-
-def scaled_error(err: jax.Array, delta: jax.Array, norm: str) -> jax.Array:
-    """Scaled error norm of one sample: ``"l2"`` is the RMS of ``err/delta`` (the paper's
-    scaled l2), ``"l2_unscaled"`` its l2 norm (no ``1/sqrt(n)``), ``"linf"`` the max."""
-    r = err / delta
-    if norm == "l2":
-        return jnp.sqrt(jnp.mean(jnp.square(r)))
-    if norm == "l2_unscaled":
-        return jnp.sqrt(jnp.sum(jnp.square(r)))
-    return jnp.max(jnp.abs(r))
 
 
 @solver_class
@@ -71,7 +61,10 @@ class GottaGoFast(AdaptiveSolver):
     Args:
       rtol: relative tolerance ``eps_rel`` (> 0); the paper sweeps 0.01, 0.02, 0.05, 0.1.
       atol: absolute tolerance ``eps_abs``; ``None`` takes one 8-bit level of the SDE's
-        data range: 0.0078 for [-1, 1] (VP, sub-VP), 0.0039 for [0, 1] (VE).
+        data range, 0.0078 for [-1, 1] (VP, sub-VP), 0.0039 for [0, 1] (VE), the paper's value,
+        and ``rtol`` times half the data range where that is smaller (``rtol`` below 0.0078 on
+        [-1, 1]), so that lowering ``rtol`` keeps lowering the error
+        (:class:`~jaxsde.controllers.ErrorNorm`).
       h_init: first trial step in time units (the paper: 0.01; the authors' VE CIFAR-10
         configs used 0.5).
       safety: ``theta`` in ``h <- theta h E2^(-r)``, in (0, 1].
@@ -86,6 +79,8 @@ class GottaGoFast(AdaptiveSolver):
       error_use_prev: include the previous accepted check value in the tolerance reference.
       nonfinite_shrink: step factor applied after a rejected non-finite second stage.
       min_step: smallest step allowed after such a rejection (time units).
+      tolerance: an :class:`~jaxsde.controllers.ErrorNorm` replacing ``rtol``/``atol``/``norm``
+        (e.g. one norm shared by every solver of a comparison); ``None`` builds the paper's from them.
       controller: the step-size controller; ``None`` is the paper's rule,
         ``GottaGoFastController(safety, exponent, nonfinite_shrink)``. Any controller of
         :mod:`jaxsde.controllers` works (e.g. ``PIDController(pcoeff=0.4, icoeff=0.3)``, which
@@ -107,12 +102,13 @@ class GottaGoFast(AdaptiveSolver):
     min_step: float = 1e-7
 
     controller: Controller | None = None
+    tolerance: ErrorNorm | None = None
 
     noise_per_attempt = 1
 
     traced_settings = {"rtol": POSITIVE, "atol": POSITIVE, "h_init": POSITIVE, "safety": UNIT,
                        "exponent": POSITIVE, "nonfinite_shrink": Bound(0.0, 1.0, True, True), "min_step": NONNEGATIVE,
-                       "controller": POSITIVE}
+                       "controller": None, "tolerance": None}
 
     def __post_init__(self):
         def finite_positive(name, value):
@@ -125,6 +121,7 @@ class GottaGoFast(AdaptiveSolver):
         if self.atol is not None:
             finite_positive("atol", self.atol)
         finite_positive("h_init", self.h_init)
+        check_component("GottaGoFast", self, "tolerance", ErrorNorm, ("rtol", "atol", "norm"))
         if self.norm not in NORMS:
             raise ValueError(f"GottaGoFast: norm must be one of {NORMS}, got {self.norm!r}")
         if self.controller is None:
@@ -135,11 +132,7 @@ class GottaGoFast(AdaptiveSolver):
                     raise ValueError(f"GottaGoFast: {str(err).split(': ', 1)[1]}") from None
         else:
             check_controller("GottaGoFast", self.controller)
-            changed = [n for n in ("safety", "exponent", "nonfinite_shrink") if is_traced(getattr(self, n))
-                       or getattr(self, n) != GottaGoFast.__dataclass_fields__[n].default]
-            if changed:
-                raise ValueError(f"GottaGoFast: {', '.join(changed)} configure the default controller; with "
-                                 "controller= given, set them on that controller instead")
+            check_component("GottaGoFast", self, "controller", Controller, ("safety", "exponent", "nonfinite_shrink"))
 
     @property
     def step_controller(self) -> Controller:
@@ -157,8 +150,11 @@ class GottaGoFast(AdaptiveSolver):
     def nfe_per_attempt(self) -> int:
         return 2
 
-    def resolved_atol(self, sde) -> float:
-        return sde.default_atol if self.atol is None else self.atol
+    @property
+    def error_norm(self) -> ErrorNorm:
+        if self.tolerance is not None:
+            return self.tolerance
+        return ErrorNorm(self.rtol, self.atol, combine="max", reduce=self.norm)
 
     def start(self, sde, score, x, t_start, t_end) -> SolverInit:
         h = jnp.minimum(jnp.asarray(self.h_init, x.dtype), t_start - t_end)
@@ -195,6 +191,5 @@ class GottaGoFast(AdaptiveSolver):
         ref = jnp.abs(check)
         if self.error_use_prev:
             ref = jnp.maximum(ref, jnp.abs(state.x_prev))
-        delta = jnp.maximum(self.resolved_atol(sde), self.rtol * ref)
-        return Attempt(x=x_new, t=t_next, error=scaled_error(err, delta, self.norm), state=GGFState(x_prev=check),
+        return Attempt(x=x_new, t=t_next, error=err, reference=ref, state=GGFState(x_prev=check),
                        nfe=2, ok=jnp.all(jnp.isfinite(drift1)), h=h)

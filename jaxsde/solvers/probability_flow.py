@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..controllers import Controller, PIDController, check_controller
+from ..controllers import Controller, ErrorNorm, PIDController, check_controller
 from ..settings import NONNEGATIVE, POSITIVE, UNIT, Bound, is_traced
-from .base import AdaptiveSolver, AdaptiveState, Attempt, SolverInit, solver_class
+from .base import AdaptiveSolver, AdaptiveState, Attempt, SolverInit, check_component, solver_class
 
 
 class Tableau(NamedTuple):
@@ -119,10 +119,6 @@ class PFState(NamedTuple):
     k1: jax.Array  # derivative at the current accepted (x, t)
 
 
-def _rms(v):
-    return jnp.sqrt(jnp.mean(jnp.square(v)))
-
-
 @solver_class
 class ProbabilityFlow(AdaptiveSolver):
     """Adaptive Runge-Kutta on the probability-flow ODE (deterministic; no noise).
@@ -138,6 +134,9 @@ class ProbabilityFlow(AdaptiveSolver):
       factor_max: upper bound on the step-size change per attempt.
       min_step: a non-finite attempt that would shrink the step below this stops the
         sample with the ``NONFINITE`` code.
+      tolerance: an :class:`~jaxsde.controllers.ErrorNorm` replacing ``rtol``/``atol``; ``None``
+        builds Hairer's, ``ErrorNorm(rtol, atol, combine="sum")``: RMS of
+        ``error / (atol + rtol max(|x|, |x_new|))``.
       controller: the step-size controller; ``None`` is Hairer's PI controller,
         ``PIDController.hairer(pi_beta, k, safety=..., factor_min=..., factor_max=...)`` with
         ``k`` = :attr:`error_order`; ``safety``/``pi_beta``/``factor_*`` then stay at their defaults.
@@ -159,12 +158,14 @@ class ProbabilityFlow(AdaptiveSolver):
     unroll_stages: bool = False
 
     controller: Controller | None = None
+    tolerance: ErrorNorm | None = None
 
     noise_per_attempt = 0
 
     traced_settings = {"rtol": POSITIVE, "atol": POSITIVE, "h_init": POSITIVE, "safety": UNIT,
                        "pi_beta": NONNEGATIVE, "factor_min": Bound(0.0, 1.0, True, True),
-                       "factor_max": Bound(1.0, low_open=True), "min_step": POSITIVE, "controller": POSITIVE}
+                       "factor_max": Bound(1.0, low_open=True), "min_step": POSITIVE, "controller": None,
+                       "tolerance": None}
 
     def __post_init__(self):
         for name in ("rtol", "atol"):
@@ -188,11 +189,8 @@ class ProbabilityFlow(AdaptiveSolver):
                 raise ValueError(f"ProbabilityFlow: {str(err).split(': ', 1)[1]}") from None
         else:
             check_controller("ProbabilityFlow", self.controller)
-            changed = [n for n in names if is_traced(getattr(self, n))
-                       or getattr(self, n) != ProbabilityFlow.__dataclass_fields__[n].default]
-            if changed:
-                raise ValueError(f"ProbabilityFlow: {', '.join(changed)} configure the default controller; with "
-                                 "controller= given, set them on that controller instead")
+            check_component("ProbabilityFlow", self, "controller", Controller, names)
+        check_component("ProbabilityFlow", self, "tolerance", ErrorNorm, ("rtol", "atol"))
 
     @property
     def tableau(self) -> Tableau:
@@ -229,10 +227,11 @@ class ProbabilityFlow(AdaptiveSolver):
         """The score at the current state from the FSAL stage ``k1 = f - g^2 score / 2`` there."""
         return sde.score_from_probability_flow_drift(x, t, state.solver.k1)
 
-    def error_norm(self, v, x, x_new):
-        """The scaled norm of ``v`` (an error estimate or a derivative) for a step from ``x`` to
-        ``x_new``: RMS of ``v / (atol + rtol * max(|x|, |x_new|))``."""
-        return _rms(v / (self.atol + self.rtol * jnp.maximum(jnp.abs(x), jnp.abs(x_new))))
+    @property
+    def error_norm(self) -> ErrorNorm:
+        if self.tolerance is not None:
+            return self.tolerance
+        return ErrorNorm(self.rtol, self.atol, combine="sum", reduce="l2")
 
     def start(self, sde, score, x, t_start, t_end) -> SolverInit:
         fn = self.ode_rhs(sde, score)
@@ -243,7 +242,7 @@ class ProbabilityFlow(AdaptiveSolver):
             return SolverInit(h=h, state=PFState(k1), nfe=1)
         # Hairer, Norsett & Wanner, "Solving ODEs I", II.4: starting step size.
         def first_guess(k1):
-            d0, d1 = self.error_norm(x, x, x), self.error_norm(k1, x, x)
+            d0, d1 = self.scaled_error(sde, x, jnp.abs(x)), self.scaled_error(sde, k1, jnp.abs(x))
             return jnp.minimum(jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1), span), d1
 
         def evaluate(i, ks):  # i = 0: k1 = fn(x, t_start); i = 1: the probe at t_start - h0
@@ -253,7 +252,7 @@ class ProbabilityFlow(AdaptiveSolver):
         # one traced call of fn for both evaluations (compile time, as in rk_step)
         k1, k_probe = jax.lax.fori_loop(0, 2, evaluate, jnp.zeros((2, *x.shape), x.dtype))
         h0, d1 = first_guess(k1)
-        d2 = self.error_norm(k_probe - k1, x, x) / h0
+        d2 = self.scaled_error(sde, k_probe - k1, jnp.abs(x)) / h0
         big = jnp.maximum(d1, d2)
         h1 = jnp.where(big <= 1e-15, jnp.maximum(1e-6, h0 * 1e-3),
                        (0.01 / big) ** (1.0 / (self.tableau.error_order + 1)))
@@ -266,7 +265,8 @@ class ProbabilityFlow(AdaptiveSolver):
         t_next = self.target_time(sde, state, t, h, t_end)
         h_eff = t - t_next
         x_new, err, k_last = rk_step(tab, self.ode_rhs(sde, score), x, t, h_eff, state.k1, self.unroll_stages)
-        return Attempt(x=x_new, t=t_next, error=self.error_norm(err, x, x_new), state=PFState(k_last),
+        return Attempt(x=x_new, t=t_next, error=err, reference=jnp.maximum(jnp.abs(x), jnp.abs(x_new)),
+                       state=PFState(k_last),
                        nfe=len(tab.c) - 1, ok=jnp.all(jnp.isfinite(state.k1)), h=h_eff)
 
 
