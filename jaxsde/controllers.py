@@ -361,13 +361,15 @@ class FixedGrid(Settings):
     num_steps: int
     grid: Any = "uniform"
 
+    traced_settings = {"grid": FINITE}  # the times of a custom grid; a kind name is static
+
     def __post_init__(self):
         if not isinstance(self.num_steps, int) or isinstance(self.num_steps, bool) or self.num_steps < 1:
             raise ValueError(f"num_steps must be an integer >= 1, got {self.num_steps!r}")
         object.__setattr__(self, "grid", validate_grid(self.grid, self.num_steps))
 
     def time_span(self) -> tuple[float, float] | None:
-        """``(t_start, t_end)`` of a custom grid, else ``None``."""
+        """``(t_start, t_end)`` of a custom grid (JAX scalars when its times are traced), else ``None``."""
         return (self.grid[0], self.grid[-1]) if isinstance(self.grid, tuple) else None
 
     def init(self, sde, t_start, t_end, dtype) -> GridState:

@@ -25,7 +25,7 @@ from . import results
 from .noise import FreshNoise, sample_keys
 from .progress import ProgressReporter
 from .sde import SDE, ScoreFn
-from .settings import settings_valid
+from .settings import is_traced, settings_valid
 from .solution import BatchSummary, Solution, Stats
 from .solvers.base import Solver
 
@@ -97,12 +97,13 @@ def _check_noise(noise: Any, solver: Solver) -> None:
 
 
 def _validate(sde: SDE, score: ScoreFn, solver: Solver, x_T: Array, t_start, t_end, max_steps, cond=None):
+    traced = is_traced(t_start) or is_traced(t_end)  # the end points of a traced custom grid
     for name, value in (("t_start", t_start), ("t_end", t_end)):
-        if not (isinstance(value, int | float) and math.isfinite(value)):
+        if not is_traced(value) and not (isinstance(value, int | float) and math.isfinite(value)):
             raise ValueError(f"{name} must be a finite Python float, got {value!r}")
-    if not 0.0 < t_end < sde.T:
+    if not traced and not 0.0 < t_end < sde.T:
         raise ValueError(f"t_end must lie in (0, T) = (0, {sde.T}), got {t_end}")
-    if not t_end < t_start <= sde.T:
+    if not traced and not t_end < t_start <= sde.T:
         raise ValueError(f"t_start must lie in (t_end, T] = ({t_end}, {sde.T}], got {t_start}")
     if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
         raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
@@ -175,8 +176,8 @@ class Problem(NamedTuple):
     solver: Solver
     shape: tuple[int, ...]
     dtype: Any
-    t_start: float
-    t_end: float
+    t_start: float | Array  # a JAX scalar only for a custom grid whose times are traced
+    t_end: float | Array
     max_steps: int
     denoise: bool
     noise: Any
@@ -236,10 +237,15 @@ def prepare(
         _condition_leaves(cond, " (one sample's condition)")
     span = solver.time_span()
     default_start, default_end = span if span is not None else (sde.T, sde.eps)
-    t_start = _static_time("t_start", default_start if t_start is None else t_start)
-    t_end = _static_time("t_end", default_end if t_end is None else t_end)
+    # A custom grid whose times are traced (a solver passed into jit, optimize_grid) spans its own
+    # traced end points; t_start / t_end given with it are taken as they are (nothing to compare).
+    traced_span = span is not None and any(is_traced(v) for v in span)
+    t_start = default_start if t_start is None and traced_span else _static_time(
+        "t_start", default_start if t_start is None else t_start)
+    t_end = default_end if t_end is None and traced_span else _static_time(
+        "t_end", default_end if t_end is None else t_end)
     score_dtype = _validate(sde, score, solver, x_T, t_start, t_end, max_steps, cond)
-    if span is not None and (t_start, t_end) != (span[0], span[1]):
+    if span is not None and not traced_span and (t_start, t_end) != (span[0], span[1]):
         raise ValueError(f"the solver's custom grid spans {span}; t_start/t_end {(t_start, t_end)} disagree")
     fixed = solver.max_attempts()
     if max_steps is None:
@@ -396,7 +402,9 @@ def finalize(p: Problem, s: LoopState) -> Solution:
     x, t, stats = s.x, s.t, s.stats  # with check_finite, the last finite state (see LoopState)
     finite = ~s.failed if p.check_finite else jnp.all(jnp.isfinite(s.x))
     result = jnp.where(finite | (s.result != results.SUCCESS), s.result, results.NONFINITE)
-    result = jnp.where((result == results.SUCCESS) & (t > t_end_arr), results.MAX_STEPS_REACHED, result)
+    fixed = p.solver.max_attempts()
+    short = (stats.num_steps < fixed) if fixed is not None else (t > t_end_arr)  # stopped before the end
+    result = jnp.where((result == results.SUCCESS) & short, results.MAX_STEPS_REACHED, result)
     result = result.astype(jnp.int32)
     nfe = stats.nfe
     if p.denoise:  # only a sample that reached t_end: a failed one keeps its raw state at sol.t

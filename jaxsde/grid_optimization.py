@@ -6,8 +6,9 @@ deterministic fixed-grid solver with ``K`` steps, a score and a batch of prior d
 distance between the solver's samples and accurate solutions of the probability-flow ODE from the
 same draws (the *teacher*), by gradient descent through the solve itself. This is the objective of
 "Learning to Discretize Denoising Diffusion ODEs" (Tong et al., 2024; LD3) without its slack
-term; the grid is solver state (:meth:`jaxsde.solvers.base.FixedGridSolver.init_on_grid`), so
-the gradient is exact reverse-mode differentiation of the very program :func:`jaxsde.solve` runs.
+term; a custom grid's times are traced settings of the solver (pytree leaves), so the gradient is
+exact reverse-mode differentiation of the very program :func:`jaxsde.solve` runs (a fixed grid's
+loop has a static trip count).
 
 Parametrization: the grid's half log-SNR increments are a softmax of ``K`` free parameters times
 the total log-SNR span, so every candidate is strictly decreasing with exact end points; it
@@ -25,6 +26,7 @@ The result's ``times`` are Python floats for the solver's ``grid=`` argument::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -89,26 +91,21 @@ def grid_from_params(sde: SDE, params: Array, t_start: Array, t_end: Array) -> A
 
 def solve_on_grid(sde: SDE, score: ScoreFn, solver: FixedGridSolver, times: Array, x_T: Array, *,
                   denoise: bool = True, key: Array | None = None) -> Solution:
-    """:func:`jaxsde.solve` of ONE sample on the grid ``times`` (``solver.num_steps + 1`` decreasing
-    times, an array that may be traced) instead of the solver's own grid: one compiled program serves
-    every grid, and the result is differentiable with respect to ``times`` (a ``lax.scan`` over the
-    fixed number of steps, not a ``while_loop``). The solve spans ``solver``'s own end points; give
-    ``times`` the same ones. ``key``: the sample's noise key (stochastic solvers; default
-    ``PRNGKey(0)``)."""
+    """:func:`jaxsde.solve` of ONE sample with ``solver`` on the grid ``times``
+    (``solver.num_steps + 1`` decreasing times, an array that may be traced) instead of its own:
+    ``solve(key, sde, score, dataclasses.replace(solver, grid=tuple(times)), x_T)``. The grid's times
+    are traced settings, so one compiled program serves every grid and the result is differentiable
+    with respect to ``times``; the solve spans ``times[0]`` to ``times[-1]``. ``key``: the sample's
+    noise key (stochastic solvers; default ``PRNGKey(0)``)."""
     if not isinstance(solver, FixedGridSolver):
         raise TypeError(f"solve_on_grid needs a fixed-grid solver, got {type(solver).__name__}")
     x_T = jnp.asarray(x_T)
-    p = driver.prepare(sde, score, solver, jax.ShapeDtypeStruct(x_T.shape, x_T.dtype), denoise=denoise)
-    times = jnp.asarray(times, p.dtype)
+    times = jnp.asarray(times, x_T.dtype)
     if times.shape != (solver.num_steps + 1,):
         raise ValueError(f"times must hold num_steps + 1 = {solver.num_steps + 1} values, got shape {times.shape}")
     key = jax.random.PRNGKey(0) if key is None else key
-    s = driver.init(p, x_T)
-    first = solver.init_on_grid(sde, p.score, x_T, times)
-    s = s._replace(h=jnp.asarray(first.h, p.dtype), solver_state=first.state,
-                   stats=s.stats._replace(nfe=jnp.zeros((), jnp.int32) + first.nfe))
-    s, _ = jax.lax.scan(lambda c, _: (driver.step(p, key, c), None), s, None, length=solver.num_steps)
-    return driver.finalize(p, s)
+    on_grid = dataclasses.replace(solver, grid=tuple(times[i] for i in range(solver.num_steps + 1)))
+    return driver.solve(key, sde, score, on_grid, x_T, denoise=denoise)
 
 
 def teacher_samples(sde: SDE, score: ScoreFn, x_T: Array, *, tolerance: float = 1e-5, denoise: bool = True,

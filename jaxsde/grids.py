@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -25,12 +26,23 @@ GRID_KINDS = ("uniform", "logsnr", "edm")
 __all__ = ["GRID_KINDS", "time_grid", "validate_grid"]
 
 
+def _traced(grid) -> bool:
+    leaves = grid if isinstance(grid, tuple | list) else [grid]
+    return any(isinstance(v, jax.core.Tracer) for v in leaves)
+
+
 def validate_grid(grid, num_steps: int | None = None) -> tuple[float, ...] | str:
-    """Check a grid spec up front; returns a hashable form (kind name or tuple of times)."""
+    """Check a grid spec up front; returns a kind name or a tuple of times (Python floats, or JAX
+    scalars when the times are traced: a traced grid is checked for its length only)."""
     if isinstance(grid, str):
         if grid not in GRID_KINDS:
             raise ValueError(f"unknown grid {grid!r}; choose one of {GRID_KINDS} or pass an array of times")
         return grid
+    if _traced(grid):
+        times = tuple(grid) if isinstance(grid, tuple | list) else tuple(jnp.reshape(grid, (-1,)))
+        if num_steps is not None and len(times) != num_steps + 1:
+            raise ValueError(f"a custom grid for num_steps={num_steps} needs {num_steps + 1} times, got {len(times)}")
+        return times
     times = np.asarray(grid, dtype=np.float64).reshape(-1)
     if times.size < 2:
         raise ValueError(f"a custom grid needs at least 2 times, got {times.size}")
@@ -59,7 +71,7 @@ def time_grid(
     t_end = sde.eps if t_end is None else t_end
     spec = validate_grid(kind, num_steps)
     if isinstance(spec, tuple):
-        return jnp.asarray(spec, dtype)
+        return jnp.stack([jnp.asarray(t, dtype) for t in spec])
     frac = jnp.linspace(0.0, 1.0, num_steps + 1, dtype=dtype)
     if spec == "uniform":
         ts = t_start + frac * (t_end - t_start)

@@ -113,8 +113,13 @@ def _unflatten(cls, aux, children):
 
 def settings_class(cls):
     """Decorator: frozen dataclass registered as a pytree whose ``traced_settings`` are children
-    (see the module docstring). Apply it to every concrete subclass."""
+    (see the module docstring). Apply it to every concrete subclass; its ``traced_settings`` add to
+    those of its bases."""
     cls = dataclasses.dataclass(frozen=True)(cls)
+    merged: dict[str, Bound | None] = {}  # a subclass adds to its bases' traced settings
+    for base in reversed(cls.__mro__):
+        merged.update(vars(base).get("traced_settings", {}))
+    cls.traced_settings = merged
     unknown = sorted(set(cls.traced_settings) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
         raise TypeError(f"{cls.__name__}.traced_settings names {unknown}, which are not fields")

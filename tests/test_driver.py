@@ -209,10 +209,14 @@ def _loop_predicate_shapes(solver):
 
 
 def test_fixed_grid_loop_predicate_is_data_free():
-    """A fixed grid ends on its step count: the vmapped loop's predicate stays a scalar, so vmap
-    does not select every carried array each step (that cost EM 16% at d=3072). Adaptive solvers
-    stop per sample: their predicate has the batch axis."""
-    assert _loop_predicate_shapes(jaxsde.EulerMaruyama(10)) == [()]
+    """A fixed grid ends on its step count: its loop has a static trip count (a scan, which also
+    makes it reverse-differentiable) and no per-sample predicate, so vmap does not select every
+    carried array each step (that cost EM 16% at d=3072). Adaptive solvers stop per sample: their
+    predicate has the batch axis."""
+    assert _loop_predicate_shapes(jaxsde.EulerMaruyama(10)) == []
+    jaxpr = jax.make_jaxpr(lambda k: jaxsde.sample(k, SDE, SCORE, jaxsde.EulerMaruyama(10), (4,), 3).x)(
+        jax.random.PRNGKey(0))
+    assert "scan" in str(jaxpr)
     assert _loop_predicate_shapes(jaxsde.GottaGoFast()) == [(3,)]
 
 

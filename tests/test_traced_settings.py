@@ -40,7 +40,9 @@ def _closed_over(solver, key):
     (lambda r: jaxsde.AdaptiveMultistepSolver(rtol=r, atol=r), (0.1, 0.01, 0.001)),
     (lambda a: jaxsde.ProbabilityFlow(rtol=1e-3, atol=a), (1e-2, 1e-4)),
     (lambda c: jaxsde.GottaGoFast(rtol=0.05, controller=PIDController(pcoeff=c, icoeff=0.3)), (0.0, 0.2, 0.4)),
-], ids=["ggf-rtol", "ddim-eta", "multistep-rtol", "pf-atol", "pid-pcoeff"])
+    (lambda g: jaxsde.DPMSolverPP(4, grid=g), tuple(
+        tuple(float(t) for t in jaxsde.time_grid(SDE, 4, kind)) for kind in ("logsnr", "uniform", "edm"))),
+], ids=["ggf-rtol", "ddim-eta", "multistep-rtol", "pf-atol", "pid-pcoeff", "dpmpp-grid"])
 def test_one_program_serves_a_sweep_and_matches_closed_over_solvers(make, values, key):
     run, traces = _counted_sampler()
     outputs = []
@@ -139,3 +141,17 @@ def test_concrete_bad_settings_still_raise_at_construction():
         jaxsde.DDIM(4, eta=-1.0)
     with pytest.raises(ValueError, match="icoeff"):
         PIDController(icoeff=0.0)
+
+
+def test_traced_grid_spans_its_own_end_points(key):
+    # a grid passed into the program carries its (traced) end points; a shorter span is honoured
+    run, traces = _counted_sampler()
+    grid = tuple(float(t) for t in jaxsde.time_grid(SDE, 4, "logsnr", t_start=0.5))
+    x, nfe, result = run(jaxsde.DPMSolverPP(4, grid=grid), key)
+    ref = _closed_over(jaxsde.DPMSolverPP(4, grid=grid), key)
+    np.testing.assert_allclose(x, ref.x, rtol=1e-5, atol=1e-6)
+    assert np.all(np.asarray(result) == results.SUCCESS)
+    bad = grid[:2] + (float("nan"),) + grid[3:]
+    leaves, tree = jax.tree_util.tree_flatten(jaxsde.DPMSolverPP(4, grid=grid))
+    _, _, result = run(jax.tree_util.tree_unflatten(tree, list(bad)), key)
+    assert np.all(np.asarray(result) == results.INVALID_SETTING) and len(traces) == 1

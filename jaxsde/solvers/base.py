@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from .. import results
 from ..controllers import ErrorNorm, FixedGrid, GridState
-from ..settings import Settings, is_traced, settings_class
+from ..settings import FINITE, Settings, is_traced, settings_class
 
 Array = jax.Array
 
@@ -238,11 +238,15 @@ class FixedGridSolver(Solver):
 
     Subclasses define ``num_steps``, ``grid`` and ``advance(sde, score, x, t, t_next, z)
     -> (x_next, nfe)``; the grid is walked by the :class:`~jaxsde.controllers.FixedGrid`
-    controller (:attr:`schedule`).
+    controller (:attr:`schedule`). A custom grid's times are traced settings (pytree leaves, like
+    diffrax's ``StepTo``): one compiled program serves every grid of the same length, and
+    ``jax.grad`` of a solve with respect to them is exact (:func:`jaxsde.optimize_grid`).
     """
 
     num_steps: int
     grid: Any
+
+    traced_settings = {"grid": FINITE}
 
     def _check_grid(self) -> None:
         object.__setattr__(self, "grid", FixedGrid(self.num_steps, self.grid).grid)
@@ -258,18 +262,15 @@ class FixedGridSolver(Solver):
         return self.num_steps
 
     def init(self, sde, score, x, t_start, t_end) -> SolverInit:
-        return self.init_on_grid(sde, score, x, self.schedule.init(sde, t_start, t_end, x.dtype).grid)
-
-    def init_on_grid(self, sde, score, x: Array, grid: Array) -> SolverInit:
-        """:meth:`init` on the given ``num_steps + 1`` decreasing times ``grid`` (an array, traced
-        or not, dtype ``x.dtype``) instead of the solver's own grid: the grid is solver state, so
-        a caller may solve on (and differentiate with respect to) times that are not constants
-        (:func:`jaxsde.optimize_grid`). Subclasses that derive more state from the grid override
-        this, not :meth:`init`."""
         del score
-        state = GridState(jnp.zeros((), jnp.int32), jnp.asarray(grid, x.dtype))
-        h = jnp.asarray(state.grid[0] - state.grid[1], x.dtype)
-        return SolverInit(h=h, state=state, nfe=0)
+        grid = self.schedule.init(sde, t_start, t_end, x.dtype).grid
+        return SolverInit(h=jnp.asarray(grid[0] - grid[1], x.dtype), state=self.grid_state(sde, x, grid), nfe=0)
+
+    def grid_state(self, sde, x: Array, grid: Array) -> Any:
+        """The solver state at the start of the ``num_steps + 1`` decreasing times ``grid`` (dtype
+        ``x.dtype``). Subclasses that derive more state from the grid override this."""
+        del sde
+        return GridState(jnp.zeros((), jnp.int32), grid)
 
     def attempt_end(self, sde, state: GridState, t, h, t_end):
         return self.schedule.time_after(state)

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from .. import results
 from ..settings import is_traced
-from .base import FixedGridSolver, SolverInit, StepOut
+from .base import FixedGridSolver, StepOut
 
 Array = jax.Array
 
@@ -236,17 +236,14 @@ class MultistepSolver(FixedGridSolver):
         """Initial ``(hist, extra)``; default: zeros and ``None``."""
         return jnp.zeros((self.history_size, *x.shape), x.dtype), None
 
-    def init_on_grid(self, sde, score, x, grid) -> SolverInit:
-        del score
-        grid = jnp.asarray(grid, x.dtype)
+    def grid_state(self, sde, x, grid) -> HistoryState:
         lam = half_log_snr(sde, grid).astype(x.dtype)
         pad = self.history_size
         d = lam[1] - lam[0]
         virtual = lam[0] - d * jnp.arange(pad, 0, -1, dtype=x.dtype)
         lam = jnp.concatenate([virtual, lam])
         hist, extra = self.init_history(sde, x, grid, lam)
-        h = jnp.asarray(grid[0] - grid[1], x.dtype)
-        return SolverInit(h=h, state=HistoryState(jnp.zeros((), jnp.int32), grid, lam, hist, extra), nfe=0)
+        return HistoryState(jnp.zeros((), jnp.int32), grid, lam, hist, extra)
 
     def node(self, state: HistoryState, offset: int) -> Array:
         """Half log-SNR of grid time ``state.index + offset`` (``offset >= -history_size``)."""
