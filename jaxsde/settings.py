@@ -84,6 +84,11 @@ class Settings:
 
     traced_settings: ClassVar[dict[str, Bound | None]] = {}
 
+    def derive(self) -> dict[str, Any]:
+        """Static attributes derived from the settings at construction (after ``__post_init__``),
+        e.g. whether a solver draws noise; they are part of the pytree's static structure."""
+        return {}
+
 
 def _is_child(value: Any) -> bool:
     if value is None or isinstance(value, Settings):
@@ -115,6 +120,15 @@ def settings_class(cls):
     """Decorator: frozen dataclass registered as a pytree whose ``traced_settings`` are children
     (see the module docstring). Apply it to every concrete subclass; its ``traced_settings`` add to
     those of its bases."""
+    checks = getattr(cls, "__post_init__", None)  # the class's own validation (or its base's)
+
+    def post_init(self):
+        if checks is not None:
+            checks(self)
+        for name, value in self.derive().items():
+            object.__setattr__(self, name, value)
+
+    cls.__post_init__ = post_init
     cls = dataclasses.dataclass(frozen=True)(cls)
     merged: dict[str, Bound | None] = {}  # a subclass adds to its bases' traced settings
     for base in reversed(cls.__mro__):

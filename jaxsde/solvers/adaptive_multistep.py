@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from ..controllers import Controller, ErrorNorm, PIDController, check_controller
-from ..settings import NONNEGATIVE, POSITIVE, Bound, is_traced, nonzero
+from ..settings import NONNEGATIVE, POSITIVE, Bound, is_traced
 from .base import AdaptiveSolver, Attempt, SolverInit, check_component, solver_class
 from .exponential import check_nonneg, check_positive, combine, data_prediction, half_log_snr, push
 from .sa_solver import sa_weights
@@ -99,6 +99,7 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
 
     clamps_step = False  # the attempt clamps its own end to lam_end
 
+    noise_setting = "tau"
     traced_settings = {"rtol": POSITIVE, "atol": POSITIVE, "tau": NONNEGATIVE, "h_init": POSITIVE,
                        "factor_max": Bound(1.0, low_open=True), "min_step": POSITIVE, "controller": None,
                        "tolerance": None}
@@ -120,11 +121,7 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
         if self.controller is not None:
             check_controller(name, self.controller)
         check_component(name, self, "tolerance", ErrorNorm, ("rtol", "atol"))
-        object.__setattr__(self, "stochastic", nonzero(self.tau))  # static: tau = 0 draws no noise
 
-    @property
-    def noise_per_attempt(self) -> int:
-        return 1 if self.stochastic else 0
 
     @property
     def nfe_per_attempt(self) -> int:

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from .. import results
 from ..controllers import ErrorNorm, FixedGrid, GridState
-from ..settings import FINITE, Settings, is_traced, settings_class
+from ..settings import FINITE, Settings, is_traced, nonzero, settings_class
 
 Array = jax.Array
 
@@ -58,11 +58,24 @@ class Solver(Settings):
     """Base class. Subclasses set ``noise_per_attempt`` and implement ``init``/``step``; the fields
     named in ``traced_settings`` are pytree leaves (see :mod:`jaxsde.settings`)."""
 
-    noise_per_attempt: int = 0
+    # the setting whose value 0 means "draws no noise" (eta, tau, churn): :meth:`derive` records
+    # ``stochastic`` from the value the solver is built with (static structure; see jaxsde.settings)
+    noise_setting: str | None = None
     adaptive: bool = False
     # True if ``step`` never returns a non-finite ``x`` from a finite one (it rejects non-finite
     # attempts itself); the driver then skips its own per-step finiteness check.
     keeps_finite: bool = False
+
+    def derive(self) -> dict[str, Any]:
+        if self.noise_setting is None:
+            return {}
+        return {"stochastic": nonzero(getattr(self, self.noise_setting))}
+
+    @property
+    def noise_per_attempt(self) -> int:
+        """Standard normal draws (each shaped like ``x``) one attempt consumes: 1 when the solver's
+        ``noise_setting`` is nonzero, else 0; solvers with another count override it."""
+        return 1 if self.__dict__.get("stochastic", False) else 0
 
     @property
     def nfe_per_attempt(self) -> int:
@@ -326,6 +339,11 @@ class WrappedSolver(Solver):
         return inner
 
     # --- the forwarded contract -------------------------------------------------------------------
+    noise_setting = None  # the wrapper draws what the inner solver draws (see noise_per_attempt)
+
+    def derive(self) -> dict[str, Any]:
+        return {}  # the inner solver's structure is its own (a pytree child)
+
     @property
     def noise_per_attempt(self) -> int:  # type: ignore[override]
         return self.solver.noise_per_attempt

@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 
 from ..controllers import Controller, ErrorNorm, PIDController, check_controller
-from ..settings import NONNEGATIVE, POSITIVE, nonzero
+from ..settings import NONNEGATIVE, POSITIVE
 from .base import AdaptiveSolver, Attempt, SolverInit, check_component, solver_class
 from .exponential import check_nonneg, check_positive, exp_remainder, half_log_snr
 
@@ -118,6 +118,7 @@ class AdaptiveDPMSolver(AdaptiveSolver):
 
     clamps_step = False  # the trial step is kept as the controller set it (k-diffusion's pid.h)
 
+    noise_setting = "eta"
     traced_settings = {"rtol": POSITIVE, "atol": POSITIVE, "eta": NONNEGATIVE, "s_noise": NONNEGATIVE,
                        "h_init": POSITIVE, "min_step": POSITIVE, "controller": None,
                        "tolerance": None}
@@ -139,11 +140,7 @@ class AdaptiveDPMSolver(AdaptiveSolver):
         if self.controller is not None:
             check_controller(name, self.controller)
         check_component(name, self, "tolerance", ErrorNorm, ("rtol", "atol"))
-        object.__setattr__(self, "stochastic", nonzero(self.eta))  # static: eta = 0 draws no noise
 
-    @property
-    def noise_per_attempt(self) -> int:
-        return 1 if self.stochastic else 0
 
     @property
     def nfe_per_attempt(self) -> int:

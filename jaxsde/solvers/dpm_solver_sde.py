@@ -6,7 +6,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from ..settings import NONNEGATIVE, nonzero
+from ..settings import NONNEGATIVE
 from .base import solver_class
 from .dpm_solver import SOLVER_TYPES, multistep_weights
 from .exponential import (
@@ -83,22 +83,19 @@ class DPMSolverPPSDE(MultistepSolver):
     solver_type: str = "midpoint"
     grid: Any = "logsnr"
 
+    noise_setting = "eta"
     traced_settings = {"eta": NONNEGATIVE}
 
     def __post_init__(self):
         self._check_grid()
         check_int("order", self.order, 2, 3, "DPMSolverPPSDE")
         check_nonneg("eta", self.eta, "DPMSolverPPSDE")
-        object.__setattr__(self, "stochastic", nonzero(self.eta))  # static: eta = 0 draws no noise
         if self.solver_type not in SOLVER_TYPES:
             raise ValueError(f"DPMSolverPPSDE: solver_type must be one of {SOLVER_TYPES}, got {self.solver_type!r}")
         if self.num_steps < self.order:
             raise ValueError(f"DPMSolverPPSDE: order {self.order} needs num_steps >= {self.order} (the first "
                              f"{self.order - 1} steps warm up at lower orders), got num_steps={self.num_steps}")
 
-    @property
-    def noise_per_attempt(self) -> int:  # type: ignore[override]
-        return 1 if self.stochastic else 0
 
     def advance_history(self, sde, score, x, state, z):
         i = state.index

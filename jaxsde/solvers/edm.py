@@ -7,7 +7,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from ..settings import NONNEGATIVE, POSITIVE, Bound, is_traced, nonzero
+from ..settings import NONNEGATIVE, POSITIVE, Bound, is_traced
 from .base import FixedGridSolver, solver_class
 from .exponential import check_nonneg, data_prediction, half_log_snr
 
@@ -53,6 +53,7 @@ class EDMHeun(FixedGridSolver):
     s_noise: float = 1.0
     grid: Any = "edm"
 
+    noise_setting = "churn"
     traced_settings = {"churn": NONNEGATIVE, "s_tmin": NONNEGATIVE, "s_tmax": Bound(0.0, math.inf),
                        "s_noise": POSITIVE}
 
@@ -66,11 +67,7 @@ class EDMHeun(FixedGridSolver):
         check_nonneg("s_noise", self.s_noise, "EDMHeun")
         if not is_traced(self.s_noise) and self.s_noise == 0:
             raise ValueError("EDMHeun: s_noise must be positive")
-        object.__setattr__(self, "stochastic", nonzero(self.churn))  # static: churn = 0 draws no noise
 
-    @property
-    def noise_per_attempt(self) -> int:  # type: ignore[override]
-        return 1 if self.stochastic else 0
 
     @property
     def nfe_per_attempt(self) -> int:

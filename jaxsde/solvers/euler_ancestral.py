@@ -6,7 +6,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from ..settings import NONNEGATIVE, nonzero
+from ..settings import NONNEGATIVE
 from .base import FixedGridSolver, solver_class
 from .ddim import ddim_step
 from .exponential import check_nonneg, data_prediction, half_log_snr
@@ -47,16 +47,13 @@ class EulerAncestral(FixedGridSolver):
     eta: float = 1.0
     grid: Any = "edm"
 
+    noise_setting = "eta"
     traced_settings = {"eta": NONNEGATIVE}
 
     def __post_init__(self):
         self._check_grid()
         check_nonneg("eta", self.eta, "EulerAncestral")
-        object.__setattr__(self, "stochastic", nonzero(self.eta))  # static: eta = 0 draws no noise
 
-    @property
-    def noise_per_attempt(self) -> int:  # type: ignore[override]
-        return 1 if self.stochastic else 0
 
     @property
     def nfe_per_attempt(self) -> int:

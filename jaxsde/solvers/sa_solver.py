@@ -141,12 +141,11 @@ class SASolver(MultistepSolver):
             raise ValueError(f"SASolver: rescale_order2 must be a bool, got {self.rescale_order2!r}")
         if not (isinstance(self.lower_order_final, bool) or self.lower_order_final == "always"):
             raise ValueError(f"SASolver: lower_order_final must be a bool or 'always', got {self.lower_order_final!r}")
-        # static: tau = 0 draws no noise
-        object.__setattr__(self, "stochastic", callable(self.tau) or nonzero(self.tau))
 
-    @property
-    def noise_per_attempt(self) -> int:  # type: ignore[override]
-        return 1 if self.stochastic else 0
+    noise_setting = "tau"
+
+    def derive(self):
+        return {"stochastic": callable(self.tau) or nonzero(self.tau)}  # a tau(t) function always draws
 
     @property
     def nfe_per_attempt(self) -> int:
