@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from .grids import time_grid, validate_grid
-from .settings import FINITE, NONNEGATIVE, POSITIVE, UNIT, Bound, Settings, is_traced, settings_class
+from .settings import FINITE, NONNEGATIVE, POSITIVE, UNIT, Bound, Settings, check_static, is_traced, settings_class
 
 Array = jax.Array
 
@@ -364,6 +364,7 @@ class FixedGrid(Settings):
     traced_settings = {"grid": FINITE}  # the times of a custom grid; a kind name is static
 
     def __post_init__(self):
+        check_static("FixedGrid", "num_steps", self.num_steps)
         if not isinstance(self.num_steps, int) or isinstance(self.num_steps, bool) or self.num_steps < 1:
             raise ValueError(f"num_steps must be an integer >= 1, got {self.num_steps!r}")
         object.__setattr__(self, "grid", validate_grid(self.grid, self.num_steps))

@@ -34,7 +34,8 @@ import numpy as np
 
 Array = jax.Array
 
-__all__ = ["Bound", "POSITIVE", "NONNEGATIVE", "UNIT", "FINITE", "settings_class", "is_traced", "nonzero",
+__all__ = ["Bound", "POSITIVE", "NONNEGATIVE", "UNIT", "FINITE", "settings_class", "is_traced", "check_static",
+           "nonzero",
            "settings_valid", "Settings"]
 
 
@@ -68,6 +69,14 @@ def is_traced(value: Any) -> bool:
     return isinstance(value, jax.core.Tracer)
 
 
+def check_static(owner: str, name: str, value: Any) -> None:
+    """Refuse a traced value for a setting that is structure (an order, a number of steps): it
+    shapes the compiled program, so it must be a Python value."""
+    if is_traced(value):
+        raise TypeError(f"{owner}: {name} is structure (it shapes the compiled program) and must be a Python "
+                        f"value, got a traced one; pass it as a constant (or mark it static in jax.jit)")
+
+
 def nonzero(value: Any) -> bool:
     """Static truth of a setting: ``value != 0`` for a concrete number, ``True`` for a tracer."""
     if value is None:
@@ -83,6 +92,10 @@ class Settings:
     settings object, which validates itself)."""
 
     traced_settings: ClassVar[dict[str, Bound | None]] = {}
+
+    def check_contract(self) -> None:
+        """Raise ``TypeError`` if the class leaves part of its contract unimplemented (called at
+        construction, before :meth:`derive`)."""
 
     def derive(self) -> dict[str, Any]:
         """Static attributes derived from the settings at construction (after ``__post_init__``),
@@ -123,6 +136,7 @@ def settings_class(cls):
     checks = getattr(cls, "__post_init__", None)  # the class's own validation (or its base's)
 
     def post_init(self):
+        self.check_contract()
         if checks is not None:
             checks(self)
         for name, value in self.derive().items():

@@ -155,3 +155,36 @@ def test_traced_grid_spans_its_own_end_points(key):
     leaves, tree = jax.tree_util.tree_flatten(jaxsde.DPMSolverPP(4, grid=grid))
     _, _, result = run(jax.tree_util.tree_unflatten(tree, list(bad)), key)
     assert np.all(np.asarray(result) == results.INVALID_SETTING) and len(traces) == 1
+
+
+def test_structure_must_be_static():
+    @jax.jit
+    def build(n):
+        return jaxsde.DDIM(n).num_steps
+
+    with pytest.raises(TypeError, match="num_steps is structure"):
+        build(4)
+    with pytest.raises(TypeError, match="order is structure"):
+        jax.jit(lambda q: jaxsde.AdaptiveDPMSolver(order=q).order)(3)
+    with pytest.raises(TypeError, match="order is structure"):
+        jax.jit(lambda q: jaxsde.DPMSolverPP(10, order=q).order)(2)
+
+
+def test_a_solver_missing_part_of_the_contract_is_refused_at_construction():
+    from jaxsde.solvers.base import AdaptiveSolver, FixedGridSolver, solver_class
+
+    @solver_class
+    class NoAdvance(FixedGridSolver):
+        num_steps: int = 3
+        grid: str = "uniform"
+
+    @solver_class
+    class NoAttempt(AdaptiveSolver):
+        rtol: float = 0.1
+
+    with pytest.raises(TypeError, match="NoAdvance does not implement advance, nfe_per_attempt"):
+        NoAdvance()
+    with pytest.raises(TypeError, match="attempt, error_norm, error_order, nfe_per_attempt, start, step_controller"):
+        NoAttempt()
+    for solver in (jaxsde.GottaGoFast(), jaxsde.MultilevelEM(4), jaxsde.UniPC(4), jaxsde.LMS(4)):
+        assert solver.missing_hooks() == []

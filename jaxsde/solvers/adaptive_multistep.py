@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from ..controllers import Controller, ErrorNorm, PIDController, check_controller
-from ..settings import NONNEGATIVE, POSITIVE, Bound, is_traced
+from ..settings import NONNEGATIVE, POSITIVE, Bound, check_static, is_traced
 from .base import AdaptiveSolver, Attempt, SolverInit, check_component, solver_class
 from .exponential import check_nonneg, check_positive, combine, data_prediction, half_log_snr, push
 from .sa_solver import sa_weights
@@ -106,6 +106,7 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
 
     def __post_init__(self):
         name = "AdaptiveMultistepSolver"
+        check_static(name, "order", self.order)
         if not (isinstance(self.order, int) and not isinstance(self.order, bool) and 1 <= self.order <= 3):
             raise ValueError(f"{name}: order must be an integer in [1, 3] (the predictor's), got {self.order!r}")
 

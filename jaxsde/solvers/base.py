@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from .. import results
 from ..controllers import ErrorNorm, FixedGrid, GridState
-from ..settings import FINITE, Settings, is_traced, nonzero, settings_class
+from ..settings import FINITE, Settings, check_static, is_traced, nonzero, settings_class
 
 Array = jax.Array
 
@@ -54,6 +54,13 @@ class StepOut(NamedTuple):
 solver_class = settings_class  # frozen dataclass; float settings are pytree leaves (jaxsde.settings)
 
 
+def required(fn):
+    """Mark a base class's placeholder for a part of the solver contract that a concrete solver
+    must implement; a solver that leaves one unimplemented is refused at construction."""
+    fn.__isabstractmethod__ = True
+    return fn
+
+
 class Solver(Settings):
     """Base class. Subclasses set ``noise_per_attempt`` and implement ``init``/``step``; the fields
     named in ``traced_settings`` are pytree leaves (see :mod:`jaxsde.settings`)."""
@@ -65,6 +72,17 @@ class Solver(Settings):
     # True if ``step`` never returns a non-finite ``x`` from a finite one (it rejects non-finite
     # attempts itself); the driver then skips its own per-step finiteness check.
     keeps_finite: bool = False
+
+    def missing_hooks(self) -> list[str]:
+        """The parts of the solver contract this solver's class leaves unimplemented."""
+        cls = type(self)
+        return sorted(name for name in dir(cls) if getattr(getattr(cls, name, None), "__isabstractmethod__", False))
+
+    def check_contract(self) -> None:
+        missing = self.missing_hooks()
+        if missing:
+            raise TypeError(f"{type(self).__name__} does not implement {', '.join(missing)}: a solver defines them "
+                            f"(see jaxsde.solvers.base for what each returns)")
 
     def derive(self) -> dict[str, Any]:
         if self.noise_setting is None:
@@ -78,6 +96,7 @@ class Solver(Settings):
         return 1 if self.__dict__.get("stochastic", False) else 0
 
     @property
+    @required
     def nfe_per_attempt(self) -> int:
         """Score evaluations one loop iteration costs (for batch cost reports)."""
         raise NotImplementedError
@@ -90,6 +109,7 @@ class Solver(Settings):
         """Exact number of attempts for fixed-step solvers, else ``None``."""
         return None
 
+    @required
     def init(self, sde, score, x: Array, t_start: Array, t_end: Array) -> SolverInit:
         raise NotImplementedError
 
@@ -119,6 +139,7 @@ class Solver(Settings):
         """The time the next attempt from ``t`` with trial step ``h`` integrates to."""
         return jnp.where(h >= t - t_end, t_end, t - h)
 
+    @required
     def step(self, sde, score, x, t, h, state, z, t_end) -> StepOut:
         raise NotImplementedError
 
@@ -163,14 +184,17 @@ class AdaptiveSolver(Solver):
     min_step: float = 1e-7
 
     @property
+    @required
     def step_controller(self):
         raise NotImplementedError
 
     @property
+    @required
     def error_order(self) -> float:
         raise NotImplementedError
 
     @property
+    @required
     def error_norm(self) -> ErrorNorm:
         """The tolerance in force (the solver's ``tolerance`` if given, else built from its ``rtol`` /
         ``atol`` with the method's published convention)."""
@@ -180,9 +204,11 @@ class AdaptiveSolver(Solver):
         """The scaled error ``e`` of a raw ``error`` estimate against ``reference`` (see :attr:`error_norm`)."""
         return self.error_norm(sde, error, reference)
 
+    @required
     def start(self, sde, score, x: Array, t_start: Array, t_end: Array) -> SolverInit:
         raise NotImplementedError
 
+    @required
     def attempt(self, sde, score, x, t, h, state, z, t_end) -> Attempt:
         raise NotImplementedError
 
@@ -262,6 +288,7 @@ class FixedGridSolver(Solver):
     traced_settings = {"grid": FINITE}
 
     def _check_grid(self) -> None:
+        check_static(type(self).__name__, "num_steps", self.num_steps)
         object.__setattr__(self, "grid", FixedGrid(self.num_steps, self.grid).grid)
 
     @property
@@ -278,6 +305,11 @@ class FixedGridSolver(Solver):
         del score
         grid = self.schedule.init(sde, t_start, t_end, x.dtype).grid
         return SolverInit(h=jnp.asarray(grid[0] - grid[1], x.dtype), state=self.grid_state(sde, x, grid), nfe=0)
+
+    def missing_hooks(self) -> list[str]:
+        cls = type(self)
+        needs_advance = cls.step is FixedGridSolver.step and cls.advance_step is FixedGridSolver.advance_step
+        return [name for name in super().missing_hooks() if name != "advance" or needs_advance]
 
     def grid_state(self, sde, x: Array, grid: Array) -> Any:
         """The solver state at the start of the ``num_steps + 1`` decreasing times ``grid`` (dtype
@@ -304,6 +336,7 @@ class FixedGridSolver(Solver):
             status=jnp.array(results.SUCCESS, jnp.int32),
         )
 
+    @required
     def advance(self, sde, score, x, t, t_next, z):
         raise NotImplementedError
 
@@ -340,6 +373,8 @@ class WrappedSolver(Solver):
 
     # --- the forwarded contract -------------------------------------------------------------------
     noise_setting = None  # the wrapper draws what the inner solver draws (see noise_per_attempt)
+    check_contract = Solver.check_contract  # the wrapper's own class (the inner solver checked itself)
+    missing_hooks = Solver.missing_hooks
 
     def derive(self) -> dict[str, Any]:
         return {}  # the inner solver's structure is its own (a pytree child)

@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 
 from ..controllers import Controller, ErrorNorm, PIDController, check_controller
-from ..settings import NONNEGATIVE, POSITIVE
+from ..settings import NONNEGATIVE, POSITIVE, check_static
 from .base import AdaptiveSolver, Attempt, SolverInit, check_component, solver_class
 from .exponential import check_nonneg, check_positive, exp_remainder, half_log_snr
 
@@ -125,6 +125,7 @@ class AdaptiveDPMSolver(AdaptiveSolver):
 
     def __post_init__(self):
         name = "AdaptiveDPMSolver"
+        check_static(name, "order", self.order)
         if self.order not in (2, 3) or isinstance(self.order, bool):
             raise ValueError(f"{name}: order must be 2 (DPM-Solver-12) or 3 (DPM-Solver-23), got {self.order!r}")
 

@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 
 from .. import results
-from ..settings import is_traced
-from .base import FixedGridSolver, StepOut
+from ..settings import check_static, is_traced
+from .base import FixedGridSolver, StepOut, required
 
 Array = jax.Array
 
@@ -265,6 +265,7 @@ class MultistepSolver(FixedGridSolver):
             status=jnp.array(results.SUCCESS, jnp.int32),
         )
 
+    @required
     def advance_history(self, sde, score, x, state: HistoryState, z):
         raise NotImplementedError
 
@@ -275,6 +276,7 @@ def push(hist: Array, new: Array) -> Array:
 
 
 def check_int(name: str, value, lo: int, hi: int, owner: str) -> None:
+    check_static(owner, name, value)
     if not (isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi):
         raise ValueError(f"{owner}: {name} must be an integer in [{lo}, {hi}], got {value!r}")
 
