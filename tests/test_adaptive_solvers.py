@@ -149,7 +149,7 @@ def test_any_adaptive_solver_runs_with_any_adaptive_controller(solver, controlle
     jaxsde.AdaptiveDPMSolver(rtol=0.05),
     jaxsde.AdaptiveDPMSolver(rtol=0.05, eta=1.0),
     jaxsde.AdaptiveMultistepSolver(rtol=0.05),
-    jaxsde.AdaptiveMultistepSolver(rtol=0.05, tau=1.0),
+    pytest.param(jaxsde.AdaptiveMultistepSolver(rtol=0.05, tau=1.0), marks=pytest.mark.slow),  # dpm-eta1: fast
 ], ids=["dpm", "dpm-eta1", "multistep", "multistep-tau1"])
 def test_sample_i_is_the_same_alone_and_in_a_batch_of_256(solver):
     """Per-sample step control: sample i's NFE in a batch of 1 and of 256 is the same and its output

@@ -14,6 +14,7 @@ def run_cli(*args, cwd=None):
                           timeout=600)
 
 
+@pytest.mark.slow  # a subprocess sampling 200 points with EM-200 and GGF; test_sample_writes_a_grid stays fast
 def test_demo_writes_plot_and_prints_table(tmp_path):
     out = tmp_path / "demo.png"
     r = run_cli("demo", "--n", "200", "--dim", "16", "--em-steps", "200", "--out", str(out))
@@ -65,6 +66,7 @@ def test_a_negative_eta_is_one_line():
     assert r.returncode == 2 and "eta must be a finite number >= 0" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow  # a subprocess; tests/test_likelihood.py covers the likelihood itself
 @pytest.mark.skipif("digits-small" not in available(), reason="embedded weights not present")
 def test_likelihood_reports_bits_per_dim(tmp_path):
     import json

@@ -14,6 +14,7 @@ def run_cli(*args):
                           timeout=600)
 
 
+@pytest.mark.slow  # a subprocess on the conditional U-Net; the --samples and error tests stay fast
 def test_conditional_sample_writes_the_requested_labels(tmp_path):
     grid, samples = tmp_path / "grid.png", tmp_path / "s.npz"
     r = run_cli("sample", "--model", "digits-cond", "--label", "3", "--guidance", "2.0", "--solver", "dpmpp",

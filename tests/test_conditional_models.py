@@ -100,6 +100,7 @@ def test_label_dropout_rate():
     np.testing.assert_array_equal(drop_labels(jax.random.PRNGKey(0), labels, 10, 0.0), labels)
 
 
+@pytest.mark.slow  # a training run through the CLI; the conditional model, config and dropout tests stay fast
 def test_conditional_training_export_and_load(tmp_path, capsys):
     """`jaxsde train --num-classes 10` runs, its loss is finite, and the exported file loads with
     score(x, t, cond) (concrete and traced params, every label and the null class)."""

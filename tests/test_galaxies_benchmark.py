@@ -25,6 +25,7 @@ def load_script():
     return mod
 
 
+@pytest.mark.slow  # a benchmark smoke run on the HSC-32 network
 def test_quick_run_writes_results(tmp_path):
     bench = load_script()
     out = bench.main(["--quick", "--models", "hsc32", "--n", "6", "--out", str(tmp_path)])

@@ -51,7 +51,7 @@ def test_fixed_step_offset_and_denoise_off():
     np.testing.assert_array_equal(np.asarray(gen.stats.nfe), 50)
 
 
-@pytest.mark.parametrize("batch_size,drain_halvings", [(6, 0), (16, 2)])
+@pytest.mark.parametrize("batch_size,drain_halvings", [(6, 0), pytest.param(16, 2, marks=pytest.mark.slow)])
 def test_generator_chunks_any_index_order(reference, batch_size, drain_halvings):
     rng = np.random.default_rng(0)
     indices = rng.permutation(N)[:37]

@@ -30,6 +30,7 @@ def _shards(folder):
     return len([f for f in os.listdir(folder) if f.startswith("shard-")]) if os.path.isdir(folder) else 0
 
 
+@pytest.mark.slow  # 12+ subprocess runs; test_disk_full_keeps_the_shards_written_and_resumes covers resuming in-process
 def test_ten_sigkills_then_resume_give_the_uninterrupted_result(tmp_path):
     """10 SIGKILLs at random points (during start-up and compile-cache loading, or just after a
     shard lands, mid-chunk), then a clean rerun: exactly 0..n-1, bitwise equal to one run."""

@@ -7,8 +7,11 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 import jaxsde
+
+pytestmark = pytest.mark.slow  # subprocesses: 8 forced host devices, two jax.distributed processes
 
 COMMON = """
 import jax

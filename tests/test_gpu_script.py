@@ -33,6 +33,7 @@ def finite_positive(*values):
     return all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values)
 
 
+@pytest.mark.slow  # the benchmark smoke run (a subprocess compiling every section)
 def test_smoke_results(tmp_path):
     eqx = hsc_eqx()
     # a budget no loaded CI machine exhausts: this test checks the rows; test_budget_skips_and_records the budget

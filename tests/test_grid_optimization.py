@@ -50,6 +50,7 @@ def test_teacher_is_the_exact_flow():
     assert nfe > 10
 
 
+@pytest.mark.slow  # a full grid optimization and its held-out evaluation; the objective/round-trip tests stay fast
 def test_learned_grid_is_the_best_grid_and_generalizes():
     """DPM-Solver++(2M), 3 steps, from the log-SNR grid, the plain mean squared error as the objective. Its
     two interior times are the only freedom, so an exhaustive search over a 49 x 49 lattice of log-SNR

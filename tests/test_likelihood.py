@@ -89,6 +89,7 @@ def test_single_gaussian_to_1e5(x64):
         assert abs(corrected - log_normal(x, sde.eps)) / d <= 1e-5
 
 
+@pytest.mark.slow  # statistical: 96 Hutchinson draws; test_probes_fixed_by_key_and_given_probes stays fast
 def test_hutchinson_unbiased_and_its_standard_error():
     """Over many probe draws at one point, the K-probe estimate averages to the exact value within
     2 standard errors, and its reported standard error matches its spread across draws."""

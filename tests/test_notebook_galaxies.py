@@ -5,6 +5,8 @@ import os
 
 import pytest
 
+pytestmark = pytest.mark.slow  # executes a notebook (minutes)
+
 NOTEBOOKS = os.path.join(os.path.dirname(__file__), "..", "notebooks")
 _spec = importlib.util.find_spec("galaxygrad")  # finds the package without importing it (import fails on Linux)
 

@@ -6,6 +6,8 @@ import pytest
 
 from jaxsde.checkpoints.embedded import available
 
+pytestmark = pytest.mark.slow  # executes notebooks (minutes each)
+
 NOTEBOOKS = os.path.join(os.path.dirname(__file__), "..", "notebooks")
 
 
