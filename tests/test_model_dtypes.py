@@ -22,7 +22,9 @@ NETWORKS = {
 }
 
 
-@pytest.mark.parametrize("name", list(NETWORKS))
+# ddpmpp and unet2d take minutes on 2 cores: the slow tier; ncsnpp_ve (the NCSN++ code ddpmpp shares) stays fast
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("ddpmpp", "unet2d") else n
+                                  for n in NETWORKS])
 def test_bfloat16_network_computes_in_bfloat16(name):
     build, shape, times = NETWORKS[name]
     model = build()

@@ -15,6 +15,7 @@ def test_names_and_errors():
         jaxsde.pretrained("imagenet")
 
 
+@pytest.mark.slow  # a statistical quality check on many samples; test_names_and_errors stays fast
 @pytest.mark.skipif("digits" not in available(), reason="embedded weights not present")
 def test_ggf_samples_are_recognisable_digits():
     ckpt = jaxsde.pretrained("digits")
