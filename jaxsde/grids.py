@@ -15,20 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .sde import SDE
+from .settings import is_traced
 
 GRID_KINDS = ("uniform", "logsnr", "edm")
 
 __all__ = ["GRID_KINDS", "time_grid", "validate_grid"]
-
-
-def _traced(grid) -> bool:
-    leaves = grid if isinstance(grid, tuple | list) else [grid]
-    return any(isinstance(v, jax.core.Tracer) for v in leaves)
 
 
 def validate_grid(grid, num_steps: int | None = None) -> tuple[float, ...] | str:
@@ -38,7 +33,7 @@ def validate_grid(grid, num_steps: int | None = None) -> tuple[float, ...] | str
         if grid not in GRID_KINDS:
             raise ValueError(f"unknown grid {grid!r}; choose one of {GRID_KINDS} or pass an array of times")
         return grid
-    if _traced(grid):
+    if any(is_traced(v) for v in (grid if isinstance(grid, tuple | list) else [grid])):
         times = tuple(grid) if isinstance(grid, tuple | list) else tuple(jnp.reshape(grid, (-1,)))
         if num_steps is not None and len(times) != num_steps + 1:
             raise ValueError(f"a custom grid for num_steps={num_steps} needs {num_steps + 1} times, got {len(times)}")

@@ -38,7 +38,9 @@ def _guide():
 
 
 def test_every_public_part_of_the_contract_is_forwarded_explicitly():
-    public = {name for name in dir(Solver) if not name.startswith("_") and name != "traced_settings"}
+    # the class machinery (settings, construction checks) is the wrapper's own, inherited as it is
+    machinery = {"traced_settings", "noise_setting", "derive", "check_contract", "missing_hooks"}
+    public = {name for name in dir(Solver) if not name.startswith("_") and name not in machinery}
     missing = sorted(public - set(vars(WrappedSolver)))
     assert not missing, f"WrappedSolver does not forward {missing}"
 

@@ -346,6 +346,11 @@ class FixedGridSolver(Solver):
         return self.advance(sde, score, x, t, t_next, z)
 
 
+def _forwarded(name: str) -> property:
+    """A read-only property returning the inner solver's ``name``."""
+    return property(lambda self: getattr(self.solver, name), doc=f"The inner solver's ``{name}``.")
+
+
 class WrappedSolver(Solver):
     """A solver that wraps another (``self.solver``) and forwards every part of the contract to it
     unless it overrides that part: a wrapper changes what it means to change and drops nothing.
@@ -372,32 +377,11 @@ class WrappedSolver(Solver):
         return inner
 
     # --- the forwarded contract -------------------------------------------------------------------
-    noise_setting = None  # the wrapper draws what the inner solver draws (see noise_per_attempt)
-    check_contract = Solver.check_contract  # the wrapper's own class (the inner solver checked itself)
-    missing_hooks = Solver.missing_hooks
-
-    def derive(self) -> dict[str, Any]:
-        return {}  # the inner solver's structure is its own (a pytree child)
-
-    @property
-    def noise_per_attempt(self) -> int:  # type: ignore[override]
-        return self.solver.noise_per_attempt
-
-    @property
-    def adaptive(self) -> bool:  # type: ignore[override]
-        return self.solver.adaptive
-
-    @property
-    def keeps_finite(self) -> bool:  # type: ignore[override]
-        return self.solver.keeps_finite
-
-    @property
-    def reimpose_nfe(self) -> int:  # type: ignore[override]
-        return self.solver.reimpose_nfe
-
-    @property
-    def nfe_per_attempt(self) -> int:
-        return self.solver.nfe_per_attempt
+    noise_per_attempt = _forwarded("noise_per_attempt")
+    adaptive = _forwarded("adaptive")
+    keeps_finite = _forwarded("keeps_finite")
+    reimpose_nfe = _forwarded("reimpose_nfe")
+    nfe_per_attempt = _forwarded("nfe_per_attempt")
 
     def time_span(self):
         return self.solver.time_span()

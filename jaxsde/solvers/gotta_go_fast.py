@@ -43,11 +43,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ..controllers import Controller, ErrorNorm, GottaGoFastController, check_controller
+from ..controllers import REDUCTIONS, Controller, ErrorNorm, GottaGoFastController, check_controller
 from ..settings import NONNEGATIVE, POSITIVE, UNIT, Bound, is_traced
 from .base import AdaptiveSolver, Attempt, SolverInit, check_component, solver_class
 
-NORMS = ("l2", "l2_unscaled", "linf")
+NORMS = REDUCTIONS  # the ErrorNorm reductions, by GGF's own option name
 
 
 class GGFState(NamedTuple):
