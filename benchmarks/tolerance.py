@@ -1,7 +1,8 @@
 """Tolerance proportionality: error against a converged reference as ``rtol`` falls, default ``atol``.
 
     python benchmarks/tolerance.py [--problems mixture-vp,mixture-ve,digits] [--n-ode 16] [--n-sde 4000]
-        [--n-sde-digits 359] [--out benchmarks/results]
+        [--n-sde-digits 359 (0: no SDE rows)] [--tag SUFFIX]
+        [--out benchmarks/results]
 
 For every adaptive solver, with ``atol`` left at its default (``ErrorNorm``: one 8-bit level of the
 data range, tied to ``rtol`` below it) and, for the solvers whose default was a fixed 8-bit level
@@ -17,7 +18,7 @@ reports the error next to the mean NFE:
   its floor at the same n.
 
 Problems: ``mixture-vp`` / ``mixture-ve``: a 6-mode Gaussian mixture in d = 64 (exact score), VP and
-VE; ``digits``: the embedded VP digits U-Net (8x8). Everything in float64 for the ODE rows (the
+VE; ``digits`` / ``digits-ve``: the embedded VP / VE digits U-Nets (8x8). Everything in float64 for the ODE rows (the
 reference must be converged beyond the tightest tolerance), float32 for the SDE rows. The log-log
 slope of error vs rtol is fitted over the rows above the noise floor. Writes ``tolerance.{md,json}``.
 """
@@ -152,16 +153,18 @@ def mixture_rows(ve, args):
     return rows
 
 
-def digits_rows(args):
+def digits_rows(args, model="digits"):
     from jaxsde.testing.metrics.digits import DigitsMetrics
 
-    ckpt = jaxsde.pretrained("digits")
+    ckpt = jaxsde.pretrained(model)
     sde = ckpt.sde
     params64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), ckpt.params)
     score64 = ckpt.score_fn(params64)
     x_T = jax.vmap(lambda k: sde.prior_sample(k, ckpt.shape, jnp.float64))(
         jax.random.split(jax.random.PRNGKey(5), args.n_ode))
     rows = run_ode(sde, score64, x_T, ODE_RTOLS[:-1], ode_solvers(sde))
+    if args.n_sde_digits == 0:
+        return rows
     metrics = DigitsMetrics()
     floor = None
 
@@ -222,6 +225,7 @@ def main(argv=None):
     parser.add_argument("--n-sde", type=int, default=4000)
     parser.add_argument("--n-sde-digits", type=int, default=359)
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--tag", default="", help="suffix of the results files' name, e.g. _ve")
     args = parser.parse_args(argv)
     command = "python " + shlex.join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
     print(f"reproduce with: {command}", flush=True)
@@ -231,25 +235,26 @@ def main(argv=None):
         print(name, flush=True)
         if name in ("mixture-vp", "mixture-ve"):
             problems[name] = mixture_rows(name.endswith("-ve"), args)
-        elif name == "digits":
-            problems[name] = digits_rows(args)
+        elif name in ("digits", "digits-ve"):
+            problems[name] = digits_rows(args, name)
         else:
             raise SystemExit(f"unknown problem {name!r}")
-        write(args.out, command, problems, time.perf_counter() - t0)  # after each problem: a cut run keeps its rows
+        # after each problem: a cut run keeps its rows
+        write(args.out, command, problems, time.perf_counter() - t0, args.tag)
 
 
-def write(out, command, problems, seconds):
+def write(out, command, problems, seconds, tag=""):
     import platform
     results = dict(command=command, date=datetime.date.today().isoformat(),
                    machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU",
                    seconds=seconds, problems=problems)
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "tolerance.json.tmp"), "w") as f:
+    with open(os.path.join(out, f"tolerance{tag}.json.tmp"), "w") as f:
         json.dump(results, f, indent=1)
-    os.replace(os.path.join(out, "tolerance.json.tmp"), os.path.join(out, "tolerance.json"))
-    with open(os.path.join(out, "tolerance.md.tmp"), "w") as f:
+    os.replace(os.path.join(out, f"tolerance{tag}.json.tmp"), os.path.join(out, f"tolerance{tag}.json"))
+    with open(os.path.join(out, f"tolerance{tag}.md.tmp"), "w") as f:
         f.write(render(results, command))
-    os.replace(os.path.join(out, "tolerance.md.tmp"), os.path.join(out, "tolerance.md"))
+    os.replace(os.path.join(out, f"tolerance{tag}.md.tmp"), os.path.join(out, f"tolerance{tag}.md"))
     print(render(results, command))
 
 
