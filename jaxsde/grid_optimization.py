@@ -59,7 +59,15 @@ class GridOptimization(NamedTuple):
     per iteration. ``teacher_nfe``: the mean
     score evaluations per teacher sample; ``student_nfe``: the solver's per sample (one
     training iteration costs ``student_nfe`` forward evaluations per training draw, plus their
-    reverse-mode derivatives)."""
+    reverse-mode derivatives).
+
+    What the optimization clipped or fell back on (none of it raises): ``nonfinite_gradients``, the
+    gradient entries that were non-finite and set to 0 before the Adam update, summed over the
+    iterations; ``scale_fallback``, True when the robust objective's scale (the median distance on the
+    starting grid) was not a positive finite number and 1.0 was used instead; ``failed_solves``, the
+    student solves of training draws whose result code was not success, summed over the iterations;
+    ``final_failed_solves``, those on the returned grid (training and validation draws). A failed
+    solve's distance is that of its last finite state, so the losses alone do not show it."""
 
     times: tuple[float, ...]
     initial_times: tuple[float, ...]
@@ -70,6 +78,10 @@ class GridOptimization(NamedTuple):
     history: np.ndarray
     teacher_nfe: float
     student_nfe: int
+    nonfinite_gradients: int
+    scale_fallback: bool
+    failed_solves: int
+    final_failed_solves: int
 
 
 def grid_params(sde: SDE, times: Array) -> Array:
@@ -144,8 +156,8 @@ def _check(solver: Any, x_T: Any, teacher: Any, iterations: int, learning_rate: 
         raise ValueError("x_T must be a batch of prior draws shaped (n, *sample_shape) with n >= 1")
     if teacher is not None and tuple(teacher.shape) != tuple(x_T.shape):
         raise ValueError(f"teacher must be shaped like x_T {tuple(x_T.shape)}, got {tuple(teacher.shape)}")
-    if not (isinstance(iterations, int) and iterations >= 0):
-        raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
+    if not (isinstance(iterations, int) and iterations >= 1):
+        raise ValueError(f"iterations must be an integer >= 1 (the number of Adam updates), got {iterations!r}")
     if not (learning_rate > 0 and math.isfinite(learning_rate)):
         raise ValueError(f"learning_rate must be a positive finite number, got {learning_rate!r}")
 
@@ -176,7 +188,7 @@ def optimize_grid(
       teacher: the target samples from ``x_T`` (same shape); default: :func:`teacher_samples`.
       validation: held-out draws ``x_T`` or ``(x_T, teacher)``; the losses of the starting and the
         optimized grid on them are reported.
-      iterations: Adam iterations on the full training batch.
+      iterations: Adam iterations on the full training batch (at least 1).
       learning_rate: Adam's step size (on the log of the log-SNR increments).
       denoise: compare after the driver's final denoising step (as ``solve(denoise=True)``).
       distance: ``distance(x, y) -> scalar >= 0`` for one pair of samples; default the mean squared
@@ -202,21 +214,24 @@ def optimize_grid(
         teacher_nfe = float("nan")
     start = p.solver.schedule.init(sde, jnp.asarray(p.t_start, dtype), jnp.asarray(p.t_end, dtype), dtype).grid
 
-    def distances(times: Array, xs: Array, targets: Array) -> Array:
-        out = jax.vmap(lambda x: solve_on_grid(sde, score, solver, times, x, denoise=denoise).x)(xs)
-        return jax.vmap(distance)(out, targets)
+    def distances(times: Array, xs: Array, targets: Array) -> tuple[Array, Array]:
+        """Per-draw distances to the targets and the number of failed student solves."""
+        sol = jax.vmap(lambda x: solve_on_grid(sde, score, solver, times, x, denoise=denoise))(xs)
+        return jax.vmap(distance)(sol.x, targets), jnp.sum(sol.result != 0)
 
-    def loss_on(times: Array, xs: Array, targets: Array) -> Array:
-        return jnp.mean(distances(times, xs, targets))
+    def loss_on(times: Array, xs: Array, targets: Array) -> tuple[Array, Array]:
+        d, failed = distances(times, xs, targets)
+        return jnp.mean(d), failed
 
     # The robust objective's scale: the median per-sample distance on the starting grid.
-    scale = float(jnp.median(jax.jit(distances)(start, x_T, teacher))) if robust else 1.0
-    if not (scale > 0 and math.isfinite(scale)):
+    scale = float(jnp.median(jax.jit(distances)(start, x_T, teacher)[0])) if robust else 1.0
+    scale_fallback = not (scale > 0 and math.isfinite(scale))
+    if scale_fallback:
         scale = 1.0
 
-    def objective(params: Array, xs: Array, targets: Array) -> Array:
-        d = distances(grid_from_params(sde, params, p.t_start, p.t_end), xs, targets)
-        return jnp.mean(jnp.log1p(d / scale)) if robust else jnp.mean(d)
+    def objective(params: Array, xs: Array, targets: Array) -> tuple[Array, Array]:
+        d, failed = distances(grid_from_params(sde, params, p.t_start, p.t_end), xs, targets)
+        return (jnp.mean(jnp.log1p(d / scale)) if robust else jnp.mean(d)), failed
 
     import optax  # imported here: `import jaxsde` does not load optax
 
@@ -225,27 +240,32 @@ def optimize_grid(
 
     @jax.jit
     def update(params, opt_state):
-        value, grad = jax.value_and_grad(objective)(params, x_T, teacher)
-        grad = jnp.where(jnp.isfinite(grad), grad, 0.0)
+        (value, failed), grad = jax.value_and_grad(objective, has_aux=True)(params, x_T, teacher)
+        finite = jnp.isfinite(grad)
+        grad = jnp.where(finite, grad, 0.0)
         updates, opt_state = opt.update(grad, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value
+        return optax.apply_updates(params, updates), opt_state, value, failed, jnp.sum(~finite)
 
     opt_state = opt.init(params)
     history = []
-    best, best_value = params, float(jax.jit(objective)(params, x_T, teacher))
+    failed_solves = nonfinite_gradients = 0
+    value_at = jax.jit(lambda params: objective(params, x_T, teacher)[0])
+    best, best_value = params, float(value_at(params))
     for _ in range(iterations):
-        new, opt_state, value = update(params, opt_state)
+        new, opt_state, value, failed, nonfinite = update(params, opt_state)
         value = float(value)  # the objective at ``params`` (before this update)
         history.append(value)
+        failed_solves += int(failed)
+        nonfinite_gradients += int(nonfinite)
         if math.isfinite(value) and value < best_value:
             best, best_value = params, value
         params = new
-    final = float(jax.jit(objective)(params, x_T, teacher)) if iterations else best_value
+    final = float(value_at(params))
     if math.isfinite(final) and final < best_value:
         best, best_value = params, final
     times = grid_from_params(sde, best, p.t_start, p.t_end)
     evaluate = jax.jit(loss_on)
-    best_loss, initial_loss = float(evaluate(times, x_T, teacher)), float(evaluate(start, x_T, teacher))
+    (best_loss, final_failed), (initial_loss, _) = evaluate(times, x_T, teacher), evaluate(start, x_T, teacher)
 
     val_loss = initial_val_loss = float("nan")
     if validation is not None:
@@ -253,11 +273,13 @@ def optimize_grid(
         xv = jnp.asarray(xv, dtype)
         if tv is None:
             tv, _ = teacher_samples(sde, score, xv, tolerance=teacher_tolerance, denoise=denoise)
-        val_loss, initial_val_loss = float(evaluate(times, xv, tv)), float(evaluate(start, xv, tv))
+        (val_loss, val_failed), (initial_val_loss, _) = evaluate(times, xv, tv), evaluate(start, xv, tv)
+        final_failed += val_failed
     nfe = solve_on_grid(sde, score, solver, start, x_T[0], denoise=denoise).stats.nfe
     return GridOptimization(
         times=tuple(float(t) for t in np.asarray(times, np.float64)),
         initial_times=tuple(float(t) for t in np.asarray(start, np.float64)),
-        loss=best_loss, initial_loss=initial_loss, validation_loss=val_loss,
-        initial_validation_loss=initial_val_loss, history=np.asarray(history), teacher_nfe=teacher_nfe,
-        student_nfe=int(nfe))
+        loss=float(best_loss), initial_loss=float(initial_loss), validation_loss=float(val_loss),
+        initial_validation_loss=float(initial_val_loss), history=np.asarray(history), teacher_nfe=teacher_nfe,
+        student_nfe=int(nfe), nonfinite_gradients=nonfinite_gradients, scale_fallback=scale_fallback,
+        failed_solves=failed_solves, final_failed_solves=int(final_failed))

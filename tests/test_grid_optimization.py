@@ -139,7 +139,54 @@ def test_bad_input_is_refused():
         jaxsde.optimize_grid(sde, score, jaxsde.DDIM(3), jnp.zeros(()))
     with pytest.raises(ValueError, match="teacher must be shaped like x_T"):
         jaxsde.optimize_grid(sde, score, jaxsde.DDIM(3), x, teacher=x[:2])
-    with pytest.raises(ValueError, match="iterations"):
-        jaxsde.optimize_grid(sde, score, jaxsde.DDIM(3), x, teacher=x, iterations=-1)
+    for iterations in (-1, 0):
+        with pytest.raises(ValueError, match="iterations must be an integer >= 1"):
+            jaxsde.optimize_grid(sde, score, jaxsde.DDIM(3), x, teacher=x, iterations=iterations)
     with pytest.raises(ValueError, match="learning_rate"):
         jaxsde.optimize_grid(sde, score, jaxsde.DDIM(3), x, teacher=x, learning_rate=0.0)
+
+
+def test_clean_run_reports_nothing_clipped():
+    sde = jaxsde.VPSDE()
+    score = gaussian_score(sde, MU, S)
+    x = draws(sde, 5, 6)
+    res = jaxsde.optimize_grid(sde, score, jaxsde.DDIM(3), x, teacher=jnp.asarray(exact_flow(sde, x), jnp.float32),
+                               iterations=2)
+    assert (res.nonfinite_gradients, res.scale_fallback, res.failed_solves, res.final_failed_solves) == (0, False, 0, 0)
+
+
+def test_failed_solves_and_zeroed_gradients_are_counted():
+    """One training draw (and one validation draw) sits where the score is NaN: its solve fails on every
+    iteration, its distance is that of its last finite state (x_T), and the gradient through it is NaN, so
+    every one of the 3 gradient entries is zeroed on every iteration."""
+    sde = jaxsde.VPSDE()
+    exact = gaussian_score(sde, MU, S)
+
+    def score(x, t):
+        return jnp.where(jnp.abs(x[0]) > 10.0, jnp.nan, exact(x, t))
+
+    x = draws(sde, 6, 5).at[2, 0].set(50.0)
+    xv = draws(sde, 7, 4).at[0, 0].set(-50.0)
+    as_teacher = lambda x_T: jnp.asarray(exact_flow(sde, x_T), jnp.float32)  # noqa: E731
+    res = jaxsde.optimize_grid(sde, score, jaxsde.DDIM(3), x, teacher=as_teacher(x),
+                               validation=(xv, as_teacher(xv)), iterations=4)
+    assert res.failed_solves == 4 and res.final_failed_solves == 2
+    assert res.nonfinite_gradients == 4 * 3
+    np.testing.assert_allclose(res.times, res.initial_times, rtol=1e-6)  # no update moved the grid
+    assert not res.scale_fallback
+
+
+def test_robust_scale_falls_back_to_one_when_the_median_distance_is_zero():
+    """A hinge distance that is 0 for all but one draw: the median is 0, so the robust objective divides by
+    1.0 instead, and says so (the objective before the first update is then ``mean(log1p(d))``)."""
+    sde = jaxsde.VPSDE()
+    score = gaussian_score(sde, MU, S)
+    x = draws(sde, 8, 5)
+    teacher = jnp.asarray(exact_flow(sde, x), jnp.float32).at[0].add(5.0)
+    hinge = lambda a, b: jnp.maximum(jnp.max(jnp.abs(a - b)) - 1.0, 0.0)  # noqa: E731
+    res = jaxsde.optimize_grid(sde, score, jaxsde.DDIM(3), x, teacher=teacher, distance=hinge, iterations=1)
+    sol = jaxsde.solve_batch(jax.random.split(jax.random.PRNGKey(0), 5), sde, score, jaxsde.DDIM(3), x)
+    d = np.maximum(np.max(np.abs(np.asarray(sol.x) - np.asarray(teacher)), axis=1) - 1.0, 0.0)
+    assert np.median(d) == 0 and d[0] > 0
+    assert res.scale_fallback
+    np.testing.assert_allclose(res.history[0], np.mean(np.log1p(d)), rtol=1e-5)
