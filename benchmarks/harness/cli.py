@@ -1,0 +1,79 @@
+"""``python -m benchmarks list | run NAME [options] | report [--out DIR]``."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import importlib
+import json
+import os
+import pkgutil
+from types import ModuleType
+
+from .. import suites
+from .writer import RESULTS, Context, render
+
+
+def names() -> list[str]:
+    return sorted(m.name for m in pkgutil.iter_modules(suites.__path__) if not m.name.startswith("_"))
+
+
+def load(name: str) -> ModuleType:
+    if name not in names():
+        raise SystemExit(f"unknown suite {name!r}; `python -m benchmarks list` names them: {', '.join(names())}")
+    return importlib.import_module(f"{suites.__name__}.{name}")
+
+
+def summary(name: str) -> str:
+    """A suite's one-line description, read without importing it (suites import heavy peers)."""
+    import ast
+
+    with open(os.path.join(suites.__path__[0], name + ".py")) as f:
+        doc = ast.get_docstring(ast.parse(f.read())) or ""
+    return doc.splitlines()[0] if doc else ""
+
+
+def run(name: str, argv: list[str]) -> None:
+    suite = load(name)
+    parser = argparse.ArgumentParser(prog=f"python -m benchmarks run {name}", description=suite.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=RESULTS, help="output folder (default benchmarks/results)")
+    suite.arguments(parser)
+    args = parser.parse_args(argv)
+    ctx = Context(suite, name, list(argv), args.out)
+    print(f"reproduce with: {ctx.command}", flush=True)
+    suite.run(args, ctx)
+
+
+def report(out: str) -> int:
+    """Re-render the ``.md`` / ``.png`` of every ``.json`` in ``out`` that a suite with ``render`` stored."""
+    done = 0
+    for path in sorted(glob.glob(os.path.join(out, "*.json"))):
+        with open(path) as f:
+            data = json.load(f)
+        name = data.get("suite") if isinstance(data, dict) else None
+        if name in names() and hasattr(suite := load(name), "render"):
+            render(suite, data, path[:-len(".json")])
+            done += 1
+    print(f"re-rendered {done} results from {out}")
+    return done
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["run"] and len(argv) >= 2 and not argv[1].startswith("-"):
+        run(argv[1], argv[2:])
+        return 0
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="the suites")
+    sub.add_parser("run", help="run NAME [options] (run NAME --help)").add_argument("name")
+    sub.add_parser("report", help="re-render .md/.png from the stored .json").add_argument("--out", default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.cmd == "list":
+        for name in names():
+            print(f"{name:24s} {summary(name)}")
+    elif args.cmd == "run":
+        run(args.name, [])
+    else:
+        report(args.out)
+    return 0

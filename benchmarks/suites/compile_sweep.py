@@ -1,0 +1,91 @@
+"""Compilations of a settings sweep under one ``jax.jit``, solver passed as an argument (digits U-Net).
+
+    python benchmarks/compile_sweep.py [--n 64] [--out benchmarks/results] [--tag NAME]
+
+One jitted function ``run(solver, key) -> jaxsde.sample(key, sde, score, solver, shape, n).x`` on the
+embedded digits model (CPU), called in turn with GGF at 5 ``rtol`` values, ``AdaptiveMultistepSolver``
+at 3 ``rtol`` values, DDIM at 3 ``eta > 0`` values and DPM-Solver++ (10 steps) on 3 custom grids. For
+each sweep: how many times ``run`` was traced (one trace = one compilation), the wall time of each
+call (the first of a new program includes its compilation) and the wall time of a second call with
+the same value (run only). It uses only the public API, so the same command run on an older checkout
+measures that version (``--tag`` names the results file: ``compile_sweep[_TAG].{md,json}``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import time
+
+import jax
+
+import jaxsde
+
+SWEEPS = {
+    "GottaGoFast rtol": (lambda r: jaxsde.GottaGoFast(rtol=r), (0.1, 0.05, 0.02, 0.01, 0.005)),
+    "AdaptiveMultistepSolver rtol": (lambda r: jaxsde.AdaptiveMultistepSolver(rtol=r), (0.1, 0.03, 0.01)),
+    "DDIM eta": (lambda e: jaxsde.DDIM(20, eta=e), (0.25, 0.5, 1.0)),
+}
+
+
+def grid_sweep(sde):
+    grids = tuple(tuple(float(t) for t in jaxsde.time_grid(sde, 10, kind)) for kind in ("logsnr", "uniform", "edm"))
+    return (lambda g: jaxsde.DPMSolverPP(10, grid=g), grids)
+
+
+def arguments(parser):
+    parser.add_argument("--n", type=int, default=64)
+    parser.add_argument("--tag", default="")
+
+
+def run(args, ctx):
+    command = ctx.command
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    print(f"reproduce with: {command} (at {commit})", flush=True)
+    ckpt = jaxsde.pretrained("digits")
+    score = ckpt.score_fn(ckpt.params)
+    sweeps = dict(SWEEPS, **{"DPMSolverPP grid": grid_sweep(ckpt.sde)})
+    rows = []
+    for name, (make, values) in sweeps.items():
+        traces = []
+
+        @jax.jit
+        def run(solver, key, traces=traces):
+            traces.append(1)
+            return jaxsde.sample(key, ckpt.sde, score, solver, ckpt.shape, args.n).x
+
+        first, again = [], []
+        for v in values:
+            t0 = time.perf_counter()
+            jax.block_until_ready(run(make(v), jax.random.PRNGKey(0)))
+            first.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            jax.block_until_ready(run(make(v), jax.random.PRNGKey(0)))
+            again.append(time.perf_counter() - t0)
+        rows.append(dict(sweep=name, values=[str(v) if isinstance(v, tuple) else v for v in values],
+                         compilations=len(traces), first_call_s=first, run_s=again,
+                         total_s=sum(first), compile_s_estimate=sum(f - a for f, a in zip(first, again, strict=True))))
+        print(f"{name}: {len(traces)} compilation(s) for {len(values)} values; first calls "
+              + ", ".join(f"{f:.2f}" for f in first) + " s; runs " + ", ".join(f"{a:.2f}" for a in again) + " s",
+              flush=True)
+    results = dict(command=command, commit=commit, date=datetime.date.today().isoformat(),
+                   machine=f"{platform.machine()}, {os.cpu_count()} cores, CPU, jax {jax.__version__}", n=args.n,
+                   rows=rows)
+    name = "compile_sweep" + (f"_{args.tag}" if args.tag else "")
+    os.makedirs(args.out, exist_ok=True)
+    lines = [f"# Compilations of a settings sweep (digits, n = {args.n})", "",
+             f"Reproduce: `{command}` at commit {commit}.", "", f"{results['date']}, {results['machine']}.", "",
+             "| sweep | values | compilations | sum of first calls (s) | sum of (first - second call) (s) | "
+             "second calls (s) |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['sweep']} | {len(r['values'])} | {r['compilations']} | {r['total_s']:.1f} | "
+                     f"{r['compile_s_estimate']:.1f} | " + ", ".join(f"{a:.2f}" for a in r["run_s"]) + " |")
+    for ext, text in (("json", json.dumps(results, indent=1)), ("md", "\n".join(lines) + "\n")):
+        path = os.path.join(args.out, f"{name}.{ext}")
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+    print("\n".join(lines))

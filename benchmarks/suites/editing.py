@@ -1,0 +1,691 @@
+"""Spatially sparse editing (jaxsde.sparse) vs the dense network, per sampling step, on CPU.
+
+    python benchmarks/editing.py [--size 64] [--rounds 9] [--quick] [--out benchmarks/results]
+    python benchmarks/editing.py --size 256 --blocks 8 4 --fractions 0 0.01 0.05 0.10 0.25 --rounds 5 \
+        --dilate --large-size 0 --ddpm 0 --name editing_256 --out benchmarks/results
+
+A DigitsUNet of the embedded "large" configuration (channels (32, 96), 2 blocks per level,
+1.49M parameters) with random weights, at ``--size`` x ``--size`` pixels. For square edits of
+1, 5, 10 and 25% of the image (placed off the tile grid; the edit negates the pixels), the
+per-step cost of one network evaluation (the only non-elementwise work of a DDIM step):
+
+* **dense**: ``SparseUNet.apply`` (= ``model.apply`` on one sample);
+* **sparse**, ``SparseUNet.apply_sparse`` with the original image's cache of the same step and
+  three plans (tiles of ``--blocks`` pixels per level): ``input`` (every layer recomputes the
+  edit mask's tiles; an approximation), ``exact`` (receptive-field-exact, roi = the edit mask:
+  exact on the edited pixels up to the GroupNorm statistics, the original's output elsewhere)
+  and ``exact-all`` (receptive-field-exact on every pixel).
+
+Wall time: every program compiled and warmed up first, then ``--rounds`` interleaved rounds
+(dense and the three plans, the order rotating each round); median over rounds (and the
+median of the per-round dense/sparse ratios). FLOPs: XLA's ``cost_analysis()`` of the compiled
+programs (deterministic). Memory: bytes of one step's cache (every layer output and GroupNorm
+statistics) and for a 50-step DDIM edit. Accuracy, for ``stats="reuse"`` and
+``"recompute"``: max abs and relative L2 error of the output (eps) vs the TRUE dense network on
+the edited image, on the edited pixels and on all pixels; max |sparse - masked-dense| (engine
+exactness); for the exact plans, the error vs the dense network with the original's GroupNorm
+statistics (``apply_frozen``) on the roi (exactness of the receptive-field propagation). Also:
+the input plan's error vs mask dilation at ~5%, and the input / exact plans at
+``--large-size`` (128) for 1 and 5%, and the DDPM UNet2D in google/ddpm-cifar10-32's layout
+(35.7M parameters, random weights, attention at 16x16) at 32x32 with the input and exact
+plans (``--ddpm 0`` skips it). The paper's figures (SIGE, Li et al. NeurIPS 2022) are
+printed beside ours, labelled as the paper's. Writes ``OUT/NAME.json`` and ``OUT/NAME.md``
+(``--name``, default ``editing``).
+
+``--sdedit-steps N`` adds whole ``sparse_sdedit`` trajectories (DDIM(N), the exact plan at
+``--sdedit-fractions``): the jitted ``lax.scan`` vs the eager Python loop over the pre-padded,
+donated step caches (in place).
+
+Options for larger images (the second command above): ``--variants`` picks the plans, a
+fraction ``0`` is a one-pixel edit (the sparse call's fixed cost), ``--dilate`` with no value
+skips the dilation table, ``--per-octave`` / ``--layer-dense-above`` tune the exact plans
+(``SparseUNet.plan``'s arguments). For the exact plans the markdown also decomposes the plan's
+estimated convolution work (fraction of dense): *ideal* (only the changed-and-needed pixels of
+every layer), *tiles* (whole active tiles), *bucketed* (tile counts padded to buckets and layers
+above ``layer_dense_above`` computed densely, = ``plan.work``), with the share of the bucketed
+work at the low-resolution level, beside XLA's FLOPs ratio and the measured wall-time ratio.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsde.models.ddpm_unet import ddpm_cifar10
+from jaxsde.models.unet import SIZES, DigitsUNet
+from jaxsde.sparse import PAD, SparseUNet, cache_bytes, propagate, random_params
+
+PAPER = {
+    "source": "SIGE (Li et al., NeurIPS 2022), https://www.cs.cmu.edu/~sige/ — the paper's figures, not ours",
+    "edited_area_percent": 1.2,
+    "ddim_compute_reduction": 7.5,
+    "ddim_latency_speedup_rtx3090": 3.0,
+    "ddim_latency_speedup_m1pro_cpu": 6.6,
+    "gaugan_compute_reduction": 18.0,
+}
+
+
+def flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    return float(cost.get("flops", float("nan")))
+
+
+def timed(f, *args):
+    w, c = time.perf_counter(), time.process_time()
+    jax.block_until_ready(f(*args))
+    return time.perf_counter() - w, time.process_time() - c
+
+
+def square_mask(size, frac, offset):
+    side = max(1, int(round(size * np.sqrt(frac))))
+    m = np.zeros((size, size), bool)
+    y0 = min(offset, size - side)
+    x0 = min(offset + 3, size - side)
+    m[y0:y0 + side, x0:x0 + side] = True
+    return m
+
+
+def _errors(y, ref, region):
+    d = np.abs(np.asarray(y) - np.asarray(ref))[region]
+    r = np.asarray(ref)[region]
+    return dict(max_abs=float(d.max()), rel_l2=float(np.linalg.norm(d) / np.linalg.norm(r)))
+
+
+def work_breakdown(net, mask, plan, roi):
+    """An exact plan's estimated convolution work as fractions of dense: ideal (changed & needed pixels),
+    whole active tiles, bucketed (= ``plan.work``), and the bucketed work's share per level."""
+    size = mask.shape[0]
+    graph = net.graph(mask.shape)
+    prop = propagate(graph, mask, mask if roi == "edit" else None)
+    ideal = tiles = bucketed = dense = 0.0
+    per_level, dense_level = np.zeros(net.levels), np.zeros(net.levels)
+    for L, (name, r, bucket), n in zip(graph.layers, plan.layers, plan.layer_counts, strict=True):
+        changed, needed = prop[name]
+        assert changed.shape[0] == size >> r and name == L["name"]
+        b2, kv = plan.blocks[r] ** 2, L.get("kv_cost", 0)
+        ideal += float((changed & needed).sum()) * L["cost"] + (kv if n else 0)
+        tiles += n * b2 * L["cost"] + (kv if n else 0)
+        w = bucket * b2 * L["cost"] + (kv if bucket else 0)
+        bucketed += w
+        per_level[r] += w
+        dense += changed.size * L["cost"] + kv
+        dense_level[r] += changed.size * L["cost"] + kv
+    dense_layers = sum(1 for (_, r, b) in plan.layers if b == plan.tile_total(r))
+    return dict(ideal=ideal / dense, tiles=tiles / dense, bucketed=bucketed / dense,
+                level_share=[float(v / bucketed) for v in per_level],
+                level_share_dense=[float(v / dense) for v in dense_level], dense_layers=dense_layers,
+                layers=len(plan.layers))
+
+
+VARIANTS = {
+    # name: (plan kwargs, description)
+    "input": (dict(mode="input"), "input mode: the edit mask's tiles at every layer (approximate)"),
+    "exact": (dict(mode="exact", roi="edit", dense_above=1.0), "exact, roi = edit: receptive-field-exact on the "
+              "edited pixels, output outside = the original's (sparse path forced: dense_above=1)"),
+    "exact-all": (dict(mode="exact", roi="all", dense_above=1.0), "exact, roi = all: receptive-field-exact on every "
+                  "pixel (sparse path forced)"),
+    "input-inplace": (dict(mode="input"), "the input plan on the in-place fast path: the cache stored pre-padded "
+                      "(`pad_cache`), `apply_sparse_inplace` jitted with it donated (the tiles written into the "
+                      "cached maps), the overwritten tiles saved before and restored after (`save_tiles` / "
+                      "`restore_tiles`, two more jitted calls, timed with it); output bitwise = `input`'s"),
+    "exact-inplace": (dict(mode="exact", roi="edit", dense_above=1.0), "the exact plan on the in-place fast path "
+                      "(as input-inplace); output bitwise = `exact`'s"),
+}
+
+
+def measure(net, params, size, blocks, fractions, variants, rounds, seed=0, channels=1, t=0.5, plan_kw=None):
+    """Rows of FLOPs, interleaved wall time and errors, one per (edited fraction, plan variant);
+    ``plan_kw`` (per_octave, layer_dense_above) goes to the exact plans."""
+    x = jax.random.normal(jax.random.PRNGKey(seed), (size, size, channels))
+    t = jnp.float32(t)
+    dense_c = jax.jit(net.apply).lower(params, x, t).compile()
+    dense_flops = flops(dense_c)
+    sparse = jax.jit(net.apply_sparse, static_argnums=5)
+    masked = jax.jit(net.apply_masked, static_argnums=5)
+    frozen = jax.jit(net.apply_frozen)
+    _, cache = jax.jit(net.record)(params, x, t)
+    # the in-place fast path: the cache padded once, donated to each call, its overwritten tiles restored
+    inplace = jax.jit(net.apply_sparse_inplace, static_argnums=5, donate_argnums=3)
+    save = jax.jit(net.save_tiles)
+    restore = jax.jit(net.restore_tiles, donate_argnums=0)
+    state = {"padded": jax.jit(net.pad_cache)(cache)} if any(v.endswith("-inplace") for v in variants) else {}
+
+    def run_inplace(step, plan):
+        saved = save(state["padded"], plan)
+        y, padded = step(params, x_edit, t, state["padded"], plan)
+        state["padded"] = restore(padded, plan, saved)
+        return y
+
+    maps = {k: v for k, v in cache.items() if not k.startswith("stats/")}
+    # one pass over the cache: every cached map padded by PAD (what apply_sparse does to the cache on each call)
+    cache_pass = jax.jit(lambda c: {k: jnp.pad(v, ((PAD, PAD), (PAD, PAD), (0, 0))) for k, v in c.items()})
+    cache_pass = cache_pass.lower(maps).compile()
+    rows = []
+    for frac in fractions:
+        mask = square_mask(size, frac, size // 3 + 1)
+        x_edit = jnp.where(mask[..., None], -x, x)
+        y_true = dense_c(params, x_edit, t)
+        y_frozen = frozen(params, x_edit, t, cache)
+        everywhere = np.ones_like(mask)
+        progs, frow = {}, []
+        for name in variants:
+            kw = VARIANTS[name][0]
+            if kw["mode"] == "exact" and plan_kw:
+                kw = {**kw, **plan_kw}
+            tp = time.perf_counter()
+            plan = net.plan(mask, tuple(blocks), **kw)
+            plan_ms = 1e3 * (time.perf_counter() - tp)
+            tc = time.perf_counter()
+            if name.endswith("-inplace"):
+                comp = {s: inplace.lower(params, x_edit, t, state["padded"], plan, s).compile()
+                        for s in ("reuse", "recompute")}
+            else:
+                comp = {s: sparse.lower(params, x_edit, t, cache, plan, s).compile() for s in ("reuse", "recompute")}
+            compile_s = time.perf_counter() - tc
+            row = dict(edited_percent=100 * float(mask.mean()), edited_pixels=int(mask.sum()), plan=name, size=size,
+                       dense_fallback=plan.dense,
+                       active_tiles=list(plan.counts), bucketed_tiles=list(plan.buckets), tiles=list(plan.totals),
+                       active_pixel_percent=[100 * f for f in plan.fraction], plan_ms=plan_ms,
+                       compile_s=compile_s, flops_dense=dense_flops)
+            if plan.layers:
+                row["layer_tiles"] = list(plan.layer_counts)
+                row["layer_buckets"] = [b for (_, _, b) in plan.layers]
+                row["work_estimate"] = plan.work
+                row["default_dense_fallback"] = bool(net.plan(mask, tuple(blocks), **{**kw, "dense_above": None}).dense)
+                if hasattr(net.model, "channels"):  # the DigitsUNet (no attention): the work decomposition
+                    row["work_breakdown"] = work_breakdown(net, mask, plan, kw.get("roi"))
+            row["flops_sparse"] = flops(comp["reuse"])
+            row["flops_sparse_recompute"] = flops(comp["recompute"])
+            row["flop_ratio"] = dense_flops / row["flops_sparse"]
+            row["flop_ratio_recompute"] = dense_flops / row["flops_sparse_recompute"]
+            errs = {}
+            for s, c in comp.items():
+                if name.endswith("-inplace"):
+                    y = run_inplace(c, plan)
+                    ref = sparse(params, x_edit, t, cache, plan, s)
+                    row.setdefault("inplace_vs_apply_sparse_max_abs", {})[s] = float(jnp.max(jnp.abs(y - ref)))
+                else:
+                    y = c(params, x_edit, t, cache, plan)
+                e = dict(vs_true_edited=_errors(y, y_true, mask), vs_true_all=_errors(y, y_true, everywhere))
+                if not plan.dense:
+                    e["vs_masked_max_abs"] = float(jnp.max(jnp.abs(y - masked(params, x_edit, t, cache, plan, s))))
+                if s == "reuse":
+                    roi = mask if kw.get("roi") == "edit" else everywhere
+                    e["vs_frozen_roi"] = _errors(y, y_frozen, roi)
+                errs[s] = e
+            row["errors"] = errs
+            row["output_scale"] = float(jnp.max(jnp.abs(y_true)))
+            progs[name] = (comp["reuse"], plan)
+            frow.append(row)
+        # warm up, then interleaved rounds: dense and every variant, the order rotating
+        names = ["dense", "cache-pass", *progs]
+
+        def call(name, progs=progs, x_edit=x_edit):
+            if name == "dense":
+                return timed(dense_c, params, x_edit, t)
+            if name == "cache-pass":
+                return timed(cache_pass, maps)
+            c, plan = progs[name]
+            if name.endswith("-inplace"):  # save + in-place step + restore
+                return timed(lambda: (run_inplace(c, plan), state["padded"]))
+            return timed(c, params, x_edit, t, cache, plan)
+
+        for name in names:
+            call(name)
+        wall = {n: [] for n in names}
+        for r in range(rounds):
+            k = r % len(names)
+            for name in names[k:] + names[:k]:
+                wall[name].append(call(name)[0])
+        if state:  # the fast path's save / restore left the padded cache as recorded, bit for bit
+            restored = bool(all(jnp.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(net.unpad_cache(
+                state["padded"])), jax.tree_util.tree_leaves(cache), strict=True)))
+            assert restored, "the in-place path did not restore the cache"
+        for row in frow:
+            if row["plan"].endswith("-inplace"):
+                row["cache_restored"] = restored
+            d, s = np.asarray(wall["dense"]), np.asarray(wall[row["plan"]])
+            row["ms_dense_median"] = 1e3 * float(np.median(d))
+            row["ms_sparse_median"] = 1e3 * float(np.median(s))
+            row["ms_dense_min"] = 1e3 * float(d.min())
+            row["ms_sparse_min"] = 1e3 * float(s.min())
+            row["speedup_median"] = row["ms_dense_median"] / row["ms_sparse_median"]
+            row["speedup_min"] = row["ms_dense_min"] / row["ms_sparse_min"]
+            row["speedup_paired_median"] = float(np.median(d / s))
+            row["ms_cache_pass_median"] = 1e3 * float(np.median(wall["cache-pass"]))
+            rows.append(row)
+            e = {s: row["errors"][s]["vs_true_edited"]["rel_l2"] for s in ("reuse", "recompute")}
+            fz = row["errors"]["reuse"].get("vs_frozen_roi", {}).get("max_abs")
+            fz = "" if row["plan"].startswith("input") else f"; vs frozen on roi {fz:.1e}"
+            print(f"{size}px {_edited(row):>5s}% {row['plan']:9s}: FLOPs {row['flop_ratio']:.2f}x fewer; "
+                  f"{row['ms_dense_median']:.1f} -> {row['ms_sparse_median']:.1f} ms = {row['speedup_median']:.2f}x "
+                  f"(paired {row['speedup_paired_median']:.2f}x); rel L2 vs true on edited: reuse "
+                  f"{e['reuse']:.2e}, recompute {e['recompute']:.2e}{fz}", flush=True)
+    return rows, dense_flops, cache
+
+
+def dilation_rows(net, params, size, blocks, dilations, rounds, cache, dense_flops):
+    """The input plan vs dilation of the edit mask, at ~5% edited: errors vs the true and the frozen-stats
+    dense network (receptive-field error vs statistics), FLOPs, interleaved wall time."""
+    dilation = []
+    if not dilations:
+        return dilation
+    key = jax.random.PRNGKey(0)
+    x = jax.random.normal(key, (size, size, 1))
+    t = jnp.float32(0.5)
+    mask = square_mask(size, 0.05, size // 3 + 1)
+    x_edit = jnp.where(mask[..., None], -x, x)
+    dense_c = jax.jit(net.apply).lower(params, x_edit, t).compile()
+    y_true = dense_c(params, x_edit, t)
+    y_frozen = jax.jit(net.apply_frozen)(params, x_edit, t, cache)
+    sparse = jax.jit(net.apply_sparse)
+    progs = []
+    for d in dilations:
+        plan = net.plan(mask, tuple(blocks), dilate=d, dense_above=1.0)
+        c = sparse.lower(params, x_edit, t, cache, plan).compile()
+        y = c(params, x_edit, t, cache, plan)
+        true, frozen = _errors(y, y_true, mask), _errors(y, y_frozen, mask)
+        dilation.append(dict(dilate=d, active_pixel_percent=100 * plan.fraction[0], flop_ratio=dense_flops / flops(c),
+                             rel_err_vs_true_edited=true["rel_l2"], max_err_vs_true_edited=true["max_abs"],
+                             rel_err_vs_frozen_edited=frozen["rel_l2"], max_err_vs_frozen_edited=frozen["max_abs"]))
+        progs.append((c, plan))
+    wall = [[] for _ in range(len(progs) + 1)]
+    timed(dense_c, params, x_edit, t)
+    for c, plan in progs:
+        timed(c, params, x_edit, t, cache, plan)
+    for r in range(rounds):
+        order = list(range(len(progs) + 1))
+        order = order[r % len(order):] + order[:r % len(order)]
+        for i in order:
+            wall[i].append(timed(dense_c, params, x_edit, t)[0] if i == 0
+                           else timed(progs[i - 1][0], params, x_edit, t, cache, progs[i - 1][1])[0])
+    for i, row in enumerate(dilation):
+        row["ms_dense_median"] = 1e3 * float(np.median(wall[0]))
+        row["ms_sparse_median"] = 1e3 * float(np.median(wall[i + 1]))
+        row["speedup_median"] = row["ms_dense_median"] / row["ms_sparse_median"]
+        print(f"dilate {row['dilate']}: {row}", flush=True)
+    return dilation
+
+
+def sdedit_rows(net, params, size, blocks, fractions, steps, rounds, plan_kw=None):
+    """Whole SDEdit trajectories (``sparse_sdedit``, VPSDE, DDIM(``steps``), t0 = 0.5, the exact plan):
+    the dense edit and the sparse edit as one jitted ``lax.scan`` (cache an argument) vs the sparse edit's
+    eager Python loop (one jitted program per step, the pre-padded step caches donated, in place, the
+    overwritten tiles saved and restored); interleaved rounds, the recording pass excluded."""
+    import jaxsde
+    from jaxsde.sparse import StepPrograms, sparse_sdedit
+
+    x = jnp.tanh(jax.random.normal(jax.random.PRNGKey(0), (size, size, 1)))
+    sde, solver, key, t0 = jaxsde.VPSDE(), jaxsde.DDIM(steps), jax.random.PRNGKey(1), 0.5
+    rows = []
+    for frac in fractions:
+        mask = square_mask(size, frac, size // 3 + 1)
+        x_edit = jnp.where(mask[..., None], -x, x)
+        plan = net.plan(mask, tuple(blocks), mode="exact", dense_above=1.0, **(plan_kw or {}))
+
+        programs = StepPrograms()  # the python loop's step programs, compiled once for all rounds
+
+        def edit(p, c, mode, x_edit=x_edit, plan=plan, programs=programs):
+            return sparse_sdedit(key, sde, solver, net, p, x, x_edit, t0, plan, mode=mode, cache=c,
+                                 programs=programs)[0]
+
+        _, _, scache = jax.jit(lambda p, x_edit=x_edit, plan=plan: sparse_sdedit(
+            key, sde, solver, net, p, x, x_edit, t0, plan, mode="dense"))(params)
+        scan = {m: jax.jit(edit, static_argnums=2).lower(params, scache, m).compile() for m in ("dense", "sparse")}
+        _, _, pcache = sparse_sdedit(key, sde, solver, net, params, x, x_edit, t0, plan, mode="dense", loop="python")
+        y_scan = scan["sparse"](params, scache)
+        y_loop = edit(params, pcache, "sparse")
+        progs = {
+            "dense (scan)": lambda scan=scan, c=scache: timed(scan["dense"], params, c),
+            "sparse (scan)": lambda scan=scan, c=scache: timed(scan["sparse"], params, c),
+            "sparse (python loop, in place)": lambda edit=edit, c=pcache: timed(edit, params, c, "sparse"),
+        }
+        names = list(progs)
+        for n in names:
+            progs[n]()
+        wall = {n: [] for n in names}
+        for r in range(rounds):
+            k = r % len(names)
+            for n in names[k:] + names[:k]:
+                wall[n].append(progs[n]()[0])
+        d = np.asarray(wall["dense (scan)"])
+        row = dict(edited_percent=100 * float(mask.mean()), steps=steps, calls=steps + 1, work_estimate=plan.work,
+                   ms_median={n: 1e3 * float(np.median(wall[n])) for n in names},
+                   speedup_paired_median={n: float(np.median(d / np.asarray(wall[n]))) for n in names},
+                   max_abs_scan_vs_loop=float(jnp.max(jnp.abs(y_scan - y_loop))),
+                   output_scale=float(jnp.max(jnp.abs(y_scan))))
+        rows.append(row)
+        print(f"SDEdit {size}px {row['edited_percent']:.1f}% DDIM({steps}): " + "; ".join(
+            f"{n} {row['ms_median'][n]:.0f} ms ({row['speedup_paired_median'][n]:.2f}x)" for n in names)
+            + f"; max |scan - loop| {row['max_abs_scan_vs_loop']:.1e}", flush=True)
+        del scache, pcache, scan
+    return rows
+
+
+def arguments(parser):
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--blocks", type=int, nargs="+", default=[4, 4], help="tile size per level")
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.10, 0.25])
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps for the cache-memory figure")
+    parser.add_argument("--dilate", type=int, nargs="*", default=[0, 2, 4, 8],
+                    help="mask dilations (accuracy table); none: skip the table")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="plans to measure")
+    parser.add_argument("--per-octave", type=int, default=None, help="exact plans: sub-octave buckets (plan default 4)")
+    parser.add_argument("--layer-dense-above", type=float, default=None,
+                    help="exact plans: a layer above this fraction of its tiles is computed densely (plan default 0.5)")
+    parser.add_argument("--name", default="editing", help="output stem: OUT/NAME.json and OUT/NAME.md")
+    parser.add_argument("--large-size", type=int, default=128, help="second size for the input/exact plans (0: skip)")
+    parser.add_argument("--large-blocks", type=int, nargs="+", default=[8, 4])
+    parser.add_argument("--large-rounds", type=int, default=5)
+    parser.add_argument("--ddpm", type=int, default=1, help="1: also the DDPM UNet2D (ddpm-cifar10 layout) at 32x32")
+    parser.add_argument("--ddpm-blocks", type=int, nargs="+", default=[4, 4, 2, 2])
+    parser.add_argument("--ddpm-rounds", type=int, default=5)
+    parser.add_argument("--sdedit-steps", type=int, default=0,
+                    help="also whole sparse_sdedit trajectories with DDIM(N) (scan vs python loop) at --size for "
+                         "--sdedit-fractions; 0: skip")
+    parser.add_argument("--sdedit-fractions", type=float, nargs="+", default=[0.01, 0.05])
+    parser.add_argument("--quick", action="store_true", help="32x32, 3 rounds, no second size, no DDPM (a smoke run)")
+
+
+def run(args, ctx):
+    if args.quick:
+        args.size, args.rounds, args.large_size, args.ddpm = 32, 3, 0, 0
+    size = args.size
+    model = DigitsUNet(**SIZES["large"])
+    net = SparseUNet(model)
+    params = random_params(model, (1, size, size, 1))
+    nparams = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(params))
+    t0 = time.perf_counter()
+    plan_kw = {k: v for k, v in (("per_octave", args.per_octave), ("layer_dense_above", args.layer_dense_above))
+               if v is not None}
+    rows, dense_flops, cache = measure(net, params, size, args.blocks, args.fractions, args.variants, args.rounds,
+                                       plan_kw=plan_kw)
+    step_bytes = cache_bytes(cache)
+    print(f"DigitsUNet large ({nparams:,} params) at {size}x{size}; dense {dense_flops / 1e9:.3f} GFLOP per step; "
+          f"cache {step_bytes / 2**20:.2f} MiB per step ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    dilation = dilation_rows(net, params, size, args.blocks, args.dilate, args.rounds, cache, dense_flops)
+
+    sdedit = []
+    if args.sdedit_steps:
+        ts = time.perf_counter()
+        sdedit = sdedit_rows(net, params, size, args.blocks, args.sdedit_fractions, args.sdedit_steps, args.rounds,
+                             plan_kw)
+        print(f"sparse_sdedit trajectories: {time.perf_counter() - ts:.0f} s", flush=True)
+
+    large = []
+    if args.large_size:
+        t1 = time.perf_counter()
+        lp = random_params(model, (1, args.large_size, args.large_size, 1))
+        large, large_flops, _ = measure(net, lp, args.large_size, args.large_blocks, [0.01, 0.05],
+                                        ["input", "exact"], args.large_rounds)
+        print(f"{args.large_size}x{args.large_size}: {time.perf_counter() - t1:.0f} s", flush=True)
+
+    ddpm = []
+    if args.ddpm:
+        t2 = time.perf_counter()
+        dmodel = ddpm_cifar10()
+        dp = random_params(dmodel, (1, 32, 32, 3))
+        ddpm_params = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(dp))
+        ddpm, _, dcache = measure(SparseUNet(dmodel), dp, 32, args.ddpm_blocks, [0.01, 0.05, 0.10, 0.25],
+                                  ["input", "exact"], args.ddpm_rounds, channels=3, t=500.0)
+        ddpm_cache = cache_bytes(dcache)
+        print(f"DDPM UNet2D ({ddpm_params:,} params): {time.perf_counter() - t2:.0f} s", flush=True)
+
+    command = ctx.command
+    result = dict(
+        command=command.strip(), jax=jax.__version__, backend=jax.default_backend(), machine=platform.machine(),
+        cpus=os.cpu_count(), date=datetime.datetime.now().isoformat(timespec="seconds"),
+        model="DigitsUNet(**SIZES['large']), random weights", params=nparams, size=size, blocks=args.blocks,
+        rounds=args.rounds, fractions=args.fractions, plan_kw=plan_kw, cache_bytes_per_step=step_bytes,
+        cache_bytes_per_edit=step_bytes * (args.steps + 1), steps=args.steps, dense_flops=dense_flops,
+        rows=rows, dilation=dilation, sdedit=sdedit, large=large, large_size=args.large_size,
+        large_blocks=args.large_blocks,
+        large_rounds=args.large_rounds, variants={k: VARIANTS[k][1] for k in args.variants}, paper=PAPER,
+        ddpm=ddpm, ddpm_blocks=args.ddpm_blocks, ddpm_rounds=args.ddpm_rounds,
+        ddpm_params=ddpm_params if ddpm else None, ddpm_cache_bytes_per_step=ddpm_cache if ddpm else None,
+        seconds=time.perf_counter() - t0,
+    )
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, args.name + ".json"), "w") as f:
+            json.dump(result, f, indent=1)
+        with open(os.path.join(args.out, args.name + ".md"), "w") as f:
+            f.write(markdown(result))
+    return result
+
+
+def _edited(r):
+    return "1 px" if r.get("edited_pixels") == 1 else f"{r['edited_percent']:.1f}"
+
+
+def _work_table(rows):
+    """The exact plans' estimated work, decomposed (see the module docstring), beside FLOPs and wall time."""
+    rows = [r for r in rows if r.get("work_breakdown")]
+    if not rows:
+        return []
+    lines = [
+        "| edited % | plan | est. work: ideal | whole tiles | bucketed (plan.work) | share at low res. | dense "
+        "layers | XLA FLOPs / dense | wall / dense (paired median) | cache pass / dense |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        w = r["work_breakdown"]
+        cp = r.get("ms_cache_pass_median")
+        lines.append(
+            f"| {_edited(r)} | {r['plan']} | {w['ideal']:.3f} | {w['tiles']:.3f} | {w['bucketed']:.3f} | "
+            f"{100 * w['level_share'][-1]:.0f}% ({100 * w['level_share_dense'][-1]:.0f}%) | "
+            f"{w['dense_layers']} / {w['layers']} | {1 / r['flop_ratio']:.3f} | "
+            f"{1 / r['speedup_paired_median']:.3f} | "
+            f"{'' if cp is None else format(cp / r['ms_dense_median'], '.3f')} |")
+    return lines
+
+
+def _speed_table(rows):
+    lines = [
+        "| edited % | plan | active tiles (bucket) / tiles per level | est. work | GFLOP sparse | FLOPs fewer | "
+        "ms dense | ms sparse | speedup median (paired) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        tiles = ", ".join(f"{a} ({b}) / {c}" for a, b, c in zip(r["active_tiles"], r["bucketed_tiles"], r["tiles"],
+                                                                 strict=True))
+        if r.get("layer_tiles") is not None:
+            tiles = "union: " + tiles
+        work = f"{r['work_estimate']:.2f}" if r.get("work_estimate") is not None else ""
+        if r.get("default_dense_fallback"):
+            work += " (default: dense)"
+        lines.append(
+            f"| {_edited(r)} | {r['plan']} | {tiles}{' (dense fallback)' if r['dense_fallback'] else ''} "
+            f"| {work} | {r['flops_sparse'] / 1e9:.3f} | {r['flop_ratio']:.2f}x | {r['ms_dense_median']:.1f} | "
+            f"{r['ms_sparse_median']:.1f} | **{r['speedup_median']:.2f}x** ({r['speedup_paired_median']:.2f}x) |")
+    return lines
+
+
+def _error_table(rows):
+    lines = [
+        "| edited % | plan | stats | vs true dense, edited px: max abs / rel. L2 | vs true dense, all px: max abs / "
+        "rel. L2 | vs masked-dense (max abs) | vs frozen-stats dense on roi (max abs) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        for s in ("reuse", "recompute"):
+            e = r["errors"][s]
+            masked = e.get("vs_masked_max_abs")
+            frozen = e.get("vs_frozen_roi")
+            lines.append(
+                f"| {_edited(r)} | {r['plan']} | {s} | {e['vs_true_edited']['max_abs']:.2e} / "
+                f"{e['vs_true_edited']['rel_l2']:.2e} | {e['vs_true_all']['max_abs']:.2e} / "
+                f"{e['vs_true_all']['rel_l2']:.2e} | {'n/a (dense)' if masked is None else format(masked, '.1e')} | "
+                f"{'' if frozen is None or r['plan'].startswith('input') else format(frozen['max_abs'], '.1e')} |")
+    return lines
+
+
+def _inplace_note(rows):
+    rows = [r for r in rows if r["plan"].endswith("-inplace")]
+    if not rows:
+        return []
+    worst = max(v for r in rows for v in r["inplace_vs_apply_sparse_max_abs"].values())
+    return [
+        "The `-inplace` rows: the same plans on the in-place fast path (`SparseUNet.apply_sparse_inplace` on the "
+        "cache padded once, donated, plus `save_tiles` / `restore_tiles` before and after: three jitted calls per "
+        f"step, timed together). Max |in-place - `apply_sparse`| over all rows and both stats: {worst:.1e}; the "
+        f"padded cache after all the timed calls equals the recorded one bit for bit: "
+        f"{'yes' if all(r.get('cache_restored') for r in rows) else 'NO'}. The difference from the plain rows is "
+        "the sparse call's fixed cost: `apply_sparse` pads every cached map and writes each layer's tiles into a "
+        "full-size copy (a pass over the whole cache per call; *cache pass* below).",
+        "",
+    ]
+
+
+def _decomposition(res):
+    lines = _work_table(res["rows"])
+    if not lines:
+        return []
+    cp = [r["ms_cache_pass_median"] for r in res["rows"] if r.get("ms_cache_pass_median") is not None]
+    d = [r["ms_dense_median"] for r in res["rows"]]
+    return [
+        "Where the exact plans' time goes. Estimated convolution work as a fraction of dense: *ideal* = only the "
+        "pixels each layer must recompute (changed by the edit and needed by the roi), *whole tiles* = the "
+        "active tiles, *bucketed* = tile counts padded to buckets and layers above `layer_dense_above` computed "
+        "densely (the plan's own estimate); share at low res. = the bucketed work at the lowest-resolution level "
+        "(in parentheses: dense's). "
+        "Then XLA's FLOPs and the measured wall time as fractions of dense. *cache pass*: one pass over the "
+        "cached maps (padding every map by the engine's border, as `apply_sparse` does to the cache on each "
+        f"call; {res['cache_bytes_per_step'] / 2**20:.1f} MiB), timed in the same rounds: median "
+        f"{np.median(cp):.0f} ms vs dense {np.median(d):.0f} ms. A one-pixel edit (`1 px`) shows the sparse "
+        "call's fixed cost.",
+        "",
+        *lines,
+        "",
+    ]
+
+
+def markdown(res) -> str:
+    lines = [
+        "# Spatially sparse editing: sparse vs dense per sampling step (CPU)",
+        "",
+        f"Command: `{res['command']}` ({res.get('seconds', float('nan')):.0f} s)  ",
+        f"jax {res['jax']}, {res['backend']} / {res['machine']}, {res['cpus']} CPUs (shared with other jobs, loaded), "
+        f"{res['date']}; {res['model']} ({res['params']:,} params) at {res['size']}x{res['size']}, "
+        f"tiles {res['blocks']} px per level; {res['rounds']} interleaved rounds after a warm-up.",
+        "",
+        "Per step = one network evaluation (a DDIM step adds only elementwise work). Plans: "
+        + "; ".join(f"`{k}`: {v}" for k, v in res["variants"].items())
+        + ". Wall time: median over rounds (dense and every plan interleaved in each round), and the median of "
+        "the per-round ratios. FLOPs: XLA `cost_analysis()` of the compiled programs (stats=reuse). est. work: the "
+        "plan's own estimate of its convolution FLOPs / dense (bucketed tiles). Timings are on a shared, loaded "
+        "2-core machine: read the ratios, not the absolute milliseconds.",
+        "",
+        *_speed_table(res["rows"]),
+        "",
+        *_inplace_note(res["rows"]),
+        *_decomposition(res),
+        "Errors of the network output (eps; output scale max |eps| = "
+        f"{res['rows'][0]['output_scale']:.2f}). vs true dense: the dense network on the edited image. "
+        "vs masked-dense: the dense reference with the engine's semantics (engine exactness). vs frozen-stats "
+        "dense: the dense network with the original image's GroupNorm statistics (`apply_frozen`), on the "
+        "plan's roi (the edited pixels for `exact`, all pixels for `exact-all`): the exactness of the "
+        "receptive-field propagation. `exact` leaves the output outside the edit mask at the original's (by "
+        "design), so its all-pixel error is the edit's influence outside the mask.",
+        "",
+        *_error_table(res["rows"]),
+    ]
+    mib = res["cache_bytes_per_step"] / 2**20
+    lines += [
+        "",
+        f"Cache memory: {mib:.2f} MiB per step (every layer's output and GroupNorm statistics of the original "
+        f"image, float32); a {res['steps']}-step DDIM edit keeps {res['steps'] + 1} of them: "
+        f"{res['cache_bytes_per_edit'] / 2**20:.0f} MiB.",
+    ]
+    if res.get("dilation"):
+        lines += [
+            "",
+            "Input plan: approximation vs dilation of the edit mask (the ~5% edit; stats=reuse; active pixels at "
+            "level 0). Errors on the edited pixels vs the true dense network and vs the frozen-statistics dense "
+            "network (the latter is the receptive-field error alone; the exact plan's is 0). Wall time: "
+            f"{res['rounds']} interleaved rounds with dense.",
+            "",
+            "| dilate (px) | active pixels % | FLOPs fewer | speedup (median) | rel. L2 / max abs error vs true, "
+            "edited | rel. L2 / max abs error vs frozen-stats, edited |",
+            "|---|---|---|---|---|---|",
+            *[f"| {d['dilate']} | {d['active_pixel_percent']:.1f} | {d['flop_ratio']:.2f}x | "
+              f"{d['speedup_median']:.2f}x | {d['rel_err_vs_true_edited']:.2e} / {d['max_err_vs_true_edited']:.2e} | "
+              f"{d['rel_err_vs_frozen_edited']:.2e} / {d['max_err_vs_frozen_edited']:.2e} |"
+              for d in res.get("dilation", [])],
+        ]
+    if res.get("sdedit"):
+        sd = res["sdedit"]
+        names = list(sd[0]["ms_median"])
+        lines += [
+            "",
+            f"## Whole trajectories: `sparse_sdedit`, VPSDE, DDIM({sd[0]['steps']}) ({sd[0]['calls']} network calls), "
+            f"t0 = 0.5, the exact plan ({res['rounds']} interleaved rounds)",
+            "",
+            "`dense (scan)` and `sparse (scan)`: the edit as one jitted `lax.scan` over the grid, the stacked "
+            "per-step cache an argument (each step slices its cache out of the stack and `apply_sparse` pads it: "
+            "two passes over the step's cache). `sparse (python loop, in place)`: `sparse_sdedit` called eagerly "
+            "with a cache in the loop's layout (its default then, and for step caches of 16 MiB and up): a "
+            "Python loop of one jitted program per step over the pre-padded step caches, "
+            "donated and written in place, the overwritten tiles saved and restored (so the cache serves the "
+            "next edit); the compiled programs are reused across calls. The recording pass is not timed. "
+            "max |scan - loop|: the two edits' outputs (the two programs round differently).",
+            "",
+            "| edited % | " + " | ".join(f"ms {n}" for n in names) + " | " + " | ".join(
+                f"{n} vs dense (paired)" for n in names[1:]) + " | max abs scan - loop (output scale) |",
+            "|---|" + "---|" * (2 * len(names) - 1) + "---|",
+            *[f"| {r['edited_percent']:.1f} | " + " | ".join(f"{r['ms_median'][n]:.0f}" for n in names) + " | "
+              + " | ".join(f"**{r['speedup_paired_median'][n]:.2f}x**" for n in names[1:])
+              + f" | {r['max_abs_scan_vs_loop']:.1e} ({r['output_scale']:.2f}) |" for r in sd],
+        ]
+    if res.get("large"):
+        n = res["large_size"]
+        lines += [
+            "",
+            f"## {n}x{n}, tiles {res['large_blocks']} px per level ({res['large_rounds']} interleaved rounds)",
+            "",
+            "The exact plan's active region is the edit grown by the UNet's receptive field (38 px radius for this "
+            "network), so it pays off when the image is large compared with that radius.",
+            "",
+            *_speed_table(res["large"]),
+            "",
+            *_error_table(res["large"]),
+        ]
+    if res.get("ddpm"):
+        lines += [
+            "",
+            f"## DDPM UNet2D (google/ddpm-cifar10-32 layout, {res['ddpm_params']:,} params, random weights), 32x32x3, "
+            f"timestep 500, tiles {res['ddpm_blocks']} px per level ({res['ddpm_rounds']} interleaved rounds)",
+            "",
+            "Self-attention at 16x16 and in the 4x4 mid block: sparse queries (the active tiles) against keys and "
+            "values of the whole mixed map. Attention is global, so the exact plan recomputes every layer after the "
+            "first attention on the changed path everywhere (the 16x16..4x4 levels carry most of the FLOPs): it is "
+            "exact (vs frozen-stats dense: 0 on the edited pixels) but close to dense; the input plan is fast and "
+            f"approximate. Cache: {res['ddpm_cache_bytes_per_step'] / 2**20:.2f} MiB per step.",
+            "",
+            *_speed_table(res["ddpm"]),
+            "",
+            *_error_table(res["ddpm"]),
+        ]
+    lines += [
+        "",
+        "Target: >= 3x faster per step than dense at <= 5% edited area, identical results.",
+        "",
+        "**The paper's figures (SIGE, Li et al. NeurIPS 2022, https://www.cs.cmu.edu/~sige/; not measured here)**: "
+        f"at {PAPER['edited_area_percent']}% edited area, DDIM {PAPER['ddim_compute_reduction']}x less compute, "
+        f"{PAPER['ddim_latency_speedup_rtx3090']}x lower latency on an RTX 3090 and "
+        f"{PAPER['ddim_latency_speedup_m1pro_cpu']}x on an M1 Pro CPU (a 256x256 DDPM UNet with attention); "
+        f"GauGAN {PAPER['gaugan_compute_reduction']}x less compute.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,208 @@
+"""Classifier-free guidance on the class-conditional digits model: label accuracy and FD-digits vs weight.
+
+    python benchmarks/guidance.py [--per-class 100] [--weights 0,0.5,1,2,4] [--quick] [--out benchmarks/results]
+
+Model ``jaxsde.pretrained("digits-cond")``; guided score
+``jaxsde.guidance.classifier_free(ckpt.score, ckpt.null_cond, w)`` (one network call on the pair per
+evaluation). Every row samples ``10 * per_class`` digits, sample ``i`` with label ``i mod 10`` and key
+``fold_in(PRNGKey(seed), i)`` (the same keys and labels in every row), through ``jaxsde.sample(...,
+cond=labels)``. Quality, with the shipped clean FD-digits classifier:
+
+* ``accuracy``: the fraction of samples classified as their requested label;
+* ``fd``: FD-digits of all samples against the whole training set, with its bootstrap sd;
+* ``fd_class``: per-class FD-digits, the samples of label ``c`` against the training digits of
+  class ``c`` (reported: mean and max over classes); its floor is the held-out digits of class ``c``
+  (about 36 each) against the same, which at that n is itself large.
+
+Reference (same keys, unguided, EM): the unconditional embedded model ``"digits"`` and
+digits-cond's null class. Solvers: EM, GGF, DPM-Solver++ 2M and the adaptive exponential Adams
+integrator (stochastic, ``tau = 1``), each swept over the weights; EM-1000 at the weight
+``--em1000-weight`` (the accuracy check between GGF and EM-1000).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxsde
+from jaxsde.checkpoints.io import atomic_write
+from jaxsde.data import load_digits
+from jaxsde.testing.metrics.digits import DigitsMetrics
+
+SOLVERS = {
+    "EM-200": lambda: jaxsde.EulerMaruyama(200),
+    "GGF 0.05": lambda: jaxsde.GottaGoFast(rtol=0.05),
+    "DPM++2M 20": lambda: jaxsde.DPMSolverPP(19),
+    "AdaptiveMultistep-2 tau=1 0.3": lambda: jaxsde.AdaptiveMultistepSolver(order=2, tau=1.0, rtol=0.3,
+                                                                            atol=0.0078 * 0.3 / 0.05),
+}
+
+
+def sample_all(ckpt, score_of, solver, labels, seed: int, batch: int):
+    """Sample ``len(labels)`` digits (``labels`` None: unconditional) in chunks of ``batch``."""
+    n = len(labels) if labels is not None else batch
+
+    @jax.jit
+    def chunk(params, offset, cond):
+        return jaxsde.sample(jax.random.PRNGKey(seed), ckpt.sde, score_of(params), solver, ckpt.shape, batch,
+                             offset=offset, cond=cond)
+
+    padded = None if labels is None else np.concatenate([labels, np.zeros(batch, np.int32)])
+
+    def cond_at(start):
+        return None if padded is None else jnp.asarray(padded[start:start + batch])
+
+    t0 = time.perf_counter()
+    compiled = chunk.lower(ckpt.params, jnp.int32(0), cond_at(0)).compile()
+    compile_s = time.perf_counter() - t0
+    xs, nfes, fails = [], [], 0
+    t0 = time.perf_counter()
+    for start in range(0, n, batch):
+        sol = jax.block_until_ready(compiled(ckpt.params, jnp.int32(start), cond_at(start)))
+        take = min(batch, n - start)
+        xs.append(np.asarray(sol.x[:take]))
+        nfes.append(np.asarray(sol.stats.nfe[:take]))
+        fails += int(np.sum(np.asarray(sol.result[:take]) != 0))
+    return np.concatenate(xs), np.concatenate(nfes), fails, time.perf_counter() - t0, compile_s
+
+
+class ClassQuality:
+    """Label accuracy, overall and per-class FD-digits against the training digits."""
+
+    def __init__(self):
+        self.metrics = DigitsMetrics()
+        self.train_labels = load_digits("train", (0.0, 1.0)).labels
+        test = load_digits("test", (0.0, 1.0))
+        self.class_floor = [self.metrics.frechet(self.metrics.features(test.images[test.labels == c], (0.0, 1.0)),
+                                                 self._train(c)) for c in range(10)]
+
+    def _train(self, c: int) -> np.ndarray:
+        return self.metrics.train_features[self.train_labels == c]
+
+    def __call__(self, x: np.ndarray, labels: np.ndarray | None, data_range) -> dict:
+        feats = self.metrics.features(x, data_range)
+        out = dict(fd=self.metrics.frechet(feats, self.metrics.train_features),
+                   fd_std=self.metrics.fd_bootstrap_std(feats, 50))
+        if labels is not None:
+            predicted = np.argmax(self.metrics.probabilities(x, data_range), -1)
+            per_class = [self.metrics.frechet(feats[labels == c], self._train(c)) for c in range(10)]
+            out.update(accuracy=float(np.mean(predicted == labels)),
+                       accuracy_per_class=[float(np.mean(predicted[labels == c] == c)) for c in range(10)],
+                       fd_class=per_class, fd_class_mean=float(np.mean(per_class)),
+                       fd_class_max=float(np.max(per_class)))
+        return out
+
+
+def arguments(parser):
+    parser.add_argument("--per-class", type=int, default=100, help="samples per label (default 100)")
+    parser.add_argument("--weights", default="0,0.5,1,2,4", help="guidance weights w")
+    parser.add_argument("--solvers", default=",".join(SOLVERS), help=f"rows, from {list(SOLVERS)}")
+    parser.add_argument("--em1000-weight", type=float, default=1.0, help="weight of the EM-1000 row")
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 8 per class, w in {0, 2}, EM-20")
+
+
+def run(args, ctx):
+    command = ctx.command
+    per_class = 8 if args.quick else args.per_class
+    weights = [0.0, 2.0] if args.quick else [float(w) for w in args.weights.split(",")]
+    names = [s.strip() for s in args.solvers.split(",")]
+    unknown = [s for s in names if s not in SOLVERS]
+    if unknown:
+        ctx.error(f"unknown solvers {unknown}; choose from {list(SOLVERS)}")
+    solvers = {"EM-20": lambda: jaxsde.EulerMaruyama(20)} if args.quick else {k: SOLVERS[k] for k in names}
+    n = 10 * per_class
+    batch = min(args.batch, n)
+    labels = (np.arange(n) % 10).astype(np.int32)
+    ckpt = jaxsde.pretrained("digits-cond")
+    quality = ClassQuality()
+    rows = []
+
+    def record(kind, solver_name, w, x, nfe, fails, wall, compile_s, lab, data_range=ckpt.data_range):
+        row = dict(kind=kind, solver=solver_name, weight=w, n=len(x), mean_nfe=float(nfe.mean()),
+                   max_nfe=int(nfe.max()), failed=fails, wall_s=wall, compile_s=compile_s,
+                   **quality(x, lab, data_range))
+        rows.append(row)
+        acc = f"acc {100 * row['accuracy']:5.1f}%  FD/class mean {row['fd_class_mean']:6.2f} max " \
+              f"{row['fd_class_max']:6.2f}  " if "accuracy" in row else ""
+        print(f"{kind:12s} {solver_name:32s} w={w:4.1f}  NFE {row['mean_nfe']:6.1f}  {acc}FD {row['fd']:6.2f} +- "
+              f"{row['fd_std']:.2f}  wall {wall:6.1f}s  failed {fails}", flush=True)
+
+    em_ref = jaxsde.EulerMaruyama(20 if args.quick else 200)
+    uncond = jaxsde.pretrained("digits")
+    x, nfe, fails, wall, cs = sample_all(uncond, uncond.score_fn, em_ref, None, args.seed, n)
+    record("unconditional", f"digits EM-{em_ref.num_steps}", 0.0, x, nfe, fails, wall, cs, None, uncond.data_range)
+    null = np.full(n, int(ckpt.null_cond), np.int32)
+    x, nfe, fails, wall, cs = sample_all(ckpt, ckpt.score_fn, em_ref, null, args.seed, batch)
+    record("null class", f"digits-cond EM-{em_ref.num_steps}", 0.0, x, nfe, fails, wall, cs, None)
+
+    for solver_name, make in solvers.items():
+        for w in weights:
+            def score_of(params, w=w):
+                return jaxsde.guidance.classifier_free(ckpt.score_fn(params), ckpt.null_cond, w)
+
+            x, nfe, fails, wall, cs = sample_all(ckpt, score_of, make(), labels, args.seed, batch)
+            record("guided", solver_name, w, x, nfe, fails, wall, cs, labels)
+    if not args.quick:
+        w = args.em1000_weight
+
+        def score_of(params, w=w):
+            return jaxsde.guidance.classifier_free(ckpt.score_fn(params), ckpt.null_cond, w)
+
+        x, nfe, fails, wall, cs = sample_all(ckpt, score_of, jaxsde.EulerMaruyama(1000), labels, args.seed, batch)
+        record("guided", "EM-1000", w, x, nfe, fails, wall, cs, labels)
+
+    machine = dict(jax=jax.__version__, backend=jax.default_backend(), cpus=os.cpu_count(),
+                   date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), load=os.getloadavg())
+    reference = rows[0]
+    floor = dict(class_floor=quality.class_floor, class_floor_mean=float(np.mean(quality.class_floor)))
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, "guidance" + ("_quick" if args.quick else ""))
+    atomic_write(stem + ".json", json.dumps(dict(command=command, machine=machine, per_class=per_class,
+                                                 rows=rows, **floor), indent=1).encode())
+    lines = ["# Classifier-free guidance on digits-cond", "", f"Command: `{command}`", "",
+             f"{machine}; {per_class} samples per label (label i mod 10), seed {args.seed}, the same keys in "
+             f"every row. Accuracy: classified as the requested label by the clean FD-digits classifier. "
+             f"FD: FD-digits +- bootstrap sd against the training set; FD/class: label c's samples against the "
+             f"training digits of class c (mean and max over the 10 classes; the held-out digits' own per-class "
+             f"FD, about 36 per class, is {floor['class_floor_mean']:.2f} on average).", "",
+             f"Unconditional reference ({reference['solver']}): FD-digits {reference['fd']:.2f} +- "
+             f"{reference['fd_std']:.2f}; 2x that is {2 * reference['fd']:.2f}.", "",
+             "| solver | w | mean NFE | max NFE | accuracy | FD/class mean | FD/class max | FD | wall s | failed |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        acc = (f"{100 * r['accuracy']:.1f}% | {r['fd_class_mean']:.2f} | {r['fd_class_max']:.2f}"
+               if "accuracy" in r else "- | - | -")
+        lines.append(f"| {r['solver']} ({r['kind']}) | {r['weight']:g} | {r['mean_nfe']:.1f} | {r['max_nfe']} | "
+                     f"{acc} | {r['fd']:.2f} +- {r['fd_std']:.2f} | {r['wall_s']:.1f} | {r['failed']} |")
+    atomic_write(stem + ".md", ("\n".join(lines) + "\n").encode())
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for solver_name in {r["solver"] for r in rows if r["kind"] == "guided"}:
+            pts = sorted((r["weight"], r["fd"], r["accuracy"]) for r in rows
+                         if r["kind"] == "guided" and r["solver"] == solver_name)
+            ax.plot([p[1] for p in pts], [100 * p[2] for p in pts], marker="o", label=solver_name)
+            for w, fd, acc in pts:
+                ax.annotate(f"w={w:g}", (fd, 100 * acc), fontsize=7, textcoords="offset points", xytext=(3, 3))
+        ax.axvline(reference["fd"], ls="--", c="gray", label="unconditional model, EM")
+        ax.set_xlabel("FD-digits (all samples vs the training set; lower is better)")
+        ax.set_ylabel("label accuracy, %")
+        ax.set_title(f"digits-cond, classifier-free guidance, {per_class} per label")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(stem + ".png", dpi=100)
+    except Exception as err:  # noqa: BLE001 - the plot is optional
+        print(f"plot skipped: {err}")

@@ -1,0 +1,74 @@
+"""What ``import jaxsde`` costs on top of ``import jax``, and which heavy modules it loads.
+
+    python benchmarks/import_time.py [--compare OTHER_TREE] [--rounds 5] [--out benchmarks/results]
+
+Each measurement is a fresh interpreter that imports jax first, then times ``import jaxsde``
+from the given source tree (an editable install's finder is removed so the tree on the path is
+the one imported). ``--compare`` times a second tree (e.g. a ``git worktree`` of an older
+commit) in the same run, the two interleaved round by round; the medians are reported.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+from jaxsde.checkpoints.io import atomic_write
+
+from ..harness.machine import ROOT
+
+HEAVY = ("optax", "diffrax", "torch", "flax", "jaxsde.training", "jaxsde.sparse", "jaxsde.batching",
+         "jaxsde.generate")
+
+PROBE = """
+import sys, time, json
+root = sys.argv[1]
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+sys.path.insert(0, root)
+import jax, jax.numpy
+t = time.perf_counter()
+import jaxsde
+dt = time.perf_counter() - t
+assert jaxsde.__file__.startswith(root), jaxsde.__file__
+print(json.dumps({"s": dt, "loaded": sorted(m for m in HEAVY if m in sys.modules)}))
+"""
+
+
+def measure(root: str) -> dict:
+    code = PROBE.replace("HEAVY", repr(HEAVY))
+    out = subprocess.run([sys.executable, "-c", code, root], check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def arguments(parser):
+    parser.add_argument("--compare", default=None, help="a second source tree to time in the same run")
+    parser.add_argument("--rounds", type=int, default=5)
+
+
+def run(args, ctx):
+    command = ctx.command
+    here = ROOT
+    trees = {"this tree": here, **({"compared tree": os.path.abspath(args.compare)} if args.compare else {})}
+    runs = {name: [] for name in trees}
+    for _ in range(args.rounds):
+        for name, root in trees.items():
+            runs[name].append(measure(root))
+    rows = [dict(tree=name, root=trees[name], median_s=statistics.median(r["s"] for r in rs),
+                 all_s=[r["s"] for r in rs], loaded=rs[-1]["loaded"]) for name, rs in runs.items()]
+    for r in rows:
+        print(f"{r['tree']:14s} import jaxsde after jax: median {r['median_s']:.3f} s  loads {r['loaded']}")
+    date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    lines = ["# `import jaxsde` on top of `import jax`", "", f"Command: `{command}`", "",
+             f"{date}; {args.rounds} interleaved rounds, a fresh interpreter each; cpus {os.cpu_count()}.", "",
+             "| tree | median s | all s | heavy modules loaded |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['tree']} | {r['median_s']:.3f} | {', '.join(f'{v:.3f}' for v in r['all_s'])} | "
+                     f"{', '.join(r['loaded']) or 'none'} |")
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, "import_time")
+    atomic_write(stem + ".md", ("\n".join(lines) + "\n").encode())
+    atomic_write(stem + ".json", json.dumps(dict(command=command, date=date, rows=rows), indent=1).encode())

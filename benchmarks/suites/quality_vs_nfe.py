@@ -1,0 +1,896 @@
+"""Sample quality vs NFE for every solver, on exact Gaussian mixtures and on the embedded digits model.
+
+    nice python benchmarks/quality_vs_nfe.py [--quick] [--problems ring2,gmm32,digits] [--n 4000]
+        [--n-digits 300] [--digits-max-nfe 50] [--out benchmarks/results]
+    nice python benchmarks/quality_vs_nfe.py --digits-sweep10   # non-default settings at 10 NFE vs EM 200
+    python benchmarks/quality_vs_nfe.py --from-json benchmarks/results/quality_vs_nfe_*.json  # re-make tables
+
+Solvers (each at its default grid and options): DDIM (eta=0), DPM-Solver++ 2M and 3M, SA-Solver 3/4
+(tau = 1 on the middle 60% of the time, the default), ForwardValue (F-DDIM), EDM Heun (these are the
+fast samplers of issue 6), Euler-Maruyama, predictor-corrector (reverse diffusion + 1 Langevin step,
+snr 0.01), and the adaptive Gotta Go Fast (several rtol) and probability-flow ODE (dopri5, several
+tolerances). Fixed-step solvers get NFE budgets 5, 10, 20, 50, 100, 200 *including the final Tweedie
+denoising step* (``denoise=True`` for every solver): a 1-NFE-per-step solver takes ``B - 1`` steps,
+EDM Heun and PC (2 NFE per step) ``(B - 1) // 2`` (so their NFE is ``B`` or ``B - 1``). Adaptive
+solvers report the mean NFE they used.
+
+Problems:
+
+* ``ring2``: 8-mode ring in 2-D, VP SDE (``GaussianMixture.ring``); ``gmm32``: 10 random modes in
+  32-D, VP SDE (``GaussianMixture.random``). Quality: sliced W2 and MMD^2 against exact
+  (Tweedie-denoised ``p_eps``) samples, with their noise floor (an independent exact batch of the
+  same size, ``jaxsde.testing.metrics.quality_report``).
+* ``digits``: the embedded ``digits`` model (VP), FD-digits and KID against the training set
+  (``jaxsde.testing.metrics.digits``), with the real-vs-real floor and the bootstrap standard deviation of
+  FD at this n. On the shared 2-core CPU one sample-NFE of this U-Net costs 1-10 ms and each
+  configuration compiles for 10-50 s, so by default digits runs n=300, the fixed-step solvers up to
+  50 NFE (the deterministic ones sit at their PF-ODE limit by then, cf. the PF-ODE row) and EM, the
+  reference, up to 200; GGF at rtol 0.1 and the PF-ODE at tolerance 1e-3 (see benchmarks/digits.py
+  for more GGF/PF settings). ``--digits-max-nfe 200 --n-digits 1000`` runs the full grid.
+
+Every solver uses the same keys (sample i: ``fold_in(seed, i)``). Outputs
+``benchmarks/results/quality_vs_nfe_<problem>[_quick].{md,json,png}``.
+
+**The frontier** (issue 22, ``--frontier``)::
+
+    python benchmarks/quality_vs_nfe.py --frontier [--frontier-problems lowrank,lowrank-ve,gmm3072,gmm3072-ve,digits]
+        [--budgets 5,10,20] [--n-frontier N] [--samplers NAME,...]
+    python benchmarks/quality_vs_nfe.py --frontier --quick   # smoke test: lowrank, n = 64, NFE 5
+
+At each NFE budget B in {5, 10, 20}: every fixed-step sampler of jaxsde's registry (at its registry
+defaults, plus DPM-Solver++ 3M) and every fixed-schedule sampler of k-diffusion 0.1.1.post1, on the
+same score and the same prior draws, in one process. NFE counts the final denoising step on both
+sides. jaxsde: a sampler with k NFE per step (``solver.nfe_per_attempt``: 2 for EDM Heun and PC, 1
+for the others) takes ``(B - 1) // k`` steps plus the Tweedie step (NFE B, or B - 1 for k = 2 at an
+even B). k-diffusion: Karras sigmas (``get_sigmas_karras(steps, sigma_min, sigma_max)``, rho 7,
+sigma = sigma_t / alpha_t at the SDE's eps and T, then 0); its step to sigma 0 returns the denoised
+prediction with one call; a 1-call sampler takes B steps, a 2-call one (Heun, DPM-2, DPM++ SDE and
+2S ancestral) ``(B + 1) // 2`` (its last step is one call: NFE B or B - 1); ``sample_dpm_fast``
+gets ``n = B - 1`` and one final denoising call. NFE in the results is counted, not assumed.
+Problems (benchmarks/adaptive.py's targets, with their quality and 30-resample bootstrap sd):
+``lowrank`` (low-rank mixture, d = 256, whitened mode W2), ``gmm3072`` (8-mode ring, d = 3072,
+whitened mode-spread W2), both VP and, as ``-ve``, VE (the mixture mapped to [0, 1]), and ``digits``
+(the embedded VP model, FD-digits). Default n: 1000 on the mixtures, 300 on digits. Outputs
+``frontier_<problem>[_quick].{md,json,png}`` and ``frontier_summary.md`` (jaxsde's best vs
+k-diffusion's best per budget, over every ``frontier_*.json`` in ``--out``, the runs of the same draws pooled).
+
+``--tuned`` adds the deterministic multistep samplers (``TUNED_SAMPLERS``) on grids learned by
+``jaxsde.optimize_grid`` (robust objective, from the log-SNR grid) on calibration draws of seed ``seed + 1000``
+(256 on the mixtures, 32 on digits; 100 / 60 Adam iterations), never the evaluation draws; each row records the
+learned times, the losses and the calibration cost. k-diffusion's ``sample_lms`` also runs on the learned LMS
+grid (rows ``k-diffusion lms on tuned grid of ...``, not counted as k-diffusion's: it has no grid optimizer).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxsde
+import jaxsde.testing.metrics
+from jaxsde import driver
+from jaxsde.testing.targets import GaussianMixture
+
+from ..harness.select import parse_names, select
+
+BUDGETS = (5, 10, 20, 50, 100, 200)
+FAMILY_STYLE = {"DDIM": "o", "DPM++2M": "s", "DPM++3M": "^", "SA-Solver": "v", "ForwardValue": "<",
+                "EDMHeun": ">", "EM": "x", "PC": "+", "GGF": "D", "PF-ODE": "*"}
+
+
+def fixed_solvers(budget: int, snr: float):
+    """(family, solver) of the fixed-step solvers at an NFE budget (final Tweedie step included)."""
+    n1, n2 = budget - 1, (budget - 1) // 2
+    return [("DDIM", jaxsde.DDIM(n1)), ("DPM++2M", jaxsde.DPMSolverPP(n1, order=2)),
+            ("DPM++3M", jaxsde.DPMSolverPP(n1, order=3)), ("SA-Solver", jaxsde.SASolver(n1)),
+            ("ForwardValue", jaxsde.ForwardValue(n1)), ("EDMHeun", jaxsde.EDMHeun(n2)),
+            ("EM", jaxsde.EulerMaruyama(n1)), ("PC", jaxsde.PredictorCorrector(n2, snr=snr))]
+
+
+def adaptive_solvers(rtols, tols):
+    return ([("GGF", f"rtol={r}", jaxsde.GottaGoFast(rtol=r)) for r in rtols]
+            + [("PF-ODE", f"tol={t:g}", jaxsde.ProbabilityFlow(rtol=t, atol=t)) for t in tols])
+
+
+def run_solver(sde, score_fn, params, shape, solver, n, seed, batch):
+    """``n`` samples (chunks of ``batch``), mean/max NFE, failures, wall seconds (compile excluded)."""
+
+    @jax.jit
+    def chunk(p, offset):
+        return driver.sample(jax.random.PRNGKey(seed), sde, score_fn(p), solver, shape, batch, offset=offset)
+
+    t0 = time.perf_counter()
+    compiled = chunk.lower(params, jnp.int32(0)).compile()
+    compile_s = time.perf_counter() - t0
+    xs, nfes, fails = [], [], 0
+    t0 = time.perf_counter()
+    for start in range(0, n, batch):
+        sol = jax.block_until_ready(compiled(params, jnp.int32(start)))
+        xs.append(np.asarray(sol.x))
+        nfes.append(np.asarray(sol.stats.nfe))
+        fails += int(np.sum(np.asarray(sol.result) != 0))
+    wall = time.perf_counter() - t0
+    nfe = np.concatenate(nfes)[:n]
+    return np.concatenate(xs)[:n], float(nfe.mean()), int(nfe.max()), fails, wall, compile_s
+
+
+def make_problem(name: str):
+    """(sde, score_fn(params), params, shape, evaluate(x) -> dict, primary metric, floor key, info)."""
+    if name == "digits":
+        from jaxsde.testing.metrics.digits import DigitsMetrics
+
+        ckpt = jaxsde.pretrained("digits")
+        metrics = DigitsMetrics()
+
+        def evaluate(x):
+            r = metrics.report(x, ckpt.data_range, bootstrap=20)
+            return {k: float(v) for k, v in r.items()}
+
+        return ckpt.sde, ckpt.score_fn, ckpt.params, ckpt.shape, evaluate, "fd", "fd_floor", (
+            f"embedded model `{ckpt.name}` ({ckpt.config.get('sde')} SDE), FD-digits / KID vs the training set")
+    sde = jaxsde.VPSDE()
+    if name == "ring2":
+        mix = GaussianMixture.ring(8, (2,), radius=0.6, scale=0.05)
+        info = "8-mode ring in 2-D (radius 0.6, component std 0.05), VP SDE"
+    elif name == "gmm32":
+        mix = GaussianMixture.random(jax.random.PRNGKey(7), 10, (32,), scale=0.1)
+        info = "10 random modes in 32-D (component std 0.1), VP SDE"
+    else:
+        raise ValueError(f"unknown problem {name!r}")
+    key = jax.random.PRNGKey(123)
+
+    def evaluate(x):
+        r = jaxsde.testing.metrics.quality_report(key, mix, sde, x, denoise=True)
+        return {k: float(v) for k, v in r.items()}
+
+    return sde, lambda p: p.score(sde), mix, mix.shape, evaluate, "sw2", "sw2_floor", (
+        info + "; sliced W2 / MMD^2 vs exact Tweedie-denoised p_eps samples")
+
+
+def winners(rows, metric, budgets, floor, digits):
+    """For each budget: the fixed-step row with the lowest metric, and the rows tied with it.
+
+    Tied: within the metric's noise of the best, i.e. on the mixtures ``<= 1.25 x`` the exact-vs-exact
+    floor when the best is there too, on digits ``<= best + 2 sqrt(std_best^2 + std^2)`` with the
+    bootstrap standard deviations of FD.
+    """
+    out = {}
+    for b in budgets:
+        cands = [r for r in rows if r["budget"] == b and r["failed"] == 0 and np.isfinite(r[metric])]
+        if not cands:
+            continue
+        best = min(cands, key=lambda r: r[metric])
+        if digits:
+            sb = best.get("fd_std", 0.0)
+            tied = [r for r in cands if r[metric] <= best[metric] + 2.0 * float(np.hypot(sb, r.get("fd_std", 0.0)))]
+        else:
+            tied = [r for r in cands if r[metric] <= 1.25 * floor] if best[metric] <= 1.25 * floor else [best]
+        tied = sorted(tied, key=lambda r: r[metric])
+        out[str(b)] = {"solver": best["family"], metric: best[metric], "tied": [r["family"] for r in tied]}
+    return out
+
+
+def summarize_rows(rows, metric, floor, budgets, digits, quick):
+    summary = {"winners_by_budget": winners([r for r in rows if r["budget"] is not None], metric, budgets, floor,
+                                            digits)}
+    if digits and not quick:
+        em200 = next(r for r in rows if r["family"] == "EM" and r["budget"] == 200)
+        at10 = [r for r in rows if r["budget"] == 10 and r["family"] in ("DPM++2M", "DPM++3M", "SA-Solver",
+                                                                           "ForwardValue")]
+        b10 = min(at10, key=lambda r: r["fd"])
+        noise = 2.0 * float(np.hypot(b10.get("fd_std", 0.0), em200.get("fd_std", 0.0)))
+        summary["headline"] = dict(
+            best_fast_at_10=b10["family"], fd_best_fast_at_10=b10["fd"], fd_em200=em200["fd"],
+            two_sigma=noise, no_worse=bool(b10["fd"] <= em200["fd"]),
+            no_worse_within_noise=bool(b10["fd"] <= em200["fd"] + noise))
+    return summary
+
+
+def rewrite(path_json):
+    """Re-make the Markdown table and the plot of a finished run from its JSON (``--from-json``)."""
+    with open(path_json) as f:
+        res = json.load(f)
+    rows, metric, digits = res["rows"], res["metric"], res["problem"] == "digits"
+    budgets = sorted({r["budget"] for r in rows if r["budget"] is not None})
+    quick = path_json.endswith("_quick.json")
+    res["summary"] = summarize_rows(rows, metric, res["floor"], budgets, digits, quick)
+    with open(path_json, "w") as f:
+        json.dump(res, f, indent=1)
+    stem = path_json[: -len(".json")]
+    machine = {k: res["machine"][k] for k in ("jax", "backend", "cpus", "date")}
+    write_markdown(stem + ".md", res["problem"], res["info"], res["command"], machine, res["n"], metric, res["floor"],
+                   rows, budgets, res["summary"], digits, res["elapsed_s"])
+    plot(stem + ".png", res["problem"], res["n"], metric, res["floor"], rows)
+
+
+def arguments(parser):
+    parser.add_argument("--problems", default="ring2,gmm32,digits")
+    parser.add_argument("--n", type=int, default=4000, help="samples per solver on the mixtures")
+    parser.add_argument("--n-digits", type=int, default=300, help="samples per solver on digits")
+    parser.add_argument("--digits-max-nfe", type=int, default=50,
+                        help="largest NFE budget of the fixed-step solvers on digits, except EM (the reference, "
+                             "always up to 200)")
+    parser.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "jaxsde_xla"),
+                        help="persistent XLA compilation cache ('' to disable); re-runs skip most compiles")
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--quick", action="store_true", help="tiny n, budgets 5/10/20, few adaptive settings")
+    parser.add_argument("--from-json", nargs="*", default=None, metavar="JSON",
+                        help="only re-make the tables and plots of finished runs from their JSON files")
+    parser.add_argument("--digits-sweep10", action="store_true",
+                        help="only the 10-NFE variants on digits (grids, tau) vs EM 200, seeds 0 and 1")
+    parser.add_argument("--frontier", action="store_true",
+                        help="the frontier of issue 22: every fixed-budget sampler of jaxsde and of k-diffusion at "
+                             "NFE 5/10/20 on lowrank, gmm3072 (VP and VE) and digits; with --quick: lowrank, "
+                             "n = 64, NFE 5")
+    parser.add_argument("--frontier-problems", default="",
+                        help="--frontier: comma-separated subset of " + ",".join(FRONTIER_PROBLEMS))
+    parser.add_argument("--budgets", default="", help="--frontier: comma-separated NFE budgets (default 5,10,20)")
+    parser.add_argument("--n-frontier", type=int, default=0,
+                        help="--frontier: samples per sampler (default 1000 on the mixtures, 300 on digits)")
+    parser.add_argument("--samplers", default="",
+                        help="--frontier: comma-separated exact row names (e.g. 'unipc,k-diffusion lms')")
+    parser.add_argument("--seed", type=int, default=0, help="--frontier: the sampling seed")
+    parser.add_argument("--tag", default="", help="--frontier: results file suffix, frontier_<problem>_<tag>.*, "
+                        "for a partial or confirmation run (--samplers, --seed); frontier_summary.md merges a tagged "
+                        "file with the untagged one of the same draws (problem, n, seed)")
+    parser.add_argument("--tuned", action="store_true",
+                        help="--frontier: add the deterministic multistep samplers on grids learned by "
+                             "jaxsde.optimize_grid (rows '<name> tuned grid'), calibrated on other draws")
+    parser.add_argument("--n-calibration", type=int, default=0,
+                        help="--tuned: calibration draws (seed + 1000; default 256 on the mixtures, 32 on digits)")
+    parser.add_argument("--tune-iterations", type=int, default=0,
+                        help="--tuned: Adam iterations (default 100 on the mixtures, 60 on digits)")
+
+
+def run(args, ctx):
+    if args.frontier:
+        return frontier(args, ctx)
+    if args.digits_sweep10:
+        return sweep10(args, ctx)
+    if args.from_json is not None:
+        for path in args.from_json:
+            rewrite(path)
+        return
+    command = ctx.command
+    if args.cache:
+        jax.config.update("jax_compilation_cache_dir", args.cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    machine = dict(jax=jax.__version__, backend=jax.default_backend(), cpus=os.cpu_count(),
+                   date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
+    os.makedirs(args.out, exist_ok=True)
+    for problem in [p.strip() for p in args.problems.split(",") if p.strip()]:
+        t_problem = time.perf_counter()
+        sde, score_fn, params, shape, evaluate, metric, floor_key, info = make_problem(problem)
+        digits = problem == "digits"
+        budgets = (5, 10, 20) if args.quick else BUDGETS
+        n = (64 if digits else 256) if args.quick else (args.n_digits if digits else args.n)
+        batch = min(args.batch, n)
+        snr = 0.01
+        if args.quick:
+            rtols, tols = (0.1,), (1e-3,)
+        elif digits:
+            rtols, tols = (0.1,), (1e-3,)
+        else:
+            rtols, tols = (0.2, 0.1, 0.05, 0.02, 0.01), (1e-2, 1e-3, 1e-4, 1e-5)
+        jobs = []
+        for b in budgets:
+            for fam, solver in fixed_solvers(b, snr):
+                if digits and fam != "EM" and b > args.digits_max_nfe:
+                    continue
+                jobs.append((fam, f"NFE<={b}", b, solver))
+        jobs += [(fam, setting, None, solver) for fam, setting, solver in adaptive_solvers(rtols, tols)]
+        rows = []
+        for fam, setting, b, solver in jobs:
+            x, mean_nfe, max_nfe, fails, wall, compile_s = run_solver(sde, score_fn, params, shape, solver, n, 0, batch)
+            good = np.all(np.isfinite(x.reshape(len(x), -1)), axis=1)
+            try:
+                r = evaluate(x[good]) if good.sum() > 10 else {}
+            except Exception as err:  # noqa: BLE001 - a diverged solver must not stop the benchmark
+                print(f"  metric failed: {err}")
+                r = {}
+            row = dict(family=fam, setting=setting, budget=b, solver=repr(solver), mean_nfe=mean_nfe,
+                       max_nfe=max_nfe, failed=fails, wall_s=wall, compile_s=compile_s,
+                       **{k: r.get(k, float("nan")) for k in r}, **({metric: float("nan")} if not r else {}))
+            rows.append(row)
+            print(f"{problem:6s} {fam:12s} {setting:10s} NFE {mean_nfe:6.1f} (max {max_nfe:4d})  "
+                  f"{metric} {row[metric]:8.4f}  wall {wall:6.1f}s compile {compile_s:5.1f}s failed {fails}",
+                  flush=True)
+        floor = next((r[floor_key] for r in rows if floor_key in r and np.isfinite(r[floor_key])), float("nan"))
+        summary = summarize_rows(rows, metric, floor, budgets, digits, args.quick)
+        elapsed = time.perf_counter() - t_problem
+        stem = os.path.join(args.out, f"quality_vs_nfe_{problem}" + ("_quick" if args.quick else ""))
+        with open(stem + ".json", "w") as f:
+            json.dump(dict(command=command, machine=dict(machine, load=os.getloadavg()), problem=problem, info=info,
+                           n=n, metric=metric, floor=floor, elapsed_s=elapsed, summary=summary, rows=rows),
+                      f, indent=1)
+        write_markdown(stem + ".md", problem, info, command, machine, n, metric, floor, rows, budgets, summary,
+                       digits, elapsed)
+        plot(stem + ".png", problem, n, metric, floor, rows)
+        print(f"{problem}: {elapsed:.0f}s; wrote {stem}.{{md,json,png}}", flush=True)
+
+
+def sweep10(args, ctx):
+    """Non-default settings of the fast solvers at 10 NFE on digits, next to EM at 200 NFE (two seeds)."""
+    if args.cache:
+        jax.config.update("jax_compilation_cache_dir", args.cache)
+    command = ctx.command
+    sde, score_fn, params, shape, evaluate, *_ = make_problem("digits")
+    n = 64 if args.quick else args.n_digits
+    cands = [
+        ("SA-Solver 3/4, tau=1 on [0.2, 0.8] (default), logsnr grid", jaxsde.SASolver(9), (0,)),
+        ("SA-Solver 3/4, tau=1 everywhere, logsnr grid", jaxsde.SASolver(9, tau_interval=None), (0,)),
+        ("SA-Solver 3/4, tau=0.5 everywhere, logsnr grid", jaxsde.SASolver(9, tau=0.5, tau_interval=None), (0,)),
+        ("SA-Solver 2/2, tau=1 everywhere, logsnr grid", jaxsde.SASolver(9, 2, 2, tau_interval=None), (0,)),
+        ("SA-Solver 3/4, tau=1 everywhere, edm grid", jaxsde.SASolver(9, tau_interval=None, grid="edm"), (0,)),
+        ("SA-Solver 3/4, tau=1 everywhere, uniform grid",
+         jaxsde.SASolver(9, tau_interval=None, grid="uniform"), (0, 1)),
+        ("DPM-Solver++ 2M, logsnr grid (default)", jaxsde.DPMSolverPP(9, 2), (0, 1)),
+        ("DPM-Solver++ 2M, edm grid", jaxsde.DPMSolverPP(9, 2, grid="edm"), (0,)),
+        ("DPM-Solver++ 2M, uniform grid", jaxsde.DPMSolverPP(9, 2, grid="uniform"), (0,)),
+        ("ForwardValue, edm grid (default)", jaxsde.ForwardValue(9), (0,)),
+        ("ForwardValue, logsnr grid", jaxsde.ForwardValue(9, grid="logsnr"), (0,)),
+        ("EM, 200 NFE", jaxsde.EulerMaruyama(199), (0, 1)),
+    ]
+    if args.quick:
+        cands = [cands[5], cands[-1]]
+    rows = []
+    for name, solver, seeds in cands:
+        for seed in seeds:
+            x, mean_nfe, _, fails, wall, _ = run_solver(sde, score_fn, params, shape, solver, n, seed, min(n, 500))
+            r = evaluate(x)
+            rows.append(dict(solver=name, seed=seed, mean_nfe=mean_nfe, fd=r["fd"], fd_std=r["fd_std"], kid=r["kid"],
+                             failed=fails, wall_s=wall))
+            print(f"{name:60s} seed {seed} NFE {mean_nfe:5.1f} FD {r['fd']:7.2f} (boot. std {r['fd_std']:.2f})",
+                  flush=True)
+    stem = os.path.join(args.out, "quality_vs_nfe_digits_sweep10" + ("_quick" if args.quick else ""))
+    with open(stem + ".json", "w") as f:
+        json.dump(dict(command=command, n=n, rows=rows), f, indent=1)
+    lines = ["# Digits at 10 NFE: solver settings vs EM at 200 NFE", "", f"Command: `{command}`", "",
+             f"n = {n} samples per row; FD-digits vs the training set (lower is better); settings picked after "
+             "the main benchmark, so the best row carries a selection effect: the second seed checks it.", "",
+             "| solver | seed | NFE | FD-digits | FD bootstrap std | KID |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['solver']} | {r['seed']} | {r['mean_nfe']:.0f} | {r['fd']:.2f} | {r['fd_std']:.2f} | "
+                     f"{r['kid']:.2f} |")
+    with open(stem + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def _fmt(v, digits=4):
+    return "nan" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
+
+
+def write_markdown(path, problem, info, command, machine, n, metric, floor, rows, budgets, summary, digits, elapsed):
+    second = "kid" if digits else "mmd2"
+    lines = [f"# Quality vs NFE: {problem}", "", f"Command: `{command}`", "",
+             f"{info}. n = {n} samples per solver (seed 0); {machine['backend']}, {machine['cpus']} CPUs, "
+             f"jax {machine['jax']}, {machine['date']}; {elapsed:.0f} s.", "",
+             f"Noise floor of {metric}: {_fmt(floor)} (exact-vs-exact / real-vs-real at this n)."]
+    if digits:
+        sd = [r.get("fd_std", float("nan")) for r in rows]
+        lines += [f"Bootstrap std of FD at this n: median {_fmt(float(np.nanmedian(sd)), 3)}."]
+    lines += ["", f"## {metric} by NFE budget (fixed-step solvers; final Tweedie step included)", "",
+              "| solver | " + " | ".join(str(b) for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+    fams = list(dict.fromkeys(r["family"] for r in rows if r["budget"] is not None))
+    for fam in fams:
+        cells = []
+        for b in budgets:
+            r = next((r for r in rows if r["family"] == fam and r["budget"] == b), None)
+            cells.append("—" if r is None else (_fmt(r[metric]) + ("" if r["mean_nfe"] == b else
+                                                                   f" ({r['mean_nfe']:.0f})")))
+        lines.append(f"| {fam} | " + " | ".join(cells) + " |")
+    lines += ["", "(NFE in parentheses where it differs from the budget; — = not run.)", "",
+              "## Winners", "", "| budget | best solver | " + metric + " | tied within noise |", "|---|---|---|---|"]
+    for b, w in summary["winners_by_budget"].items():
+        lines.append(f"| {b} | {w['solver']} | {_fmt(w[metric])} | {', '.join(w.get('tied', []))} |")
+    lines += ["", ("Tied: FD within 2 bootstrap sigma of the best." if digits else
+                   f"Tied: all at the noise floor (<= 1.25 x {_fmt(floor)}) when the best is there.")]
+    if "headline" in summary:
+        h = summary["headline"]
+        lines += ["", f"**At 10 NFE the best of DPM-Solver++/SA-Solver/ForwardValue is {h['best_fast_at_10']} "
+                  f"with FD {h['fd_best_fast_at_10']:.3f}; EM at 200 NFE: FD {h['fd_em200']:.3f} (2 sigma of the "
+                  f"difference {h['two_sigma']:.3f}). No worse: {'yes' if h['no_worse'] else 'no'}; within 2 bootstrap "
+                  f"sigma: {'yes' if h['no_worse_within_noise'] else 'no'}.**"]
+    lines += ["", "## All runs", "", f"| solver | setting | mean NFE | max NFE | {metric} | {second} | "
+              + ("FD boot. std | " if digits else "mode TV | ") + "wall s | failed |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        third = r.get("fd_std", float("nan")) if digits else r.get("mode_tv", float("nan"))
+        lines.append(f"| {r['family']} | {r['setting']} | {r['mean_nfe']:.1f} | {r['max_nfe']} | {_fmt(r[metric])} | "
+                     f"{_fmt(r.get(second, float('nan')))} | {_fmt(third, 3)} | {r['wall_s']:.1f} | {r['failed']} |")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def plot(path, problem, n, metric, floor, rows):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception as err:  # noqa: BLE001 - the plot is optional
+        print(f"plot skipped: {err}")
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for fam in dict.fromkeys(r["family"] for r in rows):
+        pts = sorted((r["mean_nfe"], r[metric]) for r in rows if r["family"] == fam and np.isfinite(r[metric]))
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker=FAMILY_STYLE.get(fam, "o"), label=fam,
+                    ls="--" if fam in ("EM", "PC", "GGF", "PF-ODE") else "-")
+    if np.isfinite(floor):
+        ax.axhline(floor, ls=":", c="gray", label="noise floor")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("NFE per sample (mean for adaptive solvers)")
+    ax.set_ylabel({"fd": "FD-digits", "sw2": "sliced W2"}.get(metric, metric) + " (lower is better)")
+    ax.set_title(f"{problem}, n={n}")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --- the frontier (issue 22): every fixed-budget sampler of jaxsde and of k-diffusion, same score --------------
+FRONTIER_BUDGETS = (5, 10, 20)
+FRONTIER_PROBLEMS = ("lowrank", "lowrank-ve", "gmm3072", "gmm3072-ve", "digits")
+# k-diffusion 0.1.1.post1's fixed-schedule samplers: name -> model calls per step. On Karras sigmas
+# ``get_sigmas_karras(steps, ...)`` (``steps`` sigmas, then 0) the last step, to sigma 0, is one call for
+# every one of them (the 2-call samplers take an Euler step there, which returns the denoised prediction),
+# like jaxsde's final Tweedie step. So a budget B is ``B`` steps for a 1-call sampler (NFE = B) and
+# ``(B + 1) // 2`` steps for a 2-call one (NFE = 2 steps - 1: B for odd B, B - 1 for even B).
+# ``sample_dpm_fast`` takes its NFE ``n`` directly and stops at sigma_min: it gets ``n = B - 1`` and the
+# final denoising call (+1 NFE) that benchmarks/adaptive.py also gives ``sample_dpm_adaptive``.
+# ``sample_dpm_adaptive`` (a tolerance, not a budget) is benchmarks/adaptive.py's.
+# The one-call samplers also run on k-diffusion's ``get_sigmas_exponential`` (uniform in log sigma, i.e. in
+# log-SNR: jaxsde's "logsnr" grid), as ``<name>@exponential``.
+K_DIFFUSION_EXPONENTIAL = ("euler", "euler_ancestral", "lms", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde")
+K_DIFFUSION_SAMPLERS = {"euler": 1, "euler_ancestral": 1, "lms": 1, "dpmpp_2m": 1, "dpmpp_2m_sde": 1,
+                        "dpmpp_3m_sde": 1, "heun": 2, "dpm_2": 2, "dpm_2_ancestral": 2, "dpmpp_2s_ancestral": 2,
+                        "dpmpp_sde": 2, "dpm_fast": 1}
+
+
+def _adaptive_module():
+    from . import adaptive  # its targets, prior draws and jaxsde runner
+
+    return adaptive
+
+
+def _lowrank_target(ve: bool):
+    """benchmarks/adaptive.py's ``lowrank`` target (8 components near rank-8 subspaces of d = 256); for the VE
+    SDE the same mixture mapped affinely from [-1, 1] to [0, 1] (means ``0.5 + 0.5 mu``, stds halved)."""
+    adaptive = _adaptive_module()
+    from jaxsde.testing.targets import LowRankMixture
+
+    sde = jaxsde.VESDE() if ve else jaxsde.VPSDE()
+    mix = LowRankMixture.random(jax.random.PRNGKey(2024), 8, (16, 16), rank=8, std_range=(0.05, 0.3), floor=0.01)
+    if ve:
+        mix = mix.replace(means=0.5 + 0.5 * mix.means, variances=0.25 * mix.variances, floor=0.5 * mix.floor)
+    ref = [np.asarray(v, np.float64)
+           for v in mix.mode_statistics(mix.ideal_sample(jax.random.PRNGKey(99), sde, 50_000))]
+
+    def distance(x):  # the whitened mode W2 of benchmarks/adaptive.py, against this SDE's ideal samples
+        counts, in_m, in_v, off_m, off_v = (np.asarray(v, np.float64) for v in mix.mode_statistics(jnp.asarray(x)))
+        d2 = (np.sum((in_m - ref[1]) ** 2, 1) / in_m.shape[1] + (np.sqrt(in_v) - np.sqrt(ref[2])) ** 2
+              + np.sum((off_m - ref[3]) ** 2, 1) / off_m.shape[1] + (np.sqrt(off_v) - np.sqrt(ref[4])) ** 2)
+        w = np.where(counts >= 2, counts, 0.0)
+        return float(np.sqrt(np.sum(w * d2) / np.sum(w)))
+
+    label = "whitened mode W2" + (" (data units of [0, 1]: half the VP scale)" if ve else "")
+    return adaptive.exact_target("lowrank-ve" if ve else "lowrank", sde, mix, distance, label)
+
+
+def _gmm3072_target(ve: bool):
+    """benchmarks/adaptive.py's ``gmm3072`` (8-mode ring in d = 3072, std 0.02, VP); VE: the VE mixture of
+    benchmarks/work_precision.py (centre 0.5, radius 0.3, std 0.01, jitter 0.025)."""
+    adaptive = _adaptive_module()
+    if not ve:
+        return adaptive.gmm3072_target()
+    from jaxsde.testing import metrics
+
+    sde = jaxsde.VESDE()
+    mix = GaussianMixture.ring(8, (32, 32, 3), radius=0.3, scale=0.01, key=jax.random.PRNGKey(1234), jitter=0.025,
+                               center=0.5)
+    means, scales = mix.ideal_mode_means(sde, True), mix.ideal_mode_scales(sde, True)
+
+    def spread(x):
+        return float(metrics.mode_spread_w2(mix, jnp.asarray(x), means, scales))
+
+    return adaptive.exact_target("gmm3072-ve", sde, mix, spread, "mode-spread W2 (whitened)")
+
+
+def frontier_target(name: str):
+    if name in ("lowrank", "lowrank-ve"):
+        return _lowrank_target(name.endswith("-ve"))
+    if name in ("gmm3072", "gmm3072-ve"):
+        return _gmm3072_target(name.endswith("-ve"))
+    if name == "digits":
+        return _adaptive_module().digits_target()
+    raise ValueError(f"unknown frontier problem {name!r}; choose from {', '.join(FRONTIER_PROBLEMS)}")
+
+
+def frontier_jaxsde_solvers(budget: int, ve: bool):
+    """(name, solver) for every fixed-step sampler of the registry (``jaxsde.solvers.registry``: those with a
+    ``steps`` option; ``mlem`` needs the digits model family and is left out), at its registry defaults, plus
+    DPM-Solver++ 3M. A sampler with ``k`` NFE per step (``solver.nfe_per_attempt``: 2 for EDM Heun and PC,
+    1 for the others) takes ``(budget - 1) // k`` steps, the final Tweedie step being the last NFE: NFE =
+    ``budget`` for ``k = 1``, ``budget`` or ``budget - 1`` for ``k = 2``. PC's Langevin snr is 0.01 (VP) or
+    0.16 (VE)."""
+    from jaxsde.solvers import registry
+
+    out = []
+    for name in registry.solver_names():
+        options = registry.solver_options(name)
+        if "steps" not in options or name == "mlem":
+            continue
+        extra = {"snr": 0.16 if ve else 0.01} if "snr" in options else {}
+        k = registry.make_solver(name, steps=8, **extra).nfe_per_attempt
+        out.append((name, registry.make_solver(name, steps=(budget - 1) // k, **extra)))
+        if name == "dpmpp":
+            out.append(("dpmpp-3m", jaxsde.DPMSolverPP((budget - 1) // k, order=3)))
+    return out + frontier_grid_variants(budget - 1)
+
+
+def frontier_grid_variants(steps: int):
+    """The one-NFE-per-step multistep samplers at the settings their registry defaults leave out: the other of the
+    two grids that matter at low NFE (``"logsnr"``, uniform in log-SNR, and ``"edm"``, Karras rho = 7 as in
+    k-diffusion) and the third orders of UniPC and DPM-Solver++ (diffusers' UniPC default for unconditional
+    models); and k-diffusion's own configurations of the shared algorithms, on the Karras grid without the
+    lower order at the last steps (``dpmpp edm full-order`` is ``sample_dpmpp_2m``, ``dpmpp-sde edm``
+    ``sample_dpmpp_2m_sde``, ``lms edm, lms last step`` ``sample_lms``). ``steps`` steps, then the final
+    denoising step: NFE = ``steps + 1``. A setting a sampler refuses at this step count (too few steps for the
+    order) is left out."""
+    makers = {"dpmpp edm": lambda: jaxsde.DPMSolverPP(steps, order=2, grid="edm"),
+              "dpmpp-3m edm": lambda: jaxsde.DPMSolverPP(steps, order=3, grid="edm"),
+              "unipc-3": lambda: jaxsde.UniPC(steps, order=3),
+              "unipc edm": lambda: jaxsde.UniPC(steps, order=2, grid="edm"),
+              "unipc-3 edm": lambda: jaxsde.UniPC(steps, order=3, grid="edm"),
+              "deis edm": lambda: jaxsde.DEIS(steps, order=3, grid="edm"),
+              "ipndm logsnr": lambda: jaxsde.IPNDM(steps, order=4, grid="logsnr"),
+              "lms logsnr": lambda: jaxsde.LMS(steps, order=4, grid="logsnr"),
+              # k-diffusion's own configurations (Karras grid, full order to the end): the same algorithms
+              "dpmpp edm full-order": lambda: jaxsde.DPMSolverPP(steps, order=2, grid="edm", lower_order_final=False),
+              "dpmpp-sde edm": lambda: jaxsde.DPMSolverPPSDE(steps, order=2, grid="edm"),
+              "unipc edm full-order": lambda: jaxsde.UniPC(steps, order=2, grid="edm", lower_order_final=False),
+              "lms edm, lms last step": lambda: jaxsde.LMS(steps, order=4, last_step="lms"),  # = sample_lms
+              "lms logsnr, lms last step": lambda: jaxsde.LMS(steps, order=4, grid="logsnr", last_step="lms")}
+    out = []
+    for name, make in makers.items():
+        try:
+            out.append((name, make()))
+        except ValueError:
+            continue
+    return out
+
+
+TUNED_SAMPLERS = {  # name -> (steps, grid) -> solver: the deterministic one-NFE-per-step multistep samplers
+    "unipc": lambda steps, grid: jaxsde.UniPC(steps, order=2, grid=grid),
+    "dpmpp": lambda steps, grid: jaxsde.DPMSolverPP(steps, order=2, grid=grid),
+    "ipndm": lambda steps, grid: jaxsde.IPNDM(steps, order=4, grid=grid),
+    "deis": lambda steps, grid: jaxsde.DEIS(steps, order=3, grid=grid),
+    "lms, lms last step": lambda steps, grid: jaxsde.LMS(steps, order=4, grid=grid, last_step="lms"),
+}
+
+
+K_DIFFUSION_ON_LEARNED = "k-diffusion on a learned grid"
+LEARNED_GRID_TWINS = {"lms": "lms, lms last step"}  # k-diffusion sampler -> the same algorithm in jaxsde
+
+
+class GridTuner:
+    """The tuned-grid rows of one problem: ``jaxsde.optimize_grid`` from the log-SNR grid, on ``n`` calibration
+    draws of seed ``seed + 1000`` (never the evaluation draws) against the PF-ODE teacher (tolerance 1e-5), computed
+    once per problem and shared by every sampler and budget."""
+
+    def __init__(self, adaptive, target, seed: int, n: int, iterations: int):
+        self.target, self.iterations, self.n, self.seed = target, iterations, n, seed + 1000
+        self.x_cal = adaptive.prior(target, self.seed, n)
+        self._teacher = None
+        self.learned: dict = {}
+
+    def teacher(self):
+        if self._teacher is None:
+            t0 = time.perf_counter()
+            x, nfe = jaxsde.grid_optimization.teacher_samples(self.target.sde, self.target.score, self.x_cal)
+            self._teacher = (x, nfe, time.perf_counter() - t0)
+        return self._teacher
+
+    def __call__(self, name: str, steps: int):
+        """(solver on the learned grid, a description of the calibration); learned once per (name, steps)."""
+        if (name, steps) not in self.learned:
+            self.learned[name, steps] = self.learn(name, steps)
+        return self.learned[name, steps]
+
+    def learn(self, name: str, steps: int):
+        make = TUNED_SAMPLERS[name]
+        teacher, teacher_nfe, teacher_s = self.teacher()
+        t0 = time.perf_counter()
+        res = jaxsde.optimize_grid(self.target.sde, self.target.score, make(steps, "logsnr"), self.x_cal,
+                                   teacher=teacher, iterations=self.iterations)
+        info = dict(calibration_draws=self.n, calibration_seed=self.seed, iterations=self.iterations,
+                    start_grid="logsnr", teacher_nfe=teacher_nfe, teacher_s=teacher_s,
+                    tune_s=time.perf_counter() - t0, initial_loss=res.initial_loss, loss=res.loss,
+                    times=list(res.times))
+        print(f"  tuned {name} ({steps} steps): loss {res.initial_loss:.3g} -> {res.loss:.3g} in "
+              f"{info['tune_s']:.0f}s; times {np.round(res.times, 4).tolist()}", flush=True)
+        return make(steps, res.times), info
+
+
+def run_k_diffusion_fixed(target, name: str, budget: int, x_T, seed: int, times=None):
+    """k-diffusion's ``sample_<name>`` on Karras sigmas (rho 7, sigma_min / sigma_max = sigma / alpha at the SDE's
+    ``eps`` / ``T``; ``<name>@exponential``: on ``get_sigmas_exponential`` between the same ends; with ``times``, a
+    one-call sampler on the sigmas of those ``budget`` jaxsde times, then 0), float32 torch on the whole batch, its
+    model the jitted jaxsde score as a denoiser ``D(x / alpha, sigma / alpha)``. Returns (samples, NFE = model
+    calls, wall s incl. compilation)."""
+    import torch
+
+    from ..harness.kdiffusion import k_diffusion_model
+
+    km = k_diffusion_model(target.sde, target.score)
+    ks, model, smin, smax = km.ks, km.model, km.sigma_min, km.sigma_max
+    xt = km.initial(x_T)
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    if name == "dpm_fast":
+        out = ks.sample_dpm_fast(model, xt, smin, smax, budget - 1, disable=True)
+        out = model(out, torch.full((out.shape[0],), smin))  # the final denoising step
+    else:
+        base, _, schedule = name.partition("@")
+        steps = budget if K_DIFFUSION_SAMPLERS[base] == 1 else (budget + 1) // 2
+        if times is not None:
+            if K_DIFFUSION_SAMPLERS[base] != 1 or len(times) != budget:
+                raise ValueError(f"{base} on a jaxsde grid needs a one-call sampler and {budget} times")
+            alpha, sigma = target.sde.marginal(jnp.asarray(times, jnp.float32))
+            sigmas = torch.cat([torch.from_numpy(np.array(sigma / alpha, np.float32)), torch.zeros(1)])
+        else:
+            make_sigmas = ks.get_sigmas_exponential if schedule == "exponential" else ks.get_sigmas_karras
+            sigmas = make_sigmas(steps, smin, smax)
+        out = getattr(ks, "sample_" + base)(model, xt, sigmas, disable=True)
+    return out.numpy(), km.calls[0], time.perf_counter() - t0
+
+
+def _verdict(j, k):
+    """jaxsde's best row ``j`` vs k-diffusion's ``k`` (lower quality is better): the difference in units of the
+    combined bootstrap sd."""
+    diff = k["quality"] - j["quality"]
+    sd = float(np.hypot(j["sd"], k["sd"]))
+    if diff > 2 * sd:
+        word = "jaxsde better"
+    elif diff < -2 * sd:
+        word = "k-diffusion better"
+    else:
+        word = "tie (within 2 sd)"
+    return dict(diff=diff, combined_sd=sd, verdict=word, jaxsde_best_or_tied=bool(diff >= -2 * sd))
+
+
+def frontier_best(rows, budgets):
+    out = {}
+    for b in budgets:
+        best = {}
+        for lib in ("jaxsde", "k-diffusion"):
+            cands = [r for r in rows if r["lib"] == lib and r["budget"] == b and r["failed"] == 0
+                     and np.isfinite(r["quality"]) and r["mean_nfe"] <= b]
+            if cands:
+                best[lib] = min(cands, key=lambda r: r["quality"])
+        if len(best) == 2:
+            out[str(b)] = dict(jaxsde={k: best["jaxsde"][k] for k in ("sampler", "quality", "sd", "mean_nfe")},
+                               k_diffusion={k: best["k-diffusion"][k] for k in ("sampler", "quality", "sd",
+                                                                               "mean_nfe")},
+                               **_verdict(best["jaxsde"], best["k-diffusion"]))
+    return out
+
+
+def frontier(args, ctx):
+    """``--frontier``: every fixed-budget sampler of both libraries at each budget on each problem."""
+    adaptive = _adaptive_module()
+    command = ctx.command
+    if args.cache:
+        jax.config.update("jax_compilation_cache_dir", args.cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    problems = [p.strip() for p in (args.frontier_problems or ",".join(FRONTIER_PROBLEMS)).split(",") if p.strip()]
+    budgets = tuple(int(b) for b in args.budgets.split(",")) if args.budgets else FRONTIER_BUDGETS
+    if args.quick:
+        problems, budgets = problems[:1] if args.frontier_problems else ["lowrank"], budgets[:1]
+    samplers = parse_names(args.samplers)
+    os.makedirs(args.out, exist_ok=True)
+    for problem in problems:
+        t_problem = time.perf_counter()
+        target = frontier_target(problem)
+        n = args.n_frontier if args.n_frontier else (64 if args.quick else (300 if problem == "digits" else 1000))
+        x_T = adaptive.prior(target, args.seed, n)
+        floor_q, floor_sd = target.floor(jax.random.PRNGKey(args.seed + 17), n)
+        rows = []
+        tuner = None
+        if args.tuned:
+            digits = problem == "digits"
+            tuner = GridTuner(adaptive, target, args.seed, args.n_calibration or (32 if digits else 256),
+                              args.tune_iterations or (60 if digits else 100))
+        for b in budgets:
+            jobs = [("jaxsde", name, solver) for name, solver in
+                    frontier_jaxsde_solvers(b, isinstance(target.sde, jaxsde.VESDE))]
+            if tuner is not None:
+                jobs += [("jaxsde", name + " tuned grid", (tuner, name, b - 1)) for name in TUNED_SAMPLERS]
+                # the same algorithms in k-diffusion on the sigmas of jaxsde's learned grid (not counted as
+                # k-diffusion's: it has no grid optimizer), to show where the gain comes from
+                jobs += [(K_DIFFUSION_ON_LEARNED, f"{kd} on tuned grid of {name}", (tuner, name, b - 1))
+                         for kd, name in LEARNED_GRID_TWINS.items()]
+            jobs += [("k-diffusion", name, None) for name in K_DIFFUSION_SAMPLERS]
+            jobs += [("k-diffusion", name + "@exponential", None) for name in K_DIFFUSION_EXPONENTIAL]
+            try:
+                jobs = select([(name if lib == "jaxsde" else "k-diffusion " + name, (lib, name, solver))
+                               for lib, name, solver in jobs], samplers)
+            except ValueError as err:
+                ctx.error(f"--samplers: {err}")
+            for label, (lib, name, solver) in jobs:
+                tuning = None
+                try:
+                    if isinstance(solver, tuple):  # a tuned grid: learn it now (only for the samplers asked for)
+                        tune, base, steps = solver
+                        solver, tuning = tune(base, steps)
+                    if lib == K_DIFFUSION_ON_LEARNED:
+                        kd, _, twin = name.partition(" on tuned grid of ")
+                        x, calls, wall = run_k_diffusion_fixed(target, kd, b, x_T, args.seed, times=tuning["times"])
+                        failed, mean_nfe, max_nfe = 0, float(calls), int(calls)
+                        setting = f"sample_{kd} on the sigmas of jaxsde's learned grid for {twin}"
+                    elif lib == "jaxsde":
+                        x, nfe, failed, wall = adaptive.run_jaxsde(target, solver, args.seed, n, 0)
+                        mean_nfe, max_nfe, setting = float(nfe.mean()), int(nfe.max()), repr(solver)
+                    else:
+                        x, calls, wall = run_k_diffusion_fixed(target, name, b, x_T, args.seed)
+                        failed, mean_nfe, max_nfe = 0, float(calls), int(calls)
+                        base, _, schedule = name.partition("@")
+                        setting = f"sample_{base}, " + ("exponential" if schedule else "Karras") + " sigmas"
+                    good = np.all(np.isfinite(np.asarray(x).reshape(len(x), -1)), axis=1)
+                    failed += int(np.sum(~good))
+                    q, sd = target.quality(np.asarray(x)[good]) if good.sum() > 10 else (float("nan"), float("nan"))
+                except Exception as err:  # noqa: BLE001 - one broken sampler must not stop the benchmark
+                    print(f"  {label} at {b}: {type(err).__name__}: {err}", flush=True)
+                    q = sd = mean_nfe = wall = float("nan")
+                    max_nfe, failed, setting = -1, n, f"error: {type(err).__name__}: {err}"
+                row = dict(sampler=label, lib=lib, budget=b, setting=setting, mean_nfe=mean_nfe, max_nfe=max_nfe,
+                           quality=float(q), sd=float(sd), failed=int(failed), wall_s=float(wall))
+                if tuning is not None:
+                    row["tuning"] = tuning
+                rows.append(row)
+                print(f"{problem} NFE<={b:3d} {label:32s} NFE {mean_nfe:5.1f} q {q:.4f} +- {sd:.4f} "
+                      f"wall {wall:6.1f}s failed {failed}", flush=True)
+        res = dict(command=command, problem=problem, tag=args.tag, sde=type(target.sde).__name__, label=target.label,
+                   n=n, seed=args.seed, floor=[floor_q, floor_sd], budgets=list(budgets),
+                   machine=dict(jax=jax.__version__, backend=jax.default_backend(), cpus=os.cpu_count(),
+                                load=os.getloadavg(),
+                                date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")),
+                   elapsed_s=time.perf_counter() - t_problem, best=frontier_best(rows, budgets), rows=rows)
+        stem = os.path.join(args.out, f"frontier_{problem}" + (f"_{args.tag}" if args.tag else "")
+                            + ("_quick" if args.quick else ""))
+        with open(stem + ".json", "w") as f:
+            json.dump(res, f, indent=1)
+        write_frontier_markdown(stem + ".md", res)
+        plot_frontier(stem + ".png", res)
+        print(f"{problem}: {res['elapsed_s']:.0f}s; wrote {stem}.{{md,json,png}}", flush=True)
+    if not args.quick:
+        write_frontier_summary(args.out)
+
+
+def _q(r):
+    return "nan" if not np.isfinite(r["quality"]) else f"{r['quality']:.4f} +- {r['sd']:.4f}"
+
+
+def write_frontier_markdown(path, res):
+    budgets = res["budgets"]
+    m = res["machine"]
+    lines = [f"# Fixed-budget frontier: {res['problem']} ({res['sde']})", "", f"Command: `{res['command']}`", "",
+             f"n = {res['n']} samples per sampler, seed {res['seed']}, the same prior draws for both libraries; "
+             f"{m['backend']}, {m['cpus']} CPUs, jax {m['jax']}, {m['date']}; {res['elapsed_s']:.0f} s.", "",
+             f"Quality: {res['label']} (lower is better) +- its bootstrap sd (30 resamples); exact-vs-exact "
+             f"floor {res['floor'][0]:.4f} +- {res['floor'][1]:.4f}. NFE counts the final denoising step on both "
+             "sides; k-diffusion runs on Karras sigmas (rho 7) between the SDE's sigma/alpha at eps and T.", "",
+             "## Best per budget", "",
+             "| NFE budget | jaxsde best | quality | NFE | k-diffusion best | quality | NFE | diff / combined sd "
+             "| verdict |", "|---|---|---|---|---|---|---|---|---|"]
+    for b in budgets:
+        w = res["best"].get(str(b))
+        if w is None:
+            continue
+        j, k = w["jaxsde"], w["k_diffusion"]
+        lines.append(f"| {b} | {j['sampler']} | {_q(j)} | {j['mean_nfe']:.0f} | {k['sampler']} | {_q(k)} | "
+                     f"{k['mean_nfe']:.0f} | {w['diff']:+.4f} / {w['combined_sd']:.4f} | {w['verdict']} |")
+    lines += ["", "Verdict: the difference (k-diffusion's best minus jaxsde's best) against 2 combined sd.", "",
+              "## Every sampler", "", "| sampler | " + " | ".join(f"NFE <= {b}" for b in budgets) + " |",
+              "|---|" + "---|" * len(budgets)]
+    for name in dict.fromkeys(r["sampler"] for r in res["rows"]):
+        cells = []
+        for b in budgets:
+            r = next((r for r in res["rows"] if r["sampler"] == name and r["budget"] == b), None)
+            if r is None:
+                cells.append("—")
+                continue
+            cell = _q(r) + ("" if r["mean_nfe"] == b else f" (NFE {r['mean_nfe']:.0f})")
+            cells.append(cell + (f", {r['failed']} failed" if r["failed"] else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "(NFE in parentheses where it differs from the budget: 2-NFE-per-step samplers at even budgets.)",
+              "", "Settings: " + "; ".join(dict.fromkeys(f"{r['sampler']}: `{r['setting']}`" for r in res["rows"]
+                                                         if r["budget"] == budgets[0]))]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def write_frontier_summary(out):
+    """``frontier_summary.md``: jaxsde's best vs k-diffusion's best per budget over every (non-quick)
+    ``frontier_*.json`` in ``out``, the files of the same draws (problem, n, seed: an untagged run and its tagged
+    partial runs) merged into one pool of rows (a sampler in several files: the latest run's row); jaxsde's best
+    is also given without the tuned-grid rows."""
+    import glob
+
+    runs = []
+    for p in sorted(glob.glob(os.path.join(out, "frontier_*.json"))):
+        if not p.endswith("_quick.json"):
+            with open(p) as f:
+                runs.append((p, json.load(f)))
+    runs.sort(key=lambda pr: pr[1].get("machine", {}).get("date", ""))  # a later run's row replaces an earlier one's
+    groups: dict = {}
+    for p, res in runs:
+        g = groups.setdefault((res["problem"], res["n"], res.get("seed", 0)),
+                              dict(sde=res["sde"], files=[], rows={}, budgets=set()))
+        g["files"].append(os.path.basename(p))
+        g["budgets"].update(res["budgets"])
+        for r in res["rows"]:
+            g["rows"][(r["sampler"], r["budget"])] = r
+    if not groups:
+        return
+    lines = ["# Fixed-budget frontier: jaxsde's best vs k-diffusion's best", "",
+             "Each results file states its command. Rows of the same draws (problem, n, seed) are pooled across "
+             "the files named in the last column. Quality +- bootstrap sd, lower is better; verdict: the difference "
+             "against 2 combined sd. *Tuned grid* rows run on a grid learned by `jaxsde.optimize_grid` on other "
+             "draws (seed + 1000); the column before the verdict is jaxsde's best without them.", "",
+             "| problem | SDE | n | seed | NFE budget | jaxsde best | quality | k-diffusion best | quality | verdict "
+             "| jaxsde best on built-in grids | quality | verdict | files |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (problem, n, seed), g in sorted(groups.items()):
+        rows = list(g["rows"].values())
+        budgets = sorted(g["budgets"])
+        best = frontier_best(rows, budgets)
+        plain = frontier_best([r for r in rows if "tuning" not in r], budgets)
+        for b in budgets:
+            w, u = best.get(str(b)), plain.get(str(b))
+            if w is None:
+                continue
+            lines.append(f"| {problem} | {g['sde']} | {n} | {seed} | {b} | {w['jaxsde']['sampler']} | "
+                         f"{_q(w['jaxsde'])} | {w['k_diffusion']['sampler']} | {_q(w['k_diffusion'])} | "
+                         f"{w['verdict']} | {u['jaxsde']['sampler']} | {_q(u['jaxsde'])} | {u['verdict']} | "
+                         f"{', '.join(g['files'])} |")
+    with open(os.path.join(out, "frontier_summary.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def plot_frontier(path, res):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception as err:  # noqa: BLE001 - the plot is optional
+        print(f"plot skipped: {err}")
+        return
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    markers = "os^v<>Dph*xP+X"
+    for i, name in enumerate(dict.fromkeys(r["sampler"] for r in res["rows"])):
+        rs = sorted((r for r in res["rows"] if r["sampler"] == name and np.isfinite(r["quality"])),
+                    key=lambda r: r["mean_nfe"])
+        if rs:
+            ax.plot([r["mean_nfe"] for r in rs], [r["quality"] for r in rs], "--" if rs[0]["lib"] != "jaxsde" else "-",
+                    marker=markers[i % len(markers)], label=name, lw=1)
+    ax.axhline(res["floor"][0], color="gray", ls=":", label="exact vs exact")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(res["budgets"], [str(b) for b in res["budgets"]])
+    ax.set_xlabel("NFE per sample (final denoising step included)")
+    ax.set_ylabel(res["label"])
+    ax.set_title(f"{res['problem']} ({res['sde']}), n={res['n']}: jaxsde solid, k-diffusion dashed")
+    ax.legend(fontsize=6, ncol=2, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,307 @@
+"""Throughput of continuous batching: ``generate`` vs plain ``sample`` at the same batch size.
+
+    /work/venv/bin/python benchmarks/throughput.py            # the full run (~15 min on 2 busy cores)
+    /work/venv/bin/python benchmarks/throughput.py --quick    # batch sizes 16, 64 only, small n
+    # digits at large batches only (~25 min): results/throughput_digits_large.{json,md}
+    /work/venv/bin/python benchmarks/throughput.py --models digits --digits-batches 256 1024 \
+        --digits-repeats 1 --batches --scale-n 0 --name digits_large
+    # GGF at rtol 0.5 on digits: ~35 NFE, a wide per-sample NFE spread, but a poor sampler there
+    # (FD-digits 33 vs EM's 14 at the same NFE: results/digits_digits_loose_rtol.md)
+    /work/venv/bin/python benchmarks/throughput.py --models digits --digits-rtol 0.5 \
+        --digits-batches 64 256 1024 --digits-per-slot 8 --digits-repeats 1 --batches --scale-n 0 \
+        --name digits_rtol0.5
+    # (the two files above predate --drain-halvings.) With its default 3, generate(...,
+    # drain_halvings=3) is timed alongside: results/throughput_digits_drain.md is the digits_large
+    # command with --name digits_drain (~35 min); results/throughput_digits_rtol0.{2,5}_drain.md:
+    # commands in docs/benchmarks.md
+
+Problems: the embedded digits models (``digits``: VP U-Net; ``digits-ve``: VE U-Net) with GGF
+rtol 0.05 (``--digits-rtol``), and a Gaussian mixture d=16 with its exact (cheap) score, GGF
+rtol 0.05. For each problem and batch size B, both methods make the same n = per_slot x B samples, each in one
+compiled program; the programs are compiled first, then timed in alternating rounds
+(sample, generate, sample, ...; each run blocked until ready), and the medians are compared,
+so load from other jobs on the machine hits both alike. The digits models are slow on CPU, so
+they run at fewer batch sizes and samples per slot than the mixture (see the table's n).
+
+* ``sample``: ``lax.map`` over n/B batches of ``jaxsde.sample`` (each batch waits for its
+  slowest sample); useful work = sum NFE / sum over batches of (B x max NFE in the batch).
+* ``generate``: B slots, continuous batching; useful work = sum NFE / score evaluations the
+  loop computed (every slot every iteration, busy or idle, plus the refill passes).
+* per-iteration time: wall time / loop iterations (sample: summed over its n/B batches).
+  ``ideal`` = generate's useful work / sample's: the speed-up if an iteration cost the same.
+* ``generate(..., drain_halvings=H)`` (``--drain-halvings``, default 3; 0 skips it), timed in the
+  same rounds: the last samples finish in loops of half the width, so the tail pays for fewer
+  idle slots; its extra compile time is reported, not included in the rates.
+
+Then per-device scaling of ``generate`` with forced host devices (a subprocess with
+``--xla_force_host_platform_device_count=8``): results must equal one device's; on CPU
+the "devices" share the machine's cores, so this checks correctness and overhead, not speed-up.
+Writes ``benchmarks/results/throughput.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxsde
+from jaxsde.testing import targets
+
+
+def mixture_problem():
+    """The Gaussian mixture benchmark problem: VP SDE and the exact score of 8 modes in d=16."""
+    sde = jaxsde.VPSDE()
+    return sde, targets.GaussianMixture.random(jax.random.PRNGKey(3), 8, (16,)).score(sde)
+
+
+def problems(args):
+    sde, mixture_score = mixture_problem()
+    out = []
+    for name in args.models:
+        ckpt = jaxsde.pretrained(name)
+        out.append(dict(name=f"{name} (8x8x1 U-Net, {type(ckpt.sde).__name__}, GGF rtol {args.digits_rtol:g})",
+                        sde=ckpt.sde, score_fn=ckpt.score_fn, params=ckpt.params, shape=ckpt.shape,
+                        solver=jaxsde.GottaGoFast(rtol=args.digits_rtol), batches=args.digits_batches,
+                        per_slot=args.digits_per_slot, repeats=args.digits_repeats))
+    if not args.batches:
+        return out
+    out.append(dict(name="Gaussian mixture d=16 (exact score, GGF rtol 0.05)", sde=sde,
+                    score_fn=lambda p: mixture_score, params=jnp.zeros(()), shape=(16,),
+                    solver=jaxsde.GottaGoFast(rtol=0.05), batches=args.batches, per_slot=args.per_slot,
+                    repeats=args.repeats))
+    return out
+
+
+def interleaved(fns: dict, arg, rounds: int, warmup: bool = True) -> tuple[dict, dict, dict]:
+    """Compile each fn (and run it once if ``warmup``), then time them in alternating rounds;
+    (outputs, median s, compile s)."""
+    compiled, compile_s = {}, {}
+    for k, f in fns.items():
+        t0 = time.perf_counter()
+        compiled[k] = jax.jit(f).lower(arg).compile()
+        compile_s[k] = time.perf_counter() - t0
+        if warmup:
+            jax.block_until_ready(compiled[k](arg))
+    times, outs = {k: [] for k in fns}, {}
+    for _ in range(max(rounds, 1)):
+        for k, f in compiled.items():
+            t0 = time.perf_counter()
+            outs[k] = jax.block_until_ready(f(arg))
+            times[k].append(time.perf_counter() - t0)
+    return outs, {k: statistics.median(v) for k, v in times.items()}, compile_s
+
+
+def measure(prob: dict, batch: int, n: int, repeats: int, drain: int = 0) -> dict:
+    key = jax.random.PRNGKey(0)
+    sde, score_fn, solver, shape = prob["sde"], prob["score_fn"], prob["solver"], prob["shape"]
+    offsets = jnp.arange(0, n, batch, dtype=jnp.int32)
+
+    def plain(params):
+        def one(off):
+            return jaxsde.sample(key, sde, score_fn(params), solver, shape, batch, offset=off)
+        return jax.lax.map(one, offsets)
+
+    def continuous(params, halvings=0):
+        return jaxsde.generate(key, sde, score_fn(params), solver, shape, n, batch, devices=jax.devices()[:1],
+                               drain_halvings=halvings)
+
+    fns = dict(sample=plain, generate=continuous)
+    if drain:
+        fns["drained"] = lambda params: continuous(params, drain)
+    # no untimed warm-up run for the slow digits models (minutes); their compile is separate anyway
+    outs, med, compile_s = interleaved(fns, prob["params"], repeats, warmup=not prob["name"].startswith("digits"))
+    sol, gen = outs["sample"], outs["generate"]
+    nfe = np.asarray(sol.stats.nfe)  # (n/B, B)
+    plain_useful = float(nfe.sum() / (batch * nfe.max(axis=1)).sum())
+    plain_iters = int(np.asarray(sol.stats.num_steps).max(axis=1).sum())
+    s = gen.summary()
+    x_plain = np.asarray(sol.x).reshape(n, *shape)
+    same_nfe = float(np.mean(np.asarray(gen.stats.nfe) == nfe.reshape(-1)))
+    t_plain, t_gen = med["sample"], med["generate"]
+    drained = {}
+    if drain:
+        d, sd = outs["drained"], outs["drained"].summary()
+        drained = dict(drain_halvings=drain, drained_sps=n / med["drained"], drained_speedup=t_plain / med["drained"],
+                       drained_useful_work=sd.useful_work, drained_ideal_speedup=sd.useful_work / plain_useful,
+                       drained_s=med["drained"], drained_compile_s=compile_s["drained"],
+                       drained_same_nfe_fraction=float(np.mean(np.asarray(d.stats.nfe) == nfe.reshape(-1))),
+                       drained_max_abs_dx=float(np.abs(np.asarray(d.x) - x_plain).max()))
+    return dict(problem=prob["name"], batch=batch, n=n, rounds=repeats,
+                sample_sps=n / t_plain, generate_sps=n / t_gen, speedup=t_plain / t_gen,
+                sample_useful_work=plain_useful, generate_useful_work=s.useful_work,
+                ideal_speedup=s.useful_work / plain_useful,
+                sample_iterations=plain_iters, generate_iterations=s.loop_iterations, refills=s.refills,
+                sample_us_per_iteration=1e6 * t_plain / plain_iters,
+                generate_us_per_iteration=1e6 * t_gen / s.loop_iterations,
+                generate_slot_utilisation=s.slot_utilisation, mean_nfe=s.mean_nfe, min_nfe=s.min_nfe,
+                max_nfe=s.max_nfe, sample_s=t_plain, generate_s=t_gen,
+                compile_s=[compile_s["sample"], compile_s["generate"]],
+                same_nfe_fraction=same_nfe, max_abs_dx=float(np.abs(np.asarray(gen.x) - x_plain).max()),
+                nfe=np.asarray(gen.stats.nfe).tolist(), **drained)
+
+
+def sample_useful_by_batch(nfe: np.ndarray, batches) -> dict:
+    """What ``sample`` would achieve at batch B on these per-sample NFEs (index order, whole batches)."""
+    out = {}
+    for b in batches:
+        m = (nfe.size // b) * b
+        if m:
+            c = nfe[:m].reshape(-1, b)
+            out[b] = float(c.sum() / (b * c.max(axis=1)).sum())
+    return out
+
+
+SCALING = """
+import json, time
+import jax, jax.numpy as jnp, numpy as np
+import jaxsde
+from jaxsde.testing import targets
+sde = jaxsde.VPSDE()
+score = targets.GaussianMixture.random(jax.random.PRNGKey(3), 8, (16,)).score(sde)
+solver = jaxsde.GottaGoFast(rtol=0.05)
+n, batch, rows, ref = {n}, {batch}, [], None
+for d in (1, 2, 4, 8):
+    run = jax.jit(lambda k: jaxsde.generate(k, sde, score, solver, (16,), n, batch, devices=jax.devices()[:d]))
+    out = jax.block_until_ready(run(jax.random.PRNGKey(0)))
+    times = []
+    for _ in range({repeats}):
+        t0 = time.perf_counter(); out = jax.block_until_ready(run(jax.random.PRNGKey(0)))
+        times.append(time.perf_counter() - t0)
+    ref = out if ref is None else ref
+    rows.append(dict(devices=d, samples_per_s=n / float(np.median(times)),
+                     max_abs_dx_vs_1_device=float(np.abs(np.asarray(out.x) - np.asarray(ref.x)).max()),
+                     same_nfe_as_1_device=bool(np.array_equal(np.asarray(out.stats.nfe), np.asarray(ref.stats.nfe))),
+                     useful_work=jaxsde.summarize(out).useful_work))
+print(json.dumps(rows))
+"""
+
+
+def scaling(n: int, batch: int, repeats: int) -> list[dict]:
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    code = SCALING.format(n=n, batch=batch, repeats=repeats)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def write(rows, by_batch, scale, args, command):
+    os.makedirs(args.out, exist_ok=True)
+    meta = dict(command=command, jax=jax.__version__, backend=jax.default_backend(), cpu_count=os.cpu_count(),
+                machine=platform.machine(), date=time.strftime("%Y-%m-%d %H:%M"), per_slot=args.per_slot,
+                repeats=args.repeats, digits_per_slot=args.digits_per_slot, digits_repeats=args.digits_repeats)
+    stem = os.path.join(args.out, "throughput" + (f"_{args.name}" if args.name else ""))
+    with open(stem + ".json", "w") as f:
+        json.dump(dict(meta=meta, rows=rows, sample_useful_work_by_batch=by_batch, device_scaling=scale), f, indent=1)
+    lines = ["# Throughput: continuous batching (`generate`) vs `sample`", "",
+             f"Reproduce: `{command}` ({meta['backend']}, {meta['cpu_count']} cores, jax {meta['jax']}, "
+             f"{meta['date']}; the machine was shared with other jobs, so absolute rates are noisy; the "
+             "methods of a row were compiled first, then timed in alternating rounds in one process, medians of "
+             "`rounds`).", "",
+             "n = per_slot x batch samples per method. Useful work: sample = sum NFE / sum over batches of "
+             "(batch x max NFE); generate = sum NFE / score evaluations computed (all slots every iteration, "
+             "plus refills). ideal = useful work generate / useful work sample (the speed-up if a loop iteration "
+             "cost the same in both). us/it = wall time / loop iterations (sample: summed over its batches). "
+             "`same NFE` / `max |dx|`: generate vs sample, sample by sample.", ""]
+    if any("drained_sps" in r for r in rows):
+        lines += ["## `generate` with drain halvings vs without, and `sample`", "",
+                  "`generate` (drain 0) and `generate(..., drain_halvings=h)` (drain h: once every sample has "
+                  "started, the busy slots move into loops of half the width, up to h times) in the same "
+                  "alternating rounds as `sample`. Compile seconds are not in the rates: each halving compiles one "
+                  "more copy of the loop and the score network.", "",
+                  "| problem | batch | n | h | sample/s: sample / drain 0 / drain h | speed-up drain 0 / drain h "
+                  "(ideal) | useful work sample / drain 0 / drain h | compile s sample / drain 0 / drain h "
+                  "| same NFE, max abs dx (drain h vs sample) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if "drained_sps" not in r:
+                continue
+            lines.append(f"| {r['problem']} | {r['batch']} | {r['n']} | {r['drain_halvings']} "
+                         f"| {r['sample_sps']:.1f} / {r['generate_sps']:.1f} / {r['drained_sps']:.1f} "
+                         f"| {r['speedup']:.2f}x / **{r['drained_speedup']:.2f}x** ({r['drained_ideal_speedup']:.2f}x) "
+                         f"| {r['sample_useful_work']:.3f} / {r['generate_useful_work']:.3f} / "
+                         f"**{r['drained_useful_work']:.3f}** | {r['compile_s'][0]:.1f} / {r['compile_s'][1]:.1f} / "
+                         f"{r['drained_compile_s']:.1f} | {100 * r['drained_same_nfe_fraction']:.0f}%, "
+                         f"{r['drained_max_abs_dx']:.1e} |")
+        lines += ["", "## `generate` (drain 0) vs `sample`", ""]
+    lines += [
+             "| problem | batch | n | rounds | sample/s (sample) | sample/s (generate) | speed-up | ideal "
+             "| useful work sample | useful work generate | us/it sample | us/it generate | refills "
+             "| NFE mean (min-max) | same NFE | max abs dx |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['problem']} | {r['batch']} | {r['n']} | {r['rounds']} | {r['sample_sps']:.1f} "
+                     f"| {r['generate_sps']:.1f} | {r['speedup']:.2f}x | {r['ideal_speedup']:.2f}x "
+                     f"| {r['sample_useful_work']:.3f} | {r['generate_useful_work']:.3f} "
+                     f"| {r['sample_us_per_iteration']:.0f} | {r['generate_us_per_iteration']:.0f} | {r['refills']} "
+                     f"| {r['mean_nfe']:.1f} ({r['min_nfe']}-{r['max_nfe']}) | {100 * r['same_nfe_fraction']:.0f}% "
+                     f"| {r['max_abs_dx']:.1e} |")
+    if by_batch:
+        sizes = sorted({int(b) for v in by_batch.values() for b in v["useful_work"]})
+        lines += ["", "## `sample`'s useful work at larger batches (from the per-sample NFEs measured above)", "",
+                  "The per-sample NFEs of a problem's largest run above (index order) grouped into whole batches "
+                  "of B: the useful-work fraction plain `sample` gets at batch B (generate's: the table above). "
+                  "The last column is a single batch, so it is noisy.", "",
+                  "| problem | samples | " + " | ".join(f"B={b}" for b in sizes) + " |",
+                  "|---|---|" + "---|" * len(sizes)]
+        for name, v in by_batch.items():
+            cells = [f"{v['useful_work'][b]:.3f}" if b in v["useful_work"] else "" for b in sizes]
+            lines.append(f"| {name} | {v['n']} | " + " | ".join(cells) + " |")
+    if scale:
+        lines += ["", f"## Per-device scaling of `generate` (forced host devices; Gaussian mixture d=16, "
+                  f"n={args.scale_n}, batch {args.scale_batch})", "",
+                  f"CPU 'devices' here share the same {meta['cpu_count']} cores: this checks that sharding over "
+                  "devices gives identical samples and what its overhead is; it cannot show a speed-up.", "",
+                  "| devices | samples/s | max abs dx vs 1 device | same NFE as 1 device | useful work |",
+                  "|---|---|---|---|---|"]
+    for r in scale:
+        lines.append(f"| {r['devices']} | {r['samples_per_s']:.1f} | {r['max_abs_dx_vs_1_device']:.1e} "
+                     f"| {r['same_nfe_as_1_device']} | {r['useful_work']:.3f} |")
+    with open(stem + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def arguments(parser):
+    parser.add_argument("--quick", action="store_true", help="batch sizes 16 and 64, few samples, 1 round")
+    parser.add_argument("--batches", type=int, nargs="*", default=[16, 64, 256, 1024],
+                        help="mixture batch sizes; none skips the mixture")
+    parser.add_argument("--per-slot", type=int, default=20, help="mixture samples per slot: n = per_slot x batch")
+    parser.add_argument("--repeats", type=int, default=5, help="mixture timing rounds")
+    parser.add_argument("--models", nargs="*", default=["digits", "digits-ve"], help="embedded digits models")
+    parser.add_argument("--digits-batches", type=int, nargs="*", default=[16, 64])
+    parser.add_argument("--digits-per-slot", type=int, default=4)
+    parser.add_argument("--digits-repeats", type=int, default=2)
+    parser.add_argument("--digits-rtol", type=float, default=0.05, help="GGF rtol on the digits models")
+    parser.add_argument("--scale-n", type=int, default=512, help="0 skips the device-scaling run")
+    parser.add_argument("--scale-batch", type=int, default=64)
+    parser.add_argument("--drain-halvings", type=int, default=3,
+                        help="also time generate(..., drain_halvings=H) in the same rounds; 0 skips it")
+    parser.add_argument("--name", default="", help="results file suffix: results/throughput_NAME.{json,md}")
+
+
+def run(args, ctx):
+    if args.quick:
+        args.batches, args.digits_batches = [16, 64], [16]
+        args.per_slot, args.digits_per_slot, args.repeats, args.digits_repeats = 6, 2, 1, 1
+    rows, by_batch = [], {}
+    t0 = time.perf_counter()
+    for prob in problems(args):
+        for b in prob["batches"]:
+            r = measure(prob, b, prob["per_slot"] * b, prob["repeats"], args.drain_halvings)
+            nfe = np.asarray(r.pop("nfe"))
+            print(json.dumps(r), f"[{time.perf_counter() - t0:.0f} s]", flush=True)
+            rows.append(r)
+            if prob["name"].startswith("digits"):
+                by_batch[prob["name"]] = dict(n=int(nfe.size), useful_work=sample_useful_by_batch(
+                    nfe, sorted({16, 64, 256, 1024, nfe.size} & set(range(1, nfe.size + 1)))))
+    scale = scaling(args.scale_n, args.scale_batch, max(args.repeats, 3)) if args.scale_n > 0 else []
+    command = ctx.command
+    write(rows, by_batch, scale, args, command.strip())

@@ -1,0 +1,254 @@
+"""Tolerance proportionality: error against a converged reference as ``rtol`` falls, default ``atol``.
+
+    python benchmarks/tolerance.py [--problems mixture-vp,mixture-ve,digits] [--n-ode 16] [--n-sde 4000]
+        [--n-sde-digits 359 (0: no SDE rows)] [--tag SUFFIX]
+        [--out benchmarks/results]
+
+For every adaptive solver, with ``atol`` left at its default (``ErrorNorm``: one 8-bit level of the
+data range, tied to ``rtol`` below it) and, for the solvers whose default was a fixed 8-bit level
+before, also with that fixed ``atol`` (the old default), sweeps ``rtol`` over two or more decades and
+reports the error next to the mean NFE:
+
+* ODE solvers (``AdaptiveDPMSolver(eta=0)``, ``AdaptiveMultistepSolver(tau=0)``, ``ProbabilityFlow``):
+  pathwise, the max over samples and coordinates of ``|x - x_ref|`` at ``t_end`` (no denoising step)
+  from the same prior draws, ``x_ref`` from diffrax ``Dopri8`` at ``rtol = atol = 1e-10`` in float64;
+* SDE solvers (``GottaGoFast``, ``AdaptiveMultistepSolver(tau=1)``, ``AdaptiveDPMSolver(eta=1)``):
+  the distribution error, on the mixtures ``mode_spread_w2`` against the law a perfect sampler gives
+  (its noise floor: the same metric of exact draws of that law, same n), on digits FD-digits with
+  its floor at the same n.
+
+Problems: ``mixture-vp`` / ``mixture-ve``: a 6-mode Gaussian mixture in d = 64 (exact score), VP and
+VE; ``digits`` / ``digits-ve``: the embedded VP / VE digits U-Nets (8x8). Everything in float64 for the ODE rows (the
+reference must be converged beyond the tightest tolerance), float32 for the SDE rows. The log-log
+slope of error vs rtol is fitted over the rows above the noise floor. Writes ``tolerance.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+jax.config.update("jax_enable_x64", True)
+
+import jaxsde  # noqa: E402
+from jaxsde.testing.metrics.samples import mode_spread_w2  # noqa: E402
+from jaxsde.testing.reference import diffrax_solve  # noqa: E402
+from jaxsde.testing.targets import GaussianMixture  # noqa: E402
+
+ODE_RTOLS = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
+SDE_RTOLS = (2e-1, 1e-1, 5e-2, 2e-2, 1e-2, 5e-3, 2e-3)
+SDE_RTOLS_DIGITS = (1e-1, 5e-2, 2e-2, 1e-2, 5e-3)
+
+
+def ode_solvers(sde):
+    old = sde.default_atol
+    return {
+        "AdaptiveDPMSolver(eta=0)": lambda r: jaxsde.AdaptiveDPMSolver(rtol=r),
+        "AdaptiveDPMSolver(eta=0), old fixed atol": lambda r: jaxsde.AdaptiveDPMSolver(rtol=r, atol=old),
+        "AdaptiveMultistepSolver(tau=0)": lambda r: jaxsde.AdaptiveMultistepSolver(rtol=r),
+        "AdaptiveMultistepSolver(tau=0), old fixed atol": lambda r: jaxsde.AdaptiveMultistepSolver(rtol=r, atol=old),
+        "ProbabilityFlow (atol 1e-5)": lambda r: jaxsde.ProbabilityFlow(rtol=r),
+    }
+
+
+def sde_solvers(sde):
+    old = sde.default_atol
+    return {
+        "GottaGoFast": lambda r: jaxsde.GottaGoFast(rtol=r),
+        "GottaGoFast, old fixed atol": lambda r: jaxsde.GottaGoFast(rtol=r, atol=old),
+        "AdaptiveMultistepSolver(tau=1)": lambda r: jaxsde.AdaptiveMultistepSolver(rtol=r, tau=1.0),
+        "AdaptiveMultistepSolver(tau=1), old fixed atol":
+            lambda r: jaxsde.AdaptiveMultistepSolver(rtol=r, tau=1.0, atol=old),
+        "AdaptiveDPMSolver(eta=1)": lambda r: jaxsde.AdaptiveDPMSolver(rtol=r, eta=1.0),
+    }
+
+
+def mixture_problem(ve: bool):
+    sde = jaxsde.VESDE() if ve else jaxsde.VPSDE()
+    rng = (0.0, 1.0) if ve else (-1.0, 1.0)
+
+    def target(dtype):
+        return GaussianMixture.random(jax.random.PRNGKey(7), 6, (64,), scale=0.08, data_range=rng, dtype=dtype)
+
+    return sde, target
+
+
+def slope(rtols, errors, floor=0.0):
+    """Least-squares slope of log(error) against log(rtol) over the rows clearly above ``floor``."""
+    pts = [(np.log(r), np.log(e)) for r, e in zip(rtols, errors, strict=True) if e > 2 * floor and e > 0]
+    if len(pts) < 2:
+        return float("nan")
+    a = np.array(pts)
+    return float(np.polyfit(a[:, 0], a[:, 1], 1)[0])
+
+
+def run_ode(sde, score, x_T, rtols, solvers):
+    n = x_T.shape[0]
+    keys = jax.random.split(jax.random.PRNGKey(0), n)
+    reference = jax.jit(jax.vmap(lambda x: diffrax_solve(
+        jax.random.PRNGKey(0), sde, score, x, diffrax.Dopri8(), ode=True, denoise=False,
+        controller=diffrax.PIDController(rtol=1e-10, atol=1e-10), dt0=1e-3, max_steps=100_000).x))(x_T)
+    run = jax.jit(lambda solver: jaxsde.solve_batch(keys, sde, score, solver, x_T, denoise=False))
+    rows = []
+    for name, make in solvers.items():
+        errors, nfes = [], []
+        for r in rtols:
+            sol = run(make(r))
+            ok = bool(np.all(np.asarray(sol.result) == 0))
+            errors.append(float(jnp.max(jnp.abs(sol.x - reference))) if ok else float("nan"))
+            nfes.append(float(jnp.mean(sol.stats.nfe)))
+        rows.append(dict(solver=name, kind="ode", rtols=list(rtols), errors=errors, nfe=nfes,
+                         monotone=bool(all(b < a for a, b in zip(errors, errors[1:], strict=False))),
+                         slope=slope(rtols, errors)))
+        print(f"  {name}: " + ", ".join(f"{r:g}: {e:.2e} @ {m:.0f}" for r, e, m in zip(rtols, errors, nfes,
+                                                                                      strict=True)), flush=True)
+    return rows
+
+
+def run_sde(sde, score, shape, n, rtols, solvers, metric, floor):
+    rows = []
+    run = jax.jit(lambda solver, key: jaxsde.sample(key, sde, score, solver, shape, n), static_argnums=())
+    for name, make in solvers.items():
+        errors, nfes = [], []
+        for r in rtols:
+            sol = run(make(r), jax.random.PRNGKey(1))
+            errors.append(metric(np.asarray(sol.x)))
+            nfes.append(float(jnp.mean(sol.stats.nfe)))
+        rows.append(dict(solver=name, kind="sde", rtols=list(rtols), errors=errors, nfe=nfes, floor=floor,
+                         slope=slope(rtols, errors, floor),
+                         monotone_above_floor=bool(all(b < a for a, b in zip(errors, errors[1:], strict=False)
+                                                       if b > 2 * floor))))
+        print(f"  {name}: " + ", ".join(f"{r:g}: {e:.4f} @ {m:.0f}" for r, e, m in zip(rtols, errors, nfes,
+                                                                                       strict=True))
+              + f" (floor {floor:.4f})", flush=True)
+    return rows
+
+
+def mixture_rows(ve, args):
+    sde, target = mixture_problem(ve)
+    mix64 = target(jnp.float64)
+    x_T = jax.vmap(lambda k: sde.prior_sample(k, (64,), jnp.float64))(jax.random.split(jax.random.PRNGKey(5),
+                                                                                         args.n_ode))
+    rows = run_ode(sde, mix64.score(sde), x_T, ODE_RTOLS, ode_solvers(sde))
+    mix = target(jnp.float32)
+    means, scales = mix.ideal_mode_means(sde), mix.ideal_mode_scales(sde)
+
+    def metric(x):
+        return float(mode_spread_w2(mix, jnp.asarray(x), means, scales))
+
+    exact = GaussianMixture.create(mix.weights, means, scales).sample(jax.random.PRNGKey(9), args.n_sde)
+    floor = metric(exact)
+    with jax.enable_x64(False):
+        rows += run_sde(sde, mix.score(sde), (64,), args.n_sde, SDE_RTOLS, sde_solvers(sde), metric, floor)
+    return rows
+
+
+def digits_rows(args, model="digits"):
+    from jaxsde.testing.metrics.digits import DigitsMetrics
+
+    ckpt = jaxsde.pretrained(model)
+    sde = ckpt.sde
+    params64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), ckpt.params)
+    score64 = ckpt.score_fn(params64)
+    x_T = jax.vmap(lambda k: sde.prior_sample(k, ckpt.shape, jnp.float64))(
+        jax.random.split(jax.random.PRNGKey(5), args.n_ode))
+    rows = run_ode(sde, score64, x_T, ODE_RTOLS[:-1], ode_solvers(sde))
+    if args.n_sde_digits == 0:
+        return rows
+    metrics = DigitsMetrics()
+    floor = None
+
+    def metric(x):
+        nonlocal floor
+        report = metrics.report(x)
+        floor = report["fd_floor"]  # held-out real digits, n = min(len(x), 359)
+        return float(report["fd"])
+
+    metric(np.asarray(jax.vmap(lambda k: sde.prior_sample(k, ckpt.shape))(jax.random.split(jax.random.PRNGKey(0),
+                                                                                           args.n_sde_digits))))
+
+    with jax.enable_x64(False):
+        rows += run_sde(sde, ckpt.score_fn(ckpt.params), ckpt.shape, args.n_sde_digits, SDE_RTOLS_DIGITS,
+                        {k: v for k, v in sde_solvers(sde).items() if "DPM" not in k}, metric, floor)
+    return rows
+
+
+def render(results, command):
+    lines = ["# Tolerance proportionality (default atol)", "",
+             f"Reproduce: `{command}`", "",
+             f"{results['date']}, {results['machine']}; {results['seconds']:.0f} s.", "",
+             "ODE rows: max |x - x_ref| at t_end (no denoising step) over the samples and coordinates, "
+             "x_ref from diffrax Dopri8 at 1e-10 (float64). SDE rows: mode-spread W2 against the law a perfect "
+             "sampler gives (mixtures) or FD-digits (digits), float32; the floor is the same metric of exact "
+             "draws (mixtures) or of held-out real digits, at the same n. Each cell: error @ mean NFE. "
+             "Slope: least-squares log-log slope of error against rtol over the cells above twice the floor; "
+             "monotone (SDE rows): over the cells above twice the floor, 'at floor' when fewer than two are. "
+             "'old fixed atol' rows pass the previous default atol (one 8-bit level of the data range) explicitly.",
+             ""]
+    for problem, rows in results["problems"].items():
+        lines += [f"## {problem}", ""]
+        for kind in ("ode", "sde"):
+            sel = [r for r in rows if r["kind"] == kind]
+            if not sel:
+                continue
+            rtols = sel[0]["rtols"]
+            lines += ["| solver | " + " | ".join(f"rtol {r:g}" for r in rtols) + " | slope | monotone |",
+                      "|---|" + "---|" * (len(rtols) + 2)]
+            for r in sel:
+                fmt = "{:.2e}" if kind == "ode" else "{:.3f}"
+                cells = [f"{fmt.format(e)} @ {m:.0f}" for e, m in zip(r["errors"], r["nfe"], strict=True)]
+                mono = r.get("monotone")
+                if kind == "sde":
+                    above = sum(e > 2 * r["floor"] for e in r["errors"])
+                    mono = r["monotone_above_floor"] if above >= 2 else "at floor"
+                lines.append(f"| {r['solver']} | " + " | ".join(cells) + f" | {r['slope']:.2f} | {mono} |")
+            if kind == "sde":
+                lines += ["", f"Noise floor: {sel[0]['floor']:.3f}."]
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def arguments(parser):
+    parser.add_argument("--problems", default="mixture-vp,mixture-ve,digits")
+    parser.add_argument("--n-ode", type=int, default=16)
+    parser.add_argument("--n-sde", type=int, default=4000)
+    parser.add_argument("--n-sde-digits", type=int, default=359)
+    parser.add_argument("--tag", default="", help="suffix of the results files' name, e.g. _ve")
+
+
+def run(args, ctx):
+    command = ctx.command
+    t0 = time.perf_counter()
+    problems = {}
+    for name in args.problems.split(","):
+        print(name, flush=True)
+        if name in ("mixture-vp", "mixture-ve"):
+            problems[name] = mixture_rows(name.endswith("-ve"), args)
+        elif name in ("digits", "digits-ve"):
+            problems[name] = digits_rows(args, name)
+        else:
+            raise SystemExit(f"unknown problem {name!r}")
+        # after each problem: a cut run keeps its rows
+        write(args.out, command, problems, time.perf_counter() - t0, args.tag)
+
+
+def write(out, command, problems, seconds, tag=""):
+    import platform
+    results = dict(command=command, date=datetime.date.today().isoformat(),
+                   machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU",
+                   seconds=seconds, problems=problems)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"tolerance{tag}.json.tmp"), "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(os.path.join(out, f"tolerance{tag}.json.tmp"), os.path.join(out, f"tolerance{tag}.json"))
+    with open(os.path.join(out, f"tolerance{tag}.md.tmp"), "w") as f:
+        f.write(render(results, command))
+    os.replace(os.path.join(out, f"tolerance{tag}.md.tmp"), os.path.join(out, f"tolerance{tag}.md"))
+    print(render(results, command))

@@ -1,0 +1,109 @@
+"""Useful-work fraction of continuous batching (``generate``) vs plain ``sample``, untimed.
+
+    python benchmarks/useful_work.py [--runs digits:16:20,digits:64:20,digits-ve:64:20] [--out DIR]
+    # the tail with and without drain halvings, Gaussian mixture d=16 (~2 min):
+    python benchmarks/useful_work.py --runs mixture:64:2,mixture:64:4,mixture:64:20,mixture:1024:2,\
+mixture:1024:4,mixture:1024:8,mixture:1024:20 --drain-halvings 0 1 3 --name mixture_drain
+
+Each run ``model:batch:per_slot`` (an embedded model, or ``mixture``: the d=16 Gaussian mixture
+of ``throughput.py`` with its exact score) generates n = batch x per_slot samples with
+``jaxsde.generate`` (GGF rtol 0.05, ``batch`` slots), once per ``--drain-halvings`` value, and
+reports its useful work (sum of per-sample NFE / score evaluations the loop computed: every slot
+every iteration, plus the refill passes). Plain ``sample`` at the same batch size computes, for
+batch b, batch x (max NFE in b) evaluations; its useful work follows from the same per-sample
+NFEs (sample i has the same NFE in both, tested), so it is computed from them without a second
+run. Nothing here is timed: the fractions are deterministic counts, unaffected by machine load
+(``throughput.py`` times them).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxsde
+
+from .throughput import mixture_problem
+
+
+def problem(model: str):
+    """(sde, score_fn, params, shape) of an embedded model, or of the d=16 mixture."""
+    if model == "mixture":
+        sde, score = mixture_problem()
+        return sde, lambda p: score, jnp.zeros(()), (16,)
+    ckpt = jaxsde.pretrained(model)
+    return ckpt.sde, ckpt.score_fn, ckpt.params, ckpt.shape
+
+
+def count_work(model: str, batch: int, per_slot: int, halvings=(0,)) -> dict:
+    sde, score_fn, params, shape = problem(model)
+    n = batch * per_slot
+    solver = jaxsde.GottaGoFast(rtol=0.05)
+    useful, seconds, nfe, failed = {}, {}, None, 0
+    for h in halvings:
+        fn = jax.jit(lambda k, p, h=h: jaxsde.generate(k, sde, score_fn(p), solver, shape, n, batch, drain_halvings=h))
+        t0 = time.perf_counter()
+        gen = jax.block_until_ready(fn(jax.random.PRNGKey(0), params))
+        seconds[h] = time.perf_counter() - t0
+        s = gen.summary()
+        useful[h], failed = s.useful_work, max(failed, s.num_failed)
+        if nfe is None:
+            nfe = np.asarray(gen.stats.nfe)  # index order = sample's batches
+        elif not np.array_equal(nfe, np.asarray(gen.stats.nfe)):
+            raise RuntimeError(f"drain_halvings={h} changed a sample's NFE")
+    batches = nfe.reshape(-1, batch)
+    sample_uw = float(batches.sum() / (batch * batches.max(axis=1).sum()))
+    return dict(model=model, batch=batch, per_slot=per_slot, n=n, mean_nfe=float(nfe.mean()), min_nfe=int(nfe.min()),
+                max_nfe=int(nfe.max()), useful_work_generate=useful[halvings[0]], useful_work_sample=sample_uw,
+                ideal_speedup=useful[halvings[0]] / sample_uw, failed=failed,
+                useful_work_by_drain_halvings={str(h): u for h, u in useful.items()},
+                seconds_with_compile={str(h): s for h, s in seconds.items()})
+
+
+def arguments(parser):
+    parser.add_argument("--runs", default="digits:16:20,digits:64:20,digits-ve:64:20,digits:256:8")
+    parser.add_argument("--drain-halvings", type=int, nargs="+", default=[0],
+                        help="generate's drain_halvings values, one run each (NFE must agree)")
+    parser.add_argument("--name", default="", help="results file suffix: useful_work_NAME.{json,md}")
+
+
+def run(args, ctx):
+    command = ctx.command
+    rows = []
+    for spec in args.runs.split(","):
+        model, batch, per_slot = spec.split(":")
+        row = count_work(model, int(batch), int(per_slot), tuple(args.drain_halvings))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, "useful_work" + (f"_{args.name}" if args.name else ""))
+    hs = args.drain_halvings
+    with open(stem + ".json", "w") as f:
+        json.dump(dict(command=command, date=date, jax=jax.__version__, rows=rows), f, indent=1)
+    lines = ["# Useful work: `generate` vs `sample` (GGF rtol 0.05, untimed counts)", "",
+             f"Command: `{command}` ({date})", "",
+             "useful work = sum of per-sample NFE / score evaluations computed. `sample`'s from the same "
+             "per-sample NFEs in batches of `batch` (index order). ideal = generate / sample: the speed-up of "
+             "`generate` if a loop iteration cost the same in both. `drain h`: `generate(..., drain_halvings=h)` "
+             "(the last samples finish in loops of half the width, up to h times; per-sample NFE identical, "
+             "checked). `s`: wall seconds of each generate run including its compile.", "",
+             "| model | batch | samples per slot | n | NFE mean (min-max) | useful work sample | "
+             + " | ".join(f"useful work generate, drain {h}" for h in hs) + " | ideal speed-up | s | failed |",
+             "|---|---|---|---|---|---|" + "---|" * len(hs) + "---|---|---|"]
+    for r in rows:
+        uw = r["useful_work_by_drain_halvings"]
+        cells = " | ".join(f"**{uw[str(h)]:.3f}**" for h in hs)
+        ideal = " / ".join(f"{uw[str(h)] / r['useful_work_sample']:.3f}x" for h in hs)
+        secs = " / ".join(f"{r['seconds_with_compile'][str(h)]:.0f}" for h in hs)
+        lines.append(f"| {r['model']} | {r['batch']} | {r['per_slot']} | {r['n']} | {r['mean_nfe']:.1f} "
+                     f"({r['min_nfe']}-{r['max_nfe']}) | {r['useful_work_sample']:.3f} | {cells} | {ideal} | {secs} "
+                     f"| {r['failed']} |")
+    with open(stem + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")

@@ -1,0 +1,549 @@
+"""jaxsde vs diffusers (PyTorch) on CPU: DDIM on the same ``UNet2DModel`` weights, side by side.
+
+    python benchmarks/vs_diffusers.py                       # forward variants, then DDIM 20 and 50 steps
+    python benchmarks/vs_diffusers.py --stage forward       # only the one-forward variants (cheap)
+    python benchmarks/vs_diffusers.py --stage sampling --flags "--xla_cpu_use_thunk_runtime=false"
+    python benchmarks/vs_diffusers.py --stage compile       # compile times only, each program compiled twice
+    python benchmarks/vs_diffusers.py --quick               # tiny network, batch 2, 3 steps (a smoke test)
+
+Network: diffusers' ``UNet2DModel`` in the layout of google/ddpm-cifar10-32 (35,746,307 parameters;
+``jaxsde.models.ddpm_unet.DDPM_CIFAR10_CONFIG``) with random weights (``torch.manual_seed(0)``, diffusers'
+own initialisation), saved with ``save_pretrained`` (safetensors) next to a ``DDIMScheduler`` config
+(DDPM's linear betas, ``timestep_spacing="trailing"``, ``set_alpha_to_one=True``, ``clip_sample=False``)
+and loaded on the jaxsde side with ``jaxsde.checkpoints.load(dir, "diffusers")``. Random weights: this
+measures speed and agreement, not sample quality.
+
+Sampling, batch 16 (``--batch``), K = 20 and 50 steps: diffusers runs the loop of ``DDIMPipeline``
+(``unet(x, t).sample`` then ``scheduler.step(eps, t, x, eta=0)``, under ``torch.inference_mode``, without
+the pipeline's final clamp to [0, 1]); jaxsde runs ``jaxsde.DDIM(K - 1, grid=diffusers_grid(timesteps, 1000,
+end_at_first_entry=False))`` with the final Tweedie step (``denoise=True``), which is diffusers' last step
+to ``alpha_bar = 1``: K network evaluations on both sides, from the same ``x_T``. Timing: both programs
+are built (jaxsde: ``jit(...).lower().compile()``, timed), run once as a warm-up, then timed in
+alternating rounds (diffusers, jaxsde, diffusers, ...), each run ended by ``block_until_ready`` /
+a synchronous torch call; the medians are reported, and their ratio. Both use the same number of
+threads (``--threads``, default 2: ``torch.set_num_threads``; XLA's CPU client sizes its pool to the
+cores it may use, which the child process pins with ``os.sched_setaffinity`` when ``--threads`` is
+below the machine's core count). Agreement: max |jaxsde - diffusers| of the two outputs.
+
+Forward variants (``--stage forward``): one jitted batched forward of the jaxsde network (and torch's,
+alternating, so both see the same load) in a fresh process per variant, since XLA reads its flags once
+at start-up: XLA CPU flags (thunk runtime, Eigen threading, oneDNN, XNNPACK / YNNPACK library fusions,
+fast math), ``jax_default_matmul_precision``, the convolutions recast as NCHW or as an explicit
+im2col matmul (through ``flax.linen.intercept_methods``, same parameters), torch ``channels_last``.
+Each variant's compile time, forward time and max |diff| to torch are recorded; a flag this jaxlib
+does not accept is recorded as an error. Then the sampling programs' compile time against one
+forward's (``denoise`` on and off: the Tweedie step is a second call site of the network).
+
+Results go to ``benchmarks/results/vs_diffusers.{json,md}`` (``--out``, ``--name``), rewritten
+atomically after every measurement, so a killed run keeps what finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from ..harness.machine import machine_info
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+N_TRAIN = 1000
+
+# name -> (XLA_FLAGS, options for the child); options: precision (jax_default_matmul_precision),
+# conv ("nchw" | "im2col"), torch_channels_last
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "default": ("", {}),
+    "thunk_runtime=false": ("--xla_cpu_use_thunk_runtime=false", {}),
+    "multi_thread_eigen=false": ("--xla_cpu_multi_thread_eigen=false", {}),
+    "use_onednn": ("--xla_cpu_use_onednn=true", {}),
+    "onednn_fusion=dot,eltwise": ("--xla_cpu_experimental_onednn_fusion_type=dot,eltwise", {}),
+    "use_xnnpack": ("--xla_cpu_use_xnnpack=true", {}),
+    "xnn_fusion=individual_convolution,individual_dot": (
+        "--xla_cpu_experimental_xnn_fusion_type=individual_convolution,individual_dot", {}),
+    "xnn_graph_fusion=GREEDY": ("--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY", {}),
+    "ynn_fusion=individual_convolution,individual_dot": (
+        "--xla_cpu_experimental_ynn_fusion_type=individual_convolution,individual_dot", {}),
+    "ynn_fusion=individual_convolution": ("--xla_cpu_experimental_ynn_fusion_type=individual_convolution", {}),
+    "ynn_fusion=individual_convolution,individual_dot,dot,eltwise,reduce": (
+        "--xla_cpu_experimental_ynn_fusion_type=individual_convolution,individual_dot,dot,eltwise,reduce", {}),
+    "ynn + conv im2col matmul": ("--xla_cpu_experimental_ynn_fusion_type=individual_convolution,individual_dot",
+                                 {"conv": "im2col"}),
+    "enable_fast_math": ("--xla_cpu_enable_fast_math=true", {}),
+    "matmul_precision=highest": ("", {"precision": "highest"}),
+    "conv NCHW": ("", {"conv": "nchw"}),
+    "conv im2col matmul": ("", {"conv": "im2col"}),
+    "torch channels_last": ("", {"torch_channels_last": True}),
+}
+
+
+# --- shared -------------------------------------------------------------------------------------
+def unet_config(quick: bool) -> dict:
+    from jaxsde.models.ddpm_unet import DDPM_CIFAR10_CONFIG
+
+    cfg = dict(DDPM_CIFAR10_CONFIG)
+    if quick:  # a small network of the same layout
+        cfg.update(block_out_channels=[32, 64, 64, 64], layers_per_block=1, norm_num_groups=8)
+    return cfg
+
+
+def make_weights(folder: str, quick: bool) -> str:
+    """Random-weight ``UNet2DModel`` + ``DDIMScheduler`` config saved with diffusers into ``folder``."""
+    import torch
+    from diffusers import DDIMScheduler, UNet2DModel
+
+    if not os.path.exists(os.path.join(folder, "diffusion_pytorch_model.safetensors")):
+        torch.manual_seed(0)
+        UNet2DModel(**unet_config(quick)).save_pretrained(folder, safe_serialization=True)
+        scheduler(DDIMScheduler).save_pretrained(folder)
+    return folder
+
+
+def scheduler(cls):
+    return cls(num_train_timesteps=N_TRAIN, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+               timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False, steps_offset=0,
+               prediction_type="epsilon")
+
+
+def pin_threads(threads: int) -> list[int]:
+    """Restrict this process to ``threads`` cores (before jax/torch start their pools)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if threads < len(cpus):
+        cpus = cpus[:threads]
+        os.sched_setaffinity(0, cpus)
+    return cpus
+
+
+def conv_interceptor(kind: str):
+    """A ``flax.linen.intercept_methods`` interceptor computing every ``nn.Conv`` (no groups, no
+    dilation) as NCHW ``lax.conv_general_dilated`` or as im2col + one matmul, same parameters."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    def conv(mod, x):
+        k = mod.variables["params"]["kernel"]
+        b = mod.variables["params"].get("bias")
+        kh, kw, _, cout = k.shape
+        strides = tuple(mod.strides or (1, 1)) if not isinstance(mod.strides, int) else (mod.strides,) * 2
+        pad = mod.padding
+        if isinstance(pad, str):
+            pad = [((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2)] if pad == "SAME" else [(0, 0), (0, 0)]
+        pad = [tuple(p) for p in pad]
+        if kind == "nchw":
+            y = jax.lax.conv_general_dilated(jnp.transpose(x, (0, 3, 1, 2)), jnp.transpose(k, (3, 2, 0, 1)),
+                                             strides, pad, dimension_numbers=("NCHW", "OIHW", "NCHW"))
+            y = jnp.transpose(y, (0, 2, 3, 1))
+        else:
+            xp = jnp.pad(x, ((0, 0), pad[0], pad[1], (0, 0)))
+            n, hp, wp, cin = xp.shape
+            ho, wo = (hp - kh) // strides[0] + 1, (wp - kw) // strides[1] + 1
+            cols = [xp[:, i:i + strides[0] * (ho - 1) + 1:strides[0], j:j + strides[1] * (wo - 1) + 1:strides[1], :]
+                    for i in range(kh) for j in range(kw)]
+            patches = jnp.concatenate(cols, axis=-1) if len(cols) > 1 else cols[0]
+            y = patches.reshape(n * ho * wo, kh * kw * cin) @ k.reshape(kh * kw * cin, cout)
+            y = y.reshape(n, ho, wo, cout)
+        return y + b if b is not None else y
+
+    def interceptor(next_fun, args, kwargs, context):
+        if isinstance(context.module, nn.Conv) and context.method_name == "__call__":
+            return conv(context.module, *args)
+        return next_fun(*args, **kwargs)
+
+    return interceptor
+
+
+def median_rounds(fns: dict, rounds: int) -> tuple[dict, dict]:
+    """Run every fn once (warm-up), then ``rounds`` alternating rounds; (median s, all times)."""
+    for f in fns.values():
+        f()
+    times = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}, times
+
+
+# --- child: one forward --------------------------------------------------------------------------
+def child_forward(args, opts: dict) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+    from diffusers import UNet2DModel
+
+    import jaxsde
+
+    torch.set_num_threads(args.threads)
+    if opts.get("precision"):
+        jax.config.update("jax_default_matmul_precision", opts["precision"])
+    ckpt = jaxsde.checkpoints.load(args.weights, "diffusers")
+    tnet = UNet2DModel.from_pretrained(args.weights).eval()
+    if opts.get("torch_channels_last"):
+        tnet = tnet.to(memory_format=torch.channels_last)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((args.batch, *ckpt.shape)).astype(np.float32)
+    ts = np.full((args.batch,), 500, np.int64)
+
+    def apply(p, x, t):
+        if opts.get("conv"):
+            import flax.linen as nn
+
+            with nn.intercept_methods(conv_interceptor(opts["conv"])):
+                return ckpt.model.apply(p, x, t)
+        return ckpt.model.apply(p, x, t)
+
+    xj, tj = jnp.asarray(x), jnp.asarray(ts, jnp.float32)
+    t0 = time.perf_counter()
+    fwd = jax.jit(apply).lower(ckpt.params, xj, tj).compile()
+    compile_s = time.perf_counter() - t0
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    if opts.get("torch_channels_last"):
+        xt = xt.contiguous(memory_format=torch.channels_last)
+    tt = torch.from_numpy(ts)
+    out = {}
+
+    def run_jax():
+        out["jax"] = jax.block_until_ready(fwd(ckpt.params, xj, tj))
+
+    def run_torch():
+        with torch.inference_mode():
+            out["torch"] = tnet(xt, tt).sample
+
+    med, times = median_rounds({"torch": run_torch, "jaxsde": run_jax}, args.rounds)
+    diff = float(np.max(np.abs(np.asarray(out["jax"]) - out["torch"].numpy().transpose(0, 2, 3, 1))))
+    return dict(compile_s=compile_s, jaxsde_s=med["jaxsde"], torch_s=med["torch"],
+                ratio_jaxsde_over_torch=med["jaxsde"] / med["torch"], times=times, max_abs_diff=diff,
+                out_scale=float(np.max(np.abs(out["torch"].numpy()))))
+
+
+def ddim_solver(sched, k_steps: int):
+    """``jaxsde.DDIM`` on diffusers' ``k_steps``-step trailing grid, ending with the Tweedie step (diffusers' last
+    step to ``alpha_bar = 1``); ``sched`` is set to ``k_steps``."""
+    import jaxsde
+    from jaxsde.solvers.exponential import diffusers_grid
+
+    sched.set_timesteps(k_steps)
+    grid = diffusers_grid(sched.timesteps.numpy(), N_TRAIN, end_at_first_entry=False)
+    return jaxsde.DDIM(len(grid) - 1, grid=grid)
+
+
+# --- child: DDIM sampling --------------------------------------------------------------------------
+def child_sampling(args, opts: dict) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+    from diffusers import DDIMScheduler, UNet2DModel
+
+    import jaxsde
+
+    torch.set_num_threads(args.threads)
+    ckpt = jaxsde.checkpoints.load(args.weights, "diffusers")
+    tnet = UNet2DModel.from_pretrained(args.weights).eval()
+    sched = DDIMScheduler.from_pretrained(args.weights)
+    gen = torch.Generator().manual_seed(0)
+    x_T = torch.randn((args.batch, *ckpt.shape[::-1][:1], *ckpt.shape[:2]), generator=gen)  # NCHW
+    x_T_j = jnp.asarray(x_T.numpy().transpose(0, 2, 3, 1))
+    keys = jax.random.split(jax.random.PRNGKey(0), args.batch)
+    result: dict = dict(threads=args.threads, batch=args.batch, steps={})
+
+    # compile time of one batched forward, for the compile ratio
+    xs, ts = jnp.zeros((args.batch, *ckpt.shape)), jnp.zeros((args.batch,))
+    t0 = time.perf_counter()
+    jax.jit(ckpt.model.apply).lower(ckpt.params, xs, ts).compile()
+    result["forward_compile_s"] = time.perf_counter() - t0
+
+    for k_steps in args.steps:
+        solver = ddim_solver(sched, k_steps)
+        timesteps = sched.timesteps.clone()
+
+        def program(params, x, denoise=True, solver=solver):
+            sol = jaxsde.solve_batch(keys, ckpt.sde, ckpt.score_fn(params), solver, x, denoise=denoise)
+            return sol.x, sol.stats.nfe
+
+        row: dict = dict(steps=k_steps)
+        t0 = time.perf_counter()
+        compiled = jax.jit(program).lower(ckpt.params, x_T_j).compile()
+        row["compile_s"] = time.perf_counter() - t0
+        if args.compile_probe:
+            t0 = time.perf_counter()
+            jax.jit(lambda p, x: program(p, x, denoise=False)).lower(ckpt.params, x_T_j).compile()
+            row["compile_s_without_tweedie"] = time.perf_counter() - t0
+            # before the shared network: model.apply called (so traced) at each call site
+            from jaxsde.models.score import output_to_score
+
+            def unshared(p):
+                def score(x, t):
+                    t = jnp.asarray(t, x.dtype)
+                    out = ckpt.model.apply(p, x[None], ckpt.sde.timestep(t)[None])[0]
+                    return output_to_score(ckpt.sde, out, x, t, "eps")
+                return score
+
+            t0 = time.perf_counter()
+            jax.jit(lambda p, x, s=solver: jaxsde.solve_batch(keys, ckpt.sde, unshared(p), s, x).x).lower(
+                ckpt.params, x_T_j).compile()
+            row["compile_s_unshared_network"] = time.perf_counter() - t0
+        out = {}
+
+        def run_jax(compiled=compiled, out=out):
+            out["jax"] = jax.block_until_ready(compiled(ckpt.params, x_T_j))
+
+        def run_torch(timesteps=timesteps, k_steps=k_steps, out=out):
+            sched.set_timesteps(k_steps)
+            x = x_T.clone()
+            with torch.inference_mode():
+                for t in timesteps:
+                    eps = tnet(x, t).sample
+                    x = sched.step(eps, t, x, eta=0.0).prev_sample
+            out["torch"] = x
+
+        med, times = median_rounds({"diffusers": run_torch, "jaxsde": run_jax}, args.rounds)
+        xj, nfe = (np.asarray(a) for a in out["jax"])
+        xt = out["torch"].numpy().transpose(0, 2, 3, 1)
+        row.update(diffusers_s=med["diffusers"], jaxsde_s=med["jaxsde"], times=times,
+                   ratio_jaxsde_over_diffusers=med["jaxsde"] / med["diffusers"],
+                   diffusers_sps=args.batch / med["diffusers"], jaxsde_sps=args.batch / med["jaxsde"],
+                   diffusers_step_s=med["diffusers"] / k_steps, jaxsde_step_s=med["jaxsde"] / k_steps,
+                   nfe=int(nfe.max()), nfe_min=int(nfe.min()),
+                   max_abs_diff=float(np.max(np.abs(xj - xt))), out_abs_max=float(np.max(np.abs(xt))),
+                   rel_l2_diff=float(np.linalg.norm(xj - xt) / np.linalg.norm(xt)),
+                   compile_ratio=row["compile_s"] / result["forward_compile_s"])
+        result["steps"][str(k_steps)] = row
+        print(json.dumps({"partial": row}), flush=True)
+    return result
+
+
+# --- child: compile times -------------------------------------------------------------------------
+def child_compile(args, opts: dict) -> dict:
+    """Compile times, each program compiled twice from a fresh ``jax.jit``: one batched forward, then DDIM with
+    ``K`` steps for each ``--steps``, with and without the final Tweedie step. The first compile of a process pays
+    one-time costs (the network's first trace, XLA's first use of its passes); the second is the program's own."""
+    import jax
+    import jax.numpy as jnp
+    from diffusers import DDIMScheduler
+
+    import jaxsde
+
+    ckpt = jaxsde.checkpoints.load(args.weights, "diffusers")
+    sched = DDIMScheduler.from_pretrained(args.weights)
+    xs, ts = jnp.zeros((args.batch, *ckpt.shape)), jnp.zeros((args.batch,))
+    keys = jax.random.split(jax.random.PRNGKey(0), args.batch)
+
+    def compile_s(fn, *a) -> float:  # a new function object each time: jax's caches are keyed on it
+        t0 = time.perf_counter()
+        jax.jit(lambda *b: fn(*b)).lower(*a).compile()
+        return time.perf_counter() - t0
+
+    def forward(p, x, t):
+        return ckpt.model.apply(p, x, t)
+
+    out: dict = dict(forward=[compile_s(forward, ckpt.params, xs, ts) for _ in range(2)], ddim={})
+    for k_steps in args.steps:
+        solver = ddim_solver(sched, k_steps)
+        for denoise in (True, False):
+            def program(p, x, solver=solver, denoise=denoise):
+                return jaxsde.solve_batch(keys, ckpt.sde, ckpt.score_fn(p), solver, x, denoise=denoise).x
+
+            out["ddim"][f"{k_steps} steps, denoise={denoise}"] = [compile_s(program, ckpt.params, xs)
+                                                                  for _ in range(2)]
+    return out
+
+
+# --- parent ------------------------------------------------------------------------------------------
+def run_child(args, mode: str, flags: str, opts: dict, timeout: float) -> dict:
+    env = dict(os.environ, XLA_FLAGS=flags)
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--child-opts", json.dumps(opts),
+           "--weights", args.weights, "--batch", str(args.batch), "--threads", str(args.threads),
+           "--rounds", str(args.rounds), "--steps", *map(str, args.steps)]
+    if args.compile_probe:
+        cmd.append("--compile-probe")
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return dict(error=f"timed out after {timeout:.0f} s", wall_s=time.perf_counter() - t0)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return dict(error=f"exit {proc.returncode}: " + " | ".join(tail)[-400:], wall_s=time.perf_counter() - t0)
+    res = json.loads(lines[-1])
+    res["wall_s"] = time.perf_counter() - t0
+    res["load_avg_after"] = list(os.getloadavg())  # other jobs on the machine (2 = both cores busy)
+    return res
+
+
+def write(path_base: str, data: dict) -> None:
+    from jaxsde.checkpoints.io import atomic_write
+
+    atomic_write(path_base + ".json", (json.dumps(data, indent=1) + "\n").encode())
+    atomic_write(path_base + ".md", report(data).encode())
+
+
+def report(d: dict) -> str:
+    m = d["machine"]
+    lines = ["# jaxsde vs diffusers (PyTorch): DDIM on the same UNet2DModel weights, CPU", "",
+             f"Command: `{m['command']}`  ", f"Date: {m['date']}, commit {m['git_commit'][:10]}  ",
+             f"Machine: {m['cpu']} ({m['cpus']} cores), {m['threads']} threads for each side; "
+             f"load average at start {', '.join(f'{v:.1f}' for v in m['load'])}  ",
+             f"Versions: Python {m['python']}, jax {m['jax']}, torch {m['versions']['torch']}, "
+             f"diffusers {m['versions']['diffusers']}  ",
+             f"Network: {d['network']}; batch {d['batch']}. Timings taken under `flock /tmp/jaxsde_cpu.lock` "
+             "(no other benchmark running), on 2 shared cores.", ""]
+    fw = d.get("forward_variants") or {}
+    if fw:
+        cmds = sorted({r.get("command", "") for r in fw.values()})
+        rounds = "/".join(str(k) for k in sorted({len(r["times"]["jaxsde"]) for r in fw.values() if "times" in r}))
+        lines += ["## One batched forward pass, per variant", "",
+                  "Command(s): " + ", ".join(f"`{c}`" for c in cmds), "",
+                  f"A fresh process per variant; compile, warm-up, then {rounds} alternating rounds "
+                  "(torch, jaxsde), medians. `ratio` = jaxsde / torch (below 1: jaxsde faster).", "",
+                  "`load` = the machine's 1-minute load average when the variant ended (this benchmark alone: "
+                  "about 2; more means other jobs shared the cores and the row is not comparable).", "",
+                  "| variant | XLA_FLAGS / option | compile s | jaxsde forward s | torch forward s | ratio | "
+                  "max abs diff vs torch | load | date |", "|---|---|---|---|---|---|---|---|---|"]
+        for name, r in fw.items():
+            spec = " ".join(x for x in (r.get("flags"), json.dumps(r["opts"]) if r.get("opts") else "") if x)
+            load = f"{r['load_avg_after'][0]:.1f}" if r.get("load_avg_after") else "n/a"
+            if "error" in r:
+                lines.append(f"| {name} | `{spec or '(none)'}` | error: {r['error'][:160]} | | | | | {load} | "
+                             f"{r.get('date', '')} |")
+            else:
+                lines.append(f"| {name} | `{spec or '(none)'}` | {r['compile_s']:.2f} | {r['jaxsde_s']:.3f} | "
+                             f"{r['torch_s']:.3f} | {r['ratio_jaxsde_over_torch']:.3f} | {r['max_abs_diff']:.1e} | "
+                             f"{load} | {r.get('date', '')} |")
+        lines.append("")
+    for key, s in (d.get("sampling") or {}).items():
+        lines += [f"## DDIM sampling ({key}; XLA_FLAGS `{s.get('flags') or ''}`)", "",
+                  f"Command: `{s.get('command')}`, {s.get('date')}.", ""]
+        if "error" in s:
+            lines += [f"error: {s['error']}", ""]
+            continue
+        lines += [f"Compile time of one jitted batched forward: {s['forward_compile_s']:.2f} s.", "",
+                  "| steps | NFE (jaxsde) | diffusers s | jaxsde s | jaxsde / diffusers | diffusers samples/s | "
+                  "jaxsde samples/s | s/step diffusers | s/step jaxsde | jaxsde compile s | compile / forward "
+                  "compile | compile s without Tweedie call | compile s, network not shared | max abs diff |",
+                  "|" + "---|" * 14]
+        for k, r in s["steps"].items():
+            no_tw, unsh = r.get("compile_s_without_tweedie"), r.get("compile_s_unshared_network")
+            lines.append(f"| {k} | {r['nfe']} | {r['diffusers_s']:.2f} | {r['jaxsde_s']:.2f} | "
+                         f"{r['ratio_jaxsde_over_diffusers']:.3f} | {r['diffusers_sps']:.3f} | {r['jaxsde_sps']:.3f} | "
+                         f"{r['diffusers_step_s']:.3f} | {r['jaxsde_step_s']:.3f} | {r['compile_s']:.2f} | "
+                         f"{r['compile_ratio']:.2f} | {'' if no_tw is None else f'{no_tw:.2f}'} | "
+                         f"{'' if unsh is None else f'{unsh:.2f}'} | "
+                         f"{r['max_abs_diff']:.1e} (outputs up to {r['out_abs_max']:.1f}; relative L2 "
+                         f"{r.get('rel_l2_diff', float('nan')):.1e}) |")
+        lines.append("")
+    for key, c in (d.get("compile") or {}).items():
+        lines += [f"## Compile times ({key})", "", f"Command: `{c.get('command')}`, {c.get('date')}.", ""]
+        if "error" in c:
+            lines += [f"error: {c['error']}", ""]
+            continue
+        f1, f2 = c["forward"]
+        lines += ["Each program compiled twice in one process, from a fresh `jax.jit` each time "
+                  "(`jit(...).lower(...).compile()`), after one batched forward compiled twice: the first "
+                  "compile of the process pays one-time costs, the second is the program's own. Ratios: "
+                  "against the forward's first compile and against its second.", "",
+                  f"One batched forward: {f1:.2f} s, then {f2:.2f} s.", "",
+                  "| program | first compile s | second compile s | first / forward first | second / forward second |",
+                  "|---|---|---|---|---|"]
+        for name, (a, b) in c["ddim"].items():
+            lines.append(f"| DDIM {name} | {a:.2f} | {b:.2f} | {a / f1:.2f} | {b / f2:.2f} |")
+        lines.append("")
+    if d.get("notes"):
+        lines += ["## Notes", "", *d["notes"], ""]
+    return "\n".join(lines)
+
+
+def arguments(parser):
+    parser.add_argument("--stage", choices=("all", "forward", "sampling", "compile"), default="all")
+    parser.add_argument("--variants", nargs="*", default=None, help="forward variants to run (default: all)")
+    parser.add_argument("--flags", default=None, help="XLA_FLAGS for the sampling stage (default: the fastest "
+                    "forward variant's flags measured in this run or already in the results file, else none)")
+    parser.add_argument("--steps", type=int, nargs="+", default=[20, 50])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--compile-probe", action="store_true",
+                        help="also compile the program without the Tweedie step")
+    parser.add_argument("--quick", action="store_true", help="small network, batch 2, 3 steps, 1 round")
+    parser.add_argument("--weights", default=None,
+                        help="folder for the random-weight UNet2DModel (default: a temp dir)")
+    parser.add_argument("--name", default="vs_diffusers")
+    parser.add_argument("--child", choices=("forward", "sampling", "compile"), help=argparse.SUPPRESS)
+    parser.add_argument("--child-opts", default="{}", help=argparse.SUPPRESS)
+
+
+def run(args, ctx):
+
+    if args.child:
+        pin_threads(args.threads)
+        opts = json.loads(args.child_opts)
+        res = dict(forward=child_forward, sampling=child_sampling, compile=child_compile)[args.child](args, opts)
+        print(json.dumps(res), flush=True)
+        return
+
+    if args.quick:
+        args.batch, args.steps, args.rounds = 2, [3], 1
+    tmp = None
+    if args.weights is None:
+        tmp = tempfile.TemporaryDirectory(prefix="vs_diffusers_")
+        args.weights = tmp.name
+    make_weights(args.weights, args.quick)
+    from jaxsde.models.ddpm_unet import UNet2D, param_count, sample_shape
+
+    model = UNet2D.from_config(unet_config(args.quick))
+    base = os.path.join(args.out, args.name)
+    data: dict = {}
+    if os.path.exists(base + ".json"):
+        with open(base + ".json") as f:
+            data = json.load(f)
+    machine = dict(machine_info("torch", "diffusers"), threads=args.threads, command=ctx.command)
+    data.update(machine=machine, batch=args.batch, rounds=args.rounds,
+                network=f"UNet2DModel, DDPM CIFAR-10 layout{' (reduced: --quick)' if args.quick else ''}, "
+                        f"{param_count(model, sample_shape(model)):,} parameters, random weights")
+    data.setdefault("forward_variants", {})
+    data.setdefault("sampling", {})
+
+    if args.stage in ("all", "forward"):
+        names = args.variants if args.variants is not None else list(VARIANTS)
+        for name in names:
+            flags, opts = VARIANTS[name]
+            print(f"forward variant {name} ...", flush=True)
+            res = run_child(args, "forward", flags, opts, timeout=600)
+            data["forward_variants"][name] = dict(flags=flags, opts=opts, command=data["machine"]["command"],
+                                                  date=data["machine"]["date"], **res)
+            print("  ", {k: v for k, v in res.items() if k != "times"}, flush=True)
+            write(base, data)
+
+    if args.stage in ("all", "sampling"):
+        flags = args.flags
+        if flags is None:
+            ok = {k: v for k, v in data["forward_variants"].items() if "error" not in v and not v.get("opts")}
+            flags = min(ok.values(), key=lambda v: v["jaxsde_s"])["flags"] if ok else ""
+        key = f"batch {args.batch}, threads {args.threads}, " + ("default flags" if not flags else flags)
+        print(f"sampling ({key}) ...", flush=True)
+        res = run_child(args, "sampling", flags, {}, timeout=1800)
+        data["sampling"][key] = dict(flags=flags, command=data["machine"]["command"], date=data["machine"]["date"],
+                                     load_avg=data["machine"]["load"], **res)
+        print("  ", json.dumps({k: v for k, v in res.items()})[:2000], flush=True)
+        write(base, data)
+    if args.stage == "compile":
+        flags = args.flags or ""
+        key = f"batch {args.batch}, " + ("default flags" if not flags else flags)
+        print(f"compile ({key}) ...", flush=True)
+        res = run_child(args, "compile", flags, {}, timeout=900)
+        data.setdefault("compile", {})[key] = dict(flags=flags, command=data["machine"]["command"],
+                                                   date=data["machine"]["date"], **res)
+        print("  ", json.dumps(res), flush=True)
+        write(base, data)
+    print(f"wrote {base}.json and .md")
+    if tmp is not None:
+        tmp.cleanup()
