@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stage what benchmarks/gpu.py needs on a GPU machine that reaches no package index, into .gpu_stage/
+# Stage what `python -m benchmarks run gpu` (benchmarks/suites/gpu.py) needs on a GPU machine that reaches no package index, into .gpu_stage/
 # (git-ignored; about 20 MiB):
 #   diffusers-<version>-py3-none-any.whl   pip download --no-deps (imported from the zip: it is pure Python)
 #   deps.zip                               the pure-Python modules diffusers imports that such an image may lack
@@ -7,7 +7,7 @@
 #                                          with their .dist-info (diffusers checks some versions at import)
 #   eqx_hsc_ScoreNet64.eqx                 galaxygrad 0.2.1's HSC-64 weights, copied from the installed wheel
 #                                          (no license: staged for the run, never committed)
-# gpu.py --stage .gpu_stage appends the two archives to the END of sys.path, so the machine's own packages win.
+# run gpu --stage .gpu_stage appends the two archives to the END of sys.path, so the machine's own packages win.
 #
 #   bash benchmarks/gpu_prepare.sh            # from the repository root, with .venv ready
 #   PYTHON=python3 STAGE=/tmp/stage bash benchmarks/gpu_prepare.sh
@@ -28,7 +28,7 @@ import zipfile
 
 stage = sys.argv[1]
 # diffusers' import-time dependencies (UNet2DModel, DDIMScheduler) beyond what the GPU image ships
-# (numpy, torch, safetensors, Pillow, tqdm, ...): listed by importing them here, see benchmarks/gpu.py
+# (numpy, torch, safetensors, Pillow, tqdm, ...): listed by importing them here, see benchmarks/suites/gpu.py
 modules = ["huggingface_hub", "filelock", "fsspec", "requests", "urllib3", "idna", "certifi", "charset_normalizer",
            "httpx2", "httpcore2", "h11", "anyio", "sniffio", "truststore", "yaml", "packaging", "typing_extensions",
            "colorama", "simplejson", "importlib_metadata", "zipp", "regex"]

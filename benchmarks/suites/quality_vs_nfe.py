@@ -34,7 +34,7 @@ Every solver uses the same keys (sample i: ``fold_in(seed, i)``). Outputs
 **The frontier** (issue 22, ``--frontier``)::
 
     python benchmarks/quality_vs_nfe.py --frontier [--frontier-problems lowrank,lowrank-ve,gmm3072,gmm3072-ve,digits]
-        [--budgets 5,10,20] [--n-frontier N] [--samplers NAME,...]
+        [--budgets 5,10,20] [--n-frontier N] [--samplers NAME ...]
     python benchmarks/quality_vs_nfe.py --frontier --quick   # smoke test: lowrank, n = 64, NFE 5
 
 At each NFE budget B in {5, 10, 20}: every fixed-step sampler of jaxsde's registry (at its registry
@@ -77,7 +77,7 @@ import jaxsde.testing.metrics
 from jaxsde import driver
 from jaxsde.testing.targets import GaussianMixture
 
-from ..harness.select import parse_names, select
+from ..harness.select import select
 
 BUDGETS = (5, 10, 20, 50, 100, 200)
 FAMILY_STYLE = {"DDIM": "o", "DPM++2M": "s", "DPM++3M": "^", "SA-Solver": "v", "ForwardValue": "<",
@@ -233,8 +233,8 @@ def arguments(parser):
     parser.add_argument("--budgets", default="", help="--frontier: comma-separated NFE budgets (default 5,10,20)")
     parser.add_argument("--n-frontier", type=int, default=0,
                         help="--frontier: samples per sampler (default 1000 on the mixtures, 300 on digits)")
-    parser.add_argument("--samplers", default="",
-                        help="--frontier: comma-separated exact row names (e.g. 'unipc,k-diffusion lms')")
+    parser.add_argument("--samplers", nargs="+", default=None,
+                        help="--frontier: exact row names, one argument each (e.g. unipc 'k-diffusion lms')")
     parser.add_argument("--seed", type=int, default=0, help="--frontier: the sampling seed")
     parser.add_argument("--tag", default="", help="--frontier: results file suffix, frontier_<problem>_<tag>.*, "
                         "for a partial or confirmation run (--samplers, --seed); frontier_summary.md merges a tagged "
@@ -695,7 +695,7 @@ def frontier(args, ctx):
     budgets = tuple(int(b) for b in args.budgets.split(",")) if args.budgets else FRONTIER_BUDGETS
     if args.quick:
         problems, budgets = problems[:1] if args.frontier_problems else ["lowrank"], budgets[:1]
-    samplers = parse_names(args.samplers)
+    samplers = args.samplers
     os.makedirs(args.out, exist_ok=True)
     for problem in problems:
         t_problem = time.perf_counter()
