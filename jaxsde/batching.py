@@ -74,7 +74,15 @@ class LoopStats(NamedTuple):
 
 class Generated(NamedTuple):
     """``generate``'s output: the fields of :class:`~jaxsde.Solution` (leading axis n, in index
-    order) plus :class:`LoopStats`."""
+    order) plus :class:`LoopStats`.
+
+    Attributes:
+        x: the samples, ``(n, *shape)``.
+        t: the time each sample reached.
+        stats: :class:`~jaxsde.Stats`, one entry per sample.
+        result: the result codes.
+        loop: :class:`LoopStats`, what the loop paid for.
+    """
 
     x: Array
     t: Array
@@ -134,7 +142,14 @@ class _Out(NamedTuple):  # finished samples in completion order
 
 
 def default_refill_size(slots: int) -> int:
-    """Slots refilled per refill pass (its width): ~1/32 of the slots, at least 2."""
+    """Slots refilled per refill pass (its width): ~1/32 of the slots, at least 2.
+
+    Args:
+        slots: the number of slots.
+
+    Returns:
+        The refill pass's width.
+    """
     return max(2, math.ceil(slots / 32))
 
 
@@ -442,6 +457,28 @@ def generate(
 
     Returns :class:`Generated` (``.solution()`` gives a :class:`~jaxsde.Solution`); see
     :meth:`Generated.summary` for the useful-work fraction.
+
+    Args:
+        key: the run's PRNG key (the same as :func:`jaxsde.sample`'s).
+        sde: the forward SDE.
+        score: ``score(x, t)`` (or ``score(x, t, cond)``) of ONE sample.
+        solver: any jaxsde solver.
+        shape: one sample's shape.
+        n: the number of samples (static).
+        batch_size: the number of slots, over all devices.
+        dtype: the samples' dtype.
+        offset: the index of the first sample (may be traced).
+        refill_size: slots refilled per refill pass.
+        refill_min: free slots that trigger a refill pass.
+        drain_halvings: how many times the loop may halve its width at the end (see above).
+        devices: the devices to split the slots over (default all local devices).
+        progress: ``True``, a callable, or None (see above).
+        progress_every: loop iterations between progress calls.
+        cond: the samples' conditions, leading axis ``n`` (optional).
+        **solve_kwargs: passed to :func:`jaxsde.solve`.
+
+    Returns:
+        A :class:`Generated`.
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
@@ -483,7 +520,21 @@ def generate(
 
 
 class GenerateSummary(NamedTuple):
-    """Host-side summary of :func:`generate`: what the samples needed vs what the loop paid for."""
+    """Host-side summary of :func:`generate`: what the samples needed vs what the loop paid for.
+
+    Attributes:
+        n: samples made.
+        mean_nfe: mean score evaluations per sample.
+        min_nfe: the fewest a sample took.
+        max_nfe: the most a sample took.
+        slots: slots per device.
+        loop_iterations: the longest device's loop iterations.
+        paid_nfe: score evaluations computed: every slot every iteration, plus refills.
+        useful_work: sum of per-sample NFE / ``paid_nfe``.
+        slot_utilisation: sum of per-sample loop iterations / slot-iterations, over devices.
+        num_failed: samples whose result code is not 0.
+        refills: refill passes.
+    """
 
     n: int
     mean_nfe: float
@@ -505,7 +556,16 @@ class GenerateSummary(NamedTuple):
 
 def process_range(n: int, process_index: int | None = None, process_count: int | None = None) -> tuple[int, int]:
     """``(offset, count)`` of the samples process ``process_index`` of ``process_count`` generates
-    (contiguous blocks; defaults: this process, from ``jax.process_index()``/``jax.process_count()``)."""
+    (contiguous blocks; defaults: this process, from ``jax.process_index()``/``jax.process_count()``).
+
+    Args:
+        n: samples over all processes.
+        process_index: this process (default ``jax.process_index()``).
+        process_count: the number of processes (default ``jax.process_count()``).
+
+    Returns:
+        ``(offset, count)``.
+    """
     i = jax.process_index() if process_index is None else process_index
     k = jax.process_count() if process_count is None else process_count
     start, stop = (n * i) // k, (n * (i + 1)) // k
@@ -534,6 +594,24 @@ class Generator:
     drains only once every pending sample fits in its chunk. ``jaxsde generate`` leaves it at 0:
     a resumed job drains a different set of samples than an uninterrupted one, and its output
     must be bitwise the same.
+
+    Args:
+        key: the run's PRNG key (the same as :func:`jaxsde.sample`'s).
+        sde: the forward SDE.
+        score_fn: ``score_fn(params)`` builds the score of ONE sample.
+        params: the network's parameters (arguments of the compiled loop).
+        solver: any jaxsde solver.
+        shape: one sample's shape.
+        indices: the sample indices to make.
+        batch_size: the number of slots, over all devices.
+        chunk_size: finished samples per call of the compiled loop.
+        refill_size: slots refilled per refill pass.
+        refill_min: free slots that trigger a refill pass.
+        drain_halvings: as in :func:`generate`.
+        dtype: the samples' dtype.
+        devices: the devices to split the slots over (default all local devices).
+        pad_to: pad the work list to this length.
+        **solve_kwargs: passed to :func:`jaxsde.solve`.
     """
 
     def __init__(self, key, sde, score_fn: Callable, params, solver, shape, indices, *, batch_size: int = 256,

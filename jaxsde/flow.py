@@ -37,7 +37,15 @@ def time_shift(t: ArrayLike, shift: float) -> np.ndarray:
 
     Monotone, fixes 0 and 1 exactly (computed as ``s t / (s t + 1 - t)``); ``s > 1`` spends more
     of a grid near the noise (``t = 1``). Its inverse is ``time_shift(t, 1 / s)``. Raises
-    ``ValueError`` for ``shift <= 0`` or non-finite."""
+    ``ValueError`` for ``shift <= 0`` or non-finite.
+
+    Args:
+        t: times in ``[0, 1]``.
+        shift: ``s > 0``.
+
+    Returns:
+        The shifted times (float64), shaped like ``t``.
+    """
     s = _check_shift(shift)
     t = np.asarray(t, np.float64)
     return s * t / (s * t + (1.0 - t))
@@ -49,7 +57,18 @@ def dynamic_shift_mu(image_seq_len: int, base_seq_len: int = 256, max_seq_len: i
     (``calculate_shift``): linear in the number of latent tokens, ``base_shift`` at
     ``base_seq_len`` and ``max_shift`` at ``max_seq_len`` (the defaults of Flux's scheduler
     config), extrapolated outside. Pass it to :func:`flow_grid` with
-    ``use_dynamic_shifting=True``."""
+    ``use_dynamic_shifting=True``.
+
+    Args:
+        image_seq_len: the number of latent tokens of the image.
+        base_seq_len: the token count at which ``mu = base_shift``.
+        max_seq_len: the token count at which ``mu = max_shift``.
+        base_shift: ``mu`` at ``base_seq_len``.
+        max_shift: ``mu`` at ``max_seq_len``.
+
+    Returns:
+        ``mu``.
+    """
     if not max_seq_len > base_seq_len:
         raise ValueError(f"max_seq_len ({max_seq_len}) must exceed base_seq_len ({base_seq_len})")
     slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
@@ -88,6 +107,18 @@ def flow_grid(num_inference_steps: int, *, shift: float = 1.0, use_dynamic_shift
     <= 0 or non-finite, ``mu`` without ``use_dynamic_shifting=True`` (or the reverse), a
     ``shift`` other than 1 together with dynamic shifting (diffusers ignores it; here it is an
     error), an unknown ``time_shift_type``, ``shift_terminal`` outside ``(0, 1)``.
+
+    Args:
+        num_inference_steps: the grid's number of times (>= 2).
+        shift: the static time shift (1: none).
+        use_dynamic_shifting: shift by ``mu`` instead (Flux's resolution-dependent shift).
+        mu: the dynamic shift's parameter (see :func:`dynamic_shift_mu`).
+        time_shift_type: ``"exponential"`` or ``"linear"``.
+        shift_terminal: the last time, if stretched to it.
+        num_train_timesteps: the training table's length ``N``.
+
+    Returns:
+        The times, ``num_inference_steps`` decreasing floats from 1.0.
     """
     if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int | np.integer) \
             or num_inference_steps < 2:

@@ -59,7 +59,23 @@ def time_grid(
     rho: float = 7.0,
     dtype=jnp.float32,
 ):
-    """The ``num_steps + 1`` decreasing times of a fixed-step solve, end points exact."""
+    """The ``num_steps + 1`` decreasing times of a fixed-step solve, end points exact.
+
+    Args:
+        sde: the SDE, whose ``T``, ``eps`` and log-SNR place the times.
+        num_steps: the number of steps (>= 1).
+        kind: ``"uniform"`` in ``t``, ``"logsnr"`` (uniform in log-SNR), ``"edm"`` (Karras et
+            al.'s ``rho`` grid), or the times themselves (decreasing, from ``t_start`` to ``t_end``).
+        t_start: the first time (default ``sde.T``).
+        t_end: the last time (default ``sde.eps``).
+        rho: the EDM grid's exponent.
+        dtype: the times' dtype.
+
+    Returns:
+        The times, shape ``(num_steps + 1,)``.
+
+    Raises:
+        ValueError: ``num_steps < 1``, an unknown ``kind``, or times that do not decrease."""
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     t_start = sde.T if t_start is None else t_start

@@ -76,7 +76,18 @@ def _check_null(null_cond: Any) -> None:
 def noise_level_interval(sde: SDE, interval: tuple[float, float] | None) -> Callable[[Array], Array] | None:
     """``inside(t)``: whether ``sigma_t / alpha_t`` lies in ``interval = (lo, hi)`` (None: always).
 
-    ``0 <= lo < hi`` (``hi`` may be ``inf``); a negative, reversed or empty interval is refused."""
+    ``0 <= lo < hi`` (``hi`` may be ``inf``); a negative, reversed or empty interval is refused.
+
+    Args:
+        sde: the SDE, whose ``sigma_t / alpha_t`` is compared.
+        interval: ``(lo, hi)``, or None.
+
+    Returns:
+        ``inside(t) -> bool array``, or None when ``interval`` is None.
+
+    Raises:
+        ValueError: a negative, reversed or empty interval.
+    """
     if interval is None:
         return None
     if not isinstance(sde, SDE):
@@ -144,6 +155,16 @@ def composed(score: CondScore, null_cond: Any, weights: Sequence[float] | Array,
     is :func:`classifier_free`. The ``K`` conditions and the null one run in one call of
     ``score`` over ``K + 1``. ``sde`` / ``interval`` as for :func:`classifier_free` (outside the
     interval every ``w_k`` is 0).
+
+    Args:
+        score: the conditional score ``score(x, t, cond)`` of ONE sample.
+        null_cond: the condition meaning "no condition" (e.g. the null class).
+        weights: ``w_1 .. w_K``, one per condition.
+        sde: the SDE, needed with ``interval``.
+        interval: ``(lo, hi)`` of ``sigma_t / alpha_t`` where guidance applies (None: everywhere).
+
+    Returns:
+        The guided score ``guided(x, t, conds)``.
     """
     _check_null(null_cond)
     if not isinstance(weights, jax.core.Tracer):

@@ -69,7 +69,19 @@ class Likelihood(NamedTuple):
     one probe); ``prior_log_p``: ``log p_T(x_T)`` under the prior; ``delta_log_p``: the
     divergence integral (mean over probes), so ``log_p = prior_log_p + delta_log_p``; ``x_T``:
     the ODE's end point at ``T``; ``stats``: :class:`jaxsde.Stats` (``nfe`` = ODE evaluations);
-    ``num_jvps``: Jacobian-vector products spent on the divergence; ``result``: the code."""
+    ``num_jvps``: Jacobian-vector products spent on the divergence; ``result``: the code.
+
+    Attributes:
+        log_p: ``log p_{t0}(x)`` in nats (``NaN`` unless ``result == SUCCESS``).
+        std_err: the Hutchinson estimate's standard error over its probes (0 for the exact
+            divergence, ``NaN`` with one probe).
+        prior_log_p: ``log p_T(x_T)`` under the prior.
+        delta_log_p: the divergence integral (mean over probes): ``log_p = prior_log_p + delta_log_p``.
+        x_T: the ODE's end point at ``T``.
+        stats: :class:`jaxsde.Stats` (``nfe`` = ODE evaluations).
+        num_jvps: Jacobian-vector products spent on the divergence.
+        result: the result code.
+    """
 
     log_p: Array
     std_err: Array
@@ -326,7 +338,19 @@ def log_likelihood_batch(key: Array, sde: SDE, score: ScoreFn, xs: Array, *, off
     """:func:`log_likelihood` of each of ``xs`` ``(n, *shape)``; sample ``i`` uses the key
     ``fold_in(key, offset + i)``, so its result never depends on its batch (every sample takes its
     own step sequence). ``probes``, if given, has a leading axis ``n``. Other arguments as for
-    :func:`log_likelihood`."""
+    :func:`log_likelihood`.
+
+    Args:
+        key: the run's PRNG key (for Hutchinson probes).
+        sde: the forward SDE.
+        score: ``score(x, t)`` of ONE sample.
+        xs: the points, ``(n, *shape)``.
+        offset: the index of the first point in the key sequence (may be traced).
+        **kwargs: the other arguments of :func:`log_likelihood`.
+
+    Returns:
+        A :class:`Likelihood` whose fields carry a leading axis ``n``.
+    """
     xs = jnp.asarray(xs) if not hasattr(xs, "dtype") else xs
     if getattr(xs, "ndim", 0) < 1 or xs.shape[0] < 1:
         raise ValueError(f"xs must have a leading batch axis (n, *shape) with n >= 1, got shape "
@@ -378,6 +402,15 @@ def bits_per_dim(log_p: Array, dim: int, *, data_range: tuple[float, float], lev
     [-1, 1] (width 2), 8 for [0, 1], at 256 levels. With ``log_p`` measured at uniformly
     dequantized points (:func:`dequantize`), its mean over the noise is an upper bound on the
     discrete model's bits/dim (Jensen): ``-log2 P(k) <= E_u[-log2 p_y(k + u)]``.
+
+    Args:
+        log_p: log-densities in nats, over data units (any shape).
+        dim: the number of values per point (e.g. ``8 * 8 * 1``).
+        data_range: the data's ``(lo, hi)``.
+        levels: the number of pixel values (256 for 8-bit images, 17 for the digits).
+
+    Returns:
+        Bits per dimension, shaped like ``log_p``.
     """
     lo, hi = _check_range(data_range)
     _check_levels(levels)
@@ -389,7 +422,19 @@ def bits_per_dim(log_p: Array, dim: int, *, data_range: tuple[float, float], lev
 def quantize(x: Array, *, data_range: tuple[float, float], levels: int = 256) -> Array:
     """Pixel values ``k`` (int32) of data on the grid ``lo + (hi - lo) k / (levels - 1)`` (how 8-bit
     images ``k / 255`` and the digits ``k / 16`` are scaled to a data range), rounded to the nearest
-    level. Raises ``ValueError`` for concrete ``x`` outside ``data_range``."""
+    level. Raises ``ValueError`` for concrete ``x`` outside ``data_range``.
+
+    Args:
+        x: data in ``data_range``, any shape.
+        data_range: the data's ``(lo, hi)``.
+        levels: the number of pixel values.
+
+    Returns:
+        int32 pixel values in ``0 .. levels - 1``, shaped like ``x``.
+
+    Raises:
+        ValueError: a concrete ``x`` lies outside ``data_range``.
+    """
     lo, hi = _check_range(data_range)
     _check_levels(levels)
     concrete = _concrete(x)
@@ -410,7 +455,21 @@ def dequantize(key: Array, pixels: Array, *, data_range: tuple[float, float], le
 
     ``pixels``: integer values in ``[0, levels)`` (:func:`quantize` makes them from data); the
     result lies in the cell ``[k, k + 1)`` of pixel space mapped to the data range (as score_sde's
-    ``(k + u) / 256``). Raises ``ValueError`` for concrete pixels that are not such integers."""
+    ``(k + u) / 256``). Raises ``ValueError`` for concrete pixels that are not such integers.
+
+    Args:
+        key: PRNG key of the uniform noise.
+        pixels: integer pixel values in ``[0, levels)``, any shape.
+        data_range: the data's ``(lo, hi)``.
+        levels: the number of pixel values.
+        dtype: the result's dtype.
+
+    Returns:
+        Continuous data in ``data_range``, shaped like ``pixels``.
+
+    Raises:
+        ValueError: concrete pixels that are not integers in ``[0, levels)``.
+    """
     lo, hi = _check_range(data_range)
     _check_levels(levels)
     concrete = _concrete(pixels)
@@ -425,7 +484,18 @@ def dequantize(key: Array, pixels: Array, *, data_range: tuple[float, float], le
 
 
 class BitsPerDim(NamedTuple):
-    """Host-side result of :func:`evaluate_bits_per_dim` (NumPy arrays, one entry per sample)."""
+    """Host-side result of :func:`evaluate_bits_per_dim` (NumPy arrays, one entry per sample).
+
+    Attributes:
+        bits_per_dim: per sample (``NaN`` for a failed one).
+        mean: the mean over the successful samples.
+        std_err: its standard error.
+        nfe: the ODE evaluations per sample.
+        result: the result code per sample.
+        num_failed: samples left out of the mean.
+        levels: the number of pixel values used.
+        data_range: the data range used.
+    """
 
     bits_per_dim: np.ndarray  # per sample (NaN where the solve failed)
     mean: float  # over the successful samples
@@ -447,6 +517,20 @@ def evaluate_bits_per_dim(key: Array, sde: SDE, score: ScoreFn, xs: Any, *, leve
     dequantized with its own key ``fold_in(fold_in(key, i), 0)``; the likelihood's key is
     ``fold_in(key, i)``. Without it, ``xs`` is taken as continuous data as it is. Other keyword
     arguments go to :func:`log_likelihood`. Failed samples are counted and left out of the mean.
+
+    Args:
+        key: the run's PRNG key.
+        sde: the forward SDE.
+        score: ``score(x, t)`` of ONE sample.
+        xs: the data set, ``(n, *shape)`` (NumPy or JAX).
+        levels: the number of pixel values.
+        dequantize_data: quantize then dequantize ``xs`` (uniform noise), as for image data.
+        data_range: the data's ``(lo, hi)`` (default ``sde.data_range``).
+        batch_size: samples per compiled call.
+        **kwargs: the other arguments of :func:`log_likelihood`.
+
+    Returns:
+        A :class:`BitsPerDim`.
     """
     lo, hi = _check_range(sde.data_range if data_range is None else data_range)
     _check_levels(levels)

@@ -37,6 +37,20 @@ def sample_multilevel(key: Array, sde, score: MultilevelScore, solver: Multileve
     time follows the expected cost. Returns ``jaxsde.sample(key, sde, score, solver, shape, n,
     offset=offset, denoise=denoise)``'s :class:`~jaxsde.Solution` (same keys, priors, noise and
     failure rule; equal up to float rounding). Jit it like ``sample``.
+
+    Args:
+        key: the run's PRNG key (sample ``i`` uses ``fold_in(key, offset + i)``).
+        sde: the forward SDE.
+        score: the :class:`~jaxsde.MultilevelScore` of the levels.
+        solver: a :class:`~jaxsde.MultilevelEM`.
+        shape: one sample's shape.
+        n: the number of samples (static).
+        dtype: the samples' dtype.
+        offset: the index of the first sample (may be traced).
+        denoise: finish with the final denoising (Tweedie) step.
+
+    Returns:
+        A :class:`~jaxsde.Solution` with a leading axis ``n`` on every field.
     """
     if not isinstance(solver, MultilevelEM):
         raise TypeError(f"sample_multilevel needs a MultilevelEM solver, got {type(solver).__name__}")

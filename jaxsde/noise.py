@@ -37,6 +37,14 @@ def sample_keys(key: Array, n: int, offset: int | Array = 0) -> tuple[Array, Arr
 
     Every batched sampler derives sample ``i``'s keys this way, so sample ``i`` never depends on
     its batch. ``n`` is static; ``offset`` may be traced.
+
+    Args:
+        key: the run's PRNG key.
+        n: how many samples (static).
+        offset: the index of the first sample.
+
+    Returns:
+        ``(prior_keys, solve_keys)``, each ``(n, 2)`` (or ``n`` typed keys).
     """
     idx = jnp.arange(n) + offset
     pairs = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i)))(idx)
@@ -64,6 +72,10 @@ class GivenNoise(NamedTuple):
     solve needs ``num_steps`` entries (fewer is refused before the solve), an adaptive one as
     many as it takes attempts (one that runs past the end stops there, at its state so far, with
     ``results.NOISE_EXHAUSTED``; ``max_steps`` is a safe size).
+
+    Attributes:
+        z: the normals, ``(num_attempts, count, *sample_shape)``; under ``sample`` /
+            ``solve_batch`` with a leading batch axis in front.
     """
 
     z: Array
@@ -88,6 +100,9 @@ class BrownianNoise(NamedTuple):
     ``count == 1``), as diffrax's Brownian paths do. The sign matches diffrax's reverse-time
     control ``W(t_next) - W(t)``, so a jaxsde Euler-Maruyama step equals a ``diffrax.Euler``
     step on the same path and grid.
+
+    Attributes:
+        path: an object with ``evaluate(t0, t1)``, e.g. a ``diffrax.VirtualBrownianTree``.
     """
 
     path: object

@@ -62,7 +62,14 @@ def mixed_precision(score: ScoreFn, compute_dtype: Any = jnp.bfloat16, *, cast_t
 
 
 def cast_params(params: Any, compute_dtype: Any = jnp.bfloat16) -> Any:
-    """Every floating leaf of a parameter pytree cast to ``compute_dtype`` (others unchanged)."""
+    """Every floating leaf of a parameter pytree cast to ``compute_dtype`` (others unchanged).
+
+    Args:
+        params: a pytree of arrays (e.g. a Flax ``params`` dict).
+        compute_dtype: the floating dtype to cast to.
+
+    Returns:
+        The same pytree, floating leaves cast."""
     dtype = _check_compute_dtype(compute_dtype)
     return jax.tree_util.tree_map(
         lambda a: a.astype(dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, params)

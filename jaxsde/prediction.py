@@ -67,6 +67,14 @@ class Prediction:
     Example: a flow-matching network ``v(x, t)`` on :class:`~jaxsde.sde.FlowSDE` is
     ``Prediction(v, "velocity")``; ``to_x0(FlowSDE(), Prediction(v, "velocity"))`` is
     ``lambda x, t: x - t * v(x, t)``, exact at ``t = 1``.
+
+    Args:
+        fn: the model, ``fn(x, t)`` or ``fn(x, t, cond)``.
+        kind: what ``fn`` predicts: ``"score"``, ``"eps"``, ``"x0"`` or ``"velocity"``.
+
+    Raises:
+        ValueError: an unknown ``kind``.
+        TypeError: ``fn`` is not callable, or is already a :class:`Prediction`.
     """
 
     fn: Callable
@@ -89,7 +97,14 @@ jax.tree_util.register_static(Prediction)
 
 def as_prediction(model: Callable | Prediction) -> Prediction:
     """``model`` itself if it is a :class:`Prediction`, else ``Prediction(model, "score")``: a
-    plain callable is a score function."""
+    plain callable is a score function.
+
+    Args:
+        model: a :class:`Prediction` or a plain callable.
+
+    Returns:
+        The :class:`Prediction`.
+    """
     return model if isinstance(model, Prediction) else Prediction(model, "score")
 
 
@@ -98,7 +113,19 @@ def convert(sde: SDE, value: Array, x: Array, t: ArrayLike, source: str, target:
     :data:`PREDICTION_KINDS`), by the direct formula of the pair (see the module docstring; exact
     at ``alpha = 0`` out of ``"velocity"`` and ``"x0"``). ``value`` and ``x`` share a shape (any,
     e.g. one sample or a batch); ``t`` is a scalar or broadcasts against them
-    (e.g. ``(B, 1, 1, 1)``). ``source == target`` returns ``value`` unchanged."""
+    (e.g. ``(B, 1, 1, 1)``). ``source == target`` returns ``value`` unchanged.
+
+    Args:
+        sde: the SDE whose ``alpha_t``, ``sigma_t`` relate the predictions.
+        value: the ``source`` prediction.
+        x: the noisy sample(s) ``x_t``, shaped like ``value``.
+        t: the time(s).
+        source: ``value``'s kind.
+        target: the kind wanted.
+
+    Returns:
+        The ``target`` prediction, shaped like ``value``.
+    """
     _check_kind(source)
     _check_kind(target)
     if source == target:
@@ -129,7 +156,16 @@ def convert(sde: SDE, value: Array, x: Array, t: ArrayLike, source: str, target:
 def to_kind(sde: SDE, model: Callable | Prediction, kind: str) -> Callable:
     """``model`` (a :class:`Prediction`, or a plain callable: a score) as a function
     ``f(x, t, *cond)`` of ONE sample returning the ``kind`` prediction; ``model`` itself when it
-    already has that kind. ``t`` is cast to ``x``'s dtype."""
+    already has that kind. ``t`` is cast to ``x``'s dtype.
+
+    Args:
+        sde: the SDE the model was trained on.
+        model: a :class:`Prediction`, or a plain callable (a score function).
+        kind: the kind wanted.
+
+    Returns:
+        ``f(x, t, *cond)``.
+    """
     pred = as_prediction(model)
     _check_kind(kind)
     if pred.kind == kind:
@@ -144,23 +180,55 @@ def to_kind(sde: SDE, model: Callable | Prediction, kind: str) -> Callable:
 
 def to_score(sde: SDE, model: Callable | Prediction) -> Callable:
     """The score function ``score(x, t, *cond)`` of ``model`` (see :func:`to_kind`); infinite at
-    ``sigma = 0``, finite at ``alpha = 0`` from a velocity or x0 model."""
+    ``sigma = 0``, finite at ``alpha = 0`` from a velocity or x0 model.
+
+    Args:
+        sde: the SDE the model was trained on.
+        model: a :class:`Prediction`, or a plain callable (a score function).
+
+    Returns:
+        The function of ONE sample.
+    """
     return to_kind(sde, model, "score")
 
 
 def to_x0(sde: SDE, model: Callable | Prediction) -> Callable:
     """The data estimate ``x0(x, t, *cond)`` of ``model`` (see :func:`to_kind`): exact at
     ``alpha = 0`` for velocity and x0 models (``x - t v`` on the linear path); ``0/0`` there for
-    score and eps models."""
+    score and eps models.
+
+    Args:
+        sde: the SDE the model was trained on.
+        model: a :class:`Prediction`, or a plain callable (a score function).
+
+    Returns:
+        The function of ONE sample.
+    """
     return to_kind(sde, model, "x0")
 
 
 def to_eps(sde: SDE, model: Callable | Prediction) -> Callable:
-    """The noise estimate ``eps(x, t, *cond)`` of ``model`` (see :func:`to_kind`)."""
+    """The noise estimate ``eps(x, t, *cond)`` of ``model`` (see :func:`to_kind`).
+
+    Args:
+        sde: the SDE the model was trained on.
+        model: a :class:`Prediction`, or a plain callable (a score function).
+
+    Returns:
+        The function of ONE sample.
+    """
     return to_kind(sde, model, "eps")
 
 
 def to_velocity(sde: SDE, model: Callable | Prediction) -> Callable:
     """The velocity (probability-flow drift) ``v(x, t, *cond)`` of ``model`` (see
-    :func:`to_kind`): exact at ``alpha = 0`` from x0 and velocity models only."""
+    :func:`to_kind`): exact at ``alpha = 0`` from x0 and velocity models only.
+
+    Args:
+        sde: the SDE the model was trained on.
+        model: a :class:`Prediction`, or a plain callable (a score function).
+
+    Returns:
+        The function of ONE sample.
+    """
     return to_kind(sde, model, "velocity")

@@ -43,12 +43,25 @@ __all__ = ["SUCCESS", "MAX_STEPS_REACHED", "NONFINITE", "NOISE_EXHAUSTED", "INVA
 
 
 def describe(code: int) -> str:
-    """Human-readable meaning of a result code."""
+    """Human-readable meaning of a result code.
+
+    Args:
+        code: a result code (an int, or a scalar array).
+
+    Returns:
+        The code's meaning, one sentence."""
     return MESSAGES.get(int(code), f"unknown result code {int(code)}")
 
 
 def raise_if_failed(sol) -> None:
-    """Host-side check: raise ``RuntimeError`` naming the failed samples and why."""
+    """Host-side check: raise ``RuntimeError`` naming the failed samples and why.
+
+    Args:
+        sol: a :class:`~jaxsde.Solution` (of one sample or a batch), or anything with a
+            ``result`` field of codes.
+
+    Raises:
+        RuntimeError: some sample's code is not ``SUCCESS``."""
     result = np.asarray(sol.result).reshape(-1)
     bad = np.flatnonzero(result != SUCCESS)
     if bad.size:

@@ -84,7 +84,14 @@ class SDE:
         """``log N(x; 0, prior_std^2 I)`` in nats, summed over every element of ``x`` (a scalar).
 
         The prior stands in for the true ``p_T`` (for VP, ``N(alpha_T x_0, sigma_T^2)`` mixed over
-        the data); likelihoods through the probability-flow ODE inherit that mismatch."""
+        the data); likelihoods through the probability-flow ODE inherit that mismatch.
+
+        Args:
+            x: one point (any shape), at time ``T``.
+
+        Returns:
+            The log-density, a scalar of ``x``'s dtype.
+        """
         x = jnp.asarray(x)
         std = jnp.asarray(self.prior_std, x.dtype)
         return -0.5 * jnp.sum(jnp.square(x / std)) - x.size * (jnp.log(std) + 0.5 * math.log(2.0 * math.pi))
@@ -200,6 +207,13 @@ class VPSDE(SDE):
     ``beta(t) = beta_min + t (beta_max - beta_min)``, ``f = -beta x / 2``, ``g = sqrt(beta)``,
     ``alpha = exp(-t^2 (beta_max - beta_min) / 4 - t beta_min / 2)``, ``sigma^2 = 1 - alpha^2``.
     Data in [-1, 1]; prior N(0, I); ``eps = 1e-3``.
+
+    Args:
+        beta_min: ``beta(0)``.
+        beta_max: ``beta(1)``.
+        T: the end of the forward process (where sampling starts).
+        eps: the smallest time (where sampling stops, before the final denoising step).
+        data_range: the ``(low, high)`` range of the data, e.g. for clipping and plots.
     """
 
     beta_min: float = 0.1
@@ -253,6 +267,13 @@ class SubVPSDE(VPSDE):
     """Sub-VP SDE: VP's drift and mean, ``sigma = 1 - alpha^2`` (no square root, on purpose),
     ``g^2 = beta(t) (1 - exp(-2 beta_min t - (beta_max - beta_min) t^2))``.
     Data in [-1, 1]; prior N(0, I); ``eps = 1e-3``.
+
+    Args:
+        beta_min: ``beta(0)``.
+        beta_max: ``beta(1)``.
+        T: the end of the forward process (where sampling starts).
+        eps: the smallest time (where sampling stops, before the final denoising step).
+        data_range: the ``(low, high)`` range of the data, e.g. for clipping and plots.
     """
 
     def diffusion(self, t: ArrayLike) -> Array:
@@ -282,6 +303,13 @@ class VESDE(SDE):
     ``sigma(t) = sigma_min (sigma_max / sigma_min)^t``, ``f = 0``,
     ``g = sigma(t) sqrt(2 log(sigma_max / sigma_min))``, ``alpha = 1``.
     Data in [0, 1]; prior N(0, sigma_max^2 I) (the score_sde convention); ``eps = 1e-5``.
+
+    Args:
+        sigma_min: the noise scale at ``t = 0``.
+        sigma_max: the noise scale at ``t = 1`` (the prior's standard deviation).
+        T: the end of the forward process (where sampling starts).
+        eps: the smallest time (where sampling stops, before the final denoising step).
+        data_range: the ``(low, high)`` range of the data, e.g. for clipping and plots.
     """
 
     sigma_min: float = 0.01
@@ -338,6 +366,12 @@ class DiscreteVPSDE(SDE):
     ``g = sqrt(beta)``. ``timestep(t) = N t - 1`` is the (fractional) label the network takes.
     Build with :meth:`from_alphas_cumprod`, :meth:`from_betas` or :meth:`linear` (DDPM's
     1e-4..0.02 over 1000 steps, google/ddpm-cifar10-32). Data in [-1, 1]; prior N(0, I).
+
+    Args:
+        log_snr_table: ``log(abar_n / (1 - abar_n))`` for ``n = 0 .. N-1``; the constructors
+            above fill it.
+        T: the end of the forward process, the table's last entry.
+        data_range: the ``(low, high)`` range of the data, e.g. for clipping and plots.
     """
 
     log_snr_table: tuple[float, ...] = ()
@@ -456,6 +490,11 @@ class GaussianPathSDE(SDE):
             def marginal(self, t):
                 t = jnp.asarray(t)  # sin(pi/2 (1 - t)), not cos(pi/2 t): exactly 0 at t = 1
                 return jnp.sin(0.5 * jnp.pi * (1.0 - t)), jnp.sin(0.5 * jnp.pi * t)
+
+    Args:
+        T: the end of the path (the prior's time).
+        eps: the smallest time (where sampling stops, before the final denoising step).
+        data_range: the ``(low, high)`` range of the data, e.g. for clipping and plots.
     """
 
     T: float = 1.0
@@ -534,6 +573,14 @@ class FlowSDE(GaussianPathSDE):
     The SD3/Flux time shift is not part of the SDE: it warps the time grid
     (:func:`jaxsde.flow.flow_grid`, :func:`jaxsde.flow.time_shift`), so the network always sees
     the actual ``t``.
+
+    Args:
+        T: must be 1.
+        eps: the smallest time (where sampling stops, before the final denoising step).
+        data_range: the ``(low, high)`` range of the data, e.g. for clipping and plots.
+
+    Raises:
+        ValueError: ``T`` is not 1.
     """
 
     def __post_init__(self):

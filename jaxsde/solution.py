@@ -16,9 +16,13 @@ __all__ = ["Stats", "Solution", "BatchSummary"]
 
 
 class Stats(NamedTuple):
-    """Per-sample counters (int32). ``nfe``: score evaluations spent on the sample, the final
-    denoising step included; ``num_accepted`` / ``num_rejected``: accepted and rejected
-    attempts; ``num_steps``: loop iterations (attempts) the sample's loop ran."""
+    """Per-sample counters (int32).
+
+    Attributes:
+        nfe: score evaluations spent on the sample, the final denoising step included.
+        num_accepted: accepted attempts.
+        num_rejected: rejected attempts.
+        num_steps: loop iterations (attempts) the sample's loop ran."""
 
     nfe: Array
     num_accepted: Array
@@ -29,9 +33,11 @@ class Stats(NamedTuple):
 class Solution(NamedTuple):
     """What ``solve``/``sample`` return; ``sample`` adds a leading axis of length n to each field.
 
-    ``x``: the final sample (after the final denoising step if ``denoise``);
-    ``t``: the time reached (``t_end`` on success); ``stats``: :class:`Stats`;
-    ``result``: :mod:`jaxsde.results` code, 0 = success.
+    Attributes:
+        x: the final sample (after the final denoising step if ``denoise``).
+        t: the time reached (``t_end`` on success).
+        stats: the sample's counters, :class:`Stats`.
+        result: a :mod:`jaxsde.results` code, 0 = success.
     """
 
     x: Array
@@ -58,9 +64,16 @@ class Solution(NamedTuple):
 class BatchSummary(NamedTuple):
     """Host-side summary of a batch: what the samples needed vs what the batch paid for.
 
-    ``loop_iterations``: iterations the vmapped loop ran (the slowest sample's);
-    ``useful_work``: sum of per-sample NFE / (n * max NFE), the fraction of the batch's score
-    evaluations that some sample needed."""
+    Attributes:
+        n: samples in the batch.
+        mean_nfe: mean score evaluations per sample.
+        min_nfe: the fewest score evaluations a sample took.
+        max_nfe: the most score evaluations a sample took.
+        loop_iterations: iterations the vmapped loop ran (the slowest sample's).
+        useful_work: sum of per-sample NFE / (n * max NFE), the fraction of the batch's score
+            evaluations that some sample needed.
+        num_failed: samples whose result code is not 0.
+        mean_rejected: mean rejected attempts per sample."""
 
     n: int
     mean_nfe: float

@@ -37,7 +37,20 @@ KINDS = tuple(_LOADERS)
 
 
 def load(path: str, kind: str, **options) -> Checkpoint:
-    """Load a published checkpoint file (or folder, for ``"diffusers"``) of the given ``kind``."""
+    """Load a published checkpoint file (or folder, for ``"diffusers"``) of the given ``kind``.
+
+    Args:
+        path: the checkpoint file (or folder).
+        kind: one of ``KINDS`` (``"score_sde"``, ``"diffusers"``, ...).
+        **options: passed to the kind's loader.
+
+    Returns:
+        The :class:`~jaxsde.Checkpoint`.
+
+    Raises:
+        ValueError: an unknown ``kind``.
+        CheckpointError: the file does not hold what the kind expects.
+    """
     if kind not in _LOADERS:
         raise ValueError(f"unknown checkpoint kind {kind!r}; valid kinds: {', '.join(KINDS)}")
     module, loader = _LOADERS[kind]

@@ -23,7 +23,25 @@ class Checkpoint(NamedTuple):
     cond)`` and ``score_fn(params)(x, t, cond)`` take ONE sample ``x``, a scalar ``t`` and a scalar
     condition ``cond`` (an int32 class label in ``0..num_classes - 1``, or ``null_cond`` for no
     condition: the unconditional score, for classifier-free guidance). Unconditional models keep
-    ``score(x, t)`` and have ``num_classes = null_cond = None``."""
+    ``score(x, t)`` and have ``num_classes = null_cond = None``.
+
+    Attributes:
+        model: the Flax module.
+        params: its parameters.
+        sde: the SDE it was trained on.
+        score: ``score(x, t)`` (or ``score(x, t, cond)``) of ONE sample, closing over ``params``.
+        score_fn: ``score_fn(params)`` builds ``score`` for traced params.
+        shape: one sample's shape.
+        data_range: the data's ``(lo, hi)``.
+        config: the model's configuration.
+        name: the checkpoint's name.
+        to_data: maps a sample to data space (None: the same space), e.g. galaxygrad's
+            log-transformed pixels back to flux.
+        convention: how the network's input and output relate to ``(x, t)`` and the score (None:
+            not a network the library calls itself); sparse editing reads it.
+        num_classes: the number of classes of a conditional model (None: unconditional).
+        null_cond: the condition meaning "no condition" (``digits-cond``: ``jnp.int32(10)``).
+    """
 
     model: Any  # the Flax module
     params: Any

@@ -51,7 +51,15 @@ def _path(name: str) -> str:
 
 def load_weights_file(path: str, name: str | None = None) -> Checkpoint:
     """Load a file written by :func:`jaxsde.training.export_weights`; errors name the file,
-    the parameter path and the expected vs found shape."""
+    the parameter path and the expected vs found shape.
+
+    Args:
+        path: the ``.msgpack`` file.
+        name: the checkpoint's name (default: the file's stem).
+
+    Returns:
+        The :class:`~jaxsde.Checkpoint`.
+    """
     payload = load_msgpack(path)
     for key in ("params_ema", "config"):
         if key not in payload:
@@ -90,7 +98,20 @@ def load_weights_file(path: str, name: str | None = None) -> Checkpoint:
 def check_label(label, num_classes: int, allow_null: bool = False):
     """``label`` as an int32 scalar array, after the checks possible at trace time: a scalar of an
     integer dtype; when concrete (not traced), in ``0..num_classes - 1`` (``0..num_classes`` with
-    ``allow_null``: ``num_classes`` is the null class). A traced label is not range-checked."""
+    ``allow_null``: ``num_classes`` is the null class). A traced label is not range-checked.
+
+    Args:
+        label: the class label (int, or an integer array scalar; may be traced).
+        num_classes: the number of classes.
+        allow_null: accept ``num_classes`` (the null class) too.
+
+    Returns:
+        The label, an int32 scalar array.
+
+    Raises:
+        TypeError: not of an integer dtype.
+        ValueError: not a scalar, or a concrete label out of range.
+    """
     dtype = jnp.result_type(label)
     if not jnp.issubdtype(dtype, jnp.integer):
         raise TypeError(f"label must be an integer (int32 scalar), got dtype {dtype}")
@@ -125,7 +146,19 @@ def _restore(expected, found, path: str, prefix: str = ""):
 
 
 def pretrained(name: str = "digits") -> Checkpoint:
-    """Load an embedded model by name (offline)."""
+    """Load an embedded model by name (offline).
+
+    Args:
+        name: an embedded model (:func:`available` lists them): ``"digits"``, ``"digits-ve"``,
+            ``"digits-cond"``, ...
+
+    Returns:
+        The :class:`~jaxsde.Checkpoint`.
+
+    Raises:
+        ValueError: an unknown ``name``.
+        FileNotFoundError: the weights file is missing from the installation.
+    """
     if name not in NAMES:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(NAMES)}")
     file_name = ALIASES.get(name, name)
@@ -140,7 +173,21 @@ class NoisyClassifier(NamedTuple):
     ``x`` (``shape``), scalar ``t`` in ``[sde.eps, sde.T]`` and an int label in ``0..num_classes - 1``:
     ``logits(x, t) -> (num_classes,)``, ``log_prob(x, t, label) -> scalar`` (the log-softmax of the
     logits at ``label``: ``log p_t(label | x)``, whose gradient in ``x`` is the guidance term).
-    ``logits_fn(params)`` / ``log_prob_fn(params)`` build them for traced params."""
+    ``logits_fn(params)`` / ``log_prob_fn(params)`` build them for traced params.
+
+    Attributes:
+        model: the Flax module, applied to ``(c_in(t) x, t)`` batches.
+        params: its parameters.
+        sde: the SDE whose noised samples it classifies.
+        logits: ``logits(x, t) -> (num_classes,)``.
+        log_prob: ``log_prob(x, t, label) -> scalar``.
+        logits_fn: ``logits_fn(params)`` builds ``logits`` for traced params.
+        log_prob_fn: ``log_prob_fn(params)`` builds ``log_prob`` for traced params.
+        num_classes: the number of classes.
+        shape: one sample's shape.
+        config: the training configuration.
+        name: the classifier's name.
+    """
 
     model: Any  # the Flax module, applied to (c_in(t) x, t) batches
     params: Any
@@ -189,7 +236,15 @@ def make_noisy_classifier(params, config: dict, name: str = "digits-noisy-classi
 
 def load_noisy_classifier_file(path: str, name: str | None = None) -> NoisyClassifier:
     """Load a file written by :func:`jaxsde.training.train_noisy_classifier` (``{"params",
-    "config"}``); errors name the file, the parameter path and the expected vs found shape."""
+    "config"}``); errors name the file, the parameter path and the expected vs found shape.
+
+    Args:
+        path: the ``.msgpack`` file.
+        name: the classifier's name (default: the file's stem).
+
+    Returns:
+        The :class:`NoisyClassifier`.
+    """
     payload = load_msgpack(path)
     for key in ("params", "config"):
         if key not in payload:

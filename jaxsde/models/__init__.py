@@ -41,7 +41,18 @@ def names() -> list[str]:
 
 
 def build(name: str, **overrides) -> nn.Module:
-    """The Flax module of a named configuration; ``overrides`` replace config fields."""
+    """The Flax module of a named configuration; ``overrides`` replace config fields.
+
+    Args:
+        name: a configuration name (:func:`names` lists them).
+        **overrides: config fields to replace.
+
+    Returns:
+        The (uninitialised) Flax module.
+
+    Raises:
+        ValueError: an unknown ``name``.
+    """
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(names())}")
     module, factory, *args = _REGISTRY[name]

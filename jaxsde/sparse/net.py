@@ -31,6 +31,12 @@ class SparseUNet:
     ``c_in``) and a scalar ``t`` (DigitsUNet's time; UNet2D's timestep; NCSNpp's ``time_cond``:
     sigma for Fourier embeddings, the label ``t * 999`` for positional ones), and return the
     network output ``(H, W, C)``.
+
+    Args:
+        model: the Flax module (one of the three above).
+
+    Raises:
+        NotImplementedError: a network or layer it does not support.
     """
 
     def __init__(self, model):

@@ -29,7 +29,16 @@ def bucket_size(n: int, total: int, per_octave: int = 1) -> int:
 
 
 def diff_mask(x_orig, x_edit, atol: float = 0.0) -> np.ndarray:
-    """Pixels (H, W) where the two images differ by more than ``atol`` in any channel."""
+    """Pixels (H, W) where the two images differ by more than ``atol`` in any channel.
+
+    Args:
+        x_orig: the original image ``(H, W, C)``.
+        x_edit: the edited image, same shape.
+        atol: the largest difference that counts as equal.
+
+    Returns:
+        The ``(H, W)`` bool mask.
+    """
     a, b = np.asarray(x_orig), np.asarray(x_edit)
     if a.shape != b.shape:
         raise ValueError(f"x_orig {a.shape} and x_edit {b.shape} must have the same shape")
@@ -51,6 +60,24 @@ class TilePlan:
     plan), ``totals`` (tiles per level), ``fraction`` (active pixels / all pixels, per level),
     ``edited`` (fraction of level-0 pixels in the edit mask), ``layer_counts`` and ``work``
     (a per-layer plan's estimated convolution FLOPs as a fraction of dense, bucketed tiles).
+
+    Attributes:
+        shape: the level-0 ``(H, W)``.
+        blocks: the tile size per level.
+        buckets: the padded tile count per level (or per layer).
+        dense: fall back to the dense network.
+        origins: per level, the active tiles' origins.
+        masks: per level, the union of the active tiles.
+        counts: active tiles per level (host-side).
+        totals: tiles per level (host-side).
+        edited: the fraction of level-0 pixels in the edit mask (host-side).
+        layers: a per-layer plan's ``(name, level, bucket)`` per layer.
+        layer_origins: a per-layer plan's tile origins, per layer.
+        layer_masks: a per-layer plan's masks, per layer.
+        roi: the level-0 pixels whose output is computed (per-layer plan).
+        mode: ``"input"`` (per level) or ``"exact"`` (per layer).
+        layer_counts: active tiles per layer (host-side).
+        work: estimated convolution FLOPs as a fraction of dense (host-side).
     """
 
     def __init__(self, shape, blocks, buckets, dense, origins, masks, counts=None, totals=None, edited=None, *,
@@ -161,6 +188,7 @@ def plan_tiles(mask, levels: int, blocks: int | tuple[int, ...] = 8, *, dilate: 
     """Active tiles of an edit ``mask`` (``(H, W)`` bool/0-1, True = edited) for ``levels`` levels.
 
     Args:
+      mask: the edit, ``(H, W)`` bool or 0/1, True = edited.
       levels: resolution levels of the network (``len(model.channels)`` for DigitsUNet).
       blocks: tile size in pixels per level (an int for all levels); each level's size must
         be divisible by its tile size.

@@ -128,6 +128,30 @@ def sparse_sdedit(key, sde, solver, net: SparseUNet, params, x_orig, x_edit, t0:
     ones, in its ``per_step`` list and in the returned cache: keep using the cache object, not
     arrays taken out of it. ``x_original`` is None when ``cache`` was given.
     The keys follow :func:`jaxsde.editing.sdedit`: ``noise_key, solve_key = split(key)``.
+
+    Args:
+        key: the PRNG key (as :func:`jaxsde.editing.sdedit`'s).
+        sde: the forward SDE.
+        solver: a fixed-grid solver.
+        net: the :class:`SparseUNet`.
+        params: the network's parameters.
+        x_orig: the original image, ONE sample.
+        x_edit: the edited image, same shape.
+        t0: the time SDEdit starts from.
+        plan: the active tiles (:func:`plan_tiles` or :meth:`SparseUNet.plan`); None for ``"dense"``.
+        mode: ``"sparse"``, ``"masked"`` or ``"dense"``.
+        stats: the sparse pass's GroupNorm statistics: ``"reuse"`` (the original image's, from the
+            cache) or ``"recompute"`` (those of the current mixed map).
+        convention: how the network's input and output relate to the score (see above).
+        parameterization: the network's output without a ``convention`` (see above).
+        sigma_data: the input scaling's ``sigma_data`` without a ``convention``.
+        timestep: UNet2D's timestep label function without a ``convention``.
+        cache: the original trajectory's cache from an earlier call (skips its SDEdit).
+        loop: ``"scan"``, ``"python"`` or None (see above).
+        programs: a :class:`StepPrograms` keeping ``"python"``'s compiled steps between calls.
+
+    Returns:
+        ``(x_edited, x_original, cache)`` (see above).
     """
     from ..editing import check_t0, sdedit_start
 

@@ -96,6 +96,9 @@ class StepPrograms:
     Create one and pass it to every call that should reuse compiled steps (e.g.
     ``sparse_sdedit(..., programs=programs)`` in an editing session); the programs are stored
     under a key that determines them; the oldest of more than ``max_entries`` are dropped.
+
+    Args:
+        max_entries: how many compiled programs to keep.
     """
 
     def __init__(self, max_entries: int = 16):
