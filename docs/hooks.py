@@ -100,3 +100,88 @@ def on_files(files: Files, config) -> Files:
     ]
     files.append(File.generated(config, f"{DEST}/index.md", content="\n".join(index)))
     return files
+
+
+# --- API pages: a summary table at the top -----------------------------------------------------
+# Each page of docs/api/ documents objects one ``::: path`` directive at a time, so mkdocstrings'
+# own summaries (members of a module or class) do not list them: this table does, one row per
+# documented object, linked to its entry, with the first sentence of its docstring.
+
+_DIRECTIVE = re.compile(r"^::: *([\w.]+) *$")
+_ROLE = re.compile(r":(?:py:)?(?:func|class|meth|mod|attr|data|obj|exc|const):`~?([^`]+)`")
+
+
+def _resolve(path: str):
+    import importlib
+
+    parts = path.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(path)
+
+
+def _first_sentence(obj) -> str:
+    import inspect
+
+    if not (inspect.isclass(obj) or inspect.isroutine(obj) or inspect.ismodule(obj)):
+        # a value's getdoc is its type's docstring
+        return "a type alias" if type(obj).__module__ in ("typing", "collections.abc") else "a constant"
+    doc = inspect.getdoc(obj) or ""
+    para = " ".join(doc.split("\n\n", 1)[0].split())
+    para = _ROLE.sub(lambda m: f"``{m.group(1).rsplit('.', 1)[-1]}``", para)
+    end = re.search(r"\.(\s|$)", para)
+    text = (para[: end.start() + 1] if end else para).replace("``", "`")
+    if len(text) > 160:
+        cut = text[:160].rsplit(" ", 1)[0]
+        text = cut + " ..." if cut.count("`") % 2 == 0 else cut.rsplit("`", 1)[0] + "..."
+    return text.replace("|", "\\|")
+
+
+def _summary_rows(markdown: str) -> list[str]:
+    import types
+
+    rows, lines = [], markdown.splitlines()
+    for i, line in enumerate(lines):
+        m = _DIRECTIVE.match(line)
+        if not m:
+            continue
+        path, options = m.group(1), []
+        j = i + 1
+        while j < len(lines) and lines[j].startswith(" ") and lines[j].strip():
+            options.append(lines[j].strip())
+            j += 1
+        try:
+            obj = _resolve(path)
+        except (ImportError, AttributeError):
+            continue
+        listed = re.search(r"members:\s*\[([^\]]*)\]", " ".join(options))
+        if isinstance(obj, types.ModuleType):
+            if listed:  # the listed members, each its own entry
+                for name in [n.strip() for n in listed.group(1).split(",") if n.strip()]:
+                    rows.append(f"| [`{name}`](#{path}.{name}) | {_first_sentence(getattr(obj, name))} |")
+            continue  # a module's own docstring is the page's prose
+        rows.append(f"| [`{path.rsplit('.', 1)[-1]}`](#{path}) | {_first_sentence(obj)} |")
+    return rows
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    if not page.file.src_uri.startswith("api/"):
+        return markdown
+    rows = _summary_rows(markdown)
+    if len(rows) < 2:
+        return markdown
+    table = "\n".join(["| name | what it is |", "|---|---|", *rows])
+    lines = markdown.splitlines()
+    # after the title and the page's first paragraph, if any
+    at = next((k for k, line in enumerate(lines) if line.startswith("# ")), -1) + 1
+    while at < len(lines) and not lines[at].strip():
+        at += 1
+    while at < len(lines) and lines[at].strip() and not lines[at].startswith(":::"):
+        at += 1
+    return "\n".join([*lines[:at], "", table, "", *lines[at:]])
