@@ -28,8 +28,16 @@ Controllers:
   (the PI controller of DOPRI5 codes, :class:`~jaxsde.ProbabilityFlow`'s default) and
   :meth:`PIDController.k_diffusion` (``sample_dpm_adaptive``'s).
 
-The fixed grid is a controller too: :class:`FixedGrid` proposes the grid's next time and
-accepts every step (every fixed-step solver steps through one).
+The controller owns time and tolerance (diffrax's split of solver and step-size controller):
+the driver asks it for the end ``t1`` of the next step, the solver integrates from ``t0`` to
+``t1`` and returns its raw error estimate, and the controller decides acceptance and the next
+``t1``. Two controllers share that interface (``init`` / ``propose`` / ``adapt``):
+
+* :class:`StepSizeController`: adaptive steps in its own step variable (``"time"`` or half
+  log-SNR ``"log_snr"``), with a rule (:class:`GottaGoFastController`, :class:`PIDController`),
+  a tolerance (:class:`ErrorNorm`), the first trial step and the clamp of the last step;
+* :class:`FixedGrid`: the grid's next time, every step accepted (like diffrax's ``StepTo``: a
+  custom grid's times are pytree leaves).
 """
 
 from __future__ import annotations
@@ -40,19 +48,28 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from . import results
 from .grids import time_grid, validate_grid
 from .settings import FINITE, NONNEGATIVE, POSITIVE, UNIT, Bound, Settings, check_static, is_traced, settings_class
 
 Array = jax.Array
 
 __all__ = ["Controller", "Decision", "ErrorNorm", "GottaGoFastController", "PIDController", "PIDState", "FixedGrid",
-           "GridState", "check_controller"]
+           "GridState", "StepSizeController", "StepState", "Adapted", "check_controller"]
 
 
 class Decision(NamedTuple):
-    accepted: Array  # bool
-    factor: Array  # next trial step = factor * the step just integrated (> 0)
-    state: Any  # the controller's new memory
+    """A step-size rule's decision on one scaled error.
+
+    Attributes:
+        accepted: bool, keep the step.
+        factor: the next trial step is ``factor`` times the step just integrated (> 0).
+        state: the rule's new memory.
+    """
+
+    accepted: Array
+    factor: Array
+    state: Any
 
 
 controller_class = settings_class  # frozen dataclass; float settings are pytree leaves (jaxsde.settings)
@@ -71,7 +88,12 @@ class Controller(Settings):
 
 
 def check_controller(owner: str, controller) -> None:
-    """Raise ``TypeError`` unless ``controller`` is an adaptive :class:`Controller` (``owner``: who asks)."""
+    """Raise ``TypeError`` unless ``controller`` is an adaptive step-size rule (a :class:`Controller`).
+
+    Args:
+        owner: who asks (named in the message).
+        controller: the object to check.
+    """
     if isinstance(controller, Controller):
         return
     if isinstance(controller, FixedGrid):
@@ -192,8 +214,15 @@ class ErrorNorm(Settings):
 
 
 class PIDState(NamedTuple):
-    prev: Array  # error of the last accepted step (floored); < 0 before any attempt
-    prev_prev: Array  # error of the accepted step before it
+    """The memory of a :class:`PIDController`.
+
+    Attributes:
+        prev: the scaled error of the last accepted step (floored); < 0 before any attempt.
+        prev_prev: the scaled error of the accepted step before it.
+    """
+
+    prev: Array
+    prev_prev: Array
 
 
 LIMITERS = ("clip", "atan")
@@ -346,17 +375,197 @@ class PIDController(Controller):
         return Decision(accepted, factor, new)
 
 
+class Adapted(NamedTuple):
+    """A controller's verdict on one step (:meth:`StepSizeController.adapt`, :meth:`FixedGrid.adapt`).
+
+    Attributes:
+        accepted: bool, keep the step's ``x`` and solver state.
+        t: the time of the state kept (``t1`` if accepted, else ``t0``).
+        state: the controller's new state.
+        status: int32 result code (``results.SUCCESS``, or ``NONFINITE`` for a sample that cannot go on).
+    """
+
+    accepted: Array
+    t: Array
+    state: Any
+    status: Array
+
+
+class StepState(NamedTuple):
+    """The state of a :class:`StepSizeController`: positions in its step variable.
+
+    Attributes:
+        u: position of the accepted state (the step variable increases toward ``t_end``).
+        u_end: position of ``t_end``.
+        h: the next trial step (> 0) in the step variable.
+        rule: the rule's memory (e.g. :class:`PIDState`).
+    """
+
+    u: Array
+    u_end: Array
+    h: Array
+    rule: Any
+
+
+STEP_VARIABLES = ("time", "log_snr")
+LAST_STEPS = ("clip", "snap")
+GROWTH_BASES = ("integrated", "trial")
+
+
+@controller_class
+class StepSizeController(Settings):
+    """The adaptive controller: owns time and tolerance for an adaptive solver.
+
+    Steps are taken in the step variable ``u``: ``u = -t`` (``variable="time"``) or the half
+    log-SNR ``u = log(alpha_t / sigma_t)`` (``"log_snr"``), both increasing toward ``t_end``. From
+    the accepted position ``u`` with trial step ``h`` the next step ends at ``u1 = min(u + h,
+    u_end)`` (``last_step="clip"``) or at ``u_end`` as soon as ``u_end - u <= 1.1 h``
+    (``"snap"``: no sliver of a last step, for multistep pairs whose history nodes would sit at
+    large multiples of it); ``t1`` is the time of ``u1``, exactly ``t_end`` at the end.
+
+    After the solver's step, ``e = norm(sde, error, reference)`` (``inf`` if the step or its
+    estimate is not finite), ``rule.decide(e, error_order)`` accepts or not, and the next trial
+    step is ``factor`` times the step just integrated (``grow_from="integrated"``, the usual
+    choice) or the trial step (``"trial"``: k-diffusion's ``pid.h``, which keeps the controller's
+    step even when the end clipped it). A non-finite step is rejected and shrunk; once the
+    shrunk step falls below ``min_step`` the sample stops with ``results.NONFINITE``.
+
+    Args:
+      rule: the step-size rule (:class:`GottaGoFastController`, :class:`PIDController`).
+      norm: the tolerance, an :class:`ErrorNorm`.
+      error_order: the exponent denominator ``k`` the rule uses (the solver's declared value).
+      h_init: the first trial step in the step variable's units; ``None`` takes the solver's own
+        proposal (e.g. Hairer's initial-step heuristic of :class:`~jaxsde.ProbabilityFlow`).
+      variable: ``"time"`` or ``"log_snr"``.
+      last_step: ``"clip"`` or ``"snap"`` (above).
+      grow_from: ``"integrated"`` or ``"trial"`` (above).
+      min_step: the smallest step a non-finite attempt may shrink to (step-variable units).
+      presteps: for solvers whose error estimate is known before their step's score evaluation
+        (:meth:`~jaxsde.solvers.base.Solver.predict_error`): rounds of shrinking the trial step
+        until the rule accepts the predicted error (no evaluation spent), each by at most
+        ``1 / prestep_factor_min`` (a trial step many times the history's spacing extrapolates:
+        its predicted error is far from asymptotic in ``h``).
+      prestep_factor_min: the smallest shrink factor of one such round (above).
+
+    ``rule``, ``norm``, ``h_init`` and ``min_step`` are traced settings (pytree leaves).
+    """
+
+    rule: Controller
+    norm: ErrorNorm
+    error_order: float
+    h_init: float | None = None
+    variable: str = "time"
+    last_step: str = "clip"
+    grow_from: str = "integrated"
+    min_step: float = 1e-7
+    presteps: int = 3
+    prestep_factor_min: float = 0.2
+
+    traced_settings = {"rule": None, "norm": None, "h_init": POSITIVE, "min_step": NONNEGATIVE}
+
+    def __post_init__(self):
+        check_controller("StepSizeController", self.rule)
+        if not isinstance(self.norm, ErrorNorm):
+            raise TypeError(f"StepSizeController: norm must be a jaxsde.controllers.ErrorNorm, got "
+                            f"{type(self.norm).__name__}")
+        for name, value, allowed in (("variable", self.variable, STEP_VARIABLES),
+                                     ("last_step", self.last_step, LAST_STEPS),
+                                     ("grow_from", self.grow_from, GROWTH_BASES)):
+            if value not in allowed:
+                raise ValueError(f"StepSizeController: {name} must be one of {allowed}, got {value!r}")
+        check_static("StepSizeController", "error_order", self.error_order)
+        check_static("StepSizeController", "presteps", self.presteps)
+        if self.h_init is not None:
+            _check_positive("StepSizeController", "h_init", self.h_init)
+
+    # --- the step variable ----------------------------------------------------------------------
+    def position(self, sde, t: Array) -> Array:
+        """``u(t)``: ``-t`` or the half log-SNR."""
+        return -t if self.variable == "time" else 0.5 * sde.log_snr(t)
+
+    def time_at(self, sde, u: Array, state: StepState, t_end: Array) -> Array:
+        """The time of position ``u`` (exactly ``t_end`` at ``u_end``, so the loop stops there)."""
+        t = -u if self.variable == "time" else sde.inverse_log_snr(2.0 * u)
+        return jnp.where(u >= state.u_end, t_end, t).astype(t_end.dtype)
+
+    def _end(self, state: StepState) -> Array:
+        """``u1``: the end of a step from ``state.u`` with trial step ``state.h``."""
+        if self.last_step == "snap":
+            return jnp.where(state.u_end - state.u <= 1.1 * state.h, state.u_end, state.u + state.h)
+        return jnp.minimum(state.u_end, state.u + state.h)
+
+    # --- the driver's interface -----------------------------------------------------------------
+    def init(self, sde, t_start: Array, t_end: Array, dtype, proposal: Array | None = None) -> StepState:
+        """The state at ``t_start``; the first trial step is ``h_init`` or else the solver's ``proposal``."""
+        h = proposal if self.h_init is None else self.h_init
+        if h is None:
+            raise ValueError("StepSizeController: h_init is None and the solver proposed no first step")
+        return StepState(self.position(sde, t_start).astype(dtype), self.position(sde, t_end).astype(dtype),
+                         jnp.asarray(h, dtype), self.rule.init(dtype))
+
+    def propose(self, sde, t: Array, t_end: Array, state: StepState, predict=None) -> tuple[Array, StepState]:
+        """``(t1, state)``: the end of the next step from the accepted time ``t``. ``predict(t1)``
+        (optional) returns the solver's ``(error, reference)`` of a step to ``t1`` known before
+        its evaluation, or ``None``; the trial step is shrunk until the rule accepts it."""
+        del t
+        if predict is not None:
+            h = state.h
+            for _ in range(self.presteps):
+                trial = state._replace(h=h)
+                estimate = predict(self.time_at(sde, self._end(trial), trial, t_end))
+                if estimate is None:
+                    break
+                predicted = self.norm(sde, *estimate)
+                early = self.rule.decide(state.rule, predicted, self.error_order)
+                shrink = jnp.maximum(early.factor, self.prestep_factor_min)
+                h = jnp.where(early.accepted | ~jnp.isfinite(predicted), h, h * shrink).astype(h.dtype)
+            state = state._replace(h=h)
+        return self.time_at(sde, self._end(state), state, t_end), state
+
+    def adapt(self, sde, t0: Array, t1: Array, x1: Array, error: Array, reference: Array, ok: Array,
+              state: StepState) -> Adapted:
+        """Accept or reject the step ``t0 -> t1`` (proposal ``x1``, raw ``error`` estimate against
+        ``reference``; ``ok`` False if the solver found its start unusable) and set the next trial step."""
+        e = self.norm(sde, error, reference)
+        finite = jnp.isfinite(e) & jnp.all(jnp.isfinite(x1))
+        decision = self.rule.decide(state.rule, jnp.where(finite, e, jnp.inf), self.error_order)
+        accepted = ok & decision.accepted
+        u1 = self._end(state)
+        base = u1 - state.u if self.grow_from == "integrated" else state.h
+        u = jnp.where(accepted, u1, state.u)
+        left = jnp.maximum(state.u_end - u, 0.0)
+        proposed = base * decision.factor
+        proposed = jnp.where(jnp.isfinite(proposed), proposed, left)  # e = 0 under an unbounded rule
+        h = jnp.where(left > 0, proposed, 0.0).astype(state.h.dtype)
+        stuck = ~finite & (jnp.minimum(h, left) < self.min_step)
+        status = jnp.where(ok & ~stuck, results.SUCCESS, results.NONFINITE).astype(jnp.int32)
+        return Adapted(accepted, jnp.where(accepted, t1, t0), StepState(u, state.u_end, h, decision.state), status)
+
+
 class GridState(NamedTuple):
-    index: Array  # int32, number of steps taken
-    grid: Array  # (num_steps + 1,) decreasing times
+    """The state of a :class:`FixedGrid`.
+
+    Attributes:
+        index: int32, the number of steps taken.
+        grid: the ``num_steps + 1`` decreasing times.
+    """
+
+    index: Array
+    grid: Array
 
 
 @controller_class
 class FixedGrid(Settings):
-    """The fixed-grid "controller": ``num_steps`` steps over a grid of :func:`jaxsde.time_grid`
+    """The fixed-grid controller: ``num_steps`` steps over a grid of :func:`jaxsde.time_grid`
     (``grid``: ``"uniform"``, ``"logsnr"``, ``"edm"`` or a sequence of ``num_steps + 1`` times);
     every step is accepted and the step count is known in advance. It takes no tolerance and no
-    error estimate: adaptive-controller options have no meaning here."""
+    error estimate: adaptive-controller options have no meaning here.
+
+    Args:
+        num_steps: the number of steps (>= 1, static).
+        grid: a grid kind (static) or the ``num_steps + 1`` decreasing times of a custom grid
+            (traced settings: pytree leaves).
+    """
 
     num_steps: int
     grid: Any = "uniform"
@@ -373,9 +582,13 @@ class FixedGrid(Settings):
         """``(t_start, t_end)`` of a custom grid (JAX scalars when its times are traced), else ``None``."""
         return (self.grid[0], self.grid[-1]) if isinstance(self.grid, tuple) else None
 
-    def init(self, sde, t_start, t_end, dtype) -> GridState:
-        grid = time_grid(sde, self.num_steps, self.grid, t_start, t_end, dtype=dtype)
-        return GridState(jnp.zeros((), jnp.int32), grid)
+    def times(self, sde, t_start, t_end, dtype) -> Array:
+        """The ``num_steps + 1`` decreasing times of the grid from ``t_start`` to ``t_end``."""
+        return time_grid(sde, self.num_steps, self.grid, t_start, t_end, dtype=dtype)
+
+    def init(self, sde, t_start, t_end, dtype, proposal: Array | None = None) -> GridState:
+        del proposal
+        return GridState(jnp.zeros((), jnp.int32), self.times(sde, t_start, t_end, dtype))
 
     def time_after(self, state: GridState, steps: int = 1) -> Array:
         """Grid time ``steps`` steps after the current one (the end time once past it)."""
@@ -383,3 +596,11 @@ class FixedGrid(Settings):
 
     def advance(self, state: GridState) -> GridState:
         return GridState(jnp.minimum(state.index + 1, self.num_steps), state.grid)
+
+    def propose(self, sde, t: Array, t_end: Array, state: GridState, predict=None) -> tuple[Array, GridState]:
+        del sde, t, t_end, predict
+        return self.time_after(state), state
+
+    def adapt(self, sde, t0, t1, x1, error, reference, ok, state: GridState) -> Adapted:
+        del sde, t0, x1, error, reference, ok
+        return Adapted(jnp.array(True), t1, self.advance(state), jnp.array(results.SUCCESS, jnp.int32))

@@ -45,8 +45,8 @@ class LoopState(NamedTuple):
 
     x: Array
     t: Array
-    h: Array
     solver_state: Any
+    controller_state: Any  # the step controller's (jaxsde.controllers): the next step's size, a grid index
     stats: Stats
     result: Array
     failed: Array  # bool: an attempt produced non-finite values (latched; checked only if check_finite)
@@ -270,15 +270,17 @@ def init(p: Problem, x_T: Array, t_start: Array | None = None) -> LoopState:
     _check_bound(p)
     dtype = p.dtype
     t0 = jnp.asarray(p.t_start if t_start is None else t_start, dtype)
-    first = p.solver.init(p.sde, p.score, x_T, jnp.asarray(p.t_start, dtype), jnp.asarray(p.t_end, dtype))
+    t_start_c, t_end_c = jnp.asarray(p.t_start, dtype), jnp.asarray(p.t_end, dtype)
+    first = p.solver.init(p.sde, p.score, x_T, t_start_c, t_end_c)
+    controller_state = p.solver.step_controller.init(p.sde, t_start_c, t_end_c, dtype, first.h)
     zero = jnp.zeros((), jnp.int32)
     valid = settings_valid(p.solver)  # traced settings: checked here, a result code (never a silent default)
     result = results.SUCCESS if valid is None else jnp.where(valid, results.SUCCESS, results.INVALID_SETTING)
     return LoopState(
         x=x_T,
         t=t0,
-        h=jnp.asarray(first.h, dtype),
         solver_state=first.state,
+        controller_state=controller_state,
         stats=Stats(nfe=zero + first.nfe, num_accepted=zero, num_rejected=zero, num_steps=zero),
         result=jnp.asarray(result, jnp.int32),
         failed=jnp.array(False),
@@ -307,21 +309,33 @@ def step(p: Problem, key: Array, s: LoopState) -> LoopState:
     applies the non-finite rule (see :class:`LoopState`) and commits or keeps the state."""
     _check_bound(p)
     t_end_arr = jnp.asarray(p.t_end, p.dtype)
+    solver, controller = p.solver, p.solver.step_controller
+    adaptive = solver.adaptive
+
+    def predict(t1):
+        return solver.predict_error(p.sde, s.t, t1, s.x, s.solver_state)
+
+    t1, controller_state = controller.propose(p.sde, s.t, t_end_arr, s.controller_state, predict)
     z = None
-    if p.solver.noise_per_attempt:
-        t_next = p.solver.attempt_end(p.sde, s.solver_state, s.t, s.h, t_end_arr)
-        z = p.noise.draw(key, s.stats.num_steps, s.t, t_next, (p.solver.noise_per_attempt, *p.shape), p.dtype)
-    out = p.solver.step(p.sde, p.score, s.x, s.t, s.h, s.solver_state, z, t_end_arr)
+    if solver.noise_per_attempt:
+        z = p.noise.draw(key, s.stats.num_steps, s.t, t1, (solver.noise_per_attempt, *p.shape), p.dtype)
+    out = solver.step(p.sde, p.score, s.t, t1, s.x, s.solver_state, z)
+    verdict = controller.adapt(p.sde, s.t, t1, out.x, out.error, out.reference, jnp.asarray(out.ok),
+                               controller_state)
+    if adaptive:  # a rejected step keeps x and the solver state (the controller already rejects non-finite ones)
+        out = out._replace(x=jnp.where(verdict.accepted, out.x, s.x),
+                           state=jax.tree_util.tree_map(lambda new, old: jnp.where(verdict.accepted, new, old),
+                                                        out.state, s.solver_state))
     # a sample that already stopped (a code from an earlier attempt or from init) commits nothing
     # and keeps its code: a fixed grid's loop runs its static trip count (see _run)
-    status = jnp.where(s.result == results.SUCCESS, jnp.asarray(out.status, jnp.int32), s.result)
-    available = getattr(p.noise, "num_attempts", None) if p.solver.noise_per_attempt else None
+    status = jnp.where(s.result == results.SUCCESS, verdict.status, s.result)
+    available = getattr(p.noise, "num_attempts", None) if solver.noise_per_attempt else None
     if available is not None:  # past the end of a GivenNoise: stop, commit nothing (never a clamped reuse)
         status = jnp.where((s.stats.num_steps >= available) & (status == results.SUCCESS), results.NOISE_EXHAUSTED,
                            status)
     ok = status == results.SUCCESS
     failed = s.failed
-    if p.check_finite and not p.solver.keeps_finite:
+    if p.check_finite and not adaptive:
         # The barrier materialises out.x once: without it the check is a second consumer of
         # out.x, and XLA (CPU) fuses and recomputes the whole step, noise draw included, inside
         # the reduction (measured: +30% FLOPs, EM d=3072).
@@ -329,7 +343,7 @@ def step(p: Problem, key: Array, s: LoopState) -> LoopState:
         out = out._replace(x=x_new)
         failed = failed | ~jnp.all(jnp.isfinite(x_new))
         ok = ok & ~failed  # commit nothing from the failing attempt on
-    accepted = jnp.asarray(out.accepted) & ok
+    accepted = verdict.accepted & ok
     stats = Stats(
         nfe=s.stats.nfe + out.nfe,
         num_accepted=s.stats.num_accepted + accepted.astype(jnp.int32),
@@ -342,9 +356,9 @@ def step(p: Problem, key: Array, s: LoopState) -> LoopState:
 
     return LoopState(
         x=keep(out.x, s.x),
-        t=keep(out.t, s.t),
-        h=keep(out.h, s.h),
+        t=keep(verdict.t, s.t),
         solver_state=jax.tree_util.tree_map(keep, out.state, s.solver_state),
+        controller_state=jax.tree_util.tree_map(keep, verdict.state, s.controller_state),
         stats=stats,
         result=status,
         failed=failed,
@@ -408,18 +422,13 @@ def finalize(p: Problem, s: LoopState) -> Solution:
     result = result.astype(jnp.int32)
     nfe = stats.nfe
     if p.denoise:  # only a sample that reached t_end: a failed one keeps its raw state at sol.t
-        score = p.solver.state_score(p.sde, x, t, s.solver_state)
-        evaluated = score is None
-        if evaluated:
-            score = p.score(x, t)
-        denoised = p.solver.denoising_step(p.sde, x, t, score, s.solver_state)
+        denoised, spent = p.solver.denoise(p.sde, p.score, x, t, s.solver_state)
         reached = result == results.SUCCESS
         bad = ~jnp.all(jnp.isfinite(denoised))
         result = jnp.where(reached & bad, results.NONFINITE, result).astype(jnp.int32)
         apply = reached & ~bad
         x = jnp.where(apply, denoised, x)
-        if evaluated:
-            nfe = nfe + reached.astype(nfe.dtype)
+        nfe = nfe + reached.astype(nfe.dtype) * spent
     return Solution(x=x, t=t, stats=stats._replace(nfe=nfe), result=result)
 
 
@@ -477,7 +486,7 @@ def solve(
         up to the returned state). ``False`` checks the final state only: a failed sample still
         gets ``results.NONFINITE``, but its ``x`` is not finite; it saves one reduction and one
         select of the state per step. Solvers that reject non-finite attempts themselves (GGF,
-        ProbabilityFlow: ``solver.keeps_finite``) need no check.
+        ProbabilityFlow, every adaptive solver: its controller rejects non-finite steps) need no check.
       cond: this sample's condition (any pytree of arrays, e.g. an int32 class label), passed
         as the score's third argument at every evaluation; ``None`` (default) for a score
         ``score(x, t)``. Guided scores (:mod:`jaxsde.guidance`) take it the same way.

@@ -51,7 +51,7 @@ import numpy as np
 
 from .driver import Solution, solve, solve_batch
 from .sde import SDE, ScoreFn
-from .solvers.base import Solver, SolverInit, StepOut, WrappedSolver, solver_class
+from .solvers.base import Solver, SolverInit, StepResult, WrappedSolver, solver_class
 
 Array = jax.Array
 
@@ -219,27 +219,21 @@ class Inpainting(WrappedSolver):
             eps0 = (x - alpha * known) / sigma
         else:
             eps0 = jnp.zeros((), x.dtype)
-        return SolverInit(h=first.h, state=(first.state, eps0), nfe=first.nfe)
+        return first._replace(state=(first.state, eps0))
 
-    def step(self, sde, score, x, t, h, state, z, t_end) -> StepOut:
+    def step(self, sde, score, t0, t1, x, state, z) -> StepResult:
         inner_state, eps0 = state
         k = self.solver.noise_per_attempt
-        inner_z = None if k == 0 else z[:k]
-        out = self.solver.step(sde, score, x, t, h, inner_state, inner_z, t_end)
-        dtype = x.dtype
-        known = jnp.asarray(self.x_known, dtype)
-        mask = jnp.asarray(self.mask, dtype)
+        out = self.solver.step(sde, score, t0, t1, x, inner_state, None if k == 0 else z[:k])
+        known = jnp.asarray(self.x_known, x.dtype)
+        mask = jnp.asarray(self.mask, x.dtype)
         eps = z[k] if self.noise == "fresh" else eps0
-        alpha, sigma = sde.marginal(out.t)
-        projected = mask * (alpha * known + sigma * eps) + (1 - mask) * out.x
-        accepted = jnp.asarray(out.accepted)
-        x_new = jnp.where(accepted, projected, out.x)
-        # the inner solver refreshes what its state holds at the current x (ProbabilityFlow's k1)
-        restated = self.solver.reimpose(sde, score, x_new, out.t, out.state)
-        new_inner = jax.tree_util.tree_map(lambda new, old: old if new is old else jnp.where(accepted, new, old),
-                                           restated, out.state)
-        nfe = out.nfe + self.solver.reimpose_nfe
-        return out._replace(x=x_new, state=(new_inner, eps0), nfe=nfe)
+        alpha, sigma = sde.marginal(t1)
+        x_new = mask * (alpha * known + sigma * eps) + (1 - mask) * out.x
+        # the inner solver refreshes what its state holds at the current x (ProbabilityFlow's k1);
+        # a step the controller rejects is discarded whole by the driver
+        restated = self.solver.reimpose(sde, score, x_new, t1, out.state)
+        return out._replace(x=x_new, state=(restated, eps0), nfe=out.nfe + self.solver.reimpose_nfe)
 
     def __repr__(self):
         return f"Inpainting({self.solver!r}, noise={self.noise!r})"

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import driver, results
-from .controllers import Controller
+from .controllers import Controller, ErrorNorm, controller_class
 from .noise import FreshNoise
 from .sde import SDE, ScoreFn
 from .solution import Stats
@@ -93,6 +93,18 @@ class Likelihood(NamedTuple):
     result: Array
 
 
+@controller_class
+class _GroupedNorm(ErrorNorm):
+    """Hairer's norm (``atol + rtol max(|x|, |x_new|)``, RMS) taken over the state and over the
+    integrals separately: the larger of the two scaled errors (``split``: where the integrals start)."""
+
+    split: int = 0
+
+    def __call__(self, sde, error, reference):
+        ratio = jnp.square(error / self.scale(sde, reference))
+        return jnp.sqrt(jnp.maximum(jnp.mean(ratio[:self.split]), jnp.mean(ratio[self.split:])))
+
+
 @solver_class
 class _DivergenceFlow(ProbabilityFlow):
     """:class:`ProbabilityFlow`'s Runge-Kutta pair and controller on the augmented state
@@ -104,11 +116,10 @@ class _DivergenceFlow(ProbabilityFlow):
         del sde
         return score
 
-    def scaled_error(self, sde, error, reference):
-        """The larger of the two groups' scaled RMS errors (the state and the integrals), each with
-        the solver's tolerance."""
-        ratio = jnp.square(error / self.error_norm.scale(sde, reference))
-        return jnp.sqrt(jnp.maximum(jnp.mean(ratio[:self.split]), jnp.mean(ratio[self.split:])))
+    @property
+    def default_norm(self) -> ErrorNorm:
+        """The solver's tolerance on each of the two groups (the state and the integrals)."""
+        return _GroupedNorm(self.rtol, self.atol, combine="sum", reduce="l2", split=self.split)
 
 
 def _static_float(name: str, value: Any) -> float:

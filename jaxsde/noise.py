@@ -13,7 +13,7 @@ at once: an array shaped ``(count, *sample_shape)`` where ``count`` is the solve
   (e.g. ``diffrax.VirtualBrownianTree``), so jaxsde and diffrax consume identical noise.
 
 ``draw(key, attempt, t, t_next, shape, dtype)``: the attempt integrates from ``t`` down to
-``t_next < t`` (as the solver's ``attempt_end`` defines it). ``num_attempts``: how many attempts
+``t_next < t`` (chosen by the solver's controller before the noise is drawn). ``num_attempts``: how many attempts
 the source can serve (``None``: unlimited). The driver refuses a fixed-grid solve that needs more
 up front, and stops an adaptive one that runs past the end with ``results.NOISE_EXHAUSTED``;
 a custom source without the attribute counts as unlimited.

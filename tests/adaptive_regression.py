@@ -1,9 +1,10 @@
 """The adaptive-solver regression problems: GGF and the PF-ODE on small exact mixtures.
 
-``python tests/adaptive_regression.py OUT.npz`` writes every problem's per-sample ``x`` and NFE;
-``tests/data/adaptive_regression.npz`` was written this way by the solvers as they were before
-step-size control moved into ``jaxsde.controllers`` (commit c925d60), and
-``test_controllers.py`` checks the current solvers still give the same samples and NFE.
+``python tests/adaptive_regression.py OUT.npz`` writes every problem's per-sample ``x`` and NFE in
+float64; ``tests/data/adaptive_regression.npz`` was written this way at commit a1ae567 (the solvers
+on ``jaxsde.controllers``, before the controller took over time: their float32 results then equalled
+those of the solvers before the controller split, commit c925d60), and ``test_controllers.py``
+checks the current solvers still give the same samples and NFE.
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ def problems():
 
 
 def run(name):
+    """``(x, nfe, rejected)`` of problem ``name``, in float64 (call it with x64 enabled)."""
     sde, solver, mix = problems()[name]
-    sol = jaxsde.sample(jax.random.PRNGKey(7), sde, mix.score(sde), solver, mix.shape, 8)
+    sol = jaxsde.sample(jax.random.PRNGKey(7), sde, mix.score(sde), solver, mix.shape, 8, dtype=jax.numpy.float64)
     return np.asarray(sol.x), np.asarray(sol.stats.nfe), np.asarray(sol.stats.num_rejected)
 
 
 if __name__ == "__main__":
+    jax.config.update("jax_enable_x64", True)
     out = {}
     for name in problems():
         x, nfe, rej = run(name)

@@ -113,7 +113,7 @@ def test_inpaint_pf_ode_counts_the_fsal_refresh(problem):
     sol = inpaint(jax.random.PRNGKey(5), sde, score, solver, _guide(), _mask())
     attempts = int(sol.stats.num_steps)
     # init's k1, then per attempt the RK stages and the FSAL refresh at the projected state; the final
-    # denoising step reads the score from that refreshed k1 (the wrapper forwards state_score): no +1
+    # denoising step reads the score from that refreshed k1 (the wrapper forwards denoise): no +1
     assert int(sol.stats.nfe) == 1 + attempts * (solver.nfe_per_attempt + 1)
 
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 import jaxsde
-from jaxsde.solvers.base import AdaptiveState
 from jaxsde.solvers.gotta_go_fast import GGFState
 from jaxsde.testing import exact
 
@@ -40,17 +39,24 @@ def test_attempt_matches_reference_formulas(h, x64):
     x_prev = 0.9 * x
     z = jax.random.normal(jax.random.PRNGKey(3), (1, 32), jnp.float64)
     t = 0.8
-    out = solver.step(SDE, SCORE, x, jnp.asarray(t), jnp.asarray(h), AdaptiveState(GGFState(x_prev), ()), z,
-                       jnp.asarray(1e-3))
+    # the solver's step (the maths) and its controller's verdict (the policy), as the driver runs them
+    controller, t0, t_end = solver.step_controller, jnp.asarray(t), jnp.asarray(1e-3)
+    state = controller.init(SDE, t0, t_end, jnp.float64)._replace(h=jnp.asarray(h))
+    t1, state = controller.propose(SDE, t0, t_end, state)
+    step = solver.step(SDE, SCORE, t0, t1, x, GGFState(x_prev), z)
+    verdict = controller.adapt(SDE, t0, t1, step.x, step.error, step.reference, step.ok, state)
+    t_next, _ = controller.propose(SDE, verdict.t, t_end, verdict.state)  # where the next attempt ends
+    x_new = jnp.where(verdict.accepted, step.x, x)
+    x_prev_new = jnp.where(verdict.accepted, step.state.x_prev, x_prev)
     ref = reference_attempt(SDE, SCORE, x, t, h, x_prev, z[0], 0.05, 0.0078)
-    assert bool(out.accepted) == ref["accepted"]
-    assert out.nfe == 2
-    np.testing.assert_allclose(out.x, ref["x"], rtol=1e-12)
-    np.testing.assert_allclose(out.state.solver.x_prev, ref["x_prev"], rtol=1e-12)
-    assert float(out.t) == pytest.approx(ref["t"], rel=1e-14)
-    assert float(out.h) == pytest.approx(ref["h"], rel=1e-12)
+    assert bool(verdict.accepted) == ref["accepted"]
+    assert step.nfe == 2
+    np.testing.assert_allclose(x_new, ref["x"], rtol=1e-12)
+    np.testing.assert_allclose(x_prev_new, ref["x_prev"], rtol=1e-12)
+    assert float(verdict.t) == pytest.approx(ref["t"], rel=1e-14)
+    assert float(verdict.t - t_next) == pytest.approx(ref["h"], rel=1e-12)
     if not ref["accepted"]:  # a rejection leaves (x, t) unchanged and shrinks h
-        assert float(out.t) == t and np.array_equal(out.x, x) and float(out.h) < h
+        assert float(verdict.t) == t and np.array_equal(x_new, x) and float(verdict.t - t_next) < h
 
 
 def test_rejection_redraws_noise_from_next_attempt(x64):

@@ -1,7 +1,7 @@
 """Solvers: objects with ``init``/``step`` run by :func:`jaxsde.solve` (see ``base``)."""
 
 from .adaptive_multistep import AdaptiveMultistepSolver
-from .base import FixedGridSolver, Solver, SolverInit, StepOut, WrappedSolver
+from .base import FixedGridSolver, Solver, SolverInit, StepResult, WrappedSolver
 from .ddim import DDIM
 from .deis import DEIS
 from .dpm_adaptive import AdaptiveDPMSolver
@@ -24,7 +24,7 @@ from .unipc import UniPC
 __all__ = [
     "Solver",
     "SolverInit",
-    "StepOut",
+    "StepResult",
     "FixedGridSolver",
     "WrappedSolver",
     "EulerMaruyama",

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 
 from ..controllers import Controller, ErrorNorm, PIDController, check_controller
 from ..settings import NONNEGATIVE, POSITIVE, Bound, check_static, is_traced
-from .base import AdaptiveSolver, Attempt, SolverInit, check_component, solver_class
+from .base import AdaptiveSolver, SolverInit, StepResult, check_component, solver_class
 from .exponential import check_nonneg, check_positive, combine, data_prediction, half_log_snr, push
 from .sa_solver import sa_weights
 
@@ -53,7 +53,6 @@ __all__ = ["AdaptiveMultistepSolver", "MultistepState"]
 
 class MultistepState(NamedTuple):
     lam: Array  # half log-SNR of the current accepted state
-    lam_end: Array  # half log-SNR of t_end
     hist: Array  # (order, *x.shape) data predictions at the last accepted nodes, newest first
     hist_lam: Array  # (order,) their half log-SNR
     count: Array  # int32: how many entries of hist are real (1 .. order)
@@ -97,7 +96,10 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
     min_step: float = 1e-7
     tolerance: ErrorNorm | None = None
 
-    clamps_step = False  # the attempt clamps its own end to lam_end
+    # steps in half log-SNR; the last step snaps to the end when within 1.1 trial steps (no sliver
+    # of a last step, whose history nodes would sit at huge multiples of it)
+    step_variable = "log_snr"
+    last_step = "snap"
 
     noise_setting = "tau"
     traced_settings = {"rtol": POSITIVE, "atol": POSITIVE, "tau": NONNEGATIVE, "h_init": POSITIVE,
@@ -138,39 +140,18 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
         return 1.5 if self.stochastic else float(self.order + 1)
 
     @property
-    def step_controller(self) -> Controller:
-        if self.controller is not None:
-            return self.controller
+    def default_rule(self) -> Controller:
         return PIDController(safety=0.9, factor_min=0.2, factor_max=self.factor_max)
 
     @property
-    def error_norm(self) -> ErrorNorm:
-        return ErrorNorm(self.rtol, self.atol, combine="max") if self.tolerance is None else self.tolerance
+    def default_norm(self) -> ErrorNorm:
+        return ErrorNorm(self.rtol, self.atol, combine="max")
 
-    # --- the step variable: half log-SNR ------------------------------------------------------
-    def remaining(self, state: MultistepState, t, t_end):
-        return state.lam_end - state.lam
-
-    @staticmethod
-    def _time(sde, lam, state: MultistepState, t_end):
-        return jnp.where(lam >= state.lam_end, t_end, sde.inverse_log_snr(2.0 * lam)).astype(t_end.dtype)
-
-    @staticmethod
-    def _target(state: MultistepState, h):
-        """End of a trial step ``h``: ``lam + h``, or ``lam_end`` when that is within ``1.1 h`` (no
-        sliver of a last step, whose history nodes would sit at huge multiples of it)."""
-        return jnp.where(state.lam_end - state.lam <= 1.1 * h, state.lam_end, state.lam + h)
-
-    def target_time(self, sde, state: MultistepState, t, h, t_end):
-        return self._time(sde, self._target(state, h), state, t_end)
-
-    def start(self, sde, score, x, t_start, t_end) -> SolverInit:
+    def init(self, sde, score, x, t_start, t_end) -> SolverInit:
         lam0 = half_log_snr(sde, t_start).astype(x.dtype)
-        lam_end = half_log_snr(sde, t_end).astype(x.dtype)
         hist = jnp.zeros((self.history_size, *x.shape), x.dtype).at[0].set(data_prediction(sde, score, x, t_start))
         hist_lam = jnp.full((self.history_size,), lam0, x.dtype)
-        state = MultistepState(lam0, lam_end, hist, hist_lam, jnp.ones((), jnp.int32))
-        return SolverInit(h=jnp.asarray(self.h_init, x.dtype), state=state, nfe=1)
+        return SolverInit(state=MultistepState(lam0, hist, hist_lam, jnp.ones((), jnp.int32)), nfe=1)
 
     def _nodes(self, state: MultistepState, step):
         """History nodes in units of the step from ``lam_s``; entries not yet filled get distinct
@@ -190,20 +171,18 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
         diff = combine([a - b for a, b in zip(w_hi, w_lo, strict=True)], state.hist)
         return jnp.where(m >= 2, diff, 0.0)
 
-    def predicted_error(self, sde, x, t, h, state: MultistepState, t_end):
+    def predict_error(self, sde, t, t_next, x, state: MultistepState):
         if not self.stochastic:
             return None
-        lam_t = self._target(state, h)
-        step = lam_t - state.lam
+        step = half_log_snr(sde, t_next).astype(x.dtype) - state.lam
         tau2 = jnp.asarray(self.tau, x.dtype) ** 2
-        alpha_t = sde.marginal(self._time(sde, lam_t, state, t_end))[0]
+        alpha_t = sde.marginal(t_next)[0]
         return self._history_error(step, self._nodes(state, step), tau2, state), jnp.abs(x / alpha_t)
 
-    def attempt(self, sde, score, x, t, h, state: MultistepState, z, t_end) -> Attempt:
+    def step(self, sde, score, t, t_next, x, state: MultistepState, z) -> StepResult:
         lam_s = state.lam
-        lam_t = self._target(state, h)
+        lam_t = half_log_snr(sde, t_next).astype(x.dtype)
         step = lam_t - lam_s
-        t_next = self._time(sde, lam_t, state, t_end)
         sigma_s = sde.marginal(t)[1]
         alpha_t, sigma_t = sde.marginal(t_next)
         x_d = x / alpha_t  # the current state in the denoiser scale of the step's end
@@ -229,10 +208,9 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
             error, reference = pec, jnp.maximum(jnp.abs(corr_d), jnp.abs(x_d))
         new = MultistepState(
             lam=lam_t,
-            lam_end=state.lam_end,
             hist=push(state.hist, x0_new),
             hist_lam=push(state.hist_lam, lam_t),
             count=jnp.minimum(state.count + 1, size),
         )
-        return Attempt(x=x_corr, t=t_next, error=error, reference=reference, state=new, nfe=1,
-                       ok=jnp.all(jnp.isfinite(state.hist[0])), h=step)
+        return StepResult(x=x_corr, state=new, nfe=1, error=error, reference=reference,
+                          ok=jnp.all(jnp.isfinite(state.hist[0])))

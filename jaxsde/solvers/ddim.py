@@ -7,7 +7,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from ..settings import NONNEGATIVE
-from .base import FixedGridSolver, solver_class
+from .base import FixedGridSolver, StepResult, solver_class
 from .exponential import check_nonneg, data_prediction, half_log_snr
 
 
@@ -83,8 +83,8 @@ class DDIM(FixedGridSolver):
     def nfe_per_attempt(self) -> int:
         return 1
 
-    def advance(self, sde, score, x, t, t_next, z):
+    def step(self, sde, score, t, t_next, x, state, z) -> StepResult:
         x0 = data_prediction(sde, score, x, t)
         if not self.stochastic:
-            return ddim_step(sde, x, x0, t, t_next, 0, None), 1
-        return ddim_step(sde, x, x0, t, t_next, self.eta, z[0]), 1
+            return StepResult(ddim_step(sde, x, x0, t, t_next, 0, None), state, 1)
+        return StepResult(ddim_step(sde, x, x0, t, t_next, self.eta, z[0]), state, 1)

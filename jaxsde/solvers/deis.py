@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import solver_class
+from .base import StepResult, solver_class
 from .dpm_solver import LOWER_ORDER_FINAL_BELOW
 from .exponential import (
     MultistepSolver,
@@ -74,7 +74,7 @@ class DEIS(MultistepSolver):
         """Order of step ``i`` (traced ``i``)."""
         return warmup_order(self.order, i, self.num_steps, self.lower_order_final, LOWER_ORDER_FINAL_BELOW)
 
-    def advance_history(self, sde, score, x, state, z):
+    def step(self, sde, score, t0, t1, x, state, z) -> StepResult:
         i = state.index
         t, t_next = state.grid[i], state.grid[i + 1]
         hist = push(state.hist, noise_prediction(sde, score, x, t))
@@ -84,4 +84,4 @@ class DEIS(MultistepSolver):
         w = exp_weights(-1.0, h, nodes, self.effective_order(i))
         alpha, _ = sde.marginal(t)
         alpha_n, sigma_n = sde.marginal(t_next)
-        return alpha_n / alpha * x - sigma_n * combine(w, hist), hist, None, 1
+        return StepResult(alpha_n / alpha * x - sigma_n * combine(w, hist), self.advanced(state, hist, None), 1)

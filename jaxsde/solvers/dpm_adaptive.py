@@ -49,7 +49,7 @@ import jax.numpy as jnp
 
 from ..controllers import Controller, ErrorNorm, PIDController, check_controller
 from ..settings import NONNEGATIVE, POSITIVE, check_static
-from .base import AdaptiveSolver, Attempt, SolverInit, check_component, solver_class
+from .base import AdaptiveSolver, SolverInit, StepResult, check_component, solver_class
 from .exponential import check_nonneg, check_positive, exp_remainder, half_log_snr
 
 Array = jax.Array
@@ -60,7 +60,7 @@ PREDICTIONS = ("data", "noise")
 
 
 class DPMState(NamedTuple):
-    lam: Array  # half log-SNR of the current accepted state (the step variable)
+    t_end: Array
     lam_end: Array  # half log-SNR of t_end
     x_prev: Array  # the last accepted low-order solution, in the denoiser scale x / alpha
 
@@ -116,7 +116,10 @@ class AdaptiveDPMSolver(AdaptiveSolver):
     min_step: float = 1e-7
     tolerance: ErrorNorm | None = None
 
-    clamps_step = False  # the trial step is kept as the controller set it (k-diffusion's pid.h)
+    # steps in half log-SNR; the next trial step grows from the trial step, as k-diffusion's pid.h
+    # (kept as the controller set it even where the end clipped it)
+    step_variable = "log_snr"
+    grow_from = "trial"
 
     noise_setting = "eta"
     traced_settings = {"rtol": POSITIVE, "atol": POSITIVE, "eta": NONNEGATIVE, "s_noise": NONNEGATIVE,
@@ -152,38 +155,26 @@ class AdaptiveDPMSolver(AdaptiveSolver):
         return 1.5 if self.stochastic else float(self.order)
 
     @property
-    def step_controller(self) -> Controller:
-        return PIDController.k_diffusion() if self.controller is None else self.controller
+    def default_rule(self) -> Controller:
+        return PIDController.k_diffusion()
 
     @property
-    def error_norm(self) -> ErrorNorm:
-        return ErrorNorm(self.rtol, self.atol, combine="max") if self.tolerance is None else self.tolerance
+    def default_norm(self) -> ErrorNorm:
+        return ErrorNorm(self.rtol, self.atol, combine="max")
 
-    # --- the step variable: half log-SNR ------------------------------------------------------
-    def remaining(self, state: DPMState, t, t_end):
-        return state.lam_end - state.lam
-
-    def _target(self, state: DPMState, h):
-        return jnp.minimum(state.lam_end, state.lam + h)
+    def init(self, sde, score, x, t_start, t_end) -> SolverInit:
+        alpha, _ = sde.marginal(t_start)
+        return SolverInit(state=DPMState(t_end, half_log_snr(sde, t_end).astype(x.dtype), x / alpha), nfe=0)
 
     @staticmethod
-    def _time(sde, lam, state: DPMState, t_end):
-        """The time of half log-SNR ``lam`` (exactly ``t_end`` at the end, so the loop stops there)."""
-        return jnp.where(lam >= state.lam_end, t_end, sde.inverse_log_snr(2.0 * lam)).astype(t_end.dtype)
+    def _time(sde, lam, state: DPMState):
+        """The time of half log-SNR ``lam`` (exactly ``t_end`` at the end)."""
+        return jnp.where(lam >= state.lam_end, state.t_end, sde.inverse_log_snr(2.0 * lam)).astype(state.t_end.dtype)
 
-    def target_time(self, sde, state: DPMState, t, h, t_end):
-        return self._time(sde, self._target(state, h), state, t_end)
-
-    def start(self, sde, score, x, t_start, t_end) -> SolverInit:
-        lam0 = half_log_snr(sde, t_start).astype(x.dtype)
-        lam_end = half_log_snr(sde, t_end).astype(x.dtype)
-        alpha, _ = sde.marginal(t_start)
-        return SolverInit(h=jnp.asarray(self.h_init, x.dtype), state=DPMState(lam0, lam_end, x / alpha), nfe=0)
-
-    def attempt(self, sde, score, x, t, h, state: DPMState, z, t_end) -> Attempt:
+    def step(self, sde, score, t, t_next, x, state: DPMState, z) -> StepResult:
         sign = 1.0 if self.prediction == "noise" else -1.0
-        lam_s = state.lam
-        lam_t = self._target(state, h)
+        lam_s = half_log_snr(sde, t).astype(x.dtype)
+        lam_t = half_log_snr(sde, t_next).astype(x.dtype)
         sigma_s, sigma_t = jnp.exp(-lam_s), jnp.exp(-lam_t)  # denoiser-scale noise levels
         down, up = ancestral_step(sigma_s, sigma_t, self.eta if self.stochastic else 0)
         lam_d = jnp.minimum(state.lam_end, -jnp.log(down)) if self.stochastic else lam_t
@@ -231,16 +222,13 @@ class AdaptiveDPMSolver(AdaptiveSolver):
             high = first - weight(lam_d) / r2 * _phi(big_h) * (f2 - f0)
             nfe = 3
 
-        t_d = self._time(sde, lam_d, state, t_end)
+        t_d = self._time(sde, lam_d, state)
         to_denoiser = jnp.exp(-lam_d) if self.prediction == "data" else 1.0  # v -> x / alpha at lam_d
         low_d, high_d = low * to_denoiser, high * to_denoiser
 
-        t_next = self._time(sde, lam_t, state, t_end)
         if self.stochastic:
             x_new = sde.marginal(t_next)[0] * (high_d + up * self.s_noise * z[0])
         else:
             x_new = scale(t_d) * high
-        return Attempt(x=x_new, t=t_next, error=low_d - high_d,
-                       reference=jnp.maximum(jnp.abs(low_d), jnp.abs(state.x_prev)),
-                       state=DPMState(lam_t, state.lam_end, low_d), nfe=nfe,
-                       ok=jnp.all(jnp.isfinite(f0)), h=h)
+        return StepResult(x=x_new, state=state._replace(x_prev=low_d), nfe=nfe, error=low_d - high_d,
+                          reference=jnp.maximum(jnp.abs(low_d), jnp.abs(state.x_prev)), ok=jnp.all(jnp.isfinite(f0)))

@@ -6,7 +6,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from .base import solver_class
+from .base import StepResult, solver_class
 from .exponential import (
     MultistepSolver,
     check_int,
@@ -149,11 +149,11 @@ class DPMSolverPP(MultistepSolver):
             q = jnp.minimum(q, total - i)
         return q
 
-    def advance_history(self, sde, score, x, state, z):
+    def step(self, sde, score, t0, t1, x, state, z) -> StepResult:
         i = state.index
         if not self.multistep:
             x_next = self._singlestep(sde, score, x, state.grid[i], state.grid[i + 1])
-            return x_next, state.hist, None, self.order
+            return StepResult(x_next, self.advanced(state, state.hist, None), self.order)
         t, t_next = state.grid[i], state.grid[i + 1]
         hist = push(state.hist, data_prediction(sde, score, x, t))
         lam_s, lam_t = self.node(state, 0), self.node(state, 1)
@@ -165,7 +165,7 @@ class DPMSolverPP(MultistepSolver):
         w = select_weights(self.effective_order(i), cands, self.order)
         _, sigma = sde.marginal(t)
         alpha_n, sigma_n = sde.marginal(t_next)
-        return sigma_n / sigma * x + alpha_n * combine(w, hist), hist, None, 1
+        return StepResult(sigma_n / sigma * x + alpha_n * combine(w, hist), self.advanced(state, hist, None), 1)
 
     # --- singlestep ----------------------------------------------------------------------------
     def _singlestep(self, sde, score, x, t, t_next):

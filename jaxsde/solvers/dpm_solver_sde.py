@@ -7,7 +7,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from ..settings import NONNEGATIVE
-from .base import solver_class
+from .base import StepResult, solver_class
 from .dpm_solver import SOLVER_TYPES, multistep_weights
 from .exponential import (
     MultistepSolver,
@@ -97,7 +97,7 @@ class DPMSolverPPSDE(MultistepSolver):
                              f"{self.order - 1} steps warm up at lower orders), got num_steps={self.num_steps}")
 
 
-    def advance_history(self, sde, score, x, state, z):
+    def step(self, sde, score, t0, t1, x, state, z) -> StepResult:
         i = state.index
         t, t_next = state.grid[i], state.grid[i + 1]
         hist = push(state.hist, data_prediction(sde, score, x, t))
@@ -119,4 +119,4 @@ class DPMSolverPPSDE(MultistepSolver):
         x_next = sigma_n / sigma * jnp.exp(-self.eta * h) * x + alpha_n * combine(w, hist)
         if self.stochastic:
             x_next = x_next + sigma_n * jnp.sqrt(-jnp.expm1(-2.0 * self.eta * h)) * z[0]
-        return x_next, hist, None, 1
+        return StepResult(x_next, self.advanced(state, hist, None), 1)

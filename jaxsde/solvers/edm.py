@@ -8,7 +8,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from ..settings import NONNEGATIVE, POSITIVE, Bound, is_traced
-from .base import FixedGridSolver, solver_class
+from .base import FixedGridSolver, StepResult, solver_class
 from .exponential import check_nonneg, data_prediction, half_log_snr
 
 
@@ -73,7 +73,7 @@ class EDMHeun(FixedGridSolver):
     def nfe_per_attempt(self) -> int:
         return 2
 
-    def advance(self, sde, score, x, t, t_next, z):
+    def step(self, sde, score, t, t_next, x, state, z) -> StepResult:
         alpha, _ = sde.marginal(t)
         alpha_n, _ = sde.marginal(t_next)
         sb = jnp.exp(-half_log_snr(sde, t))
@@ -94,4 +94,4 @@ class EDMHeun(FixedGridSolver):
         xb_euler = xb + (sb_n - sb_hat) * d
         d2 = (xb_euler - data_prediction(sde, score, alpha_n * xb_euler, t_next)) / sb_n
         xb_next = xb + (sb_n - sb_hat) * 0.5 * (d + d2)
-        return alpha_n * xb_next, 2
+        return StepResult(alpha_n * xb_next, state, 2)

@@ -7,7 +7,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from ..settings import NONNEGATIVE
-from .base import FixedGridSolver, solver_class
+from .base import FixedGridSolver, StepResult, solver_class
 from .ddim import ddim_step
 from .exponential import check_nonneg, data_prediction, half_log_snr
 
@@ -59,10 +59,10 @@ class EulerAncestral(FixedGridSolver):
     def nfe_per_attempt(self) -> int:
         return 1
 
-    def advance(self, sde, score, x, t, t_next, z):
+    def step(self, sde, score, t, t_next, x, state, z) -> StepResult:
         x0 = data_prediction(sde, score, x, t)
         if not self.stochastic:
-            return ddim_step(sde, x, x0, t, t_next, 0.0, None), 1
+            return StepResult(ddim_step(sde, x, x0, t, t_next, 0.0, None), state, 1)
         q = -jnp.expm1(-2.0 * (half_log_snr(sde, t_next) - half_log_snr(sde, t)))
         eta = jnp.minimum(self.eta, jnp.sqrt(1.0 / q))  # sigma_up = min(sigma', eta sigma' sqrt(q))
-        return ddim_step(sde, x, x0, t, t_next, eta, z[0]), 1
+        return StepResult(ddim_step(sde, x, x0, t, t_next, eta, z[0]), state, 1)

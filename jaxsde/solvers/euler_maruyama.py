@@ -6,7 +6,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from .base import FixedGridSolver, solver_class
+from .base import FixedGridSolver, StepResult, solver_class
 
 
 @solver_class
@@ -38,7 +38,7 @@ class EulerMaruyama(FixedGridSolver):
     def nfe_per_attempt(self) -> int:
         return 1
 
-    def advance(self, sde, score, x, t, t_next, z):
+    def step(self, sde, score, t, t_next, x, state, z) -> StepResult:
         h = t - t_next
         drift = sde.reverse_drift(x, t, score(x, t))
-        return x - h * drift + sde.diffusion(t) * jnp.sqrt(h) * z[0], 1
+        return StepResult(x - h * drift + sde.diffusion(t) * jnp.sqrt(h) * z[0], state, 1)

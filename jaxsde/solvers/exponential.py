@@ -15,9 +15,8 @@ differences well conditioned; no monomials of absolute ``lam``) through the expo
 ``R_n(z) = sum_{j >= n} (-z)^j / j!``, evaluated by their series for small ``|z|`` (no
 cancellation) and in closed form otherwise.
 
-:class:`MultistepSolver` extends :class:`~jaxsde.solvers.base.FixedGridSolver` with a history
-buffer of past model outputs (multistep methods) while keeping its ``StepOut`` contract and
-``attempt_end``.
+:class:`MultistepSolver` adds a history buffer of past model outputs (multistep methods) to
+:class:`~jaxsde.solvers.base.FixedGridSolver`; its solvers keep the one ``step`` contract.
 """
 
 from __future__ import annotations
@@ -28,9 +27,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .. import results
 from ..settings import check_static, is_traced
-from .base import FixedGridSolver, StepOut, required
+from .base import FixedGridSolver, SolverInit
 
 Array = jax.Array
 
@@ -215,13 +213,13 @@ class HistoryState(NamedTuple):
 
 
 class MultistepSolver(FixedGridSolver):
-    """A fixed-grid solver carrying a history of model outputs between steps.
+    """Shared machinery of the fixed-grid solvers carrying a history of model outputs between steps
+    (not another contract: subclasses implement ``step``, reading grid node ``state.index`` and
+    returning ``self.advanced(state, hist, extra)`` as their new state).
 
-    Subclasses implement ``advance_history(sde, score, x, state, z) -> (x_next, hist, extra, nfe)``
-    for the attempt from grid time ``state.index`` to ``state.index + 1``; optionally
-    ``init_history``. Defaults, for a multistep method with an ``order`` field: one score
-    evaluation per step (``nfe_per_attempt = 1``) and the last ``order`` model outputs kept
-    (``history_size = order``); methods that differ override them.
+    Defaults, for a multistep method with an ``order`` field: one score evaluation per step
+    (``nfe_per_attempt = 1``), the last ``order`` model outputs kept (``history_size = order``),
+    an initial history of zeros (``init_history``).
     """
 
     @property
@@ -236,38 +234,24 @@ class MultistepSolver(FixedGridSolver):
         """Initial ``(hist, extra)``; default: zeros and ``None``."""
         return jnp.zeros((self.history_size, *x.shape), x.dtype), None
 
-    def grid_state(self, sde, x, grid) -> HistoryState:
+    def init(self, sde, score, x, t_start, t_end) -> SolverInit:
+        del score
+        grid = self.schedule.times(sde, t_start, t_end, x.dtype)
         lam = half_log_snr(sde, grid).astype(x.dtype)
         pad = self.history_size
         d = lam[1] - lam[0]
         virtual = lam[0] - d * jnp.arange(pad, 0, -1, dtype=x.dtype)
         lam = jnp.concatenate([virtual, lam])
         hist, extra = self.init_history(sde, x, grid, lam)
-        return HistoryState(jnp.zeros((), jnp.int32), grid, lam, hist, extra)
+        return SolverInit(state=HistoryState(jnp.zeros((), jnp.int32), grid, lam, hist, extra), nfe=0)
 
     def node(self, state: HistoryState, offset: int) -> Array:
         """Half log-SNR of grid time ``state.index + offset`` (``offset >= -history_size``)."""
         return state.lam[state.index + self.history_size + offset]
 
-    def step(self, sde, score, x, t, h, state: HistoryState, z, t_end) -> StepOut:
-        del t, h, t_end
-        i = jnp.minimum(state.index + 1, self.num_steps)
-        x_next, hist, extra, nfe = self.advance_history(sde, score, x, state, z)
-        t_next = state.grid[i]
-        h_next = t_next - state.grid[jnp.minimum(i + 1, self.num_steps)]
-        return StepOut(
-            x=x_next,
-            t=t_next,
-            h=h_next,
-            state=HistoryState(i, state.grid, state.lam, hist, extra),
-            accepted=jnp.array(True),
-            nfe=nfe,
-            status=jnp.array(results.SUCCESS, jnp.int32),
-        )
-
-    @required
-    def advance_history(self, sde, score, x, state: HistoryState, z):
-        raise NotImplementedError
+    def advanced(self, state: HistoryState, hist: Array, extra: Any) -> HistoryState:
+        """The state after the step from grid time ``state.index``, with the new history."""
+        return HistoryState(jnp.minimum(state.index + 1, self.num_steps), state.grid, state.lam, hist, extra)
 
 
 def push(hist: Array, new: Array) -> Array:

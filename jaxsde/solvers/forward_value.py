@@ -6,7 +6,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from .base import solver_class
+from .base import StepResult, solver_class
 from .exponential import MultistepSolver, check_int, combine, exp_weights, push
 
 
@@ -70,7 +70,7 @@ class ForwardValue(MultistepSolver):
         hist = jnp.zeros((self.history_size, *x.shape), x.dtype).at[0].set(eps0)
         return hist, None
 
-    def advance_history(self, sde, score, x, state, z):
+    def step(self, sde, score, t0, t1, x, state, z) -> StepResult:
         i = state.index
         t, t_next = state.grid[i], state.grid[i + 1]
         alpha, sigma = sde.marginal(t)
@@ -85,4 +85,4 @@ class ForwardValue(MultistepSolver):
         x0_hat = (x_hat + sigma_n**2 * s) / alpha_n
         r = sigma_n / sigma
         x_next = r * x + (alpha_n - alpha * r) * x0_hat
-        return x_next, push(state.hist, eps_hat), None, 1
+        return StepResult(x_next, self.advanced(state, push(state.hist, eps_hat), None), 1)

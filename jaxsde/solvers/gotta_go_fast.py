@@ -15,9 +15,10 @@ One attempt from ``(x, t)`` with trial step ``h`` and ONE standard normal draw `
 6. ``h <- min(t - t_end, safety * h * E2^(-exponent))`` after every attempt, so the last
    step lands exactly on ``t_end``.
 
-Steps 1-4 are this module's attempt (the maths); 5-6 are the controller's
-(:class:`jaxsde.controllers.GottaGoFastController` by default; any other controller can take
-its place).
+Steps 1-3 are this module's step (the maths); 4-6 are its controller's
+(:class:`jaxsde.controllers.StepSizeController` in time, with the
+:class:`jaxsde.controllers.ErrorNorm` of step 4 and the rule
+:class:`jaxsde.controllers.GottaGoFastController` by default; any other rule can take its place).
 
 ``F = f - g^2 score`` is the reverse drift. Every attempt costs exactly 2 score
 evaluations; the driver adds 1 for the final denoising (Tweedie) step.
@@ -45,7 +46,7 @@ import jax.numpy as jnp
 
 from ..controllers import REDUCTIONS, Controller, ErrorNorm, GottaGoFastController, check_controller
 from ..settings import NONNEGATIVE, POSITIVE, UNIT, Bound, is_traced
-from .base import AdaptiveSolver, Attempt, SolverInit, check_component, solver_class
+from .base import AdaptiveSolver, SolverInit, StepResult, check_component, solver_class
 
 NORMS = REDUCTIONS  # the ErrorNorm reductions, by GGF's own option name
 
@@ -135,9 +136,7 @@ class GottaGoFast(AdaptiveSolver):
             check_component("GottaGoFast", self, "controller", Controller, ("safety", "exponent", "nonfinite_shrink"))
 
     @property
-    def step_controller(self) -> Controller:
-        if self.controller is not None:
-            return self.controller
+    def default_rule(self) -> Controller:
         return GottaGoFastController(self.safety, self.exponent, self.nonfinite_shrink)
 
     @property
@@ -151,18 +150,15 @@ class GottaGoFast(AdaptiveSolver):
         return 2
 
     @property
-    def error_norm(self) -> ErrorNorm:
-        if self.tolerance is not None:
-            return self.tolerance
+    def default_norm(self) -> ErrorNorm:
         return ErrorNorm(self.rtol, self.atol, combine="max", reduce=self.norm)
 
-    def start(self, sde, score, x, t_start, t_end) -> SolverInit:
-        h = jnp.minimum(jnp.asarray(self.h_init, x.dtype), t_start - t_end)
-        return SolverInit(h=h, state=GGFState(x_prev=x), nfe=0)
+    def init(self, sde, score, x, t_start, t_end) -> SolverInit:
+        return SolverInit(state=GGFState(x_prev=x), nfe=0)
 
-    def attempt(self, sde, score, x, t, h, state: GGFState, z, t_end) -> Attempt:
+    def step(self, sde, score, t, t_next, x, state: GGFState, z) -> StepResult:
         z = z[0]
-        t_next = self.target_time(sde, state, t, h, t_end)
+        h = t - t_next
         sqrt_h = jnp.sqrt(h)
         drift1 = sde.reverse_drift(x, t, score(x, t))
         noise1 = sde.diffusion(t) * sqrt_h * z
@@ -191,5 +187,5 @@ class GottaGoFast(AdaptiveSolver):
         ref = jnp.abs(check)
         if self.error_use_prev:
             ref = jnp.maximum(ref, jnp.abs(state.x_prev))
-        return Attempt(x=x_new, t=t_next, error=err, reference=ref, state=GGFState(x_prev=check),
-                       nfe=2, ok=jnp.all(jnp.isfinite(drift1)), h=h)
+        return StepResult(x=x_new, state=GGFState(x_prev=check), nfe=2, error=err, reference=ref,
+                          ok=jnp.all(jnp.isfinite(drift1)))

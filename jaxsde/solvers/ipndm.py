@@ -6,7 +6,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from .base import solver_class
+from .base import StepResult, solver_class
 from .exponential import MultistepSolver, check_int, combine, noise_prediction, push, select_weights
 
 # Adams-Bashforth coefficients for equal steps, newest evaluation first
@@ -59,7 +59,7 @@ class IPNDM(MultistepSolver):
         if self.num_steps < self.order:
             raise ValueError(f"IPNDM: order {self.order} needs num_steps >= {self.order}, got {self.num_steps}")
 
-    def advance_history(self, sde, score, x, state, z):
+    def step(self, sde, score, t0, t1, x, state, z) -> StepResult:
         i = state.index
         t, t_next = state.grid[i], state.grid[i + 1]
         hist = push(state.hist, noise_prediction(sde, score, x, t))
@@ -68,4 +68,5 @@ class IPNDM(MultistepSolver):
         alpha, sigma = sde.marginal(t)
         alpha_n, sigma_n = sde.marginal(t_next)
         slope = combine(w, hist)
-        return alpha_n * (x / alpha + (sigma_n / alpha_n - sigma / alpha) * slope), hist, None, 1
+        x_next = alpha_n * (x / alpha + (sigma_n / alpha_n - sigma / alpha) * slope)
+        return StepResult(x_next, self.advanced(state, hist, None), 1)

@@ -6,7 +6,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from .base import solver_class
+from .base import StepResult, solver_class
 from .exponential import (
     MultistepSolver,
     check_int,
@@ -79,18 +79,18 @@ class LMS(MultistepSolver):
         return interpolation_weights([delta / (k + 1) for k in range(self.order)], nodes,
                                      jnp.minimum(self.order, state.index + 1))
 
-    def advance_history(self, sde, score, x, state, z):
+    def step(self, sde, score, t0, t1, x, state, z) -> StepResult:
         i = state.index
         t, t_next = state.grid[i], state.grid[i + 1]
         hist = push(state.hist, noise_prediction(sde, score, x, t))
         w = self.weights(state, jnp.expm1(self.node(state, 0) - self.node(state, 1)))
         alpha, _ = sde.marginal(t)
         alpha_n, _ = sde.marginal(t_next)
-        return alpha_n / alpha * x + alpha_n * combine(w, hist), hist, None, 1
+        return StepResult(alpha_n / alpha * x + alpha_n * combine(w, hist), self.advanced(state, hist, None), 1)
 
-    def denoising_step(self, sde, x, t, score, state):
+    def denoise(self, sde, score, x, t, state):
         if self.last_step == "tweedie":
-            return super().denoising_step(sde, x, t, score, state)
+            return super().denoise(sde, score, x, t, state)
         # k-diffusion's last LMS step, from s(t_end) to s = 0 (step = -1); the data is x~ = x / alpha there
         alpha, sigma = sde.marginal(t)
-        return x / alpha + combine(self.weights(state, -1.0), push(state.hist, -sigma * score))
+        return x / alpha + combine(self.weights(state, -1.0), push(state.hist, -sigma * score(x, t))), 1

@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .base import FixedGridSolver, solver_class
+from ..settings import UNIT, is_traced
+from .base import FixedGridSolver, SolverInit, StepResult, solver_class
 
 Array = jax.Array
 
@@ -118,9 +119,16 @@ class MultilevelEM(FixedGridSolver):
 
     noise_per_attempt = 1
 
+    # the level probabilities are leaves (their number is structure); p_1 = 1 is checked on the host
+    traced_settings = {"probabilities": UNIT}
+
     def __post_init__(self):
         self._check_grid()
-        p = tuple(float(v) for v in self.probabilities)
+        p = tuple(self.probabilities)
+        if any(is_traced(v) for v in p):  # checked in the program (jaxsde.settings.settings_valid)
+            object.__setattr__(self, "probabilities", p)
+            return
+        p = tuple(float(v) for v in p)
         if len(p) < 1 or p[0] != 1.0 or not all(0.0 < v <= 1.0 for v in p):
             raise ValueError(f"probabilities must start with 1.0 and lie in (0, 1], got {self.probabilities!r}")
         object.__setattr__(self, "probabilities", p)
@@ -163,9 +171,10 @@ class MultilevelEM(FixedGridSolver):
                              f"{len(score)} levels")
         return score
 
-    def init(self, sde, score, x, t_start, t_end):
+    def init(self, sde, score, x, t_start, t_end) -> SolverInit:
+        del sde, x, t_start, t_end
         self.check_score(score)
-        return super().init(sde, score, x, t_start, t_end)
+        return SolverInit(state=jnp.zeros((), jnp.int32), nfe=0)  # the step's index (its coins)
 
     def score_estimate(self, levels: Sequence[Callable], x: Array, t: Array, index: Array) -> tuple[Array, Array]:
         """``(s_hat, evaluations)`` at step ``index``: each level drawn by the shared coins is evaluated
@@ -180,9 +189,9 @@ class MultilevelEM(FixedGridSolver):
         dt = t - t_next
         return x - dt * sde.reverse_drift(x, t, s_hat) + sde.diffusion(t) * jnp.sqrt(dt) * z
 
-    def advance_step(self, sde, score, x, t, t_next, z, index):
+    def step(self, sde, score, t, t_next, x, index, z) -> StepResult:
         s_hat, evaluations = self.score_estimate(self.check_score(score).levels, x, t, index)
-        return self.em_update(sde, x, t, t_next, s_hat, z[0]), evaluations
+        return StepResult(self.em_update(sde, x, t, t_next, s_hat, z[0]), index + 1, evaluations)
 
 
 def multilevel_cost(solver: MultilevelEM, costs: Sequence[float], denoise: bool = True) -> float:

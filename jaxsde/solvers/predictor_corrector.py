@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from ..sde import VPSDE
 from ..settings import POSITIVE, is_traced
-from .base import FixedGridSolver, solver_class
+from .base import FixedGridSolver, StepResult, solver_class
 
 
 def _reverse_diffusion(sde, score, x, t, t_next, z):
@@ -56,8 +56,8 @@ class ReverseDiffusion(FixedGridSolver):
     def nfe_per_attempt(self) -> int:
         return 1
 
-    def advance(self, sde, score, x, t, t_next, z):
-        return _reverse_diffusion(sde, score, x, t, t_next, z[0]), 1
+    def step(self, sde, score, t, t_next, x, state, z) -> StepResult:
+        return StepResult(_reverse_diffusion(sde, score, x, t, t_next, z[0]), state, 1)
 
 
 @solver_class
@@ -103,11 +103,11 @@ class PredictorCorrector(FixedGridSolver):
     def nfe_per_attempt(self) -> int:
         return self.corrector_steps + 1
 
-    def advance(self, sde, score, x, t, t_next, z):
+    def step(self, sde, score, t, t_next, x, state, z) -> StepResult:
         alpha = _langevin_alpha(sde, t, t_next)
         for k in range(self.corrector_steps):
             s = score(x, t)
             step = 2.0 * alpha * (self.snr * _l2(z[k]) / _l2(s)) ** 2
             x = x + step * s + jnp.sqrt(2.0 * step) * z[k]
         x = _reverse_diffusion(sde, score, x, t, t_next, z[self.corrector_steps])
-        return x, self.corrector_steps + 1
+        return StepResult(x, state, self.corrector_steps + 1)

@@ -14,7 +14,7 @@ with an explicit embedded pair and, by default, Hairer's PI step-size controller
 NFE is counted honestly: 1 for the initial derivative, 1 for the initial-step heuristic,
 then ``stages - 1`` per attempt for FSAL pairs (the last stage of an accepted step is the
 next step's first), whether the attempt is accepted or not. The final denoising step reads the
-score from that last stage (:meth:`ProbabilityFlow.state_score`), so it costs no evaluation.
+score from that last stage (:meth:`ProbabilityFlow.denoise`), so it costs no evaluation.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 
 from ..controllers import Controller, ErrorNorm, PIDController, check_controller
 from ..settings import NONNEGATIVE, POSITIVE, UNIT, Bound, is_traced
-from .base import AdaptiveSolver, AdaptiveState, Attempt, SolverInit, check_component, solver_class
+from .base import AdaptiveSolver, SolverInit, StepResult, check_component, solver_class
 
 
 class Tableau(NamedTuple):
@@ -184,7 +184,7 @@ class ProbabilityFlow(AdaptiveSolver):
                 raise ValueError(f"ProbabilityFlow: pi_beta must be in [0, {bound:.4g}) for method "
                                  f"{self.method!r}, got {self.pi_beta!r}")
             try:
-                _ = self.step_controller  # builds (and so validates) the default controller
+                _ = self.default_rule  # builds (and so validates) the default rule
             except ValueError as err:
                 raise ValueError(f"ProbabilityFlow: {str(err).split(': ', 1)[1]}") from None
         else:
@@ -202,9 +202,7 @@ class ProbabilityFlow(AdaptiveSolver):
         return float(self.tableau.error_order + 1)
 
     @property
-    def step_controller(self) -> Controller:
-        if self.controller is not None:
-            return self.controller
+    def default_rule(self) -> Controller:
         return PIDController.hairer(beta=self.pi_beta, order=self.tableau.error_order + 1, safety=self.safety,
                                     factor_min=self.factor_min, factor_max=self.factor_max)
 
@@ -218,22 +216,20 @@ class ProbabilityFlow(AdaptiveSolver):
 
     reimpose_nfe = 1
 
-    def reimpose(self, sde, score, x, t, state: AdaptiveState) -> AdaptiveState:
+    def reimpose(self, sde, score, x, t, state: PFState) -> PFState:
         """The FSAL derivative ``k1`` re-evaluated at the replaced state (1 score evaluation)."""
-        k1 = sde.probability_flow_drift(x, t, score(x, t))
-        return state._replace(solver=state.solver._replace(k1=k1))
+        return PFState(sde.probability_flow_drift(x, t, score(x, t)))
 
-    def state_score(self, sde, x, t, state: AdaptiveState):
-        """The score at the current state from the FSAL stage ``k1 = f - g^2 score / 2`` there."""
-        return sde.score_from_probability_flow_drift(x, t, state.solver.k1)
+    def denoise(self, sde, score, x, t, state: PFState):
+        """The Tweedie estimate from the score the FSAL stage ``k1 = f - g^2 score / 2`` holds at the
+        current state: no evaluation."""
+        return sde.tweedie(x, t, sde.score_from_probability_flow_drift(x, t, state.k1)), 0
 
     @property
-    def error_norm(self) -> ErrorNorm:
-        if self.tolerance is not None:
-            return self.tolerance
+    def default_norm(self) -> ErrorNorm:
         return ErrorNorm(self.rtol, self.atol, combine="sum", reduce="l2")
 
-    def start(self, sde, score, x, t_start, t_end) -> SolverInit:
+    def init(self, sde, score, x, t_start, t_end) -> SolverInit:
         fn = self.ode_rhs(sde, score)
         span = t_start - t_end
         if self.h_init is not None:
@@ -242,7 +238,7 @@ class ProbabilityFlow(AdaptiveSolver):
             return SolverInit(h=h, state=PFState(k1), nfe=1)
         # Hairer, Norsett & Wanner, "Solving ODEs I", II.4: starting step size.
         def first_guess(k1):
-            d0, d1 = self.scaled_error(sde, x, jnp.abs(x)), self.scaled_error(sde, k1, jnp.abs(x))
+            d0, d1 = self.error_norm(sde, x, jnp.abs(x)), self.error_norm(sde, k1, jnp.abs(x))
             return jnp.minimum(jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1), span), d1
 
         def evaluate(i, ks):  # i = 0: k1 = fn(x, t_start); i = 1: the probe at t_start - h0
@@ -252,22 +248,19 @@ class ProbabilityFlow(AdaptiveSolver):
         # one traced call of fn for both evaluations (compile time, as in rk_step)
         k1, k_probe = jax.lax.fori_loop(0, 2, evaluate, jnp.zeros((2, *x.shape), x.dtype))
         h0, d1 = first_guess(k1)
-        d2 = self.scaled_error(sde, k_probe - k1, jnp.abs(x)) / h0
+        d2 = self.error_norm(sde, k_probe - k1, jnp.abs(x)) / h0
         big = jnp.maximum(d1, d2)
         h1 = jnp.where(big <= 1e-15, jnp.maximum(1e-6, h0 * 1e-3),
                        (0.01 / big) ** (1.0 / (self.tableau.error_order + 1)))
         h = jnp.minimum(jnp.minimum(100 * h0, h1), span).astype(x.dtype)
         return SolverInit(h=h, state=PFState(k1), nfe=2)
 
-    def attempt(self, sde, score, x, t, h, state: PFState, z, t_end) -> Attempt:
+    def step(self, sde, score, t, t_next, x, state: PFState, z) -> StepResult:
         del z
         tab = self.tableau
-        t_next = self.target_time(sde, state, t, h, t_end)
-        h_eff = t - t_next
-        x_new, err, k_last = rk_step(tab, self.ode_rhs(sde, score), x, t, h_eff, state.k1, self.unroll_stages)
-        return Attempt(x=x_new, t=t_next, error=err, reference=jnp.maximum(jnp.abs(x), jnp.abs(x_new)),
-                       state=PFState(k_last),
-                       nfe=len(tab.c) - 1, ok=jnp.all(jnp.isfinite(state.k1)), h=h_eff)
+        x_new, err, k_last = rk_step(tab, self.ode_rhs(sde, score), x, t, t - t_next, state.k1, self.unroll_stages)
+        return StepResult(x=x_new, state=PFState(k_last), nfe=len(tab.c) - 1, error=err,
+                          reference=jnp.maximum(jnp.abs(x), jnp.abs(x_new)), ok=jnp.all(jnp.isfinite(state.k1)))
 
 
 __all__ = ["ProbabilityFlow", "Tableau", "DOPRI5", "BOSH3", "TABLEAUS", "rk_step"]

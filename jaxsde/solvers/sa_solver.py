@@ -8,8 +8,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from ..settings import NONNEGATIVE, nonzero
-from .base import solver_class
+from ..settings import NONNEGATIVE, Bound, is_traced, nonzero
+from .base import StepResult, solver_class
 from .dpm_solver import LOWER_ORDER_FINAL_BELOW
 from .exponential import (
     MultistepSolver,
@@ -122,7 +122,8 @@ class SASolver(MultistepSolver):
     lower_order_final: bool | str = True
     grid: Any = "logsnr"
 
-    traced_settings = {"tau": NONNEGATIVE}  # a number; a callable tau(t) is static
+    # a number; a callable tau(t) is static. tau_interval's two fractions are leaves too.
+    traced_settings = {"tau": NONNEGATIVE, "tau_interval": Bound(0.0, 1.0)}
 
     def __post_init__(self):
         self._check_grid()
@@ -133,10 +134,13 @@ class SASolver(MultistepSolver):
         if self.tau_interval is not None:
             ok = isinstance(self.tau_interval, tuple | list) and len(self.tau_interval) == 2
             lo, hi = (self.tau_interval if ok else (None, None))
-            if not (ok and all(isinstance(v, int | float) for v in (lo, hi)) and 0.0 <= lo < hi <= 1.0):
+            if ok and (is_traced(lo) or is_traced(hi)):  # checked in the program (settings_valid)
+                object.__setattr__(self, "tau_interval", (lo, hi))
+            elif not (ok and all(isinstance(v, int | float) for v in (lo, hi)) and 0.0 <= lo < hi <= 1.0):
                 raise ValueError(f"SASolver: tau_interval must be None or (lo, hi) with 0 <= lo < hi <= 1, "
                                  f"got {self.tau_interval!r}")
-            object.__setattr__(self, "tau_interval", (float(lo), float(hi)))
+            else:
+                object.__setattr__(self, "tau_interval", (float(lo), float(hi)))
         if not isinstance(self.rescale_order2, bool):
             raise ValueError(f"SASolver: rescale_order2 must be a bool, got {self.rescale_order2!r}")
         if not (isinstance(self.lower_order_final, bool) or self.lower_order_final == "always"):
@@ -187,7 +191,7 @@ class SASolver(MultistepSolver):
             out = out + sigma_t * jnp.sqrt(-jnp.expm1(-2.0 * tau2 * h)) * xi
         return out
 
-    def advance_history(self, sde, score, x, state, z):
+    def step(self, sde, score, t0, t1, x, state, z) -> StepResult:
         i = state.index
         grid = state.grid
         t = grid[i]
@@ -213,7 +217,7 @@ class SASolver(MultistepSolver):
         w = sa_weights(p_ord, h, nodes, tau_p**2, self.rescale_order2, corrector=False)
         xi = z[0] if z is not None else jnp.zeros_like(x)
         x_next = self._update(sde, x, t, t_next, h, w, hist, tau_p, xi)
-        return x_next, hist, (x, xi), 1
+        return StepResult(x_next, self.advanced(state, hist, (x, xi)), 1)
 
 
 def ddim_eta_for_tau(tau: float, h: float) -> float:

@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .base import solver_class
+from .base import StepResult, solver_class
 from .dpm_solver import LOWER_ORDER_FINAL_BELOW
 from .exponential import (
     MultistepSolver,
@@ -168,7 +168,7 @@ class UniPC(MultistepSolver):
         cands = [unipc_weights(q, h, rks[: q - 1], self.variant, corrector) for q in range(1, self.order + 1)]
         return select_weights(order, cands, self.order + (1 if corrector else 0))
 
-    def advance_history(self, sde, score, x, state, z):
+    def step(self, sde, score, t0, t1, x, state, z) -> StepResult:
         i = state.index
         t, t_next = state.grid[i], state.grid[i + 1]
         hist = push(state.hist, data_prediction(sde, score, x, t))
@@ -184,4 +184,4 @@ class UniPC(MultistepSolver):
         _, sigma = sde.marginal(t)
         alpha_n, sigma_n = sde.marginal(t_next)
         x_next = sigma_n / sigma * x + alpha_n * combine(w, hist)
-        return x_next, hist, (x, x_next), 1
+        return StepResult(x_next, self.advanced(state, hist, (x, x_next)), 1)
