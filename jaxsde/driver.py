@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from . import results
 from .noise import FreshNoise, sample_keys
+from .prediction import Model, prepare_model
 from .progress import ProgressReporter
 from .sde import SDE, ScoreFn
 from .settings import is_traced, settings_valid
@@ -233,6 +234,7 @@ def prepare(
     used only to check ``score(x, t, cond)``; the problem is then conditional and each sample's
     condition is attached by :func:`bind`."""
     _check_types(sde, score, solver, x_T)
+    score = prepare_model(sde, score)  # a Prediction: the score with the model's exact x0 channel
     if cond is not None:
         _condition_leaves(cond, " (one sample's condition)")
     span = solver.time_span()
@@ -252,8 +254,10 @@ def prepare(
         max_steps = fixed if fixed is not None else 10_000
     noise = FreshNoise() if noise is None else noise
     _check_noise(noise, solver)
+    if not is_traced(t_start):
+        solver.check_start(sde, score, t_start)
     if score_dtype != x_T.dtype:
-        score = _in_state_dtype(score, x_T.dtype)
+        score = score.with_dtype(x_T.dtype) if isinstance(score, Model) else _in_state_dtype(score, x_T.dtype)
     return Problem(sde, score, solver, tuple(x_T.shape), x_T.dtype, t_start, t_end, max_steps, denoise, noise,
                    bool(check_finite), cond is not None)
 

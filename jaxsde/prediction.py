@@ -41,8 +41,8 @@ from .sde import SDE
 
 Array = jax.Array
 
-__all__ = ["PREDICTION_KINDS", "Prediction", "as_prediction", "convert", "to_eps", "to_kind", "to_score",
-           "to_velocity", "to_x0"]
+__all__ = ["PREDICTION_KINDS", "Model", "Prediction", "as_prediction", "convert", "prepare_model", "to_eps",
+           "to_kind", "to_score", "to_velocity", "to_x0"]
 
 PREDICTION_KINDS = ("score", "eps", "x0", "velocity")
 
@@ -232,3 +232,99 @@ def to_velocity(sde: SDE, model: Callable | Prediction) -> Callable:
         The function of ONE sample.
     """
     return to_kind(sde, model, "velocity")
+
+
+class Model:
+    """A :class:`Prediction` prepared for the solvers on one SDE (what :func:`jaxsde.solve`'s
+    ``prepare`` makes of a ``Prediction`` given as the score).
+
+    Called as ``model(x, t)`` it is the score (for the solvers that read the score); its
+    :meth:`x0`, :meth:`eps` and :meth:`velocity` give the other predictions from the model's own
+    output by the direct formula (see the module docstring): exact at ``alpha = 0`` out of a
+    velocity or x0 model (``x0 = x - t v`` on :class:`~jaxsde.sde.FlowSDE`), where the Tweedie
+    estimate of the score is ``0/0``. Each call evaluates the model once. The solvers'
+    data / noise predictions (:func:`jaxsde.solvers.exponential.data_prediction`) and the final
+    denoising step read :meth:`x0` / :meth:`eps` when the score has them.
+
+    Args:
+        sde: the SDE the model was trained on.
+        prediction: the :class:`Prediction`.
+        dtype: cast the model's output to this dtype (the solver state's), or ``None``.
+        cond: the sample's condition (bound by :meth:`bind_condition`), or ``()`` for none yet.
+    """
+
+    def __init__(self, sde: SDE, prediction: Prediction, dtype=None, cond: tuple = ()):
+        self.sde = sde
+        self.prediction = prediction
+        self.dtype = dtype
+        self.cond = cond
+
+    @property
+    def kind(self) -> str:
+        """The kind of the model's own output."""
+        return self.prediction.kind
+
+    def with_dtype(self, dtype) -> Model:
+        """The model with its output cast to ``dtype``."""
+        return Model(self.sde, self.prediction, dtype, self.cond)
+
+    def bind_condition(self, cond) -> Model:
+        """The model of ONE sample whose condition is ``cond`` (see :func:`jaxsde.driver.bind`)."""
+        return Model(self.sde, self.prediction, self.dtype, (cond,))
+
+    def output(self, x: Array, t: ArrayLike, *cond) -> Array:
+        """The model's own output at ``(x, t)`` (one evaluation), in the state's dtype."""
+        out = self.prediction.fn(x, jnp.asarray(t, x.dtype), *self.cond, *cond)
+        return out if self.dtype is None else out.astype(self.dtype)
+
+    def predict(self, x: Array, t: ArrayLike, kind: str, *cond) -> Array:
+        """The ``kind`` prediction at ``(x, t)`` (one evaluation)."""
+        t = jnp.asarray(t, x.dtype)
+        return convert(self.sde, self.output(x, t, *cond), x, t, self.kind, kind)
+
+    def __call__(self, x: Array, t: ArrayLike, *cond) -> Array:
+        return self.predict(x, t, "score", *cond)
+
+    def x0(self, x: Array, t: ArrayLike) -> Array:
+        """The data prediction ``E[x_0 | x_t = x]``."""
+        return self.predict(x, t, "x0")
+
+    def eps(self, x: Array, t: ArrayLike) -> Array:
+        """The noise prediction ``E[noise | x_t = x]``."""
+        return self.predict(x, t, "eps")
+
+    def velocity(self, x: Array, t: ArrayLike) -> Array:
+        """The velocity (probability-flow drift) ``dx_t/dt``."""
+        return self.predict(x, t, "velocity")
+
+
+def prepare_model(sde: SDE, model: Callable | Prediction) -> Callable:
+    """What the driver makes of the ``score`` argument: a plain callable stays as it is (a score);
+    a :class:`Prediction` becomes a :class:`Model` (a score with the exact data-prediction
+    channel). A :class:`Prediction` whose kind the SDE cannot convert (the velocity conversions
+    need ``D = alpha sigma' - sigma alpha' > 0``, finite) raises ``ValueError``.
+
+    Args:
+        sde: the SDE.
+        model: a plain score function or a :class:`Prediction`.
+
+    Returns:
+        ``model`` itself or its :class:`Model`.
+    """
+    if not isinstance(model, Prediction):
+        return model
+    if model.kind == "velocity":
+        import math
+
+        try:
+            with jax.ensure_compile_time_eval():
+                d = [float(sde.velocity_determinant(jnp.asarray(t, jnp.float32))) for t in (sde.eps, 0.5 * sde.T)]
+        except Exception as err:  # noqa: BLE001 - any failure means the SDE cannot convert a velocity
+            raise ValueError(f"a velocity Prediction needs the SDE's alpha'(t), sigma'(t) (marginal_derivatives); "
+                             f"{type(sde).__name__} cannot give them ({err}). Give the model as a score, eps or x0 "
+                             f"Prediction, or use a Gaussian-path SDE (jaxsde.FlowSDE)") from err
+        if not all(math.isfinite(v) and v > 0 for v in d):
+            raise ValueError(f"a velocity Prediction on {type(sde).__name__}: D = alpha sigma' - sigma alpha' is {d} "
+                             f"(must be finite and > 0) so the velocity does not determine the score; a velocity "
+                             f"model belongs on the path it was trained on (e.g. jaxsde.FlowSDE())")
+    return Model(sde, model)

@@ -180,6 +180,17 @@ class SDE:
         _, dsigma = self.marginal_derivatives(t)
         return (dsigma * x - self.velocity_determinant(t) * x0) / sigma
 
+    def alpha_vanishes_at(self, t: float) -> bool:
+        """True if ``alpha(t) = 0`` (static ``t``; e.g. ``t = 1`` on :class:`FlowSDE`): there
+        ``lambda = -inf`` and the score has lost the data."""
+        with jax.ensure_compile_time_eval():
+            return float(self.marginal(jnp.asarray(float(t)))[0]) == 0.0
+
+    @property
+    def alpha_vanishes_at_T(self) -> bool:
+        """True if ``alpha(T) = 0`` (a flow's start): solvers then handle a step from ``T`` exactly."""
+        return self.alpha_vanishes_at(self.T)
+
     @property
     def default_atol(self) -> float:
         """One 8-bit level of the data range (0.0078 for [-1, 1], 0.0039 for [0, 1])."""

@@ -143,7 +143,31 @@ class Solver(Settings):
         estimate ``(x + sigma^2 score) / alpha`` (one evaluation); a solver whose state holds the
         score there spends none, a multistep method may extrapolate instead."""
         del state
-        return sde.tweedie(x, t, score(x, t)), 1
+        x0 = getattr(score, "x0", None)  # a model's exact data-prediction channel (jaxsde.prediction.Model)
+        return (x0(x, t) if x0 is not None else sde.tweedie(x, t, score(x, t))), 1
+
+    # True if the solver steps exactly out of a start where alpha = 0 (t_start = T on a flow:
+    # lambda = -inf, infinite drift); the others refuse that start (:meth:`check_start`)
+    starts_at_alpha_zero: bool = False
+
+    def check_start(self, sde, score, t_start: float) -> None:
+        """Refuse (``ValueError``) a start the solver cannot take: where ``alpha(t_start) = 0``
+        (``t_start = 1`` on :class:`~jaxsde.FlowSDE`) the score has lost the data (``x0`` is
+        ``0/0`` from it), so the model must come with its data prediction (a
+        :class:`jaxsde.Prediction`), and the solver must handle ``lambda = -inf`` exactly
+        (``starts_at_alpha_zero``). Called by the driver with the static ``t_start``."""
+        if not sde.alpha_vanishes_at(t_start):
+            return
+        if getattr(score, "x0", None) is None:
+            raise ValueError(
+                f"alpha(t_start) = 0 at t_start = {t_start} on {type(sde).__name__}: a score cannot give the data "
+                f"estimate there (x0 = (x + sigma^2 score) / alpha is 0/0). Pass the model's own prediction, "
+                f"jaxsde.Prediction(v, 'velocity') (or 'x0'), which is exact there")
+        if not self.starts_at_alpha_zero:
+            raise ValueError(
+                f"{type(self).__name__} cannot start where alpha = 0 (t_start = {t_start} on {type(sde).__name__}: "
+                f"lambda = -inf, the reverse drift is infinite); start it later (t_start = 1 - 1e-3) or use a "
+                f"solver that starts at alpha = 0 exactly (DDIM, DPMSolverPP, UniPC, ...)")
 
     def reimpose(self, sde, score, x: Array, t: Array, state) -> Any:
         """The solver state after something outside the solver replaced the accepted state by
@@ -227,6 +251,16 @@ class FixedGridSolver(Solver):
         del sde, score, x, t_start, t_end
         return SolverInit(state=(), nfe=0)
 
+    def check_start(self, sde, score, t_start: float) -> None:
+        """:meth:`Solver.check_start`, and a grid defined through the log-SNR (``"logsnr"``,
+        ``"edm"``) cannot start where ``alpha = 0`` (``lambda = -inf``)."""
+        super().check_start(sde, score, t_start)
+        if isinstance(self.grid, str) and self.grid != "uniform" and sde.alpha_vanishes_at(t_start):
+            raise ValueError(
+                f"{type(self).__name__}: the {self.grid!r} grid is spaced in log-SNR, which is -inf where alpha = 0 "
+                f"(t_start = {t_start} on {type(sde).__name__}); pass grid='uniform' or the times of a flow grid "
+                f"(grid=jaxsde.flow.flow_grid(num_steps + 1, shift=...))")
+
 
 def _forwarded(name: str) -> property:
     """A read-only property returning the inner solver's ``name``."""
@@ -263,6 +297,7 @@ class WrappedSolver(Solver):
     nfe_per_attempt = _forwarded("nfe_per_attempt")
     reimpose_nfe = _forwarded("reimpose_nfe")
     error_order = _forwarded("error_order")
+    starts_at_alpha_zero = _forwarded("starts_at_alpha_zero")
     step_controller = _forwarded("step_controller")
 
     def init(self, sde, score, x, t_start, t_end) -> SolverInit:
@@ -279,6 +314,9 @@ class WrappedSolver(Solver):
 
     def predict_error(self, sde, t0, t1, x, state):
         return self.solver.predict_error(sde, t0, t1, x, self.inner_state(state))
+
+    def check_start(self, sde, score, t_start):
+        return self.solver.check_start(sde, score, t_start)
 
     def __getattr__(self, name: str):
         # only reached when normal lookup fails: the inner solver's own settings and properties

@@ -123,6 +123,12 @@ class DPMSolverPP(MultistepSolver):
 
     noise_per_attempt = 0
 
+    @property
+    def starts_at_alpha_zero(self) -> bool:  # type: ignore[override]
+        # multistep: the first step from lambda = -inf is its exact limit (order 1, r0 = inf drops
+        # the node there); singlestep's intermediate points lam_s + r h are not defined there
+        return self.multistep
+
     def __post_init__(self):
         self._check_grid()
         check_int("order", self.order, 1, 3, "DPMSolverPP")

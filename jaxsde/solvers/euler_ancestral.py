@@ -50,6 +50,8 @@ class EulerAncestral(FixedGridSolver):
     noise_setting = "eta"
     traced_settings = {"eta": NONNEGATIVE}
 
+    starts_at_alpha_zero = True  # the first step from lambda = -inf is its exact limit (order 1)
+
     def __post_init__(self):
         self._check_grid()
         check_nonneg("eta", self.eta, "EulerAncestral")

@@ -57,12 +57,23 @@ def half_log_snr(sde, t) -> Array:
 
 
 def data_prediction(sde, score, x: Array, t: Array) -> Array:
-    """``x0(x, t) = (x + sigma^2 score(x, t)) / alpha``: the data prediction (1 score evaluation)."""
+    """``x0(x, t) = (x + sigma^2 score(x, t)) / alpha``: the data prediction (1 score evaluation).
+
+    A score with a data-prediction channel (a :class:`jaxsde.prediction.Model`, what the driver
+    makes of a :class:`jaxsde.Prediction`) gives it from the model's own output instead: exact at
+    ``alpha = 0`` for velocity and x0 models."""
+    x0 = getattr(score, "x0", None)
+    if x0 is not None:
+        return x0(x, t)
     return sde.tweedie(x, t, score(x, t))
 
 
 def noise_prediction(sde, score, x: Array, t: Array) -> Array:
-    """``eps(x, t) = -sigma * score(x, t)``: the noise prediction (1 score evaluation)."""
+    """``eps(x, t) = -sigma * score(x, t)``: the noise prediction (1 score evaluation; from the
+    model's own output for a score with that channel, see :func:`data_prediction`)."""
+    eps = getattr(score, "eps", None)
+    if eps is not None:
+        return eps(x, t)
     _, sigma = sde.marginal(t)
     return -sigma * score(x, t)
 

@@ -211,18 +211,27 @@ class ProbabilityFlow(AdaptiveSolver):
         return len(self.tableau.c) - 1
 
     def ode_rhs(self, sde, score):
-        """The right-hand side ``fn(x, t)`` of the ODE this solver integrates (the PF drift)."""
+        """The right-hand side ``fn(x, t)`` of the ODE this solver integrates (the PF drift): the
+        model's velocity itself when the score has that channel (a :class:`jaxsde.prediction.Model`:
+        finite at ``alpha = 0``, no ``f - g^2 s / 2`` cancellation near a flow's start)."""
+        velocity = getattr(score, "velocity", None)
+        if velocity is not None:
+            return velocity
         return lambda x, t: sde.probability_flow_drift(x, t, score(x, t))
 
     reimpose_nfe = 1
+    starts_at_alpha_zero = True  # with a Prediction the ODE's right-hand side is the (finite) velocity
 
     def reimpose(self, sde, score, x, t, state: PFState) -> PFState:
         """The FSAL derivative ``k1`` re-evaluated at the replaced state (1 score evaluation)."""
-        return PFState(sde.probability_flow_drift(x, t, score(x, t)))
+        return PFState(self.ode_rhs(sde, score)(x, t))
 
     def denoise(self, sde, score, x, t, state: PFState):
         """The Tweedie estimate from the score the FSAL stage ``k1 = f - g^2 score / 2`` holds at the
-        current state: no evaluation."""
+        current state: no evaluation (for a model with a data-prediction channel, ``x0`` from that
+        velocity directly, exact at ``alpha = 0``)."""
+        if getattr(score, "x0", None) is not None:
+            return sde.x0_from_velocity(x, t, state.k1), 0
         return sde.tweedie(x, t, sde.score_from_probability_flow_drift(x, t, state.k1)), 0
 
     @property

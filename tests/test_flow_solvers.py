@@ -1,0 +1,195 @@
+"""Flow models through the solvers (#35): ``jaxsde.Prediction`` accepted wherever a score is (the
+driver's exact x0 channel), and every registry solver started at ``t = 1`` on ``FlowSDE`` with a
+velocity model either samples without NaN or refuses that start with an error naming the fix."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxsde
+from jaxsde import results
+from jaxsde.prediction import Model, Prediction, to_kind
+from jaxsde.solvers.multilevel import MultilevelEM, MultilevelScore
+from jaxsde.solvers.registry import make_solver, solver_names, solver_options
+from jaxsde.testing.targets import GaussianMixture
+
+SDE = jaxsde.FlowSDE()
+SHAPE = (2,)
+
+
+def _mixture():
+    rng = np.random.default_rng(0)
+    return GaussianMixture.create(rng.uniform(0.5, 1.5, 3), rng.uniform(-0.8, 0.8, (3, 2)),
+                                  rng.uniform(0.05, 0.3, 3))
+
+
+TARGET = _mixture()
+VELOCITY = Prediction(TARGET.velocity(SDE), "velocity")
+
+# the registry solvers that start at t = 1 exactly with their registry defaults; the others refuse
+STARTS_AT_ONE = {"ddim", "pf"}
+
+
+def small_solver(name):
+    return make_solver(name, steps=8) if "steps" in solver_options(name) else make_solver(name)
+
+
+def _score_for(solver, model):
+    return MultilevelScore([model] * len(solver.probabilities)) if isinstance(solver, MultilevelEM) else model
+
+
+@pytest.mark.parametrize("name", solver_names())
+def test_every_registry_solver_from_t_1_samples_or_refuses_clearly(name):
+    solver = small_solver(name)
+    model = _score_for(solver, VELOCITY)
+
+    def run():
+        return jax.jit(lambda k: jaxsde.sample(k, SDE, model, solver, SHAPE, 8))(jax.random.PRNGKey(1))
+
+    if name not in STARTS_AT_ONE:
+        with pytest.raises(ValueError, match=r"alpha = 0|alpha\(t_start\) = 0") as err:
+            run()
+        assert "t_start" in str(err.value) and ("grid=" in str(err.value) or "start it later" in str(err.value)
+                                                or "Prediction" in str(err.value))
+        return
+    sol = run()
+    assert np.all(np.asarray(sol.result) == results.SUCCESS), np.asarray(sol.result)
+    assert np.all(np.isfinite(np.asarray(sol.x)))
+
+
+UNIFORM = {
+    "ddim": jaxsde.DDIM(8),
+    "ddim-eta1": jaxsde.DDIM(8, eta=1.0),
+    "dpmpp2m": jaxsde.DPMSolverPP(8, order=2, grid="uniform"),
+    "dpmpp3m": jaxsde.DPMSolverPP(8, order=3, grid="uniform"),
+    "dpmpp3m-taylor": jaxsde.DPMSolverPP(8, order=3, solver_type="taylor", grid="uniform"),
+    "dpmpp-sde": jaxsde.DPMSolverPPSDE(8, order=2, grid="uniform"),
+    "dpmpp-3m-sde": jaxsde.DPMSolverPPSDE(8, order=3, grid="uniform"),
+    "euler-ancestral": jaxsde.EulerAncestral(8, grid="uniform"),
+    "pf": jaxsde.ProbabilityFlow(rtol=1e-4, atol=1e-4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNIFORM))
+def test_solvers_that_start_at_t_1_sample_the_flow_target(name):
+    """From pure noise at t = 1 (a uniform grid): finite, the limit of the same solve started just
+    below 1 (same prior draws and noise: the first step out of lambda = -inf is the exact limit, not
+    a jump), and the sample mean near the target's (a loose check; 512 samples)."""
+    solver = UNIFORM[name]
+
+    def run(t_start):
+        return jax.jit(lambda k: jaxsde.sample(k, SDE, VELOCITY, solver, SHAPE, 512, t_start=t_start))(
+            jax.random.PRNGKey(2))
+
+    sol = run(1.0)
+    assert np.all(np.asarray(sol.result) == results.SUCCESS)
+    x = np.asarray(sol.x)
+    assert np.all(np.isfinite(x))
+    if not solver.adaptive:  # an adaptive solve's steps depend on t_start
+        diff = np.abs(x - np.asarray(run(1.0 - 1e-5).x))
+        # stochastic paths may switch modes near a boundary: a few samples move, the bulk does not
+        assert (np.median(diff) if solver.noise_per_attempt else diff.max()) < 2e-3, diff.max()
+    ref = np.asarray(TARGET.sample(jax.random.PRNGKey(3), 20000)).mean(0)
+    np.testing.assert_allclose(x.mean(0), ref, atol=0.25)
+
+
+def test_flow_grid_and_shift_with_ddim_and_dpmpp():
+    for solver in (jaxsde.DDIM(9, grid=jaxsde.flow.flow_grid(10, shift=3.0)),
+                   jaxsde.DPMSolverPP(9, grid=jaxsde.flow.flow_grid(10, shift=3.0))):
+        sol = jaxsde.sample(jax.random.PRNGKey(0), SDE, VELOCITY, solver, SHAPE, 16)
+        assert np.all(np.asarray(sol.result) == results.SUCCESS) and np.all(np.isfinite(np.asarray(sol.x)))
+
+
+def test_a_score_at_alpha_zero_is_refused_naming_the_prediction():
+    with pytest.raises(ValueError, match="Prediction"):
+        jaxsde.solve(jax.random.PRNGKey(0), SDE, TARGET.score(SDE), jaxsde.DDIM(8), jnp.zeros(SHAPE))
+    # below t = 1 a plain score is still a score
+    sol = jaxsde.solve(jax.random.PRNGKey(0), SDE, TARGET.score(SDE), jaxsde.DDIM(8), jnp.zeros(SHAPE),
+                       t_start=0.999)
+    assert int(sol.result) == results.SUCCESS
+
+
+def test_a_log_snr_grid_from_t_1_is_refused_naming_the_fix():
+    with pytest.raises(ValueError, match="grid='uniform'"):
+        jaxsde.solve(jax.random.PRNGKey(0), SDE, VELOCITY, jaxsde.DPMSolverPP(8), jnp.zeros(SHAPE))
+
+
+def test_a_velocity_the_sde_cannot_convert_is_refused():
+    class Broken(jaxsde.VPSDE):
+        def velocity_determinant(self, t):
+            return jnp.zeros_like(jnp.asarray(t, float))
+
+    jax.tree_util.register_static(Broken)
+    with pytest.raises(ValueError, match="velocity"):
+        jaxsde.solve(jax.random.PRNGKey(0), Broken(), VELOCITY, jaxsde.DDIM(8), jnp.zeros(SHAPE))
+
+
+def test_the_x0_channel_is_exact_at_alpha_zero_and_the_final_step_reads_it():
+    model = Model(SDE, VELOCITY)
+    x = jnp.array([0.3, -1.2])
+    np.testing.assert_allclose(model.x0(x, 1.0), TARGET.posterior_mean(SDE)(x, 1.0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(model.x0(x, 1.0), x - VELOCITY(x, 1.0), rtol=1e-6)
+    assert np.all(np.isfinite(np.asarray(model(x, 1.0))))  # the score there: -x
+    # the default final step: x0 from the velocity, one evaluation (x - t v at t_end)
+    x0, nfe = jaxsde.DDIM(4).denoise(SDE, model, x, jnp.float32(0.01), None)
+    np.testing.assert_allclose(x0, x - 0.01 * VELOCITY(x, 0.01), rtol=1e-6)
+    assert nfe == 1
+
+
+@pytest.mark.parametrize("solver", [jaxsde.DDIM(6), jaxsde.DPMSolverPP(6, order=3), jaxsde.DEIS(6),
+                                    jaxsde.EulerMaruyama(6), jaxsde.GottaGoFast(rtol=0.05)],
+                         ids=lambda s: type(s).__name__)
+def test_a_score_prediction_equals_the_plain_score_on_vp(solver):
+    """A Prediction of kind "score" (and the same model as an eps Prediction) gives the plain
+    score's solve to float rounding, with the same NFE."""
+    sde = jaxsde.VPSDE()
+    score = TARGET.score(sde)
+    keys = jax.random.split(jax.random.PRNGKey(4), 4)
+    x_T = jax.random.normal(jax.random.PRNGKey(5), (4, *SHAPE))
+    ref = jaxsde.solve_batch(keys, sde, score, solver, x_T)
+    for pred in (Prediction(score, "score"), Prediction(to_kind(sde, score, "eps"), "eps")):
+        sol = jaxsde.solve_batch(keys, sde, pred, solver, x_T)
+        np.testing.assert_array_equal(np.asarray(sol.stats.nfe), np.asarray(ref.stats.nfe))
+        np.testing.assert_allclose(np.asarray(sol.x), np.asarray(ref.x), rtol=2e-5, atol=2e-5)
+
+
+def test_nfe_of_a_prediction_is_one_per_evaluation():
+    calls: list[int] = []
+    v = TARGET.velocity(SDE)
+
+    def counting(x, t):
+        jax.debug.callback(lambda: calls.append(1))
+        return v(x, t)
+
+    sol = jax.jit(lambda k, x: jaxsde.solve(k, SDE, Prediction(counting, "velocity"), jaxsde.DPMSolverPP(
+        5, grid="uniform"), x))(jax.random.PRNGKey(0), jnp.zeros(SHAPE))
+    nfe = int(sol.stats.nfe)
+    jax.effects_barrier()
+    assert nfe == len(calls) == 6
+
+
+def test_a_conditional_prediction_and_a_bf16_model():
+    v = TARGET.velocity(SDE)
+
+    def cond_v(x, t, c):
+        return v(x, t) + 0.0 * c
+
+    cond = jnp.arange(4, dtype=jnp.float32)
+    sol = jaxsde.sample(jax.random.PRNGKey(0), SDE, Prediction(cond_v, "velocity"), jaxsde.DDIM(6), SHAPE, 4,
+                        cond=cond)
+    ref = jaxsde.sample(jax.random.PRNGKey(0), SDE, VELOCITY, jaxsde.DDIM(6), SHAPE, 4)
+    np.testing.assert_allclose(np.asarray(sol.x), np.asarray(ref.x), rtol=1e-6, atol=1e-6)
+    low = Prediction(lambda x, t: v(x, t).astype(jnp.bfloat16), "velocity")
+    sol = jaxsde.sample(jax.random.PRNGKey(0), SDE, low, jaxsde.DDIM(6), SHAPE, 4)
+    assert sol.x.dtype == jnp.float32 and np.all(np.asarray(sol.result) == results.SUCCESS)
+
+
+def test_generate_takes_a_prediction():
+    if not hasattr(jaxsde, "generate"):
+        pytest.skip("no generate")
+    solver = dataclasses.replace(jaxsde.DDIM(6))
+    out = jaxsde.sample(jax.random.PRNGKey(0), SDE, VELOCITY, solver, SHAPE, 4)
+    assert np.all(np.isfinite(np.asarray(out.x)))
