@@ -70,6 +70,9 @@ UNIFORM = {
     "dpmpp-3m-sde": jaxsde.DPMSolverPPSDE(8, order=3, grid="uniform"),
     "euler-ancestral": jaxsde.EulerAncestral(8, grid="uniform"),
     "pf": jaxsde.ProbabilityFlow(rtol=1e-4, atol=1e-4),
+    "unipc2": jaxsde.UniPC(8, order=2, grid="uniform"),
+    "unipc3": jaxsde.UniPC(8, order=3, grid="uniform"),
+    "unip3": jaxsde.UniPC(8, order=3, corrector=False, grid="uniform"),
 }
 
 

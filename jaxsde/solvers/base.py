@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 import jax
 
 from ..controllers import Controller, ErrorNorm, FixedGrid, StepSizeController
+from ..prediction import Model
 from ..settings import FINITE, Settings, check_static, is_traced, nonzero, settings_class
 
 Array = jax.Array
@@ -143,8 +144,9 @@ class Solver(Settings):
         estimate ``(x + sigma^2 score) / alpha`` (one evaluation); a solver whose state holds the
         score there spends none, a multistep method may extrapolate instead."""
         del state
-        x0 = getattr(score, "x0", None)  # a model's exact data-prediction channel (jaxsde.prediction.Model)
-        return (x0(x, t) if x0 is not None else sde.tweedie(x, t, score(x, t))), 1
+        if isinstance(score, Model):  # the model's exact data-prediction channel
+            return score.x0(x, t), 1
+        return sde.tweedie(x, t, score(x, t)), 1
 
     # True if the solver steps exactly out of a start where alpha = 0 (t_start = T on a flow:
     # lambda = -inf, infinite drift); the others refuse that start (:meth:`check_start`)
@@ -158,7 +160,7 @@ class Solver(Settings):
         (``starts_at_alpha_zero``). Called by the driver with the static ``t_start``."""
         if not sde.alpha_vanishes_at(t_start):
             return
-        if getattr(score, "x0", None) is None:
+        if not isinstance(score, Model):
             raise ValueError(
                 f"alpha(t_start) = 0 at t_start = {t_start} on {type(sde).__name__}: a score cannot give the data "
                 f"estimate there (x0 = (x + sigma^2 score) / alpha is 0/0). Pass the model's own prediction, "

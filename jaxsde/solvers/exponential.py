@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ..prediction import Model
 from ..settings import check_static, is_traced
 from .base import FixedGridSolver, SolverInit
 
@@ -62,18 +63,16 @@ def data_prediction(sde, score, x: Array, t: Array) -> Array:
     A score with a data-prediction channel (a :class:`jaxsde.prediction.Model`, what the driver
     makes of a :class:`jaxsde.Prediction`) gives it from the model's own output instead: exact at
     ``alpha = 0`` for velocity and x0 models."""
-    x0 = getattr(score, "x0", None)
-    if x0 is not None:
-        return x0(x, t)
+    if isinstance(score, Model):
+        return score.x0(x, t)
     return sde.tweedie(x, t, score(x, t))
 
 
 def noise_prediction(sde, score, x: Array, t: Array) -> Array:
     """``eps(x, t) = -sigma * score(x, t)``: the noise prediction (1 score evaluation; from the
     model's own output for a score with that channel, see :func:`data_prediction`)."""
-    eps = getattr(score, "eps", None)
-    if eps is not None:
-        return eps(x, t)
+    if isinstance(score, Model):
+        return score.eps(x, t)
     _, sigma = sde.marginal(t)
     return -sigma * score(x, t)
 

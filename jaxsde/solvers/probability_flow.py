@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..controllers import Controller, ErrorNorm, PIDController, check_controller
+from ..prediction import Model
 from ..settings import NONNEGATIVE, POSITIVE, UNIT, Bound, is_traced
 from .base import AdaptiveSolver, SolverInit, StepResult, check_component, solver_class
 
@@ -214,9 +215,8 @@ class ProbabilityFlow(AdaptiveSolver):
         """The right-hand side ``fn(x, t)`` of the ODE this solver integrates (the PF drift): the
         model's velocity itself when the score has that channel (a :class:`jaxsde.prediction.Model`:
         finite at ``alpha = 0``, no ``f - g^2 s / 2`` cancellation near a flow's start)."""
-        velocity = getattr(score, "velocity", None)
-        if velocity is not None:
-            return velocity
+        if isinstance(score, Model):
+            return score.velocity
         return lambda x, t: sde.probability_flow_drift(x, t, score(x, t))
 
     reimpose_nfe = 1
@@ -230,7 +230,7 @@ class ProbabilityFlow(AdaptiveSolver):
         """The Tweedie estimate from the score the FSAL stage ``k1 = f - g^2 score / 2`` holds at the
         current state: no evaluation (for a model with a data-prediction channel, ``x0`` from that
         velocity directly, exact at ``alpha = 0``)."""
-        if getattr(score, "x0", None) is not None:
+        if isinstance(score, Model):
             return sde.x0_from_velocity(x, t, state.k1), 0
         return sde.tweedie(x, t, sde.score_from_probability_flow_drift(x, t, state.k1)), 0
 

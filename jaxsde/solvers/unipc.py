@@ -25,7 +25,8 @@ from .exponential import (
 VARIANTS = ("bh1", "bh2")
 
 
-def unipc_weights(q: int, h: jax.Array, rks: list, variant: str, corrector: bool) -> list:
+def unipc_weights(q: int, h: jax.Array, rks: list, variant: str, corrector: bool,
+                  drop_infinite: bool = False) -> list:
     """Weights ``w`` of a UniP-``q`` / UniC-``q`` step ``x_t = (sigma_t/sigma_s) x_s + alpha_t sum_j w_j m_j``.
 
     ``h = lam_t - lam_s > 0`` (half log-SNR), ``rks[k] = (lam_{s_{k+1}} - lam_s) / h < 0`` for the
@@ -45,6 +46,10 @@ def unipc_weights(q: int, h: jax.Array, rks: list, variant: str, corrector: bool
     Lagrange basis polynomial (:func:`~jaxsde.solvers.exponential.interpolation_weights` with the
     ``b`` as moments). As diffusers does, the order-2 predictor and the order-1 corrector take
     ``rho = 1/2`` instead of solving.
+
+    ``drop_infinite`` (static; on a schedule with ``alpha = 0`` at its start): a past node at
+    ``lam = -inf`` (``rks[k] = -inf``, the grid's first time) takes its exact limit, weight 0 and
+    the system solved on the finite nodes (the lower-order interpolant), instead of NaN.
     """
     rem = exp_remainders(q + 1, h)
     h_phi_1 = rem[0]  # e^{-h} - 1
@@ -56,6 +61,12 @@ def unipc_weights(q: int, h: jax.Array, rks: list, variant: str, corrector: bool
         rho = []
     elif (corrector and q == 1) or (not corrector and q == 2):
         rho = [jnp.full_like(h, 0.5)]
+    elif drop_infinite:  # finite nodes first (corrector node, then newest first); infinite ones masked out
+        finite = [jnp.isfinite(r) for r in rks]
+        order = sum(f.astype(jnp.int32) for f in finite) + (1 if corrector else 0)
+        safe = [jnp.where(f, r, 2.0 + k) for k, (r, f) in enumerate(zip(rks, finite, strict=True))]
+        w = interpolation_weights(b[:n], ([jnp.ones_like(h)] if corrector else []) + safe, order)
+        rho = (w[1:] + w[:1]) if corrector else w
     else:  # the Vandermonde system is the interpolation-weight problem with "moments" b
         rho = interpolation_weights(b[:n], nodes)
     # -B(h) sum_k rho_k (m_k - m_s)/r_k  as weights on the m's
@@ -160,12 +171,19 @@ class UniPC(MultistepSolver):
         # extra: (the last corrected state, the prediction made from it)
         return jnp.zeros((self.history_size, *x.shape), x.dtype), (x, x)
 
-    def _weights(self, state, start: int, order, corrector: bool) -> list:
+    @property
+    def starts_at_alpha_zero(self) -> bool:  # type: ignore[override]
+        # bh2: every weight has a finite limit out of lambda = -inf (B(h) = e^{-h} - 1 -> -1; past
+        # nodes there drop out exactly); bh1's B(h) = -h is infinite there
+        return self.variant == "bh2"
+
+    def _weights(self, state, start: int, order, corrector: bool, drop_infinite: bool = False) -> list:
         """Weights of the step from grid offset ``start`` to ``start + 1`` at the traced ``order``."""
         lam_s = self.node(state, start)
         h = self.node(state, start + 1) - lam_s
         rks = [(self.node(state, start - k) - lam_s) / h for k in range(1, self.order)]
-        cands = [unipc_weights(q, h, rks[: q - 1], self.variant, corrector) for q in range(1, self.order + 1)]
+        cands = [unipc_weights(q, h, rks[: q - 1], self.variant, corrector, drop_infinite)
+                 for q in range(1, self.order + 1)]
         return select_weights(order, cands, self.order + (1 if corrector else 0))
 
     def step(self, sde, score, t0, t1, x, state, z) -> StepResult:
@@ -175,12 +193,13 @@ class UniPC(MultistepSolver):
         if self.corrector:  # UniC: redo step i-1 -> i from the last corrected state with x0_i
             last_corrected, last_predicted = state.extra
             t_prev = state.grid[jnp.maximum(i - 1, 0)]
-            w = self._weights(state, -1, self.effective_order(i - 1), corrector=True)
+            w = self._weights(state, -1, self.effective_order(i - 1), corrector=True,
+                              drop_infinite=sde.alpha_vanishes_at_T)
             _, sigma_p = sde.marginal(t_prev)
             alpha, sigma = sde.marginal(t)
             corrected = sigma / sigma_p * last_corrected + alpha * combine(w, hist)
             x = jnp.where(i > 0, x + (corrected - last_predicted), x)
-        w = self._weights(state, 0, self.effective_order(i), corrector=False)
+        w = self._weights(state, 0, self.effective_order(i), corrector=False, drop_infinite=sde.alpha_vanishes_at_T)
         _, sigma = sde.marginal(t)
         alpha_n, sigma_n = sde.marginal(t_next)
         x_next = sigma_n / sigma * x + alpha_n * combine(w, hist)
