@@ -48,6 +48,33 @@ def test_registry_is_not_empty():
     assert len(NAMES) >= 10, NAMES
 
 
+def test_every_solver_class_is_registered_and_exported():
+    """A solver is one file plus one registry line: every concrete solver class under jaxsde.solvers
+    is built by some registry entry and exported by jaxsde.solvers and jaxsde (so forgetting one of
+    them fails here)."""
+    import importlib
+    import pkgutil
+
+    import jaxsde.solvers as package
+    from jaxsde.solvers.base import Solver
+
+    classes = set()
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"jaxsde.solvers.{info.name}")
+        for obj in vars(module).values():
+            if not (isinstance(obj, type) and issubclass(obj, Solver) and obj.__module__ == module.__name__
+                    and "__dataclass_fields__" in vars(obj)):
+                continue
+            if not any(getattr(getattr(obj, name, None), "__isabstractmethod__", False) for name in dir(obj)):
+                classes.add(obj)
+    assert len(classes) >= 18, sorted(c.__name__ for c in classes)
+    built = {type(make_solver(name)) for name in NAMES}
+    assert classes <= built, f"not in the registry: {sorted(c.__name__ for c in classes - built)}"
+    for cls in classes:
+        assert getattr(package, cls.__name__, None) is cls and cls.__name__ in package.__all__, cls.__name__
+        assert getattr(jaxsde, cls.__name__, None) is cls and cls.__name__ in jaxsde.__all__, cls.__name__
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_finite_samples_on_a_gaussian_target(name):
     solver = small_solver(name)
