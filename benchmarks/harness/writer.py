@@ -87,3 +87,16 @@ def table(header: list[str], rows: list[list[Any]]) -> list[str]:
     """A Markdown table's lines."""
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
             *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)]
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend, or None (saying so) where matplotlib cannot be imported."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception as err:  # noqa: BLE001 - plots are optional
+        print(f"plot skipped: {err}")
+        return None
+    return plt

@@ -31,101 +31,19 @@ k-diffusion's include the torch <-> JAX transfers of every call. Outputs
 
 from __future__ import annotations
 
-import datetime
-import json
 import math
-import os
-import time
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import jaxsde
 from jaxsde import controllers
-from jaxsde.testing import metrics
-from jaxsde.testing.targets import GaussianMixture, LowRankMixture
 
 from ..harness.kdiffusion import k_diffusion_model
-
-
-class Target(NamedTuple):
-    name: str
-    sde: jaxsde.SDE
-    shape: tuple[int, ...]
-    score: Callable
-    quality: Callable  # (n, *shape) samples -> (value, bootstrap sd)
-    floor: Callable  # key, n -> quality of exact samples
-    label: str
-
-
-def _bootstrap(fn, x, repeats=30, seed=0):
-    rng = np.random.default_rng(seed)
-    vals = [fn(x[rng.integers(0, len(x), len(x))]) for _ in range(repeats)]
-    return float(np.std(vals))
-
-
-def exact_target(name, sde, mix, distance, label) -> Target:
-    """A target with an exact score and exact samples: quality = ``distance`` with its bootstrap sd,
-    floor = the same for ``mix.ideal_sample``."""
-
-    def quality(x):
-        return distance(x), _bootstrap(distance, np.asarray(x))
-
-    def floor(key, n):
-        return quality(np.asarray(mix.ideal_sample(key, sde, n)))
-
-    return Target(name, sde, mix.shape, mix.score(sde), quality, floor, label)
-
-
-def lowrank_target() -> Target:
-    sde = jaxsde.VPSDE()
-    mix = LowRankMixture.random(jax.random.PRNGKey(2024), 8, (16, 16), rank=8, std_range=(0.05, 0.3), floor=0.01)
-    ref = [np.asarray(v, np.float64) for v in mix.mode_statistics(mix.ideal_sample(jax.random.PRNGKey(99), sde,
-                                                                                      50_000))]
-
-    def distance(x):
-        counts, in_m, in_v, off_m, off_v = (np.asarray(v, np.float64) for v in mix.mode_statistics(jnp.asarray(x)))
-        d2 = (np.sum((in_m - ref[1]) ** 2, 1) / in_m.shape[1] + (np.sqrt(in_v) - np.sqrt(ref[2])) ** 2
-              + np.sum((off_m - ref[3]) ** 2, 1) / off_m.shape[1] + (np.sqrt(off_v) - np.sqrt(ref[4])) ** 2)
-        w = np.where(counts >= 2, counts, 0.0)
-        return float(np.sqrt(np.sum(w * d2) / np.sum(w)))
-
-    return exact_target("lowrank", sde, mix, distance, "whitened mode W2")
-
-
-def gmm3072_target() -> Target:
-    sde = jaxsde.VPSDE()
-    mix = GaussianMixture.ring(8, (32, 32, 3), radius=0.6, scale=0.02, key=jax.random.PRNGKey(1234))
-    means, scales = mix.ideal_mode_means(sde, True), mix.ideal_mode_scales(sde, True)
-
-    def spread(x):
-        return float(metrics.mode_spread_w2(mix, jnp.asarray(x), means, scales))
-
-    return exact_target("gmm3072", sde, mix, spread, "mode-spread W2 (whitened)")
-
-
-def digits_target() -> Target:
-    from jaxsde.testing.metrics.digits import DigitsMetrics
-
-    ckpt = jaxsde.pretrained("digits")
-    dm = DigitsMetrics()
-
-    def quality(x):
-        rep = dm.report(np.asarray(x), data_range=ckpt.data_range, bootstrap=30)
-        return rep["fd"], rep["fd_std"]
-
-    def floor(key, n):  # real-vs-real: the held-out digits (at most 359) against the training set
-        rep = dm.report(dm.test_images[:n], data_range=(0.0, 1.0), bootstrap=30)
-        return rep["fd"], rep["fd_std"]
-
-    return Target("digits", ckpt.sde, ckpt.shape, ckpt.score, quality, floor,
-                  "FD-digits (floor: held-out real digits, n <= 359)")
-
-
-TARGETS = {"lowrank": lowrank_target, "gmm3072": gmm3072_target, "digits": digits_target}
+from ..harness.problems import TARGETS, Target
+from ..harness.samplers import prior, run_jaxsde, timed_runs
 
 
 # --- samplers --------------------------------------------------------------------------------
@@ -172,26 +90,6 @@ def rows(quick: bool, rtols: tuple[float, ...] | None = None) -> list[Row]:
     return out
 
 
-# --- runners ---------------------------------------------------------------------------------
-def prior(target: Target, seed: int, n: int):
-    keys, _ = jaxsde.sample_keys(jax.random.PRNGKey(seed), n)
-    return jax.vmap(lambda k: target.sde.prior_sample(k, target.shape, jnp.float32))(keys)
-
-
-def run_jaxsde(target: Target, solver, seed: int, n: int, repeats: int):
-    fn = jax.jit(lambda key: jaxsde.sample(key, target.sde, target.score, solver, target.shape, n))
-    key = jax.random.PRNGKey(seed)
-    t0 = time.perf_counter()
-    sol = jax.block_until_ready(fn(key))  # compile + warm-up
-    times = [time.perf_counter() - t0] if repeats == 0 else []  # --repeats 0: the first run, compile included
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(key))
-        times.append(time.perf_counter() - t0)
-    nfe = np.asarray(sol.stats.nfe)
-    return np.asarray(sol.x), nfe, int(np.sum(np.asarray(sol.result) != 0)), float(np.median(times))
-
-
 def run_k_diffusion(target: Target, kwargs, x_T, seed: int, repeats: int):
     km = k_diffusion_model(target.sde, target.score)
     xt = km.initial(x_T)
@@ -199,14 +97,8 @@ def run_k_diffusion(target: Target, kwargs, x_T, seed: int, repeats: int):
     def once():
         return km.sample_adaptive(xt, seed, **kwargs)  # + the final denoising step, as jaxsde's samplers (+1 NFE)
 
-    t0 = time.perf_counter()
-    x, nfe = once()
-    times = [time.perf_counter() - t0] if repeats == 0 else []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - t0)
-    return x, np.full((len(x),), nfe), 0, float(np.median(times))
+    (x, nfe), wall = timed_runs(once, repeats)
+    return x, np.full((len(x),), nfe), 0, wall
 
 
 def arguments(parser):
@@ -223,7 +115,6 @@ def arguments(parser):
 
 
 def run(args, ctx):
-    command = ctx.command
     for problem in args.problems.split(","):
         target = TARGETS[problem]()
         n = args.n
@@ -244,7 +135,9 @@ def run(args, ctx):
             results.append(res)
             print(f"{problem} {row.family:45s} {row.setting:10s} NFE {res['mean_nfe']:7.1f} (max {res['max_nfe']:4d}) "
                   f"q {q:.4f} +- {sd:.4f} wall {wall:6.2f}s failed {failed}", flush=True)
-        write(args, command, target, n, floor_q, floor_sd, results)
+        ctx.save(f"adaptive_{target.name}{'_' + args.name if args.name else ''}",
+                 dict(problem=target.name, label=target.label, n=n, repeats=args.repeats, floor=[floor_q, floor_sd],
+                      results=results))
 
 
 def within(res, em):
@@ -262,42 +155,37 @@ def summary(results):
     return em, best
 
 
-def write(args, command, target, n, floor_q, floor_sd, results):
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"adaptive_{target.name}{'_' + args.name if args.name else ''}")
-    em, best = summary(results)
-    lines = [f"# Adaptive samplers at matched quality: {target.name}", "",
-             f"`{command}` ({datetime.date.today()}, n = {n}, {jax.devices()[0].platform}, jax {jax.__version__})", "",
-             f"Quality: {target.label}; exact-vs-exact floor {floor_q:.4f} +- {floor_sd:.4f}; EM-1000 "
+def render(data):
+    em, best = summary(data["results"])
+    floor_q, floor_sd = data["floor"]
+    lines = [f"# Adaptive samplers at matched quality: {data['problem']}", "",
+             f"`{data['command']}` ({data['machine']['date'][:10]}, n = {data['n']}, {data['machine']['backend']}, "
+             f"jax {data['machine']['jax']})", "",
+             f"Quality: {data['label']}; exact-vs-exact floor {floor_q:.4f} +- {floor_sd:.4f}; EM-1000 "
              f"{em['quality']:.4f} +- {em['sd']:.4f}. Within noise of EM-1000: q <= q(EM) + 2 sqrt(sd^2 + sd(EM)^2). "
-             "Wall s: " + ("one run, compilation included" if args.repeats == 0 else
-                           f"median of {args.repeats} runs after a warm-up") + ".",
+             "Wall s: " + ("one run, compilation included" if data["repeats"] == 0 else
+                           f"median of {data['repeats']} runs after a warm-up") + ".",
              "", "## Fewest NFE within noise of EM-1000", "",
              "| sampler | setting | mean NFE | max NFE | quality | wall s |", "|---|---|---|---|---|---|"]
     for fam, r in sorted(best.items(), key=lambda kv: kv[1]["mean_nfe"]):
         lines.append(f"| {fam} | {r['setting']} | {r['mean_nfe']:.1f} | {r['max_nfe']} | {r['quality']:.4f} +- "
                      f"{r['sd']:.4f} | {r['wall_s']:.2f} |")
-    missing = sorted({r["family"] for r in results} - set(best) - {"EM"})
+    missing = sorted({r["family"] for r in data["results"]} - set(best) - {"EM"})
     if missing:
         lines += ["", "Not within noise of EM-1000 at any setting swept: " + ", ".join(missing) + "."]
     lines += ["", "## Every row", "", "| sampler | setting | mean NFE | max NFE | quality | within | wall s | failed |",
               "|---|---|---|---|---|---|---|---|"]
-    for r in results:
+    for r in data["results"]:
         lines.append(f"| {r['family']} | {r['setting']} | {r['mean_nfe']:.1f} | {r['max_nfe']} | {r['quality']:.4f} "
                      f"+- {r['sd']:.4f} | {'yes' if within(r, em) else 'no'} | {r['wall_s']:.2f} | {r['failed']} |")
-    with open(stem + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    with open(stem + ".json", "w") as f:
-        json.dump(dict(command=command, n=n, floor=[floor_q, floor_sd], results=results), f, indent=1)
-    plot(stem + ".png", target, results, em, floor_q)
-    print("wrote", stem + ".md")
+    return "\n".join(lines)
 
 
-def plot(path, target, results, em, floor_q):
-    import matplotlib
-
-    matplotlib.use("Agg")
+def plot(data, path):
     import matplotlib.pyplot as plt
+
+    results, floor_q = data["results"], data["floor"][0]
+    em = summary(results)[0]
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for fam in dict.fromkeys(r["family"] for r in results if r["family"] != "EM"):
@@ -309,8 +197,8 @@ def plot(path, target, results, em, floor_q):
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("mean NFE per sample")
-    ax.set_ylabel(target.label)
-    ax.set_title(f"adaptive samplers on {target.name}")
+    ax.set_ylabel(data["label"])
+    ax.set_title(f"adaptive samplers on {data['problem']}")
     ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -14,18 +14,16 @@ Target (issue 16): adaptive time per NFE <= 1.1x the fixed-grid solver's. Writes
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 
 import jaxsde
 
-from .overhead import chained_evals_fn, compile_all, network_setup, ratio, run_interleaved
+from ..harness.machine import describe
+from ..harness.problems import chained_evals_fn, network_setup
+from ..harness.timing import compile_all, ratio, run_interleaved
 
 QUICK = dict(shape=(16, 16, 3), channels=64, depth=3, batch=32, steps=6, repeats=3)
 FULL = dict(shape=(16, 16, 3), channels=64, depth=3, batch=128, steps=24, repeats=7)
@@ -71,26 +69,24 @@ def run(args, ctx):
     norm.cpu = {k: [t / nfe[k] for t in v] for k, v in times.cpu.items()}
     ratios = {k: ratio(norm, k, "fixed_grid_dpmpp") for k in solvers if k != "fixed_grid_dpmpp"}
     ratios["fixed_grid_dpmpp_over_bare"] = ratio(norm, "fixed_grid_dpmpp", "bare_evals")
-    command = ctx.command
-    report = dict(command=command, config=cfg, jax=jax.__version__, date=time.strftime("%Y-%m-%d %H:%M:%S"),
-                  platform=f"{jax.devices()[0].platform} / {platform.machine()}", cpu_count=os.cpu_count(),
-                  nfe_max=nfe, ms_per_nfe=per_nfe, ratios_per_nfe=ratios, times_s=times, cpu_times_s=times.cpu)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "adaptive_overhead.json"), "w") as f:
-        json.dump(report, f, indent=1)
+    data = ctx.save("adaptive_overhead", dict(config=cfg, nfe_max=nfe, ms_per_nfe=per_nfe, ratios_per_nfe=ratios,
+                                              times_s=times, cpu_times_s=times.cpu))
+    print(render(data))
+
+
+def render(data):
+    cfg, nfe, ratios, per_nfe = data["config"], data["nfe_max"], data["ratios_per_nfe"], data["ms_per_nfe"]
     lines = ["# Driver overhead per score evaluation: adaptive exponential integrators vs a fixed grid", "",
-             f"`{command}` ({report['date']}, {report['platform']}, {os.cpu_count()} cores, jax {jax.__version__}); "
-             f"conv net of benchmarks/overhead.py, batch {n}, {m} loop iterations, {cfg['repeats']} interleaved "
-             "rounds. Time per NFE = program time / the batch's max NFE.", "",
+             f"`{data['command']}` ({describe(data['machine'])}); conv net of the overhead suite, batch "
+             f"{cfg['batch']}, {cfg['steps']} loop iterations, {cfg['repeats']} interleaved rounds. Time per NFE = "
+             "program time / the batch's max NFE.", "",
              "| program | max NFE | ms per NFE | / fixed grid (wall, median of paired) | / fixed grid (CPU) |",
              "|---|---|---|---|---|"]
-    for k in fns:
+    for k in per_nfe:
         r = ratios.get(k)
         cells = (f"{r['median_paired_ratio']:.3f}", f"{r['cpu_ratio_of_medians']:.3f}") if r else ("1", "1")
         if k == "bare_evals":
             b = ratios["fixed_grid_dpmpp_over_bare"]
             cells = (f"fixed grid / bare: {b['median_paired_ratio']:.3f}", f"{b['cpu_ratio_of_medians']:.3f}")
         lines.append(f"| {k} | {nfe[k]} | {per_nfe[k]:.3f} | {cells[0]} | {cells[1]} |")
-    with open(os.path.join(args.out, "adaptive_overhead.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines)

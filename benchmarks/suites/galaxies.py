@@ -67,6 +67,7 @@ from jaxsde.testing.metrics.galaxies import GalaxyMetrics
 
 from ..harness.kdiffusion import k_diffusion_model
 from ..harness.machine import git_commit
+from ..harness.writer import pyplot
 
 MODELS = {
     "hsc32": "eqx_hsc_ScoreNet32.eqx",
@@ -338,10 +339,8 @@ def markdown(meta: dict, models: dict) -> str:
 
 
 def plot(path: str, models: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    if (plt := pyplot()) is None:
+        return
 
     fig, axes = plt.subplots(len(models), len(METRICS), figsize=(5 * len(METRICS), 3.6 * len(models)), squeeze=False)
     for i, (name, mod) in enumerate(models.items()):

@@ -27,7 +27,8 @@ import numpy as np
 import jaxsde
 from jaxsde.grid_optimization import solve_on_grid
 
-from . import adaptive, quality_vs_nfe  # prior draws and the jaxsde runner; the frontier's targets and tuned samplers
+from ..harness.samplers import prior, run_jaxsde
+from . import quality_vs_nfe  # the frontier's targets and tuned samplers
 
 
 def arguments(parser):
@@ -46,11 +47,11 @@ def run(args, ctx):
     target = quality_vs_nfe.frontier_target(args.problem)
     start_rows, rows, spreads = {}, [], {}
     for name, make in quality_vs_nfe.TUNED_SAMPLERS.items():
-        x, *_ = adaptive.run_jaxsde(target, make(args.steps, "logsnr"), args.seed, args.n, 0)
+        x, *_ = run_jaxsde(target, make(args.steps, "logsnr"), args.seed, args.n, 0)
         start_rows[name] = target.quality(x)
         print(f"{name} on the log-SNR grid: {start_rows[name][0]:.4f}", flush=True)
     for cal_seed in (int(s) for s in args.calibration_seeds.split(",")):
-        x_cal = adaptive.prior(target, cal_seed, args.n_calibration)
+        x_cal = prior(target, cal_seed, args.n_calibration)
         teacher, _ = jaxsde.grid_optimization.teacher_samples(target.sde, target.score, x_cal)
         for name, make in quality_vs_nfe.TUNED_SAMPLERS.items():
             start = make(args.steps, "logsnr")
@@ -65,7 +66,7 @@ def run(args, ctx):
                 res = jaxsde.optimize_grid(target.sde, target.score, start, x_cal, teacher=teacher,
                                            iterations=args.iterations, robust=robust)
                 tune_s = time.perf_counter() - t0
-                x, *_ = adaptive.run_jaxsde(target, make(args.steps, res.times), args.seed, args.n, 0)
+                x, *_ = run_jaxsde(target, make(args.steps, res.times), args.seed, args.n, 0)
                 q, sd = target.quality(x)
                 rows.append(dict(calibration_seed=cal_seed, sampler=name, robust=robust, quality=float(q), sd=float(sd),
                                  start_quality=float(start_rows[name][0]), start_sd=float(start_rows[name][1]),

@@ -77,7 +77,10 @@ import jaxsde.testing.metrics
 from jaxsde import driver
 from jaxsde.testing.targets import GaussianMixture
 
+from ..harness.problems import TARGETS
+from ..harness.samplers import prior, run_jaxsde
 from ..harness.select import select
+from ..harness.writer import pyplot
 
 BUDGETS = (5, 10, 20, 50, 100, 200)
 FAMILY_STYLE = {"DDIM": "o", "DPM++2M": "s", "DPM++3M": "^", "SA-Solver": "v", "ForwardValue": "<",
@@ -409,13 +412,7 @@ def write_markdown(path, problem, info, command, machine, n, metric, floor, rows
 
 
 def plot(path, problem, n, metric, floor, rows):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception as err:  # noqa: BLE001 - the plot is optional
-        print(f"plot skipped: {err}")
+    if (plt := pyplot()) is None:
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for fam in dict.fromkeys(r["family"] for r in rows):
@@ -455,63 +452,10 @@ K_DIFFUSION_SAMPLERS = {"euler": 1, "euler_ancestral": 1, "lms": 1, "dpmpp_2m": 
                         "dpmpp_sde": 2, "dpm_fast": 1}
 
 
-def _adaptive_module():
-    from . import adaptive  # its targets, prior draws and jaxsde runner
-
-    return adaptive
-
-
-def _lowrank_target(ve: bool):
-    """benchmarks/adaptive.py's ``lowrank`` target (8 components near rank-8 subspaces of d = 256); for the VE
-    SDE the same mixture mapped affinely from [-1, 1] to [0, 1] (means ``0.5 + 0.5 mu``, stds halved)."""
-    adaptive = _adaptive_module()
-    from jaxsde.testing.targets import LowRankMixture
-
-    sde = jaxsde.VESDE() if ve else jaxsde.VPSDE()
-    mix = LowRankMixture.random(jax.random.PRNGKey(2024), 8, (16, 16), rank=8, std_range=(0.05, 0.3), floor=0.01)
-    if ve:
-        mix = mix.replace(means=0.5 + 0.5 * mix.means, variances=0.25 * mix.variances, floor=0.5 * mix.floor)
-    ref = [np.asarray(v, np.float64)
-           for v in mix.mode_statistics(mix.ideal_sample(jax.random.PRNGKey(99), sde, 50_000))]
-
-    def distance(x):  # the whitened mode W2 of benchmarks/adaptive.py, against this SDE's ideal samples
-        counts, in_m, in_v, off_m, off_v = (np.asarray(v, np.float64) for v in mix.mode_statistics(jnp.asarray(x)))
-        d2 = (np.sum((in_m - ref[1]) ** 2, 1) / in_m.shape[1] + (np.sqrt(in_v) - np.sqrt(ref[2])) ** 2
-              + np.sum((off_m - ref[3]) ** 2, 1) / off_m.shape[1] + (np.sqrt(off_v) - np.sqrt(ref[4])) ** 2)
-        w = np.where(counts >= 2, counts, 0.0)
-        return float(np.sqrt(np.sum(w * d2) / np.sum(w)))
-
-    label = "whitened mode W2" + (" (data units of [0, 1]: half the VP scale)" if ve else "")
-    return adaptive.exact_target("lowrank-ve" if ve else "lowrank", sde, mix, distance, label)
-
-
-def _gmm3072_target(ve: bool):
-    """benchmarks/adaptive.py's ``gmm3072`` (8-mode ring in d = 3072, std 0.02, VP); VE: the VE mixture of
-    benchmarks/work_precision.py (centre 0.5, radius 0.3, std 0.01, jitter 0.025)."""
-    adaptive = _adaptive_module()
-    if not ve:
-        return adaptive.gmm3072_target()
-    from jaxsde.testing import metrics
-
-    sde = jaxsde.VESDE()
-    mix = GaussianMixture.ring(8, (32, 32, 3), radius=0.3, scale=0.01, key=jax.random.PRNGKey(1234), jitter=0.025,
-                               center=0.5)
-    means, scales = mix.ideal_mode_means(sde, True), mix.ideal_mode_scales(sde, True)
-
-    def spread(x):
-        return float(metrics.mode_spread_w2(mix, jnp.asarray(x), means, scales))
-
-    return adaptive.exact_target("gmm3072-ve", sde, mix, spread, "mode-spread W2 (whitened)")
-
-
 def frontier_target(name: str):
-    if name in ("lowrank", "lowrank-ve"):
-        return _lowrank_target(name.endswith("-ve"))
-    if name in ("gmm3072", "gmm3072-ve"):
-        return _gmm3072_target(name.endswith("-ve"))
-    if name == "digits":
-        return _adaptive_module().digits_target()
-    raise ValueError(f"unknown frontier problem {name!r}; choose from {', '.join(FRONTIER_PROBLEMS)}")
+    if name not in FRONTIER_PROBLEMS:
+        raise ValueError(f"unknown frontier problem {name!r}; choose from {', '.join(FRONTIER_PROBLEMS)}")
+    return TARGETS[name]()
 
 
 def frontier_jaxsde_solvers(budget: int, ve: bool):
@@ -586,9 +530,9 @@ class GridTuner:
     draws of seed ``seed + 1000`` (never the evaluation draws) against the PF-ODE teacher (tolerance 1e-5), computed
     once per problem and shared by every sampler and budget."""
 
-    def __init__(self, adaptive, target, seed: int, n: int, iterations: int):
+    def __init__(self, target, seed: int, n: int, iterations: int):
         self.target, self.iterations, self.n, self.seed = target, iterations, n, seed + 1000
-        self.x_cal = adaptive.prior(target, self.seed, n)
+        self.x_cal = prior(target, self.seed, n)
         self._teacher = None
         self.learned: dict = {}
 
@@ -686,7 +630,6 @@ def frontier_best(rows, budgets):
 
 def frontier(args, ctx):
     """``--frontier``: every fixed-budget sampler of both libraries at each budget on each problem."""
-    adaptive = _adaptive_module()
     command = ctx.command
     if args.cache:
         jax.config.update("jax_compilation_cache_dir", args.cache)
@@ -701,13 +644,13 @@ def frontier(args, ctx):
         t_problem = time.perf_counter()
         target = frontier_target(problem)
         n = args.n_frontier if args.n_frontier else (64 if args.quick else (300 if problem == "digits" else 1000))
-        x_T = adaptive.prior(target, args.seed, n)
+        x_T = prior(target, args.seed, n)
         floor_q, floor_sd = target.floor(jax.random.PRNGKey(args.seed + 17), n)
         rows = []
         tuner = None
         if args.tuned:
             digits = problem == "digits"
-            tuner = GridTuner(adaptive, target, args.seed, args.n_calibration or (32 if digits else 256),
+            tuner = GridTuner(target, args.seed, args.n_calibration or (32 if digits else 256),
                               args.tune_iterations or (60 if digits else 100))
         for b in budgets:
             jobs = [("jaxsde", name, solver) for name, solver in
@@ -737,7 +680,7 @@ def frontier(args, ctx):
                         failed, mean_nfe, max_nfe = 0, float(calls), int(calls)
                         setting = f"sample_{kd} on the sigmas of jaxsde's learned grid for {twin}"
                     elif lib == "jaxsde":
-                        x, nfe, failed, wall = adaptive.run_jaxsde(target, solver, args.seed, n, 0)
+                        x, nfe, failed, wall = run_jaxsde(target, solver, args.seed, n, 0)
                         mean_nfe, max_nfe, setting = float(nfe.mean()), int(nfe.max()), repr(solver)
                     else:
                         x, calls, wall = run_k_diffusion_fixed(target, name, b, x_T, args.seed)
@@ -867,13 +810,7 @@ def write_frontier_summary(out):
 
 
 def plot_frontier(path, res):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception as err:  # noqa: BLE001 - the plot is optional
-        print(f"plot skipped: {err}")
+    if (plt := pyplot()) is None:
         return
     fig, ax = plt.subplots(figsize=(9, 5.5))
     markers = "os^v<>Dph*xP+X"

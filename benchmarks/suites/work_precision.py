@@ -39,6 +39,7 @@ from jaxsde.testing.targets import GaussianMixture
 from jaxsde.timing import time_compiled
 
 from ..harness.machine import describe, machine_info
+from ..harness.writer import pyplot
 
 METRICS = ("spread_w2", "sw2", "mmd2", "mode_tv")
 DIAGNOSTICS = ("std_ratio",)  # not a distance: 1 = exact; compared through |std_ratio - 1|
@@ -373,10 +374,8 @@ FAMILY_STYLE = {
 
 
 def write_plot(path: Path, problems: list[dict], rows: list[dict], noises: dict, heads: dict):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    if (plt := pyplot()) is None:
+        return
 
     panels = (("spread_w2", "spread_w2 (whitened units)", False),
               ("spread_w2", "spread_w2, zoom near the floor", True),
