@@ -1,6 +1,6 @@
 """Adaptive samplers at matched quality: NFE (mean, max) and wall time, jaxsde vs k-diffusion.
 
-    python benchmarks/adaptive.py [--problems lowrank,gmm3072,digits] [--n 2000] [--quick] [--name NAME]
+    python -m benchmarks run adaptive [--problems lowrank,gmm3072,digits] [--n 2000] [--quick] [--name NAME]
 
 Everything runs in one process on the same score and the same prior draws (jaxsde's sample i:
 ``fold_in(seed, i)``; k-diffusion gets the same ``x_T``). Each sampler sweeps its tolerance;
@@ -12,7 +12,7 @@ floor:
   ``LowRankMixture.mode_statistics`` against 50 000 ideal samples (exact ``p_eps``, Tweedie
   step): per component, ``sqrt(|dm_in|^2 / r + (sqrt(v_in) - sqrt(v_in*))^2 + |dm_off|^2 / (d - r)
   + (sqrt(v_off) - sqrt(v_off*))^2)``, count-weighted RMS over components.
-* ``gmm3072``: the 8-mode ring mixture in d = 3072 of ``benchmarks/vs_diffrax.py`` (std 0.02),
+* ``gmm3072``: the 8-mode ring mixture in d = 3072 of the ``vs_diffrax`` suite (std 0.02),
   VP, exact score. Quality: ``jaxsde.testing.metrics.mode_spread_w2`` (whitened W2 of each mode's spread).
 * ``digits``: the embedded digits U-Net (VP). Quality: FD-digits against the training set.
 

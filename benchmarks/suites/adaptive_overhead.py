@@ -1,8 +1,8 @@
 """Driver overhead per score evaluation of the adaptive exponential integrators vs a fixed-grid solver.
 
-    python benchmarks/adaptive_overhead.py [--quick] [--out benchmarks/results]
+    python -m benchmarks run adaptive_overhead [--quick] [--out benchmarks/results]
 
-The conv score network, batch and timing protocol of ``benchmarks/overhead.py`` (compiled
+The conv score network, batch and timing protocol of the ``overhead`` suite (compiled
 first, one warm-up, interleaved rounds in rotating order, wall and process CPU time). Each
 program is ``jaxsde.sample(..., max_steps=M, denoise=False)``; its time divided by the score
 evaluations of the batch's longest sample (``max nfe``, which every lane of the vmapped loop

@@ -1,6 +1,6 @@
 """Compilations of a settings sweep under one ``jax.jit``, solver passed as an argument (digits U-Net).
 
-    python benchmarks/compile_sweep.py [--n 64] [--out benchmarks/results] [--tag NAME]
+    python -m benchmarks run compile_sweep [--n 64] [--out benchmarks/results] [--tag NAME]
 
 One jitted function ``run(solver, key) -> jaxsde.sample(key, sde, score, solver, shape, n).x`` on the
 embedded digits model (CPU), called in turn with GGF at 5 ``rtol`` values, ``AdaptiveMultistepSolver``

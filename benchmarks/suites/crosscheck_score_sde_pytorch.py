@@ -1,7 +1,7 @@
 """Cross-check jaxsde's NCSN++/DDPM++ port and ``load_pytorch`` against score_sde_pytorch itself.
 
     git clone https://github.com/yang-song/score_sde_pytorch /tmp/score_sde_pytorch
-    python benchmarks/crosscheck_score_sde_pytorch.py --repo /tmp/score_sde_pytorch
+    python -m benchmarks run crosscheck_score_sde_pytorch --repo /tmp/score_sde_pytorch
 
 Builds score_sde_pytorch's ``models.ncsnpp.NCSNpp`` (CPU; its CUDA ``op.upfirdn2d`` is replaced by
 diffusers' ``upfirdn2d_native``, and ``ml_collections`` configs by namespaces) for small versions of

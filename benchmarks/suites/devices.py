@@ -1,6 +1,6 @@
 """Sample i across device counts: 1 vs 8 forced host devices, at the default and at a fixed per-device width.
 
-    python benchmarks/devices.py [--n 400] [--rtol 0.05]
+    python -m benchmarks run devices [--n 400] [--rtol 0.05]
 
 The embedded digits model, ``GottaGoFast(rtol)``, ``jaxsde.generate`` with ``batch_size`` slots split
 over the devices. A device runs ``min(batch_size / devices, samples per device)`` slots; XLA compiles

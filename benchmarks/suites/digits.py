@@ -1,6 +1,6 @@
 """FD-digits and KID vs NFE on an embedded digits model, for EM, PC, the PF-ODE and GGF.
 
-    python benchmarks/digits.py [--model digits] [--n 1000] [--quick] [--out benchmarks/results]
+    python -m benchmarks run digits [--model digits] [--n 1000] [--quick] [--out benchmarks/results]
 
 Every solver samples the same ``n`` keys (sample i uses fold_in(seed, i)); quality is
 FD-digits / KID against the training set (``jaxsde.testing.metrics.digits``), with the real-vs-real

@@ -1,6 +1,6 @@
 """Quick quality check of the class-conditional "digits-cond" model, unguided, and of the noisy classifier.
 
-    python benchmarks/digits_cond_check.py [--n 200] [--steps 200] [--out benchmarks/results]
+    python -m benchmarks run digits_cond_check [--n 200] [--steps 200] [--out benchmarks/results]
 
 For each label c = 0..9: ``n`` samples with ``EulerMaruyama(steps)`` and the conditional score at
 the fixed label (``lambda x, t: ckpt.score(x, t, c)``, no guidance), classified by the shipped

@@ -1,7 +1,7 @@
 """Spatially sparse editing (jaxsde.sparse) vs the dense network, per sampling step, on CPU.
 
-    python benchmarks/editing.py [--size 64] [--rounds 9] [--quick] [--out benchmarks/results]
-    python benchmarks/editing.py --size 256 --blocks 8 4 --fractions 0 0.01 0.05 0.10 0.25 --rounds 5 \
+    python -m benchmarks run editing [--size 64] [--rounds 9] [--quick] [--out benchmarks/results]
+    python -m benchmarks run editing --size 256 --blocks 8 4 --fractions 0 0.01 0.05 0.10 0.25 --rounds 5 \
         --dilate --large-size 0 --ddpm 0 --name editing_256 --out benchmarks/results
 
 A DigitsUNet of the embedded "large" configuration (channels (32, 96), 2 blocks per level,

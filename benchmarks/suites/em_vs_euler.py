@@ -1,6 +1,6 @@
 """Fixed-step EM: jaxsde vs diffrax Euler per step, timed interleaved (robust to a shared machine).
 
-    python benchmarks/em_vs_euler.py [--n 64,1000] [--steps 200] [--rounds 9] [--out benchmarks/results]
+    python -m benchmarks run em_vs_euler [--n 64,1000] [--steps 200] [--rounds 9] [--out benchmarks/results]
 
 Same score (an exact Gaussian-mixture score), same grid, same samples count, both with the
 final denoising step; diffrax uses UnsafeBrownianPath and ForwardMode (its fastest fixed-step

@@ -1,6 +1,6 @@
 """The embedded digits models before and after the EMA fix, side by side, on the same keys.
 
-    python benchmarks/ema_debias.py [--model digits] [--n 1000] [--em1000] [--out benchmarks/results]
+    python -m benchmarks run ema_debias [--model digits] [--n 1000] [--em1000] [--out benchmarks/results]
 
 The weights shipped before ``TrainConfig.ema_debias`` held the plain EMA of training, which
 keeps ``ema_decay ** steps`` of the random initialisation (8.2% for ``digits`` after 2500

@@ -1,6 +1,6 @@
 """Reproduces two findings the documentation (docs/usage.md) states, each in about a minute on a 2-core CPU.
 
-    python benchmarks/findings.py
+    python -m benchmarks run findings
 
 1. GGF's noise redraw after rejections biases the output variance in low dimension: exact
    Gaussian target N(0.3, 0.2^2 I), VP SDE, rtol 0.01; output std relative to the exact law

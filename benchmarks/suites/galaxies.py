@@ -1,8 +1,8 @@
 """galaxygrad's published score models: NFE and wall time at matched quality, per sampler family.
 
-    python benchmarks/galaxies.py [--models hsc32,hsc64,lsst60] [--n 256,64,64] [--ref-mult 2] [--quick]
+    python -m benchmarks run galaxies [--models hsc32,hsc64,lsst60] [--n 256,64,64] [--ref-mult 2] [--quick]
                                   [--ggf-rtols 0.5,0.2,0.1,0.05] [--rtols 0.2,0.05,0.01]
-                                  [--out benchmarks/results] [--report-only]
+                                  [--out benchmarks/results]
 
 Models: galaxygrad 0.2.1's MLP-mixer score nets (``pip install galaxygrad==0.2.1``; the weights are read from
 the installed wheel, never copied), loaded with ``jaxsde.checkpoints.load(path, "galaxygrad")``: VP SDE with
@@ -29,7 +29,7 @@ range), the PF-ODE (rtol = atol sweep), DPM-Solver++(2M) (fixed NFE sweep), ``Ad
 (order 3, data prediction, eta 0 and 1) and ``AdaptiveMultistepSolver`` (order 2, tau 0 and 1) on an rtol
 sweep, and k-diffusion 0.1.1.post1's ``sample_dpm_adaptive`` (eta 0 and 1) on the same rtol sweep, run in
 this process on the same jitted score (wrapped as a denoiser ``D(x / alpha, sigma / alpha)``, as in
-``benchmarks/adaptive.py``; batch-level: one step size for the batch, every sample pays every call,
+the ``adaptive`` suite; batch-level: one step size for the batch, every sample pays every call,
 plus the final denoising call jaxsde's samplers also make). The exponential integrators' and
 k-diffusion's ``atol = default_atol * rtol / 0.05`` (k-diffusion's defaults 0.05 / 0.0078 rescaled to
 this data range).
@@ -43,14 +43,13 @@ EM-1000; GGF's NFE ratio against the cheapest EM within noise and against EM-100
 and timed on one run to ``block_until_ready``; k-diffusion rows are timed on one run after a warm-up call
 of the jitted denoiser, torch <-> JAX transfers included. Outputs ``benchmarks/results/galaxies.{md,json,
 png}`` (``--quick``: a tiny smoke run, same format); the JSON is rewritten after each model, and
-``--report-only`` rebuilds the decisions, tables and plot from it without measuring anything.
+``python -m benchmarks report`` rebuilds the decisions, tables and plot from it without measuring anything.
 """
 
 from __future__ import annotations
 
 import datetime
 import importlib.util
-import json
 import math
 import os
 import platform
@@ -279,9 +278,7 @@ def markdown(meta: dict, models: dict) -> str:
              f"`{meta['command']}`", "",
              f"{meta['date']}; {meta['machine']}; jax {meta['jax']}; git {meta['git']}; load average at start "
              f"{meta['load_start']}, at end {meta['load_end']}; total {meta['total_s']:.0f} s." + (
-                 " **--quick smoke run: sizes too small for any conclusion.**" if meta["quick"] else "")
-             + (f" Tables rebuilt from the stored measurements by `--report-only` on {meta['report_rebuilt']}."
-                if meta.get("report_rebuilt") else ""), "",
+                 " **--quick smoke run: sizes too small for any conclusion.**" if meta["quick"] else ""), "",
              "Statistics on flux images (`ckpt.to_data`): " + ", ".join(f"`{k}` = {v}" for k, v in METRICS.items())
              + ", each +- its bootstrap sd. `anchor`: within noise of the finest EM row (every statistic "
              "<= EM's + 2 combined sd); `ref`: the same against the floor (a second reference-sampler set "
@@ -338,7 +335,8 @@ def markdown(meta: dict, models: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(path: str, models: dict) -> None:
+def plot(data: dict, path: str) -> None:
+    models = data["models"]
     if (plt := pyplot()) is None:
         return
 
@@ -379,21 +377,9 @@ def arguments(parser):
                     help="the rtol sweep of the adaptive exponential integrators and k-diffusion, comma-separated")
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (few rows, loose reference)")
     parser.add_argument("--name", default="galaxies", help="results file stem")
-    parser.add_argument("--report-only", action="store_true", help="rebuild the .md/.png from the .json in --out")
 
 
 def run(args, ctx):
-    stem = os.path.join(args.out, args.name)
-    if args.report_only:
-        with open(stem + ".json") as f:
-            data = json.load(f)
-        for mod in data["models"].values():  # the decisions, from the stored measurements
-            mod["headline"] = headline(mod["rows"], mod["floor"])
-        data["meta"]["report_rebuilt"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        atomic_write(stem + ".json", json.dumps(data, indent=1).encode())
-        atomic_write(stem + ".md", (markdown(data["meta"], data["models"]) + "\n").encode())
-        plot(stem + ".png", data["models"])
-        return data
     command = ctx.command
     names = args.models.split(",")
     ns = [int(v) for v in args.n.split(",")]
@@ -415,8 +401,12 @@ def run(args, ctx):
                                    tuple(float(v) for v in args.ggf_rtols.split(",")),
                                    tuple(float(v) for v in args.rtols.split(",")))
         meta.update(load_end=round(os.getloadavg()[0], 2), total_s=time.perf_counter() - start)
-        atomic_write(stem + ".json", json.dumps(dict(meta=meta, models=models), indent=1).encode())  # after each model
-    atomic_write(stem + ".md", (markdown(meta, models) + "\n").encode())
-    plot(stem + ".png", models)
-    print("wrote", stem + ".{md,json,png}", flush=True)
-    return dict(meta=meta, models=models)
+        data = ctx.save(args.name, dict(meta=meta, models=models))  # after each model
+    print("wrote", ctx.path(args.name, "md"), flush=True)
+    return data
+
+
+def render(data: dict) -> str:
+    for mod in data["models"].values():  # the decisions, from the stored measurements
+        mod["headline"] = headline(mod["rows"], mod["floor"])
+    return markdown(data["meta"], data["models"])

@@ -1,9 +1,9 @@
 """One-GPU throughput benchmark: samples/s, NFE and compile times of jaxsde's solvers on full-size networks.
 
     # on a GPU machine (stage diffusers and the HSC-64 weights first: benchmarks/gpu_prepare.sh)
-    PYTHONPATH=. timeout 560 python benchmarks/gpu.py --stage .gpu_stage \\
+    PYTHONPATH=. timeout 560 python -m benchmarks run gpu --stage .gpu_stage \\
         --eqx .gpu_stage/eqx_hsc_ScoreNet64.eqx --out $OUT
-    python benchmarks/gpu.py --smoke --out /tmp/gpu_smoke    # CPU, tiny networks, well under a minute (CI)
+    python -m benchmarks run gpu --smoke --out /tmp/gpu_smoke    # CPU, tiny networks, well under a minute (CI)
 
 Sections, each with its own time budget (``--budget`` seconds in all, split by ``SECTION_SHARE``); an
 item whose estimated cost (its model's slowest compile + run so far) no longer fits its section's

@@ -1,6 +1,6 @@
 """optimize_grid's objective, plain vs robust, judged by sample quality on held-out draws.
 
-    python benchmarks/grid_objective.py [--problem lowrank-ve] [--steps 9] [--calibration-seeds 1000,1001]
+    python -m benchmarks run grid_objective [--problem lowrank-ve] [--steps 9] [--calibration-seeds 1000,1001]
         [--n-calibration 256] [--n 4000] [--seed 1] [--iterations 100] [--out benchmarks/results]
 
 For each calibration seed and each deterministic multistep sampler of the frontier's tuned rows

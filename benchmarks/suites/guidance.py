@@ -1,6 +1,6 @@
 """Classifier-free guidance on the class-conditional digits model: label accuracy and FD-digits vs weight.
 
-    python benchmarks/guidance.py [--per-class 100] [--weights 0,0.5,1,2,4] [--quick] [--out benchmarks/results]
+    python -m benchmarks run guidance [--per-class 100] [--weights 0,0.5,1,2,4] [--quick] [--out benchmarks/results]
 
 Model ``jaxsde.pretrained("digits-cond")``; guided score
 ``jaxsde.guidance.classifier_free(ckpt.score, ckpt.null_cond, w)`` (one network call on the pair per

@@ -1,6 +1,6 @@
 """What ``import jaxsde`` costs on top of ``import jax``, and which heavy modules it loads.
 
-    python benchmarks/import_time.py [--compare OTHER_TREE] [--rounds 5] [--out benchmarks/results]
+    python -m benchmarks run import_time [--compare OTHER_TREE] [--rounds 5] [--out benchmarks/results]
 
 Each measurement is a fresh interpreter that imports jax first, then times ``import jaxsde``
 from the given source tree (an editable install's finder is removed so the tree on the path is

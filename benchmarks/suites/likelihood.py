@@ -1,6 +1,6 @@
 """Likelihood accuracy against cost: exact trace vs Hutchinson probes vs k-diffusion, one process.
 
-    python benchmarks/likelihood.py [--dim 16] [--n 64] [--repeats 3] [--out benchmarks/results]
+    python -m benchmarks run likelihood [--dim 16] [--n 64] [--repeats 3] [--out benchmarks/results]
 
 The problem: a VE Gaussian mixture (``jaxsde.testing.targets.GaussianMixture``, 4 modes, data in
 [0, 1], sigma_max 50), whose noised density ``log p_eps`` is known in closed form; ``n`` points

@@ -1,7 +1,7 @@
 """Bits/dim of the held-out digits under the embedded models (``jaxsde likelihood``), with a check of
 the Hutchinson estimate against the exact divergence on a subset.
 
-    python benchmarks/likelihood_digits.py [--models digits,digits-ve] [--n 359] [--exact-n 48]
+    python -m benchmarks run likelihood_digits [--models digits,digits-ve] [--n 359] [--exact-n 48]
 
 Each model: ``jaxsde.apps.likelihood_job.run_likelihood`` (what ``jaxsde likelihood --model M --n N``
 runs) on the first ``n`` held-out digits, uniformly dequantized over their 17 levels, with the

@@ -1,6 +1,6 @@
 """Multilevel Euler-Maruyama vs EM on the embedded digits models: gamma, FD-digits vs cost.
 
-    python benchmarks/multilevel.py [--n 500] [--quick] [--out benchmarks/results]
+    python -m benchmarks run multilevel [--n 500] [--quick] [--out benchmarks/results]
 
 Levels: "digits-small", "digits-medium", "digits-large" (VP, same SDE; 0.14M / 0.52M / 1.49M
 parameters). Measured in one process:

@@ -1,6 +1,6 @@
 """A bfloat16 score network with a float32 sampler state, against float32 throughout, on the digits U-Net.
 
-    python benchmarks/precision.py [--n 500] [--rtol 0.05] [--rounds 3]
+    python -m benchmarks run precision [--n 500] [--rtol 0.05] [--rounds 3]
 
 The embedded digits model (a trained conv U-Net, VP): ``ckpt.score_fn(params, compute_dtype=...)``
 runs the network in that dtype (parameters cast, preconditioning and the Tweedie step in float32;

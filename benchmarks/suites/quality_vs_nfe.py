@@ -1,9 +1,9 @@
 """Sample quality vs NFE for every solver, on exact Gaussian mixtures and on the embedded digits model.
 
-    nice python benchmarks/quality_vs_nfe.py [--quick] [--problems ring2,gmm32,digits] [--n 4000]
+    nice python -m benchmarks run quality_vs_nfe [--quick] [--problems ring2,gmm32,digits] [--n 4000]
         [--n-digits 300] [--digits-max-nfe 50] [--out benchmarks/results]
-    nice python benchmarks/quality_vs_nfe.py --digits-sweep10   # non-default settings at 10 NFE vs EM 200
-    python benchmarks/quality_vs_nfe.py --from-json benchmarks/results/quality_vs_nfe_*.json  # re-make tables
+    nice python -m benchmarks run quality_vs_nfe --digits-sweep10   # non-default settings at 10 NFE vs EM 200
+    python -m benchmarks run quality_vs_nfe --from-json benchmarks/results/quality_vs_nfe_*.json  # re-make tables
 
 Solvers (each at its default grid and options): DDIM (eta=0), DPM-Solver++ 2M and 3M, SA-Solver 3/4
 (tau = 1 on the middle 60% of the time, the default), ForwardValue (F-DDIM), EDM Heun (these are the
@@ -33,9 +33,10 @@ Every solver uses the same keys (sample i: ``fold_in(seed, i)``). Outputs
 
 **The frontier** (issue 22, ``--frontier``)::
 
-    python benchmarks/quality_vs_nfe.py --frontier [--frontier-problems lowrank,lowrank-ve,gmm3072,gmm3072-ve,digits]
+    python -m benchmarks run quality_vs_nfe --frontier
+        [--frontier-problems lowrank,lowrank-ve,gmm3072,gmm3072-ve,digits]
         [--budgets 5,10,20] [--n-frontier N] [--samplers NAME ...]
-    python benchmarks/quality_vs_nfe.py --frontier --quick   # smoke test: lowrank, n = 64, NFE 5
+    python -m benchmarks run quality_vs_nfe --frontier --quick   # smoke test: lowrank, n = 64, NFE 5
 
 At each NFE budget B in {5, 10, 20}: every fixed-step sampler of jaxsde's registry (at its registry
 defaults, plus DPM-Solver++ 3M) and every fixed-schedule sampler of k-diffusion 0.1.1.post1, on the
@@ -47,7 +48,7 @@ sigma = sigma_t / alpha_t at the SDE's eps and T, then 0); its step to sigma 0 r
 prediction with one call; a 1-call sampler takes B steps, a 2-call one (Heun, DPM-2, DPM++ SDE and
 2S ancestral) ``(B + 1) // 2`` (its last step is one call: NFE B or B - 1); ``sample_dpm_fast``
 gets ``n = B - 1`` and one final denoising call. NFE in the results is counted, not assumed.
-Problems (benchmarks/adaptive.py's targets, with their quality and 30-resample bootstrap sd):
+Problems (the adaptive suite's targets, with their quality and 30-resample bootstrap sd):
 ``lowrank`` (low-rank mixture, d = 256, whitened mode W2), ``gmm3072`` (8-mode ring, d = 3072,
 whitened mode-spread W2), both VP and, as ``-ve``, VE (the mixture mapped to [0, 1]), and ``digits``
 (the embedded VP model, FD-digits). Default n: 1000 on the mixtures, 300 on digits. Outputs
@@ -442,8 +443,8 @@ FRONTIER_PROBLEMS = ("lowrank", "lowrank-ve", "gmm3072", "gmm3072-ve", "digits")
 # like jaxsde's final Tweedie step. So a budget B is ``B`` steps for a 1-call sampler (NFE = B) and
 # ``(B + 1) // 2`` steps for a 2-call one (NFE = 2 steps - 1: B for odd B, B - 1 for even B).
 # ``sample_dpm_fast`` takes its NFE ``n`` directly and stops at sigma_min: it gets ``n = B - 1`` and the
-# final denoising call (+1 NFE) that benchmarks/adaptive.py also gives ``sample_dpm_adaptive``.
-# ``sample_dpm_adaptive`` (a tolerance, not a budget) is benchmarks/adaptive.py's.
+# final denoising call (+1 NFE) that the adaptive suite also gives ``sample_dpm_adaptive``.
+# ``sample_dpm_adaptive`` (a tolerance, not a budget) is the adaptive suite's.
 # The one-call samplers also run on k-diffusion's ``get_sigmas_exponential`` (uniform in log sigma, i.e. in
 # log-SNR: jaxsde's "logsnr" grid), as ``<name>@exponential``.
 K_DIFFUSION_EXPONENTIAL = ("euler", "euler_ancestral", "lms", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde")

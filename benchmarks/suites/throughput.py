@@ -1,13 +1,13 @@
 """Throughput of continuous batching: ``generate`` vs plain ``sample`` at the same batch size.
 
-    /work/venv/bin/python benchmarks/throughput.py            # the full run (~15 min on 2 busy cores)
-    /work/venv/bin/python benchmarks/throughput.py --quick    # batch sizes 16, 64 only, small n
+    /work/venv/bin/python -m benchmarks run throughput            # the full run (~15 min on 2 busy cores)
+    /work/venv/bin/python -m benchmarks run throughput --quick    # batch sizes 16, 64 only, small n
     # digits at large batches only (~25 min): results/throughput_digits_large.{json,md}
-    /work/venv/bin/python benchmarks/throughput.py --models digits --digits-batches 256 1024 \
+    /work/venv/bin/python -m benchmarks run throughput --models digits --digits-batches 256 1024 \
         --digits-repeats 1 --batches --scale-n 0 --name digits_large
     # GGF at rtol 0.5 on digits: ~35 NFE, a wide per-sample NFE spread, but a poor sampler there
     # (FD-digits 33 vs EM's 14 at the same NFE: results/digits_digits_loose_rtol.md)
-    /work/venv/bin/python benchmarks/throughput.py --models digits --digits-rtol 0.5 \
+    /work/venv/bin/python -m benchmarks run throughput --models digits --digits-rtol 0.5 \
         --digits-batches 64 256 1024 --digits-per-slot 8 --digits-repeats 1 --batches --scale-n 0 \
         --name digits_rtol0.5
     # (the two files above predate --drain-halvings.) With its default 3, generate(...,

@@ -1,8 +1,8 @@
 """Useful-work fraction of continuous batching (``generate``) vs plain ``sample``, untimed.
 
-    python benchmarks/useful_work.py [--runs digits:16:20,digits:64:20,digits-ve:64:20] [--out DIR]
+    python -m benchmarks run useful_work [--runs digits:16:20,digits:64:20,digits-ve:64:20] [--out DIR]
     # the tail with and without drain halvings, Gaussian mixture d=16 (~2 min):
-    python benchmarks/useful_work.py --runs mixture:64:2,mixture:64:4,mixture:64:20,mixture:1024:2,\
+    python -m benchmarks run useful_work --runs mixture:64:2,mixture:64:4,mixture:64:20,mixture:1024:2,\
 mixture:1024:4,mixture:1024:8,mixture:1024:20 --drain-halvings 0 1 3 --name mixture_drain
 
 Each run ``model:batch:per_slot`` (an embedded model, or ``mixture``: the d=16 Gaussian mixture

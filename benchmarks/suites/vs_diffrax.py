@@ -1,6 +1,6 @@
 """jaxsde vs diffrax, side by side in one process, same score, same samples, same machine.
 
-    python benchmarks/vs_diffrax.py [--problems gmm64,gmm3072,conv] [--rounds 3] [--quick] [--out DIR]
+    python -m benchmarks run vs_diffrax [--problems gmm64,gmm3072,conv] [--rounds 3] [--quick] [--out DIR]
 
 Problems (VP SDE): an 8-mode Gaussian mixture with the exact score in d=64 and d=3072
 (32x32x3), and "conv": a 16x16x3 mixture whose score adds 1e-3 x a small Flax conv net

@@ -1,10 +1,10 @@
 """jaxsde vs diffusers (PyTorch) on CPU: DDIM on the same ``UNet2DModel`` weights, side by side.
 
-    python benchmarks/vs_diffusers.py                       # forward variants, then DDIM 20 and 50 steps
-    python benchmarks/vs_diffusers.py --stage forward       # only the one-forward variants (cheap)
-    python benchmarks/vs_diffusers.py --stage sampling --flags "--xla_cpu_use_thunk_runtime=false"
-    python benchmarks/vs_diffusers.py --stage compile       # compile times only, each program compiled twice
-    python benchmarks/vs_diffusers.py --quick               # tiny network, batch 2, 3 steps (a smoke test)
+    python -m benchmarks run vs_diffusers                       # forward variants, then DDIM 20 and 50 steps
+    python -m benchmarks run vs_diffusers --stage forward       # only the one-forward variants (cheap)
+    python -m benchmarks run vs_diffusers --stage sampling --flags "--xla_cpu_use_thunk_runtime=false"
+    python -m benchmarks run vs_diffusers --stage compile       # compile times only, each program compiled twice
+    python -m benchmarks run vs_diffusers --quick               # tiny network, batch 2, 3 steps (a smoke test)
 
 Network: diffusers' ``UNet2DModel`` in the layout of google/ddpm-cifar10-32 (35,746,307 parameters;
 ``jaxsde.models.ddpm_unet.DDPM_CIFAR10_CONFIG``) with random weights (``torch.manual_seed(0)``, diffusers'
