@@ -13,16 +13,13 @@ measures that version (``--tag`` names the results file: ``compile_sweep[_TAG].{
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
-import platform
-import subprocess
 import time
 
 import jax
 
 import jaxsde
+
+from ..harness.machine import describe
 
 SWEEPS = {
     "GottaGoFast rtol": (lambda r: jaxsde.GottaGoFast(rtol=r), (0.1, 0.05, 0.02, 0.01, 0.005)),
@@ -42,9 +39,6 @@ def arguments(parser):
 
 
 def run(args, ctx):
-    command = ctx.command
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    print(f"reproduce with: {command} (at {commit})", flush=True)
     ckpt = jaxsde.pretrained("digits")
     score = ckpt.score_fn(ckpt.params)
     sweeps = dict(SWEEPS, **{"DPMSolverPP grid": grid_sweep(ckpt.sde)})
@@ -71,21 +65,17 @@ def run(args, ctx):
         print(f"{name}: {len(traces)} compilation(s) for {len(values)} values; first calls "
               + ", ".join(f"{f:.2f}" for f in first) + " s; runs " + ", ".join(f"{a:.2f}" for a in again) + " s",
               flush=True)
-    results = dict(command=command, commit=commit, date=datetime.date.today().isoformat(),
-                   machine=f"{platform.machine()}, {os.cpu_count()} cores, CPU, jax {jax.__version__}", n=args.n,
-                   rows=rows)
-    name = "compile_sweep" + (f"_{args.tag}" if args.tag else "")
-    os.makedirs(args.out, exist_ok=True)
-    lines = [f"# Compilations of a settings sweep (digits, n = {args.n})", "",
-             f"Reproduce: `{command}` at commit {commit}.", "", f"{results['date']}, {results['machine']}.", "",
+    data = ctx.save("compile_sweep" + (f"_{args.tag}" if args.tag else ""), dict(n=args.n, rows=rows))
+    print(render(data))
+
+
+def render(data):
+    m = data["machine"]
+    lines = [f"# Compilations of a settings sweep (digits, n = {data['n']})", "",
+             f"Reproduce: `{data['command']}` at commit {m['git_commit']}.", "", describe(m) + ".", "",
              "| sweep | values | compilations | sum of first calls (s) | sum of (first - second call) (s) | "
              "second calls (s) |", "|---|---|---|---|---|---|"]
-    for r in rows:
+    for r in data["rows"]:
         lines.append(f"| {r['sweep']} | {len(r['values'])} | {r['compilations']} | {r['total_s']:.1f} | "
                      f"{r['compile_s_estimate']:.1f} | " + ", ".join(f"{a:.2f}" for a in r["run_s"]) + " |")
-    for ext, text in (("json", json.dumps(results, indent=1)), ("md", "\n".join(lines) + "\n")):
-        path = os.path.join(args.out, f"{name}.{ext}")
-        with open(path + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
-    print("\n".join(lines))
+    return "\n".join(lines)

@@ -15,9 +15,6 @@ final state only (failures are still reported), the like-for-like comparison.
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
 import statistics
 import time
 
@@ -29,6 +26,8 @@ import jaxsde
 from jaxsde.testing import reference
 from jaxsde.testing.targets import GaussianMixture
 from jaxsde.timing import compile_cpu_seconds
+
+from ..harness.machine import describe, machine_info
 
 
 def programs(shape, n, steps):
@@ -112,13 +111,9 @@ def run(args, ctx):
               f"{row['euler_compile_s']:.2f} s; FLOPs {row['em_cost']['flops']:.3g} vs "
               f"{row['euler_cost']['flops']:.3g}",
               flush=True)
-    machine = dict(jax=jax.__version__, backend=jax.default_backend(), cpus=os.cpu_count(),
-                   date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), load=os.getloadavg())
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "em_vs_euler.json"), "w") as f:
-        json.dump(dict(command=command, machine=machine, rows=rows), f, indent=1)
+    machine = machine_info("diffrax")
     lines = ["# Fixed-step EM: jaxsde vs diffrax Euler (interleaved timing)", "", f"Command: `{command}`", "",
-             f"{machine}", "",
+             describe(machine), "",
              "| problem | n x steps | EM ms | Euler ms | ratio median (range) | ratio, check_finite=False | "
              "compile s EM / Euler | FLOPs EM / Euler | bytes EM / Euler |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -128,5 +123,4 @@ def run(args, ctx):
                      f"{r['em_compile_s']:.2f} / {r['euler_compile_s']:.2f} | "
                      f"{r['em_cost']['flops']:.3g} / {r['euler_cost']['flops']:.3g} | "
                      f"{r['em_cost']['bytes accessed']:.3g} / {r['euler_cost']['bytes accessed']:.3g} |")
-    with open(os.path.join(args.out, "em_vs_euler.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    ctx.save("em_vs_euler", dict(machine=machine, rows=rows), md="\n".join(lines))

@@ -14,10 +14,6 @@ real-vs-real floor. ``--em1000`` adds Euler-Maruyama with 1000 steps on the curr
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
-
 import jax
 
 import jaxsde
@@ -25,6 +21,7 @@ from jaxsde.testing.metrics.digits import DigitsMetrics
 from jaxsde.train_config import TrainConfig
 from jaxsde.training import init_params
 
+from ..harness.machine import describe, machine_info
 from .digits import sample_all
 
 
@@ -67,15 +64,10 @@ def run(args, ctx):
         rows.append(row)
         print(f"{name:11s} {label:19s} NFE {row['mean_nfe']:7.1f}  FD {row['fd']:7.2f} +- {row['fd_std']:.2f}  "
               f"KID {row['kid']:7.3f}  wall {wall:6.1f}s  failed {fails}", flush=True)
-    machine = dict(jax=jax.__version__, backend=jax.default_backend(), cpus=os.cpu_count(),
-                   date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), load=os.getloadavg())
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"ema_debias_{args.model}")
-    with open(stem + ".json", "w") as f:
-        json.dump(dict(command=command, machine=machine, n=args.n, init_share=share, rows=rows), f, indent=1)
+    machine = machine_info()
     lines = [f"# {args.model}: the plain EMA (shipped before) vs the debiased EMA (shipped now)", "",
              f"Command: `{command}`", "",
-             f"{machine}; n = {args.n} samples per row, the same keys in every row; the plain EMA holds "
+             f"{describe(machine)}; n = {args.n} samples per row, the same keys in every row; the plain EMA holds "
              f"{share:.4f} of the random initialisation.", "",
              "| solver | weights | mean NFE | FD-digits +- bootstrap std | KID | confident | wall s | failed |",
              "|---|---|---|---|---|---|---|---|"]
@@ -84,5 +76,5 @@ def run(args, ctx):
                      f"{r['kid']:.3f} | {r['confident']:.2f} | {r['wall_s']:.1f} | {r['failed']} |")
     lines += ["", f"Real-vs-real floor: FD {rows[0]['fd_floor']:.3f}, KID {rows[0]['kid_floor']:.3f} "
               f"(n={int(rows[0]['n_floor'])} held-out vs train)."]
-    with open(stem + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
+    ctx.save(f"ema_debias_{args.model}", dict(machine=machine, n=args.n, init_share=share, rows=rows),
+             md="\n".join(lines))

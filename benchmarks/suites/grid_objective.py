@@ -15,9 +15,6 @@ thousands). Writes ``grid_objective_<problem>.{md,json}``.
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
 import time
 
 import jax
@@ -42,7 +39,6 @@ def arguments(parser):
 
 
 def run(args, ctx):
-    command = ctx.command
     t_all = time.perf_counter()
     target = quality_vs_nfe.frontier_target(args.problem)
     start_rows, rows, spreads = {}, [], {}
@@ -74,27 +70,27 @@ def run(args, ctx):
                 print(f"cal {cal_seed} {name:20s} {'robust' if robust else 'plain ':6s} loss {res.initial_loss:.3g} -> "
                       f"{res.loss:.3g}; quality {q:.4f} +- {sd:.4f} (log-SNR grid {start_rows[name][0]:.4f})",
                       flush=True)
-    res = dict(command=command, problem=args.problem, label=target.label, steps=args.steps, n=args.n, seed=args.seed,
-               n_calibration=args.n_calibration, iterations=args.iterations, max_over_median=spreads, rows=rows,
-               machine=dict(jax=jax.__version__, backend=jax.default_backend(), cpus=os.cpu_count(),
-                            date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")),
-               elapsed_s=time.perf_counter() - t_all)
-    stem = os.path.join(args.out, f"grid_objective_{args.problem}")
-    with open(stem + ".json", "w") as f:
-        json.dump(res, f, indent=1)
-    lines = [f"# optimize_grid's objective, plain vs robust: {args.problem}", "", f"Command: `{command}`", "",
-             f"{args.steps} steps + the final denoising step ({args.steps + 1} NFE); grids learned on "
-             f"{args.n_calibration} calibration draws per seed ({args.iterations} Adam iterations from the log-SNR "
-             f"grid), quality ({target.label}, lower is better, +- bootstrap sd) on n = {args.n} draws of seed "
-             f"{args.seed}; {res['machine']['backend']}, {res['machine']['cpus']} CPUs, {res['machine']['date']}, "
-             f"{res['elapsed_s']:.0f} s.", "",
+    ctx.save(f"grid_objective_{args.problem}",
+             dict(problem=args.problem, label=target.label, steps=args.steps, n=args.n, seed=args.seed,
+                  n_calibration=args.n_calibration, iterations=args.iterations, max_over_median=spreads, rows=rows,
+                  elapsed_s=time.perf_counter() - t_all))
+    print(f"wrote {ctx.path(f'grid_objective_{args.problem}', 'md')}", flush=True)
+
+
+def render(data):
+    d, m, rows = data, data["machine"], data["rows"]
+    lines = [f"# optimize_grid's objective, plain vs robust: {d['problem']}", "", f"Command: `{d['command']}`", "",
+             f"{d['steps']} steps + the final denoising step ({d['steps'] + 1} NFE); grids learned on "
+             f"{d['n_calibration']} calibration draws per seed ({d['iterations']} Adam iterations from the log-SNR "
+             f"grid), quality ({d['label']}, lower is better, +- bootstrap sd) on n = {d['n']} draws of seed "
+             f"{d['seed']}; {m['backend']}, {m['cpus']} CPUs, {m['date']}, {d['elapsed_s']:.0f} s.", "",
              "Largest per-draw distance to the teacher over the median, on the log-SNR grid (a "
              "draw sent to another mode makes it thousands): "
-             + ", ".join(f"seed {k}: {v:.3g}" for k, v in spreads.items()), "",
+             + ", ".join(f"seed {k}: {v:.3g}" for k, v in d["max_over_median"].items()), "",
              "| calibration seed | sampler | log-SNR grid | plain objective: loss | quality | robust objective: loss "
              "| quality |", "|---|---|---|---|---|---|---|"]
     for cal_seed in dict.fromkeys(r["calibration_seed"] for r in rows):
-        for name in quality_vs_nfe.TUNED_SAMPLERS:
+        for name in dict.fromkeys(r["sampler"] for r in rows):
             plain, robust = (next(r for r in rows if r["calibration_seed"] == cal_seed and r["sampler"] == name
                                   and r["robust"] == rob) for rob in (False, True))
             lines.append(f"| {cal_seed} | {name} | {plain['start_quality']:.4f} +- {plain['start_sd']:.4f} | "
@@ -103,6 +99,4 @@ def run(args, ctx):
                          f"{robust['quality']:.4f} +- {robust['sd']:.4f} |")
     lines += ["", "Loss: the mean over calibration draws of the mean squared difference per dimension to the "
               "teacher (PF-ODE at tolerance 1e-5), on the log-SNR grid -> on the learned grid."]
-    with open(stem + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print(f"wrote {stem}.{{md,json}}", flush=True)
+    return "\n".join(lines)

@@ -10,16 +10,13 @@ commit) in the same run, the two interleaved round by round; the medians are rep
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import statistics
 import subprocess
 import sys
 
-from jaxsde.checkpoints.io import atomic_write
-
-from ..harness.machine import ROOT
+from ..harness.machine import ROOT, describe
 
 HEAVY = ("optax", "diffrax", "torch", "flax", "jaxsde.training", "jaxsde.sparse", "jaxsde.batching",
          "jaxsde.generate")
@@ -50,7 +47,6 @@ def arguments(parser):
 
 
 def run(args, ctx):
-    command = ctx.command
     here = ROOT
     trees = {"this tree": here, **({"compared tree": os.path.abspath(args.compare)} if args.compare else {})}
     runs = {name: [] for name in trees}
@@ -61,14 +57,14 @@ def run(args, ctx):
                  all_s=[r["s"] for r in rs], loaded=rs[-1]["loaded"]) for name, rs in runs.items()]
     for r in rows:
         print(f"{r['tree']:14s} import jaxsde after jax: median {r['median_s']:.3f} s  loads {r['loaded']}")
-    date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    lines = ["# `import jaxsde` on top of `import jax`", "", f"Command: `{command}`", "",
-             f"{date}; {args.rounds} interleaved rounds, a fresh interpreter each; cpus {os.cpu_count()}.", "",
+    ctx.save("import_time", dict(rounds=args.rounds, rows=rows))
+
+
+def render(data):
+    lines = ["# `import jaxsde` on top of `import jax`", "", f"Command: `{data['command']}`", "",
+             f"{describe(data['machine'])}; {data['rounds']} interleaved rounds, a fresh interpreter each.", "",
              "| tree | median s | all s | heavy modules loaded |", "|---|---|---|---|"]
-    for r in rows:
+    for r in data["rows"]:
         lines.append(f"| {r['tree']} | {r['median_s']:.3f} | {', '.join(f'{v:.3f}' for v in r['all_s'])} | "
                      f"{', '.join(r['loaded']) or 'none'} |")
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, "import_time")
-    atomic_write(stem + ".md", ("\n".join(lines) + "\n").encode())
-    atomic_write(stem + ".json", json.dumps(dict(command=command, date=date, rows=rows), indent=1).encode())
+    return "\n".join(lines)

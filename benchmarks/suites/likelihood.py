@@ -18,8 +18,6 @@ true ``p_T`` is part of every row's error (the same for all); its mean is report
 
 from __future__ import annotations
 
-import datetime
-import json
 import math
 import os
 import time
@@ -32,6 +30,7 @@ from jaxsde.likelihood import log_likelihood_batch
 from jaxsde.testing.targets import GaussianMixture
 
 from ..harness.kdiffusion import sampling_module
+from ..harness.machine import describe, machine_info
 
 
 def torch_denoiser(gm: GaussianMixture, torch):
@@ -138,16 +137,10 @@ def run(args, ctx):
     by = {r["row"]: r for r in results_rows}
     ratios = {tol: by[f"k-diffusion K=1, tol {tol:g}"]["wall_per_likelihood_ms"]
               / by[f"jaxsde K=1, tol {tol:g}"]["wall_per_likelihood_ms"] for tol in (1e-4, 1e-5)}
-    machine = dict(jax=jax.__version__, torch=torch.__version__, backend=jax.default_backend(), cpus=os.cpu_count(),
-                   date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), load=os.getloadavg())
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, args.name)
-    with open(stem + ".json", "w") as f:
-        json.dump(dict(command=command, machine=machine, dim=d, n=args.n, prior_mismatch_per_dim=mismatch,
-                       kd_over_jaxsde_wall_k1=ratios, rows=results_rows), f, indent=1)
+    machine = machine_info("torch", "k-diffusion")
     lines = [f"# Likelihood: accuracy vs cost, jaxsde vs k-diffusion (VE mixture, d = {d})", "",
              f"Command: `{command}`", "",
-             f"{machine}; n = {args.n} points from the data, the same points in every row; error = "
+             f"{describe(machine)}; n = {args.n} points from the data, the same points in every row; error = "
              f"(log_p - exact log p_eps) / d in nats per dimension. Every row's error includes the prior's "
              f"mismatch with the true p_T, mean {mismatch:+.2e} nats/dim here. Wall time: the batch's time / n, "
              f"median of {args.repeats} interleaved repeats after a warm-up (compile apart).", "",
@@ -161,5 +154,5 @@ def run(args, ctx):
     lines += ["", "k-diffusion's NFE is its batch's (one step sequence for all n points); jaxsde's is the mean of "
               "the per-sample step sequences. The exact divergence costs d Jacobian-vector products per evaluation, "
               "K probes cost K."]
-    with open(stem + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
+    ctx.save(args.name, dict(machine=machine, dim=d, n=args.n, prior_mismatch_per_dim=mismatch,
+                             kd_over_jaxsde_wall_k1=ratios, rows=results_rows), md="\n".join(lines))

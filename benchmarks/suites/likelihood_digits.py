@@ -13,15 +13,14 @@ standard error. Writes ``likelihood_digits.{md,json}`` and a histogram per model
 
 from __future__ import annotations
 
-import datetime
-import json
 import math
 import os
 
-import jax
 import numpy as np
 
 from jaxsde.apps.likelihood_job import run_likelihood
+
+from ..harness.machine import describe, machine_info
 
 
 def arguments(parser):
@@ -47,12 +46,10 @@ def run(args, ctx):
               f"{main_run['mean_nfe']:.1f}, {main_run['wall_s']:.0f} s); exact on {args.exact_n}: "
               f"{exact['bits_per_dim']:.4f} (NFE {exact['mean_nfe']:.1f}, {exact['wall_s']:.0f} s); paired diff "
               f"{check['mean_diff']:+.4f} +- {check['diff_se']:.4f}", flush=True)
-    machine = dict(jax=jax.__version__, backend=jax.default_backend(), cpus=os.cpu_count(),
-                   date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), load=os.getloadavg())
-    with open(os.path.join(args.out, "likelihood_digits.json"), "w") as f:
-        json.dump(dict(command=command, machine=machine, reports=reports), f, indent=1)
+    machine = machine_info()
     lines = ["# Bits/dim of the held-out digits under the embedded models", "", f"Command: `{command}`", "",
-             f"{machine}. The digits take 17 values per pixel: each held-out digit is dequantized uniformly over "
+             f"{describe(machine)}. The digits take 17 values per pixel: each held-out digit is dequantized "
+             "uniformly over "
              f"its 17 cells (`jaxsde.dequantize`, levels = 17) and its log-density converted with "
              f"`jaxsde.bits_per_dim` (uniform noise: log2(17) = {math.log2(17):.3f} bits/dim). Standard errors are "
              f"over the digits (dequantization and probe noise included).", "",
@@ -69,5 +66,4 @@ def run(args, ctx):
         c = r["check"]
         lines.append(f"- {r['model']}: {c['mean_diff']:+.4f} +- {c['diff_se']:.4f} bits/dim over {c['n']} digits")
     lines += [""] + [f"![{r['model']}]({r['hist']})" for r in reports]
-    with open(os.path.join(args.out, "likelihood_digits.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    ctx.save("likelihood_digits", dict(machine=machine, reports=reports), md="\n".join(lines))

@@ -196,23 +196,6 @@ def summarize_rows(rows, metric, floor, budgets, digits, quick):
     return summary
 
 
-def rewrite(path_json):
-    """Re-make the Markdown table and the plot of a finished run from its JSON (``--from-json``)."""
-    with open(path_json) as f:
-        res = json.load(f)
-    rows, metric, digits = res["rows"], res["metric"], res["problem"] == "digits"
-    budgets = sorted({r["budget"] for r in rows if r["budget"] is not None})
-    quick = path_json.endswith("_quick.json")
-    res["summary"] = summarize_rows(rows, metric, res["floor"], budgets, digits, quick)
-    with open(path_json, "w") as f:
-        json.dump(res, f, indent=1)
-    stem = path_json[: -len(".json")]
-    machine = {k: res["machine"][k] for k in ("jax", "backend", "cpus", "date")}
-    write_markdown(stem + ".md", res["problem"], res["info"], res["command"], machine, res["n"], metric, res["floor"],
-                   rows, budgets, res["summary"], digits, res["elapsed_s"])
-    plot(stem + ".png", res["problem"], res["n"], metric, res["floor"], rows)
-
-
 def arguments(parser):
     parser.add_argument("--problems", default="ring2,gmm32,digits")
     parser.add_argument("--n", type=int, default=4000, help="samples per solver on the mixtures")
@@ -224,8 +207,6 @@ def arguments(parser):
                         help="persistent XLA compilation cache ('' to disable); re-runs skip most compiles")
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--quick", action="store_true", help="tiny n, budgets 5/10/20, few adaptive settings")
-    parser.add_argument("--from-json", nargs="*", default=None, metavar="JSON",
-                        help="only re-make the tables and plots of finished runs from their JSON files")
     parser.add_argument("--digits-sweep10", action="store_true",
                         help="only the 10-NFE variants on digits (grids, tau) vs EM 200, seeds 0 and 1")
     parser.add_argument("--frontier", action="store_true",
@@ -257,17 +238,9 @@ def run(args, ctx):
         return frontier(args, ctx)
     if args.digits_sweep10:
         return sweep10(args, ctx)
-    if args.from_json is not None:
-        for path in args.from_json:
-            rewrite(path)
-        return
-    command = ctx.command
     if args.cache:
         jax.config.update("jax_compilation_cache_dir", args.cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    machine = dict(jax=jax.__version__, backend=jax.default_backend(), cpus=os.cpu_count(),
-                   date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
-    os.makedirs(args.out, exist_ok=True)
     for problem in [p.strip() for p in args.problems.split(",") if p.strip()]:
         t_problem = time.perf_counter()
         sde, score_fn, params, shape, evaluate, metric, floor_key, info = make_problem(problem)
@@ -308,15 +281,10 @@ def run(args, ctx):
         floor = next((r[floor_key] for r in rows if floor_key in r and np.isfinite(r[floor_key])), float("nan"))
         summary = summarize_rows(rows, metric, floor, budgets, digits, args.quick)
         elapsed = time.perf_counter() - t_problem
-        stem = os.path.join(args.out, f"quality_vs_nfe_{problem}" + ("_quick" if args.quick else ""))
-        with open(stem + ".json", "w") as f:
-            json.dump(dict(command=command, machine=dict(machine, load=os.getloadavg()), problem=problem, info=info,
-                           n=n, metric=metric, floor=floor, elapsed_s=elapsed, summary=summary, rows=rows),
-                      f, indent=1)
-        write_markdown(stem + ".md", problem, info, command, machine, n, metric, floor, rows, budgets, summary,
-                       digits, elapsed)
-        plot(stem + ".png", problem, n, metric, floor, rows)
-        print(f"{problem}: {elapsed:.0f}s; wrote {stem}.{{md,json,png}}", flush=True)
+        stem = f"quality_vs_nfe_{problem}" + ("_quick" if args.quick else "")
+        ctx.save(stem, dict(problem=problem, info=info, n=n, metric=metric, floor=floor, budgets=list(budgets),
+                            elapsed_s=elapsed, summary=summary, rows=rows))
+        print(f"{problem}: {elapsed:.0f}s; wrote {ctx.path(stem, 'md')}", flush=True)
 
 
 def sweep10(args, ctx):
@@ -370,11 +338,15 @@ def _fmt(v, digits=4):
     return "nan" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
 
 
-def write_markdown(path, problem, info, command, machine, n, metric, floor, rows, budgets, summary, digits, elapsed):
+def render(data):
+    """The ``.md`` of a (non-frontier) run."""
+    problem, machine, metric, floor, rows, summary = (data[k] for k in ("problem", "machine", "metric", "floor",
+                                                                        "rows", "summary"))
+    budgets, digits, n = data["budgets"], problem == "digits", data["n"]
     second = "kid" if digits else "mmd2"
-    lines = [f"# Quality vs NFE: {problem}", "", f"Command: `{command}`", "",
-             f"{info}. n = {n} samples per solver (seed 0); {machine['backend']}, {machine['cpus']} CPUs, "
-             f"jax {machine['jax']}, {machine['date']}; {elapsed:.0f} s.", "",
+    lines = [f"# Quality vs NFE: {problem}", "", f"Command: `{data['command']}`", "",
+             f"{data['info']}. n = {n} samples per solver (seed 0); {machine['backend']}, {machine['cpus']} CPUs, "
+             f"jax {machine['jax']}, {machine['date']}; {data['elapsed_s']:.0f} s.", "",
              f"Noise floor of {metric}: {_fmt(floor)} (exact-vs-exact / real-vs-real at this n)."]
     if digits:
         sd = [r.get("fd_std", float("nan")) for r in rows]
@@ -408,13 +380,14 @@ def write_markdown(path, problem, info, command, machine, n, metric, floor, rows
         third = r.get("fd_std", float("nan")) if digits else r.get("mode_tv", float("nan"))
         lines.append(f"| {r['family']} | {r['setting']} | {r['mean_nfe']:.1f} | {r['max_nfe']} | {_fmt(r[metric])} | "
                      f"{_fmt(r.get(second, float('nan')))} | {_fmt(third, 3)} | {r['wall_s']:.1f} | {r['failed']} |")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    return "\n".join(lines)
 
 
-def plot(path, problem, n, metric, floor, rows):
-    if (plt := pyplot()) is None:
-        return
+def plot(data, path):
+    """The ``.png`` of a (non-frontier) run: quality against NFE per family."""
+    import matplotlib.pyplot as plt
+
+    problem, n, metric, floor, rows = (data[k] for k in ("problem", "n", "metric", "floor", "rows"))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for fam in dict.fromkeys(r["family"] for r in rows):
         pts = sorted((r["mean_nfe"], r[metric]) for r in rows if r["family"] == fam and np.isfinite(r[metric]))
