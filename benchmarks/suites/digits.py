@@ -12,9 +12,6 @@ FD <= FD(EM-1000) + 2 sqrt(fd_std^2 + fd_std(EM-1000)^2).
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
 import time
 
 import jax
@@ -24,6 +21,8 @@ import numpy as np
 import jaxsde
 from jaxsde import driver
 from jaxsde.testing.metrics.digits import DigitsMetrics
+
+from ..harness.machine import describe
 
 
 def sample_all(ckpt, solver, n, seed, batch):
@@ -68,7 +67,6 @@ def arguments(parser):
 
 
 def run(args, ctx):
-    command = ctx.command
     ckpt = jaxsde.pretrained(args.model)
     n = 64 if args.quick else args.n
     batch = min(args.batch, n)
@@ -117,18 +115,15 @@ def run(args, ctx):
                 f"{best['mean_nfe']:.1f} mean NFE -> {em['mean_nfe'] / best['mean_nfe']:.2f}x fewer than EM 1000"
                 if best else "no GGF setting within noise of EM 1000")
     print(headline, flush=True)
-    machine = dict(jax=jax.__version__, backend=jax.default_backend(), cpus=os.cpu_count(),
-                   date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                   load=os.getloadavg())
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"digits_{args.model}" + ("_quick" if args.quick else "")
-                        + (f"_{args.name}" if args.name else ""))
-    with open(stem + ".json", "w") as f:
-        json.dump(dict(command=command, machine=machine, n=n, rows=rows, fd_em1000_seed1=fd_seed2,
-                       tolerance=tol, headline=headline), f, indent=1)
-    lines = [f"# {args.model}: FD-digits vs NFE", "", f"Command: `{command}`", "",
-             f"{machine}; n = {n} samples per solver, seed 0; EM-1000 seed 1 FD {fd_seed2:.3f}.", "",
-             f"**{headline}**", "",
+    ctx.save(f"digits_{args.model}" + ("_quick" if args.quick else "") + (f"_{args.name}" if args.name else ""),
+             dict(model=args.model, n=n, rows=rows, fd_em1000_seed1=fd_seed2, tolerance=tol, headline=headline))
+
+
+def render(data):
+    rows = data["rows"]
+    lines = [f"# {data['model']}: FD-digits vs NFE", "", f"Command: `{data['command']}`", "",
+             f"{describe(data['machine'])}; n = {data['n']} samples per solver, seed 0; EM-1000 seed 1 FD "
+             f"{data['fd_em1000_seed1']:.3f}.", "", f"**{data['headline']}**", "",
              "| solver | mean NFE | max NFE | FD-digits +- bootstrap std | KID | confident | class TV | wall s "
              "| failed | within noise of EM 1000 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -138,26 +133,23 @@ def run(args, ctx):
                      f"{'yes' if r['within_noise_of_em1000'] else 'no'} |")
     lines += ["", f"Real-vs-real floor: FD {rows[0]['fd_floor']:.3f}, KID {rows[0]['kid_floor']:.3f} "
               f"(n={int(rows[0]['n_floor'])} held-out vs train)."]
-    with open(stem + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    try:
-        import matplotlib
+    return "\n".join(lines)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for fam, marker in (("EM", "o"), ("PC", "s"), ("PF", "^"), ("GGF", "D")):
-            pts = [(r["mean_nfe"], r["fd"]) for r in rows if r["solver"].startswith(fam)]
-            if pts:
-                ax.plot(*zip(*sorted(pts), strict=True), marker=marker, label=fam)
-        ax.axhline(rows[0]["fd_floor"], ls="--", c="gray", label="real-vs-real floor")
-        ax.set_xscale("log")
-        ax.set_xlabel("mean NFE per sample")
-        ax.set_ylabel("FD-digits (lower is better)")
-        ax.set_title(f"{args.model}, n={n}")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(stem + ".png", dpi=100)
-    except Exception as err:  # noqa: BLE001 - the plot is optional
-        print(f"plot skipped: {err}")
+def plot(data, path):
+    import matplotlib.pyplot as plt
+
+    rows = data["rows"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for fam, marker in (("EM", "o"), ("PC", "s"), ("PF", "^"), ("GGF", "D")):
+        pts = [(r["mean_nfe"], r["fd"]) for r in rows if r["solver"].startswith(fam)]
+        if pts:
+            ax.plot(*zip(*sorted(pts), strict=True), marker=marker, label=fam)
+    ax.axhline(rows[0]["fd_floor"], ls="--", c="gray", label="real-vs-real floor")
+    ax.set_xscale("log")
+    ax.set_xlabel("mean NFE per sample")
+    ax.set_ylabel("FD-digits (lower is better)")
+    ax.set_title(f"{data['model']}, n={data['n']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)

@@ -20,9 +20,6 @@ parameters). Measured in one process:
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
 import statistics
 import time
 
@@ -34,6 +31,8 @@ import jaxsde
 from jaxsde.data import load_digits
 from jaxsde.solvers.multilevel import multilevel_cost, optimal_probabilities
 from jaxsde.testing.metrics.digits import DigitsMetrics
+
+from ..harness.machine import describe
 
 LEVELS = ("digits-small", "digits-medium", "digits-large")
 
@@ -116,7 +115,6 @@ def arguments(parser):
 
 
 def run(args, ctx):
-    command = ctx.command
     n = 64 if args.quick else args.n
     batch = min(args.batch, n)
     step_counts = [50] if args.quick else [int(s) for s in args.steps.split(",")]
@@ -185,45 +183,42 @@ def run(args, ctx):
     lines_cmp = compare(rows)
     for line in lines_cmp:
         print(line, flush=True)
-    machine = dict(jax=jax.__version__, backend=jax.default_backend(), cpus=os.cpu_count(),
-                   date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), load=os.getloadavg())
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, "multilevel" + ("_quick" if args.quick else ""))
-    with open(stem + ".json", "w") as f:
-        json.dump(dict(command=command, machine=machine, n=n, levels=LEVELS, level_stats=stats, gamma=gamma,
-                       gamma_note=gamma_note, rows=rows, comparisons=lines_cmp), f, indent=1)
-    md = ["# ML-EM vs EM on the digits models", "", f"Command: `{command}`", "", f"{machine}; n = {n}.", "",
+    ctx.save("multilevel" + ("_quick" if args.quick else ""),
+             dict(n=n, levels=LEVELS, level_stats=stats, gamma=gamma, gamma_note=gamma_note, rows=rows,
+                  comparisons=lines_cmp))
+
+
+def render(data):
+    stats, gamma = data["level_stats"], data["gamma"]
+    c, e = stats["cost_rel"], stats["diff_rms"]
+    md = ["# ML-EM vs EM on the digits models", "", f"Command: `{data['command']}`", "",
+          f"{describe(data['machine'])}; n = {data['n']}.", "",
           "| level | cost (FLOPs rel. to large) | s per batch | RMS eps-diff to previous level | held-out DSM loss |",
           "|---|---|---|---|---|"]
-    for i, name in enumerate(LEVELS):
+    for i, name in enumerate(data["levels"]):
         md.append(f"| {name} | {c[i]:.3f} | {stats['cost_seconds'][i]:.4f} | {e[i]:.4f} | {stats['dsm_loss'][i]:.3f} |")
     md += ["", f"gamma (cost ~ error^-gamma, MLMC convention: a level's error = its difference to the next finer "
-           f"level): **{gamma:.2f}**: {gamma_note}. The paper reports gamma ~ 2.5 on CelebA 64x64 UNets and up to "
-           "4x speed-up (Jacot 2026; the paper's figures, not ours).", "",
+           f"level): **{gamma:.2f}**: {data['gamma_note']}. The paper reports gamma ~ 2.5 on CelebA 64x64 UNets and "
+           "up to 4x speed-up (Jacot 2026; the paper's figures, not ours).", "",
            "| run | steps | cost (largest-model evals) | wall s | FD-digits +- bootstrap std | KID | confident |",
            "|---|---|---|---|---|---|---|"]
-    for r in rows:
+    for r in data["rows"]:
         md.append(f"| {r['solver']} | {r['steps']} | {r['cost']:.1f} | {r['wall_s']:.1f} | {r['fd']:.2f} +- "
                   f"{r['fd_std']:.2f} | {r['kid']:.3f} | {r['confident']:.2f} |")
-    md += ["", *[f"- {line}" for line in lines_cmp]]
-    with open(stem + ".md", "w") as f:
-        f.write("\n".join(md) + "\n")
-    try:
-        import matplotlib
+    return "\n".join([*md, "", *[f"- {line}" for line in data["comparisons"]]])
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for fam, marker in (("EM", "o"), ("ML-EM", "D")):
-            pts = sorted((r["cost"], r["fd"]) for r in rows if r["solver"].split(" ")[0] == fam)
-            if pts:
-                ax.plot(*zip(*pts, strict=True), marker=marker, ls="" if fam == "ML-EM" else "-", label=fam)
-        ax.set_xscale("log")
-        ax.set_xlabel("cost per sample (evaluations of the largest model)")
-        ax.set_ylabel("FD-digits (lower is better)")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(stem + ".png", dpi=120)
-    except ImportError:
-        pass
+def plot(data, path):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for fam, marker in (("EM", "o"), ("ML-EM", "D")):
+        pts = sorted((r["cost"], r["fd"]) for r in data["rows"] if r["solver"].split(" ")[0] == fam)
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker=marker, ls="" if fam == "ML-EM" else "-", label=fam)
+    ax.set_xscale("log")
+    ax.set_xlabel("cost per sample (evaluations of the largest model)")
+    ax.set_ylabel("FD-digits (lower is better)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
