@@ -39,7 +39,6 @@ Writes ``<out>/<name>.json`` and ``.md`` (default ``benchmarks/results/gpu``; ``
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
@@ -183,20 +182,19 @@ class Budget:
 
 
 class Results:
-    def __init__(self, base: str, header: dict):
-        self.base, self.data = base, dict(header, status="running", rows=[], generate=[], diffusers=[], skipped=[],
-                                          errors=[])
+    """The run's data, saved through ``ctx.save`` (``.json`` and ``.md``) after every item."""
+
+    def __init__(self, ctx, name: str, header: dict):
+        self.ctx, self.name = ctx, name
+        self.data = dict(header, status="running", rows=[], generate=[], diffusers=[], skipped=[], errors=[])
 
     def add(self, kind: str, row: dict) -> None:
         self.data[kind].append(row)
         self.write()
 
     def write(self) -> None:
-        from jaxsde.checkpoints.io import atomic_write
-
         self.data["elapsed_s"] = time.perf_counter() - T0
-        atomic_write(self.base + ".json", (json.dumps(self.data, indent=1) + "\n").encode())
-        atomic_write(self.base + ".md", report(self.data).encode())
+        self.ctx.save(self.name, self.data)
 
 
 def sampling_rows(res: Results, budget: Budget, net: Net, cfg: dict, items: list, repeats: int) -> None:
@@ -396,7 +394,7 @@ def section_diffusers(res: Results, budget: Budget, cfg: dict, smoke: bool, repe
 
 
 # --- report ------------------------------------------------------------------------------------------
-def report(d: dict) -> str:
+def render(d: dict) -> str:
     m = d["machine"]
     lines = [f"# GPU throughput benchmark{' (--smoke: tiny networks, not a measurement)' if d['smoke'] else ''}", "",
              f"Command: `{m['command']}`  ",
@@ -466,9 +464,8 @@ def run(args, ctx):
     repeats = args.repeats if args.repeats is not None else (1 if args.smoke else 2)
     cfg = plan(args.smoke)
     name = args.name or ("gpu_smoke" if args.smoke else "gpu")
-    res = Results(os.path.join(args.out, name), dict(machine=dict(
-        machine_info("torch", "diffusers"), command=ctx.command), smoke=args.smoke, budget_s=budget_s,
-                                                     plan=cfg, sections=args.sections))
+    res = Results(ctx, name, dict(machine=dict(machine_info("torch", "diffusers"), command=ctx.command),
+                                  smoke=args.smoke, budget_s=budget_s, plan=cfg, sections=args.sections))
     res.write()
     budget = Budget(budget_s, T0)
     # keep the shares of the sections that run
@@ -513,4 +510,4 @@ def run(args, ctx):
         if res.data["status"] == "running":
             res.data["status"] = "interrupted"
         res.write()
-    print(f"wrote {res.base}.json and .md ({time.perf_counter() - T0:.0f} s)")
+    print(f"wrote {ctx.path(name, 'md')} ({time.perf_counter() - T0:.0f} s)")
