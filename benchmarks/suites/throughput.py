@@ -44,7 +44,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -55,6 +54,8 @@ import numpy as np
 
 import jaxsde
 from jaxsde.testing import targets
+
+from ..harness.timing import compile_all, interleaved, medians
 
 
 def mixture_problem():
@@ -81,25 +82,6 @@ def problems(args):
     return out
 
 
-def interleaved(fns: dict, arg, rounds: int, warmup: bool = True) -> tuple[dict, dict, dict]:
-    """Compile each fn (and run it once if ``warmup``), then time them in alternating rounds;
-    (outputs, median s, compile s)."""
-    compiled, compile_s = {}, {}
-    for k, f in fns.items():
-        t0 = time.perf_counter()
-        compiled[k] = jax.jit(f).lower(arg).compile()
-        compile_s[k] = time.perf_counter() - t0
-        if warmup:
-            jax.block_until_ready(compiled[k](arg))
-    times, outs = {k: [] for k in fns}, {}
-    for _ in range(max(rounds, 1)):
-        for k, f in compiled.items():
-            t0 = time.perf_counter()
-            outs[k] = jax.block_until_ready(f(arg))
-            times[k].append(time.perf_counter() - t0)
-    return outs, {k: statistics.median(v) for k, v in times.items()}, compile_s
-
-
 def measure(prob: dict, batch: int, n: int, repeats: int, drain: int = 0) -> dict:
     key = jax.random.PRNGKey(0)
     sde, score_fn, solver, shape = prob["sde"], prob["score_fn"], prob["solver"], prob["shape"]
@@ -118,7 +100,10 @@ def measure(prob: dict, batch: int, n: int, repeats: int, drain: int = 0) -> dic
     if drain:
         fns["drained"] = lambda params: continuous(params, drain)
     # no untimed warm-up run for the slow digits models (minutes); their compile is separate anyway
-    outs, med, compile_s = interleaved(fns, prob["params"], repeats, warmup=not prob["name"].startswith("digits"))
+    compiled = compile_all({k: (f, (prob["params"],)) for k, f in fns.items()})
+    times, outs = interleaved({k: (lambda c=c: c[0](*c[1])) for k, c in compiled.items()}, repeats, rotate=False,
+                              warmup=not prob["name"].startswith("digits"))
+    med, compile_s = medians(times), {k: c[2] for k, c in compiled.items()}
     sol, gen = outs["sample"], outs["generate"]
     nfe = np.asarray(sol.stats.nfe)  # (n/B, B)
     plain_useful = float(nfe.sum() / (batch * nfe.max(axis=1)).sum())
