@@ -87,15 +87,17 @@ def slope(rtols, errors, floor=0.0):
     return float(np.polyfit(a[:, 0], a[:, 1], 1)[0])
 
 
-def run_ode(sde, score, x_T, rtols, solvers, peer=True):
+def run_ode(sde, score, x_T, rtols, solvers, peer=True, data=None, ref_tol=1e-10):
     """Pathwise error rows; ``peer``: also diffrax ``Dopri5`` + ``PIDController(rtol, atol=1e-5)`` on
     the same draws (what :class:`jaxsde.ProbabilityFlow` integrates, with its default atol), so a
-    curve that does not fall can be told apart from a problem that does not let it."""
+    curve that does not fall can be told apart from a problem that does not let it. ``data``: the map
+    from the model's space to the space the error is measured in (e.g. a galaxy model's flux)."""
     n = x_T.shape[0]
     keys = jax.random.split(jax.random.PRNGKey(0), n)
-    reference = jax.jit(jax.vmap(lambda x: diffrax_solve(
+    data = (lambda x: x) if data is None else data
+    reference = data(jax.jit(jax.vmap(lambda x: diffrax_solve(
         jax.random.PRNGKey(0), sde, score, x, diffrax.Dopri8(), ode=True, denoise=False,
-        controller=diffrax.PIDController(rtol=1e-10, atol=1e-10), dt0=1e-3, max_steps=100_000).x))(x_T)
+        controller=diffrax.PIDController(rtol=ref_tol, atol=ref_tol), dt0=1e-3, max_steps=100_000).x))(x_T))
     run = jax.jit(lambda solver: jaxsde.solve_batch(keys, sde, score, solver, x_T, denoise=False))
     runs = dict(solvers)
     if peer:
@@ -110,7 +112,7 @@ def run_ode(sde, score, x_T, rtols, solvers, peer=True):
             made = make(r)
             sol = peer_run(jnp.asarray(r, x_T.dtype)) if isinstance(made, tuple) else run(made)
             ok = bool(np.all(np.asarray(sol.result) == 0))
-            per_sample = jnp.max(jnp.abs(sol.x - reference).reshape(n, -1), axis=1)
+            per_sample = jnp.max(jnp.abs(data(sol.x) - reference).reshape(n, -1), axis=1)
             errors.append(float(jnp.max(per_sample)) if ok else float("nan"))
             medians.append(float(jnp.median(per_sample)) if ok else float("nan"))
             nfes.append(float(jnp.mean(sol.stats.nfe)))
@@ -160,6 +162,19 @@ def mixture_rows(ve, args):
     return rows
 
 
+def galaxy_rows(args, name):
+    """galaxygrad's published network ``name`` (hsc32, hsc64, lsst60: the installed wheel's weights),
+    float64; the error in flux (``ckpt.to_data``), the reference diffrax Dopri8 at 1e-9."""
+    from .galaxies import MODELS, galaxygrad_dir
+
+    ckpt = jaxsde.checkpoints.load(os.path.join(galaxygrad_dir(), MODELS[name]), "galaxygrad")
+    params64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), ckpt.params)
+    x_T = jax.vmap(lambda k: ckpt.sde.prior_sample(k, ckpt.shape, jnp.float64))(
+        jax.random.split(jax.random.PRNGKey(5), args.n_ode))
+    return run_ode(ckpt.sde, ckpt.score_fn(params64), x_T, ODE_RTOLS[:-1], ode_solvers(ckpt.sde), data=ckpt.to_data,
+                   ref_tol=1e-9)
+
+
 def digits_rows(args, model="digits"):
     from jaxsde.testing.metrics.digits import DigitsMetrics
 
@@ -201,7 +216,9 @@ def render(results, command):
              "draws (mixtures) or of held-out real digits, at the same n. Each cell: error @ mean NFE. "
              "Slope: least-squares log-log slope of error against rtol over the cells above twice the floor; "
              "monotone (SDE rows): over the cells above twice the floor, 'at floor' when fewer than two are. "
-             "'old fixed atol' rows pass the previous default atol (one 8-bit level of the data range) explicitly.",
+             "'old fixed atol' rows pass the previous default atol (one 8-bit level of the data range) explicitly. "
+             "Galaxy problems (hsc32, hsc64, lsst60: galaxygrad's published networks): the error in flux "
+             "(`ckpt.to_data`), the reference at 1e-9.",
              ""]
     for problem, rows in results["problems"].items():
         lines += [f"## {problem}", ""]
@@ -248,6 +265,8 @@ def run(args, ctx):
             problems[name] = mixture_rows(name.endswith("-ve"), args)
         elif name in ("digits", "digits-ve"):
             problems[name] = digits_rows(args, name)
+        elif name in ("hsc32", "hsc64", "lsst60"):
+            problems[name] = galaxy_rows(args, name)
         else:
             raise SystemExit(f"unknown problem {name!r}")
         # after each problem: a cut run keeps its rows
