@@ -8,6 +8,9 @@ is the results file as the benchmark scripts wrote it, with two changes for read
 with its uncertainty, ``27.2443 +- 4.6557``, is shown rounded to the uncertainty's two
 significant digits, ``27.2 ± 4.7`` (outside code), and the pages rank below the guides and the
 API reference in the site's search (mkdocs-material's ``search.boost``).
+
+It also opens each API page with a summary table (``on_page_markdown``) and keeps the notebook pages
+(``docs/examples/``, rendered by mkdocs-jupyter) offline: no MathJax from a CDN (``on_page_content``).
 """
 
 from __future__ import annotations
@@ -185,3 +188,15 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
     while at < len(lines) and lines[at].strip() and not lines[at].startswith(":::"):
         at += 1
     return "\n".join([*lines[:at], "", table, "", *lines[at:]])
+
+
+# nbconvert's HTML for a notebook (mkdocs-jupyter) loads MathJax from a CDN: the site stays offline,
+# the vendored KaTeX renders the notebooks' maths instead (docs/javascripts/katex.js)
+_MATHJAX = re.compile(r"<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->", re.S)
+_REMOTE_SCRIPT = re.compile(r"<script[^>]*\bsrc=\"https?://[^\"]*\"[^>]*>\s*</script>", re.S)
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    if not page.file.src_uri.endswith(".ipynb"):
+        return html
+    return _REMOTE_SCRIPT.sub("", _MATHJAX.sub("", html))
