@@ -22,9 +22,6 @@ integrator (stochastic, ``tau = 1``), each swept over the weights; EM-1000 at th
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
 import time
 
 import jax
@@ -32,9 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxsde
-from jaxsde.checkpoints.io import atomic_write
 from jaxsde.data import load_digits
 from jaxsde.testing.metrics.digits import DigitsMetrics
+
+from ..harness.machine import describe
 
 SOLVERS = {
     "EM-200": lambda: jaxsde.EulerMaruyama(200),
@@ -111,7 +109,6 @@ def arguments(parser):
 
 
 def run(args, ctx):
-    command = ctx.command
     per_class = 8 if args.quick else args.per_class
     weights = [0.0, 2.0] if args.quick else [float(w) for w in args.weights.split(",")]
     names = [s.strip() for s in args.solvers.split(",")]
@@ -160,20 +157,19 @@ def run(args, ctx):
         x, nfe, fails, wall, cs = sample_all(ckpt, score_of, jaxsde.EulerMaruyama(1000), labels, args.seed, batch)
         record("guided", "EM-1000", w, x, nfe, fails, wall, cs, labels)
 
-    machine = dict(jax=jax.__version__, backend=jax.default_backend(), cpus=os.cpu_count(),
-                   date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), load=os.getloadavg())
-    reference = rows[0]
-    floor = dict(class_floor=quality.class_floor, class_floor_mean=float(np.mean(quality.class_floor)))
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, "guidance" + ("_quick" if args.quick else ""))
-    atomic_write(stem + ".json", json.dumps(dict(command=command, machine=machine, per_class=per_class,
-                                                 rows=rows, **floor), indent=1).encode())
-    lines = ["# Classifier-free guidance on digits-cond", "", f"Command: `{command}`", "",
-             f"{machine}; {per_class} samples per label (label i mod 10), seed {args.seed}, the same keys in "
-             f"every row. Accuracy: classified as the requested label by the clean FD-digits classifier. "
-             f"FD: FD-digits +- bootstrap sd against the training set; FD/class: label c's samples against the "
-             f"training digits of class c (mean and max over the 10 classes; the held-out digits' own per-class "
-             f"FD, about 36 per class, is {floor['class_floor_mean']:.2f} on average).", "",
+    ctx.save("guidance" + ("_quick" if args.quick else ""),
+             dict(per_class=per_class, seed=args.seed, rows=rows, class_floor=quality.class_floor,
+                  class_floor_mean=float(np.mean(quality.class_floor))))
+
+
+def render(data):
+    rows, reference = data["rows"], data["rows"][0]
+    lines = ["# Classifier-free guidance on digits-cond", "", f"Command: `{data['command']}`", "",
+             f"{describe(data['machine'])}; {data['per_class']} samples per label (label i mod 10), seed "
+             f"{data['seed']}, the same keys in every row. Accuracy: classified as the requested label by the clean "
+             "FD-digits classifier. FD: FD-digits +- bootstrap sd against the training set; FD/class: label c's "
+             "samples against the training digits of class c (mean and max over the 10 classes; the held-out "
+             f"digits' own per-class FD, about 36 per class, is {data['class_floor_mean']:.2f} on average).", "",
              f"Unconditional reference ({reference['solver']}): FD-digits {reference['fd']:.2f} +- "
              f"{reference['fd_std']:.2f}; 2x that is {2 * reference['fd']:.2f}.", "",
              "| solver | w | mean NFE | max NFE | accuracy | FD/class mean | FD/class max | FD | wall s | failed |",
@@ -183,26 +179,24 @@ def run(args, ctx):
                if "accuracy" in r else "- | - | -")
         lines.append(f"| {r['solver']} ({r['kind']}) | {r['weight']:g} | {r['mean_nfe']:.1f} | {r['max_nfe']} | "
                      f"{acc} | {r['fd']:.2f} +- {r['fd_std']:.2f} | {r['wall_s']:.1f} | {r['failed']} |")
-    atomic_write(stem + ".md", ("\n".join(lines) + "\n").encode())
-    try:
-        import matplotlib
+    return "\n".join(lines)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        for solver_name in {r["solver"] for r in rows if r["kind"] == "guided"}:
-            pts = sorted((r["weight"], r["fd"], r["accuracy"]) for r in rows
-                         if r["kind"] == "guided" and r["solver"] == solver_name)
-            ax.plot([p[1] for p in pts], [100 * p[2] for p in pts], marker="o", label=solver_name)
-            for w, fd, acc in pts:
-                ax.annotate(f"w={w:g}", (fd, 100 * acc), fontsize=7, textcoords="offset points", xytext=(3, 3))
-        ax.axvline(reference["fd"], ls="--", c="gray", label="unconditional model, EM")
-        ax.set_xlabel("FD-digits (all samples vs the training set; lower is better)")
-        ax.set_ylabel("label accuracy, %")
-        ax.set_title(f"digits-cond, classifier-free guidance, {per_class} per label")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(stem + ".png", dpi=100)
-    except Exception as err:  # noqa: BLE001 - the plot is optional
-        print(f"plot skipped: {err}")
+def plot(data, path):
+    import matplotlib.pyplot as plt
+
+    rows = data["rows"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for solver_name in {r["solver"] for r in rows if r["kind"] == "guided"}:
+        pts = sorted((r["weight"], r["fd"], r["accuracy"]) for r in rows
+                     if r["kind"] == "guided" and r["solver"] == solver_name)
+        ax.plot([p[1] for p in pts], [100 * p[2] for p in pts], marker="o", label=solver_name)
+        for w, fd, acc in pts:
+            ax.annotate(f"w={w:g}", (fd, 100 * acc), fontsize=7, textcoords="offset points", xytext=(3, 3))
+    ax.axvline(rows[0]["fd"], ls="--", c="gray", label="unconditional model, EM")
+    ax.set_xlabel("FD-digits (all samples vs the training set; lower is better)")
+    ax.set_ylabel("label accuracy, %")
+    ax.set_title(f"digits-cond, classifier-free guidance, {data['per_class']} per label")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
