@@ -430,6 +430,13 @@ class StepSizeController(Settings):
     step even when the end clipped it). A non-finite step is rejected and shrunk; once the
     shrunk step falls below ``min_step`` the sample stops with ``results.NONFINITE``.
 
+    Out of ``alpha = 0`` (``t = 1`` on :class:`~jaxsde.FlowSDE`: ``u = -inf`` in half log-SNR) the
+    first step is measured in ``rho = e^u = alpha / sigma`` (from ``rho = 0``): it ends at
+    ``u1 = log(h)``, rejections shrink that rho-step, and once accepted the next trial step is the
+    half log-SNR step covering the rho-step the rule proposes (``log1p(factor h / e^{u1})``). The
+    solvers' steps out of ``alpha = 0`` are integrated in rho too (the data prediction is smooth in
+    rho there, not in half log-SNR). On VP and VE SDEs (``alpha > 0``) nothing changes.
+
     Args:
       rule: the step-size rule (:class:`GottaGoFastController`, :class:`PIDController`).
       norm: the tolerance, an :class:`ErrorNorm`.
@@ -491,8 +498,32 @@ class StepSizeController(Settings):
     def _end(self, state: StepState) -> Array:
         """``u1``: the end of a step from ``state.u`` with trial step ``state.h``."""
         if self.last_step == "snap":
-            return jnp.where(state.u_end - state.u <= 1.1 * state.h, state.u_end, state.u + state.h)
-        return jnp.minimum(state.u_end, state.u + state.h)
+            u1 = jnp.where(state.u_end - state.u <= 1.1 * state.h, state.u_end, state.u + state.h)
+        else:
+            u1 = jnp.minimum(state.u_end, state.u + state.h)
+        if self.variable != "log_snr":
+            return u1
+        # out of alpha = 0 (u = -inf): the step is measured in rho = e^u = alpha / sigma (see _at_origin)
+        origin = _at_origin(state.u)
+        h = jnp.where(origin, state.h, 1.0)
+        rho_end = jnp.exp(jnp.where(origin, state.u_end, 0.0))
+        if self.last_step == "snap":
+            first = jnp.where(rho_end <= 1.1 * h, state.u_end, jnp.log(h))
+        else:
+            first = jnp.minimum(state.u_end, jnp.log(h))
+        return jnp.where(origin, first, u1)
+
+    def _from_origin(self, state: StepState, u1: Array, accepted: Array, factor: Array, proposed: Array) -> Array:
+        """The next trial step after an attempt out of ``alpha = 0`` (``state.u = -inf``), where
+        the step is measured in ``rho = e^u`` (the step from ``rho = 0`` to ``rho_1 = e^{u1}``):
+        rejected, the rho-step times the rule's factor; accepted, the half log-SNR step from
+        ``u1`` covering that same rho-step, ``log1p(factor * base / rho_1)`` (``base``: the rho-step
+        integrated, ``rho_1``, or the trial one, per ``grow_from``). ``proposed`` elsewhere."""
+        origin = _at_origin(state.u)
+        rho1 = jnp.exp(jnp.where(origin, u1, 0.0))
+        base = rho1 if self.grow_from == "integrated" else jnp.where(origin, state.h, 1.0)
+        rho_step = base * factor
+        return jnp.where(origin, jnp.where(accepted, jnp.log1p(rho_step / rho1), rho_step), proposed)
 
     # --- the driver's interface -----------------------------------------------------------------
     def init(self, sde, t_start: Array, t_end: Array, dtype, proposal: Array | None = None) -> StepState:
@@ -535,11 +566,24 @@ class StepSizeController(Settings):
         u = jnp.where(accepted, u1, state.u)
         left = jnp.maximum(state.u_end - u, 0.0)
         proposed = base * decision.factor
+        if self.variable == "log_snr":
+            proposed = self._from_origin(state, u1, accepted, decision.factor, proposed)
         proposed = jnp.where(jnp.isfinite(proposed), proposed, left)  # e = 0 under an unbounded rule
         h = jnp.where(left > 0, proposed, 0.0).astype(state.h.dtype)
         stuck = ~finite & (jnp.minimum(h, left) < self.min_step)
         status = jnp.where(ok & ~stuck, results.SUCCESS, results.NONFINITE).astype(jnp.int32)
         return Adapted(accepted, jnp.where(accepted, t1, t0), StepState(u, state.u_end, h, decision.state), status)
+
+
+def _at_origin(u: Array) -> Array:
+    """True where the half log-SNR position ``u`` is ``-inf``: the state sits where ``alpha = 0``
+    (``t = 1`` on :class:`~jaxsde.FlowSDE`), from which no step has a finite length in half
+    log-SNR. A ``"log_snr"`` :class:`StepSizeController` measures that one step in
+    ``rho = e^u = alpha / sigma`` instead (0 there; the variable in which the data prediction is
+    smooth at ``alpha = 0``): the step ends at ``u1 = log(h)`` (``h`` the trial step, now in rho:
+    the first trial step ``h_init`` is a rho-step), and after it the steps are in half log-SNR
+    again. Never true on a VP or VE SDE (``alpha > 0``), whose steps are unchanged."""
+    return jnp.isneginf(u)
 
 
 class GridState(NamedTuple):

@@ -3,6 +3,7 @@ driver's exact x0 channel), and every registry solver started at ``t = 1`` on ``
 velocity model either samples without NaN or refuses that start with an error naming the fix."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +31,7 @@ TARGET = _mixture()
 VELOCITY = Prediction(TARGET.velocity(SDE), "velocity")
 
 # the registry solvers that start at t = 1 exactly with their registry defaults; the others refuse
-STARTS_AT_ONE = {"ddim", "pf"}
+STARTS_AT_ONE = {"ddim", "pf", "dpm-adaptive", "multistep-adaptive"}
 
 
 def small_solver(name):
@@ -196,3 +197,125 @@ def test_generate_takes_a_prediction():
     solver = dataclasses.replace(jaxsde.DDIM(6))
     out = jaxsde.sample(jax.random.PRNGKey(0), SDE, VELOCITY, solver, SHAPE, 4)
     assert np.all(np.isfinite(np.asarray(out.x)))
+
+
+# --- the adaptive log-SNR samplers from t = 1 (#35): the first step out of alpha = 0 in rho ---------
+
+ADAPTIVE = {
+    "dpm12": lambda rtol: jaxsde.AdaptiveDPMSolver(order=2, rtol=rtol),
+    "dpm23": lambda rtol: jaxsde.AdaptiveDPMSolver(order=3, rtol=rtol),
+    "multistep1": lambda rtol: jaxsde.AdaptiveMultistepSolver(order=1, rtol=rtol),
+    "multistep2": lambda rtol: jaxsde.AdaptiveMultistepSolver(order=2, rtol=rtol),
+    "multistep3": lambda rtol: jaxsde.AdaptiveMultistepSolver(order=3, rtol=rtol),
+}
+
+
+@functools.partial(jax.jit, static_argnames=("model", "t_start", "denoise", "max_steps"))
+def _solve_jit(solver, x_T, model, t_start, denoise, max_steps):
+    keys = jax.random.split(jax.random.PRNGKey(7), x_T.shape[0])
+    return jaxsde.solve_batch(keys, SDE, model, solver, x_T, t_start=t_start, denoise=denoise, max_steps=max_steps)
+
+
+def _flow_solve(solver, x_T, t_start=1.0, model=VELOCITY, denoise=True, max_steps=None):
+    """One compiled program per solver structure: the tolerance is a traced setting."""
+    return _solve_jit(solver, x_T, model, t_start, denoise, max_steps)
+
+
+def _reference(x_T, t_start=1.0):
+    """The flow ODE's solution, converged (float32): Dormand-Prince at rtol = atol = 1e-7."""
+    return np.asarray(_flow_solve(jaxsde.ProbabilityFlow(rtol=1e-7, atol=1e-7), x_T, t_start, max_steps=20000).x)
+
+
+X_T = jax.random.normal(jax.random.PRNGKey(11), (64, *SHAPE))
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTIVE))
+def test_adaptive_log_snr_solvers_start_at_t_1(name):
+    """From t = 1 exactly (alpha = 0, lambda = -inf): every sample succeeds, finite, and lands where
+    the same ODE started at 1 - 1e-5 lands (both within tolerance of the converged flow)."""
+    solver = ADAPTIVE[name](1e-4)
+    sol = _flow_solve(solver, X_T)
+    assert np.all(np.asarray(sol.result) == results.SUCCESS), np.asarray(sol.result)
+    x = np.asarray(sol.x)
+    assert np.all(np.isfinite(x))
+    later = np.asarray(_flow_solve(solver, X_T, t_start=1.0 - 1e-5).x)
+    ref = _reference(X_T)
+    assert np.abs(x - ref).max() < 5e-3, np.abs(x - ref).max()
+    assert np.abs(x - later).max() < 5e-3, np.abs(x - later).max()
+    # out of alpha = 0 the first step is not spent crawling out of lambda = -23 in 0.05 steps
+    assert np.mean(np.asarray(sol.stats.nfe)) <= np.mean(np.asarray(_flow_solve(solver, X_T, 1.0 - 1e-5).stats.nfe))
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTIVE))
+def test_adaptive_from_t_1_samples_an_exact_gaussian_flow(name):
+    """A Gaussian target N(mu, s^2 I): the flow ODE's map is linear, x_t = (1 - t) mu +
+    sqrt((1 - t)^2 s^2 + t^2) x_1, in closed form: the solve from t = 1 reaches it pathwise."""
+    mu, scale = jnp.array([0.5, -0.3]), 0.2
+    target = GaussianMixture.gaussian(mu, scale)
+    model = Prediction(target.velocity(SDE), "velocity")
+    sol = _flow_solve(ADAPTIVE[name](1e-4), X_T, model=model, denoise=False)
+    assert np.all(np.asarray(sol.result) == results.SUCCESS)
+    t = SDE.eps
+    exact = (1 - t) * np.asarray(mu) + np.sqrt((1 - t) ** 2 * scale**2 + t**2) * np.asarray(X_T)
+    np.testing.assert_allclose(np.asarray(sol.x), exact, atol=2e-3)
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTIVE))
+def test_adaptive_from_t_1_honours_the_tolerance(name):
+    """Against the converged flow, the error falls as rtol falls (each decade by >= 2x), and
+    the NFE rises."""
+    ref = _reference(X_T)
+    errors, nfes = [], []
+    for rtol in (1e-2, 1e-3, 1e-4):
+        sol = _flow_solve(ADAPTIVE[name](rtol), X_T)
+        assert np.all(np.asarray(sol.result) == results.SUCCESS)
+        errors.append(float(np.sqrt(np.mean((np.asarray(sol.x) - ref) ** 2))))
+        nfes.append(float(np.mean(np.asarray(sol.stats.nfe))))
+    assert errors[1] < 0.5 * errors[0] and errors[2] < 0.5 * errors[1], errors
+    assert nfes[0] < nfes[1] < nfes[2], nfes
+
+
+def test_the_reverse_sde_multistep_starts_at_t_1():
+    """tau = 1 (the reverse-time SDE) out of alpha = 0: the state is forgotten (h = inf), the first
+    step's PEC pair interpolates x0 linearly in rho; samples finite and distributed as the target."""
+    solver = jaxsde.AdaptiveMultistepSolver(order=2, rtol=0.02, tau=1.0)
+    sol = jax.jit(lambda k: jaxsde.sample(k, SDE, VELOCITY, solver, SHAPE, 512))(jax.random.PRNGKey(2))
+    assert np.all(np.asarray(sol.result) == results.SUCCESS)
+    x = np.asarray(sol.x)
+    assert np.all(np.isfinite(x))
+    ref = np.asarray(TARGET.sample(jax.random.PRNGKey(3), 20000))
+    np.testing.assert_allclose(x.mean(0), ref.mean(0), atol=0.1)
+    np.testing.assert_allclose(x.std(0), ref.std(0), atol=0.1)
+
+
+@pytest.mark.parametrize("solver", [jaxsde.AdaptiveDPMSolver(prediction="noise"), jaxsde.AdaptiveDPMSolver(eta=1.0)],
+                         ids=["noise", "ancestral"])
+def test_adaptive_dpm_refuses_what_cannot_start_at_alpha_zero(solver):
+    with pytest.raises(ValueError, match="prediction='data', eta=0"):
+        jaxsde.solve(jax.random.PRNGKey(0), SDE, VELOCITY, solver, jnp.zeros(SHAPE))
+    sol = jaxsde.solve(jax.random.PRNGKey(0), SDE, VELOCITY, solver, jnp.zeros(SHAPE), t_start=0.999)
+    assert int(sol.result) == results.SUCCESS
+
+
+def test_the_log_snr_controller_steps_out_of_alpha_zero_in_rho():
+    """u = -inf at t = 1: the first step ends at rho = alpha / sigma = h (t = 1 / (1 + h) on the
+    flow); rejected, the rho-step shrinks; accepted, the next half log-SNR step covers the rho-step
+    the rule proposes, log1p(factor)."""
+    from jaxsde.controllers import ErrorNorm, GottaGoFastController, StepSizeController
+
+    ctrl = StepSizeController(GottaGoFastController(safety=1.0, exponent=1.0), ErrorNorm(0.1, atol=0.1),
+                              error_order=2.0, h_init=0.05, variable="log_snr")
+    t0, t_end = jnp.float32(1.0), jnp.float32(1e-3)
+    state = ctrl.init(SDE, t0, t_end, jnp.float32)
+    assert np.isneginf(float(state.u))
+    t1, state = ctrl.propose(SDE, t0, t_end, state)
+    np.testing.assert_allclose(float(t1), 1.0 / 1.05, rtol=1e-6)
+    x = jnp.ones(2)
+    rejected = ctrl.adapt(SDE, t0, t1, x, jnp.full(2, 0.4), jnp.zeros(2), True, state)  # e = 4
+    assert not bool(rejected.accepted) and float(rejected.t) == 1.0
+    np.testing.assert_allclose(float(rejected.state.h), 0.05 / 4, rtol=1e-6)
+    assert np.isneginf(float(rejected.state.u))
+    accepted = ctrl.adapt(SDE, t0, t1, x, jnp.full(2, 0.025), jnp.zeros(2), True, state)  # e = 0.25
+    assert bool(accepted.accepted)
+    np.testing.assert_allclose(float(accepted.state.u), np.log(0.05), rtol=1e-6)
+    np.testing.assert_allclose(float(accepted.state.h), np.log1p(4.0), rtol=1e-6)

@@ -27,6 +27,17 @@ and a step across the data's transition, where the denoiser stops contracting er
 unchecked). The corrected ``x_t`` is kept (local extrapolation) and ``x0_t`` is stored for the
 next steps.
 
+Out of ``alpha = 0`` (``t = 1`` on :class:`~jaxsde.FlowSDE`: ``lam_s = -inf``, an infinite step in
+half log-SNR; the controller measures it in ``rho = e^lam = alpha / sigma``, see
+:class:`~jaxsde.controllers.StepSizeController`), the step is the same integral written in ``rho``
+(``int_{-inf}^{lam_t} c e^{-c (lam_t - lam)} x0 dlam = int_0^1 c s^{c - 1} x0(s rho_t) ds``), in
+which ``x0`` is smooth at ``rho = 0``: the predictor holds ``x0`` at its value there (the exact
+limit of the order-1 formula: ``x~_t = (sigma_t / sigma_s) x_s + alpha_t x0_0`` for ``tau = 0``,
+DDIM; for ``tau > 0`` the state is forgotten, ``x~_t = alpha_t x0_0 + sigma_t z``), the corrector
+interpolates it linearly in ``rho``, ``(x0_0 + c x0_t) / (c + 1)`` (the trapezoidal rule in ``rho``
+for ``tau = 0``). The node at ``lam = -inf`` then stays in the history with Lagrange weight 0 (the
+limit: the interpolation uses the finite nodes) until it drops out.
+
 ``tau = 0`` integrates the probability-flow ODE; ``tau = 1`` the reverse-time SDE
 ``dx = [f x - g^2 score] dt + g dw_bar`` (any ``tau >= 0`` has the forward marginals); its linear
 part and noise are exact, so only the data prediction is approximated. A rejected attempt
@@ -147,17 +158,36 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
     def default_norm(self) -> ErrorNorm:
         return ErrorNorm(self.rtol, self.atol, combine="max")
 
+    # out of alpha = 0 the first step is the rho pair (module docstring); tau >= 0
+    starts_at_alpha_zero = True
+
     def init(self, sde, score, x, t_start, t_end) -> SolverInit:
         lam0 = half_log_snr(sde, t_start).astype(x.dtype)
         hist = jnp.zeros((self.history_size, *x.shape), x.dtype).at[0].set(data_prediction(sde, score, x, t_start))
         hist_lam = jnp.full((self.history_size,), lam0, x.dtype)
         return SolverInit(state=MultistepState(lam0, hist, hist_lam, jnp.ones((), jnp.int32)), nfe=1)
 
+    @staticmethod
+    def _usable(state: MultistepState) -> Array:
+        """The entries of the history the interpolation uses: the real ones (``count``) less the
+        node at ``alpha = 0`` (``lam = -inf``, the start of a flow; always the oldest), whose
+        Lagrange weight's limit is 0: the polynomial on the finite nodes."""
+        origin = jnp.any(jnp.isneginf(state.hist_lam) & (jnp.arange(state.hist_lam.shape[0]) < state.count))
+        return state.count - origin.astype(state.count.dtype)
+
     def _nodes(self, state: MultistepState, step):
-        """History nodes in units of the step from ``lam_s``; entries not yet filled get distinct
-        dummy nodes (2, 3, ...) so the masked interpolation weights stay finite."""
-        return [jnp.where(j < state.count, (state.hist_lam[j] - state.lam) / step, 2.0 + j)
+        """History nodes in units of the step from ``lam_s``; entries not yet filled (or at
+        ``lam = -inf``) get distinct dummy nodes (2, 3, ...) so the masked interpolation weights stay finite."""
+        usable = self._usable(state)
+        return [jnp.where(j < usable, (state.hist_lam[j] - state.lam) / step, 2.0 + j)
                 for j in range(self.history_size)]
+
+    @staticmethod
+    def _step(state: MultistepState, lam_t):
+        """``(origin, h)``: whether the step starts where ``alpha = 0`` (``lam_s = -inf``), and its
+        half log-SNR length (1 as a placeholder out of ``alpha = 0``, where the step is the rho pair)."""
+        origin = jnp.isneginf(state.lam)
+        return origin, jnp.where(origin, 1.0, lam_t - state.lam).astype(lam_t.dtype)
 
     def _history_error(self, step, nodes, tau2, state: MultistepState):
         """``tau > 0``: the explicit pair on the history alone (orders ``m`` and ``m - 1``,
@@ -165,7 +195,7 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
         pair), in the denoiser scale of the step's end (its reference is ``|x_d|``,
         ``x_d = x_s / alpha_t``): known before the step's noise is drawn, so acceptance never
         selects on it (no bias from rejecting unlucky draws)."""
-        m = jnp.minimum(state.count, self.history_size)
+        m = jnp.minimum(self._usable(state), self.history_size)
         w_hi = sa_weights(m, step, nodes, tau2, False, False)
         w_lo = sa_weights(jnp.maximum(m - 1, 1), step, nodes, tau2, False, False)
         diff = combine([a - b for a, b in zip(w_hi, w_lo, strict=True)], state.hist)
@@ -174,35 +204,44 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
     def predict_error(self, sde, t, t_next, x, state: MultistepState):
         if not self.stochastic:
             return None
-        step = half_log_snr(sde, t_next).astype(x.dtype) - state.lam
+        _, step = self._step(state, half_log_snr(sde, t_next).astype(x.dtype))
         tau2 = jnp.asarray(self.tau, x.dtype) ** 2
         alpha_t = sde.marginal(t_next)[0]
         return self._history_error(step, self._nodes(state, step), tau2, state), jnp.abs(x / alpha_t)
 
     def step(self, sde, score, t, t_next, x, state: MultistepState, z) -> StepResult:
-        lam_s = state.lam
         lam_t = half_log_snr(sde, t_next).astype(x.dtype)
-        step = lam_t - lam_s
+        origin, step = self._step(state, lam_t)
         sigma_s = sde.marginal(t)[1]
         alpha_t, sigma_t = sde.marginal(t_next)
         x_d = x / alpha_t  # the current state in the denoiser scale of the step's end
         tau2 = jnp.asarray(self.tau, x.dtype) ** 2
         size = self.history_size
-        q = jnp.minimum(state.count, self.order)
+        usable = self._usable(state)
+        q = jnp.minimum(usable, self.order)
         nodes = self._nodes(state, step)
-        base = sigma_t / sigma_s * jnp.exp(-tau2 * step) * x
+        decay = jnp.exp(-tau2 * step)
+        if self.stochastic:  # out of alpha = 0 (h = inf): the state is forgotten, the noise has variance 1
+            decay = jnp.where(origin, jnp.where(tau2 > 0, 0.0, 1.0), decay)
+        base = sigma_t / sigma_s * decay * x
         if self.stochastic:
-            base = base + sigma_t * jnp.sqrt(-jnp.expm1(-2.0 * tau2 * step)) * z[0]
+            spread = jnp.where(origin, jnp.where(tau2 > 0, 1.0, 0.0), jnp.sqrt(-jnp.expm1(-2.0 * tau2 * step)))
+            base = base + sigma_t * spread * z[0]
         w_pred = sa_weights(q, step, nodes[:self.order], tau2, False, False)
+        # out of alpha = 0: x0 linear in rho = alpha / sigma over [0, rho_t] (module docstring)
+        c = 1.0 + tau2
+        w_pred = [jnp.where(origin, 1.0 if j == 0 else 0.0, w) for j, w in enumerate(w_pred)]
         x_pred = base + alpha_t * combine(w_pred, state.hist)
         x0_new = data_prediction(sde, score, x_pred, t_next)
         w_corr = sa_weights(q + 1, step, [jnp.ones_like(step)] + nodes[:self.order], tau2, False, True)
+        w_corr = [jnp.where(origin, c / (c + 1.0) if j == 0 else (1.0 / (c + 1.0) if j == 1 else 0.0), w)
+                  for j, w in enumerate(w_corr)]
         x_corr = base + alpha_t * (w_corr[0] * x0_new + combine(w_corr[1:], state.hist))
         corr_d = x_corr / alpha_t
 
         pec = corr_d - x_pred / alpha_t
         if self.stochastic:  # the first step (one evaluation stored) has no history pair: the PEC pair
-            error = jnp.where(state.count >= 2, self._history_error(step, nodes, tau2, state), pec)
+            error = jnp.where(usable >= 2, self._history_error(step, nodes, tau2, state), pec)
             reference = jnp.abs(x_d)
         else:
             error, reference = pec, jnp.maximum(jnp.abs(corr_d), jnp.abs(x_d))

@@ -28,6 +28,19 @@ The error ``xt_low - xt_high`` is scaled by ``max(atol, rtol * max(|xt_low|, |xt
 controller's ``e``. The high solution is kept (local extrapolation). Cost: ``order`` score
 evaluations per attempt, accepted or not.
 
+Out of ``alpha = 0`` (``t = 1`` on :class:`~jaxsde.FlowSDE`, ``lam_s = -inf``; data prediction,
+``eta = 0``), every step has an infinite half log-SNR length and the formulas' stages
+``lam_s + r h`` all sit at ``-inf``: their limit is one Euler step with an error estimate of 0.
+That step (the controller measures it in ``rho = e^lam = alpha / sigma``, see
+:class:`~jaxsde.controllers.StepSizeController`) integrates ``v = x / sigma``, ``dv / drho = x0``
+(the same ODE; ``x0`` is smooth in ``rho`` at ``rho = 0``) by the Runge-Kutta pair in ``rho`` with
+the same stage fractions (``rho_r = r rho_t``): ``order=2``, Euler and the midpoint rule
+(``v_t = v + rho_t f_1``); ``order=3``, the second-order rule ``v_t = v + rho_t (3 f_1 - f_0) / 2``
+(``r1 = 1/3``, the low formula's exact limit) and Heun's third-order one (``u_2 = v + r2 rho_t
+f_1``, ``v_t = v + rho_t (f_0 + 3 f_2) / 4``). The first reference is ``|xt_low|`` alone (the start
+has no finite denoiser-scale value). The noise prediction (``v = x / alpha``) and ancestral noise
+cannot start there (:meth:`AdaptiveDPMSolver.check_start` says so).
+
 Ancestral noise (``eta > 0``), as k-diffusion: the deterministic step goes to
 ``sigma_down = sqrt(sigma~_t^2 - sigma_up^2)``, ``sigma_up = min(sigma~_t, eta sqrt(sigma~_t^2
 (sigma~_s^2 - sigma~_t^2) / sigma~_s^2))``, and ``sigma_up * s_noise * z`` (in the denoiser scale)
@@ -50,7 +63,7 @@ import jax.numpy as jnp
 from ..controllers import Controller, ErrorNorm, PIDController, check_controller
 from ..settings import NONNEGATIVE, POSITIVE, check_static
 from .base import AdaptiveSolver, SolverInit, StepResult, check_component, solver_class
-from .exponential import check_nonneg, check_positive, exp_remainder, half_log_snr
+from .exponential import check_nonneg, check_positive, data_prediction, exp_remainder, half_log_snr, noise_prediction
 
 Array = jax.Array
 
@@ -162,9 +175,27 @@ class AdaptiveDPMSolver(AdaptiveSolver):
     def default_norm(self) -> ErrorNorm:
         return ErrorNorm(self.rtol, self.atol, combine="max")
 
+    @property
+    def starts_at_alpha_zero(self) -> bool:  # type: ignore[override]
+        # data prediction, ODE: the first step out of alpha = 0 is the embedded pair in rho (module docstring)
+        return self.prediction == "data" and not self.stochastic
+
+    def check_start(self, sde, score, t_start: float) -> None:
+        """:meth:`~jaxsde.solvers.base.Solver.check_start`, naming what to change: out of ``alpha = 0``
+        only the data-prediction ODE (``prediction="data"``, ``eta = 0``) steps exactly."""
+        if sde.alpha_vanishes_at(t_start) and not self.starts_at_alpha_zero:
+            why = ("prediction='noise' integrates x / alpha, infinite there" if self.prediction == "noise" else
+                   "the ancestral split of a step out of sigma / alpha = inf is not error-controlled")
+            raise ValueError(f"AdaptiveDPMSolver cannot start where alpha = 0 (t_start = {t_start} on "
+                             f"{type(sde).__name__}): {why}; use prediction='data', eta=0 (the probability-flow "
+                             f"ODE), or start it later (t_start = 1 - 1e-3)")
+        super().check_start(sde, score, t_start)
+
     def init(self, sde, score, x, t_start, t_end) -> SolverInit:
         alpha, _ = sde.marginal(t_start)
-        return SolverInit(state=DPMState(t_end, half_log_snr(sde, t_end).astype(x.dtype), x / alpha), nfe=0)
+        # where alpha = 0 the start has no denoiser-scale value: the first reference is |xt_low| alone
+        x_prev = jnp.where(alpha > 0, x / jnp.where(alpha > 0, alpha, 1.0), 0.0).astype(x.dtype)
+        return SolverInit(state=DPMState(t_end, half_log_snr(sde, t_end).astype(x.dtype), x_prev), nfe=0)
 
     @staticmethod
     def _time(sde, lam, state: DPMState):
@@ -180,8 +211,10 @@ class AdaptiveDPMSolver(AdaptiveSolver):
         lam_d = jnp.minimum(state.lam_end, -jnp.log(down)) if self.stochastic else lam_t
         if self.stochastic:
             up = jnp.sqrt(sigma_t**2 - jnp.exp(-2.0 * lam_d))
-        step = lam_d - lam_s
-        big_h = sign * step
+        # out of alpha = 0 (lam_s = -inf, data prediction): the pair in rho = e^lam (module docstring)
+        origin = jnp.isneginf(lam_s)
+        step = jnp.where(origin, 1.0, lam_d - lam_s)
+        big_h = jnp.where(origin, -jnp.inf, sign * step)  # expm1(-inf) = -1: rho_t - rho_s = rho_t
 
         def weight(lam):  # w(lam) = e^(-sign lam)
             return jnp.exp(-sign * lam)
@@ -192,17 +225,16 @@ class AdaptiveDPMSolver(AdaptiveSolver):
 
         def model(v, lam, time):  # f at the state v of half log-SNR lam
             x_here = scale(time) * v
-            s = score(x_here, time)
             if self.prediction == "noise":
-                return -sde.marginal(time)[1] * s
-            return sde.tweedie(x_here, time, s)
+                return noise_prediction(sde, score, x_here, time)
+            return data_prediction(sde, score, x_here, time)  # the model's exact x0 channel, if it has one
 
         v = x / scale(t)
         f0 = model(v, lam_s, t)
         first = v - weight(lam_d) * jnp.expm1(big_h) * f0
 
         def stage(r, extra=None):
-            lam_r = lam_s + r * step
+            lam_r = jnp.where(origin, lam_d + jnp.log(r), lam_s + r * step)  # rho_r = r rho_t out of alpha = 0
             time_r = sde.inverse_log_snr(2.0 * lam_r).astype(t.dtype)
             u = v - weight(lam_r) * jnp.expm1(r * big_h) * f0
             if extra is not None:
@@ -218,8 +250,13 @@ class AdaptiveDPMSolver(AdaptiveSolver):
             r1, r2 = 1.0 / 3.0, 2.0 / 3.0
             f1 = stage(r1)
             low = first - weight(lam_d) / (2 * r1) * jnp.expm1(big_h) * (f1 - f0)
-            f2 = stage(r2, lambda lam_r: weight(lam_r) * (r2 / r1) * _phi(r2 * big_h) * (f1 - f0))
-            high = first - weight(lam_d) / r2 * _phi(big_h) * (f2 - f0)
+            # out of alpha = 0, Heun's third-order pair in rho: u_2 = v + r2 rho_t f_1,
+            # v_t = v + rho_t (f_0 + 3 f_2) / 4 (the lambda formulas' limits are first order there)
+            safe_h = jnp.where(origin, -1.0, big_h)
+            phi_stage = jnp.where(origin, -r1 / r2, _phi(r2 * safe_h))
+            c_high = jnp.where(origin, -0.75 * r2, _phi(safe_h))
+            f2 = stage(r2, lambda lam_r: weight(lam_r) * (r2 / r1) * phi_stage * (f1 - f0))
+            high = first - weight(lam_d) / r2 * c_high * (f2 - f0)
             nfe = 3
 
         t_d = self._time(sde, lam_d, state)
