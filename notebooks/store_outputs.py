@@ -4,7 +4,7 @@
     python notebooks/store_outputs.py 03_editing      # one (a name, a prefix or a path)
 
 Each notebook runs top to bottom in a fresh kernel in ``notebooks/`` with ``JAXSDE_NB_N`` set to
-the size in ``SIZES`` below (CPU, a few minutes in all) and is written back in place with its
+the size in ``SIZES`` below (CPU: about 10 minutes for all five on 2 busy cores) and is written back in place with its
 outputs and figures. Its metadata gets ``jaxsde.code_sha256``, the hash of its code cells
 (:func:`code_hash`), and ``jaxsde.JAXSDE_NB_N``: ``tests/test_notebooks.py`` fails when a code cell
 changed after the outputs were stored (rerun this script then), and the site renders the stored
