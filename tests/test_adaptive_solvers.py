@@ -3,6 +3,8 @@ any controller on any adaptive solver, batch independence, and their constructio
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,10 +37,22 @@ def ode_solvers(rtol):
     }
 
 
+@functools.cache
+def gaussian_score(sde):
+    """One score function per SDE, so that the shared programs below see the same one."""
+    return exact.gaussian_score(sde, MU, S)
+
+
+@functools.partial(jax.jit, static_argnames=("sde", "denoise"))
+def solve_batch(keys, x_T, solver, *, sde, denoise=True):
+    """``solve_batch`` on the exact Gaussian score, compiled once per SDE, solver structure and shape: the
+    solver (its float settings: tolerances, controller coefficients) is an argument, not a constant."""
+    return jaxsde.solve_batch(keys, sde, gaussian_score(sde), solver, x_T, denoise=denoise)
+
+
 def flow_error(sde, solver, n=16, d=8):
     x_T = jax.random.normal(jax.random.PRNGKey(0), (n, d)) * sde.prior_std
-    sol = jaxsde.solve_batch(jax.random.split(jax.random.PRNGKey(1), n), sde, exact.gaussian_score(sde, MU, S),
-                             solver, x_T, denoise=False)
+    sol = solve_batch(jax.random.split(jax.random.PRNGKey(1), n), x_T, solver, sde=sde, denoise=False)
     assert np.all(np.asarray(sol.result) == results.SUCCESS)
     return float(jnp.max(jnp.abs(sol.x - exact_flow(sde, x_T)))), float(jnp.mean(sol.stats.nfe))
 
@@ -122,12 +136,11 @@ def test_any_adaptive_solver_runs_with_any_adaptive_controller(solver, controlle
     rule has no factor limits: the exponential integrators take few, huge steps with it, and a
     sample whose steps collapse ends with a documented code (NONFINITE), never a silent value."""
     sde = jaxsde.VPSDE()
-    score = exact.gaussian_score(sde, MU, S)
     made = ADAPTIVE[solver](CONTROLLERS[controller])
     stochastic = solver in ("ggf", "multistep-tau1")
     n = 256 if stochastic else 8
     x_T = jax.random.normal(jax.random.PRNGKey(4), (n, 2))
-    sol = jaxsde.solve_batch(jax.random.split(jax.random.PRNGKey(5), n), sde, score, made, x_T, denoise=False)
+    sol = solve_batch(jax.random.split(jax.random.PRNGKey(5), n), x_T, made, sde=sde, denoise=False)
     codes = np.asarray(sol.result)
     ok = codes == results.SUCCESS
     assert np.all(np.isin(codes, [results.SUCCESS, results.NONFINITE]))

@@ -132,9 +132,10 @@ def test_adaptive_pf_ode_matches_exact_flow(sde, x64):
     ae, _ = sde.marginal(sde.eps)
     exact_x = ae * mu + jnp.sqrt(c(sde.eps) / c(sde.T)) * (x_T - aT * mu)
     prev = None
+    # the solver is an argument: one program serves both tolerances
+    run = jax.jit(lambda solver: jaxsde.solve(jax.random.PRNGKey(0), sde, score, solver, x_T, denoise=False))
     for tol in (1e-4, 1e-7):
-        sol = jaxsde.solve(jax.random.PRNGKey(0), sde, score, jaxsde.ProbabilityFlow(rtol=tol, atol=tol),
-                           x_T, denoise=False)
+        sol = run(jaxsde.ProbabilityFlow(rtol=tol, atol=tol))
         err = float(jnp.max(jnp.abs(sol.x - exact_x)))
         assert sol.result == 0 and float(sol.t) == sde.eps
         assert err < 100 * tol * (1 + float(jnp.max(jnp.abs(exact_x))))
@@ -152,9 +153,12 @@ def test_ggf_error_falls_with_rtol(key):
     score = exact.gaussian_score(sde, MU, S)
     ideal = exact.ideal_law(sde, MU, S)
     errs, nfes = [], []
+    # one program for the 3 rtols; 200 x 1024 values: run time outweighs compile time, so XLA's full
+    # optimisation (tests/conftest.py lowers the default to 0 for compile speed)
+    run = jax.jit(lambda k, solver: jaxsde.sample(k, sde, score, solver, (1024,), 200),
+                  compiler_options={"xla_backend_optimization_level": 3})
     for rtol in (0.5, 0.1, 0.02):
-        solver = jaxsde.GottaGoFast(rtol=rtol, atol=1e-4)
-        sol = jax.jit(lambda k, sv=solver: jaxsde.sample(k, sde, score, sv, (1024,), 200))(key)
+        sol = run(key, jaxsde.GottaGoFast(rtol=rtol, atol=1e-4))
         x = np.asarray(sol.x, np.float64)
         errs.append(exact.w2(exact.GaussianLaw(float(x.mean()), float(x.var())), ideal))
         nfes.append(float(sol.stats.nfe.mean()))

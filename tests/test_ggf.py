@@ -128,9 +128,9 @@ def test_lamba_variant_converges(key):
     variance at loose tolerances (about +14% at rtol 0.05 here) and converges as they tighten."""
     ideal_std = exact.ideal_law(SDE, 0.3, 0.2).var ** 0.5
     errs = []
+    run = jax.jit(lambda k, solver: jaxsde.sample(k, SDE, SCORE, solver, (64,), 200))  # the solver an argument
     for rtol, atol in ((0.05, None), (0.001, 1e-4)):
-        solver = jaxsde.GottaGoFast(rtol=rtol, atol=atol, improved_euler=False)
-        sol = jax.jit(lambda k, sv=solver: jaxsde.sample(k, SDE, SCORE, sv, (64,), 200))(key)
+        sol = run(key, jaxsde.GottaGoFast(rtol=rtol, atol=atol, improved_euler=False))
         assert np.all(np.asarray(sol.result) == 0)
         errs.append(abs(float(np.asarray(sol.x).std()) - ideal_std))
     assert errs[1] < errs[0] / 2, errs

@@ -56,10 +56,14 @@ def test_ggf_distribution_matches_diffrax_adaptive_sde(key):
     sde = jaxsde.VPSDE()
     mixture, score = problem(sde, d=16)
     n = 600
-    ggf = jax.jit(lambda k: jaxsde.sample(k, sde, score, jaxsde.GottaGoFast(rtol=0.01), (16,), n))(key)
+    # 600 samples each: run time outweighs compile time, so XLA's full optimisation (tests/conftest.py
+    # lowers the default to 0 for compile speed)
+    optimized = {"xla_backend_optimization_level": 3}
+    ggf = jax.jit(lambda k: jaxsde.sample(k, sde, score, jaxsde.GottaGoFast(rtol=0.01), (16,), n),
+                  compiler_options=optimized)(key)
     shark = jax.jit(lambda k: reference.diffrax_sample(
         k, sde, score, dfx.ShARK(), (16,), n, controller=dfx.PIDController(rtol=1e-3, atol=1e-3), dt0=0.01,
-        brownian_tol=1e-3))(jax.random.PRNGKey(1))
+        brownian_tol=1e-3), compiler_options=optimized)(jax.random.PRNGKey(1))
     coarse = jax.jit(lambda k: jaxsde.sample(k, sde, score, jaxsde.EulerMaruyama(8), (16,), n))(key)
     assert np.all(np.asarray(ggf.result) == 0) and np.all(np.asarray(shark.result) == 0)
     bandwidth = metrics.median_bandwidth(shark.x)

@@ -239,9 +239,10 @@ def test_sample_float32_nfe_exact(solver, nfe, key):
     # sample i is the un-batched solve from its own keys: vmap changes nothing but the rounding of a
     # differently compiled program (max 5.3e-6 measured, ForwardValue; docs/usage.md states 1e-5)
     prior_keys, solve_keys = jaxsde.sample_keys(key, 16)
+    solve_one = jax.jit(lambda k, x: jaxsde.solve(k, sde, mix.score(sde), solver, x))  # compiled once
     for i in (0, 11):
         x_T = sde.prior_sample(prior_keys[i], (2,), jnp.float32)
-        one = jax.jit(lambda k, x: jaxsde.solve(k, sde, mix.score(sde), solver, x))(solve_keys[i], x_T)
+        one = solve_one(solve_keys[i], x_T)
         np.testing.assert_allclose(one.x, sol.x[i], rtol=0, atol=1e-5)
         assert int(one.stats.nfe) == nfe + 1
     # every sample near a mode: 0.75 is 7.5 mode sd (an exact sample lies farther with p ~ 1e-12);

@@ -70,10 +70,20 @@ def test_training_lowers_the_loss():
     assert not np.allclose(leaf, jax.tree_util.tree_leaves(state.params_ema)[3])
 
 
-def test_resume_export_and_load(tmp_path, capsys):
-    out = str(tmp_path / "run")
-    config = TrainConfig(size="small", steps=4, batch_size=8, warmup_steps=2)
-    state = train(config, out, log_every=2, checkpoint_every=2, verbose=False)
+RUN_CONFIG = TrainConfig(size="small", steps=4, batch_size=8, warmup_steps=2)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished 4-step training run (its directory and final state), shared: training compiles the
+    network's gradient, the most expensive program here."""
+    out = str(tmp_path_factory.mktemp("training") / "run")
+    return out, train(RUN_CONFIG, out, log_every=2, checkpoint_every=2, verbose=False)
+
+
+def test_resume_export_and_load(finished_run, tmp_path, capsys):
+    out, state = finished_run
+    config = RUN_CONFIG
     assert int(state.step) == 4 and os.path.exists(os.path.join(out, "checkpoint.msgpack"))
     again = train(config, out, verbose=True)  # same arguments: resumes, nothing left to do
     assert "resuming from step 4" in capsys.readouterr().out
@@ -93,9 +103,8 @@ def test_resume_export_and_load(tmp_path, capsys):
     np.testing.assert_allclose(s, s2, rtol=1e-5, atol=1e-5)
 
 
-def test_bad_weight_files_give_clear_errors(tmp_path):
-    out = str(tmp_path / "run")
-    train(TrainConfig(size="small", steps=1, batch_size=4, warmup_steps=1), out, verbose=False)
+def test_bad_weight_files_give_clear_errors(finished_run, tmp_path):
+    out, _ = finished_run
     good = str(tmp_path / "good.msgpack")
     export_weights(out, good)
     data = open(good, "rb").read()
