@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+from jaxsde.apps.cli import main
 from jaxsde.apps.sampling_job import grid_columns, sample_labels
 
 
@@ -59,8 +60,11 @@ def test_label_all_cycles_the_classes_over_grid_rows():
     (["--model", "digits-cond", "--guidance", "nan"], "--guidance must be finite"),
     (["--model", "digits-cond", "--samples", "out.txt"], "must name a .npz file"),
 ])
-def test_conditional_user_errors_are_one_line(args, needle):
-    r = run_cli("sample", "--n", "2", "--steps", "2", "--solver", "em", "--no-progress", *args)
-    assert r.returncode == 2, r.stdout
-    assert needle in r.stderr and "Traceback" not in r.stderr, r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+def test_conditional_user_errors_are_one_line(args, needle, tmp_path, monkeypatch, capsys):
+    """In-process (test_unconditional_samples_file runs the console script): main returns 2 and writes one line."""
+    monkeypatch.chdir(tmp_path)
+    code = main(["sample", "--n", "2", "--steps", "2", "--solver", "em", "--no-progress", *args])
+    out = capsys.readouterr()
+    assert code == 2, out.out
+    assert needle in out.err and "Traceback" not in out.err, out.err
+    assert len(out.err.strip().splitlines()) == 1, out.err

@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 import jaxsde
 from jaxsde import driver
@@ -9,6 +10,9 @@ from jaxsde.testing import metrics
 from jaxsde.testing.targets import GaussianMixture
 
 
+# a long statistical test (1000 samples of EM-1000 and GGF, quality reports): the slow tier; GGF's mechanics and
+# convergence (test_ggf.py, test_convergence.py) and the metrics (test_metrics.py) stay fast
+@pytest.mark.slow
 def test_ggf_matches_em1000_with_a_third_of_the_nfe():
     sde = jaxsde.VPSDE()
     d, n = 32, 1000
