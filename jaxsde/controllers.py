@@ -454,7 +454,8 @@ class StepSizeController(Settings):
         its predicted error is far from asymptotic in ``h``).
       prestep_factor_min: the smallest shrink factor of one such round (above).
 
-    ``rule``, ``norm``, ``h_init`` and ``min_step`` are traced settings (pytree leaves).
+    ``rule``, ``norm``, ``h_init``, ``min_step`` and ``prestep_factor_min`` are traced settings (pytree
+    leaves).
     """
 
     rule: Controller
@@ -468,7 +469,8 @@ class StepSizeController(Settings):
     presteps: int = 3
     prestep_factor_min: float = 0.2
 
-    traced_settings = {"rule": None, "norm": None, "h_init": POSITIVE, "min_step": NONNEGATIVE}
+    traced_settings = {"rule": None, "norm": None, "h_init": POSITIVE, "min_step": NONNEGATIVE,
+                       "prestep_factor_min": UNIT}
 
     def __post_init__(self):
         check_controller("StepSizeController", self.rule)
