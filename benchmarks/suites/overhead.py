@@ -1,43 +1,36 @@
-"""How much does jaxsde's driver cost on top of the score network?
+"""Driver overhead on top of the score network: ``--mode driver | adaptive | contract``.
 
-    python -m benchmarks run overhead [--quick]
+- ``driver`` (``overhead.{json,md}``): one GottaGoFast attempt vs two batched evaluations of the conv score net
+  (target <= 1.1); ``EulerMaruyama`` vs a hand-written ``fori_loop`` EM on the same noise (target <= 1.05, same
+  samples); with an exact mixture score (batch 2000, d = 256..3072) the share of the normals in a GGF / EM step
+  (zeros instead of normals, the normals alone, other key implementations).
+- ``adaptive`` (``adaptive_overhead.{json,md}``): time per NFE (program time / the batch's max NFE) of the adaptive
+  exponential integrators vs the fixed-grid ``DPMSolverPP(M)`` (target <= 1.1) and M bare evaluations.
+- ``contract`` (``contract_overhead.{json,md}``): the same programs on jaxsde at ``--baseline`` (``git archive``,
+  imported as ``jaxsde_base``) and on the working tree: compile s (median of ``--compiles``), wall/CPU ratio, NFE.
 
-Three measurements, each printed as it goes and written to ``OUT/overhead.json`` and
-``OUT/overhead.md``:
-
-1. **GGF overhead.** A small Flax conv score network (3x3 convs, 64 channels, a sinusoidal
-   time embedding; ``score(x, t)`` for ONE sample, batched by jaxsde's ``vmap``). One Gotta
-   Go Fast attempt = wall time of ``jaxsde.sample(..., GottaGoFast, max_steps=M,
-   denoise=False)`` / loop iterations, against two batched score evaluations = a jitted
-   ``fori_loop`` of ``2 M`` chained, vmapped evaluations (same batch, per-sample times, the
-   parameters passed as traced arguments) / ``M``. Target: ratio <= 1.1.
-2. **EM overhead.** ``jaxsde.sample`` with ``EulerMaruyama(N)`` (``denoise=False``) vs a
-   hand-written ``lax.fori_loop`` Euler-Maruyama with the same network, batch, grid and
-   noise (per-sample key ``fold_in(k_i, step)``, so both produce the same samples; checked).
-   Target: ratio <= 1.05.
-3. **Noise share.** With a cheap score (exact Gaussian-mixture score, ``jaxsde.testing.targets``,
-   batch 2000, d = 256 .. 3072): GGF and EM time per loop iteration with fresh threefry
-   normals, with zeros instead of normals (a ``ZeroNoise`` source), the normals alone, and
-   (full mode) with ``rbg`` / ``unsafe_rbg`` / ``philox2x32`` keys; plus a micro-benchmark
-   of 2000 x 256 normals per key implementation (one key, and one key per sample as the
-   driver draws them).
-
-Every comparison is timed in one process: compiled first, warmed up, then the variants run
-in interleaved rounds (rotating order). Wall time (median, minimum, per-round ratios) and
-process CPU time (all threads; the steadier figure on a shared machine) are recorded
-(:mod:`benchmarks.harness.timing`).
+Every comparison runs in one process: compiled, warmed up, interleaved rounds in rotating order, wall and process
+CPU time (:mod:`benchmarks.harness.timing`). Programs are ``sample(..., denoise=False)`` on a fixed ``max_steps``.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
+import io
+import os
 import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import jaxsde
 from jaxsde.testing.targets import GaussianMixture
@@ -45,8 +38,8 @@ from jaxsde.testing.targets import GaussianMixture
 from ..harness.machine import describe
 from ..harness.problems import chained_evals_fn, network_setup
 from ..harness.timing import compile_all, ratio, run_interleaved
+from ..harness.writer import table
 
-__all__ = ["chained_evals_fn", "compile_all", "network_setup", "ratio", "run_interleaved"]  # other suites' imports
 
 class ZeroNoise(NamedTuple):
     """A noise source returning zeros: the loop without any normal generation. Accepts the
@@ -72,14 +65,14 @@ def normals_only_fn(n, shape, count):
     return normals
 
 
-def sample_fn(score, sde, solver, shape, n, noise=None, max_steps=None):
-    """``(params, key) -> (x, loop iterations)`` of ``jaxsde.sample`` without denoising."""
-    kw = {} if max_steps is None else {"max_steps": max_steps}
+def sample_fn(score, sde, solver, shape, n, noise=None, max_steps=None, stat="num_steps", package=jaxsde):
+    """``(params, key) -> (x, max over samples of sol.stats.<stat>)`` of ``package.sample`` without denoising;
+    ``stat=None``: the per-sample NFE."""
+    kw = {k: v for k, v in (("noise", noise), ("max_steps", max_steps)) if v is not None}
 
     def run(params, key):
-        sol = jaxsde.sample(key, sde, functools.partial(score, params), solver, shape, n, denoise=False,
-                            noise=noise, **kw)
-        return sol.x, jnp.max(sol.stats.num_steps)
+        sol = package.sample(key, sde, functools.partial(score, params), solver, shape, n, denoise=False, **kw)
+        return sol.x, sol.stats.nfe if stat is None else jnp.max(getattr(sol.stats, stat))
 
     return run
 
@@ -260,7 +253,7 @@ def _r(x: dict) -> str:
             f"minima {x['cpu_ratio_of_minima']:.3f})")
 
 
-def render(data: dict) -> str:
+def render_driver(data: dict) -> str:
     c, g, e = data["config"], data["ggf"], data["em"]
     r = g["ratio_ggf_attempt_over_two_evals"]
     lines = ["# jaxsde driver overhead", "", f"Command: `{data['command']}`  ",
@@ -329,24 +322,172 @@ FULL = dict(shape=(16, 16, 3), channels=64, depth=3, batch=128, ggf_iterations=2
             noise_em_steps=32, noise_repeats=5, pipeline_impls=("rbg", "unsafe_rbg", "philox2x32"), micro_dim=256,
             micro_reps=16, extended=True,
             micro_impls=("threefry2x32", "rbg", "unsafe_rbg", "philox2x32", "philox4x32", "threefry4x32"))
+CONFIGS = {  # mode -> (quick, full)
+    "driver": (QUICK, FULL),
+    "adaptive": (dict(shape=(16, 16, 3), channels=64, depth=3, batch=32, steps=6, repeats=3),
+                 dict(shape=(16, 16, 3), channels=64, depth=3, batch=128, steps=24, repeats=7)),
+    "contract": (dict(shape=(16, 16, 3), channels=32, depth=2, batch=16, steps=8, repeats=5),
+                 dict(shape=(16, 16, 3), channels=64, depth=3, batch=64, steps=24, repeats=9)),
+}
+
+
+def run_driver(cfg, log) -> dict:
+    return dict(ggf=bench_ggf(cfg, log), em=bench_em(cfg, log),
+                noise={"dims": {str(d): bench_noise_dim(cfg, d, log) for d in cfg["noise_dims"]}},
+                normals=bench_normals(cfg, log))
+
+
+def run_adaptive(cfg, log) -> dict:
+    score, params, shape = network_setup(cfg)
+    n, m = cfg["batch"], cfg["steps"]
+    solvers = {
+        "fixed_grid_dpmpp": jaxsde.DPMSolverPP(m),
+        "adaptive_dpm23": jaxsde.AdaptiveDPMSolver(rtol=0.05),
+        "adaptive_dpm23_eta1": jaxsde.AdaptiveDPMSolver(rtol=0.05, eta=1.0),
+        "adaptive_multistep": jaxsde.AdaptiveMultistepSolver(rtol=0.05),
+        "adaptive_multistep_tau1": jaxsde.AdaptiveMultistepSolver(rtol=0.05, tau=1.0),
+    }
+    key = jax.random.key(1)
+    fns = {name: (sample_fn(score, jaxsde.VPSDE(), s, shape, n, max_steps=m, stat="nfe"), (params, key))
+           for name, s in solvers.items()}
+    nfe = {name: int(jax.jit(fn)(*a)[1]) for name, (fn, a) in fns.items()}
+    fns["bare_evals"] = (chained_evals_fn(score, m), (params, jax.random.normal(jax.random.key(2), (n, *shape)),
+                                                      jnp.linspace(0.5, 1.0, n)))
+    nfe["bare_evals"] = m
+    times, _ = run_interleaved(compile_all(fns), cfg["repeats"])
+    per_nfe = {k: 1e3 * statistics.median(v) / nfe[k] for k, v in times.items()}
+    norm = type(times)({k: [t / nfe[k] for t in v] for k, v in times.items()})  # time per NFE, then the ratios
+    norm.cpu = {k: [t / nfe[k] for t in v] for k, v in times.cpu.items()}
+    ratios = {k: ratio(norm, k, "fixed_grid_dpmpp") for k in solvers if k != "fixed_grid_dpmpp"}
+    ratios["fixed_grid_dpmpp_over_bare"] = ratio(norm, "fixed_grid_dpmpp", "bare_evals")
+    log("ms per NFE: " + ", ".join(f"{k} {v:.3f}" for k, v in per_nfe.items()))
+    return dict(nfe_max=nfe, ms_per_nfe=per_nfe, ratios_per_nfe=ratios, times_s=times, cpu_times_s=times.cpu)
+
+
+CONTRACT_SOLVERS = {  # name -> constructor of the solver from a jaxsde package and the step count M
+    "GottaGoFast(rtol=0.05)": lambda j, m: j.GottaGoFast(rtol=0.05),
+    "ProbabilityFlow(rtol=1e-3)": lambda j, m: j.ProbabilityFlow(rtol=1e-3, atol=1e-3),
+    "AdaptiveDPMSolver(rtol=0.05)": lambda j, m: j.AdaptiveDPMSolver(rtol=0.05),
+    "AdaptiveMultistepSolver(rtol=0.05, tau=1)": lambda j, m: j.AdaptiveMultistepSolver(rtol=0.05, tau=1.0),
+    "EulerMaruyama(M)": lambda j, m: j.EulerMaruyama(m),
+    "DPMSolverPP(M)": lambda j, m: j.DPMSolverPP(m),
+}
+
+
+def load_baseline(rev: str):
+    """jaxsde's package at git revision ``rev``, imported as ``jaxsde_base`` (a separate package)."""
+    archive = subprocess.run(["git", "archive", rev, "jaxsde"], check=True, capture_output=True).stdout
+    folder = tempfile.mkdtemp(prefix="jaxsde_base_")
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    os.rename(os.path.join(folder, "jaxsde"), os.path.join(folder, "jaxsde_base"))
+    sys.path.insert(0, folder)
+    try:
+        return importlib.import_module("jaxsde_base")
+    finally:
+        sys.path.remove(folder)
+
+
+def run_contract(cfg, log, baseline: str, compiles: int) -> dict:
+    base = load_baseline(baseline)
+    score, params, shape = network_setup(cfg)
+    n, m = cfg["batch"], cfg["steps"]
+    key = jax.random.key(1)
+
+    def programs():  # fresh closures: every compile is a new program, not a cache hit
+        return {f"{label}: {name}": (sample_fn(score, pkg.VPSDE(), make(pkg, m), shape, n, max_steps=m, stat=None,
+                                               package=pkg), (params, key))
+                for name, make in CONTRACT_SOLVERS.items() for label, pkg in (("current", jaxsde), ("baseline", base))}
+
+    compile_times: dict[str, list[float]] = {}
+    for r in range(compiles):  # rotating order (a process' first compile pays one-time costs); median reported
+        fns = programs()
+        compiled = compile_all({k: fns[k] for k in list(fns)[r % 2:] + list(fns)[:r % 2]})
+        for k, v in compiled.items():
+            compile_times.setdefault(k, []).append(v[2])
+    times, outputs = run_interleaved(compiled, cfg["repeats"])
+    rows = []
+    for name in CONTRACT_SOLVERS:
+        cur, old = f"current: {name}", f"baseline: {name}"
+        (x_cur, nfe_cur), (x_old, nfe_old) = outputs[cur], outputs[old]
+        rows.append(dict(
+            solver=name, compile_s=statistics.median(compile_times[cur]),
+            compile_base_s=statistics.median(compile_times[old]),
+            wall_s=statistics.median(times[cur]), wall_base_s=statistics.median(times[old]),
+            ratio=ratio(times, cur, old), same_nfe=bool(np.array_equal(np.asarray(nfe_cur), np.asarray(nfe_old))),
+            mean_nfe=float(jnp.mean(nfe_cur)), max_abs_dx=float(jnp.max(jnp.abs(x_cur - x_old)))))
+        log(str(rows[-1]))
+    return dict(baseline=baseline, compiles=compiles, rows=rows)
+
+
+def render_adaptive(data):
+    cfg, nfe, ratios, per_nfe = data["config"], data["nfe_max"], data["ratios_per_nfe"], data["ms_per_nfe"]
+    lines = ["# Driver overhead per score evaluation: adaptive exponential integrators vs a fixed grid", "",
+             f"`{data['command']}` ({describe(data['machine'])}); conv net of the overhead suite, batch "
+             f"{cfg['batch']}, {cfg['steps']} loop iterations, {cfg['repeats']} interleaved rounds. Time per NFE = "
+             "program time / the batch's max NFE.", "",
+             "| program | max NFE | ms per NFE | / fixed grid (wall, median of paired) | / fixed grid (CPU) |",
+             "|---|---|---|---|---|"]
+    for k in per_nfe:
+        r = ratios.get(k)
+        cells = (f"{r['median_paired_ratio']:.3f}", f"{r['cpu_ratio_of_medians']:.3f}") if r else ("1", "1")
+        if k == "bare_evals":
+            b = ratios["fixed_grid_dpmpp_over_bare"]
+            cells = (f"fixed grid / bare: {b['median_paired_ratio']:.3f}", f"{b['cpu_ratio_of_medians']:.3f}")
+        lines.append(f"| {k} | {nfe[k]} | {per_nfe[k]:.3f} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def render_contract(data):
+    cfg = data["config"]
+    lines = ["# Solver contract: cost against a baseline revision", "",
+             f"Reproduce: `{data['command']}`", "",
+             f"{data['machine']}", "",
+             f"Baseline: jaxsde at `{data['baseline']}`, imported next to the working tree's in the same process. "
+             f"Programs: `sample(..., denoise=False, max_steps={cfg['steps']})`, batch {cfg['batch']}, the overhead "
+             f"suite's conv score network ({cfg['channels']} channels, depth {cfg['depth']}, {tuple(cfg['shape'])}); "
+             f"{cfg['repeats']} interleaved rounds after a warm-up. Ratio: current / baseline, median of the "
+             "per-round ratios of wall time (and of process CPU time, all threads). Compile: median of "
+             f"{data.get('compiles', 1)} compiles of each program in alternating order. Max abs dx: between the two "
+             "runs' samples; the adaptive runs stop at max_steps before t_end, so a rounding-level change of their "
+             "step sizes leaves them at slightly other times (and the stochastic ones then draw other noise after "
+             "a rejection): only the fixed grids must agree exactly.", ""]
+    rows = [[r["solver"], f"{r['compile_s']:.2f} / {r['compile_base_s']:.2f}",
+             f"{r['wall_s'] * 1e3:.1f} / {r['wall_base_s'] * 1e3:.1f}",
+             f"{r['ratio']['median_paired_ratio']:.3f}",
+             f"{r['ratio'].get('cpu_ratio_of_medians', float('nan')):.3f}",
+             f"{r['mean_nfe']:.1f}", "yes" if r["same_nfe"] else "NO", f"{r['max_abs_dx']:.1e}"]
+            for r in data["rows"]]
+    lines += table(["solver", "compile s (current / baseline)", "wall ms (current / baseline)", "wall ratio",
+                    "CPU ratio", "mean NFE", "same NFE", "max abs dx"], rows)
+    return "\n".join(lines) + "\n"
+
+
+def render(data: dict) -> str:
+    return {"adaptive": render_adaptive, "contract": render_contract}.get(data.get("kind"), render_driver)(data)
 
 
 def arguments(parser):
+    parser.add_argument("--mode", choices=tuple(CONFIGS), default="driver")
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (< 1 minute)")
+    parser.add_argument("--baseline", default="a1ae567", help="contract: git revision to compare against")
+    parser.add_argument("--compiles", type=int, default=3, help="contract: compiles of each program (median)")
 
 
 def run(args, ctx):
-    cfg = dict(QUICK if args.quick else FULL)
+    cfg = dict(CONFIGS[args.mode][0 if args.quick else 1])
     t_start = time.perf_counter()
 
     def log(msg):
         print(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", flush=True)
 
-    report: dict[str, Any] = {"mode": "quick" if args.quick else "full", "config": cfg}
-    report["ggf"] = bench_ggf(cfg, log)
-    report["em"] = bench_em(cfg, log)
-    report["noise"] = {"dims": {str(d): bench_noise_dim(cfg, d, log) for d in cfg["noise_dims"]}}
-    report["normals"] = bench_normals(cfg, log)
-    report["total_s"] = time.perf_counter() - t_start
-    ctx.save("overhead", report)
-    log(f"wrote {ctx.path('overhead', 'md')}")
+    if args.mode == "driver":
+        data = dict(mode="quick" if args.quick else "full", config=cfg, **run_driver(cfg, log))
+        data["total_s"] = time.perf_counter() - t_start
+    elif args.mode == "adaptive":
+        data = dict(kind="adaptive", config=cfg, **run_adaptive(cfg, log))
+    else:
+        data = dict(kind="contract", config=cfg, **run_contract(cfg, log, args.baseline, args.compiles))
+    stem = {"driver": "overhead"}.get(args.mode, args.mode + "_overhead")
+    ctx.save(stem, data)
+    log(f"wrote {ctx.path(stem, 'md')}")
