@@ -1,42 +1,12 @@
-"""Throughput of continuous batching: ``generate`` vs plain ``sample`` at the same batch size.
+"""Continuous batching: ``generate`` vs plain ``sample`` at the same batch size, timed side by side.
 
-    /work/venv/bin/python -m benchmarks run throughput            # the full run (~15 min on 2 busy cores)
-    /work/venv/bin/python -m benchmarks run throughput --quick    # batch sizes 16, 64 only, small n
-    # digits at large batches only (~25 min): results/throughput_digits_large.{json,md}
-    /work/venv/bin/python -m benchmarks run throughput --models digits --digits-batches 256 1024 \
-        --digits-repeats 1 --batches --scale-n 0 --name digits_large
-    # GGF at rtol 0.5 on digits: ~35 NFE, a wide per-sample NFE spread, but a poor sampler there
-    # (FD-digits 33 vs EM's 14 at the same NFE: results/digits_digits_loose_rtol.md)
-    /work/venv/bin/python -m benchmarks run throughput --models digits --digits-rtol 0.5 \
-        --digits-batches 64 256 1024 --digits-per-slot 8 --digits-repeats 1 --batches --scale-n 0 \
-        --name digits_rtol0.5
-    # (the two files above predate --drain-halvings.) With its default 3, generate(...,
-    # drain_halvings=3) is timed alongside: results/throughput_digits_drain.md is the digits_large
-    # command with --name digits_drain (~35 min); results/throughput_digits_rtol0.{2,5}_drain.md:
-    # commands in docs/benchmarks.md
-
-Problems: the embedded digits models (``digits``: VP U-Net; ``digits-ve``: VE U-Net) with GGF
-rtol 0.05 (``--digits-rtol``), and a Gaussian mixture d=16 with its exact (cheap) score, GGF
-rtol 0.05. For each problem and batch size B, both methods make the same n = per_slot x B samples, each in one
-compiled program; the programs are compiled first, then timed in alternating rounds
-(sample, generate, sample, ...; each run blocked until ready), and the medians are compared,
-so load from other jobs on the machine hits both alike. The digits models are slow on CPU, so
-they run at fewer batch sizes and samples per slot than the mixture (see the table's n).
-
-* ``sample``: ``lax.map`` over n/B batches of ``jaxsde.sample`` (each batch waits for its
-  slowest sample); useful work = sum NFE / sum over batches of (B x max NFE in the batch).
-* ``generate``: B slots, continuous batching; useful work = sum NFE / score evaluations the
-  loop computed (every slot every iteration, busy or idle, plus the refill passes).
-* per-iteration time: wall time / loop iterations (sample: summed over its n/B batches).
-  ``ideal`` = generate's useful work / sample's: the speed-up if an iteration cost the same.
-* ``generate(..., drain_halvings=H)`` (``--drain-halvings``, default 3; 0 skips it), timed in the
-  same rounds: the last samples finish in loops of half the width, so the tail pays for fewer
-  idle slots; its extra compile time is reported, not included in the rates.
-
-Then per-device scaling of ``generate`` with forced host devices (a subprocess with
-``--xla_force_host_platform_device_count=8``): results must equal one device's; on CPU
-the "devices" share the machine's cores, so this checks correctness and overhead, not speed-up.
-Writes ``benchmarks/results/throughput.{json,md}``.
+For each problem (the embedded digits models with GGF ``--digits-rtol``; a d = 16 Gaussian mixture with its exact
+score, GGF rtol 0.05) and batch B, both make n = per_slot x B samples in one compiled program each, timed in
+alternating rounds (medians). ``sample``: ``lax.map`` over n/B batches; useful work = sum NFE / sum over batches of
+B x max NFE. ``generate``: B slots; useful work = sum NFE / evaluations computed (idle slots and refills
+included); ``ideal`` = the ratio of the two. ``--drain-halvings H`` also times ``generate(..., drain_halvings=H)``.
+Then ``generate`` over 1/2/4/8 forced host devices in a subprocess (same samples; CPU devices share the cores).
+Writes ``throughput[_NAME].{json,md}``; docs/benchmarks.md gives the commands of the committed variants.
 """
 
 from __future__ import annotations
@@ -177,14 +147,10 @@ def scaling(n: int, batch: int, repeats: int) -> list[dict]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def write(rows, by_batch, scale, args, command):
-    os.makedirs(args.out, exist_ok=True)
-    meta = dict(command=command, jax=jax.__version__, backend=jax.default_backend(), cpu_count=os.cpu_count(),
-                machine=platform.machine(), date=time.strftime("%Y-%m-%d %H:%M"), per_slot=args.per_slot,
-                repeats=args.repeats, digits_per_slot=args.digits_per_slot, digits_repeats=args.digits_repeats)
-    stem = os.path.join(args.out, "throughput" + (f"_{args.name}" if args.name else ""))
-    with open(stem + ".json", "w") as f:
-        json.dump(dict(meta=meta, rows=rows, sample_useful_work_by_batch=by_batch, device_scaling=scale), f, indent=1)
+def render(data: dict) -> str:
+    meta, rows, by_batch, scale = (data[k] for k in ("meta", "rows", "sample_useful_work_by_batch",
+                                                     "device_scaling"))
+    command = meta["command"]
     lines = ["# Throughput: continuous batching (`generate`) vs `sample`", "",
              f"Reproduce: `{command}` ({meta['backend']}, {meta['cpu_count']} cores, jax {meta['jax']}, "
              f"{meta['date']}; the machine was shared with other jobs, so absolute rates are noisy; the "
@@ -237,11 +203,12 @@ def write(rows, by_batch, scale, args, command):
                   "| problem | samples | " + " | ".join(f"B={b}" for b in sizes) + " |",
                   "|---|---|" + "---|" * len(sizes)]
         for name, v in by_batch.items():
-            cells = [f"{v['useful_work'][b]:.3f}" if b in v["useful_work"] else "" for b in sizes]
+            uw = {int(k): u for k, u in v["useful_work"].items()}
+            cells = [f"{uw[b]:.3f}" if b in uw else "" for b in sizes]
             lines.append(f"| {name} | {v['n']} | " + " | ".join(cells) + " |")
     if scale:
         lines += ["", f"## Per-device scaling of `generate` (forced host devices; Gaussian mixture d=16, "
-                  f"n={args.scale_n}, batch {args.scale_batch})", "",
+                  f"n={meta.get('scale_n', 512)}, batch {meta.get('scale_batch', 64)})", "",
                   f"CPU 'devices' here share the same {meta['cpu_count']} cores: this checks that sharding over "
                   "devices gives identical samples and what its overhead is; it cannot show a speed-up.", "",
                   "| devices | samples/s | max abs dx vs 1 device | same NFE as 1 device | useful work |",
@@ -249,9 +216,7 @@ def write(rows, by_batch, scale, args, command):
     for r in scale:
         lines.append(f"| {r['devices']} | {r['samples_per_s']:.1f} | {r['max_abs_dx_vs_1_device']:.1e} "
                      f"| {r['same_nfe_as_1_device']} | {r['useful_work']:.3f} |")
-    with open(stem + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 def arguments(parser):
@@ -288,5 +253,9 @@ def run(args, ctx):
                 by_batch[prob["name"]] = dict(n=int(nfe.size), useful_work=sample_useful_by_batch(
                     nfe, sorted({16, 64, 256, 1024, nfe.size} & set(range(1, nfe.size + 1)))))
     scale = scaling(args.scale_n, args.scale_batch, max(args.repeats, 3)) if args.scale_n > 0 else []
-    command = ctx.command
-    write(rows, by_batch, scale, args, command.strip())
+    meta = dict(command=ctx.command, jax=jax.__version__, backend=jax.default_backend(), cpu_count=os.cpu_count(),
+                machine=platform.machine(), date=time.strftime("%Y-%m-%d %H:%M"), per_slot=args.per_slot,
+                repeats=args.repeats, digits_per_slot=args.digits_per_slot, digits_repeats=args.digits_repeats,
+                scale_n=args.scale_n, scale_batch=args.scale_batch)
+    ctx.save("throughput" + (f"_{args.name}" if args.name else ""),
+             dict(meta=meta, rows=rows, sample_useful_work_by_batch=by_batch, device_scaling=scale))
