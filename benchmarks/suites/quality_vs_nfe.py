@@ -1,70 +1,24 @@
-"""Sample quality vs NFE for every solver, on exact Gaussian mixtures and on the embedded digits model.
+"""Sample quality vs NFE for every solver (exact mixtures, digits); ``--frontier``: every fixed-budget sampler of
+jaxsde and of k-diffusion at 5/10/20 NFE on the same score and prior draws.
 
-    nice python -m benchmarks run quality_vs_nfe [--quick] [--problems ring2,gmm32,digits] [--n 4000]
-        [--n-digits 300] [--digits-max-nfe 50] [--out benchmarks/results]
-    nice python -m benchmarks run quality_vs_nfe --digits-sweep10   # non-default settings at 10 NFE vs EM 200
-    python -m benchmarks run quality_vs_nfe --from-json benchmarks/results/quality_vs_nfe_*.json  # re-make tables
+Default mode: ``ring2`` (8-mode ring, 2-D) and ``gmm32`` (10 modes, 32-D), VP, sliced W2 / MMD^2 against exact
+Tweedie-denoised samples with their floor; ``digits`` (the embedded VP model), FD-digits / KID with the bootstrap sd.
+Fixed-step solvers (DDIM, DPM-Solver++ 2M/3M, SA-Solver, ForwardValue, EDM Heun, EM, PC) at NFE budgets
+5..200 including the final Tweedie step (2-NFE-per-step solvers take ``(B - 1) // 2`` steps); GGF and the PF-ODE
+at several tolerances (mean NFE). Sample i uses ``fold_in(seed, i)``. Writes ``quality_vs_nfe_<problem>.*``.
 
-Solvers (each at its default grid and options): DDIM (eta=0), DPM-Solver++ 2M and 3M, SA-Solver 3/4
-(tau = 1 on the middle 60% of the time, the default), ForwardValue (F-DDIM), EDM Heun (these are the
-fast samplers of issue 6), Euler-Maruyama, predictor-corrector (reverse diffusion + 1 Langevin step,
-snr 0.01), and the adaptive Gotta Go Fast (several rtol) and probability-flow ODE (dopri5, several
-tolerances). Fixed-step solvers get NFE budgets 5, 10, 20, 50, 100, 200 *including the final Tweedie
-denoising step* (``denoise=True`` for every solver): a 1-NFE-per-step solver takes ``B - 1`` steps,
-EDM Heun and PC (2 NFE per step) ``(B - 1) // 2`` (so their NFE is ``B`` or ``B - 1``). Adaptive
-solvers report the mean NFE they used.
-
-Problems:
-
-* ``ring2``: 8-mode ring in 2-D, VP SDE (``GaussianMixture.ring``); ``gmm32``: 10 random modes in
-  32-D, VP SDE (``GaussianMixture.random``). Quality: sliced W2 and MMD^2 against exact
-  (Tweedie-denoised ``p_eps``) samples, with their noise floor (an independent exact batch of the
-  same size, ``jaxsde.testing.metrics.quality_report``).
-* ``digits``: the embedded ``digits`` model (VP), FD-digits and KID against the training set
-  (``jaxsde.testing.metrics.digits``), with the real-vs-real floor and the bootstrap standard deviation of
-  FD at this n. On the shared 2-core CPU one sample-NFE of this U-Net costs 1-10 ms and each
-  configuration compiles for 10-50 s, so by default digits runs n=300, the fixed-step solvers up to
-  50 NFE (the deterministic ones sit at their PF-ODE limit by then, cf. the PF-ODE row) and EM, the
-  reference, up to 200; GGF at rtol 0.1 and the PF-ODE at tolerance 1e-3 (see benchmarks/digits.py
-  for more GGF/PF settings). ``--digits-max-nfe 200 --n-digits 1000`` runs the full grid.
-
-Every solver uses the same keys (sample i: ``fold_in(seed, i)``). Outputs
-``benchmarks/results/quality_vs_nfe_<problem>[_quick].{md,json,png}``.
-
-**The frontier** (issue 22, ``--frontier``)::
-
-    python -m benchmarks run quality_vs_nfe --frontier
-        [--frontier-problems lowrank,lowrank-ve,gmm3072,gmm3072-ve,digits]
-        [--budgets 5,10,20] [--n-frontier N] [--samplers NAME ...]
-    python -m benchmarks run quality_vs_nfe --frontier --quick   # smoke test: lowrank, n = 64, NFE 5
-
-At each NFE budget B in {5, 10, 20}: every fixed-step sampler of jaxsde's registry (at its registry
-defaults, plus DPM-Solver++ 3M) and every fixed-schedule sampler of k-diffusion 0.1.1.post1, on the
-same score and the same prior draws, in one process. NFE counts the final denoising step on both
-sides. jaxsde: a sampler with k NFE per step (``solver.nfe_per_attempt``: 2 for EDM Heun and PC, 1
-for the others) takes ``(B - 1) // k`` steps plus the Tweedie step (NFE B, or B - 1 for k = 2 at an
-even B). k-diffusion: Karras sigmas (``get_sigmas_karras(steps, sigma_min, sigma_max)``, rho 7,
-sigma = sigma_t / alpha_t at the SDE's eps and T, then 0); its step to sigma 0 returns the denoised
-prediction with one call; a 1-call sampler takes B steps, a 2-call one (Heun, DPM-2, DPM++ SDE and
-2S ancestral) ``(B + 1) // 2`` (its last step is one call: NFE B or B - 1); ``sample_dpm_fast``
-gets ``n = B - 1`` and one final denoising call. NFE in the results is counted, not assumed.
-Problems (the adaptive suite's targets, with their quality and 30-resample bootstrap sd):
-``lowrank`` (low-rank mixture, d = 256, whitened mode W2), ``gmm3072`` (8-mode ring, d = 3072,
-whitened mode-spread W2), both VP and, as ``-ve``, VE (the mixture mapped to [0, 1]), and ``digits``
-(the embedded VP model, FD-digits). Default n: 1000 on the mixtures, 300 on digits. Outputs
-``frontier_<problem>[_quick].{md,json,png}`` and ``frontier_summary.md`` (jaxsde's best vs
-k-diffusion's best per budget, over every ``frontier_*.json`` in ``--out``, the runs of the same draws pooled).
-
-``--tuned`` adds the deterministic multistep samplers (``TUNED_SAMPLERS``) on grids learned by
-``jaxsde.optimize_grid`` (robust objective, from the log-SNR grid) on calibration draws of seed ``seed + 1000``
-(256 on the mixtures, 32 on digits; 100 / 60 Adam iterations), never the evaluation draws; each row records the
-learned times, the losses and the calibration cost. k-diffusion's ``sample_lms`` also runs on the learned LMS
-grid (rows ``k-diffusion lms on tuned grid of ...``, not counted as k-diffusion's: it has no grid optimizer).
+``--frontier``: problems of :data:`benchmarks.harness.problems.TARGETS` (quality +- 30-resample bootstrap sd).
+jaxsde: every fixed-step registry sampler (plus :func:`frontier_grid_variants`), ``(B - 1) // k`` steps + Tweedie.
+k-diffusion 0.1.1.post1: Karras sigmas (rho 7) between sigma/alpha at eps and T, then 0 (its last step is one
+call); ``<name>@exponential`` on log-uniform sigmas; ``sample_dpm_fast`` gets ``B - 1`` and a final denoising
+call. NFE is counted. ``--tuned`` adds :data:`TUNED_SAMPLERS` on grids learned by ``jaxsde.optimize_grid`` on
+calibration draws of seed + 1000 (never the evaluation draws). Writes ``frontier_<problem>[_TAG].*`` and
+``frontier_summary.md`` (jaxsde's best vs k-diffusion's best per budget, runs of the same draws pooled).
 """
 
 from __future__ import annotations
 
-import datetime
+import glob
 import json
 import os
 import time
@@ -207,8 +161,6 @@ def arguments(parser):
                         help="persistent XLA compilation cache ('' to disable); re-runs skip most compiles")
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--quick", action="store_true", help="tiny n, budgets 5/10/20, few adaptive settings")
-    parser.add_argument("--digits-sweep10", action="store_true",
-                        help="only the 10-NFE variants on digits (grids, tau) vs EM 200, seeds 0 and 1")
     parser.add_argument("--frontier", action="store_true",
                         help="the frontier of issue 22: every fixed-budget sampler of jaxsde and of k-diffusion at "
                              "NFE 5/10/20 on lowrank, gmm3072 (VP and VE) and digits; with --quick: lowrank, "
@@ -234,13 +186,11 @@ def arguments(parser):
 
 
 def run(args, ctx):
-    if args.frontier:
-        return frontier(args, ctx)
-    if args.digits_sweep10:
-        return sweep10(args, ctx)
     if args.cache:
         jax.config.update("jax_compilation_cache_dir", args.cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    if args.frontier:
+        return frontier(args, ctx)
     for problem in [p.strip() for p in args.problems.split(",") if p.strip()]:
         t_problem = time.perf_counter()
         sde, score_fn, params, shape, evaluate, metric, floor_key, info = make_problem(problem)
@@ -287,59 +237,13 @@ def run(args, ctx):
         print(f"{problem}: {elapsed:.0f}s; wrote {ctx.path(stem, 'md')}", flush=True)
 
 
-def sweep10(args, ctx):
-    """Non-default settings of the fast solvers at 10 NFE on digits, next to EM at 200 NFE (two seeds)."""
-    if args.cache:
-        jax.config.update("jax_compilation_cache_dir", args.cache)
-    command = ctx.command
-    sde, score_fn, params, shape, evaluate, *_ = make_problem("digits")
-    n = 64 if args.quick else args.n_digits
-    cands = [
-        ("SA-Solver 3/4, tau=1 on [0.2, 0.8] (default), logsnr grid", jaxsde.SASolver(9), (0,)),
-        ("SA-Solver 3/4, tau=1 everywhere, logsnr grid", jaxsde.SASolver(9, tau_interval=None), (0,)),
-        ("SA-Solver 3/4, tau=0.5 everywhere, logsnr grid", jaxsde.SASolver(9, tau=0.5, tau_interval=None), (0,)),
-        ("SA-Solver 2/2, tau=1 everywhere, logsnr grid", jaxsde.SASolver(9, 2, 2, tau_interval=None), (0,)),
-        ("SA-Solver 3/4, tau=1 everywhere, edm grid", jaxsde.SASolver(9, tau_interval=None, grid="edm"), (0,)),
-        ("SA-Solver 3/4, tau=1 everywhere, uniform grid",
-         jaxsde.SASolver(9, tau_interval=None, grid="uniform"), (0, 1)),
-        ("DPM-Solver++ 2M, logsnr grid (default)", jaxsde.DPMSolverPP(9, 2), (0, 1)),
-        ("DPM-Solver++ 2M, edm grid", jaxsde.DPMSolverPP(9, 2, grid="edm"), (0,)),
-        ("DPM-Solver++ 2M, uniform grid", jaxsde.DPMSolverPP(9, 2, grid="uniform"), (0,)),
-        ("ForwardValue, edm grid (default)", jaxsde.ForwardValue(9), (0,)),
-        ("ForwardValue, logsnr grid", jaxsde.ForwardValue(9, grid="logsnr"), (0,)),
-        ("EM, 200 NFE", jaxsde.EulerMaruyama(199), (0, 1)),
-    ]
-    if args.quick:
-        cands = [cands[5], cands[-1]]
-    rows = []
-    for name, solver, seeds in cands:
-        for seed in seeds:
-            x, mean_nfe, _, fails, wall, _ = run_solver(sde, score_fn, params, shape, solver, n, seed, min(n, 500))
-            r = evaluate(x)
-            rows.append(dict(solver=name, seed=seed, mean_nfe=mean_nfe, fd=r["fd"], fd_std=r["fd_std"], kid=r["kid"],
-                             failed=fails, wall_s=wall))
-            print(f"{name:60s} seed {seed} NFE {mean_nfe:5.1f} FD {r['fd']:7.2f} (boot. std {r['fd_std']:.2f})",
-                  flush=True)
-    stem = os.path.join(args.out, "quality_vs_nfe_digits_sweep10" + ("_quick" if args.quick else ""))
-    with open(stem + ".json", "w") as f:
-        json.dump(dict(command=command, n=n, rows=rows), f, indent=1)
-    lines = ["# Digits at 10 NFE: solver settings vs EM at 200 NFE", "", f"Command: `{command}`", "",
-             f"n = {n} samples per row; FD-digits vs the training set (lower is better); settings picked after "
-             "the main benchmark, so the best row carries a selection effect: the second seed checks it.", "",
-             "| solver | seed | NFE | FD-digits | FD bootstrap std | KID |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['solver']} | {r['seed']} | {r['mean_nfe']:.0f} | {r['fd']:.2f} | {r['fd_std']:.2f} | "
-                     f"{r['kid']:.2f} |")
-    with open(stem + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-
-
 def _fmt(v, digits=4):
     return "nan" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
 
 
 def render(data):
-    """The ``.md`` of a (non-frontier) run."""
+    if data.get("kind") == "frontier":
+        return frontier_markdown(data)
     problem, machine, metric, floor, rows, summary = (data[k] for k in ("problem", "machine", "metric", "floor",
                                                                         "rows", "summary"))
     budgets, digits, n = data["budgets"], problem == "digits", data["n"]
@@ -384,7 +288,8 @@ def render(data):
 
 
 def plot(data, path):
-    """The ``.png`` of a (non-frontier) run: quality against NFE per family."""
+    if data.get("kind") == "frontier":
+        return plot_frontier(path, data)
     import matplotlib.pyplot as plt
 
     problem, n, metric, floor, rows = (data[k] for k in ("problem", "n", "metric", "floor", "rows"))
@@ -604,16 +509,10 @@ def frontier_best(rows, budgets):
 
 def frontier(args, ctx):
     """``--frontier``: every fixed-budget sampler of both libraries at each budget on each problem."""
-    command = ctx.command
-    if args.cache:
-        jax.config.update("jax_compilation_cache_dir", args.cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     problems = [p.strip() for p in (args.frontier_problems or ",".join(FRONTIER_PROBLEMS)).split(",") if p.strip()]
     budgets = tuple(int(b) for b in args.budgets.split(",")) if args.budgets else FRONTIER_BUDGETS
     if args.quick:
         problems, budgets = problems[:1] if args.frontier_problems else ["lowrank"], budgets[:1]
-    samplers = args.samplers
-    os.makedirs(args.out, exist_ok=True)
     for problem in problems:
         t_problem = time.perf_counter()
         target = frontier_target(problem)
@@ -639,7 +538,7 @@ def frontier(args, ctx):
             jobs += [("k-diffusion", name + "@exponential", None) for name in K_DIFFUSION_EXPONENTIAL]
             try:
                 jobs = select([(name if lib == "jaxsde" else "k-diffusion " + name, (lib, name, solver))
-                               for lib, name, solver in jobs], samplers)
+                               for lib, name, solver in jobs], args.samplers)
             except ValueError as err:
                 ctx.error(f"--samplers: {err}")
             for label, (lib, name, solver) in jobs:
@@ -675,19 +574,12 @@ def frontier(args, ctx):
                 rows.append(row)
                 print(f"{problem} NFE<={b:3d} {label:32s} NFE {mean_nfe:5.1f} q {q:.4f} +- {sd:.4f} "
                       f"wall {wall:6.1f}s failed {failed}", flush=True)
-        res = dict(command=command, problem=problem, tag=args.tag, sde=type(target.sde).__name__, label=target.label,
-                   n=n, seed=args.seed, floor=[floor_q, floor_sd], budgets=list(budgets),
-                   machine=dict(jax=jax.__version__, backend=jax.default_backend(), cpus=os.cpu_count(),
-                                load=os.getloadavg(),
-                                date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")),
+        res = dict(kind="frontier", problem=problem, tag=args.tag, sde=type(target.sde).__name__,
+                   label=target.label, n=n, seed=args.seed, floor=[floor_q, floor_sd], budgets=list(budgets),
                    elapsed_s=time.perf_counter() - t_problem, best=frontier_best(rows, budgets), rows=rows)
-        stem = os.path.join(args.out, f"frontier_{problem}" + (f"_{args.tag}" if args.tag else "")
-                            + ("_quick" if args.quick else ""))
-        with open(stem + ".json", "w") as f:
-            json.dump(res, f, indent=1)
-        write_frontier_markdown(stem + ".md", res)
-        plot_frontier(stem + ".png", res)
-        print(f"{problem}: {res['elapsed_s']:.0f}s; wrote {stem}.{{md,json,png}}", flush=True)
+        stem = f"frontier_{problem}" + (f"_{args.tag}" if args.tag else "") + ("_quick" if args.quick else "")
+        ctx.save(stem, res)
+        print(f"{problem}: {res['elapsed_s']:.0f}s; wrote {ctx.path(stem, 'md')}", flush=True)
     if not args.quick:
         write_frontier_summary(args.out)
 
@@ -696,7 +588,7 @@ def _q(r):
     return "nan" if not np.isfinite(r["quality"]) else f"{r['quality']:.4f} +- {r['sd']:.4f}"
 
 
-def write_frontier_markdown(path, res):
+def frontier_markdown(res) -> str:
     budgets = res["budgets"]
     m = res["machine"]
     lines = [f"# Fixed-budget frontier: {res['problem']} ({res['sde']})", "", f"Command: `{res['command']}`", "",
@@ -731,8 +623,7 @@ def write_frontier_markdown(path, res):
     lines += ["", "(NFE in parentheses where it differs from the budget: 2-NFE-per-step samplers at even budgets.)",
               "", "Settings: " + "; ".join(dict.fromkeys(f"{r['sampler']}: `{r['setting']}`" for r in res["rows"]
                                                          if r["budget"] == budgets[0]))]
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    return "\n".join(lines)
 
 
 def write_frontier_summary(out):
@@ -740,8 +631,6 @@ def write_frontier_summary(out):
     ``frontier_*.json`` in ``out``, the files of the same draws (problem, n, seed: an untagged run and its tagged
     partial runs) merged into one pool of rows (a sampler in several files: the latest run's row); jaxsde's best
     is also given without the tuned-grid rows."""
-    import glob
-
     runs = []
     for p in sorted(glob.glob(os.path.join(out, "frontier_*.json"))):
         if not p.endswith("_quick.json"):
