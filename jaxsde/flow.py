@@ -10,7 +10,9 @@ of the state (diffusers' ``sigma``). :func:`time_shift` is the map; :func:`flow_
 whole grid the way diffusers' ``FlowMatchEulerDiscreteScheduler.set_timesteps`` does (static
 ``shift``, resolution-dependent ``mu`` with ``s = e^mu``, ``shift_terminal``), as a tuple of
 decreasing times that any fixed-step jaxsde solver takes as ``grid=``; :func:`dynamic_shift_mu`
-is the diffusers pipelines' ``mu`` of an image sequence length.
+is the diffusers pipelines' ``mu`` of an image sequence length; :func:`diffusers_flow_grid` gives
+the grid of each of diffusers' flow schedulers (FlowMatch Euler / Heun, DPM-Solver++ and UniPC with
+``use_flow_sigmas=True``), quirks included.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["TIME_SHIFT_TYPES", "dynamic_shift_mu", "flow_grid", "time_shift"]
+__all__ = ["DIFFUSERS_FLOW_SCHEDULERS", "TIME_SHIFT_TYPES", "diffusers_flow_grid", "dynamic_shift_mu", "flow_grid",
+           "time_shift"]
 
 TIME_SHIFT_TYPES = ("exponential", "linear")
 
@@ -165,4 +168,98 @@ def flow_grid(num_inference_steps: int, *, shift: float = 1.0, use_dynamic_shift
     t[0] = 1.0
     if not (np.all(np.isfinite(t)) and np.all(np.diff(t) < 0) and t[-1] > 0):
         raise ValueError(f"these settings give no strictly decreasing grid inside (0, 1]: {t}")
+    return tuple(float(v) for v in t)
+
+
+DIFFUSERS_FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler",
+                             "DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
+
+
+def diffusers_flow_grid(scheduler: str, num_inference_steps: int, *, shift: float = 1.0, mu: float | None = None,
+                        shift_terminal: float | None = None, num_train_timesteps: int = 1000) -> tuple[float, ...]:
+    """The times diffusers' flow scheduler ``scheduler`` steps on after
+    ``set_timesteps(num_inference_steps, mu=mu)``: its ``sigmas`` without the final 0, rounded to
+    float32 as diffusers stores them (so ``alpha = 1 - t`` is the same number on both sides), as a
+    tuple of ``num_inference_steps`` decreasing floats. Use it as a fixed-step solver's ``grid=`` on
+    :class:`~jaxsde.sde.FlowSDE` with ``num_steps = num_inference_steps - 1`` and the final
+    denoising step (``denoise=True``; the multistep solvers with ``denoise_is_last_step=True``):
+    diffusers' last step, to ``sigma = 0``, returns ``x - sigma v``, which is that final step. The
+    solve starts at the grid's first time (the solver's span), which is not 1 for the two
+    multistep schedulers.
+
+    ``scheduler`` (one of :data:`DIFFUSERS_FLOW_SCHEDULERS`) and its quirks, reproduced:
+
+    * ``"FlowMatchEulerDiscreteScheduler"`` (``shift=``, or ``mu=`` for ``use_dynamic_shifting=True``
+      with ``time_shift_type="exponential"``, ``shift_terminal=``): :func:`flow_grid`, rounded; with
+      a static shift the smallest training sigma is shifted twice.
+    * ``"FlowMatchHeunDiscreteScheduler"`` (``shift=`` only): the same times as FlowMatchEuler's
+      static grid (the same double shift); it visits each interior time twice (Heun's two stages).
+    * ``"DPMSolverMultistepScheduler"`` (``use_flow_sigmas=True``; ``flow_shift=shift``, or
+      ``mu=``, which sets ``flow_shift = e^mu``; no ``shift_terminal``): ``shift((1 - 1/N)(1 -
+      i/K))``, ``i = 0 .. K - 1``. It never starts at 1: its first time is ``shift(1 - 1/N)``
+      (0.999 for ``shift = 1``), and its last is ``shift((1 - 1/N) / K)`` (0.0999 for ``K = 10``):
+      the final step denoises from there. Its integer ``timesteps`` are ``int64(1000 t)``, truncated
+      (749.25 -> 749); they only label the network call, the update uses ``sigmas``.
+    * ``"UniPCMultistepScheduler"`` (``use_flow_sigmas=True``; ``flow_shift=shift``, or ``mu=`` with
+      ``use_dynamic_shifting=True``, ``shift_terminal=``): ``shift(1 - i (1 - 1/N) / K)``, ``i = 0 ..
+      K - 1``, stretched to ``shift_terminal`` if given, then a first time of 1 moved to ``1 - 1e-6``
+      (diffusers' guard against ``log(alpha) = -inf``; 0.99999899 in float32).
+
+    Only ``final_sigmas_type="zero"`` (the multistep schedulers' default) is a jaxsde grid;
+    ``"sigma_min"`` is not reproduced (DPM-Solver's final sigma is then the VP table's 0.0100013,
+    UniPC repeats its last sigma: a zero-length step).
+
+    Raises ``ValueError``: an unknown ``scheduler``; a setting that scheduler does not take
+    (``mu`` or ``shift_terminal`` for Heun, ``shift_terminal`` for DPM-Solver); ``mu`` with a
+    ``shift`` other than 1; the errors of :func:`flow_grid`.
+
+    Args:
+        scheduler: the diffusers class name.
+        num_inference_steps: diffusers' ``num_inference_steps`` (>= 2): the grid's number of times.
+        shift: the static shift (``shift`` / ``flow_shift``; 1: none).
+        mu: the dynamic shift ``e^mu`` (diffusers' ``set_timesteps(..., mu=mu)``).
+        shift_terminal: the last time, if stretched to it (FlowMatchEuler, UniPC).
+        num_train_timesteps: diffusers' ``num_train_timesteps`` ``N``.
+
+    Returns:
+        The times, ``num_inference_steps`` decreasing floats (float32 values).
+    """
+    if scheduler not in DIFFUSERS_FLOW_SCHEDULERS:
+        raise ValueError(f"unknown diffusers flow scheduler {scheduler!r}; choose one of {DIFFUSERS_FLOW_SCHEDULERS}")
+    name = scheduler.removesuffix("Scheduler")
+    if scheduler == "FlowMatchHeunDiscreteScheduler" and (mu is not None or shift_terminal is not None):
+        raise ValueError(f"{scheduler} takes a static shift only (no mu, no shift_terminal)")
+    if scheduler == "DPMSolverMultistepScheduler" and shift_terminal is not None:
+        raise ValueError(f"{scheduler} has no shift_terminal")
+    dynamic = mu is not None
+    if scheduler in DIFFUSERS_FLOW_SCHEDULERS[:2]:
+        t = np.asarray(flow_grid(num_inference_steps, shift=shift, use_dynamic_shifting=dynamic, mu=mu,
+                                 shift_terminal=shift_terminal, num_train_timesteps=num_train_timesteps))
+    else:
+        flow_grid(num_inference_steps, shift=shift, num_train_timesteps=num_train_timesteps)  # validates
+        if dynamic:
+            if _check_shift(shift) != 1.0:
+                raise ValueError(f"{name}: shift={shift} is replaced by e^mu under mu=: pass one of them")
+            s = math.exp(float(mu))
+            if not (math.isfinite(s) and s > 0):
+                raise ValueError(f"mu={mu} gives the shift {s}; it must be finite and > 0")
+        else:
+            s = _check_shift(shift)
+        if shift_terminal is not None and not (isinstance(shift_terminal, int | float | np.floating)
+                                               and 0.0 < shift_terminal < 1.0):
+            raise ValueError(f"shift_terminal must lie in (0, 1), got {shift_terminal!r}")
+        k, n = int(num_inference_steps), int(num_train_timesteps)
+        if scheduler == "DPMSolverMultistepScheduler":
+            u = 1.0 - np.linspace(1.0, 1.0 / n, k + 1)
+            t = np.flip(s * u / (1.0 + (s - 1.0) * u))[:-1].copy()
+        else:
+            u = np.linspace(1.0, 1.0 / n, k + 1)[:-1]
+            t = s / (s + (1.0 / u - 1.0)) if dynamic else s * u / (1.0 + (s - 1.0) * u)
+            if shift_terminal is not None:
+                t = 1.0 - (1.0 - t) / ((1.0 - t[-1]) / (1.0 - float(shift_terminal)))
+            if abs(t[0] - 1.0) < 1e-6:
+                t[0] -= 1e-6
+    t = np.asarray(t, np.float32).astype(np.float64)
+    if not (np.all(np.isfinite(t)) and np.all(np.diff(t) < 0) and t[-1] > 0 and t[0] <= 1.0):
+        raise ValueError(f"{name}: these settings give no strictly decreasing grid inside (0, 1]: {t}")
     return tuple(float(v) for v in t)

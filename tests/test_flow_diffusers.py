@@ -1,4 +1,6 @@
-"""jaxsde on flow models agrees with diffusers' ``FlowMatchEulerDiscreteScheduler`` (#35).
+"""jaxsde on flow models agrees with diffusers' four flow schedulers (#35): FlowMatch Euler (static
+shift, dynamic ``mu``, ``shift_terminal``, ``stochastic_sampling``), FlowMatch Heun, and
+DPM-Solver++ / UniPC multistep with ``use_flow_sigmas=True, prediction_type="flow_prediction"``.
 
 Same problem on both sides: the exact velocity of a 2-component Gaussian mixture in d = 3 on the
 linear path (:func:`mixture_velocity`, one float64 formula run in torch for diffusers and in JAX for
@@ -25,7 +27,7 @@ import numpy as np
 import pytest
 
 import jaxsde
-from jaxsde.flow import flow_grid
+from jaxsde.flow import diffusers_flow_grid, flow_grid
 from jaxsde.prediction import Prediction
 from jaxsde.testing.targets import GaussianMixture
 
@@ -77,12 +79,15 @@ def test_model_is_the_mixture_velocity(x64):
         np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
 
 
-def run_diffusers(sched, k_steps, x_T, z, monkeypatch):
-    from diffusers.schedulers import scheduling_flow_match_euler_discrete as module
+def run_diffusers(sched, k_steps, x_T, z=None, monkeypatch=None):
+    """diffusers' loop; the model reads the state's sigma, ``sched.sigmas[i]`` at call ``i`` (Heun
+    lists each interior sigma twice, its two stages)."""
+    if z is not None:
+        from diffusers.schedulers import scheduling_flow_match_euler_discrete as module
 
-    calls = iter(range(k_steps))
-    monkeypatch.setattr(module, "randn_tensor",
-                        lambda shape, generator=None, device=None, dtype=None: torch.as_tensor(z[next(calls)]))
+        calls = iter(range(k_steps))
+        monkeypatch.setattr(module, "randn_tensor",
+                            lambda shape, generator=None, device=None, dtype=None: torch.as_tensor(z[next(calls)]))
     x = torch.as_tensor(x_T)
     for i, ts in enumerate(sched.timesteps):
         v = mixture_velocity(x, sched.sigmas[i].double(), torch)
@@ -90,15 +95,22 @@ def run_diffusers(sched, k_steps, x_T, z, monkeypatch):
     return x.double().numpy()
 
 
-def run_jaxsde(solver, x_T, z=None):
-    model = Prediction(lambda x, t: mixture_velocity(x, t, jnp), "velocity")
+MODEL = Prediction(lambda x, t: mixture_velocity(x, t, jnp), "velocity")
 
+
+@jax.jit
+def _solve(solver, x_T, z):
+    """One program per solver structure and grid length (the grid's times are traced settings)."""
     def one(x, zz):
         noise = None if zz is None else jaxsde.GivenNoise(zz)
-        sol = jaxsde.solve(jax.random.PRNGKey(0), SDE, model, solver, x, noise=noise)
+        sol = jaxsde.solve(jax.random.PRNGKey(0), SDE, MODEL, solver, x, noise=noise)
         return sol.x, sol.result, sol.stats.nfe
 
-    x, result, nfe = jax.jit(jax.vmap(one))(jnp.asarray(x_T), None if z is None else jnp.asarray(z))
+    return jax.vmap(one)(x_T, z)
+
+
+def run_jaxsde(solver, x_T, z=None):
+    x, result, nfe = _solve(solver, jnp.asarray(x_T), None if z is None else jnp.asarray(z))
     np.testing.assert_array_equal(result, 0)
     return np.asarray(x), np.asarray(nfe)
 
@@ -149,5 +161,137 @@ def test_flow_match_euler_stochastic_sampling_equals_euler_ancestral(k_steps, kw
     solver = jaxsde.EulerAncestral(k_steps - 1, eta=1e8, grid=grid)
     zz = np.swapaxes(z[: k_steps - 1], 0, 1)[:, :, None]
     got, nfe = run_jaxsde(solver, x_T, zz)
+    np.testing.assert_array_equal(nfe, k_steps)
+    report(got, ref)
+
+
+# --- the diffusers flow schedulers' grids ------------------------------------------------------------
+FLOW_SIGMAS = {"prediction_type": "flow_prediction", "use_flow_sigmas": True}
+GRID_CASES = [
+    ("FlowMatchHeunDiscreteScheduler", 6, {"shift": 3.0}),
+    ("DPMSolverMultistepScheduler", 5, {"shift": 1.0}),
+    ("DPMSolverMultistepScheduler", 10, {"shift": 3.0}),
+    ("DPMSolverMultistepScheduler", 8, {"mu": 0.8}),
+    ("UniPCMultistepScheduler", 5, {"shift": 1.0}),
+    ("UniPCMultistepScheduler", 10, {"shift": 3.0}),
+    ("UniPCMultistepScheduler", 8, {"mu": 0.8}),
+    ("UniPCMultistepScheduler", 8, {"shift": 3.0, "shift_terminal": 0.1}),
+]
+
+
+def _flow_scheduler(name, kwargs, **options):
+    """diffusers' ``name`` with flow sigmas, set to ``kwargs``; returns (scheduler, set_timesteps kwargs)."""
+    cls = getattr(diffusers, name)
+    init = dict(options)
+    if name.startswith("FlowMatch"):
+        init["shift"] = kwargs.get("shift", 1.0)
+    else:
+        init.update(FLOW_SIGMAS, flow_shift=kwargs.get("shift", 1.0))
+    if "mu" in kwargs:
+        init.update(use_dynamic_shifting=True, flow_shift=1.0)
+    if "shift_terminal" in kwargs:
+        init["shift_terminal"] = kwargs["shift_terminal"]
+    return cls(**init), ({"mu": kwargs["mu"]} if "mu" in kwargs else {})
+
+
+@pytest.mark.parametrize("name,k_steps,kwargs", GRID_CASES)
+def test_diffusers_flow_grid_is_the_schedulers_sigmas(name, k_steps, kwargs):
+    """Bit for bit: the float32 sigmas diffusers steps on (without the final 0; Heun's each once)."""
+    sched, set_kwargs = _flow_scheduler(name, kwargs)
+    sched.set_timesteps(k_steps, **set_kwargs)
+    sigmas = sched.sigmas.numpy()
+    assert sigmas[-1] == 0.0
+    expected = sigmas[:-1] if "Heun" not in name else np.concatenate([sigmas[:1], sigmas[1:-1:2]])
+    grid = diffusers_flow_grid(name, k_steps, **kwargs)
+    assert len(grid) == k_steps
+    np.testing.assert_array_equal(np.asarray(grid, np.float32), expected)
+    np.testing.assert_array_equal(np.asarray(grid), np.asarray(grid, np.float32).astype(np.float64))
+    if name.startswith("DPM"):  # never starts at 1
+        assert grid[0] < 1.0
+    if name.startswith("UniPC") and "shift_terminal" not in kwargs:
+        assert grid[0] == float(np.float32(1.0 - 1e-6))
+
+
+def test_diffusers_flow_grid_quirks():
+    # DPM-Solver's timesteps are int64(1000 sigma): 749.25 -> 749 (labels only; the update reads sigmas)
+    sched = diffusers.DPMSolverMultistepScheduler(**FLOW_SIGMAS)
+    sched.set_timesteps(4)
+    grid = diffusers_flow_grid("DPMSolverMultistepScheduler", 4)
+    np.testing.assert_allclose(grid, [0.999, 0.74925, 0.4995, 0.24975], rtol=1e-7)
+    assert sched.timesteps.tolist() == [999, 749, 499, 249]
+    # FlowMatchHeun's static shift is applied twice to sigma_min, like FlowMatchEuler's
+    assert diffusers_flow_grid("FlowMatchHeunDiscreteScheduler", 4, shift=3.0)[-1] == pytest.approx(0.0089286, abs=1e-7)
+
+
+@pytest.mark.parametrize("name,kwargs,match", [
+    ("EulerDiscreteScheduler", {}, "unknown diffusers flow scheduler"),
+    ("FlowMatchHeunDiscreteScheduler", {"mu": 0.5}, "static shift only"),
+    ("DPMSolverMultistepScheduler", {"shift_terminal": 0.1}, "no shift_terminal"),
+    ("UniPCMultistepScheduler", {"mu": 0.5, "shift": 3.0}, "e\\^mu"),
+    ("UniPCMultistepScheduler", {"shift": 0.0}, "shift must be"),
+    ("DPMSolverMultistepScheduler", {"shift": float("nan")}, "shift must be"),
+    ("UniPCMultistepScheduler", {"shift_terminal": 1.5}, "shift_terminal must lie"),
+])
+def test_diffusers_flow_grid_bad_input(name, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        diffusers_flow_grid(name, 8, **kwargs)
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        diffusers_flow_grid("UniPCMultistepScheduler", 1)
+
+
+# --- FlowMatchHeun = EDMHeun(variables="native") ------------------------------------------------------
+@pytest.mark.parametrize("k_steps,shift", [(5, 1.0), (5, 3.0), (12, 3.0)])
+def test_flow_match_heun_equals_native_heun(k_steps, shift, x64):
+    sched, _ = _flow_scheduler("FlowMatchHeunDiscreteScheduler", {"shift": shift})
+    sched.set_timesteps(k_steps)
+    x_T, _ = draws(0, seed=2)
+    ref = run_diffusers(sched, 2 * k_steps - 1, x_T)
+    grid = diffusers_flow_grid("FlowMatchHeunDiscreteScheduler", k_steps, shift=shift)
+    assert grid[0] == 1.0
+    got, nfe = run_jaxsde(jaxsde.EDMHeun(k_steps - 1, variables="native", grid=grid), x_T)
+    np.testing.assert_array_equal(nfe, 2 * k_steps - 1)
+    report(got, ref)
+
+
+def test_native_heun_bad_input_and_edm_scheme_refuses_t_1(x64):
+    with pytest.raises(ValueError, match="variables must be one of"):
+        jaxsde.EDMHeun(4, variables="flow")
+    with pytest.raises(ValueError, match="churn"):
+        jaxsde.EDMHeun(4, churn=1.0, variables="native")
+    grid = flow_grid(5, shift=3.0)
+    with pytest.raises(ValueError, match="cannot start where alpha = 0"):
+        jaxsde.solve(jax.random.PRNGKey(0), SDE, MODEL, jaxsde.EDMHeun(4, grid=grid), jnp.zeros(3))
+
+
+# --- DPM-Solver++ and UniPC with flow sigmas ---------------------------------------------------------
+MULTISTEP_CASES = [
+    ("DPMSolverMultistepScheduler", 2, 10, {"shift": 1.0}),
+    ("DPMSolverMultistepScheduler", 2, 10, {"shift": 3.0}),
+    ("DPMSolverMultistepScheduler", 3, 10, {"shift": 3.0}),
+    ("DPMSolverMultistepScheduler", 3, 10, {"mu": 1.15}),
+    ("DPMSolverMultistepScheduler", 3, 20, {"shift": 3.0}),
+    ("UniPCMultistepScheduler", 2, 10, {"shift": 1.0}),
+    ("UniPCMultistepScheduler", 2, 10, {"shift": 3.0}),
+    ("UniPCMultistepScheduler", 3, 10, {"shift": 3.0}),
+    ("UniPCMultistepScheduler", 3, 10, {"mu": 1.15}),
+    ("UniPCMultistepScheduler", 2, 10, {"shift": 3.0, "shift_terminal": 0.05}),
+]
+
+
+@pytest.mark.parametrize("name,order,k_steps,kwargs", MULTISTEP_CASES)
+def test_multistep_flow_sigmas_equal_jaxsde(name, order, k_steps, kwargs, x64):
+    """diffusers' defaults otherwise (``dpmsolver++``/``midpoint``, ``bh2``, ``lower_order_final``,
+    ``final_sigmas_type="zero"``); K NFE on both sides."""
+    sched, set_kwargs = _flow_scheduler(name, kwargs, solver_order=order)
+    sched.set_timesteps(k_steps, **set_kwargs)
+    x_T, _ = draws(0, seed=3)
+    ref = run_diffusers(sched, k_steps, x_T)
+    grid = diffusers_flow_grid(name, k_steps, **kwargs)
+    if name.startswith("DPM"):
+        solver = jaxsde.DPMSolverPP(k_steps - 1, order=order, grid=grid, denoise_is_last_step=True)
+    else:
+        solver = jaxsde.UniPC(k_steps - 1, order=order, variant="bh2", lower_order_final="always",
+                              denoise_is_last_step=True, grid=grid)
+    got, nfe = run_jaxsde(solver, x_T)
     np.testing.assert_array_equal(nfe, k_steps)
     report(got, ref)
