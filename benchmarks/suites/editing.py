@@ -1,55 +1,18 @@
 """Spatially sparse editing (jaxsde.sparse) vs the dense network, per sampling step, on CPU.
 
-    python -m benchmarks run editing [--size 64] [--rounds 9] [--quick] [--out benchmarks/results]
-    python -m benchmarks run editing --size 256 --blocks 8 4 --fractions 0 0.01 0.05 0.10 0.25 --rounds 5 \
-        --dilate --large-size 0 --ddpm 0 --name editing_256 --out benchmarks/results
-
-A DigitsUNet of the embedded "large" configuration (channels (32, 96), 2 blocks per level,
-1.49M parameters) with random weights, at ``--size`` x ``--size`` pixels. For square edits of
-1, 5, 10 and 25% of the image (placed off the tile grid; the edit negates the pixels), the
-per-step cost of one network evaluation (the only non-elementwise work of a DDIM step):
-
-* **dense**: ``SparseUNet.apply`` (= ``model.apply`` on one sample);
-* **sparse**, ``SparseUNet.apply_sparse`` with the original image's cache of the same step and
-  three plans (tiles of ``--blocks`` pixels per level): ``input`` (every layer recomputes the
-  edit mask's tiles; an approximation), ``exact`` (receptive-field-exact, roi = the edit mask:
-  exact on the edited pixels up to the GroupNorm statistics, the original's output elsewhere)
-  and ``exact-all`` (receptive-field-exact on every pixel).
-
-Wall time: every program compiled and warmed up first, then ``--rounds`` interleaved rounds
-(dense and the three plans, the order rotating each round); median over rounds (and the
-median of the per-round dense/sparse ratios). FLOPs: XLA's ``cost_analysis()`` of the compiled
-programs (deterministic). Memory: bytes of one step's cache (every layer output and GroupNorm
-statistics) and for a 50-step DDIM edit. Accuracy, for ``stats="reuse"`` and
-``"recompute"``: max abs and relative L2 error of the output (eps) vs the TRUE dense network on
-the edited image, on the edited pixels and on all pixels; max |sparse - masked-dense| (engine
-exactness); for the exact plans, the error vs the dense network with the original's GroupNorm
-statistics (``apply_frozen``) on the roi (exactness of the receptive-field propagation). Also:
-the input plan's error vs mask dilation at ~5%, and the input / exact plans at
-``--large-size`` (128) for 1 and 5%, and the DDPM UNet2D in google/ddpm-cifar10-32's layout
-(35.7M parameters, random weights, attention at 16x16) at 32x32 with the input and exact
-plans (``--ddpm 0`` skips it). The paper's figures (SIGE, Li et al. NeurIPS 2022) are
-printed beside ours, labelled as the paper's. Writes ``OUT/NAME.json`` and ``OUT/NAME.md``
-(``--name``, default ``editing``).
-
-``--sdedit-steps N`` adds whole ``sparse_sdedit`` trajectories (DDIM(N), the exact plan at
-``--sdedit-fractions``): the jitted ``lax.scan`` vs the eager Python loop over the pre-padded,
-donated step caches (in place).
-
-Options for larger images (the second command above): ``--variants`` picks the plans, a
-fraction ``0`` is a one-pixel edit (the sparse call's fixed cost), ``--dilate`` with no value
-skips the dilation table, ``--per-octave`` / ``--layer-dense-above`` tune the exact plans
-(``SparseUNet.plan``'s arguments). For the exact plans the markdown also decomposes the plan's
-estimated convolution work (fraction of dense): *ideal* (only the changed-and-needed pixels of
-every layer), *tiles* (whole active tiles), *bucketed* (tile counts padded to buckets and layers
-above ``layer_dense_above`` computed densely, = ``plan.work``), with the share of the bucketed
-work at the low-resolution level, beside XLA's FLOPs ratio and the measured wall-time ratio.
+A DigitsUNet of the embedded "large" configuration (random weights) at ``--size`` pixels; square edits of
+``--fractions`` of the image (negated pixels, off the tile grid). Per plan (:data:`VARIANTS`, tiles of ``--blocks``
+pixels per level): XLA FLOPs of the compiled step, wall time in interleaved rounds with dense (medians, paired
+ratios), one step's cache bytes, and errors (max abs, relative L2) against the true dense network on the edited /
+all pixels, the masked dense reference and, on the plan's roi, the dense network with the original's GroupNorm
+statistics. Options add: the input plan vs mask dilation (``--dilate``), ``--large-size``, the DDPM UNet2D at
+32x32 (``--ddpm``) and whole ``sparse_sdedit`` trajectories, scan vs the in-place Python loop (``--sdedit-steps``).
+Writes ``NAME.{json,md}``; the SIGE paper's figures are printed beside ours, labelled as the paper's.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
 import time
@@ -61,6 +24,8 @@ import numpy as np
 from jaxsde.models.ddpm_unet import ddpm_cifar10
 from jaxsde.models.unet import SIZES, DigitsUNet
 from jaxsde.sparse import PAD, SparseUNet, cache_bytes, propagate, random_params
+
+from ..harness.timing import interleaved
 
 PAPER = {
     "source": "SIGE (Li et al., NeurIPS 2022), https://www.cs.cmu.edu/~sige/ — the paper's figures, not ours",
@@ -76,12 +41,6 @@ def flops(compiled) -> float:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     return float(cost.get("flops", float("nan")))
-
-
-def timed(f, *args):
-    w, c = time.perf_counter(), time.process_time()
-    jax.block_until_ready(f(*args))
-    return time.perf_counter() - w, time.process_time() - c
 
 
 def square_mask(size, frac, offset):
@@ -225,26 +184,12 @@ def measure(net, params, size, blocks, fractions, variants, rounds, seed=0, chan
             row["output_scale"] = float(jnp.max(jnp.abs(y_true)))
             progs[name] = (comp["reuse"], plan)
             frow.append(row)
-        # warm up, then interleaved rounds: dense and every variant, the order rotating
-        names = ["dense", "cache-pass", *progs]
-
-        def call(name, progs=progs, x_edit=x_edit):
-            if name == "dense":
-                return timed(dense_c, params, x_edit, t)
-            if name == "cache-pass":
-                return timed(cache_pass, maps)
-            c, plan = progs[name]
-            if name.endswith("-inplace"):  # save + in-place step + restore
-                return timed(lambda: (run_inplace(c, plan), state["padded"]))
-            return timed(c, params, x_edit, t, cache, plan)
-
-        for name in names:
-            call(name)
-        wall = {n: [] for n in names}
-        for r in range(rounds):
-            k = r % len(names)
-            for name in names[k:] + names[:k]:
-                wall[name].append(call(name)[0])
+        # warm up, then interleaved rounds: dense, one pass over the cache and every variant, the order rotating
+        calls = {"dense": lambda x_edit=x_edit: dense_c(params, x_edit, t), "cache-pass": lambda: cache_pass(maps)}
+        for name, (c, plan) in progs.items():
+            calls[name] = ((lambda c=c, plan=plan: (run_inplace(c, plan), state["padded"])) if name.endswith(
+                "-inplace") else (lambda c=c, plan=plan, x_edit=x_edit: c(params, x_edit, t, cache, plan)))
+        wall, _ = interleaved(calls, rounds)
         if state:  # the fast path's save / restore left the padded cache as recorded, bit for bit
             restored = bool(all(jnp.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(net.unpad_cache(
                 state["padded"])), jax.tree_util.tree_leaves(cache), strict=True)))
@@ -297,16 +242,10 @@ def dilation_rows(net, params, size, blocks, dilations, rounds, cache, dense_flo
                              rel_err_vs_true_edited=true["rel_l2"], max_err_vs_true_edited=true["max_abs"],
                              rel_err_vs_frozen_edited=frozen["rel_l2"], max_err_vs_frozen_edited=frozen["max_abs"]))
         progs.append((c, plan))
-    wall = [[] for _ in range(len(progs) + 1)]
-    timed(dense_c, params, x_edit, t)
-    for c, plan in progs:
-        timed(c, params, x_edit, t, cache, plan)
-    for r in range(rounds):
-        order = list(range(len(progs) + 1))
-        order = order[r % len(order):] + order[:r % len(order)]
-        for i in order:
-            wall[i].append(timed(dense_c, params, x_edit, t)[0] if i == 0
-                           else timed(progs[i - 1][0], params, x_edit, t, cache, progs[i - 1][1])[0])
+    calls = {0: lambda: dense_c(params, x_edit, t)}
+    calls.update({i + 1: (lambda c=c, plan=plan: c(params, x_edit, t, cache, plan)) for i, (c, plan) in
+                  enumerate(progs)})
+    wall, _ = interleaved(calls, rounds)
     for i, row in enumerate(dilation):
         row["ms_dense_median"] = 1e3 * float(np.median(wall[0]))
         row["ms_sparse_median"] = 1e3 * float(np.median(wall[i + 1]))
@@ -343,19 +282,11 @@ def sdedit_rows(net, params, size, blocks, fractions, steps, rounds, plan_kw=Non
         _, _, pcache = sparse_sdedit(key, sde, solver, net, params, x, x_edit, t0, plan, mode="dense", loop="python")
         y_scan = scan["sparse"](params, scache)
         y_loop = edit(params, pcache, "sparse")
-        progs = {
-            "dense (scan)": lambda scan=scan, c=scache: timed(scan["dense"], params, c),
-            "sparse (scan)": lambda scan=scan, c=scache: timed(scan["sparse"], params, c),
-            "sparse (python loop, in place)": lambda edit=edit, c=pcache: timed(edit, params, c, "sparse"),
-        }
-        names = list(progs)
-        for n in names:
-            progs[n]()
-        wall = {n: [] for n in names}
-        for r in range(rounds):
-            k = r % len(names)
-            for n in names[k:] + names[:k]:
-                wall[n].append(progs[n]()[0])
+        wall, _ = interleaved({"dense (scan)": lambda scan=scan, c=scache: scan["dense"](params, c),
+                               "sparse (scan)": lambda scan=scan, c=scache: scan["sparse"](params, c),
+                               "sparse (python loop, in place)": lambda edit=edit, c=pcache: edit(params, c, "sparse")},
+                              rounds)
+        names = list(wall)
         d = np.asarray(wall["dense (scan)"])
         row = dict(edited_percent=100 * float(mask.mean()), steps=steps, calls=steps + 1, work_estimate=plan.work,
                    ms_median={n: 1e3 * float(np.median(wall[n])) for n in names},
@@ -442,9 +373,8 @@ def run(args, ctx):
         ddpm_cache = cache_bytes(dcache)
         print(f"DDPM UNet2D ({ddpm_params:,} params): {time.perf_counter() - t2:.0f} s", flush=True)
 
-    command = ctx.command
     result = dict(
-        command=command.strip(), jax=jax.__version__, backend=jax.default_backend(), machine=platform.machine(),
+        command=ctx.command, jax=jax.__version__, backend=jax.default_backend(), machine=platform.machine(),
         cpus=os.cpu_count(), date=datetime.datetime.now().isoformat(timespec="seconds"),
         model="DigitsUNet(**SIZES['large']), random weights", params=nparams, size=size, blocks=args.blocks,
         rounds=args.rounds, fractions=args.fractions, plan_kw=plan_kw, cache_bytes_per_step=step_bytes,
@@ -456,12 +386,7 @@ def run(args, ctx):
         ddpm_params=ddpm_params if ddpm else None, ddpm_cache_bytes_per_step=ddpm_cache if ddpm else None,
         seconds=time.perf_counter() - t0,
     )
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, args.name + ".json"), "w") as f:
-            json.dump(result, f, indent=1)
-        with open(os.path.join(args.out, args.name + ".md"), "w") as f:
-            f.write(markdown(result))
+    ctx.save(args.name, result)
     return result
 
 
@@ -536,16 +461,10 @@ def _inplace_note(rows):
     if not rows:
         return []
     worst = max(v for r in rows for v in r["inplace_vs_apply_sparse_max_abs"].values())
-    return [
-        "The `-inplace` rows: the same plans on the in-place fast path (`SparseUNet.apply_sparse_inplace` on the "
-        "cache padded once, donated, plus `save_tiles` / `restore_tiles` before and after: three jitted calls per "
-        f"step, timed together). Max |in-place - `apply_sparse`| over all rows and both stats: {worst:.1e}; the "
-        f"padded cache after all the timed calls equals the recorded one bit for bit: "
-        f"{'yes' if all(r.get('cache_restored') for r in rows) else 'NO'}. The difference from the plain rows is "
-        "the sparse call's fixed cost: `apply_sparse` pads every cached map and writes each layer's tiles into a "
-        "full-size copy (a pass over the whole cache per call; *cache pass* below).",
-        "",
-    ]
+    return [f"`-inplace` rows: the plan on `apply_sparse_inplace` (cache padded once, donated; `save_tiles` / "
+            f"`restore_tiles` timed with it). Max |in-place - `apply_sparse`|: {worst:.1e}; cache restored bit for "
+            f"bit: "
+            f"{'yes' if all(r.get('cache_restored') for r in rows) else 'NO'}.", ""]
 
 
 def _decomposition(res):
@@ -554,138 +473,68 @@ def _decomposition(res):
         return []
     cp = [r["ms_cache_pass_median"] for r in res["rows"] if r.get("ms_cache_pass_median") is not None]
     d = [r["ms_dense_median"] for r in res["rows"]]
-    return [
-        "Where the exact plans' time goes. Estimated convolution work as a fraction of dense: *ideal* = only the "
-        "pixels each layer must recompute (changed by the edit and needed by the roi), *whole tiles* = the "
-        "active tiles, *bucketed* = tile counts padded to buckets and layers above `layer_dense_above` computed "
-        "densely (the plan's own estimate); share at low res. = the bucketed work at the lowest-resolution level "
-        "(in parentheses: dense's). "
-        "Then XLA's FLOPs and the measured wall time as fractions of dense. *cache pass*: one pass over the "
-        "cached maps (padding every map by the engine's border, as `apply_sparse` does to the cache on each "
-        f"call; {res['cache_bytes_per_step'] / 2**20:.1f} MiB), timed in the same rounds: median "
-        f"{np.median(cp):.0f} ms vs dense {np.median(d):.0f} ms. A one-pixel edit (`1 px`) shows the sparse "
-        "call's fixed cost.",
-        "",
-        *lines,
-        "",
-    ]
+    return ["Exact plans' estimated convolution work / dense: *ideal* (changed and needed pixels), *whole tiles*, "
+            "*bucketed* (`plan.work`; in parentheses dense's share at the lowest resolution), beside XLA FLOPs and "
+            f"wall time / dense. *cache pass*: padding every cached map once "
+            f"({res['cache_bytes_per_step'] / 2**20:.1f} MiB), median {np.median(cp):.0f} ms vs dense "
+            f"{np.median(d):.0f} ms.", "", *lines, ""]
 
 
-def markdown(res) -> str:
+def render(res) -> str:
     lines = [
-        "# Spatially sparse editing: sparse vs dense per sampling step (CPU)",
-        "",
+        "# Spatially sparse editing: sparse vs dense per sampling step (CPU)", "",
         f"Command: `{res['command']}` ({res.get('seconds', float('nan')):.0f} s)  ",
-        f"jax {res['jax']}, {res['backend']} / {res['machine']}, {res['cpus']} CPUs (shared with other jobs, loaded), "
-        f"{res['date']}; {res['model']} ({res['params']:,} params) at {res['size']}x{res['size']}, "
-        f"tiles {res['blocks']} px per level; {res['rounds']} interleaved rounds after a warm-up.",
-        "",
-        "Per step = one network evaluation (a DDIM step adds only elementwise work). Plans: "
-        + "; ".join(f"`{k}`: {v}" for k, v in res["variants"].items())
-        + ". Wall time: median over rounds (dense and every plan interleaved in each round), and the median of "
-        "the per-round ratios. FLOPs: XLA `cost_analysis()` of the compiled programs (stats=reuse). est. work: the "
-        "plan's own estimate of its convolution FLOPs / dense (bucketed tiles). Timings are on a shared, loaded "
-        "2-core machine: read the ratios, not the absolute milliseconds.",
-        "",
-        *_speed_table(res["rows"]),
-        "",
-        *_inplace_note(res["rows"]),
-        *_decomposition(res),
-        "Errors of the network output (eps; output scale max |eps| = "
-        f"{res['rows'][0]['output_scale']:.2f}). vs true dense: the dense network on the edited image. "
-        "vs masked-dense: the dense reference with the engine's semantics (engine exactness). vs frozen-stats "
-        "dense: the dense network with the original image's GroupNorm statistics (`apply_frozen`), on the "
-        "plan's roi (the edited pixels for `exact`, all pixels for `exact-all`): the exactness of the "
-        "receptive-field propagation. `exact` leaves the output outside the edit mask at the original's (by "
-        "design), so its all-pixel error is the edit's influence outside the mask.",
-        "",
-        *_error_table(res["rows"]),
-    ]
-    mib = res["cache_bytes_per_step"] / 2**20
-    lines += [
-        "",
-        f"Cache memory: {mib:.2f} MiB per step (every layer's output and GroupNorm statistics of the original "
-        f"image, float32); a {res['steps']}-step DDIM edit keeps {res['steps'] + 1} of them: "
-        f"{res['cache_bytes_per_edit'] / 2**20:.0f} MiB.",
-    ]
+        f"jax {res['jax']}, {res['backend']} / {res['machine']}, {res['cpus']} CPUs (shared), {res['date']}; "
+        f"{res['model']} ({res['params']:,} params) at {res['size']}x{res['size']}, tiles {res['blocks']} px per "
+        f"level; {res['rounds']} interleaved rounds after a warm-up.", "",
+        "Per step = one network evaluation. Plans: " + "; ".join(f"`{k}`: {v}" for k, v in res["variants"].items())
+        + ". Wall: median over rounds (paired: median of per-round ratios). FLOPs: XLA `cost_analysis()` "
+        "(stats=reuse). est. work: the plan's estimate / dense.", "",
+        *_speed_table(res["rows"]), "", *_inplace_note(res["rows"]), *_decomposition(res),
+        f"Errors of the output eps (max |eps| = {res['rows'][0]['output_scale']:.2f}) vs the true dense network, "
+        "the masked dense reference (engine exactness) and the dense network with the original's GroupNorm "
+        "statistics on the plan's roi (receptive-field exactness).", "",
+        *_error_table(res["rows"]), "",
+        f"Cache: {res['cache_bytes_per_step'] / 2**20:.2f} MiB per step; a {res['steps']}-step DDIM edit keeps "
+        f"{res['steps'] + 1}: {res['cache_bytes_per_edit'] / 2**20:.0f} MiB."]
     if res.get("dilation"):
-        lines += [
-            "",
-            "Input plan: approximation vs dilation of the edit mask (the ~5% edit; stats=reuse; active pixels at "
-            "level 0). Errors on the edited pixels vs the true dense network and vs the frozen-statistics dense "
-            "network (the latter is the receptive-field error alone; the exact plan's is 0). Wall time: "
-            f"{res['rounds']} interleaved rounds with dense.",
-            "",
-            "| dilate (px) | active pixels % | FLOPs fewer | speedup (median) | rel. L2 / max abs error vs true, "
-            "edited | rel. L2 / max abs error vs frozen-stats, edited |",
-            "|---|---|---|---|---|---|",
-            *[f"| {d['dilate']} | {d['active_pixel_percent']:.1f} | {d['flop_ratio']:.2f}x | "
-              f"{d['speedup_median']:.2f}x | {d['rel_err_vs_true_edited']:.2e} / {d['max_err_vs_true_edited']:.2e} | "
-              f"{d['rel_err_vs_frozen_edited']:.2e} / {d['max_err_vs_frozen_edited']:.2e} |"
-              for d in res.get("dilation", [])],
-        ]
+        lines += ["", "Input plan vs dilation of the ~5% edit (stats=reuse; active pixels at level 0; errors on the "
+                  "edited pixels):", "",
+                  "| dilate (px) | active pixels % | FLOPs fewer | speedup (median) | rel. L2 / max abs error vs true, "
+                  "edited | rel. L2 / max abs error vs frozen-stats, edited |", "|---|---|---|---|---|---|",
+                  *[f"| {d['dilate']} | {d['active_pixel_percent']:.1f} | {d['flop_ratio']:.2f}x | "
+                    f"{d['speedup_median']:.2f}x | {d['rel_err_vs_true_edited']:.2e} / "
+                    f"{d['max_err_vs_true_edited']:.2e} | "
+                    f"{d['rel_err_vs_frozen_edited']:.2e} / {d['max_err_vs_frozen_edited']:.2e} |"
+                    for d in res["dilation"]]]
     if res.get("sdedit"):
         sd = res["sdedit"]
         names = list(sd[0]["ms_median"])
-        lines += [
-            "",
-            f"## Whole trajectories: `sparse_sdedit`, VPSDE, DDIM({sd[0]['steps']}) ({sd[0]['calls']} network calls), "
-            f"t0 = 0.5, the exact plan ({res['rounds']} interleaved rounds)",
-            "",
-            "`dense (scan)` and `sparse (scan)`: the edit as one jitted `lax.scan` over the grid, the stacked "
-            "per-step cache an argument (each step slices its cache out of the stack and `apply_sparse` pads it: "
-            "two passes over the step's cache). `sparse (python loop, in place)`: `sparse_sdedit` called eagerly "
-            "with a cache in the loop's layout (its default then, and for step caches of 16 MiB and up): a "
-            "Python loop of one jitted program per step over the pre-padded step caches, "
-            "donated and written in place, the overwritten tiles saved and restored (so the cache serves the "
-            "next edit); the compiled programs are reused across calls. The recording pass is not timed. "
-            "max |scan - loop|: the two edits' outputs (the two programs round differently).",
-            "",
-            "| edited % | " + " | ".join(f"ms {n}" for n in names) + " | " + " | ".join(
-                f"{n} vs dense (paired)" for n in names[1:]) + " | max abs scan - loop (output scale) |",
-            "|---|" + "---|" * (2 * len(names) - 1) + "---|",
-            *[f"| {r['edited_percent']:.1f} | " + " | ".join(f"{r['ms_median'][n]:.0f}" for n in names) + " | "
-              + " | ".join(f"**{r['speedup_paired_median'][n]:.2f}x**" for n in names[1:])
-              + f" | {r['max_abs_scan_vs_loop']:.1e} ({r['output_scale']:.2f}) |" for r in sd],
-        ]
+        lines += ["", f"## Whole trajectories: `sparse_sdedit`, VPSDE, DDIM({sd[0]['steps']}) ({sd[0]['calls']} "
+                  f"network calls), t0 = 0.5, the exact plan ({res['rounds']} interleaved rounds)", "",
+                  "scan: one jitted `lax.scan`, the stacked cache an argument; python loop: one jitted program per "
+                  "step over pre-padded, donated step caches (tiles saved and restored). Recording not timed.", "",
+                  "| edited % | " + " | ".join(f"ms {n}" for n in names) + " | " + " | ".join(
+                      f"{n} vs dense (paired)" for n in names[1:]) + " | max abs scan - loop (output scale) |",
+                  "|---|" + "---|" * (2 * len(names) - 1) + "---|",
+                  *[f"| {r['edited_percent']:.1f} | " + " | ".join(f"{r['ms_median'][n]:.0f}" for n in names) + " | "
+                    + " | ".join(f"**{r['speedup_paired_median'][n]:.2f}x**" for n in names[1:])
+                    + f" | {r['max_abs_scan_vs_loop']:.1e} ({r['output_scale']:.2f}) |" for r in sd]]
     if res.get("large"):
         n = res["large_size"]
-        lines += [
-            "",
-            f"## {n}x{n}, tiles {res['large_blocks']} px per level ({res['large_rounds']} interleaved rounds)",
-            "",
-            "The exact plan's active region is the edit grown by the UNet's receptive field (38 px radius for this "
-            "network), so it pays off when the image is large compared with that radius.",
-            "",
-            *_speed_table(res["large"]),
-            "",
-            *_error_table(res["large"]),
-        ]
+        lines += ["", f"## {n}x{n}, tiles {res['large_blocks']} px per level ({res['large_rounds']} interleaved "
+                  "rounds)",
+                  "", *_speed_table(res["large"]), "", *_error_table(res["large"])]
     if res.get("ddpm"):
-        lines += [
-            "",
-            f"## DDPM UNet2D (google/ddpm-cifar10-32 layout, {res['ddpm_params']:,} params, random weights), 32x32x3, "
-            f"timestep 500, tiles {res['ddpm_blocks']} px per level ({res['ddpm_rounds']} interleaved rounds)",
-            "",
-            "Self-attention at 16x16 and in the 4x4 mid block: sparse queries (the active tiles) against keys and "
-            "values of the whole mixed map. Attention is global, so the exact plan recomputes every layer after the "
-            "first attention on the changed path everywhere (the 16x16..4x4 levels carry most of the FLOPs): it is "
-            "exact (vs frozen-stats dense: 0 on the edited pixels) but close to dense; the input plan is fast and "
-            f"approximate. Cache: {res['ddpm_cache_bytes_per_step'] / 2**20:.2f} MiB per step.",
-            "",
-            *_speed_table(res["ddpm"]),
-            "",
-            *_error_table(res["ddpm"]),
-        ]
-    lines += [
-        "",
-        "Target: >= 3x faster per step than dense at <= 5% edited area, identical results.",
-        "",
-        "**The paper's figures (SIGE, Li et al. NeurIPS 2022, https://www.cs.cmu.edu/~sige/; not measured here)**: "
-        f"at {PAPER['edited_area_percent']}% edited area, DDIM {PAPER['ddim_compute_reduction']}x less compute, "
-        f"{PAPER['ddim_latency_speedup_rtx3090']}x lower latency on an RTX 3090 and "
-        f"{PAPER['ddim_latency_speedup_m1pro_cpu']}x on an M1 Pro CPU (a 256x256 DDPM UNet with attention); "
-        f"GauGAN {PAPER['gaugan_compute_reduction']}x less compute.",
-        "",
-    ]
+        lines += ["", f"## DDPM UNet2D (google/ddpm-cifar10-32 layout, {res['ddpm_params']:,} params, random weights), "
+                  f"32x32x3, timestep 500, tiles {res['ddpm_blocks']} px per level ({res['ddpm_rounds']} interleaved "
+                  "rounds)", "",
+                  "Attention is global: after the first attention on the changed path the exact plan recomputes "
+                  f"everywhere. Cache: {res['ddpm_cache_bytes_per_step'] / 2**20:.2f} MiB per step.", "",
+                  *_speed_table(res["ddpm"]), "", *_error_table(res["ddpm"])]
+    lines += ["", "Target: >= 3x faster per step than dense at <= 5% edited area, identical results.", "",
+              f"**The paper's figures ({PAPER['source']})**: at {PAPER['edited_area_percent']}% edited area, DDIM "
+              f"{PAPER['ddim_compute_reduction']}x less compute, {PAPER['ddim_latency_speedup_rtx3090']}x lower "
+              f"latency on an RTX 3090, {PAPER['ddim_latency_speedup_m1pro_cpu']}x on an M1 Pro CPU; "
+              f"GauGAN {PAPER['gaugan_compute_reduction']}x less compute.", ""]
     return "\n".join(lines)
