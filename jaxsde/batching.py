@@ -48,6 +48,7 @@ from jax.sharding import PartitionSpec as P
 from . import driver, results
 from .driver import LoopState, Problem
 from .noise import FreshNoise
+from .prediction import Model, prepare_model
 from .progress import ProgressReporter
 from .solution import Solution, Stats
 
@@ -636,7 +637,11 @@ class Generator:
                             **solve_kwargs)
 
         def problem(params):
-            return p0._replace(score=score_fn(params))
+            # the score as prepare() made it: a Prediction becomes its Model (the exact x0 channel), in p0's dtype
+            score = prepare_model(sde, score_fn(params))
+            if isinstance(p0.score, Model):
+                score = score.with_dtype(p0.score.dtype)
+            return p0._replace(score=score)
 
         def local_init(key, params):
             return _lift(_empty(problem(params), key, self.slots, _Work(jnp.zeros((1,), jnp.int32), None)))

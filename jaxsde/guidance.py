@@ -26,6 +26,17 @@ Gotta Go Fast) through ``cond=`` of :func:`jaxsde.solve`, :func:`jaxsde.sample`,
   the interval (samples are at different times), so an interval changes the samples, not the
   cost.
 
+**Prediction models.** A :class:`jaxsde.Prediction` (e.g. a flow-matching model's velocity,
+``jaxsde.pretrained("digits-flow").score``) is guided in its own kind and the result is a
+:class:`~jaxsde.Prediction` of that kind, so solvers keep the model's exact data estimate (a
+flow starts at ``t = 1``). Classifier-free and composed guidance combine the outputs with the
+same weights: every kind is affine in the score with coefficients that do not depend on the
+condition, and the weights sum to 1, so this equals guiding the score. Classifier guidance adds
+``w grad log p`` to the score, which is ``w B(t) grad log p`` in the model's kind (``B =
+-sigma D / alpha`` for a velocity, ``sigma^2 / alpha`` for x0): infinite where ``alpha = 0``, so
+it needs ``sde`` and, on a flow started at ``t = 1``, an ``interval`` with a finite ``hi`` (the
+term is exactly 0 outside the interval).
+
 **NFE.** The driver counts calls of the score it is given: one call of a guided score counts
 as one NFE in ``sol.stats.nfe``, whatever it costs inside (a CFG evaluation runs the network
 on two inputs; classifier guidance adds one classifier forward and backward pass). The final
@@ -43,6 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .prediction import Prediction, convert
 from .sde import SDE
 
 Array = jax.Array
@@ -122,7 +134,8 @@ def classifier_free(score: CondScore, null_cond: Any, weight: float | Array, *, 
 
     Args:
       score: the conditional score ``score(x, t, cond)`` of ONE sample, trained with condition
-        dropout so that ``null_cond`` gives the unconditional score.
+        dropout so that ``null_cond`` gives the unconditional score; or a :class:`jaxsde.Prediction`
+        (then the result is a Prediction of the same kind; see the module docstring).
       null_cond: the model's null condition (same pytree structure as a condition), e.g.
         ``ckpt.null_cond``.
       weight: ``w`` (``0``: no guidance); a Python float or a (possibly traced) scalar array.
@@ -135,14 +148,15 @@ def classifier_free(score: CondScore, null_cond: Any, weight: float | Array, *, 
     _check_null(null_cond)
     check_weight(weight)
     inside = noise_level_interval(sde, interval)
+    model = score.fn if isinstance(score, Prediction) else score
 
     def guided(x: Array, t: Array, cond: Any) -> Array:
         pair = _stack([cond, null_cond])
-        both = jax.vmap(lambda c: score(x, t, c))(pair)
+        both = jax.vmap(lambda c: model(x, t, c))(pair)
         w = _gated(jnp.asarray(weight, both.dtype), inside, t)
         return (1.0 + w) * both[0] - w * both[1]
 
-    return guided
+    return _like(score, guided)
 
 
 def composed(score: CondScore, null_cond: Any, weights: Sequence[float] | Array, *, sde: SDE | None = None,
@@ -157,7 +171,8 @@ def composed(score: CondScore, null_cond: Any, weights: Sequence[float] | Array,
     interval every ``w_k`` is 0).
 
     Args:
-        score: the conditional score ``score(x, t, cond)`` of ONE sample.
+        score: the conditional score ``score(x, t, cond)`` of ONE sample, or a
+            :class:`jaxsde.Prediction` (the result is then one of the same kind).
         null_cond: the condition meaning "no condition" (e.g. the null class).
         weights: ``w_1 .. w_K``, one per condition.
         sde: the SDE, needed with ``interval``.
@@ -174,6 +189,7 @@ def composed(score: CondScore, null_cond: Any, weights: Sequence[float] | Array,
         raise ValueError(f"weights must be a sequence of one weight per condition, got shape {weights.shape}")
     num = weights.shape[0]
     inside = noise_level_interval(sde, interval)
+    model = score.fn if isinstance(score, Prediction) else score
 
     def guided(x: Array, t: Array, conds: Any) -> Array:
         for leaf in jax.tree_util.tree_leaves(conds):
@@ -182,13 +198,13 @@ def composed(score: CondScore, null_cond: Any, weights: Sequence[float] | Array,
                                  f"leading axis of {num} on every leaf of cond), got a leaf of shape {leaf.shape}")
         null = jax.tree_util.tree_map(lambda v: jnp.asarray(v)[None], null_cond)
         every = jax.tree_util.tree_map(lambda c, u: jnp.concatenate([c, u.astype(c.dtype)]), conds, null)
-        values = jax.vmap(lambda c: score(x, t, c))(every)
+        values = jax.vmap(lambda c: model(x, t, c))(every)
         s_null = values[num]
         w = _gated(jnp.asarray(weights, values.dtype), inside, t)
         w = w.reshape((num,) + (1,) * x.ndim)
         return s_null + jnp.sum((1.0 + w) * (values[:num] - s_null), axis=0)
 
-    return guided
+    return _like(score, guided)
 
 
 def classifier(score: Callable[[Array, Array], Array], log_prob: CondScore, weight: float | Array, *,
@@ -196,7 +212,9 @@ def classifier(score: Callable[[Array, Array], Array], log_prob: CondScore, weig
     """Classifier guidance: ``guided(x, t, c) = score(x, t) + w grad_x log_prob(x, t, c)``.
 
     Args:
-      score: the unconditional score ``score(x, t)`` of ONE sample.
+      score: the unconditional score ``score(x, t)`` of ONE sample, or a :class:`jaxsde.Prediction`
+        (then ``sde`` is required and the result is a Prediction of the same kind; see the module
+        docstring).
       log_prob: ``log p_t(c | x)`` of a noise-conditional classifier, a scalar, for ONE sample
         ``x`` at time ``t`` (e.g. the embedded digits classifier's ``log_prob``).
       weight: ``w`` (``1``: the exact conditional score if the classifier were exact).
@@ -206,12 +224,27 @@ def classifier(score: Callable[[Array, Array], Array], log_prob: CondScore, weig
     check_weight(weight)
     if not callable(log_prob):
         raise TypeError("log_prob must be a callable log_prob(x, t, cond) -> scalar")
+    kind = score.kind if isinstance(score, Prediction) else "score"
+    if kind != "score" and not isinstance(sde, SDE):
+        raise TypeError(f"classifier guidance of a {kind!r} Prediction needs the SDE (sde=...) to express the "
+                        f"gradient term in its kind")
     inside = noise_level_interval(sde, interval)
     grad = jax.grad(lambda x, t, c: jnp.asarray(log_prob(x, t, c), x.dtype).reshape(()), argnums=0)
 
     def guided(x: Array, t: Array, cond: Any) -> Array:
         base = score(x, t)
         w = _gated(jnp.asarray(weight, base.dtype), inside, t)
-        return base + w * grad(x, t, cond).astype(base.dtype)
+        g = grad(x, t, cond).astype(base.dtype)
+        if kind == "score":
+            return base + w * g
+        # the score's shift w g in the model's kind (linear in (x, score): x = 0 gives B(t) w g); exactly 0
+        # where w is (outside the interval), even where B is infinite (alpha = 0)
+        shift = convert(sde, w * g, jnp.zeros_like(x), jnp.asarray(t, x.dtype), "score", kind)
+        return base + jnp.where(w != 0, shift, jnp.zeros_like(shift))
 
-    return guided
+    return _like(score, guided)
+
+
+def _like(model: Any, guided: Callable) -> Any:
+    """``guided`` tagged with ``model``'s kind when ``model`` is a :class:`~jaxsde.Prediction`."""
+    return Prediction(guided, model.kind) if isinstance(model, Prediction) else guided

@@ -46,6 +46,7 @@ import numpy as np
 from . import driver, results
 from .controllers import Controller, ErrorNorm, controller_class
 from .noise import FreshNoise
+from .prediction import Prediction, to_velocity
 from .sde import SDE, ScoreFn
 from .solution import Stats
 from .solvers.base import solver_class
@@ -242,12 +243,17 @@ def _exact_trace(linear, dim: int, chunk: int, dtype) -> Array:
 def _augmented_rhs(sde: SDE, score: ScoreFn, cfg: _Config, probes: Array | None):
     """``d[x, integrals]/ds`` in ``s = -t``: ``-[F(x, t), div F(x, t) per probe]``."""
     dim = math.prod(cfg.shape)
+    # a Prediction: the probability-flow drift is its velocity, read from the model's own output
+    # (exact where alpha = 0, t = T on a flow, where f - g^2 score / 2 is inf - inf)
+    velocity = to_velocity(sde, score) if isinstance(score, Prediction) else None
 
     def rhs(z: Array, s: Array) -> Array:
         t = -s
 
         def flow(flat):
             x = flat.reshape(cfg.shape)
+            if velocity is not None:
+                return velocity(x, t).astype(cfg.dtype).reshape(-1)
             return sde.probability_flow_drift(x, t, score(x, t).astype(cfg.dtype)).reshape(-1)
 
         value, linear = jax.linearize(flow, z[:dim])
@@ -288,7 +294,9 @@ def log_likelihood(
     Args:
       key: PRNG key of the Hutchinson probes (unused by the exact divergence).
       sde: the forward SDE; its :meth:`~jaxsde.SDE.prior_log_prob` is the density at ``t_end``.
-      score: ``score(x, t)`` for one sample (no batch axis).
+      score: ``score(x, t)`` for one sample (no batch axis), or a :class:`jaxsde.Prediction` (e.g. a
+        flow-matching model's velocity, whose probability-flow drift it is: finite at ``t = T``
+        where ``alpha = 0``).
       x: the point, shaped like one sample, float32 or float64 (the ODE state's dtype).
       divergence: ``"auto"`` | ``"exact"`` | ``"hutchinson"`` (see the module docstring).
       num_probes: Hutchinson probes per sample (``K >= 1``).

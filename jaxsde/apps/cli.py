@@ -54,10 +54,12 @@ def _likelihood(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from ..training import TrainConfig, train
 
-    config = TrainConfig(data=args.data, size=args.size, sde=args.sde, parameterization=args.parameterization,
-                         weighting=args.weighting, steps=args.steps, batch_size=args.batch_size,
-                         learning_rate=args.lr, seed=args.seed, num_classes=args.num_classes,
-                         label_dropout=args.label_dropout)
+    # a flow-matching SDE trains the velocity (flow matching) unless told otherwise
+    parameterization = args.parameterization or ("flow" if args.sde == "flow" else "eps")
+    config = TrainConfig(data=args.data, size=args.size, sde=args.sde, parameterization=parameterization,
+                         weighting=args.weighting, time_sampling=args.time_sampling, steps=args.steps,
+                         batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
+                         num_classes=args.num_classes, label_dropout=args.label_dropout)
     config.validate()
     train(config, args.out)
     return 0
@@ -79,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("sample", help="generate images from an embedded model; write a grid; report NFE and FD")
     sp.add_argument("--model", default="digits",
-                    help="digits | digits-medium | digits-small | digits-ve | digits-cond (class-conditional)")
+                    help="digits | digits-medium | digits-small | digits-ve | digits-cond (class-conditional) | "
+                         "digits-flow (flow matching: fixed-grid solvers run on a uniform grid from t = 1)")
     sp.add_argument("--solver", default="ggf", help=describe_solvers())
     sp.add_argument("--rtol", type=float, default=None, help="relative tolerance (adaptive solvers)")
     sp.add_argument("--atol", type=float, default=None, help="absolute tolerance (adaptive solvers)")
@@ -106,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="many samples into resumable shard files DIR/shard-*.npz (continuous "
                          "batching; rerun with the same arguments to resume)")
-    gen.add_argument("--model", default="digits", help="digits | digits-medium | digits-small | digits-ve")
+    gen.add_argument("--model", default="digits",
+                     help="digits | digits-medium | digits-small | digits-ve | digits-flow")
     gen.add_argument("--solver", default="ggf", help=describe_solvers())
     gen.add_argument("--rtol", type=float, default=None, help="relative tolerance (adaptive solvers)")
     gen.add_argument("--atol", type=float, default=None, help="absolute tolerance (adaptive solvers)")
@@ -125,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ll = sub.add_parser("likelihood", help="bits/dim of held-out digits under an embedded model (probability-flow "
                         "ODE), with its standard error and a histogram")
-    ll.add_argument("--model", default="digits", help="digits | digits-medium | digits-small | digits-ve")
+    ll.add_argument("--model", default="digits",
+                    help="digits | digits-medium | digits-small | digits-ve | digits-flow")
     ll.add_argument("--n", type=int, default=128, help="number of digits (the held-out split has 359)")
     ll.add_argument("--split", default="test", help="test (held out, default) | train | all")
     ll.add_argument("--seed", type=int, default=0, help="seed of the dequantization noise and the probes")
@@ -140,11 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
     ll.add_argument("--json", default=None, help="write the report (per-sample bits/dim included) here")
     ll.set_defaults(func=_likelihood)
 
-    tr = sub.add_parser("train", help="train a score network by denoising score matching (resumable)")
+    tr = sub.add_parser("train", help="train a score network by denoising score matching, or a velocity network by "
+                        "flow matching (--sde flow) (resumable)")
     tr.add_argument("--data", default="digits", help="training data (available: digits)")
     tr.add_argument("--size", default="medium", help="small | medium | large")
-    tr.add_argument("--sde", default="vp", help="vp | subvp | ve")
-    tr.add_argument("--parameterization", default="eps", help="eps | x0 | v | score")
+    tr.add_argument("--sde", default="vp", help="vp | subvp | ve | flow (the linear path of flow matching)")
+    tr.add_argument("--parameterization", default=None,
+                    help="eps | x0 | v | score | flow (the velocity, trained by flow matching); default: flow for "
+                         "--sde flow, eps otherwise")
+    tr.add_argument("--time-sampling", default="uniform",
+                    help="training times of flow matching: uniform | logit_normal (SD3's logit-normal(0, 1)); "
+                         "the score losses take uniform times")
     tr.add_argument("--weighting", default="simple", help="simple | likelihood")
     tr.add_argument("--steps", type=int, default=4000)
     tr.add_argument("--batch-size", type=int, default=128)

@@ -25,6 +25,7 @@ from ..batching import Generator
 from ..checkpoints.embedded import NAMES, pretrained
 from ..checkpoints.io import atomic_write
 from ..solvers.registry import make_solver
+from .sampling_job import grid_for_model
 
 FORMAT = "jaxsde-generate/1"
 MANIFEST = "manifest.json"
@@ -106,6 +107,7 @@ def run_generate(model: str = "digits", solver: str = "ggf", n: int = 1000, seed
     the_solver = make_solver(solver, **solver_options)
     _prepare_dir(out)
     ckpt = pretrained(model)
+    the_solver = grid_for_model(the_solver, ckpt.sde)
     manifest = dict(format=FORMAT, model=model, solver=solver, solver_repr=repr(the_solver),
                     solver_options={k: v for k, v in solver_options.items() if v is not None}, n=n, seed=seed,
                     batch_size=batch_size, chunk_size=chunk_size, devices=len(jax.local_devices()),

@@ -21,6 +21,29 @@ from ..solvers.registry import make_solver
 DIGITS_LEVELS = ("digits-small", "digits-medium", "digits-large")
 
 
+def grid_for_model(solver, sde):
+    """``solver`` with a grid defined at the model's start: on a flow (``alpha(T) = 0``, where the
+    log-SNR is ``-inf``) a fixed-grid solver's log-SNR or EDM grid becomes ``"uniform"`` in ``t``
+    (diffusers' flow grid without shift: ``linspace(1, 1/1000)`` is ``uniform`` from ``T = 1`` to
+    ``eps = 1e-3``); anything else unchanged.
+
+    Args:
+        solver: the solver the command line built.
+        sde: the model's SDE.
+
+    Returns:
+        The solver to run.
+    """
+    import dataclasses
+
+    from ..solvers.base import FixedGridSolver
+
+    if (isinstance(solver, FixedGridSolver) and isinstance(solver.grid, str) and solver.grid != "uniform"
+            and sde.alpha_vanishes_at_T):
+        return dataclasses.replace(solver, grid="uniform")
+    return solver
+
+
 def check_output_path(path: str) -> None:
     """Fail early, with a clear message, if ``path`` cannot be written."""
     folder = os.path.dirname(os.path.abspath(path)) or "."
@@ -111,6 +134,7 @@ def run_sample(model: str = "digits", solver: str = "ggf", n: int = 64, seed: in
         raise ValueError(f"--solver {solver} samples the largest VP digits model through its smaller levels; "
                          f"use --model digits (got {model!r})")
     ckpt = pretrained(model)
+    the_solver = grid_for_model(the_solver, ckpt.sde)
     conditional = getattr(ckpt, "num_classes", None) is not None
     if not conditional and label is not None:
         raise ValueError(f"--label needs a class-conditional model (e.g. --model digits-cond); {model!r} is "

@@ -7,7 +7,16 @@ Names: ``"digits"`` (= ``"digits-large"``), ``"digits-medium"``, ``"digits-small
 three sizes, the levels of the multilevel sampler), ``"digits-ve"`` (medium, VE SDE) and
 ``"digits-cond"`` (medium, VP SDE, class-conditional: ``score(x, t, cond)`` with ``cond`` an
 int32 label 0..9, or the null class 10 (``ckpt.null_cond``) for the unconditional score, trained
-with label dropout so classifier-free guidance can combine both).
+with label dropout so classifier-free guidance can combine both), and ``"digits-flow"`` (medium,
+:class:`~jaxsde.FlowSDE`, trained by flow matching). A flow-matching model's ``ckpt.score`` (and
+``ckpt.score_fn(params)``) is its velocity network tagged ``jaxsde.Prediction(v, "velocity")``:
+calling it returns the velocity ``v(x, t) = dx_t/dt`` (``noise - x_0`` in expectation), and every
+place that takes a score (``jaxsde.solve``, ``sample``, ``generate``, the likelihood, guidance)
+reads it as such, so solvers that start at ``t = 1`` exactly take its data estimate ``x - t v``::
+
+    ckpt = jaxsde.pretrained("digits-flow")
+    sol = jaxsde.sample(key, ckpt.sde, ckpt.score, jaxsde.DPMSolverPP(9, grid="uniform"), ckpt.shape, 64)
+
 Weights are the EMA weights written by ``jaxsde train`` + ``training.export_weights``;
 ``jaxsde/checkpoints/weights/README.md`` has the exact training commands.
 
@@ -27,8 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..models.noisy_classifier import NoisyDigitsClassifier
-from ..models.score import conditional_score_fn, input_scale, preconditioned_convention
+from ..models.score import batched_output, conditional_score_fn, input_scale, preconditioned_convention
 from ..models.score import score_fn as make_score_fn
+from ..prediction import Prediction
 from ..sde import SDE
 from ..train_config import SDES, TrainConfig
 from .checkpoint import Checkpoint
@@ -36,7 +46,7 @@ from .io import load_msgpack
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
 ALIASES = {"digits": "digits-large"}
-NAMES = ("digits", "digits-large", "digits-medium", "digits-small", "digits-ve", "digits-cond")
+NAMES = ("digits", "digits-large", "digits-medium", "digits-small", "digits-ve", "digits-cond", "digits-flow")
 NOISY_CLASSIFIER_PATH = os.path.join(WEIGHTS_DIR, "digits-noisy-classifier.msgpack")
 
 
@@ -76,7 +86,21 @@ def load_weights_file(path: str, name: str | None = None) -> Checkpoint:
     expected = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, *shape)), jnp.zeros((1,)), *label)
     params = _restore(expected, payload["params_ema"], path)
 
-    if num_classes is None:
+    if config.parameterization == "flow":  # a velocity network: its raw output, tagged (see the module docstring)
+        def score_fn(p, compute_dtype=None):
+            output = batched_output(model.apply, sde, config.sigma_data, compute_dtype)
+            if num_classes is None:
+                def velocity(x, t):
+                    t = jnp.asarray(t, x.dtype)
+                    return output(p, x[None], t[None])[0]
+            else:
+                def velocity(x, t, cond):
+                    t = jnp.asarray(t, x.dtype)
+                    label = jnp.reshape(check_label(cond, num_classes, allow_null=True), (1,))
+                    return output(p, x[None], t[None], label)[0]
+
+            return Prediction(velocity, "velocity")
+    elif num_classes is None:
         def score_fn(p, compute_dtype=None):
             return make_score_fn(model.apply, p, sde, config.parameterization, config.sigma_data, compute_dtype)
     else:
