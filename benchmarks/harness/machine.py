@@ -59,3 +59,14 @@ def describe(machine: dict) -> str:
     return (f"{machine.get('date', '?')}, jax {machine.get('jax', '?')} on {machine.get('backend', '?')} "
             f"({machine.get('devices', '?')}), {machine.get('cpus', '?')} CPUs, load {machine.get('load', '?')}, "
             f"commit {machine.get('git_commit') or '?'}")
+
+
+def normalize(machine: dict) -> dict:
+    """A stored machine description with the current keys (results stored before the harness named some keys
+    otherwise: ``jax_version``, ``cpu_count``, ``load_average`` / ``load_avg``, peer versions at the top level)."""
+    out = dict(machine)
+    for new, old in (("jax", "jax_version"), ("cpus", "cpu_count"), ("load", "load_average"), ("load", "load_avg")):
+        if out.get(new) is None and old in machine:
+            out[new] = machine[old]
+    out.setdefault("versions", {k: machine[k] for k in ("torch", "diffusers") if k in machine})
+    return out

@@ -1,41 +1,14 @@
 """jaxsde vs diffusers (PyTorch) on CPU: DDIM on the same ``UNet2DModel`` weights, side by side.
 
-    python -m benchmarks run vs_diffusers                       # forward variants, then DDIM 20 and 50 steps
-    python -m benchmarks run vs_diffusers --stage forward       # only the one-forward variants (cheap)
-    python -m benchmarks run vs_diffusers --stage sampling --flags "--xla_cpu_use_thunk_runtime=false"
-    python -m benchmarks run vs_diffusers --stage compile       # compile times only, each program compiled twice
-    python -m benchmarks run vs_diffusers --quick               # tiny network, batch 2, 3 steps (a smoke test)
-
-Network: diffusers' ``UNet2DModel`` in the layout of google/ddpm-cifar10-32 (35,746,307 parameters;
-``jaxsde.models.ddpm_unet.DDPM_CIFAR10_CONFIG``) with random weights (``torch.manual_seed(0)``, diffusers'
-own initialisation), saved with ``save_pretrained`` (safetensors) next to a ``DDIMScheduler`` config
-(DDPM's linear betas, ``timestep_spacing="trailing"``, ``set_alpha_to_one=True``, ``clip_sample=False``)
-and loaded on the jaxsde side with ``jaxsde.checkpoints.load(dir, "diffusers")``. Random weights: this
-measures speed and agreement, not sample quality.
-
-Sampling, batch 16 (``--batch``), K = 20 and 50 steps: diffusers runs the loop of ``DDIMPipeline``
-(``unet(x, t).sample`` then ``scheduler.step(eps, t, x, eta=0)``, under ``torch.inference_mode``, without
-the pipeline's final clamp to [0, 1]); jaxsde runs ``jaxsde.DDIM(K - 1, grid=diffusers_grid(timesteps, 1000,
-end_at_first_entry=False))`` with the final Tweedie step (``denoise=True``), which is diffusers' last step
-to ``alpha_bar = 1``: K network evaluations on both sides, from the same ``x_T``. Timing: both programs
-are built (jaxsde: ``jit(...).lower().compile()``, timed), run once as a warm-up, then timed in
-alternating rounds (diffusers, jaxsde, diffusers, ...), each run ended by ``block_until_ready`` /
-a synchronous torch call; the medians are reported, and their ratio. Both use the same number of
-threads (``--threads``, default 2: ``torch.set_num_threads``; XLA's CPU client sizes its pool to the
-cores it may use, which the child process pins with ``os.sched_setaffinity`` when ``--threads`` is
-below the machine's core count). Agreement: max |jaxsde - diffusers| of the two outputs.
-
-Forward variants (``--stage forward``): one jitted batched forward of the jaxsde network (and torch's,
-alternating, so both see the same load) in a fresh process per variant, since XLA reads its flags once
-at start-up: XLA CPU flags (thunk runtime, Eigen threading, oneDNN, XNNPACK / YNNPACK library fusions,
-fast math), ``jax_default_matmul_precision``, the convolutions recast as NCHW or as an explicit
-im2col matmul (through ``flax.linen.intercept_methods``, same parameters), torch ``channels_last``.
-Each variant's compile time, forward time and max |diff| to torch are recorded; a flag this jaxlib
-does not accept is recorded as an error. Then the sampling programs' compile time against one
-forward's (``denoise`` on and off: the Tweedie step is a second call site of the network).
-
-Results go to ``benchmarks/results/vs_diffusers.{json,md}`` (``--out``, ``--name``), rewritten
-atomically after every measurement, so a killed run keeps what finished.
+The network: diffusers' ``UNet2DModel`` in google/ddpm-cifar10-32's layout, random weights (``torch.manual_seed(0)``,
+``save_pretrained``), loaded by ``jaxsde.checkpoints.load(dir, "diffusers")``; a ``DDIMScheduler`` (linear betas,
+trailing spacing, ``set_alpha_to_one``). ``--stage sampling``: diffusers' ``DDIMPipeline`` loop (eta 0, no final
+clamp) vs ``jaxsde.DDIM(K - 1, grid=diffusers_grid(...))`` with the final Tweedie step (K evaluations each, the same
+``x_T``), compiled, warmed up, then alternating rounds (medians), ``--threads`` each (the child process is pinned to
+that many cores); max |diff| of the outputs. ``--stage forward``: one batched forward per :data:`VARIANTS` entry (XLA
+flags, matmul precision, NCHW / im2col convolutions, torch channels_last), each in a fresh process. ``--stage
+compile``: each program compiled twice. Each stage runs in a child process; ``NAME.{json,md}`` accumulates the
+stages and is rewritten after each measurement.
 """
 
 from __future__ import annotations
@@ -43,16 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-from ..harness.machine import machine_info
+from ..harness.machine import ROOT, machine_info, normalize
+from ..harness.timing import interleaved, medians
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 N_TRAIN = 1000
 
 # name -> (XLA_FLAGS, options for the child); options: precision (jax_default_matmul_precision),
@@ -159,16 +130,9 @@ def conv_interceptor(kind: str):
 
 
 def median_rounds(fns: dict, rounds: int) -> tuple[dict, dict]:
-    """Run every fn once (warm-up), then ``rounds`` alternating rounds; (median s, all times)."""
-    for f in fns.values():
-        f()
-    times = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}, times
+    """Every fn once (warm-up), then ``rounds`` rounds in a fixed order: (median s, all times)."""
+    times, _ = interleaved(fns, rounds, rotate=False)
+    return medians(times), dict(times)
 
 
 # --- child: one forward --------------------------------------------------------------------------
@@ -360,14 +324,14 @@ def child_compile(args, opts: dict) -> dict:
 # --- parent ------------------------------------------------------------------------------------------
 def run_child(args, mode: str, flags: str, opts: dict, timeout: float) -> dict:
     env = dict(os.environ, XLA_FLAGS=flags)
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--child-opts", json.dumps(opts),
+    cmd = [sys.executable, "-m", "benchmarks", "run", "vs_diffusers", "--child", mode, "--child-opts", json.dumps(opts),
            "--weights", args.weights, "--batch", str(args.batch), "--threads", str(args.threads),
            "--rounds", str(args.rounds), "--steps", *map(str, args.steps)]
     if args.compile_probe:
         cmd.append("--compile-probe")
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     except subprocess.TimeoutExpired:
         return dict(error=f"timed out after {timeout:.0f} s", wall_s=time.perf_counter() - t0)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -380,15 +344,8 @@ def run_child(args, mode: str, flags: str, opts: dict, timeout: float) -> dict:
     return res
 
 
-def write(path_base: str, data: dict) -> None:
-    from jaxsde.checkpoints.io import atomic_write
-
-    atomic_write(path_base + ".json", (json.dumps(data, indent=1) + "\n").encode())
-    atomic_write(path_base + ".md", report(data).encode())
-
-
-def report(d: dict) -> str:
-    m = d["machine"]
+def render(d: dict) -> str:
+    m = normalize(d["machine"])
     lines = ["# jaxsde vs diffusers (PyTorch): DDIM on the same UNet2DModel weights, CPU", "",
              f"Command: `{m['command']}`  ", f"Date: {m['date']}, commit {m['git_commit'][:10]}  ",
              f"Machine: {m['cpu']} ({m['cpus']} cores), {m['threads']} threads for each side; "
@@ -521,7 +478,7 @@ def run(args, ctx):
             data["forward_variants"][name] = dict(flags=flags, opts=opts, command=data["machine"]["command"],
                                                   date=data["machine"]["date"], **res)
             print("  ", {k: v for k, v in res.items() if k != "times"}, flush=True)
-            write(base, data)
+            ctx.save(args.name, data)
 
     if args.stage in ("all", "sampling"):
         flags = args.flags
@@ -534,7 +491,7 @@ def run(args, ctx):
         data["sampling"][key] = dict(flags=flags, command=data["machine"]["command"], date=data["machine"]["date"],
                                      load_avg=data["machine"]["load"], **res)
         print("  ", json.dumps({k: v for k, v in res.items()})[:2000], flush=True)
-        write(base, data)
+        ctx.save(args.name, data)
     if args.stage == "compile":
         flags = args.flags or ""
         key = f"batch {args.batch}, " + ("default flags" if not flags else flags)
@@ -543,7 +500,7 @@ def run(args, ctx):
         data.setdefault("compile", {})[key] = dict(flags=flags, command=data["machine"]["command"],
                                                    date=data["machine"]["date"], **res)
         print("  ", json.dumps(res), flush=True)
-        write(base, data)
+        ctx.save(args.name, data)
     print(f"wrote {base}.json and .md")
     if tmp is not None:
         tmp.cleanup()

@@ -1,23 +1,10 @@
 """Work-precision benchmark: sample quality vs score evaluations (NFE) and wall time.
 
-Problems: VP and VE SDEs on an 8-mode Gaussian mixture with the exact score, in d = 64 and
-d = 3072 (one sample shaped (32, 32, 3)). Solvers: Euler-Maruyama (EM) at 50..1000 steps,
-reverse diffusion + Langevin predictor-corrector (PC), the adaptive probability-flow ODE
-(PF, Dormand-Prince) and Gotta Go Fast (GGF) at the paper's tolerances.
-
-Quality is measured against the law of a perfect sampler (exact ``p_eps`` samples, Tweedie
-denoised) with :func:`jaxsde.testing.metrics.quality_report`; every metric comes with its
-exact-vs-exact floor at the same n. Wall times are of the compiled, warmed-up program
-(:func:`jaxsde.timing.time_compiled`), median of the repeats.
-
-Run from the repository root::
-
-    python -m benchmarks run work_precision            # full run (about 15 min on 2 CPU cores)
-    python -m benchmarks run work_precision --quick    # smoke test (< 2 min)
-
-Writes ``work_precision.json``, ``work_precision.md`` and ``work_precision.png`` to ``--out``
-(default ``benchmarks/results``). Nothing in the outputs is hard-coded except the paper's
-CIFAR-10 table (``PAPER_CIFAR10``), which is labelled as the paper's FID numbers.
+VP and VE 8-mode ring mixtures with the exact score, d = 64 and 3072; EM at 50..1000 steps, predictor-corrector,
+the adaptive PF-ODE and GGF at the paper's tolerances (and beyond). Quality: ``quality_report`` against exact
+Tweedie-denoised ``p_eps`` samples, each metric with its exact-vs-exact noise over ``floor_reps`` batches; wall:
+``jaxsde.timing.time_compiled``. Definitions (the "within noise" rule, std ratio): benchmarks/README.md. The paper's
+CIFAR-10 table (``PAPER_CIFAR10``) is printed labelled as the paper's.
 """
 
 from __future__ import annotations
@@ -37,7 +24,7 @@ from jaxsde.testing.metrics import quality_report
 from jaxsde.testing.targets import GaussianMixture
 from jaxsde.timing import time_compiled
 
-from ..harness.machine import describe, machine_info
+from ..harness.machine import describe, machine_info, normalize
 from ..harness.writer import pyplot
 
 METRICS = ("spread_w2", "sw2", "mmd2", "mode_tv")
@@ -131,13 +118,8 @@ def measure(problem: dict, family: str, label: str, solver, sample_key, quality_
 
 
 def within_mode_std_ratio(mixture: GaussianMixture, sde, x) -> float:
-    """Pooled within-mode standard deviation of ``x`` (each sample assigned to its data-space mode,
-    spread measured around the mode's sample mean) over the perfect sampler's
-    (``ideal_mode_scales``): 1 = exact, < 1 under-dispersed, > 1 over-dispersed.
-
-    A diagnostic next to ``spread_w2``, whose finite-n floor comes from the per-mode sample-mean
-    term (about ``K / n`` of the variance): that term shrinks with the sample variance, so a sampler
-    under-dispersed by up to about ``K / n`` relative scores at or below the floor."""
+    """Pooled within-mode standard deviation of ``x`` (samples assigned to their data-space mode, spread around the
+    mode's sample mean) over the perfect sampler's: 1 = exact, < 1 under-dispersed."""
     xf = np.asarray(x, np.float64).reshape(x.shape[0], -1)
     labels = np.asarray(mixture.assign_modes(jnp.asarray(x)))
     ideal = np.asarray(mixture.ideal_mode_scales(sde), np.float64)
@@ -151,9 +133,7 @@ def within_mode_std_ratio(mixture: GaussianMixture, sde, x) -> float:
 
 
 def floor_noise(problem: dict, quality_key, reps: int) -> dict:
-    """Metric values of ``reps`` independent batches of exact (ideal) samples, scored against the
-    same reference, projections and kernel as every solver row: their spread is the Monte-Carlo
-    noise of a row's metric at this n."""
+    """Metrics of ``reps`` batches of exact samples scored like every row: a row's Monte-Carlo noise at this n."""
     sde, mixture, n = problem["sde"], problem["mixture"], problem["n"]
     vals: dict[str, list[float]] = {m: [] for m in METRICS + DIAGNOSTICS}
     for r in range(reps):
@@ -301,29 +281,13 @@ def markdown(meta: dict, problems: list[dict], rows: list[dict], noises: dict, h
     if meta.get("quick"):
         lines += ["**QUICK SMOKE TEST** (`--quick`): tiny n and few solvers; the noise estimates (and so the "
                   "matches) are unreliable at this n. Do not draw conclusions from this file.", ""]
-    lines += ["Exact targets (8-mode Gaussian mixtures, exact score); quality vs the law of a perfect sampler "
-              "(exact p_eps samples, Tweedie-denoised, like every sampler here). All metrics: lower is better. "
-              "`spread_w2` is the within-mode location/spread error in whitened units (primary metric); "
-              "`sw2` the sliced W2 (data units); `mmd2` the unbiased RBF MMD^2; `mode_tv` the mode-weight TV. "
-              "NFE counts every score evaluation per sample including the final denoising step; under `vmap` "
-              "the batch runs `loop iters` iterations (the slowest sample's). Wall time: compiled, warmed up, "
-              "blocked, median of the repeats. The CPU was shared with other jobs (see the load average); rows timed "
-              "with 1 repeat can be off by 2-3x, so NFE is the robust cost measure and wall times are indicative. "
-              "The paper swept GGF rtol 0.01-0.1; rtol 0.2 and 0.5 (full run) are ours, to find where GGF stops "
-              "matching. `EM k (NFE of GGF ...)` is the paper's \"EM at same NFE\" control for the headline row.", ""]
-    lines += [f"**Within noise** (definition): a row matches {REFERENCE} when, for each of {MATCH_TEXT}, "
-              f"`error <= error(EM 1000) + {NOISE_SIGMAS:g} * sqrt(2) * sd`, where `sd` is the standard "
-              f"deviation of that metric over {meta['floor_reps']} independent batches of exact samples of the "
-              "same n scored against the same reference, projections and kernel (the Monte-Carlo noise of one "
-              "row; sqrt(2) because two independent rows are compared). Failed samples disqualify a row. "
-              "**At the floor** means `metric <= floor mean + 2 * sd * sqrt(1 + 1/batches)` for spread_w2 and "
-              "sw2 and `|std ratio - floor mean| <= 2 * sd * sqrt(1 + 1/batches)`: indistinguishable from an exact "
-              "sampler at this n.", "",
-              "**std ratio**: pooled within-mode standard deviation over a "
-              "perfect sampler's, 1 = exact. `spread_w2`'s finite-n floor is mostly its per-mode sample-mean term "
-              "(about K/n of the variance), which shrinks with the sample variance, so a sampler under-dispersed "
-              "by up to roughly K/n (2.7% at K = 8, n = 300) scores at or even below the floor; the std ratio "
-              "shows such a bias directly, so it is part of the match test.", ""]
+    lines += ["Exact-score 8-mode mixtures; quality vs exact Tweedie-denoised samples, lower is better (std ratio: "
+              "1 = exact). NFE includes the final denoising step; wall: compiled, warmed up, median of the repeats on "
+              "a shared CPU (indicative; NFE is the robust cost). The paper swept GGF rtol 0.01-0.1; 0.2 and 0.5 are "
+              f"ours. **Within noise** of {REFERENCE}: for each of {MATCH_TEXT}, `error <= error(EM 1000) + "
+              f"{NOISE_SIGMAS:g} * sqrt(2) * sd`, sd over {meta['floor_reps']} exact batches; failed samples "
+              "disqualify. **At the floor**: within `2 * sd * sqrt(1 + 1/batches)` of the exact-sampler floor. "
+              "Definitions in benchmarks/README.md.", ""]
     for p in problems:
         name = p["name"]
         pr = [r for r in rows if r["problem"] == name]
@@ -353,9 +317,8 @@ def markdown(meta: dict, problems: list[dict], rows: list[dict], noises: dict, h
                          f"{_std_band(ref, tol)} | |")
         lines.append("")
     lines += ["## The paper's CIFAR-10 table (NOT our measurements)", "",
-              "FID on 50k samples, format FID (NFE), from Jolicoeur-Martineau et al. (2021) as collected in "
-              "`shared/research/ggf.md` §6.1 (authors' notebook). These are the paper's numbers with trained "
-              "networks on images; the tables above are ours, on exact-score Gaussian mixtures.", ""]
+              "FID on 50k samples, FID (NFE), from Jolicoeur-Martineau et al. (2021), the authors' notebook: trained "
+              "networks on images, not ours.", ""]
     lines.append("| " + " | ".join(PAPER_CIFAR10_COLUMNS) + " |")
     lines.append("|" + "---|" * len(PAPER_CIFAR10_COLUMNS))
     lines += ["| " + " | ".join(row) + " |" for row in PAPER_CIFAR10]
@@ -449,7 +412,7 @@ def decisions(data: dict) -> tuple[dict, dict]:
 
 
 def render(data: dict) -> str:
-    return markdown(data["machine"], data["problems"], data["rows"], *decisions(data))
+    return markdown(normalize(data["machine"]), data["problems"], data["rows"], *decisions(data))
 
 
 def plot(data: dict, path: str) -> None:
