@@ -18,8 +18,10 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mkdocs.structure.files import File, Files
+if TYPE_CHECKING:
+    from mkdocs.structure.files import Files
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 DEST = "benchmarks/results"
@@ -78,6 +80,8 @@ def _pngs(md: Path, text: str) -> tuple[list[str], list[str]]:
 
 
 def on_files(files: Files, config) -> Files:
+    from mkdocs.structure.files import File  # here: tests import this module's parser without mkdocs
+
     rows, copied = [], set()
     for md in sorted(RESULTS.glob("*.md")):
         text = md.read_text(encoding="utf-8")
@@ -111,10 +115,39 @@ def on_files(files: Files, config) -> Files:
 # documented object, linked to its entry, with the first sentence of its docstring.
 
 _DIRECTIVE = re.compile(r"^::: *([\w.]+) *$")
+_MEMBERS = re.compile(r"^\s+members:\s*(.*)$")
 _ROLE = re.compile(r":(?:py:)?(?:func|class|meth|mod|attr|data|obj|exc|const):`~?([^`]+)`")
 
 
-def _resolve(path: str):
+def api_directives(markdown: str) -> list[tuple[str, bool | list[str] | None]]:
+    """``(path, members)`` for each mkdocstrings directive ``::: path`` of a page, in page order.
+
+    ``members`` is the directive's ``members:`` option: None when absent (a module directive documents
+    the module's public members), False for ``members: false``, else the listed names (a list may run
+    over several lines). tests/test_docs_reference.py checks the reference with this same parser.
+    """
+    found, lines = [], markdown.splitlines()
+    for i, line in enumerate(lines):
+        m = _DIRECTIVE.match(line)
+        if not m:
+            continue
+        members = None
+        j = i + 1
+        while j < len(lines) and lines[j].startswith((" ", "\t")) and lines[j].strip():
+            mm = _MEMBERS.match(lines[j])
+            if mm:
+                text = mm.group(1).strip()
+                while not text.endswith("]") and text.startswith("[") and j + 1 < len(lines):
+                    j += 1
+                    text += " " + lines[j].strip()
+                members = False if text == "false" else [n.strip() for n in text.strip("[]").split(",") if n.strip()]
+            j += 1
+        found.append((m.group(1), members))
+    return found
+
+
+def resolve(path: str):
+    """The object a dotted ``path`` names: the longest importable module prefix, then attributes."""
     import importlib
 
     parts = path.split(".")
@@ -149,25 +182,15 @@ def _first_sentence(obj) -> str:
 def _summary_rows(markdown: str) -> list[str]:
     import types
 
-    rows, lines = [], markdown.splitlines()
-    for i, line in enumerate(lines):
-        m = _DIRECTIVE.match(line)
-        if not m:
-            continue
-        path, options = m.group(1), []
-        j = i + 1
-        while j < len(lines) and lines[j].startswith(" ") and lines[j].strip():
-            options.append(lines[j].strip())
-            j += 1
+    rows = []
+    for path, members in api_directives(markdown):
         try:
-            obj = _resolve(path)
+            obj = resolve(path)
         except (ImportError, AttributeError):
             continue
-        listed = re.search(r"members:\s*\[([^\]]*)\]", " ".join(options))
         if isinstance(obj, types.ModuleType):
-            if listed:  # the listed members, each its own entry
-                for name in [n.strip() for n in listed.group(1).split(",") if n.strip()]:
-                    rows.append(f"| [`{name}`](#{path}.{name}) | {_first_sentence(getattr(obj, name))} |")
+            for name in members if isinstance(members, list) else []:  # the listed members, each its own entry
+                rows.append(f"| [`{name}`](#{path}.{name}) | {_first_sentence(getattr(obj, name))} |")
             continue  # a module's own docstring is the page's prose
         rows.append(f"| [`{path.rsplit('.', 1)[-1]}`](#{path}) | {_first_sentence(obj)} |")
     return rows

@@ -4,13 +4,15 @@ every public callable documented there (or exported by ``jaxsde``) that takes pa
 
 Fast: it reads the Markdown pages and imports the package; no mkdocs build. A page documents an
 object with a mkdocstrings directive ``::: dotted.path``; a module directive documents the module,
-and its members too unless ``members: false`` (a ``members: [...]`` list documents those only).
+and its members too unless ``members: false`` (a ``members: [...]`` list documents those only). The
+directives are read by the site's own parser (docs/hooks.py, which builds each API page's summary
+table from them), so the test and the site cannot disagree on what a page documents.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
+import importlib.util
 import inspect
 import re
 import types
@@ -20,9 +22,8 @@ import pytest
 
 import jaxsde
 
-API = Path(__file__).resolve().parent.parent / "docs" / "api"
-_DIRECTIVE = re.compile(r"^::: *([\w.]+) *$")
-_MEMBERS = re.compile(r"^\s+members:\s*(.*)$")
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+API = DOCS / "api"
 # Google-style sections that list parameters (Attributes: for NamedTuple and dataclass fields).
 _PARAM_SECTIONS = ("Args", "Arguments", "Parameters", "Keyword Args", "Keyword Arguments", "Attributes",
                    "Other Parameters")
@@ -43,42 +44,21 @@ ALLOWED = (ALLOWED_SOLVERS | ALLOWED_DRIVER | ALLOWED_CONTROLLERS | ALLOWED_SETT
            | ALLOWED_GRID_OPTIMIZATION)
 
 
-def _resolve(path: str):
-    parts = path.split(".")
-    for cut in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:cut]))
-        except ImportError:
-            continue
-        for attr in parts[cut:]:
-            obj = getattr(obj, attr)
-        return obj
-    raise ImportError(path)
+def _load_hooks() -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location("jaxsde_docs_hooks", DOCS / "hooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_hooks = _load_hooks()
+_resolve = _hooks.resolve
 
 
 def _directives() -> list[tuple[str, str, object]]:
     """(page, path, members option: None | False | [names]) for each ``:::`` directive."""
-    found = []
-    for page in sorted(API.glob("*.md")):
-        lines = page.read_text(encoding="utf-8").splitlines()
-        for i, line in enumerate(lines):
-            m = _DIRECTIVE.match(line)
-            if not m:
-                continue
-            members = None
-            j = i + 1
-            while j < len(lines) and lines[j].startswith((" ", "\t")) and lines[j].strip():
-                mm = _MEMBERS.match(lines[j])
-                if mm:
-                    text = mm.group(1).strip()
-                    while not text.endswith("]") and text.startswith("[") and j + 1 < len(lines):
-                        j += 1
-                        text += " " + lines[j].strip()
-                    names = [n.strip() for n in text.strip("[]").split(",") if n.strip()]
-                    members = False if text == "false" else names
-                j += 1
-            found.append((page.name, m.group(1), members))
-    return found
+    return [(page.name, path, members) for page in sorted(API.glob("*.md"))
+            for path, members in _hooks.api_directives(page.read_text(encoding="utf-8"))]
 
 
 def _public_members(module: types.ModuleType) -> list[str]:
@@ -216,3 +196,9 @@ def test_the_allow_list_is_not_stale():
 ])
 def test_docstring_parser(doc, names):
     assert _documented_parameters(doc) == names
+
+
+def test_directive_parser():
+    page = ("# Page\n\n::: jaxsde.a\n\n::: jaxsde.m\n    options:\n      members: false\n\n"
+            "::: jaxsde.n\n    options:\n      members: [x,\n        y]\n      show_source: false\n")
+    assert _hooks.api_directives(page) == [("jaxsde.a", None), ("jaxsde.m", False), ("jaxsde.n", ["x", "y"])]
