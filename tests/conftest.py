@@ -23,3 +23,91 @@ def x64():
 @pytest.fixture
 def key():
     return jax.random.PRNGKey(0)
+
+
+# Opt-in compile-time report: JAXSDE_COMPILE_REPORT=path records, per test module, the wall time jax spends
+# tracing to jaxprs, lowering to MLIR and compiling with XLA (jax.monitoring's compile events) and the number
+# of XLA compilations. Each process (xdist worker) appends one JSON line per module to `path`; the controller
+# prints the totals at the end of the session. Nested traces (a jit traced inside another) are counted once:
+# per event the time spans are merged before summing. Programs compiled by subprocesses a test starts (CLI
+# runs) are not counted.
+_COMPILE_REPORT = os.environ.get("JAXSDE_COMPILE_REPORT")
+_COMPILE_EVENTS = {
+    "/jax/core/compile/jaxpr_trace_duration": "trace_s",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
+    "/jax/core/compile/backend_compile_duration": "compile_s",
+}
+_compile_spans: dict[str, list[tuple[str, float, float]]] = {}
+_compile_module = ["<collection>"]
+
+
+def _merged_seconds(spans: list[tuple[float, float]]) -> float:
+    total, end = 0.0, float("-inf")
+    for s, e in sorted(spans):
+        if e > end:
+            total += e - max(s, end)
+            end = e
+    return total
+
+
+def _record_compile_span(event: str, start: float, end: float, **kwargs) -> None:
+    if event in _COMPILE_EVENTS:
+        _compile_spans.setdefault(_compile_module[0], []).append((event, start, end))
+
+
+def _flush_compile_report() -> None:
+    import json
+
+    lines = []
+    for module, spans in _compile_spans.items():
+        row = {"module": module}
+        for event, name in _COMPILE_EVENTS.items():
+            row[name] = round(_merged_seconds([(s, e) for ev, s, e in spans if ev == event]), 3)
+        row["compiles"] = sum(ev == "/jax/core/compile/backend_compile_duration" for ev, _, _ in spans)
+        lines.append(json.dumps(row) + "\n")
+    _compile_spans.clear()
+    if lines:
+        with open(_COMPILE_REPORT, "a") as f:
+            f.write("".join(lines))
+
+
+if _COMPILE_REPORT:
+    jax.monitoring.register_event_time_span_listener(_record_compile_span)
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(item, nextitem):
+        module = item.nodeid.split("::")[0]
+        if module != _compile_module[0]:
+            _flush_compile_report()  # one module's spans at a time (xdist may interleave modules)
+            _compile_module[0] = module
+        yield
+
+    def pytest_configure(config):
+        if not hasattr(config, "workerinput") and os.path.exists(_COMPILE_REPORT):
+            os.remove(_COMPILE_REPORT)  # a fresh report per session (workers start after this)
+
+    def pytest_sessionfinish(session):
+        _flush_compile_report()
+
+    def _compile_row(module: str, t: dict) -> str:
+        return f"{module:<48} {t['trace_s']:8.1f} {t['lower_s']:8.1f} {t['compile_s']:8.1f} {t['compiles']:8d}"
+
+    def pytest_terminal_summary(terminalreporter):
+        import json
+
+        if hasattr(terminalreporter.config, "workerinput") or not os.path.exists(_COMPILE_REPORT):
+            return
+        totals: dict[str, dict[str, float]] = {}
+        with open(_COMPILE_REPORT) as f:
+            for line in f:
+                row = json.loads(line)
+                t = totals.setdefault(row["module"], dict.fromkeys([*_COMPILE_EVENTS.values(), "compiles"], 0))
+                for k in t:
+                    t[k] += row[k]
+        tr = terminalreporter
+        tr.write_sep("=", f"compile time per module ({_COMPILE_REPORT})")
+        tr.write_line(f"{'module':<48} {'trace s':>8} {'lower s':>8} {'XLA s':>8} {'compiles':>8}")
+        for module, t in sorted(totals.items(), key=lambda kv: -sum(kv[1][k] for k in _COMPILE_EVENTS.values())):
+            tr.write_line(_compile_row(module, t))
+        keys = [*_COMPILE_EVENTS.values(), "compiles"]
+        tr.write_line(_compile_row("total", {k: sum(t[k] for t in totals.values()) for k in keys}))
