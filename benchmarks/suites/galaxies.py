@@ -1,49 +1,14 @@
 """galaxygrad's published score models: NFE and wall time at matched quality, per sampler family.
 
-    python -m benchmarks run galaxies [--models hsc32,hsc64,lsst60] [--n 256,64,64] [--ref-mult 2] [--quick]
-                                  [--ggf-rtols 0.5,0.2,0.1,0.05] [--rtols 0.2,0.05,0.01]
-                                  [--out benchmarks/results]
-
-Models: galaxygrad 0.2.1's MLP-mixer score nets (``pip install galaxygrad==0.2.1``; the weights are read from
-the installed wheel, never copied), loaded with ``jaxsde.checkpoints.load(path, "galaxygrad")``: VP SDE with
-``beta = 1`` on ``t in [0, 10]``, sampling in galaxygrad's log space ``y``; every statistic is computed on
-the flux images ``ckpt.to_data(y)``.
-
-**Reference.** Per model, ``ref_mult * n`` samples of the probability-flow ODE at ``rtol = atol = 1e-5``
-(Dormand-Prince): galaxygrad's own sampler (its ``generate.py`` integrates the PF-ODE), converged, and
-about 4x cheaper per sample than EM-1000, so the reference can be larger than the rows. A second PF-ODE
-set of ``n`` samples, on the rows' keys (the reference uses other keys, so the two are independent), scored
-against it is the **noise floor**: what a sampler of the reference's law scores at this ``n``; it is also
-the reference sampler's own row in the tables. The SDE samplers (EM, GGF, the stochastic exponential
-integrators) target the reverse SDE's law, which equals the PF-ODE's only for an exact score; EM-1000's
-distance to the reference shows the gap for these nets.
-
-**Statistics** (:class:`jaxsde.testing.metrics.galaxies.GalaxyMetrics`): sliced W2 of the images as pixel
-vectors (flux units, 256 fixed directions), the RMS log10 ratio of radially averaged power spectra (dex),
-and the total variation between pixel-flux histograms on 72 reference-quantile bins. Each carries its
-bootstrap sd (30 resamples of the row's samples, the reference fixed).
-
-**Rows.** Every row samples the same ``n`` keys (sample ``i``: ``fold_in(seed, i)``): Euler-Maruyama
-(1000, 300, 100, 30 steps), Gotta Go Fast (rtol sweep, its default atol: one 8-bit level of the data
-range), the PF-ODE (rtol = atol sweep), DPM-Solver++(2M) (fixed NFE sweep), ``AdaptiveDPMSolver``
-(order 3, data prediction, eta 0 and 1) and ``AdaptiveMultistepSolver`` (order 2, tau 0 and 1) on an rtol
-sweep, and k-diffusion 0.1.1.post1's ``sample_dpm_adaptive`` (eta 0 and 1) on the same rtol sweep, run in
-this process on the same jitted score (wrapped as a denoiser ``D(x / alpha, sigma / alpha)``, as in
-the ``adaptive`` suite; batch-level: one step size for the batch, every sample pays every call,
-plus the final denoising call jaxsde's samplers also make). The exponential integrators' and
-k-diffusion's ``atol = default_atol * rtol / 0.05`` (k-diffusion's defaults 0.05 / 0.0078 rescaled to
-this data range).
-
-**Matched quality.** A row is *within noise of EM-1000* when, for each statistic,
-``q <= q(EM-1000) + 2 sqrt(sd^2 + sd(EM-1000)^2)``, and no sample failed; *within noise of the
-reference* likewise against the floor. Headlines: per family, the fewest mean NFE within noise of
-EM-1000; GGF's NFE ratio against the cheapest EM within noise and against EM-1000.
-
-**Wall time**: jaxsde rows are compiled ahead of time (``jit(...).lower(...).compile()``; ``compile_s``)
-and timed on one run to ``block_until_ready``; k-diffusion rows are timed on one run after a warm-up call
-of the jitted denoiser, torch <-> JAX transfers included. Outputs ``benchmarks/results/galaxies.{md,json,
-png}`` (``--quick``: a tiny smoke run, same format); the JSON is rewritten after each model, and
-``python -m benchmarks report`` rebuilds the decisions, tables and plot from it without measuring anything.
+galaxygrad 0.2.1's score nets (weights read from the installed wheel) via ``jaxsde.checkpoints.load(path,
+"galaxygrad")``; statistics on the flux images ``ckpt.to_data(y)`` (``GalaxyMetrics``: pixel sliced W2, power
+spectrum in dex, flux-histogram TV, each +- its bootstrap sd). Reference: ``ref_mult * n`` PF-ODE samples at
+rtol = atol = 1e-5; a second set of ``n`` on the rows' keys is the noise floor. Rows (sample i: ``fold_in(seed,
+i)``): EM, GGF, the PF-ODE, DPM-Solver++ 2M, ``AdaptiveDPMSolver`` / ``AdaptiveMultistepSolver`` (eta / tau 0 and
+1) and k-diffusion's ``sample_dpm_adaptive`` on the same jitted score (:mod:`benchmarks.harness.kdiffusion`), atol
+``default_atol * rtol / 0.05``. *Within noise* of a row A: every statistic ``q <= q_A + 2 sqrt(sd^2 + sd_A^2)``,
+no failures; ``anchor`` = the finest EM row, ``ref`` = the floor. Wall: one run after ahead-of-time compilation
+(jaxsde) or a warm-up call (k-diffusion). The ``.json`` is rewritten after each model.
 """
 
 from __future__ import annotations
@@ -61,11 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxsde
-from jaxsde.checkpoints.io import atomic_write
 from jaxsde.testing.metrics.galaxies import GalaxyMetrics
 
 from ..harness.kdiffusion import k_diffusion_model
 from ..harness.machine import git_commit
+from ..harness.samplers import prior
 from ..harness.writer import pyplot
 
 MODELS = {
@@ -143,12 +108,6 @@ def run_jaxsde(ckpt, solver, seed: int, n: int) -> dict:
     wall = time.perf_counter() - t0
     return dict(x=np.asarray(sol.x), nfe=np.asarray(sol.stats.nfe), failed=int(np.sum(np.asarray(sol.result) != 0)),
                 wall_s=wall, compile_s=compile_s)
-
-
-def prior(ckpt, seed: int, n: int) -> np.ndarray:
-    """The x_T jaxsde's ``sample`` draws for keys 0..n-1 of ``seed``."""
-    keys, _ = jaxsde.sample_keys(jax.random.PRNGKey(seed), n)
-    return np.asarray(jax.vmap(lambda k: ckpt.sde.prior_sample(k, ckpt.shape, jnp.float32))(keys))
 
 
 def k_diffusion_runner(ckpt):
@@ -358,13 +317,8 @@ def plot(data: dict, path: str) -> None:
             ax.set_title(f"{name}, n = {mod['n']}")
     axes[0, 0].legend(fontsize=6)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-    with open(tmp, "rb") as f:
-        data = f.read()
-    os.unlink(tmp)
-    atomic_write(path, data)
 
 
 def arguments(parser):

@@ -1,40 +1,14 @@
 """One-GPU throughput benchmark: samples/s, NFE and compile times of jaxsde's solvers on full-size networks.
 
-    # on a GPU machine (stage diffusers and the HSC-64 weights first: benchmarks/gpu_prepare.sh)
-    PYTHONPATH=. timeout 560 python -m benchmarks run gpu --stage .gpu_stage \\
-        --eqx .gpu_stage/eqx_hsc_ScoreNet64.eqx --out $OUT
-    python -m benchmarks run gpu --smoke --out /tmp/gpu_smoke    # CPU, tiny networks, well under a minute (CI)
-
-Sections, each with its own time budget (``--budget`` seconds in all, split by ``SECTION_SHARE``); an
-item whose estimated cost (its model's slowest compile + run so far) no longer fits its section's
-remaining time is skipped and listed with the reason, so the script ends within the budget plus one
-item; the results file is rewritten atomically after every item (``jaxsde.checkpoints.io.atomic_write``),
-so a run that is killed keeps everything that finished:
-
-* ``hsc64``: galaxygrad's trained HSC-64 MLP-Mixer score network (``--eqx``: its ``.eqx`` file, read by
-  ``jaxsde.checkpoints.load(path, "galaxygrad")`` with NumPy only; galaxygrad is never imported).
-* ``ddpmpp``: score_sde's DDPM++ CIFAR-10 network, full size (``jaxsde.models.build("ddpmpp_cifar10_vp")``,
-  61.8M parameters), random weights (throughput only), VP SDE, label ``999 t``, epsilon output.
-  Solvers on both: ``EulerMaruyama``, ``DPMSolverPP`` (fixed grids: NFE = steps + 1 with the final
-  denoising step), ``GottaGoFast``, ``AdaptiveDPMSolver``, ``AdaptiveMultistepSolver`` (adaptive, at most
-  ``--max-steps`` loop iterations: on random weights their NFE says nothing about a trained model's);
-  batch 256 to 4096; float32 and a bfloat16 network (parameters, input and time cast to bfloat16, the
-  output cast back; the solver state stays float32, see ``jaxsde.precision``). Each row records the share
-  of the network's convolution/matmul operations that really take bfloat16 operands (``bf16_ops``).
-* ``generate``: ``jaxsde.generate`` (continuous batching) vs ``jaxsde.sample`` on HSC-64 with GGF at a large
-  batch, the same n samples: samples/s and useful work (NFE the samples needed / NFE the loop paid).
-* ``diffusers``: DDIM on diffusers' ``UNet2DModel`` (the DDPM CIFAR-10 layout, 35.7M parameters, random
-  weights created and saved by diffusers, loaded with ``jaxsde.checkpoints.load(dir, "diffusers")``), the
-  trailing grid, jaxsde vs diffusers' PyTorch loop on the same weights and device, float32. If diffusers
-  cannot be imported (``--stage`` puts a staged wheel on the path), that column is skipped with the reason.
-
-Timing per item: ``jit(...).lower(...).compile()`` (compile time), one run (its time is ``first_s``),
-then up to ``--repeats`` more runs while the item's share of the budget lasts, each ended by
-``block_until_ready``; ``samples_per_s`` uses their median (or the first run when no repeat fitted:
-``warm = false``). ``--smoke``: tiny versions of the networks on CPU, small batches, few steps and a
-few items per section (the code paths, not a measurement).
-
-Writes ``<out>/<name>.json`` and ``.md`` (default ``benchmarks/results/gpu``; ``gpu_smoke`` with ``--smoke``).
+Sections (``--budget`` seconds split by ``SECTION_SHARE``; an item that no longer fits its section is skipped with
+the reason; the results are rewritten atomically after every item): ``hsc64`` (galaxygrad's HSC-64 network from
+``--eqx``, read with NumPy only) and ``ddpmpp`` (score_sde's DDPM++ CIFAR-10, random weights) with EM, DPM-Solver++,
+GGF, ``AdaptiveDPMSolver``, ``AdaptiveMultistepSolver`` (at most ``--max-steps`` iterations) at batch 256-4096,
+float32 and a bfloat16 network (``bf16_ops``: the share of conv/matmul ops with bfloat16 operands); ``generate`` vs
+``sample`` at a large batch; ``diffusers``: DDIM vs diffusers' loop on the same ``UNet2DModel`` weights (skipped
+with the reason if diffusers cannot be imported; ``--stage`` puts a staged wheel on the path). Per item: compile,
+one run (``first_s``), then up to ``--repeats`` timed runs (median; ``warm = false`` if none fitted). ``--smoke``:
+tiny networks on CPU (the code paths, not a measurement). benchmarks/README.md gives the GPU command.
 """
 
 from __future__ import annotations
@@ -48,8 +22,6 @@ import traceback
 
 from ..harness.machine import machine_info
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 SECTION_SHARE = {"hsc64": 0.25, "ddpmpp": 0.45, "generate": 0.1, "diffusers": 0.2}
 N_TRAIN = 1000
 
@@ -141,21 +113,27 @@ def op_dtypes(fn, *args) -> dict:
     return counts
 
 
+def repeat_runs(call, repeats: int, time_left) -> tuple:
+    """``call()`` once, then up to ``repeats`` timed calls while ``time_left()`` exceeds 1.5 calls:
+    (last output, first call's seconds, the timed calls' seconds)."""
+    t0 = time.perf_counter()
+    out = call()
+    first, times = time.perf_counter() - t0, []
+    while len(times) < repeats and time_left() > 1.5 * (times[-1] if times else first):
+        t0 = time.perf_counter()
+        out = call()
+        times.append(time.perf_counter() - t0)
+    return out, first, times
+
+
 def timed(fn, args: tuple, repeats: int, time_left) -> dict:
-    """Compile, run once, then up to ``repeats`` timed runs while ``time_left()`` exceeds a run's time."""
+    """Compile, then :func:`repeat_runs` of the compiled program."""
     import jax
 
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    out = jax.block_until_ready(compiled(*args))
-    first = time.perf_counter() - t0
-    times = []
-    while len(times) < repeats and time_left() > 1.5 * (times[-1] if times else first):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - t0)
+    out, first, times = repeat_runs(lambda: jax.block_until_ready(compiled(*args)), repeats, time_left)
     run_s = statistics.median(times) if times else first
     return dict(out=out, compile_s=compile_s, first_s=first, run_s=run_s, repeats=len(times), warm=bool(times))
 
@@ -354,7 +332,6 @@ def section_diffusers(res: Results, budget: Budget, cfg: dict, smoke: bool, repe
         sol = jaxsde.solve_batch(keys, ckpt.sde, ckpt.score_fn(p), solver, x, denoise=True)
         return sol.x, sol.stats.nfe
 
-    t0 = time.perf_counter()
     try:
         m = timed(program, (ckpt.params, x_T_j), repeats, budget.left)
     except Exception as e:  # noqa: BLE001
@@ -374,14 +351,7 @@ def section_diffusers(res: Results, budget: Budget, cfg: dict, smoke: bool, repe
             torch.cuda.synchronize()
         return x
 
-    t0 = time.perf_counter()
-    out = run_torch()
-    first = time.perf_counter() - t0
-    times = []
-    while len(times) < repeats and budget.left() > 1.5 * (times[-1] if times else first):
-        t0 = time.perf_counter()
-        out = run_torch()
-        times.append(time.perf_counter() - t0)
+    out, first, times = repeat_runs(run_torch, repeats, budget.left)
     t_s = statistics.median(times) if times else first
     xt = out.float().cpu().numpy().transpose(0, 2, 3, 1)
     row.update(diffusers_first_s=first, diffusers_run_s=t_s, diffusers_repeats=len(times),

@@ -1,40 +1,17 @@
 """jaxsde vs diffrax, side by side in one process, same score, same samples, same machine.
 
-    python -m benchmarks run vs_diffrax [--problems gmm64,gmm3072,conv] [--rounds 3] [--quick] [--out DIR]
-
-Problems (VP SDE): an 8-mode Gaussian mixture with the exact score in d=64 and d=3072
-(32x32x3), and "conv": a 16x16x3 mixture whose score adds 1e-3 x a small Flax conv net
-(the network dominates the cost, quality still measurable against the exact law). Per problem:
-
-1. Adaptive SDE at matched quality, both ways round: jaxsde GGF at several rtol (with its
-   default atol, and with atol = rtol as the diffrax rows use) vs diffrax's
-   adaptive SDE solve (Heun and ShARK with a PID controller and a VirtualBrownianTree, rtol
-   swept). For each setting of one library, the matched setting of the other is its cheapest
-   (median wall time) whose quality is no worse (spread_w2 and sw2 within half the
-   exact-vs-exact floor). Also: the cheapest setting of each library whose samples are within
-   noise of exact samples ("exact-like").
-2. Fixed-step EM vs diffrax Euler on the same uniform grid (diffrax with UnsafeBrownianPath,
-   its fast choice for fixed steps): time per step.
-3. PF-ODE: jaxsde ProbabilityFlow (dopri5) vs diffrax Dopri5 and Tsit5, PID, same tolerance.
-
-Timing: every program is compiled first (compile time reported), warmed up, then all of a
-problem's programs run in ``--rounds`` interleaved rounds (each blocked until ready); walls are
-medians over rounds and every ratio is the median of per-round ratios, so load from other jobs
-on a shared machine cancels. Compile time: median over ``--compile-repeats`` of the CPU seconds
-of trace + lower + compile (XLA compiles on
-one thread; CPU time is robust to other jobs where wall time is not). Quality: measured on
-``n_quality`` samples of the same setting (a separate, untimed run when larger than the timed
-``n``). Memory: XLA's temp-buffer size.
-diffrax runs with ``adjoint=diffrax.ForwardMode()`` (a plain while loop; sampling needs no
-gradients).
+Problems (VP): an 8-mode mixture with the exact score in d = 64 and 3072, and ``conv`` (16x16x3, the exact score
+plus 1e-3 x a small conv net). Per problem: GGF (rtol sweep; default atol and atol = rtol) vs diffrax Heun / ShARK
++ PID + VirtualBrownianTree (``--diffrax-tols``) at matched quality both ways round (the other library's cheapest
+setting whose spread_w2 and sw2 are within half the exact-vs-exact floor), and the cheapest "exact-like" setting of
+each; EM vs diffrax Euler (UnsafeBrownianPath) per step; the PF-ODE vs diffrax Dopri5 / Tsit5 at one tolerance.
+All programs compiled (compile = median CPU seconds of ``--compile-repeats``), warmed up, then ``--rounds`` rounds
+in a fixed order; every ratio is the median of per-round ratios. diffrax runs with ``adjoint=ForwardMode()``.
 """
 
 from __future__ import annotations
 
-import datetime
 import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -50,6 +27,9 @@ import jaxsde
 from jaxsde.testing import metrics, reference
 from jaxsde.testing.targets import GaussianMixture
 from jaxsde.timing import compile_cpu_seconds
+
+from ..harness.machine import machine_info, normalize
+from ..harness.timing import interleaved
 
 ADJOINT = dfx.ForwardMode()
 SIZES = dict(gmm64=(1000, 1000), gmm3072=(100, 200), conv=(64, 256))  # (timed n, quality n)
@@ -185,13 +165,8 @@ def bench_problem(name: str, n: int, n_quality: int, rounds: int, quick: bool, r
               f"({row['sw2_floor']:.4f}) failed={row['failed']}", flush=True)
         if case.family == "PF-ODE":
             row["x"] = np.asarray(sol.x)
-    times = {label: [] for label in programs}
-    for r in range(rounds):
-        for label, compiled in programs.items():
-            t0 = time.perf_counter()
-            jax.block_until_ready(compiled(key, prob.params))
-            times[label].append(time.perf_counter() - t0)
-        print(f"  round {r + 1}/{rounds} done", flush=True)
+    times, _ = interleaved({label: (lambda c=c: c(key, prob.params)) for label, c in programs.items()}, rounds,
+                           rotate=False, warmup=False)
     for label, row in by_label.items():
         row["wall_s"] = statistics.median(times[label])
         row["wall_all_s"] = times[label]
@@ -254,10 +229,13 @@ def fmt(x, spec=".2f", none="-"):
     return none if x is None else format(x, spec)
 
 
-def write_markdown(path, rows, summary, command, machine):
+def render(data: dict) -> str:
+    rows, summary, command = data["rows"], data["summary"], data["command"]
+    machine = normalize(data["machine"])
     lines = ["# jaxsde vs diffrax", "", f"Command: `{command}`", "",
-             f"Machine: {machine['cpu_count']} CPU cores, {machine['platform']}, jax {machine['jax']}, "
-             f"diffrax {machine['diffrax']}, backend {machine['backend']}, {machine['date']}, load before "
+             f"Machine: {machine['cpus']} CPU cores, {machine.get('platform') or machine.get('cpu')}, jax "
+             f"{machine['jax']}, diffrax {machine.get('diffrax') or machine['versions'].get('diffrax')}, "
+             f"backend {machine['backend']}, {machine['date']}, load before "
              f"{machine['load']}", "",
              "Timing: all programs of a problem compiled, warmed up, then run in interleaved rounds "
              "(`block_until_ready`); wall = median over rounds; every ratio = median of per-round ratios; "
@@ -286,8 +264,7 @@ def write_markdown(path, rows, summary, command, machine):
                      f"{r['wall_s']:.3f} | {r['compile_s']:.2f} | {r['temp_mb']:.1f} | "
                      f"{r['spread_w2']:.3f} ({r['spread_w2_floor']:.3f}) | {r['sw2']:.4f} ({r['sw2_floor']:.4f}) | "
                      f"{r['failed']} |")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    return "\n".join(lines)
 
 
 def arguments(parser):
@@ -302,21 +279,13 @@ def arguments(parser):
 
 
 def run(args, ctx):
-    command = ctx.command
     sizes = QUICK_SIZES if args.quick else SIZES
-    load = tuple(round(v, 2) for v in os.getloadavg())
+    machine = machine_info("diffrax")
     rows, summary = [], {}
     t0 = time.time()
     for problem in args.problems.split(","):
         n, n_quality = sizes[problem]
         tols = tuple(float(v) for v in args.diffrax_tols.split(",")) if args.diffrax_tols else None
         bench_problem(problem, n, n_quality, args.rounds, args.quick, rows, summary, tols, args.compile_repeats)
-    machine = dict(cpu_count=os.cpu_count(), platform=platform.platform(), jax=jax.__version__,
-                   diffrax=getattr(dfx, "__version__", "?"), backend=jax.default_backend(), load=load,
-                   date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
-    os.makedirs(args.out, exist_ok=True)
-    stem = args.name + ("_quick" if args.quick else "")
-    with open(os.path.join(args.out, f"{stem}.json"), "w") as f:
-        json.dump(dict(command=command, machine=machine, summary=summary, rows=rows), f, indent=1)
-    write_markdown(os.path.join(args.out, f"{stem}.md"), rows, summary, command, machine)
+    ctx.save(args.name + ("_quick" if args.quick else ""), dict(machine=machine, summary=summary, rows=rows))
     print(f"total {time.time() - t0:.0f}s", flush=True)
