@@ -1,14 +1,8 @@
 """Compilations of a settings sweep under one ``jax.jit``, solver passed as an argument (digits U-Net).
 
-    python -m benchmarks run compile_sweep [--n 64] [--out benchmarks/results] [--tag NAME]
-
-One jitted function ``run(solver, key) -> jaxsde.sample(key, sde, score, solver, shape, n).x`` on the
-embedded digits model (CPU), called in turn with GGF at 5 ``rtol`` values, ``AdaptiveMultistepSolver``
-at 3 ``rtol`` values, DDIM at 3 ``eta > 0`` values and DPM-Solver++ (10 steps) on 3 custom grids. For
-each sweep: how many times ``run`` was traced (one trace = one compilation), the wall time of each
-call (the first of a new program includes its compilation) and the wall time of a second call with
-the same value (run only). It uses only the public API, so the same command run on an older checkout
-measures that version (``--tag`` names the results file: ``compile_sweep[_TAG].{md,json}``).
+``run(solver, key) -> sample(...).x`` called with GGF at 5 rtols, ``AdaptiveMultistepSolver`` at 3, DDIM at 3
+``eta > 0`` and DPM-Solver++ on 3 grids: traces per sweep (one trace = one compilation), each call's wall time and a
+second call's. Public API only, so the command run on an older checkout measures it (``--tag``).
 """
 
 from __future__ import annotations

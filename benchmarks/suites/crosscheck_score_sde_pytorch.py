@@ -1,13 +1,9 @@
 """Cross-check jaxsde's NCSN++/DDPM++ port and ``load_pytorch`` against score_sde_pytorch itself.
 
-    git clone https://github.com/yang-song/score_sde_pytorch /tmp/score_sde_pytorch
-    python -m benchmarks run crosscheck_score_sde_pytorch --repo /tmp/score_sde_pytorch
-
-Builds score_sde_pytorch's ``models.ncsnpp.NCSNpp`` (CPU; its CUDA ``op.upfirdn2d`` is replaced by
-diffusers' ``upfirdn2d_native``, and ``ml_collections`` configs by namespaces) for small versions of
-several configs with perturbed random weights, saves a ``.pth`` in the published layout
-(``module.`` keys, EMA shadow list), loads it with :func:`jaxsde.checkpoints.score_sde.load_pytorch`
-and compares the forward passes. Needs torch and diffusers; nothing of score_sde_pytorch is vendored.
+``--repo``: a checkout of https://github.com/yang-song/score_sde_pytorch (nothing of it is vendored). Builds its
+``models.ncsnpp.NCSNpp`` on CPU (``op.upfirdn2d`` replaced by diffusers' ``upfirdn2d_native``, configs as
+namespaces) for small versions of several configs with perturbed random weights, saves a ``.pth`` in the published
+layout, loads it with ``jaxsde.checkpoints.score_sde.load_pytorch`` and compares the forward passes.
 """
 
 from __future__ import annotations

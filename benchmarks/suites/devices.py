@@ -1,13 +1,8 @@
 """Sample i across device counts: 1 vs 8 forced host devices, at the default and at a fixed per-device width.
 
-    python -m benchmarks run devices [--n 400] [--rtol 0.05]
-
-The embedded digits model, ``GottaGoFast(rtol)``, ``jaxsde.generate`` with ``batch_size`` slots split
-over the devices. A device runs ``min(batch_size / devices, samples per device)`` slots; XLA compiles
-each width to its own program, whose float rounding differs (convolutions block by batch), and an
-adaptive solver can carry a rounding difference into a different step sequence. Rows: 1 device
-at the default 256 slots, 8 devices at the default (a narrower width per device), and 1 device at
-the 8-device run's per-device width. Writes ``benchmarks/results/devices.md``.
+digits, ``GottaGoFast(rtol)``, ``jaxsde.generate`` over 1 and 8 devices (256 slots), and 1 device at the 8-device
+run's per-device width: each width compiles to its own program, whose rounding can change an adaptive step
+sequence.
 """
 
 from __future__ import annotations

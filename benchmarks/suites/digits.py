@@ -1,13 +1,8 @@
 """FD-digits and KID vs NFE on an embedded digits model, for EM, PC, the PF-ODE and GGF.
 
-    python -m benchmarks run digits [--model digits] [--n 1000] [--quick] [--out benchmarks/results]
-
-Every solver samples the same ``n`` keys (sample i uses fold_in(seed, i)); quality is
-FD-digits / KID against the training set (``jaxsde.testing.metrics.digits``), with the real-vs-real
-floor (held-out real digits vs train, n capped at the 359 held out). Noise: each row's FD
-carries its bootstrap standard deviation at this n (``fd_std``, 50 resamples), and EM-1000 is
-rerun with a second seed as an independent check. "Within noise" of EM-1000:
-FD <= FD(EM-1000) + 2 sqrt(fd_std^2 + fd_std(EM-1000)^2).
+Every solver samples the same ``n`` keys; FD-digits / KID against the training set with the real-vs-real floor
+(held-out digits, n <= 359) and each row's bootstrap sd (50 resamples); EM-1000 is rerun with a second seed.
+"Within noise" of EM-1000: ``FD <= FD(EM-1000) + 2 sqrt(fd_std^2 + fd_std(EM-1000)^2)``.
 """
 
 from __future__ import annotations

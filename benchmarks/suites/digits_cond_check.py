@@ -1,17 +1,9 @@
 """Quick quality check of the class-conditional "digits-cond" model, unguided, and of the noisy classifier.
 
-    python -m benchmarks run digits_cond_check [--n 200] [--steps 200] [--out benchmarks/results]
-
-For each label c = 0..9: ``n`` samples with ``EulerMaruyama(steps)`` and the conditional score at
-the fixed label (``lambda x, t: ckpt.score(x, t, c)``, no guidance), classified by the shipped
-clean FD-digits classifier (accuracy = the fraction classified as ``c``) and compared with the
-training digits of class ``c`` (per-class FD-digits; its floor: the held-out digits of class ``c``,
-about 36 each, against the same). Pooled over labels: FD-digits of the ``10 n`` conditional
-samples against the whole training set. References at the same solver and keys: ``10 n`` samples
-of the null class (the unconditional score of digits-cond) and of the unconditional
-``"digits-medium"`` (same network size). The noisy classifier's held-out accuracy at a few ``t``
-closes the file. Keys: label ``c`` samples with ``PRNGKey(c)``; the null class and digits-medium
-with the same ``PRNGKey(100 + k)``, ``k = 0..9``, ``n`` samples each.
+Per label c: ``n`` samples with ``EulerMaruyama(steps)`` at the fixed label (key ``PRNGKey(c)``), accuracy under the
+clean FD-digits classifier and per-class FD-digits (floor: the ~36 held-out digits of class c); pooled FD-digits
+of the ``10 n`` samples; references with the same solver: digits-cond's null class and "digits-medium" (keys
+``PRNGKey(100 + k)``). Then the noisy classifier's held-out accuracy at a few ``t``.
 """
 
 from __future__ import annotations

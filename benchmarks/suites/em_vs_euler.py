@@ -1,22 +1,14 @@
 """Fixed-step EM: jaxsde vs diffrax Euler per step, timed interleaved (robust to a shared machine).
 
-    python -m benchmarks run em_vs_euler [--n 64,1000] [--steps 200] [--rounds 9] [--out benchmarks/results]
-
-Same score (an exact Gaussian-mixture score), same grid, same samples count, both with the
-final denoising step; diffrax uses UnsafeBrownianPath and ForwardMode (its fastest fixed-step
-set-up). Compile time: median CPU seconds over ``--compile-repeats``. Both compiled programs
-are warmed up, then run alternately ``--rounds`` times; the reported ratio is the median of the
-per-round ratios (each round times both back to back, so load changes cancel). Also prints
-XLA's FLOP and byte counts of both programs (deterministic). jaxsde's loop additionally checks
-every step's output for non-finite values and commits only finite steps (one reduction and one
-select of the state per step); diffrax does neither. The ``check_finite=False`` row checks the
-final state only (failures are still reported), the like-for-like comparison.
+The same exact mixture score, grid and sample count, both with the final denoising step; diffrax with
+UnsafeBrownianPath and ForwardMode. Compile: median CPU seconds of ``--compile-repeats``; then ``--rounds`` rounds
+of the warmed-up programs, ratio = median of per-round ratios; XLA FLOP and byte counts. jaxsde checks every step
+for non-finite values (one reduction and select per step); the ``check_finite=False`` row is like for like.
 """
 
 from __future__ import annotations
 
 import statistics
-import time
 
 import diffrax as dfx
 import jax
@@ -28,6 +20,7 @@ from jaxsde.testing.targets import GaussianMixture
 from jaxsde.timing import compile_cpu_seconds
 
 from ..harness.machine import describe, machine_info
+from ..harness.timing import interleaved
 
 
 def programs(shape, n, steps):
@@ -85,12 +78,9 @@ def run(args, ctx):
             compiled[label], compile_s = compile_cpu_seconds(fn, key, repeats=args.compile_repeats)
             jax.block_until_ready(compiled[label](key))
             compiled[label + " compile_s"] = compile_s
-        times = {"jaxsde EM": [], "jaxsde EM check_finite=False": [], "diffrax Euler": []}
-        for _ in range(args.rounds):
-            for label in times:
-                t0 = time.perf_counter()
-                jax.block_until_ready(compiled[label](key))
-                times[label].append(time.perf_counter() - t0)
+        times, _ = interleaved({label: (lambda c=compiled[label]: c(key)) for label in
+                                ("jaxsde EM", "jaxsde EM check_finite=False", "diffrax Euler")}, args.rounds,
+                               rotate=False, warmup=False)
         ratios = [a / b for a, b in zip(times["jaxsde EM"], times["diffrax Euler"], strict=True)]
         ratios_unchecked = [a / b for a, b in zip(times["jaxsde EM check_finite=False"], times["diffrax Euler"],
                                                   strict=True)]

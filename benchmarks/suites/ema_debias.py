@@ -1,15 +1,9 @@
 """The embedded digits models before and after the EMA fix, side by side, on the same keys.
 
-    python -m benchmarks run ema_debias [--model digits] [--n 1000] [--em1000] [--out benchmarks/results]
-
-The weights shipped before ``TrainConfig.ema_debias`` held the plain EMA of training, which
-keeps ``ema_decay ** steps`` of the random initialisation (8.2% for ``digits`` after 2500
-steps at 0.999). The shipped files now hold the debiased EMA (``jaxsde.training.debias_ema``);
-the plain one is rebuilt here exactly from it, ``plain = share * init + (1 - share) * debiased``,
-so both are evaluated in one run with the same solvers, keys (sample i uses fold_in(0, i)) and
-metric: FD-digits against the training set with its bootstrap std (50 resamples) and the
-real-vs-real floor. ``--em1000`` adds Euler-Maruyama with 1000 steps on the current weights
-(the reference of the quality targets; about 25 min on 2 CPU cores at n = 1000).
+The plain EMA of training (kept ``ema_decay ** steps`` of the random initialisation) is rebuilt exactly from the
+shipped debiased one, ``plain = share * init + (1 - share) * debiased``; both run with the same solvers and keys:
+FD-digits +- bootstrap sd (50 resamples) and the real-vs-real floor. ``--em1000`` adds EM-1000 on the current
+weights.
 """
 
 from __future__ import annotations

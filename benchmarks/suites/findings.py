@@ -1,12 +1,8 @@
-"""Reproduces two findings the documentation (docs/usage.md) states, each in about a minute on a 2-core CPU.
+"""Reproduces two findings docs/usage.md states, each in about a minute on a 2-core CPU.
 
-    python -m benchmarks run findings
-
-1. GGF's noise redraw after rejections biases the output variance in low dimension: exact
-   Gaussian target N(0.3, 0.2^2 I), VP SDE, rtol 0.01; output std relative to the exact law
-   at d=64 (n=2000) and d=3072 (n=100), with the rejection rate.
-2. diffrax's ShARK integrating the reverse SDE backwards in time (t0 > t1) vs forward in
-   tau = T - t, on an 8-dimensional Gaussian target: max |x| of the outputs.
+1. GGF's noise redraw after rejections biases the output variance in low dimension: N(0.3, 0.2^2 I), VP, rtol
+   0.01; output std relative to the exact law at d = 64 (n = 2000) and 3072 (n = 100), with the rejection rate.
+2. diffrax's ShARK on the reverse SDE backwards in time (t0 > t1) vs forward in tau = T - t (d = 8): max |x|.
 """
 
 from __future__ import annotations

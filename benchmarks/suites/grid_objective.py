@@ -1,16 +1,9 @@
 """optimize_grid's objective, plain vs robust, judged by sample quality on held-out draws.
 
-    python -m benchmarks run grid_objective [--problem lowrank-ve] [--steps 9] [--calibration-seeds 1000,1001]
-        [--n-calibration 256] [--n 4000] [--seed 1] [--iterations 100] [--out benchmarks/results]
-
-For each calibration seed and each deterministic multistep sampler of the frontier's tuned rows
-(``quality_vs_nfe.TUNED_SAMPLERS``), learns the grid with ``jaxsde.optimize_grid`` from the log-SNR
-grid twice, with the plain mean squared distance to the PF-ODE teacher (``robust=False``) and with the
-robust ``mean(log(1 + d_i / median d))`` (the default), then samples ``n`` draws of seed ``seed`` (never
-the calibration draws) on each grid and reports the frontier's quality metric (the problem's, with its
-bootstrap sd) next to the log-SNR grid's. Also reported per calibration set: the largest per-draw
-distance on the starting grid over its median (a draw sent to another mode than the teacher makes it
-thousands). Writes ``grid_objective_<problem>.{md,json}``.
+Per calibration seed and tuned sampler of the frontier (``quality_vs_nfe.TUNED_SAMPLERS``): ``optimize_grid`` from
+the log-SNR grid with the plain mean squared distance to the PF-ODE teacher and with the robust
+``mean(log(1 + d_i / median d))``; then ``n`` draws of ``--seed`` on each grid, quality (+- bootstrap sd) beside the
+log-SNR grid's, and the calibration set's largest per-draw distance over its median.
 """
 
 from __future__ import annotations

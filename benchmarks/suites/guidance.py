@@ -1,23 +1,11 @@
 """Classifier-free guidance on the class-conditional digits model: label accuracy and FD-digits vs weight.
 
-    python -m benchmarks run guidance [--per-class 100] [--weights 0,0.5,1,2,4] [--quick] [--out benchmarks/results]
-
-Model ``jaxsde.pretrained("digits-cond")``; guided score
-``jaxsde.guidance.classifier_free(ckpt.score, ckpt.null_cond, w)`` (one network call on the pair per
-evaluation). Every row samples ``10 * per_class`` digits, sample ``i`` with label ``i mod 10`` and key
-``fold_in(PRNGKey(seed), i)`` (the same keys and labels in every row), through ``jaxsde.sample(...,
-cond=labels)``. Quality, with the shipped clean FD-digits classifier:
-
-* ``accuracy``: the fraction of samples classified as their requested label;
-* ``fd``: FD-digits of all samples against the whole training set, with its bootstrap sd;
-* ``fd_class``: per-class FD-digits, the samples of label ``c`` against the training digits of
-  class ``c`` (reported: mean and max over classes); its floor is the held-out digits of class ``c``
-  (about 36 each) against the same, which at that n is itself large.
-
-Reference (same keys, unguided, EM): the unconditional embedded model ``"digits"`` and
-digits-cond's null class. Solvers: EM, GGF, DPM-Solver++ 2M and the adaptive exponential Adams
-integrator (stochastic, ``tau = 1``), each swept over the weights; EM-1000 at the weight
-``--em1000-weight`` (the accuracy check between GGF and EM-1000).
+``jaxsde.pretrained("digits-cond")`` with ``classifier_free(ckpt.score, ckpt.null_cond, w)``; every row samples
+``10 * per_class`` digits (sample i: label ``i mod 10``, key ``fold_in(PRNGKey(seed), i)``) through
+``jaxsde.sample(..., cond=labels)``. Quality with the clean FD-digits classifier: label accuracy, FD-digits (with
+bootstrap sd) and per-class FD-digits (floor: the ~36 held-out digits of the class). References: the unconditional
+"digits" model and digits-cond's null class (EM). Solvers: EM, GGF, DPM-Solver++ 2M and the adaptive Adams
+integrator (tau 1) over the weights; EM-1000 at ``--em1000-weight``.
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
 """What ``import jaxsde`` costs on top of ``import jax``, and which heavy modules it loads.
 
-    python -m benchmarks run import_time [--compare OTHER_TREE] [--rounds 5] [--out benchmarks/results]
-
-Each measurement is a fresh interpreter that imports jax first, then times ``import jaxsde``
-from the given source tree (an editable install's finder is removed so the tree on the path is
-the one imported). ``--compare`` times a second tree (e.g. a ``git worktree`` of an older
-commit) in the same run, the two interleaved round by round; the medians are reported.
+Fresh interpreters import jax, then time ``import jaxsde`` from the given tree (an editable install's finder
+removed); ``--compare`` times a second tree (e.g. a ``git worktree`` of an older commit) interleaved; medians.
 """
 
 from __future__ import annotations

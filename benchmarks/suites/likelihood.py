@@ -1,19 +1,11 @@
 """Likelihood accuracy against cost: exact trace vs Hutchinson probes vs k-diffusion, one process.
 
-    python -m benchmarks run likelihood [--dim 16] [--n 64] [--repeats 3] [--out benchmarks/results]
-
-The problem: a VE Gaussian mixture (``jaxsde.testing.targets.GaussianMixture``, 4 modes, data in
-[0, 1], sigma_max 50), whose noised density ``log p_eps`` is known in closed form; ``n`` points
-drawn from the data. Rows: ``jaxsde.log_likelihood`` with the exact divergence and with K = 1, 4,
-16 Rademacher probes, and k-diffusion 0.1.1's ``log_likelihood`` (torchdiffeq dopri5, one
-Rademacher probe, one step sequence for the whole batch) on the same mixture's denoiser written in
-torch, each at rtol = atol = 1e-4 (k-diffusion's default) and 1e-5 (score_sde's, jaxsde's).
-
-Per row: the error of ``log_p`` against the exact density in nats per dimension (mean: the bias,
-with its standard error over the n points; RMS), the mean NFE per likelihood (k-diffusion: its
-batch's ``fevals``), and wall time per likelihood (the whole batch's time / n; median of
-``repeats`` interleaved repeats after a warm-up; compile time apart). The prior's mismatch with the
-true ``p_T`` is part of every row's error (the same for all); its mean is reported.
+A VE Gaussian mixture (4 modes, data in [0, 1], sigma_max 50) whose ``log p_eps`` is exact; ``n`` data points.
+Rows: ``jaxsde.log_likelihood`` with the exact divergence and K = 1, 4, 16 Rademacher probes, and k-diffusion
+0.1.1's ``log_likelihood`` (torchdiffeq dopri5, one probe, one step sequence per batch) on the same mixture's
+torch denoiser, at rtol = atol = 1e-4 and 1e-5. Per row: error of ``log_p`` in nats per dimension (bias +- its
+standard error, RMS; includes the prior's mismatch with the true ``p_T``, reported), mean NFE, wall time per
+likelihood (median of ``repeats`` interleaved rounds after a warm-up; compile time apart).
 """
 
 from __future__ import annotations
@@ -31,6 +23,7 @@ from jaxsde.testing.targets import GaussianMixture
 
 from ..harness.kdiffusion import sampling_module
 from ..harness.machine import describe, machine_info
+from ..harness.timing import interleaved
 
 
 def torch_denoiser(gm: GaussianMixture, torch):
@@ -99,15 +92,7 @@ def run(args, ctx):
         rows[f"k-diffusion K=1, tol {tol:g}"] = dict(kind="k-diffusion", tol=tol, label="K=1", compile_s=0.0,
                                                      call=kd_call)
 
-    outputs, times = {}, {name: [] for name in rows}
-    for name, row in rows.items():  # warm-up (and the outputs)
-        outputs[name] = row["call"]()
-    for _ in range(args.repeats):  # interleaved repeats
-        for name, row in rows.items():
-            t0 = time.perf_counter()
-            row["call"]()
-            times[name].append(time.perf_counter() - t0)
-
+    times, outputs = interleaved({name: row["call"] for name, row in rows.items()}, args.repeats, rotate=False)
     d = args.dim
     results_rows, mismatch = [], None
     for name, row in rows.items():

@@ -1,14 +1,9 @@
 """Bits/dim of the held-out digits under the embedded models (``jaxsde likelihood``), with a check of
 the Hutchinson estimate against the exact divergence on a subset.
 
-    python -m benchmarks run likelihood_digits [--models digits,digits-ve] [--n 359] [--exact-n 48]
-
-Each model: ``jaxsde.apps.likelihood_job.run_likelihood`` (what ``jaxsde likelihood --model M --n N``
-runs) on the first ``n`` held-out digits, uniformly dequantized over their 17 levels, with the
-command line's defaults (Hutchinson, 4 Rademacher probes, rtol = atol = 1e-4); then the first
-``exact_n`` of them again with the exact divergence at 1e-5 and the same dequantization noise, so
-the difference of the two on the same points is the Hutchinson and tolerance error, next to its
-standard error. Writes ``likelihood_digits.{md,json}`` and a histogram per model.
+``jaxsde.apps.likelihood_job.run_likelihood`` (the CLI's defaults: Hutchinson, 4 probes, rtol = atol = 1e-4) on the
+first ``n`` held-out digits, uniformly dequantized; then the first ``exact_n`` with the exact divergence at 1e-5 and
+the same noise: their difference (and its standard error) is the Hutchinson and tolerance error.
 """
 
 from __future__ import annotations

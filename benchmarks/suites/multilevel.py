@@ -1,21 +1,11 @@
 """Multilevel Euler-Maruyama vs EM on the embedded digits models: gamma, FD-digits vs cost.
 
-    python -m benchmarks run multilevel [--n 500] [--quick] [--out benchmarks/results]
-
-Levels: "digits-small", "digits-medium", "digits-large" (VP, same SDE; 0.14M / 0.52M / 1.49M
-parameters). Measured in one process:
-
-1. cost c_l of one score evaluation per level: XLA's FLOP count of the compiled batched
-   evaluation (deterministic; wall time on a shared machine is not), in units of the largest;
-   the median wall time per batch is reported beside it;
-2. the level errors: RMS of ``sigma (s_a - s_b)`` (an epsilon-scale difference) over
-   ``x_t = alpha x_0 + sigma z`` with held-out digits ``x_0`` and ``t ~ U(eps, 1)``, for
-   consecutive levels, and each level's held-out denoising loss;
-3. gamma (cost ~ error^-gamma): with the multilevel-Monte-Carlo convention that a level's
-   error is its difference to the next finer level, ``gamma = log(c_2/c_1) / log(e_1/e_2)``;
-4. FD-digits (bootstrap std) vs cost in units of one largest-model evaluation, and wall time,
-   for EM on the largest model and ML-EM (``sample_multilevel``) at several step counts and
-   probability scales ``p_l ∝ e_l / sqrt(c_l)``.
+Levels "digits-small" / "-medium" / "-large" (VP, 0.14M / 0.52M / 1.49M parameters), in one process: the cost
+c_l of one batched score evaluation (XLA FLOPs, relative to the largest; median wall beside it); level errors
+(RMS of ``sigma (s_a - s_b)`` over ``x_t`` from held-out digits, ``t ~ U(eps, 1)``, consecutive levels; held-out
+denoising loss); ``gamma = log(c_2/c_1) / log(e_1/e_2)``; FD-digits (bootstrap sd) vs cost in largest-model
+evaluations for EM on the largest model and ``sample_multilevel`` at several steps and scales
+``p_l ∝ e_l / sqrt(c_l)``.
 """
 
 from __future__ import annotations

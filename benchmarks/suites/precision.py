@@ -1,15 +1,9 @@
 """A bfloat16 score network with a float32 sampler state, against float32 throughout, on the digits U-Net.
 
-    python -m benchmarks run precision [--n 500] [--rtol 0.05] [--rounds 3]
-
-The embedded digits model (a trained conv U-Net, VP): ``ckpt.score_fn(params, compute_dtype=...)``
-runs the network in that dtype (parameters cast, preconditioning and the Tweedie step in float32;
-``jaxsde.precision``), while the solver's state, times and coefficients stay float32.
-``GottaGoFast(rtol)`` and ``EulerMaruyama(200)`` each sample the same ``n`` prior draws at both
-precisions: FD-digits with its bootstrap sd, mean NFE, and max |dx| against the float32 run.
-Wall time: a batch of 64 samples, median of ``--rounds`` interleaved runs after a warm-up (on a
-CPU bfloat16 convolutions are not native, so this measures the CPU's cost, not an accelerator's).
-Writes ``benchmarks/results/precision.md``.
+``ckpt.score_fn(params, compute_dtype=...)`` runs the network in that dtype (``jaxsde.precision``); the solver
+state stays float32. ``GottaGoFast(rtol)`` and ``EulerMaruyama(200)`` on the same ``n`` prior draws at both
+precisions: FD-digits +- bootstrap sd, mean NFE, max |dx| against float32; wall: batch 64, median of ``--rounds``
+interleaved runs (CPU bfloat16 convolutions are not native).
 """
 
 from __future__ import annotations

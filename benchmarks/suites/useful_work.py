@@ -1,19 +1,9 @@
 """Useful-work fraction of continuous batching (``generate``) vs plain ``sample``, untimed.
 
-    python -m benchmarks run useful_work [--runs digits:16:20,digits:64:20,digits-ve:64:20] [--out DIR]
-    # the tail with and without drain halvings, Gaussian mixture d=16 (~2 min):
-    python -m benchmarks run useful_work --runs mixture:64:2,mixture:64:4,mixture:64:20,mixture:1024:2,\
-mixture:1024:4,mixture:1024:8,mixture:1024:20 --drain-halvings 0 1 3 --name mixture_drain
-
-Each run ``model:batch:per_slot`` (an embedded model, or ``mixture``: the d=16 Gaussian mixture
-of ``throughput.py`` with its exact score) generates n = batch x per_slot samples with
-``jaxsde.generate`` (GGF rtol 0.05, ``batch`` slots), once per ``--drain-halvings`` value, and
-reports its useful work (sum of per-sample NFE / score evaluations the loop computed: every slot
-every iteration, plus the refill passes). Plain ``sample`` at the same batch size computes, for
-batch b, batch x (max NFE in b) evaluations; its useful work follows from the same per-sample
-NFEs (sample i has the same NFE in both, tested), so it is computed from them without a second
-run. Nothing here is timed: the fractions are deterministic counts, unaffected by machine load
-(``throughput.py`` times them).
+Each run ``model:batch:per_slot`` (an embedded model, or ``mixture``: throughput's d = 16 mixture) generates
+``batch x per_slot`` samples with ``jaxsde.generate`` (GGF rtol 0.05) once per ``--drain-halvings`` value: useful
+work = sum NFE / evaluations computed. ``sample``'s follows from the same per-sample NFEs (batch x max NFE per
+batch). Deterministic counts; docs/benchmarks.md gives the committed commands.
 """
 
 from __future__ import annotations
