@@ -9,8 +9,6 @@ of the ``10 n`` samples; references with the same solver: digits-cond's null cla
 from __future__ import annotations
 
 import datetime
-import json
-import os
 import time
 
 import jax
@@ -63,7 +61,6 @@ def arguments(parser):
 
 
 def run(args, ctx):
-    command = ctx.command
     ckpt = jaxsde.pretrained("digits-cond")
     solver = jaxsde.EulerMaruyama(args.steps)
     metrics = DigitsMetrics()
@@ -98,45 +95,39 @@ def run(args, ctx):
     clf_acc = {t: noisy_classifier_accuracy(clf, t) for t in NOISY_CLASSIFIER_EVAL_TIMES}
     bayes_acc = {t: posterior_accuracy(clf.sde, t) for t in NOISY_CLASSIFIER_EVAL_TIMES}
 
-    result = dict(command=command, date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-                  device=str(jax.devices()[0]), solver=f"EulerMaruyama({args.steps})", n_per_label=args.n,
-                  failures=fails, per_label=rows, mean_accuracy=float(np.mean([r["accuracy"] for r in rows])),
-                  pooled=pooled, null_class=null_report, digits_medium=medium_report,
-                  noisy_classifier_accuracy={str(t): a for t, a in clf_acc.items()},
-                  empirical_posterior_accuracy={str(t): a for t, a in bayes_acc.items()}, sampling_wall_s=wall,
-                  train_config=ckpt.config)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "digits_cond_check.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    ctx.save("digits_cond_check", dict(
+        date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"), device=str(jax.devices()[0]),
+        solver=f"EulerMaruyama({args.steps})", n_per_label=args.n, failures=fails, per_label=rows,
+        mean_accuracy=float(np.mean([r["accuracy"] for r in rows])), pooled=pooled, null_class=null_report,
+        digits_medium=medium_report, noisy_classifier_accuracy={str(t): a for t, a in clf_acc.items()},
+        empirical_posterior_accuracy={str(t): a for t, a in bayes_acc.items()}, sampling_wall_s=wall,
+        train_config=ckpt.config))
+
+
+def render(result: dict) -> str:
+    rows, pooled, cfg, n = result["per_label"], result["pooled"], result["train_config"], result["n_per_label"]
+    clf_acc, bayes_acc = result["noisy_classifier_accuracy"], result["empirical_posterior_accuracy"]
     lines = [
-        "# digits-cond: unguided quality check",
-        "",
-        f"`{command}` ({result['date']}, {result['device']}, sampling {wall:.0f} s).",
-        "",
-        f"Model `jaxsde.pretrained(\"digits-cond\")` (DigitsUNet medium, {ckpt.config['steps']} steps, label dropout "
-        f"{ckpt.config['label_dropout']}), no guidance: the conditional score at a fixed label, "
-        f"`EulerMaruyama({args.steps})`, {args.n} samples per label ({fails} failed). Accuracy: the fraction the "
+        "# digits-cond: unguided quality check", "",
+        f"`{result['command']}` ({result['date']}, {result['device']}, sampling {result['sampling_wall_s']:.0f} "
+        "s).", "",
+        f"Model `jaxsde.pretrained(\"digits-cond\")` (DigitsUNet medium, {cfg['steps']} steps, label dropout "
+        f"{cfg['label_dropout']}), no guidance: the conditional score at a fixed label, "
+        f"`{result['solver']}`, {n} samples per label ({result['failures']} failed). Accuracy: the fraction the "
         "shipped clean FD-digits classifier assigns to the requested label. Per-class FD: the samples of a label "
         "against the training digits of that class (the floor: that class's held-out digits, n as listed, "
-        "biased up by their small n).",
-        "",
-        "| label | accuracy | per-class FD | floor (n) |",
-        "|---|---|---|---|",
-    ]
+        "biased up by their small n).", "",
+        "| label | accuracy | per-class FD | floor (n) |", "|---|---|---|---|"]
     lines += [f"| {r['label']} | {r['accuracy']:.3f} | {r['fd_class']:.2f} | {r['fd_class_floor']:.2f} "
               f"({r['n_floor']}) |" for r in rows]
     lines += [
-        f"| mean | {result['mean_accuracy']:.3f} | {np.mean([r['fd_class'] for r in rows]):.2f} | |",
-        "",
-        f"Overall FD-digits (n = {10 * args.n} against the 1438 training digits; real-vs-real floor at n = "
-        f"{pooled['n_floor']}: {pooled['fd_floor']:.2f}):",
-        "",
-        "| samples | FD-digits | KID | class TV | confident |",
-        "|---|---|---|---|---|",
-    ]
-    for name, rep in (("digits-cond, labels 0..9 pooled", pooled), ("digits-cond, null class (unconditional)",
-                                                                    null_report),
-                      ("digits-medium (unconditional model)", medium_report)):
+        f"| mean | {result['mean_accuracy']:.3f} | {np.mean([r['fd_class'] for r in rows]):.2f} | |", "",
+        f"Overall FD-digits (n = {10 * n} against the 1438 training digits; real-vs-real floor at n = "
+        f"{pooled['n_floor']}: {pooled['fd_floor']:.2f}):", "",
+        "| samples | FD-digits | KID | class TV | confident |", "|---|---|---|---|---|"]
+    for name, rep in (("digits-cond, labels 0..9 pooled", pooled),
+                      ("digits-cond, null class (unconditional)", result["null_class"]),
+                      ("digits-medium (unconditional model)", result["digits_medium"])):
         lines.append(f"| {name} | {rep['fd']:.2f} | {rep['kid']:.4f} | {rep['class_tv']:.3f} | "
                      f"{rep['confident']:.3f} |")
     lines += ["", "Noisy classifier (`jaxsde.checkpoints.embedded.noisy_classifier()`), held-out accuracy on the "
@@ -149,6 +140,4 @@ def run(args, ctx):
               "The reference classifies by `p(c | x_t)` under the empirical distribution of the 1438 training "
               "digits (4 other noise draws): the accuracy the training set itself supports at each t, the noise "
               "erasing the class as t grows.", ""]
-    with open(os.path.join(args.out, "digits_cond_check.md"), "w") as f:
-        f.write("\n".join(lines))
-    print("\n".join(lines))
+    return "\n".join(lines)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import time
 
 import jax
@@ -64,21 +63,20 @@ def arguments(parser):
 
 
 def run(args, ctx):
-    command = ctx.command
     rows = []
     for spec in args.runs.split(","):
         model, batch, per_slot = spec.split(":")
-        row = count_work(model, int(batch), int(per_slot), tuple(args.drain_halvings))
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, "useful_work" + (f"_{args.name}" if args.name else ""))
-    hs = args.drain_halvings
-    with open(stem + ".json", "w") as f:
-        json.dump(dict(command=command, date=date, jax=jax.__version__, rows=rows), f, indent=1)
+        rows.append(count_work(model, int(batch), int(per_slot), tuple(args.drain_halvings)))
+        print(json.dumps(rows[-1]), flush=True)
+    ctx.save("useful_work" + (f"_{args.name}" if args.name else ""),
+             dict(date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), jax=jax.__version__,
+                  drain_halvings=list(args.drain_halvings), rows=rows))
+
+
+def render(data: dict) -> str:
+    hs = data.get("drain_halvings") or [int(h) for h in data["rows"][0]["useful_work_by_drain_halvings"]]
     lines = ["# Useful work: `generate` vs `sample` (GGF rtol 0.05, untimed counts)", "",
-             f"Command: `{command}` ({date})", "",
+             f"Command: `{data['command']}` ({data['date']})", "",
              "useful work = sum of per-sample NFE / score evaluations computed. `sample`'s from the same "
              "per-sample NFEs in batches of `batch` (index order). ideal = generate / sample: the speed-up of "
              "`generate` if a loop iteration cost the same in both. `drain h`: `generate(..., drain_halvings=h)` "
@@ -87,7 +85,7 @@ def run(args, ctx):
              "| model | batch | samples per slot | n | NFE mean (min-max) | useful work sample | "
              + " | ".join(f"useful work generate, drain {h}" for h in hs) + " | ideal speed-up | s | failed |",
              "|---|---|---|---|---|---|" + "---|" * len(hs) + "---|---|---|"]
-    for r in rows:
+    for r in data["rows"]:
         uw = r["useful_work_by_drain_halvings"]
         cells = " | ".join(f"**{uw[str(h)]:.3f}**" for h in hs)
         ideal = " / ".join(f"{uw[str(h)] / r['useful_work_sample']:.3f}x" for h in hs)
@@ -95,5 +93,4 @@ def run(args, ctx):
         lines.append(f"| {r['model']} | {r['batch']} | {r['per_slot']} | {r['n']} | {r['mean_nfe']:.1f} "
                      f"({r['min_nfe']}-{r['max_nfe']}) | {r['useful_work_sample']:.3f} | {cells} | {ideal} | {secs} "
                      f"| {r['failed']} |")
-    with open(stem + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
+    return "\n".join(lines)
