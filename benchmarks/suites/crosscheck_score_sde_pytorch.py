@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsde.checkpoints import score_sde
-from jaxsde.checkpoints.io import atomic_write
 from jaxsde.models import ncsnpp
 
 SMALL = dict(nf=16, image_size=16, attn_resolutions=(8,))
@@ -105,6 +104,4 @@ def run(args, ctx):
         print(f"{name} {overrides}: params torch {n_torch} jax {n_jax}; max |out - ref| / max |ref| = {err:.2e}",
               flush=True)
         lines.append(f"| {name} | {overrides or 'full size'} | {n_torch} / {n_jax} | {err:.2e} |")
-    path = os.path.join(args.out, "crosscheck_score_sde_pytorch.md")
-    atomic_write(path, ("\n".join(lines) + "\n").encode())
-    print("wrote", path)
+    ctx.save("crosscheck_score_sde_pytorch", dict(lines=lines), md="\n".join(lines))

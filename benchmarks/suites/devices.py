@@ -17,7 +17,6 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxsde  # noqa: E402
-from jaxsde.checkpoints.io import atomic_write  # noqa: E402
 
 
 def arguments(parser):
@@ -50,6 +49,5 @@ def run(args, ctx):
     for name, (x, nfe, slots) in runs.items():
         lines.append(f"| {name} | {slots} | {np.abs(x - ref_x).max():.2e} | {np.array_equal(x, ref_x)} | "
                      f"{int(np.sum(nfe != ref_nfe))} |")
-    path = os.path.join(args.out, "devices.md")
-    atomic_write(path, ("\n".join(lines) + "\n").encode())
+    ctx.save("devices", dict(n=args.n, rtol=args.rtol, lines=lines), md="\n".join(lines))
     print("\n".join(lines))

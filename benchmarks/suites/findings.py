@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import datetime
-import os
 
 import diffrax as dfx
 import jax
@@ -17,7 +16,6 @@ import lineax as lx
 import numpy as np
 
 import jaxsde
-from jaxsde.checkpoints.io import atomic_write
 from jaxsde.testing import exact
 
 
@@ -83,6 +81,5 @@ def run(args, ctx):
         for line in section:
             print(line, flush=True)
             lines.append(f"- {line}")
-    os.makedirs(ctx.out, exist_ok=True)
-    atomic_write(ctx.path("findings", "md"), ("\n".join(lines) + "\n").encode())
+    ctx.save("findings", dict(lines=lines), md="\n".join(lines))
     print("wrote", ctx.path("findings", "md"))

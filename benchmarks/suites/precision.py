@@ -9,17 +9,16 @@ interleaved runs (CPU bfloat16 convolutions are not native).
 from __future__ import annotations
 
 import datetime
-import os
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import jaxsde
-from jaxsde.checkpoints.io import atomic_write
 from jaxsde.testing.metrics.digits import DigitsMetrics
+
+from ..harness.timing import interleaved
 
 
 def arguments(parser):
@@ -55,12 +54,8 @@ def run(args, ctx):
                                    jaxsde.sample(k, ckpt.sde, score, solver, ckpt.shape, 64))
             jax.block_until_ready(timed[pname](key))
             print(rows[-1], flush=True)
-        times = {p: [] for p in timed}
-        for _ in range(args.rounds):
-            for p, fn in timed.items():
-                t0 = time.perf_counter()
-                jax.block_until_ready(fn(key))
-                times[p].append(time.perf_counter() - t0)
+        times, _ = interleaved({p: (lambda fn=fn: fn(key)) for p, fn in timed.items()}, args.rounds, rotate=False,
+                               warmup=False)
         for r in rows:
             if r["solver"] == sname:
                 r["wall_64"] = statistics.median(times[r["precision"]])
@@ -74,6 +69,5 @@ def run(args, ctx):
         lines.append(f"| {r['solver']} | {r['precision']} | {r['fd']:.2f} +- {r['fd_sd']:.2f} | {r['nfe']:.1f} | "
                      f"{r['failed']} | {r['max_dx']:.2e} | {r['wall_64']:.2f} | "
                      f"{r['wall_64'] / base['wall_64']:.2f}x |")
-    path = os.path.join(args.out, "precision.md")
-    atomic_write(path, ("\n".join(lines) + "\n").encode())
+    ctx.save("precision", dict(n=args.n, rounds=args.rounds, rows=rows), md="\n".join(lines))
     print("\n".join(lines))
