@@ -7,37 +7,18 @@ Every solver samples the same ``n`` keys; FD-digits / KID against the training s
 
 from __future__ import annotations
 
-import time
-
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 import jaxsde
-from jaxsde import driver
 from jaxsde.testing.metrics.digits import DigitsMetrics
 
 from ..harness.machine import describe
+from ..harness.samplers import sample_chunks
 
 
 def sample_all(ckpt, solver, n, seed, batch):
-    @jax.jit
-    def chunk(params, offset):
-        return driver.sample(jax.random.PRNGKey(seed), ckpt.sde, ckpt.score_fn(params), solver, ckpt.shape, batch,
-                             offset=offset)
-
-    t0 = time.perf_counter()
-    compiled = chunk.lower(ckpt.params, jnp.int32(0)).compile()
-    compile_s = time.perf_counter() - t0
-    xs, nfes, fails = [], [], 0
-    t0 = time.perf_counter()
-    for start in range(0, n, batch):
-        sol = jax.block_until_ready(compiled(ckpt.params, jnp.int32(start)))
-        xs.append(np.asarray(sol.x))
-        nfes.append(np.asarray(sol.stats.nfe))
-        fails += int(np.sum(np.asarray(sol.result) != 0))
-    wall = time.perf_counter() - t0
-    return np.concatenate(xs)[:n], np.concatenate(nfes)[:n], fails, wall, compile_s
+    """:func:`benchmarks.harness.samplers.sample_chunks` of a checkpoint's score."""
+    return sample_chunks(ckpt.sde, ckpt.score_fn, ckpt.params, ckpt.shape, solver, n, seed, batch)
 
 
 def parse_row(name: str):

@@ -30,7 +30,7 @@ from jaxsde.testing.metrics.galaxies import GalaxyMetrics
 
 from ..harness.kdiffusion import k_diffusion_model
 from ..harness.machine import git_commit
-from ..harness.samplers import prior
+from ..harness.samplers import prior, sample_chunks
 from ..harness.writer import pyplot
 
 MODELS = {
@@ -95,19 +95,9 @@ def rows(quick: bool, atol0: float, ggf_rtols: tuple[float, ...] = GGF_RTOLS,
 # --- runners ------------------------------------------------------------------------------------
 def run_jaxsde(ckpt, solver, seed: int, n: int) -> dict:
     """``n`` samples (sample i: fold_in(PRNGKey(seed), i)) -> x (log space), per-sample NFE, failures, times."""
-
-    def fn(params, key):
-        return jaxsde.sample(key, ckpt.sde, ckpt.score_fn(params), solver, ckpt.shape, n)
-
-    key = jax.random.PRNGKey(seed)
-    t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(ckpt.params, key).compile()
-    compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    sol = jax.block_until_ready(compiled(ckpt.params, key))
-    wall = time.perf_counter() - t0
-    return dict(x=np.asarray(sol.x), nfe=np.asarray(sol.stats.nfe), failed=int(np.sum(np.asarray(sol.result) != 0)),
-                wall_s=wall, compile_s=compile_s)
+    x, nfe, failed, wall, compile_s = sample_chunks(ckpt.sde, ckpt.score_fn, ckpt.params, ckpt.shape, solver, n,
+                                                    seed, n)
+    return dict(x=x, nfe=nfe, failed=failed, wall_s=wall, compile_s=compile_s)
 
 
 def k_diffusion_runner(ckpt):

@@ -20,10 +20,10 @@ import tempfile
 import time
 import traceback
 
+from ..harness.diffusers import ddim_loop, ddim_solver, save_weights, unet_config
 from ..harness.machine import machine_info
 
 SECTION_SHARE = {"hsc64": 0.25, "ddpmpp": 0.45, "generate": 0.1, "diffusers": 0.2}
-N_TRAIN = 1000
 
 
 # --- configuration ------------------------------------------------------------------------------
@@ -280,8 +280,6 @@ def section_diffusers(res: Results, budget: Budget, cfg: dict, smoke: bool, repe
     import numpy as np
 
     import jaxsde
-    from jaxsde.models.ddpm_unet import DDPM_CIFAR10_CONFIG
-    from jaxsde.solvers.exponential import diffusers_grid
 
     batch, k_steps = cfg["diffusers_batch"], cfg["ddim_steps"]
     row = dict(section="diffusers", solver=f"DDIM({k_steps} steps, trailing)", batch=batch, dtype="float32")
@@ -300,15 +298,10 @@ def section_diffusers(res: Results, budget: Budget, cfg: dict, smoke: bool, repe
     import diffusers
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    config = dict(DDPM_CIFAR10_CONFIG)
-    if smoke:
-        config.update(block_out_channels=[32, 64, 64, 64], layers_per_block=1, norm_num_groups=8, sample_size=16)
+    config = unet_config(smoke, **({"sample_size": 16} if smoke else {}))
     with tempfile.TemporaryDirectory(prefix="gpu_unet_") as folder:
-        torch.manual_seed(0)
-        UNet2DModel(**config).save_pretrained(folder, safe_serialization=True)
-        sched = DDIMScheduler(num_train_timesteps=N_TRAIN, beta_schedule="linear", timestep_spacing="trailing",
-                              set_alpha_to_one=True, clip_sample=False, steps_offset=0, prediction_type="epsilon")
-        sched.save_pretrained(folder)
+        save_weights(folder, config)
+        sched = DDIMScheduler.from_pretrained(folder)
         ckpt = jaxsde.checkpoints.load(folder, "diffusers")
         tnet = UNet2DModel.from_pretrained(folder).eval().to(dev)
     n_params = sum(p.numel() for p in tnet.parameters())
@@ -318,10 +311,7 @@ def section_diffusers(res: Results, budget: Budget, cfg: dict, smoke: bool, repe
                precision_note="jax: default matmul/conv precision (TF32 on NVIDIA GPUs since Ampere); torch: "
                               f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, "
                               f"cuda.matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}")
-    sched.set_timesteps(k_steps)
-    timesteps = sched.timesteps.clone()
-    grid = diffusers_grid(timesteps.numpy(), N_TRAIN, end_at_first_entry=False)
-    solver = jaxsde.DDIM(len(grid) - 1, grid=grid)
+    solver = ddim_solver(sched, k_steps)
     gen = torch.Generator().manual_seed(0)
     h, w, c = ckpt.shape
     x_T = torch.randn((batch, c, h, w), generator=gen)
@@ -341,17 +331,7 @@ def section_diffusers(res: Results, budget: Budget, cfg: dict, smoke: bool, repe
     row.update({f"jaxsde_{k}": v for k, v in m.items()}, jaxsde_samples_per_s=batch / m["run_s"],
                nfe=int(nfe.max()))
 
-    def run_torch():
-        sched.set_timesteps(k_steps)
-        x = x_T.to(dev)
-        with torch.inference_mode():
-            for t in timesteps:
-                x = sched.step(tnet(x, t.to(dev)).sample, t, x, eta=0.0).prev_sample
-        if dev == "cuda":
-            torch.cuda.synchronize()
-        return x
-
-    out, first, times = repeat_runs(run_torch, repeats, budget.left)
+    out, first, times = repeat_runs(lambda: ddim_loop(tnet, sched, x_T, k_steps, dev), repeats, budget.left)
     t_s = statistics.median(times) if times else first
     xt = out.float().cpu().numpy().transpose(0, 2, 3, 1)
     row.update(diffusers_first_s=first, diffusers_run_s=t_s, diffusers_repeats=len(times),

@@ -10,10 +10,6 @@ integrator (tau 1) over the weights; EM-1000 at ``--em1000-weight``.
 
 from __future__ import annotations
 
-import time
-
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 import jaxsde
@@ -21,6 +17,7 @@ from jaxsde.data import load_digits
 from jaxsde.testing.metrics.digits import DigitsMetrics
 
 from ..harness.machine import describe
+from ..harness.samplers import sample_chunks
 
 SOLVERS = {
     "EM-200": lambda: jaxsde.EulerMaruyama(200),
@@ -32,31 +29,9 @@ SOLVERS = {
 
 
 def sample_all(ckpt, score_of, solver, labels, seed: int, batch: int):
-    """Sample ``len(labels)`` digits (``labels`` None: unconditional) in chunks of ``batch``."""
+    """Sample ``len(labels)`` digits (``labels`` None: ``batch`` unconditional ones) in chunks of ``batch``."""
     n = len(labels) if labels is not None else batch
-
-    @jax.jit
-    def chunk(params, offset, cond):
-        return jaxsde.sample(jax.random.PRNGKey(seed), ckpt.sde, score_of(params), solver, ckpt.shape, batch,
-                             offset=offset, cond=cond)
-
-    padded = None if labels is None else np.concatenate([labels, np.zeros(batch, np.int32)])
-
-    def cond_at(start):
-        return None if padded is None else jnp.asarray(padded[start:start + batch])
-
-    t0 = time.perf_counter()
-    compiled = chunk.lower(ckpt.params, jnp.int32(0), cond_at(0)).compile()
-    compile_s = time.perf_counter() - t0
-    xs, nfes, fails = [], [], 0
-    t0 = time.perf_counter()
-    for start in range(0, n, batch):
-        sol = jax.block_until_ready(compiled(ckpt.params, jnp.int32(start), cond_at(start)))
-        take = min(batch, n - start)
-        xs.append(np.asarray(sol.x[:take]))
-        nfes.append(np.asarray(sol.stats.nfe[:take]))
-        fails += int(np.sum(np.asarray(sol.result[:take]) != 0))
-    return np.concatenate(xs), np.concatenate(nfes), fails, time.perf_counter() - t0, compile_s
+    return sample_chunks(ckpt.sde, score_of, ckpt.params, ckpt.shape, solver, n, seed, batch, labels)
 
 
 class ClassQuality:

@@ -29,11 +29,10 @@ import numpy as np
 
 import jaxsde
 import jaxsde.testing.metrics
-from jaxsde import driver
 from jaxsde.testing.targets import GaussianMixture
 
 from ..harness.problems import TARGETS
-from ..harness.samplers import prior, run_jaxsde
+from ..harness.samplers import prior, run_jaxsde, sample_chunks
 from ..harness.select import select
 from ..harness.writer import pyplot
 
@@ -57,25 +56,9 @@ def adaptive_solvers(rtols, tols):
 
 
 def run_solver(sde, score_fn, params, shape, solver, n, seed, batch):
-    """``n`` samples (chunks of ``batch``), mean/max NFE, failures, wall seconds (compile excluded)."""
-
-    @jax.jit
-    def chunk(p, offset):
-        return driver.sample(jax.random.PRNGKey(seed), sde, score_fn(p), solver, shape, batch, offset=offset)
-
-    t0 = time.perf_counter()
-    compiled = chunk.lower(params, jnp.int32(0)).compile()
-    compile_s = time.perf_counter() - t0
-    xs, nfes, fails = [], [], 0
-    t0 = time.perf_counter()
-    for start in range(0, n, batch):
-        sol = jax.block_until_ready(compiled(params, jnp.int32(start)))
-        xs.append(np.asarray(sol.x))
-        nfes.append(np.asarray(sol.stats.nfe))
-        fails += int(np.sum(np.asarray(sol.result) != 0))
-    wall = time.perf_counter() - t0
-    nfe = np.concatenate(nfes)[:n]
-    return np.concatenate(xs)[:n], float(nfe.mean()), int(nfe.max()), fails, wall, compile_s
+    """``n`` samples (chunks of ``batch``), mean/max NFE, failures, wall seconds (compile excluded), compile s."""
+    x, nfe, fails, wall, compile_s = sample_chunks(sde, score_fn, params, shape, solver, n, seed, batch)
+    return x, float(nfe.mean()), int(nfe.max()), fails, wall, compile_s
 
 
 def make_problem(name: str):

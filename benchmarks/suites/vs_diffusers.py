@@ -21,10 +21,9 @@ import sys
 import tempfile
 import time
 
+from ..harness.diffusers import ddim_loop, ddim_solver, save_weights, unet_config
 from ..harness.machine import ROOT, machine_info, normalize
 from ..harness.timing import interleaved, medians
-
-N_TRAIN = 1000
 
 # name -> (XLA_FLAGS, options for the child); options: precision (jax_default_matmul_precision),
 # conv ("nchw" | "im2col"), torch_channels_last
@@ -54,33 +53,6 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 
 
 # --- shared -------------------------------------------------------------------------------------
-def unet_config(quick: bool) -> dict:
-    from jaxsde.models.ddpm_unet import DDPM_CIFAR10_CONFIG
-
-    cfg = dict(DDPM_CIFAR10_CONFIG)
-    if quick:  # a small network of the same layout
-        cfg.update(block_out_channels=[32, 64, 64, 64], layers_per_block=1, norm_num_groups=8)
-    return cfg
-
-
-def make_weights(folder: str, quick: bool) -> str:
-    """Random-weight ``UNet2DModel`` + ``DDIMScheduler`` config saved with diffusers into ``folder``."""
-    import torch
-    from diffusers import DDIMScheduler, UNet2DModel
-
-    if not os.path.exists(os.path.join(folder, "diffusion_pytorch_model.safetensors")):
-        torch.manual_seed(0)
-        UNet2DModel(**unet_config(quick)).save_pretrained(folder, safe_serialization=True)
-        scheduler(DDIMScheduler).save_pretrained(folder)
-    return folder
-
-
-def scheduler(cls):
-    return cls(num_train_timesteps=N_TRAIN, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-               timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False, steps_offset=0,
-               prediction_type="epsilon")
-
-
 def pin_threads(threads: int) -> list[int]:
     """Restrict this process to ``threads`` cores (before jax/torch start their pools)."""
     cpus = sorted(os.sched_getaffinity(0))
@@ -188,17 +160,6 @@ def child_forward(args, opts: dict) -> dict:
                 out_scale=float(np.max(np.abs(out["torch"].numpy()))))
 
 
-def ddim_solver(sched, k_steps: int):
-    """``jaxsde.DDIM`` on diffusers' ``k_steps``-step trailing grid, ending with the Tweedie step (diffusers' last
-    step to ``alpha_bar = 1``); ``sched`` is set to ``k_steps``."""
-    import jaxsde
-    from jaxsde.solvers.exponential import diffusers_grid
-
-    sched.set_timesteps(k_steps)
-    grid = diffusers_grid(sched.timesteps.numpy(), N_TRAIN, end_at_first_entry=False)
-    return jaxsde.DDIM(len(grid) - 1, grid=grid)
-
-
 # --- child: DDIM sampling --------------------------------------------------------------------------
 def child_sampling(args, opts: dict) -> dict:
     import jax
@@ -227,7 +188,6 @@ def child_sampling(args, opts: dict) -> dict:
 
     for k_steps in args.steps:
         solver = ddim_solver(sched, k_steps)
-        timesteps = sched.timesteps.clone()
 
         def program(params, x, denoise=True, solver=solver):
             sol = jaxsde.solve_batch(keys, ckpt.sde, ckpt.score_fn(params), solver, x, denoise=denoise)
@@ -260,14 +220,8 @@ def child_sampling(args, opts: dict) -> dict:
         def run_jax(compiled=compiled, out=out):
             out["jax"] = jax.block_until_ready(compiled(ckpt.params, x_T_j))
 
-        def run_torch(timesteps=timesteps, k_steps=k_steps, out=out):
-            sched.set_timesteps(k_steps)
-            x = x_T.clone()
-            with torch.inference_mode():
-                for t in timesteps:
-                    eps = tnet(x, t).sample
-                    x = sched.step(eps, t, x, eta=0.0).prev_sample
-            out["torch"] = x
+        def run_torch(k_steps=k_steps, out=out):
+            out["torch"] = ddim_loop(tnet, sched, x_T, k_steps)
 
         med, times = median_rounds({"diffusers": run_torch, "jaxsde": run_jax}, args.rounds)
         xj, nfe = (np.asarray(a) for a in out["jax"])
@@ -453,7 +407,7 @@ def run(args, ctx):
     if args.weights is None:
         tmp = tempfile.TemporaryDirectory(prefix="vs_diffusers_")
         args.weights = tmp.name
-    make_weights(args.weights, args.quick)
+    save_weights(args.weights, unet_config(args.quick))
     from jaxsde.models.ddpm_unet import UNet2D, param_count, sample_shape
 
     model = UNet2D.from_config(unet_config(args.quick))
