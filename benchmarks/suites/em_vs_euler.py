@@ -63,7 +63,6 @@ def arguments(parser):
 
 
 def run(args, ctx):
-    command = ctx.command
     key = jax.random.PRNGKey(0)
     rows = []
     shapes = (("d=64", (64,)), ("d=3072", (32, 32, 3)))
@@ -101,16 +100,19 @@ def run(args, ctx):
               f"{row['euler_compile_s']:.2f} s; FLOPs {row['em_cost']['flops']:.3g} vs "
               f"{row['euler_cost']['flops']:.3g}",
               flush=True)
-    machine = machine_info("diffrax")
-    lines = ["# Fixed-step EM: jaxsde vs diffrax Euler (interleaved timing)", "", f"Command: `{command}`", "",
-             describe(machine), "",
+    ctx.save("em_vs_euler", dict(machine=machine_info("diffrax"), rows=rows))
+
+
+def render(data: dict) -> str:
+    lines = ["# Fixed-step EM: jaxsde vs diffrax Euler (interleaved timing)", "", f"Command: `{data['command']}`", "",
+             describe(data["machine"]), "",
              "| problem | n x steps | EM ms | Euler ms | ratio median (range) | ratio, check_finite=False | "
              "compile s EM / Euler | FLOPs EM / Euler | bytes EM / Euler |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+    for r in data["rows"]:
         lines.append(f"| {r['problem']} | {r['n']} x {r['steps']} | {r['em_median_s'] * 1e3:.1f} | "
                      f"{r['euler_median_s'] * 1e3:.1f} | **{r['ratio_median']:.3f}** ({r['ratio_min']:.3f}-"
                      f"{r['ratio_max']:.3f}) | {r['ratio_unchecked_median']:.3f} | "
                      f"{r['em_compile_s']:.2f} / {r['euler_compile_s']:.2f} | "
                      f"{r['em_cost']['flops']:.3g} / {r['euler_cost']['flops']:.3g} | "
                      f"{r['em_cost']['bytes accessed']:.3g} / {r['euler_cost']['bytes accessed']:.3g} |")
-    ctx.save("em_vs_euler", dict(machine=machine, rows=rows), md="\n".join(lines))
+    return "\n".join(lines)

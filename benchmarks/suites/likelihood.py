@@ -53,8 +53,6 @@ def arguments(parser):
 
 
 def run(args, ctx):
-    command = ctx.command
-
     import torch
     kd = sampling_module()
     if kd is None:
@@ -122,22 +120,27 @@ def run(args, ctx):
     by = {r["row"]: r for r in results_rows}
     ratios = {tol: by[f"k-diffusion K=1, tol {tol:g}"]["wall_per_likelihood_ms"]
               / by[f"jaxsde K=1, tol {tol:g}"]["wall_per_likelihood_ms"] for tol in (1e-4, 1e-5)}
-    machine = machine_info("torch", "k-diffusion")
+    ctx.save(args.name, dict(machine=machine_info("torch", "k-diffusion"), dim=d, n=args.n, repeats=args.repeats,
+                             prior_mismatch_per_dim=mismatch, kd_over_jaxsde_wall_k1=ratios, rows=results_rows))
+
+
+def render(data: dict) -> str:
+    d, n, ratios = data["dim"], data["n"], {float(k): v for k, v in data["kd_over_jaxsde_wall_k1"].items()}
+    repeats = data.get("repeats", len(data["rows"][0]["times_s"]))
     lines = [f"# Likelihood: accuracy vs cost, jaxsde vs k-diffusion (VE mixture, d = {d})", "",
-             f"Command: `{command}`", "",
-             f"{describe(machine)}; n = {args.n} points from the data, the same points in every row; error = "
+             f"Command: `{data['command']}`", "",
+             f"{describe(data['machine'])}; n = {n} points from the data, the same points in every row; error = "
              f"(log_p - exact log p_eps) / d in nats per dimension. Every row's error includes the prior's "
-             f"mismatch with the true p_T, mean {mismatch:+.2e} nats/dim here. Wall time: the batch's time / n, "
-             f"median of {args.repeats} interleaved repeats after a warm-up (compile apart).", "",
+             f"mismatch with the true p_T, mean {data['prior_mismatch_per_dim']:+.2e} nats/dim here. Wall time: the "
+             f"batch's time / n, median of {repeats} interleaved repeats after a warm-up (compile apart).", "",
              f"**wall time per likelihood, k-diffusion / jaxsde, one probe each: {ratios[1e-4]:.1f}x at tol 1e-4, "
              f"{ratios[1e-5]:.1f}x at tol 1e-5**", "",
              "| row | bias (nats/dim) +- se | RMS error | mean NFE | ms per likelihood | compile s | failed |",
              "|---|---|---|---|---|---|---|"]
-    for r in results_rows:
+    for r in data["rows"]:
         lines.append(f"| {r['row']} | {r['bias']:+.2e} +- {r['bias_se']:.1e} | {r['rms']:.2e} | {r['mean_nfe']:.1f} | "
                      f"{r['wall_per_likelihood_ms']:.2f} | {r['compile_s']:.1f} | {r['failed']} |")
     lines += ["", "k-diffusion's NFE is its batch's (one step sequence for all n points); jaxsde's is the mean of "
               "the per-sample step sequences. The exact divergence costs d Jacobian-vector products per evaluation, "
               "K probes cost K."]
-    ctx.save(args.name, dict(machine=machine, dim=d, n=args.n, prior_mismatch_per_dim=mismatch,
-                             kd_over_jaxsde_wall_k1=ratios, rows=results_rows), md="\n".join(lines))
+    return "\n".join(lines)
