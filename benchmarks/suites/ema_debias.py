@@ -35,7 +35,6 @@ def arguments(parser):
 
 
 def run(args, ctx):
-    command = ctx.command
     ckpt = jaxsde.pretrained(args.model)
     if not TrainConfig.from_dict(ckpt.config).ema_debias:
         raise SystemExit(f"{args.model}: its weights hold the plain EMA; nothing to compare")
@@ -58,11 +57,17 @@ def run(args, ctx):
         rows.append(row)
         print(f"{name:11s} {label:19s} NFE {row['mean_nfe']:7.1f}  FD {row['fd']:7.2f} +- {row['fd_std']:.2f}  "
               f"KID {row['kid']:7.3f}  wall {wall:6.1f}s  failed {fails}", flush=True)
-    machine = machine_info()
-    lines = [f"# {args.model}: the plain EMA (shipped before) vs the debiased EMA (shipped now)", "",
-             f"Command: `{command}`", "",
-             f"{describe(machine)}; n = {args.n} samples per row, the same keys in every row; the plain EMA holds "
-             f"{share:.4f} of the random initialisation.", "",
+    ctx.save(f"ema_debias_{args.model}", dict(machine=machine_info(), model=args.model, n=args.n, init_share=share,
+                                              rows=rows))
+
+
+def render(data: dict) -> str:
+    rows = data["rows"]
+    model = data.get("model") or data["command"].split("--model ")[1].split()[0]
+    lines = [f"# {model}: the plain EMA (shipped before) vs the debiased EMA (shipped now)", "",
+             f"Command: `{data['command']}`", "",
+             f"{describe(data['machine'])}; n = {data['n']} samples per row, the same keys in every row; the plain "
+             f"EMA holds {data['init_share']:.4f} of the random initialisation.", "",
              "| solver | weights | mean NFE | FD-digits +- bootstrap std | KID | confident | wall s | failed |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -70,5 +75,4 @@ def run(args, ctx):
                      f"{r['kid']:.3f} | {r['confident']:.2f} | {r['wall_s']:.1f} | {r['failed']} |")
     lines += ["", f"Real-vs-real floor: FD {rows[0]['fd_floor']:.3f}, KID {rows[0]['kid_floor']:.3f} "
               f"(n={int(rows[0]['n_floor'])} held-out vs train)."]
-    ctx.save(f"ema_debias_{args.model}", dict(machine=machine, n=args.n, init_share=share, rows=rows),
-             md="\n".join(lines))
+    return "\n".join(lines)

@@ -25,7 +25,6 @@ def arguments(parser):
 
 
 def run(args, ctx):
-    command = ctx.command
     os.makedirs(args.out, exist_ok=True)
     reports = []
     for model in args.models.split(","):
@@ -41,9 +40,13 @@ def run(args, ctx):
               f"{main_run['mean_nfe']:.1f}, {main_run['wall_s']:.0f} s); exact on {args.exact_n}: "
               f"{exact['bits_per_dim']:.4f} (NFE {exact['mean_nfe']:.1f}, {exact['wall_s']:.0f} s); paired diff "
               f"{check['mean_diff']:+.4f} +- {check['diff_se']:.4f}", flush=True)
-    machine = machine_info()
-    lines = ["# Bits/dim of the held-out digits under the embedded models", "", f"Command: `{command}`", "",
-             f"{describe(machine)}. The digits take 17 values per pixel: each held-out digit is dequantized "
+    ctx.save("likelihood_digits", dict(machine=machine_info(), reports=reports))
+
+
+def render(data: dict) -> str:
+    reports = data["reports"]
+    lines = ["# Bits/dim of the held-out digits under the embedded models", "", f"Command: `{data['command']}`", "",
+             f"{describe(data['machine'])}. The digits take 17 values per pixel: each held-out digit is dequantized "
              "uniformly over "
              f"its 17 cells (`jaxsde.dequantize`, levels = 17) and its log-density converted with "
              f"`jaxsde.bits_per_dim` (uniform noise: log2(17) = {math.log2(17):.3f} bits/dim). Standard errors are "
@@ -61,4 +64,4 @@ def run(args, ctx):
         c = r["check"]
         lines.append(f"- {r['model']}: {c['mean_diff']:+.4f} +- {c['diff_se']:.4f} bits/dim over {c['n']} digits")
     lines += [""] + [f"![{r['model']}]({r['hist']})" for r in reports]
-    ctx.save("likelihood_digits", dict(machine=machine, reports=reports), md="\n".join(lines))
+    return "\n".join(lines)
