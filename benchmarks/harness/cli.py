@@ -8,6 +8,7 @@ import importlib
 import json
 import os
 import pkgutil
+import re
 from types import ModuleType
 
 from .. import suites
@@ -46,15 +47,23 @@ def run(name: str, argv: list[str]) -> None:
 
 
 def report(out: str) -> int:
-    """Re-render the ``.md`` / ``.png`` of every ``.json`` in ``out`` that a suite with ``render`` stored."""
+    """Re-render the ``.md`` / ``.png`` of every ``.json`` in ``out`` stored by a suite with ``render`` (named by its
+    ``suite`` key, or by the ``python -m benchmarks run NAME`` of its stored command); a file the suite's ``render``
+    cannot read (an older format) is named and left as it is."""
     done = 0
     for path in sorted(glob.glob(os.path.join(out, "*.json"))):
         with open(path) as f:
             data = json.load(f)
-        name = data.get("suite") if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            continue
+        found = re.search(r"python -m benchmarks run (\w+)", str(data.get("command", "")))
+        name = data.get("suite") or (found and found.group(1))
         if name in names() and hasattr(suite := load(name), "render"):
-            render(suite, data, path[:-len(".json")])
-            done += 1
+            try:
+                render(suite, data, path[:-len(".json")])
+                done += 1
+            except (KeyError, TypeError, ValueError, IndexError) as err:
+                print(f"not re-rendered: {path} ({type(err).__name__}: {err})")
     print(f"re-rendered {done} results from {out}")
     return done
 

@@ -464,7 +464,8 @@ def render_contract(data):
 
 
 def render(data: dict) -> str:
-    return {"adaptive": render_adaptive, "contract": render_contract}.get(data.get("kind"), render_driver)(data)
+    kind = data.get("kind") or ("adaptive" if "ratios_per_nfe" in data else None)  # files stored before ``kind``
+    return {"adaptive": render_adaptive, "contract": render_contract}.get(kind, render_driver)(data)
 
 
 def arguments(parser):

@@ -224,8 +224,12 @@ def _fmt(v, digits=4):
     return "nan" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
 
 
+def is_frontier(data: dict) -> bool:
+    return data.get("kind") == "frontier" or "best" in data  # frontier files stored before ``kind``
+
+
 def render(data):
-    if data.get("kind") == "frontier":
+    if is_frontier(data):
         return frontier_markdown(data)
     problem, machine, metric, floor, rows, summary = (data[k] for k in ("problem", "machine", "metric", "floor",
                                                                         "rows", "summary"))
@@ -271,7 +275,7 @@ def render(data):
 
 
 def plot(data, path):
-    if data.get("kind") == "frontier":
+    if is_frontier(data):
         return plot_frontier(path, data)
     import matplotlib.pyplot as plt
 
