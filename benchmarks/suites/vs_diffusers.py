@@ -306,8 +306,7 @@ def render(d: dict) -> str:
              f"load average at start {', '.join(f'{v:.1f}' for v in m['load'])}  ",
              f"Versions: Python {m['python']}, jax {m['jax']}, torch {m['versions']['torch']}, "
              f"diffusers {m['versions']['diffusers']}  ",
-             f"Network: {d['network']}; batch {d['batch']}. Timings taken under `flock /tmp/jaxsde_cpu.lock` "
-             "(no other benchmark running), on 2 shared cores.", ""]
+             f"Network: {d['network']}; batch {d['batch']}.", ""]
     fw = d.get("forward_variants") or {}
     if fw:
         cmds = sorted({r.get("command", "") for r in fw.values()})
