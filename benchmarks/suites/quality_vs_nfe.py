@@ -159,6 +159,8 @@ def arguments(parser):
     parser.add_argument("--tag", default="", help="--frontier: results file suffix, frontier_<problem>_<tag>.*, "
                         "for a partial or confirmation run (--samplers, --seed); frontier_summary.md merges a tagged "
                         "file with the untagged one of the same draws (problem, n, seed)")
+    parser.add_argument("--frontier-summary", action="store_true",
+                        help="only rewrite frontier_summary.md from the frontier_*.json in --out (measures nothing)")
     parser.add_argument("--tuned", action="store_true",
                         help="--frontier: add the deterministic multistep samplers on grids learned by "
                              "jaxsde.optimize_grid (rows '<name> tuned grid'), calibrated on other draws")
@@ -172,6 +174,8 @@ def run(args, ctx):
     if args.cache:
         jax.config.update("jax_compilation_cache_dir", args.cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    if args.frontier_summary:
+        return write_frontier_summary(args.out)
     if args.frontier:
         return frontier(args, ctx)
     for problem in [p.strip() for p in args.problems.split(",") if p.strip()]:
@@ -635,6 +639,8 @@ def write_frontier_summary(out):
     if not groups:
         return
     lines = ["# Fixed-budget frontier: jaxsde's best vs k-diffusion's best", "",
+             "Command: `python -m benchmarks run quality_vs_nfe --frontier-summary` (also rewritten by every "
+             "`--frontier` run that is not `--quick`), from the `frontier_*.json` named in the last column.", "",
              "Each results file states its command. Rows of the same draws (problem, n, seed) are pooled across "
              "the files named in the last column. Quality +- bootstrap sd, lower is better; verdict: the difference "
              "against 2 combined sd. *Tuned grid* rows run on a grid learned by `jaxsde.optimize_grid` on other "
