@@ -1,7 +1,8 @@
 """Tolerance proportionality: error against a converged reference as ``rtol`` falls, default ``atol``.
 
-    python benchmarks/tolerance.py [--problems mixture-vp,mixture-ve,digits] [--n-ode 16] [--n-sde 4000]
-        [--n-sde-digits 359 (0: no SDE rows)] [--tag SUFFIX]
+    python -m benchmarks run tolerance [--problems mixture-vp,mixture-ve,digits,digits-ve,hsc32,hsc64,lsst60]
+        [--n-ode 16] [--n-sde 4000] [--n-sde-digits 359 (0: no SDE rows)] [--tag SUFFIX]
+        [--rtols 0.1,0.01,...] [--fixed-steps 10,20,40] [--no-old-atol] [--no-peer] [--ref-tol 1e-9]
         [--out benchmarks/results]
 
 For every adaptive solver, with ``atol`` left at its default (``ErrorNorm``: one 8-bit level of the
@@ -21,6 +22,15 @@ Problems: ``mixture-vp`` / ``mixture-ve``: a 6-mode Gaussian mixture in d = 64 (
 VE; ``digits`` / ``digits-ve``: the embedded VP / VE digits U-Nets (8x8). Everything in float64 for the ODE rows (the
 reference must be converged beyond the tightest tolerance), float32 for the SDE rows. The log-log
 slope of error vs rtol is fitted over the rows above the noise floor. Writes ``tolerance.{md,json}``.
+
+Galaxy problems (``hsc32``, ``hsc64``, ``lsst60``: galaxygrad's published networks, float64, the
+error in flux) also run fixed-grid rows, ``UniPC`` and ``DPMSolverPP`` at ``--fixed-steps`` steps
+(the fixed-schedule alternative a user would otherwise take), on the same draws and the same
+reference, and a matched-NFE table: per fixed-grid row, the fewest mean NFE of each adaptive
+solver's sweep whose error is at most that row's, and the smallest error each adaptive solver
+reaches within that row's NFE. ``--no-old-atol`` / ``--no-peer`` drop the old-fixed-atol rows and
+the diffrax peer (to fit a large network's run in a time budget); ``--rtols`` replaces the ODE
+rtol sweep.
 """
 
 from __future__ import annotations
@@ -45,15 +55,23 @@ SDE_RTOLS = (2e-1, 1e-1, 5e-2, 2e-2, 1e-2, 5e-3, 2e-3)
 SDE_RTOLS_DIGITS = (1e-1, 5e-2, 2e-2, 1e-2, 5e-3)
 
 
-def ode_solvers(sde):
+def ode_solvers(sde, old_atol=True):
     old = sde.default_atol
-    return {
+    rows = {
         "AdaptiveDPMSolver(eta=0)": lambda r: jaxsde.AdaptiveDPMSolver(rtol=r),
         "AdaptiveDPMSolver(eta=0), old fixed atol": lambda r: jaxsde.AdaptiveDPMSolver(rtol=r, atol=old),
         "AdaptiveMultistepSolver(tau=0)": lambda r: jaxsde.AdaptiveMultistepSolver(rtol=r),
         "AdaptiveMultistepSolver(tau=0), old fixed atol": lambda r: jaxsde.AdaptiveMultistepSolver(rtol=r, atol=old),
         "ProbabilityFlow (atol 1e-5)": lambda r: jaxsde.ProbabilityFlow(rtol=r),
     }
+    return rows if old_atol else {k: v for k, v in rows.items() if "old fixed atol" not in k}
+
+
+def fixed_solvers(steps):
+    """The fixed-grid rows of the galaxy problems: UniPC (bh2, order 2 + corrector) and DPM-Solver++(2M),
+    both on their default log-SNR grid."""
+    return {"UniPC (logsnr grid)": (steps, lambda k: jaxsde.UniPC(k)),
+            "DPMSolverPP 2M (logsnr grid)": (steps, lambda k: jaxsde.DPMSolverPP(k))}
 
 
 def sde_solvers(sde):
@@ -87,11 +105,12 @@ def slope(rtols, errors, floor=0.0):
     return float(np.polyfit(a[:, 0], a[:, 1], 1)[0])
 
 
-def run_ode(sde, score, x_T, rtols, solvers, peer=True, data=None, ref_tol=1e-10):
+def run_ode(sde, score, x_T, rtols, solvers, peer=True, data=None, ref_tol=1e-10, fixed=None):
     """Pathwise error rows; ``peer``: also diffrax ``Dopri5`` + ``PIDController(rtol, atol=1e-5)`` on
     the same draws (what :class:`jaxsde.ProbabilityFlow` integrates, with its default atol), so a
     curve that does not fall can be told apart from a problem that does not let it. ``data``: the map
-    from the model's space to the space the error is measured in (e.g. a galaxy model's flux)."""
+    from the model's space to the space the error is measured in (e.g. a galaxy model's flux). ``fixed``:
+    ``{name: (steps, make(steps))}`` fixed-grid rows, one per step count (kind ``"fixed"``)."""
     n = x_T.shape[0]
     keys = jax.random.split(jax.random.PRNGKey(0), n)
     data = (lambda x: x) if data is None else data
@@ -116,12 +135,44 @@ def run_ode(sde, score, x_T, rtols, solvers, peer=True, data=None, ref_tol=1e-10
             errors.append(float(jnp.max(per_sample)) if ok else float("nan"))
             medians.append(float(jnp.median(per_sample)) if ok else float("nan"))
             nfes.append(float(jnp.mean(sol.stats.nfe)))
-        rows.append(dict(solver=name, kind="ode", rtols=list(rtols), errors=errors, median_errors=medians, nfe=nfes,
+        rows.append(dict(solver=name, kind="ode", ref_tol=ref_tol, rtols=list(rtols), errors=errors,
+                         median_errors=medians, nfe=nfes,
                          monotone=bool(all(b < a for a, b in zip(errors, errors[1:], strict=False))),
                          slope=slope(rtols, errors)))
         print(f"  {name}: " + ", ".join(f"{r:g}: {e:.2e} (median {m:.1e}) @ {k:.0f}"
                                         for r, e, m, k in zip(rtols, errors, medians, nfes, strict=True)), flush=True)
+    for name, (steps, make) in (fixed or {}).items():
+        errors, medians, nfes = [], [], []
+        for k in steps:
+            sol = run(make(k))
+            ok = bool(np.all(np.asarray(sol.result) == 0))
+            per_sample = jnp.max(jnp.abs(data(sol.x) - reference).reshape(n, -1), axis=1)
+            errors.append(float(jnp.max(per_sample)) if ok else float("nan"))
+            medians.append(float(jnp.median(per_sample)) if ok else float("nan"))
+            nfes.append(float(jnp.mean(sol.stats.nfe)))
+        rows.append(dict(solver=name, kind="fixed", steps=list(steps), errors=errors, median_errors=medians,
+                         nfe=nfes))
+        print(f"  {name}: " + ", ".join(f"{k} steps: {e:.2e} (median {m:.1e}) @ {f:.0f}"
+                                        for k, e, m, f in zip(steps, errors, medians, nfes, strict=True)), flush=True)
     return rows
+
+
+def matched_nfe(rows):
+    """Per fixed-grid cell (solver, steps): its error and NFE, and per adaptive ODE row the fewest mean
+    NFE of its sweep with error <= that error (None: no rtol swept reaches it) and the smallest error of
+    its sweep at mean NFE <= that NFE (None: every rtol costs more)."""
+    out = []
+    adaptive = [r for r in rows if r["kind"] == "ode"]
+    for f in (r for r in rows if r["kind"] == "fixed"):
+        for k, e, nfe in zip(f["steps"], f["errors"], f["nfe"], strict=True):
+            cell = dict(fixed=f["solver"], steps=k, error=e, nfe=nfe, adaptive={})
+            for a in adaptive:
+                reach = [m for ea, m in zip(a["errors"], a["nfe"], strict=True) if ea <= e]
+                within = [ea for ea, m in zip(a["errors"], a["nfe"], strict=True) if m <= nfe and np.isfinite(ea)]
+                cell["adaptive"][a["solver"]] = dict(nfe_to_match=min(reach) if reach else None,
+                                                     error_at_nfe=min(within) if within else None)
+            out.append(cell)
+    return out
 
 
 def run_sde(sde, score, shape, n, rtols, solvers, metric, floor):
@@ -164,15 +215,18 @@ def mixture_rows(ve, args):
 
 def galaxy_rows(args, name):
     """galaxygrad's published network ``name`` (hsc32, hsc64, lsst60: the installed wheel's weights),
-    float64; the error in flux (``ckpt.to_data``), the reference diffrax Dopri8 at 1e-9."""
+    float64; the error in flux (``ckpt.to_data``), the reference diffrax Dopri8 at ``--ref-tol``."""
     from .galaxies import MODELS, galaxygrad_dir
 
     ckpt = jaxsde.checkpoints.load(os.path.join(galaxygrad_dir(), MODELS[name]), "galaxygrad")
     params64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), ckpt.params)
     x_T = jax.vmap(lambda k: ckpt.sde.prior_sample(k, ckpt.shape, jnp.float64))(
         jax.random.split(jax.random.PRNGKey(5), args.n_ode))
-    return run_ode(ckpt.sde, ckpt.score_fn(params64), x_T, ODE_RTOLS[:-1], ode_solvers(ckpt.sde), data=ckpt.to_data,
-                   ref_tol=1e-9)
+    rtols = args.rtols or ODE_RTOLS[:-1]
+    steps = tuple(int(v) for v in args.fixed_steps.split(",")) if args.fixed_steps else ()
+    return run_ode(ckpt.sde, ckpt.score_fn(params64), x_T, rtols, ode_solvers(ckpt.sde, not args.no_old_atol),
+                   peer=not args.no_peer, data=ckpt.to_data, ref_tol=args.ref_tol,
+                   fixed=fixed_solvers(steps) if steps else None)
 
 
 def digits_rows(args, model="digits"):
@@ -211,17 +265,21 @@ def render(results, command):
              f"{results['date']}, {results['machine']}; {results['seconds']:.0f} s.", "",
              "ODE rows: max |x - x_ref| at t_end (no denoising step) over the samples and coordinates "
              "(in brackets, where stored: the median over samples of each sample's max), "
-             "x_ref from diffrax Dopri8 at 1e-10 (float64). SDE rows: mode-spread W2 against the law a perfect "
+             "x_ref from diffrax Dopri8 at 1e-10 (float64; galaxy problems: the tolerance stated under each). "
+             "SDE rows: mode-spread W2 against the law a perfect "
              "sampler gives (mixtures) or FD-digits (digits), float32; the floor is the same metric of exact "
              "draws (mixtures) or of held-out real digits, at the same n. Each cell: error @ mean NFE. "
              "Slope: least-squares log-log slope of error against rtol over the cells above twice the floor; "
              "monotone (SDE rows): over the cells above twice the floor, 'at floor' when fewer than two are. "
              "'old fixed atol' rows pass the previous default atol (one 8-bit level of the data range) explicitly. "
              "Galaxy problems (hsc32, hsc64, lsst60: galaxygrad's published networks): the error in flux "
-             "(`ckpt.to_data`), the reference at 1e-9.",
+             "(`ckpt.to_data`).",
              ""]
     for problem, rows in results["problems"].items():
         lines += [f"## {problem}", ""]
+        ref = next((r["ref_tol"] for r in rows if "ref_tol" in r), None)
+        if ref is not None:
+            lines += [f"Reference: diffrax Dopri8 at rtol = atol = {ref:g} (float64).", ""]
         for kind in ("ode", "sde"):
             sel = [r for r in rows if r["kind"] == kind]
             if not sel:
@@ -242,6 +300,32 @@ def render(results, command):
             if kind == "sde":
                 lines += ["", f"Noise floor: {sel[0]['floor']:.3f}."]
             lines.append("")
+        fixed = [r for r in rows if r["kind"] == "fixed"]
+        if fixed:
+            lines += ["Fixed grids (same draws, same reference; each cell: error @ mean NFE):", "",
+                      "| solver | " + " | ".join(f"{k} steps" for k in fixed[0]["steps"]) + " |",
+                      "|---|" + "---|" * len(fixed[0]["steps"])]
+            for r in fixed:
+                lines.append(f"| {r['solver']} | " + " | ".join(
+                    f"{e:.2e} @ {m:.0f} (median {md:.1e})"
+                    for e, m, md in zip(r["errors"], r["nfe"], r["median_errors"], strict=True)) + " |")
+            lines += ["", "Matched NFE: per fixed-grid cell, each adaptive solver's fewest mean NFE over its rtol "
+                      "sweep with max error <= the cell's ('-': no rtol swept reaches it), and in brackets its "
+                      "smallest max error at mean NFE <= the cell's ('-': every rtol costs more).", ""]
+            cells = matched_nfe(rows)
+            names = list(cells[0]["adaptive"]) if cells else []
+            lines += ["| fixed grid | error @ NFE | " + " | ".join(names) + " |",
+                      "|---|---|" + "---|" * len(names)]
+            for c in cells:
+                parts = []
+                for a in names:
+                    m = c["adaptive"][a]
+                    nfe = "-" if m["nfe_to_match"] is None else f"{m['nfe_to_match']:.0f}"
+                    err = "-" if m["error_at_nfe"] is None else f"{m['error_at_nfe']:.2e}"
+                    parts.append(f"{nfe} ({err})")
+                lines.append(f"| {c['fixed']} {c['steps']} | {c['error']:.2e} @ {c['nfe']:.0f} | "
+                             + " | ".join(parts) + " |")
+            lines.append("")
     return "\n".join(lines) + "\n"
 
 
@@ -251,6 +335,14 @@ def arguments(parser):
     parser.add_argument("--n-sde", type=int, default=4000)
     parser.add_argument("--n-sde-digits", type=int, default=359)
     parser.add_argument("--tag", default="", help="suffix of the results files' name, e.g. _ve")
+    parser.add_argument("--rtols", type=lambda v: tuple(float(x) for x in v.split(",")), default=None,
+                        help="galaxy problems: the ODE rtol sweep (default 0.1 .. 3e-4 at half decades)")
+    parser.add_argument("--fixed-steps", default="10,20,40",
+                        help="galaxy problems: step counts of the fixed-grid rows (UniPC, DPMSolverPP); '' for none")
+    parser.add_argument("--no-old-atol", action="store_true", help="drop the old-fixed-atol rows")
+    parser.add_argument("--no-peer", action="store_true", help="drop the diffrax Dopri5 peer row")
+    parser.add_argument("--ref-tol", type=float, default=1e-9,
+                        help="galaxy problems: the Dopri8 reference's rtol = atol")
 
 
 def run(args, ctx):
@@ -285,4 +377,37 @@ def write(out, command, problems, seconds, tag=""):
     with open(os.path.join(out, f"tolerance{tag}.md.tmp"), "w") as f:
         f.write(render(results, command))
     os.replace(os.path.join(out, f"tolerance{tag}.md.tmp"), os.path.join(out, f"tolerance{tag}.md"))
+    plot(results, os.path.join(out, f"tolerance{tag}.png"))
     print(render(results, command))
+
+
+def plot(results, path):
+    """Error against rtol (log-log), one panel per problem and kind (ODE: pathwise; SDE: distribution, floor
+    dotted); fixed-grid rows are not on an rtol axis and are left out."""
+    from ..harness.writer import pyplot
+
+    plt = pyplot()
+    if plt is None:
+        return
+    panels = [(problem, kind, [r for r in rows if r["kind"] == kind])
+              for problem, rows in results["problems"].items() for kind in ("ode", "sde")]
+    panels = [p for p in panels if p[2]]
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, (problem, kind, rows) in zip(axes[0], panels, strict=True):
+        for r in rows:
+            ax.plot(r["rtols"], r["errors"], marker="o", ms=3, ls="--" if "old fixed" in r["solver"] else "-",
+                    label=f"{r['solver']} (slope {r['slope']:.2f})")
+        if kind == "sde":
+            ax.axhline(rows[0]["floor"], color="gray", ls=":", lw=1, label="noise floor")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.invert_xaxis()
+        ax.set_xlabel("rtol")
+        ax.set_ylabel("max |x - x_ref|" if kind == "ode" else "distribution error")
+        ax.set_title(f"{problem}: {kind.upper()}")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
