@@ -37,7 +37,7 @@ from .likelihood import (
     quantize,
 )
 from .multilevel_batch import sample_multilevel
-from .noise import BrownianNoise, FreshNoise, GivenNoise, sample_keys
+from .noise import BrownianNoise, BrownianTreeNoise, FreshNoise, GivenNoise, sample_keys
 from .precision import cast_params, mixed_precision
 from .prediction import Prediction
 from .sde import SDE, VESDE, VPSDE, DiscreteVPSDE, FlowSDE, GaussianPathSDE, ScoreFn, SubVPSDE
@@ -149,6 +149,7 @@ __all__ = [
     "sample_multilevel",
     "FreshNoise",
     "BrownianNoise",
+    "BrownianTreeNoise",
     "GivenNoise",
     "time_grid",
     "grids",

@@ -42,7 +42,6 @@ the driver asks it for the end ``t1`` of the next step, the solver integrates fr
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -50,7 +49,18 @@ import jax.numpy as jnp
 
 from . import results
 from .grids import time_grid, validate_grid
-from .settings import FINITE, NONNEGATIVE, POSITIVE, UNIT, Bound, Settings, check_static, is_traced, settings_class
+from .settings import (
+    FINITE,
+    GRID_TIMES,
+    NONNEGATIVE,
+    POSITIVE,
+    UNIT,
+    Bound,
+    Settings,
+    check_static,
+    is_traced,
+    settings_class,
+)
 
 Array = jax.Array
 
@@ -103,17 +113,6 @@ def check_controller(owner: str, controller) -> None:
                     f"GottaGoFastController), got {type(controller).__name__}")
 
 
-def _check_positive(owner: str, name: str, value, upper: float | None = None, closed: bool = True) -> None:
-    if is_traced(value):  # checked in the program (jaxsde.settings.settings_valid)
-        return
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    if ok and upper is not None:
-        ok = value <= upper if closed else value < upper
-    if not ok:
-        rng = "> 0" if upper is None else (f"in (0, {upper}]" if closed else f"in (0, {upper})")
-        raise ValueError(f"{owner}: {name} must be a finite number {rng}, got {value!r}")
-
-
 @controller_class
 class GottaGoFastController(Controller):
     """The step rule of "Gotta Go Fast": accept iff ``e <= 1``; next step ``safety * h * e^(-exponent)``.
@@ -129,11 +128,6 @@ class GottaGoFastController(Controller):
     nonfinite_shrink: float = 0.25
 
     traced_settings = {"safety": UNIT, "exponent": POSITIVE, "nonfinite_shrink": Bound(0.0, 1.0, True, True)}
-
-    def __post_init__(self):
-        _check_positive("GottaGoFastController", "safety", self.safety, 1.0)
-        _check_positive("GottaGoFastController", "exponent", self.exponent)
-        _check_positive("GottaGoFastController", "nonfinite_shrink", self.nonfinite_shrink, 1.0, closed=False)
 
     def decide(self, state, error, order) -> Decision:
         del order
@@ -181,9 +175,6 @@ class ErrorNorm(Settings):
     traced_settings = {"rtol": POSITIVE, "atol": POSITIVE}
 
     def __post_init__(self):
-        _check_positive("ErrorNorm", "rtol", self.rtol)
-        if self.atol is not None:
-            _check_positive("ErrorNorm", "atol", self.atol)
         if self.combine not in COMBINES:
             raise ValueError(f"ErrorNorm: combine must be one of {COMBINES}, got {self.combine!r}")
         if self.reduce not in REDUCTIONS:
@@ -281,13 +272,6 @@ class PIDController(Controller):
         if any(is_traced(getattr(self, f)) for f in self.traced_settings):
             return  # built inside a transformation: checked in the program (jaxsde.settings.settings_valid)
         name = "PIDController"
-        for field in ("pcoeff", "icoeff", "dcoeff", "error_offset", "error_floor", "history_floor"):
-            value = getattr(self, field)
-            if not (isinstance(value, int | float) and math.isfinite(value)):
-                raise ValueError(f"{name}: {field} must be a finite number, got {value!r}")
-        for field in ("error_offset", "error_floor", "history_floor"):
-            if getattr(self, field) < 0:
-                raise ValueError(f"{name}: {field} must be >= 0, got {getattr(self, field)!r}")
         b1 = self.pcoeff + self.icoeff + self.dcoeff
         b2 = -(self.pcoeff + 2 * self.dcoeff)
         if not self.icoeff > 0 or abs(b2) > b1 or abs(self.dcoeff) > b1:
@@ -295,18 +279,8 @@ class PIDController(Controller):
                 f"{name}: the coefficients (pcoeff, icoeff, dcoeff) = {(self.pcoeff, self.icoeff, self.dcoeff)} "
                 "cannot converge: need icoeff > 0 and |pcoeff + 2 dcoeff|, |dcoeff| <= "
                 "pcoeff + icoeff + dcoeff (e.g. I: (0, 1, 0); PI: (0.4, 0.3, 0); PID: (1/18, 1/9, 1/18))")
-        _check_positive(name, "safety", self.safety, 1.0)
-        if not (isinstance(self.factor_min, int | float) and isinstance(self.factor_max, int | float)
-                and 0 < self.factor_min < 1 < self.factor_max):
-            raise ValueError(f"{name}: need 0 < factor_min < 1 < factor_max, got "
-                             f"{self.factor_min!r}, {self.factor_max!r}")
         if self.limiter not in LIMITERS:
             raise ValueError(f"{name}: limiter must be one of {LIMITERS}, got {self.limiter!r}")
-        if self.accept_safety is not None:
-            _check_positive(name, "accept_safety", self.accept_safety, 1.0)
-        _check_positive(name, "reject_max", self.reject_max, 1.0)
-        if self.history_init is not None:
-            _check_positive(name, "history_init", self.history_init)
 
     @classmethod
     def hairer(cls, beta: float = 0.04, order: int = 5, **kwargs) -> PIDController:
@@ -484,8 +458,6 @@ class StepSizeController(Settings):
                 raise ValueError(f"StepSizeController: {name} must be one of {allowed}, got {value!r}")
         check_static("StepSizeController", "error_order", self.error_order)
         check_static("StepSizeController", "presteps", self.presteps)
-        if self.h_init is not None:
-            _check_positive("StepSizeController", "h_init", self.h_init)
 
     # --- the step variable ----------------------------------------------------------------------
     def position(self, sde, t: Array) -> Array:
@@ -616,7 +588,7 @@ class FixedGrid(Settings):
     num_steps: int
     grid: Any = "uniform"
 
-    traced_settings = {"grid": FINITE}  # the times of a custom grid; a kind name is static
+    traced_settings = {"grid": GRID_TIMES}  # the times of a custom grid; a kind name is static
 
     def __post_init__(self):
         check_static("FixedGrid", "num_steps", self.num_steps)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from . import results
-from .noise import FreshNoise, sample_keys
+from .noise import BrownianTreeNoise, FreshNoise, sample_keys
 from .prediction import Model, prepare_model
 from .progress import ProgressReporter
 from .sde import SDE, ScoreFn
@@ -87,8 +87,13 @@ def _static_time(name: str, value: Any) -> float:
         raise TypeError(f"{name} must be a Python float, got {type(value).__name__}") from None
 
 
-def _check_noise(noise: Any, solver: Solver) -> None:
-    """A finite noise source must serve every attempt of a fixed grid."""
+def _check_noise(noise: Any, solver: Solver, t_start: Any, t_end: Any) -> None:
+    """A finite noise source must serve every attempt of a fixed grid; a Brownian tree must span the
+    solve."""
+    if isinstance(noise, BrownianTreeNoise) and not (is_traced(t_start) or is_traced(t_end)) and not (
+            noise.t0 <= t_end and t_start <= noise.t1):
+        raise ValueError(f"BrownianTreeNoise spans [{noise.t0}, {noise.t1}], the solve runs over [{t_end}, {t_start}]: "
+                         f"pass BrownianTreeNoise(t0=..., t1=...) containing it")
     available, needed = getattr(noise, "num_attempts", None), solver.max_attempts()
     if solver.noise_per_attempt and available is not None and needed is not None and available < needed:
         raise ValueError(
@@ -253,7 +258,7 @@ def prepare(
     if max_steps is None:
         max_steps = fixed if fixed is not None else 10_000
     noise = FreshNoise() if noise is None else noise
-    _check_noise(noise, solver)
+    _check_noise(noise, solver, t_start, t_end)
     if not is_traced(t_start):
         solver.check_start(sde, score, t_start)
     if score_dtype != x_T.dtype:

@@ -11,6 +11,9 @@ at once: an array shaped ``(count, *sample_shape)`` where ``count`` is the solve
   (exact output laws for affine problems).
 * :class:`BrownianNoise`: increments of a Brownian path object with ``evaluate(t0, t1)``
   (e.g. ``diffrax.VirtualBrownianTree``), so jaxsde and diffrax consume identical noise.
+* :class:`BrownianTreeNoise`: increments of one Brownian path per sample, a function of the
+  sample's key (a ``diffrax.VirtualBrownianTree``): an adaptive solver's retry after a rejection
+  integrates the same path as the rejected attempt, so rejections do not bias the accepted noise.
 
 ``draw(key, attempt, t, t_next, shape, dtype)``: the attempt integrates from ``t`` down to
 ``t_next < t`` (chosen by the solver's controller before the noise is drawn). ``num_attempts``: how many attempts
@@ -21,6 +24,7 @@ a custom source without the attribute counts as unlimited.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import NamedTuple
 
@@ -29,7 +33,7 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-__all__ = ["FreshNoise", "GivenNoise", "BrownianNoise", "sample_keys"]
+__all__ = ["FreshNoise", "GivenNoise", "BrownianNoise", "BrownianTreeNoise", "sample_keys"]
 
 
 def sample_keys(key: Array, n: int, offset: int | Array = 0) -> tuple[Array, Array]:
@@ -114,3 +118,59 @@ class BrownianNoise(NamedTuple):
             raise ValueError(f"BrownianNoise provides one normal per attempt; the solver needs {shape[0]}")
         increment = -self.path.evaluate(t_next, t)
         return jnp.asarray(increment / jnp.sqrt(t - t_next), dtype).reshape(shape)
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class BrownianTreeNoise:
+    """Normals ``z = (W(t_next) - W(t)) / sqrt(t - t_next)`` of one Brownian path ``W`` per sample and
+    per normal of an attempt, each a ``diffrax.VirtualBrownianTree`` on ``[t0, t1]`` keyed by the
+    sample's solve key (split ``count`` ways): the same key gives the same path, whatever steps
+    are taken.
+
+    Why: an adaptive solver accepts an attempt only if its error estimate, which depends on the
+    attempt's noise, passes the test. With :class:`FreshNoise` a rejected attempt's normal is
+    discarded and the retry draws a new one, so the accepted increments are those that passed:
+    their law is no longer Brownian, and the samples are biased by an amount that does not vanish
+    as the tolerance falls (it grows with the rejection rate). On one path the retry over the
+    shorter interval reads the same ``W`` (the tree's exact Brownian bridge), so the accepted steps
+    integrate a Brownian path and the error falls with the tolerance.
+
+    Cost: each draw evaluates ``W`` at both ends, descending the tree about
+    ``log2((t1 - t0) / tol)`` levels with one normal draw shaped like the sample per level (on
+    small problems this can exceed the model's cost; on an image network it is small).
+
+    Static settings (no array leaves: one source serves a whole batch under ``jaxsde.sample``).
+
+    Attributes:
+        t0: the start of the path's span in the SDE's time (the span must contain every step).
+        t1: its end (default 1, the default ``T`` of the SDEs of :mod:`jaxsde.sde`; the driver
+            refuses a solve whose ``[t_end, t_start]`` the span does not contain).
+        tol: the tree's resolution in time: below it the path is interpolated by its exact bridge
+            (diffrax's ``VirtualBrownianTree``, which matches the Brownian law at every query time).
+    """
+
+    t0: float = 0.0
+    t1: float = 1.0
+    tol: float = 1e-5
+    num_attempts = None  # unlimited
+
+    def __post_init__(self):
+        if not (math.isfinite(self.t0) and math.isfinite(self.t1) and self.t0 < self.t1):
+            raise ValueError(f"BrownianTreeNoise: need finite t0 < t1, got {self.t0!r}, {self.t1!r}")
+        if not (math.isfinite(self.tol) and 0 < self.tol < self.t1 - self.t0):
+            raise ValueError(f"BrownianTreeNoise: tol must be in (0, t1 - t0), got {self.tol!r}")
+
+    def draw(self, key: Array, attempt: Array, t: Array, t_next: Array, shape: tuple[int, ...], dtype) -> Array:
+        import diffrax  # here, not at import time: ``import jaxsde`` stays light
+
+        del attempt
+        count, *sample_shape = shape
+        struct = jax.ShapeDtypeStruct(tuple(sample_shape), dtype)
+
+        def one(k: Array) -> Array:
+            tree = diffrax.VirtualBrownianTree(self.t0, self.t1, tol=self.tol, shape=struct, key=k)
+            return -tree.evaluate(t_next, t)  # W(t_next) - W(t), as BrownianNoise
+
+        increments = jax.vmap(one)(jax.random.split(key, count)) if count > 1 else one(key)[None]
+        return (increments / jnp.sqrt(t - t_next).astype(dtype)).astype(dtype)

@@ -34,34 +34,67 @@ import numpy as np
 
 Array = jax.Array
 
-__all__ = ["Bound", "POSITIVE", "NONNEGATIVE", "UNIT", "FINITE", "settings_class", "is_traced", "check_static",
-           "nonzero",
+__all__ = ["Bound", "POSITIVE", "NONNEGATIVE", "UNIT", "FINITE", "GRID_TIMES", "settings_class", "is_traced",
+           "check_static", "nonzero",
            "settings_valid", "Settings"]
 
 
 class Bound(NamedTuple):
-    """The finite values a traced setting may take: ``low < v`` (``low <= v`` when not ``low_open``)
-    and ``v <= high`` (``v < high`` when ``high_open``)."""
+    """The values a traced setting may take: ``low < v`` (``low <= v`` when not ``low_open``) and
+    ``v <= high`` (``v < high`` when ``high_open``); finite unless ``infinite`` (then only NaN is
+    refused). ``names``: a string value is a kind name that its owner validates (a grid kind), not
+    a number. A callable value (a schedule, e.g. SA-Solver's ``tau(t)``) is static structure that
+    its owner validates."""
 
     low: float = -math.inf
     high: float = math.inf
     low_open: bool = False
     high_open: bool = False
+    infinite: bool = False
+    names: bool = False
 
-    def holds(self, value: Array) -> Array:
-        """Whether ``value`` (an array, possibly traced) is finite and within the bound (elementwise
-        all)."""
-        v = jnp.asarray(value)
-        ok = jnp.isfinite(v)
+    def holds(self, value: Array, xp: Any = jnp) -> Array:
+        """Whether ``value`` (an array, possibly traced) is within the bound (elementwise all);
+        ``xp=numpy`` checks a concrete value on the host (also while a program is being traced)."""
+        v = xp.asarray(value)
+        ok = ~xp.isnan(v) if self.infinite else xp.isfinite(v)
         ok &= (v > self.low) if self.low_open else (v >= self.low)
         ok &= (v < self.high) if self.high_open else (v <= self.high)
-        return jnp.all(ok)
+        return xp.all(ok)
+
+    def describe(self) -> str:
+        """The bound in words, as error messages give it (``"a finite number > 0"``)."""
+        kind = "a number (not NaN)" if self.infinite else "a finite number"
+        if self.low == -math.inf and self.high == math.inf:
+            return kind
+        if self.high == math.inf:
+            return f"{kind} {'>' if self.low_open else '>='} {self.low:g}"
+        if self.low == -math.inf:
+            return f"{kind} {'<' if self.high_open else '<='} {self.high:g}"
+        return (f"{kind} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                f"{')' if self.high_open else ']'}")
+
+    def check(self, owner: str, name: str, value: Any) -> None:
+        """Raise ``ValueError`` naming ``owner.name`` unless the concrete ``value`` (a number, an
+        array or a tuple or list of numbers; ``None``, callables and tracers pass: see
+        :func:`settings_valid`) is
+        within the bound."""
+        values = value if isinstance(value, tuple | list) else (value,)
+        for v in values:
+            if v is None or is_traced(v) or callable(v) or (self.names and isinstance(v, str)):
+                continue
+            number = isinstance(v, int | float | np.ndarray | np.generic | jax.Array) and not isinstance(v, bool)
+            ok = number and np.issubdtype(np.asarray(v).dtype, np.number) and bool(self.holds(np.asarray(v), np))
+            if not ok:
+                what = name if v is value and np.ndim(v) == 0 else f"every entry of {name}"
+                raise ValueError(f"{owner}: {what} must be {self.describe()}, got {value!r}")
 
 
 POSITIVE = Bound(0.0, low_open=True)
 NONNEGATIVE = Bound(0.0)
 UNIT = Bound(0.0, 1.0, low_open=True)  # (0, 1]
 FINITE = Bound()
+GRID_TIMES = Bound(names=True)  # a grid: a kind name (validated by its owner) or finite times
 
 
 def is_traced(value: Any) -> bool:
@@ -137,6 +170,9 @@ def settings_class(cls):
 
     def post_init(self):
         self.check_contract()
+        for name, bound in type(self).traced_settings.items():  # concrete values (tracers: settings_valid)
+            if bound is not None:
+                bound.check(type(self).__name__, name, self.__dict__[name])
         if checks is not None:
             checks(self)
         for name, value in self.derive().items():

@@ -88,7 +88,7 @@ REFUSED = [
     ("fixed-grid-as-controller", lambda: jaxsde.AdaptiveDPMSolver(controller=controllers.FixedGrid(10)),
      TypeError, "FixedGrid"),
     ("controller-not-a-controller", lambda: jaxsde.AdaptiveDPMSolver(controller="pid"), TypeError, "controller"),
-    ("pid-diverging-coefficients", lambda: controllers.PIDController(pcoeff=0.3, icoeff=0.0),
+    ("pid-diverging-coefficients", lambda: controllers.PIDController(pcoeff=0.3, icoeff=0.1, dcoeff=0.3),
      ValueError, "cannot converge"),
     # --- editing
     ("sdedit-t0-zero", lambda: jaxsde.sdedit(KEY, VP, linear_score, jaxsde.DDIM(5), X, 0.0), ValueError, "t0"),

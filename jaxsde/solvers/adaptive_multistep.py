@@ -52,9 +52,9 @@ import jax
 import jax.numpy as jnp
 
 from ..controllers import Controller, ErrorNorm, PIDController, check_controller
-from ..settings import NONNEGATIVE, POSITIVE, Bound, check_static, is_traced
+from ..settings import NONNEGATIVE, POSITIVE, Bound, check_static
 from .base import AdaptiveSolver, SolverInit, StepResult, check_component, solver_class
-from .exponential import check_nonneg, check_positive, combine, data_prediction, half_log_snr, push
+from .exponential import combine, data_prediction, half_log_snr, push
 from .sa_solver import sa_weights
 
 Array = jax.Array
@@ -122,24 +122,11 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
         check_static(name, "order", self.order)
         if not (isinstance(self.order, int) and not isinstance(self.order, bool) and 1 <= self.order <= 3):
             raise ValueError(f"{name}: order must be an integer in [1, 3] (the predictor's), got {self.order!r}")
-
-        check_positive("rtol", self.rtol, name)
-        if self.atol is not None:
-            check_positive("atol", self.atol, name)
-        check_nonneg("tau", self.tau, name)
-        check_positive("h_init", self.h_init, name)
-        check_positive("min_step", self.min_step, name)
-        check_positive("factor_max", self.factor_max, name)
-        if not is_traced(self.factor_max) and self.factor_max <= 1:
-            raise ValueError(f"{name}: factor_max must be > 1, got {self.factor_max!r}")
         if self.controller is not None:
             check_controller(name, self.controller)
         check_component(name, self, "tolerance", ErrorNorm, ("rtol", "atol"))
 
-
-    @property
-    def nfe_per_attempt(self) -> int:
-        return 1
+    nfe_per_attempt = 1
 
     @property
     def history_size(self) -> int:

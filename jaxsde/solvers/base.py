@@ -34,7 +34,7 @@ import jax
 
 from ..controllers import Controller, ErrorNorm, FixedGrid, StepSizeController
 from ..prediction import Model
-from ..settings import FINITE, Settings, check_static, is_traced, nonzero, settings_class
+from ..settings import GRID_TIMES, Settings, check_static, is_traced, nonzero, settings_class
 
 Array = jax.Array
 
@@ -235,7 +235,10 @@ class FixedGridSolver(Solver):
     num_steps: int
     grid: Any
 
-    traced_settings = {"grid": FINITE}
+    traced_settings = {"grid": GRID_TIMES}
+
+    def __post_init__(self):
+        self._check_grid()
 
     def _check_grid(self) -> None:
         check_static(type(self).__name__, "num_steps", self.num_steps)

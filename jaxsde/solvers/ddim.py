@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from ..settings import NONNEGATIVE
 from .base import FixedGridSolver, StepResult, solver_class
-from .exponential import check_nonneg, data_prediction, half_log_snr
+from .exponential import data_prediction, half_log_snr
 
 
 def ddim_step(sde, x, x0, t, t_next, eta, z):
@@ -76,14 +76,7 @@ class DDIM(FixedGridSolver):
 
     starts_at_alpha_zero = True  # the first step from lambda = -inf is its exact limit (order 1)
 
-    def __post_init__(self):
-        self._check_grid()
-        check_nonneg("eta", self.eta, "DDIM")
-
-
-    @property
-    def nfe_per_attempt(self) -> int:
-        return 1
+    nfe_per_attempt = 1
 
     def step(self, sde, score, t, t_next, x, state, z) -> StepResult:
         x0 = data_prediction(sde, score, x, t)

@@ -63,7 +63,7 @@ import jax.numpy as jnp
 from ..controllers import Controller, ErrorNorm, PIDController, check_controller
 from ..settings import NONNEGATIVE, POSITIVE, check_static
 from .base import AdaptiveSolver, SolverInit, StepResult, check_component, solver_class
-from .exponential import check_nonneg, check_positive, data_prediction, exp_remainder, half_log_snr, noise_prediction
+from .exponential import data_prediction, exp_remainder, half_log_snr, noise_prediction
 
 Array = jax.Array
 
@@ -144,20 +144,11 @@ class AdaptiveDPMSolver(AdaptiveSolver):
         check_static(name, "order", self.order)
         if self.order not in (2, 3) or isinstance(self.order, bool):
             raise ValueError(f"{name}: order must be 2 (DPM-Solver-12) or 3 (DPM-Solver-23), got {self.order!r}")
-
-        check_positive("rtol", self.rtol, name)
-        if self.atol is not None:
-            check_positive("atol", self.atol, name)
-        check_nonneg("eta", self.eta, name)
-        check_nonneg("s_noise", self.s_noise, name)
-        check_positive("h_init", self.h_init, name)
-        check_positive("min_step", self.min_step, name)
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"{name}: prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         if self.controller is not None:
             check_controller(name, self.controller)
         check_component(name, self, "tolerance", ErrorNorm, ("rtol", "atol"))
-
 
     @property
     def nfe_per_attempt(self) -> int:

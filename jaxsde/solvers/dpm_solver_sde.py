@@ -12,7 +12,6 @@ from .dpm_solver import SOLVER_TYPES, multistep_weights
 from .exponential import (
     MultistepSolver,
     check_int,
-    check_nonneg,
     combine,
     data_prediction,
     exp_remainders,
@@ -91,7 +90,6 @@ class DPMSolverPPSDE(MultistepSolver):
     def __post_init__(self):
         self._check_grid()
         check_int("order", self.order, 2, 3, "DPMSolverPPSDE")
-        check_nonneg("eta", self.eta, "DPMSolverPPSDE")
         if self.solver_type not in SOLVER_TYPES:
             raise ValueError(f"DPMSolverPPSDE: solver_type must be one of {SOLVER_TYPES}, got {self.solver_type!r}")
         if self.num_steps < self.order:

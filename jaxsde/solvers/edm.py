@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from ..prediction import Model
 from ..settings import NONNEGATIVE, POSITIVE, Bound, is_traced, nonzero
 from .base import FixedGridSolver, StepResult, solver_class
-from .exponential import check_nonneg, data_prediction, half_log_snr
+from .exponential import data_prediction, half_log_snr
 
 VARIABLES = ("edm", "native")
 
@@ -70,24 +70,19 @@ class EDMHeun(FixedGridSolver):
     variables: str = "edm"
 
     noise_setting = "churn"
-    traced_settings = {"churn": NONNEGATIVE, "s_tmin": NONNEGATIVE, "s_tmax": Bound(0.0, math.inf),
+    traced_settings = {"churn": NONNEGATIVE, "s_tmin": NONNEGATIVE, "s_tmax": Bound(0.0, infinite=True),
                        "s_noise": POSITIVE}
 
     def __post_init__(self):
         self._check_grid()
-        check_nonneg("churn", self.churn, "EDMHeun")
         if self.variables not in VARIABLES:
             raise ValueError(f"EDMHeun: variables must be one of {VARIABLES}, got {self.variables!r}")
         if self.variables == "native" and nonzero(self.churn):
             raise ValueError("EDMHeun: churn is EDM's noise in its scaled variables; variables='native' is the "
                              "deterministic Heun in (x, t): pass churn=0 (or variables='edm')")
-        check_nonneg("s_tmin", self.s_tmin, "EDMHeun")
         if not (is_traced(self.s_tmax) or is_traced(self.s_tmin)
                 or (isinstance(self.s_tmax, int | float) and self.s_tmax > self.s_tmin)):
             raise ValueError(f"EDMHeun: s_tmax must be a number > s_tmin ({self.s_tmin}), got {self.s_tmax!r}")
-        check_nonneg("s_noise", self.s_noise, "EDMHeun")
-        if not is_traced(self.s_noise) and self.s_noise == 0:
-            raise ValueError("EDMHeun: s_noise must be positive")
 
     @property
     def starts_at_alpha_zero(self) -> bool:  # type: ignore[override]
@@ -95,9 +90,7 @@ class EDMHeun(FixedGridSolver):
         # scheme divides the state by alpha
         return self.variables == "native"
 
-    @property
-    def nfe_per_attempt(self) -> int:
-        return 2
+    nfe_per_attempt = 2
 
     def step(self, sde, score, t, t_next, x, state, z) -> StepResult:
         if self.variables == "native":

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from ..settings import NONNEGATIVE
 from .base import FixedGridSolver, StepResult, solver_class
 from .ddim import ddim_step
-from .exponential import check_nonneg, data_prediction, half_log_snr
+from .exponential import data_prediction, half_log_snr
 
 
 @solver_class
@@ -52,14 +52,7 @@ class EulerAncestral(FixedGridSolver):
 
     starts_at_alpha_zero = True  # the first step from lambda = -inf is its exact limit (order 1)
 
-    def __post_init__(self):
-        self._check_grid()
-        check_nonneg("eta", self.eta, "EulerAncestral")
-
-
-    @property
-    def nfe_per_attempt(self) -> int:
-        return 1
+    nfe_per_attempt = 1
 
     def step(self, sde, score, t, t_next, x, state, z) -> StepResult:
         x0 = data_prediction(sde, score, x, t)

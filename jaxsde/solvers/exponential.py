@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from ..prediction import Model
-from ..settings import check_static, is_traced
+from ..settings import check_static
 from .base import FixedGridSolver, SolverInit
 
 Array = jax.Array
@@ -232,9 +232,7 @@ class MultistepSolver(FixedGridSolver):
     an initial history of zeros (``init_history``).
     """
 
-    @property
-    def nfe_per_attempt(self) -> int:
-        return 1
+    nfe_per_attempt = 1
 
     @property
     def history_size(self) -> int:
@@ -273,17 +271,3 @@ def check_int(name: str, value, lo: int, hi: int, owner: str) -> None:
     check_static(owner, name, value)
     if not (isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi):
         raise ValueError(f"{owner}: {name} must be an integer in [{lo}, {hi}], got {value!r}")
-
-
-def check_nonneg(name: str, value, owner: str) -> None:
-    if is_traced(value):  # checked in the program (jaxsde.settings.settings_valid)
-        return
-    if not (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0):
-        raise ValueError(f"{owner}: {name} must be a finite number >= 0, got {value!r}")
-
-
-def check_positive(name: str, value, owner: str) -> None:
-    if is_traced(value):  # checked in the program (jaxsde.settings.settings_valid)
-        return
-    if not (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{owner}: {name} must be a finite number > 0, got {value!r}")

@@ -56,9 +56,6 @@ class ForwardValue(MultistepSolver):
         self._check_grid()
         check_int("lookahead_order", self.lookahead_order, 1, 3, "ForwardValue")
 
-    @property
-    def nfe_per_attempt(self) -> int:
-        return 1
 
     @property
     def history_size(self) -> int:

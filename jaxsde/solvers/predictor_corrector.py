@@ -7,8 +7,9 @@ from typing import Any
 import jax.numpy as jnp
 
 from ..sde import VPSDE
-from ..settings import POSITIVE, is_traced
+from ..settings import POSITIVE
 from .base import FixedGridSolver, StepResult, solver_class
+from .euler_maruyama import at_alpha_zero, posterior_step, score_and_data
 
 
 def _reverse_diffusion(sde, score, x, t, t_next, z):
@@ -16,11 +17,16 @@ def _reverse_diffusion(sde, score, x, t, t_next, z):
 
     With the exact forward transition ``x_t = a x_s + b noise`` (``s = t_next < t``):
     ``x_mean = x - (a - 1) x + b^2 s(x, t)``, ``x = x_mean + b z``. On score_sde's uniform
-    grids this is its DDPM-style (VP) / SMLD-style (VE) discretisation.
+    grids this is its DDPM-style (VP) / SMLD-style (VE) discretisation. Out of ``alpha = 0`` (a
+    flow's ``t = 1``, ``a = 0``) it is :func:`~jaxsde.solvers.euler_maruyama.posterior_step`.
     """
     a, b = sde.transition(t_next, t)
-    x_mean = x - (a - 1.0) * x + b**2 * score(x, t)
-    return x_mean + b * z
+    s, x0 = score_and_data(sde, score, x, t)
+    x_new = x - (a - 1.0) * x + b**2 * s + b * z
+    if x0 is None:
+        return x_new
+    mean, std = posterior_step(sde, x, x0, t, t_next)  # out of alpha = 0 (a = 0 there): exact
+    return jnp.where(at_alpha_zero(sde, t), mean + std * z, x_new)
 
 
 def _langevin_alpha(sde, t, t_next):
@@ -48,13 +54,8 @@ class ReverseDiffusion(FixedGridSolver):
     grid: Any = "uniform"
 
     noise_per_attempt = 1
-
-    def __post_init__(self):
-        self._check_grid()
-
-    @property
-    def nfe_per_attempt(self) -> int:
-        return 1
+    nfe_per_attempt = 1
+    starts_at_alpha_zero = True  # its step out of alpha = 0 is the exact posterior step
 
     def step(self, sde, score, t, t_next, x, state, z) -> StepResult:
         return StepResult(_reverse_diffusion(sde, score, x, t, t_next, z[0]), state, 1)
@@ -87,21 +88,20 @@ class PredictorCorrector(FixedGridSolver):
     grid: Any = "uniform"
 
     traced_settings = {"snr": POSITIVE}
+    # the predictor's step out of alpha = 0 is exact; the corrector's Langevin steps at alpha = 0
+    # read the score there, -x (the prior's), finite
+    starts_at_alpha_zero = True
 
     def __post_init__(self):
         self._check_grid()
         if not (isinstance(self.corrector_steps, int) and self.corrector_steps >= 0):
             raise ValueError(f"corrector_steps must be an integer >= 0, got {self.corrector_steps!r}")
-        if not is_traced(self.snr) and not self.snr > 0:
-            raise ValueError(f"snr must be positive, got {self.snr!r}")
 
     @property
     def noise_per_attempt(self) -> int:  # type: ignore[override]
         return self.corrector_steps + 1
 
-    @property
-    def nfe_per_attempt(self) -> int:
-        return self.corrector_steps + 1
+    nfe_per_attempt = noise_per_attempt  # one score evaluation per draw
 
     def step(self, sde, score, t, t_next, x, state, z) -> StepResult:
         alpha = _langevin_alpha(sde, t, t_next)

@@ -19,7 +19,6 @@ score from that last stage (:meth:`ProbabilityFlow.denoise`), so it costs no eva
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
@@ -169,14 +168,8 @@ class ProbabilityFlow(AdaptiveSolver):
                        "tolerance": None}
 
     def __post_init__(self):
-        for name in ("rtol", "atol"):
-            value = getattr(self, name)
-            if not is_traced(value) and not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ValueError(f"ProbabilityFlow: {name} must be a finite positive number, got {value!r}")
         if self.method not in TABLEAUS:
             raise ValueError(f"ProbabilityFlow: method must be one of {sorted(TABLEAUS)}, got {self.method!r}")
-        if self.h_init is not None and not is_traced(self.h_init) and not self.h_init > 0:
-            raise ValueError(f"ProbabilityFlow: h_init must be positive, got {self.h_init!r}")
         names = ("safety", "pi_beta", "factor_min", "factor_max")
         if self.controller is None:
             bound = 1.0 / (1.75 * self.error_order)  # the integral coefficient 1 - 1.75 beta k stays > 0

@@ -14,7 +14,6 @@ from .dpm_solver import LOWER_ORDER_FINAL_BELOW
 from .exponential import (
     MultistepSolver,
     check_int,
-    check_nonneg,
     combine,
     data_prediction,
     exp_remainder,
@@ -129,8 +128,6 @@ class SASolver(MultistepSolver):
         self._check_grid()
         check_int("predictor_order", self.predictor_order, 1, 4, "SASolver")
         check_int("corrector_order", self.corrector_order, 0, 4, "SASolver")
-        if not callable(self.tau):
-            check_nonneg("tau", self.tau, "SASolver")
         if self.tau_interval is not None:
             ok = isinstance(self.tau_interval, tuple | list) and len(self.tau_interval) == 2
             lo, hi = (self.tau_interval if ok else (None, None))
@@ -150,10 +147,6 @@ class SASolver(MultistepSolver):
 
     def derive(self):
         return {"stochastic": callable(self.tau) or nonzero(self.tau)}  # a tau(t) function always draws
-
-    @property
-    def nfe_per_attempt(self) -> int:
-        return 1
 
     @property
     def history_size(self) -> int:

@@ -154,9 +154,6 @@ class UniPC(MultistepSolver):
         if not (isinstance(self.lower_order_final, bool) or self.lower_order_final == "always"):
             raise ValueError(f"UniPC: lower_order_final must be a bool or 'always', got {self.lower_order_final!r}")
 
-    @property
-    def nfe_per_attempt(self) -> int:
-        return 1
 
     @property
     def history_size(self) -> int:
