@@ -1,10 +1,14 @@
 """Adaptive, error-controlled sampling of flow models from t = 1: jaxsde against diffrax, in one process.
 
     python -m benchmarks run flow_adaptive [--n 256] [--rounds 5] [--quick]
+    python -m benchmarks run flow_adaptive --digits [--n 32] [--rounds 2]   # the embedded digits-flow model
+
 
 The flow ODE ``dx/dt = v(x, t)`` of :class:`jaxsde.FlowSDE` (``x_t = (1 - t) x_0 + t noise``) with
 the exact velocity of two Gaussian mixtures in d = 64 (``ring8``: 8 modes of std 0.05 on a ring;
-``ring8-narrow``: the same means, std 0.01, whose velocity turns sharply near the data), from the
+``ring8-narrow``: the same means, std 0.01, whose velocity turns sharply near the data), or
+(``--digits``, results in ``flow_adaptive_digits``) the velocity network of the embedded
+flow-matching model ``jaxsde.pretrained("digits-flow")`` (8x8x1, d = 64), from the
 same ``N(0, I)`` draws at ``t = 1`` exactly to ``t_end = 1e-3`` (no final denoising step), every
 sample with its own steps (per-sample adaptive on both sides):
 
@@ -19,7 +23,9 @@ sample with its own steps (per-sample adaptive on both sides):
 
 Each side's tolerance is swept (a traced setting on both sides: one compiled program per solver).
 Quality: the pathwise error, per sample the RMS over coordinates of ``x - x_ref``, averaged over
-samples, ``x_ref`` from diffrax ``Dopri8`` at ``rtol = atol = 1e-10`` in float64 from the same
+samples, ``x_ref`` from diffrax ``Dopri8`` at ``rtol = atol = 1e-10`` (digits-flow: ``1e-8``, the
+network run in float64 on its float32 weights cast up; the reference's own error is bounded by
+its distance to a second reference at 10x the tolerance, reported) in float64 from the same
 draws; the solves themselves run in float32. Matched quality: for an error threshold, each
 solver's fewest mean NFE among its settings that reach it. Timing: every program compiled and
 warmed up, then ``--rounds`` interleaved rounds of every (solver, tolerance), each blocked until
@@ -60,8 +66,27 @@ DIFFRAX = {"diffrax Tsit5 + PID": dfx.Tsit5, "diffrax Dopri5 + PID": dfx.Dopri5}
 FSAL_STAGES = 6  # Tsit5 / Dopri5: 6 new evaluations a step (accepted or not), 1 at the start
 
 
+# digits-flow: a network's velocity (a solve costs a U-Net evaluation per NFE), so a shorter sweep
+DIGITS = "digits-flow"
+DIGITS_JAXSDE_TOLS = (1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
+DIGITS_PF_TOLS = (3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
+DIGITS_THRESHOLDS = (1e-2, 3e-3, 1e-3)
+DIGITS_REFERENCE_TOL = 1e-8
+
+
 def target(name: str, dtype) -> GaussianMixture:
     return GaussianMixture.ring(8, (DIM,), radius=0.6, scale=TARGETS[name], key=jax.random.PRNGKey(1234), dtype=dtype)
+
+
+def velocities(name: str):
+    """``(shape, v32, v64)``: one sample's shape and the velocity ``v(x, t)`` of ONE sample for the
+    float32 solves and the float64 reference."""
+    if name == DIGITS:
+        ckpt = jaxsde.pretrained(DIGITS)
+        params64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), ckpt.params)
+        return ckpt.shape, ckpt.score_fn(ckpt.params).fn, ckpt.score_fn(params64).fn
+    sde = jaxsde.FlowSDE()
+    return (DIM,), target(name, jnp.float32).velocity(sde), target(name, jnp.float64).velocity(sde)
 
 
 def diffrax_program(cls, velocity, max_steps: int):
@@ -91,36 +116,53 @@ def jaxsde_program(make, model):
 
 
 def arguments(parser):
-    parser.add_argument("--n", type=int, default=512, help="samples (the same N(0, I) draws for every solver)")
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (median reported)")
-    parser.add_argument("--quick", action="store_true", help="64 samples, 2 rounds, one target")
+    parser.add_argument("--n", type=int, default=None,
+                        help="samples (the same N(0, I) draws for every solver; default 512, --digits 32)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="interleaved timing rounds (median reported; default 7, --digits 2)")
+    parser.add_argument("--quick", action="store_true", help="64 samples (--digits: 16), 2 rounds, one target")
+    parser.add_argument("--digits", action="store_true",
+                        help="the embedded digits-flow model instead of the mixtures (results: flow_adaptive_digits)")
 
 
 def run(args, ctx):
     jax.config.update("jax_enable_x64", True)  # the reference only; every timed solve is float32
-    n, rounds = (64, 2) if args.quick else (args.n, args.rounds)
-    names = ("ring8",) if args.quick else tuple(TARGETS)
-    x64 = jax.random.normal(jax.random.PRNGKey(5), (n, DIM), jnp.float64)
-    x32 = x64.astype(jnp.float32)
+    digits = args.digits
+    n = args.n or (32 if digits else 512)
+    rounds = args.rounds or (2 if digits else 7)
+    if args.quick:
+        n, rounds = (16 if digits else 64), 2
+    names = (DIGITS,) if digits else ("ring8",) if args.quick else tuple(TARGETS)
+    jaxsde_tols, pf_tols = (DIGITS_JAXSDE_TOLS, DIGITS_PF_TOLS) if digits else (JAXSDE_TOLS, PF_TOLS)
+    ref_tol = DIGITS_REFERENCE_TOL if digits else 1e-10
     results = {}
     for tname in names:
-        v64 = target(tname, jnp.float64).velocity(jaxsde.FlowSDE())
+        shape, v32, v64 = velocities(tname)
+        x64 = jax.random.normal(jax.random.PRNGKey(5), (n, *shape), jnp.float64)
+        x32 = x64.astype(jnp.float32)
         ref_prog = diffrax_program(dfx.Dopri8, v64, 100_000)
-        x_ref, _, ok = jax.block_until_ready(ref_prog(x64, 1e-10))
+        t0 = time.perf_counter()
+        x_ref, ref_nfe, ok = jax.block_until_ready(ref_prog(x64, ref_tol))
         assert bool(jnp.all(ok)), "reference failed"
-        x_ref = np.asarray(x_ref)
-        v32 = target(tname, jnp.float32).velocity(jaxsde.FlowSDE())
+        x_ref = np.asarray(x_ref).reshape(n, -1)
+        ref_info = dict(tol=ref_tol, mean_nfe=float(np.mean(ref_nfe)), wall_s=time.perf_counter() - t0)
+        if digits:  # the reference's own error: its distance to the same solve at 10x the tolerance
+            x_loose, _, ok = jax.block_until_ready(ref_prog(x64, 10 * ref_tol))
+            assert bool(jnp.all(ok)), "reference failed"
+            ref_info["error_vs_10x_tol"] = float(np.mean(np.sqrt(np.mean(
+                (np.asarray(x_loose).reshape(n, -1) - x_ref) ** 2, axis=1))))
+        print(f"  {tname} reference: {ref_info}", flush=True)
         model = jaxsde.Prediction(v32, "velocity")
-        programs = {name: (jaxsde_program(make, model), PF_TOLS if "ProbabilityFlow" in name else JAXSDE_TOLS)
+        programs = {name: (jaxsde_program(make, model), pf_tols if "ProbabilityFlow" in name else jaxsde_tols)
                     for name, make in JAXSDE.items()}
-        programs.update({name: (diffrax_program(cls, v32, 20_000), DIFFRAX_TOLS) for name, cls in DIFFRAX.items()})
+        programs.update({name: (diffrax_program(cls, v32, 20_000), pf_tols) for name, cls in DIFFRAX.items()})
         runs = {}
         for name, (prog, tols) in programs.items():
             t0 = time.perf_counter()
             for tol in tols:
                 out = jax.block_until_ready(prog(x32, jnp.float32(tol)))  # compile (first) and warm up
                 x, nfe, ok = (np.asarray(a) for a in out)
-                err = np.sqrt(np.mean((x.astype(np.float64) - x_ref) ** 2, axis=1))
+                err = np.sqrt(np.mean((x.reshape(n, -1).astype(np.float64) - x_ref) ** 2, axis=1))
                 runs[(name, tol)] = dict(solver=name, tol=tol, mean_nfe=float(nfe.mean()), max_nfe=int(nfe.max()),
                                          error=float(err.mean()), max_error=float(err.max()),
                                          failed=int(np.sum(~ok.astype(bool))))
@@ -139,15 +181,18 @@ def run(args, ctx):
             rows.append(row)
             print(f"  {tname} {row['solver']:42s} tol={row['tol']:.0e} NFE={row['mean_nfe']:7.1f} "
                   f"err={row['error']:.2e} wall={row['wall_s'] * 1e3:7.1f} ms failed={row['failed']}", flush=True)
-        results[tname] = dict(scale=TARGETS[tname], rows=rows, matched=matched(rows))
-    ctx.save("flow_adaptive", dict(n=n, rounds=rounds, dim=DIM, t_end=T_END, thresholds=list(THRESHOLDS),
-                                   targets=results))
+        thresholds = DIGITS_THRESHOLDS if digits else THRESHOLDS
+        results[tname] = dict(scale=TARGETS.get(tname), shape=list(shape), reference=ref_info, rows=rows,
+                              matched=matched(rows, thresholds))
+    ctx.save("flow_adaptive_digits" if digits else "flow_adaptive",
+             dict(n=n, rounds=rounds, dim=DIM, t_end=T_END, digits=digits,
+                  thresholds=list(DIGITS_THRESHOLDS if digits else THRESHOLDS), targets=results))
 
 
-def matched(rows: list[dict]) -> list[dict]:
+def matched(rows: list[dict], thresholds=THRESHOLDS) -> list[dict]:
     """Per threshold and solver: the fewest mean NFE among the settings whose error reaches it."""
     out = []
-    for thr in THRESHOLDS:
+    for thr in thresholds:
         for solver in dict.fromkeys(r["solver"] for r in rows):
             ok = [r for r in rows if r["solver"] == solver and r["error"] <= thr and not r["failed"]]
             best = min(ok, key=lambda r: r["mean_nfe"]) if ok else None
@@ -162,12 +207,19 @@ def _fmt(v, spec):
 
 
 def render(data):
-    lines = ["# Adaptive sampling of flow models from t = 1: jaxsde vs diffrax", "",
+    digits = data.get("digits", False)
+    what = (f"the velocity network of the embedded flow-matching model `jaxsde.pretrained(\"{DIGITS}\")` "
+            f"(8x8x1, d = {data['dim']}), float32 weights" if digits else
+            f"the exact velocity of an 8-mode Gaussian mixture in d = {data['dim']}")
+    ref = ("diffrax Dopri8 at rtol = atol = 1e-8 (float64, the network on its weights cast to float64)" if digits
+           else "diffrax Dopri8 at rtol = atol = 1e-10 (float64)")
+    lines = ["# Adaptive sampling of flow models from t = 1: jaxsde vs diffrax"
+             + (f" on {DIGITS}" if digits else ""), "",
              f"Reproduce: `{data['command']}`", "",
-             f"FlowSDE, the exact velocity of an 8-mode Gaussian mixture in d = {data['dim']}, {data['n']} samples "
+             f"FlowSDE, {what}, {data['n']} samples "
              f"from the same N(0, I) draws at t = 1 exactly to t = {data['t_end']} (no final denoising step), "
              "every sample with its own steps; solves in float32. Error: per sample the RMS over coordinates of "
-             "x - x_ref, averaged over samples, x_ref from diffrax Dopri8 at rtol = atol = 1e-10 (float64). "
+             f"x - x_ref, averaged over samples, x_ref from {ref}. "
              f"Wall: the whole batch, median of {data['rounds']} interleaved rounds, compiled and warmed up, "
              "one process. jaxsde: every setting at its default but the tolerance (ProbabilityFlow rtol = atol "
              "= tol; the log-SNR solvers rtol = tol, atol tied to it); diffrax: PIDController(rtol=tol, atol=tol) "
@@ -175,8 +227,14 @@ def render(data):
              "adaptive solvers place their own steps, so it does not apply.", ""]
     for tname, res in data["targets"].items():
         rows = res["rows"]
-        lines += [f"## {tname} (component std {res['scale']})", "", "### Matched quality: fewest mean NFE reaching "
-                  "the error threshold", ""]
+        title = tname if res.get("scale") is None else f"{tname} (component std {res['scale']})"
+        lines += [f"## {title}", ""]
+        ref_info = res.get("reference")
+        if ref_info:
+            extra = (f"; its own error (distance to the same solve at 10x the tolerance) "
+                     f"{ref_info['error_vs_10x_tol']:.1e}" if "error_vs_10x_tol" in ref_info else "")
+            lines += [f"Reference: tol {ref_info['tol']:.0e}, mean NFE {ref_info['mean_nfe']:.0f}{extra}.", ""]
+        lines += ["### Matched quality: fewest mean NFE reaching the error threshold", ""]
         best_diffrax, tsit5 = {}, {}
         for m in res["matched"]:
             if m["solver"].startswith("diffrax") and m["mean_nfe"] is not None:
