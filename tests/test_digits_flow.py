@@ -212,3 +212,42 @@ def test_cli_generate(tmp_path):
     shards = read_shards(str(out))
     assert rc == 0 and sorted(shards["index"]) == list(range(6))
     assert np.all(np.isfinite(shards["x"])) and np.all(shards["nfe"] == 10) and np.all(shards["result"] == 0)
+
+
+def _flow_time_classifier(clf, flow):
+    """The embedded VP noisy classifier read on FlowSDE's noised samples: ``x_t`` at flow time ``t``
+    is the VP sample at the time of the same log-SNR, scaled by ``alpha_vp / alpha_flow``."""
+
+    def log_prob(x, t, label):
+        t = jnp.asarray(t, x.dtype)
+        t_vp = jnp.clip(clf.sde.inverse_log_snr(flow.log_snr(t)), clf.sde.eps, clf.sde.T)
+        scale = clf.sde.marginal(t_vp)[0] / flow.marginal(t)[0]
+        return clf.log_prob(scale * x, t_vp, label)
+
+    return log_prob
+
+
+@pytest.mark.slow  # two compiled guided sampling runs with a classifier gradient (~50 s on the shared CPU)
+@needs_weights
+def test_classifier_guidance_of_digits_flow(digits_flow):
+    """Classifier guidance of digits-flow (a velocity Prediction) from t = 1 with DDIM, by the
+    embedded VP noisy classifier read at the same log-SNR: the guided samples are the asked class
+    far more often than the unguided ones (measured on 32 samples: 1.0 at w = 2, 0.125 at w = 0,
+    near the class's 10% share)."""
+    from jaxsde.checkpoints.embedded import noisy_classifier
+
+    ckpt, metrics = digits_flow
+    log_prob = _flow_time_classifier(noisy_classifier(), ckpt.sde)
+    labels = jnp.full((32,), 3, jnp.int32)
+
+    @jax.jit
+    def run(p, w):
+        guided = guidance.classifier(ckpt.score_fn(p), log_prob, w, sde=ckpt.sde, interval=(0.0, 20.0))
+        return jaxsde.sample(jax.random.PRNGKey(0), ckpt.sde, guided, jaxsde.DDIM(19), ckpt.shape, 32, cond=labels)
+
+    accuracy = {}
+    for w in (0.0, 2.0):
+        sol = run(ckpt.params, jnp.float32(w))
+        assert np.all(np.asarray(sol.result) == 0) and np.all(np.isfinite(np.asarray(sol.x)))
+        accuracy[w] = metrics.accuracy(np.asarray(sol.x), np.asarray(labels), ckpt.data_range)
+    assert accuracy[2.0] >= 0.8 and accuracy[0.0] <= 0.4, accuracy
