@@ -105,12 +105,13 @@ def slope(rtols, errors, floor=0.0):
     return float(np.polyfit(a[:, 0], a[:, 1], 1)[0])
 
 
-def run_ode(sde, score, x_T, rtols, solvers, peer=True, data=None, ref_tol=1e-10, fixed=None):
+def run_ode(sde, score, x_T, rtols, solvers, peer=True, data=None, ref_tol=1e-10, fixed=None, on_row=None):
     """Pathwise error rows; ``peer``: also diffrax ``Dopri5`` + ``PIDController(rtol, atol=1e-5)`` on
     the same draws (what :class:`jaxsde.ProbabilityFlow` integrates, with its default atol), so a
     curve that does not fall can be told apart from a problem that does not let it. ``data``: the map
     from the model's space to the space the error is measured in (e.g. a galaxy model's flux). ``fixed``:
-    ``{name: (steps, make(steps))}`` fixed-grid rows, one per step count (kind ``"fixed"``)."""
+    ``{name: (steps, make(steps))}`` fixed-grid rows, one per step count (kind ``"fixed"``). ``on_row(rows)``:
+    called after each row (to store a partial run)."""
     n = x_T.shape[0]
     keys = jax.random.split(jax.random.PRNGKey(0), n)
     data = (lambda x: x) if data is None else data
@@ -139,6 +140,8 @@ def run_ode(sde, score, x_T, rtols, solvers, peer=True, data=None, ref_tol=1e-10
                          median_errors=medians, nfe=nfes,
                          monotone=bool(all(b < a for a, b in zip(errors, errors[1:], strict=False))),
                          slope=slope(rtols, errors)))
+        if on_row is not None:
+            on_row(rows)
         print(f"  {name}: " + ", ".join(f"{r:g}: {e:.2e} (median {m:.1e}) @ {k:.0f}"
                                         for r, e, m, k in zip(rtols, errors, medians, nfes, strict=True)), flush=True)
     for name, (steps, make) in (fixed or {}).items():
@@ -152,6 +155,8 @@ def run_ode(sde, score, x_T, rtols, solvers, peer=True, data=None, ref_tol=1e-10
             nfes.append(float(jnp.mean(sol.stats.nfe)))
         rows.append(dict(solver=name, kind="fixed", steps=list(steps), errors=errors, median_errors=medians,
                          nfe=nfes))
+        if on_row is not None:
+            on_row(rows)
         print(f"  {name}: " + ", ".join(f"{k} steps: {e:.2e} (median {m:.1e}) @ {f:.0f}"
                                         for k, e, m, f in zip(steps, errors, medians, nfes, strict=True)), flush=True)
     return rows
@@ -213,7 +218,7 @@ def mixture_rows(ve, args):
     return rows
 
 
-def galaxy_rows(args, name):
+def galaxy_rows(args, name, on_row=None):
     """galaxygrad's published network ``name`` (hsc32, hsc64, lsst60: the installed wheel's weights),
     float64; the error in flux (``ckpt.to_data``), the reference diffrax Dopri8 at ``--ref-tol``."""
     from .galaxies import MODELS, galaxygrad_dir
@@ -223,10 +228,12 @@ def galaxy_rows(args, name):
     x_T = jax.vmap(lambda k: ckpt.sde.prior_sample(k, ckpt.shape, jnp.float64))(
         jax.random.split(jax.random.PRNGKey(5), args.n_ode))
     rtols = args.rtols or ODE_RTOLS[:-1]
+    solvers = {k: v for k, v in ode_solvers(ckpt.sde, not args.no_old_atol).items()
+               if not any(skip and skip in k for skip in args.skip.split(","))}
     steps = tuple(int(v) for v in args.fixed_steps.split(",")) if args.fixed_steps else ()
-    return run_ode(ckpt.sde, ckpt.score_fn(params64), x_T, rtols, ode_solvers(ckpt.sde, not args.no_old_atol),
+    return run_ode(ckpt.sde, ckpt.score_fn(params64), x_T, rtols, solvers,
                    peer=not args.no_peer, data=ckpt.to_data, ref_tol=args.ref_tol,
-                   fixed=fixed_solvers(steps) if steps else None)
+                   fixed=fixed_solvers(steps) if steps else None, on_row=on_row)
 
 
 def digits_rows(args, model="digits"):
@@ -341,6 +348,7 @@ def arguments(parser):
                         help="galaxy problems: step counts of the fixed-grid rows (UniPC, DPMSolverPP); '' for none")
     parser.add_argument("--no-old-atol", action="store_true", help="drop the old-fixed-atol rows")
     parser.add_argument("--no-peer", action="store_true", help="drop the diffrax Dopri5 peer row")
+    parser.add_argument("--skip", default="", help="galaxy problems: comma-separated substrings of ODE rows to drop")
     parser.add_argument("--ref-tol", type=float, default=1e-9,
                         help="galaxy problems: the Dopri8 reference's rtol = atol")
 
@@ -358,14 +366,17 @@ def run(args, ctx):
         elif name in ("digits", "digits-ve"):
             problems[name] = digits_rows(args, name)
         elif name in ("hsc32", "hsc64", "lsst60"):
-            problems[name] = galaxy_rows(args, name)
+            def partial(rows, name=name):  # a run cut by a time limit keeps the rows it finished
+                write(args.out, command, {**problems, name: rows}, time.perf_counter() - t0, args.tag, quiet=True)
+
+            problems[name] = galaxy_rows(args, name, partial)
         else:
             raise SystemExit(f"unknown problem {name!r}")
         # after each problem: a cut run keeps its rows
         write(args.out, command, problems, time.perf_counter() - t0, args.tag)
 
 
-def write(out, command, problems, seconds, tag=""):
+def write(out, command, problems, seconds, tag="", quiet=False):
     import platform
     results = dict(command=command, date=datetime.date.today().isoformat(),
                    machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU",
@@ -378,7 +389,8 @@ def write(out, command, problems, seconds, tag=""):
         f.write(render(results, command))
     os.replace(os.path.join(out, f"tolerance{tag}.md.tmp"), os.path.join(out, f"tolerance{tag}.md"))
     plot(results, os.path.join(out, f"tolerance{tag}.png"))
-    print(render(results, command))
+    if not quiet:
+        print(render(results, command))
 
 
 def plot(results, path):
