@@ -139,7 +139,7 @@ def test_conditional_training_export_and_load(tmp_path, capsys):
 def test_unconditional_checkpoints_keep_score_x_t():
     ckpt = jaxsde.pretrained("digits-small")
     assert ckpt.num_classes is None and ckpt.null_cond is None
-    assert ckpt.score(X, 0.5).shape == X.shape
+    assert jax.jit(ckpt.score)(X, 0.5).shape == X.shape  # (one program, not the U-Net op by op)
 
 
 def test_pretrained_digits_cond():
@@ -158,9 +158,10 @@ def test_noisy_classifier():
     clf = pt.noisy_classifier()
     assert isinstance(clf.sde, jaxsde.VPSDE) and clf.num_classes == 10
     x = jax.random.normal(jax.random.PRNGKey(0), (8, 8, 1))
-    logits = clf.logits(x, 0.5)
+    logits = jax.jit(clf.logits)(x, 0.5)
     assert logits.shape == (10,)
-    log_probs = jnp.stack([clf.log_prob(x, 0.5, jnp.int32(c)) for c in range(10)])
+    log_prob = jax.jit(clf.log_prob)  # the label traced: one program for the ten
+    log_probs = jnp.stack([log_prob(x, 0.5, jnp.int32(c)) for c in range(10)])
     np.testing.assert_allclose(logsumexp(log_probs), 0.0, atol=1e-5)
     grad = jax.jit(jax.grad(lambda p, x: clf.log_prob_fn(p)(x, 0.5, jnp.int32(4)), argnums=1))(clf.params, x)
     assert grad.shape == x.shape and bool(jnp.all(jnp.isfinite(grad)))

@@ -37,8 +37,9 @@ def mixture_runs():
     for name, sde in SDES.items():
         gm = _mixture(sde)
         xs = gm.sample(jax.random.PRNGKey(1), 48)
+        # the tolerance traced: one program serves both
         run = jax.jit(lambda k, xs, tol, sde=sde, gm=gm: log_likelihood_batch(k, sde, gm.score(sde), xs, rtol=tol,
-                                                                              atol=tol), static_argnums=2)
+                                                                              atol=tol))
         out[name] = (sde, gm, xs, run(jax.random.PRNGKey(2), xs, 1e-5), run(jax.random.PRNGKey(2), xs, 1e-7))
     return out
 

@@ -213,7 +213,7 @@ def test_sparse_inplace_equals_apply_sparse(unet, jnet, mode):
         net.apply_sparse_inplace(params, xe, t, cache, plan)
 
 
-def test_full_edit_equals_dense(unet):
+def test_full_edit_equals_dense(unet, jnet):
     """Every tile active: the sparse engine with recomputed statistics is the true network
     (a layer whose bucket is every tile is computed as a dense layer on the mixed maps, no
     gather/scatter); with the default dense fallback, it is the dense path itself."""
@@ -221,14 +221,14 @@ def test_full_edit_equals_dense(unet):
     x, _, _ = _edit()
     xe = x[::-1]  # changes everything
     t = jnp.float32(0.7)
-    _, cache = net.record(params, x, t)
-    true = net.apply(params, xe, t)
+    _, cache = jnet.record(params, x, t)  # (the module's compiled passes, not op-by-op Flax)
+    true = jnet.apply(params, xe, t)
     everything = np.ones((H, H), bool)
     plan = net.plan(everything, (4, 2), dense_above=1.0)
     assert not plan.dense and plan.counts == plan.totals  # (the same all-tiles path as the exact plan below)
     exact = net.plan(everything, (4, 2), mode="exact", roi="all", dense_above=1.0, layer_dense_above=1.0)
     assert not exact.dense and all(b == exact.tile_total(r) for (_, r, b) in exact.layers)
-    sparse = jax.jit(net.apply_sparse, static_argnums=5)(params, xe, t, cache, exact, "recompute")
+    sparse = jnet.apply_sparse(params, xe, t, cache, exact, "recompute")
     np.testing.assert_allclose(np.asarray(sparse), np.asarray(true), rtol=0, atol=1e-4)
     fallback = net.plan(everything, (4, 2))
     assert fallback.dense and net.plan(everything, (4, 2), mode="exact").dense
