@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from ..settings import NONNEGATIVE
 from .base import FixedGridSolver, StepResult, solver_class
 from .exponential import data_prediction, half_log_snr
+
+Array = jax.Array
 
 
 def ddim_step(sde, x, x0, t, t_next, eta, z):
@@ -82,4 +85,9 @@ class DDIM(FixedGridSolver):
         x0 = data_prediction(sde, score, x, t)
         if not self.stochastic:
             return StepResult(ddim_step(sde, x, x0, t, t_next, 0, None), state, 1)
-        return StepResult(ddim_step(sde, x, x0, t, t_next, self.eta, z[0]), state, 1)
+        return StepResult(ddim_step(sde, x, x0, t, t_next, self.step_eta(sde, t, t_next), z[0]), state, 1)
+
+    def step_eta(self, sde, t: Array, t_next: Array) -> Array | float:
+        """The ``eta`` of the step from ``t`` to ``t_next`` (here the setting itself)."""
+        del sde, t, t_next
+        return self.eta

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
-from ..settings import NONNEGATIVE
-from .base import FixedGridSolver, StepResult, solver_class
-from .ddim import ddim_step
-from .exponential import data_prediction, half_log_snr
+from .base import solver_class
+from .ddim import DDIM
+from .exponential import half_log_snr
+
+Array = jax.Array
 
 
 @solver_class
-class EulerAncestral(FixedGridSolver):
+class EulerAncestral(DDIM):
     """Euler ancestral sampler: an Euler step of the probability-flow ODE down to ``sigma_down``, then
     fresh noise up to the next noise level.
 
@@ -47,17 +49,7 @@ class EulerAncestral(FixedGridSolver):
     eta: float = 1.0
     grid: Any = "edm"
 
-    noise_setting = "eta"
-    traced_settings = {"eta": NONNEGATIVE}
-
-    starts_at_alpha_zero = True  # the first step from lambda = -inf is its exact limit (order 1)
-
-    nfe_per_attempt = 1
-
-    def step(self, sde, score, t, t_next, x, state, z) -> StepResult:
-        x0 = data_prediction(sde, score, x, t)
-        if not self.stochastic:
-            return StepResult(ddim_step(sde, x, x0, t, t_next, 0.0, None), state, 1)
+    def step_eta(self, sde, t: Array, t_next: Array) -> Array:
+        """``min(eta, 1 / sqrt(q))``: ``sigma_up = min(sigma', eta sigma' sqrt(q))``, ``q = 1 - e^{-2h}``."""
         q = -jnp.expm1(-2.0 * (half_log_snr(sde, t_next) - half_log_snr(sde, t)))
-        eta = jnp.minimum(self.eta, jnp.sqrt(1.0 / q))  # sigma_up = min(sigma', eta sigma' sqrt(q))
-        return StepResult(ddim_step(sde, x, x0, t, t_next, eta, z[0]), state, 1)
+        return jnp.minimum(self.eta, jnp.sqrt(1.0 / q))
