@@ -427,9 +427,13 @@ class StepSizeController(Settings):
         ``1 / prestep_factor_min`` (a trial step many times the history's spacing extrapolates:
         its predicted error is far from asymptotic in ``h``).
       prestep_factor_min: the smallest shrink factor of one such round (above).
+      max_step: the longest step in the step variable's units (``None``: unbounded). An embedded
+        pair can agree on a step that jumps across the band where a sample chooses between modes
+        (both halves land in the same wrong one), which the error estimate cannot see; a cap on
+        the step in half log-SNR prevents it. Not applied to the rho-step out of ``alpha = 0``.
 
-    ``rule``, ``norm``, ``h_init``, ``min_step`` and ``prestep_factor_min`` are traced settings (pytree
-    leaves).
+    ``rule``, ``norm``, ``h_init``, ``min_step``, ``prestep_factor_min`` and ``max_step`` are traced
+    settings (pytree leaves).
     """
 
     rule: Controller
@@ -442,9 +446,10 @@ class StepSizeController(Settings):
     min_step: float = 1e-7
     presteps: int = 3
     prestep_factor_min: float = 0.2
+    max_step: float | None = None
 
     traced_settings = {"rule": None, "norm": None, "h_init": POSITIVE, "min_step": NONNEGATIVE,
-                       "prestep_factor_min": UNIT}
+                       "prestep_factor_min": UNIT, "max_step": POSITIVE}
 
     def __post_init__(self):
         check_controller("StepSizeController", self.rule)
@@ -470,11 +475,12 @@ class StepSizeController(Settings):
         return jnp.where(u >= state.u_end, t_end, t).astype(t_end.dtype)
 
     def _end(self, state: StepState) -> Array:
-        """``u1``: the end of a step from ``state.u`` with trial step ``state.h``."""
+        """``u1``: the end of a step from ``state.u`` with trial step ``state.h`` (at most ``max_step``)."""
+        step = state.h if self.max_step is None else jnp.minimum(state.h, self.max_step)
         if self.last_step == "snap":
-            u1 = jnp.where(state.u_end - state.u <= 1.1 * state.h, state.u_end, state.u + state.h)
+            u1 = jnp.where(state.u_end - state.u <= 1.1 * step, state.u_end, state.u + step)
         else:
-            u1 = jnp.minimum(state.u_end, state.u + state.h)
+            u1 = jnp.minimum(state.u_end, state.u + step)
         if self.variable != "log_snr":
             return u1
         # out of alpha = 0 (u = -inf): the step is measured in rho = e^u = alpha / sigma (see _at_origin)

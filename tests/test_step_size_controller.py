@@ -84,3 +84,28 @@ def test_bad_options_are_refused():
         controller(last_step="round")
     with pytest.raises(TypeError, match="norm must be"):
         StepSizeController(rule=PIDController(), norm=0.05, error_order=2.0)
+
+
+@pytest.mark.parametrize("make", [lambda m: jaxsde.AdaptiveMultistepSolver(order=2, rtol=0.1, max_step=m),
+                                  lambda m: jaxsde.AdaptiveDPMSolver(rtol=0.1, max_step=m)],
+                         ids=["multistep", "dpm"])
+def test_max_step_caps_every_step_in_half_log_snr(make):
+    """With ``max_step`` the half log-SNR span of the solve takes at least ``span / max_step``
+    accepted steps (the loose tolerance alone takes far fewer), one compiled program for both
+    values (a traced setting), and a non-positive cap is refused."""
+    import jax
+
+    from jaxsde.testing.targets import GaussianMixture
+
+    mix = GaussianMixture.random(jax.random.PRNGKey(1), 3, (12,), scale=0.05)
+    sde = jaxsde.VPSDE()
+    span = 0.5 * float(sde.log_snr(jnp.float32(sde.eps)) - sde.log_snr(jnp.float32(sde.T)))
+    run = jax.jit(lambda solver, k: jaxsde.sample(k, sde, mix.score(sde), solver, mix.shape, 16, denoise=False))
+    loose = run(make(5.0), jax.random.PRNGKey(0))
+    capped = run(make(0.5), jax.random.PRNGKey(0))
+    assert run._cache_size() == 1
+    assert int(np.max(loose.stats.num_accepted)) < span / 0.5
+    assert int(np.min(capped.stats.num_accepted)) >= int(np.ceil(span / 0.5))
+    assert np.all(np.asarray(capped.result) == jaxsde.results.SUCCESS)
+    with pytest.raises(ValueError, match="max_step must be a finite number > 0"):
+        make(0.0)

@@ -92,6 +92,9 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
         when neighbouring steps differ by large ratios). Ignored with a custom controller.
       min_step: a non-finite attempt whose shrunk step falls below this stops the sample with
         ``NONFINITE``.
+      max_step: the longest step in half log-SNR (``None``: unbounded; see
+        :class:`~jaxsde.controllers.StepSizeController`): an embedded pair can accept a step that
+        jumps across the band where a sample chooses its mode, both halves in the same wrong one.
 
     Cost: one score evaluation at the start, then one per attempt (rejected ones included); the
     driver's final denoising step (``denoise=True``) costs one more.
@@ -105,6 +108,7 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
     controller: Controller | None = None
     factor_max: float = 2.0
     min_step: float = 1e-7
+    max_step: float | None = None
     tolerance: ErrorNorm | None = None
 
     # steps in half log-SNR; the last step snaps to the end when within 1.1 trial steps (no sliver
@@ -114,8 +118,8 @@ class AdaptiveMultistepSolver(AdaptiveSolver):
 
     noise_setting = "tau"
     traced_settings = {"rtol": POSITIVE, "atol": POSITIVE, "tau": NONNEGATIVE, "h_init": POSITIVE,
-                       "factor_max": Bound(1.0, low_open=True), "min_step": POSITIVE, "controller": None,
-                       "tolerance": None}
+                       "factor_max": Bound(1.0, low_open=True), "min_step": POSITIVE, "max_step": POSITIVE,
+                       "controller": None, "tolerance": None}
 
     def __post_init__(self):
         name = "AdaptiveMultistepSolver"

@@ -222,7 +222,7 @@ class AdaptiveSolver(Solver):
         return StepSizeController(rule=self.default_rule if rule is None else rule, norm=self.error_norm,
                                   error_order=self.error_order, h_init=getattr(self, "h_init", None),
                                   variable=self.step_variable, last_step=self.last_step, grow_from=self.grow_from,
-                                  min_step=self.min_step)
+                                  min_step=self.min_step, max_step=getattr(self, "max_step", None))
 
 
 class FixedGridSolver(Solver):

@@ -113,6 +113,9 @@ class AdaptiveDPMSolver(AdaptiveSolver):
         The controller sees ``k = order`` (1.5 with ancestral noise), as k-diffusion's.
       min_step: a non-finite attempt whose shrunk step falls below this stops the sample
         with ``NONFINITE``.
+      max_step: the longest step in half log-SNR (``None``: unbounded; see
+        :class:`~jaxsde.controllers.StepSizeController`): an embedded pair can accept a step that
+        jumps across the band where a sample chooses its mode, both halves in the same wrong one.
 
     Units: the step ``h`` is in half log-SNR; ``x`` in the model's data space; the final
     denoising step of the driver (``denoise=True``) costs one more evaluation.
@@ -127,6 +130,7 @@ class AdaptiveDPMSolver(AdaptiveSolver):
     h_init: float = 0.05
     controller: Controller | None = None
     min_step: float = 1e-7
+    max_step: float | None = None
     tolerance: ErrorNorm | None = None
 
     # steps in half log-SNR; the next trial step grows from the trial step, as k-diffusion's pid.h
@@ -136,7 +140,7 @@ class AdaptiveDPMSolver(AdaptiveSolver):
 
     noise_setting = "eta"
     traced_settings = {"rtol": POSITIVE, "atol": POSITIVE, "eta": NONNEGATIVE, "s_noise": NONNEGATIVE,
-                       "h_init": POSITIVE, "min_step": POSITIVE, "controller": None,
+                       "h_init": POSITIVE, "min_step": POSITIVE, "max_step": POSITIVE, "controller": None,
                        "tolerance": None}
 
     def __post_init__(self):
