@@ -67,7 +67,7 @@ REFUSED = [
      TypeError, "mixed_precision"),
     ("generate-given-noise", lambda: jaxsde.generate(KEY, VP, linear_score, jaxsde.DDIM(5), (3,), 4, batch_size=2,
                                                      noise=jaxsde.GivenNoise(jnp.zeros((4, 5, 1, 3)))),
-     ValueError, "fresh noise"),
+     ValueError, "per-sample noise arrays need `sample`"),
     ("generate-batch-zero", lambda: jaxsde.generate(KEY, VP, linear_score, jaxsde.DDIM(5), (3,), 4, batch_size=0),
      ValueError, "batch_size must be a positive integer"),
     # --- SDEs and grids
