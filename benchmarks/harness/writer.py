@@ -100,3 +100,49 @@ def pyplot():
         print(f"plot skipped: {err}")
         return None
     return plt
+
+
+def header(data: dict, title: str, *notes: str) -> list[str]:
+    """A results ``.md``'s first lines: the title, the stored command, then one line of the machine's
+    description (:func:`~benchmarks.harness.machine.describe`) and the ``notes`` joined by "; "."""
+    from .machine import describe
+
+    return [f"# {title}", "", f"Command: `{data['command']}`", "", "; ".join([describe(data["machine"]), *notes]),
+            ""]
+
+
+def pivot(header: list[str], rows: list[dict], name: str, col: str, cols: list, cell) -> list[str]:
+    """A Markdown table's lines: one row per distinct ``r[name]`` (in first-seen order), one column per value of
+    ``r[col]`` in ``cols``: ``cell(r)`` of the first such row, "—" where there is none."""
+    grid: dict = {}
+    for r in rows:
+        grid.setdefault(r[name], {}).setdefault(r[col], r)
+    return table([str(h) for h in header],
+                 [[k, *(cell(v[c]) if c in v else "—" for c in cols)] for k, v in grid.items()])
+
+
+def curves(path: str, series: dict, *, xlabel: str, ylabel: str, title: str = "", hline=None, logx: bool = True,
+           logy: bool = False, size=(6, 4), xticks=None, legend: int = 7) -> None:
+    """A line plot saved to ``path``: ``series`` maps a label to ``(points, style)``, ``points`` ``[(x, y)]``
+    (sorted by x here, non-finite y dropped; a series left empty is not drawn), ``style`` matplotlib keywords;
+    ``hline = (y, label)``: a dotted gray line (left out where y is not finite)."""
+    import math
+
+    if (plt := pyplot()) is None:
+        return
+    fig, ax = plt.subplots(figsize=size)
+    for label, (points, style) in series.items():
+        points = sorted(p for p in points if math.isfinite(p[1]))
+        if points:
+            ax.plot(*zip(*points, strict=True), label=label, **style)
+    if hline is not None and math.isfinite(hline[0]):
+        ax.axhline(hline[0], ls=":", c="gray", label=hline[1])
+    ax.set_xscale("log" if logx else "linear")
+    ax.set_yscale("log" if logy else "linear")
+    if xticks is not None:
+        ax.set_xticks(xticks, [str(x) for x in xticks])
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(fontsize=legend, ncol=2 if len(series) > 6 else 1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

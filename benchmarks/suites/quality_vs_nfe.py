@@ -34,31 +34,29 @@ from jaxsde.testing.targets import GaussianMixture
 from ..harness.problems import TARGETS
 from ..harness.samplers import prior, run_jaxsde, sample_chunks
 from ..harness.select import select
-from ..harness.writer import pyplot
+from ..harness.writer import curves, pivot
 
 BUDGETS = (5, 10, 20, 50, 100, 200)
+N_DIGITS, DIGITS_MAX_NFE = 300, 50  # digits: samples per solver; largest budget of the fixed-step solvers but EM
 FAMILY_STYLE = {"DDIM": "o", "DPM++2M": "s", "DPM++3M": "^", "SA-Solver": "v", "ForwardValue": "<",
                 "EDMHeun": ">", "EM": "x", "PC": "+", "GGF": "D", "PF-ODE": "*"}
 
 
-def fixed_solvers(budget: int, snr: float):
-    """(family, solver) of the fixed-step solvers at an NFE budget (final Tweedie step included)."""
-    n1, n2 = budget - 1, (budget - 1) // 2
-    return [("DDIM", jaxsde.DDIM(n1)), ("DPM++2M", jaxsde.DPMSolverPP(n1, order=2)),
-            ("DPM++3M", jaxsde.DPMSolverPP(n1, order=3)), ("SA-Solver", jaxsde.SASolver(n1)),
-            ("ForwardValue", jaxsde.ForwardValue(n1)), ("EDMHeun", jaxsde.EDMHeun(n2)),
-            ("EM", jaxsde.EulerMaruyama(n1)), ("PC", jaxsde.PredictorCorrector(n2, snr=snr))]
-
-
-def adaptive_solvers(rtols, tols):
-    return ([("GGF", f"rtol={r}", jaxsde.GottaGoFast(rtol=r)) for r in rtols]
-            + [("PF-ODE", f"tol={t:g}", jaxsde.ProbabilityFlow(rtol=t, atol=t)) for t in tols])
-
-
-def run_solver(sde, score_fn, params, shape, solver, n, seed, batch):
-    """``n`` samples (chunks of ``batch``), mean/max NFE, failures, wall seconds (compile excluded), compile s."""
-    x, nfe, fails, wall, compile_s = sample_chunks(sde, score_fn, params, shape, solver, n, seed, batch)
-    return x, float(nfe.mean()), int(nfe.max()), fails, wall, compile_s
+def solvers(budgets, rtols, tols, digits: bool, snr: float = 0.01):
+    """(family, setting, budget or None, solver): the fixed-step solvers at each NFE budget (final Tweedie step
+    included: 2-NFE-per-step solvers take ``(B - 1) // 2`` steps; on digits only EM above ``DIGITS_MAX_NFE``),
+    then GGF at ``rtols`` and the PF-ODE at ``tols``."""
+    jobs = []
+    for b in budgets:
+        n1, n2 = b - 1, (b - 1) // 2
+        for fam, s in (("DDIM", jaxsde.DDIM(n1)), ("DPM++2M", jaxsde.DPMSolverPP(n1, order=2)),
+                       ("DPM++3M", jaxsde.DPMSolverPP(n1, order=3)), ("SA-Solver", jaxsde.SASolver(n1)),
+                       ("ForwardValue", jaxsde.ForwardValue(n1)), ("EDMHeun", jaxsde.EDMHeun(n2)),
+                       ("EM", jaxsde.EulerMaruyama(n1)), ("PC", jaxsde.PredictorCorrector(n2, snr=snr))):
+            if not (digits and fam != "EM" and b > DIGITS_MAX_NFE):
+                jobs.append((fam, f"NFE<={b}", b, s))
+    return (jobs + [("GGF", f"rtol={r}", None, jaxsde.GottaGoFast(rtol=r)) for r in rtols]
+            + [("PF-ODE", f"tol={t:g}", None, jaxsde.ProbabilityFlow(rtol=t, atol=t)) for t in tols])
 
 
 def make_problem(name: str):
@@ -70,8 +68,7 @@ def make_problem(name: str):
         metrics = DigitsMetrics()
 
         def evaluate(x):
-            r = metrics.report(x, ckpt.data_range, bootstrap=20)
-            return {k: float(v) for k, v in r.items()}
+            return {k: float(v) for k, v in metrics.report(x, ckpt.data_range, bootstrap=20).items()}
 
         return ckpt.sde, ckpt.score_fn, ckpt.params, ckpt.shape, evaluate, "fd", "fd_floor", (
             f"embedded model `{ckpt.name}` ({ckpt.config.get('sde')} SDE), FD-digits / KID vs the training set")
@@ -87,8 +84,7 @@ def make_problem(name: str):
     key = jax.random.PRNGKey(123)
 
     def evaluate(x):
-        r = jaxsde.testing.metrics.quality_report(key, mix, sde, x, denoise=True)
-        return {k: float(v) for k, v in r.items()}
+        return {k: float(v) for k, v in jaxsde.testing.metrics.quality_report(key, mix, sde, x, denoise=True).items()}
 
     return sde, lambda p: p.score(sde), mix, mix.shape, evaluate, "sw2", "sw2_floor", (
         info + "; sliced W2 / MMD^2 vs exact Tweedie-denoised p_eps samples")
@@ -117,31 +113,19 @@ def winners(rows, metric, budgets, floor, digits):
     return out
 
 
-def summarize_rows(rows, metric, floor, budgets, digits, quick):
-    summary = {"winners_by_budget": winners([r for r in rows if r["budget"] is not None], metric, budgets, floor,
-                                            digits)}
-    if digits and not quick:
-        em200 = next(r for r in rows if r["family"] == "EM" and r["budget"] == 200)
-        at10 = [r for r in rows if r["budget"] == 10 and r["family"] in ("DPM++2M", "DPM++3M", "SA-Solver",
-                                                                           "ForwardValue")]
-        b10 = min(at10, key=lambda r: r["fd"])
-        noise = 2.0 * float(np.hypot(b10.get("fd_std", 0.0), em200.get("fd_std", 0.0)))
-        summary["headline"] = dict(
-            best_fast_at_10=b10["family"], fd_best_fast_at_10=b10["fd"], fd_em200=em200["fd"],
-            two_sigma=noise, no_worse=bool(b10["fd"] <= em200["fd"]),
-            no_worse_within_noise=bool(b10["fd"] <= em200["fd"] + noise))
-    return summary
+def headline(rows):
+    """Digits: the best of DPM-Solver++ / SA-Solver / ForwardValue at 10 NFE against EM at 200."""
+    em200 = next(r for r in rows if r["family"] == "EM" and r["budget"] == 200)
+    b10 = min((r for r in rows if r["budget"] == 10 and r["family"] in ("DPM++2M", "DPM++3M", "SA-Solver",
+                                                                        "ForwardValue")), key=lambda r: r["fd"])
+    noise = 2.0 * float(np.hypot(b10.get("fd_std", 0.0), em200.get("fd_std", 0.0)))
+    return dict(best_fast_at_10=b10["family"], fd_best_fast_at_10=b10["fd"], fd_em200=em200["fd"], two_sigma=noise,
+                no_worse=bool(b10["fd"] <= em200["fd"]), no_worse_within_noise=bool(b10["fd"] <= em200["fd"] + noise))
 
 
 def arguments(parser):
     parser.add_argument("--problems", default="ring2,gmm32,digits")
     parser.add_argument("--n", type=int, default=4000, help="samples per solver on the mixtures")
-    parser.add_argument("--n-digits", type=int, default=300, help="samples per solver on digits")
-    parser.add_argument("--digits-max-nfe", type=int, default=50,
-                        help="largest NFE budget of the fixed-step solvers on digits, except EM (the reference, "
-                             "always up to 200)")
-    parser.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "jaxsde_xla"),
-                        help="persistent XLA compilation cache ('' to disable); re-runs skip most compiles")
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--quick", action="store_true", help="tiny n, budgets 5/10/20, few adaptive settings")
     parser.add_argument("--frontier", action="store_true",
@@ -171,9 +155,6 @@ def arguments(parser):
 
 
 def run(args, ctx):
-    if args.cache:
-        jax.config.update("jax_compilation_cache_dir", args.cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     if args.frontier_summary:
         return write_frontier_summary(args.out)
     if args.frontier:
@@ -183,87 +164,65 @@ def run(args, ctx):
         sde, score_fn, params, shape, evaluate, metric, floor_key, info = make_problem(problem)
         digits = problem == "digits"
         budgets = (5, 10, 20) if args.quick else BUDGETS
-        n = (64 if digits else 256) if args.quick else (args.n_digits if digits else args.n)
-        batch = min(args.batch, n)
-        snr = 0.01
-        if args.quick:
-            rtols, tols = (0.1,), (1e-3,)
-        elif digits:
-            rtols, tols = (0.1,), (1e-3,)
-        else:
-            rtols, tols = (0.2, 0.1, 0.05, 0.02, 0.01), (1e-2, 1e-3, 1e-4, 1e-5)
-        jobs = []
-        for b in budgets:
-            for fam, solver in fixed_solvers(b, snr):
-                if digits and fam != "EM" and b > args.digits_max_nfe:
-                    continue
-                jobs.append((fam, f"NFE<={b}", b, solver))
-        jobs += [(fam, setting, None, solver) for fam, setting, solver in adaptive_solvers(rtols, tols)]
+        n = (64 if digits else 256) if args.quick else (N_DIGITS if digits else args.n)
+        few = args.quick or digits
         rows = []
-        for fam, setting, b, solver in jobs:
-            x, mean_nfe, max_nfe, fails, wall, compile_s = run_solver(sde, score_fn, params, shape, solver, n, 0, batch)
+        for fam, setting, b, solver in solvers(budgets, (0.1,) if few else (0.2, 0.1, 0.05, 0.02, 0.01),
+                                               (1e-3,) if few else (1e-2, 1e-3, 1e-4, 1e-5), digits):
+            x, nfe, fails, wall, compile_s = sample_chunks(sde, score_fn, params, shape, solver, n, 0,
+                                                           min(args.batch, n))
             good = np.all(np.isfinite(x.reshape(len(x), -1)), axis=1)
             try:
                 r = evaluate(x[good]) if good.sum() > 10 else {}
             except Exception as err:  # noqa: BLE001 - a diverged solver must not stop the benchmark
                 print(f"  metric failed: {err}")
                 r = {}
-            row = dict(family=fam, setting=setting, budget=b, solver=repr(solver), mean_nfe=mean_nfe,
-                       max_nfe=max_nfe, failed=fails, wall_s=wall, compile_s=compile_s,
-                       **{k: r.get(k, float("nan")) for k in r}, **({metric: float("nan")} if not r else {}))
-            rows.append(row)
-            print(f"{problem:6s} {fam:12s} {setting:10s} NFE {mean_nfe:6.1f} (max {max_nfe:4d})  "
-                  f"{metric} {row[metric]:8.4f}  wall {wall:6.1f}s compile {compile_s:5.1f}s failed {fails}",
+            rows.append(dict(family=fam, setting=setting, budget=b, solver=repr(solver), mean_nfe=float(nfe.mean()),
+                             max_nfe=int(nfe.max()), failed=fails, wall_s=wall, compile_s=compile_s,
+                             **{k: r.get(k, float("nan")) for k in r}, **({metric: float("nan")} if not r else {})))
+            print(f"{problem:6s} {fam:12s} {setting:10s} NFE {nfe.mean():6.1f} (max {nfe.max():4d})  "
+                  f"{metric} {rows[-1][metric]:8.4f}  wall {wall:6.1f}s compile {compile_s:5.1f}s failed {fails}",
                   flush=True)
         floor = next((r[floor_key] for r in rows if floor_key in r and np.isfinite(r[floor_key])), float("nan"))
-        summary = summarize_rows(rows, metric, floor, budgets, digits, args.quick)
-        elapsed = time.perf_counter() - t_problem
+        summary = {"winners_by_budget": winners([r for r in rows if r["budget"] is not None], metric, budgets, floor,
+                                                digits)}
+        if digits and not args.quick:
+            summary["headline"] = headline(rows)
         stem = f"quality_vs_nfe_{problem}" + ("_quick" if args.quick else "")
         ctx.save(stem, dict(problem=problem, info=info, n=n, metric=metric, floor=floor, budgets=list(budgets),
-                            elapsed_s=elapsed, summary=summary, rows=rows))
-        print(f"{problem}: {elapsed:.0f}s; wrote {ctx.path(stem, 'md')}", flush=True)
+                            elapsed_s=time.perf_counter() - t_problem, summary=summary, rows=rows))
+        print(f"{problem}: wrote {ctx.path(stem, 'md')}", flush=True)
 
 
 def _fmt(v, digits=4):
     return "nan" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
 
 
-def is_frontier(data: dict) -> bool:
-    return data.get("kind") == "frontier" or "best" in data  # frontier files stored before ``kind``
-
-
 def render(data):
-    if is_frontier(data):
+    if data.get("kind") == "frontier" or "best" in data:  # frontier files stored before ``kind`` have ``best``
         return frontier_markdown(data)
     problem, machine, metric, floor, rows, summary = (data[k] for k in ("problem", "machine", "metric", "floor",
                                                                         "rows", "summary"))
-    budgets, digits, n = data["budgets"], problem == "digits", data["n"]
+    budgets = data.get("budgets") or sorted({r["budget"] for r in rows if r["budget"] is not None})
+    digits, n, nan = problem == "digits", data["n"], float("nan")
     second = "kid" if digits else "mmd2"
     lines = [f"# Quality vs NFE: {problem}", "", f"Command: `{data['command']}`", "",
              f"{data['info']}. n = {n} samples per solver (seed 0); {machine['backend']}, {machine['cpus']} CPUs, "
              f"jax {machine['jax']}, {machine['date']}; {data['elapsed_s']:.0f} s.", "",
              f"Noise floor of {metric}: {_fmt(floor)} (exact-vs-exact / real-vs-real at this n)."]
     if digits:
-        sd = [r.get("fd_std", float("nan")) for r in rows]
-        lines += [f"Bootstrap std of FD at this n: median {_fmt(float(np.nanmedian(sd)), 3)}."]
+        sd = float(np.nanmedian([r.get("fd_std", nan) for r in rows]))
+        lines += [f"Bootstrap std of FD at this n: median {_fmt(sd, 3)}."]
     lines += ["", f"## {metric} by NFE budget (fixed-step solvers; final Tweedie step included)", "",
-              "| solver | " + " | ".join(str(b) for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
-    fams = list(dict.fromkeys(r["family"] for r in rows if r["budget"] is not None))
-    for fam in fams:
-        cells = []
-        for b in budgets:
-            r = next((r for r in rows if r["family"] == fam and r["budget"] == b), None)
-            cells.append("—" if r is None else (_fmt(r[metric]) + ("" if r["mean_nfe"] == b else
-                                                                   f" ({r['mean_nfe']:.0f})")))
-        lines.append(f"| {fam} | " + " | ".join(cells) + " |")
-    lines += ["", "(NFE in parentheses where it differs from the budget; — = not run.)", "",
-              "## Winners", "", "| budget | best solver | " + metric + " | tied within noise |", "|---|---|---|---|"]
-    for b, w in summary["winners_by_budget"].items():
-        lines.append(f"| {b} | {w['solver']} | {_fmt(w[metric])} | {', '.join(w.get('tied', []))} |")
+              *pivot(["solver", *budgets], [r for r in rows if r["budget"] is not None], "family", "budget", budgets,
+                     lambda r: _fmt(r[metric]) + ("" if r["mean_nfe"] == r["budget"] else f" ({r['mean_nfe']:.0f})")),
+              "", "(NFE in parentheses where it differs from the budget; — = not run.)", "", "## Winners", "",
+              "| budget | best solver | " + metric + " | tied within noise |", "|---|---|---|---|"]
+    lines += [f"| {b} | {w['solver']} | {_fmt(w[metric])} | {', '.join(w.get('tied', []))} |"
+              for b, w in summary["winners_by_budget"].items()]
     lines += ["", ("Tied: FD within 2 bootstrap sigma of the best." if digits else
                    f"Tied: all at the noise floor (<= 1.25 x {_fmt(floor)}) when the best is there.")]
-    if "headline" in summary:
-        h = summary["headline"]
+    if h := summary.get("headline"):
         lines += ["", f"**At 10 NFE the best of DPM-Solver++/SA-Solver/ForwardValue is {h['best_fast_at_10']} "
                   f"with FD {h['fd_best_fast_at_10']:.3f}; EM at 200 NFE: FD {h['fd_em200']:.3f} (2 sigma of the "
                   f"difference {h['two_sigma']:.3f}). No worse: {'yes' if h['no_worse'] else 'no'}; within 2 bootstrap "
@@ -271,36 +230,30 @@ def render(data):
     lines += ["", "## All runs", "", f"| solver | setting | mean NFE | max NFE | {metric} | {second} | "
               + ("FD boot. std | " if digits else "mode TV | ") + "wall s | failed |",
               "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        third = r.get("fd_std", float("nan")) if digits else r.get("mode_tv", float("nan"))
-        lines.append(f"| {r['family']} | {r['setting']} | {r['mean_nfe']:.1f} | {r['max_nfe']} | {_fmt(r[metric])} | "
-                     f"{_fmt(r.get(second, float('nan')))} | {_fmt(third, 3)} | {r['wall_s']:.1f} | {r['failed']} |")
+    lines += [f"| {r['family']} | {r['setting']} | {r['mean_nfe']:.1f} | {r['max_nfe']} | {_fmt(r[metric])} | "
+              f"{_fmt(r.get(second, nan))} | {_fmt(r.get('fd_std' if digits else 'mode_tv', nan), 3)} | "
+              f"{r['wall_s']:.1f} | {r['failed']} |" for r in rows]
     return "\n".join(lines)
 
 
 def plot(data, path):
-    if is_frontier(data):
-        return plot_frontier(path, data)
-    import matplotlib.pyplot as plt
-
-    problem, n, metric, floor, rows = (data[k] for k in ("problem", "n", "metric", "floor", "rows"))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for fam in dict.fromkeys(r["family"] for r in rows):
-        pts = sorted((r["mean_nfe"], r[metric]) for r in rows if r["family"] == fam and np.isfinite(r[metric]))
-        if pts:
-            ax.plot(*zip(*pts, strict=True), marker=FAMILY_STYLE.get(fam, "o"), label=fam,
-                    ls="--" if fam in ("EM", "PC", "GGF", "PF-ODE") else "-")
-    if np.isfinite(floor):
-        ax.axhline(floor, ls=":", c="gray", label="noise floor")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("NFE per sample (mean for adaptive solvers)")
-    ax.set_ylabel({"fd": "FD-digits", "sw2": "sliced W2"}.get(metric, metric) + " (lower is better)")
-    ax.set_title(f"{problem}, n={n}")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    frontier = data.get("kind") == "frontier" or "best" in data
+    rows, name, y = data["rows"], "sampler" if frontier else "family", "quality" if frontier else data["metric"]
+    series = {}
+    for i, label in enumerate(dict.fromkeys(r[name] for r in rows)):
+        lib = next(r.get("lib") for r in rows if r[name] == label)
+        style = (dict(marker="os^v<>Dph*xP+X"[i % 14], ls="-" if lib == "jaxsde" else "--", lw=1)
+                 if frontier else dict(marker=FAMILY_STYLE.get(label, "o"),
+                                       ls="--" if label in ("EM", "PC", "GGF", "PF-ODE") else "-"))
+        series[label] = ([(r["mean_nfe"], r[y]) for r in rows if r[name] == label], style)
+    if frontier:
+        return curves(path, series, xlabel="NFE per sample (final denoising step included)", ylabel=data["label"],
+                      title=f"{data['problem']} ({data['sde']}), n={data['n']}: jaxsde solid, k-diffusion dashed",
+                      hline=(data["floor"][0], "exact vs exact"), logy=True, size=(9, 5.5), xticks=data["budgets"],
+                      legend=6)
+    curves(path, series, xlabel="NFE per sample (mean for adaptive solvers)", title=f"{data['problem']}, n={data['n']}",
+           ylabel={"fd": "FD-digits", "sw2": "sliced W2"}.get(y, y) + " (lower is better)",
+           hline=(data["floor"], "noise floor"), logy=True, size=(7, 4.5))
 
 
 # --- the frontier (issue 22): every fixed-budget sampler of jaxsde and of k-diffusion, same score --------------
@@ -472,12 +425,7 @@ def _verdict(j, k):
     combined bootstrap sd."""
     diff = k["quality"] - j["quality"]
     sd = float(np.hypot(j["sd"], k["sd"]))
-    if diff > 2 * sd:
-        word = "jaxsde better"
-    elif diff < -2 * sd:
-        word = "k-diffusion better"
-    else:
-        word = "tie (within 2 sd)"
+    word = "jaxsde better" if diff > 2 * sd else "k-diffusion better" if diff < -2 * sd else "tie (within 2 sd)"
     return dict(diff=diff, combined_sd=sd, verdict=word, jaxsde_best_or_tied=bool(diff >= -2 * sd))
 
 
@@ -491,9 +439,9 @@ def frontier_best(rows, budgets):
             if cands:
                 best[lib] = min(cands, key=lambda r: r["quality"])
         if len(best) == 2:
-            out[str(b)] = dict(jaxsde={k: best["jaxsde"][k] for k in ("sampler", "quality", "sd", "mean_nfe")},
-                               k_diffusion={k: best["k-diffusion"][k] for k in ("sampler", "quality", "sd",
-                                                                               "mean_nfe")},
+            keep = ("sampler", "quality", "sd", "mean_nfe")
+            out[str(b)] = dict(jaxsde={k: best["jaxsde"][k] for k in keep},
+                               k_diffusion={k: best["k-diffusion"][k] for k in keep},
                                **_verdict(best["jaxsde"], best["k-diffusion"]))
     return out
 
@@ -510,12 +458,9 @@ def frontier(args, ctx):
         n = args.n_frontier if args.n_frontier else (64 if args.quick else (300 if problem == "digits" else 1000))
         x_T = prior(target, args.seed, n)
         floor_q, floor_sd = target.floor(jax.random.PRNGKey(args.seed + 17), n)
-        rows = []
-        tuner = None
-        if args.tuned:
-            digits = problem == "digits"
-            tuner = GridTuner(target, args.seed, args.n_calibration or (32 if digits else 256),
-                              args.tune_iterations or (60 if digits else 100))
+        rows, digits = [], problem == "digits"
+        tuner = GridTuner(target, args.seed, args.n_calibration or (32 if digits else 256),
+                          args.tune_iterations or (60 if digits else 100)) if args.tuned else None
         for b in budgets:
             jobs = [("jaxsde", name, solver) for name, solver in
                     frontier_jaxsde_solvers(b, isinstance(target.sde, jaxsde.VESDE))]
@@ -538,19 +483,18 @@ def frontier(args, ctx):
                     if isinstance(solver, tuple):  # a tuned grid: learn it now (only for the samplers asked for)
                         tune, base, steps = solver
                         solver, tuning = tune(base, steps)
-                    if lib == K_DIFFUSION_ON_LEARNED:
-                        kd, _, twin = name.partition(" on tuned grid of ")
-                        x, calls, wall = run_k_diffusion_fixed(target, kd, b, x_T, args.seed, times=tuning["times"])
-                        failed, mean_nfe, max_nfe = 0, float(calls), int(calls)
-                        setting = f"sample_{kd} on the sigmas of jaxsde's learned grid for {twin}"
-                    elif lib == "jaxsde":
+                    if lib == "jaxsde":
                         x, nfe, failed, wall = run_jaxsde(target, solver, args.seed, n, 0)
-                        mean_nfe, max_nfe, setting = float(nfe.mean()), int(nfe.max()), repr(solver)
-                    else:
-                        x, calls, wall = run_k_diffusion_fixed(target, name, b, x_T, args.seed)
-                        failed, mean_nfe, max_nfe = 0, float(calls), int(calls)
-                        base, _, schedule = name.partition("@")
-                        setting = f"sample_{base}, " + ("exponential" if schedule else "Karras") + " sigmas"
+                        setting = repr(solver)
+                    else:  # k-diffusion, on its sigmas or (K_DIFFUSION_ON_LEARNED) on jaxsde's learned grid
+                        kd, _, twin = name.partition(" on tuned grid of ")
+                        x, calls, wall = run_k_diffusion_fixed(target, kd, b, x_T, args.seed,
+                                                               times=tuning["times"] if twin else None)
+                        nfe, failed = np.array([calls]), 0
+                        base, _, schedule = kd.partition("@")
+                        setting = (f"sample_{kd} on the sigmas of jaxsde's learned grid for {twin}" if twin else
+                                   f"sample_{base}, " + ("exponential" if schedule else "Karras") + " sigmas")
+                    mean_nfe, max_nfe = float(nfe.mean()), int(nfe.max())
                     good = np.all(np.isfinite(np.asarray(x).reshape(len(x), -1)), axis=1)
                     failed += int(np.sum(~good))
                     q, sd = target.quality(np.asarray(x)[good]) if good.sum() > 10 else (float("nan"), float("nan"))
@@ -599,18 +543,10 @@ def frontier_markdown(res) -> str:
         lines.append(f"| {b} | {j['sampler']} | {_q(j)} | {j['mean_nfe']:.0f} | {k['sampler']} | {_q(k)} | "
                      f"{k['mean_nfe']:.0f} | {w['diff']:+.4f} / {w['combined_sd']:.4f} | {w['verdict']} |")
     lines += ["", "Verdict: the difference (k-diffusion's best minus jaxsde's best) against 2 combined sd.", "",
-              "## Every sampler", "", "| sampler | " + " | ".join(f"NFE <= {b}" for b in budgets) + " |",
-              "|---|" + "---|" * len(budgets)]
-    for name in dict.fromkeys(r["sampler"] for r in res["rows"]):
-        cells = []
-        for b in budgets:
-            r = next((r for r in res["rows"] if r["sampler"] == name and r["budget"] == b), None)
-            if r is None:
-                cells.append("—")
-                continue
-            cell = _q(r) + ("" if r["mean_nfe"] == b else f" (NFE {r['mean_nfe']:.0f})")
-            cells.append(cell + (f", {r['failed']} failed" if r["failed"] else ""))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+              "## Every sampler", "",
+              *pivot(["sampler", *(f"NFE <= {b}" for b in budgets)], res["rows"], "sampler", "budget", budgets,
+                     lambda r: _q(r) + ("" if r["mean_nfe"] == r["budget"] else f" (NFE {r['mean_nfe']:.0f})")
+                     + (f", {r['failed']} failed" if r["failed"] else ""))]
     lines += ["", "(NFE in parentheses where it differs from the budget: 2-NFE-per-step samplers at even budgets.)",
               "", "Settings: " + "; ".join(dict.fromkeys(f"{r['sampler']}: `{r['setting']}`" for r in res["rows"]
                                                          if r["budget"] == budgets[0]))]
@@ -663,27 +599,3 @@ def write_frontier_summary(out):
                          f"{', '.join(g['files'])} |")
     with open(os.path.join(out, "frontier_summary.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
-
-
-def plot_frontier(path, res):
-    if (plt := pyplot()) is None:
-        return
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    markers = "os^v<>Dph*xP+X"
-    for i, name in enumerate(dict.fromkeys(r["sampler"] for r in res["rows"])):
-        rs = sorted((r for r in res["rows"] if r["sampler"] == name and np.isfinite(r["quality"])),
-                    key=lambda r: r["mean_nfe"])
-        if rs:
-            ax.plot([r["mean_nfe"] for r in rs], [r["quality"] for r in rs], "--" if rs[0]["lib"] != "jaxsde" else "-",
-                    marker=markers[i % len(markers)], label=name, lw=1)
-    ax.axhline(res["floor"][0], color="gray", ls=":", label="exact vs exact")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xticks(res["budgets"], [str(b) for b in res["budgets"]])
-    ax.set_xlabel("NFE per sample (final denoising step included)")
-    ax.set_ylabel(res["label"])
-    ax.set_title(f"{res['problem']} ({res['sde']}), n={res['n']}: jaxsde solid, k-diffusion dashed")
-    ax.legend(fontsize=6, ncol=2, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -30,7 +30,7 @@ def items(only: list[str] | None) -> list[tuple[str, list[str], str | None]]:
     no_kd = None if has_k_diffusion() else "k-diffusion is not installed"
     plan = [
         ("gpu", ["--smoke", "--budget", "600", *(["--eqx", eqx32] if eqx32 else [])], None),
-        ("quality_vs_nfe", ["--frontier", "--quick", "--cache", ""], no_kd),
+        ("quality_vs_nfe", ["--frontier", "--quick"], no_kd),
         ("galaxies", ["--quick", "--models", "hsc32", "--n", "6"],
          no_kd or (None if eqx32 else "galaxygrad==0.2.1 (its HSC-32 weights) is not installed")),
     ]
