@@ -43,10 +43,13 @@ def timed_runs(once, repeats: int):
     return out, float(np.median(times))
 
 
-def sample_chunks(sde, score_fn, params, shape, solver, n: int, seed: int, batch: int, cond=None):
+def sample_chunks(sde, score_fn, params, shape, solver, n: int, seed: int, batch: int, cond=None, warmup=False,
+                  sample=None):
     """Samples 0..n-1 of ``seed`` (sample i: ``fold_in(PRNGKey(seed), i)``) in chunks of ``batch``, one compiled
-    program (``score_fn(params)`` the score; ``cond``: per-sample conditions, ``(n, ...)``, or None). Returns
-    ``(x, per-sample NFE, failed count, wall s of the chunks, compile s)``."""
+    program (``score_fn(params)`` the score; ``cond``: per-sample conditions, ``(n, ...)``, or None; ``sample``:
+    ``jaxsde.sample`` or another function of its arguments, e.g. ``jaxsde.sample_multilevel``; ``warmup``: one
+    untimed call first). Returns ``(x, per-sample NFE, failed count, wall s of the chunks, compile s)``."""
+    sample = sample or jaxsde.sample
     padded = None if cond is None else np.concatenate([np.asarray(cond), np.zeros((batch, *np.shape(cond)[1:]),
                                                                                    np.asarray(cond).dtype)])
 
@@ -55,11 +58,14 @@ def sample_chunks(sde, score_fn, params, shape, solver, n: int, seed: int, batch
 
     @jax.jit
     def chunk(p, offset, c):
-        return jaxsde.sample(jax.random.PRNGKey(seed), sde, score_fn(p), solver, shape, batch, offset=offset, cond=c)
+        kw = {} if c is None else {"cond": c}
+        return sample(jax.random.PRNGKey(seed), sde, score_fn(p), solver, shape, batch, offset=offset, **kw)
 
     t0 = time.perf_counter()
     compiled = chunk.lower(params, jnp.int32(0), cond_at(0)).compile()
     compile_s = time.perf_counter() - t0
+    if warmup:
+        jax.block_until_ready(compiled(params, jnp.int32(0), cond_at(0)))
     xs, nfes, fails = [], [], 0
     t0 = time.perf_counter()
     for start in range(0, n, batch):

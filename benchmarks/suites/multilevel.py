@@ -10,9 +10,6 @@ evaluations for EM on the largest model and ``sample_multilevel`` at several ste
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,21 +18,13 @@ import jaxsde
 from jaxsde.data import load_digits
 from jaxsde.solvers.multilevel import multilevel_cost, optimal_probabilities
 from jaxsde.testing.metrics.digits import DigitsMetrics
+from jaxsde.timing import time_compiled
 
 from ..harness.machine import describe
+from ..harness.samplers import sample_chunks
+from ..harness.writer import curves
 
 LEVELS = ("digits-small", "digits-medium", "digits-large")
-
-
-def timed(fn, *args, repeats=5):
-    compiled = jax.jit(fn).lower(*args).compile()
-    out = jax.block_until_ready(compiled(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - t0)
-    return out, statistics.median(times)
 
 
 def level_statistics(ckpts, batch, seed=0):
@@ -57,7 +46,7 @@ def level_statistics(ckpts, batch, seed=0):
             s = jax.vmap(c.score_fn(params))(x, tt)
             return -jax.vmap(lambda si, ti: sde.marginal(ti)[1] * si)(s, tt)
 
-        _, sec = timed(eps_of, c.params, xt[:batch], t[:batch])
+        sec = time_compiled(eps_of, c.params, xt[:batch], t[:batch], repeats=5)[1].median_s
         analysis = jax.jit(eps_of).lower(c.params, xt[:batch], t[:batch]).compile().cost_analysis()
         analysis = analysis[0] if isinstance(analysis, list) else analysis
         costs.append(float(analysis["flops"]))
@@ -131,32 +120,19 @@ def run(args, ctx):
     print(f"gamma (small->medium costs vs medium/large errors): {gamma:.2f}; {gamma_note}", flush=True)
 
     metrics = DigitsMetrics()
-    mscore_params = [ck.params for ck in ckpts]
     rows = []
 
     def run(name, solver, steps, multilevel):
-        @jax.jit
-        def chunk(params, offset):
+        def score_fn(params):
             if multilevel:
-                score = jaxsde.MultilevelScore([ck.score_fn(p) for ck, p in zip(ckpts, params, strict=True)])
-                return jaxsde.sample_multilevel(jax.random.PRNGKey(0), sde, score, solver, ckpts[-1].shape, batch,
-                                                offset=offset)
-            return jaxsde.sample(jax.random.PRNGKey(0), sde, ckpts[-1].score_fn(params[-1]), solver,
-                                 ckpts[-1].shape, batch, offset=offset)
+                return jaxsde.MultilevelScore([ck.score_fn(p) for ck, p in zip(ckpts, params, strict=True)])
+            return ckpts[-1].score_fn(params[-1])
 
-        compiled = chunk.lower(mscore_params, jnp.int32(0)).compile()
-        jax.block_until_ready(compiled(mscore_params, jnp.int32(0)))  # warm-up
-        xs, nfes = [], []
-        t0 = time.perf_counter()
-        for start in range(0, n, batch):
-            sol = jax.block_until_ready(compiled(mscore_params, jnp.int32(start)))
-            xs.append(np.asarray(sol.x))
-            nfes.append(np.asarray(sol.stats.nfe))
-        wall = time.perf_counter() - t0
-        x = np.concatenate(xs)[:n]
+        x, nfe, _, wall, _ = sample_chunks(sde, score_fn, [ck.params for ck in ckpts], ckpts[-1].shape, solver, n, 0,
+                                           batch, warmup=True, sample=jaxsde.sample_multilevel if multilevel else None)
         cost = multilevel_cost(solver, c) if multilevel else float(steps + 1)
         r = metrics.report(x, sde.data_range, bootstrap=50)
-        row = dict(solver=name, steps=steps, cost=cost, mean_nfe=float(np.concatenate(nfes).mean()), wall_s=wall,
+        row = dict(solver=name, steps=steps, cost=cost, mean_nfe=float(nfe.mean()), wall_s=wall,
                    fd=r["fd"], fd_std=r["fd_std"], kid=r["kid"], confident=r["confident"], class_tv=r["class_tv"],
                    probabilities=list(getattr(solver, "probabilities", [1.0])))
         rows.append(row)
@@ -199,16 +175,7 @@ def render(data):
 
 
 def plot(data, path):
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for fam, marker in (("EM", "o"), ("ML-EM", "D")):
-        pts = sorted((r["cost"], r["fd"]) for r in data["rows"] if r["solver"].split(" ")[0] == fam)
-        if pts:
-            ax.plot(*zip(*pts, strict=True), marker=marker, ls="" if fam == "ML-EM" else "-", label=fam)
-    ax.set_xscale("log")
-    ax.set_xlabel("cost per sample (evaluations of the largest model)")
-    ax.set_ylabel("FD-digits (lower is better)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    curves(path, {fam: ([(r["cost"], r["fd"]) for r in data["rows"] if r["solver"].split(" ")[0] == fam],
+                        dict(marker=marker, ls="" if fam == "ML-EM" else "-")) for fam, marker in (("EM", "o"),
+                                                                                              ("ML-EM", "D"))},
+           xlabel="cost per sample (evaluations of the largest model)", ylabel="FD-digits (lower is better)")
