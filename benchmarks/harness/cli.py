@@ -56,7 +56,8 @@ def report(out: str) -> int:
             data = json.load(f)
         if not isinstance(data, dict):
             continue
-        found = re.search(r"python -m benchmarks run (\w+)", str(data.get("command", "")))
+        stored = data.get("command") or (data.get("meta") or data.get("machine") or {}).get("command", "")
+        found = re.search(r"python -m benchmarks run (\w+)", str(stored))
         name = data.get("suite") or (found and found.group(1))
         if name in names() and hasattr(suite := load(name), "render"):
             try:

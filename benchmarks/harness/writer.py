@@ -102,6 +102,26 @@ def pyplot():
     return plt
 
 
+def columns(rows: list[dict], spec: dict, missing: str | None = None) -> list[str]:
+    """A Markdown table's lines, one row per dict in ``rows``: ``spec`` maps each column's header to a
+    ``str.format`` template over the row's keys (``"{fd:.2f} +- {fd_std:.2f}"``) or to a function of the row;
+    a cell whose key a row lacks is ``missing`` (None: the ``KeyError`` propagates)."""
+
+    def cell(f, r):
+        try:
+            return f(r) if callable(f) else f.format(**r)
+        except KeyError:
+            if missing is None:
+                raise
+            return missing
+
+    return table(list(spec), [[cell(f, r) for f in spec.values()] for r in rows])
+
+
+def yes(flag) -> str:
+    return "yes" if flag else "no"
+
+
 def header(data: dict, title: str, *notes: str) -> list[str]:
     """A results ``.md``'s first lines: the title, the stored command, then one line of the machine's
     description (:func:`~benchmarks.harness.machine.describe`) and the ``notes`` joined by "; "."""

@@ -14,6 +14,7 @@ import jax
 import jaxsde
 
 from ..harness.machine import describe
+from ..harness.writer import columns
 
 SWEEPS = {
     "GottaGoFast rtol": (lambda r: jaxsde.GottaGoFast(rtol=r), (0.1, 0.05, 0.02, 0.01, 0.005)),
@@ -67,9 +68,8 @@ def render(data):
     m = data["machine"]
     lines = [f"# Compilations of a settings sweep (digits, n = {data['n']})", "",
              f"Reproduce: `{data['command']}` at commit {m['git_commit']}.", "", describe(m) + ".", "",
-             "| sweep | values | compilations | sum of first calls (s) | sum of (first - second call) (s) | "
-             "second calls (s) |", "|---|---|---|---|---|---|"]
-    for r in data["rows"]:
-        lines.append(f"| {r['sweep']} | {len(r['values'])} | {r['compilations']} | {r['total_s']:.1f} | "
-                     f"{r['compile_s_estimate']:.1f} | " + ", ".join(f"{a:.2f}" for a in r["run_s"]) + " |")
+             *columns(data["rows"], {"sweep": "{sweep}", "values": lambda r: str(len(r["values"])),
+                                     "compilations": "{compilations}", "sum of first calls (s)": "{total_s:.1f}",
+                                     "sum of (first - second call) (s)": "{compile_s_estimate:.1f}",
+                                     "second calls (s)": lambda r: ", ".join(f"{a:.2f}" for a in r["run_s"])})]
     return "\n".join(lines)

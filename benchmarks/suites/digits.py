@@ -14,6 +14,7 @@ from jaxsde.testing.metrics.digits import DigitsMetrics
 
 from ..harness.machine import describe
 from ..harness.samplers import sample_chunks
+from ..harness.writer import columns, yes
 
 
 def sample_all(ckpt, solver, n, seed, batch):
@@ -100,13 +101,11 @@ def render(data):
     lines = [f"# {data['model']}: FD-digits vs NFE", "", f"Command: `{data['command']}`", "",
              f"{describe(data['machine'])}; n = {data['n']} samples per solver, seed 0; EM-1000 seed 1 FD "
              f"{data['fd_em1000_seed1']:.3f}.", "", f"**{data['headline']}**", "",
-             "| solver | mean NFE | max NFE | FD-digits +- bootstrap std | KID | confident | class TV | wall s "
-             "| failed | within noise of EM 1000 |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['solver']} | {r['mean_nfe']:.1f} | {r['max_nfe']} | {r['fd']:.2f} +- {r['fd_std']:.2f} | "
-                     f"{r['kid']:.3f} | "
-                     f"{r['confident']:.2f} | {r['class_tv']:.3f} | {r['wall_s']:.1f} | {r['failed']} | "
-                     f"{'yes' if r['within_noise_of_em1000'] else 'no'} |")
+             *columns(rows, {"solver": "{solver}", "mean NFE": "{mean_nfe:.1f}", "max NFE": "{max_nfe}",
+                             "FD-digits +- bootstrap std": "{fd:.2f} +- {fd_std:.2f}", "KID": "{kid:.3f}",
+                             "confident": "{confident:.2f}", "class TV": "{class_tv:.3f}", "wall s": "{wall_s:.1f}",
+                             "failed": "{failed}",
+                             "within noise of EM 1000": lambda r: yes(r["within_noise_of_em1000"])})]
     lines += ["", f"Real-vs-real floor: FD {rows[0]['fd_floor']:.3f}, KID {rows[0]['kid_floor']:.3f} "
               f"(n={int(rows[0]['n_floor'])} held-out vs train)."]
     return "\n".join(lines)

@@ -21,6 +21,7 @@ from jaxsde.timing import compile_cpu_seconds
 
 from ..harness.machine import describe, machine_info
 from ..harness.timing import interleaved
+from ..harness.writer import columns
 
 
 def programs(shape, n, steps):
@@ -106,13 +107,14 @@ def run(args, ctx):
 def render(data: dict) -> str:
     lines = ["# Fixed-step EM: jaxsde vs diffrax Euler (interleaved timing)", "", f"Command: `{data['command']}`", "",
              describe(data["machine"]), "",
-             "| problem | n x steps | EM ms | Euler ms | ratio median (range) | ratio, check_finite=False | "
-             "compile s EM / Euler | FLOPs EM / Euler | bytes EM / Euler |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in data["rows"]:
-        lines.append(f"| {r['problem']} | {r['n']} x {r['steps']} | {r['em_median_s'] * 1e3:.1f} | "
-                     f"{r['euler_median_s'] * 1e3:.1f} | **{r['ratio_median']:.3f}** ({r['ratio_min']:.3f}-"
-                     f"{r['ratio_max']:.3f}) | {r['ratio_unchecked_median']:.3f} | "
-                     f"{r['em_compile_s']:.2f} / {r['euler_compile_s']:.2f} | "
-                     f"{r['em_cost']['flops']:.3g} / {r['euler_cost']['flops']:.3g} | "
-                     f"{r['em_cost']['bytes accessed']:.3g} / {r['euler_cost']['bytes accessed']:.3g} |")
+             *columns(data["rows"], {
+                 "problem": "{problem}", "n x steps": "{n} x {steps}",
+                 "EM ms": lambda r: f"{r['em_median_s'] * 1e3:.1f}",
+                 "Euler ms": lambda r: f"{r['euler_median_s'] * 1e3:.1f}",
+                 "ratio median (range)": "**{ratio_median:.3f}** ({ratio_min:.3f}-{ratio_max:.3f})",
+                 "ratio, check_finite=False": "{ratio_unchecked_median:.3f}",
+                 "compile s EM / Euler": "{em_compile_s:.2f} / {euler_compile_s:.2f}",
+                 "FLOPs EM / Euler": lambda r: f"{r['em_cost']['flops']:.3g} / {r['euler_cost']['flops']:.3g}",
+                 "bytes EM / Euler": lambda r: f"{r['em_cost']['bytes accessed']:.3g} / "
+                                               f"{r['euler_cost']['bytes accessed']:.3g}"})]
     return "\n".join(lines)

@@ -16,6 +16,7 @@ from jaxsde.train_config import TrainConfig
 from jaxsde.training import init_params
 
 from ..harness.machine import describe, machine_info
+from ..harness.writer import columns
 from .digits import sample_all
 
 
@@ -68,11 +69,9 @@ def render(data: dict) -> str:
              f"Command: `{data['command']}`", "",
              f"{describe(data['machine'])}; n = {data['n']} samples per row, the same keys in every row; the plain "
              f"EMA holds {data['init_share']:.4f} of the random initialisation.", "",
-             "| solver | weights | mean NFE | FD-digits +- bootstrap std | KID | confident | wall s | failed |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['solver']} | {r['weights']} | {r['mean_nfe']:.1f} | {r['fd']:.2f} +- {r['fd_std']:.2f} | "
-                     f"{r['kid']:.3f} | {r['confident']:.2f} | {r['wall_s']:.1f} | {r['failed']} |")
+             *columns(rows, {"solver": "{solver}", "weights": "{weights}", "mean NFE": "{mean_nfe:.1f}",
+                             "FD-digits +- bootstrap std": "{fd:.2f} +- {fd_std:.2f}", "KID": "{kid:.3f}",
+                             "confident": "{confident:.2f}", "wall s": "{wall_s:.1f}", "failed": "{failed}"})]
     lines += ["", f"Real-vs-real floor: FD {rows[0]['fd_floor']:.3f}, KID {rows[0]['kid_floor']:.3f} "
               f"(n={int(rows[0]['n_floor'])} held-out vs train)."]
     return "\n".join(lines)

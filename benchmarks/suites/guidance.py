@@ -18,6 +18,7 @@ from jaxsde.testing.metrics.digits import DigitsMetrics
 
 from ..harness.machine import describe
 from ..harness.samplers import sample_chunks
+from ..harness.writer import columns
 
 SOLVERS = {
     "EM-200": lambda: jaxsde.EulerMaruyama(200),
@@ -135,13 +136,11 @@ def render(data):
              f"digits' own per-class FD, about 36 per class, is {data['class_floor_mean']:.2f} on average).", "",
              f"Unconditional reference ({reference['solver']}): FD-digits {reference['fd']:.2f} +- "
              f"{reference['fd_std']:.2f}; 2x that is {2 * reference['fd']:.2f}.", "",
-             "| solver | w | mean NFE | max NFE | accuracy | FD/class mean | FD/class max | FD | wall s | failed |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        acc = (f"{100 * r['accuracy']:.1f}% | {r['fd_class_mean']:.2f} | {r['fd_class_max']:.2f}"
-               if "accuracy" in r else "- | - | -")
-        lines.append(f"| {r['solver']} ({r['kind']}) | {r['weight']:g} | {r['mean_nfe']:.1f} | {r['max_nfe']} | "
-                     f"{acc} | {r['fd']:.2f} +- {r['fd_std']:.2f} | {r['wall_s']:.1f} | {r['failed']} |")
+             *columns(rows, {"solver": "{solver} ({kind})", "w": "{weight:g}", "mean NFE": "{mean_nfe:.1f}",
+                             "max NFE": "{max_nfe}", "accuracy": lambda r: f"{100 * r['accuracy']:.1f}%",
+                             "FD/class mean": "{fd_class_mean:.2f}", "FD/class max": "{fd_class_max:.2f}",
+                             "FD": "{fd:.2f} +- {fd_std:.2f}", "wall s": "{wall_s:.1f}", "failed": "{failed}"},
+                     missing="-")]
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 from ..harness.machine import ROOT, describe
+from ..harness.writer import columns
 
 HEAVY = ("optax", "diffrax", "torch", "flax", "jaxsde.training", "jaxsde.sparse", "jaxsde.batching",
          "jaxsde.generate")
@@ -59,8 +60,7 @@ def run(args, ctx):
 def render(data):
     lines = ["# `import jaxsde` on top of `import jax`", "", f"Command: `{data['command']}`", "",
              f"{describe(data['machine'])}; {data['rounds']} interleaved rounds, a fresh interpreter each.", "",
-             "| tree | median s | all s | heavy modules loaded |", "|---|---|---|---|"]
-    for r in data["rows"]:
-        lines.append(f"| {r['tree']} | {r['median_s']:.3f} | {', '.join(f'{v:.3f}' for v in r['all_s'])} | "
-                     f"{', '.join(r['loaded']) or 'none'} |")
+             *columns(data["rows"], {"tree": "{tree}", "median s": "{median_s:.3f}",
+                                     "all s": lambda r: ", ".join(f"{v:.3f}" for v in r["all_s"]),
+                                     "heavy modules loaded": lambda r: ", ".join(r["loaded"]) or "none"})]
     return "\n".join(lines)

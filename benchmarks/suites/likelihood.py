@@ -24,6 +24,7 @@ from jaxsde.testing.targets import GaussianMixture
 from ..harness.kdiffusion import sampling_module
 from ..harness.machine import describe, machine_info
 from ..harness.timing import interleaved
+from ..harness.writer import columns
 
 
 def torch_denoiser(gm: GaussianMixture, torch):
@@ -135,11 +136,10 @@ def render(data: dict) -> str:
              f"batch's time / n, median of {repeats} interleaved repeats after a warm-up (compile apart).", "",
              f"**wall time per likelihood, k-diffusion / jaxsde, one probe each: {ratios[1e-4]:.1f}x at tol 1e-4, "
              f"{ratios[1e-5]:.1f}x at tol 1e-5**", "",
-             "| row | bias (nats/dim) +- se | RMS error | mean NFE | ms per likelihood | compile s | failed |",
-             "|---|---|---|---|---|---|---|"]
-    for r in data["rows"]:
-        lines.append(f"| {r['row']} | {r['bias']:+.2e} +- {r['bias_se']:.1e} | {r['rms']:.2e} | {r['mean_nfe']:.1f} | "
-                     f"{r['wall_per_likelihood_ms']:.2f} | {r['compile_s']:.1f} | {r['failed']} |")
+             *columns(data["rows"], {"row": "{row}", "bias (nats/dim) +- se": "{bias:+.2e} +- {bias_se:.1e}",
+                                     "RMS error": "{rms:.2e}", "mean NFE": "{mean_nfe:.1f}",
+                                     "ms per likelihood": "{wall_per_likelihood_ms:.2f}",
+                                     "compile s": "{compile_s:.1f}", "failed": "{failed}"})]
     lines += ["", "k-diffusion's NFE is its batch's (one step sequence for all n points); jaxsde's is the mean of "
               "the per-sample step sequences. The exact divergence costs d Jacobian-vector products per evaluation, "
               "K probes cost K."]
