@@ -46,6 +46,7 @@ import numpy as np
 import jaxsde
 from jaxsde.testing.targets import GaussianMixture
 
+from ..harness.timing import interleaved
 from ..harness.writer import table
 
 T_END = 1e-3
@@ -167,14 +168,8 @@ def run(args, ctx):
                                          error=float(err.mean()), max_error=float(err.max()),
                                          failed=int(np.sum(~ok.astype(bool))))
             print(f"  {tname} {name}: compiled and warmed in {time.perf_counter() - t0:.1f}s", flush=True)
-        times = {k: [] for k in runs}
-        order = list(runs)
-        for r in range(rounds):
-            for key in order[r % len(order):] + order[:r % len(order)]:  # rotate the order each round
-                prog = programs[key[0]][0]
-                t0 = time.perf_counter()
-                jax.block_until_ready(prog(x32, jnp.float32(key[1])))
-                times[key].append(time.perf_counter() - t0)
+        times, _ = interleaved({key: (lambda p=programs[key[0]][0], tol=key[1], x=x32: p(x, jnp.float32(tol)))
+                                for key in runs}, rounds, warmup=False)  # the order rotates each round
         rows = []
         for key, row in runs.items():
             row["wall_s"] = statistics.median(times[key])
@@ -235,14 +230,9 @@ def render(data):
                      f"{ref_info['error_vs_10x_tol']:.1e}" if "error_vs_10x_tol" in ref_info else "")
             lines += [f"Reference: tol {ref_info['tol']:.0e}, mean NFE {ref_info['mean_nfe']:.0f}{extra}.", ""]
         lines += ["### Matched quality: fewest mean NFE reaching the error threshold", ""]
-        best_diffrax, tsit5 = {}, {}
-        for m in res["matched"]:
-            if m["solver"].startswith("diffrax") and m["mean_nfe"] is not None:
-                prev = best_diffrax.get(m["threshold"])
-                if prev is None or m["mean_nfe"] < prev["mean_nfe"]:
-                    best_diffrax[m["threshold"]] = m
-                if "Tsit5" in m["solver"]:
-                    tsit5[m["threshold"]] = m
+        peer = [m for m in res["matched"] if m["solver"].startswith("diffrax") and m["mean_nfe"] is not None]
+        best_diffrax = {m["threshold"]: m for m in sorted(peer[::-1], key=lambda m: -m["mean_nfe"])}  # fewest
+        tsit5 = {m["threshold"]: m for m in peer if "Tsit5" in m["solver"]}
 
         def ratio(m, ref, field):
             return "-" if ref is None or m[field] is None else f"{m[field] / ref[field]:.2f}"
