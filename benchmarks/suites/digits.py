@@ -14,7 +14,7 @@ from jaxsde.testing.metrics.digits import DigitsMetrics
 
 from ..harness.machine import describe
 from ..harness.samplers import sample_chunks
-from ..harness.writer import columns, yes
+from ..harness.writer import columns, curves, yes
 
 
 def sample_all(ckpt, solver, n, seed, batch):
@@ -96,9 +96,14 @@ def run(args, ctx):
              dict(model=args.model, n=n, rows=rows, fd_em1000_seed1=fd_seed2, tolerance=tol, headline=headline))
 
 
+def model(data):
+    """The stored model name (files stored before the ``model`` key: from the command's ``--model``)."""
+    return data.get("model") or data["command"].split("--model ")[1].split()[0]
+
+
 def render(data):
     rows = data["rows"]
-    lines = [f"# {data['model']}: FD-digits vs NFE", "", f"Command: `{data['command']}`", "",
+    lines = [f"# {model(data)}: FD-digits vs NFE", "", f"Command: `{data['command']}`", "",
              f"{describe(data['machine'])}; n = {data['n']} samples per solver, seed 0; EM-1000 seed 1 FD "
              f"{data['fd_em1000_seed1']:.3f}.", "", f"**{data['headline']}**", "",
              *columns(rows, {"solver": "{solver}", "mean NFE": "{mean_nfe:.1f}", "max NFE": "{max_nfe}",
@@ -112,19 +117,8 @@ def render(data):
 
 
 def plot(data, path):
-    import matplotlib.pyplot as plt
-
     rows = data["rows"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for fam, marker in (("EM", "o"), ("PC", "s"), ("PF", "^"), ("GGF", "D")):
-        pts = [(r["mean_nfe"], r["fd"]) for r in rows if r["solver"].startswith(fam)]
-        if pts:
-            ax.plot(*zip(*sorted(pts), strict=True), marker=marker, label=fam)
-    ax.axhline(rows[0]["fd_floor"], ls="--", c="gray", label="real-vs-real floor")
-    ax.set_xscale("log")
-    ax.set_xlabel("mean NFE per sample")
-    ax.set_ylabel("FD-digits (lower is better)")
-    ax.set_title(f"{data['model']}, n={data['n']}")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    curves(path, {fam: ([(r["mean_nfe"], r["fd"]) for r in rows if r["solver"].startswith(fam)], dict(marker=marker))
+                  for fam, marker in (("EM", "o"), ("PC", "s"), ("PF", "^"), ("GGF", "D"))},
+           xlabel="mean NFE per sample", ylabel="FD-digits (lower is better)", title=f"{model(data)}, n={data['n']}",
+           hline=(rows[0]["fd_floor"], "real-vs-real floor"))

@@ -130,8 +130,8 @@ def render(data):
     rows, reference = data["rows"], data["rows"][0]
     lines = ["# Classifier-free guidance on digits-cond", "", f"Command: `{data['command']}`", "",
              f"{describe(data['machine'])}; {data['per_class']} samples per label (label i mod 10), seed "
-             f"{data['seed']}, the same keys in every row. Accuracy: classified as the requested label by the clean "
-             "FD-digits classifier. FD: FD-digits +- bootstrap sd against the training set; FD/class: label c's "
+             f"{data.get('seed', 0)}, the same keys in every row. Accuracy: classified as the requested label by the "
+             "clean FD-digits classifier. FD: FD-digits +- bootstrap sd against the training set; FD/class: label c's "
              "samples against the training digits of class c (mean and max over the 10 classes; the held-out "
              f"digits' own per-class FD, about 36 per class, is {data['class_floor_mean']:.2f} on average).", "",
              f"Unconditional reference ({reference['solver']}): FD-digits {reference['fd']:.2f} +- "
