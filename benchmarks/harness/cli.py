@@ -34,6 +34,21 @@ def summary(name: str) -> str:
     return doc.splitlines()[0] if doc else ""
 
 
+HELP = dict(n="samples per row", batch="samples per compiled chunk", seed="the sampling seed",
+            rounds="interleaved timing rounds (medians reported)", name="the results file's stem or suffix",
+            model="an embedded model (jaxsde.pretrained)")
+
+
+def options(parser: argparse.ArgumentParser, **defaults: object) -> None:
+    """Add the options the suites share, each with its default here: ``n``, ``batch``, ``seed``, ``rounds``,
+    ``name``, ``model`` (see :data:`HELP`), and ``quick`` (a smoke run; the value is its help text)."""
+    for key, value in defaults.items():
+        if key == "quick":
+            parser.add_argument("--quick", action="store_true", help=str(value))
+        else:
+            parser.add_argument("--" + key, type=type(value), default=value, help=f"{HELP[key]} (default {value!r})")
+
+
 def run(name: str, argv: list[str]) -> None:
     suite = load(name)
     parser = argparse.ArgumentParser(prog=f"python -m benchmarks run {name}", description=suite.__doc__,

@@ -68,3 +68,43 @@ def ddim_loop(tnet, sched, x_T, k_steps: int, device: str = "cpu"):
     if device == "cuda":
         torch.cuda.synchronize()
     return x
+
+
+def ddim_setup(folder: str, batch: int, device: str = "cpu"):
+    """Both sides of :func:`save_weights`' network and one draw: ``(ckpt, tnet, sched, x_T, x_T_j, keys)``: jaxsde's
+    checkpoint, diffusers' ``UNet2DModel`` (eval mode, on ``device``) and ``DDIMScheduler`` read from ``folder``;
+    ``x_T``: ``(batch, C, H, W)`` torch normals of ``torch.Generator().manual_seed(0)``, ``x_T_j`` the same in NHWC
+    JAX; ``keys``: ``batch`` keys split from ``PRNGKey(0)``."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+    from diffusers import DDIMScheduler, UNet2DModel
+
+    import jaxsde
+
+    ckpt = jaxsde.checkpoints.load(folder, "diffusers")
+    tnet = UNet2DModel.from_pretrained(folder).eval().to(device)
+    h, w, c = ckpt.shape
+    x_T = torch.randn((batch, c, h, w), generator=torch.Generator().manual_seed(0))
+    return (ckpt, tnet, DDIMScheduler.from_pretrained(folder), x_T, jnp.asarray(x_T.numpy().transpose(0, 2, 3, 1)),
+            jax.random.split(jax.random.PRNGKey(0), batch))
+
+
+def ddim_program(ckpt, solver, keys, denoise: bool = True):
+    """``(params, x_T) -> (x, per-sample NFE)``: ``jaxsde.solve_batch`` of ``solver`` on the checkpoint's score."""
+    import jaxsde
+
+    def program(params, x):
+        sol = jaxsde.solve_batch(keys, ckpt.sde, ckpt.score_fn(params), solver, x, denoise=denoise)
+        return sol.x, sol.stats.nfe
+
+    return program
+
+
+def difference(x_jax, x_torch) -> dict:
+    """jaxsde's NHWC samples against diffusers' NCHW torch ones: max abs and relative L2 difference, output scale."""
+    import numpy as np
+
+    xj, xt = np.asarray(x_jax), x_torch.float().cpu().numpy().transpose(0, 2, 3, 1)
+    return dict(max_abs_diff=float(np.max(np.abs(xj - xt))), out_abs_max=float(np.max(np.abs(xt))),
+                rel_l2_diff=float(np.linalg.norm(xj - xt) / np.linalg.norm(xt)))

@@ -20,7 +20,7 @@ import tempfile
 import time
 import traceback
 
-from ..harness.diffusers import ddim_loop, ddim_solver, save_weights, unet_config
+from ..harness.diffusers import ddim_loop, ddim_program, ddim_setup, ddim_solver, difference, save_weights, unet_config
 from ..harness.machine import machine_info
 
 SECTION_SHARE = {"hsc64": 0.25, "ddpmpp": 0.45, "generate": 0.1, "diffusers": 0.2}
@@ -275,11 +275,8 @@ def section_generate(res: Results, budget: Budget, net: Net, cfg: dict, repeats:
 
 
 def section_diffusers(res: Results, budget: Budget, cfg: dict, smoke: bool, repeats: int) -> None:
-    import jax
-    import jax.numpy as jnp
     import numpy as np
 
-    import jaxsde
 
     batch, k_steps = cfg["diffusers_batch"], cfg["ddim_steps"]
     row = dict(section="diffusers", solver=f"DDIM({k_steps} steps, trailing)", batch=batch, dtype="float32")
@@ -289,7 +286,6 @@ def section_diffusers(res: Results, budget: Budget, cfg: dict, smoke: bool, repe
         return
     try:
         import torch
-        from diffusers import DDIMScheduler, UNet2DModel
     except Exception as e:  # noqa: BLE001 - ImportError, or a broken staged dependency
         res.data["skipped"].append(dict(row, reason=f"diffusers (PyTorch) column skipped: cannot import diffusers "
                                                     f"({type(e).__name__}: {e}); pass --stage with a staged wheel"))
@@ -301,9 +297,7 @@ def section_diffusers(res: Results, budget: Budget, cfg: dict, smoke: bool, repe
     config = unet_config(smoke, **({"sample_size": 16} if smoke else {}))
     with tempfile.TemporaryDirectory(prefix="gpu_unet_") as folder:
         save_weights(folder, config)
-        sched = DDIMScheduler.from_pretrained(folder)
-        ckpt = jaxsde.checkpoints.load(folder, "diffusers")
-        tnet = UNet2DModel.from_pretrained(folder).eval().to(dev)
+        ckpt, tnet, sched, x_T, x_T_j, keys = ddim_setup(folder, batch, dev)
     n_params = sum(p.numel() for p in tnet.parameters())
     row.update(model=f"UNet2DModel, DDPM CIFAR-10 layout{' (reduced: --smoke)' if smoke else ''}, {n_params:,} "
                      "parameters, random weights", diffusers_version=diffusers.__version__,
@@ -311,33 +305,20 @@ def section_diffusers(res: Results, budget: Budget, cfg: dict, smoke: bool, repe
                precision_note="jax: default matmul/conv precision (TF32 on NVIDIA GPUs since Ampere); torch: "
                               f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, "
                               f"cuda.matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}")
-    solver = ddim_solver(sched, k_steps)
-    gen = torch.Generator().manual_seed(0)
-    h, w, c = ckpt.shape
-    x_T = torch.randn((batch, c, h, w), generator=gen)
-    x_T_j = jnp.asarray(x_T.numpy().transpose(0, 2, 3, 1))
-    keys = jax.random.split(jax.random.PRNGKey(0), batch)
-
-    def program(p, x):
-        sol = jaxsde.solve_batch(keys, ckpt.sde, ckpt.score_fn(p), solver, x, denoise=True)
-        return sol.x, sol.stats.nfe
-
     try:
-        m = timed(program, (ckpt.params, x_T_j), repeats, budget.left)
+        m = timed(ddim_program(ckpt, ddim_solver(sched, k_steps), keys), (ckpt.params, x_T_j), repeats, budget.left)
     except Exception as e:  # noqa: BLE001
         res.add("errors", dict(row, error=f"{type(e).__name__}: {str(e)[:300]}"))
         return
-    xj, nfe = (np.asarray(a) for a in m.pop("out"))
+    xj, nfe = m.pop("out")
     row.update({f"jaxsde_{k}": v for k, v in m.items()}, jaxsde_samples_per_s=batch / m["run_s"],
-               nfe=int(nfe.max()))
+               nfe=int(np.max(nfe)))
 
     out, first, times = repeat_runs(lambda: ddim_loop(tnet, sched, x_T, k_steps, dev), repeats, budget.left)
     t_s = statistics.median(times) if times else first
-    xt = out.float().cpu().numpy().transpose(0, 2, 3, 1)
     row.update(diffusers_first_s=first, diffusers_run_s=t_s, diffusers_repeats=len(times),
                diffusers_samples_per_s=batch / t_s, ratio_jaxsde_over_diffusers_time=m["run_s"] / t_s,
-               max_abs_diff=float(np.max(np.abs(xj - xt))), out_abs_max=float(np.max(np.abs(xt))),
-               rel_l2_diff=float(np.linalg.norm(xj - xt) / np.linalg.norm(xt)))
+               **difference(xj, out))
     res.add("diffusers", row)
     print(f"  DDIM {k_steps}: jaxsde {row['jaxsde_samples_per_s']:.1f} vs diffusers "
           f"{row['diffusers_samples_per_s']:.1f} samples/s", flush=True)

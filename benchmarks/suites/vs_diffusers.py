@@ -21,7 +21,8 @@ import sys
 import tempfile
 import time
 
-from ..harness.diffusers import ddim_loop, ddim_solver, save_weights, unet_config
+from ..harness.cli import options
+from ..harness.diffusers import ddim_loop, ddim_program, ddim_setup, ddim_solver, difference, save_weights, unet_config
 from ..harness.machine import ROOT, machine_info, normalize
 from ..harness.timing import interleaved, medians
 
@@ -166,18 +167,11 @@ def child_sampling(args, opts: dict) -> dict:
     import jax.numpy as jnp
     import numpy as np
     import torch
-    from diffusers import DDIMScheduler, UNet2DModel
 
     import jaxsde
 
     torch.set_num_threads(args.threads)
-    ckpt = jaxsde.checkpoints.load(args.weights, "diffusers")
-    tnet = UNet2DModel.from_pretrained(args.weights).eval()
-    sched = DDIMScheduler.from_pretrained(args.weights)
-    gen = torch.Generator().manual_seed(0)
-    x_T = torch.randn((args.batch, *ckpt.shape[::-1][:1], *ckpt.shape[:2]), generator=gen)  # NCHW
-    x_T_j = jnp.asarray(x_T.numpy().transpose(0, 2, 3, 1))
-    keys = jax.random.split(jax.random.PRNGKey(0), args.batch)
+    ckpt, tnet, sched, x_T, x_T_j, keys = ddim_setup(args.weights, args.batch)
     result: dict = dict(threads=args.threads, batch=args.batch, steps={})
 
     # compile time of one batched forward, for the compile ratio
@@ -188,18 +182,13 @@ def child_sampling(args, opts: dict) -> dict:
 
     for k_steps in args.steps:
         solver = ddim_solver(sched, k_steps)
-
-        def program(params, x, denoise=True, solver=solver):
-            sol = jaxsde.solve_batch(keys, ckpt.sde, ckpt.score_fn(params), solver, x, denoise=denoise)
-            return sol.x, sol.stats.nfe
-
         row: dict = dict(steps=k_steps)
         t0 = time.perf_counter()
-        compiled = jax.jit(program).lower(ckpt.params, x_T_j).compile()
+        compiled = jax.jit(ddim_program(ckpt, solver, keys)).lower(ckpt.params, x_T_j).compile()
         row["compile_s"] = time.perf_counter() - t0
         if args.compile_probe:
             t0 = time.perf_counter()
-            jax.jit(lambda p, x: program(p, x, denoise=False)).lower(ckpt.params, x_T_j).compile()
+            jax.jit(ddim_program(ckpt, solver, keys, denoise=False)).lower(ckpt.params, x_T_j).compile()
             row["compile_s_without_tweedie"] = time.perf_counter() - t0
             # before the shared network: model.apply called (so traced) at each call site
             from jaxsde.models.score import output_to_score
@@ -225,14 +214,11 @@ def child_sampling(args, opts: dict) -> dict:
 
         med, times = median_rounds({"diffusers": run_torch, "jaxsde": run_jax}, args.rounds)
         xj, nfe = (np.asarray(a) for a in out["jax"])
-        xt = out["torch"].numpy().transpose(0, 2, 3, 1)
         row.update(diffusers_s=med["diffusers"], jaxsde_s=med["jaxsde"], times=times,
                    ratio_jaxsde_over_diffusers=med["jaxsde"] / med["diffusers"],
                    diffusers_sps=args.batch / med["diffusers"], jaxsde_sps=args.batch / med["jaxsde"],
                    diffusers_step_s=med["diffusers"] / k_steps, jaxsde_step_s=med["jaxsde"] / k_steps,
-                   nfe=int(nfe.max()), nfe_min=int(nfe.min()),
-                   max_abs_diff=float(np.max(np.abs(xj - xt))), out_abs_max=float(np.max(np.abs(xt))),
-                   rel_l2_diff=float(np.linalg.norm(xj - xt) / np.linalg.norm(xt)),
+                   nfe=int(nfe.max()), nfe_min=int(nfe.min()), **difference(xj, out["torch"]),
                    compile_ratio=row["compile_s"] / result["forward_compile_s"])
         result["steps"][str(k_steps)] = row
         print(json.dumps({"partial": row}), flush=True)
@@ -267,11 +253,9 @@ def child_compile(args, opts: dict) -> dict:
     for k_steps in args.steps:
         solver = ddim_solver(sched, k_steps)
         for denoise in (True, False):
-            def program(p, x, solver=solver, denoise=denoise):
-                return jaxsde.solve_batch(keys, ckpt.sde, ckpt.score_fn(p), solver, x, denoise=denoise).x
-
-            out["ddim"][f"{k_steps} steps, denoise={denoise}"] = [compile_s(program, ckpt.params, xs)
-                                                                  for _ in range(2)]
+            f = ddim_program(ckpt, solver, keys, denoise)
+            out["ddim"][f"{k_steps} steps, denoise={denoise}"] = [  # the program of the samples alone
+                compile_s(lambda p, x, f=f: f(p, x)[0], ckpt.params, xs) for _ in range(2)]
     return out
 
 
@@ -378,15 +362,12 @@ def arguments(parser):
     parser.add_argument("--flags", default=None, help="XLA_FLAGS for the sampling stage (default: the fastest "
                     "forward variant's flags measured in this run or already in the results file, else none)")
     parser.add_argument("--steps", type=int, nargs="+", default=[20, 50])
-    parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--compile-probe", action="store_true",
                         help="also compile the program without the Tweedie step")
-    parser.add_argument("--quick", action="store_true", help="small network, batch 2, 3 steps, 1 round")
+    options(parser, batch=16, rounds=3, name="vs_diffusers", quick="small network, batch 2, 3 steps, 1 round")
     parser.add_argument("--weights", default=None,
                         help="folder for the random-weight UNet2DModel (default: a temp dir)")
-    parser.add_argument("--name", default="vs_diffusers")
     parser.add_argument("--child", choices=("forward", "sampling", "compile"), help=argparse.SUPPRESS)
     parser.add_argument("--child-opts", default="{}", help=argparse.SUPPRESS)
 
