@@ -12,6 +12,7 @@ import numpy as np
 import jaxsde
 from jaxsde.testing.metrics.digits import DigitsMetrics
 
+from ..harness.cli import options
 from ..harness.machine import describe
 from ..harness.samplers import sample_chunks
 from ..harness.writer import columns, curves, yes
@@ -33,14 +34,10 @@ def parse_row(name: str):
 
 
 def arguments(parser):
-    parser.add_argument("--model", default="digits")
-    parser.add_argument("--n", type=int, default=1000)
-    parser.add_argument("--batch", type=int, default=500)
-    parser.add_argument("--quick", action="store_true")
+    options(parser, model="digits", n=1000, batch=500, name="", quick="64 samples; EM 1000, EM 50 and GGF 0.05")
     parser.add_argument("--solvers", default=None,
                         help="comma-separated rows, e.g. 'EM 200,GGF 0.05'; any 'EM <steps>' or 'GGF <rtol>' "
                              "(EM 1000 always runs)")
-    parser.add_argument("--name", default="", help="results file suffix: digits_MODEL_NAME.{json,md,png}")
 
 
 def run(args, ctx):

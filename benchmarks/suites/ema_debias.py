@@ -15,6 +15,7 @@ from jaxsde.testing.metrics.digits import DigitsMetrics
 from jaxsde.train_config import TrainConfig
 from jaxsde.training import init_params
 
+from ..harness.cli import options
 from ..harness.machine import describe, machine_info
 from ..harness.writer import columns
 from .digits import sample_all
@@ -29,9 +30,7 @@ def plain_ema(ckpt):
 
 
 def arguments(parser):
-    parser.add_argument("--model", default="digits")
-    parser.add_argument("--n", type=int, default=1000)
-    parser.add_argument("--batch", type=int, default=500)
+    options(parser, model="digits", n=1000, batch=500)
     parser.add_argument("--em1000", action="store_true", help="add EM-1000 on the current weights")
 
 

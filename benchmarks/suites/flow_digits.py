@@ -30,6 +30,7 @@ import jaxsde
 from jaxsde.flow import flow_grid
 from jaxsde.testing.metrics.digits import DigitsMetrics
 
+from ..harness.cli import options
 from ..harness.machine import describe
 from ..harness.samplers import sample_chunks
 from ..harness.writer import table
@@ -68,10 +69,8 @@ def paired_fd_diff_sd(metrics, feats, ref_feats, paired: bool, repeats: int = 50
 
 
 def arguments(parser):
-    parser.add_argument("--n", type=int, default=500, help="samples per solver (default 500)")
-    parser.add_argument("--batch", type=int, default=500)
+    options(parser, n=500, batch=500, quick="64 samples, 100-step reference, DDIM and DPM++ 2M only")
     parser.add_argument("--nfe", default="10", help="comma-separated budgets (default 10)")
-    parser.add_argument("--quick", action="store_true", help="64 samples, 100-step reference, DDIM and DPM++ 2M only")
 
 
 def run(args, ctx):

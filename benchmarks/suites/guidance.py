@@ -16,6 +16,7 @@ import jaxsde
 from jaxsde.data import load_digits
 from jaxsde.testing.metrics.digits import DigitsMetrics
 
+from ..harness.cli import options
 from ..harness.machine import describe
 from ..harness.samplers import sample_chunks
 from ..harness.writer import columns
@@ -67,9 +68,7 @@ def arguments(parser):
     parser.add_argument("--weights", default="0,0.5,1,2,4", help="guidance weights w")
     parser.add_argument("--solvers", default=",".join(SOLVERS), help=f"rows, from {list(SOLVERS)}")
     parser.add_argument("--em1000-weight", type=float, default=1.0, help="weight of the EM-1000 row")
-    parser.add_argument("--batch", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 8 per class, w in {0, 2}, EM-20")
+    options(parser, batch=500, seed=0, quick="a smoke run: 8 per class, w in {0, 2}, EM-20")
 
 
 def run(args, ctx):

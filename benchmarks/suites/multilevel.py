@@ -20,6 +20,7 @@ from jaxsde.solvers.multilevel import multilevel_cost, optimal_probabilities
 from jaxsde.testing.metrics.digits import DigitsMetrics
 from jaxsde.timing import time_compiled
 
+from ..harness.cli import options
 from ..harness.machine import describe
 from ..harness.samplers import sample_chunks
 from ..harness.writer import columns, curves, table
@@ -86,11 +87,9 @@ def compare(rows):
 
 
 def arguments(parser):
-    parser.add_argument("--n", type=int, default=500)
-    parser.add_argument("--batch", type=int, default=500)
+    options(parser, n=500, batch=500, quick="64 samples, 50 steps, one scale")
     parser.add_argument("--steps", default="100,200,500")
     parser.add_argument("--scales", default="0.5,0.25")
-    parser.add_argument("--quick", action="store_true")
 
 
 def run(args, ctx):
