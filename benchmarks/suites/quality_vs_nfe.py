@@ -31,6 +31,7 @@ import jaxsde
 import jaxsde.testing.metrics
 from jaxsde.testing.targets import GaussianMixture
 
+from ..harness.cli import options
 from ..harness.problems import TARGETS
 from ..harness.samplers import prior, run_jaxsde, sample_chunks
 from ..harness.select import select
@@ -126,8 +127,7 @@ def headline(rows):
 def arguments(parser):
     parser.add_argument("--problems", default="ring2,gmm32,digits")
     parser.add_argument("--n", type=int, default=4000, help="samples per solver on the mixtures")
-    parser.add_argument("--batch", type=int, default=500)
-    parser.add_argument("--quick", action="store_true", help="tiny n, budgets 5/10/20, few adaptive settings")
+    options(parser, batch=500, seed=0, quick="tiny n, budgets 5/10/20, few adaptive settings")
     parser.add_argument("--frontier", action="store_true",
                         help="the frontier of issue 22: every fixed-budget sampler of jaxsde and of k-diffusion at "
                              "NFE 5/10/20 on lowrank, gmm3072 (VP and VE) and digits; with --quick: lowrank, "
@@ -139,7 +139,6 @@ def arguments(parser):
                         help="--frontier: samples per sampler (default 1000 on the mixtures, 300 on digits)")
     parser.add_argument("--samplers", nargs="+", default=None,
                         help="--frontier: exact row names, one argument each (e.g. unipc 'k-diffusion lms')")
-    parser.add_argument("--seed", type=int, default=0, help="--frontier: the sampling seed")
     parser.add_argument("--tag", default="", help="--frontier: results file suffix, frontier_<problem>_<tag>.*, "
                         "for a partial or confirmation run (--samplers, --seed); frontier_summary.md merges a tagged "
                         "file with the untagged one of the same draws (problem, n, seed)")
