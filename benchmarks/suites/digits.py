@@ -15,7 +15,7 @@ from jaxsde.testing.metrics.digits import DigitsMetrics
 from ..harness.cli import options
 from ..harness.machine import describe
 from ..harness.samplers import sample_chunks
-from ..harness.writer import columns, curves, yes
+from ..harness.writer import columns, yes
 
 
 def sample_all(ckpt, solver, n, seed, batch):
@@ -111,11 +111,3 @@ def render(data):
     lines += ["", f"Real-vs-real floor: FD {rows[0]['fd_floor']:.3f}, KID {rows[0]['kid_floor']:.3f} "
               f"(n={int(rows[0]['n_floor'])} held-out vs train)."]
     return "\n".join(lines)
-
-
-def plot(data, path):
-    rows = data["rows"]
-    curves(path, {fam: ([(r["mean_nfe"], r["fd"]) for r in rows if r["solver"].startswith(fam)], dict(marker=marker))
-                  for fam, marker in (("EM", "o"), ("PC", "s"), ("PF", "^"), ("GGF", "D"))},
-           xlabel="mean NFE per sample", ylabel="FD-digits (lower is better)", title=f"{model(data)}, n={data['n']}",
-           hline=(rows[0]["fd_floor"], "real-vs-real floor"))

@@ -23,7 +23,7 @@ from jaxsde.timing import time_compiled
 from ..harness.cli import options
 from ..harness.machine import describe
 from ..harness.samplers import sample_chunks
-from ..harness.writer import columns, curves, table
+from ..harness.writer import columns, table
 
 LEVELS = ("digits-small", "digits-medium", "digits-large")
 
@@ -168,10 +168,3 @@ def render(data):
                                    "wall s": "{wall_s:.1f}", "FD-digits +- bootstrap std": "{fd:.2f} +- {fd_std:.2f}",
                                    "KID": "{kid:.3f}", "confident": "{confident:.2f}"})]
     return "\n".join([*md, "", *[f"- {line}" for line in data["comparisons"]]])
-
-
-def plot(data, path):
-    curves(path, {fam: ([(r["cost"], r["fd"]) for r in data["rows"] if r["solver"].split(" ")[0] == fam],
-                        dict(marker=marker, ls="" if fam == "ML-EM" else "-")) for fam, marker in (("EM", "o"),
-                                                                                              ("ML-EM", "D"))},
-           xlabel="cost per sample (evaluations of the largest model)", ylabel="FD-digits (lower is better)")
