@@ -59,6 +59,8 @@ def run(name: str, argv: list[str]) -> None:
     ctx = Context(suite, name, list(argv), args.out)
     print(f"reproduce with: {ctx.command}", flush=True)
     suite.run(args, ctx)
+    for stem in ctx.saved:
+        print(f"wrote {ctx.path(stem, 'md')}", flush=True)
 
 
 def report(out: str) -> int:

@@ -35,6 +35,7 @@ class Context:
     name: str
     argv: list[str]
     out: str = RESULTS
+    saved: list[str] = dataclasses.field(default_factory=list)  # the stems written, in order
 
     @property
     def command(self) -> str:
@@ -54,6 +55,7 @@ class Context:
         data.setdefault("command", self.command)
         data.setdefault("machine", machine_info())
         os.makedirs(self.out, exist_ok=True)
+        self.saved += [] if stem in self.saved else [stem]
         atomic_write(self.path(stem, "json"), (json.dumps(data, indent=1, default=_plain) + "\n").encode())
         render(self.suite, data, os.path.join(self.out, stem), md=md)
         return data
@@ -122,15 +124,6 @@ def yes(flag) -> str:
     return "yes" if flag else "no"
 
 
-def header(data: dict, title: str, *notes: str) -> list[str]:
-    """A results ``.md``'s first lines: the title, the stored command, then one line of the machine's
-    description (:func:`~benchmarks.harness.machine.describe`) and the ``notes`` joined by "; "."""
-    from .machine import describe
-
-    return [f"# {title}", "", f"Command: `{data['command']}`", "", "; ".join([describe(data["machine"]), *notes]),
-            ""]
-
-
 def pivot(header: list[str], rows: list[dict], name: str, col: str, cols: list, cell) -> list[str]:
     """A Markdown table's lines: one row per distinct ``r[name]`` (in first-seen order), one column per value of
     ``r[col]`` in ``cols``: ``cell(r)`` of the first such row, "—" where there is none."""
@@ -166,3 +159,9 @@ def curves(path: str, series: dict, *, xlabel: str, ylabel: str, title: str = ""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def progress(row: dict, *keys: str) -> None:
+    """Print a measured row's ``keys`` on one line (a run's progress; floats to 4 significant digits)."""
+    print("  ".join(f"{k} {row[k]:.4g}" if isinstance(row[k], float) else f"{k} {row[k]}" for k in keys if k in row),
+          flush=True)

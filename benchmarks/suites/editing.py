@@ -25,8 +25,12 @@ from jaxsde.models.ddpm_unet import ddpm_cifar10
 from jaxsde.models.unet import SIZES, DigitsUNet
 from jaxsde.sparse import PAD, SparseUNet, cache_bytes, propagate, random_params
 
+from ..harness.cli import options
 from ..harness.timing import interleaved
+from ..harness.writer import progress
 
+LARGE_BLOCKS, LARGE_ROUNDS = [8, 4], 5  # --large-size: tiles per level, interleaved rounds
+DDPM_BLOCKS, DDPM_ROUNDS = [4, 4, 2, 2], 5  # --ddpm: the same
 PAPER = {
     "source": "SIGE (Li et al., NeurIPS 2022), https://www.cs.cmu.edu/~sige/ — the paper's figures, not ours",
     "edited_area_percent": 1.2,
@@ -100,9 +104,8 @@ VARIANTS = {
 }
 
 
-def measure(net, params, size, blocks, fractions, variants, rounds, seed=0, channels=1, t=0.5, plan_kw=None):
-    """Rows of FLOPs, interleaved wall time and errors, one per (edited fraction, plan variant);
-    ``plan_kw`` (per_octave, layer_dense_above) goes to the exact plans."""
+def measure(net, params, size, blocks, fractions, variants, rounds, seed=0, channels=1, t=0.5):
+    """Rows of FLOPs, interleaved wall time and errors, one per (edited fraction, plan variant)."""
     x = jax.random.normal(jax.random.PRNGKey(seed), (size, size, channels))
     t = jnp.float32(t)
     dense_c = jax.jit(net.apply).lower(params, x, t).compile()
@@ -137,8 +140,6 @@ def measure(net, params, size, blocks, fractions, variants, rounds, seed=0, chan
         progs, frow = {}, []
         for name in variants:
             kw = VARIANTS[name][0]
-            if kw["mode"] == "exact" and plan_kw:
-                kw = {**kw, **plan_kw}
             tp = time.perf_counter()
             plan = net.plan(mask, tuple(blocks), **kw)
             plan_ms = 1e3 * (time.perf_counter() - tp)
@@ -197,23 +198,14 @@ def measure(net, params, size, blocks, fractions, variants, rounds, seed=0, chan
         for row in frow:
             if row["plan"].endswith("-inplace"):
                 row["cache_restored"] = restored
-            d, s = np.asarray(wall["dense"]), np.asarray(wall[row["plan"]])
-            row["ms_dense_median"] = 1e3 * float(np.median(d))
-            row["ms_sparse_median"] = 1e3 * float(np.median(s))
-            row["ms_dense_min"] = 1e3 * float(d.min())
-            row["ms_sparse_min"] = 1e3 * float(s.min())
-            row["speedup_median"] = row["ms_dense_median"] / row["ms_sparse_median"]
-            row["speedup_min"] = row["ms_dense_min"] / row["ms_sparse_min"]
-            row["speedup_paired_median"] = float(np.median(d / s))
-            row["ms_cache_pass_median"] = 1e3 * float(np.median(wall["cache-pass"]))
+            d, s = 1e3 * np.asarray(wall["dense"]), 1e3 * np.asarray(wall[row["plan"]])
+            row.update(ms_dense_median=float(np.median(d)), ms_sparse_median=float(np.median(s)),
+                       ms_dense_min=float(d.min()), ms_sparse_min=float(s.min()), speedup_min=float(d.min() / s.min()),
+                       speedup_median=float(np.median(d) / np.median(s)), speedup_paired_median=float(np.median(d / s)),
+                       ms_cache_pass_median=1e3 * float(np.median(wall["cache-pass"])))
             rows.append(row)
-            e = {s: row["errors"][s]["vs_true_edited"]["rel_l2"] for s in ("reuse", "recompute")}
-            fz = row["errors"]["reuse"].get("vs_frozen_roi", {}).get("max_abs")
-            fz = "" if row["plan"].startswith("input") else f"; vs frozen on roi {fz:.1e}"
-            print(f"{size}px {_edited(row):>5s}% {row['plan']:9s}: FLOPs {row['flop_ratio']:.2f}x fewer; "
-                  f"{row['ms_dense_median']:.1f} -> {row['ms_sparse_median']:.1f} ms = {row['speedup_median']:.2f}x "
-                  f"(paired {row['speedup_paired_median']:.2f}x); rel L2 vs true on edited: reuse "
-                  f"{e['reuse']:.2e}, recompute {e['recompute']:.2e}{fz}", flush=True)
+            progress(row, "size", "edited_percent", "plan", "flop_ratio", "ms_dense_median", "ms_sparse_median",
+                     "speedup_median", "speedup_paired_median")
     return rows, dense_flops, cache
 
 
@@ -242,19 +234,16 @@ def dilation_rows(net, params, size, blocks, dilations, rounds, cache, dense_flo
                              rel_err_vs_true_edited=true["rel_l2"], max_err_vs_true_edited=true["max_abs"],
                              rel_err_vs_frozen_edited=frozen["rel_l2"], max_err_vs_frozen_edited=frozen["max_abs"]))
         progs.append((c, plan))
-    calls = {0: lambda: dense_c(params, x_edit, t)}
-    calls.update({i + 1: (lambda c=c, plan=plan: c(params, x_edit, t, cache, plan)) for i, (c, plan) in
-                  enumerate(progs)})
-    wall, _ = interleaved(calls, rounds)
+    wall, _ = interleaved({0: lambda: dense_c(params, x_edit, t), **{i + 1: (
+        lambda c=c, plan=plan: c(params, x_edit, t, cache, plan)) for i, (c, plan) in enumerate(progs)}}, rounds)
     for i, row in enumerate(dilation):
-        row["ms_dense_median"] = 1e3 * float(np.median(wall[0]))
-        row["ms_sparse_median"] = 1e3 * float(np.median(wall[i + 1]))
-        row["speedup_median"] = row["ms_dense_median"] / row["ms_sparse_median"]
+        d, s = 1e3 * float(np.median(wall[0])), 1e3 * float(np.median(wall[i + 1]))
+        row.update(ms_dense_median=d, ms_sparse_median=s, speedup_median=d / s)
         print(f"dilate {row['dilate']}: {row}", flush=True)
     return dilation
 
 
-def sdedit_rows(net, params, size, blocks, fractions, steps, rounds, plan_kw=None):
+def sdedit_rows(net, params, size, blocks, fractions, steps, rounds):
     """Whole SDEdit trajectories (``sparse_sdedit``, VPSDE, DDIM(``steps``), t0 = 0.5, the exact plan):
     the dense edit and the sparse edit as one jitted ``lax.scan`` (cache an argument) vs the sparse edit's
     eager Python loop (one jitted program per step, the pre-padded step caches donated, in place, the
@@ -268,7 +257,7 @@ def sdedit_rows(net, params, size, blocks, fractions, steps, rounds, plan_kw=Non
     for frac in fractions:
         mask = square_mask(size, frac, size // 3 + 1)
         x_edit = jnp.where(mask[..., None], -x, x)
-        plan = net.plan(mask, tuple(blocks), mode="exact", dense_above=1.0, **(plan_kw or {}))
+        plan = net.plan(mask, tuple(blocks), mode="exact", dense_above=1.0)
 
         programs = StepPrograms()  # the python loop's step programs, compiled once for all rounds
 
@@ -305,27 +294,17 @@ def arguments(parser):
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--blocks", type=int, nargs="+", default=[4, 4], help="tile size per level")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.10, 0.25])
-    parser.add_argument("--rounds", type=int, default=9)
+    options(parser, rounds=9, name="editing", quick="32x32, 3 rounds, no second size, no DDPM (a smoke run)")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps for the cache-memory figure")
     parser.add_argument("--dilate", type=int, nargs="*", default=[0, 2, 4, 8],
-                    help="mask dilations (accuracy table); none: skip the table")
+                        help="mask dilations (accuracy table); none: skip the table")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                         help="plans to measure")
-    parser.add_argument("--per-octave", type=int, default=None, help="exact plans: sub-octave buckets (plan default 4)")
-    parser.add_argument("--layer-dense-above", type=float, default=None,
-                    help="exact plans: a layer above this fraction of its tiles is computed densely (plan default 0.5)")
-    parser.add_argument("--name", default="editing", help="output stem: OUT/NAME.json and OUT/NAME.md")
     parser.add_argument("--large-size", type=int, default=128, help="second size for the input/exact plans (0: skip)")
-    parser.add_argument("--large-blocks", type=int, nargs="+", default=[8, 4])
-    parser.add_argument("--large-rounds", type=int, default=5)
     parser.add_argument("--ddpm", type=int, default=1, help="1: also the DDPM UNet2D (ddpm-cifar10 layout) at 32x32")
-    parser.add_argument("--ddpm-blocks", type=int, nargs="+", default=[4, 4, 2, 2])
-    parser.add_argument("--ddpm-rounds", type=int, default=5)
     parser.add_argument("--sdedit-steps", type=int, default=0,
-                    help="also whole sparse_sdedit trajectories with DDIM(N) (scan vs python loop) at --size for "
-                         "--sdedit-fractions; 0: skip")
-    parser.add_argument("--sdedit-fractions", type=float, nargs="+", default=[0.01, 0.05])
-    parser.add_argument("--quick", action="store_true", help="32x32, 3 rounds, no second size, no DDPM (a smoke run)")
+                        help="also whole sparse_sdedit trajectories with DDIM(N) (scan vs python loop) at --size for "
+                             "--fractions; 0: skip")
 
 
 def run(args, ctx):
@@ -337,10 +316,7 @@ def run(args, ctx):
     params = random_params(model, (1, size, size, 1))
     nparams = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(params))
     t0 = time.perf_counter()
-    plan_kw = {k: v for k, v in (("per_octave", args.per_octave), ("layer_dense_above", args.layer_dense_above))
-               if v is not None}
-    rows, dense_flops, cache = measure(net, params, size, args.blocks, args.fractions, args.variants, args.rounds,
-                                       plan_kw=plan_kw)
+    rows, dense_flops, cache = measure(net, params, size, args.blocks, args.fractions, args.variants, args.rounds)
     step_bytes = cache_bytes(cache)
     print(f"DigitsUNet large ({nparams:,} params) at {size}x{size}; dense {dense_flops / 1e9:.3f} GFLOP per step; "
           f"cache {step_bytes / 2**20:.2f} MiB per step ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -350,16 +326,14 @@ def run(args, ctx):
     sdedit = []
     if args.sdedit_steps:
         ts = time.perf_counter()
-        sdedit = sdedit_rows(net, params, size, args.blocks, args.sdedit_fractions, args.sdedit_steps, args.rounds,
-                             plan_kw)
+        sdedit = sdedit_rows(net, params, size, args.blocks, args.fractions, args.sdedit_steps, args.rounds)
         print(f"sparse_sdedit trajectories: {time.perf_counter() - ts:.0f} s", flush=True)
 
     large = []
     if args.large_size:
         t1 = time.perf_counter()
         lp = random_params(model, (1, args.large_size, args.large_size, 1))
-        large, large_flops, _ = measure(net, lp, args.large_size, args.large_blocks, [0.01, 0.05],
-                                        ["input", "exact"], args.large_rounds)
+        large, _, _ = measure(net, lp, args.large_size, LARGE_BLOCKS, [0.01, 0.05], ["input", "exact"], LARGE_ROUNDS)
         print(f"{args.large_size}x{args.large_size}: {time.perf_counter() - t1:.0f} s", flush=True)
 
     ddpm = []
@@ -368,8 +342,8 @@ def run(args, ctx):
         dmodel = ddpm_cifar10()
         dp = random_params(dmodel, (1, 32, 32, 3))
         ddpm_params = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(dp))
-        ddpm, _, dcache = measure(SparseUNet(dmodel), dp, 32, args.ddpm_blocks, [0.01, 0.05, 0.10, 0.25],
-                                  ["input", "exact"], args.ddpm_rounds, channels=3, t=500.0)
+        ddpm, _, dcache = measure(SparseUNet(dmodel), dp, 32, DDPM_BLOCKS, [0.01, 0.05, 0.10, 0.25],
+                                  ["input", "exact"], DDPM_ROUNDS, channels=3, t=500.0)
         ddpm_cache = cache_bytes(dcache)
         print(f"DDPM UNet2D ({ddpm_params:,} params): {time.perf_counter() - t2:.0f} s", flush=True)
 
@@ -377,12 +351,11 @@ def run(args, ctx):
         command=ctx.command, jax=jax.__version__, backend=jax.default_backend(), machine=platform.machine(),
         cpus=os.cpu_count(), date=datetime.datetime.now().isoformat(timespec="seconds"),
         model="DigitsUNet(**SIZES['large']), random weights", params=nparams, size=size, blocks=args.blocks,
-        rounds=args.rounds, fractions=args.fractions, plan_kw=plan_kw, cache_bytes_per_step=step_bytes,
+        rounds=args.rounds, fractions=args.fractions, cache_bytes_per_step=step_bytes,
         cache_bytes_per_edit=step_bytes * (args.steps + 1), steps=args.steps, dense_flops=dense_flops,
-        rows=rows, dilation=dilation, sdedit=sdedit, large=large, large_size=args.large_size,
-        large_blocks=args.large_blocks,
-        large_rounds=args.large_rounds, variants={k: VARIANTS[k][1] for k in args.variants}, paper=PAPER,
-        ddpm=ddpm, ddpm_blocks=args.ddpm_blocks, ddpm_rounds=args.ddpm_rounds,
+        rows=rows, dilation=dilation, sdedit=sdedit, large=large, large_size=args.large_size, large_blocks=LARGE_BLOCKS,
+        large_rounds=LARGE_ROUNDS, variants={k: VARIANTS[k][1] for k in args.variants}, paper=PAPER,
+        ddpm=ddpm, ddpm_blocks=DDPM_BLOCKS, ddpm_rounds=DDPM_ROUNDS,
         ddpm_params=ddpm_params if ddpm else None, ddpm_cache_bytes_per_step=ddpm_cache if ddpm else None,
         seconds=time.perf_counter() - t0,
     )

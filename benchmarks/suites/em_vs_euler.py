@@ -16,18 +16,17 @@ import numpy as np
 
 import jaxsde
 from jaxsde.testing import reference
-from jaxsde.testing.targets import GaussianMixture
 from jaxsde.timing import compile_cpu_seconds
 
 from ..harness.machine import describe, machine_info
+from ..harness.problems import ring_mixture
 from ..harness.timing import interleaved
-from ..harness.writer import columns
+from ..harness.writer import columns, progress
 
 
 def programs(shape, n, steps):
     sde = jaxsde.VPSDE()
-    mixture = GaussianMixture.ring(8, shape, radius=0.6, scale=0.02, key=jax.random.PRNGKey(1234))
-    score = mixture.score(sde)
+    score = ring_mixture(shape).score(sde)
     ts = jaxsde.time_grid(sde, steps)
 
     def em(key):
@@ -94,13 +93,8 @@ def run(args, ctx):
                    em_cost=cost(compiled["jaxsde EM"]), euler_cost=cost(compiled["diffrax Euler"]),
                    max_abs_diff=float(np.max(np.abs(x_em - x_eu))))
         rows.append(row)
-        print(f"{name} n={n}: EM/Euler per-step time ratio median {row['ratio_median']:.3f} "
-              f"(check_finite=False: {row['ratio_unchecked_median']:.3f}) "
-              f"(range {row['ratio_min']:.3f}-{row['ratio_max']:.3f}); EM {row['em_median_s'] * 1e3:.1f} ms, "
-              f"Euler {row['euler_median_s'] * 1e3:.1f} ms; compile {row['em_compile_s']:.2f} vs "
-              f"{row['euler_compile_s']:.2f} s; FLOPs {row['em_cost']['flops']:.3g} vs "
-              f"{row['euler_cost']['flops']:.3g}",
-              flush=True)
+        progress(row, "problem", "n", "ratio_median", "ratio_unchecked_median", "ratio_min", "ratio_max", "em_median_s",
+                 "euler_median_s", "em_compile_s", "euler_compile_s")
     ctx.save("em_vs_euler", dict(machine=machine_info("diffrax"), rows=rows))
 
 

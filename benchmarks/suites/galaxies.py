@@ -2,7 +2,7 @@
 
 galaxygrad 0.2.1's score nets (weights read from the installed wheel) via ``jaxsde.checkpoints.load(path,
 "galaxygrad")``; statistics on the flux images ``ckpt.to_data(y)`` (``GalaxyMetrics``: pixel sliced W2, power
-spectrum in dex, flux-histogram TV, each +- its bootstrap sd). Reference: ``ref_mult * n`` PF-ODE samples at
+spectrum in dex, flux-histogram TV, each +- its bootstrap sd). Reference: ``REF_MULT * n`` PF-ODE samples at
 rtol = atol = 1e-5; a second set of ``n`` on the rows' keys is the noise floor. Rows (sample i: ``fold_in(seed,
 i)``): EM, GGF, the PF-ODE, DPM-Solver++ 2M, ``AdaptiveDPMSolver`` / ``AdaptiveMultistepSolver`` (eta / tau 0 and
 1) and k-diffusion's ``sample_dpm_adaptive`` on the same jitted score (:mod:`benchmarks.harness.kdiffusion`), atol
@@ -28,10 +28,11 @@ import numpy as np
 import jaxsde
 from jaxsde.testing.metrics.galaxies import GalaxyMetrics
 
+from ..harness.cli import options
 from ..harness.kdiffusion import k_diffusion_model
 from ..harness.machine import git_commit
 from ..harness.samplers import prior, sample_chunks
-from ..harness.writer import pyplot
+from ..harness.writer import progress
 
 MODELS = {
     "hsc32": "eqx_hsc_ScoreNet32.eqx",
@@ -58,6 +59,7 @@ class Row(NamedTuple):
     make: Any  # () -> jaxsde solver, or k-diffusion keyword arguments
 
 
+REF_MULT = 2  # the reference set: REF_MULT * n samples
 GGF_RTOLS = (0.5, 0.2, 0.1, 0.05)
 RTOLS = (0.2, 0.05, 0.01)  # the exponential integrators' and k-diffusion's
 
@@ -95,9 +97,8 @@ def rows(quick: bool, atol0: float, ggf_rtols: tuple[float, ...] = GGF_RTOLS,
 # --- runners ------------------------------------------------------------------------------------
 def run_jaxsde(ckpt, solver, seed: int, n: int) -> dict:
     """``n`` samples (sample i: fold_in(PRNGKey(seed), i)) -> x (log space), per-sample NFE, failures, times."""
-    x, nfe, failed, wall, compile_s = sample_chunks(ckpt.sde, ckpt.score_fn, ckpt.params, ckpt.shape, solver, n,
-                                                    seed, n)
-    return dict(x=x, nfe=nfe, failed=failed, wall_s=wall, compile_s=compile_s)
+    out = sample_chunks(ckpt.sde, ckpt.score_fn, ckpt.params, ckpt.shape, solver, n, seed, n)
+    return dict(zip(("x", "nfe", "failed", "wall_s", "compile_s"), out, strict=True))
 
 
 def k_diffusion_runner(ckpt):
@@ -208,9 +209,8 @@ def bench_model(name: str, n: int, n_ref: int, quick: bool, seed: int, log,
                  max_nfe=int(res["nfe"].max()), wall_s=res["wall_s"], compile_s=res["compile_s"],
                  failed=res["failed"], **q)
         results.append(r)
-        log(f"{name} {row.family:36s} {row.setting:10s} NFE {r['mean_nfe']:7.1f} (max {r['max_nfe']:4d}) "
-            + " ".join(f"{m} {r[m]:.4g}+-{r[m + '_sd']:.2g}" for m in METRICS)
-            + f" wall {r['wall_s']:.2f}s compile {r['compile_s']:.1f}s failed {r['failed']}")
+        progress(r, "family", "setting", "mean_nfe", "max_nfe", *(k for m in METRICS for k in (m, m + "_sd")),
+                 "wall_s", "compile_s", "failed")
     head = headline(results, floor)
     return dict(file=MODELS[name], shape=list(ckpt.shape), n=n, n_ref=n_ref, reference=ref_label,
                 ref_mean_nfe=float(ref["nfe"].mean()), ref_failed=ref["failed"] + second["failed"],
@@ -284,43 +284,13 @@ def markdown(meta: dict, models: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(data: dict, path: str) -> None:
-    models = data["models"]
-    if (plt := pyplot()) is None:
-        return
-
-    fig, axes = plt.subplots(len(models), len(METRICS), figsize=(5 * len(METRICS), 3.6 * len(models)), squeeze=False)
-    for i, (name, mod) in enumerate(models.items()):
-        anchor = next(r for r in mod["rows"] if f"EM-{r['setting']}" == mod["headline"]["anchor"]
-                      and r["family"] == "EM")
-        for j, (m, label) in enumerate(METRICS.items()):
-            ax = axes[i, j]
-            for fam in dict.fromkeys(r["family"] for r in mod["rows"]):
-                rs = sorted((r for r in mod["rows"] if r["family"] == fam), key=lambda r: r["mean_nfe"])
-                ax.errorbar([r["mean_nfe"] for r in rs], [r[m] for r in rs], yerr=[r[m + "_sd"] for r in rs],
-                            ls="--" if rs[0]["lib"] == "k-diffusion" else "-", marker="o", ms=3, capsize=2, label=fam)
-            ax.axhline(anchor[m], color="k", lw=1, label=mod["headline"]["anchor"])
-            ax.axhline(mod["floor"][m], color="gray", lw=1, ls=":", label="floor (reference vs reference)")
-            ax.set_xscale("log")
-            ax.set_xlabel("mean NFE per sample")
-            ax.set_ylabel(label)
-            ax.set_title(f"{name}, n = {mod['n']}")
-    axes[0, 0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def arguments(parser):
     parser.add_argument("--models", default="hsc32,hsc64,lsst60", help="comma-separated: " + ", ".join(MODELS))
     parser.add_argument("--n", default="256,64,64", help="samples per row: one value, or one per model")
-    parser.add_argument("--ref-mult", type=int, default=2, help="reference set size = ref_mult * n")
-    parser.add_argument("--seed", type=int, default=0)
+    options(parser, seed=0, name="galaxies", quick="a tiny smoke run (few rows, loose reference)")
     parser.add_argument("--ggf-rtols", default=",".join(map(str, GGF_RTOLS)), help="GGF's rtol sweep, comma-separated")
     parser.add_argument("--rtols", default=",".join(map(str, RTOLS)),
-                    help="the rtol sweep of the adaptive exponential integrators and k-diffusion, comma-separated")
-    parser.add_argument("--quick", action="store_true", help="a tiny smoke run (few rows, loose reference)")
-    parser.add_argument("--name", default="galaxies", help="results file stem")
+                        help="the rtol sweep of the adaptive exponential integrators and k-diffusion, comma-separated")
 
 
 def run(args, ctx):
@@ -336,17 +306,13 @@ def run(args, ctx):
                 machine=f"{platform.machine()} {os.cpu_count()} CPUs ({jax.devices()[0].platform})",
                 jax=jax.__version__, git=git_commit(), quick=args.quick, load_start=round(os.getloadavg()[0], 2))
 
-    def log(s):
-        print(s, flush=True)
-
     models = {}
     for name, n in zip(names, ns, strict=True):
-        models[name] = bench_model(name, n, args.ref_mult * n, args.quick, args.seed, log,
+        models[name] = bench_model(name, n, REF_MULT * n, args.quick, args.seed, lambda s: print(s, flush=True),
                                    tuple(float(v) for v in args.ggf_rtols.split(",")),
                                    tuple(float(v) for v in args.rtols.split(",")))
         meta.update(load_end=round(os.getloadavg()[0], 2), total_s=time.perf_counter() - start)
         data = ctx.save(args.name, dict(meta=meta, models=models))  # after each model
-    print("wrote", ctx.path(args.name, "md"), flush=True)
     return data
 
 
