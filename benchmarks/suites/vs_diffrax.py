@@ -28,8 +28,11 @@ from jaxsde.testing import metrics, reference
 from jaxsde.testing.targets import GaussianMixture
 from jaxsde.timing import compile_cpu_seconds
 
+from ..harness.cli import options
 from ..harness.machine import machine_info, normalize
+from ..harness.problems import ring_mixture
 from ..harness.timing import interleaved
+from ..harness.writer import progress
 
 ADJOINT = dfx.ForwardMode()
 SIZES = dict(gmm64=(1000, 1000), gmm3072=(100, 200), conv=(64, 256))  # (timed n, quality n)
@@ -62,7 +65,7 @@ class Problem(NamedTuple):
 def make_problem(name: str) -> Problem:
     sde = jaxsde.VPSDE()
     shape = {"gmm64": (64,), "gmm3072": (32, 32, 3), "conv": (16, 16, 3)}[name]
-    mixture = GaussianMixture.ring(8, shape, radius=0.6, scale=0.02, key=jax.random.PRNGKey(1234))
+    mixture = ring_mixture(shape)
     exact_score = mixture.score(sde)
     if name != "conv":
         return Problem(sde, mixture, shape, lambda p: exact_score, jnp.zeros(()))
@@ -160,9 +163,7 @@ def bench_problem(name: str, n: int, n_quality: int, rounds: int, quick: bool, r
         programs[case.label] = compiled
         by_label[case.label] = row
         rows.append(row)
-        print(f"  compiled {case.label:40s} in {compile_s:6.2f}s  NFE mean={row['mean_nfe']:7.1f} "
-              f"spread_w2={row['spread_w2']:.3f} ({row['spread_w2_floor']:.3f}) sw2={row['sw2']:.4f} "
-              f"({row['sw2_floor']:.4f}) failed={row['failed']}", flush=True)
+        progress(row, "solver", "compile_s", "mean_nfe", "spread_w2", "spread_w2_floor", "sw2", "sw2_floor", "failed")
         if case.family == "PF-ODE":
             row["x"] = np.asarray(sol.x)
     times, _ = interleaved({label: (lambda c=c: c(key, prob.params)) for label, c in programs.items()}, rounds,
@@ -268,10 +269,8 @@ def render(data: dict) -> str:
 
 
 def arguments(parser):
-    parser.add_argument("--quick", action="store_true", help="small n, few tolerances (smoke test)")
+    options(parser, rounds=5, name="vs_diffrax", quick="small n, few tolerances (smoke test)")
     parser.add_argument("--problems", default="gmm64,gmm3072,conv")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--name", default="vs_diffrax", help="output file stem")
     parser.add_argument("--compile-repeats", type=int, default=3, help="compile each program this many times; "
                         "compile time = median CPU seconds")
     parser.add_argument("--diffrax-tols", default=None, help="comma-separated rtol=atol of the diffrax SDE rows "
