@@ -24,8 +24,10 @@ from jaxsde.testing.metrics import quality_report
 from jaxsde.testing.targets import GaussianMixture
 from jaxsde.timing import time_compiled
 
+from ..harness.cli import options
 from ..harness.machine import describe, machine_info, normalize
-from ..harness.writer import pyplot
+from ..harness.problems import ring_mixture
+from ..harness.writer import progress, pyplot
 
 METRICS = ("spread_w2", "sw2", "mmd2", "mode_tv")
 DIAGNOSTICS = ("std_ratio",)  # not a distance: 1 = exact; compared through |std_ratio - 1|
@@ -61,15 +63,9 @@ PAPER_CIFAR10 = (
 def make_problem(kind: str, shape: tuple[int, ...], n: int, repeats: int) -> dict:
     """An 8-mode ring mixture with the exact score. VE is VP's mixture mapped from [-1, 1] to
     [0, 1] (x -> (x + 1) / 2): same geometry, half the size."""
-    mix_key = jax.random.PRNGKey(1234)
-    if kind == "vp":
-        sde = VPSDE()
-        mixture = GaussianMixture.ring(8, shape, radius=0.6, scale=0.02, key=mix_key, jitter=0.05)
-        desc = "8-mode ring, radius 0.6, jitter 0.05, within-mode std 0.02, data in [-1, 1]"
-    else:
-        sde = VESDE()
-        mixture = GaussianMixture.ring(8, shape, radius=0.3, scale=0.01, key=mix_key, jitter=0.025, center=0.5)
-        desc = "8-mode ring around 0.5, radius 0.3, jitter 0.025, within-mode std 0.01, data in [0, 1]"
+    sde, mixture = (VPSDE() if kind == "vp" else VESDE()), ring_mixture(shape, kind == "ve")
+    desc = ("8-mode ring, radius 0.6, jitter 0.05, within-mode std 0.02, data in [-1, 1]" if kind == "vp" else
+            "8-mode ring around 0.5, radius 0.3, jitter 0.025, within-mode std 0.01, data in [0, 1]")
     d = math.prod(shape)
     return dict(name=f"{kind.upper()} d={d}", kind=kind, sde=sde, mixture=mixture, shape=shape, d=d, n=n,
                 repeats=repeats, description=desc)
@@ -177,40 +173,26 @@ def headline(problem_rows: list[dict], noise: dict) -> dict:
         return dict(reference=None)
     ok = lambda r, ms=MATCH_METRICS: r["failed"] == 0 and within_noise(r, ref, noise, ms)  # noqa: E731
     ggf = [r for r in problem_rows if r["family"].startswith("GGF")]
-    em = [r for r in problem_rows if r["family"] == "EM" and r["solver"] != REFERENCE]
-    best = min((r for r in ggf if ok(r)), key=lambda r: r["mean_nfe"], default=None)
     paper = [r for r in ggf if r["config_rtol"] is not None and r["config_rtol"] <= PAPER_MAX_RTOL]
-    best_paper = min((r for r in paper if ok(r)), key=lambda r: r["mean_nfe"], default=None)
-    best_primary = min((r for r in ggf if ok(r, PRIMARY_METRICS)), key=lambda r: r["mean_nfe"], default=None)
-    best_em = min((r for r in em if ok(r)), key=lambda r: r["mean_nfe"], default=None)
-    best_floor = min((r for r in ggf if r["failed"] == 0 and at_floor(r, noise)), key=lambda r: r["mean_nfe"],
-                     default=None)
-    best_any = min((r for r in problem_rows if r is not ref and ok(r)), key=lambda r: r["mean_nfe"], default=None)
+    em = [r for r in problem_rows if r["family"] == "EM" and r["solver"] != REFERENCE]
     out = dict(reference=REFERENCE, reference_mean_nfe=ref["mean_nfe"], reference_wall_s=ref["wall_s"],
                tolerance={m: tolerance(noise, m) for m in METRICS + DIAGNOSTICS if m in noise},
                largest_ggf_rtol_matching=max((float(r["config_rtol"]) for r in ggf if ok(r)), default=None),
                largest_ggf_rtol=max((float(r["config_rtol"]) for r in ggf), default=None),
-               reference_at_floor=at_floor(ref, noise),
-               ggf=None, ggf_paper_sweep=None, ggf_primary_only=None, ggf_at_floor=None, em=None, any=None)
-    for key, r in (("ggf", best), ("ggf_paper_sweep", best_paper), ("ggf_primary_only", best_primary),
-                   ("ggf_at_floor", best_floor), ("em", best_em), ("any", best_any)):
-        if r is not None:
-            out[key] = dict(solver=r["solver"], mean_nfe=r["mean_nfe"], max_nfe=r["max_nfe"],
-                            nfe_ratio=ref["mean_nfe"] / r["mean_nfe"], wall_s=r["wall_s"],
-                            wall_ratio=ref["wall_s"] / r["wall_s"],
-                            spread_w2=r["spread_w2"], sw2=r["sw2"], std_ratio=r.get("std_ratio"))
+               reference_at_floor=at_floor(ref, noise))
+    for key, rows in (("ggf", [r for r in ggf if ok(r)]), ("ggf_paper_sweep", [r for r in paper if ok(r)]),
+                      ("ggf_primary_only", [r for r in ggf if ok(r, PRIMARY_METRICS)]),
+                      ("ggf_at_floor", [r for r in ggf if r["failed"] == 0 and at_floor(r, noise)]),
+                      ("em", [r for r in em if ok(r)]), ("any", [r for r in problem_rows if r is not ref and ok(r)])):
+        r = min(rows, key=lambda r: r["mean_nfe"], default=None)  # the cheapest (first of equals)
+        out[key] = None if r is None else dict(
+            solver=r["solver"], mean_nfe=r["mean_nfe"], max_nfe=r["max_nfe"], nfe_ratio=ref["mean_nfe"] / r["mean_nfe"],
+            wall_s=r["wall_s"], wall_ratio=ref["wall_s"] / r["wall_s"], spread_w2=r["spread_w2"], sw2=r["sw2"],
+            std_ratio=r.get("std_ratio"))
     return out
 
 
 # --- reporting --------------------------------------------------------------------------------
-def fmt_row(r: dict) -> str:
-    return (f"{r['problem']:>10} | {r['solver']:<26} | NFE mean {r['mean_nfe']:7.1f} max {r['max_nfe']:5d} | "
-            f"iters {r['loop_iterations']:5d} | rej/sample {r['mean_rejected']:6.2f} | failed {r['failed']} | "
-            f"wall {r['wall_s']:7.3f}s compile {r['compile_s']:5.2f}s | spread_w2 {r['spread_w2']:.4f} "
-            f"(floor {r['spread_w2_floor']:.4f}) sw2 {r['sw2']:.5f} ({r['sw2_floor']:.5f}) "
-            f"mmd2 {r['mmd2']:.2e} mode_tv {r['mode_tv']:.3f} std_ratio {r['std_ratio']:.4f}")
-
-
 def _primary_text(h: dict, g: dict | None) -> str:
     g2 = h.get("ggf_primary_only")
     if g2 is None or (g is not None and g2["solver"] == g["solver"]):
@@ -421,10 +403,9 @@ def plot(data: dict, path: str) -> None:
 
 # --- main -------------------------------------------------------------------------------------
 def arguments(parser):
-    parser.add_argument("--quick", action="store_true", help="small smoke-test version (< 2 min)")
+    options(parser, seed=0, quick="small smoke-test version (< 2 min)")
     parser.add_argument("--only", default=None,
                         help="comma-separated subset of problems, e.g. vp-64,ve-3072 (default: all four)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
 
 
 def run(args, ctx):
@@ -464,14 +445,16 @@ def run(args, ctx):
         for family, label, solver in solver_configs(p["kind"], args.quick):
             row = measure(p, family, label, solver, sample_key, quality_key)
             pr.append(row)
-            print(fmt_row(row), flush=True)
+            progress(row, "problem", "solver", "mean_nfe", "max_nfe", "loop_iterations", "mean_rejected", "failed",
+                     "wall_s", "compile_s", *METRICS, "std_ratio")
         h = headline(pr, noise)
         if h.get("ggf") is not None:  # the paper's "EM at same NFE" control for the headline GGF point
             steps = max(int(round(h["ggf"]["mean_nfe"])) - 1, 1)
             label = f"EM {steps} (NFE of {h['ggf']['solver']})"
             row = measure(p, "EM matched", label, EulerMaruyama(steps), sample_key, quality_key)
             pr.append(row)
-            print(fmt_row(row), flush=True)
+            progress(row, "problem", "solver", "mean_nfe", "max_nfe", "loop_iterations", "mean_rejected", "failed",
+                     "wall_s", "compile_s", *METRICS, "std_ratio")
         heads[p["name"]] = h
         rows += pr
         print(headline_text(p["name"], h).replace("**", ""), flush=True)
@@ -484,5 +467,5 @@ def run(args, ctx):
                    paper_cifar10=dict(note="FID (NFE) from the paper (shared/research/ggf.md 6.1); not measured here",
                                       columns=PAPER_CIFAR10_COLUMNS, rows=PAPER_CIFAR10))
     ctx.save("work_precision", payload)
-    print(f"\nwrote {ctx.path('work_precision', 'md')} in {meta['total_s']:.0f} s", flush=True)
+    print(f"{meta['total_s']:.0f} s", flush=True)
     return 0
