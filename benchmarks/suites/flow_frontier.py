@@ -1,62 +1,83 @@
 """Fixed-budget sampling of flow models at 5 / 10 / 20 NFE: jaxsde vs diffusers' flow schedulers and k-diffusion.
 
-    python -m benchmarks run flow_frontier [--n 1000] [--seed 0] [--quick]
+    python -m benchmarks run flow_frontier [--n 1000] [--seed 0] [--targets ring8,ring8-narrow] [--budgets 5,10,20]
+                                           [--quick]
 
 The flow ODE of :class:`jaxsde.FlowSDE` (``x_t = (1 - t) x_0 + t noise``) with the exact velocity of
 two Gaussian mixtures in d = 64 (``jaxsde.testing.targets.GaussianMixture.ring``: 8 modes on a ring
 of radius 0.6, std 0.05 ``ring8`` or 0.01 ``ring8-narrow``, whose velocity turns sharply near the
-data), every library from the same ``N(0, I)`` draws, float32, in one process:
+data), every library from the same ``N(0, I)`` draws, float32, in one process. Every library's
+sampler is swept over the same kind of schedule knobs, and the best setting per library and
+budget is chosen on one set of draws (``--seed``) and then measured on another (``--seed + 1``,
+"held out"), so a library with more settings to choose from gains nothing from the choice itself:
 
-* jaxsde (the model ``jaxsde.Prediction(v, "velocity")``, from ``t = 1`` exactly, on
-  ``jaxsde.flow.flow_grid(K, shift=s)`` or on ``t = 1`` followed by k-diffusion's ``K - 1`` Karras /
-  exponential sigmas as times (:func:`sigma_grid`, rows ``[karras sigmas]``), the final denoising
-  step ``x - t v`` counted): flow-matching
-  Euler (``DDIM``), the native Heun (``EDMHeun(variables="native")``), DPM-Solver++ 2M / 3M
-  (``"midpoint"``, diffusers' coefficients, and 3M ``"taylor"``), UniPC-2 / UniPC-3 (``bh2``), each
-  at its defaults otherwise. (DEIS, iPNDM, LMS, SA-Solver and EDM's scaled-variable Heun refuse
-  ``t_start = 1``; they are not in the table.)
-* diffusers: ``FlowMatchEulerDiscreteScheduler`` and ``FlowMatchHeunDiscreteScheduler``
-  (``shift``), ``DPMSolverMultistepScheduler`` and ``UniPCMultistepScheduler`` with
-  ``use_flow_sigmas=True, prediction_type="flow_prediction"`` (``flow_shift``; ``solver_order`` 2,
-  their default, and 3), every other setting at its default; the model is called at the state's
-  ``sigma`` (``sched.sigmas[i]``: exact, not the truncated integer timestep a pipeline passes).
+* diffusers: ``FlowMatchEulerDiscreteScheduler`` (``shift``, ``shift_terminal``),
+  ``FlowMatchHeunDiscreteScheduler`` (``shift``), ``DPMSolverMultistepScheduler`` (``flow_shift``,
+  ``solver_order`` 2 / 3, ``lower_order_final``) and ``UniPCMultistepScheduler`` (``flow_shift``,
+  ``shift_terminal``, ``solver_order`` 2 / 3, ``lower_order_final``) with ``use_flow_sigmas=True,
+  prediction_type="flow_prediction"``, every other setting at its default; shifts ``SHIFTS``,
+  ``shift_terminal`` in ``SHIFT_TERMINAL`` (``None``: the class's own last sigma). The model is
+  called at the state's ``sigma`` (``sched.sigmas[i]``: exact, not the truncated integer timestep a
+  pipeline passes).
 * k-diffusion 0.1.1: ``sample_dpmpp_2m``, ``sample_euler``, ``sample_heun``, ``sample_dpm_2`` through
   the exact change of variables ``sigma = t / (1 - t)``, ``x_kd = x / (1 - t)``, denoiser
   ``D(x_kd, sigma) = x - t v(x, t)`` at ``t = sigma / (1 + sigma)``, ``x = x_kd / (1 + sigma)``, on
-  ``get_sigmas_karras`` (rho 7) and ``get_sigmas_exponential`` from ``sigma_max`` to
-  ``sigma_min = 0.002`` then 0. ``sigma_max = inf`` (``t = 1``) is not representable: the sampler
-  starts at a finite ``sigma_max`` (swept over ``KD_SIGMA_MAX``) from ``x_kd = sigma_max x_T``,
-  k-diffusion's own start (the flow state ``t_max x_T`` at ``t_max``: the marginal with ``x_0``
-  dropped).
+  ``get_sigmas_karras`` (rho 7) and ``get_sigmas_exponential`` from ``sigma_max`` (``SIGMA_MAX``) to
+  ``sigma_min`` (``SIGMA_MIN``) then 0. ``sigma_max = inf`` (``t = 1``) is not representable: the
+  sampler starts at the finite ``sigma_max`` from ``x_kd = sigma_max x_T``, k-diffusion's own start
+  (the flow state ``t_max x_T`` at ``t_max``: the marginal with ``x_0`` dropped).
+* jaxsde (the model ``jaxsde.Prediction(v, "velocity")``, the final denoising step ``x - t v``
+  counted), flow-matching Euler (``DDIM``), the native Heun (``EDMHeun(variables="native")``), EDM's
+  scaled Heun (``EDMHeun()``: k-diffusion's ``sample_heun``; it cannot start at ``t = 1``),
+  DPM-Solver++ 2M / 3M (``"midpoint"``, diffusers' coefficients, and 3M ``"taylor"``), UniPC-2 /
+  UniPC-3 (``bh2``), the multistep ones with ``lower_order_final`` on and off, on four grid families:
+
+  - ``[flow_grid]``: ``jaxsde.flow.flow_grid(K, shift)`` from ``t = 1`` (``SHIFTS``);
+  - ``[sigmas from t = 1]``: ``t = 1``, then ``K - 1`` Karras / exponential sigmas ``sigma_max ..
+    sigma_min`` as times ``t = sigma / (1 + sigma)`` (:func:`sigma_grid`);
+  - ``[sigmas from sigma_max]``: k-diffusion's own grid, ``K`` sigmas from ``sigma_max``, started at
+    ``t_max = sigma_max / (1 + sigma_max)`` from ``x = sigma(t_max) x_T`` (``FlowSDE.marginal``'s
+    noise scale: k-diffusion's start), the solve's ``t_start`` the grid's first time;
+  - ``[diffusers <class> grid]``: diffusers' exact configuration, ``jaxsde.flow.diffusers_flow_grid``
+    with the scheduler's settings (``denoise_is_last_step=True``, UniPC ``lower_order_final="always"``
+    when diffusers' ``lower_order_final`` is on), one row per diffusers setting.
+
+  The last family and ``Euler`` / ``DPM-Solver++ 2M`` (``lower_order_final=False``) / EDM Heun on
+  ``[sigmas from sigma_max]`` are the peers' algorithms on the peers' grids; the suite measures how
+  far each such pair is apart (``mirror`` in the ``.json``: max ``|x_jaxsde - x_peer|`` over the
+  pairs), so where a peer's setting is the best there is, jaxsde's best ties it by construction.
 
 Budgets: a 1-evaluation-per-step sampler gets ``B`` evaluations (``B - 1`` steps + the final
 denoising step on jaxsde's side; ``B`` sigmas then 0 on diffusers' and k-diffusion's); a
 2-evaluation one (Heun, DPM-2) ``K = (B + 1) // 2`` grid points, ``2K - 1`` NFE (5, 9, 19). NFE
-is counted (model calls), never assumed. Every sampler is swept over the time shift
-``SHIFTS`` (jaxsde and diffusers alike; k-diffusion over ``sigma_max`` and its two schedules), and
-the best setting per budget is reported (chosen on the evaluation draws, for every library alike).
+is counted (model calls), never assumed.
 
 Quality: ``jaxsde.testing.metrics.mode_spread_w2`` against the data law (per mode, location and
 spread in whitened units; count-weighted RMS) with its 30-resample bootstrap sd; its floor is the
 same for ``n`` exact data samples. Secondary, pathwise: per sample the RMS over coordinates of
 ``x - x_ref``, ``x_ref`` the flow ODE's map to ``t = 0`` (jaxsde ``ProbabilityFlow`` at ``rtol =
 atol = 1e-10`` in float64 to ``t = 1e-6``, then ``x - t v``), its mean over samples and that mean's
-sd (``std / sqrt(n)``). A verdict says "jaxsde better" / "peer better" where the difference of
-the two best rows exceeds 2 combined sd (``hypot`` of their sds), else "tie". Wall time: the batch,
-one run after compilation (jaxsde) or the whole loop (the torch peers, whose model calls cross
-from torch to the jitted JAX velocity and back: not a speed comparison).
+sd (``std / sqrt(n)``). Selection: every setting once on the selection draws (point values); per
+library, per sampler and per budget the setting with the lowest value is then run on the held-out
+draws, with its sd and wall time. Verdict (held-out): "win" / "loss" where the difference of the
+two libraries' best rows exceeds 2 combined sd (``hypot`` of their sds), else "tie". Wall time: the
+batch, one run after compilation (jaxsde) or the whole loop (the torch peers, whose model calls
+cross from torch to the jitted JAX velocity and back: not a speed comparison).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import jaxsde
-from jaxsde.flow import flow_grid
+from jaxsde.flow import diffusers_flow_grid, flow_grid
 from jaxsde.testing import metrics
 from jaxsde.testing.targets import GaussianMixture
 
@@ -66,31 +87,40 @@ from ..harness.samplers import prior
 from ..harness.writer import table
 
 BUDGETS = (5, 10, 20)
-SHIFTS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+SHIFTS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 6.0)
+SIGMA_MAX = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 1000.0)
+SIGMA_MIN = (0.002, 0.01, 0.03, 0.1, 0.2)
+SHIFT_TERMINAL = (None, 0.002, 0.01, 0.03, 0.1, 0.2)
+SCHEDULES = ("karras", "exponential")
 TARGETS = {"ring8": 0.05, "ring8-narrow": 0.01}
 DIM = 64
-KD_SIGMA_MIN = 0.002
-KD_SIGMA_MAX = (10.0, 80.0, 1000.0)
 KD_SAMPLERS = {"dpmpp_2m": 1, "euler": 1, "heun": 2, "dpm_2": 2}
 SDE = jaxsde.FlowSDE()
 LIBS = ("jaxsde", "diffusers", "k-diffusion")
+QUICK = dict(n=128, budgets=(5,), shifts=(0.5, 1.0), sigma_max=(2.0, 80.0), sigma_min=(0.002, 0.1),
+             shift_terminal=(None, 0.1), targets=("ring8",))
 
 
 def mixture(name: str, dtype=jnp.float32) -> GaussianMixture:
     return GaussianMixture.ring(8, (DIM,), radius=0.6, scale=TARGETS[name], key=jax.random.PRNGKey(1234), dtype=dtype)
 
 
-def sigma_grid(k: int, schedule: str, sigma_max: float) -> tuple[float, ...]:
-    """``k`` flow times from ``t = 1``: 1, then k-diffusion's ``k - 1`` Karras (rho 7) or exponential sigmas from
-    ``sigma_max`` to ``KD_SIGMA_MIN`` as times ``t = sigma / (1 + sigma)`` (its grid, with a first step out of
-    ``t = 1`` instead of starting at ``sigma_max``)."""
-    ramp = np.linspace(0.0, 1.0, k - 1)
+def kd_sigmas(k: int, schedule: str, sigma_max: float, sigma_min: float) -> np.ndarray:
+    """k-diffusion's ``get_sigmas_karras`` (rho 7) / ``get_sigmas_exponential``: ``k`` sigmas ``sigma_max ..
+    sigma_min`` (without its final 0), float64."""
+    ramp = np.linspace(0.0, 1.0, k)
     if schedule == "karras":
-        lo, hi = KD_SIGMA_MIN ** (1 / 7), sigma_max ** (1 / 7)
-        sig = (hi + ramp * (lo - hi)) ** 7
-    else:
-        sig = np.exp(np.log(sigma_max) + ramp * (np.log(KD_SIGMA_MIN) - np.log(sigma_max)))
-    return (1.0, *(float(v) for v in sig / (1.0 + sig)))
+        lo, hi = sigma_min ** (1 / 7), sigma_max ** (1 / 7)
+        return (hi + ramp * (lo - hi)) ** 7
+    return np.exp(np.log(sigma_max) + ramp * (np.log(sigma_min) - np.log(sigma_max)))
+
+
+def sigma_grid(k: int, schedule: str, sigma_max: float, sigma_min: float, from_t1: bool) -> tuple[float, ...]:
+    """``k`` flow times: with ``from_t1``, 1 then k-diffusion's ``k - 1`` sigmas as times ``t = sigma / (1 + sigma)``
+    (its grid, with a first step out of ``t = 1`` instead of starting at ``sigma_max``); else its ``k`` sigmas."""
+    sig = kd_sigmas(k - 1 if from_t1 else k, schedule, sigma_max, sigma_min)
+    times = tuple(float(v) for v in sig / (1.0 + sig))
+    return (1.0, *times) if from_t1 else times
 
 
 def grid_points(budget: int, per_step: int) -> int:
@@ -98,32 +128,59 @@ def grid_points(budget: int, per_step: int) -> int:
     return budget if per_step == 1 else (budget + 1) // 2
 
 
+@dataclasses.dataclass
+class Config:
+    """One setting of one sampler at one budget; ``run(x_T)`` -> ``(x, nfe per sample, failed, wall s)``."""
+
+    lib: str
+    sampler: str
+    setting: str
+    budget: int
+    run: Callable = dataclasses.field(repr=False)
+    knobs: dict = dataclasses.field(default_factory=dict)
+    default: bool = False
+
+
 # --- jaxsde ------------------------------------------------------------------------------------------------------
-JAXSDE = {  # name -> (evaluations per step, (steps, grid) -> solver)
-    "Euler (DDIM)": (1, lambda k, g: jaxsde.DDIM(k, grid=g)),
-    "Heun (native)": (2, lambda k, g: jaxsde.EDMHeun(k, variables="native", grid=g)),
-    "DPM-Solver++ 2M": (1, lambda k, g: jaxsde.DPMSolverPP(k, order=2, grid=g)),
-    "DPM-Solver++ 3M": (1, lambda k, g: jaxsde.DPMSolverPP(k, order=3, grid=g)),
-    "DPM-Solver++ 3M taylor": (1, lambda k, g: jaxsde.DPMSolverPP(k, order=3, solver_type="taylor", grid=g)),
-    "UniPC-2": (1, lambda k, g: jaxsde.UniPC(k, order=2, grid=g)),
-    "UniPC-3": (1, lambda k, g: jaxsde.UniPC(k, order=3, grid=g)),
+JAXSDE = {  # name -> (evaluations per step, multistep (takes lower_order_final), (steps, grid, lof) -> solver)
+    "Euler (DDIM)": (1, False, lambda k, g, lof: jaxsde.DDIM(k, grid=g)),
+    "Heun (native)": (2, False, lambda k, g, lof: jaxsde.EDMHeun(k, variables="native", grid=g)),
+    "DPM-Solver++ 2M": (1, True, lambda k, g, lof: jaxsde.DPMSolverPP(k, order=2, grid=g, lower_order_final=lof)),
+    "DPM-Solver++ 3M": (1, True, lambda k, g, lof: jaxsde.DPMSolverPP(k, order=3, grid=g, lower_order_final=lof)),
+    "DPM-Solver++ 3M taylor": (1, True, lambda k, g, lof: jaxsde.DPMSolverPP(k, order=3, solver_type="taylor",
+                                                                            grid=g, lower_order_final=lof)),
+    "UniPC-2": (1, True, lambda k, g, lof: jaxsde.UniPC(k, order=2, grid=g, lower_order_final=lof)),
+    "UniPC-3": (1, True, lambda k, g, lof: jaxsde.UniPC(k, order=3, grid=g, lower_order_final=lof)),
 }
+SCALED_HEUN = "Heun (EDM scaled)"  # only below t = 1
+FROM_T1, FROM_SMAX = "sigmas from t = 1", "sigmas from sigma_max"
 
 
 @jax.jit
-def _jaxsde_solve(mix, solver, x_T):
-    """One program per solver structure and grid length (the grid and the mixture are traced)."""
+def _jaxsde_solve(mix, solver, x_start):
+    """One program per solver structure and grid length (the grid, the start and the mixture are traced); the solve
+    starts at the grid's first time."""
     model = jaxsde.Prediction(mix.velocity(SDE), "velocity")
-    keys = jax.random.split(jax.random.PRNGKey(0), x_T.shape[0])
-    sol = jaxsde.solve_batch(keys, SDE, model, solver, x_T)
+    keys = jax.random.split(jax.random.PRNGKey(0), x_start.shape[0])
+    sol = jaxsde.solve_batch(keys, SDE, model, solver, x_start)
     return sol.x, sol.stats.nfe, sol.result
 
 
-def run_jaxsde(mix, solver, x_T):
-    out = jax.block_until_ready(_jaxsde_solve(mix, solver, x_T))  # compiles once per structure
-    t0 = time.perf_counter()
-    x, nfe, result = jax.block_until_ready(_jaxsde_solve(mix, solver, x_T))
-    return np.asarray(out[0]), np.asarray(nfe), int(np.sum(np.asarray(result) != 0)), time.perf_counter() - t0
+def run_jaxsde(mix, solver, x_start, timed: bool = False):
+    out = jax.block_until_ready(_jaxsde_solve(mix, solver, x_start))  # compiles once per structure
+    wall = float("nan")
+    if timed:
+        t0 = time.perf_counter()
+        jax.block_until_ready(_jaxsde_solve(mix, solver, x_start))
+        wall = time.perf_counter() - t0
+    x, nfe, result = out
+    return np.asarray(x), np.asarray(nfe), int(np.sum(np.asarray(result) != 0)), wall
+
+
+def jaxsde_config(mix, sampler, setting, budget, solver, scale=1.0, **knobs) -> Config:
+    """A jaxsde row: ``solver`` from ``scale * x_T`` at its grid's first time."""
+    return Config("jaxsde", sampler, setting, budget,
+                  lambda x_T, timed=False: run_jaxsde(mix, solver, jnp.asarray(scale * np.asarray(x_T)), timed), knobs)
 
 
 def reference(name: str, x_T) -> np.ndarray:
@@ -154,17 +211,6 @@ class TorchVelocity:
         return torch.from_numpy(np.array(self.fn(jnp.asarray(x.numpy()), jnp.float32(t))))
 
 
-def diffusers_scheduler(name: str, shift: float, order: int):
-    import diffusers
-
-    if name == "FlowMatchEulerDiscreteScheduler":
-        return diffusers.FlowMatchEulerDiscreteScheduler(shift=shift)
-    if name == "FlowMatchHeunDiscreteScheduler":
-        return diffusers.FlowMatchHeunDiscreteScheduler(shift=shift)
-    return getattr(diffusers, name)(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=shift,
-                                    solver_order=order)
-
-
 DIFFUSERS = {  # row name -> (class, evaluations per step, solver_order)
     "FlowMatchEuler": ("FlowMatchEulerDiscreteScheduler", 1, 1),
     "FlowMatchHeun": ("FlowMatchHeunDiscreteScheduler", 2, 2),
@@ -176,21 +222,51 @@ DIFFUSERS = {  # row name -> (class, evaluations per step, solver_order)
 DIFFUSERS_DEFAULTS = {"shift": 1.0, "order": 2}  # the classes' defaults (shift / flow_shift 1, solver_order 2)
 
 
-def run_diffusers(velocity: TorchVelocity, cls: str, shift: float, order: int, k: int, x_T):
+def diffusers_scheduler(cls: str, shift: float, order: int, shift_terminal: float | None, lof: bool):
+    import diffusers
+
+    extra = {} if shift_terminal is None else {"shift_terminal": shift_terminal}
+    if cls == "FlowMatchEulerDiscreteScheduler":
+        return diffusers.FlowMatchEulerDiscreteScheduler(shift=shift, **extra)
+    if cls == "FlowMatchHeunDiscreteScheduler":
+        return diffusers.FlowMatchHeunDiscreteScheduler(shift=shift)
+    return getattr(diffusers, cls)(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=shift,
+                                   solver_order=order, lower_order_final=lof, **extra)
+
+
+def run_diffusers(velocity: TorchVelocity, cls: str, shift: float, order: int, shift_terminal, lof: bool, k: int,
+                  x_T):
     import torch
 
-    sched = diffusers_scheduler(cls, shift, order)
+    sched = diffusers_scheduler(cls, shift, order, shift_terminal, lof)
     sched.set_timesteps(k)
     velocity.calls = 0
     t0 = time.perf_counter()
-    x = torch.from_numpy(np.asarray(x_T, np.float32))
-    with torch.no_grad():
-        for i, ts in enumerate(sched.timesteps):
-            x = sched.step(velocity(x, float(sched.sigmas[i])), ts, x).prev_sample
-    return x.numpy(), velocity.calls, time.perf_counter() - t0
+    x = torch.from_numpy(np.array(x_T, np.float32))
+    try:
+        with torch.no_grad():
+            for i, ts in enumerate(sched.timesteps):
+                x = sched.step(velocity(x, float(sched.sigmas[i])), ts, x).prev_sample
+    except RuntimeError:  # e.g. UniPC's torch.linalg.solve on a singular system (two sigmas equal in float32)
+        return np.full(x.shape, np.nan, np.float32), np.full(len(x), velocity.calls), len(x), time.perf_counter() - t0
+    return x.numpy(), np.full(len(x), velocity.calls), 0, time.perf_counter() - t0
 
 
-def run_k_diffusion(ks, velocity: TorchVelocity, sampler: str, schedule: str, sigma_max: float, budget: int, x_T):
+def diffusers_mirror(cls: str, order: int, k: int, grid, lof: bool):
+    """The jaxsde solver that is diffusers' ``cls`` at these settings on its grid ``grid``."""
+    if cls == "FlowMatchEulerDiscreteScheduler":
+        return "Euler (DDIM)", jaxsde.DDIM(k - 1, grid=grid)
+    if cls == "FlowMatchHeunDiscreteScheduler":
+        return "Heun (native)", jaxsde.EDMHeun(k - 1, variables="native", grid=grid)
+    if cls == "DPMSolverMultistepScheduler":
+        return (f"DPM-Solver++ {order}M",
+                jaxsde.DPMSolverPP(k - 1, order=order, grid=grid, denoise_is_last_step=True, lower_order_final=lof))
+    return (f"UniPC-{order}", jaxsde.UniPC(k - 1, order=order, variant="bh2", grid=grid, denoise_is_last_step=True,
+                                           lower_order_final="always" if lof else False))
+
+
+def run_k_diffusion(ks, velocity: TorchVelocity, sampler: str, schedule: str, sigma_max: float, sigma_min: float,
+                    budget: int, x_T):
     """``sample_<sampler>`` on the flow through ``sigma = t / (1 - t)``, ``x_kd = x / (1 - t)``."""
     import torch
 
@@ -202,127 +278,265 @@ def run_k_diffusion(ks, velocity: TorchVelocity, sampler: str, schedule: str, si
 
     steps = grid_points(budget, KD_SAMPLERS[sampler])
     make = ks.get_sigmas_karras if schedule == "karras" else ks.get_sigmas_exponential
-    sigmas = make(steps, KD_SIGMA_MIN, sigma_max)
+    sigmas = make(steps, sigma_min, sigma_max)
     velocity.calls = 0
     t0 = time.perf_counter()
     with torch.no_grad():
-        out = getattr(ks, "sample_" + sampler)(denoiser, sigma_max * torch.from_numpy(np.asarray(x_T, np.float32)),
+        out = getattr(ks, "sample_" + sampler)(denoiser, sigma_max * torch.from_numpy(np.array(x_T, np.float32)),
                                                sigmas, disable=True)
-    return out.numpy(), velocity.calls, time.perf_counter() - t0
+    return out.numpy(), np.full(len(out), velocity.calls), 0, time.perf_counter() - t0
+
+
+KD_MIRROR = {"euler": ("Euler (DDIM)", False), "dpmpp_2m": ("DPM-Solver++ 2M", False), "heun": (SCALED_HEUN, False)}
+
+
+# --- the sweep ---------------------------------------------------------------------------------------------------
+def _g(v) -> str:
+    return "None" if v is None else f"{v:g}"
+
+
+def sweep(mix, ks, velocity, budget, grids, x_sel, x_ref, mirror) -> tuple[list[Config], list[dict]]:
+    """Every setting of every sampler at ``budget`` on the selection draws ``x_sel``: the configurations and their
+    point values; the mirror pairs' max ``|x_jaxsde - x_peer|`` go to ``mirror``."""
+    configs, rows = [], []
+    spread = jax.jit(lambda x: metrics.mode_spread_w2(mix, x))
+
+    def add(cfg, out=None):
+        x, nfe, failed, _ = cfg.run(x_sel) if out is None else out
+        ok = bool(np.all(np.isfinite(x)))
+        q = float(spread(jnp.asarray(x, jnp.float32))) if ok else float("nan")
+        err = float(np.mean(np.sqrt(np.mean((np.asarray(x, np.float64) - x_ref) ** 2, axis=1)))) if ok else np.nan
+        configs.append(cfg)
+        rows.append(dict(lib=cfg.lib, sampler=cfg.sampler, setting=cfg.setting, budget=budget,
+                         mean_nfe=float(np.mean(nfe)), max_nfe=int(np.max(nfe)),
+                         failed=int(failed) + (0 if ok else len(x)), quality=q, path_error=err, default=cfg.default))
+        return x
+
+    # jaxsde on flow_grid from t = 1
+    for name, (per_step, multistep, make) in JAXSDE.items():
+        k = grid_points(budget, per_step)
+        for s, lof in itertools.product(grids["shifts"], (True, False) if multistep else (True,)):
+            add(jaxsde_config(mix, f"{name} [flow_grid]", f"flow_grid({k}, shift={s:g})" + ("" if lof else
+                              ", lower_order_final=False"), budget, make(k - 1, flow_grid(k, shift=s), lof)))
+    # k-diffusion and jaxsde on sigma schedules (jaxsde: from t = 1 and from sigma_max)
+    for schedule, smax, smin in itertools.product(SCHEDULES, grids["sigma_max"], grids["sigma_min"]):
+        if smin >= smax:
+            continue
+        knob = f"{schedule}, sigma_max {smax:g}, sigma_min {smin:g}"
+        peer = {}
+        for sampler, per_step in KD_SAMPLERS.items():
+            x = add(Config("k-diffusion", f"sample_{sampler}",
+                           f"{grid_points(budget, per_step)} {schedule} sigmas {smax:g} .. {smin:g} then 0", budget,
+                           lambda x_T, timed=False, sampler=sampler, a=(schedule, smax, smin):
+                           run_k_diffusion(ks, velocity, sampler, *a, budget, x_T), dict(knob=knob)))
+            peer[sampler] = x
+        for name, (per_step, multistep, make) in {**JAXSDE, SCALED_HEUN: (2, False, lambda k, g, lof: jaxsde.EDMHeun(
+                k, grid=g))}.items():
+            k = grid_points(budget, per_step)
+            for from_t1, lof in itertools.product((True, False), (True, False) if multistep else (True,)):
+                if from_t1 and (name == SCALED_HEUN or k < 3):
+                    continue
+                g = sigma_grid(k, schedule, smax, smin, from_t1)
+                scale = 1.0 if from_t1 else float(SDE.marginal(g[0])[1])
+                start = FROM_T1 if from_t1 else FROM_SMAX
+                setting = (f"t = 1, then {k - 1}" if from_t1 else f"from t = {g[0]:.4g} (x = {scale:.4g} x_T), {k}") + \
+                    f" {schedule} sigmas {smax:g} .. {smin:g}" + ("" if lof else ", lower_order_final=False")
+                x = add(jaxsde_config(mix, f"{name} [{start}]", setting, budget, make(k - 1, g, lof), scale,
+                                      knob=knob))
+                for sampler, (mname, mlof) in KD_MIRROR.items():
+                    if not from_t1 and name == mname and lof == mlof:
+                        dx = float(np.max(np.abs(x - peer[sampler])))
+                        if dx > mirror["k-diffusion"]:
+                            mirror["k-diffusion"], mirror["k-diffusion worst"] = dx, f"sample_{sampler}, {knob}"
+                        mirror["k-diffusion pairs"] += 1
+    # diffusers, and jaxsde on diffusers' grid with diffusers' settings
+    for name, (cls, per_step, order) in DIFFUSERS.items():
+        k = grid_points(budget, per_step)
+        terminals = grids["shift_terminal"] if cls in ("FlowMatchEulerDiscreteScheduler",
+                                                       "UniPCMultistepScheduler") else (None,)
+        lofs = (True, False) if order > 1 and "Heun" not in cls else (True,)
+        for s, st, lof in itertools.product(grids["shifts"], terminals, lofs):
+            try:
+                grid = diffusers_flow_grid(cls, k, shift=s, shift_terminal=st)
+            except ValueError:
+                continue
+            setting = (f"{cls}, num_inference_steps={k}, shift={s:g}"
+                       + ("" if st is None else f", shift_terminal={st:g}")
+                       + ("" if lof else ", lower_order_final=False"))
+            default = s == DIFFUSERS_DEFAULTS["shift"] and order <= DIFFUSERS_DEFAULTS["order"] and st is None and lof
+            x_peer = add(Config("diffusers", name, setting, budget,
+                                lambda x_T, timed=False, a=(cls, s, order, st, lof, k):
+                                run_diffusers(velocity, *a, x_T), dict(shift=s), default))
+            mname, solver = diffusers_mirror(cls, order, k, grid, lof)
+            x = add(jaxsde_config(mix, f"{mname} [diffusers {name.split(' ')[0]} grid]", setting, budget, solver,
+                                  shift=s))
+            if np.all(np.isfinite(x_peer)):
+                dx = float(np.max(np.abs(x - x_peer)))
+                if dx > mirror["diffusers"]:
+                    mirror["diffusers"], mirror["diffusers worst"] = dx, setting
+                mirror["diffusers pairs"] += 1
+            else:
+                mirror["diffusers failed"] += 1
+    return configs, rows
+
+
+def evaluate(cfg: Config, target, mix, x_T, x_ref, selection: dict) -> dict:
+    """``cfg`` on the draws ``x_T``: quality with its bootstrap sd, pathwise error with its sd, the mode weights' total
+    variation (a diagnostic: mode-spread W2 does not see the weights), NFE, failures, wall; ``selection`` its point
+    values on the selection draws."""
+    x, nfe, failed, wall = cfg.run(x_T, timed=True)
+    x = np.asarray(x, np.float64)
+    ok = bool(np.all(np.isfinite(x)))
+    q, sd = target.quality(x) if ok else (float("nan"), float("nan"))
+    err = np.sqrt(np.mean((x - x_ref) ** 2, axis=1))
+    return dict(lib=cfg.lib, sampler=cfg.sampler, setting=cfg.setting, budget=cfg.budget,
+                mean_nfe=float(np.mean(nfe)), max_nfe=int(np.max(nfe)), failed=int(failed) + (0 if ok else len(x)),
+                quality=q, sd=sd, mode_tv=float(metrics.mode_weight_tv(mix, x)) if ok else float("nan"),
+                path_error=float(err.mean()), path_sd=float(err.std() / np.sqrt(len(err))),
+                wall_s=wall, default=cfg.default, selection_quality=selection["quality"],
+                selection_path_error=selection["path_error"])
+
+
+def _ok(r, field):
+    return r["failed"] == 0 and r["mean_nfe"] <= r["budget"] and np.isfinite(r[field])
+
+
+def _argbest(rows, idx, field):
+    idx = [i for i in idx if _ok(rows[i], field)]
+    return min(idx, key=lambda i: rows[i][field]) if idx else None
 
 
 # --- the suite ---------------------------------------------------------------------------------------------------
 def arguments(parser):
-    parser.add_argument("--n", type=int, default=1000, help="samples (the same N(0, I) draws for every sampler)")
-    parser.add_argument("--seed", type=int, default=0, help="the draws' seed (jaxsde's prior draws of that seed)")
-    parser.add_argument("--quick", action="store_true", help="128 samples, 5 NFE, shifts 1 and 3, ring8 only")
+    parser.add_argument("--n", type=int, default=1000, help="samples per draw set (selection and held out)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the selection draws' seed (jaxsde's prior draws of that seed); held out: seed + 1")
+    parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated subset of {', '.join(TARGETS)}")
+    parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)), help="comma-separated NFE budgets")
+    parser.add_argument("--merge", action="store_true",
+                        help="add this run's targets and budgets to the stored flow_frontier.json of the same --n, "
+                             "--seed and grids (a full run in pieces); the results then list every command")
+    parser.add_argument("--quick", action="store_true",
+                        help="128 samples, 5 NFE, ring8 only, two values of each knob (the smoke test)")
 
 
 def run(args, ctx):
     import torch
 
     torch.set_num_threads(2)
-    n = 128 if args.quick else args.n
-    budgets = BUDGETS[:1] if args.quick else BUDGETS
-    shifts = (1.0, 3.0) if args.quick else SHIFTS
-    sigma_maxes = (80.0,) if args.quick else KD_SIGMA_MAX
-    names = ("ring8",) if args.quick else tuple(TARGETS)
+    names = tuple(args.targets.split(","))
+    try:
+        budgets = tuple(int(b) for b in args.budgets.split(","))
+    except ValueError:
+        ctx.error(f"--budgets takes comma-separated integers, got {args.budgets!r}")
+    if unknown := [t for t in names if t not in TARGETS]:
+        ctx.error(f"unknown target(s) {unknown}; choose from {list(TARGETS)}")
+    if any(b < 3 for b in budgets):
+        ctx.error("every budget must be >= 3 NFE")
+    grids = dict(shifts=SHIFTS, sigma_max=SIGMA_MAX, sigma_min=SIGMA_MIN, shift_terminal=SHIFT_TERMINAL)
+    n = args.n
+    if args.quick:
+        n, budgets, names = QUICK["n"], QUICK["budgets"], QUICK["targets"]
+        grids = {k: QUICK[k] for k in grids}
     ks = sampling_module()
     if ks is None:
         ctx.error("k-diffusion is not installed (pip install --no-deps k-diffusion==0.1.1.post1)")
     results = {}
     for tname in names:
-        t_start = time.perf_counter()
         mix = mixture(tname)
         spread = jax.jit(lambda x, mix=mix: metrics.mode_spread_w2(mix, x))
         target = exact_target(tname, SDE, mix, lambda x, f=spread: float(f(jnp.asarray(x, jnp.float32))),
                               "mode-spread W2 (whitened) against the data law")
-        x_T = prior(target, args.seed, n)
-        x_ref = reference(tname, x_T)
-        floor_q, floor_sd = target.quality(np.asarray(mix.sample(jax.random.PRNGKey(args.seed + 17), n)))
+        x_sel, x_held = prior(target, args.seed, n), prior(target, args.seed + 1, n)
+        ref_sel, ref_held = reference(tname, x_sel), reference(tname, x_held)
+        exact = np.asarray(mix.sample(jax.random.PRNGKey(args.seed + 17), n))
+        floor_q, floor_sd = target.quality(exact)
+        floor_tv = float(metrics.mode_weight_tv(mix, exact))
         velocity = TorchVelocity(mix)
-        rows = []
-
+        per_budget = {}
         for b in budgets:
-            for name, (per_step, make) in JAXSDE.items():
-                k = grid_points(b, per_step)
-                for s in shifts:
-                    x, nfe, failed, wall = run_jaxsde(mix, make(k - 1, flow_grid(k, shift=s)), x_T)
-                    rows.append(row(target, x_ref, "jaxsde", name, f"flow_grid({k}, shift={s:g})", b, x, nfe, failed,
-                                    wall, shift=s))
-                for schedule in ("karras", "exponential"):
-                    for smax in sigma_maxes:
-                        if k < 3:
-                            continue
-                        x, nfe, failed, wall = run_jaxsde(mix, make(k - 1, sigma_grid(k, schedule, smax)), x_T)
-                        rows.append(row(target, x_ref, "jaxsde", f"{name} [{schedule} sigmas]",
-                                        f"t = 1, then {k - 1} {schedule} sigmas {smax:g} .. {KD_SIGMA_MIN}", b, x, nfe,
-                                        failed, wall, sigma_max=smax))
-            for name, (cls, per_step, order) in DIFFUSERS.items():
-                k = grid_points(b, per_step)
-                for s in shifts:
-                    x, calls, wall = run_diffusers(velocity, cls, s, order, k, x_T)
-                    default = s == DIFFUSERS_DEFAULTS["shift"] and "order 3" not in name
-                    rows.append(row(target, x_ref, "diffusers", name, f"{cls}, num_inference_steps={k}, shift={s:g}",
-                                    b, x, calls, 0, wall, default=default, shift=s))
-            for sampler in KD_SAMPLERS:
-                for schedule in ("karras", "exponential"):
-                    for smax in sigma_maxes:
-                        x, calls, wall = run_k_diffusion(ks, velocity, sampler, schedule, smax, b, x_T)
-                        rows.append(row(target, x_ref, "k-diffusion", f"sample_{sampler} ({schedule})",
-                                        f"{grid_points(b, KD_SAMPLERS[sampler])} sigmas {smax:g} .. {KD_SIGMA_MIN} "
-                                        "then 0", b, x, calls, 0, wall, sigma_max=smax))
-            done = [r for r in rows if r["budget"] == b]
-            print(f"  {tname} {b} NFE: {len(done)} rows, best " + ", ".join(
-                f"{lib} {best['quality']:.4f} ({best['sampler']}, {best['setting']})"
-                for lib in LIBS if (best := _best(done, lib, b, 'quality'))), flush=True)
-        results[tname] = dict(scale=TARGETS[tname], floor=floor_q, floor_sd=floor_sd, rows=rows,
-                              summary=summarize(rows, budgets), seconds=time.perf_counter() - t_start)
-    ctx.save("flow_frontier", dict(n=n, seed=args.seed, dim=DIM, budgets=list(budgets), shifts=list(shifts),
-                                   kd_sigma_max=list(sigma_maxes), kd_sigma_min=KD_SIGMA_MIN, targets=results))
+            t0 = time.perf_counter()
+            mirror = {"diffusers": 0.0, "diffusers worst": "", "diffusers pairs": 0, "diffusers failed": 0,
+                      "k-diffusion": 0.0, "k-diffusion worst": "", "k-diffusion pairs": 0}
+            configs, rows = sweep(mix, ks, velocity, b, grids, x_sel, ref_sel, mirror)
+            chosen = {}  # config index -> the roles it is chosen for
+            for fld in ("quality", "path_error"):
+                for lib in LIBS:
+                    chosen.setdefault(_argbest(rows, [i for i, r in enumerate(rows) if r["lib"] == lib], fld),
+                                      []).append(f"best {lib} {fld}")
+                defaults = [i for i, r in enumerate(rows) if r["lib"] == "diffusers" and r["default"]]
+                chosen.setdefault(_argbest(rows, defaults, fld), []).append(f"best diffusers (defaults) {fld}")
+            for key in dict.fromkeys((r["lib"], r["sampler"]) for r in rows):
+                idx = [i for i, r in enumerate(rows) if (r["lib"], r["sampler"]) == key]
+                chosen.setdefault(_argbest(rows, idx, "quality"), []).append("best of its sampler")
+            chosen.pop(None, None)
+            held = [dict(evaluate(configs[i], target, mix, x_held, ref_held, rows[i]), roles=roles)
+                    for i, roles in chosen.items()]
+            per_budget[str(b)] = dict(settings={lib: sum(r["lib"] == lib for r in rows) for lib in LIBS},
+                                      mirror=mirror, rows=held, summary=summarize(held, b),
+                                      seconds=time.perf_counter() - t0)
+            print(f"  {tname} {b} NFE: {len(rows)} settings, held out best " + ", ".join(
+                f"{lib} {r['quality']:.4f} ± {r['sd']:.4f} ({r['sampler']}, {r['setting']})" for lib in LIBS
+                if (r := _role(held, b, f"best {lib} quality"))) + f"; mirror {mirror}; "
+                f"{time.perf_counter() - t0:.0f} s", flush=True)
+        results[tname] = dict(scale=TARGETS[tname], floor=floor_q, floor_sd=floor_sd, floor_tv=floor_tv,
+                               budgets=per_budget)
+    data = dict(n=n, seed=args.seed, dim=DIM, grids=grids, targets=results, commands=[ctx.command])
+    if args.merge:
+        data = merge(ctx.path("flow_frontier", "json"), data, ctx)
+    data["command"] = " && ".join(data["commands"])
+    ctx.save("flow_frontier", data)
 
 
-def row(target, x_ref, lib, sampler, setting, budget, x, nfe, failed, wall, default=False, **extra) -> dict:
-    """One result row: quality with its bootstrap sd, pathwise error with its sd, NFE, failures, wall."""
-    x = np.asarray(x, np.float64)
-    ok = bool(np.all(np.isfinite(x)))
-    q, sd = target.quality(x) if ok else (float("nan"), float("nan"))
-    err = np.sqrt(np.mean((x - x_ref) ** 2, axis=1))
-    nfe = np.asarray(nfe)
-    return dict(lib=lib, sampler=sampler, setting=setting, budget=budget, mean_nfe=float(nfe.mean()),
-                max_nfe=int(nfe.max()), failed=int(failed) + (0 if ok else len(x)), quality=q, sd=sd,
-                path_error=float(err.mean()), path_sd=float(err.std() / np.sqrt(len(err))), wall_s=wall,
-                default=default, **extra)
+def merge(path: str, new: dict, ctx) -> dict:
+    """``new``'s targets and budgets added to the results stored at ``path`` (replacing the same target and
+    budget); the runs must share ``n``, ``seed`` and the knob grids."""
+    import json
+    import os
+
+    if not os.path.exists(path):
+        return new
+    with open(path) as f:
+        old = json.load(f)
+    same = json.loads(json.dumps({k: new[k] for k in ("n", "seed", "dim", "grids")}))
+    if "commands" not in old or any(old.get(k) != v for k, v in same.items()):
+        ctx.error(f"--merge: {path} is not a run with the same --n, --seed and knob grids (or an older format)")
+    for tname, res in new["targets"].items():
+        old["targets"].setdefault(tname, dict(res, budgets={}))["budgets"].update(res["budgets"])
+    old["targets"] = {t: old["targets"][t] for t in TARGETS if t in old["targets"]}
+    for res in old["targets"].values():
+        res["budgets"] = dict(sorted(res["budgets"].items(), key=lambda kv: int(kv[0])))
+    old["commands"] = [c for c in old["commands"] if c != new["commands"][0]] + new["commands"]
+    for key in ("suite", "command", "machine"):
+        old.pop(key, None)  # set again by the writer for this run
+    return old
 
 
-def _best(rows, lib, budget, field, default_only=False):
-    cands = [r for r in rows if r["lib"] == lib and r["budget"] == budget and r["failed"] == 0
-             and r["mean_nfe"] <= budget and np.isfinite(r[field]) and (r["default"] or not default_only)]
-    return min(cands, key=lambda r: r[field]) if cands else None
+def _role(rows, budget, role):
+    found = [r for r in rows if r["budget"] == budget and role in r["roles"]]
+    return found[0] if found else None
 
 
 def verdict(j, p, field, sd_field):
     """jaxsde's best ``j`` vs a peer's best ``p`` on ``field`` (lower is better), in combined sds."""
     diff = p[field] - j[field]
     sd = float(np.hypot(j[sd_field], p[sd_field]))
-    word = "jaxsde better" if diff > 2 * sd else "peer better" if diff < -2 * sd else "tie"
+    word = "win" if diff > 2 * sd else "loss" if diff < -2 * sd else "tie"
     return dict(diff=diff, combined_sd=sd, verdict=word)
 
 
-def summarize(rows, budgets):
+def summarize(rows, b):
+    """Per field: each library's best row at budget ``b`` (held out) and jaxsde's verdict against each peer."""
     out = {}
-    keep = ("sampler", "setting", "quality", "sd", "path_error", "path_sd", "mean_nfe", "wall_s")
-    for b in budgets:
-        entry = {}
-        for field, sd_field in (("quality", "sd"), ("path_error", "path_sd")):
-            best = {lib: _best(rows, lib, b, field) for lib in LIBS}
-            best["diffusers (defaults)"] = _best(rows, "diffusers", b, field, default_only=True)
-            e = {lib: r and {k: r[k] for k in keep} for lib, r in best.items()}
-            for peer in ("diffusers", "diffusers (defaults)", "k-diffusion"):
-                if best["jaxsde"] and best[peer]:
-                    e["vs " + peer] = verdict(best["jaxsde"], best[peer], field, sd_field)
-            entry[field] = e
-        out[str(b)] = entry
+    keep = ("sampler", "setting", "quality", "sd", "mode_tv", "path_error", "path_sd", "mean_nfe", "wall_s",
+            "selection_quality", "selection_path_error")
+    for fld, sd_field in (("quality", "sd"), ("path_error", "path_sd")):
+        best = {lib: _role(rows, b, f"best {lib} {fld}") for lib in (*LIBS, "diffusers (defaults)")}
+        e = {lib: r and {k: r[k] for k in keep} for lib, r in best.items()}
+        for peer in ("diffusers", "diffusers (defaults)", "k-diffusion"):
+            if best["jaxsde"] and best[peer] and _ok(best["jaxsde"], fld) and _ok(best[peer], fld):
+                e["vs " + peer] = verdict(best["jaxsde"], best[peer], fld, sd_field)
+        out[fld] = e
     return out
 
 
@@ -332,39 +546,88 @@ def _q(r, field="quality", sd="sd"):
         f"{r[field]:.2e} ± {r[sd]:.0e}"
 
 
+def _budgets(data):
+    return sorted({int(b) for res in data["targets"].values() for b in res["budgets"]})
+
+
 def render(data):
+    g = data["grids"]
+    budgets = _budgets(data)
+    commands = data.get("commands", [data["command"]])
     lines = ["# Fixed-budget sampling of flow models: jaxsde vs diffusers vs k-diffusion", "",
-             f"Reproduce: `{data['command']}`", "",
+             "Reproduce: " + (f"`{commands[0]}`" if len(commands) == 1 else "the runs " + ", then ".join(
+                 f"`{c}`" for c in commands) + " (one run in pieces, each held under 12 minutes; `--merge` adds a "
+                 "piece to the stored results)"), "",
              f"FlowSDE, the exact velocity of an 8-mode Gaussian mixture in d = {data['dim']} (ring of radius 0.6), "
-             f"{data['n']} samples from the same N(0, I) draws (seed {data['seed']}), float32, one process. Each "
-             f"sampler at {', '.join(map(str, data['budgets']))} NFE (counted model calls; 2-evaluation samplers "
-             "at 5 / 9 / 19), swept over the time shift "
-             f"{', '.join(f'{s:g}' for s in data['shifts'])} (jaxsde's `flow_grid(K, shift)`, diffusers' "
-             "`shift` / `flow_shift`) and, for k-diffusion, Karras (rho 7) and exponential sigmas from "
-             f"sigma_max in {', '.join(f'{s:g}' for s in data['kd_sigma_max'])} (t = 1 is sigma = inf: k-diffusion "
-             f"starts at that finite sigma from x = sigma_max x_T) to {data['kd_sigma_min']} then 0, through "
-             "sigma = t / (1 - t), x_kd = x / (1 - t). The best setting per library and budget, chosen on these "
-             "draws for every library alike.", "",
+             f"float32, one process per run. Each sampler at {', '.join(map(str, budgets))} NFE (counted model "
+             "calls; 2-evaluation samplers at 5 / 9 / 19), every library swept over its schedule knobs: diffusers "
+             f"over the shift ({', '.join(map(_g, g['shifts']))}), FlowMatchEuler's and UniPC's `shift_terminal` "
+             f"({', '.join(map(_g, g['shift_terminal']))}; None: the class's own), DPM-Solver's and UniPC's "
+             "`solver_order` 2 / 3 and `lower_order_final`; k-diffusion over Karras (rho 7) and exponential sigmas "
+             f"from sigma_max ({', '.join(map(_g, g['sigma_max']))}; t = 1 is sigma = inf: k-diffusion starts at "
+             "that finite sigma from x_kd = sigma_max x_T) to sigma_min "
+             f"({', '.join(map(_g, g['sigma_min']))}) then 0, through sigma = t / (1 - t), x_kd = x / (1 - t); "
+             "jaxsde over the same shifts on `flow_grid(K, shift)` from t = 1 (`[flow_grid]`), the same sigma "
+             "schedules after a first step from t = 1 (`[sigmas from t = 1]`) or started like k-diffusion at "
+             "t_max = sigma_max / (1 + sigma_max) from x = t_max x_T (`[sigmas from sigma_max]`), and diffusers' "
+             "exact configurations (`[diffusers <class> grid]`: `diffusers_flow_grid` and diffusers' settings), "
+             "its multistep solvers with `lower_order_final` on and off.", "",
+             f"Selection and held-out draws: every setting runs once on {data['n']} N(0, I) draws (seed "
+             f"{data['seed']}); per library, sampler and budget the setting with the lowest value there is then run "
+             f"on {data['n']} other draws (seed {data['seed'] + 1}), and every number below is from those held-out "
+             "draws (the selection-draw value is in the `.json`), so the library with the most settings gains "
+             "nothing from the choice itself.", "",
              "Quality: mode-spread W2 (whitened, against the data law; lower is better) ± its 30-resample "
              "bootstrap sd. Pathwise: mean over samples of the RMS distance to the flow ODE's exact map to t = 0 "
-             "(float64 reference) ± the sd of that mean. Verdict: the difference of the two best rows against 2 "
-             "combined sd; \"tie\" where it is within. \"diffusers (defaults)\": its schedulers at their class "
-             "defaults (shift 1, solver_order 2). Wall: the batch (jaxsde: one compiled run; the peers' loops "
-             "call the jitted JAX velocity through torch, so their wall is not a speed comparison).", ""]
+             "(float64 reference) ± the sd of that mean. Mode TV (a diagnostic): the total variation between the "
+             "samples' mode weights (nearest mode) and the mixture's; mode-spread W2 does not see the weights. "
+             "Verdict (jaxsde's best vs the peer's best): \"win\" / "
+             "\"loss\" where the difference exceeds 2 combined sd (hypot of the two sds), \"tie\" where it is "
+             "within. \"diffusers (defaults)\": its schedulers at their class defaults (shift 1, solver_order 2, "
+             "no shift_terminal). Wall: the batch (jaxsde: one compiled run; the peers' loops call the jitted JAX "
+             "velocity through torch, so their wall is not a speed comparison).", "",
+             "## Summary: best per library (mode-spread W2, held-out draws)", ""]
+    body = []
     for tname, res in data["targets"].items():
-        rows = res["rows"]
+        for b, part in res["budgets"].items():
+            e = part["summary"]["quality"]
+            body.append([tname, b, *(_q(e[lib]) for lib in ("jaxsde", "diffusers", "k-diffusion")),
+                         *(e[k]["verdict"] if k in e else "-" for k in ("vs diffusers", "vs k-diffusion")),
+                         e["jaxsde"]["sampler"] if e["jaxsde"] else "-"])
+    lines += table(["target", "NFE", "jaxsde", "diffusers", "k-diffusion", "vs diffusers", "vs k-diffusion",
+                    "jaxsde's best sampler"], body) + [""]
+    for tname, res in data["targets"].items():
+        parts = res["budgets"]
+        rows = [r for part in parts.values() for r in part["rows"]]
         lines += [f"## {tname} (component std {res['scale']})", "",
-                  f"Floor (n exact data samples): {res['floor']:.4f} ± {res['floor_sd']:.4f}.", ""]
-        for field, title in (("quality", "mode-spread W2"), ("path_error", "pathwise error")):
-            lines += [f"### Best per library: {title}", ""]
+                  f"Floor (n exact data samples): {res['floor']:.4f} ± {res['floor_sd']:.4f}; their mode weights' "
+                  f"total variation from the mixture's: {res['floor_tv']:.3f}.", ""]
+        body = []
+        for b, part in parts.items():
+            m = part["mirror"]
+            body.append([b, *(part["settings"][lib] for lib in LIBS), f"{m['diffusers']:.1e} ({m['diffusers pairs']})",
+                         m["diffusers failed"], f"{m['k-diffusion']:.1e} ({m['k-diffusion pairs']})",
+                         f"{part['seconds']:.0f}"])
+        lines += ["Settings run per budget, and the mirror pairs (the peer's algorithm on the peer's grid run by "
+                  "jaxsde, on the selection draws: max |x_jaxsde - x_peer| over the pairs, float32 samples of norm "
+                  "~0.6 in the ring's plane; diffusers failed: settings where diffusers' own loop raised, UniPC's "
+                  "linear solve on a singular system, counted as failed rows):", ""]
+        lines += table(["NFE", "jaxsde settings", "diffusers settings", "k-diffusion settings",
+                        "diffusers mirror max dx (pairs)", "diffusers failed", "k-diffusion mirror max dx (pairs)",
+                        "seconds"], body) + [""]
+        lines += ["Largest mirror differences at: " + "; ".join(
+            f"{b} NFE: {part['mirror'].get('diffusers worst', '?')} / {part['mirror'].get('k-diffusion worst', '?')}"
+            for b, part in parts.items()) + ".", ""]
+        for fld, title in (("quality", "mode-spread W2"), ("path_error", "pathwise error")):
+            lines += [f"### Best per library: {title} (held-out draws)", ""]
             body = []
-            for b, entry in res["summary"].items():
-                e = entry[field]
-                sd = "sd" if field == "quality" else "path_sd"
+            for b, part in parts.items():
+                e = part["summary"][fld]
+                sd = "sd" if fld == "quality" else "path_sd"
 
-                def cell(r, field=field, sd=sd):
-                    return "-" if r is None else f"{_q(r, field, sd)} ({r['sampler']}, {r['setting']}; NFE " \
-                                                 f"{r['mean_nfe']:g})"
+                def cell(r, fld=fld, sd=sd):
+                    return "-" if r is None else f"{_q(r, fld, sd)} ({r['sampler']}, {r['setting']}; NFE " \
+                                                 f"{r['mean_nfe']:g}; mode TV {r['mode_tv']:.3f})"
 
                 body.append([b, cell(e["jaxsde"]), cell(e["diffusers"]), cell(e["diffusers (defaults)"]),
                              cell(e["k-diffusion"]),
@@ -372,26 +635,16 @@ def render(data):
                                                                            "vs k-diffusion"))])
             lines += table(["NFE", "jaxsde best", "diffusers best", "diffusers at defaults", "k-diffusion best",
                             "vs diffusers", "vs diffusers defaults", "vs k-diffusion"], body) + [""]
-        lines += ["### Every sampler at its best shift / sigma_max (mode-spread W2), and at shift 1 and 3", ""]
+        lines += ["### Every sampler at its best setting (chosen on the selection draws; mode-spread W2 on the "
+                  "held-out draws)", ""]
         body = []
-        samplers = list(dict.fromkeys((r["lib"], r["sampler"]) for r in rows))
-        for lib, sampler in samplers:
+        for lib, sampler in dict.fromkeys((r["lib"], r["sampler"]) for r in rows):
             cells = []
-            for b in data["budgets"]:
-                rs = [r for r in rows if r["lib"] == lib and r["sampler"] == sampler and r["budget"] == b
-                      and r["failed"] == 0 and np.isfinite(r["quality"])]
-                if not rs:
-                    cells += ["-", "-", "-"]
-                    continue
-                best = min(rs, key=lambda r: r["quality"])
-                knob = f"shift {best['shift']:g}" if "shift" in best else f"sigma_max {best['sigma_max']:g}"
-                cells.append(f"{_q(best)} ({knob}; NFE {best['mean_nfe']:g}, {best['wall_s'] * 1e3:.0f} ms)")
-                for s in (1.0, 3.0):
-                    at = [r for r in rs if r.get("shift") == s]
-                    cells.append(_q(at[0]) if at else "-")
+            for b in parts:
+                rs = [r for r in parts[b]["rows"] if r["lib"] == lib and r["sampler"] == sampler
+                      and "best of its sampler" in r["roles"]]
+                cells.append("-" if not rs else f"{_q(rs[0])} ({rs[0]['setting']}; NFE {rs[0]['mean_nfe']:g}, "
+                             f"{rs[0]['wall_s'] * 1e3:.0f} ms)")
             body.append([lib, sampler, *cells])
-        head = ["library", "sampler"]
-        for b in data["budgets"]:
-            head += [f"{b} NFE: best", f"{b}: shift 1", f"{b}: shift 3"]
-        lines += table(head, body) + [""]
+        lines += table(["library", "sampler", *(f"{b} NFE" for b in parts)], body) + [""]
     return "\n".join(lines)
