@@ -15,7 +15,7 @@ from jaxsde.testing.metrics.digits import DigitsMetrics
 from ..harness.cli import options
 from ..harness.machine import describe
 from ..harness.samplers import sample_chunks
-from ..harness.writer import columns, yes
+from ..harness.writer import columns, progress, yes
 
 
 def sample_all(ckpt, solver, n, seed, batch):
@@ -70,10 +70,8 @@ def run(args, ctx):
         row = dict(solver=name, mean_nfe=float(nfe.mean()), max_nfe=int(nfe.max()), failed=fails, wall_s=wall,
                    compile_s=compile_s, **{k: float(v) for k, v in r.items()})
         rows.append(row)
-        print(f"{name:10s} NFE {row['mean_nfe']:7.1f} (max {row['max_nfe']:4d})  "
-              f"FD {row['fd']:7.3f} +- {row['fd_std']:.3f}  "
-              f"KID {row['kid']:7.3f}  confident {row['confident']:.2f}  class TV {row['class_tv']:.3f}  "
-              f"wall {wall:7.1f}s  failed {fails}", flush=True)
+        progress(row, "solver", "mean_nfe", "max_nfe", "fd", "fd_std", "kid", "confident", "class_tv", "wall_s",
+                 "failed")
     # seed-to-seed noise of EM 1000's FD
     x2, _, _, _, _ = sample_all(ckpt, jaxsde.EulerMaruyama(1000), n, 1, batch)
     fd_seed2 = metrics.report(x2, ckpt.data_range)["fd"]

@@ -17,7 +17,7 @@ from jaxsde.training import init_params
 
 from ..harness.cli import options
 from ..harness.machine import describe, machine_info
-from ..harness.writer import columns
+from ..harness.writer import columns, progress
 from .digits import sample_all
 
 
@@ -55,8 +55,7 @@ def run(args, ctx):
         row = dict(solver=name, weights=label, mean_nfe=float(nfe.mean()), failed=fails, wall_s=wall,
                    **{k: float(v) for k, v in r.items()})
         rows.append(row)
-        print(f"{name:11s} {label:19s} NFE {row['mean_nfe']:7.1f}  FD {row['fd']:7.2f} +- {row['fd_std']:.2f}  "
-              f"KID {row['kid']:7.3f}  wall {wall:6.1f}s  failed {fails}", flush=True)
+        progress(row, "solver", "weights", "mean_nfe", "fd", "fd_std", "kid", "wall_s", "failed")
     ctx.save(f"ema_debias_{args.model}", dict(machine=machine_info(), model=args.model, n=args.n, init_share=share,
                                               rows=rows))
 

@@ -1,25 +1,13 @@
-"""digits-flow at a fixed budget (10 NFE) against its own 1000-step Euler: FD-digits with its noise.
+"""digits-flow at a fixed budget (``--nfe``, default 10) against its own 1000-step Euler: FD-digits with its noise.
 
-    python -m benchmarks run flow_digits [--n 500] [--nfe 10] [--quick]
-
-The embedded flow-matching model ``jaxsde.pretrained("digits-flow")`` (a velocity network on
-:class:`jaxsde.FlowSDE`), sampled from ``t = 1`` exactly. Reference: flow-matching Euler (``DDIM``,
-``eta = 0``) with 1000 steps on the uniform grid to ``t = 1e-3`` plus the final ``x0 = x - t v``
-(1001 NFE), twice: seeds 0 and 1 (independent sample sets). Candidates, every one at ``K`` NFE
-(``K - 1`` steps and the final denoising step, as diffusers' ``num_inference_steps = K``), each on the
-uniform grid and on diffusers' ``FlowMatchEulerDiscreteScheduler`` grid with shift 3
-(:func:`jaxsde.flow.flow_grid`): DDIM (Euler), DPM-Solver++ 2M and 3M (multistep, data prediction),
-UniPC-2 and UniPC-3 (``bh2``), Euler ancestral (``eta = 1``) and DPM-Solver++ 2M SDE.
-
-Every solver samples the same ``n`` keys (sample ``i`` uses ``fold_in(seed, i)``). Quality: FD-digits
-against the training set (``jaxsde.testing.metrics.digits``) with its bootstrap standard deviation
-(50 resamples) at this ``n``, KID, the class histogram's total variation from uniform. "Within noise"
-of Euler 1000: ``FD <= FD(Euler 1000) + 2 sqrt(sd^2 + sd(Euler 1000)^2)``; the seed-0 vs seed-1
-difference of the two Euler 1000 sets is reported next to that bound as an independent check of it.
-Every seed-0 row is also compared with the seed-0 Euler 1000 set sample by sample (the same keys,
-so the same starting noise): ``FD - FD(Euler 1000)`` with its paired bootstrap sd (both sets
-resampled with the same indices: the noise of the difference itself, far below the unpaired bound)
-and the mean per-sample RMS distance to the Euler 1000 sample (data range [-1, 1]).
+``jaxsde.pretrained("digits-flow")`` from ``t = 1`` exactly. Reference: flow-matching Euler (``DDIM``) with 1000
+uniform steps to ``t = 1e-3`` plus the final ``x0 = x - t v``, for seeds 0 and 1. Candidates at ``K`` NFE (``K - 1``
+steps + the final step), each on the uniform grid and on diffusers' ``FlowMatchEulerDiscreteScheduler`` grid with
+shift 3 (:func:`jaxsde.flow.flow_grid`): DDIM, DPM-Solver++ 2M / 3M, UniPC-2 / -3 (``bh2``), Euler ancestral and
+DPM-Solver++ 2M SDE. Sample i uses ``fold_in(seed, i)``. FD-digits +- bootstrap sd (50 resamples), KID, class TV;
+within noise of Euler 1000: ``FD <= FD(ref) + 2 sqrt(sd^2 + sd_ref^2)`` (the seed-1 reference checks that bound);
+seed-0 rows also get the paired difference ``FD - FD(ref)`` with its paired bootstrap sd and the mean per-sample RMS
+distance to the reference sample.
 """
 
 from __future__ import annotations
@@ -33,7 +21,7 @@ from jaxsde.testing.metrics.digits import DigitsMetrics
 from ..harness.cli import options
 from ..harness.machine import describe
 from ..harness.samplers import sample_chunks
-from ..harness.writer import table
+from ..harness.writer import progress, table
 
 MODEL = "digits-flow"
 REFERENCE_STEPS = 1000
@@ -106,8 +94,7 @@ def run(args, ctx):
                 row["rms_to_reference"] = float(np.mean(np.sqrt(np.mean(
                     (x.reshape(n, -1) - ref_x.reshape(n, -1)) ** 2, axis=1))))
         rows.append(row)
-        print(f"{name:36s} NFE {row['mean_nfe']:7.1f}  FD {row['fd']:7.3f} +- {row['fd_std']:.3f}  "
-              f"KID {row['kid']:7.3f}  class TV {row['class_tv']:.3f}  wall {wall:6.1f}s  failed {fails}", flush=True)
+        progress(row, "solver", "mean_nfe", "fd", "fd_std", "kid", "class_tv", "wall_s", "failed")
     ref = rows[0]
     for row in rows:
         row["bound"] = ref["fd"] + 2.0 * float(np.hypot(row["fd_std"], ref["fd_std"]))

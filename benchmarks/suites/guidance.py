@@ -19,7 +19,7 @@ from jaxsde.testing.metrics.digits import DigitsMetrics
 from ..harness.cli import options
 from ..harness.machine import describe
 from ..harness.samplers import sample_chunks
-from ..harness.writer import columns
+from ..harness.writer import columns, progress
 
 SOLVERS = {
     "EM-200": lambda: jaxsde.EulerMaruyama(200),
@@ -91,10 +91,8 @@ def run(args, ctx):
                    max_nfe=int(nfe.max()), failed=fails, wall_s=wall, compile_s=compile_s,
                    **quality(x, lab, data_range))
         rows.append(row)
-        acc = f"acc {100 * row['accuracy']:5.1f}%  FD/class mean {row['fd_class_mean']:6.2f} max " \
-              f"{row['fd_class_max']:6.2f}  " if "accuracy" in row else ""
-        print(f"{kind:12s} {solver_name:32s} w={w:4.1f}  NFE {row['mean_nfe']:6.1f}  {acc}FD {row['fd']:6.2f} +- "
-              f"{row['fd_std']:.2f}  wall {wall:6.1f}s  failed {fails}", flush=True)
+        progress(row, "kind", "solver", "weight", "mean_nfe", "accuracy", "fd_class_mean", "fd_class_max", "fd",
+                 "fd_std", "wall_s", "failed")
 
     em_ref = jaxsde.EulerMaruyama(20 if args.quick else 200)
     uncond = jaxsde.pretrained("digits")

@@ -24,7 +24,7 @@ from jaxsde.testing.targets import GaussianMixture
 from ..harness.kdiffusion import sampling_module
 from ..harness.machine import describe, machine_info
 from ..harness.timing import interleaved
-from ..harness.writer import columns
+from ..harness.writer import columns, progress
 
 
 def torch_denoiser(gm: GaussianMixture, torch):
@@ -115,8 +115,7 @@ def run(args, ctx):
                                  wall_per_likelihood_ms=1e3 * wall / args.n, compile_s=row["compile_s"],
                                  times_s=times[name]))
         r = results_rows[-1]
-        print(f"{name:28s} bias {r['bias']:+.2e} +- {r['bias_se']:.1e}  rms {r['rms']:.2e}  NFE {nfe:6.1f}  "
-              f"{r['wall_per_likelihood_ms']:8.2f} ms/likelihood", flush=True)
+        progress(r, "row", "bias", "bias_se", "rms", "mean_nfe", "wall_per_likelihood_ms")
 
     by = {r["row"]: r for r in results_rows}
     ratios = {tol: by[f"k-diffusion K=1, tol {tol:g}"]["wall_per_likelihood_ms"]
