@@ -1,36 +1,15 @@
 """Adaptive, error-controlled sampling of flow models from t = 1: jaxsde against diffrax, in one process.
 
-    python -m benchmarks run flow_adaptive [--n 256] [--rounds 5] [--quick]
-    python -m benchmarks run flow_adaptive --digits [--n 32] [--rounds 2]   # the embedded digits-flow model
-
-
-The flow ODE ``dx/dt = v(x, t)`` of :class:`jaxsde.FlowSDE` (``x_t = (1 - t) x_0 + t noise``) with
-the exact velocity of two Gaussian mixtures in d = 64 (``ring8``: 8 modes of std 0.05 on a ring;
-``ring8-narrow``: the same means, std 0.01, whose velocity turns sharply near the data), or
-(``--digits``, results in ``flow_adaptive_digits``) the velocity network of the embedded
-flow-matching model ``jaxsde.pretrained("digits-flow")`` (8x8x1, d = 64), from the
-same ``N(0, I)`` draws at ``t = 1`` exactly to ``t_end = 1e-3`` (no final denoising step), every
-sample with its own steps (per-sample adaptive on both sides):
-
-* jaxsde: :class:`~jaxsde.ProbabilityFlow` (Dormand-Prince 5(4) in time, ``rtol = atol``),
-  :class:`~jaxsde.AdaptiveDPMSolver` (DPM-Solver-23, data prediction) and
-  :class:`~jaxsde.AdaptiveMultistepSolver` (orders 2 and 3), the last two in half log-SNR with
-  their first step out of ``alpha = 0`` in ``rho = alpha / sigma``; the model given as
-  ``jaxsde.Prediction(v, "velocity")``, every other setting at its default;
-* diffrax: ``Tsit5`` and ``Dopri5`` with ``PIDController(rtol=tol, atol=tol)`` on
-  ``dx/dtau = -v(x, 1 - tau)`` from ``tau = 0`` (what JAX flow users write today), ``vmap``-ed over
-  the samples, ``ForwardMode`` adjoint, diffrax's own first step.
-
-Each side's tolerance is swept (a traced setting on both sides: one compiled program per solver).
-Quality: the pathwise error, per sample the RMS over coordinates of ``x - x_ref``, averaged over
-samples, ``x_ref`` from diffrax ``Dopri8`` at ``rtol = atol = 1e-10`` (digits-flow: ``1e-8``, the
-network run in float64 on its float32 weights cast up; the reference's own error is bounded by
-its distance to a second reference at 10x the tolerance, reported) in float64 from the same
-draws; the solves themselves run in float32. Matched quality: for an error threshold, each
-solver's fewest mean NFE among its settings that reach it. Timing: every program compiled and
-warmed up, then ``--rounds`` interleaved rounds of every (solver, tolerance), each blocked until
-ready; the wall time is the median over rounds. The SD3/Flux time shift is a warp of a fixed grid
-(:func:`jaxsde.flow.flow_grid`); an adaptive solver places its own steps, so it does not apply here.
+The flow ODE of :class:`jaxsde.FlowSDE` with the exact velocity of two 8-mode mixtures in d = 64 (``ring8``, std
+0.05; ``ring8-narrow``, std 0.01) or (``--digits``: ``flow_adaptive_digits``) the velocity network of
+``jaxsde.pretrained("digits-flow")``, from the same ``N(0, I)`` draws at ``t = 1`` to ``T_END`` (no final denoising
+step), per-sample steps on both sides. jaxsde: ``ProbabilityFlow``, ``AdaptiveDPMSolver`` and
+``AdaptiveMultistepSolver`` (orders 2, 3) on ``jaxsde.Prediction(v, "velocity")``; diffrax: ``Tsit5`` / ``Dopri5`` +
+``PIDController(rtol=tol, atol=tol)`` on ``dx/dtau = -v(x, 1 - tau)``, ``ForwardMode``. Each side's tolerance is a
+traced sweep (one program per solver). Error: per sample the RMS over coordinates of ``x - x_ref``, averaged, with
+``x_ref`` from float64 diffrax ``Dopri8`` at 1e-10 (digits-flow: 1e-8, plus its distance to the same solve at 10x
+the tolerance); the solves run in float32. Matched quality: per error threshold, each solver's fewest mean NFE.
+Wall: compiled, warmed up, median of ``--rounds`` interleaved rounds.
 """
 
 from __future__ import annotations
@@ -52,7 +31,6 @@ from ..harness.writer import table
 T_END = 1e-3
 JAXSDE_TOLS = (3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6)
 PF_TOLS = (1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6, 1e-7)
-DIFFRAX_TOLS = PF_TOLS
 THRESHOLDS = (1e-2, 1e-3, 1e-4, 1e-5)
 TARGETS = {"ring8": 0.05, "ring8-narrow": 0.01}
 DIM = 64
