@@ -82,4 +82,3 @@ def run(args, ctx):
             print(line, flush=True)
             lines.append(f"- {line}")
     ctx.save("findings", dict(lines=lines), md="\n".join(lines))
-    print("wrote", ctx.path("findings", "md"))

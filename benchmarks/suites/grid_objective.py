@@ -67,7 +67,6 @@ def run(args, ctx):
              dict(problem=args.problem, label=target.label, steps=args.steps, n=args.n, seed=args.seed,
                   n_calibration=args.n_calibration, iterations=args.iterations, max_over_median=spreads, rows=rows,
                   elapsed_s=time.perf_counter() - t_all))
-    print(f"wrote {ctx.path(f'grid_objective_{args.problem}', 'md')}", flush=True)
 
 
 def render(data):

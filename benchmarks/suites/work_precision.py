@@ -38,7 +38,6 @@ MATCH_TEXT = "spread_w2, sw2 and |std ratio - 1|"
 PRIMARY_METRICS = ("spread_w2", "sw2")  # the headline without the std-ratio condition, also reported
 NOISE_SIGMAS = 2.0  # "within noise": metric <= EM-1000's + NOISE_SIGMAS * sqrt(2) * sd(floor)
 REFERENCE = "EM 1000"
-REFERENCE_NFE = 1001  # 1000 steps + the final denoising evaluation
 PAPER_MAX_RTOL = 0.1  # the paper swept GGF rtol 0.01..0.1
 
 # The paper's CIFAR-10 numbers (FID on 50k samples, format FID (NFE)), copied from
