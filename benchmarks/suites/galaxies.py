@@ -32,7 +32,7 @@ from ..harness.cli import options
 from ..harness.kdiffusion import k_diffusion_model
 from ..harness.machine import git_commit
 from ..harness.samplers import prior, sample_chunks
-from ..harness.writer import progress
+from ..harness.writer import columns, progress, yes
 
 MODELS = {
     "hsc32": "eqx_hsc_ScoreNet32.eqx",
@@ -251,10 +251,10 @@ def markdown(meta: dict, models: dict) -> str:
                       f"close to the reference as {h['anchor']}\", and `ref` as the stricter test.", ""]
         for key, title in (("best", f"within noise of {h['anchor']}** ({h['anchor_nfe']:.0f} NFE)"),
                            ("best_ref", "within noise of the reference** (floor)")):
-            lines += [f"**Fewest mean NFE {title}:", "", "| family | setting | mean NFE | max NFE | wall s |",
-                      "|---|---|---|---|---|"]
-            for fam, b in sorted(h[key].items(), key=lambda kv: kv[1]["mean_nfe"]):
-                lines.append(f"| {fam} | {b['setting']} | {b['mean_nfe']:.1f} | {b['max_nfe']} | {b['wall_s']:.2f} |")
+            lines += [f"**Fewest mean NFE {title}:", "", *columns(
+                [dict(b, family=f) for f, b in sorted(h[key].items(), key=lambda kv: kv[1]["mean_nfe"])],
+                {"family": "{family}", "setting": "{setting}", "mean NFE": "{mean_nfe:.1f}", "max NFE": "{max_nfe}",
+                 "wall s": "{wall_s:.2f}"})]
             missing = sorted({r["family"] for r in mod["rows"]} - set(h[key]))
             if missing:
                 lines += ["", "Not within noise at any setting swept: " + ", ".join(missing) + "."]
@@ -273,14 +273,11 @@ def markdown(meta: dict, models: dict) -> str:
                       f"noise of {crit}: {a['ours']} {a['ours_nfe']:.1f} NFE vs {a['kd']} {a['kd_nfe']:.1f} NFE: "
                       f"k-diffusion / jaxsde NFE = {a['nfe_ratio']:.2f}, wall = {a['wall_ratio']:.2f} (above 1: "
                       "jaxsde's is cheaper).", ""]
-        lines += ["| family | setting | mean NFE | max NFE | " + " | ".join(METRICS) + " | anchor | ref | wall s "
-                  "| compile s | failed |", "|---|---|---|---|" + "---|" * len(METRICS) + "---|---|---|---|---|"]
-        for r in mod["rows"]:
-            lines.append(f"| {r['family']} | {r['setting']} | {r['mean_nfe']:.1f} | {r['max_nfe']} | "
-                         + " | ".join(fmt(r, m) for m in METRICS)
-                         + f" | {'yes' if r['within_anchor'] else 'no'} | {'yes' if r['within_ref'] else 'no'} | "
-                         f"{r['wall_s']:.2f} | {r['compile_s']:.1f} | {r['failed']} |")
-        lines.append("")
+        lines += [*columns(mod["rows"], {"family": "{family}", "setting": "{setting}", "mean NFE": "{mean_nfe:.1f}",
+                                          "max NFE": "{max_nfe}", **{m: lambda r, m=m: fmt(r, m) for m in METRICS},
+                                          "anchor": lambda r: yes(r["within_anchor"]),
+                                          "ref": lambda r: yes(r["within_ref"]), "wall s": "{wall_s:.2f}",
+                                          "compile s": "{compile_s:.1f}", "failed": "{failed}"}), ""]
     return "\n".join(lines)
 
 

@@ -26,6 +26,7 @@ import jaxsde
 from jaxsde.testing import targets
 
 from ..harness.timing import compile_all, interleaved, medians
+from ..harness.writer import columns
 
 
 def mixture_problem():
@@ -167,33 +168,27 @@ def render(data: dict) -> str:
                   "started, the busy slots move into loops of half the width, up to h times) in the same "
                   "alternating rounds as `sample`. Compile seconds are not in the rates: each halving compiles one "
                   "more copy of the loop and the score network.", "",
-                  "| problem | batch | n | h | sample/s: sample / drain 0 / drain h | speed-up drain 0 / drain h "
-                  "(ideal) | useful work sample / drain 0 / drain h | compile s sample / drain 0 / drain h "
-                  "| same NFE, max abs dx (drain h vs sample) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for r in rows:
-            if "drained_sps" not in r:
-                continue
-            lines.append(f"| {r['problem']} | {r['batch']} | {r['n']} | {r['drain_halvings']} "
-                         f"| {r['sample_sps']:.1f} / {r['generate_sps']:.1f} / {r['drained_sps']:.1f} "
-                         f"| {r['speedup']:.2f}x / **{r['drained_speedup']:.2f}x** ({r['drained_ideal_speedup']:.2f}x) "
-                         f"| {r['sample_useful_work']:.3f} / {r['generate_useful_work']:.3f} / "
-                         f"**{r['drained_useful_work']:.3f}** | {r['compile_s'][0]:.1f} / {r['compile_s'][1]:.1f} / "
-                         f"{r['drained_compile_s']:.1f} | {100 * r['drained_same_nfe_fraction']:.0f}%, "
-                         f"{r['drained_max_abs_dx']:.1e} |")
-        lines += ["", "## `generate` (drain 0) vs `sample`", ""]
-    lines += [
-             "| problem | batch | n | rounds | sample/s (sample) | sample/s (generate) | speed-up | ideal "
-             "| useful work sample | useful work generate | us/it sample | us/it generate | refills "
-             "| NFE mean (min-max) | same NFE | max abs dx |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['problem']} | {r['batch']} | {r['n']} | {r['rounds']} | {r['sample_sps']:.1f} "
-                     f"| {r['generate_sps']:.1f} | {r['speedup']:.2f}x | {r['ideal_speedup']:.2f}x "
-                     f"| {r['sample_useful_work']:.3f} | {r['generate_useful_work']:.3f} "
-                     f"| {r['sample_us_per_iteration']:.0f} | {r['generate_us_per_iteration']:.0f} | {r['refills']} "
-                     f"| {r['mean_nfe']:.1f} ({r['min_nfe']}-{r['max_nfe']}) | {100 * r['same_nfe_fraction']:.0f}% "
-                     f"| {r['max_abs_dx']:.1e} |")
+                  *columns([r for r in rows if "drained_sps" in r], {
+                      "problem": "{problem}", "batch": "{batch}", "n": "{n}", "h": "{drain_halvings}",
+                      "sample/s: sample / drain 0 / drain h":
+                          "{sample_sps:.1f} / {generate_sps:.1f} / {drained_sps:.1f}",
+                      "speed-up drain 0 / drain h (ideal)":
+                          "{speedup:.2f}x / **{drained_speedup:.2f}x** ({drained_ideal_speedup:.2f}x)",
+                      "useful work sample / drain 0 / drain h":
+                          "{sample_useful_work:.3f} / {generate_useful_work:.3f} / **{drained_useful_work:.3f}**",
+                      "compile s sample / drain 0 / drain h":
+                          lambda r: f"{r['compile_s'][0]:.1f} / {r['compile_s'][1]:.1f} / {r['drained_compile_s']:.1f}",
+                      "same NFE, max abs dx (drain h vs sample)":
+                          lambda r: f"{100 * r['drained_same_nfe_fraction']:.0f}%, {r['drained_max_abs_dx']:.1e}"}),
+                  "", "## `generate` (drain 0) vs `sample`", ""]
+    lines += columns(rows, {
+        "problem": "{problem}", "batch": "{batch}", "n": "{n}", "rounds": "{rounds}",
+        "sample/s (sample)": "{sample_sps:.1f}", "sample/s (generate)": "{generate_sps:.1f}",
+        "speed-up": "{speedup:.2f}x", "ideal": "{ideal_speedup:.2f}x",
+        "useful work sample": "{sample_useful_work:.3f}", "useful work generate": "{generate_useful_work:.3f}",
+        "us/it sample": "{sample_us_per_iteration:.0f}", "us/it generate": "{generate_us_per_iteration:.0f}",
+        "refills": "{refills}", "NFE mean (min-max)": "{mean_nfe:.1f} ({min_nfe}-{max_nfe})",
+        "same NFE": lambda r: f"{100 * r['same_nfe_fraction']:.0f}%", "max abs dx": "{max_abs_dx:.1e}"})
     if by_batch:
         sizes = sorted({int(b) for v in by_batch.values() for b in v["useful_work"]})
         lines += ["", "## `sample`'s useful work at larger batches (from the per-sample NFEs measured above)", "",

@@ -32,7 +32,7 @@ from ..harness.cli import options
 from ..harness.machine import machine_info, normalize
 from ..harness.problems import ring_mixture
 from ..harness.timing import interleaved
-from ..harness.writer import progress
+from ..harness.writer import columns, progress, table
 
 ADJOINT = dfx.ForwardMode()
 SIZES = dict(gmm64=(1000, 1000), gmm3072=(100, 200), conv=(64, 256))  # (timed n, quality n)
@@ -246,25 +246,21 @@ def render(data: dict) -> str:
              "floor). Exact-like = within half the floor of an exact sampler.", ""]
     for prob, s in summary.items():
         lines += [f"## {prob} (n={s['n']} timed, n={s['n_quality']} for quality)", "",
-                  "| setting | matched setting of the other library | diffrax wall / GGF wall | NFE diffrax / GGF |",
-                  "|---|---|---|---|"]
-        for m in s["matches"]:
-            lines.append(f"| {m['setting']} | {m['matched'] or 'none matches'} | "
-                         f"{fmt(m['speedup'])}{'x' if m['speedup'] else ''} | {fmt(m['nfe_ratio'])} |")
+                  *table(["setting", "matched setting of the other library", "diffrax wall / GGF wall",
+                          "NFE diffrax / GGF"], [[m["setting"], m["matched"] or "none matches", fmt(m["speedup"])
+                                                  + ("x" if m["speedup"] else ""), fmt(m["nfe_ratio"])]
+                                                 for m in s["matches"]])]
         e = s["exact_like"]
         lines += ["", f"Cheapest exact-like setting: GGF `{e['ggf']}`, diffrax `{e['diffrax']}`: diffrax/GGF wall "
                   f"{fmt(e['speedup'])}x, NFE {fmt(e['nfe_ratio'])}.", "",
                   f"EM / diffrax Euler per step: {s['em_per_step_ratio']:.3f}. PF-ODE jaxsde/diffrax wall: " +
                   ", ".join(f"{k} {v['wall_ratio']:.2f} (NFE {v['nfe_ratio']:.2f}, compile {v['compile_ratio']:.2f}, "
                             f"max |dx| {v['max_abs_diff']:.1e})" for k, v in s["pf_ode"].items()) + ".", ""]
-    lines += ["## All runs", "",
-              "| problem | family | solver | mean NFE | max NFE | wall s (median) | compile s | temp MB | "
-              "spread_w2 (floor) | sw2 (floor) | failed |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['problem']} | {r['family']} | {r['solver']} | {r['mean_nfe']:.1f} | {r['max_nfe']} | "
-                     f"{r['wall_s']:.3f} | {r['compile_s']:.2f} | {r['temp_mb']:.1f} | "
-                     f"{r['spread_w2']:.3f} ({r['spread_w2_floor']:.3f}) | {r['sw2']:.4f} ({r['sw2_floor']:.4f}) | "
-                     f"{r['failed']} |")
+    lines += ["## All runs", "", *columns(rows, {
+        "problem": "{problem}", "family": "{family}", "solver": "{solver}", "mean NFE": "{mean_nfe:.1f}",
+        "max NFE": "{max_nfe}", "wall s (median)": "{wall_s:.3f}", "compile s": "{compile_s:.2f}",
+        "temp MB": "{temp_mb:.1f}", "spread_w2 (floor)": "{spread_w2:.3f} ({spread_w2_floor:.3f})",
+        "sw2 (floor)": "{sw2:.4f} ({sw2_floor:.4f})", "failed": "{failed}"})]
     return "\n".join(lines)
 
 
