@@ -25,7 +25,7 @@ from .driver import sample, solve, solve_batch, summarize
 from .editing import Inpainting, inpaint, sdedit
 from .flow import flow_grid
 from .grid_optimization import GridOptimization, optimize_grid
-from .grids import time_grid
+from .grids import alpha_zero_grid, time_grid
 from .likelihood import (
     BitsPerDim,
     Likelihood,
@@ -152,6 +152,7 @@ __all__ = [
     "BrownianTreeNoise",
     "GivenNoise",
     "time_grid",
+    "alpha_zero_grid",
     "grids",
     "optimize_grid",
     "GridOptimization",

@@ -256,17 +256,6 @@ class FixedGridSolver(Solver):
         del sde, score, x, t_start, t_end
         return SolverInit(state=(), nfe=0)
 
-    def check_start(self, sde, score, t_start: float) -> None:
-        """:meth:`Solver.check_start`, and a grid defined through the log-SNR (``"logsnr"``,
-        ``"edm"``) cannot start where ``alpha = 0`` (``lambda = -inf``)."""
-        super().check_start(sde, score, t_start)
-        if isinstance(self.grid, str) and self.grid != "uniform" and sde.alpha_vanishes_at(t_start):
-            raise ValueError(
-                f"{type(self).__name__}: the {self.grid!r} grid is spaced in log-SNR, which is -inf where alpha = 0 "
-                f"(t_start = {t_start} on {type(sde).__name__}); pass grid='uniform' or the times of a flow grid "
-                f"(grid=jaxsde.flow.flow_grid(num_steps + 1, shift=...))")
-
-
 def _forwarded(name: str) -> property:
     """A read-only property returning the inner solver's ``name``."""
     return property(lambda self: getattr(self.solver, name), doc=f"The inner solver's ``{name}``.")
