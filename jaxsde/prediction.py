@@ -282,6 +282,14 @@ class Model:
         t = jnp.asarray(t, x.dtype)
         return convert(self.sde, self.output(x, t, *cond), x, t, self.kind, kind)
 
+    def predict_many(self, x: Array, t: ArrayLike, kinds: tuple[str, ...], *cond) -> tuple[Array, ...]:
+        """The predictions of each of ``kinds`` at ``(x, t)`` from ONE evaluation of the model (e.g.
+        ``("eps", "x0")``: a noise-prediction solver's history entry and the data prediction of its
+        exact step out of ``alpha = 0``)."""
+        t = jnp.asarray(t, x.dtype)
+        out = self.output(x, t, *cond)
+        return tuple(convert(self.sde, out, x, t, self.kind, kind) for kind in kinds)
+
     def __call__(self, x: Array, t: ArrayLike, *cond) -> Array:
         return self.predict(x, t, "score", *cond)
 

@@ -12,6 +12,7 @@ from .exponential import (
     combine,
     exp_weights,
     noise_prediction,
+    predictions,
     push,
     warmup_order,
 )
@@ -41,6 +42,11 @@ class DEIS(MultistepSolver):
 
     Orders: ``min(order, i + 1)`` at step ``i`` (warm-up); with ``lower_order_final`` and fewer than
     15 steps also ``<= num_steps - i`` (diffusers' rule; ``"always"``: any number of steps).
+
+    From ``alpha = 0`` (``t = 1`` on :class:`~jaxsde.FlowSDE`, given a velocity or x0
+    :class:`~jaxsde.Prediction`), where ``x / alpha`` is undefined: the first step is
+    :func:`~jaxsde.solvers.exponential.alpha_zero_step` (DDIM's) from that evaluation, whose ``eps``
+    starts the history; the orders then count the evaluations at finite log-SNR.
 
     Following diffusers on a :class:`~jaxsde.DiscreteVPSDE`: ``DEIS(K, order,
     grid=diffusers_grid(timesteps, N))`` (its last step goes to the first table entry),
@@ -74,14 +80,22 @@ class DEIS(MultistepSolver):
         """Order of step ``i`` (traced ``i``)."""
         return warmup_order(self.order, i, self.num_steps, self.lower_order_final, LOWER_ORDER_FINAL_BELOW)
 
+    exact_first_step = True  # x / alpha at alpha = 0: the first step is alpha_zero_step
+    starts_at_alpha_zero = True
+
     def step(self, sde, score, t0, t1, x, state, z) -> StepResult:
         i = state.index
         t, t_next = state.grid[i], state.grid[i + 1]
-        hist = push(state.hist, noise_prediction(sde, score, x, t))
+        if state.origin is None:
+            eps, x0 = noise_prediction(sde, score, x, t), None
+        else:
+            eps, x0 = predictions(sde, score, x, t, ("eps", "x0"))
+        hist = push(state.hist, eps)
         lam_s = self.node(state, 0)
         h = self.node(state, 1) - lam_s
         nodes = [(self.node(state, -j) - lam_s) / h for j in range(self.order)]
-        w = exp_weights(-1.0, h, nodes, self.effective_order(i))
+        w = exp_weights(-1.0, h, nodes, self.capped(state, self.effective_order(i)))
         alpha, _ = sde.marginal(t)
         alpha_n, sigma_n = sde.marginal(t_next)
-        return StepResult(alpha_n / alpha * x - sigma_n * combine(w, hist), self.advanced(state, hist, None), 1)
+        x_next = self.from_alpha_zero(sde, state, x, t, t_next, x0, alpha_n / alpha * x - sigma_n * combine(w, hist))
+        return StepResult(x_next, self.advanced(state, hist, None), 1)

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 from ..prediction import Model
 from ..settings import NONNEGATIVE, POSITIVE, Bound, is_traced, nonzero
 from .base import FixedGridSolver, StepResult, solver_class
-from .exponential import data_prediction, half_log_snr
+from .euler_maruyama import at_alpha_zero
+from .exponential import alpha_zero_step, data_prediction, half_log_snr
 
 VARIABLES = ("edm", "native")
 
@@ -31,6 +32,11 @@ class EDMHeun(FixedGridSolver):
        ``x_bar' = x_hat + (sigma_bar_{i+1} - sigma_hat) d``;
     3. Heun: ``d' = (x_bar' - D(x_bar'; sigma_bar_{i+1})) / sigma_bar_{i+1}``,
        ``x_bar_{i+1} = x_hat + (sigma_bar_{i+1} - sigma_hat) (d + d') / 2``.
+
+    From ``alpha = 0`` (``t = 1`` on :class:`~jaxsde.FlowSDE`, ``sigma_bar = inf``, given a velocity
+    or x0 :class:`~jaxsde.Prediction`) the first step is Heun in ``rho = 1/sigma_bar`` instead, finite
+    there: the DDIM (Euler) predictor, then the trapezoid in ``rho`` with the data prediction at its
+    end (:func:`~jaxsde.solvers.exponential.alpha_zero_step`; 2 evaluations, as every step).
 
     2 score evaluations per step: NFE = ``2 num_steps`` (+1 for the driver's final Tweedie step).
     EDM's own last step goes to ``sigma = 0`` with Euler only, which *is* the Tweedie step: EDM with
@@ -84,11 +90,9 @@ class EDMHeun(FixedGridSolver):
                 or (isinstance(self.s_tmax, int | float) and self.s_tmax > self.s_tmin)):
             raise ValueError(f"EDMHeun: s_tmax must be a number > s_tmin ({self.s_tmin}), got {self.s_tmax!r}")
 
-    @property
-    def starts_at_alpha_zero(self) -> bool:  # type: ignore[override]
-        # the native Heun reads the velocity, finite at alpha = 0 from a velocity / x0 model; the EDM
-        # scheme divides the state by alpha
-        return self.variables == "native"
+    # the native Heun reads the velocity, finite at alpha = 0 from a velocity / x0 model; the EDM
+    # scheme's step out of alpha = 0 (sigma_bar = inf) is Heun in rho (alpha_zero_step)
+    starts_at_alpha_zero = True
 
     nfe_per_attempt = 2
 
@@ -117,8 +121,18 @@ class EDMHeun(FixedGridSolver):
             alpha_hat, _ = sde.marginal(t_hat)
         else:
             sb_hat, t_hat, alpha_hat = sb, t, alpha
-        d = (xb - data_prediction(sde, score, alpha_hat * xb, t_hat)) / sb_hat
-        xb_euler = xb + (sb_n - sb_hat) * d
-        d2 = (xb_euler - data_prediction(sde, score, alpha_n * xb_euler, t_next)) / sb_n
-        xb_next = xb + (sb_n - sb_hat) * 0.5 * (d + d2)
-        return StepResult(alpha_n * xb_next, state, 2)
+        if not (sde.alpha_vanishes_at_T and isinstance(score, Model)):
+            d = (xb - data_prediction(sde, score, alpha_hat * xb, t_hat)) / sb_hat
+            xb_euler = xb + (sb_n - sb_hat) * d
+            d2 = (xb_euler - data_prediction(sde, score, alpha_n * xb_euler, t_next)) / sb_n
+            xb_next = xb + (sb_n - sb_hat) * 0.5 * (d + d2)
+            return StepResult(alpha_n * xb_next, state, 2)
+        # a flow: out of alpha = 0 (sigma_bar = inf) Heun in rho = 1 / sigma_bar (alpha_zero_step)
+        origin = at_alpha_zero(sde, t)
+        x0 = data_prediction(sde, score, jnp.where(origin, x, alpha_hat * xb), t_hat)
+        xb_euler = xb + (sb_n - sb_hat) * ((xb - x0) / sb_hat)
+        x_euler = jnp.where(origin, alpha_zero_step(sde, x, t, t_next, x0), alpha_n * xb_euler)
+        x0_next = data_prediction(sde, score, x_euler, t_next)
+        xb_next = xb + (sb_n - sb_hat) * 0.5 * ((xb - x0) / sb_hat + (xb_euler - x0_next) / sb_n)
+        x_next = jnp.where(origin, alpha_zero_step(sde, x, t, t_next, x0, x0_next), alpha_n * xb_next)
+        return StepResult(x_next, state, 2)

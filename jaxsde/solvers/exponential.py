@@ -37,6 +37,8 @@ __all__ = [
     "half_log_snr",
     "data_prediction",
     "noise_prediction",
+    "predictions",
+    "alpha_zero_step",
     "warmup_order",
     "exp_remainder",
     "exp_remainders",
@@ -75,6 +77,60 @@ def noise_prediction(sde, score, x: Array, t: Array) -> Array:
         return score.eps(x, t)
     _, sigma = sde.marginal(t)
     return -sigma * score(x, t)
+
+
+def predictions(sde, score, x: Array, t: Array, kinds: tuple[str, ...]) -> tuple[Array, ...]:
+    """The ``kinds`` (``"x0"``, ``"eps"``, ``"score"``) predictions at ``(x, t)`` from ONE score
+    evaluation: from the model's own output for a :class:`jaxsde.prediction.Model` (exact at
+    ``alpha = 0`` for velocity and x0 models), else from ``score(x, t)`` (Tweedie for ``"x0"``)."""
+    if isinstance(score, Model):
+        return score.predict_many(x, t, kinds)
+    s = score(x, t)
+    alpha, sigma = sde.marginal(t)
+    table = {"score": lambda: s, "eps": lambda: -sigma * s, "x0": lambda: (x + sigma**2 * s) / alpha}
+    return tuple(table[kind]() for kind in kinds)
+
+
+def alpha_zero_step(sde, x: Array, t: Array, t_next: Array, x0: Array, x0_next: Array | None = None,
+                    tau2: Array | float = 0.0, z: Array | None = None) -> Array:
+    """The exact step of the variance-controlled reverse SDE from a ``t`` where ``alpha = 0``
+    (``t = 1`` on :class:`~jaxsde.FlowSDE`: ``lambda = -inf``) to ``t_next``, with the data
+    prediction linear in ``rho = alpha/sigma`` along it.
+
+    In ``rho`` the step has finite length ``rho' = alpha'/sigma'`` (infinite in ``lambda``, where
+    the exponential integrators' weights, the ``x/alpha`` of the noise-prediction and EDM forms,
+    and the Lagrange nodes are undefined). With ``c = 1 + tau^2`` (``tau = 0``: the PF-ODE):
+    ``x' = sigma' (k x / sigma + m) + alpha' xbar``, ``k = 1`` and ``m = 0`` for ``tau = 0``,
+    ``k = 0`` and ``m = z`` (fresh noise) for ``tau > 0`` (the state is forgotten over an infinite
+    log-SNR step); ``xbar = x0`` given only the start's data prediction ``x0`` (exact there from a
+    velocity or x0 model): the DDIM step (exponential Euler; its first-order limit), or ``xbar =
+    (x0 + c x0_next) / (1 + c)`` given also ``x0_next``, the data prediction at ``t_next``
+    (the exact integral of ``x0`` linear in ``rho``: the trapezoid for ``tau = 0``, a second-order
+    Heun step). Every fixed-grid solver whose own first step is undefined at ``alpha = 0`` takes
+    this one there (:class:`MultistepSolver`'s ``exact_first_step``, :class:`~jaxsde.EDMHeun`),
+    then continues with its own method.
+
+    Args:
+        sde: the SDE (``alpha(t) = 0``).
+        x: the state at ``t``.
+        t: the start (``alpha(t) = 0``).
+        t_next: the end, ``t_next < t``.
+        x0: the data prediction at ``(x, t)``.
+        x0_next: the data prediction at ``t_next`` (of a predicted state), or ``None``.
+        tau2: ``tau^2 >= 0`` (a number or a traced scalar; only its sign matters here).
+        z: the standard normal, shaped like ``x`` (used when ``tau2 > 0``; ``None``: deterministic).
+
+    Returns:
+        The state at ``t_next``.
+    """
+    _, sigma = sde.marginal(t)
+    alpha_n, sigma_n = sde.marginal(t_next)
+    c = 1.0 + tau2
+    xbar = x0 if x0_next is None else (x0 + c * x0_next) / (1.0 + c)
+    if z is None or (isinstance(tau2, int | float) and tau2 == 0):
+        return sigma_n / sigma * x + alpha_n * xbar
+    noisy = jnp.asarray(tau2) > 0
+    return jnp.where(noisy, sigma_n * z, sigma_n / sigma * x) + alpha_n * xbar
 
 
 def exp_remainders(nmax: int, z: Array) -> list[Array]:
@@ -212,7 +268,9 @@ class HistoryState(NamedTuple):
     of the grid with ``pad`` virtual nodes prepended (``lam[pad + i]`` is grid time ``i``;
     the virtual ones extend the grid's first spacing backwards, so warm-up coefficients of
     unused orders stay finite); ``hist``: past model outputs, newest first; ``extra``: what
-    else the solver carries.
+    else the solver carries; ``origin``: whether the grid starts where ``alpha = 0`` (a traced
+    bool, set only for a solver with ``exact_first_step`` given a model with a data channel on an
+    SDE whose ``alpha(T) = 0``; ``None`` otherwise: the state is then what it always was).
     """
 
     index: Array
@@ -220,6 +278,7 @@ class HistoryState(NamedTuple):
     lam: Array
     hist: Array
     extra: Any
+    origin: Any = None  # traced bool: the grid starts where alpha = 0 (exact_first_step solvers); else None
 
 
 class MultistepSolver(FixedGridSolver):
@@ -234,24 +293,62 @@ class MultistepSolver(FixedGridSolver):
 
     nfe_per_attempt = 1
 
+    # True for a method whose own step is undefined out of alpha = 0 (lambda = -inf: x / alpha,
+    # infinite Lagrange nodes): its state then carries origin (exact_start) and its first step there
+    # is alpha_zero_step (from_alpha_zero; ForwardValue: its own lookahead's finite limit)
+    exact_first_step: bool = False
+
     @property
     def history_size(self) -> int:
         return self.order
+
+    def exact_start(self, sde, score) -> bool:
+        """Static: whether this solve may start where ``alpha = 0`` through :func:`alpha_zero_step`
+        (``exact_first_step``, an SDE with ``alpha(T) = 0`` and a model with its own data channel).
+        Then the state carries ``origin`` (whether the grid does start there, traced); the first
+        step is the exact one (:meth:`from_alpha_zero`), the evaluation there stays in the
+        history as the method's own entry, and the interpolating methods count only the evaluations
+        at finite log-SNR (:meth:`capped`): the Lagrange weight of a node at ``lambda = -inf``
+        has the limit 0, and its ``lam`` is a finite placeholder (the grid's first spacing
+        extended backwards, as for the virtual nodes) so the masked weights stay finite."""
+        return self.exact_first_step and sde.alpha_vanishes_at_T and isinstance(score, Model)
 
     def init_history(self, sde, x: Array, grid: Array, lam: Array) -> tuple[Array, Any]:
         """Initial ``(hist, extra)``; default: zeros and ``None``."""
         return jnp.zeros((self.history_size, *x.shape), x.dtype), None
 
     def init(self, sde, score, x, t_start, t_end) -> SolverInit:
-        del score
         grid = self.schedule.times(sde, t_start, t_end, x.dtype)
         lam = half_log_snr(sde, grid).astype(x.dtype)
+        origin = None
+        if self.exact_start(sde, score):  # a placeholder for lam = -inf at the start (exact_start)
+            origin = jnp.isneginf(lam[0])
+            first = lam[2] - lam[1] if self.num_steps > 1 else jnp.ones((), x.dtype)
+            lam = jnp.where(origin, lam.at[0].set(lam[1] - first), lam)
         pad = self.history_size
         d = lam[1] - lam[0]
         virtual = lam[0] - d * jnp.arange(pad, 0, -1, dtype=x.dtype)
         lam = jnp.concatenate([virtual, lam])
         hist, extra = self.init_history(sde, x, grid, lam)
-        return SolverInit(state=HistoryState(jnp.zeros((), jnp.int32), grid, lam, hist, extra), nfe=0)
+        return SolverInit(state=HistoryState(jnp.zeros((), jnp.int32), grid, lam, hist, extra, origin), nfe=0)
+
+    def capped(self, state: HistoryState, order: Array | int) -> Array | int:
+        """``order`` at most the number of evaluations at finite log-SNR the step has (``index + 1``,
+        less the one at ``alpha = 0`` when the grid starts there; at least 1); ``order`` itself
+        when the state has no ``origin`` (see :meth:`exact_start`)."""
+        if state.origin is None:
+            return order
+        finite = state.index + 1 - state.origin.astype(state.index.dtype)
+        return jnp.minimum(order, jnp.maximum(finite, 1))
+
+    def from_alpha_zero(self, sde, state: HistoryState, x: Array, t: Array, t_next: Array, x0: Array | None,
+                        x_next: Array, **kwargs) -> Array:
+        """``x_next`` (the method's own step), or on the first step of a grid starting where ``alpha =
+        0`` :func:`alpha_zero_step` ``(sde, x, t, t_next, x0, **kwargs)``. ``x_next`` itself when the
+        state has no ``origin``."""
+        if state.origin is None:
+            return x_next
+        return jnp.where(state.origin & (state.index == 0), alpha_zero_step(sde, x, t, t_next, x0, **kwargs), x_next)
 
     def node(self, state: HistoryState, offset: int) -> Array:
         """Half log-SNR of grid time ``state.index + offset`` (``offset >= -history_size``)."""
@@ -259,7 +356,8 @@ class MultistepSolver(FixedGridSolver):
 
     def advanced(self, state: HistoryState, hist: Array, extra: Any) -> HistoryState:
         """The state after the step from grid time ``state.index``, with the new history."""
-        return HistoryState(jnp.minimum(state.index + 1, self.num_steps), state.grid, state.lam, hist, extra)
+        return HistoryState(jnp.minimum(state.index + 1, self.num_steps), state.grid, state.lam, hist, extra,
+                            state.origin)
 
 
 def push(hist: Array, new: Array) -> Array:

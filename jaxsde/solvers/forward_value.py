@@ -29,6 +29,12 @@ class ForwardValue(MultistepSolver):
     reference code's choice: ``x_T ~ eps`` at the largest noise level), so the first lookahead is
     free. Global order 1.
 
+    From ``alpha = 0`` (``t = 1`` on :class:`~jaxsde.FlowSDE`): ``eps_hat = x_T / sigma_T`` makes the
+    first lookahead's ``(x - sigma eps_hat) / alpha`` vanish faster than ``alpha``, so its limit is
+    ``x_hat = sigma_1 eps_hat``, and the update's ``alpha_i sigma_{i+1}/sigma_i`` is 0: the method's
+    own first step, exact there, with no evaluation at ``t = 1``. The lookahead orders then count the
+    noise estimates at finite log-SNR.
+
     ``lookahead_order > 1`` ("F-DPMSolver", the forward-value paper): the lookahead becomes the multistep
     noise-prediction exponential integrator over the last ``lookahead_order`` noise estimates
     (Lagrange interpolation in ``lam``, exact weights ``int_0^h e^{h-u} l_j(u) du``; warm-up with
@@ -67,6 +73,10 @@ class ForwardValue(MultistepSolver):
         hist = jnp.zeros((self.history_size, *x.shape), x.dtype).at[0].set(eps0)
         return hist, None
 
+    # the first lookahead's limit out of alpha = 0 is finite (class docstring); no alpha_zero_step
+    exact_first_step = True
+    starts_at_alpha_zero = True
+
     def step(self, sde, score, t0, t1, x, state, z) -> StepResult:
         i = state.index
         t, t_next = state.grid[i], state.grid[i + 1]
@@ -75,8 +85,10 @@ class ForwardValue(MultistepSolver):
         lam_s = self.node(state, 0)
         h = self.node(state, 1) - lam_s
         nodes = [(self.node(state, -j) - lam_s) / h for j in range(self.lookahead_order)]
-        w = exp_weights(-1.0, h, nodes, jnp.minimum(self.lookahead_order, i + 1))
+        w = exp_weights(-1.0, h, nodes, self.capped(state, jnp.minimum(self.lookahead_order, i + 1)))
         x_hat = alpha_n / alpha * x - sigma_n * combine(w, state.hist)
+        if state.origin is not None:  # the lookahead's limit out of alpha = 0 (class docstring)
+            x_hat = jnp.where(state.origin & (i == 0), sigma_n * state.hist[0], x_hat)
         s = score(x_hat, t_next)
         eps_hat = -sigma_n * s
         x0_hat = (x_hat + sigma_n**2 * s) / alpha_n

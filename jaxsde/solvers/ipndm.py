@@ -7,7 +7,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from .base import StepResult, solver_class
-from .exponential import MultistepSolver, check_int, combine, noise_prediction, push, select_weights
+from .exponential import MultistepSolver, check_int, combine, noise_prediction, predictions, push, select_weights
 
 # Adams-Bashforth coefficients for equal steps, newest evaluation first
 AB_COEFFICIENTS = (
@@ -39,6 +39,12 @@ class IPNDM(MultistepSolver):
     ``eps`` barely changes), as from ``sde.T``. ``tests/test_ipndm.py`` measures both orders.
     In practice the EDM grid (the default) is where iPNDM is used.
 
+    From ``alpha = 0`` (``t = 1`` on :class:`~jaxsde.FlowSDE`, given a velocity or x0
+    :class:`~jaxsde.Prediction`), where ``x / alpha`` is undefined: the first step is
+    :func:`~jaxsde.solvers.exponential.alpha_zero_step` (DDIM's) from that evaluation, whose ``eps``
+    starts the history; the orders then count the evaluations at finite ``rho`` (the warm-up
+    restarts after it: Euler, AB2, ...).
+
     NFE = ``num_steps`` (+1 for the driver's final Tweedie step, ``denoise=True``).
 
     Args:
@@ -59,14 +65,22 @@ class IPNDM(MultistepSolver):
         if self.num_steps < self.order:
             raise ValueError(f"IPNDM: order {self.order} needs num_steps >= {self.order}, got {self.num_steps}")
 
+    exact_first_step = True  # x / alpha at alpha = 0: the first step is alpha_zero_step
+    starts_at_alpha_zero = True
+
     def step(self, sde, score, t0, t1, x, state, z) -> StepResult:
         i = state.index
         t, t_next = state.grid[i], state.grid[i + 1]
-        hist = push(state.hist, noise_prediction(sde, score, x, t))
+        if state.origin is None:
+            eps, x0 = noise_prediction(sde, score, x, t), None
+        else:
+            eps, x0 = predictions(sde, score, x, t, ("eps", "x0"))
+        hist = push(state.hist, eps)
         cands = [[jnp.asarray(b, x.dtype) for b in row] for row in AB_COEFFICIENTS[: self.order]]
-        w = select_weights(jnp.minimum(self.order, i + 1), cands, self.order)
+        w = select_weights(self.capped(state, jnp.minimum(self.order, i + 1)), cands, self.order)
         alpha, sigma = sde.marginal(t)
         alpha_n, sigma_n = sde.marginal(t_next)
         slope = combine(w, hist)
         x_next = alpha_n * (x / alpha + (sigma_n / alpha_n - sigma / alpha) * slope)
+        x_next = self.from_alpha_zero(sde, state, x, t, t_next, x0, x_next)
         return StepResult(x_next, self.advanced(state, hist, None), 1)

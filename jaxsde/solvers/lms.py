@@ -13,6 +13,7 @@ from .exponential import (
     combine,
     interpolation_weights,
     noise_prediction,
+    predictions,
     push,
 )
 
@@ -42,6 +43,11 @@ class LMS(MultistepSolver):
     ``sigma(t_i)/alpha(t_i)`` of this solver's grid, k-diffusion's output equals this solver's:
     without the trailing 0 and ``denoise=False`` (times ``alpha(t_end)``), and with it,
     ``last_step="lms"`` and ``denoise=True`` (``tests/test_lms.py``).
+
+    From ``alpha = 0`` (``t = 1`` on :class:`~jaxsde.FlowSDE`, given a velocity or x0
+    :class:`~jaxsde.Prediction`), where ``x / alpha`` is undefined: the first step is
+    :func:`~jaxsde.solvers.exponential.alpha_zero_step` (DDIM's) from that evaluation, whose ``eps``
+    starts the history; the orders then count the evaluations at finite ``s``.
 
     Deterministic (no noise). Order ``order`` on the ODE (``tests/test_lms.py``). NFE =
     ``num_steps`` (+1 for the driver's final Tweedie step, ``denoise=True``).
@@ -77,16 +83,24 @@ class LMS(MultistepSolver):
         delta = jnp.exp(-lam_s) * step
         nodes = [jnp.expm1(lam_s - self.node(state, -j)) / step for j in range(self.order)]  # (s_{i-j} - s_i) / delta
         return interpolation_weights([delta / (k + 1) for k in range(self.order)], nodes,
-                                     jnp.minimum(self.order, state.index + 1))
+                                     self.capped(state, jnp.minimum(self.order, state.index + 1)))
+
+    exact_first_step = True  # x / alpha at alpha = 0: the first step is alpha_zero_step
+    starts_at_alpha_zero = True
 
     def step(self, sde, score, t0, t1, x, state, z) -> StepResult:
         i = state.index
         t, t_next = state.grid[i], state.grid[i + 1]
-        hist = push(state.hist, noise_prediction(sde, score, x, t))
+        if state.origin is None:
+            eps, x0 = noise_prediction(sde, score, x, t), None
+        else:
+            eps, x0 = predictions(sde, score, x, t, ("eps", "x0"))
+        hist = push(state.hist, eps)
         w = self.weights(state, jnp.expm1(self.node(state, 0) - self.node(state, 1)))
         alpha, _ = sde.marginal(t)
         alpha_n, _ = sde.marginal(t_next)
-        return StepResult(alpha_n / alpha * x + alpha_n * combine(w, hist), self.advanced(state, hist, None), 1)
+        x_next = self.from_alpha_zero(sde, state, x, t, t_next, x0, alpha_n / alpha * x + alpha_n * combine(w, hist))
+        return StepResult(x_next, self.advanced(state, hist, None), 1)
 
     def denoise(self, sde, score, x, t, state):
         if self.last_step == "tweedie":

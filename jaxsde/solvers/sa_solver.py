@@ -13,6 +13,7 @@ from .base import StepResult, solver_class
 from .dpm_solver import LOWER_ORDER_FINAL_BELOW
 from .exponential import (
     MultistepSolver,
+    alpha_zero_step,
     check_int,
     combine,
     data_prediction,
@@ -71,6 +72,13 @@ class SASolver(MultistepSolver):
     The model output is stored at the uncorrected point (PEC), as in the reference code. The
     last step is not corrected (no evaluation after it). ``tau`` is evaluated at each step's
     source time (diffusers' convention).
+
+    From ``alpha = 0`` (``t = 1`` on :class:`~jaxsde.FlowSDE`, given a velocity or x0
+    :class:`~jaxsde.Prediction`), where ``h = inf``: the first step is
+    :func:`~jaxsde.solvers.exponential.alpha_zero_step` (the exact step with ``x0`` held at that
+    evaluation, with ``tau(t_0)``), its correction the same step with ``x0`` linear in
+    ``rho = alpha/sigma`` between the two evaluations; the orders then count the evaluations at
+    finite log-SNR.
 
     Orders (diffusers' schedule): predictor ``min(p, i + 1)``, corrector of step ``i - 1``
     ``min(c, i + 1)``; with ``lower_order_final`` and fewer than 15 steps also
@@ -166,13 +174,18 @@ class SASolver(MultistepSolver):
         hist = jnp.zeros((self.history_size, *x.shape), x.dtype)
         return hist, (x, jnp.zeros_like(x))  # (last corrected state, last noise)
 
-    def _orders(self, i):
+    def _orders(self, i, state=None):
         p = jnp.minimum(self.predictor_order, i + 1)
         c = jnp.minimum(self.corrector_order, i + 1)
         if self.lower_order_final == "always" or (self.lower_order_final and self.num_steps < LOWER_ORDER_FINAL_BELOW):
             p = jnp.minimum(p, self.num_steps - i)
             c = jnp.minimum(c, self.num_steps - i + 2)
+        if state is not None:  # from alpha = 0: the evaluations at finite log-SNR only
+            p, c = self.capped(state, p), self.capped(state, c)
         return p, c
+
+    exact_first_step = True  # the weights' h = inf at alpha = 0: the first step is alpha_zero_step
+    starts_at_alpha_zero = True
 
     def _update(self, sde, x, t_s, t_t, h, w, hist, tau, xi):
         """``(sigma_t/sigma_s) e^{-tau^2 h} x + alpha_t sum_j w_j m_j + sigma_t sqrt(1 - e^{-2 tau^2 h}) xi``."""
@@ -189,9 +202,10 @@ class SASolver(MultistepSolver):
         grid = state.grid
         t = grid[i]
         t_next = grid[i + 1]
-        hist = push(state.hist, data_prediction(sde, score, x, t))
+        x0 = data_prediction(sde, score, x, t)
+        hist = push(state.hist, x0)
         last_x, last_xi = state.extra
-        p_ord, c_ord = self._orders(i)
+        p_ord, c_ord = self._orders(i, state)
 
         if self.corrector_order > 0:  # redo step i-1 -> i with the new data prediction
             t_prev = grid[jnp.maximum(i - 1, 0)]
@@ -201,6 +215,10 @@ class SASolver(MultistepSolver):
             tau_c = self.tau_at(sde, t_prev)
             w = sa_weights(c_ord, h_c, nodes, tau_c**2, self.rescale_order2, corrector=True)
             corrected = self._update(sde, last_x, t_prev, t, h_c, w, hist, tau_c, last_xi)
+            if state.origin is not None:  # correcting the step out of alpha = 0: x0 linear in rho
+                exact = alpha_zero_step(sde, last_x, t_prev, t, hist[1], hist[0], tau_c**2,
+                                        last_xi if self.stochastic else None)
+                corrected = jnp.where(state.origin & (i == 1), exact, corrected)
             x = jnp.where(i > 0, corrected, x)
 
         lam_s = self.node(state, 0)
@@ -210,6 +228,8 @@ class SASolver(MultistepSolver):
         w = sa_weights(p_ord, h, nodes, tau_p**2, self.rescale_order2, corrector=False)
         xi = z[0] if z is not None else jnp.zeros_like(x)
         x_next = self._update(sde, x, t, t_next, h, w, hist, tau_p, xi)
+        x_next = self.from_alpha_zero(sde, state, x, t, t_next, x0, x_next, tau2=tau_p**2,
+                                      z=xi if self.stochastic else None)
         return StepResult(x_next, self.advanced(state, hist, (x, xi)), 1)
 
 
