@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from . import driver
 from .noise import sample_keys
+from .prediction import Prediction
 from .solution import Solution
 from .solvers.multilevel import MultilevelEM, MultilevelScore
 
@@ -23,9 +24,12 @@ Array = jax.Array
 __all__ = ["sample_multilevel"]
 
 
-def _given(values: tuple[Array, ...]) -> MultilevelScore:
-    """Levels that return precomputed values (one sample's) whatever ``(x, t)`` they are asked at."""
-    return MultilevelScore([lambda x, t, v=v: v for v in values])
+def _given(values: tuple[Array, ...], like: MultilevelScore) -> MultilevelScore:
+    """Levels that return precomputed values (one sample's) whatever ``(x, t)`` they are asked at,
+    of the kinds of ``like``'s levels (a :class:`~jaxsde.Prediction` level stays one)."""
+    fixed = [lambda x, t, v=v: v for v in values]
+    return MultilevelScore([Prediction(g, f.kind) if isinstance(f, Prediction) else g
+                            for g, f in zip(fixed, like.levels, strict=True)])
 
 
 def sample_multilevel(key: Array, sde, score: MultilevelScore, solver: MultilevelEM, shape: tuple[int, ...], n: int,
@@ -71,7 +75,7 @@ def sample_multilevel(key: Array, sde, score: MultilevelScore, solver: Multileve
                        for level, f in enumerate(batched_levels))
 
         def one(key, si, vals):
-            return driver.step(p._replace(score=_given(vals)), key, si)
+            return driver.step(p._replace(score=_given(vals, score)), key, si)
 
         return jax.vmap(one)(solve_keys, s, values), None
 

@@ -31,8 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..prediction import Prediction, to_x0
 from ..settings import UNIT, is_traced
 from .base import FixedGridSolver, SolverInit, StepResult, solver_class
+from .euler_maruyama import at_alpha_zero, posterior_step
 
 Array = jax.Array
 
@@ -44,6 +46,10 @@ class MultilevelScore:
     takes a score function (validation, the final denoising step, other solvers) sees the
     model being sampled. ``costs`` (optional, any unit) are the levels' evaluation costs,
     used for cost reports in units of the finest level.
+
+    A level may be a :class:`jaxsde.Prediction` (e.g. the velocity of a flow model):
+    :class:`MultilevelEM` then telescopes the levels' data predictions (exact at ``alpha = 0``
+    from velocity and x0 models, so a flow starts at ``t = 1``) and steps with the score they give.
     """
 
     def __init__(self, levels: Sequence[Callable], costs: Sequence[float] | None = None):
@@ -63,7 +69,13 @@ class MultilevelScore:
     def bind_condition(self, cond) -> MultilevelScore:
         """The levels of conditional scores ``level(x, t, cond)`` with ``cond`` fixed (one
         sample's condition; see :func:`jaxsde.driver.bind`)."""
-        return MultilevelScore([_Bound(f, cond) for f in self.levels], self.costs)
+        return MultilevelScore([Prediction(_Bound(f.fn, cond), f.kind) if isinstance(f, Prediction) else _Bound(f, cond)
+                                for f in self.levels], self.costs)
+
+    @property
+    def predicts(self) -> bool:
+        """True if a level is a :class:`jaxsde.Prediction` (static)."""
+        return any(isinstance(f, Prediction) for f in self.levels)
 
     def __len__(self) -> int:
         return len(self.levels)
@@ -171,6 +183,22 @@ class MultilevelEM(FixedGridSolver):
                              f"{len(score)} levels")
         return score
 
+    # out of alpha = 0 (a flow's t = 1, levels that are velocity or x0 Predictions): the exact
+    # posterior step from the telescoped data prediction (check_start refuses other levels there)
+    starts_at_alpha_zero = True
+
+    def check_start(self, sde, score, t_start: float) -> None:
+        """Where ``alpha(t_start) = 0`` every level must be a velocity or x0
+        :class:`jaxsde.Prediction` (exact there); a score or eps level is refused."""
+        if not sde.alpha_vanishes_at(t_start):
+            return
+        levels = self.check_score(score).levels
+        if not all(isinstance(f, Prediction) and f.kind in ("velocity", "x0") for f in levels):
+            raise ValueError(
+                f"alpha(t_start) = 0 at t_start = {t_start} on {type(sde).__name__}: a score cannot give the data "
+                f"estimate there (x0 = (x + sigma^2 score) / alpha is 0/0). Give every level of the MultilevelScore "
+                f"as the model's own prediction, jaxsde.Prediction(v, 'velocity') (or 'x0'), which is exact there")
+
     def init(self, sde, score, x, t_start, t_end) -> SolverInit:
         del sde, x, t_start, t_end
         self.check_score(score)
@@ -190,8 +218,29 @@ class MultilevelEM(FixedGridSolver):
         return x - dt * sde.reverse_drift(x, t, s_hat) + sde.diffusion(t) * jnp.sqrt(dt) * z
 
     def step(self, sde, score, t, t_next, x, index, z) -> StepResult:
-        s_hat, evaluations = self.score_estimate(self.check_score(score).levels, x, t, index)
-        return StepResult(self.em_update(sde, x, t, t_next, s_hat, z[0]), index + 1, evaluations)
+        score = self.check_score(score)
+        if not score.predicts:
+            s_hat, evaluations = self.score_estimate(score.levels, x, t, index)
+            return StepResult(self.em_update(sde, x, t, t_next, s_hat, z[0]), index + 1, evaluations)
+        # Prediction levels: telescope the data predictions (affine in the score at fixed (x, t), so
+        # the score of x0_hat is the telescoped score); out of alpha = 0 the exact posterior step
+        x0_hat, evaluations = self.score_estimate(_data_levels(sde, score.levels), x, t, index)
+        alpha, sigma = sde.marginal(t)
+        x_new = self.em_update(sde, x, t, t_next, (alpha * x0_hat - x) / sigma**2, z[0])
+        mean, std = posterior_step(sde, x, x0_hat, t, t_next)
+        return StepResult(jnp.where(at_alpha_zero(sde, t), mean + std * z[0], x_new), index + 1, evaluations)
+
+    def denoise(self, sde, score, x, t, state):
+        """The final denoising step from the finest level (its data prediction for a Prediction)."""
+        finest = self.check_score(score).levels[-1]
+        if isinstance(finest, Prediction):
+            return to_x0(sde, finest)(x, t), 1
+        return super().denoise(sde, finest, x, t, state)
+
+
+def _data_levels(sde, levels: Sequence[Callable]) -> list[Callable]:
+    """Each level's data prediction ``x0(x, t)`` (a plain level is a score: Tweedie)."""
+    return [to_x0(sde, f) for f in levels]
 
 
 def multilevel_cost(solver: MultilevelEM, costs: Sequence[float], denoise: bool = True) -> float:
