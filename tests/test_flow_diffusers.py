@@ -253,14 +253,14 @@ def test_flow_match_heun_equals_native_heun(k_steps, shift, x64):
     report(got, ref)
 
 
-def test_native_heun_bad_input_and_edm_scheme_refuses_t_1(x64):
+def test_native_heun_bad_input_and_edm_scheme_starts_at_t_1(x64):
     with pytest.raises(ValueError, match="variables must be one of"):
         jaxsde.EDMHeun(4, variables="flow")
     with pytest.raises(ValueError, match="churn"):
         jaxsde.EDMHeun(4, churn=1.0, variables="native")
-    grid = flow_grid(5, shift=3.0)
-    with pytest.raises(ValueError, match="cannot start where alpha = 0"):
-        jaxsde.solve(jax.random.PRNGKey(0), SDE, MODEL, jaxsde.EDMHeun(4, grid=grid), jnp.zeros(3))
+    grid = flow_grid(5, shift=3.0)  # the EDM scheme's first step out of t = 1 is Heun in rho (#35)
+    sol = jaxsde.solve(jax.random.PRNGKey(0), SDE, MODEL, jaxsde.EDMHeun(4, grid=grid), jnp.zeros(3))
+    assert int(sol.result) == jaxsde.results.SUCCESS and np.all(np.isfinite(np.asarray(sol.x)))
 
 
 # --- DPM-Solver++ and UniPC with flow sigmas ---------------------------------------------------------
