@@ -3,6 +3,7 @@
     python -m benchmarks run tolerance [--problems mixture-vp,mixture-ve,digits,digits-ve,hsc32,hsc64,lsst60]
         [--n-ode 16] [--n-sde 4000] [--n-sde-digits 359 (0: no SDE rows)] [--tag SUFFIX]
         [--rtols 0.1,0.01,...] [--fixed-steps 10,20,40] [--no-old-atol] [--no-peer] [--ref-tol 1e-9]
+        [--max-step 0.5]
         [--out benchmarks/results]
 
 For every adaptive solver, with ``atol`` left at its default (``ErrorNorm``: one 8-bit level of the
@@ -30,7 +31,8 @@ reference, and a matched-NFE table: per fixed-grid row, the fewest mean NFE of e
 solver's sweep whose error is at most that row's, and the smallest error each adaptive solver
 reaches within that row's NFE. ``--no-old-atol`` / ``--no-peer`` drop the old-fixed-atol rows and
 the diffrax peer (to fit a large network's run in a time budget); ``--rtols`` replaces the ODE
-rtol sweep.
+rtol sweep. ``--max-step H`` adds ``AdaptiveDPMSolver`` and ``AdaptiveMultistepSolver`` rows with
+every step capped at ``H`` in half log-SNR; ``--n-sde 0`` drops the mixtures' SDE rows.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ SDE_RTOLS = (2e-1, 1e-1, 5e-2, 2e-2, 1e-2, 5e-3, 2e-3)
 SDE_RTOLS_DIGITS = (1e-1, 5e-2, 2e-2, 1e-2, 5e-3)
 
 
-def ode_solvers(sde, old_atol=True):
+def ode_solvers(sde, old_atol=True, max_step=None):
     old = sde.default_atol
     rows = {
         "AdaptiveDPMSolver(eta=0)": lambda r: jaxsde.AdaptiveDPMSolver(rtol=r),
@@ -64,6 +66,11 @@ def ode_solvers(sde, old_atol=True):
         "AdaptiveMultistepSolver(tau=0), old fixed atol": lambda r: jaxsde.AdaptiveMultistepSolver(rtol=r, atol=old),
         "ProbabilityFlow (atol 1e-5)": lambda r: jaxsde.ProbabilityFlow(rtol=r),
     }
+    if max_step is not None:  # the log-SNR solvers with their steps capped (``--max-step``)
+        rows[f"AdaptiveDPMSolver(eta=0), max_step={max_step:g}"] = (
+            lambda r: jaxsde.AdaptiveDPMSolver(rtol=r, max_step=max_step))
+        rows[f"AdaptiveMultistepSolver(tau=0), max_step={max_step:g}"] = (
+            lambda r: jaxsde.AdaptiveMultistepSolver(rtol=r, max_step=max_step))
     return rows if old_atol else {k: v for k, v in rows.items() if "old fixed atol" not in k}
 
 
@@ -204,7 +211,9 @@ def mixture_rows(ve, args):
     mix64 = target(jnp.float64)
     x_T = jax.vmap(lambda k: sde.prior_sample(k, (64,), jnp.float64))(jax.random.split(jax.random.PRNGKey(5),
                                                                                          args.n_ode))
-    rows = run_ode(sde, mix64.score(sde), x_T, ODE_RTOLS, ode_solvers(sde))
+    rows = run_ode(sde, mix64.score(sde), x_T, ODE_RTOLS, ode_solvers(sde, not args.no_old_atol, args.max_step))
+    if args.n_sde == 0:
+        return rows
     mix = target(jnp.float32)
     means, scales = mix.ideal_mode_means(sde), mix.ideal_mode_scales(sde)
 
@@ -228,7 +237,7 @@ def galaxy_rows(args, name, on_row=None):
     x_T = jax.vmap(lambda k: ckpt.sde.prior_sample(k, ckpt.shape, jnp.float64))(
         jax.random.split(jax.random.PRNGKey(5), args.n_ode))
     rtols = args.rtols or ODE_RTOLS[:-1]
-    solvers = {k: v for k, v in ode_solvers(ckpt.sde, not args.no_old_atol).items()
+    solvers = {k: v for k, v in ode_solvers(ckpt.sde, not args.no_old_atol, args.max_step).items()
                if not any(skip and skip in k for skip in args.skip.split(","))}
     steps = tuple(int(v) for v in args.fixed_steps.split(",")) if args.fixed_steps else ()
     return run_ode(ckpt.sde, ckpt.score_fn(params64), x_T, rtols, solvers,
@@ -245,7 +254,7 @@ def digits_rows(args, model="digits"):
     score64 = ckpt.score_fn(params64)
     x_T = jax.vmap(lambda k: sde.prior_sample(k, ckpt.shape, jnp.float64))(
         jax.random.split(jax.random.PRNGKey(5), args.n_ode))
-    rows = run_ode(sde, score64, x_T, ODE_RTOLS[:-1], ode_solvers(sde))
+    rows = run_ode(sde, score64, x_T, ODE_RTOLS[:-1], ode_solvers(sde, not args.no_old_atol, args.max_step))
     if args.n_sde_digits == 0:
         return rows
     metrics = DigitsMetrics()
@@ -348,6 +357,8 @@ def arguments(parser):
                         help="galaxy problems: step counts of the fixed-grid rows (UniPC, DPMSolverPP); '' for none")
     parser.add_argument("--no-old-atol", action="store_true", help="drop the old-fixed-atol rows")
     parser.add_argument("--no-peer", action="store_true", help="drop the diffrax Dopri5 peer row")
+    parser.add_argument("--max-step", type=float, default=None,
+                        help="also run the log-SNR ODE solvers with this step cap (half log-SNR)")
     parser.add_argument("--skip", default="", help="galaxy problems: comma-separated substrings of ODE rows to drop")
     parser.add_argument("--ref-tol", type=float, default=1e-9,
                         help="galaxy problems: the Dopri8 reference's rtol = atol")
