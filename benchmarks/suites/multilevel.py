@@ -23,7 +23,7 @@ from jaxsde.timing import time_compiled
 from ..harness.cli import options
 from ..harness.machine import describe
 from ..harness.samplers import sample_chunks
-from ..harness.writer import columns, table
+from ..harness.writer import columns, progress, table
 
 LEVELS = ("digits-small", "digits-medium", "digits-large")
 
@@ -135,8 +135,7 @@ def run(args, ctx):
                    fd=r["fd"], fd_std=r["fd_std"], kid=r["kid"], confident=r["confident"], class_tv=r["class_tv"],
                    probabilities=list(getattr(solver, "probabilities", [1.0])))
         rows.append(row)
-        print(f"{name:28s} cost {cost:7.1f} (largest-evals)  wall {wall:7.1f}s  FD {r['fd']:7.3f} +- {r['fd_std']:.3f}",
-              flush=True)
+        progress(row, "solver", "cost", "wall_s", "fd", "fd_std")
 
     for steps in step_counts:
         run(f"EM {steps} (largest)", jaxsde.EulerMaruyama(steps), steps, False)

@@ -491,4 +491,3 @@ def run(args, ctx):
         data = dict(kind="contract", config=cfg, **run_contract(cfg, log, args.baseline, args.compiles))
     stem = {"driver": "overhead"}.get(args.mode, args.mode + "_overhead")
     ctx.save(stem, data)
-    log(f"wrote {ctx.path(stem, 'md')}")

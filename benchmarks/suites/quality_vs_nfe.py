@@ -18,6 +18,7 @@ calibration draws of seed + 1000 (never the evaluation draws). Writes ``frontier
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -35,7 +36,7 @@ from ..harness.cli import options
 from ..harness.problems import TARGETS
 from ..harness.samplers import prior, run_jaxsde, sample_chunks
 from ..harness.select import select
-from ..harness.writer import curves, pivot
+from ..harness.writer import curves, pivot, progress, table
 
 BUDGETS = (5, 10, 20, 50, 100, 200)
 N_DIGITS, DIGITS_MAX_NFE = 300, 50  # digits: samples per solver; largest budget of the fixed-step solvers but EM
@@ -126,7 +127,7 @@ def headline(rows):
 
 def arguments(parser):
     parser.add_argument("--problems", default="ring2,gmm32,digits")
-    parser.add_argument("--n", type=int, default=4000, help="samples per solver on the mixtures")
+    parser.add_argument("--n", type=int, default=4000, help="samples per solver on the mixtures (digits: 300)")
     options(parser, batch=500, seed=0, quick="tiny n, budgets 5/10/20, few adaptive settings")
     parser.add_argument("--frontier", action="store_true",
                         help="the frontier of issue 22: every fixed-budget sampler of jaxsde and of k-diffusion at "
@@ -168,7 +169,7 @@ def run(args, ctx):
         rows = []
         for fam, setting, b, solver in solvers(budgets, (0.1,) if few else (0.2, 0.1, 0.05, 0.02, 0.01),
                                                (1e-3,) if few else (1e-2, 1e-3, 1e-4, 1e-5), digits):
-            x, nfe, fails, wall, compile_s = sample_chunks(sde, score_fn, params, shape, solver, n, 0,
+            x, nfe, fails, wall, compile_s = sample_chunks(sde, score_fn, params, shape, solver, n, args.seed,
                                                            min(args.batch, n))
             good = np.all(np.isfinite(x.reshape(len(x), -1)), axis=1)
             try:
@@ -179,18 +180,16 @@ def run(args, ctx):
             rows.append(dict(family=fam, setting=setting, budget=b, solver=repr(solver), mean_nfe=float(nfe.mean()),
                              max_nfe=int(nfe.max()), failed=fails, wall_s=wall, compile_s=compile_s,
                              **{k: r.get(k, float("nan")) for k in r}, **({metric: float("nan")} if not r else {})))
-            print(f"{problem:6s} {fam:12s} {setting:10s} NFE {nfe.mean():6.1f} (max {nfe.max():4d})  "
-                  f"{metric} {rows[-1][metric]:8.4f}  wall {wall:6.1f}s compile {compile_s:5.1f}s failed {fails}",
-                  flush=True)
+            progress(rows[-1], "family", "setting", "mean_nfe", "max_nfe", metric, "wall_s", "compile_s", "failed")
         floor = next((r[floor_key] for r in rows if floor_key in r and np.isfinite(r[floor_key])), float("nan"))
         summary = {"winners_by_budget": winners([r for r in rows if r["budget"] is not None], metric, budgets, floor,
                                                 digits)}
         if digits and not args.quick:
             summary["headline"] = headline(rows)
         stem = f"quality_vs_nfe_{problem}" + ("_quick" if args.quick else "")
-        ctx.save(stem, dict(problem=problem, info=info, n=n, metric=metric, floor=floor, budgets=list(budgets),
-                            elapsed_s=time.perf_counter() - t_problem, summary=summary, rows=rows))
-        print(f"{problem}: wrote {ctx.path(stem, 'md')}", flush=True)
+        ctx.save(stem, dict(problem=problem, info=info, n=n, seed=args.seed, metric=metric, floor=floor,
+                            budgets=list(budgets), elapsed_s=time.perf_counter() - t_problem, summary=summary,
+                            rows=rows))
 
 
 def _fmt(v, digits=4):
@@ -206,8 +205,8 @@ def render(data):
     digits, n, nan = problem == "digits", data["n"], float("nan")
     second = "kid" if digits else "mmd2"
     lines = [f"# Quality vs NFE: {problem}", "", f"Command: `{data['command']}`", "",
-             f"{data['info']}. n = {n} samples per solver (seed 0); {machine['backend']}, {machine['cpus']} CPUs, "
-             f"jax {machine['jax']}, {machine['date']}; {data['elapsed_s']:.0f} s.", "",
+             f"{data['info']}. n = {n} samples per solver (seed {data.get('seed', 0)}); {machine['backend']}, "
+             f"{machine['cpus']} CPUs, jax {machine['jax']}, {machine['date']}; {data['elapsed_s']:.0f} s.", "",
              f"Noise floor of {metric}: {_fmt(floor)} (exact-vs-exact / real-vs-real at this n)."]
     if digits:
         sd = float(np.nanmedian([r.get("fd_std", nan) for r in rows]))
@@ -216,9 +215,9 @@ def render(data):
               *pivot(["solver", *budgets], [r for r in rows if r["budget"] is not None], "family", "budget", budgets,
                      lambda r: _fmt(r[metric]) + ("" if r["mean_nfe"] == r["budget"] else f" ({r['mean_nfe']:.0f})")),
               "", "(NFE in parentheses where it differs from the budget; — = not run.)", "", "## Winners", "",
-              "| budget | best solver | " + metric + " | tied within noise |", "|---|---|---|---|"]
-    lines += [f"| {b} | {w['solver']} | {_fmt(w[metric])} | {', '.join(w.get('tied', []))} |"
-              for b, w in summary["winners_by_budget"].items()]
+              *table(["budget", "best solver", metric, "tied within noise"],
+                     [[b, w["solver"], _fmt(w[metric]), ", ".join(w.get("tied", []))]
+                      for b, w in summary["winners_by_budget"].items()])]
     lines += ["", ("Tied: FD within 2 bootstrap sigma of the best." if digits else
                    f"Tied: all at the noise floor (<= 1.25 x {_fmt(floor)}) when the best is there.")]
     if h := summary.get("headline"):
@@ -226,12 +225,11 @@ def render(data):
                   f"with FD {h['fd_best_fast_at_10']:.3f}; EM at 200 NFE: FD {h['fd_em200']:.3f} (2 sigma of the "
                   f"difference {h['two_sigma']:.3f}). No worse: {'yes' if h['no_worse'] else 'no'}; within 2 bootstrap "
                   f"sigma: {'yes' if h['no_worse_within_noise'] else 'no'}.**"]
-    lines += ["", "## All runs", "", f"| solver | setting | mean NFE | max NFE | {metric} | {second} | "
-              + ("FD boot. std | " if digits else "mode TV | ") + "wall s | failed |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['family']} | {r['setting']} | {r['mean_nfe']:.1f} | {r['max_nfe']} | {_fmt(r[metric])} | "
-              f"{_fmt(r.get(second, nan))} | {_fmt(r.get('fd_std' if digits else 'mode_tv', nan), 3)} | "
-              f"{r['wall_s']:.1f} | {r['failed']} |" for r in rows]
+    lines += ["", "## All runs", "", *table(
+        ["solver", "setting", "mean NFE", "max NFE", metric, second, "FD boot. std" if digits else "mode TV", "wall s",
+         "failed"], [[r["family"], r["setting"], f"{r['mean_nfe']:.1f}", r["max_nfe"], _fmt(r[metric]),
+                      _fmt(r.get(second, nan)), _fmt(r.get("fd_std" if digits else "mode_tv", nan), 3),
+                      f"{r['wall_s']:.1f}", r["failed"]] for r in rows])]
     return "\n".join(lines)
 
 
@@ -355,25 +353,20 @@ class GridTuner:
     def __init__(self, target, seed: int, n: int, iterations: int):
         self.target, self.iterations, self.n, self.seed = target, iterations, n, seed + 1000
         self.x_cal = prior(target, self.seed, n)
-        self._teacher = None
-        self.learned: dict = {}
 
+    @functools.cached_property
     def teacher(self):
-        if self._teacher is None:
-            t0 = time.perf_counter()
-            x, nfe = jaxsde.grid_optimization.teacher_samples(self.target.sde, self.target.score, self.x_cal)
-            self._teacher = (x, nfe, time.perf_counter() - t0)
-        return self._teacher
+        t0 = time.perf_counter()
+        x, nfe = jaxsde.grid_optimization.teacher_samples(self.target.sde, self.target.score, self.x_cal)
+        return x, nfe, time.perf_counter() - t0
 
+    @functools.cache  # noqa: B019 - one tuner per problem: (solver on the learned grid, calibration) per (name, steps)
     def __call__(self, name: str, steps: int):
-        """(solver on the learned grid, a description of the calibration); learned once per (name, steps)."""
-        if (name, steps) not in self.learned:
-            self.learned[name, steps] = self.learn(name, steps)
-        return self.learned[name, steps]
+        return self.learn(name, steps)
 
     def learn(self, name: str, steps: int):
         make = TUNED_SAMPLERS[name]
-        teacher, teacher_nfe, teacher_s = self.teacher()
+        teacher, teacher_nfe, teacher_s = self.teacher
         t0 = time.perf_counter()
         res = jaxsde.optimize_grid(self.target.sde, self.target.score, make(steps, "logsnr"), self.x_cal,
                                    teacher=teacher, iterations=self.iterations)
@@ -506,14 +499,13 @@ def frontier(args, ctx):
                 if tuning is not None:
                     row["tuning"] = tuning
                 rows.append(row)
-                print(f"{problem} NFE<={b:3d} {label:32s} NFE {mean_nfe:5.1f} q {q:.4f} +- {sd:.4f} "
-                      f"wall {wall:6.1f}s failed {failed}", flush=True)
+                progress(row, "budget", "sampler", "mean_nfe", "quality", "sd", "wall_s", "failed")
         res = dict(kind="frontier", problem=problem, tag=args.tag, sde=type(target.sde).__name__,
                    label=target.label, n=n, seed=args.seed, floor=[floor_q, floor_sd], budgets=list(budgets),
                    elapsed_s=time.perf_counter() - t_problem, best=frontier_best(rows, budgets), rows=rows)
         stem = f"frontier_{problem}" + (f"_{args.tag}" if args.tag else "") + ("_quick" if args.quick else "")
         ctx.save(stem, res)
-        print(f"{problem}: {res['elapsed_s']:.0f}s; wrote {ctx.path(stem, 'md')}", flush=True)
+        print(f"{problem}: {res['elapsed_s']:.0f}s", flush=True)
     if not args.quick:
         write_frontier_summary(args.out)
 
