@@ -37,7 +37,7 @@ from .likelihood import (
     quantize,
 )
 from .multilevel_batch import sample_multilevel
-from .noise import BrownianNoise, BrownianTreeNoise, FreshNoise, GivenNoise, sample_keys
+from .noise import BrownianMemoryNoise, BrownianNoise, BrownianTreeNoise, FreshNoise, GivenNoise, sample_keys
 from .precision import cast_params, mixed_precision
 from .prediction import Prediction
 from .sde import SDE, VESDE, VPSDE, DiscreteVPSDE, FlowSDE, GaussianPathSDE, ScoreFn, SubVPSDE
@@ -150,6 +150,7 @@ __all__ = [
     "FreshNoise",
     "BrownianNoise",
     "BrownianTreeNoise",
+    "BrownianMemoryNoise",
     "GivenNoise",
     "time_grid",
     "alpha_zero_grid",

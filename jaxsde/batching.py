@@ -47,7 +47,7 @@ from jax.sharding import PartitionSpec as P
 
 from . import driver, results
 from .driver import LoopState, Problem
-from .noise import BrownianTreeNoise, FreshNoise
+from .noise import BrownianMemoryNoise, BrownianTreeNoise, FreshNoise
 from .prediction import Model, prepare_model
 from .progress import ProgressReporter
 from .solution import Solution, Stats
@@ -386,9 +386,9 @@ def _device(mesh) -> Array:
 
 
 def _check(noise, batch_size, refill_size, refill_min=None, drain_halvings=0) -> None:
-    if noise is not None and not isinstance(noise, FreshNoise | BrownianTreeNoise):
-        raise ValueError("generate draws its noise from each sample's key (noise=None, FreshNoise() or "
-                         "BrownianTreeNoise()); per-sample noise arrays need `sample`")
+    if noise is not None and not isinstance(noise, FreshNoise | BrownianTreeNoise | BrownianMemoryNoise):
+        raise ValueError("generate draws its noise from each sample's key (noise=None, FreshNoise(), "
+                         "BrownianTreeNoise() or BrownianMemoryNoise()); per-sample noise arrays need `sample`")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if refill_size is not None and (not isinstance(refill_size, int) or refill_size < 1):

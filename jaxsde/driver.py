@@ -51,6 +51,7 @@ class LoopState(NamedTuple):
     stats: Stats
     result: Array
     failed: Array  # bool: an attempt produced non-finite values (latched; checked only if check_finite)
+    noise_memory: Any = ()  # a noise source's memory (jaxsde.noise.BrownianMemoryNoise); () for the others
 
 
 def _check_types(sde: SDE, score: ScoreFn, solver: Solver, x_T: Any) -> None:
@@ -293,6 +294,7 @@ def init(p: Problem, x_T: Array, t_start: Array | None = None) -> LoopState:
         stats=Stats(nfe=zero + first.nfe, num_accepted=zero, num_rejected=zero, num_steps=zero),
         result=jnp.asarray(result, jnp.int32),
         failed=jnp.array(False),
+        noise_memory=_noise_memory(p),
     )
 
 
@@ -311,6 +313,13 @@ def done(p: Problem, s: LoopState) -> Array:
     return ~running
 
 
+def _noise_memory(p: Problem) -> Any:
+    """A fresh memory of a noise source that keeps one (see :mod:`jaxsde.noise`), else ``()``."""
+    if not p.solver.noise_per_attempt or not hasattr(p.noise, "init_memory"):
+        return ()
+    return p.noise.init_memory((p.solver.noise_per_attempt, *p.shape), p.dtype)
+
+
 def step(p: Problem, key: Array, s: LoopState) -> LoopState:
     """One attempt (one loop iteration) of a sample whose solve key is ``key``.
 
@@ -325,8 +334,12 @@ def step(p: Problem, key: Array, s: LoopState) -> LoopState:
         return solver.predict_error(p.sde, s.t, t1, s.x, s.solver_state)
 
     t1, controller_state = controller.propose(p.sde, s.t, t_end_arr, s.controller_state, predict)
-    z = None
-    if solver.noise_per_attempt:
+    z = w1 = None
+    remembers = solver.noise_per_attempt and hasattr(p.noise, "init_memory")
+    if remembers:
+        z, w1 = p.noise.draw_with_memory(s.noise_memory, key, s.stats.num_steps, s.t, t1,
+                                         (solver.noise_per_attempt, *p.shape), p.dtype)
+    elif solver.noise_per_attempt:
         z = p.noise.draw(key, s.stats.num_steps, s.t, t1, (solver.noise_per_attempt, *p.shape), p.dtype)
     out = solver.step(p.sde, p.score, s.t, t1, s.x, s.solver_state, z)
     verdict = controller.adapt(p.sde, s.t, t1, out.x, out.error, out.reference, jnp.asarray(out.ok),
@@ -371,6 +384,8 @@ def step(p: Problem, key: Array, s: LoopState) -> LoopState:
         stats=stats,
         result=status,
         failed=failed,
+        noise_memory=(jax.tree_util.tree_map(keep, p.noise.remember(s.noise_memory, t1, w1, accepted), s.noise_memory)
+                      if remembers else s.noise_memory),
     )
 
 

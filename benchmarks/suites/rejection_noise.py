@@ -3,7 +3,8 @@
 An adaptive SDE solver accepts an attempt only if its error estimate, which depends on the attempt's noise,
 passes. With ``FreshNoise`` (Gotta Go Fast's published scheme) a rejected attempt's normal is discarded and the
 retry draws another, so the accepted increments are biased toward those that passed; ``BrownianTreeNoise``
-(a ``diffrax.VirtualBrownianTree`` per sample, keyed by its solve key) makes the retry read the same path.
+(a ``diffrax.VirtualBrownianTree`` per sample, keyed by its solve key) makes the retry read the same path, and
+``BrownianMemoryNoise`` (rejection sampling with memory) reaches the same by remembering rejected attempts' ends.
 Problem: a 2-d mixture of three Gaussians (std 0.05-0.3) with its exact score, on VP, VE and the flow path (the
 flow from ``t = 1`` with a velocity ``Prediction``), ``--n`` samples from the same keys for every row. Error:
 the largest relative error of the two coordinates' standard deviations against 100k exact draws (its sampling
@@ -45,7 +46,7 @@ def run(args, ctx):
     mix = target()
     ref = np.asarray(mix.sample(jax.random.PRNGKey(3), 100_000))
     sdes = {"vp": jaxsde.VPSDE(), "ve": jaxsde.VESDE(), "flow": jaxsde.FlowSDE()}
-    noises = {"fresh": jaxsde.FreshNoise(), "tree": jaxsde.BrownianTreeNoise()}
+    noises = {"fresh": jaxsde.FreshNoise(), "tree": jaxsde.BrownianTreeNoise(), "memory": jaxsde.BrownianMemoryNoise()}
     calls, meta = {}, {}
     for sde_name in args.sdes:
         sde = sdes[sde_name]
@@ -73,7 +74,7 @@ def run(args, ctx):
 
 
 def render(data: dict) -> str:
-    lines = ["# Adaptive SDE samplers: fresh noise per attempt vs one Brownian path per sample", "",
+    lines = ["# Adaptive SDE samplers: fresh noise per attempt vs one Brownian path per sample (tree or memory)", "",
              f"Command: `{data['command']}`", "",
              f"{describe(data['machine'])}; n = {data['n']} samples per row (same keys); the std error's sampling "
              f"noise is about {1 / np.sqrt(2 * data['n']):.3f}. Wall: median of {data['rounds']} interleaved runs.", "",
