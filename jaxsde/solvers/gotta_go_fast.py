@@ -92,8 +92,10 @@ class GottaGoFast(AdaptiveSolver):
     Noise: the paper draws a fresh normal on every attempt (the driver's default
     :class:`~jaxsde.FreshNoise`), so the accepted increments are those whose draw passed the error
     test; where rejections are frequent this biases the samples by an amount the tolerance does not
-    control. ``noise=jaxsde.BrownianTreeNoise()`` integrates one Brownian path per sample instead
-    (the retry reads the same path), at the cost of a tree descent per draw.
+    control. ``noise=jaxsde.BrownianMemoryNoise()`` integrates one Brownian path per sample instead
+    at about the cost of fresh noise (a rejected attempt's end is remembered and the retry samples
+    the Brownian bridge up to it); ``noise=jaxsde.BrownianTreeNoise()`` does the same from a
+    Brownian tree, at the cost of a tree descent per draw.
 
     Out of ``alpha = 0`` (``t = 1`` on a flow, given a :class:`jaxsde.Prediction`), where the
     reverse drift is infinite, the attempt's pair is the exact reverse-SDE step with the data
