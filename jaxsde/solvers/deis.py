@@ -8,12 +8,8 @@ from .base import StepResult, solver_class
 from .dpm_solver import LOWER_ORDER_FINAL_BELOW
 from .exponential import (
     MultistepSolver,
-    check_int,
     combine,
     exp_weights,
-    noise_prediction,
-    predictions,
-    push,
     warmup_order,
 )
 
@@ -70,9 +66,7 @@ class DEIS(MultistepSolver):
 
     def __post_init__(self):
         self._check_grid()
-        check_int("order", self.order, 1, 3, "DEIS")
-        if self.num_steps < self.order:
-            raise ValueError(f"DEIS: order {self.order} needs num_steps >= {self.order}, got {self.num_steps}")
+        self.check_order("DEIS", 3)
         if not (isinstance(self.lower_order_final, bool) or self.lower_order_final == "always"):
             raise ValueError(f"DEIS: lower_order_final must be a bool or 'always', got {self.lower_order_final!r}")
 
@@ -85,12 +79,7 @@ class DEIS(MultistepSolver):
 
     def step(self, sde, score, t0, t1, x, state, z) -> StepResult:
         i = state.index
-        t, t_next = state.grid[i], state.grid[i + 1]
-        if state.origin is None:
-            eps, x0 = noise_prediction(sde, score, x, t), None
-        else:
-            eps, x0 = predictions(sde, score, x, t, ("eps", "x0"))
-        hist = push(state.hist, eps)
+        t, t_next, hist, x0 = self.evaluate_eps(sde, score, x, state)
         lam_s = self.node(state, 0)
         h = self.node(state, 1) - lam_s
         nodes = [(self.node(state, -j) - lam_s) / h for j in range(self.order)]

@@ -350,6 +350,24 @@ class MultistepSolver(FixedGridSolver):
             return x_next
         return jnp.where(state.origin & (state.index == 0), alpha_zero_step(sde, x, t, t_next, x0, **kwargs), x_next)
 
+    def check_order(self, name: str, max_order: int) -> None:
+        """Refuse an ``order`` outside ``[1, max_order]`` or above ``num_steps``."""
+        check_int("order", self.order, 1, max_order, name)
+        if self.num_steps < self.order:
+            raise ValueError(f"{name}: order {self.order} needs num_steps >= {self.order}, got {self.num_steps}")
+
+    def evaluate_eps(self, sde, score, x: Array, state: HistoryState) -> tuple[Array, Array, Array, Array | None]:
+        """The start of an ``eps``-history step from grid node ``state.index``: ``(t, t_next, hist,
+        x0)``, the node's time and the next, the history with the noise prediction at ``(x, t)``
+        pushed in front, and, where the state has an ``origin`` (see :meth:`exact_start`), the data
+        prediction of the same model call for the exact first step (else ``None``)."""
+        t, t_next = state.grid[state.index], state.grid[state.index + 1]
+        if state.origin is None:
+            eps, x0 = noise_prediction(sde, score, x, t), None
+        else:
+            eps, x0 = predictions(sde, score, x, t, ("eps", "x0"))
+        return t, t_next, push(state.hist, eps), x0
+
     def node(self, state: HistoryState, offset: int) -> Array:
         """Half log-SNR of grid time ``state.index + offset`` (``offset >= -history_size``)."""
         return state.lam[state.index + self.history_size + offset]

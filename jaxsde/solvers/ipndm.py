@@ -7,7 +7,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from .base import StepResult, solver_class
-from .exponential import MultistepSolver, check_int, combine, noise_prediction, predictions, push, select_weights
+from .exponential import MultistepSolver, combine, select_weights
 
 # Adams-Bashforth coefficients for equal steps, newest evaluation first
 AB_COEFFICIENTS = (
@@ -61,21 +61,14 @@ class IPNDM(MultistepSolver):
 
     def __post_init__(self):
         self._check_grid()
-        check_int("order", self.order, 1, 4, "IPNDM")
-        if self.num_steps < self.order:
-            raise ValueError(f"IPNDM: order {self.order} needs num_steps >= {self.order}, got {self.num_steps}")
+        self.check_order("IPNDM", 4)
 
     exact_first_step = True  # x / alpha at alpha = 0: the first step is alpha_zero_step
     starts_at_alpha_zero = True
 
     def step(self, sde, score, t0, t1, x, state, z) -> StepResult:
         i = state.index
-        t, t_next = state.grid[i], state.grid[i + 1]
-        if state.origin is None:
-            eps, x0 = noise_prediction(sde, score, x, t), None
-        else:
-            eps, x0 = predictions(sde, score, x, t, ("eps", "x0"))
-        hist = push(state.hist, eps)
+        t, t_next, hist, x0 = self.evaluate_eps(sde, score, x, state)
         cands = [[jnp.asarray(b, x.dtype) for b in row] for row in AB_COEFFICIENTS[: self.order]]
         w = select_weights(self.capped(state, jnp.minimum(self.order, i + 1)), cands, self.order)
         alpha, sigma = sde.marginal(t)

@@ -12,8 +12,6 @@ from .exponential import (
     check_int,
     combine,
     interpolation_weights,
-    noise_prediction,
-    predictions,
     push,
 )
 
@@ -89,13 +87,7 @@ class LMS(MultistepSolver):
     starts_at_alpha_zero = True
 
     def step(self, sde, score, t0, t1, x, state, z) -> StepResult:
-        i = state.index
-        t, t_next = state.grid[i], state.grid[i + 1]
-        if state.origin is None:
-            eps, x0 = noise_prediction(sde, score, x, t), None
-        else:
-            eps, x0 = predictions(sde, score, x, t, ("eps", "x0"))
-        hist = push(state.hist, eps)
+        t, t_next, hist, x0 = self.evaluate_eps(sde, score, x, state)
         w = self.weights(state, jnp.expm1(self.node(state, 0) - self.node(state, 1)))
         alpha, _ = sde.marginal(t)
         alpha_n, _ = sde.marginal(t_next)
