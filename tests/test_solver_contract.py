@@ -4,12 +4,12 @@ Parameterised over :func:`jaxsde.solvers.registry.solver_names`, so a solver add
 registry is tested here without a line more: finite samples on a Gaussian target, the reported
 NFE equal to the evaluations a counting score sees, a NaN score ending in ``NONFINITE`` with a
 finite ``x``, the batched solve equal to a loop of single solves, and no retrace under ``jit``
-when the score's parameters change.
+when the score's parameters change. The NaN-score, batch and single-solve tests share one compiled
+program per solver and kind (:func:`program`), the score's parameters traced.
 """
 
 from __future__ import annotations
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -106,17 +106,44 @@ def test_reported_nfe_equals_the_evaluations_of_a_counting_score(name):
     assert nfe == len(calls), (nfe, len(calls))
 
 
+def _score(mu, t_nan):
+    """The exact Gaussian score with mean ``mu``, NaN below ``t = t_nan`` (never where ``t_nan`` < 0)."""
+    exact = gaussian_score(SDE, mu, S)
+
+    def score(x, t):
+        return jnp.where(t < t_nan, jnp.nan, exact(x, t))
+
+    return score
+
+
+_PROGRAMS: dict[tuple[str, str], tuple] = {}
+
+
+def program(name: str, kind: str):
+    """One compiled program per solver and kind, shared by the tests below, and the list its traces
+    append to: ``"single"`` = ``solve(mu, key, x)`` on the exact score of mean ``mu`` (traced);
+    ``"batch"`` = ``solve_batch(mu, t_nan, keys, x)`` on that score made NaN below ``t_nan``."""
+    if (name, kind) not in _PROGRAMS:
+        solver, traces = small_solver(name), []
+        if kind == "single":
+            def run(mu, key, x):
+                traces.append(1)
+                return jaxsde.solve(key, SDE, score_for(solver, gaussian_score(SDE, mu, S)), solver, x)
+        else:
+            def run(mu, t_nan, keys, x):
+                traces.append(1)
+                return jaxsde.solve_batch(keys, SDE, score_for(solver, _score(mu, t_nan)), solver, x)
+        _PROGRAMS[name, kind] = jax.jit(run), traces
+    return _PROGRAMS[name, kind]
+
+
+MU32, NEVER = jnp.float32(MU), jnp.float32(-1.0)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_a_nan_score_gives_nonfinite_with_a_finite_state(name):
-    solver = small_solver(name)
-    exact = gaussian_score(SDE, MU, S)
-
-    def breaks_half_way(x, t):
-        return jnp.where(t < 0.5, jnp.nan, exact(x, t))
-
-    score = score_for(solver, breaks_half_way)
-    sol = jax.jit(lambda k, x: jaxsde.solve_batch(k, SDE, score, solver, x))(
-        jax.random.split(jax.random.PRNGKey(3), 4), prior(4))
+    batch, _ = program(name, "batch")
+    sol = batch(MU32, jnp.float32(0.5), jax.random.split(jax.random.PRNGKey(3), 4), prior(4))
     assert np.all(np.asarray(sol.result) == results.NONFINITE), np.asarray(sol.result)
     assert np.all(np.isfinite(np.asarray(sol.x)))
     # the returned state is the last finite one: at most one step below t = 0.5, far from the end
@@ -125,13 +152,12 @@ def test_a_nan_score_gives_nonfinite_with_a_finite_state(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_batched_solve_equals_a_loop_of_single_solves(name):
-    solver = small_solver(name)
-    score = score_for(solver, gaussian_score(SDE, MU, S))
-    keys = jax.random.split(jax.random.PRNGKey(4), 3)
-    x_T = prior(3, seed=5)
-    batch = jax.jit(lambda k, x: jaxsde.solve_batch(k, SDE, score, solver, x))(keys, x_T)
-    one = jax.jit(lambda k, x: jaxsde.solve(k, SDE, score, solver, x))
-    singles = [one(keys[i], x_T[i]) for i in range(3)]
+    keys = jax.random.split(jax.random.PRNGKey(4), 4)
+    x_T = prior(4, seed=5)
+    batch = program(name, "batch")[0](MU32, NEVER, keys, x_T)
+    one, _ = program(name, "single")
+    singles = [one(MU32, keys[i], x_T[i]) for i in range(4)]
+    np.testing.assert_array_equal(np.asarray(batch.result), results.SUCCESS)
     np.testing.assert_array_equal(np.asarray(batch.stats.nfe), [int(s.stats.nfe) for s in singles])
     np.testing.assert_array_equal(np.asarray(batch.result), [int(s.result) for s in singles])
     # equal up to float rounding (XLA compiles the batched and the single program differently)
@@ -141,16 +167,10 @@ def test_batched_solve_equals_a_loop_of_single_solves(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_no_retrace_when_the_score_parameters_change(name):
-    solver = small_solver(name)
-    chex.clear_trace_counter()
-
-    @jax.jit
-    @chex.assert_max_traces(n=1)
-    def run(mu, key, x):
-        return jaxsde.solve(key, SDE, score_for(solver, gaussian_score(SDE, mu, S)), solver, x)
-
+    run, traces = program(name, "single")
     x_T = prior(1)[0]
     first = run(jnp.float32(0.5), jax.random.PRNGKey(6), x_T)
-    second = run(jnp.float32(-0.5), jax.random.PRNGKey(6), x_T)  # a second trace would raise here
+    second = run(jnp.float32(-0.5), jax.random.PRNGKey(6), x_T)
+    assert len(traces) == 1  # one trace for every value of the parameter (in this process: the program is shared)
     assert int(first.result) == int(second.result) == results.SUCCESS
     assert not np.allclose(np.asarray(first.x), np.asarray(second.x))  # the traced parameter was used
