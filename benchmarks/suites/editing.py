@@ -27,7 +27,7 @@ from jaxsde.sparse import PAD, SparseUNet, cache_bytes, propagate, random_params
 
 from ..harness.cli import options
 from ..harness.timing import interleaved
-from ..harness.writer import progress
+from ..harness.writer import progress, table
 
 LARGE_BLOCKS, LARGE_ROUNDS = [8, 4], 5  # --large-size: tiles per level, interleaved rounds
 DDPM_BLOCKS, DDPM_ROUNDS = [4, 4, 2, 2], 5  # --ddpm: the same
@@ -144,11 +144,8 @@ def measure(net, params, size, blocks, fractions, variants, rounds, seed=0, chan
             plan = net.plan(mask, tuple(blocks), **kw)
             plan_ms = 1e3 * (time.perf_counter() - tp)
             tc = time.perf_counter()
-            if name.endswith("-inplace"):
-                comp = {s: inplace.lower(params, x_edit, t, state["padded"], plan, s).compile()
-                        for s in ("reuse", "recompute")}
-            else:
-                comp = {s: sparse.lower(params, x_edit, t, cache, plan, s).compile() for s in ("reuse", "recompute")}
+            step, c_in = (inplace, state["padded"]) if name.endswith("-inplace") else (sparse, cache)
+            comp = {s: step.lower(params, x_edit, t, c_in, plan, s).compile() for s in ("reuse", "recompute")}
             compile_s = time.perf_counter() - tc
             row = dict(edited_percent=100 * float(mask.mean()), edited_pixels=int(mask.sum()), plan=name, size=size,
                        dense_fallback=plan.dense,
@@ -156,16 +153,14 @@ def measure(net, params, size, blocks, fractions, variants, rounds, seed=0, chan
                        active_pixel_percent=[100 * f for f in plan.fraction], plan_ms=plan_ms,
                        compile_s=compile_s, flops_dense=dense_flops)
             if plan.layers:
-                row["layer_tiles"] = list(plan.layer_counts)
-                row["layer_buckets"] = [b for (_, _, b) in plan.layers]
-                row["work_estimate"] = plan.work
-                row["default_dense_fallback"] = bool(net.plan(mask, tuple(blocks), **{**kw, "dense_above": None}).dense)
+                row.update(layer_tiles=list(plan.layer_counts), layer_buckets=[b for (_, _, b) in plan.layers],
+                           work_estimate=plan.work, default_dense_fallback=bool(net.plan(
+                               mask, tuple(blocks), **{**kw, "dense_above": None}).dense))
                 if hasattr(net.model, "channels"):  # the DigitsUNet (no attention): the work decomposition
                     row["work_breakdown"] = work_breakdown(net, mask, plan, kw.get("roi"))
-            row["flops_sparse"] = flops(comp["reuse"])
-            row["flops_sparse_recompute"] = flops(comp["recompute"])
-            row["flop_ratio"] = dense_flops / row["flops_sparse"]
-            row["flop_ratio_recompute"] = dense_flops / row["flops_sparse_recompute"]
+            fl = {s: flops(c) for s, c in comp.items()}
+            row.update(flops_sparse=fl["reuse"], flops_sparse_recompute=fl["recompute"],
+                       flop_ratio=dense_flops / fl["reuse"], flop_ratio_recompute=dense_flops / fl["recompute"])
             errs = {}
             for s, c in comp.items():
                 if name.endswith("-inplace"):
@@ -181,8 +176,7 @@ def measure(net, params, size, blocks, fractions, variants, rounds, seed=0, chan
                     roi = mask if kw.get("roi") == "edit" else everywhere
                     e["vs_frozen_roi"] = _errors(y, y_frozen, roi)
                 errs[s] = e
-            row["errors"] = errs
-            row["output_scale"] = float(jnp.max(jnp.abs(y_true)))
+            row.update(errors=errs, output_scale=float(jnp.max(jnp.abs(y_true))))
             progs[name] = (comp["reuse"], plan)
             frow.append(row)
         # warm up, then interleaved rounds: dense, one pass over the cache and every variant, the order rotating
@@ -370,63 +364,46 @@ def _edited(r):
 def _work_table(rows):
     """The exact plans' estimated work, decomposed (see the module docstring), beside FLOPs and wall time."""
     rows = [r for r in rows if r.get("work_breakdown")]
-    if not rows:
-        return []
-    lines = [
-        "| edited % | plan | est. work: ideal | whole tiles | bucketed (plan.work) | share at low res. | dense "
-        "layers | XLA FLOPs / dense | wall / dense (paired median) | cache pass / dense |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        w = r["work_breakdown"]
-        cp = r.get("ms_cache_pass_median")
-        lines.append(
-            f"| {_edited(r)} | {r['plan']} | {w['ideal']:.3f} | {w['tiles']:.3f} | {w['bucketed']:.3f} | "
-            f"{100 * w['level_share'][-1]:.0f}% ({100 * w['level_share_dense'][-1]:.0f}%) | "
-            f"{w['dense_layers']} / {w['layers']} | {1 / r['flop_ratio']:.3f} | "
-            f"{1 / r['speedup_paired_median']:.3f} | "
-            f"{'' if cp is None else format(cp / r['ms_dense_median'], '.3f')} |")
-    return lines
+    return table(["edited %", "plan", "est. work: ideal", "whole tiles", "bucketed (plan.work)", "share at low res.",
+                  "dense layers", "XLA FLOPs / dense", "wall / dense (paired median)", "cache pass / dense"],
+                 [[_edited(r), r["plan"], f"{w['ideal']:.3f}", f"{w['tiles']:.3f}", f"{w['bucketed']:.3f}",
+                   f"{100 * w['level_share'][-1]:.0f}% ({100 * w['level_share_dense'][-1]:.0f}%)",
+                   f"{w['dense_layers']} / {w['layers']}", f"{1 / r['flop_ratio']:.3f}",
+                   f"{1 / r['speedup_paired_median']:.3f}", "" if r.get("ms_cache_pass_median") is None else
+                   f"{r['ms_cache_pass_median'] / r['ms_dense_median']:.3f}"]
+                  for r in rows for w in [r["work_breakdown"]]]) if rows else []
 
 
 def _speed_table(rows):
-    lines = [
-        "| edited % | plan | active tiles (bucket) / tiles per level | est. work | GFLOP sparse | FLOPs fewer | "
-        "ms dense | ms sparse | speedup median (paired) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        tiles = ", ".join(f"{a} ({b}) / {c}" for a, b, c in zip(r["active_tiles"], r["bucketed_tiles"], r["tiles"],
-                                                                 strict=True))
-        if r.get("layer_tiles") is not None:
-            tiles = "union: " + tiles
-        work = f"{r['work_estimate']:.2f}" if r.get("work_estimate") is not None else ""
-        if r.get("default_dense_fallback"):
-            work += " (default: dense)"
-        lines.append(
-            f"| {_edited(r)} | {r['plan']} | {tiles}{' (dense fallback)' if r['dense_fallback'] else ''} "
-            f"| {work} | {r['flops_sparse'] / 1e9:.3f} | {r['flop_ratio']:.2f}x | {r['ms_dense_median']:.1f} | "
-            f"{r['ms_sparse_median']:.1f} | **{r['speedup_median']:.2f}x** ({r['speedup_paired_median']:.2f}x) |")
-    return lines
+    def tiles(r):
+        t = ", ".join(f"{a} ({b}) / {c}" for a, b, c in zip(r["active_tiles"], r["bucketed_tiles"], r["tiles"],
+                                                             strict=True))
+        return ("union: " if r.get("layer_tiles") is not None else "") + t + (
+            " (dense fallback)" if r["dense_fallback"] else "")
+
+    def work(r):
+        return ("" if r.get("work_estimate") is None else f"{r['work_estimate']:.2f}") + (
+            " (default: dense)" if r.get("default_dense_fallback") else "")
+
+    return table(["edited %", "plan", "active tiles (bucket) / tiles per level", "est. work", "GFLOP sparse",
+                  "FLOPs fewer", "ms dense", "ms sparse", "speedup median (paired)"],
+                 [[_edited(r), r["plan"], tiles(r), work(r), f"{r['flops_sparse'] / 1e9:.3f}",
+                   f"{r['flop_ratio']:.2f}x", f"{r['ms_dense_median']:.1f}", f"{r['ms_sparse_median']:.1f}",
+                   f"**{r['speedup_median']:.2f}x** ({r['speedup_paired_median']:.2f}x)"] for r in rows])
 
 
 def _error_table(rows):
-    lines = [
-        "| edited % | plan | stats | vs true dense, edited px: max abs / rel. L2 | vs true dense, all px: max abs / "
-        "rel. L2 | vs masked-dense (max abs) | vs frozen-stats dense on roi (max abs) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        for s in ("reuse", "recompute"):
-            e = r["errors"][s]
-            masked = e.get("vs_masked_max_abs")
-            frozen = e.get("vs_frozen_roi")
-            lines.append(
-                f"| {_edited(r)} | {r['plan']} | {s} | {e['vs_true_edited']['max_abs']:.2e} / "
-                f"{e['vs_true_edited']['rel_l2']:.2e} | {e['vs_true_all']['max_abs']:.2e} / "
-                f"{e['vs_true_all']['rel_l2']:.2e} | {'n/a (dense)' if masked is None else format(masked, '.1e')} | "
-                f"{'' if frozen is None or r['plan'].startswith('input') else format(frozen['max_abs'], '.1e')} |")
-    return lines
+    def pair(e):
+        return f"{e['max_abs']:.2e} / {e['rel_l2']:.2e}"
+
+    return table(["edited %", "plan", "stats", "vs true dense, edited px: max abs / rel. L2",
+                  "vs true dense, all px: max abs / rel. L2", "vs masked-dense (max abs)",
+                  "vs frozen-stats dense on roi (max abs)"],
+                 [[_edited(r), r["plan"], s, pair(e["vs_true_edited"]), pair(e["vs_true_all"]),
+                   "n/a (dense)" if e.get("vs_masked_max_abs") is None else f"{e['vs_masked_max_abs']:.1e}",
+                   "" if e.get("vs_frozen_roi") is None or r["plan"].startswith("input") else
+                   f"{e['vs_frozen_roi']['max_abs']:.1e}"]
+                  for r in rows for s, e in ((s, r["errors"][s]) for s in ("reuse", "recompute"))])
 
 
 def _inplace_note(rows):

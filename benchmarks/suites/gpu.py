@@ -152,9 +152,6 @@ class Budget:
     def left(self) -> float:
         return min(self.section_end, self.start + self.total) - time.perf_counter()
 
-    def fits(self, model_key: str) -> bool:
-        return self.left() > self.cost.get(model_key, 0.0)
-
     def record(self, model_key: str, seconds: float) -> None:
         self.cost[model_key] = max(self.cost.get(model_key, 0.0), seconds)
 
@@ -191,9 +188,8 @@ def sampling_rows(res: Results, budget: Budget, net: Net, cfg: dict, items: list
         mkey = f"{net.name}/{dtype_name}/{batch}"
         est = budget.cost.get(mkey, budget.cost.get(f"{net.name}/any", 0.0) * (batch / cfg[f"{net.name}_main"]))
         if budget.left() <= est:
-            res.data["skipped"].append(dict(what, reason=f"section budget: {budget.left():.0f} s left, "
-                                            f"estimated {est:.0f} s"))
-            res.write()
+            res.add("skipped", dict(what, reason=f"section budget: {budget.left():.0f} s left, "
+                                                 f"estimated {est:.0f} s"))
             continue
         solver, expected = table[sname]
         dtype = jnp.bfloat16 if dtype_name == "bfloat16" else jnp.float32
@@ -249,8 +245,7 @@ def section_generate(res: Results, budget: Budget, net: Net, cfg: dict, repeats:
                batch=batch, n=n, dtype="float32")
     for name, fn in (("sample", plain), ("generate", continuous)):
         if budget.left() <= budget.cost.get("generate", 0.0):
-            res.data["skipped"].append(dict(row, what=name, reason=f"section budget: {budget.left():.0f} s left"))
-            res.write()
+            res.add("skipped", dict(row, what=name, reason=f"section budget: {budget.left():.0f} s left"))
             return
         t0 = time.perf_counter()
         try:
@@ -281,15 +276,13 @@ def section_diffusers(res: Results, budget: Budget, cfg: dict, smoke: bool, repe
     batch, k_steps = cfg["diffusers_batch"], cfg["ddim_steps"]
     row = dict(section="diffusers", solver=f"DDIM({k_steps} steps, trailing)", batch=batch, dtype="float32")
     if budget.left() <= 0:
-        res.data["skipped"].append(dict(row, reason="section budget: no time left"))
-        res.write()
+        res.add("skipped", dict(row, reason="section budget: no time left"))
         return
     try:
         import torch
     except Exception as e:  # noqa: BLE001 - ImportError, or a broken staged dependency
-        res.data["skipped"].append(dict(row, reason=f"diffusers (PyTorch) column skipped: cannot import diffusers "
-                                                    f"({type(e).__name__}: {e}); pass --stage with a staged wheel"))
-        res.write()
+        res.add("skipped", dict(row, reason=f"diffusers (PyTorch) column skipped: cannot import diffusers "
+                                                f"({type(e).__name__}: {e}); pass --stage with a staged wheel"))
         return
     import diffusers
 
@@ -408,8 +401,7 @@ def run(args, ctx):
             budget.open(section, SECTION_SHARE[section] / total_share * (1.0 if section != args.sections[-1] else 10))
             print(f"section {section} ({budget.left():.0f} s)", flush=True)
             if section in ("hsc64", "generate") and not args.eqx:
-                res.data["skipped"].append(dict(section=section, reason="no --eqx file given (galaxygrad HSC-64 .eqx)"))
-                res.write()
+                res.add("skipped", dict(section=section, reason="no --eqx file given (galaxygrad HSC-64 .eqx)"))
                 continue
             try:
                 if section == "hsc64":
@@ -441,4 +433,4 @@ def run(args, ctx):
         if res.data["status"] == "running":
             res.data["status"] = "interrupted"
         res.write()
-    print(f"wrote {ctx.path(name, 'md')} ({time.perf_counter() - T0:.0f} s)")
+    print(f"{time.perf_counter() - T0:.0f} s")

@@ -25,6 +25,7 @@ from ..harness.cli import options
 from ..harness.diffusers import ddim_loop, ddim_program, ddim_setup, ddim_solver, difference, save_weights, unet_config
 from ..harness.machine import ROOT, machine_info, normalize
 from ..harness.timing import interleaved, medians
+from ..harness.writer import table
 
 # name -> (XLA_FLAGS, options for the child); options: precision (jax_default_matmul_precision),
 # conv ("nchw" | "im2col"), torch_channels_last
@@ -301,19 +302,15 @@ def render(d: dict) -> str:
                   "(torch, jaxsde), medians. `ratio` = jaxsde / torch (below 1: jaxsde faster).", "",
                   "`load` = the machine's 1-minute load average when the variant ended (this benchmark alone: "
                   "about 2; more means other jobs shared the cores and the row is not comparable).", "",
-                  "| variant | XLA_FLAGS / option | compile s | jaxsde forward s | torch forward s | ratio | "
-                  "max abs diff vs torch | load | date |", "|---|---|---|---|---|---|---|---|---|"]
-        for name, r in fw.items():
-            spec = " ".join(x for x in (r.get("flags"), json.dumps(r["opts"]) if r.get("opts") else "") if x)
-            load = f"{r['load_avg_after'][0]:.1f}" if r.get("load_avg_after") else "n/a"
-            if "error" in r:
-                lines.append(f"| {name} | `{spec or '(none)'}` | error: {r['error'][:160]} | | | | | {load} | "
-                             f"{r.get('date', '')} |")
-            else:
-                lines.append(f"| {name} | `{spec or '(none)'}` | {r['compile_s']:.2f} | {r['jaxsde_s']:.3f} | "
-                             f"{r['torch_s']:.3f} | {r['ratio_jaxsde_over_torch']:.3f} | {r['max_abs_diff']:.1e} | "
-                             f"{load} | {r.get('date', '')} |")
-        lines.append("")
+                  *table(["variant", "XLA_FLAGS / option", "compile s", "jaxsde forward s", "torch forward s",
+                          "ratio", "max abs diff vs torch", "load", "date"],
+                         [[name, "`" + (" ".join(x for x in (r.get("flags"), json.dumps(r["opts"]) if r.get("opts")
+                                                              else "") if x) or "(none)") + "`",
+                           *([f"error: {r['error'][:160]}", "", "", "", ""] if "error" in r else
+                             [f"{r['compile_s']:.2f}", f"{r['jaxsde_s']:.3f}", f"{r['torch_s']:.3f}",
+                              f"{r['ratio_jaxsde_over_torch']:.3f}", f"{r['max_abs_diff']:.1e}"]),
+                           f"{r['load_avg_after'][0]:.1f}" if r.get("load_avg_after") else "n/a", r.get("date", "")]
+                          for name, r in fw.items()]), ""]
     for key, s in (d.get("sampling") or {}).items():
         lines += [f"## DDIM sampling ({key}; XLA_FLAGS `{s.get('flags') or ''}`)", "",
                   f"Command: `{s.get('command')}`, {s.get('date')}.", ""]
@@ -391,50 +388,36 @@ def run(args, ctx):
     from jaxsde.models.ddpm_unet import UNet2D, param_count, sample_shape
 
     model = UNet2D.from_config(unet_config(args.quick))
-    base = os.path.join(args.out, args.name)
     data: dict = {}
-    if os.path.exists(base + ".json"):
-        with open(base + ".json") as f:
+    if os.path.exists(ctx.path(args.name, "json")):  # the stages accumulate in one file
+        with open(ctx.path(args.name, "json")) as f:
             data = json.load(f)
     machine = dict(machine_info("torch", "diffusers"), threads=args.threads, command=ctx.command)
     data.update(machine=machine, batch=args.batch, rounds=args.rounds,
                 network=f"UNet2DModel, DDPM CIFAR-10 layout{' (reduced: --quick)' if args.quick else ''}, "
                         f"{param_count(model, sample_shape(model)):,} parameters, random weights")
-    data.setdefault("forward_variants", {})
-    data.setdefault("sampling", {})
+
+    def measure(section: str, key: str, stage: str, flags: str, opts=None, timeout: float = 600, **extra) -> None:
+        """One child run of ``stage``, stored as ``data[section][key]`` (the file rewritten after it)."""
+        print(f"{stage} ({key}) ...", flush=True)
+        res = run_child(args, stage, flags, opts or {}, timeout)
+        data.setdefault(section, {})[key] = dict(flags=flags, **({} if opts is None else {"opts": opts}),
+                                                 command=machine["command"], date=machine["date"], **extra, **res)
+        print("  ", json.dumps({k: v for k, v in res.items() if k != "times"})[:2000], flush=True)
+        ctx.save(args.name, data)
 
     if args.stage in ("all", "forward"):
-        names = args.variants if args.variants is not None else list(VARIANTS)
-        for name in names:
-            flags, opts = VARIANTS[name]
-            print(f"forward variant {name} ...", flush=True)
-            res = run_child(args, "forward", flags, opts, timeout=600)
-            data["forward_variants"][name] = dict(flags=flags, opts=opts, command=data["machine"]["command"],
-                                                  date=data["machine"]["date"], **res)
-            print("  ", {k: v for k, v in res.items() if k != "times"}, flush=True)
-            ctx.save(args.name, data)
-
+        for name in args.variants if args.variants is not None else VARIANTS:
+            measure("forward_variants", name, "forward", *VARIANTS[name])
     if args.stage in ("all", "sampling"):
         flags = args.flags
-        if flags is None:
-            ok = {k: v for k, v in data["forward_variants"].items() if "error" not in v and not v.get("opts")}
-            flags = min(ok.values(), key=lambda v: v["jaxsde_s"])["flags"] if ok else ""
-        key = f"batch {args.batch}, threads {args.threads}, " + ("default flags" if not flags else flags)
-        print(f"sampling ({key}) ...", flush=True)
-        res = run_child(args, "sampling", flags, {}, timeout=1800)
-        data["sampling"][key] = dict(flags=flags, command=data["machine"]["command"], date=data["machine"]["date"],
-                                     load_avg=data["machine"]["load"], **res)
-        print("  ", json.dumps({k: v for k, v in res.items()})[:2000], flush=True)
-        ctx.save(args.name, data)
+        if flags is None:  # the fastest forward variant's XLA flags (measured now or stored), else none
+            ok = [v for v in data.get("forward_variants", {}).values() if "error" not in v and not v.get("opts")]
+            flags = min(ok, key=lambda v: v["jaxsde_s"])["flags"] if ok else ""
+        measure("sampling", f"batch {args.batch}, threads {args.threads}, " + (flags or "default flags"), "sampling",
+                flags, timeout=1800, load_avg=machine["load"])
     if args.stage == "compile":
-        flags = args.flags or ""
-        key = f"batch {args.batch}, " + ("default flags" if not flags else flags)
-        print(f"compile ({key}) ...", flush=True)
-        res = run_child(args, "compile", flags, {}, timeout=900)
-        data.setdefault("compile", {})[key] = dict(flags=flags, command=data["machine"]["command"],
-                                                   date=data["machine"]["date"], **res)
-        print("  ", json.dumps(res), flush=True)
-        ctx.save(args.name, data)
-    print(f"wrote {base}.json and .md")
+        measure("compile", f"batch {args.batch}, " + (args.flags or "default flags"), "compile", args.flags or "",
+                timeout=900)
     if tmp is not None:
         tmp.cleanup()
