@@ -64,8 +64,9 @@ def test_sparse_sdedit_unet2d(tiny):
     @jax.jit
     def run(params):
         dense, orig, cache = sparse_sdedit(key, sde, solver, net, params, x, xe, t0, plan, mode="dense")
-        ref = sdedit(key, sde, checkpoint_score(model, params, sde), solver, xe, t0).x
-        ref_orig = sdedit(key, sde, checkpoint_score(model, params, sde), solver, x, t0).x
+        # the public driver on both images, one trajectory program (vmapped; the same key: the same noise)
+        ref, ref_orig = jax.vmap(lambda y: sdedit(key, sde, checkpoint_score(model, params, sde), solver, y, t0).x)(
+            jnp.stack([xe, x]))
         sparse, _, _ = sparse_sdedit(key, sde, solver, net, params, x, xe, t0, plan, cache=cache)
         masked, _, _ = sparse_sdedit(key, sde, solver, net, params, x, xe, t0, plan, mode="masked", cache=cache)
         ex, _, _ = sparse_sdedit(key, sde, solver, net, params, x, xe, t0, exact, cache=cache)
