@@ -638,7 +638,8 @@ def render(data):
         lines += ["### Every sampler at its best setting (chosen on the selection draws; mode-spread W2 on the "
                   "held-out draws)", ""]
         body = []
-        for lib, sampler in dict.fromkeys((r["lib"], r["sampler"]) for r in rows):
+        for lib, sampler in sorted(dict.fromkeys((r["lib"], r["sampler"]) for r in rows),
+                                   key=lambda ls: (LIBS.index(ls[0]), ls[1])):
             cells = []
             for b in parts:
                 rs = [r for r in parts[b]["rows"] if r["lib"] == lib and r["sampler"] == sampler
