@@ -55,11 +55,21 @@ def test_parameterizations_agree_on_the_exact_score(sde, param):
     np.testing.assert_allclose(output_to_score(sde, out, x, t, param), -eps / sigma, rtol=1e-5)
 
 
-def test_training_lowers_the_loss():
-    config = TrainConfig(size="small", steps=60, batch_size=32, warmup_steps=10, learning_rate=3e-3)
-    data = jnp.asarray(load_digits("train").images)
-    state = init_state(config, data.shape[1:])
-    run = make_train_steps(config, data, 1)
+# The run every test here trains with (finished_run trains it through train(); the other tests step its program,
+# compiled once: read back from the session's compilation cache). ema_decay 0.7: after 4 updates the init keeps a
+# 0.7^4 = 24% share of the plain EMA (the debiasing test).
+RUN_CONFIG = TrainConfig(size="small", steps=60, batch_size=8, warmup_steps=10, learning_rate=3e-3, ema_decay=0.7)
+
+
+def run_data():
+    """train()'s data for RUN_CONFIG."""
+    return jnp.asarray(load_digits("train", RUN_CONFIG.make_sde().data_range).images)
+
+
+def test_training_lowers_the_loss(finished_run):
+    data = run_data()
+    state = init_state(RUN_CONFIG, data.shape[1:])
+    run = make_train_steps(RUN_CONFIG, data, 1)
     losses = []
     for _ in range(60):
         state, loss = run(state)
@@ -68,26 +78,25 @@ def test_training_lowers_the_loss():
     # EMA lags the raw weights
     leaf = jax.tree_util.tree_leaves(state.params)[3]
     assert not np.allclose(leaf, jax.tree_util.tree_leaves(state.params_ema)[3])
-
-
-# ema_decay 0.7: the init keeps a 0.7^4 = 24% share of the plain EMA after the 4 steps (the debiasing test)
-RUN_CONFIG = TrainConfig(size="small", steps=4, batch_size=8, warmup_steps=2, ema_decay=0.7)
+    # the steps train() took
+    for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(finished_run[1]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    """A finished 4-step training run (its directory and final state), shared: training compiles the
+    """A finished RUN_CONFIG training run (its directory and final state), shared: training compiles the
     network's gradient, the most expensive program here."""
     out = str(tmp_path_factory.mktemp("training") / "run")
-    return out, train(RUN_CONFIG, out, log_every=2, checkpoint_every=2, verbose=False)
+    return out, train(RUN_CONFIG, out, log_every=20, checkpoint_every=20, verbose=False)
 
 
 def test_resume_export_and_load(finished_run, tmp_path, capsys):
     out, state = finished_run
     config = RUN_CONFIG
-    assert int(state.step) == 4 and os.path.exists(os.path.join(out, "checkpoint.msgpack"))
+    assert int(state.step) == RUN_CONFIG.steps and os.path.exists(os.path.join(out, "checkpoint.msgpack"))
     again = train(config, out, verbose=True)  # same arguments: resumes, nothing left to do
-    assert "resuming from step 4" in capsys.readouterr().out
+    assert f"resuming from step {RUN_CONFIG.steps}" in capsys.readouterr().out
     leaves = jax.tree_util.tree_leaves
     np.testing.assert_array_equal(leaves(again.params)[0], leaves(state.params)[0])
     with pytest.raises(ValueError, match="another configuration"):
@@ -131,12 +140,11 @@ def test_bad_weight_files_give_clear_errors(finished_run, tmp_path):
         pt.pretrained("cifar10")
 
 
-def test_debiased_ema_has_no_share_of_the_init(finished_run):
+def test_debiased_ema_has_no_share_of_the_init():
     """The debiased EMA equals the plain run's EMA with the init's share removed (debias_ema), and
-    its first update is the trained weights themselves. The debiased run is the one ``train`` ran
-    (finished_run: its step program compiled there, read back from the session's compilation cache)."""
-    _, trained = finished_run
-    data = jnp.asarray(load_digits("train", RUN_CONFIG.make_sde().data_range).images)  # train()'s data
+    its first update is the trained weights themselves (4 updates of RUN_CONFIG's run: its debiased step
+    program is finished_run's)."""
+    data, updates = run_data(), 4
     plain_cfg = dataclasses.replace(RUN_CONFIG, ema_debias=False)
     runs = {}
     for cfg in (plain_cfg, RUN_CONFIG):
@@ -145,13 +153,11 @@ def test_debiased_ema_has_no_share_of_the_init(finished_run):
         if cfg.ema_debias:
             np.testing.assert_array_equal(*(np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(t)])
                                             for t in (state.params_ema, state.params)))
-        for _ in range(cfg.steps - 1):
+        for _ in range(updates - 1):
             state, _ = step(state)
         runs[cfg.ema_debias] = state
-    for a, b in zip(jax.tree_util.tree_leaves(runs[True]), jax.tree_util.tree_leaves(trained), strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the steps train() took
     init = init_params(plain_cfg, data.shape[1:])
-    recovered = debias_ema(runs[False].params_ema, init, plain_cfg.steps, plain_cfg.ema_decay)
+    recovered = debias_ema(runs[False].params_ema, init, updates, plain_cfg.ema_decay)
     for a, b in zip(jax.tree_util.tree_leaves(recovered), jax.tree_util.tree_leaves(runs[True].params_ema),
                     strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
