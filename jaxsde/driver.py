@@ -588,6 +588,10 @@ def sample(
 ) -> Solution:
     """Draw ``n`` samples: sample ``i`` uses ``fold_in(key, i)``, its ``x_T`` from the prior.
 
+    ``x_T`` is ``sde.prior_sample``, the law at ``T``, whatever ``t_start`` or the first time of the
+    solver's grid: to start below ``T`` from another law (e.g. k-diffusion's ``sigma_max * z``,
+    ``t z`` on :class:`~jaxsde.FlowSDE`), draw ``x_T`` yourself and call :func:`solve_batch`.
+
     ``shape`` is one sample's shape. ``offset`` (may be traced) returns samples
     ``offset .. offset + n - 1`` of the same sequence, so a large job can run in chunks.
     ``noise`` (optional) must carry a leading axis of

@@ -36,9 +36,9 @@ ALPHA_ZERO_SIGMA_MAX = 10.0
 
 k-diffusion's schedules start at a finite ``sigma_max`` (80 for EDM's image models); from ``t = 1``
 the jump to the top is one exact step, so the top only decides where the other steps go. For data
-of unit scale or less, ``sigma/alpha = 10`` is noise to within 1% of the variance, and on the flow
-benchmark ``benchmarks/suites/flow_frontier.py`` (flow ODE, two 8-mode mixtures in d = 64) it was the
-best of the tops tried (10, 80, 1000) for jaxsde's solvers on exponential sigmas at 10 and 20 NFE."""
+of unit scale or less, ``sigma/alpha = 10`` is noise to within 1% of the variance: the remaining
+steps cover the whole range where structure forms. With very few steps on data of small scale a
+lower top can do better (``sigma_max`` of :func:`alpha_zero_grid`)."""
 
 __all__ = ["ALPHA_ZERO_SIGMA_MAX", "GRID_KINDS", "alpha_zero_grid", "time_grid", "validate_grid"]
 
