@@ -70,6 +70,7 @@ def test_generator_chunks_any_index_order(reference, batch_size, drain_halvings)
     assert (loop.slot_iterations < batch_size * loop.iterations).all() == (drain_halvings > 0)
 
 
+@pytest.mark.slow  # long (one big program or a statistical run): the slow tier
 def test_drain_halvings_pay_less_for_the_tail(reference):
     """Moving the last busy slots into loops of half the width keeps every sample's result and
     cuts the score evaluations paid for idle slots (16 slots, 3 samples per slot)."""

@@ -50,6 +50,7 @@ def test_pf_ode_matches_diffrax_adaptive(sde, method, key):
     assert np.all(np.asarray(ours.result) == 0) and np.all(np.asarray(theirs.result) == 0)
 
 
+@pytest.mark.slow  # long (one big program or a statistical run): the slow tier
 def test_ggf_distribution_matches_diffrax_adaptive_sde(key):
     """GGF (tight rtol) vs diffrax ShARK + PID + VirtualBrownianTree: the sample laws agree
     (unbiased MMD^2 within the exact-vs-exact noise); a coarse EM does not."""

@@ -31,6 +31,7 @@ def _mask():
     return m
 
 
+@pytest.mark.slow  # long (one big program or a statistical run): the slow tier
 @pytest.mark.parametrize("kind", ["vp", "ve"])
 def test_sparse_sdedit_ncsnpp(kind):
     """mode="dense" (and the recording pass) equal jaxsde.editing.sdedit with the checkpoint's score

@@ -43,6 +43,7 @@ def _images():
     return x, jnp.where(mask[..., None], -x, x), mask
 
 
+@pytest.mark.slow  # long (one big program or a statistical run): the slow tier
 def test_sparse_sdedit_unet2d(tiny):
     """mode="dense" is the fixed-grid solve with the checkpoint's score function (same keys, same
     noise); "masked" == "sparse" (input plan: the mid-block attention takes sparse queries); an exact
