@@ -313,11 +313,14 @@ def done(p: Problem, s: LoopState) -> Array:
     return ~running
 
 
+def _remembers(p: Problem) -> bool:
+    """Static: the solver draws noise from a source with memory (see :mod:`jaxsde.noise`)."""
+    return bool(p.solver.noise_per_attempt) and hasattr(p.noise, "init_memory")
+
+
 def _noise_memory(p: Problem) -> Any:
-    """A fresh memory of a noise source that keeps one (see :mod:`jaxsde.noise`), else ``()``."""
-    if not p.solver.noise_per_attempt or not hasattr(p.noise, "init_memory"):
-        return ()
-    return p.noise.init_memory((p.solver.noise_per_attempt, *p.shape), p.dtype)
+    """A fresh memory of the noise source where it keeps one (:func:`_remembers`), else ``()``."""
+    return p.noise.init_memory((p.solver.noise_per_attempt, *p.shape), p.dtype) if _remembers(p) else ()
 
 
 def step(p: Problem, key: Array, s: LoopState) -> LoopState:
@@ -335,7 +338,7 @@ def step(p: Problem, key: Array, s: LoopState) -> LoopState:
 
     t1, controller_state = controller.propose(p.sde, s.t, t_end_arr, s.controller_state, predict)
     z = w1 = None
-    remembers = solver.noise_per_attempt and hasattr(p.noise, "init_memory")
+    remembers = _remembers(p)
     if remembers:
         z, w1 = p.noise.draw_with_memory(s.noise_memory, key, s.stats.num_steps, s.t, t1,
                                          (solver.noise_per_attempt, *p.shape), p.dtype)
