@@ -5,10 +5,11 @@ galaxygrad 0.2.1's score nets (weights read from the installed wheel) via ``jaxs
 spectrum in dex, flux-histogram TV, each +- its bootstrap sd). Reference: ``REF_MULT * n`` PF-ODE samples at
 rtol = atol = 1e-5; a second set of ``n`` on the rows' keys is the noise floor. Rows (sample i: ``fold_in(seed,
 i)``): EM, GGF, the PF-ODE, DPM-Solver++ 2M, ``AdaptiveDPMSolver`` / ``AdaptiveMultistepSolver`` (eta / tau 0 and
-1) and k-diffusion's ``sample_dpm_adaptive`` on the same jitted score (:mod:`benchmarks.harness.kdiffusion`), atol
-``default_atol * rtol / 0.05``. *Within noise* of a row A: every statistic ``q <= q_A + 2 sqrt(sd^2 + sd_A^2)``,
-no failures; ``anchor`` = the finest EM row, ``ref`` = the floor. Wall: one run after ahead-of-time compilation
-(jaxsde) or a warm-up call (k-diffusion). The ``.json`` is rewritten after each model.
+1; tau 0 also with ``max_step = MAX_STEP``) and k-diffusion's ``sample_dpm_adaptive`` on the same jitted score
+(:mod:`benchmarks.harness.kdiffusion`), atol ``default_atol * rtol / 0.05``. *Within noise* of a row A: every
+statistic ``q <= q_A + 2 sqrt(sd^2 + sd_A^2)``, no failures; ``anchor`` = the finest EM row, ``ref`` = the
+floor. Wall: one run after ahead-of-time compilation (jaxsde) or a warm-up call (k-diffusion). The ``.json`` is
+rewritten after each model.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class Row(NamedTuple):
 REF_MULT = 2  # the reference set: REF_MULT * n samples
 GGF_RTOLS = (0.5, 0.2, 0.1, 0.05)
 RTOLS = (0.2, 0.05, 0.01)  # the exponential integrators' and k-diffusion's
+MAX_STEP = 0.5  # the capped AdaptiveMultistepSolver's step cap in half log-SNR (adaptive --mode kd's KD_MAX_STEP)
 
 
 def rows(quick: bool, atol0: float, ggf_rtols: tuple[float, ...] = GGF_RTOLS,
@@ -88,6 +90,9 @@ def rows(quick: bool, atol0: float, ggf_rtols: tuple[float, ...] = GGF_RTOLS,
         out += [Row(f"AdaptiveMultistepSolver tau={tau:g}", f"rtol={r:g}", "jaxsde",
                     lambda r=r, tau=tau: jaxsde.AdaptiveMultistepSolver(rtol=r, atol=atol(r), tau=tau))
                 for r in rtols]
+    out += [Row(f"AdaptiveMultistepSolver tau=0 max_step={MAX_STEP:g}", f"rtol={r:g}", "jaxsde",
+                lambda r=r: jaxsde.AdaptiveMultistepSolver(rtol=r, atol=atol(r), tau=0.0, max_step=MAX_STEP))
+            for r in rtols]
     for eta in etas:
         out += [Row(f"k-diffusion dpm_adaptive eta={eta:g}", f"rtol={r:g}", "k-diffusion",
                     lambda r=r, eta=eta: dict(rtol=r, atol=atol(r), eta=eta)) for r in rtols]
@@ -135,7 +140,8 @@ def _best(results: list[dict], key: str) -> dict:
 
 
 PAIRS = {  # jaxsde's adaptive exponential integrators vs k-diffusion's, like with like
-    "deterministic": (("AdaptiveDPMSolver eta=0", "AdaptiveMultistepSolver tau=0"),
+    "deterministic": (("AdaptiveDPMSolver eta=0", "AdaptiveMultistepSolver tau=0",
+                       f"AdaptiveMultistepSolver tau=0 max_step={MAX_STEP:g}"),
                       ("k-diffusion dpm_adaptive eta=0",)),
     "stochastic": (("AdaptiveDPMSolver eta=1", "AdaptiveMultistepSolver tau=1"),
                    ("k-diffusion dpm_adaptive eta=1",)),
