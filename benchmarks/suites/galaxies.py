@@ -67,8 +67,9 @@ MAX_STEP = 0.5  # the capped AdaptiveMultistepSolver's step cap in half log-SNR 
 
 
 def rows(quick: bool, atol0: float, ggf_rtols: tuple[float, ...] = GGF_RTOLS,
-         rtols: tuple[float, ...] = RTOLS) -> list[Row]:
-    """The sweep; the first row is the EM anchor ("EM-1000" in a full run)."""
+         rtols: tuple[float, ...] = RTOLS, families: tuple[str, ...] = ()) -> list[Row]:
+    """The sweep; the first row is the EM anchor ("EM-1000" in a full run). ``families``: substrings; when given,
+    only the rows whose family contains one (EM included only if named)."""
     em = (1000, 300, 100, 30) if not quick else (50, 10)
     ggf = ggf_rtols if not quick else (0.2,)
     pf = (1e-2, 1e-3) if not quick else ()  # + the reference sampler's own row (the floor set)
@@ -96,7 +97,7 @@ def rows(quick: bool, atol0: float, ggf_rtols: tuple[float, ...] = GGF_RTOLS,
     for eta in etas:
         out += [Row(f"k-diffusion dpm_adaptive eta={eta:g}", f"rtol={r:g}", "k-diffusion",
                     lambda r=r, eta=eta: dict(rtol=r, atol=atol(r), eta=eta)) for r in rtols]
-    return out
+    return [r for r in out if any(f in r.family for f in families)] if families else out
 
 
 # --- runners ------------------------------------------------------------------------------------
@@ -149,15 +150,17 @@ PAIRS = {  # jaxsde's adaptive exponential integrators vs k-diffusion's, like wi
 
 
 def headline(results: list[dict], floor: dict) -> dict:
-    """Mark every row ``within_anchor`` / ``within_ref``; per family the fewest mean NFE under each; ratios."""
+    """Mark every row ``within_anchor`` / ``within_ref``; per family the fewest mean NFE under each; ratios.
+    Without EM rows (``--families``) only the reference criterion is decided (``anchor`` None)."""
     em_rows = [r for r in results if r["family"] == "EM"]
-    anchor = max(em_rows, key=lambda r: int(r["setting"]))
+    anchor = max(em_rows, key=lambda r: int(r["setting"])) if em_rows else None
     for r in results:
-        r["within_anchor"] = within(r, anchor)
+        r["within_anchor"] = None if anchor is None else within(r, anchor)
         r["within_ref"] = within(r, floor)
-    out = dict(anchor=f"EM-{anchor['setting']}", anchor_nfe=anchor["mean_nfe"])
+    out = dict(anchor=None, anchor_nfe=None) if anchor is None else dict(
+        anchor=f"EM-{anchor['setting']}", anchor_nfe=anchor["mean_nfe"])
     vs_kd = []
-    for crit in ("anchor", "ref"):
+    for crit in ("ref",) if anchor is None else ("anchor", "ref"):
         best = _best(results, "within_" + crit)
         out["best" if crit == "anchor" else "best_ref"] = {
             f: dict(setting=r["setting"], mean_nfe=r["mean_nfe"], max_nfe=r["max_nfe"], wall_s=r["wall_s"])
@@ -171,8 +174,8 @@ def headline(results: list[dict], floor: dict) -> dict:
                                   ours_nfe=o["mean_nfe"], kd=f"{k['family']} {k['setting']}", kd_nfe=k["mean_nfe"],
                                   nfe_ratio=k["mean_nfe"] / o["mean_nfe"], wall_ratio=k["wall_s"] / o["wall_s"]))
     out["vs_k_diffusion"] = vs_kd
-    ggf, em = out["best"].get("GottaGoFast"), out["best"].get("EM")
-    if ggf is not None:
+    ggf, em = out.get("best", {}).get("GottaGoFast"), out.get("best", {}).get("EM")
+    if ggf is not None and anchor is not None:
         out["ggf_vs_anchor"] = anchor["mean_nfe"] / ggf["mean_nfe"]
         if em is not None:
             out["ggf_vs_cheapest_em"] = em["mean_nfe"] / ggf["mean_nfe"]
@@ -181,7 +184,8 @@ def headline(results: list[dict], floor: dict) -> dict:
 
 # --- one model ----------------------------------------------------------------------------------
 def bench_model(name: str, n: int, n_ref: int, quick: bool, seed: int, log,
-                ggf_rtols: tuple[float, ...] = GGF_RTOLS, rtols: tuple[float, ...] = RTOLS) -> dict:
+                ggf_rtols: tuple[float, ...] = GGF_RTOLS, rtols: tuple[float, ...] = RTOLS,
+                families: tuple[str, ...] = ()) -> dict:
     path = os.path.join(galaxygrad_dir(), MODELS[name])
     ckpt = jaxsde.checkpoints.load(path, "galaxygrad")
     ref_tol = 1e-3 if quick else 1e-5
@@ -201,7 +205,7 @@ def bench_model(name: str, n: int, n_ref: int, quick: bool, seed: int, log,
     results = []
     kd_run = None
     x_T = prior(ckpt, seed, n)
-    sweep = rows(quick, ckpt.sde.default_atol, ggf_rtols, rtols)
+    sweep = rows(quick, ckpt.sde.default_atol, ggf_rtols, rtols, families)
     for row in sweep + [Row("ProbabilityFlow", f"tol={ref_tol:g}", "jaxsde", None)]:
         if row.make is None:  # the reference sampler on the rows' keys: the floor set, already run
             res = second
@@ -251,12 +255,17 @@ def markdown(meta: dict, models: dict) -> str:
                   f"{mod['ref_failed']} failed). Floor (n = {mod['n']} independent reference samples): "
                   + ", ".join(f"{m} {fmt(fl, m)}" for m in METRICS) + ".", "",
                   ]
-        anchor_row = next(r for r in mod["rows"] if r["family"] == "EM" and f"EM-{r['setting']}" == h["anchor"])
-        if not anchor_row["within_ref"]:
+        anchor_row = next((r for r in mod["rows"] if r["family"] == "EM" and f"EM-{r['setting']}" == h["anchor"]),
+                          None)
+        if anchor_row is None:
+            lines += ["No EM rows (`--families`): only the reference criterion.", ""]
+        elif not anchor_row["within_ref"]:
             lines += [f"{h['anchor']} itself is not within noise of the reference: read `anchor` as \"at least as "
                       f"close to the reference as {h['anchor']}\", and `ref` as the stricter test.", ""]
-        for key, title in (("best", f"within noise of {h['anchor']}** ({h['anchor_nfe']:.0f} NFE)"),
+        for key, title in (("best", f"within noise of {h['anchor']}** ({h['anchor_nfe'] or 0:.0f} NFE)"),
                            ("best_ref", "within noise of the reference** (floor)")):
+            if key not in h:
+                continue
             lines += [f"**Fewest mean NFE {title}:", "", *columns(
                 [dict(b, family=f) for f, b in sorted(h[key].items(), key=lambda kv: kv[1]["mean_nfe"])],
                 {"family": "{family}", "setting": "{setting}", "mean NFE": "{mean_nfe:.1f}", "max NFE": "{max_nfe}",
@@ -271,7 +280,7 @@ def markdown(meta: dict, models: dict) -> str:
                 em = h["best"]["EM"]["setting"]
                 s += f"; cheapest EM within noise (EM-{em}) NFE / GGF NFE = {h['ggf_vs_cheapest_em']:.2f}"
             lines += [s + " (above 1: GGF needs fewer NFE).", ""]
-        else:
+        elif h["anchor"] is not None and any(r["family"] == "GottaGoFast" for r in mod["rows"]):
             lines += [f"GGF: no setting swept is within noise of {h['anchor']}.", ""]
         for a in h.get("vs_k_diffusion", []):
             crit = h["anchor"] if a["criterion"] == "anchor" else "the reference"
@@ -281,7 +290,8 @@ def markdown(meta: dict, models: dict) -> str:
                       "jaxsde's is cheaper).", ""]
         lines += [*columns(mod["rows"], {"family": "{family}", "setting": "{setting}", "mean NFE": "{mean_nfe:.1f}",
                                           "max NFE": "{max_nfe}", **{m: lambda r, m=m: fmt(r, m) for m in METRICS},
-                                          "anchor": lambda r: yes(r["within_anchor"]),
+                                          "anchor": lambda r: "-" if r["within_anchor"] is None else yes(
+                                              r["within_anchor"]),
                                           "ref": lambda r: yes(r["within_ref"]), "wall s": "{wall_s:.2f}",
                                           "compile s": "{compile_s:.1f}", "failed": "{failed}"}), ""]
     return "\n".join(lines)
@@ -294,6 +304,8 @@ def arguments(parser):
     parser.add_argument("--ggf-rtols", default=",".join(map(str, GGF_RTOLS)), help="GGF's rtol sweep, comma-separated")
     parser.add_argument("--rtols", default=",".join(map(str, RTOLS)),
                         help="the rtol sweep of the adaptive exponential integrators and k-diffusion, comma-separated")
+    parser.add_argument("--families", default="", help="comma-separated substrings: only the rows whose family has "
+                        "one (without EM only the reference criterion is decided)")
 
 
 def run(args, ctx):
@@ -313,7 +325,8 @@ def run(args, ctx):
     for name, n in zip(names, ns, strict=True):
         models[name] = bench_model(name, n, REF_MULT * n, args.quick, args.seed, lambda s: print(s, flush=True),
                                    tuple(float(v) for v in args.ggf_rtols.split(",")),
-                                   tuple(float(v) for v in args.rtols.split(",")))
+                                   tuple(float(v) for v in args.rtols.split(",")),
+                                   tuple(f for f in args.families.split(",") if f))
         meta.update(load_end=round(os.getloadavg()[0], 2), total_s=time.perf_counter() - start)
         data = ctx.save(args.name, dict(meta=meta, models=models))  # after each model
     return data
