@@ -1,24 +1,20 @@
 """Sample quality vs NFE for every solver (exact mixtures, digits); ``--frontier``: every fixed-budget sampler of
 jaxsde and of k-diffusion at 5/10/20 NFE on the same score and prior draws.
 
-Default mode: ``ring2`` (8-mode ring, 2-D) and ``gmm32`` (10 modes, 32-D), VP, sliced W2 / MMD^2 against exact
-Tweedie-denoised samples with their floor; ``digits`` (the embedded VP model), FD-digits / KID with the bootstrap sd.
-Fixed-step solvers (DDIM, DPM-Solver++ 2M/3M, SA-Solver, ForwardValue, EDM Heun, EM, PC) at NFE budgets
-5..200 including the final Tweedie step (2-NFE-per-step solvers take ``(B - 1) // 2`` steps); GGF and the PF-ODE
-at several tolerances (mean NFE). Sample i uses ``fold_in(seed, i)``. Writes ``quality_vs_nfe_<problem>.*``.
+Default mode (``--problems ring2,gmm32,digits``): the fixed-step solvers of :data:`FIXED` at NFE budgets 5..200,
+final Tweedie step included (``(B - 1) // k`` steps at ``k`` NFE per step), GGF and the PF-ODE at several
+tolerances; sliced W2 / MMD^2 against exact Tweedie-denoised samples (mixtures) or FD-digits / KID with the
+bootstrap sd (digits), each with its floor. Writes ``quality_vs_nfe_<problem>.*``.
 
-``--frontier``: problems of :data:`benchmarks.harness.problems.TARGETS` (quality +- 30-resample bootstrap sd).
-jaxsde: every fixed-step registry sampler (plus :func:`frontier_grid_variants`), ``(B - 1) // k`` steps + Tweedie.
-k-diffusion 0.1.1.post1: Karras sigmas (rho 7) between sigma/alpha at eps and T, then 0 (its last step is one
-call); ``<name>@exponential`` on log-uniform sigmas; ``sample_dpm_fast`` gets ``B - 1`` and a final denoising
-call. NFE is counted. ``--tuned`` adds :data:`TUNED_SAMPLERS` on grids learned by ``jaxsde.optimize_grid`` on
-calibration draws of seed + 1000 (never the evaluation draws). Writes ``frontier_<problem>[_TAG].*`` and
+``--frontier`` (problems of :data:`FRONTIER_PROBLEMS`, quality +- 30-resample bootstrap sd): jaxsde's fixed-step
+registry samplers and :func:`frontier_grid_variants` against k-diffusion 0.1.1.post1's fixed-schedule samplers on
+Karras (and ``@exponential``) sigmas, NFE counted. ``--tuned`` adds :data:`TUNED_SAMPLERS` on grids learned by
+``jaxsde.optimize_grid`` on calibration draws of seed + 1000. Writes ``frontier_<problem>[_TAG].*`` and
 ``frontier_summary.md`` (jaxsde's best vs k-diffusion's best per budget, runs of the same draws pooled).
 """
 
 from __future__ import annotations
 
-import functools
 import glob
 import json
 import os
@@ -33,6 +29,7 @@ import jaxsde.testing.metrics
 from jaxsde.testing.targets import GaussianMixture
 
 from ..harness.cli import options
+from ..harness.frontier import best, verdict
 from ..harness.problems import TARGETS
 from ..harness.samplers import prior, run_jaxsde, sample_chunks
 from ..harness.select import select
@@ -40,23 +37,19 @@ from ..harness.writer import curves, pivot, progress, table
 
 BUDGETS = (5, 10, 20, 50, 100, 200)
 N_DIGITS, DIGITS_MAX_NFE = 300, 50  # digits: samples per solver; largest budget of the fixed-step solvers but EM
-FAMILY_STYLE = {"DDIM": "o", "DPM++2M": "s", "DPM++3M": "^", "SA-Solver": "v", "ForwardValue": "<",
-                "EDMHeun": ">", "EM": "x", "PC": "+", "GGF": "D", "PF-ODE": "*"}
+FIXED = {  # family -> (NFE per step, steps -> solver)
+    "DDIM": (1, jaxsde.DDIM), "DPM++2M": (1, lambda k: jaxsde.DPMSolverPP(k, order=2)),
+    "DPM++3M": (1, lambda k: jaxsde.DPMSolverPP(k, order=3)), "SA-Solver": (1, jaxsde.SASolver),
+    "ForwardValue": (1, jaxsde.ForwardValue), "EDMHeun": (2, jaxsde.EDMHeun), "EM": (1, jaxsde.EulerMaruyama),
+    "PC": (2, lambda k: jaxsde.PredictorCorrector(k, snr=0.01))}
+FAMILY_STYLE = dict(zip([*FIXED, "GGF", "PF-ODE"], "os^v<>x+D*", strict=True))
 
 
-def solvers(budgets, rtols, tols, digits: bool, snr: float = 0.01):
-    """(family, setting, budget or None, solver): the fixed-step solvers at each NFE budget (final Tweedie step
-    included: 2-NFE-per-step solvers take ``(B - 1) // 2`` steps; on digits only EM above ``DIGITS_MAX_NFE``),
-    then GGF at ``rtols`` and the PF-ODE at ``tols``."""
-    jobs = []
-    for b in budgets:
-        n1, n2 = b - 1, (b - 1) // 2
-        for fam, s in (("DDIM", jaxsde.DDIM(n1)), ("DPM++2M", jaxsde.DPMSolverPP(n1, order=2)),
-                       ("DPM++3M", jaxsde.DPMSolverPP(n1, order=3)), ("SA-Solver", jaxsde.SASolver(n1)),
-                       ("ForwardValue", jaxsde.ForwardValue(n1)), ("EDMHeun", jaxsde.EDMHeun(n2)),
-                       ("EM", jaxsde.EulerMaruyama(n1)), ("PC", jaxsde.PredictorCorrector(n2, snr=snr))):
-            if not (digits and fam != "EM" and b > DIGITS_MAX_NFE):
-                jobs.append((fam, f"NFE<={b}", b, s))
+def solvers(budgets, rtols, tols, digits: bool):
+    """(family, setting, budget or None, solver): :data:`FIXED` at each budget (on digits only EM above
+    ``DIGITS_MAX_NFE``), then GGF at ``rtols`` and the PF-ODE at ``tols``."""
+    jobs = [(fam, f"NFE<={b}", b, make((b - 1) // k)) for b in budgets for fam, (k, make) in FIXED.items()
+            if not (digits and fam != "EM" and b > DIGITS_MAX_NFE)]
     return (jobs + [("GGF", f"rtol={r}", None, jaxsde.GottaGoFast(rtol=r)) for r in rtols]
             + [("PF-ODE", f"tol={t:g}", None, jaxsde.ProbabilityFlow(rtol=t, atol=t)) for t in tols])
 
@@ -66,8 +59,7 @@ def make_problem(name: str):
     if name == "digits":
         from jaxsde.testing.metrics.digits import DigitsMetrics
 
-        ckpt = jaxsde.pretrained("digits")
-        metrics = DigitsMetrics()
+        ckpt, metrics = jaxsde.pretrained("digits"), DigitsMetrics()
 
         def evaluate(x):
             return {k: float(v) for k, v in metrics.report(x, ckpt.data_range, bootstrap=20).items()}
@@ -93,25 +85,21 @@ def make_problem(name: str):
 
 
 def winners(rows, metric, budgets, floor, digits):
-    """For each budget: the fixed-step row with the lowest metric, and the rows tied with it.
-
-    Tied: within the metric's noise of the best, i.e. on the mixtures ``<= 1.25 x`` the exact-vs-exact
-    floor when the best is there too, on digits ``<= best + 2 sqrt(std_best^2 + std^2)`` with the
-    bootstrap standard deviations of FD.
-    """
+    """For each budget: the fixed-step row with the lowest metric, and the rows tied with it: on the mixtures
+    ``<= 1.25 x`` the floor when the best is there too, on digits ``<= best + 2 sqrt(std_best^2 + std^2)``."""
     out = {}
     for b in budgets:
         cands = [r for r in rows if r["budget"] == b and r["failed"] == 0 and np.isfinite(r[metric])]
         if not cands:
             continue
-        best = min(cands, key=lambda r: r[metric])
+        top = min(cands, key=lambda r: r[metric])
         if digits:
-            sb = best.get("fd_std", 0.0)
-            tied = [r for r in cands if r[metric] <= best[metric] + 2.0 * float(np.hypot(sb, r.get("fd_std", 0.0)))]
+            sb = top.get("fd_std", 0.0)
+            tied = [r for r in cands if r[metric] <= top[metric] + 2.0 * float(np.hypot(sb, r.get("fd_std", 0.0)))]
         else:
-            tied = [r for r in cands if r[metric] <= 1.25 * floor] if best[metric] <= 1.25 * floor else [best]
-        tied = sorted(tied, key=lambda r: r[metric])
-        out[str(b)] = {"solver": best["family"], metric: best[metric], "tied": [r["family"] for r in tied]}
+            tied = [r for r in cands if r[metric] <= 1.25 * floor] if top[metric] <= 1.25 * floor else [top]
+        out[str(b)] = {"solver": top["family"], metric: top[metric],
+                       "tied": [r["family"] for r in sorted(tied, key=lambda r: r[metric])]}
     return out
 
 
@@ -128,30 +116,23 @@ def headline(rows):
 def arguments(parser):
     parser.add_argument("--problems", default="ring2,gmm32,digits")
     parser.add_argument("--n", type=int, default=4000, help="samples per solver on the mixtures (digits: 300)")
-    options(parser, batch=500, seed=0, quick="tiny n, budgets 5/10/20, few adaptive settings")
-    parser.add_argument("--frontier", action="store_true",
-                        help="the frontier of issue 22: every fixed-budget sampler of jaxsde and of k-diffusion at "
-                             "NFE 5/10/20 on lowrank, gmm3072 (VP and VE) and digits; with --quick: lowrank, "
-                             "n = 64, NFE 5")
-    parser.add_argument("--frontier-problems", default="",
-                        help="--frontier: comma-separated subset of " + ",".join(FRONTIER_PROBLEMS))
+    options(parser, batch=500, seed=0, quick="tiny n, budgets 5/10/20, few adaptive settings; --frontier: lowrank, "
+            "n = 64, NFE 5")
+    parser.add_argument("--frontier", action="store_true", help="every fixed-budget sampler of jaxsde and of "
+                        "k-diffusion at NFE 5/10/20 on the frontier problems")
+    parser.add_argument("--frontier-problems", default="", help="--frontier: subset of " + ",".join(FRONTIER_PROBLEMS))
     parser.add_argument("--budgets", default="", help="--frontier: comma-separated NFE budgets (default 5,10,20)")
-    parser.add_argument("--n-frontier", type=int, default=0,
-                        help="--frontier: samples per sampler (default 1000 on the mixtures, 300 on digits)")
-    parser.add_argument("--samplers", nargs="+", default=None,
-                        help="--frontier: exact row names, one argument each (e.g. unipc 'k-diffusion lms')")
-    parser.add_argument("--tag", default="", help="--frontier: results file suffix, frontier_<problem>_<tag>.*, "
-                        "for a partial or confirmation run (--samplers, --seed); frontier_summary.md merges a tagged "
-                        "file with the untagged one of the same draws (problem, n, seed)")
+    parser.add_argument("--n-frontier", type=int, default=0, help="--frontier: samples (default 1000, digits 300)")
+    parser.add_argument("--samplers", nargs="+", default=None, help="--frontier: exact row names, one argument each")
+    parser.add_argument("--tag", default="", help="--frontier: results file suffix, frontier_<problem>_<tag>.*")
     parser.add_argument("--frontier-summary", action="store_true",
-                        help="only rewrite frontier_summary.md from the frontier_*.json in --out (measures nothing)")
-    parser.add_argument("--tuned", action="store_true",
-                        help="--frontier: add the deterministic multistep samplers on grids learned by "
-                             "jaxsde.optimize_grid (rows '<name> tuned grid'), calibrated on other draws")
-    parser.add_argument("--n-calibration", type=int, default=0,
-                        help="--tuned: calibration draws (seed + 1000; default 256 on the mixtures, 32 on digits)")
-    parser.add_argument("--tune-iterations", type=int, default=0,
-                        help="--tuned: Adam iterations (default 100 on the mixtures, 60 on digits)")
+                        help="only rewrite frontier_summary.md from the frontier_*.json in --out")
+    parser.add_argument("--tuned", action="store_true", help="--frontier: add the multistep samplers on grids "
+                        "learned by jaxsde.optimize_grid (rows '<name> tuned grid')")
+    parser.add_argument("--n-calibration", type=int, default=0, help="--tuned: calibration draws (default 256, "
+                        "digits 32)")
+    parser.add_argument("--tune-iterations", type=int, default=0, help="--tuned: Adam iterations (default 100, "
+                        "digits 60)")
 
 
 def run(args, ctx):
@@ -179,17 +160,16 @@ def run(args, ctx):
                 r = {}
             rows.append(dict(family=fam, setting=setting, budget=b, solver=repr(solver), mean_nfe=float(nfe.mean()),
                              max_nfe=int(nfe.max()), failed=fails, wall_s=wall, compile_s=compile_s,
-                             **{k: r.get(k, float("nan")) for k in r}, **({metric: float("nan")} if not r else {})))
+                             **(r or {metric: float("nan")})))
             progress(rows[-1], "family", "setting", "mean_nfe", "max_nfe", metric, "wall_s", "compile_s", "failed")
         floor = next((r[floor_key] for r in rows if floor_key in r and np.isfinite(r[floor_key])), float("nan"))
         summary = {"winners_by_budget": winners([r for r in rows if r["budget"] is not None], metric, budgets, floor,
                                                 digits)}
         if digits and not args.quick:
             summary["headline"] = headline(rows)
-        stem = f"quality_vs_nfe_{problem}" + ("_quick" if args.quick else "")
-        ctx.save(stem, dict(problem=problem, info=info, n=n, seed=args.seed, metric=metric, floor=floor,
-                            budgets=list(budgets), elapsed_s=time.perf_counter() - t_problem, summary=summary,
-                            rows=rows))
+        ctx.save(f"quality_vs_nfe_{problem}" + ("_quick" if args.quick else ""),
+                 dict(problem=problem, info=info, n=n, seed=args.seed, metric=metric, floor=floor,
+                      budgets=list(budgets), elapsed_s=time.perf_counter() - t_problem, summary=summary, rows=rows))
 
 
 def _fmt(v, digits=4):
@@ -217,8 +197,8 @@ def render(data):
               "", "(NFE in parentheses where it differs from the budget; — = not run.)", "", "## Winners", "",
               *table(["budget", "best solver", metric, "tied within noise"],
                      [[b, w["solver"], _fmt(w[metric]), ", ".join(w.get("tied", []))]
-                      for b, w in summary["winners_by_budget"].items()])]
-    lines += ["", ("Tied: FD within 2 bootstrap sigma of the best." if digits else
+                      for b, w in summary["winners_by_budget"].items()]),
+              "", ("Tied: FD within 2 bootstrap sigma of the best." if digits else
                    f"Tied: all at the noise floor (<= 1.25 x {_fmt(floor)}) when the best is there.")]
     if h := summary.get("headline"):
         lines += ["", f"**At 10 NFE the best of DPM-Solver++/SA-Solver/ForwardValue is {h['best_fast_at_10']} "
@@ -253,19 +233,13 @@ def plot(data, path):
            hline=(data["floor"], "noise floor"), logy=True, size=(7, 4.5))
 
 
-# --- the frontier (issue 22): every fixed-budget sampler of jaxsde and of k-diffusion, same score --------------
+# --- the frontier: every fixed-budget sampler of jaxsde and of k-diffusion, same score ---------------------------
 FRONTIER_BUDGETS = (5, 10, 20)
 FRONTIER_PROBLEMS = ("lowrank", "lowrank-ve", "gmm3072", "gmm3072-ve", "digits")
-# k-diffusion 0.1.1.post1's fixed-schedule samplers: name -> model calls per step. On Karras sigmas
-# ``get_sigmas_karras(steps, ...)`` (``steps`` sigmas, then 0) the last step, to sigma 0, is one call for
-# every one of them (the 2-call samplers take an Euler step there, which returns the denoised prediction),
-# like jaxsde's final Tweedie step. So a budget B is ``B`` steps for a 1-call sampler (NFE = B) and
-# ``(B + 1) // 2`` steps for a 2-call one (NFE = 2 steps - 1: B for odd B, B - 1 for even B).
-# ``sample_dpm_fast`` takes its NFE ``n`` directly and stops at sigma_min: it gets ``n = B - 1`` and the
-# final denoising call (+1 NFE) that the adaptive suite also gives ``sample_dpm_adaptive``.
-# ``sample_dpm_adaptive`` (a tolerance, not a budget) is the adaptive suite's.
-# The one-call samplers also run on k-diffusion's ``get_sigmas_exponential`` (uniform in log sigma, i.e. in
-# log-SNR: jaxsde's "logsnr" grid), as ``<name>@exponential``.
+# k-diffusion's fixed-schedule samplers: name -> model calls per step. On Karras sigmas (``steps`` sigmas, then 0)
+# the last step is one call for all of them, so budget B is B steps at 1 call, (B + 1) // 2 at 2 (NFE 2 steps - 1).
+# ``sample_dpm_fast`` takes its NFE directly: B - 1, then a final denoising call. ``@exponential``: the one-call
+# samplers on ``get_sigmas_exponential`` (log-uniform sigmas).
 K_DIFFUSION_EXPONENTIAL = ("euler", "euler_ancestral", "lms", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde")
 K_DIFFUSION_SAMPLERS = {"euler": 1, "euler_ancestral": 1, "lms": 1, "dpmpp_2m": 1, "dpmpp_2m_sde": 1,
                         "dpmpp_3m_sde": 1, "heun": 2, "dpm_2": 2, "dpm_2_ancestral": 2, "dpmpp_2s_ancestral": 2,
@@ -279,12 +253,9 @@ def frontier_target(name: str):
 
 
 def frontier_jaxsde_solvers(budget: int, ve: bool):
-    """(name, solver) for every fixed-step sampler of the registry (``jaxsde.solvers.registry``: those with a
-    ``steps`` option; ``mlem`` needs the digits model family and is left out), at its registry defaults, plus
-    DPM-Solver++ 3M. A sampler with ``k`` NFE per step (``solver.nfe_per_attempt``: 2 for EDM Heun and PC,
-    1 for the others) takes ``(budget - 1) // k`` steps, the final Tweedie step being the last NFE: NFE =
-    ``budget`` for ``k = 1``, ``budget`` or ``budget - 1`` for ``k = 2``. PC's Langevin snr is 0.01 (VP) or
-    0.16 (VE)."""
+    """(name, solver): every fixed-step registry sampler (``steps`` option; not ``mlem``) at its defaults, plus
+    DPM-Solver++ 3M, ``(budget - 1) // k`` steps at ``k`` NFE per step, PC's snr 0.01 (VP) or 0.16 (VE); then
+    :func:`frontier_grid_variants`."""
     from jaxsde.solvers import registry
 
     out = []
@@ -300,33 +271,31 @@ def frontier_jaxsde_solvers(budget: int, ve: bool):
     return out + frontier_grid_variants(budget - 1)
 
 
+GRID_VARIANTS = {  # name -> steps -> solver: the one-NFE-per-step samplers at settings their defaults leave out
+    "dpmpp edm": lambda k: jaxsde.DPMSolverPP(k, order=2, grid="edm"),
+    "dpmpp-3m edm": lambda k: jaxsde.DPMSolverPP(k, order=3, grid="edm"),
+    "unipc-3": lambda k: jaxsde.UniPC(k, order=3),
+    "unipc edm": lambda k: jaxsde.UniPC(k, order=2, grid="edm"),
+    "unipc-3 edm": lambda k: jaxsde.UniPC(k, order=3, grid="edm"),
+    "deis edm": lambda k: jaxsde.DEIS(k, order=3, grid="edm"),
+    "ipndm logsnr": lambda k: jaxsde.IPNDM(k, order=4, grid="logsnr"),
+    "lms logsnr": lambda k: jaxsde.LMS(k, order=4, grid="logsnr"),
+    # k-diffusion's own configurations (Karras grid, full order to the end): the same algorithms
+    "dpmpp edm full-order": lambda k: jaxsde.DPMSolverPP(k, order=2, grid="edm", lower_order_final=False),
+    "dpmpp-sde edm": lambda k: jaxsde.DPMSolverPPSDE(k, order=2, grid="edm"),
+    "unipc edm full-order": lambda k: jaxsde.UniPC(k, order=2, grid="edm", lower_order_final=False),
+    "lms edm, lms last step": lambda k: jaxsde.LMS(k, order=4, last_step="lms"),  # = sample_lms
+    "lms logsnr, lms last step": lambda k: jaxsde.LMS(k, order=4, grid="logsnr", last_step="lms"),
+}
+
+
 def frontier_grid_variants(steps: int):
-    """The one-NFE-per-step multistep samplers at the settings their registry defaults leave out: the other of the
-    two grids that matter at low NFE (``"logsnr"``, uniform in log-SNR, and ``"edm"``, Karras rho = 7 as in
-    k-diffusion) and the third orders of UniPC and DPM-Solver++ (diffusers' UniPC default for unconditional
-    models); and k-diffusion's own configurations of the shared algorithms, on the Karras grid without the
-    lower order at the last steps (``dpmpp edm full-order`` is ``sample_dpmpp_2m``, ``dpmpp-sde edm``
-    ``sample_dpmpp_2m_sde``, ``lms edm, lms last step`` ``sample_lms``). ``steps`` steps, then the final
-    denoising step: NFE = ``steps + 1``. A setting a sampler refuses at this step count (too few steps for the
-    order) is left out."""
-    makers = {"dpmpp edm": lambda: jaxsde.DPMSolverPP(steps, order=2, grid="edm"),
-              "dpmpp-3m edm": lambda: jaxsde.DPMSolverPP(steps, order=3, grid="edm"),
-              "unipc-3": lambda: jaxsde.UniPC(steps, order=3),
-              "unipc edm": lambda: jaxsde.UniPC(steps, order=2, grid="edm"),
-              "unipc-3 edm": lambda: jaxsde.UniPC(steps, order=3, grid="edm"),
-              "deis edm": lambda: jaxsde.DEIS(steps, order=3, grid="edm"),
-              "ipndm logsnr": lambda: jaxsde.IPNDM(steps, order=4, grid="logsnr"),
-              "lms logsnr": lambda: jaxsde.LMS(steps, order=4, grid="logsnr"),
-              # k-diffusion's own configurations (Karras grid, full order to the end): the same algorithms
-              "dpmpp edm full-order": lambda: jaxsde.DPMSolverPP(steps, order=2, grid="edm", lower_order_final=False),
-              "dpmpp-sde edm": lambda: jaxsde.DPMSolverPPSDE(steps, order=2, grid="edm"),
-              "unipc edm full-order": lambda: jaxsde.UniPC(steps, order=2, grid="edm", lower_order_final=False),
-              "lms edm, lms last step": lambda: jaxsde.LMS(steps, order=4, last_step="lms"),  # = sample_lms
-              "lms logsnr, lms last step": lambda: jaxsde.LMS(steps, order=4, grid="logsnr", last_step="lms")}
+    """(name, solver) of :data:`GRID_VARIANTS` at ``steps`` steps + the final denoising step; a setting a sampler
+    refuses at this step count (too few steps for its order) is left out."""
     out = []
-    for name, make in makers.items():
+    for name, make in GRID_VARIANTS.items():
         try:
-            out.append((name, make()))
+            out.append((name, make(steps)))
         except ValueError:
             continue
     return out
@@ -339,35 +308,27 @@ TUNED_SAMPLERS = {  # name -> (steps, grid) -> solver: the deterministic one-NFE
     "deis": lambda steps, grid: jaxsde.DEIS(steps, order=3, grid=grid),
     "lms, lms last step": lambda steps, grid: jaxsde.LMS(steps, order=4, grid=grid, last_step="lms"),
 }
-
-
 K_DIFFUSION_ON_LEARNED = "k-diffusion on a learned grid"
 LEARNED_GRID_TWINS = {"lms": "lms, lms last step"}  # k-diffusion sampler -> the same algorithm in jaxsde
 
 
 class GridTuner:
-    """The tuned-grid rows of one problem: ``jaxsde.optimize_grid`` from the log-SNR grid, on ``n`` calibration
-    draws of seed ``seed + 1000`` (never the evaluation draws) against the PF-ODE teacher (tolerance 1e-5), computed
-    once per problem and shared by every sampler and budget."""
+    """The tuned-grid rows of one problem: ``jaxsde.optimize_grid`` from the log-SNR grid on ``n`` calibration draws
+    of seed ``seed + 1000`` against the PF-ODE teacher (computed once), one grid per (sampler, steps)."""
 
     def __init__(self, target, seed: int, n: int, iterations: int):
         self.target, self.iterations, self.n, self.seed = target, iterations, n, seed + 1000
-        self.x_cal = prior(target, self.seed, n)
+        self.x_cal, self.teacher, self.learned = prior(target, self.seed, n), None, {}
 
-    @functools.cached_property
-    def teacher(self):
-        t0 = time.perf_counter()
-        x, nfe = jaxsde.grid_optimization.teacher_samples(self.target.sde, self.target.score, self.x_cal)
-        return x, nfe, time.perf_counter() - t0
-
-    @functools.cache  # noqa: B019 - one tuner per problem: (solver on the learned grid, calibration) per (name, steps)
     def __call__(self, name: str, steps: int):
-        return self.learn(name, steps)
-
-    def learn(self, name: str, steps: int):
-        make = TUNED_SAMPLERS[name]
-        teacher, teacher_nfe, teacher_s = self.teacher
-        t0 = time.perf_counter()
+        """(``name`` on its learned grid of ``steps`` steps, the tuning record)."""
+        if (name, steps) in self.learned:
+            return self.learned[name, steps]
+        if self.teacher is None:
+            t0 = time.perf_counter()
+            x, nfe = jaxsde.grid_optimization.teacher_samples(self.target.sde, self.target.score, self.x_cal)
+            self.teacher = x, nfe, time.perf_counter() - t0
+        make, (teacher, teacher_nfe, teacher_s), t0 = TUNED_SAMPLERS[name], self.teacher, time.perf_counter()
         res = jaxsde.optimize_grid(self.target.sde, self.target.score, make(steps, "logsnr"), self.x_cal,
                                    teacher=teacher, iterations=self.iterations)
         info = dict(calibration_draws=self.n, calibration_seed=self.seed, iterations=self.iterations,
@@ -376,15 +337,14 @@ class GridTuner:
                     times=list(res.times))
         print(f"  tuned {name} ({steps} steps): loss {res.initial_loss:.3g} -> {res.loss:.3g} in "
               f"{info['tune_s']:.0f}s; times {np.round(res.times, 4).tolist()}", flush=True)
-        return make(steps, res.times), info
+        self.learned[name, steps] = make(steps, res.times), info
+        return self.learned[name, steps]
 
 
 def run_k_diffusion_fixed(target, name: str, budget: int, x_T, seed: int, times=None):
-    """k-diffusion's ``sample_<name>`` on Karras sigmas (rho 7, sigma_min / sigma_max = sigma / alpha at the SDE's
-    ``eps`` / ``T``; ``<name>@exponential``: on ``get_sigmas_exponential`` between the same ends; with ``times``, a
-    one-call sampler on the sigmas of those ``budget`` jaxsde times, then 0), float32 torch on the whole batch, its
-    model the jitted jaxsde score as a denoiser ``D(x / alpha, sigma / alpha)``. Returns (samples, NFE = model
-    calls, wall s incl. compilation)."""
+    """k-diffusion's ``sample_<name>`` (``<name>@exponential``: on exponential sigmas; with ``times``, a one-call
+    sampler on the sigmas of those ``budget`` jaxsde times, then 0) from ``x_T`` on the whole batch, torch seeded
+    with ``seed``. Returns (samples, NFE = model calls, wall s incl. compilation)."""
     import torch
 
     from ..harness.kdiffusion import k_diffusion_model
@@ -399,7 +359,6 @@ def run_k_diffusion_fixed(target, name: str, budget: int, x_T, seed: int, times=
         out = model(out, torch.full((out.shape[0],), smin))  # the final denoising step
     else:
         base, _, schedule = name.partition("@")
-        steps = budget if K_DIFFUSION_SAMPLERS[base] == 1 else (budget + 1) // 2
         if times is not None:
             if K_DIFFUSION_SAMPLERS[base] != 1 or len(times) != budget:
                 raise ValueError(f"{base} on a jaxsde grid needs a one-call sampler and {budget} times")
@@ -407,35 +366,63 @@ def run_k_diffusion_fixed(target, name: str, budget: int, x_T, seed: int, times=
             sigmas = torch.cat([torch.from_numpy(np.array(sigma / alpha, np.float32)), torch.zeros(1)])
         else:
             make_sigmas = ks.get_sigmas_exponential if schedule == "exponential" else ks.get_sigmas_karras
-            sigmas = make_sigmas(steps, smin, smax)
+            sigmas = make_sigmas(budget if K_DIFFUSION_SAMPLERS[base] == 1 else (budget + 1) // 2, smin, smax)
         out = getattr(ks, "sample_" + base)(model, xt, sigmas, disable=True)
     return out.numpy(), km.calls[0], time.perf_counter() - t0
 
 
-def _verdict(j, k):
-    """jaxsde's best row ``j`` vs k-diffusion's ``k`` (lower quality is better): the difference in units of the
-    combined bootstrap sd."""
-    diff = k["quality"] - j["quality"]
-    sd = float(np.hypot(j["sd"], k["sd"]))
-    word = "jaxsde better" if diff > 2 * sd else "k-diffusion better" if diff < -2 * sd else "tie (within 2 sd)"
-    return dict(diff=diff, combined_sd=sd, verdict=word, jaxsde_best_or_tied=bool(diff >= -2 * sd))
-
-
 def frontier_best(rows, budgets):
-    out = {}
+    """Per budget: jaxsde's and k-diffusion's best usable rows and the verdict between them."""
+    out, keep = {}, ("sampler", "quality", "sd", "mean_nfe")
     for b in budgets:
-        best = {}
-        for lib in ("jaxsde", "k-diffusion"):
-            cands = [r for r in rows if r["lib"] == lib and r["budget"] == b and r["failed"] == 0
-                     and np.isfinite(r["quality"]) and r["mean_nfe"] <= b]
-            if cands:
-                best[lib] = min(cands, key=lambda r: r["quality"])
-        if len(best) == 2:
-            keep = ("sampler", "quality", "sd", "mean_nfe")
-            out[str(b)] = dict(jaxsde={k: best["jaxsde"][k] for k in keep},
-                               k_diffusion={k: best["k-diffusion"][k] for k in keep},
-                               **_verdict(best["jaxsde"], best["k-diffusion"]))
+        j, k = (best([r for r in rows if r["lib"] == lib and r["budget"] == b]) for lib in ("jaxsde", "k-diffusion"))
+        if j and k:
+            v = verdict(j, k, words=("jaxsde better", "k-diffusion better", "tie (within 2 sd)"))
+            out[str(b)] = dict(jaxsde={f: j[f] for f in keep}, k_diffusion={f: k[f] for f in keep}, **v,
+                               jaxsde_best_or_tied=bool(v["diff"] >= -2 * v["combined_sd"]))
     return out
+
+
+def frontier_jobs(b: int, ve: bool, tuner):
+    """(label, (lib, name, solver or (tuner, base, steps) or None)) of every frontier row at budget ``b``."""
+    jobs = [("jaxsde", name, solver) for name, solver in frontier_jaxsde_solvers(b, ve)]
+    if tuner is not None:
+        jobs += [("jaxsde", name + " tuned grid", (tuner, name, b - 1)) for name in TUNED_SAMPLERS]
+        # k-diffusion's algorithm on jaxsde's learned grid (not counted as k-diffusion's: it has no grid optimizer)
+        jobs += [(K_DIFFUSION_ON_LEARNED, f"{kd} on tuned grid of {name}", (tuner, name, b - 1))
+                 for kd, name in LEARNED_GRID_TWINS.items()]
+    jobs += [("k-diffusion", name, None) for name in K_DIFFUSION_SAMPLERS]
+    jobs += [("k-diffusion", name + "@exponential", None) for name in K_DIFFUSION_EXPONENTIAL]
+    return [(name if lib == "jaxsde" else "k-diffusion " + name, (lib, name, solver)) for lib, name, solver in jobs]
+
+
+def frontier_row(target, lib, name, solver, b, x_T, seed, n):
+    """One frontier row (``tuning`` added for a tuned grid); a sampler that raises is a row of ``n`` failures."""
+    tuning = None
+    try:
+        if isinstance(solver, tuple):  # a tuned grid: learn it now (only for the samplers asked for)
+            tune, base, steps = solver
+            solver, tuning = tune(base, steps)
+        if lib == "jaxsde":
+            x, nfe, failed, wall = run_jaxsde(target, solver, seed, n, 0)
+            setting = repr(solver)
+        else:  # k-diffusion, on its sigmas or (K_DIFFUSION_ON_LEARNED) on jaxsde's learned grid
+            kd, _, twin = name.partition(" on tuned grid of ")
+            x, calls, wall = run_k_diffusion_fixed(target, kd, b, x_T, seed, times=tuning["times"] if twin else None)
+            nfe, failed, (base, _, schedule) = np.array([calls]), 0, kd.partition("@")
+            setting = (f"sample_{kd} on the sigmas of jaxsde's learned grid for {twin}" if twin else
+                       f"sample_{base}, " + ("exponential" if schedule else "Karras") + " sigmas")
+        mean_nfe, max_nfe = float(nfe.mean()), int(nfe.max())
+        good = np.all(np.isfinite(np.asarray(x).reshape(len(x), -1)), axis=1)
+        failed += int(np.sum(~good))
+        q, sd = target.quality(np.asarray(x)[good]) if good.sum() > 10 else (float("nan"), float("nan"))
+    except Exception as err:  # noqa: BLE001 - one broken sampler must not stop the benchmark
+        print(f"  {name} at {b}: {type(err).__name__}: {err}", flush=True)
+        q = sd = mean_nfe = wall = float("nan")
+        max_nfe, failed, setting = -1, n, f"error: {type(err).__name__}: {err}"
+    row = dict(lib=lib, budget=b, setting=setting, mean_nfe=mean_nfe, max_nfe=max_nfe, quality=float(q),
+               sd=float(sd), failed=int(failed), wall_s=float(wall))
+    return row if tuning is None else dict(row, tuning=tuning)
 
 
 def frontier(args, ctx):
@@ -445,66 +432,25 @@ def frontier(args, ctx):
     if args.quick:
         problems, budgets = problems[:1] if args.frontier_problems else ["lowrank"], budgets[:1]
     for problem in problems:
-        t_problem = time.perf_counter()
-        target = frontier_target(problem)
-        n = args.n_frontier if args.n_frontier else (64 if args.quick else (300 if problem == "digits" else 1000))
+        t_problem, target, digits = time.perf_counter(), frontier_target(problem), problem == "digits"
+        n = args.n_frontier if args.n_frontier else (64 if args.quick else (300 if digits else 1000))
         x_T = prior(target, args.seed, n)
         floor_q, floor_sd = target.floor(jax.random.PRNGKey(args.seed + 17), n)
-        rows, digits = [], problem == "digits"
         tuner = GridTuner(target, args.seed, args.n_calibration or (32 if digits else 256),
                           args.tune_iterations or (60 if digits else 100)) if args.tuned else None
+        rows = []
         for b in budgets:
-            jobs = [("jaxsde", name, solver) for name, solver in
-                    frontier_jaxsde_solvers(b, isinstance(target.sde, jaxsde.VESDE))]
-            if tuner is not None:
-                jobs += [("jaxsde", name + " tuned grid", (tuner, name, b - 1)) for name in TUNED_SAMPLERS]
-                # the same algorithms in k-diffusion on the sigmas of jaxsde's learned grid (not counted as
-                # k-diffusion's: it has no grid optimizer), to show where the gain comes from
-                jobs += [(K_DIFFUSION_ON_LEARNED, f"{kd} on tuned grid of {name}", (tuner, name, b - 1))
-                         for kd, name in LEARNED_GRID_TWINS.items()]
-            jobs += [("k-diffusion", name, None) for name in K_DIFFUSION_SAMPLERS]
-            jobs += [("k-diffusion", name + "@exponential", None) for name in K_DIFFUSION_EXPONENTIAL]
             try:
-                jobs = select([(name if lib == "jaxsde" else "k-diffusion " + name, (lib, name, solver))
-                               for lib, name, solver in jobs], args.samplers)
+                jobs = select(frontier_jobs(b, isinstance(target.sde, jaxsde.VESDE), tuner), args.samplers)
             except ValueError as err:
                 ctx.error(f"--samplers: {err}")
             for label, (lib, name, solver) in jobs:
-                tuning = None
-                try:
-                    if isinstance(solver, tuple):  # a tuned grid: learn it now (only for the samplers asked for)
-                        tune, base, steps = solver
-                        solver, tuning = tune(base, steps)
-                    if lib == "jaxsde":
-                        x, nfe, failed, wall = run_jaxsde(target, solver, args.seed, n, 0)
-                        setting = repr(solver)
-                    else:  # k-diffusion, on its sigmas or (K_DIFFUSION_ON_LEARNED) on jaxsde's learned grid
-                        kd, _, twin = name.partition(" on tuned grid of ")
-                        x, calls, wall = run_k_diffusion_fixed(target, kd, b, x_T, args.seed,
-                                                               times=tuning["times"] if twin else None)
-                        nfe, failed = np.array([calls]), 0
-                        base, _, schedule = kd.partition("@")
-                        setting = (f"sample_{kd} on the sigmas of jaxsde's learned grid for {twin}" if twin else
-                                   f"sample_{base}, " + ("exponential" if schedule else "Karras") + " sigmas")
-                    mean_nfe, max_nfe = float(nfe.mean()), int(nfe.max())
-                    good = np.all(np.isfinite(np.asarray(x).reshape(len(x), -1)), axis=1)
-                    failed += int(np.sum(~good))
-                    q, sd = target.quality(np.asarray(x)[good]) if good.sum() > 10 else (float("nan"), float("nan"))
-                except Exception as err:  # noqa: BLE001 - one broken sampler must not stop the benchmark
-                    print(f"  {label} at {b}: {type(err).__name__}: {err}", flush=True)
-                    q = sd = mean_nfe = wall = float("nan")
-                    max_nfe, failed, setting = -1, n, f"error: {type(err).__name__}: {err}"
-                row = dict(sampler=label, lib=lib, budget=b, setting=setting, mean_nfe=mean_nfe, max_nfe=max_nfe,
-                           quality=float(q), sd=float(sd), failed=int(failed), wall_s=float(wall))
-                if tuning is not None:
-                    row["tuning"] = tuning
-                rows.append(row)
-                progress(row, "budget", "sampler", "mean_nfe", "quality", "sd", "wall_s", "failed")
+                rows.append(dict(sampler=label, **frontier_row(target, lib, name, solver, b, x_T, args.seed, n)))
+                progress(rows[-1], "budget", "sampler", "mean_nfe", "quality", "sd", "wall_s", "failed")
         res = dict(kind="frontier", problem=problem, tag=args.tag, sde=type(target.sde).__name__,
                    label=target.label, n=n, seed=args.seed, floor=[floor_q, floor_sd], budgets=list(budgets),
                    elapsed_s=time.perf_counter() - t_problem, best=frontier_best(rows, budgets), rows=rows)
-        stem = f"frontier_{problem}" + (f"_{args.tag}" if args.tag else "") + ("_quick" if args.quick else "")
-        ctx.save(stem, res)
+        ctx.save(f"frontier_{problem}" + (f"_{args.tag}" if args.tag else "") + ("_quick" if args.quick else ""), res)
         print(f"{problem}: {res['elapsed_s']:.0f}s", flush=True)
     if not args.quick:
         write_frontier_summary(args.out)
@@ -515,8 +461,7 @@ def _q(r):
 
 
 def frontier_markdown(res) -> str:
-    budgets = res["budgets"]
-    m = res["machine"]
+    budgets, m = res["budgets"], res["machine"]
     lines = [f"# Fixed-budget frontier: {res['problem']} ({res['sde']})", "", f"Command: `{res['command']}`", "",
              f"n = {res['n']} samples per sampler, seed {res['seed']}, the same prior draws for both libraries; "
              f"{m['backend']}, {m['cpus']} CPUs, jax {m['jax']}, {m['date']}; {res['elapsed_s']:.0f} s.", "",
@@ -524,31 +469,26 @@ def frontier_markdown(res) -> str:
              f"floor {res['floor'][0]:.4f} +- {res['floor'][1]:.4f}. NFE counts the final denoising step on both "
              "sides; k-diffusion runs on Karras sigmas (rho 7) between the SDE's sigma/alpha at eps and T.", "",
              "## Best per budget", "",
-             "| NFE budget | jaxsde best | quality | NFE | k-diffusion best | quality | NFE | diff / combined sd "
-             "| verdict |", "|---|---|---|---|---|---|---|---|---|"]
-    for b in budgets:
-        w = res["best"].get(str(b))
-        if w is None:
-            continue
-        j, k = w["jaxsde"], w["k_diffusion"]
-        lines.append(f"| {b} | {j['sampler']} | {_q(j)} | {j['mean_nfe']:.0f} | {k['sampler']} | {_q(k)} | "
-                     f"{k['mean_nfe']:.0f} | {w['diff']:+.4f} / {w['combined_sd']:.4f} | {w['verdict']} |")
-    lines += ["", "Verdict: the difference (k-diffusion's best minus jaxsde's best) against 2 combined sd.", "",
-              "## Every sampler", "",
-              *pivot(["sampler", *(f"NFE <= {b}" for b in budgets)], res["rows"], "sampler", "budget", budgets,
-                     lambda r: _q(r) + ("" if r["mean_nfe"] == r["budget"] else f" (NFE {r['mean_nfe']:.0f})")
-                     + (f", {r['failed']} failed" if r["failed"] else ""))]
-    lines += ["", "(NFE in parentheses where it differs from the budget: 2-NFE-per-step samplers at even budgets.)",
-              "", "Settings: " + "; ".join(dict.fromkeys(f"{r['sampler']}: `{r['setting']}`" for r in res["rows"]
-                                                         if r["budget"] == budgets[0]))]
+             *table(["NFE budget", "jaxsde best", "quality", "NFE", "k-diffusion best", "quality", "NFE",
+                     "diff / combined sd", "verdict"],
+                    [[b, j["sampler"], _q(j), f"{j['mean_nfe']:.0f}", k["sampler"], _q(k), f"{k['mean_nfe']:.0f}",
+                      f"{w['diff']:+.4f} / {w['combined_sd']:.4f}", w["verdict"]]
+                     for b in budgets if (w := res["best"].get(str(b))) for j, k in [(w["jaxsde"], w["k_diffusion"])]]),
+             "", "Verdict: the difference (k-diffusion's best minus jaxsde's best) against 2 combined sd.", "",
+             "## Every sampler", "",
+             *pivot(["sampler", *(f"NFE <= {b}" for b in budgets)], res["rows"], "sampler", "budget", budgets,
+                    lambda r: _q(r) + ("" if r["mean_nfe"] == r["budget"] else f" (NFE {r['mean_nfe']:.0f})")
+                    + (f", {r['failed']} failed" if r["failed"] else "")),
+             "", "(NFE in parentheses where it differs from the budget: 2-NFE-per-step samplers at even budgets.)",
+             "", "Settings: " + "; ".join(dict.fromkeys(f"{r['sampler']}: `{r['setting']}`" for r in res["rows"]
+                                                        if r["budget"] == budgets[0]))]
     return "\n".join(lines)
 
 
 def write_frontier_summary(out):
-    """``frontier_summary.md``: jaxsde's best vs k-diffusion's best per budget over every (non-quick)
-    ``frontier_*.json`` in ``out``, the files of the same draws (problem, n, seed: an untagged run and its tagged
-    partial runs) merged into one pool of rows (a sampler in several files: the latest run's row); jaxsde's best
-    is also given without the tuned-grid rows."""
+    """``frontier_summary.md``: jaxsde's best vs k-diffusion's best per budget over every non-quick
+    ``frontier_*.json`` in ``out``, the files of the same draws (problem, n, seed) pooled (a sampler in several
+    files: the latest run's row); jaxsde's best also without the tuned-grid rows."""
     runs = []
     for p in sorted(glob.glob(os.path.join(out, "frontier_*.json"))):
         if not p.endswith("_quick.json"):
@@ -561,8 +501,7 @@ def write_frontier_summary(out):
                               dict(sde=res["sde"], files=[], rows={}, budgets=set()))
         g["files"].append(os.path.basename(p))
         g["budgets"].update(res["budgets"])
-        for r in res["rows"]:
-            g["rows"][(r["sampler"], r["budget"])] = r
+        g["rows"].update({(r["sampler"], r["budget"]): r for r in res["rows"]})
     if not groups:
         return
     lines = ["# Fixed-budget frontier: jaxsde's best vs k-diffusion's best", "",
@@ -576,14 +515,12 @@ def write_frontier_summary(out):
              "| jaxsde best on built-in grids | quality | verdict | files |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (problem, n, seed), g in sorted(groups.items()):
-        rows = list(g["rows"].values())
-        budgets = sorted(g["budgets"])
-        best = frontier_best(rows, budgets)
-        plain = frontier_best([r for r in rows if "tuning" not in r], budgets)
+        rows, budgets = list(g["rows"].values()), sorted(g["budgets"])
+        top, plain = frontier_best(rows, budgets), frontier_best([r for r in rows if "tuning" not in r], budgets)
         for b in budgets:
-            w, u = best.get(str(b)), plain.get(str(b))
-            if w is None:
+            if (w := top.get(str(b))) is None:
                 continue
+            u = plain[str(b)]
             lines.append(f"| {problem} | {g['sde']} | {n} | {seed} | {b} | {w['jaxsde']['sampler']} | "
                          f"{_q(w['jaxsde'])} | {w['k_diffusion']['sampler']} | {_q(w['k_diffusion'])} | "
                          f"{w['verdict']} | {u['jaxsde']['sampler']} | {_q(u['jaxsde'])} | {u['verdict']} | "
