@@ -1,76 +1,27 @@
 """Fixed-budget sampling of flow models at 5 / 10 / 20 NFE: jaxsde vs diffusers' flow schedulers and k-diffusion.
 
-    python -m benchmarks run flow_frontier [--n 1000] [--seed 0] [--targets ring8,ring8-narrow] [--budgets 5,10,20]
-                                           [--quick]
-
-The flow ODE of :class:`jaxsde.FlowSDE` (``x_t = (1 - t) x_0 + t noise``) with the exact velocity of
-two Gaussian mixtures in d = 64 (``jaxsde.testing.targets.GaussianMixture.ring``: 8 modes on a ring
-of radius 0.6, std 0.05 ``ring8`` or 0.01 ``ring8-narrow``, whose velocity turns sharply near the
-data), every library from the same ``N(0, I)`` draws, float32, in one process. Every library's
-sampler is swept over the same kind of schedule knobs, and the best setting per library and
-budget is chosen on one set of draws (``--seed``) and then measured on another (``--seed + 1``,
-"held out"), so a library with more settings to choose from gains nothing from the choice itself:
-
-* diffusers: ``FlowMatchEulerDiscreteScheduler`` (``shift``, ``shift_terminal``),
-  ``FlowMatchHeunDiscreteScheduler`` (``shift``), ``DPMSolverMultistepScheduler`` (``flow_shift``,
-  ``solver_order`` 2 / 3, ``lower_order_final``) and ``UniPCMultistepScheduler`` (``flow_shift``,
-  ``shift_terminal``, ``solver_order`` 2 / 3, ``lower_order_final``) with ``use_flow_sigmas=True,
-  prediction_type="flow_prediction"``, every other setting at its default; shifts ``SHIFTS``,
-  ``shift_terminal`` in ``SHIFT_TERMINAL`` (``None``: the class's own last sigma). The model is
-  called at the state's ``sigma`` (``sched.sigmas[i]``: exact, not the truncated integer timestep a
-  pipeline passes).
-* k-diffusion 0.1.1: ``sample_dpmpp_2m``, ``sample_euler``, ``sample_heun``, ``sample_dpm_2`` through
-  the exact change of variables ``sigma = t / (1 - t)``, ``x_kd = x / (1 - t)``, denoiser
-  ``D(x_kd, sigma) = x - t v(x, t)`` at ``t = sigma / (1 + sigma)``, ``x = x_kd / (1 + sigma)``, on
-  ``get_sigmas_karras`` (rho 7) and ``get_sigmas_exponential`` from ``sigma_max`` (``SIGMA_MAX``) to
-  ``sigma_min`` (``SIGMA_MIN``) then 0. ``sigma_max = inf`` (``t = 1``) is not representable: the
-  sampler starts at the finite ``sigma_max`` from ``x_kd = sigma_max x_T``, k-diffusion's own start
-  (the flow state ``t_max x_T`` at ``t_max``: the marginal with ``x_0`` dropped).
-* jaxsde (the model ``jaxsde.Prediction(v, "velocity")``, the final denoising step ``x - t v``
-  counted), flow-matching Euler (``DDIM``), the native Heun (``EDMHeun(variables="native")``), EDM's
-  scaled Heun (``EDMHeun()``: k-diffusion's ``sample_heun``; it cannot start at ``t = 1``),
-  DPM-Solver++ 2M / 3M (``"midpoint"``, diffusers' coefficients, and 3M ``"taylor"``), UniPC-2 /
-  UniPC-3 (``bh2``), the multistep ones with ``lower_order_final`` on and off, on four grid families:
-
-  - ``[flow_grid]``: ``jaxsde.flow.flow_grid(K, shift)`` from ``t = 1`` (``SHIFTS``);
-  - ``[sigmas from t = 1]``: ``t = 1``, then ``K - 1`` Karras / exponential sigmas ``sigma_max ..
-    sigma_min`` as times ``t = sigma / (1 + sigma)`` (:func:`sigma_grid`);
-  - ``[sigmas from sigma_max]``: k-diffusion's own grid, ``K`` sigmas from ``sigma_max``, started at
-    ``t_max = sigma_max / (1 + sigma_max)`` from ``x = sigma(t_max) x_T`` (``FlowSDE.marginal``'s
-    noise scale: k-diffusion's start), the solve's ``t_start`` the grid's first time;
-  - ``[diffusers <class> grid]``: diffusers' exact configuration, ``jaxsde.flow.diffusers_flow_grid``
-    with the scheduler's settings (``denoise_is_last_step=True``, UniPC ``lower_order_final="always"``
-    when diffusers' ``lower_order_final`` is on), one row per diffusers setting.
-
-  The last family and ``Euler`` / ``DPM-Solver++ 2M`` (``lower_order_final=False``) / EDM Heun on
-  ``[sigmas from sigma_max]`` are the peers' algorithms on the peers' grids; the suite measures how
-  far each such pair is apart (``mirror`` in the ``.json``: max ``|x_jaxsde - x_peer|`` over the
-  pairs), so where a peer's setting is the best there is, jaxsde's best ties it by construction.
-
-Budgets: a 1-evaluation-per-step sampler gets ``B`` evaluations (``B - 1`` steps + the final
-denoising step on jaxsde's side; ``B`` sigmas then 0 on diffusers' and k-diffusion's); a
-2-evaluation one (Heun, DPM-2) ``K = (B + 1) // 2`` grid points, ``2K - 1`` NFE (5, 9, 19). NFE
-is counted (model calls), never assumed.
-
-Quality: ``jaxsde.testing.metrics.mode_spread_w2`` against the data law (per mode, location and
-spread in whitened units; count-weighted RMS) with its 30-resample bootstrap sd; its floor is the
-same for ``n`` exact data samples. Secondary, pathwise: per sample the RMS over coordinates of
-``x - x_ref``, ``x_ref`` the flow ODE's map to ``t = 0`` (jaxsde ``ProbabilityFlow`` at ``rtol =
-atol = 1e-10`` in float64 to ``t = 1e-6``, then ``x - t v``), its mean over samples and that mean's
-sd (``std / sqrt(n)``). Selection: every setting once on the selection draws (point values); per
-library, per sampler and per budget the setting with the lowest value is then run on the held-out
-draws, with its sd and wall time. Verdict (held-out): "win" / "loss" where the difference of the
-two libraries' best rows exceeds 2 combined sd (``hypot`` of their sds), else "tie". Wall time: the
-batch, one run after compilation (jaxsde) or the whole loop (the torch peers, whose model calls
-cross from torch to the jitted JAX velocity and back: not a speed comparison).
+The flow ODE of :class:`jaxsde.FlowSDE` with the exact velocity of 8-mode ring mixtures in d = 64 (:data:`TARGETS`:
+component std), every library from the same ``N(0, I)`` draws, float32, one process. Each library's samplers are
+swept over their schedule knobs (:data:`GRIDS`): diffusers' flow schedulers over shift, shift_terminal,
+solver_order and lower_order_final (model called at ``sched.sigmas[i]``); k-diffusion over Karras / exponential
+sigmas through ``sigma = t / (1 - t)``, ``x_kd = x / (1 - t)``, started at ``sigma_max``; jaxsde (the final ``x - t
+v`` step counted) on ``flow_grid`` from t = 1, on those sigmas from t = 1 or from ``sigma_max``, and on diffusers'
+exact grids. A 2-evaluation sampler gets ``(B + 1) // 2`` grid points; NFE is counted. Per library, sampler and
+budget the best setting on the ``--seed`` draws is measured on the ``--seed + 1`` draws: mode-spread W2 with its
+bootstrap sd and floor, mode TV, pathwise error (mean RMS to the float64 flow ODE map, :func:`reference`) and wall;
+verdict "win" / "loss" beyond 2 combined sd, else "tie"; ``mirror``: max |x_jaxsde - x_peer| of the peers'
+algorithms run by jaxsde on the peers' grids. ``--merge`` adds a run's targets and budgets to the stored
+``flow_frontier.json``. Writes ``flow_frontier.{json,md}``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
+import json
+import os
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -81,33 +32,31 @@ from jaxsde.flow import diffusers_flow_grid, flow_grid
 from jaxsde.testing import metrics
 from jaxsde.testing.targets import GaussianMixture
 
+from ..harness.frontier import usable, verdict
 from ..harness.kdiffusion import sampling_module
 from ..harness.problems import exact_target
 from ..harness.samplers import prior
 from ..harness.writer import table
 
 BUDGETS = (5, 10, 20)
-SHIFTS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 6.0)
-SIGMA_MAX = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 1000.0)
-SIGMA_MIN = (0.002, 0.01, 0.03, 0.1, 0.2)
-SHIFT_TERMINAL = (None, 0.002, 0.01, 0.03, 0.1, 0.2)
-SCHEDULES = ("karras", "exponential")
+GRIDS = dict(shifts=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 6.0),
+             sigma_max=(0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 1000.0),
+             sigma_min=(0.002, 0.01, 0.03, 0.1, 0.2), shift_terminal=(None, 0.002, 0.01, 0.03, 0.1, 0.2))
+QUICK_GRIDS = dict(shifts=(0.5, 1.0), sigma_max=(2.0, 80.0), sigma_min=(0.002, 0.1), shift_terminal=(None, 0.1))
 TARGETS = {"ring8": 0.05, "ring8-narrow": 0.01}
 DIM = 64
-KD_SAMPLERS = {"dpmpp_2m": 1, "euler": 1, "heun": 2, "dpm_2": 2}
+KD_SAMPLERS = {"dpmpp_2m": 1, "euler": 1, "heun": 2, "dpm_2": 2}  # name -> model calls per step
 SDE = jaxsde.FlowSDE()
 LIBS = ("jaxsde", "diffusers", "k-diffusion")
-QUICK = dict(n=128, budgets=(5,), shifts=(0.5, 1.0), sigma_max=(2.0, 80.0), sigma_min=(0.002, 0.1),
-             shift_terminal=(None, 0.1), targets=("ring8",))
 
 
 def mixture(name: str, dtype=jnp.float32) -> GaussianMixture:
+    """The 8-mode ring (radius 0.6, key 1234) of :data:`TARGETS` ``[name]``'s component std in d = 64."""
     return GaussianMixture.ring(8, (DIM,), radius=0.6, scale=TARGETS[name], key=jax.random.PRNGKey(1234), dtype=dtype)
 
 
 def kd_sigmas(k: int, schedule: str, sigma_max: float, sigma_min: float) -> np.ndarray:
-    """k-diffusion's ``get_sigmas_karras`` (rho 7) / ``get_sigmas_exponential``: ``k`` sigmas ``sigma_max ..
-    sigma_min`` (without its final 0), float64."""
+    """k-diffusion's ``get_sigmas_karras`` (rho 7) / ``get_sigmas_exponential`` without the final 0, float64."""
     ramp = np.linspace(0.0, 1.0, k)
     if schedule == "karras":
         lo, hi = sigma_min ** (1 / 7), sigma_max ** (1 / 7)
@@ -116,32 +65,27 @@ def kd_sigmas(k: int, schedule: str, sigma_max: float, sigma_min: float) -> np.n
 
 
 def sigma_grid(k: int, schedule: str, sigma_max: float, sigma_min: float, from_t1: bool) -> tuple[float, ...]:
-    """``k`` flow times: with ``from_t1``, 1 then k-diffusion's ``k - 1`` sigmas as times ``t = sigma / (1 + sigma)``
-    (its grid, with a first step out of ``t = 1`` instead of starting at ``sigma_max``); else its ``k`` sigmas."""
+    """``k`` flow times ``t = sigma / (1 + sigma)`` of :func:`kd_sigmas`; ``from_t1``: 1, then ``k - 1`` of them."""
     sig = kd_sigmas(k - 1 if from_t1 else k, schedule, sigma_max, sigma_min)
     times = tuple(float(v) for v in sig / (1.0 + sig))
     return (1.0, *times) if from_t1 else times
 
 
 def grid_points(budget: int, per_step: int) -> int:
-    """The number of grid times (diffusers' ``num_inference_steps``) at budget ``B``."""
     return budget if per_step == 1 else (budget + 1) // 2
 
 
-@dataclasses.dataclass
-class Config:
-    """One setting of one sampler at one budget; ``run(x_T)`` -> ``(x, nfe per sample, failed, wall s)``."""
+class Config(NamedTuple):
+    """One setting of one sampler at one budget; ``run(x_T, timed=False)`` -> ``(x, nfe per sample, failed, wall)``."""
 
     lib: str
     sampler: str
     setting: str
     budget: int
-    run: Callable = dataclasses.field(repr=False)
-    knobs: dict = dataclasses.field(default_factory=dict)
+    run: Callable
     default: bool = False
 
 
-# --- jaxsde ------------------------------------------------------------------------------------------------------
 JAXSDE = {  # name -> (evaluations per step, multistep (takes lower_order_final), (steps, grid, lof) -> solver)
     "Euler (DDIM)": (1, False, lambda k, g, lof: jaxsde.DDIM(k, grid=g)),
     "Heun (native)": (2, False, lambda k, g, lof: jaxsde.EDMHeun(k, variables="native", grid=g)),
@@ -153,41 +97,35 @@ JAXSDE = {  # name -> (evaluations per step, multistep (takes lower_order_final)
     "UniPC-3": (1, True, lambda k, g, lof: jaxsde.UniPC(k, order=3, grid=g, lower_order_final=lof)),
 }
 SCALED_HEUN = "Heun (EDM scaled)"  # only below t = 1
-FROM_T1, FROM_SMAX = "sigmas from t = 1", "sigmas from sigma_max"
 
 
 @jax.jit
 def _jaxsde_solve(mix, solver, x_start):
-    """One program per solver structure and grid length (the grid, the start and the mixture are traced); the solve
-    starts at the grid's first time."""
-    model = jaxsde.Prediction(mix.velocity(SDE), "velocity")
+    """One program per solver structure and grid length (grid, start and mixture traced), from the grid's first time."""
     keys = jax.random.split(jax.random.PRNGKey(0), x_start.shape[0])
-    sol = jaxsde.solve_batch(keys, SDE, model, solver, x_start)
+    sol = jaxsde.solve_batch(keys, SDE, jaxsde.Prediction(mix.velocity(SDE), "velocity"), solver, x_start)
     return sol.x, sol.stats.nfe, sol.result
 
 
-def run_jaxsde(mix, solver, x_start, timed: bool = False):
-    out = jax.block_until_ready(_jaxsde_solve(mix, solver, x_start))  # compiles once per structure
-    wall = float("nan")
-    if timed:
+def jaxsde_config(mix, sampler, setting, budget, solver, scale=1.0) -> Config:
+    """A jaxsde row: ``solver`` from ``scale * x_T``; timed: a second run after the compiling one."""
+
+    def run(x_T, timed=False):
+        x_start = jnp.asarray(scale * np.asarray(x_T))
+        x, nfe, result = jax.block_until_ready(_jaxsde_solve(mix, solver, x_start))
         t0 = time.perf_counter()
-        jax.block_until_ready(_jaxsde_solve(mix, solver, x_start))
-        wall = time.perf_counter() - t0
-    x, nfe, result = out
-    return np.asarray(x), np.asarray(nfe), int(np.sum(np.asarray(result) != 0)), wall
+        if timed:
+            jax.block_until_ready(_jaxsde_solve(mix, solver, x_start))
+        wall = time.perf_counter() - t0 if timed else float("nan")
+        return np.asarray(x), np.asarray(nfe), int(np.sum(np.asarray(result) != 0)), wall
 
-
-def jaxsde_config(mix, sampler, setting, budget, solver, scale=1.0, **knobs) -> Config:
-    """A jaxsde row: ``solver`` from ``scale * x_T`` at its grid's first time."""
-    return Config("jaxsde", sampler, setting, budget,
-                  lambda x_T, timed=False: run_jaxsde(mix, solver, jnp.asarray(scale * np.asarray(x_T)), timed), knobs)
+    return Config("jaxsde", sampler, setting, budget, run)
 
 
 def reference(name: str, x_T) -> np.ndarray:
     """The flow ODE's map of ``x_T`` to ``t = 0`` (float64, Dormand-Prince at 1e-10 to 1e-6, then ``x - t v``)."""
     with jax.enable_x64(True):
-        mix = mixture(name, jnp.float64)
-        model = jaxsde.Prediction(mix.velocity(SDE), "velocity")
+        model = jaxsde.Prediction(mixture(name, jnp.float64).velocity(SDE), "velocity")
         x = jnp.asarray(np.asarray(x_T), jnp.float64)
         keys = jax.random.split(jax.random.PRNGKey(0), x.shape[0])
         sol = jax.jit(lambda x: jaxsde.solve_batch(keys, SDE, model, jaxsde.ProbabilityFlow(rtol=1e-10, atol=1e-10),
@@ -196,19 +134,31 @@ def reference(name: str, x_T) -> np.ndarray:
         return np.asarray(sol.x)
 
 
-# --- the torch peers ---------------------------------------------------------------------------------------------
 class TorchVelocity:
     """The mixture's velocity as torch float32 ``v(x (B, d), t)`` (the jitted JAX function, batched), counting calls."""
 
     def __init__(self, mix):
-        self.fn = jax.jit(jax.vmap(mix.velocity(SDE), in_axes=(0, None)))
-        self.calls = 0
+        self.fn, self.calls = jax.jit(jax.vmap(mix.velocity(SDE), in_axes=(0, None))), 0
 
     def __call__(self, x, t: float):
         import torch
 
         self.calls += 1
         return torch.from_numpy(np.array(self.fn(jnp.asarray(x.numpy()), jnp.float32(t))))
+
+    def loop(self, x_T, body):
+        """``body(torch x_T)`` under ``no_grad`` from zero calls: ``(x, calls per sample, failed, wall s)``; a
+        ``RuntimeError`` (UniPC's linear solve on a singular system) fails every sample."""
+        import torch
+
+        self.calls, t0 = 0, time.perf_counter()
+        x = torch.from_numpy(np.array(x_T, np.float32))
+        try:
+            with torch.no_grad():
+                x, failed = body(x).numpy(), 0
+        except RuntimeError:
+            x, failed = np.full(x.shape, np.nan, np.float32), len(x)
+        return x, np.full(len(x), self.calls), failed, time.perf_counter() - t0
 
 
 DIFFUSERS = {  # row name -> (class, evaluations per step, solver_order)
@@ -222,38 +172,31 @@ DIFFUSERS = {  # row name -> (class, evaluations per step, solver_order)
 DIFFUSERS_DEFAULTS = {"shift": 1.0, "order": 2}  # the classes' defaults (shift / flow_shift 1, solver_order 2)
 
 
-def diffusers_scheduler(cls: str, shift: float, order: int, shift_terminal: float | None, lof: bool):
+def run_diffusers(velocity: TorchVelocity, cls: str, shift: float, order: int, shift_terminal, lof: bool, k: int,
+                  x_T):
+    """diffusers' ``cls`` at these settings (``use_flow_sigmas``, ``flow_prediction``), ``k`` steps."""
     import diffusers
 
     extra = {} if shift_terminal is None else {"shift_terminal": shift_terminal}
     if cls == "FlowMatchEulerDiscreteScheduler":
-        return diffusers.FlowMatchEulerDiscreteScheduler(shift=shift, **extra)
-    if cls == "FlowMatchHeunDiscreteScheduler":
-        return diffusers.FlowMatchHeunDiscreteScheduler(shift=shift)
-    return getattr(diffusers, cls)(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=shift,
-                                   solver_order=order, lower_order_final=lof, **extra)
-
-
-def run_diffusers(velocity: TorchVelocity, cls: str, shift: float, order: int, shift_terminal, lof: bool, k: int,
-                  x_T):
-    import torch
-
-    sched = diffusers_scheduler(cls, shift, order, shift_terminal, lof)
+        sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=shift, **extra)
+    elif cls == "FlowMatchHeunDiscreteScheduler":
+        sched = diffusers.FlowMatchHeunDiscreteScheduler(shift=shift)
+    else:
+        sched = getattr(diffusers, cls)(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=shift,
+                                        solver_order=order, lower_order_final=lof, **extra)
     sched.set_timesteps(k)
-    velocity.calls = 0
-    t0 = time.perf_counter()
-    x = torch.from_numpy(np.array(x_T, np.float32))
-    try:
-        with torch.no_grad():
-            for i, ts in enumerate(sched.timesteps):
-                x = sched.step(velocity(x, float(sched.sigmas[i])), ts, x).prev_sample
-    except RuntimeError:  # e.g. UniPC's torch.linalg.solve on a singular system (two sigmas equal in float32)
-        return np.full(x.shape, np.nan, np.float32), np.full(len(x), velocity.calls), len(x), time.perf_counter() - t0
-    return x.numpy(), np.full(len(x), velocity.calls), 0, time.perf_counter() - t0
+
+    def body(x):
+        for i, ts in enumerate(sched.timesteps):
+            x = sched.step(velocity(x, float(sched.sigmas[i])), ts, x).prev_sample
+        return x
+
+    return velocity.loop(x_T, body)
 
 
 def diffusers_mirror(cls: str, order: int, k: int, grid, lof: bool):
-    """The jaxsde solver that is diffusers' ``cls`` at these settings on its grid ``grid``."""
+    """(jaxsde sampler name, solver) that is diffusers' ``cls`` at these settings on its grid ``grid``."""
     if cls == "FlowMatchEulerDiscreteScheduler":
         return "Euler (DDIM)", jaxsde.DDIM(k - 1, grid=grid)
     if cls == "FlowMatchHeunDiscreteScheduler":
@@ -267,32 +210,31 @@ def diffusers_mirror(cls: str, order: int, k: int, grid, lof: bool):
 
 def run_k_diffusion(ks, velocity: TorchVelocity, sampler: str, schedule: str, sigma_max: float, sigma_min: float,
                     budget: int, x_T):
-    """``sample_<sampler>`` on the flow through ``sigma = t / (1 - t)``, ``x_kd = x / (1 - t)``."""
-    import torch
+    """``sample_<sampler>`` on the flow through ``sigma = t / (1 - t)``, ``x_kd = x / (1 - t)``, from ``sigma_max``."""
 
     def denoiser(x_kd, sigma):
         s = float(sigma.reshape(-1)[0])  # k-diffusion passes the step's sigma for the whole batch
-        t = s / (1.0 + s)
-        x = x_kd / (1.0 + s)
+        t, x = s / (1.0 + s), x_kd / (1.0 + s)
         return x - t * velocity(x, t)
 
-    steps = grid_points(budget, KD_SAMPLERS[sampler])
     make = ks.get_sigmas_karras if schedule == "karras" else ks.get_sigmas_exponential
-    sigmas = make(steps, sigma_min, sigma_max)
-    velocity.calls = 0
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        out = getattr(ks, "sample_" + sampler)(denoiser, sigma_max * torch.from_numpy(np.array(x_T, np.float32)),
-                                               sigmas, disable=True)
-    return out.numpy(), np.full(len(out), velocity.calls), 0, time.perf_counter() - t0
+    sigmas = make(grid_points(budget, KD_SAMPLERS[sampler]), sigma_min, sigma_max)
+    return velocity.loop(x_T, lambda x: getattr(ks, "sample_" + sampler)(denoiser, sigma_max * x, sigmas,
+                                                                         disable=True))
 
 
 KD_MIRROR = {"euler": ("Euler (DDIM)", False), "dpmpp_2m": ("DPM-Solver++ 2M", False), "heun": (SCALED_HEUN, False)}
 
 
-# --- the sweep ---------------------------------------------------------------------------------------------------
 def _g(v) -> str:
     return "None" if v is None else f"{v:g}"
+
+
+def _mirror(mirror: dict, peer: str, x, x_peer, where: str) -> None:
+    dx = float(np.max(np.abs(x - x_peer)))
+    if dx > mirror[peer]:
+        mirror[peer], mirror[peer + " worst"] = dx, where
+    mirror[peer + " pairs"] += 1
 
 
 def sweep(mix, ks, velocity, budget, grids, x_sel, x_ref, mirror) -> tuple[list[Config], list[dict]]:
@@ -301,8 +243,8 @@ def sweep(mix, ks, velocity, budget, grids, x_sel, x_ref, mirror) -> tuple[list[
     configs, rows = [], []
     spread = jax.jit(lambda x: metrics.mode_spread_w2(mix, x))
 
-    def add(cfg, out=None):
-        x, nfe, failed, _ = cfg.run(x_sel) if out is None else out
+    def add(cfg):
+        x, nfe, failed, _ = cfg.run(x_sel)
         ok = bool(np.all(np.isfinite(x)))
         q = float(spread(jnp.asarray(x, jnp.float32))) if ok else float("nan")
         err = float(np.mean(np.sqrt(np.mean((np.asarray(x, np.float64) - x_ref) ** 2, axis=1)))) if ok else np.nan
@@ -312,24 +254,20 @@ def sweep(mix, ks, velocity, budget, grids, x_sel, x_ref, mirror) -> tuple[list[
                          failed=int(failed) + (0 if ok else len(x)), quality=q, path_error=err, default=cfg.default))
         return x
 
-    # jaxsde on flow_grid from t = 1
-    for name, (per_step, multistep, make) in JAXSDE.items():
+    for name, (per_step, multistep, make) in JAXSDE.items():  # jaxsde on flow_grid from t = 1
         k = grid_points(budget, per_step)
         for s, lof in itertools.product(grids["shifts"], (True, False) if multistep else (True,)):
             add(jaxsde_config(mix, f"{name} [flow_grid]", f"flow_grid({k}, shift={s:g})" + ("" if lof else
                               ", lower_order_final=False"), budget, make(k - 1, flow_grid(k, shift=s), lof)))
     # k-diffusion and jaxsde on sigma schedules (jaxsde: from t = 1 and from sigma_max)
-    for schedule, smax, smin in itertools.product(SCHEDULES, grids["sigma_max"], grids["sigma_min"]):
+    for schedule, smax, smin in itertools.product(("karras", "exponential"), grids["sigma_max"], grids["sigma_min"]):
         if smin >= smax:
             continue
-        knob = f"{schedule}, sigma_max {smax:g}, sigma_min {smin:g}"
-        peer = {}
-        for sampler, per_step in KD_SAMPLERS.items():
-            x = add(Config("k-diffusion", f"sample_{sampler}",
-                           f"{grid_points(budget, per_step)} {schedule} sigmas {smax:g} .. {smin:g} then 0", budget,
-                           lambda x_T, timed=False, sampler=sampler, a=(schedule, smax, smin):
-                           run_k_diffusion(ks, velocity, sampler, *a, budget, x_T), dict(knob=knob)))
-            peer[sampler] = x
+        peer = {sampler: add(Config("k-diffusion", f"sample_{sampler}",
+                                    f"{grid_points(budget, per_step)} {schedule} sigmas {smax:g} .. {smin:g} then 0",
+                                    budget, lambda x_T, timed=False, sampler=sampler, a=(schedule, smax, smin):
+                                    run_k_diffusion(ks, velocity, sampler, *a, budget, x_T)))
+                for sampler, per_step in KD_SAMPLERS.items()}
         for name, (per_step, multistep, make) in {**JAXSDE, SCALED_HEUN: (2, False, lambda k, g, lof: jaxsde.EDMHeun(
                 k, grid=g))}.items():
             k = grid_points(budget, per_step)
@@ -338,52 +276,41 @@ def sweep(mix, ks, velocity, budget, grids, x_sel, x_ref, mirror) -> tuple[list[
                     continue
                 g = sigma_grid(k, schedule, smax, smin, from_t1)
                 scale = 1.0 if from_t1 else float(SDE.marginal(g[0])[1])
-                start = FROM_T1 if from_t1 else FROM_SMAX
+                start = "sigmas from t = 1" if from_t1 else "sigmas from sigma_max"
                 setting = (f"t = 1, then {k - 1}" if from_t1 else f"from t = {g[0]:.4g} (x = {scale:.4g} x_T), {k}") + \
                     f" {schedule} sigmas {smax:g} .. {smin:g}" + ("" if lof else ", lower_order_final=False")
-                x = add(jaxsde_config(mix, f"{name} [{start}]", setting, budget, make(k - 1, g, lof), scale,
-                                      knob=knob))
+                x = add(jaxsde_config(mix, f"{name} [{start}]", setting, budget, make(k - 1, g, lof), scale))
                 for sampler, (mname, mlof) in KD_MIRROR.items():
                     if not from_t1 and name == mname and lof == mlof:
-                        dx = float(np.max(np.abs(x - peer[sampler])))
-                        if dx > mirror["k-diffusion"]:
-                            mirror["k-diffusion"], mirror["k-diffusion worst"] = dx, f"sample_{sampler}, {knob}"
-                        mirror["k-diffusion pairs"] += 1
-    # diffusers, and jaxsde on diffusers' grid with diffusers' settings
-    for name, (cls, per_step, order) in DIFFUSERS.items():
+                        _mirror(mirror, "k-diffusion", x, peer[sampler],
+                                f"sample_{sampler}, {schedule}, sigma_max {smax:g}, sigma_min {smin:g}")
+    for name, (cls, per_step, order) in DIFFUSERS.items():  # diffusers, and jaxsde on diffusers' grid and settings
         k = grid_points(budget, per_step)
         terminals = grids["shift_terminal"] if cls in ("FlowMatchEulerDiscreteScheduler",
                                                        "UniPCMultistepScheduler") else (None,)
-        lofs = (True, False) if order > 1 and "Heun" not in cls else (True,)
-        for s, st, lof in itertools.product(grids["shifts"], terminals, lofs):
+        for s, st, lof in itertools.product(grids["shifts"], terminals,
+                                            (True, False) if order > 1 and "Heun" not in cls else (True,)):
             try:
                 grid = diffusers_flow_grid(cls, k, shift=s, shift_terminal=st)
             except ValueError:
                 continue
-            setting = (f"{cls}, num_inference_steps={k}, shift={s:g}"
-                       + ("" if st is None else f", shift_terminal={st:g}")
-                       + ("" if lof else ", lower_order_final=False"))
+            setting = (f"{cls}, num_inference_steps={k}, shift={s:g}" + ("" if st is None else f", shift_terminal="
+                       f"{st:g}") + ("" if lof else ", lower_order_final=False"))
             default = s == DIFFUSERS_DEFAULTS["shift"] and order <= DIFFUSERS_DEFAULTS["order"] and st is None and lof
-            x_peer = add(Config("diffusers", name, setting, budget,
-                                lambda x_T, timed=False, a=(cls, s, order, st, lof, k):
-                                run_diffusers(velocity, *a, x_T), dict(shift=s), default))
+            x_peer = add(Config("diffusers", name, setting, budget, lambda x_T, timed=False, a=(cls, s, order, st, lof,
+                                k): run_diffusers(velocity, *a, x_T), default))
             mname, solver = diffusers_mirror(cls, order, k, grid, lof)
-            x = add(jaxsde_config(mix, f"{mname} [diffusers {name.split(' ')[0]} grid]", setting, budget, solver,
-                                  shift=s))
+            x = add(jaxsde_config(mix, f"{mname} [diffusers {name.split(' ')[0]} grid]", setting, budget, solver))
             if np.all(np.isfinite(x_peer)):
-                dx = float(np.max(np.abs(x - x_peer)))
-                if dx > mirror["diffusers"]:
-                    mirror["diffusers"], mirror["diffusers worst"] = dx, setting
-                mirror["diffusers pairs"] += 1
+                _mirror(mirror, "diffusers", x, x_peer, setting)
             else:
                 mirror["diffusers failed"] += 1
     return configs, rows
 
 
 def evaluate(cfg: Config, target, mix, x_T, x_ref, selection: dict) -> dict:
-    """``cfg`` on the draws ``x_T``: quality with its bootstrap sd, pathwise error with its sd, the mode weights' total
-    variation (a diagnostic: mode-spread W2 does not see the weights), NFE, failures, wall; ``selection`` its point
-    values on the selection draws."""
+    """``cfg`` on the draws ``x_T``: quality with its bootstrap sd, pathwise error with its sd, mode TV, NFE, failures,
+    wall; ``selection`` its point values on the selection draws."""
     x, nfe, failed, wall = cfg.run(x_T, timed=True)
     x = np.asarray(x, np.float64)
     ok = bool(np.all(np.isfinite(x)))
@@ -397,34 +324,25 @@ def evaluate(cfg: Config, target, mix, x_T, x_ref, selection: dict) -> dict:
                 selection_path_error=selection["path_error"])
 
 
-def _ok(r, field):
-    return r["failed"] == 0 and r["mean_nfe"] <= r["budget"] and np.isfinite(r[field])
-
-
 def _argbest(rows, idx, field):
-    idx = [i for i in idx if _ok(rows[i], field)]
-    return min(idx, key=lambda i: rows[i][field]) if idx else None
+    return min((i for i in idx if usable(rows[i], field)), key=lambda i: rows[i][field], default=None)
 
 
-# --- the suite ---------------------------------------------------------------------------------------------------
 def arguments(parser):
     parser.add_argument("--n", type=int, default=1000, help="samples per draw set (selection and held out)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="the selection draws' seed (jaxsde's prior draws of that seed); held out: seed + 1")
+    parser.add_argument("--seed", type=int, default=0, help="the selection draws' seed (held out: seed + 1)")
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated subset of {', '.join(TARGETS)}")
     parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)), help="comma-separated NFE budgets")
-    parser.add_argument("--merge", action="store_true",
-                        help="add this run's targets and budgets to the stored flow_frontier.json of the same --n, "
-                             "--seed and grids (a full run in pieces); the results then list every command")
-    parser.add_argument("--quick", action="store_true",
-                        help="128 samples, 5 NFE, ring8 only, two values of each knob (the smoke test)")
+    parser.add_argument("--merge", action="store_true", help="add this run's targets and budgets to the stored "
+                        "flow_frontier.json of the same --n, --seed and grids (a full run in pieces)")
+    parser.add_argument("--quick", action="store_true", help="128 samples, 5 NFE, ring8, two values of each knob")
 
 
 def run(args, ctx):
     import torch
 
     torch.set_num_threads(2)
-    names = tuple(args.targets.split(","))
+    names, grids, n = tuple(args.targets.split(",")), GRIDS, args.n
     try:
         budgets = tuple(int(b) for b in args.budgets.split(","))
     except ValueError:
@@ -433,13 +351,9 @@ def run(args, ctx):
         ctx.error(f"unknown target(s) {unknown}; choose from {list(TARGETS)}")
     if any(b < 3 for b in budgets):
         ctx.error("every budget must be >= 3 NFE")
-    grids = dict(shifts=SHIFTS, sigma_max=SIGMA_MAX, sigma_min=SIGMA_MIN, shift_terminal=SHIFT_TERMINAL)
-    n = args.n
     if args.quick:
-        n, budgets, names = QUICK["n"], QUICK["budgets"], QUICK["targets"]
-        grids = {k: QUICK[k] for k in grids}
-    ks = sampling_module()
-    if ks is None:
+        n, budgets, names, grids = 128, (5,), ("ring8",), QUICK_GRIDS
+    if (ks := sampling_module()) is None:
         ctx.error("k-diffusion is not installed (pip install --no-deps k-diffusion==0.1.1.post1)")
     results = {}
     for tname in names:
@@ -451,9 +365,7 @@ def run(args, ctx):
         ref_sel, ref_held = reference(tname, x_sel), reference(tname, x_held)
         exact = np.asarray(mix.sample(jax.random.PRNGKey(args.seed + 17), n))
         floor_q, floor_sd = target.quality(exact)
-        floor_tv = float(metrics.mode_weight_tv(mix, exact))
-        velocity = TorchVelocity(mix)
-        per_budget = {}
+        velocity, per_budget = TorchVelocity(mix), {}
         for b in budgets:
             t0 = time.perf_counter()
             mirror = {"diffusers": 0.0, "diffusers worst": "", "diffusers pairs": 0, "diffusers failed": 0,
@@ -462,8 +374,8 @@ def run(args, ctx):
             chosen = {}  # config index -> the roles it is chosen for
             for fld in ("quality", "path_error"):
                 for lib in LIBS:
-                    chosen.setdefault(_argbest(rows, [i for i, r in enumerate(rows) if r["lib"] == lib], fld),
-                                      []).append(f"best {lib} {fld}")
+                    idx = [i for i, r in enumerate(rows) if r["lib"] == lib]
+                    chosen.setdefault(_argbest(rows, idx, fld), []).append(f"best {lib} {fld}")
                 defaults = [i for i, r in enumerate(rows) if r["lib"] == "diffusers" and r["default"]]
                 chosen.setdefault(_argbest(rows, defaults, fld), []).append(f"best diffusers (defaults) {fld}")
             for key in dict.fromkeys((r["lib"], r["sampler"]) for r in rows):
@@ -477,13 +389,12 @@ def run(args, ctx):
                                       seconds=time.perf_counter() - t0)
             print(f"  {tname} {b} NFE: {len(rows)} settings, held out best " + ", ".join(
                 f"{lib} {r['quality']:.4f} ± {r['sd']:.4f} ({r['sampler']}, {r['setting']})" for lib in LIBS
-                if (r := _role(held, b, f"best {lib} quality"))) + f"; mirror {mirror}; "
-                f"{time.perf_counter() - t0:.0f} s", flush=True)
-        results[tname] = dict(scale=TARGETS[tname], floor=floor_q, floor_sd=floor_sd, floor_tv=floor_tv,
-                               budgets=per_budget)
+                if (r := _role(held, b, f"best {lib} quality"))) + f"; mirror {mirror}", flush=True)
+        results[tname] = dict(scale=TARGETS[tname], floor=floor_q, floor_sd=floor_sd,
+                              floor_tv=float(metrics.mode_weight_tv(mix, exact)), budgets=per_budget)
     data = dict(n=n, seed=args.seed, dim=DIM, grids=grids, targets=results, commands=[ctx.command])
-    if args.merge:
-        data = merge(ctx.path("flow_frontier", "json"), data, ctx)
+    if args.merge and os.path.exists(path := ctx.path("flow_frontier", "json")):
+        data = merge(path, data, ctx)
     data["command"] = " && ".join(data["commands"])
     ctx.save("flow_frontier", data)
 
@@ -491,11 +402,6 @@ def run(args, ctx):
 def merge(path: str, new: dict, ctx) -> dict:
     """``new``'s targets and budgets added to the results stored at ``path`` (replacing the same target and
     budget); the runs must share ``n``, ``seed`` and the knob grids."""
-    import json
-    import os
-
-    if not os.path.exists(path):
-        return new
     with open(path) as f:
         old = json.load(f)
     same = json.loads(json.dumps({k: new[k] for k in ("n", "seed", "dim", "grids")}))
@@ -513,16 +419,7 @@ def merge(path: str, new: dict, ctx) -> dict:
 
 
 def _role(rows, budget, role):
-    found = [r for r in rows if r["budget"] == budget and role in r["roles"]]
-    return found[0] if found else None
-
-
-def verdict(j, p, field, sd_field):
-    """jaxsde's best ``j`` vs a peer's best ``p`` on ``field`` (lower is better), in combined sds."""
-    diff = p[field] - j[field]
-    sd = float(np.hypot(j[sd_field], p[sd_field]))
-    word = "win" if diff > 2 * sd else "loss" if diff < -2 * sd else "tie"
-    return dict(diff=diff, combined_sd=sd, verdict=word)
+    return next((r for r in rows if r["budget"] == budget and role in r["roles"]), None)
 
 
 def summarize(rows, b):
@@ -534,26 +431,24 @@ def summarize(rows, b):
         best = {lib: _role(rows, b, f"best {lib} {fld}") for lib in (*LIBS, "diffusers (defaults)")}
         e = {lib: r and {k: r[k] for k in keep} for lib, r in best.items()}
         for peer in ("diffusers", "diffusers (defaults)", "k-diffusion"):
-            if best["jaxsde"] and best[peer] and _ok(best["jaxsde"], fld) and _ok(best[peer], fld):
+            if best["jaxsde"] and best[peer] and usable(best["jaxsde"], fld) and usable(best[peer], fld):
                 e["vs " + peer] = verdict(best["jaxsde"], best[peer], fld, sd_field)
         out[fld] = e
     return out
 
 
-# --- the report --------------------------------------------------------------------------------------------------
 def _q(r, field="quality", sd="sd"):
     return "-" if r is None else f"{r[field]:.4f} ± {r[sd]:.4f}" if field == "quality" else \
         f"{r[field]:.2e} ± {r[sd]:.0e}"
 
 
-def _budgets(data):
-    return sorted({int(b) for res in data["targets"].values() for b in res["budgets"]})
+def _verdicts(e, peers):
+    return [e[k]["verdict"] if k in e else "-" for k in peers]
 
 
 def render(data):
-    g = data["grids"]
-    budgets = _budgets(data)
-    commands = data.get("commands", [data["command"]])
+    g, commands = data["grids"], data.get("commands", [data["command"]])
+    budgets = sorted({int(b) for res in data["targets"].values() for b in res["budgets"]})
     lines = ["# Fixed-budget sampling of flow models: jaxsde vs diffusers vs k-diffusion", "",
              "Reproduce: " + (f"`{commands[0]}`" if len(commands) == 1 else "the runs " + ", then ".join(
                  f"`{c}`" for c in commands) + " (one run in pieces, each held under 12 minutes; `--merge` adds a "
@@ -587,65 +482,51 @@ def render(data):
              "no shift_terminal). Wall: the batch (jaxsde: one compiled run; the peers' loops call the jitted JAX "
              "velocity through torch, so their wall is not a speed comparison).", "",
              "## Summary: best per library (mode-spread W2, held-out draws)", ""]
-    body = []
-    for tname, res in data["targets"].items():
-        for b, part in res["budgets"].items():
-            e = part["summary"]["quality"]
-            body.append([tname, b, *(_q(e[lib]) for lib in ("jaxsde", "diffusers", "k-diffusion")),
-                         *(e[k]["verdict"] if k in e else "-" for k in ("vs diffusers", "vs k-diffusion")),
-                         e["jaxsde"]["sampler"] if e["jaxsde"] else "-"])
     lines += table(["target", "NFE", "jaxsde", "diffusers", "k-diffusion", "vs diffusers", "vs k-diffusion",
-                    "jaxsde's best sampler"], body) + [""]
+                    "jaxsde's best sampler"],
+                   [[tname, b, *(_q(e[lib]) for lib in LIBS), *_verdicts(e, ("vs diffusers", "vs k-diffusion")),
+                     e["jaxsde"]["sampler"] if e["jaxsde"] else "-"]
+                    for tname, res in data["targets"].items() for b, part in res["budgets"].items()
+                    for e in [part["summary"]["quality"]]]) + [""]
     for tname, res in data["targets"].items():
         parts = res["budgets"]
-        rows = [r for part in parts.values() for r in part["rows"]]
         lines += [f"## {tname} (component std {res['scale']})", "",
                   f"Floor (n exact data samples): {res['floor']:.4f} ± {res['floor_sd']:.4f}; their mode weights' "
-                  f"total variation from the mixture's: {res['floor_tv']:.3f}.", ""]
-        body = []
-        for b, part in parts.items():
-            m = part["mirror"]
-            body.append([b, *(part["settings"][lib] for lib in LIBS), f"{m['diffusers']:.1e} ({m['diffusers pairs']})",
-                         m["diffusers failed"], f"{m['k-diffusion']:.1e} ({m['k-diffusion pairs']})",
-                         f"{part['seconds']:.0f}"])
-        lines += ["Settings run per budget, and the mirror pairs (the peer's algorithm on the peer's grid run by "
+                  f"total variation from the mixture's: {res['floor_tv']:.3f}.", "",
+                  "Settings run per budget, and the mirror pairs (the peer's algorithm on the peer's grid run by "
                   "jaxsde, on the selection draws: max |x_jaxsde - x_peer| over the pairs, float32 samples of norm "
                   "~0.6 in the ring's plane; diffusers failed: settings where diffusers' own loop raised, UniPC's "
                   "linear solve on a singular system, counted as failed rows):", ""]
         lines += table(["NFE", "jaxsde settings", "diffusers settings", "k-diffusion settings",
                         "diffusers mirror max dx (pairs)", "diffusers failed", "k-diffusion mirror max dx (pairs)",
-                        "seconds"], body) + [""]
+                        "seconds"],
+                       [[b, *(part["settings"][lib] for lib in LIBS), f"{m['diffusers']:.1e} ({m['diffusers pairs']})",
+                         m["diffusers failed"], f"{m['k-diffusion']:.1e} ({m['k-diffusion pairs']})",
+                         f"{part['seconds']:.0f}"] for b, part in parts.items() for m in [part["mirror"]]]) + [""]
         lines += ["Largest mirror differences at: " + "; ".join(
             f"{b} NFE: {part['mirror'].get('diffusers worst', '?')} / {part['mirror'].get('k-diffusion worst', '?')}"
             for b, part in parts.items()) + ".", ""]
-        for fld, title in (("quality", "mode-spread W2"), ("path_error", "pathwise error")):
+        for fld, title, sd in (("quality", "mode-spread W2", "sd"), ("path_error", "pathwise error", "path_sd")):
+            def cell(r, fld=fld, sd=sd):
+                return "-" if r is None else f"{_q(r, fld, sd)} ({r['sampler']}, {r['setting']}; NFE " \
+                                             f"{r['mean_nfe']:g}; mode TV {r['mode_tv']:.3f})"
+
             lines += [f"### Best per library: {title} (held-out draws)", ""]
-            body = []
-            for b, part in parts.items():
-                e = part["summary"][fld]
-                sd = "sd" if fld == "quality" else "path_sd"
-
-                def cell(r, fld=fld, sd=sd):
-                    return "-" if r is None else f"{_q(r, fld, sd)} ({r['sampler']}, {r['setting']}; NFE " \
-                                                 f"{r['mean_nfe']:g}; mode TV {r['mode_tv']:.3f})"
-
-                body.append([b, cell(e["jaxsde"]), cell(e["diffusers"]), cell(e["diffusers (defaults)"]),
-                             cell(e["k-diffusion"]),
-                             *(e[k]["verdict"] if k in e else "-" for k in ("vs diffusers", "vs diffusers (defaults)",
-                                                                           "vs k-diffusion"))])
             lines += table(["NFE", "jaxsde best", "diffusers best", "diffusers at defaults", "k-diffusion best",
-                            "vs diffusers", "vs diffusers defaults", "vs k-diffusion"], body) + [""]
+                            "vs diffusers", "vs diffusers defaults", "vs k-diffusion"],
+                           [[b, *(cell(e[lib]) for lib in ("jaxsde", "diffusers", "diffusers (defaults)",
+                                                          "k-diffusion")),
+                             *_verdicts(e, ("vs diffusers", "vs diffusers (defaults)", "vs k-diffusion"))]
+                            for b, part in parts.items() for e in [part["summary"][fld]]]) + [""]
         lines += ["### Every sampler at its best setting (chosen on the selection draws; mode-spread W2 on the "
                   "held-out draws)", ""]
+        rows = [r for part in parts.values() for r in part["rows"]]
         body = []
         for lib, sampler in sorted(dict.fromkeys((r["lib"], r["sampler"]) for r in rows),
                                    key=lambda ls: (LIBS.index(ls[0]), ls[1])):
-            cells = []
-            for b in parts:
-                rs = [r for r in parts[b]["rows"] if r["lib"] == lib and r["sampler"] == sampler
-                      and "best of its sampler" in r["roles"]]
-                cells.append("-" if not rs else f"{_q(rs[0])} ({rs[0]['setting']}; NFE {rs[0]['mean_nfe']:g}, "
-                             f"{rs[0]['wall_s'] * 1e3:.0f} ms)")
-            body.append([lib, sampler, *cells])
+            rs = {b: next((r for r in part["rows"] if r["lib"] == lib and r["sampler"] == sampler
+                           and "best of its sampler" in r["roles"]), None) for b, part in parts.items()}
+            body.append([lib, sampler, *("-" if r is None else f"{_q(r)} ({r['setting']}; NFE {r['mean_nfe']:g}, "
+                                         f"{r['wall_s'] * 1e3:.0f} ms)" for r in rs.values())])
         lines += table(["library", "sampler", *(f"{b} NFE" for b in parts)], body) + [""]
     return "\n".join(lines)
