@@ -1,9 +1,10 @@
 """Quick quality check of the class-conditional "digits-cond" model, unguided, and of the noisy classifier.
 
-Per label c: ``n`` samples with ``EulerMaruyama(steps)`` at the fixed label (key ``PRNGKey(c)``), accuracy under the
-clean FD-digits classifier and per-class FD-digits (floor: the ~36 held-out digits of class c); pooled FD-digits
-of the ``10 n`` samples; references with the same solver: digits-cond's null class and "digits-medium" (keys
-``PRNGKey(100 + k)``). Then the noisy classifier's held-out accuracy at a few ``t``.
+Per label c: ``--n`` samples with ``EulerMaruyama(--steps)`` at the fixed label (key ``PRNGKey(c)``), accuracy under
+the clean FD-digits classifier and per-class FD-digits (floor: the held-out digits of class c); pooled FD-digits;
+references with the same solver: the null class and "digits-medium" (keys ``PRNGKey(100 + k)``). Then the noisy
+classifier's held-out accuracy at a few ``t``, next to the training set's exact posterior. Writes
+``digits_cond_check.{json,md}``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from jaxsde.checkpoints.embedded import noisy_classifier
 from jaxsde.data import load_digits
 from jaxsde.testing.metrics.digits import DigitsMetrics
 from jaxsde.training import NOISY_CLASSIFIER_EVAL_TIMES, noisy_classifier_accuracy
+
+from ..harness.writer import table
 
 
 def sampler(ckpt, solver, n: int, conditional: bool):
@@ -61,13 +64,9 @@ def arguments(parser):
 
 
 def run(args, ctx):
-    ckpt = jaxsde.pretrained("digits-cond")
-    solver = jaxsde.EulerMaruyama(args.steps)
-    metrics = DigitsMetrics()
-    train_labels = load_digits("train").labels
-    test = load_digits("test", (0.0, 1.0))
+    ckpt, solver, metrics = jaxsde.pretrained("digits-cond"), jaxsde.EulerMaruyama(args.steps), DigitsMetrics()
+    train_labels, test = load_digits("train").labels, load_digits("test", (0.0, 1.0))
     t0 = time.perf_counter()
-
     cond = sampler(ckpt, solver, args.n, conditional=True)
     rows, xs, fails = [], [], 0
     for c in range(10):
@@ -82,31 +81,28 @@ def run(args, ctx):
                          n_floor=int(np.sum(test.labels == c))))
         print(f"label {c}: accuracy {acc:.3f}  per-class FD {rows[-1]['fd_class']:.2f} (floor {floor:.2f})",
               flush=True)
-    pooled = metrics.report(np.concatenate(xs), ckpt.data_range)
-
-    null_report = metrics.report(np.concatenate([cond(int(ckpt.null_cond), 100 + k)[0] for k in range(10)]),
-                                 ckpt.data_range)
     medium = jaxsde.pretrained("digits-medium")
     unc = sampler(medium, solver, args.n, conditional=False)
-    medium_report = metrics.report(np.concatenate([unc(0, 100 + k)[0] for k in range(10)]), medium.data_range)
-    wall = time.perf_counter() - t0
-
-    clf = noisy_classifier()
-    clf_acc = {t: noisy_classifier_accuracy(clf, t) for t in NOISY_CLASSIFIER_EVAL_TIMES}
-    bayes_acc = {t: posterior_accuracy(clf.sde, t) for t in NOISY_CLASSIFIER_EVAL_TIMES}
-
+    reports = dict(pooled=metrics.report(np.concatenate(xs), ckpt.data_range),
+                   null_class=metrics.report(np.concatenate([cond(int(ckpt.null_cond), 100 + k)[0]
+                                                             for k in range(10)]), ckpt.data_range),
+                   digits_medium=metrics.report(np.concatenate([unc(0, 100 + k)[0] for k in range(10)]),
+                                                medium.data_range))
+    wall, clf = time.perf_counter() - t0, noisy_classifier()
     ctx.save("digits_cond_check", dict(
         date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"), device=str(jax.devices()[0]),
         solver=f"EulerMaruyama({args.steps})", n_per_label=args.n, failures=fails, per_label=rows,
-        mean_accuracy=float(np.mean([r["accuracy"] for r in rows])), pooled=pooled, null_class=null_report,
-        digits_medium=medium_report, noisy_classifier_accuracy={str(t): a for t, a in clf_acc.items()},
-        empirical_posterior_accuracy={str(t): a for t, a in bayes_acc.items()}, sampling_wall_s=wall,
-        train_config=ckpt.config))
+        mean_accuracy=float(np.mean([r["accuracy"] for r in rows])), **reports,
+        noisy_classifier_accuracy={str(t): noisy_classifier_accuracy(clf, t) for t in NOISY_CLASSIFIER_EVAL_TIMES},
+        empirical_posterior_accuracy={str(t): posterior_accuracy(clf.sde, t) for t in NOISY_CLASSIFIER_EVAL_TIMES},
+        sampling_wall_s=wall, train_config=ckpt.config))
 
 
 def render(result: dict) -> str:
     rows, pooled, cfg, n = result["per_label"], result["pooled"], result["train_config"], result["n_per_label"]
     clf_acc, bayes_acc = result["noisy_classifier_accuracy"], result["empirical_posterior_accuracy"]
+    reports = {"digits-cond, labels 0..9 pooled": pooled, "digits-cond, null class (unconditional)":
+               result["null_class"], "digits-medium (unconditional model)": result["digits_medium"]}
     lines = [
         "# digits-cond: unguided quality check", "",
         f"`{result['command']}` ({result['date']}, {result['device']}, sampling {result['sampling_wall_s']:.0f} "
@@ -117,27 +113,21 @@ def render(result: dict) -> str:
         "shipped clean FD-digits classifier assigns to the requested label. Per-class FD: the samples of a label "
         "against the training digits of that class (the floor: that class's held-out digits, n as listed, "
         "biased up by their small n).", "",
-        "| label | accuracy | per-class FD | floor (n) |", "|---|---|---|---|"]
-    lines += [f"| {r['label']} | {r['accuracy']:.3f} | {r['fd_class']:.2f} | {r['fd_class_floor']:.2f} "
-              f"({r['n_floor']}) |" for r in rows]
-    lines += [
+        *table(["label", "accuracy", "per-class FD", "floor (n)"],
+               [[r["label"], f"{r['accuracy']:.3f}", f"{r['fd_class']:.2f}",
+                 f"{r['fd_class_floor']:.2f} ({r['n_floor']})"] for r in rows]),
         f"| mean | {result['mean_accuracy']:.3f} | {np.mean([r['fd_class'] for r in rows]):.2f} | |", "",
         f"Overall FD-digits (n = {10 * n} against the 1438 training digits; real-vs-real floor at n = "
         f"{pooled['n_floor']}: {pooled['fd_floor']:.2f}):", "",
-        "| samples | FD-digits | KID | class TV | confident |", "|---|---|---|---|---|"]
-    for name, rep in (("digits-cond, labels 0..9 pooled", pooled),
-                      ("digits-cond, null class (unconditional)", result["null_class"]),
-                      ("digits-medium (unconditional model)", result["digits_medium"])):
-        lines.append(f"| {name} | {rep['fd']:.2f} | {rep['kid']:.4f} | {rep['class_tv']:.3f} | "
-                     f"{rep['confident']:.3f} |")
-    lines += ["", "Noisy classifier (`jaxsde.checkpoints.embedded.noisy_classifier()`), held-out accuracy on the "
-              "359 test digits noised to time t (4 noise draws each):", "",
-              "| t | " + " | ".join(str(t) for t in clf_acc) + " |",
-              "|---|" + "---|" * len(clf_acc),
-              "| noisy classifier | " + " | ".join(f"{a:.3f}" for a in clf_acc.values()) + " |",
-              "| exact posterior of the training set (reference) | "
-              + " | ".join(f"{a:.3f}" for a in bayes_acc.values()) + " |", "",
-              "The reference classifies by `p(c | x_t)` under the empirical distribution of the 1438 training "
-              "digits (4 other noise draws): the accuracy the training set itself supports at each t, the noise "
-              "erasing the class as t grows.", ""]
+        *table(["samples", "FD-digits", "KID", "class TV", "confident"],
+               [[name, f"{r['fd']:.2f}", f"{r['kid']:.4f}", f"{r['class_tv']:.3f}", f"{r['confident']:.3f}"]
+                for name, r in reports.items()]),
+        "", "Noisy classifier (`jaxsde.checkpoints.embedded.noisy_classifier()`), held-out accuracy on the "
+        "359 test digits noised to time t (4 noise draws each):", "",
+        *table(["t", *clf_acc], [["noisy classifier", *(f"{a:.3f}" for a in clf_acc.values())],
+                                 ["exact posterior of the training set (reference)",
+                                  *(f"{a:.3f}" for a in bayes_acc.values())]]), "",
+        "The reference classifies by `p(c | x_t)` under the empirical distribution of the 1438 training "
+        "digits (4 other noise draws): the accuracy the training set itself supports at each t, the noise "
+        "erasing the class as t grows.", ""]
     return "\n".join(lines)
