@@ -1,9 +1,10 @@
 """Bits/dim of the held-out digits under the embedded models (``jaxsde likelihood``), with a check of
 the Hutchinson estimate against the exact divergence on a subset.
 
-``jaxsde.apps.likelihood_job.run_likelihood`` (the CLI's defaults: Hutchinson, 4 probes, rtol = atol = 1e-4) on the
-first ``n`` held-out digits, uniformly dequantized; then the first ``exact_n`` with the exact divergence at 1e-5 and
-the same noise: their difference (and its standard error) is the Hutchinson and tolerance error.
+``jaxsde.apps.likelihood_job.run_likelihood`` at the CLI's defaults (Hutchinson, 4 probes, tolerance 1e-4) on the
+first ``--n`` held-out digits, uniformly dequantized, then on the first ``--exact-n`` with the exact divergence at
+1e-5 and the same noise: their paired difference is the Hutchinson and tolerance error. Writes
+``likelihood_digits.{json,md}`` and a histogram per model.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import numpy as np
 
 from jaxsde.apps.likelihood_job import run_likelihood
 
-from ..harness.machine import describe, machine_info
+from ..harness.machine import describe
+from ..harness.writer import table
 
 
 def arguments(parser):
@@ -40,7 +42,7 @@ def run(args, ctx):
               f"{main_run['mean_nfe']:.1f}, {main_run['wall_s']:.0f} s); exact on {args.exact_n}: "
               f"{exact['bits_per_dim']:.4f} (NFE {exact['mean_nfe']:.1f}, {exact['wall_s']:.0f} s); paired diff "
               f"{check['mean_diff']:+.4f} +- {check['diff_se']:.4f}", flush=True)
-    ctx.save("likelihood_digits", dict(machine=machine_info(), reports=reports))
+    ctx.save("likelihood_digits", dict(reports=reports))
 
 
 def render(data: dict) -> str:
@@ -51,17 +53,12 @@ def render(data: dict) -> str:
              f"its 17 cells (`jaxsde.dequantize`, levels = 17) and its log-density converted with "
              f"`jaxsde.bits_per_dim` (uniform noise: log2(17) = {math.log2(17):.3f} bits/dim). Standard errors are "
              f"over the digits (dequantization and probe noise included).", "",
-             "| model | bits/dim +- se | n | divergence | tol | mean NFE | max NFE | failed | wall s |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in reports:
-        for run in (r["main"], r["exact"]):
-            probes = f"hutchinson, K = {run['num_probes']}" if run["divergence"] == "hutchinson" else run["divergence"]
-            lines.append(f"| {r['model']} | {run['bits_per_dim']:.4f} +- {run['std_err']:.4f} | {run['n']} | "
-                         f"{probes} | {run['rtol']:g} | {run['mean_nfe']:.1f} | {run['max_nfe']} | "
-                         f"{run['num_failed']} | {run['wall_s']:.0f} |")
-    lines += ["", "Hutchinson (K = 4, tol 1e-4) minus exact (tol 1e-5) on the same dequantized digits, paired:"]
-    for r in reports:
-        c = r["check"]
-        lines.append(f"- {r['model']}: {c['mean_diff']:+.4f} +- {c['diff_se']:.4f} bits/dim over {c['n']} digits")
-    lines += [""] + [f"![{r['model']}]({r['hist']})" for r in reports]
+             *table(["model", "bits/dim +- se", "n", "divergence", "tol", "mean NFE", "max NFE", "failed", "wall s"],
+                    [[r["model"], f"{x['bits_per_dim']:.4f} +- {x['std_err']:.4f}", x["n"],
+                      f"hutchinson, K = {x['num_probes']}" if x["divergence"] == "hutchinson" else x["divergence"],
+                      f"{x['rtol']:g}", f"{x['mean_nfe']:.1f}", x["max_nfe"], x["num_failed"], f"{x['wall_s']:.0f}"]
+                     for r in reports for x in (r["main"], r["exact"])]),
+             "", "Hutchinson (K = 4, tol 1e-4) minus exact (tol 1e-5) on the same dequantized digits, paired:",
+             *(f"- {r['model']}: {c['mean_diff']:+.4f} +- {c['diff_se']:.4f} bits/dim over {c['n']} digits"
+               for r in reports for c in [r["check"]]), "", *(f"![{r['model']}]({r['hist']})" for r in reports)]
     return "\n".join(lines)
