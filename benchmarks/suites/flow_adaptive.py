@@ -1,15 +1,12 @@
 """Adaptive, error-controlled sampling of flow models from t = 1: jaxsde against diffrax, in one process.
 
-The flow ODE of :class:`jaxsde.FlowSDE` with the exact velocity of two 8-mode mixtures in d = 64 (``ring8``, std
-0.05; ``ring8-narrow``, std 0.01) or (``--digits``: ``flow_adaptive_digits``) the velocity network of
-``jaxsde.pretrained("digits-flow")``, from the same ``N(0, I)`` draws at ``t = 1`` to ``T_END`` (no final denoising
-step), per-sample steps on both sides. jaxsde: ``ProbabilityFlow``, ``AdaptiveDPMSolver`` and
-``AdaptiveMultistepSolver`` (orders 2, 3) on ``jaxsde.Prediction(v, "velocity")``; diffrax: ``Tsit5`` / ``Dopri5`` +
-``PIDController(rtol=tol, atol=tol)`` on ``dx/dtau = -v(x, 1 - tau)``, ``ForwardMode``. Each side's tolerance is a
-traced sweep (one program per solver). Error: per sample the RMS over coordinates of ``x - x_ref``, averaged, with
-``x_ref`` from float64 diffrax ``Dopri8`` at 1e-10 (digits-flow: 1e-8, plus its distance to the same solve at 10x
-the tolerance); the solves run in float32. Matched quality: per error threshold, each solver's fewest mean NFE.
-Wall: compiled, warmed up, median of ``--rounds`` interleaved rounds.
+The flow ODE of :class:`jaxsde.FlowSDE` with the exact velocity of the flow_frontier suite's 8-mode mixtures in
+d = 64 or (``--digits``) the velocity network of ``jaxsde.pretrained("digits-flow")``, from the same ``N(0, I)``
+draws at ``t = 1`` to ``T_END``, no final denoising, float32, per-sample steps: the :data:`JAXSDE` solvers against
+:data:`DIFFRAX` with ``PIDController(rtol=tol, atol=tol)`` on ``dx/dtau = -v(x, 1 - tau)``, each a traced tolerance
+sweep. Error: mean over samples of the RMS of ``x - x_ref``, ``x_ref`` from float64 diffrax ``Dopri8`` (1e-10;
+digits-flow 1e-8, with its distance to the same solve at 10x). Matched quality: per error threshold, each solver's
+fewest mean NFE. Wall: median of ``--rounds`` interleaved rounds. Writes ``flow_adaptive[_digits].{json,md}``.
 """
 
 from __future__ import annotations
@@ -23,17 +20,15 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxsde
-from jaxsde.testing.targets import GaussianMixture
 
 from ..harness.timing import interleaved
 from ..harness.writer import table
+from .flow_frontier import DIM, TARGETS, mixture
 
 T_END = 1e-3
 JAXSDE_TOLS = (3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6)
 PF_TOLS = (1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6, 1e-7)
 THRESHOLDS = (1e-2, 1e-3, 1e-4, 1e-5)
-TARGETS = {"ring8": 0.05, "ring8-narrow": 0.01}
-DIM = 64
 
 JAXSDE = {  # name -> solver of a traced tolerance
     "jaxsde ProbabilityFlow (dopri5, time)": lambda tol: jaxsde.ProbabilityFlow(rtol=tol, atol=tol),
@@ -53,10 +48,6 @@ DIGITS_THRESHOLDS = (1e-2, 3e-3, 1e-3)
 DIGITS_REFERENCE_TOL = 1e-8
 
 
-def target(name: str, dtype) -> GaussianMixture:
-    return GaussianMixture.ring(8, (DIM,), radius=0.6, scale=TARGETS[name], key=jax.random.PRNGKey(1234), dtype=dtype)
-
-
 def velocities(name: str):
     """``(shape, v32, v64)``: one sample's shape and the velocity ``v(x, t)`` of ONE sample for the
     float32 solves and the float64 reference."""
@@ -65,7 +56,7 @@ def velocities(name: str):
         params64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), ckpt.params)
         return ckpt.shape, ckpt.score_fn(ckpt.params).fn, ckpt.score_fn(params64).fn
     sde = jaxsde.FlowSDE()
-    return (DIM,), target(name, jnp.float32).velocity(sde), target(name, jnp.float64).velocity(sde)
+    return (DIM,), mixture(name, jnp.float32).velocity(sde), mixture(name, jnp.float64).velocity(sde)
 
 
 def diffrax_program(cls, velocity, max_steps: int):
@@ -95,26 +86,20 @@ def jaxsde_program(make, model):
 
 
 def arguments(parser):
-    parser.add_argument("--n", type=int, default=None,
-                        help="samples (the same N(0, I) draws for every solver; default 512, --digits 32)")
-    parser.add_argument("--rounds", type=int, default=None,
-                        help="interleaved timing rounds (median reported; default 7, --digits 2)")
+    parser.add_argument("--n", type=int, default=None, help="samples (default 512, --digits 32)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 7, --digits 2)")
     parser.add_argument("--quick", action="store_true", help="64 samples (--digits: 16), 2 rounds, one target")
-    parser.add_argument("--digits", action="store_true",
-                        help="the embedded digits-flow model instead of the mixtures (results: flow_adaptive_digits)")
+    parser.add_argument("--digits", action="store_true", help="the embedded digits-flow model, not the mixtures")
 
 
 def run(args, ctx):
     jax.config.update("jax_enable_x64", True)  # the reference only; every timed solve is float32
-    digits = args.digits
-    n = args.n or (32 if digits else 512)
-    rounds = args.rounds or (2 if digits else 7)
-    if args.quick:
-        n, rounds = (16 if digits else 64), 2
+    digits, results = args.digits, {}
+    n, rounds = ((16 if digits else 64), 2) if args.quick else (args.n or (32 if digits else 512),
+                                                                args.rounds or (2 if digits else 7))
     names = (DIGITS,) if digits else ("ring8",) if args.quick else tuple(TARGETS)
     jaxsde_tols, pf_tols = (DIGITS_JAXSDE_TOLS, DIGITS_PF_TOLS) if digits else (JAXSDE_TOLS, PF_TOLS)
-    ref_tol = DIGITS_REFERENCE_TOL if digits else 1e-10
-    results = {}
+    ref_tol, thresholds = (DIGITS_REFERENCE_TOL, DIGITS_THRESHOLDS) if digits else (1e-10, THRESHOLDS)
     for tname in names:
         shape, v32, v64 = velocities(tname)
         x64 = jax.random.normal(jax.random.PRNGKey(5), (n, *shape), jnp.float64)
@@ -148,18 +133,15 @@ def run(args, ctx):
             print(f"  {tname} {name}: compiled and warmed in {time.perf_counter() - t0:.1f}s", flush=True)
         times, _ = interleaved({key: (lambda p=programs[key[0]][0], tol=key[1], x=x32: p(x, jnp.float32(tol)))
                                 for key in runs}, rounds, warmup=False)  # the order rotates each round
-        rows = []
-        for key, row in runs.items():
-            row["wall_s"] = statistics.median(times[key])
-            rows.append(row)
+        rows = [dict(row, wall_s=statistics.median(times[key])) for key, row in runs.items()]
+        for row in rows:
             print(f"  {tname} {row['solver']:42s} tol={row['tol']:.0e} NFE={row['mean_nfe']:7.1f} "
                   f"err={row['error']:.2e} wall={row['wall_s'] * 1e3:7.1f} ms failed={row['failed']}", flush=True)
-        thresholds = DIGITS_THRESHOLDS if digits else THRESHOLDS
         results[tname] = dict(scale=TARGETS.get(tname), shape=list(shape), reference=ref_info, rows=rows,
                               matched=matched(rows, thresholds))
     ctx.save("flow_adaptive_digits" if digits else "flow_adaptive",
-             dict(n=n, rounds=rounds, dim=DIM, t_end=T_END, digits=digits,
-                  thresholds=list(DIGITS_THRESHOLDS if digits else THRESHOLDS), targets=results))
+             dict(n=n, rounds=rounds, dim=DIM, t_end=T_END, digits=digits, thresholds=list(thresholds),
+                  targets=results))
 
 
 def matched(rows: list[dict], thresholds=THRESHOLDS) -> list[dict]:
@@ -167,8 +149,8 @@ def matched(rows: list[dict], thresholds=THRESHOLDS) -> list[dict]:
     out = []
     for thr in thresholds:
         for solver in dict.fromkeys(r["solver"] for r in rows):
-            ok = [r for r in rows if r["solver"] == solver and r["error"] <= thr and not r["failed"]]
-            best = min(ok, key=lambda r: r["mean_nfe"]) if ok else None
+            best = min((r for r in rows if r["solver"] == solver and r["error"] <= thr and not r["failed"]),
+                       key=lambda r: r["mean_nfe"], default=None)
             out.append(dict(threshold=thr, solver=solver, tol=best and best["tol"],
                             mean_nfe=best and best["mean_nfe"], error=best and best["error"],
                             wall_s=best and best["wall_s"]))
