@@ -4,8 +4,8 @@ Parameterised over :func:`jaxsde.solvers.registry.solver_names`, so a solver add
 registry is tested here without a line more: finite samples on a Gaussian target, the reported
 NFE equal to the evaluations a counting score sees, a NaN score ending in ``NONFINITE`` with a
 finite ``x``, the batched solve equal to a loop of single solves, and no retrace under ``jit``
-when the score's parameters change. The NaN-score, batch and single-solve tests share one compiled
-program per solver and kind (:func:`program`), the score's parameters traced.
+when the score's parameters change. Every test shares one compiled program per solver and kind
+(:func:`program`), the score's parameters traced.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compile_options import jit
 
 import jaxsde
 from jaxsde import results
@@ -75,37 +76,6 @@ def test_every_solver_class_is_registered_and_exported():
         assert getattr(jaxsde, cls.__name__, None) is cls and cls.__name__ in jaxsde.__all__, cls.__name__
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_finite_samples_on_a_gaussian_target(name):
-    solver = small_solver(name)
-    score = score_for(solver, gaussian_score(SDE, MU, S))
-    sol = jax.jit(lambda k: jaxsde.sample(k, SDE, score, solver, SHAPE, 16))(jax.random.PRNGKey(1))
-    assert np.all(np.asarray(sol.result) == results.SUCCESS), np.asarray(sol.result)
-    assert np.all(np.isfinite(np.asarray(sol.x)))
-    np.testing.assert_allclose(np.asarray(sol.t), SDE.eps if solver.time_span() is None else solver.time_span()[1],
-                               rtol=1e-6)
-    assert np.all(np.asarray(sol.stats.nfe) >= 1)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_reported_nfe_equals_the_evaluations_of_a_counting_score(name):
-    solver = small_solver(name)
-    calls: list[int] = []
-    exact = gaussian_score(SDE, MU, S)
-
-    def counting(x, t):
-        jax.debug.callback(lambda: calls.append(1))
-        return exact(x, t)
-
-    score = score_for(solver, counting)
-    x_T = prior(1)[0]
-    sol = jax.jit(lambda k, x: jaxsde.solve(k, SDE, score, solver, x))(jax.random.PRNGKey(2), x_T)
-    nfe = int(sol.stats.nfe)  # blocks until the run (and its callbacks) finished
-    jax.effects_barrier()
-    assert int(sol.result) == results.SUCCESS
-    assert nfe == len(calls), (nfe, len(calls))
-
-
 def _score(mu, t_nan):
     """The exact Gaussian score with mean ``mu``, NaN below ``t = t_nan`` (never where ``t_nan`` < 0)."""
     exact = gaussian_score(SDE, mu, S)
@@ -120,20 +90,27 @@ _PROGRAMS: dict[tuple[str, str], tuple] = {}
 
 
 def program(name: str, kind: str):
-    """One compiled program per solver and kind, shared by the tests below, and the list its traces
-    append to: ``"single"`` = ``solve(mu, key, x)`` on the exact score of mean ``mu`` (traced);
-    ``"batch"`` = ``solve_batch(mu, t_nan, keys, x)`` on that score made NaN below ``t_nan``."""
+    """One compiled program per solver and kind, shared by the tests below, the list its traces append
+    to and the list its score evaluations append to: ``"single"`` = ``solve(mu, key, x)`` on the exact
+    score of mean ``mu`` (traced), each evaluation counted by a callback; ``"batch"`` =
+    ``solve_batch(mu, t_nan, keys, x)`` on that score made NaN below ``t_nan``."""
     if (name, kind) not in _PROGRAMS:
-        solver, traces = small_solver(name), []
+        solver, traces, calls = small_solver(name), [], []
         if kind == "single":
             def run(mu, key, x):
                 traces.append(1)
-                return jaxsde.solve(key, SDE, score_for(solver, gaussian_score(SDE, mu, S)), solver, x)
+                exact = gaussian_score(SDE, mu, S)
+
+                def counting(x, t):
+                    jax.debug.callback(lambda: calls.append(1))
+                    return exact(x, t)
+
+                return jaxsde.solve(key, SDE, score_for(solver, counting), solver, x)
         else:
             def run(mu, t_nan, keys, x):
                 traces.append(1)
                 return jaxsde.solve_batch(keys, SDE, score_for(solver, _score(mu, t_nan)), solver, x)
-        _PROGRAMS[name, kind] = jax.jit(run), traces
+        _PROGRAMS[name, kind] = jit(run), traces, calls
     return _PROGRAMS[name, kind]
 
 
@@ -141,8 +118,34 @@ MU32, NEVER = jnp.float32(MU), jnp.float32(-1.0)
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_finite_samples_on_a_gaussian_target(name):
+    """Finite samples that succeed and end at the solver's end time (the batch program's score is the exact
+    one here: its NaN threshold below every time)."""
+    solver = small_solver(name)
+    batch, _, _ = program(name, "batch")
+    sol = batch(MU32, NEVER, jax.random.split(jax.random.PRNGKey(1), 4), prior(4, seed=1))
+    assert np.all(np.asarray(sol.result) == results.SUCCESS), np.asarray(sol.result)
+    assert np.all(np.isfinite(np.asarray(sol.x)))
+    np.testing.assert_allclose(np.asarray(sol.t), SDE.eps if solver.time_span() is None else solver.time_span()[1],
+                               rtol=1e-6)
+    assert np.all(np.asarray(sol.stats.nfe) >= 1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reported_nfe_equals_the_evaluations_of_a_counting_score(name):
+    run, _, calls = program(name, "single")
+    jax.effects_barrier()
+    before = len(calls)
+    sol = run(MU32, jax.random.PRNGKey(2), prior(1)[0])
+    nfe = int(sol.stats.nfe)  # blocks until the run (and its callbacks) finished
+    jax.effects_barrier()
+    assert int(sol.result) == results.SUCCESS
+    assert nfe == len(calls) - before, (nfe, len(calls) - before)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_a_nan_score_gives_nonfinite_with_a_finite_state(name):
-    batch, _ = program(name, "batch")
+    batch, _, _ = program(name, "batch")
     sol = batch(MU32, jnp.float32(0.5), jax.random.split(jax.random.PRNGKey(3), 4), prior(4))
     assert np.all(np.asarray(sol.result) == results.NONFINITE), np.asarray(sol.result)
     assert np.all(np.isfinite(np.asarray(sol.x)))
@@ -155,7 +158,7 @@ def test_batched_solve_equals_a_loop_of_single_solves(name):
     keys = jax.random.split(jax.random.PRNGKey(4), 4)
     x_T = prior(4, seed=5)
     batch = program(name, "batch")[0](MU32, NEVER, keys, x_T)
-    one, _ = program(name, "single")
+    one, _, _ = program(name, "single")
     singles = [one(MU32, keys[i], x_T[i]) for i in range(4)]
     np.testing.assert_array_equal(np.asarray(batch.result), results.SUCCESS)
     np.testing.assert_array_equal(np.asarray(batch.stats.nfe), [int(s.stats.nfe) for s in singles])
@@ -167,7 +170,7 @@ def test_batched_solve_equals_a_loop_of_single_solves(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_no_retrace_when_the_score_parameters_change(name):
-    run, traces = program(name, "single")
+    run, traces, _ = program(name, "single")
     x_T = prior(1)[0]
     first = run(jnp.float32(0.5), jax.random.PRNGKey(6), x_T)
     second = run(jnp.float32(-0.5), jax.random.PRNGKey(6), x_T)
