@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compile_options import jit
 
 import jaxsde
 from jaxsde import results
@@ -48,15 +49,38 @@ def _usual_nfe(solver) -> int:
     return solver.nfe_per_attempt * solver.num_steps + 1
 
 
+@functools.cache
+def _flow_sampler(solver, n: int, t_start: float = 1.0):
+    """``key -> sample(key, SDE, VELOCITY, solver, SHAPE, n, t_start=t_start)``, jitted: one compiled
+    program per solver, size and start, shared by the tests below."""
+    model = _score_for(solver, VELOCITY)
+    return jit(lambda k: jaxsde.sample(k, SDE, model, solver, SHAPE, n, t_start=t_start))
+
+
+EXACT_FIRST_STEP = ["deis", "ipndm", "lms", "sa", "edm", "mlem"]
+
+
+def _registry_run(name):
+    """The solver and sample size test_every_registry_solver_samples_from_t_1 takes for ``name``: the
+    program a sampling test below compiles anyway where there is one (the solvers that take the exact
+    first step at their registry defaults, 4000 samples; DDIM on 8 uniform steps, 512 samples), else the
+    registry solver on 8 steps and 8 samples."""
+    if name in EXACT_FIRST_STEP:
+        return make_solver(name), 4000
+    if name == "ddim":
+        return UNIFORM["ddim"], 512
+    return small_solver(name), 8
+
+
 @pytest.mark.parametrize("name", solver_names())
 def test_every_registry_solver_samples_from_t_1(name):
-    """Every registry solver with its registry defaults (8 steps) starts at t = 1 exactly on a flow
-    given a velocity Prediction: every sample succeeds and is finite, and a fixed-grid solver spends
-    exactly its usual NFE (the log-SNR grids' first step out of t = 1 replaces a step, it adds none;
-    the solvers whose own step is undefined there take the exact first step at no extra cost)."""
-    solver = small_solver(name)
-    model = _score_for(solver, VELOCITY)
-    sol = jax.jit(lambda k: jaxsde.sample(k, SDE, model, solver, SHAPE, 8))(jax.random.PRNGKey(1))
+    """Every registry solver with its registry defaults (8 steps, or its registry steps where a sampling
+    test below runs it) starts at t = 1 exactly on a flow given a velocity Prediction: every sample
+    succeeds and is finite, and a fixed-grid solver spends exactly its usual NFE (the log-SNR grids'
+    first step out of t = 1 replaces a step, it adds none; the solvers whose own step is undefined
+    there take the exact first step at no extra cost)."""
+    solver, n = _registry_run(name)
+    sol = _flow_sampler(solver, n)(jax.random.PRNGKey(1))
     assert np.all(np.asarray(sol.result) == results.SUCCESS), np.asarray(sol.result)
     assert np.all(np.isfinite(np.asarray(sol.x)))
     if not solver.adaptive:
@@ -78,15 +102,13 @@ def _moments(x):
     return x.mean(0), np.sqrt(var), np.sqrt(var / len(x)), np.sqrt((m4 - var**2) / (4 * var * len(x)))
 
 
-@pytest.mark.parametrize("name", ["deis", "ipndm", "lms", "sa", "edm", "mlem"])
+@pytest.mark.parametrize("name", EXACT_FIRST_STEP)
 def test_solvers_that_take_the_exact_first_step_sample_the_flow_target(name):
     """The solvers whose own step is undefined at alpha = 0 (and MultilevelEM on Prediction levels),
     at their registry defaults from t = 1 on the flow target: 4000 samples whose mean and std per
     coordinate match an exact sampler's within 4 standard errors of the difference (sampling noise
     only: the discretisation error at these step counts is below it)."""
-    solver = make_solver(name)
-    model = _score_for(solver, VELOCITY)
-    sol = jax.jit(lambda k: jaxsde.sample(k, SDE, model, solver, SHAPE, 4000))(jax.random.PRNGKey(5))
+    sol = _flow_sampler(make_solver(name), 4000)(jax.random.PRNGKey(5))
     assert np.all(np.asarray(sol.result) == results.SUCCESS)
     mean, std, se_mean, se_std = _moments(np.asarray(sol.x))
     ref_mean, ref_std, ref_se_mean, ref_se_std = _ideal_moments()
@@ -121,7 +143,8 @@ REVERSE_SDE = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(REVERSE_SDE))
+@pytest.mark.parametrize("name", ["em", pytest.param("ggf", marks=pytest.mark.slow), "rd"])  # ggf: 2000 Brownian-
+# tree paths, ~250 NFE each (the fast tier: test_gotta_go_fast_on_brownian_paths_steps_out_of_t_1)
 def test_time_stepping_reverse_sde_solvers_step_out_of_t_1_exactly(name):
     """Euler-Maruyama, reverse diffusion and Gotta Go Fast from t = 1 on a flow: their drift is
     infinite there (~ x / (1 - t)), so the first step is the exact posterior step from the model's
@@ -131,12 +154,26 @@ def test_time_stepping_reverse_sde_solvers_step_out_of_t_1_exactly(name):
     the spread: tests/test_brownian_tree_noise.py)."""
     solver = REVERSE_SDE[name]
     noise = jaxsde.BrownianTreeNoise() if solver.adaptive else None
-    sol = jax.jit(lambda k: jaxsde.sample(k, SDE, VELOCITY, solver, SHAPE, 2000, noise=noise))(jax.random.PRNGKey(2))
+    sol = jit(lambda k: jaxsde.sample(k, SDE, VELOCITY, solver, SHAPE, 2000, noise=noise))(jax.random.PRNGKey(2))
     assert np.all(np.asarray(sol.result) == results.SUCCESS)
     x = np.asarray(sol.x)
     ref = np.asarray(TARGET.sample(jax.random.PRNGKey(3), 50000))
     np.testing.assert_allclose(x.mean(0), ref.mean(0), atol=0.05)
     np.testing.assert_allclose(x.std(0), ref.std(0), rtol=0.12)
+
+
+def test_gotta_go_fast_on_brownian_paths_steps_out_of_t_1():
+    """Gotta Go Fast on one Brownian path per sample from t = 1 (the program of
+    test_time_stepping_reverse_sde_solvers_step_out_of_t_1_exactly[ggf], slow tier, on 128 samples): every
+    sample succeeds, finite, and the mean per coordinate lies within 4 standard errors of the target's."""
+    solver = REVERSE_SDE["ggf"]
+    sol = jit(lambda k: jaxsde.sample(k, SDE, VELOCITY, solver, SHAPE, 128, noise=jaxsde.BrownianTreeNoise()))(
+        jax.random.PRNGKey(2))
+    assert np.all(np.asarray(sol.result) == results.SUCCESS)
+    x = np.asarray(sol.x)
+    assert np.all(np.isfinite(x))
+    ref = np.asarray(TARGET.sample(jax.random.PRNGKey(3), 50000))
+    assert np.all(np.abs(x.mean(0) - ref.mean(0)) < 4 * x.std(0) / np.sqrt(len(x))), (x.mean(0), ref.mean(0))
 
 
 @pytest.mark.parametrize("name", sorted(UNIFORM))
@@ -147,8 +184,7 @@ def test_solvers_that_start_at_t_1_sample_the_flow_target(name):
     solver = UNIFORM[name]
 
     def run(t_start):
-        return jax.jit(lambda k: jaxsde.sample(k, SDE, VELOCITY, solver, SHAPE, 512, t_start=t_start))(
-            jax.random.PRNGKey(2))
+        return _flow_sampler(solver, 512, t_start)(jax.random.PRNGKey(2))
 
     sol = run(1.0)
     assert np.all(np.asarray(sol.result) == results.SUCCESS)
@@ -300,7 +336,7 @@ ADAPTIVE = {
 }
 
 
-@functools.partial(jax.jit, static_argnames=("model", "t_start", "denoise", "max_steps"))
+@jit(static_argnames=("model", "t_start", "denoise", "max_steps"))
 def _solve_jit(solver, x_T, model, t_start, denoise, max_steps):
     keys = jax.random.split(jax.random.PRNGKey(7), x_T.shape[0])
     return jaxsde.solve_batch(keys, SDE, model, solver, x_T, t_start=t_start, denoise=denoise, max_steps=max_steps)
@@ -369,7 +405,7 @@ def test_the_reverse_sde_multistep_starts_at_t_1():
     """tau = 1 (the reverse-time SDE) out of alpha = 0: the state is forgotten (h = inf), the first
     step's PEC pair interpolates x0 linearly in rho; samples finite and distributed as the target."""
     solver = jaxsde.AdaptiveMultistepSolver(order=2, rtol=0.02, tau=1.0)
-    sol = jax.jit(lambda k: jaxsde.sample(k, SDE, VELOCITY, solver, SHAPE, 512))(jax.random.PRNGKey(2))
+    sol = jit(lambda k: jaxsde.sample(k, SDE, VELOCITY, solver, SHAPE, 512))(jax.random.PRNGKey(2))
     assert np.all(np.asarray(sol.result) == results.SUCCESS)
     x = np.asarray(sol.x)
     assert np.all(np.isfinite(x))
