@@ -16,6 +16,7 @@ from jaxsde.sde import VESDE, VPSDE
 from jaxsde.training import (
     TrainConfig,
     debias_ema,
+    ema_update,
     export_weights,
     init_params,
     init_state,
@@ -66,13 +67,18 @@ def run_data():
     return jnp.asarray(load_digits("train", RUN_CONFIG.make_sde().data_range).images)
 
 
-def test_training_lowers_the_loss(finished_run):
-    data = run_data()
-    state = init_state(RUN_CONFIG, data.shape[1:])
-    run = make_train_steps(RUN_CONFIG, data, 1)
+@pytest.fixture(scope="module")
+def run_steps():
+    """RUN_CONFIG's one-update program on run_data(), shared by the tests that step it by hand (compiled by
+    finished_run's train(): read back from the session's compilation cache, once)."""
+    return make_train_steps(RUN_CONFIG, run_data(), 1)
+
+
+def test_training_lowers_the_loss(finished_run, run_steps):
+    state = init_state(RUN_CONFIG, run_data().shape[1:])
     losses = []
     for _ in range(60):
-        state, loss = run(state)
+        state, loss = run_steps(state)
         losses.append(float(loss))
     assert np.mean(losses[-15:]) < 0.75 * np.mean(losses[:5]), (losses[:5], losses[-15:])
     # EMA lags the raw weights
@@ -140,29 +146,25 @@ def test_bad_weight_files_give_clear_errors(finished_run, tmp_path):
         pt.pretrained("cifar10")
 
 
-def test_debiased_ema_has_no_share_of_the_init():
-    """The debiased EMA equals the plain run's EMA with the init's share removed (debias_ema), and
-    its first update is the trained weights themselves (4 updates of RUN_CONFIG's run: its debiased step
-    program is finished_run's)."""
-    data, updates = run_data(), 4
-    plain_cfg = dataclasses.replace(RUN_CONFIG, ema_debias=False)
-    runs = {}
-    for cfg in (plain_cfg, RUN_CONFIG):
-        state, step = init_state(cfg, data.shape[1:]), make_train_steps(cfg, data)
-        state, _ = step(state)
-        if cfg.ema_debias:
+def test_debiased_ema_has_no_share_of_the_init(run_steps):
+    """The debiased EMA of RUN_CONFIG's run (4 updates of its one-update program) equals the plain
+    EMA recursion over the same weights (ema_update with debias=False, what a run with ema_debias false
+    keeps: the optimiser's steps do not read the EMA) with the init's share removed (debias_ema), and its
+    first update is the trained weights themselves."""
+    data, updates, decay = run_data(), 4, RUN_CONFIG.ema_decay
+    assert RUN_CONFIG.ema_debias
+    init = init_params(RUN_CONFIG, data.shape[1:])
+    state, plain = init_state(RUN_CONFIG, data.shape[1:]), init
+    for k in range(1, updates + 1):
+        state, _ = run_steps(state)
+        plain = ema_update(plain, state.params, jnp.int32(k), decay, debias=False)
+        if k == 1:
             np.testing.assert_array_equal(*(np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(t)])
                                             for t in (state.params_ema, state.params)))
-        for _ in range(updates - 1):
-            state, _ = step(state)
-        runs[cfg.ema_debias] = state
-    init = init_params(plain_cfg, data.shape[1:])
-    recovered = debias_ema(runs[False].params_ema, init, updates, plain_cfg.ema_decay)
-    for a, b in zip(jax.tree_util.tree_leaves(recovered), jax.tree_util.tree_leaves(runs[True].params_ema),
-                    strict=True):
+    recovered = debias_ema(plain, init, updates, decay)
+    for a, b in zip(jax.tree_util.tree_leaves(recovered), jax.tree_util.tree_leaves(state.params_ema), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
-    flat = [np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(t)])
-            for t in (runs[True].params_ema, runs[False].params_ema)]
+    flat = [np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(t)]) for t in (state.params_ema, plain)]
     assert np.abs(flat[0] - flat[1]).max() > 1e-4  # the plain EMA differs (0.7^4 = 24% init): the test can fail
 
 
