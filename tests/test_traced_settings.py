@@ -35,13 +35,13 @@ def _closed_over(solver, key):
 
 
 @pytest.mark.parametrize("make, values", [
-    (lambda r: jaxsde.GottaGoFast(rtol=r), (0.2, 0.1, 0.05, 0.02, 0.01)),
-    (lambda e: jaxsde.DDIM(8, eta=e), (0.25, 0.5, 1.0)),
-    (lambda r: jaxsde.AdaptiveMultistepSolver(rtol=r, atol=r), (0.1, 0.01, 0.001)),
+    (lambda r: jaxsde.GottaGoFast(rtol=r), (0.2, 0.05, 0.01)),
+    (lambda e: jaxsde.DDIM(8, eta=e), (0.25, 1.0)),
+    (lambda r: jaxsde.AdaptiveMultistepSolver(rtol=r, atol=r), (0.1, 0.001)),
     (lambda a: jaxsde.ProbabilityFlow(rtol=1e-3, atol=a), (1e-2, 1e-4)),
-    (lambda c: jaxsde.GottaGoFast(rtol=0.05, controller=PIDController(pcoeff=c, icoeff=0.3)), (0.0, 0.2, 0.4)),
+    (lambda c: jaxsde.GottaGoFast(rtol=0.05, controller=PIDController(pcoeff=c, icoeff=0.3)), (0.0, 0.4)),
     (lambda g: jaxsde.DPMSolverPP(4, grid=g), tuple(
-        tuple(float(t) for t in jaxsde.time_grid(SDE, 4, kind)) for kind in ("logsnr", "uniform", "edm"))),
+        tuple(float(t) for t in jaxsde.time_grid(SDE, 4, kind)) for kind in ("logsnr", "edm"))),
 ], ids=["ggf-rtol", "ddim-eta", "multistep-rtol", "pf-atol", "pid-pcoeff", "dpmpp-grid"])
 def test_one_program_serves_a_sweep_and_matches_closed_over_solvers(make, values, key):
     run, traces = _counted_sampler()
