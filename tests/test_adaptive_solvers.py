@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compile_options import jit
 
 import jaxsde
 from jaxsde import controllers, results
@@ -43,7 +44,7 @@ def gaussian_score(sde):
     return exact.gaussian_score(sde, MU, S)
 
 
-@functools.partial(jax.jit, static_argnames=("sde", "denoise"))
+@jit(static_argnames=("sde", "denoise"))
 def solve_batch(keys, x_T, solver, *, sde, denoise=True):
     """``solve_batch`` on the exact Gaussian score, compiled once per SDE, solver structure and shape: the
     solver (its float settings: tolerances, controller coefficients) is an argument, not a constant."""
@@ -104,7 +105,7 @@ def test_stochastic_multistep_noise_enters_as_given():
     assert solver.noise_per_attempt == 1
     x_T = jnp.zeros((3,))
     z = jax.random.normal(jax.random.PRNGKey(0), (400, 1, 3))
-    run = jax.jit(lambda z: jaxsde.solve(jax.random.PRNGKey(0), sde, score, solver, x_T,
+    run = jit(lambda z: jaxsde.solve(jax.random.PRNGKey(0), sde, score, solver, x_T,
                                          noise=jaxsde.GivenNoise(z)).x)
     np.testing.assert_array_equal(np.asarray(run(z)), np.asarray(run(z)))
     assert float(jnp.max(jnp.abs(run(z) - run(-z)))) > 1e-3
@@ -187,7 +188,7 @@ def test_multistep_costs_one_evaluation_per_attempt():
     """NFE = 1 (start) + attempts (accepted + rejected) + 1 (the final Tweedie step)."""
     sde = jaxsde.VESDE()
     score = exact.gaussian_score(sde, MU, S)
-    sol = jax.jit(lambda x: jaxsde.solve(jax.random.PRNGKey(0), sde, score,
+    sol = jit(lambda x: jaxsde.solve(jax.random.PRNGKey(0), sde, score,
                                          jaxsde.AdaptiveMultistepSolver(rtol=0.01), x))(jnp.ones((4,)) * 10.0)
     assert int(sol.stats.nfe) == 1 + int(sol.stats.num_steps) + 1
 
