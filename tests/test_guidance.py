@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compile_options import jit
 
 import jaxsde
 from jaxsde import guidance, results
@@ -78,7 +79,7 @@ def test_the_condition_reaches_the_samples():
     """With PF-ODE at a tight tolerance each sample's law is ``N(c mu, s0^2)``: the sample means
     of 400 samples per condition sit within 4 standard errors of ``c mu``."""
     conds = jnp.repeat(jnp.array([1.0, -2.0], jnp.float32), 400)
-    sol = jax.jit(lambda k: jaxsde.sample(k, SDE, cond_score, jaxsde.ProbabilityFlow(rtol=1e-5, atol=1e-5),
+    sol = jit(lambda k: jaxsde.sample(k, SDE, cond_score, jaxsde.ProbabilityFlow(rtol=1e-5, atol=1e-5),
                                           SHAPE, 800, cond=conds))(KEY)
     x = np.asarray(sol.x)
     for j, c in enumerate((1.0, -2.0)):
@@ -125,7 +126,7 @@ def test_every_solver_accepts_a_guided_score(name):
     solver = make_solver(name, steps=6) if "steps" in solver_options(name) else make_solver(name)
     guided = guidance.classifier_free(cond_score, NULL, 1.5)
     score = MultilevelScore([guided] * len(solver.probabilities)) if isinstance(solver, MultilevelEM) else guided
-    sol = jax.jit(lambda k, c: jaxsde.sample(k, SDE, score, solver, SHAPE, 4, cond=c))(KEY, CONDS[:4])
+    sol = jit(lambda k, c: jaxsde.sample(k, SDE, score, solver, SHAPE, 4, cond=c))(KEY, CONDS[:4])
     assert np.all(np.asarray(sol.result) == results.SUCCESS), np.asarray(sol.result)
     assert np.all(np.isfinite(np.asarray(sol.x)))
 
