@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compile_options import jit
 
 import jaxsde
 from jaxsde.solvers.ddim import ddim_step
@@ -43,7 +44,7 @@ def output_law(sde, solver, denoise=True):
         k = jnp.arange(steps * count)
         noise = jaxsde.GivenNoise(jnp.zeros((steps, count, d)).at[k // count, k % count, 2 + k].set(1.0))
     score = exact.gaussian_score(sde, mu, s)
-    out = np.asarray(jax.jit(lambda x, nz: jaxsde.solve(jax.random.PRNGKey(0), sde, score, solver, x, noise=nz,
+    out = np.asarray(jit(lambda x, nz: jaxsde.solve(jax.random.PRNGKey(0), sde, score, solver, x, noise=nz,
                                                         denoise=denoise).x)(x_T, noise))
     c, a, b = out[0], out[1] - out[0], out[2:] - out[0]
     alpha, sigma = (float(v) for v in sde.marginal(sde.T))
@@ -59,7 +60,7 @@ def run(sde, solver, x_T, z=None, denoise=True):
     """One solve (float64 under the x64 fixture) with given normals ``z`` shaped (steps, count, *x.shape)."""
     score = exact.gaussian_score(sde, *TARGETS[sde])
     noise = None if z is None else jaxsde.GivenNoise(z)
-    sol = jax.jit(lambda x, nz: jaxsde.solve(jax.random.PRNGKey(0), sde, score, solver, x, noise=nz,
+    sol = jit(lambda x, nz: jaxsde.solve(jax.random.PRNGKey(0), sde, score, solver, x, noise=nz,
                                              denoise=denoise))(x_T, noise)
     assert int(sol.result) == 0
     return np.asarray(sol.x)
