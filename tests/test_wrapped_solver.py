@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compile_options import jit
 
 import jaxsde
 from jaxsde.editing import Inpainting, check_mask, inpaint
@@ -60,7 +61,7 @@ def test_identity_wrapper_is_the_inner_solver(problem, solver):
     for name in ("noise_per_attempt", "nfe_per_attempt", "adaptive", "error_order", "reimpose_nfe", "step_controller"):
         assert getattr(wrapped, name) == getattr(solver, name), name
     assert wrapped.time_span() == solver.time_span() and wrapped.max_attempts() == solver.max_attempts()
-    run = jax.jit(lambda s, k: jaxsde.sample(k, sde, score, s, SHAPE, 3))
+    run = jit(lambda s, k: jaxsde.sample(k, sde, score, s, SHAPE, 3))
     a, b = run(solver, jax.random.PRNGKey(1)), run(wrapped, jax.random.PRNGKey(1))
     np.testing.assert_array_equal(np.asarray(a.x), np.asarray(b.x))
     np.testing.assert_array_equal(np.asarray(a.stats.nfe), np.asarray(b.stats.nfe))
