@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compile_options import jit
 
 import jaxsde
 from jaxsde.editing import sdedit
@@ -21,13 +22,14 @@ def unet():
 
 
 class Jitted:
-    """jit-compiled passes of a SparseUNet (eager Flax is slow on a loaded machine)."""
+    """jit-compiled passes of a SparseUNet (eager Flax is slow on a loaded machine; the loop emitters:
+    tests/compile_options.py)."""
 
     def __init__(self, net):
-        self.apply = jax.jit(net.apply)
-        self.record = jax.jit(net.record)
-        self.apply_sparse = jax.jit(net.apply_sparse, static_argnums=5)
-        self.apply_masked = jax.jit(net.apply_masked, static_argnums=5)
+        self.apply = jit(net.apply)
+        self.record = jit(net.record)
+        self.apply_sparse = jit(net.apply_sparse, static_argnums=5)
+        self.apply_masked = jit(net.apply_masked, static_argnums=5)
         self.plan = net.plan
 
 
@@ -110,7 +112,7 @@ def test_functional_forward_equals_flax(unet, jnet):
     model, params, _ = unet
     net = jnet
     x, _, _ = _edit()
-    ref = jax.jit(model.apply)(params, x[None], jnp.array([0.3]))[0]
+    ref = jit(model.apply)(params, x[None], jnp.array([0.3]))[0]
     np.testing.assert_allclose(np.asarray(net.apply(params, x, 0.3)), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
@@ -183,7 +185,7 @@ def test_sparse_inplace_equals_apply_sparse(unet, jnet, mode):
     x, xe, mask = _edit()
     t = jnp.float32(0.3)
     _, cache = jnet.record(params, x, t)
-    _, padded = jax.jit(lambda p, x, t: net.record(p, x, t, padded=True))(params, x, t)
+    _, padded = jit(lambda p, x, t: net.record(p, x, t, padded=True))(params, x, t)
     snap, psnap = (jax.tree_util.tree_map(np.array, c) for c in (cache, padded))
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, net.pad_cache(cache), psnap))
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, net.unpad_cache(padded), snap))
@@ -191,16 +193,16 @@ def test_sparse_inplace_equals_apply_sparse(unet, jnet, mode):
     assert not plan.dense and net._scattered(plan)
     ref = np.asarray(jnet.apply_sparse(params, xe, t, cache, plan, "reuse"))
     # the non-donating paths: the caches are unchanged
-    out, upd = jax.jit(net.apply_sparse_inplace)(params, xe, t, padded, plan)
+    out, upd = jit(net.apply_sparse_inplace)(params, xe, t, padded, plan)
     np.testing.assert_array_equal(np.asarray(out), ref)
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, padded, psnap))
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, cache, snap))
     changed = [k for k in upd if not np.array_equal(np.asarray(upd[k]), psnap[k])]
     assert changed and set(changed) <= {n for n, _ in net._scattered(plan)}
     # donated: in place, consumed, then restored
-    step = jax.jit(net.apply_sparse_inplace, donate_argnums=3)
-    save = jax.jit(net.save_tiles)
-    restore = jax.jit(net.restore_tiles, donate_argnums=0)
+    step = jit(net.apply_sparse_inplace, donate_argnums=3)
+    save = jit(net.save_tiles)
+    restore = jit(net.restore_tiles, donate_argnums=0)
     for _ in range(2):  # the restored cache serves the next call
         saved = save(padded, plan)
         old = padded
@@ -290,8 +292,8 @@ def test_propagation_equals_the_changed_pixels(unet, which):
     x = jax.random.normal(jax.random.PRNGKey(5), (H, H, 1))
     xe = jnp.where(mask[..., None], x - 2.0, x)
     t = jnp.float32(0.4)
-    _, cache = jax.jit(net.record)(params, x, t)
-    rec = jax.jit(lambda p, x, c: _frozen_record(net, p, x, t, c))(params, xe, cache)
+    _, cache = jit(net.record)(params, x, t)
+    rec = jit(lambda p, x, c: _frozen_record(net, p, x, t, c))(params, xe, cache)
     prop = propagate(net.graph((H, H)), mask)
     assert set(prop) == {name for name in cache if not name.startswith("stats/")}
     for name, (changed, needed) in prop.items():
@@ -331,7 +333,7 @@ def test_exact_plan_equals_frozen_dense(unet, jnet, roi, which):
     out, cache = jnet.record(params, x, t)
     plan = net.plan(mask, (4, 2), mode="exact", roi=roi, dense_above=1.0)
     assert not plan.dense and plan.mode == "exact" and len(plan.layers) == len(plan.layer_counts)
-    frozen = np.asarray(jax.jit(net.apply_frozen)(params, xe, t, cache))
+    frozen = np.asarray(jit(net.apply_frozen)(params, xe, t, cache))
     sparse = np.asarray(jnet.apply_sparse(params, xe, t, cache, plan, "reuse"))
     region = mask if roi == "edit" else np.ones_like(mask)
     np.testing.assert_allclose(sparse[region], frozen[region], rtol=0, atol=1e-5)
@@ -401,7 +403,7 @@ def test_sparse_sdedit_trajectory(unet1):
     plan = net.plan(mask, 4)
     exact = net.plan(mask, 4, mode="exact", dense_above=1.0)
 
-    @jax.jit
+    @jit
     def run(params):
         dense, orig, cache = sparse_sdedit(key, sde, solver, net, params, x, xe, 0.6, plan, mode="dense")
         sparse, _, _ = sparse_sdedit(key, sde, solver, net, params, x, xe, 0.6, plan, cache=cache)
@@ -502,20 +504,20 @@ def test_ddpm_unet_sparse():
     model, params, net = _ddpm()
     x = jax.random.normal(jax.random.PRNGKey(0), (H, H, 3))
     t = jnp.float32(321.0)
-    ref = jax.jit(model.apply)(params, x[None], t[None])[0]
+    ref = jit(model.apply)(params, x[None], t[None])[0]
     mask = _masks()["corner+edge"]
     xe = jnp.where(mask[..., None], -x, x)
-    out, cache = jax.jit(net.record)(params, x, t)  # the functional dense forward, recording
+    out, cache = jit(net.record)(params, x, t)  # the functional dense forward, recording
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=0, atol=1e-5)
-    sparse = jax.jit(net.apply_sparse)
+    sparse = jit(net.apply_sparse)
     plan = net.plan(mask, (4, 2))
     assert not plan.dense and plan.counts[1] < plan.totals[1]  # the attention level takes the sparse-query path
     s = np.asarray(sparse(params, xe, t, cache, plan))
-    np.testing.assert_allclose(s, np.asarray(jax.jit(net.apply_masked)(params, xe, t, cache, plan)), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(s, np.asarray(jit(net.apply_masked)(params, xe, t, cache, plan)), rtol=0, atol=1e-5)
     exact = net.plan(mask, (4, 2), mode="exact", dense_above=1.0)
     # attention is global: every layer after the first attention is changed and needed everywhere
     assert exact.layer_counts[-1] < exact.tile_total(0) and max(exact.layer_counts) == exact.tile_total(0)
-    frozen = np.asarray(jax.jit(net.apply_frozen)(params, xe, t, cache))
+    frozen = np.asarray(jit(net.apply_frozen)(params, xe, t, cache))
     e = np.asarray(sparse(params, xe, t, cache, exact))
     np.testing.assert_allclose(e[mask], frozen[mask], rtol=0, atol=1e-5)
     np.testing.assert_array_equal(e[~mask], np.asarray(out)[~mask])
@@ -532,12 +534,12 @@ def test_ddpm_unet_exact_scale_shift_padding():
     t = jnp.float32(17.0)
     mask = _masks()["corner+middle"]
     xe = jnp.where(mask[..., None], x + 1.0, x)
-    out, cache = jax.jit(net.record)(params, x, t)
-    ref = jax.jit(model.apply)(params, x[None], t[None])[0]
+    out, cache = jit(net.record)(params, x, t)
+    ref = jit(model.apply)(params, x[None], t[None])[0]
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=0, atol=1e-5)
     exact = net.plan(mask, (4, 2), mode="exact", dense_above=1.0)
-    frozen = np.asarray(jax.jit(net.apply_frozen)(params, xe, t, cache))
-    e = np.asarray(jax.jit(net.apply_sparse)(params, xe, t, cache, exact))
+    frozen = np.asarray(jit(net.apply_frozen)(params, xe, t, cache))
+    e = np.asarray(jit(net.apply_sparse)(params, xe, t, cache, exact))
     np.testing.assert_allclose(e[mask], frozen[mask], rtol=0, atol=1e-5)
 
 
