@@ -6,14 +6,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compile_options import loop_emitters
 
 from jaxsde.models.ncsnpp import CONFIGS, DDPMPP_CIFAR10_VP, NCSNPP_CIFAR10_VE, NCSNpp, get_config
 from jaxsde.sparse import SparseUNet, propagate, random_params
 
 H = 16
 BLOCKS = (4, 2)
-# tiny networks, many programs: XLA's backend optimisations cost more compile time than they save
-FAST = {"xla_backend_optimization_level": 0}
+# tiny networks, many programs: XLA's backend optimisations cost more compile time than they save (and the
+# loop emitters compile faster: tests/compile_options.py)
+FAST = {"xla_backend_optimization_level": 0, **loop_emitters()}
 
 
 def _jit(fn, **kw):
