@@ -291,7 +291,7 @@ def init(p: Problem, x_T: Array, t_start: Array | None = None) -> LoopState:
         t=t0,
         solver_state=first.state,
         controller_state=controller_state,
-        stats=Stats(nfe=zero + first.nfe, num_accepted=zero, num_rejected=zero, num_steps=zero),
+        stats=Stats(nfe=zero + first.nfe, num_accepted=zero, num_rejected=zero, num_steps=zero, noise_dropped=zero),
         result=jnp.asarray(result, jnp.int32),
         failed=jnp.array(False),
         noise_memory=_noise_memory(p),
@@ -369,15 +369,19 @@ def step(p: Problem, key: Array, s: LoopState) -> LoopState:
         failed = failed | ~jnp.all(jnp.isfinite(x_new))
         ok = ok & ~failed  # commit nothing from the failing attempt on
     accepted = verdict.accepted & ok
+
+    def keep(new, old):  # a failed attempt keeps the old state; pass-through leaves need no select
+        return new if new is old else jnp.where(ok, new, old)
+
+    noise_memory = (jax.tree_util.tree_map(keep, p.noise.remember(s.noise_memory, t1, w1, accepted), s.noise_memory)
+                    if remembers else s.noise_memory)
     stats = Stats(
         nfe=s.stats.nfe + out.nfe,
         num_accepted=s.stats.num_accepted + accepted.astype(jnp.int32),
         num_rejected=s.stats.num_rejected + (ok & ~accepted).astype(jnp.int32),
         num_steps=s.stats.num_steps + 1,
+        noise_dropped=noise_memory.dropped if remembers else s.stats.noise_dropped,
     )
-
-    def keep(new, old):  # a failed attempt keeps the old state; pass-through leaves need no select
-        return new if new is old else jnp.where(ok, new, old)
 
     return LoopState(
         x=keep(out.x, s.x),
@@ -387,8 +391,7 @@ def step(p: Problem, key: Array, s: LoopState) -> LoopState:
         stats=stats,
         result=status,
         failed=failed,
-        noise_memory=(jax.tree_util.tree_map(keep, p.noise.remember(s.noise_memory, t1, w1, accepted), s.noise_memory)
-                      if remembers else s.noise_memory),
+        noise_memory=noise_memory,
     )
 
 

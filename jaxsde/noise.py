@@ -225,9 +225,9 @@ class BrownianMemoryNoise:
     The memory holds ``depth`` points (static). A sample needs one slot per rejection not yet
     stepped past: a run of rejections at the first step fills several. A rejection that finds
     every slot taken forgets the point farthest ahead and counts it in the sample's
-    ``BrownianMemory.dropped`` (the loop state's ``noise_memory``, see :mod:`jaxsde.driver`); the
-    draws are then no longer exact. Gotta Go Fast on 2-d mixtures (VP and VE, rtol 0.05 and
-    0.005, 4000 samples each) held at most 13 points at once.
+    ``Solution.stats.noise_dropped`` (:class:`jaxsde.Stats`; the loop state's ``noise_memory``
+    holds the count while the solve runs); the draws are then no longer exact. Gotta Go Fast on
+    2-d mixtures (VP and VE, rtol 0.05 and 0.005, 4000 samples each) held at most 13 points at once.
 
     Attributes:
         depth: how many points a sample's memory holds (>= 1).

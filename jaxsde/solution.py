@@ -22,12 +22,16 @@ class Stats(NamedTuple):
         nfe: score evaluations spent on the sample, the final denoising step included.
         num_accepted: accepted attempts.
         num_rejected: rejected attempts.
-        num_steps: loop iterations (attempts) the sample's loop ran."""
+        num_steps: loop iterations (attempts) the sample's loop ran.
+        noise_dropped: remembered Brownian points the noise source forgot because its memory was
+            full (:class:`jaxsde.BrownianMemoryNoise`; always 0 for the other sources). Above 0,
+            the sample's noise is no longer one exact Brownian path: raise the source's ``depth``."""
 
     nfe: Array
     num_accepted: Array
     num_rejected: Array
     num_steps: Array
+    noise_dropped: Array
 
 
 class Solution(NamedTuple):

@@ -92,9 +92,27 @@ def test_rejections_do_not_bias_gotta_go_fast_with_memory():
     def one(key):
         x_T = sde.prior_sample(jax.random.fold_in(key, 1), (2,))
         s = jax.lax.while_loop(lambda s: ~driver.done(p, s), lambda s: driver.step(p, key, s), driver.init(p, x_T))
-        return driver.finalize(p, s).x, s.stats, s.noise_memory.dropped
+        sol = driver.finalize(p, s)
+        return sol.x, sol.stats, s.noise_memory.dropped
 
     x, stats, dropped = jax.jit(jax.vmap(one))(jax.random.split(jax.random.PRNGKey(1), 4000))
     assert float(np.mean(stats.num_rejected)) > 0.15 * float(np.mean(stats.num_steps))
     assert int(np.max(dropped)) == 0
+    np.testing.assert_array_equal(stats.noise_dropped, dropped)
     assert np.abs(np.asarray(x).std(0) / ref_std - 1.0).max() < 0.035
+
+
+def test_a_solution_reports_forgotten_points_per_sample():
+    """``Solution.stats.noise_dropped`` counts the points a one-slot memory had to forget (GGF at a
+    tight rtol on VE rejects its first attempts in runs); the default depth forgets none."""
+    sde = jaxsde.VESDE()
+    target = GaussianMixture.create(np.ones(2), np.array([[-0.5, 0.0], [0.5, 0.0]]), np.array([0.05, 0.05]))
+
+    def run(depth):
+        return jaxsde.sample(jax.random.PRNGKey(0), sde, target.score(sde), jaxsde.GottaGoFast(rtol=0.005), (2,), 64,
+                             noise=jaxsde.BrownianMemoryNoise(depth=depth))
+
+    small, default = run(1), run(16)
+    assert int(np.sum(small.stats.noise_dropped)) > 0
+    assert int(np.sum(default.stats.noise_dropped)) == 0
+    assert np.all(np.asarray(small.result) == 0)

@@ -189,7 +189,8 @@ def diffrax_solve(
         x = sde.tweedie(x, t, score(x, t))
         nfe = nfe + 1
     stats = Stats(nfe=jnp.asarray(nfe, jnp.int32), num_accepted=jnp.asarray(sol.stats["num_accepted_steps"], jnp.int32),
-                  num_rejected=jnp.asarray(sol.stats["num_rejected_steps"], jnp.int32), num_steps=steps)
+                  num_rejected=jnp.asarray(sol.stats["num_rejected_steps"], jnp.int32), num_steps=steps,
+                  noise_dropped=jnp.zeros((), jnp.int32))
     return Solution(x=x, t=t, stats=stats, result=code)
 
 
