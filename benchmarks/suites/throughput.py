@@ -1,11 +1,9 @@
 """Continuous batching: ``generate`` vs plain ``sample`` at the same batch size, timed side by side.
 
-For each problem (the embedded digits models with GGF ``--digits-rtol``; a d = 16 Gaussian mixture with its exact
-score, GGF rtol 0.05) and batch B, both make n = per_slot x B samples in one compiled program each, timed in
-alternating rounds (medians). ``sample``: ``lax.map`` over n/B batches; useful work = sum NFE / sum over batches of
-B x max NFE. ``generate``: B slots; useful work = sum NFE / evaluations computed (idle slots and refills
-included); ``ideal`` = the ratio of the two. ``--drain-halvings H`` also times ``generate(..., drain_halvings=H)``.
-Then ``generate`` over 1/2/4/8 forced host devices in a subprocess (same samples; CPU devices share the cores).
+Problems: the embedded digits models (GGF ``--digits-rtol``) and a d = 16 Gaussian mixture (exact score, GGF rtol
+0.05). Per batch B both make n = per_slot x B samples in one compiled program each, timed in alternating rounds
+(medians): ``sample`` as ``lax.map`` over n/B batches, ``generate`` with B slots (and ``drain_halvings=H``); useful
+work = sum NFE / evaluations computed. Then ``generate`` over 1/2/4/8 forced host devices in a subprocess.
 Writes ``throughput[_NAME].{json,md}``; docs/benchmarks.md gives the commands of the committed variants.
 """
 
@@ -25,8 +23,11 @@ import numpy as np
 import jaxsde
 from jaxsde.testing import targets
 
+from ..harness.cli import options
+from ..harness.machine import ROOT
+from ..harness.samplers import timed_runs
 from ..harness.timing import compile_all, interleaved, medians
-from ..harness.writer import columns
+from ..harness.writer import columns, table
 
 
 def mixture_problem():
@@ -54,18 +55,20 @@ def problems(args):
 
 
 def measure(prob: dict, batch: int, n: int, repeats: int, drain: int = 0) -> dict:
+    """``sample`` vs ``generate`` (and drained) on ``prob`` (name, sde, score_fn, params, shape, solver, optional
+    max_steps) at ``batch``, n samples: one row."""
     key = jax.random.PRNGKey(0)
     sde, score_fn, solver, shape = prob["sde"], prob["score_fn"], prob["solver"], prob["shape"]
     offsets = jnp.arange(0, n, batch, dtype=jnp.int32)
+    kw = {"max_steps": prob["max_steps"]} if prob.get("max_steps") else {}
 
     def plain(params):
-        def one(off):
-            return jaxsde.sample(key, sde, score_fn(params), solver, shape, batch, offset=off)
-        return jax.lax.map(one, offsets)
+        return jax.lax.map(lambda off: jaxsde.sample(key, sde, score_fn(params), solver, shape, batch, offset=off,
+                                                     **kw), offsets)
 
     def continuous(params, halvings=0):
         return jaxsde.generate(key, sde, score_fn(params), solver, shape, n, batch, devices=jax.devices()[:1],
-                               drain_halvings=halvings)
+                               drain_halvings=halvings, **kw)
 
     fns = dict(sample=plain, generate=continuous)
     if drain:
@@ -116,44 +119,34 @@ def sample_useful_by_batch(nfe: np.ndarray, batches) -> dict:
     return out
 
 
-SCALING = """
-import json, time
-import jax, jax.numpy as jnp, numpy as np
-import jaxsde
-from jaxsde.testing import targets
-sde = jaxsde.VPSDE()
-score = targets.GaussianMixture.random(jax.random.PRNGKey(3), 8, (16,)).score(sde)
-solver = jaxsde.GottaGoFast(rtol=0.05)
-n, batch, rows, ref = {n}, {batch}, [], None
-for d in (1, 2, 4, 8):
-    run = jax.jit(lambda k: jaxsde.generate(k, sde, score, solver, (16,), n, batch, devices=jax.devices()[:d]))
-    out = jax.block_until_ready(run(jax.random.PRNGKey(0)))
-    times = []
-    for _ in range({repeats}):
-        t0 = time.perf_counter(); out = jax.block_until_ready(run(jax.random.PRNGKey(0)))
-        times.append(time.perf_counter() - t0)
-    ref = out if ref is None else ref
-    rows.append(dict(devices=d, samples_per_s=n / float(np.median(times)),
-                     max_abs_dx_vs_1_device=float(np.abs(np.asarray(out.x) - np.asarray(ref.x)).max()),
-                     same_nfe_as_1_device=bool(np.array_equal(np.asarray(out.stats.nfe), np.asarray(ref.stats.nfe))),
-                     useful_work=jaxsde.summarize(out).useful_work))
-print(json.dumps(rows))
-"""
+def scaling_rows(n: int, batch: int, repeats: int) -> list[dict]:
+    """``generate`` on the d = 16 mixture over 1/2/4/8 devices (run in :func:`scaling`'s child process)."""
+    sde, score = mixture_problem()
+    solver, rows, ref = jaxsde.GottaGoFast(rtol=0.05), [], None
+    for d in (1, 2, 4, 8):
+        run = jax.jit(lambda k, d=d: jaxsde.generate(k, sde, score, solver, (16,), n, batch, devices=jax.devices()[:d]))
+        out, wall = timed_runs(lambda run=run: jax.block_until_ready(run(jax.random.PRNGKey(0))), repeats)
+        ref = out if ref is None else ref
+        rows.append(dict(devices=d, samples_per_s=n / wall,
+                         max_abs_dx_vs_1_device=float(np.abs(np.asarray(out.x) - np.asarray(ref.x)).max()),
+                         same_nfe_as_1_device=bool(np.array_equal(*(np.asarray(o.stats.nfe) for o in (out, ref)))),
+                         useful_work=jaxsde.summarize(out).useful_work))
+    return rows
 
 
 def scaling(n: int, batch: int, repeats: int) -> list[dict]:
+    """:func:`scaling_rows` in a subprocess with 8 forced host devices."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    code = SCALING.format(n=n, batch=batch, repeats=repeats)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    code = f"import json; from {__name__} import scaling_rows; print(json.dumps(scaling_rows({n}, {batch}, {repeats})))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def render(data: dict) -> str:
     meta, rows, by_batch, scale = (data[k] for k in ("meta", "rows", "sample_useful_work_by_batch",
                                                      "device_scaling"))
-    command = meta["command"]
     lines = ["# Throughput: continuous batching (`generate`) vs `sample`", "",
-             f"Reproduce: `{command}` ({meta['backend']}, {meta['cpu_count']} cores, jax {meta['jax']}, "
+             f"Reproduce: `{meta['command']}` ({meta['backend']}, {meta['cpu_count']} cores, jax {meta['jax']}, "
              f"{meta['date']}; the machine was shared with other jobs, so absolute rates are noisy; the "
              "methods of a row were compiled first, then timed in alternating rounds in one process, medians of "
              "`rounds`).", "",
@@ -195,41 +188,37 @@ def render(data: dict) -> str:
                   "The per-sample NFEs of a problem's largest run above (index order) grouped into whole batches "
                   "of B: the useful-work fraction plain `sample` gets at batch B (generate's: the table above). "
                   "The last column is a single batch, so it is noisy.", "",
-                  "| problem | samples | " + " | ".join(f"B={b}" for b in sizes) + " |",
-                  "|---|---|" + "---|" * len(sizes)]
-        for name, v in by_batch.items():
-            uw = {int(k): u for k, u in v["useful_work"].items()}
-            cells = [f"{uw[b]:.3f}" if b in uw else "" for b in sizes]
-            lines.append(f"| {name} | {v['n']} | " + " | ".join(cells) + " |")
+                  *table(["problem", "samples", *(f"B={b}" for b in sizes)], [
+                      [name, v["n"], *(f"{u[b]:.3f}" if b in u else "" for b in sizes)] for name, v in by_batch.items()
+                      for u in [{int(k): x for k, x in v["useful_work"].items()}]])]
     if scale:
         lines += ["", f"## Per-device scaling of `generate` (forced host devices; Gaussian mixture d=16, "
                   f"n={meta.get('scale_n', 512)}, batch {meta.get('scale_batch', 64)})", "",
                   f"CPU 'devices' here share the same {meta['cpu_count']} cores: this checks that sharding over "
                   "devices gives identical samples and what its overhead is; it cannot show a speed-up.", "",
-                  "| devices | samples/s | max abs dx vs 1 device | same NFE as 1 device | useful work |",
-                  "|---|---|---|---|---|"]
-    for r in scale:
-        lines.append(f"| {r['devices']} | {r['samples_per_s']:.1f} | {r['max_abs_dx_vs_1_device']:.1e} "
-                     f"| {r['same_nfe_as_1_device']} | {r['useful_work']:.3f} |")
+                  *columns(scale, {"devices": "{devices}", "samples/s": "{samples_per_s:.1f}",
+                                   "max abs dx vs 1 device": "{max_abs_dx_vs_1_device:.1e}",
+                                   "same NFE as 1 device": "{same_nfe_as_1_device}",
+                                   "useful work": "{useful_work:.3f}"})]
     return "\n".join(lines)
 
 
 def arguments(parser):
-    parser.add_argument("--quick", action="store_true", help="batch sizes 16 and 64, few samples, 1 round")
-    parser.add_argument("--batches", type=int, nargs="*", default=[16, 64, 256, 1024],
-                        help="mixture batch sizes; none skips the mixture")
-    parser.add_argument("--per-slot", type=int, default=20, help="mixture samples per slot: n = per_slot x batch")
-    parser.add_argument("--repeats", type=int, default=5, help="mixture timing rounds")
-    parser.add_argument("--models", nargs="*", default=["digits", "digits-ve"], help="embedded digits models")
-    parser.add_argument("--digits-batches", type=int, nargs="*", default=[16, 64])
-    parser.add_argument("--digits-per-slot", type=int, default=4)
-    parser.add_argument("--digits-repeats", type=int, default=2)
-    parser.add_argument("--digits-rtol", type=float, default=0.05, help="GGF rtol on the digits models")
-    parser.add_argument("--scale-n", type=int, default=512, help="0 skips the device-scaling run")
-    parser.add_argument("--scale-batch", type=int, default=64)
-    parser.add_argument("--drain-halvings", type=int, default=3,
-                        help="also time generate(..., drain_halvings=H) in the same rounds; 0 skips it")
-    parser.add_argument("--name", default="", help="results file suffix: results/throughput_NAME.{json,md}")
+    options(parser, quick="batch sizes 16 and 64, few samples, 1 round", name="")
+    for flag, kind, default, text in (
+            ("--batches", int, [16, 64, 256, 1024], "mixture batch sizes; none skips the mixture"),
+            ("--models", str, ["digits", "digits-ve"], "embedded digits models"),
+            ("--digits-batches", int, [16, 64], "digits batch sizes")):
+        parser.add_argument(flag, type=kind, nargs="*", default=default, help=text)
+    for flag, kind, default, text in (
+            ("--per-slot", int, 20, "mixture samples per slot: n = per_slot x batch"),
+            ("--repeats", int, 5, "mixture timing rounds"), ("--digits-per-slot", int, 4, "digits samples per slot"),
+            ("--digits-repeats", int, 2, "digits timing rounds"),
+            ("--digits-rtol", float, 0.05, "GGF rtol on the digits models"),
+            ("--scale-n", int, 512, "samples of the device-scaling run; 0 skips it"),
+            ("--scale-batch", int, 64, "batch of the device-scaling run"),
+            ("--drain-halvings", int, 3, "also time generate(..., drain_halvings=H) in the same rounds; 0 skips")):
+        parser.add_argument(flag, type=kind, default=default, help=text)
 
 
 def run(args, ctx):
