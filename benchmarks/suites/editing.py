@@ -1,13 +1,10 @@
 """Spatially sparse editing (jaxsde.sparse) vs the dense network, per sampling step, on CPU.
 
-A DigitsUNet of the embedded "large" configuration (random weights) at ``--size`` pixels; square edits of
-``--fractions`` of the image (negated pixels, off the tile grid). Per plan (:data:`VARIANTS`, tiles of ``--blocks``
-pixels per level): XLA FLOPs of the compiled step, wall time in interleaved rounds with dense (medians, paired
-ratios), one step's cache bytes, and errors (max abs, relative L2) against the true dense network on the edited /
-all pixels, the masked dense reference and, on the plan's roi, the dense network with the original's GroupNorm
-statistics. Options add: the input plan vs mask dilation (``--dilate``), ``--large-size``, the DDPM UNet2D at
-32x32 (``--ddpm``) and whole ``sparse_sdedit`` trajectories, scan vs the in-place Python loop (``--sdedit-steps``).
-Writes ``NAME.{json,md}``; the SIGE paper's figures are printed beside ours, labelled as the paper's.
+A DigitsUNet "large" (random weights) at ``--size`` px, square edits of ``--fractions`` of the image. Per plan
+(:data:`VARIANTS`, tiles of ``--blocks`` px per level): XLA FLOPs, wall time interleaved with dense, cache bytes, and
+errors against the true dense network, the masked dense reference and (on the plan's roi) the dense network with
+the original's GroupNorm statistics. Also: mask dilation (``--dilate``), a second size (``--large-size``), the DDPM
+UNet2D at 32x32 (``--ddpm``), whole ``sparse_sdedit`` trajectories (``--sdedit-steps``). Writes ``NAME.{json,md}``.
 """
 
 from __future__ import annotations
@@ -27,18 +24,13 @@ from jaxsde.sparse import PAD, SparseUNet, cache_bytes, propagate, random_params
 
 from ..harness.cli import options
 from ..harness.timing import interleaved
-from ..harness.writer import progress, table
+from ..harness.writer import columns, progress, table
 
 LARGE_BLOCKS, LARGE_ROUNDS = [8, 4], 5  # --large-size: tiles per level, interleaved rounds
 DDPM_BLOCKS, DDPM_ROUNDS = [4, 4, 2, 2], 5  # --ddpm: the same
-PAPER = {
-    "source": "SIGE (Li et al., NeurIPS 2022), https://www.cs.cmu.edu/~sige/ — the paper's figures, not ours",
-    "edited_area_percent": 1.2,
-    "ddim_compute_reduction": 7.5,
-    "ddim_latency_speedup_rtx3090": 3.0,
-    "ddim_latency_speedup_m1pro_cpu": 6.6,
-    "gaugan_compute_reduction": 18.0,
-}
+PAPER = dict(source="SIGE (Li et al., NeurIPS 2022), https://www.cs.cmu.edu/~sige/ — the paper's figures, not ours",
+             edited_area_percent=1.2, ddim_compute_reduction=7.5, ddim_latency_speedup_rtx3090=3.0,
+             ddim_latency_speedup_m1pro_cpu=6.6, gaugan_compute_reduction=18.0)
 
 
 def flops(compiled) -> float:
@@ -49,9 +41,7 @@ def flops(compiled) -> float:
 
 def square_mask(size, frac, offset):
     side = max(1, int(round(size * np.sqrt(frac))))
-    m = np.zeros((size, size), bool)
-    y0 = min(offset, size - side)
-    x0 = min(offset + 3, size - side)
+    m, y0, x0 = np.zeros((size, size), bool), min(offset, size - side), min(offset + 3, size - side)
     m[y0:y0 + side, x0:x0 + side] = True
     return m
 
@@ -317,29 +307,22 @@ def run(args, ctx):
 
     dilation = dilation_rows(net, params, size, args.blocks, args.dilate, args.rounds, cache, dense_flops)
 
-    sdedit = []
-    if args.sdedit_steps:
-        ts = time.perf_counter()
-        sdedit = sdedit_rows(net, params, size, args.blocks, args.fractions, args.sdedit_steps, args.rounds)
-        print(f"sparse_sdedit trajectories: {time.perf_counter() - ts:.0f} s", flush=True)
+    sdedit = sdedit_rows(net, params, size, args.blocks, args.fractions, args.sdedit_steps,
+                         args.rounds) if args.sdedit_steps else []
 
-    large = []
+    large, ddpm, ddpm_cache, ddpm_params = [], [], None, None
     if args.large_size:
         t1 = time.perf_counter()
         lp = random_params(model, (1, args.large_size, args.large_size, 1))
         large, _, _ = measure(net, lp, args.large_size, LARGE_BLOCKS, [0.01, 0.05], ["input", "exact"], LARGE_ROUNDS)
         print(f"{args.large_size}x{args.large_size}: {time.perf_counter() - t1:.0f} s", flush=True)
-
-    ddpm = []
     if args.ddpm:
-        t2 = time.perf_counter()
         dmodel = ddpm_cifar10()
         dp = random_params(dmodel, (1, 32, 32, 3))
         ddpm_params = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(dp))
         ddpm, _, dcache = measure(SparseUNet(dmodel), dp, 32, DDPM_BLOCKS, [0.01, 0.05, 0.10, 0.25],
                                   ["input", "exact"], DDPM_ROUNDS, channels=3, t=500.0)
         ddpm_cache = cache_bytes(dcache)
-        print(f"DDPM UNet2D ({ddpm_params:,} params): {time.perf_counter() - t2:.0f} s", flush=True)
 
     result = dict(
         command=ctx.command, jax=jax.__version__, backend=jax.default_backend(), machine=platform.machine(),
@@ -349,8 +332,8 @@ def run(args, ctx):
         cache_bytes_per_edit=step_bytes * (args.steps + 1), steps=args.steps, dense_flops=dense_flops,
         rows=rows, dilation=dilation, sdedit=sdedit, large=large, large_size=args.large_size, large_blocks=LARGE_BLOCKS,
         large_rounds=LARGE_ROUNDS, variants={k: VARIANTS[k][1] for k in args.variants}, paper=PAPER,
-        ddpm=ddpm, ddpm_blocks=DDPM_BLOCKS, ddpm_rounds=DDPM_ROUNDS,
-        ddpm_params=ddpm_params if ddpm else None, ddpm_cache_bytes_per_step=ddpm_cache if ddpm else None,
+        ddpm=ddpm, ddpm_blocks=DDPM_BLOCKS, ddpm_rounds=DDPM_ROUNDS, ddpm_params=ddpm_params,
+        ddpm_cache_bytes_per_step=ddpm_cache,
         seconds=time.perf_counter() - t0,
     )
     ctx.save(args.name, result)
@@ -450,13 +433,13 @@ def render(res) -> str:
     if res.get("dilation"):
         lines += ["", "Input plan vs dilation of the ~5% edit (stats=reuse; active pixels at level 0; errors on the "
                   "edited pixels):", "",
-                  "| dilate (px) | active pixels % | FLOPs fewer | speedup (median) | rel. L2 / max abs error vs true, "
-                  "edited | rel. L2 / max abs error vs frozen-stats, edited |", "|---|---|---|---|---|---|",
-                  *[f"| {d['dilate']} | {d['active_pixel_percent']:.1f} | {d['flop_ratio']:.2f}x | "
-                    f"{d['speedup_median']:.2f}x | {d['rel_err_vs_true_edited']:.2e} / "
-                    f"{d['max_err_vs_true_edited']:.2e} | "
-                    f"{d['rel_err_vs_frozen_edited']:.2e} / {d['max_err_vs_frozen_edited']:.2e} |"
-                    for d in res["dilation"]]]
+                  *columns(res["dilation"], {
+                      "dilate (px)": "{dilate}", "active pixels %": "{active_pixel_percent:.1f}",
+                      "FLOPs fewer": "{flop_ratio:.2f}x", "speedup (median)": "{speedup_median:.2f}x",
+                      "rel. L2 / max abs error vs true, edited": "{rel_err_vs_true_edited:.2e} / "
+                                                                 "{max_err_vs_true_edited:.2e}",
+                      "rel. L2 / max abs error vs frozen-stats, edited": "{rel_err_vs_frozen_edited:.2e} / "
+                                                                        "{max_err_vs_frozen_edited:.2e}"})]
     if res.get("sdedit"):
         sd = res["sdedit"]
         names = list(sd[0]["ms_median"])
@@ -464,12 +447,11 @@ def render(res) -> str:
                   f"network calls), t0 = 0.5, the exact plan ({res['rounds']} interleaved rounds)", "",
                   "scan: one jitted `lax.scan`, the stacked cache an argument; python loop: one jitted program per "
                   "step over pre-padded, donated step caches (tiles saved and restored). Recording not timed.", "",
-                  "| edited % | " + " | ".join(f"ms {n}" for n in names) + " | " + " | ".join(
-                      f"{n} vs dense (paired)" for n in names[1:]) + " | max abs scan - loop (output scale) |",
-                  "|---|" + "---|" * (2 * len(names) - 1) + "---|",
-                  *[f"| {r['edited_percent']:.1f} | " + " | ".join(f"{r['ms_median'][n]:.0f}" for n in names) + " | "
-                    + " | ".join(f"**{r['speedup_paired_median'][n]:.2f}x**" for n in names[1:])
-                    + f" | {r['max_abs_scan_vs_loop']:.1e} ({r['output_scale']:.2f}) |" for r in sd]]
+                  *table(["edited %", *(f"ms {n}" for n in names), *(f"{n} vs dense (paired)" for n in names[1:]),
+                          "max abs scan - loop (output scale)"],
+                         [[f"{r['edited_percent']:.1f}", *(f"{r['ms_median'][n]:.0f}" for n in names),
+                           *(f"**{r['speedup_paired_median'][n]:.2f}x**" for n in names[1:]),
+                           f"{r['max_abs_scan_vs_loop']:.1e} ({r['output_scale']:.2f})"] for r in sd])]
     if res.get("large"):
         n = res["large_size"]
         lines += ["", f"## {n}x{n}, tiles {res['large_blocks']} px per level ({res['large_rounds']} interleaved "
