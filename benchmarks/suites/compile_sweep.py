@@ -13,6 +13,7 @@ import jax
 
 import jaxsde
 
+from ..harness.cli import options
 from ..harness.machine import describe
 from ..harness.writer import columns
 
@@ -29,8 +30,8 @@ def grid_sweep(sde):
 
 
 def arguments(parser):
-    parser.add_argument("--n", type=int, default=64)
-    parser.add_argument("--tag", default="")
+    options(parser, n=64)
+    parser.add_argument("--tag", default="", help="results file suffix: compile_sweep_TAG")
 
 
 def run(args, ctx):
@@ -48,12 +49,10 @@ def run(args, ctx):
 
         first, again = [], []
         for v in values:
-            t0 = time.perf_counter()
-            jax.block_until_ready(run(make(v), jax.random.PRNGKey(0)))
-            first.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            jax.block_until_ready(run(make(v), jax.random.PRNGKey(0)))
-            again.append(time.perf_counter() - t0)
+            for into in (first, again):  # the first call (compiled unless traced before), then a second
+                t0 = time.perf_counter()
+                jax.block_until_ready(run(make(v), jax.random.PRNGKey(0)))
+                into.append(time.perf_counter() - t0)
         rows.append(dict(sweep=name, values=[str(v) if isinstance(v, tuple) else v for v in values],
                          compilations=len(traces), first_call_s=first, run_s=again,
                          total_s=sum(first), compile_s_estimate=sum(f - a for f, a in zip(first, again, strict=True))))

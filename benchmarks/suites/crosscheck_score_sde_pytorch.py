@@ -51,31 +51,26 @@ def arguments(parser):
 
 
 def run(args, ctx):
-    command = ctx.command
+    import torch
+
     try:
         commit = subprocess.run(["git", "-C", args.repo, "rev-parse", "HEAD"], capture_output=True, text=True,
                                 check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown (not a git checkout)"
     lines = ["# jaxsde's NCSN++ / DDPM++ port vs score_sde_pytorch's own NCSNpp", "",
-             f"`{command}` ({datetime.date.today()}; score_sde_pytorch {commit}; torch {{torch}}, "
-             f"jax {jax.__version__})",
-             "", "Perturbed random weights saved as a published-layout `.pth`, read by `load_pytorch`; one batch of 2 "
+             f"`{ctx.command}` ({datetime.date.today()}; score_sde_pytorch {commit}; torch {torch.__version__}, "
+             f"jax {jax.__version__})", "",
+             "Perturbed random weights saved as a published-layout `.pth`, read by `load_pytorch`; one batch of 2 "
              "through both forward passes (float32, CPU).", "",
              "| config | overrides | parameters (torch / jax) | max abs error / max abs output |", "|---|---|---|---|"]
     cases = [(name, {**SMALL, **overrides}, kind) for name, overrides, kind in CASES]
-    if args.full:
-        cases += [("ncsnpp_cifar10_ve", {}, "sigma"), ("ddpmpp_cifar10_vp", {}, "label")]
-    import torch
-
-    lines[2] = lines[2].replace("{torch}", torch.__version__)
-
-    stubs = tempfile.mkdtemp()
+    cases += [("ncsnpp_cifar10_ve", {}, "sigma"), ("ddpmpp_cifar10_vp", {}, "label")] if args.full else []
+    stubs = tempfile.mkdtemp()  # score_sde_pytorch's CUDA op and its sde_lib, stubbed
     os.makedirs(os.path.join(stubs, "op"))
-    with open(os.path.join(stubs, "op", "__init__.py"), "w") as f:
-        f.write(_STUB)
-    with open(os.path.join(stubs, "sde_lib.py"), "w") as f:
-        f.write("")
+    for name, text in (("op/__init__.py", _STUB), ("sde_lib.py", "")):
+        with open(os.path.join(stubs, name), "w") as f:
+            f.write(text)
     sys.path[:0] = [stubs, args.repo]
     from models import ncsnpp as reference  # noqa: E402  (score_sde_pytorch's module)
 

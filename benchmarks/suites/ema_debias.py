@@ -17,8 +17,8 @@ from jaxsde.training import init_params
 
 from ..harness.cli import options
 from ..harness.machine import describe, machine_info
+from ..harness.samplers import sample_chunks
 from ..harness.writer import columns, progress
-from .digits import sample_all
 
 
 def plain_ema(ckpt):
@@ -50,7 +50,8 @@ def run(args, ctx):
     if args.em1000:
         plan.append(("EM 1000", jaxsde.EulerMaruyama(1000), "debiased EMA (now)"))
     for name, solver, label in plan:
-        x, nfe, fails, wall, _ = sample_all(ckpt._replace(params=weights[label]), solver, args.n, 0, batch)
+        x, nfe, fails, wall, _ = sample_chunks(ckpt.sde, ckpt.score_fn, weights[label], ckpt.shape, solver, args.n, 0,
+                                               batch)
         r = metrics.report(x, ckpt.data_range, bootstrap=50)
         row = dict(solver=name, weights=label, mean_nfe=float(nfe.mean()), failed=fails, wall_s=wall,
                    **{k: float(v) for k, v in r.items()})

@@ -30,12 +30,6 @@ SOLVERS = {
 }
 
 
-def sample_all(ckpt, score_of, solver, labels, seed: int, batch: int):
-    """Sample ``len(labels)`` digits (``labels`` None: ``batch`` unconditional ones) in chunks of ``batch``."""
-    n = len(labels) if labels is not None else batch
-    return sample_chunks(ckpt.sde, score_of, ckpt.params, ckpt.shape, solver, n, seed, batch, labels)
-
-
 class ClassQuality:
     """Label accuracy, overall and per-class FD-digits against the training digits."""
 
@@ -96,27 +90,19 @@ def run(args, ctx):
 
     em_ref = jaxsde.EulerMaruyama(20 if args.quick else 200)
     uncond = jaxsde.pretrained("digits")
-    x, nfe, fails, wall, cs = sample_all(uncond, uncond.score_fn, em_ref, None, args.seed, n)
-    record("unconditional", f"digits EM-{em_ref.num_steps}", 0.0, x, nfe, fails, wall, cs, None, uncond.data_range)
+    record("unconditional", f"digits EM-{em_ref.num_steps}", 0.0, *sample_chunks(
+        uncond.sde, uncond.score_fn, uncond.params, uncond.shape, em_ref, n, args.seed, n), None, uncond.data_range)
     null = np.full(n, int(ckpt.null_cond), np.int32)
-    x, nfe, fails, wall, cs = sample_all(ckpt, ckpt.score_fn, em_ref, null, args.seed, batch)
-    record("null class", f"digits-cond EM-{em_ref.num_steps}", 0.0, x, nfe, fails, wall, cs, None)
-
-    for solver_name, make in solvers.items():
-        for w in weights:
-            def score_of(params, w=w):
-                return jaxsde.guidance.classifier_free(ckpt.score_fn(params), ckpt.null_cond, w)
-
-            x, nfe, fails, wall, cs = sample_all(ckpt, score_of, make(), labels, args.seed, batch)
-            record("guided", solver_name, w, x, nfe, fails, wall, cs, labels)
-    if not args.quick:
-        w = args.em1000_weight
-
+    record("null class", f"digits-cond EM-{em_ref.num_steps}", 0.0, *sample_chunks(
+        ckpt.sde, ckpt.score_fn, ckpt.params, ckpt.shape, em_ref, n, args.seed, batch, null), None)
+    plan = [(name, make, w) for name, make in solvers.items() for w in weights]
+    plan += [] if args.quick else [("EM-1000", lambda: jaxsde.EulerMaruyama(1000), args.em1000_weight)]
+    for solver_name, make, w in plan:
         def score_of(params, w=w):
             return jaxsde.guidance.classifier_free(ckpt.score_fn(params), ckpt.null_cond, w)
 
-        x, nfe, fails, wall, cs = sample_all(ckpt, score_of, jaxsde.EulerMaruyama(1000), labels, args.seed, batch)
-        record("guided", "EM-1000", w, x, nfe, fails, wall, cs, labels)
+        record("guided", solver_name, w, *sample_chunks(ckpt.sde, score_of, ckpt.params, ckpt.shape, make(), n,
+                                                        args.seed, batch, labels), labels)
 
     ctx.save("guidance" + ("_quick" if args.quick else ""),
              dict(per_class=per_class, seed=args.seed, rows=rows, class_floor=quality.class_floor,
@@ -146,7 +132,7 @@ def plot(data, path):
 
     rows = data["rows"]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for solver_name in {r["solver"] for r in rows if r["kind"] == "guided"}:
+    for solver_name in sorted({r["solver"] for r in rows if r["kind"] == "guided"}):  # a fixed order: same png
         pts = sorted((r["weight"], r["fd"], r["accuracy"]) for r in rows
                      if r["kind"] == "guided" and r["solver"] == solver_name)
         ax.plot([p[1] for p in pts], [100 * p[2] for p in pts], marker="o", label=solver_name)

@@ -21,10 +21,14 @@ import jaxsde
 from jaxsde.likelihood import log_likelihood_batch
 from jaxsde.testing.targets import GaussianMixture
 
+from ..harness.cli import options
 from ..harness.kdiffusion import sampling_module
 from ..harness.machine import describe, machine_info
 from ..harness.timing import interleaved
 from ..harness.writer import columns, progress
+
+ESTIMATORS = {"exact": dict(divergence="exact"), **{f"K={k}": dict(divergence="hutchinson", num_probes=k)
+                                                  for k in (1, 4, 16)}}
 
 
 def torch_denoiser(gm: GaussianMixture, torch):
@@ -47,10 +51,9 @@ def torch_denoiser(gm: GaussianMixture, torch):
 
 
 def arguments(parser):
-    parser.add_argument("--dim", type=int, default=16)
-    parser.add_argument("--n", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--name", default="likelihood")
+    parser.add_argument("--dim", type=int, default=16, help="the mixture's dimension (default 16)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds (default 3)")
+    options(parser, n=64, name="likelihood")
 
 
 def run(args, ctx):
@@ -71,18 +74,14 @@ def run(args, ctx):
 
     rows = {}
     for tol in (1e-4, 1e-5):
-        for label, kw in (("exact", dict(divergence="exact")),
-                          ("K=1", dict(divergence="hutchinson", num_probes=1)),
-                          ("K=4", dict(divergence="hutchinson", num_probes=4)),
-                          ("K=16", dict(divergence="hutchinson", num_probes=16))):
+        for label, kw in ESTIMATORS.items():
             fn = jax.jit(lambda k, xs, kw=kw, tol=tol: log_likelihood_batch(k, sde, score, xs, rtol=tol, atol=tol,
                                                                              **kw))
             t0 = time.perf_counter()
             compiled = fn.lower(jax.random.PRNGKey(2), xs).compile()
-            compile_s = time.perf_counter() - t0
-            rows[f"jaxsde {label}, tol {tol:g}"] = dict(kind="jaxsde", tol=tol, label=label, compile_s=compile_s,
-                                                        call=lambda c=compiled: jax.block_until_ready(
-                                                            c(jax.random.PRNGKey(2), xs)))
+            rows[f"jaxsde {label}, tol {tol:g}"] = dict(kind="jaxsde", tol=tol, label=label,
+                                                        compile_s=time.perf_counter() - t0, call=lambda c=compiled:
+                                                        jax.block_until_ready(c(jax.random.PRNGKey(2), xs)))
 
         def kd_call(tol=tol):
             torch.manual_seed(2)
@@ -90,7 +89,6 @@ def run(args, ctx):
 
         rows[f"k-diffusion K=1, tol {tol:g}"] = dict(kind="k-diffusion", tol=tol, label="K=1", compile_s=0.0,
                                                      call=kd_call)
-
     times, outputs = interleaved({name: row["call"] for name, row in rows.items()}, args.repeats, rotate=False)
     d = args.dim
     results_rows, mismatch = [], None
@@ -108,14 +106,12 @@ def run(args, ctx):
             log_p = ll.detach().numpy().astype(np.float64)
             nfe, failed = float(info["fevals"]), 0
         err = (log_p - true) / d
-        wall = float(np.median(times[name]))
         results_rows.append(dict(row=name, kind=row["kind"], tol=row["tol"], estimator=row["label"],
                                  bias=float(err.mean()), bias_se=float(err.std(ddof=1) / math.sqrt(len(err))),
                                  rms=float(np.sqrt(np.mean(err**2))), mean_nfe=nfe, failed=failed,
-                                 wall_per_likelihood_ms=1e3 * wall / args.n, compile_s=row["compile_s"],
-                                 times_s=times[name]))
-        r = results_rows[-1]
-        progress(r, "row", "bias", "bias_se", "rms", "mean_nfe", "wall_per_likelihood_ms")
+                                 wall_per_likelihood_ms=1e3 * float(np.median(times[name])) / args.n,
+                                 compile_s=row["compile_s"], times_s=times[name]))
+        progress(results_rows[-1], "row", "bias", "bias_se", "rms", "mean_nfe", "wall_per_likelihood_ms")
 
     by = {r["row"]: r for r in results_rows}
     ratios = {tol: by[f"k-diffusion K=1, tol {tol:g}"]["wall_per_likelihood_ms"]

@@ -29,41 +29,29 @@ LEVELS = ("digits-small", "digits-medium", "digits-large")
 
 
 def level_statistics(ckpts, batch, seed=0):
-    """Costs (median seconds per batched evaluation) and error statistics of the levels."""
+    """Costs (XLA FLOPs, median seconds per batched evaluation) and error statistics of the levels, over 8 noise
+    levels per held-out digit."""
     sde = ckpts[-1].sde
-    x0 = jnp.asarray(load_digits("test", sde.data_range).images)
-    key = jax.random.PRNGKey(seed)
-    reps = 8  # 8 noise levels per held-out image (2872 points)
-    x0 = jnp.tile(x0, (reps, 1, 1, 1))
-    kt, kz = jax.random.split(key)
+    x0 = jnp.tile(jnp.asarray(load_digits("test", sde.data_range).images), (8, 1, 1, 1))
+    kt, kz = jax.random.split(jax.random.PRNGKey(seed))
     t = jax.random.uniform(kt, (x0.shape[0],), minval=sde.eps, maxval=sde.T)
     z = jax.random.normal(kz, x0.shape)
     alpha, sigma = jax.vmap(sde.marginal)(t)
-    bshape = (-1, 1, 1, 1)
-    xt = alpha.reshape(bshape) * x0 + sigma.reshape(bshape) * z
+    xt = alpha.reshape(-1, 1, 1, 1) * x0 + sigma.reshape(-1, 1, 1, 1) * z
     eps_hat, costs, seconds = [], [], []
     for c in ckpts:
         def eps_of(params, x, tt, c=c):
-            s = jax.vmap(c.score_fn(params))(x, tt)
-            return -jax.vmap(lambda si, ti: sde.marginal(ti)[1] * si)(s, tt)
+            return -jax.vmap(lambda si, ti: sde.marginal(ti)[1] * si)(jax.vmap(c.score_fn(params))(x, tt), tt)
 
-        sec = time_compiled(eps_of, c.params, xt[:batch], t[:batch], repeats=5)[1].median_s
+        seconds.append(time_compiled(eps_of, c.params, xt[:batch], t[:batch], repeats=5)[1].median_s)
         analysis = jax.jit(eps_of).lower(c.params, xt[:batch], t[:batch]).compile().cost_analysis()
-        analysis = analysis[0] if isinstance(analysis, list) else analysis
-        costs.append(float(analysis["flops"]))
-        seconds.append(sec)
+        costs.append(float((analysis[0] if isinstance(analysis, list) else analysis)["flops"]))
         eps_hat.append(np.asarray(jax.jit(eps_of)(c.params, xt, t)))
-    rms = lambda a: float(np.sqrt(np.mean(np.square(a))))  # noqa: E731
-    z = np.asarray(z)
-    return dict(
-        cost_flops=costs,
-        cost_seconds=seconds,
-        cost_rel=[c / costs[-1] for c in costs],
-        dsm_loss=[float(np.mean(np.sum(np.square(e - z), axis=(1, 2, 3)))) for e in eps_hat],
-        diff_rms=[rms(eps_hat[0])] + [rms(eps_hat[i] - eps_hat[i - 1]) for i in range(1, len(eps_hat))],
-        diff_to_finest=[rms(e - eps_hat[-1]) for e in eps_hat[:-1]],
-        n_points=int(xt.shape[0]),
-    )
+    rms, z = (lambda a: float(np.sqrt(np.mean(np.square(a))))), np.asarray(z)
+    return dict(cost_flops=costs, cost_seconds=seconds, cost_rel=[c / costs[-1] for c in costs],
+                dsm_loss=[float(np.mean(np.sum(np.square(e - z), axis=(1, 2, 3)))) for e in eps_hat],
+                diff_rms=[rms(eps_hat[0])] + [rms(eps_hat[i] - eps_hat[i - 1]) for i in range(1, len(eps_hat))],
+                diff_to_finest=[rms(e - eps_hat[-1]) for e in eps_hat[:-1]], n_points=int(xt.shape[0]))
 
 
 def compare(rows):
@@ -102,51 +90,39 @@ def run(args, ctx):
     if any(c.sde != sde for c in ckpts):
         raise SystemExit("the levels must share one SDE")
     stats = level_statistics(ckpts, batch)
-    e = stats["diff_rms"]
-    c = stats["cost_rel"]
-    loss = stats["dsm_loss"]
+    e, c, loss = stats["diff_rms"], stats["cost_rel"], stats["dsm_loss"]
+    # MLMC convention: a level's error ~ its difference to the next finer level; identifiable only if the levels
+    # form a hierarchy (held-out loss and distance to the finest both fall with cost)
     hierarchy = bool(loss[0] > loss[1] > loss[2] and stats["diff_to_finest"][0] > stats["diff_to_finest"][1])
-    # MLMC convention: a level's error ~ its difference to the next finer level; identifiable only
-    # if the levels do form a hierarchy (held-out loss and distance to the finest both fall with cost).
     gamma = float(np.log(c[1] / c[0]) / np.log(e[1] / e[2])) if hierarchy and e[1] > e[2] else float("nan")
     gamma_note = ("levels form a hierarchy" if hierarchy else
                   "NOT identifiable: the levels do not form an accuracy hierarchy (held-out DSM loss "
                   f"{np.round(loss, 3).tolist()}, RMS distance to the finest {np.round(stats['diff_to_finest'], 4)})")
-    print(f"levels {LEVELS}: cost rel (FLOPs) {np.round(c, 3).tolist()} "
-          f"(s/batch {np.round(stats['cost_seconds'], 4).tolist()})"
-          f", consecutive diff RMS {np.round(e, 4).tolist()}, diff to finest {np.round(stats['diff_to_finest'], 4)}, "
-          f"held-out DSM loss {np.round(stats['dsm_loss'], 3).tolist()}", flush=True)
-    print(f"gamma (small->medium costs vs medium/large errors): {gamma:.2f}; {gamma_note}", flush=True)
+    print(f"levels {LEVELS}: {stats}; gamma {gamma:.2f}: {gamma_note}", flush=True)
+    metrics, rows = DigitsMetrics(), []
+    plan = []
+    for steps in step_counts:
+        plan.append((f"EM {steps} (largest)", jaxsde.EulerMaruyama(steps), steps))
+        plan += [(f"ML-EM {steps} p={tuple(round(v, 3) for v in p)}", jaxsde.MultilevelEM(steps, probabilities=p),
+                  steps) for p in (optimal_probabilities(c, e, scale) for scale in scales)]
+    for name, solver, steps in plan:
+        multilevel = isinstance(solver, jaxsde.MultilevelEM)
 
-    metrics = DigitsMetrics()
-    rows = []
-
-    def run(name, solver, steps, multilevel):
-        def score_fn(params):
+        def score_fn(params, multilevel=multilevel):
             if multilevel:
                 return jaxsde.MultilevelScore([ck.score_fn(p) for ck, p in zip(ckpts, params, strict=True)])
             return ckpts[-1].score_fn(params[-1])
 
         x, nfe, _, wall, _ = sample_chunks(sde, score_fn, [ck.params for ck in ckpts], ckpts[-1].shape, solver, n, 0,
                                            batch, warmup=True, sample=jaxsde.sample_multilevel if multilevel else None)
-        cost = multilevel_cost(solver, c) if multilevel else float(steps + 1)
         r = metrics.report(x, sde.data_range, bootstrap=50)
-        row = dict(solver=name, steps=steps, cost=cost, mean_nfe=float(nfe.mean()), wall_s=wall,
-                   fd=r["fd"], fd_std=r["fd_std"], kid=r["kid"], confident=r["confident"], class_tv=r["class_tv"],
-                   probabilities=list(getattr(solver, "probabilities", [1.0])))
-        rows.append(row)
-        progress(row, "solver", "cost", "wall_s", "fd", "fd_std")
-
-    for steps in step_counts:
-        run(f"EM {steps} (largest)", jaxsde.EulerMaruyama(steps), steps, False)
-        for scale in scales:
-            p = optimal_probabilities(c, e, scale)
-            run(f"ML-EM {steps} p={tuple(round(v, 3) for v in p)}", jaxsde.MultilevelEM(steps, probabilities=p),
-                steps, True)
-
+        rows.append(dict(solver=name, steps=steps, cost=multilevel_cost(solver, c) if multilevel else float(steps + 1),
+                         mean_nfe=float(nfe.mean()), wall_s=wall, fd=r["fd"], fd_std=r["fd_std"], kid=r["kid"],
+                         confident=r["confident"], class_tv=r["class_tv"],
+                         probabilities=list(getattr(solver, "probabilities", [1.0]))))
+        progress(rows[-1], "solver", "cost", "wall_s", "fd", "fd_std")
     lines_cmp = compare(rows)
-    for line in lines_cmp:
-        print(line, flush=True)
+    print("\n".join(lines_cmp), flush=True)
     ctx.save("multilevel" + ("_quick" if args.quick else ""),
              dict(n=n, levels=LEVELS, level_stats=stats, gamma=gamma, gamma_note=gamma_note, rows=rows,
                   comparisons=lines_cmp))

@@ -18,13 +18,13 @@ import numpy as np
 import jaxsde
 from jaxsde.testing.metrics.digits import DigitsMetrics
 
+from ..harness.cli import options
 from ..harness.timing import interleaved
 
 
 def arguments(parser):
-    parser.add_argument("--n", type=int, default=500)
-    parser.add_argument("--rtol", type=float, default=0.05)
-    parser.add_argument("--rounds", type=int, default=3)
+    options(parser, n=500, rounds=3)
+    parser.add_argument("--rtol", type=float, default=0.05, help="GGF's rtol (default 0.05)")
 
 
 def run(args, ctx):
