@@ -1,8 +1,11 @@
 """Reproduces two findings docs/usage.md states, each in about a minute on a 2-core CPU.
 
+    python -m benchmarks run findings
+
 1. GGF's noise redraw after rejections biases the output variance in low dimension: N(0.3, 0.2^2 I), VP, rtol
    0.01; output std relative to the exact law at d = 64 (n = 2000) and 3072 (n = 100), with the rejection rate.
 2. diffrax's ShARK on the reverse SDE backwards in time (t0 > t1) vs forward in tau = T - t (d = 8): max |x|.
+Writes ``findings.md`` (and its lines in ``findings.json``).
 """
 
 from __future__ import annotations
@@ -37,33 +40,22 @@ def ggf_variance_bias() -> list[str]:
 
 
 def shark_backward_time() -> list[str]:
-    lines = []
-    sde = jaxsde.VPSDE()
+    lines, sde, d, n = [], jaxsde.VPSDE(), 8, 100
     score = exact.gaussian_score(sde, 0.3, 0.2)
-    d, n = 8, 100
 
-    def diffusion(g):
-        return lambda t, y, args: lx.DiagonalLinearOperator(g(t) * jnp.ones_like(y))
-
-    def backward(key, x):
-        path = dfx.VirtualBrownianTree(sde.eps, sde.T, tol=1e-3, shape=(d,), key=key, levy_area=dfx.SpaceTimeLevyArea)
-        terms = dfx.MultiTerm(dfx.ODETerm(lambda t, y, a: sde.reverse_drift(y, t, score(y, t))),
-                              dfx.ControlTerm(diffusion(sde.diffusion), path))
-        return dfx.diffeqsolve(terms, dfx.ShARK(), sde.T, sde.eps, -0.01, x, max_steps=16384,
-                               stepsize_controller=dfx.PIDController(rtol=1e-3, atol=1e-3)).ys[-1]
-
-    def forward(key, x):
-        path = dfx.VirtualBrownianTree(0.0, sde.T - sde.eps, tol=1e-3, shape=(d,), key=key,
+    def solve(key, x, t0, t1, dt0, tau, sign):  # the reverse SDE in time tau(s), s from t0 to t1
+        path = dfx.VirtualBrownianTree(min(t0, t1), max(t0, t1), tol=1e-3, shape=(d,), key=key,
                                        levy_area=dfx.SpaceTimeLevyArea)
-        terms = dfx.MultiTerm(dfx.ODETerm(lambda u, y, a: -sde.reverse_drift(y, sde.T - u, score(y, sde.T - u))),
-                              dfx.ControlTerm(diffusion(lambda u: sde.diffusion(sde.T - u)), path))
-        return dfx.diffeqsolve(terms, dfx.ShARK(), 0.0, sde.T - sde.eps, 0.01, x, max_steps=16384,
+        terms = dfx.MultiTerm(dfx.ODETerm(lambda s, y, a: sign * sde.reverse_drift(y, tau(s), score(y, tau(s)))),
+                              dfx.ControlTerm(lambda s, y, a: lx.DiagonalLinearOperator(
+                                  sde.diffusion(tau(s)) * jnp.ones_like(y)), path))
+        return dfx.diffeqsolve(terms, dfx.ShARK(), t0, t1, dt0, x, max_steps=16384,
                                stepsize_controller=dfx.PIDController(rtol=1e-3, atol=1e-3)).ys[-1]
 
-    keys = jax.random.split(jax.random.PRNGKey(0), n)
-    x_T = jax.random.normal(jax.random.PRNGKey(1), (n, d))
-    for name, fn in (("backward (t0 > t1)", backward), ("forward in tau", forward)):
-        x = np.asarray(jax.jit(jax.vmap(fn))(keys, x_T))
+    keys, x_T = jax.random.split(jax.random.PRNGKey(0), n), jax.random.normal(jax.random.PRNGKey(1), (n, d))
+    for name, args in (("backward (t0 > t1)", (sde.T, sde.eps, -0.01, lambda t: t, 1.0)),
+                       ("forward in tau", (0.0, sde.T - sde.eps, 0.01, lambda u: sde.T - u, -1.0))):
+        x = np.asarray(jax.jit(jax.vmap(lambda k, x, args=args: solve(k, x, *args)))(keys, x_T))
         lines.append(f"diffrax ShARK {name}: max |x| = {np.abs(x).max():.3g}, std {x.std():.3f} "
                      f"(exact law: mean 0.3, std {exact.ideal_law(sde, 0.3, 0.2, denoise=False).var ** 0.5:.3f})")
     return lines

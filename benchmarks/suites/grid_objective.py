@@ -1,9 +1,13 @@
 """optimize_grid's objective, plain vs robust, judged by sample quality on held-out draws.
 
+    python -m benchmarks run grid_objective [--problem lowrank-ve] [--steps 9] [--calibration-seeds 1000,1001]
+        [--n-calibration 256] [--n 4000] [--seed 1] [--iterations 100]
+
 Per calibration seed and tuned sampler of the frontier (``quality_vs_nfe.TUNED_SAMPLERS``): ``optimize_grid`` from
 the log-SNR grid with the plain mean squared distance to the PF-ODE teacher and with the robust
 ``mean(log(1 + d_i / median d))``; then ``n`` draws of ``--seed`` on each grid, quality (+- bootstrap sd) beside the
-log-SNR grid's, and the calibration set's largest per-draw distance over its median.
+log-SNR grid's, and the calibration set's largest per-draw distance over its median. Writes
+``grid_objective_<problem>.{md,json}``.
 """
 
 from __future__ import annotations
@@ -17,17 +21,18 @@ import numpy as np
 import jaxsde
 from jaxsde.grid_optimization import solve_on_grid
 
+from ..harness.cli import options
 from ..harness.samplers import prior, run_jaxsde
+from ..harness.writer import progress
 from . import quality_vs_nfe  # the frontier's targets and tuned samplers
 
 
 def arguments(parser):
+    options(parser, n=4000, seed=1)
     parser.add_argument("--problem", default="lowrank-ve")
     parser.add_argument("--steps", type=int, default=9)
     parser.add_argument("--calibration-seeds", default="1000,1001")
     parser.add_argument("--n-calibration", type=int, default=256)
-    parser.add_argument("--n", type=int, default=4000)
-    parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--iterations", type=int, default=100)
 
 
@@ -60,9 +65,7 @@ def run(args, ctx):
                 rows.append(dict(calibration_seed=cal_seed, sampler=name, robust=robust, quality=float(q), sd=float(sd),
                                  start_quality=float(start_rows[name][0]), start_sd=float(start_rows[name][1]),
                                  initial_loss=res.initial_loss, loss=res.loss, tune_s=tune_s, times=list(res.times)))
-                print(f"cal {cal_seed} {name:20s} {'robust' if robust else 'plain ':6s} loss {res.initial_loss:.3g} -> "
-                      f"{res.loss:.3g}; quality {q:.4f} +- {sd:.4f} (log-SNR grid {start_rows[name][0]:.4f})",
-                      flush=True)
+                progress(rows[-1], "calibration_seed", "sampler", "robust", "initial_loss", "loss", "quality", "sd")
     ctx.save(f"grid_objective_{args.problem}",
              dict(problem=args.problem, label=target.label, steps=args.steps, n=args.n, seed=args.seed,
                   n_calibration=args.n_calibration, iterations=args.iterations, max_over_median=spreads, rows=rows,
@@ -81,14 +84,10 @@ def render(data):
              + ", ".join(f"seed {k}: {v:.3g}" for k, v in d["max_over_median"].items()), "",
              "| calibration seed | sampler | log-SNR grid | plain objective: loss | quality | robust objective: loss "
              "| quality |", "|---|---|---|---|---|---|---|"]
-    for cal_seed in dict.fromkeys(r["calibration_seed"] for r in rows):
-        for name in dict.fromkeys(r["sampler"] for r in rows):
-            plain, robust = (next(r for r in rows if r["calibration_seed"] == cal_seed and r["sampler"] == name
-                                  and r["robust"] == rob) for rob in (False, True))
-            lines.append(f"| {cal_seed} | {name} | {plain['start_quality']:.4f} +- {plain['start_sd']:.4f} | "
-                         f"{plain['initial_loss']:.3g} -> {plain['loss']:.3g} | {plain['quality']:.4f} +- "
-                         f"{plain['sd']:.4f} | {robust['initial_loss']:.3g} -> {robust['loss']:.3g} | "
-                         f"{robust['quality']:.4f} +- {robust['sd']:.4f} |")
-    lines += ["", "Loss: the mean over calibration draws of the mean squared difference per dimension to the "
-              "teacher (PF-ODE at tolerance 1e-5), on the log-SNR grid -> on the learned grid."]
-    return "\n".join(lines)
+    for plain, robust in zip(rows[::2], rows[1::2], strict=True):  # stored in pairs: plain, then robust
+        lines.append(f"| {plain['calibration_seed']} | {plain['sampler']} | {plain['start_quality']:.4f} +- "
+                     f"{plain['start_sd']:.4f} | " + " | ".join(
+                         f"{r['initial_loss']:.3g} -> {r['loss']:.3g} | {r['quality']:.4f} +- {r['sd']:.4f}"
+                         for r in (plain, robust)) + " |")
+    return "\n".join(lines + ["", "Loss: the mean over calibration draws of the mean squared difference per dimension "
+                              "to the teacher (PF-ODE at tolerance 1e-5), on the log-SNR grid -> on the learned grid."])

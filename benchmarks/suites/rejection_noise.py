@@ -1,16 +1,13 @@
 """Rejections and noise: adaptive SDE samplers with a fresh normal per attempt vs one Brownian path per sample.
 
-An adaptive SDE solver accepts an attempt only if its error estimate, which depends on the attempt's noise,
-passes. With ``FreshNoise`` (Gotta Go Fast's published scheme) a rejected attempt's normal is discarded and the
-retry draws another, so the accepted increments are biased toward those that passed; ``BrownianTreeNoise``
-(a ``diffrax.VirtualBrownianTree`` per sample, keyed by its solve key) makes the retry read the same path, and
-``BrownianMemoryNoise`` (rejection sampling with memory) reaches the same by remembering rejected attempts' ends.
-Problem: a 2-d mixture of three Gaussians (std 0.05-0.3) with its exact score, on VP, VE and the flow path (the
-flow from ``t = 1`` with a velocity ``Prediction``), ``--n`` samples from the same keys for every row. Error:
-the largest relative error of the two coordinates' standard deviations against 100k exact draws (its sampling
-noise is about ``1 / sqrt(2 n)``), and of their means in units of the target's std. Wall: median of
-``--rounds`` interleaved runs after compilation (the tree's cost relative to this very cheap score is its
-worst case).
+    python -m benchmarks run rejection_noise [--n 4000] [--rtols 0.05 0.01 0.002] [--sdes vp ve flow] [--rounds 3]
+
+``GottaGoFast`` and ``AdaptiveMultistepSolver(tau=1)`` with ``FreshNoise`` (a rejected attempt's normal is
+discarded), ``BrownianTreeNoise`` and ``BrownianMemoryNoise`` (a retry reads the same path) on a 2-d three-Gaussian
+mixture with its exact score (VP, VE, and the flow path with a velocity ``Prediction``), the same keys for every row.
+Error: the largest relative error of the coordinates' std against 100k exact draws (noise ~ ``1 / sqrt(2 n)``), and
+of their means in units of the target's std; wall: median of ``--rounds`` interleaved runs. Writes
+``rejection_noise.{md,json}``.
 """
 
 from __future__ import annotations
@@ -21,29 +18,21 @@ import numpy as np
 import jaxsde
 from jaxsde.testing.targets import GaussianMixture
 
+from ..harness.cli import options
 from ..harness.machine import describe, machine_info
 from ..harness.timing import interleaved
-
-
-def target() -> GaussianMixture:
-    rng = np.random.default_rng(0)
-    return GaussianMixture.create(rng.uniform(0.5, 1.5, 3), rng.uniform(-0.8, 0.8, (3, 2)), rng.uniform(0.05, 0.3, 3))
-
-
-def solvers(rtol: float) -> dict:
-    return {"GottaGoFast": jaxsde.GottaGoFast(rtol=rtol),
-            "AdaptiveMultistepSolver tau=1": jaxsde.AdaptiveMultistepSolver(order=2, rtol=rtol, tau=1.0)}
+from ..harness.writer import columns
 
 
 def arguments(parser):
-    parser.add_argument("--n", type=int, default=4000)
+    options(parser, n=4000, rounds=3)
     parser.add_argument("--rtols", type=float, nargs="+", default=[0.05, 0.01, 0.002])
-    parser.add_argument("--sdes", nargs="+", default=["vp", "ve", "flow"])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sdes", nargs="+", default=["vp", "ve", "flow"], choices=("vp", "ve", "flow"))
 
 
 def run(args, ctx):
-    mix = target()
+    rng = np.random.default_rng(0)
+    mix = GaussianMixture.create(rng.uniform(0.5, 1.5, 3), rng.uniform(-0.8, 0.8, (3, 2)), rng.uniform(0.05, 0.3, 3))
     ref = np.asarray(mix.sample(jax.random.PRNGKey(3), 100_000))
     sdes = {"vp": jaxsde.VPSDE(), "ve": jaxsde.VESDE(), "flow": jaxsde.FlowSDE()}
     noises = {"fresh": jaxsde.FreshNoise(), "tree": jaxsde.BrownianTreeNoise(), "memory": jaxsde.BrownianMemoryNoise()}
@@ -52,7 +41,8 @@ def run(args, ctx):
         sde = sdes[sde_name]
         model = jaxsde.Prediction(mix.velocity(sde), "velocity") if sde_name == "flow" else mix.score(sde)
         for rtol in args.rtols:
-            for solver_name, solver in solvers(rtol).items():
+            for solver_name, solver in {"GottaGoFast": jaxsde.GottaGoFast(rtol=rtol), "AdaptiveMultistepSolver tau=1":
+                                        jaxsde.AdaptiveMultistepSolver(order=2, rtol=rtol, tau=1.0)}.items():
                 for noise_name, noise in noises.items():
                     fn = jax.jit(lambda k, sde=sde, model=model, solver=solver, noise=noise: jaxsde.sample(
                         k, sde, model, solver, (2,), args.n, noise=noise))
@@ -74,14 +64,12 @@ def run(args, ctx):
 
 
 def render(data: dict) -> str:
-    lines = ["# Adaptive SDE samplers: fresh noise per attempt vs one Brownian path per sample (tree or memory)", "",
-             f"Command: `{data['command']}`", "",
-             f"{describe(data['machine'])}; n = {data['n']} samples per row (same keys); the std error's sampling "
-             f"noise is about {1 / np.sqrt(2 * data['n']):.3f}. Wall: median of {data['rounds']} interleaved runs.", "",
-             "| SDE | solver | rtol | noise | mean NFE | rejected | std error | mean error | failed | wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in data["rows"]:
-        lines.append(f"| {r['sde']} | {r['solver']} | {r['rtol']:g} | {r['noise']} | {r['mean_nfe']:.0f} | "
-                     f"{r['rejected']:.0f} | {r['std_error']:.3f} | {r['mean_error']:.3f} | {r['failed']} | "
-                     f"{r['wall_s']:.2f} |")
-    return "\n".join(lines)
+    return "\n".join([
+        "# Adaptive SDE samplers: fresh noise per attempt vs one Brownian path per sample (tree or memory)", "",
+        f"Command: `{data['command']}`", "",
+        f"{describe(data['machine'])}; n = {data['n']} samples per row (same keys); the std error's sampling "
+        f"noise is about {1 / np.sqrt(2 * data['n']):.3f}. Wall: median of {data['rounds']} interleaved runs.", "",
+        *columns(data["rows"], {"SDE": "{sde}", "solver": "{solver}", "rtol": "{rtol:g}", "noise": "{noise}",
+                                "mean NFE": "{mean_nfe:.0f}", "rejected": "{rejected:.0f}",
+                                "std error": "{std_error:.3f}", "mean error": "{mean_error:.3f}", "failed": "{failed}",
+                                "wall s": "{wall_s:.2f}"})])
