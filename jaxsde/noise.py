@@ -73,8 +73,8 @@ class FreshNoise(NamedTuple):
         del t, t_next
         # Drawn flat, then reshaped: the same numbers as drawing ``shape`` directly (threefry fills
         # the elements in order), but XLA compiles the flat draw much faster when ``shape`` has a
-        # leading count axis of 1, and runs it faster (``benchmarks/em_vs_euler.py``: d=3072 EM
-        # per step 1.00x -> 0.74x diffrax Euler).
+        # leading count axis of 1, and runs it faster (``python -m benchmarks run vs_diffrax --mode
+        # em``: d=3072 EM per step 1.00x -> 0.74x diffrax Euler when this changed).
         return jax.random.normal(jax.random.fold_in(key, attempt), (math.prod(shape),), dtype).reshape(shape)
 
 
