@@ -369,19 +369,16 @@ def step(p: Problem, key: Array, s: LoopState) -> LoopState:
         failed = failed | ~jnp.all(jnp.isfinite(x_new))
         ok = ok & ~failed  # commit nothing from the failing attempt on
     accepted = verdict.accepted & ok
-
-    def keep(new, old):  # a failed attempt keeps the old state; pass-through leaves need no select
-        return new if new is old else jnp.where(ok, new, old)
-
-    noise_memory = (jax.tree_util.tree_map(keep, p.noise.remember(s.noise_memory, t1, w1, accepted), s.noise_memory)
-                    if remembers else s.noise_memory)
     stats = Stats(
         nfe=s.stats.nfe + out.nfe,
         num_accepted=s.stats.num_accepted + accepted.astype(jnp.int32),
         num_rejected=s.stats.num_rejected + (ok & ~accepted).astype(jnp.int32),
         num_steps=s.stats.num_steps + 1,
-        noise_dropped=noise_memory.dropped if remembers else s.stats.noise_dropped,
+        noise_dropped=s.stats.noise_dropped,  # the noise memory counts it; finalize copies it here
     )
+
+    def keep(new, old):  # a failed attempt keeps the old state; pass-through leaves need no select
+        return new if new is old else jnp.where(ok, new, old)
 
     return LoopState(
         x=keep(out.x, s.x),
@@ -391,7 +388,8 @@ def step(p: Problem, key: Array, s: LoopState) -> LoopState:
         stats=stats,
         result=status,
         failed=failed,
-        noise_memory=noise_memory,
+        noise_memory=(jax.tree_util.tree_map(keep, p.noise.remember(s.noise_memory, t1, w1, accepted), s.noise_memory)
+                      if remembers else s.noise_memory),
     )
 
 
@@ -459,7 +457,8 @@ def finalize(p: Problem, s: LoopState) -> Solution:
         apply = reached & ~bad
         x = jnp.where(apply, denoised, x)
         nfe = nfe + reached.astype(nfe.dtype) * spent
-    return Solution(x=x, t=t, stats=stats._replace(nfe=nfe), result=result)
+    dropped = s.noise_memory.dropped if _remembers(p) else stats.noise_dropped
+    return Solution(x=x, t=t, stats=stats._replace(nfe=nfe, noise_dropped=dropped), result=result)
 
 
 def finalize_with_aux(p: Problem, s: LoopState, score_aux: Callable) -> tuple[Solution, tuple]:
